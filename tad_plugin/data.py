@@ -1,0 +1,283 @@
+"""Image datasets the way users have them, as one in-memory :class:`ImageDataset`.
+
+Every loader returns the whole split as uint8 tensors in NCHW layout, so that the engine can move a
+dataset to the GPU once and augment it there. Supported sources (see :func:`load_dataset`):
+
+* ``"digits"`` -- scikit-learn's 8x8 handwritten digits, shipped with scikit-learn (the embedded
+  default: no download, no files);
+* ``"cifar10"`` / ``"cifar100"`` -- torchvision's datasets in ``root`` (``download=True`` fetches them
+  where there is internet; without it a missing dataset is a clear error, never a silent attempt);
+* a directory in ImageFolder layout (``train/<class>/*`` plus ``val/<class>/*`` or ``test/<class>/*``;
+  Tiny ImageNet's own ``val/images`` + ``val_annotations.txt`` layout is recognised too);
+* a plain arrays file ``.npz`` with ``train_images`` (uint8 NHWC), ``train_labels``, ``test_images``,
+  ``test_labels`` and optionally ``class_names``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .files import atomic_write
+
+__all__ = ["ImageDataset", "load_dataset", "save_arrays", "DatasetError", "DATASET_NAMES"]
+
+DATASET_NAMES = ("digits", "cifar10", "cifar100")
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, corrupt or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A labelled image dataset held in memory.
+
+    Attributes:
+        name: short identifier (``"cifar10"``, a directory name, ...), used in file names and logs.
+        train_images: uint8 tensor [N, C, H, W], pixel values 0..255.
+        train_labels: int64 tensor [N], values in [0, num_classes). These are the labels as loaded
+            (clean for the standard datasets); noise is applied separately by :mod:`tad_plugin.noise`.
+        test_images: uint8 tensor [M, C, H, W].
+        test_labels: int64 tensor [M].
+        class_names: one name per class; ``len(class_names) == num_classes``.
+    """
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        k = len(self.class_names)
+        for split in ("train", "test"):
+            images = getattr(self, f"{split}_images")
+            labels = getattr(self, f"{split}_labels")
+            if images.dtype != torch.uint8 or images.dim() != 4:
+                raise DatasetError(
+                    f"{self.name}: {split}_images must be a uint8 tensor [N, C, H, W], got "
+                    f"{images.dtype} {tuple(images.shape)}"
+                )
+            if labels.dtype != torch.int64 or labels.dim() != 1 or len(labels) != len(images):
+                raise DatasetError(
+                    f"{self.name}: {split}_labels must be an int64 tensor [{len(images)}], got "
+                    f"{labels.dtype} {tuple(labels.shape)}"
+                )
+            if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
+                raise DatasetError(
+                    f"{self.name}: {split}_labels span [{int(labels.min())}, {int(labels.max())}] but "
+                    f"there are {k} class names; labels must lie in [0, {k})"
+                )
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise DatasetError(
+                f"{self.name}: train images {tuple(self.train_images.shape[1:])} and test images "
+                f"{tuple(self.test_images.shape[1:])} differ in shape"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train_images.shape[2]), int(self.train_images.shape[3])
+
+    def class_counts(self) -> torch.Tensor:
+        """Number of training samples per class, int64 [num_classes]."""
+        return torch.bincount(self.train_labels, minlength=self.num_classes)
+
+
+def load_dataset(source: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,
+                 download: bool = False) -> ImageDataset:
+    """Load a dataset by name or path.
+
+    Args:
+        source: ``"digits"``, ``"cifar10"``, ``"cifar100"``, a directory in ImageFolder layout, or a
+            ``.npz`` arrays file.
+        root: directory holding torchvision's CIFAR files (``cifar-10-batches-py`` / ``cifar-100-python``);
+            defaults to ``~/.cache/tad_plugin/data``. Ignored for the other sources.
+        download: let torchvision download CIFAR when it is missing (needs internet).
+
+    Raises:
+        DatasetError: the source does not exist, is corrupt, or is malformed.
+    """
+    text = str(source)
+    key = text.lower().replace("-", "").replace("_", "")
+    if key == "digits":
+        return _load_digits()
+    if key in ("cifar10", "cifar100"):
+        return _load_torchvision_cifar(key, root, download)
+    path = Path(text).expanduser()
+    if path.suffix == ".npz":
+        return _load_arrays(path)
+    if path.is_dir():
+        return _load_image_folder(path)
+    raise DatasetError(
+        f"unknown dataset {text!r}: use one of {', '.join(DATASET_NAMES)}, an ImageFolder directory, or "
+        f"a .npz arrays file (train_images uint8 NHWC, train_labels, test_images, test_labels)"
+        + ("" if path.exists() else f"; no file or directory exists at {path}")
+    )
+
+
+def _load_digits() -> ImageDataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # 8x8 grey levels 0..16 -> 0..255; one channel.
+    images = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[:, None]
+    labels = bunch.target.astype(np.int64)
+    # A fixed, stratified split (about 72% / 28%), the same on every machine.
+    rng = np.random.default_rng(0)
+    test_mask = np.zeros(len(labels), dtype=bool)
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        test_mask[rng.choice(idx, size=round(0.28 * len(idx)), replace=False)] = True
+    return ImageDataset(
+        name="digits",
+        train_images=torch.from_numpy(images[~test_mask]),
+        train_labels=torch.from_numpy(labels[~test_mask]),
+        test_images=torch.from_numpy(images[test_mask]),
+        test_labels=torch.from_numpy(labels[test_mask]),
+        class_names=tuple(str(c) for c in range(10)),
+    )
+
+
+def _default_root() -> Path:
+    return Path(os.environ.get("TAD_PLUGIN_DATA", Path.home() / ".cache" / "tad_plugin" / "data"))
+
+
+def _load_torchvision_cifar(key: str, root: str | os.PathLike[str] | None, download: bool) -> ImageDataset:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if key == "cifar10" else datasets.CIFAR100
+    folder = Path(root).expanduser() if root is not None else _default_root()
+    splits = {}
+    for train in (True, False):
+        try:
+            ds = cls(str(folder), train=train, download=download)
+        except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
+            raise DatasetError(
+                f"{key} not found or corrupt under {folder} ({exc}). Pass download=True "
+                f"(CLI: --download) where there is internet, point root at a folder holding "
+                f"{cls.base_folder}/, or convert your copy to a .npz arrays file"
+            ) from exc
+        images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+        splits[train] = (images, torch.as_tensor(ds.targets, dtype=torch.int64))
+    return ImageDataset(key, *splits[True], *splits[False], class_names=tuple(ds.classes))
+
+
+def _load_arrays(path: Path) -> ImageDataset:
+    if not path.is_file():
+        raise DatasetError(f"arrays file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = {"train_images", "train_labels", "test_images", "test_labels"} - set(npz.files)
+            if missing:
+                raise DatasetError(
+                    f"{path} lacks the arrays {sorted(missing)}; an arrays file needs train_images "
+                    f"(uint8 [N, H, W, C]), train_labels, test_images, test_labels, optional class_names"
+                )
+            arrays = {k: npz[k] for k in npz.files}
+    except DatasetError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled object arrays), OSError
+        raise DatasetError(f"cannot read arrays file {path}: {exc}. Re-create it with save_arrays()") from exc
+
+    def images(split: str) -> torch.Tensor:
+        a = arrays[f"{split}_images"]
+        if a.dtype != np.uint8 or a.ndim not in (3, 4):
+            raise DatasetError(
+                f"{path}: {split}_images must be uint8 [N, H, W, C] (or [N, H, W] for grey), got "
+                f"{a.dtype} {a.shape}"
+            )
+        if a.ndim == 3:
+            a = a[..., None]
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+
+    def labels(split: str) -> torch.Tensor:
+        a = arrays[f"{split}_labels"]
+        if not np.issubdtype(a.dtype, np.integer) or a.ndim != 1:
+            raise DatasetError(f"{path}: {split}_labels must be a 1-D integer array, got {a.dtype} {a.shape}")
+        return torch.from_numpy(a.astype(np.int64))
+
+    train_labels = labels("train")
+    if "class_names" in arrays:
+        names = tuple(str(n) for n in arrays["class_names"])
+    else:
+        names = tuple(str(c) for c in range(int(train_labels.max()) + 1 if len(train_labels) else 0))
+    return ImageDataset(path.stem, images("train"), train_labels, images("test"), labels("test"), names)
+
+
+def save_arrays(dataset: ImageDataset, path: str | os.PathLike[str]) -> None:
+    """Write ``dataset`` as a ``.npz`` arrays file that :func:`load_dataset` reads back (atomically)."""
+    path = Path(path)
+    arrays = {
+        "train_images": dataset.train_images.permute(0, 2, 3, 1).numpy(),
+        "train_labels": dataset.train_labels.numpy(),
+        "test_images": dataset.test_images.permute(0, 2, 3, 1).numpy(),
+        "test_labels": dataset.test_labels.numpy(),
+        "class_names": np.array(dataset.class_names),
+    }
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _load_image_folder(path: Path) -> ImageDataset:
+    from PIL import Image
+
+    train_dir = path / "train"
+    if not train_dir.is_dir():
+        raise DatasetError(
+            f"{path} is not in ImageFolder layout: expected {train_dir}/<class>/<image> plus val/ or test/"
+        )
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise DatasetError(f"{train_dir} has no class sub-directories")
+    index = {c: i for i, c in enumerate(classes)}
+
+    def files_in(d: Path) -> list[Path]:
+        return sorted(p for p in d.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+
+    train = [(p, index[c]) for c in classes for p in files_in(train_dir / c)]
+    test: list[tuple[Path, int]] = []
+    tiny_val = path / "val" / "val_annotations.txt"
+    if tiny_val.is_file():  # Tiny ImageNet: val/images/*.JPEG with a tab-separated annotation file
+        for line in tiny_val.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[1] in index:
+                test.append((path / "val" / "images" / parts[0], index[parts[1]]))
+    else:
+        for split in ("val", "test"):
+            if (path / split).is_dir():
+                test = [(p, index[c]) for c in classes for p in files_in(path / split / c)]
+                break
+    if not train or not test:
+        raise DatasetError(f"{path}: found {len(train)} train and {len(test)} test images; both must be > 0")
+
+    def read(items: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        arrays = []
+        for p, _ in items:
+            try:
+                with Image.open(p) as im:
+                    arrays.append(np.asarray(im.convert("RGB")))
+            except Exception as exc:
+                raise DatasetError(f"cannot decode image {p}: {exc}; remove or replace the file") from exc
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise DatasetError(f"{path}: images differ in size {sorted(shapes)[:3]}; resize them to one size")
+        images = torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
+        return images, torch.tensor([y for _, y in items], dtype=torch.int64)
+
+    return ImageDataset(path.name, *read(train), *read(test), class_names=tuple(classes))
+
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

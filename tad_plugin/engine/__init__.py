@@ -1,0 +1,1 @@
+"""The trajectory-matching engine shared by the MTT, FTD, DATM and ATT adapters (ConvNet, DSA, ZCA, experts, distillation, evaluation)."""

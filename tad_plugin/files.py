@@ -1,0 +1,46 @@
+"""Crash-safe file writing: every file the library writes goes through :func:`atomic_write`."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_write", "atomic_torch_save", "atomic_write_json"]
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    A reader never sees a half-written file, and an exception (or a kill) leaves any earlier file at
+    ``path`` untouched. Parent directories are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` through :func:`atomic_write`. Save only tensors, numbers, strings, lists and dicts
+    so that the file loads with ``torch.load(..., weights_only=True)``."""
+    import torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``obj`` as indented JSON through :func:`atomic_write`."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))

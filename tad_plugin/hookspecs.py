@@ -1,0 +1,85 @@
+"""The hook specifications of tad_plugin: the three points where TAD enters a distiller.
+
+A plugin is any object or module whose functions are marked with :data:`hookimpl` and named after
+one of the specs below. Implementations may accept any subset of a spec's parameters (pluggy passes
+only the ones they name) and must not give them defaults. All three hooks are ``firstresult``: the
+first implementation that returns something other than ``None`` decides, so a plugin registered
+after TAD's default (``tad``) overrides it, and returning ``None`` defers to the next one.
+
+Hosts call hooks by keyword only, e.g. ``pm.hook.expert_loss(logits=z, targets=y)``, or through
+the typed facade :class:`tad_plugin.TADHooks`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+
+    from .results import Recalibration, TrustSplit
+
+PROJECT_NAME = "tad_plugin"
+ENTRY_POINT_GROUP = "tad_plugin"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+#: Marker for hook implementations: decorate functions or methods named after a hook spec.
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec(firstresult=True)
+def filter_dataset(losses: torch.Tensor, labels: torch.Tensor, num_classes: int) -> TrustSplit | None:
+    """Divide the training set into trusted and untrusted spaces (the outer loop, Sec. 4.1).
+
+    When: during expert training, after the warm-up epochs and then whenever the host recomputes the
+    division (by default after every expert epoch), before the next epoch's training set is built.
+
+    :param losses: float tensor [N]; per-sample cross-entropy of every training sample under the
+        current expert, computed without augmentation in eval mode, against ``labels``. Finite.
+    :param labels: int64 tensor [N]; the current (possibly noisy or recalibrated) label of each
+        sample, in [0, num_classes).
+    :param num_classes: number of classes C.
+    :return: a :class:`~tad_plugin.TrustSplit` with ``trusted`` (bool [N], True = trusted),
+        ``confidence`` (float [N], w_i) and ``thresholds`` (float [C], tau_c), on the device of
+        ``losses``; or ``None`` to defer to the next implementation. Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def expert_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """The criterion for training experts on the trusted space (Eq. 6).
+
+    When: at every expert training step, in place of the distiller's cross-entropy. SAM-style
+    optimisers (FTD/DATM's GSAM) call it twice per step, so an implementation must be pure: no state
+    changes between calls, the same inputs give the same value.
+
+    :param logits: float tensor [B, C]; the expert's outputs for a batch (requires grad).
+    :param targets: int64 tensor [B] of class indices in [0, C).
+    :return: a scalar float tensor, the mean loss over the batch, differentiable w.r.t. ``logits``;
+        or ``None`` to defer. Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def recalibrate(features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor,
+                anchor_features: torch.Tensor, anchor_labels: torch.Tensor,
+                num_classes: int) -> Recalibration | None:
+    """Score the trusted space against distilled anchors and recall untrusted samples (Sec. 4.2).
+
+    When: in the dual loop, after anchors have been distilled from the early expert trajectory and
+    embedded, typically once per outer round; its result replaces the labels and the trusted mask
+    used for the following expert epochs.
+
+    :param features: float tensor [N, D]; self-supervised features of every training sample.
+    :param labels: int64 tensor [N]; the current labels, in [0, num_classes).
+    :param trusted: bool tensor [N]; the current trusted space (True = trusted).
+    :param anchor_features: float tensor [A, D]; features of the distilled anchor images.
+    :param anchor_labels: int64 tensor [A]; the class of each anchor, in [0, num_classes).
+    :param num_classes: number of classes C.
+    :return: a :class:`~tad_plugin.Recalibration` with ``labels`` (int64 [N]; recalled samples carry
+        their pseudo-label), ``trusted`` (bool [N]; the new trusted space) and ``reliability``
+        (float [N]; in [0, 1] for samples trusted on entry, 1 = most reliable, NaN elsewhere), on the
+        device of ``features``; or ``None`` to defer. Stops at first non-None result.
+    """

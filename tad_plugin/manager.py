@@ -1,0 +1,114 @@
+"""The plugin manager and the typed facade host code calls the hooks through."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+import pluggy
+import torch
+
+from . import hookspecs
+from .results import Recalibration, TrustSplit
+
+__all__ = ["get_plugin_manager", "TADHooks", "HookError", "DISABLE_AUTOLOAD_ENV", "BLOCKED_ENV", "TRACE_ENV"]
+
+#: Set to a non-empty value other than ``0`` to skip loading third-party plugins from entry points.
+DISABLE_AUTOLOAD_ENV = "TAD_PLUGIN_DISABLE_AUTOLOAD"
+#: Comma-separated plugin names (entry-point names, or ``tad``) that must not be registered.
+BLOCKED_ENV = "TAD_PLUGIN_BLOCKED"
+#: Set to ``1`` to log every hook call (name, implementations, result type) at INFO level.
+TRACE_ENV = "TAD_PLUGIN_TRACE"
+
+log = logging.getLogger("tad_plugin.hooks")
+
+
+class HookError(RuntimeError):
+    """No registered plugin produced a result for a hook, or a result broke the hook's contract."""
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip() not in ("", "0", "false", "no")
+
+
+def get_plugin_manager(default: object | None = None, load_entrypoints: bool | None = None,
+                       blocked: Iterable[str] = ()) -> pluggy.PluginManager:
+    """Build the plugin manager with TAD's hooks.
+
+    Steps: add the specs of :mod:`tad_plugin.hookspecs`; block ``blocked`` plus the names in
+    ``$TAD_PLUGIN_BLOCKED``; register TAD's implementation under the name ``tad``; load third-party
+    plugins from the ``tad_plugin`` entry-point group (they register after ``tad`` and so are called
+    first, overriding it); finally ``check_pending()`` rejects implementations of unknown hooks.
+
+    Args:
+        default: the object registered as ``tad``; ``None`` means ``TrustAwareDiversion()`` with its
+            documented defaults.
+        load_entrypoints: load entry-point plugins; ``None`` means yes unless
+            ``$TAD_PLUGIN_DISABLE_AUTOLOAD`` is set.
+        blocked: plugin names never to register (e.g. ``["tad"]`` to run only your own plugin).
+
+    Raises:
+        pluggy.PluginValidationError: a plugin implements an unknown hook or takes an argument the
+            spec does not have.
+    """
+    from .tad import TrustAwareDiversion
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    names = [n.strip() for n in os.environ.get(BLOCKED_ENV, "").split(",") if n.strip()]
+    for name in [*names, *blocked]:
+        pm.set_blocked(name)
+    pm.register(default if default is not None else TrustAwareDiversion(), name="tad")
+    if load_entrypoints if load_entrypoints is not None else not _env_flag(DISABLE_AUTOLOAD_ENV):
+        pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP)
+    pm.check_pending()
+    if _env_flag(TRACE_ENV):
+        pm.add_hookcall_monitoring(
+            lambda name, impls, kwargs: log.info("hook %s -> %s", name, [i.plugin_name for i in impls]),
+            lambda outcome, name, impls, kwargs: log.info("hook %s returned %s", name,
+                                                          type(outcome.get_result()).__name__),
+        )
+    return pm
+
+
+class TADHooks:
+    """Typed calls of the three hooks, for host code and type checkers.
+
+    ``TADHooks()`` builds its own manager with :func:`get_plugin_manager`; pass ``pm`` to share one.
+    Each method raises :class:`HookError` if every implementation deferred (returned ``None``).
+    """
+
+    def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
+        self.pm = pm if pm is not None else get_plugin_manager()
+
+    def filter_dataset(self, losses: torch.Tensor, labels: torch.Tensor, num_classes: int) -> TrustSplit:
+        """See :func:`tad_plugin.hookspecs.filter_dataset`."""
+        out = self.pm.hook.filter_dataset(losses=losses, labels=labels, num_classes=num_classes)
+        return self._check("filter_dataset", out, TrustSplit)
+
+    def expert_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """See :func:`tad_plugin.hookspecs.expert_loss`."""
+        out = self._check("expert_loss", self.pm.hook.expert_loss(logits=logits, targets=targets),
+                          torch.Tensor)
+        if out.dim() != 0:
+            raise HookError(f"expert_loss must return a scalar tensor, got shape {tuple(out.shape)}")
+        return out
+
+    def recalibrate(self, features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor,
+                    anchor_features: torch.Tensor, anchor_labels: torch.Tensor,
+                    num_classes: int) -> Recalibration:
+        """See :func:`tad_plugin.hookspecs.recalibrate`."""
+        out = self.pm.hook.recalibrate(features=features, labels=labels, trusted=trusted,
+                                       anchor_features=anchor_features, anchor_labels=anchor_labels,
+                                       num_classes=num_classes)
+        return self._check("recalibrate", out, Recalibration)
+
+    @staticmethod
+    def _check(name: str, out: object, kind: type) -> object:  # type: ignore[type-arg]
+        if out is None:
+            raise HookError(f"no registered plugin implements {name!r} (all deferred); register one, "
+                            f"or leave TAD's default plugin 'tad' unblocked")
+        if not isinstance(out, kind):
+            raise HookError(f"{name} returned {type(out).__name__}, expected {kind.__name__}")
+        return out
