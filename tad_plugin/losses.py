@@ -1,0 +1,45 @@
+"""TAD's expert criterion (Eq. 6): cross-entropy plus lambda times the reverse cross-entropy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ce_rce_loss"]
+
+
+def ce_rce_loss(logits: torch.Tensor, targets: torch.Tensor, reg_weight: float, log_zero: float) -> torch.Tensor:
+    """Mean over the batch of ``CE + reg_weight * RCE``.
+
+    ``RCE = -sum_k p_k * log(y_k)`` with ``p = softmax(logits)`` and one-hot ``y``, where ``log 1 = 0``
+    and ``log 0`` is replaced by the negative constant ``log_zero``; so ``RCE = -log_zero * (1 - p_y)``.
+    With ``reg_weight = 0`` this is plain cross-entropy.
+
+    Pure (no state), so SAM-style optimisers may evaluate it twice per step. To keep training free of
+    host syncs the label range is not checked here; check labels once per dataset
+    (:func:`tad_plugin.checks.check_labels`).
+
+    Args:
+        logits: float tensor [B, C].
+        targets: int64 tensor [B] with class indices in [0, C).
+        reg_weight: lambda >= 0.
+        log_zero: the constant standing for log 0; must be negative.
+
+    Returns:
+        A scalar tensor, differentiable w.r.t. ``logits``.
+    """
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise TypeError(f"logits must be a float tensor [B, C], got {logits.dtype} {tuple(logits.shape)}")
+    if targets.dtype != torch.int64 or targets.shape != logits.shape[:1]:
+        raise TypeError(f"targets must be an int64 tensor [{logits.shape[0]}] of class indices, got "
+                        f"{targets.dtype} {tuple(targets.shape)}")
+    if reg_weight < 0:
+        raise ValueError(f"reg_weight (lambda) must be >= 0, got {reg_weight}")
+    if log_zero >= 0:
+        raise ValueError(f"log_zero must be negative (it stands for log 0), got {log_zero}")
+    ce = F.cross_entropy(logits, targets)
+    if reg_weight == 0:
+        return ce
+    p_y = torch.softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+    rce = -log_zero * (1.0 - p_y)
+    return ce + reg_weight * rce.mean()

@@ -1,0 +1,155 @@
+"""Label noise: synthetic (symmetric, asymmetric) with a seed, and the real-world CIFAR-10N / CIFAR-100N sets.
+
+Definitions (fixed here, since the paper does not spell them out):
+
+* ``"symmetric"``: in each class c, exactly ``round(rate * N_c)`` samples, chosen uniformly, get a label
+  drawn uniformly from the *other* classes (the flip rate is exactly ``rate``, unlike DivideMix's variant
+  that may redraw the true class).
+* ``"asymmetric-cifar10"``: the paper's map truck -> automobile, bird -> airplane, deer -> horse,
+  cat -> dog; in each listed source class exactly ``round(rate * N_c)`` samples flip (dog does not flip
+  back to cat). The overall noise rate is therefore about ``0.4 * rate`` on CIFAR-10.
+* ``"asymmetric-cifar100"``: each class flips to the next class within its super-class (classes of a
+  super-class in ascending order, cyclically), for exactly ``round(rate * N_c)`` samples of every class;
+  the super-classes come from the official coarse labels (``coarse_labels``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checks import check_labels
+
+__all__ = ["make_noisy_labels", "load_cifar_n", "noise_rate", "NOISE_KINDS", "CIFAR10_ASYMMETRIC_MAP"]
+
+log = logging.getLogger("tad_plugin.noise")
+
+NOISE_KINDS = ("symmetric", "asymmetric-cifar10", "asymmetric-cifar100")
+#: CIFAR-10 class indices: 0 airplane, 1 automobile, 2 bird, 3 cat, 4 deer, 5 dog, 7 horse, 9 truck.
+CIFAR10_ASYMMETRIC_MAP = {9: 1, 2: 0, 4: 7, 3: 5}
+
+
+def noise_rate(noisy: torch.Tensor, clean: torch.Tensor) -> float:
+    """Fraction of samples whose noisy label differs from the clean one."""
+    if noisy.shape != clean.shape:
+        raise ValueError(f"noisy {tuple(noisy.shape)} and clean {tuple(clean.shape)} labels differ in shape")
+    return float((noisy != clean).double().mean()) if noisy.numel() else 0.0
+
+
+def make_noisy_labels(labels: torch.Tensor, kind: str, rate: float, *, num_classes: int, seed: int,
+                      coarse_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Return noisy labels (int64 [N], CPU); the same arguments always give the same labels.
+
+    Args:
+        labels: clean int64 labels [N] in [0, num_classes).
+        kind: one of :data:`NOISE_KINDS` (see the module docstring for the exact definitions).
+        rate: fraction of each affected class to flip, in [0, 1].
+        num_classes: C (10 for ``asymmetric-cifar10``).
+        seed: seed of the noise; the generator is numpy's PCG64, so labels match across machines.
+        coarse_labels: int64 [N] super-class of every sample, required for ``asymmetric-cifar100``
+            (e.g. CIFAR-100's official ``train_coarse`` labels).
+    """
+    labels = torch.as_tensor(labels)
+    check_labels(labels, num_classes)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"noise rate must lie in [0, 1], got {rate}")
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"unknown noise kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}")
+    y = labels.cpu().numpy().copy()
+    rng = np.random.default_rng(seed)
+    if kind == "symmetric":
+        if num_classes < 2:
+            raise ValueError("symmetric noise needs at least 2 classes")
+        for c in range(num_classes):
+            flip = _pick(rng, np.flatnonzero(labels.numpy() == c), rate)
+            offsets = rng.integers(1, num_classes, size=len(flip))  # 1..C-1: never the true class
+            y[flip] = (c + offsets) % num_classes
+    else:
+        mapping = CIFAR10_ASYMMETRIC_MAP if kind == "asymmetric-cifar10" else _next_in_superclass(
+            labels, coarse_labels, num_classes)
+        if kind == "asymmetric-cifar10" and num_classes != 10:
+            raise ValueError(f"asymmetric-cifar10 noise needs num_classes=10, got {num_classes}")
+        for src, dst in mapping.items():
+            y[_pick(rng, np.flatnonzero(labels.numpy() == src), rate)] = dst
+    noisy = torch.from_numpy(y.astype(np.int64))
+    log.info("%s noise at rate %.3f (seed %d): measured noise rate %.4f", kind, rate, seed,
+             noise_rate(noisy, labels.cpu()))
+    return noisy
+
+
+def _pick(rng: np.random.Generator, idx: np.ndarray, rate: float) -> np.ndarray:
+    return rng.choice(idx, size=int(round(rate * len(idx))), replace=False) if len(idx) else idx
+
+
+def _next_in_superclass(labels: torch.Tensor, coarse_labels: torch.Tensor | None, num_classes: int) -> dict[int, int]:
+    if coarse_labels is None:
+        raise ValueError("asymmetric-cifar100 noise needs coarse_labels (the super-class of every sample, e.g. "
+                         "CIFAR-100's official train_coarse labels)")
+    coarse = torch.as_tensor(coarse_labels).cpu()
+    if coarse.shape != labels.shape:
+        raise ValueError(f"coarse_labels {tuple(coarse.shape)} must align with labels {tuple(labels.shape)}")
+    groups: dict[int, set[int]] = {}
+    fine_to_coarse: dict[int, int] = {}
+    for f, c in zip(labels.cpu().tolist(), coarse.tolist()):
+        if fine_to_coarse.setdefault(f, c) != c:
+            raise ValueError(f"class {f} appears in super-classes {fine_to_coarse[f]} and {c}; coarse_labels must "
+                             f"map every class to exactly one super-class")
+        groups.setdefault(c, set()).add(f)
+    mapping = {}
+    for members in groups.values():
+        ordered = sorted(members)
+        for i, f in enumerate(ordered):
+            mapping[f] = ordered[(i + 1) % len(ordered)]
+    return mapping
+
+
+def load_cifar_n(path: str | os.PathLike[str], label_set: str) -> torch.Tensor:
+    """Read one label set of CIFAR-10N / CIFAR-100N (int64 [50000], in the official train order).
+
+    Args:
+        path: the official ``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt`` (a ``torch.save`` dict of numpy
+            arrays), or an ``.npz`` with the same arrays.
+        label_set: a key of that file: CIFAR-10N ``aggre_label``, ``worse_label``, ``random_label1``,
+            ``random_label2``, ``random_label3``, ``clean_label``; CIFAR-100N ``noisy_label``,
+            ``clean_label``, ``noisy_coarse_label``, ``clean_coarse_label``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CIFAR-N label file {path} does not exist; get CIFAR-10_human.pt / "
+                                f"CIFAR-100_human.pt from the CIFAR-N release (UCSC-REAL/cifar-10-100n, data/)")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+        else:
+            data = _load_cifar_n_pt(path)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"cannot read CIFAR-N label file {path}: {exc}") from exc
+    if label_set not in data:
+        raise KeyError(f"{path.name} has no label set {label_set!r}; available: {', '.join(sorted(data))}")
+    arr = np.asarray(data[label_set])
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{path.name}[{label_set!r}] is not a 1-D integer label array ({arr.dtype} {arr.shape})")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def _load_cifar_n_pt(path: Path) -> dict[str, object]:
+    # The official files pickle numpy arrays (and, in CIFAR-100N, Python lists). Allow exactly the numpy
+    # reconstruction functions so that loading stays weights_only (no arbitrary code).
+    try:
+        reconstruct = np._core.multiarray._reconstruct  # numpy >= 2
+    except AttributeError:
+        reconstruct = np.core.multiarray._reconstruct
+    safe: list[object] = [np.ndarray, np.dtype, type(np.dtype(np.int64)),
+                          (reconstruct, "numpy.core.multiarray._reconstruct"),
+                          (reconstruct, "numpy._core.multiarray._reconstruct")]
+    with torch.serialization.safe_globals(safe):
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a dict of label arrays, got {type(data).__name__}")
+    return data

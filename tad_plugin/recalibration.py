@@ -1,0 +1,158 @@
+"""The inner loop's recalibration (Sec. 4.2): anchor-based reliability, then a reliability-weighted vote.
+
+1. Features and anchors are L2-normalised (self-supervised features are compared by angle).
+2. Per class c, the anchors' mean and covariance; the covariance is estimated with Ledoit-Wolf
+   shrinkage because anchors are few (n per class, n << D makes the raw covariance singular). A class with
+   a single anchor uses the pooled within-class covariance of all anchors.
+3. Each trusted sample's Mahalanobis distance to the anchors of its labelled class (Eq. 7), min-max
+   normalised within the class, becomes a reliability ``r = 1 - normalised distance``: Eq. 8 weights
+   neighbours by their *proximity* to the anchors, so the closest sample is the most reliable (r = 1).
+4. The ``top_k`` most reliable trusted samples of each class form the reference set.
+5. Every sample's ``num_neighbors`` most cosine-similar references (FAISS or torch, see
+   :mod:`tad_plugin.search`; a sample never votes for itself) vote with weight ``r_i * sim``
+   (Eq. 8 restricted to the nearest references; ``num_neighbors >= top_k * C`` is Eq. 8 verbatim).
+6. Vote confidence = the winning class's share of the total vote. Untrusted samples with confidence
+   >= ``recall_confidence`` are recalled with the winning class as pseudo-label; trusted samples whose
+   vote picks another class with confidence >= ``sieve_confidence`` are sieved out (label kept).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checks import check_bool_mask, check_features, check_labels
+from .results import Recalibration
+from .search import Backend, cosine_topk
+
+__all__ = ["recalibrate_with_anchors", "anchor_precisions", "mahalanobis_reliability"]
+
+
+def anchor_precisions(anchor_features: torch.Tensor, anchor_labels: torch.Tensor,
+                      num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class anchor means [C, D] and shrunk precision matrices [C, D, D] (float64, CPU).
+
+    Raises ``ValueError`` if a class has no anchor.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    x = anchor_features.detach().double().cpu()
+    y = anchor_labels.detach().cpu()
+    counts = torch.bincount(y, minlength=num_classes)
+    if bool((counts == 0).any()):
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"classes {missing[:10]} have no anchors; distill at least 2 anchor images per "
+                         f"class (anchor IPC >= 2) before recalibrating")
+    d = x.shape[1]
+    means = torch.zeros(num_classes, d, dtype=torch.float64)
+    means.index_add_(0, y, x)
+    means /= counts[:, None]
+    precisions = torch.empty(num_classes, d, d, dtype=torch.float64)
+    pooled = None
+    for c in range(num_classes):
+        xc = x[y == c]
+        if len(xc) >= 2:
+            precisions[c] = torch.from_numpy(LedoitWolf().fit(xc.numpy()).precision_)
+        else:
+            if pooled is None:
+                if int((counts >= 2).sum()) == 0:
+                    raise ValueError("every class has a single anchor: a covariance cannot be estimated; "
+                                     "distill at least 2 anchor images per class")
+                centred = (x - means[y]).numpy()
+                pooled = torch.from_numpy(LedoitWolf(assume_centered=True).fit(centred).precision_)
+            precisions[c] = pooled
+    return means, precisions
+
+
+def mahalanobis_reliability(features: torch.Tensor, labels: torch.Tensor, means: torch.Tensor,
+                            precisions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Reliability in [0, 1] of each row of ``features`` w.r.t. the anchors of its class ``labels``.
+
+    Mahalanobis distance (Eq. 7) to the class's anchor distribution, min-max normalised within each class,
+    turned into proximity ``1 - d``. A class whose samples are all equidistant gets reliability 1.
+    Returns float32 [M] on the device of ``features``.
+    """
+    device = features.device
+    reliability = torch.ones(features.shape[0], dtype=torch.float32, device=device)
+    for c in range(num_classes):
+        rows = torch.nonzero(labels == c).flatten()
+        if rows.numel() == 0:
+            continue
+        diff = features[rows].double() - means[c].to(device)
+        dist = torch.sqrt(((diff @ precisions[c].to(device)) * diff).sum(1).clamp_min(0))
+        span = dist.max() - dist.min()
+        if float(span) > 0:
+            reliability[rows] = (1.0 - (dist - dist.min()) / span).float()
+    return reliability
+
+
+def recalibrate_with_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor,
+                             anchor_features: torch.Tensor, anchor_labels: torch.Tensor, num_classes: int, *,
+                             top_k: int = 100, num_neighbors: int = 10, recall_confidence: float = 0.9,
+                             sieve_confidence: float = 0.9, sieve: bool = True,
+                             backend: Backend = "auto") -> Recalibration:
+    """TAD's inner loop; see the module docstring for the steps and :func:`tad_plugin.hookspecs.recalibrate`
+    for the argument and return contracts.
+
+    Args:
+        top_k: reference samples per class (the most reliable trusted ones).
+        num_neighbors: references that vote for each sample.
+        recall_confidence: minimum vote share to recall an untrusted sample, in (0.5, 1].
+        sieve_confidence: minimum vote share of another class to sieve a trusted sample, in (0.5, 1].
+        sieve: whether to sieve trusted samples at all.
+        backend: nearest-neighbour backend, see :func:`tad_plugin.search.cosine_topk`.
+    """
+    check_features(features, "features")
+    n, d = features.shape
+    check_labels(labels, num_classes, n=n)
+    check_bool_mask(trusted, "trusted", n)
+    check_features(anchor_features, "anchor_features", dim=d)
+    check_labels(anchor_labels, num_classes, name="anchor_labels", n=anchor_features.shape[0])
+    for name, value in (("recall_confidence", recall_confidence), ("sieve_confidence", sieve_confidence)):
+        if not 0.5 < value <= 1.0:
+            raise ValueError(f"{name} must lie in (0.5, 1], got {value}")
+    if top_k < 1 or num_neighbors < 1:
+        raise ValueError(f"top_k and num_neighbors must be >= 1, got {top_k} and {num_neighbors}")
+    device = features.device
+    feats = torch.nn.functional.normalize(features.detach().float(), dim=1)
+    anchors = torch.nn.functional.normalize(anchor_features.detach().float(), dim=1)
+    labels = labels.to(device)
+    trusted = trusted.to(device)
+
+    reliability = torch.full((n,), float("nan"), device=device)
+    new_labels, new_trusted = labels.clone(), trusted.clone()
+    trusted_idx = torch.nonzero(trusted).flatten()
+    if trusted_idx.numel() == 0:
+        return Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability)
+
+    means, precisions = anchor_precisions(anchors, anchor_labels, num_classes)
+    reliability[trusted_idx] = mahalanobis_reliability(feats[trusted_idx], labels[trusted_idx], means,
+                                                       precisions, num_classes)
+
+    # Reference set: the top_k most reliable trusted samples of each class.
+    ref_parts = []
+    for c in range(num_classes):
+        members = trusted_idx[labels[trusted_idx] == c]
+        if members.numel():
+            order = torch.argsort(reliability[members], descending=True, stable=True)
+            ref_parts.append(members[order[:top_k]])
+    refs = torch.cat(ref_parts)
+
+    # Every sample asks its nearest references (one extra to drop itself if it is a reference).
+    sims, nbr = cosine_topk(feats, feats[refs], num_neighbors + 1, backend=backend)
+    nbr_global = refs[nbr]
+    valid = nbr_global != torch.arange(n, device=device)[:, None]
+    valid &= torch.cumsum(valid.int(), dim=1) <= num_neighbors
+    weights = torch.where(valid, reliability[nbr_global] * sims.clamp_min(0), torch.zeros_like(sims))
+    votes = torch.zeros(n, num_classes, device=device)
+    votes.scatter_add_(1, labels[nbr_global], weights)
+    total = votes.sum(1)
+    best_score, best_class = votes.max(1)
+    share = torch.where(total > 0, best_score / total.clamp_min(1e-12), torch.zeros_like(total))
+
+    recall = ~trusted & (share >= recall_confidence) & (best_score > 0)
+    new_labels[recall] = best_class[recall]
+    new_trusted |= recall
+    if sieve:
+        sieved = trusted & (best_class != labels) & (share >= sieve_confidence)
+        new_trusted &= ~sieved
+    return Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability)

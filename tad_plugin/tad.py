@@ -1,0 +1,93 @@
+"""TAD's implementation of the three hooks: an ordinary plugin, registered as ``tad``, that users can replace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .division import divide_by_loss
+from .hookspecs import hookimpl
+from .losses import ce_rce_loss
+from .recalibration import recalibrate_with_anchors
+from .results import Recalibration, TrustSplit
+from .search import Backend
+
+__all__ = ["TrustAwareDiversion"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrustAwareDiversion:
+    """Trust-Aware Diversion's configuration and hook implementations.
+
+    The paper gives no values for these knobs; each default below is the project's own choice, with its
+    reason.
+
+    Attributes:
+        reg_weight: lambda in Eq. 6. Default 1.0: with ``log_zero = -4`` the regulariser adds at most 4
+            to a sample's loss (``4 * (1 - p_y)``), the same order as CE early in training, so neither term
+            swamps the other; ``0`` gives plain CE.
+        log_zero: the negative constant standing for log 0 in the reverse CE. Default -4.0, the value
+            of A in the symmetric cross-entropy paper (SCE); SCE's public code effectively uses
+            ln(1e-4) = -9.21, i.e. a 2.3x stronger regulariser at the same lambda.
+        gmm_random_state: seed of the GMM's initialisation, fixed so that a division is reproducible.
+        gmm_max_iter, gmm_tol, gmm_reg_covar: EM settings. 100 iterations and tol 1e-3 are scikit-learn's
+            defaults (a 50k-sample 1-D fit converges in a few iterations and takes ~0.2 s);
+            reg_covar 5e-4 is DivideMix's and keeps a collapsed component from a singular variance.
+        top_k: reference samples per class in the inner loop (the most reliable trusted ones). Default
+            100: large enough that each class has neighbours in every mode of its appearance, small
+            enough that only samples close to the anchors vote.
+        num_neighbors: nearest references that vote for a sample. Default 10, the usual k of cosine-kNN
+            evaluation of self-supervised features (where such a vote is known to be accurate).
+        recall_confidence: vote share needed to recall an untrusted sample with its pseudo-label.
+            Default 0.9: recall only where the vote is near-unanimous, so the trusted space grows
+            without losing label precision.
+        sieve_confidence: vote share of another class needed to sieve a trusted sample. Default 0.9,
+            for the same reason.
+        sieve: whether trusted samples are sieved at all.
+        search_backend: ``"auto"`` (FAISS if installed, else torch), ``"faiss"`` or ``"torch"``.
+    """
+
+    reg_weight: float = 1.0
+    log_zero: float = -4.0
+    gmm_random_state: int = 0
+    gmm_max_iter: int = 100
+    gmm_tol: float = 1e-3
+    gmm_reg_covar: float = 5e-4
+    top_k: int = 100
+    num_neighbors: int = 10
+    recall_confidence: float = 0.9
+    sieve_confidence: float = 0.9
+    sieve: bool = True
+    search_backend: Backend = "auto"
+
+    def __post_init__(self) -> None:
+        if self.reg_weight < 0:
+            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+        if self.log_zero >= 0:
+            raise ValueError(f"log_zero must be negative (it stands for log 0), got {self.log_zero}")
+        if self.top_k < 1 or self.num_neighbors < 1:
+            raise ValueError("top_k and num_neighbors must be >= 1")
+        for name in ("recall_confidence", "sieve_confidence"):
+            if not 0.5 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in (0.5, 1], got {getattr(self, name)}")
+        if self.search_backend not in ("auto", "faiss", "torch"):
+            raise ValueError(f"search_backend must be 'auto', 'faiss' or 'torch', got {self.search_backend!r}")
+
+    @hookimpl
+    def filter_dataset(self, losses: torch.Tensor, labels: torch.Tensor, num_classes: int) -> TrustSplit:
+        return divide_by_loss(losses, labels, num_classes, random_state=self.gmm_random_state,
+                              max_iter=self.gmm_max_iter, tol=self.gmm_tol, reg_covar=self.gmm_reg_covar)
+
+    @hookimpl
+    def expert_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return ce_rce_loss(logits, targets, self.reg_weight, self.log_zero)
+
+    @hookimpl
+    def recalibrate(self, features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor,
+                    anchor_features: torch.Tensor, anchor_labels: torch.Tensor,
+                    num_classes: int) -> Recalibration:
+        return recalibrate_with_anchors(
+            features, labels, trusted, anchor_features, anchor_labels, num_classes, top_k=self.top_k,
+            num_neighbors=self.num_neighbors, recall_confidence=self.recall_confidence,
+            sieve_confidence=self.sieve_confidence, sieve=self.sieve, backend=self.search_backend)
