@@ -1,0 +1,320 @@
+"""Run configurations: typed dataclasses, YAML loading, and merging of command-line overrides.
+
+A run config is a :class:`RunConfig` made of sections (``data``, ``model``, ``buffer``, ``tad``,
+``distill``, ``eval``) plus a few top-level fields. Precedence, lowest first: the dataclass defaults
+(or an adapter's defaults), a YAML file, then ``key.sub=value`` overrides from the command line.
+Unknown keys and values of the wrong type are errors that name the key and the allowed ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = ["ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
+           "EvalConfig", "RunConfig", "load_yaml", "merge", "from_dict", "to_dict", "parse_override",
+           "apply_overrides", "build_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names it and says what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    """Where the training data come from and how its labels are corrupted.
+
+    ``noise`` None means the labels are used as loaded; ``cifar_n`` (a CIFAR-N ``.pt`` file) takes
+    precedence over synthetic noise and uses the label column ``label_set``.
+    """
+
+    dataset: str = "digits"
+    root: str | None = None
+    download: bool = False
+    noise: str | None = None
+    noise_rate: float = 0.0
+    noise_seed: int = 0
+    cifar_n: str | None = None
+    label_set: str = "worse_label"
+    zca: bool = False
+
+    def validate(self) -> None:
+        kinds = (None, "symmetric", "asymmetric-cifar10", "asymmetric-cifar100")
+        if self.noise not in kinds:
+            raise ConfigError(f"data.noise must be one of {kinds}, got {self.noise!r}")
+        if not 0.0 <= self.noise_rate < 1.0:
+            raise ConfigError(f"data.noise_rate must lie in [0, 1), got {self.noise_rate}")
+        if self.noise is not None and self.cifar_n is not None:
+            raise ConfigError("give either data.noise (synthetic) or data.cifar_n (real noise), not both")
+
+
+@dataclass
+class ModelConfig:
+    """The ConvNet: ``depth`` x [conv(width) -> norm -> ReLU -> avgpool] -> linear."""
+
+    width: int = 128
+    depth: int = 3
+    norm: str = "instancenorm"
+
+    def validate(self) -> None:
+        _positive(self, "model", "width", "depth")
+
+
+@dataclass
+class BufferConfig:
+    """Expert training (MTT's buffer.py defaults: SGD lr 0.01, no momentum/wd, batch 256, 50 epochs)."""
+
+    num_experts: int = 100
+    epochs: int = 50
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    dsa: bool = True
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    experts_per_group: int = 10
+    eval_batch_size: int = 2048
+    compile: bool = False
+
+    def validate(self) -> None:
+        _positive(self, "buffer", "num_experts", "epochs", "lr", "batch_size", "experts_per_group",
+                  "eval_batch_size")
+        if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0:
+            raise ConfigError("buffer.momentum must lie in [0, 1) and buffer.weight_decay be >= 0")
+
+
+@dataclass
+class TADConfig:
+    """Trust-Aware Diversion settings. ``None`` values use the plugin's documented defaults.
+
+    ``split``: ``"per-expert"`` (each expert's trusted space comes from its own per-sample losses;
+    the faithful default) or ``"shared"`` (one split from the losses averaged over the experts of a
+    group, the same for all of them; cheaper in GMM fits, identical trusted spaces).
+    ``warmup_epochs``: epochs trained on the whole training set before the first split.
+    ``recompute_every``: epochs between re-divisions after the warm-up.
+    """
+
+    enabled: bool = True
+    reg_weight: float | None = None
+    log_zero: float | None = None
+    top_k: int | None = None
+    warmup_epochs: int = 2
+    recompute_every: int = 1
+    split: str = "per-expert"
+
+    def validate(self) -> None:
+        if self.split not in ("per-expert", "shared"):
+            raise ConfigError(f"tad.split must be 'per-expert' or 'shared', got {self.split!r}")
+        if self.warmup_epochs < 0 or self.recompute_every < 1:
+            raise ConfigError("tad.warmup_epochs must be >= 0 and tad.recompute_every >= 1")
+
+    def plugin_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for ``TrustAwareDiversion`` (only the ones set)."""
+        return {k: v for k, v in (("reg_weight", self.reg_weight), ("log_zero", self.log_zero),
+                                  ("top_k", self.top_k)) if v is not None}
+
+
+@dataclass
+class DistillConfig:
+    """Trajectory-matching distillation (MTT names; see the adapter for the per-dataset table)."""
+
+    ipc: int = 10
+    iterations: int = 5000
+    syn_steps: int = 30
+    expert_epochs: int = 2
+    max_start_epoch: int = 20
+    lr_img: float = 1000.0
+    lr_lr: float = 1e-5
+    lr_teacher: float = 0.01
+    batch_syn: int | None = None
+    pix_init: str = "real"
+    num_experts: int | None = None
+
+    def validate(self) -> None:
+        _positive(self, "distill", "ipc", "iterations", "syn_steps", "expert_epochs", "max_start_epoch",
+                  "lr_img", "lr_teacher")
+        if self.pix_init not in ("real", "noise"):
+            raise ConfigError(f"distill.pix_init must be 'real' or 'noise', got {self.pix_init!r}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of a distilled set: ``num_eval`` fresh nets trained together (MTT: 5 x 1000 epochs)."""
+
+    num_eval: int = 5
+    epochs: int = 1000
+    batch_size: int = 256
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    dsa: bool = True
+
+    def validate(self) -> None:
+        _positive(self, "eval", "num_eval", "epochs", "batch_size")
+
+
+@dataclass
+class RunConfig:
+    """A whole run. ``device`` None = CUDA if available, else CPU; ``out`` is the run directory."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    tad: TADConfig = field(default_factory=TADConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str | None = None
+    out: str = "runs/tad"
+
+    def validate(self) -> RunConfig:
+        """Check every section; returns self. Raises :class:`ConfigError`."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate()
+        if self.distill.max_start_epoch + self.distill.expert_epochs > self.buffer.epochs:
+            raise ConfigError(
+                f"distill.max_start_epoch + distill.expert_epochs = "
+                f"{self.distill.max_start_epoch + self.distill.expert_epochs} exceeds buffer.epochs = "
+                f"{self.buffer.epochs}: lower max_start_epoch or train longer experts")
+        return self
+
+
+def _positive(obj: Any, section: str, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{section}.{name} must be > 0, got {getattr(obj, name)}")
+
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of its fields, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"{key} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) mapping; missing keys keep their defaults.
+
+    Raises:
+        ConfigError: an unknown key (the message lists the known ones) or a value of the wrong type.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key {prefix}{key!r}; known keys: "
+                              f"{', '.join(prefix + n for n in names)}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as a plain nested dict (JSON/YAML-serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: values of ``override`` win; nested mappings are merged key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config file as a mapping. Raises :class:`ConfigError` if unreadable or not a mapping."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"buffer.epochs=5"`` -> ``{"buffer": {"epochs": 5}}``; the value is parsed as YAML (``null``,
+    numbers, booleans, strings)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. buffer.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: cannot parse the value: {exc}") from exc
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Merge every ``key=value`` override into ``data`` (later ones win)."""
+    for text in overrides:
+        data = merge(data, parse_override(text))
+    return data
+
+
+def build_config(defaults: dict[str, Any] | None = None, yaml_path: str | os.PathLike[str] | None = None,
+                 overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> RunConfig:
+    """defaults < YAML file < ``overrides`` (a nested dict, e.g. from CLI flags) < ``sets``
+    (``key=value`` strings); validated."""
+    data: dict[str, Any] = dict(defaults or {})
+    if yaml_path is not None:
+        data = merge(data, load_yaml(yaml_path))
+    data = merge(data, overrides or {})
+    data = apply_overrides(data, sets or [])
+    return from_dict(RunConfig, data).validate()

@@ -1,0 +1,90 @@
+"""The per-run JSON record: what ran, on what, with which settings, how long, and what came out.
+
+Every CLI run writes one ``result.json`` (atomically) with: the command line, the full config, the
+seed, the git commit, the device name, the wall time and the results (accuracies, measured noise
+rate, ...). Results are added as the run goes, and the file is rewritten after each stage, so an
+interrupted run still leaves a valid record of the stages it finished.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..files import atomic_write_json
+
+__all__ = ["RunLog", "git_commit", "device_name"]
+
+
+def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
+    """The current git commit (with ``-dirty`` if the tree has changes), or None outside a git checkout."""
+    where = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "") if head else None
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human-readable name: the GPU model for CUDA devices, the CPU model otherwise."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class RunLog:
+    """Accumulates a run's record and writes it to ``path`` as JSON.
+
+    Args:
+        path: the JSON file to (re)write.
+        config: the run's config as a plain dict.
+        seed: the run seed.
+        device: the torch device the run uses.
+        command: the command line; defaults to ``sys.argv``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], config: dict[str, Any], seed: int,
+                 device: torch.device | str, command: list[str] | None = None) -> None:
+        self.path = Path(path)
+        self._start = time.perf_counter()
+        self.record: dict[str, Any] = {
+            "command": " ".join(command if command is not None else sys.argv),
+            "config": config,
+            "seed": seed,
+            "commit": git_commit(),
+            "device": device_name(device),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "wall_time_s": 0.0,
+            "stages": {},
+            "results": {},
+        }
+
+    def stage(self, name: str, seconds: float, **info: Any) -> None:
+        """Record a finished stage (its wall time and any details) and rewrite the file."""
+        self.record["stages"][name] = {"wall_time_s": round(seconds, 3), **info}
+        self.write()
+
+    def result(self, **values: Any) -> None:
+        """Add result values (accuracies, noise rate, ...) and rewrite the file."""
+        self.record["results"].update(values)
+        self.write()
+
+    def write(self) -> Path:
+        """Write the record now (wall time so far included); returns the path."""
+        self.record["wall_time_s"] = round(time.perf_counter() - self._start, 3)
+        atomic_write_json(self.record, self.path)
+        return self.path
