@@ -225,6 +225,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -244,7 +249,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"unknown config key {prefix}{key!r}; known keys: "
+            raise ConfigError(f"unknown config key {prefix + str(key)!r}; known keys: "
                               f"{', '.join(prefix + n for n in names)}")
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     return cls(**kwargs)

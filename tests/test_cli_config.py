@@ -1,0 +1,70 @@
+"""Run configs: YAML loading, merge precedence, overrides, validation errors."""
+
+import pytest
+
+from tad_plugin.engine.config import (ConfigError, RunConfig, build_config, from_dict, merge,
+                                      parse_override, to_dict)
+
+
+def test_precedence_defaults_yaml_flags_sets(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("buffer:\n  epochs: 7\n  lr: 0.02\ndata:\n  noise: symmetric\n  noise_rate: 0.4\nseed: 3\n")
+    defaults = {"buffer": {"epochs": 50, "num_experts": 4}, "distill": {"max_start_epoch": 2}}
+    cfg = build_config(defaults, path, overrides={"buffer": {"lr": 0.05}}, sets=["buffer.lr=0.001", "tad.enabled=false"])
+    assert cfg.buffer.epochs == 7            # YAML beats defaults
+    assert cfg.buffer.num_experts == 4       # defaults kept where YAML is silent
+    assert cfg.buffer.lr == 0.001            # --set beats flags beats YAML
+    assert cfg.tad.enabled is False
+    assert cfg.data.noise == "symmetric" and cfg.data.noise_rate == 0.4 and cfg.seed == 3
+    assert isinstance(cfg.buffer.lr, float)
+
+
+def test_round_trip_to_dict():
+    cfg = RunConfig()
+    assert from_dict(RunConfig, to_dict(cfg)) == cfg
+
+
+def test_int_to_float_and_null():
+    cfg = build_config(sets=["buffer.lr=1", "data.root=null", "tad.reg_weight=0.5"])
+    assert cfg.buffer.lr == 1.0 and isinstance(cfg.buffer.lr, float)
+    assert cfg.data.root is None and cfg.tad.plugin_kwargs() == {"reg_weight": 0.5}
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["buffer.epoch=3"], r"unknown config key 'buffer.epoch'; known keys: buffer.num_experts"),
+    (["nosuch=1"], r"unknown config key 'nosuch'"),
+    (["buffer.epochs=many"], r"buffer.epochs must be int, got 'many'"),
+    (["buffer.epochs=2.5"], r"buffer.epochs must be int"),
+    (["tad.enabled=3"], r"tad.enabled must be bool"),
+    (["buffer.lr=-1"], r"buffer.lr must be > 0"),
+    (["data.noise=gaussian"], r"data.noise must be one of"),
+    (["data.noise_rate=1.5"], r"noise_rate must lie in \[0, 1\)"),
+    (["tad.split=global"], r"tad.split must be 'per-expert' or 'shared'"),
+    (["buffer.epochs=3", "distill.max_start_epoch=5"], r"exceeds buffer.epochs = 3"),
+    (["buffer=3"], r"buffer must be a mapping"),
+])
+def test_bad_values_name_the_key(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(sets=sets)
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        build_config(yaml_path=tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("buffer: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        build_config(yaml_path=bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        build_config(yaml_path=listy)
+
+
+def test_parse_override_and_merge():
+    assert parse_override("a.b.c=0.5") == {"a": {"b": {"c": 0.5}}}
+    assert build_config(sets=["distill.lr_lr=1e-5"]).distill.lr_lr == 1e-5  # YAML 1.1 reads 1e-5 as text
+    assert parse_override("x=hello") == {"x": "hello"}
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("buffer.epochs")
+    assert merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
