@@ -1,0 +1,173 @@
+"""The pluggy contract: specs, the manager, the facade, entry-point plugins, validation."""
+
+import inspect
+import re
+import textwrap
+from pathlib import Path
+
+import pluggy
+import pytest
+import torch
+
+import tad_plugin
+from tad_plugin import HookError, TADHooks, TrustAwareDiversion, get_plugin_manager, hookimpl, hookspecs
+from tad_plugin.results import Recalibration, TrustSplit
+
+HOOKS = {"filter_dataset": ["losses", "labels", "num_classes"],
+         "expert_loss": ["logits", "targets"],
+         "recalibrate": ["features", "labels", "trusted", "anchor_features", "anchor_labels", "num_classes"]}
+
+
+def test_specs_are_firstresult_plain_and_documented():
+    pm = get_plugin_manager(load_entrypoints=False)
+    for name, args in HOOKS.items():
+        caller = getattr(pm.hook, name)
+        assert caller.spec.opts["firstresult"] is True
+        assert list(caller.spec.argnames) == args  # keyword-only params would vanish from argnames
+        spec = getattr(hookspecs, name)
+        params = inspect.signature(spec).parameters.values()
+        assert all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
+        doc = spec.__doc__
+        assert "When:" in doc and ":return:" in doc
+        for arg in args:
+            assert f":param {arg}:" in doc, (name, arg)
+    assert {h for h in dir(pm.hook) if not h.startswith("_")} == set(HOOKS)
+
+
+def test_readme_documents_every_hook_with_its_exact_arguments():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name, args in HOOKS.items():
+        assert f"{name}({', '.join(args)})" in readme, name
+
+
+def test_default_plugin_is_registered_as_tad():
+    pm = get_plugin_manager(load_entrypoints=False)
+    assert isinstance(pm.get_plugin("tad"), TrustAwareDiversion)
+    custom = TrustAwareDiversion(reg_weight=0.5)
+    assert get_plugin_manager(default=custom, load_entrypoints=False).get_plugin("tad") is custom
+
+
+def test_hook_filter_dataset_through_facade():
+    losses = torch.cat([torch.full((50,), 0.1), torch.full((50,), 3.0)]) + torch.rand(100) * 0.01
+    labels = torch.arange(100) % 4
+    split = TADHooks(get_plugin_manager(load_entrypoints=False)).filter_dataset(losses, labels, 4)
+    assert isinstance(split, TrustSplit)
+    assert split.trusted[:50].all() and not split.trusted[50:].any()
+    assert split.thresholds.shape == (4,)
+
+
+def test_hook_expert_loss_through_facade():
+    logits, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    hooks = TADHooks(get_plugin_manager(default=TrustAwareDiversion(reg_weight=0.0), load_entrypoints=False))
+    assert torch.allclose(hooks.expert_loss(logits, targets), torch.nn.functional.cross_entropy(logits, targets))
+
+
+def test_hook_recalibrate_through_facade():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.eye(3, 8) * 5
+    labels = torch.arange(60) % 3
+    features = centers[labels] + 0.1 * torch.randn(60, 8, generator=g)
+    trusted = torch.arange(60) < 45
+    anchors = centers.repeat_interleave(4, 0) + 0.1 * torch.randn(12, 8, generator=g)
+    out = TADHooks(get_plugin_manager(load_entrypoints=False)).recalibrate(
+        features, labels, trusted, anchors, torch.arange(3).repeat_interleave(4), 3)
+    assert isinstance(out, Recalibration) and out.trusted.all()
+
+
+class _Override:
+    @hookimpl
+    def expert_loss(self, logits, targets):
+        return logits.sum() * 0
+
+
+class _Defer:
+    @hookimpl
+    def expert_loss(self, logits):
+        return None
+
+
+def test_later_plugin_overrides_tad_and_none_defers():
+    pm = get_plugin_manager(load_entrypoints=False)
+    pm.register(_Override())
+    assert float(TADHooks(pm).expert_loss(torch.randn(2, 3), torch.tensor([0, 1]))) == 0.0
+    pm2 = get_plugin_manager(load_entrypoints=False)
+    pm2.register(_Defer())  # subset of arguments is fine; None falls through to TAD
+    assert float(TADHooks(pm2).expert_loss(torch.randn(2, 3), torch.tensor([0, 1]))) > 0
+
+
+def test_all_deferring_raises_hook_error():
+    pm = get_plugin_manager(load_entrypoints=False, blocked=["tad"])
+    pm.register(_Defer())
+    with pytest.raises(HookError, match="no registered plugin implements 'expert_loss'"):
+        TADHooks(pm).expert_loss(torch.randn(2, 3), torch.tensor([0, 1]))
+
+
+def test_misspelled_hook_and_argument_are_rejected():
+    class Misspelled:
+        @hookimpl
+        def expert_los(self, logits, targets):
+            return None
+
+    class WrongArg:
+        @hookimpl
+        def expert_loss(self, logit, targets):
+            return None
+
+    pm = get_plugin_manager(load_entrypoints=False)
+    pm.register(Misspelled())
+    with pytest.raises(pluggy.PluginValidationError, match="unknown hook 'expert_los'"):
+        pm.check_pending()
+    with pytest.raises(pluggy.PluginValidationError, match="logit"):
+        get_plugin_manager(load_entrypoints=False).register(WrongArg())
+
+
+@pytest.fixture
+def entry_point_plugin(tmp_path, monkeypatch):
+    """A third-party distribution on sys.path declaring a plugin in the ``tad_plugin`` group."""
+    (tmp_path / "fake_tad_ext.py").write_text(textwrap.dedent("""
+        from tad_plugin import hookimpl
+
+        @hookimpl
+        def expert_loss(logits, targets):
+            return logits.new_tensor(42.0)
+    """))
+    dist = tmp_path / "fake_tad_ext-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-tad-ext\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[tad_plugin]\nfake = fake_tad_ext\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "fake"
+
+
+def test_entry_point_plugin_overrides_tad(entry_point_plugin, monkeypatch):
+    pm = get_plugin_manager(load_entrypoints=True)
+    assert pm.get_plugin(entry_point_plugin) is not None
+    assert float(TADHooks(pm).expert_loss(torch.randn(2, 3), torch.tensor([0, 1]))) == 42.0
+    monkeypatch.setenv("TAD_PLUGIN_BLOCKED", entry_point_plugin)
+    pm = get_plugin_manager(load_entrypoints=True)
+    assert pm.get_plugin(entry_point_plugin) is None
+    assert float(TADHooks(pm).expert_loss(torch.randn(2, 3), torch.tensor([0, 1]))) != 42.0
+
+
+def test_autoload_switch(entry_point_plugin, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_DISABLE_AUTOLOAD", "1")
+    assert get_plugin_manager().get_plugin(entry_point_plugin) is None
+    monkeypatch.setenv("TAD_PLUGIN_DISABLE_AUTOLOAD", "0")
+    assert get_plugin_manager().get_plugin(entry_point_plugin) is not None
+
+
+def test_public_names_resolve():
+    for name in tad_plugin.__all__:
+        assert getattr(tad_plugin, name) is not None
+    with pytest.raises(AttributeError):
+        tad_plugin.does_not_exist  # noqa: B018
+
+
+def test_readme_hook_example_runs():
+    """The README's 'calling the hooks from your own training code' snippet runs as printed."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- hooks-example -->\s*```python\n(.*?)```", readme, re.S)
+    assert block, "README lost its hooks example"
+    code = block.group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) < 15
+    exec(compile(code, "README-hooks-example", "exec"), {})

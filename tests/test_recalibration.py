@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from tad_plugin.recalibration import recalibrate_with_anchors
+from tad_plugin.search import cosine_topk, faiss_available
+
+
+def _separable(n_per_class=60, c=4, d=16, noise_rate=0.4, seed=0):
+    """Well-separated clusters; the outer loop trusted ~all clean samples and a few noisy ones."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(c, d, generator=g) * 4
+    clean = torch.arange(c).repeat_interleave(n_per_class)
+    features = centers[clean] + torch.randn(len(clean), d, generator=g)
+    flip = torch.rand(len(clean), generator=g) < noise_rate
+    noisy = torch.where(flip, (clean + torch.randint(1, c, clean.shape, generator=g)) % c, clean)
+    trusted = ~flip & (torch.rand(len(clean), generator=g) < 0.7)
+    trusted[torch.nonzero(flip).flatten()[:3]] = True  # a few noisy samples slipped into the trusted space
+    anchors = centers.repeat_interleave(5, 0) + 0.5 * torch.randn(5 * c, d, generator=g)
+    return features, noisy, clean, trusted, anchors, torch.arange(c).repeat_interleave(5)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("faiss", marks=pytest.mark.skipif(
+    not faiss_available(), reason="faiss not installed"))])
+def test_fixes_labels_and_grows_trusted_space(backend):
+    features, noisy, clean, trusted, anchors, anchor_labels = _separable()
+    out = recalibrate_with_anchors(features, noisy, trusted, anchors, anchor_labels, 4, backend=backend)
+    assert out.trusted.sum() > trusted.sum()  # the trusted space grows
+    precision_before = (noisy[trusted] == clean[trusted]).float().mean()
+    precision_after = (out.labels[out.trusted] == clean[out.trusted]).float().mean()
+    assert precision_after >= precision_before and precision_after > 0.99
+    assert (out.labels == clean).float().mean() > (noisy == clean).float().mean() + 0.2
+    recalled = out.trusted & ~trusted
+    assert (out.labels[recalled] == clean[recalled]).all()
+    # The noisy samples that slipped into the trusted space are sieved out, keeping their label.
+    slipped = trusted & (noisy != clean)
+    assert not out.trusted[slipped].any() and torch.equal(out.labels[slipped], noisy[slipped])
+
+
+def test_reliability_contract():
+    features, noisy, _, trusted, anchors, anchor_labels = _separable(seed=1)
+    out = recalibrate_with_anchors(features, noisy, trusted, anchors, anchor_labels, 4)
+    assert torch.isnan(out.reliability[~trusted]).all()
+    r = out.reliability[trusted]
+    assert ((r >= 0) & (r <= 1)).all()
+    for c in range(4):  # per-class min-max: each class has a most (1) and least (0) reliable sample
+        rc = out.reliability[trusted & (noisy == c)]
+        assert torch.isclose(rc.max(), torch.tensor(1.0)) and torch.isclose(rc.min(), torch.tensor(0.0))
+    # Closest to the anchors = most reliable: the noisy intruders score low within their labelled class.
+    intruders = trusted & (noisy != _separable(seed=1)[2])
+    assert out.reliability[intruders].mean() < out.reliability[trusted & ~intruders].mean()
+
+
+def test_conservative_thresholds_recall_nothing_when_votes_split():
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(200, 8, generator=g)  # no structure: votes are split
+    labels = torch.arange(200) % 4
+    trusted = torch.arange(200) < 100
+    out = recalibrate_with_anchors(features, labels, trusted, torch.randn(12, 8, generator=g),
+                                   torch.arange(4).repeat_interleave(3), 4)
+    assert torch.equal(out.labels[~trusted], labels[~trusted])
+    assert out.trusted[~trusted].float().mean() < 0.1
+
+
+def test_bad_inputs():
+    features, noisy, _, trusted, anchors, anchor_labels = _separable()
+    with pytest.raises(ValueError, match="no anchors"):
+        recalibrate_with_anchors(features, noisy, trusted, anchors[:5], anchor_labels[:5], 4)
+    with pytest.raises(ValueError, match="feature dimension"):
+        recalibrate_with_anchors(features, noisy, trusted, anchors[:, :3], anchor_labels, 4)
+    with pytest.raises(TypeError, match="bool"):
+        recalibrate_with_anchors(features, noisy, trusted.long(), anchors, anchor_labels, 4)
+    bad = features.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        recalibrate_with_anchors(bad, noisy, trusted, anchors, anchor_labels, 4)
+    with pytest.raises(ValueError, match="recall_confidence"):
+        recalibrate_with_anchors(features, noisy, trusted, anchors, anchor_labels, 4, recall_confidence=0.3)
+
+
+def test_single_anchor_class_uses_pooled_covariance():
+    features, noisy, clean, trusted, anchors, anchor_labels = _separable()
+    keep = torch.ones(len(anchor_labels), dtype=torch.bool)
+    keep[(anchor_labels == 2).nonzero().flatten()[1:]] = False
+    out = recalibrate_with_anchors(features, noisy, trusted, anchors[keep], anchor_labels[keep], 4)
+    assert torch.isfinite(out.reliability[trusted]).all()
+
+
+def test_search_backends_agree_and_clamp_k():
+    g = torch.Generator().manual_seed(0)
+    q, db = torch.randn(50, 12, generator=g), torch.randn(30, 12, generator=g)
+    s_t, i_t = cosine_topk(q, db, 5, backend="torch")
+    brute = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(db, dim=1).T
+    assert torch.equal(i_t, brute.topk(5, dim=1).indices)
+    assert (s_t[:, :-1] >= s_t[:, 1:]).all()
+    if faiss_available():
+        s_f, i_f = cosine_topk(q, db, 5, backend="faiss")
+        assert torch.equal(i_f, i_t) and torch.allclose(s_f, s_t, atol=1e-5)
+    assert cosine_topk(q, db, 100, backend="torch")[1].shape == (50, 30)
+    with pytest.raises(ValueError, match="empty"):
+        cosine_topk(q, db[:0], 3)
