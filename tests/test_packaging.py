@@ -1,0 +1,46 @@
+"""The wheel installs tad_plugin (with adapters/ mapped to tad_plugin.adapters) and nothing top-level else."""
+
+import configparser
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_pyproject_holds_only_the_build_system_table():
+    text = (ROOT / "pyproject.toml").read_text()
+    tables = [line for line in text.splitlines() if line.startswith("[")]
+    assert tables == ["[build-system]"]
+
+
+def test_setup_cfg_uses_underscore_keys_and_alternative_faiss_extras():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    for section in cfg.sections():
+        for key in cfg[section]:
+            assert "-" not in key or section.startswith("options.extras_require"), (section, key)
+    extras = cfg["options.extras_require"]
+    assert "faiss-cpu" in extras["faiss-cpu"] and "faiss-gpu" in extras["faiss-gpu"]
+    assert "faiss" not in cfg["options"]["install_requires"]
+
+
+@pytest.mark.skipif(not (ROOT / "setup.cfg").exists(), reason="not a source checkout")
+def test_wheel_contents(tmp_path):
+    try:
+        import setuptools  # noqa: F401
+    except ImportError:
+        pytest.skip("setuptools is not installed")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, cwd=tmp_path)
+    wheel = next(tmp_path.glob("tad_plugin-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"tad_plugin"}
+    assert "tad_plugin/adapters/__init__.py" in names
+    assert not any(n.startswith("adapters/") for n in names)
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "tad = tad_plugin.cli:main" in entry_points
