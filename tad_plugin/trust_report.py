@@ -1,0 +1,150 @@
+"""The trust report: how the trusted space evolves over the dual loop's rounds, and how right it is.
+
+One :class:`TrustRound` per division or recalibration. When the clean labels are known (synthetic noise,
+CIFAR-N), each round also records:
+
+* ``precision``: share of trusted samples whose current label is the clean one;
+* ``recall``: trusted samples with a correct label over the samples whose *given* (noisy) label is
+  correct, i.e. how much of the originally clean data the trusted space holds (recalled samples with a
+  corrected label count too, so it can exceed 1 in principle);
+* ``label_accuracy``: share of all samples whose current label is the clean one (recalibration raises it);
+* ``recalled_accuracy``: share of the samples recalled this round whose pseudo-label is right.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .files import atomic_write, atomic_write_json
+
+__all__ = ["TrustRound", "TrustReport"]
+
+
+@dataclass(frozen=True)
+class TrustRound:
+    """The state of the trusted space after one step of the dual loop (see the module docstring)."""
+
+    round: int
+    epoch: int
+    stage: str  # "division" (outer loop) or "recalibration" (inner loop)
+    trusted: int
+    untrusted: int
+    recalled: int = 0
+    sieved: int = 0
+    precision: float | None = None
+    recall: float | None = None
+    label_accuracy: float | None = None
+    recalled_accuracy: float | None = None
+
+
+@dataclass
+class TrustReport:
+    """Rounds of one run, plus the noisy labels' own accuracy for reference."""
+
+    rounds: list[TrustRound] = field(default_factory=list)
+    noisy_label_accuracy: float | None = None
+
+    def add(self, *, epoch: int, stage: str, trusted: torch.Tensor, labels: torch.Tensor,
+            noisy_labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
+            previous_trusted: torch.Tensor | None = None) -> TrustRound:
+        """Record one round.
+
+        Args:
+            epoch: expert epoch after which the round happened.
+            stage: ``"division"`` or ``"recalibration"``.
+            trusted: bool [N], the trusted space after the round.
+            labels: int64 [N], the current labels after the round.
+            noisy_labels: int64 [N], the labels the run started from.
+            clean_labels: int64 [N] or None (then only sizes are recorded).
+            previous_trusted: bool [N] before the round, to count recalled / sieved samples.
+        """
+        trusted, labels, noisy = trusted.cpu(), labels.cpu(), noisy_labels.cpu()
+        recalled = sieved = 0
+        newly = torch.zeros_like(trusted)
+        if previous_trusted is not None:
+            prev = previous_trusted.cpu()
+            newly = trusted & ~prev
+            recalled, sieved = int(newly.sum()), int((prev & ~trusted).sum())
+        metrics: dict[str, float | None] = {}
+        if clean_labels is not None:
+            clean = clean_labels.cpu()
+            correct = labels == clean
+            if self.noisy_label_accuracy is None:
+                self.noisy_label_accuracy = _mean(noisy == clean)
+            metrics = {
+                "precision": _mean(correct[trusted]),
+                "recall": float((trusted & correct).sum()) / max(1, int((noisy == clean).sum())),
+                "label_accuracy": _mean(correct),
+                "recalled_accuracy": _mean(correct[newly]),
+            }
+        row = TrustRound(round=len(self.rounds), epoch=epoch, stage=stage, trusted=int(trusted.sum()),
+                         untrusted=int((~trusted).sum()), recalled=recalled, sieved=sieved, **metrics)
+        self.rounds.append(row)
+        return row
+
+    def to_dict(self) -> dict[str, object]:
+        return {"noisy_label_accuracy": self.noisy_label_accuracy, "rounds": [asdict(r) for r in self.rounds]}
+
+    def save_json(self, path: str | os.PathLike[str]) -> None:
+        """Write the report as JSON (atomically)."""
+        atomic_write_json(self.to_dict(), path)
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike[str]) -> TrustReport:
+        data = json.loads(Path(path).read_text())
+        return cls([TrustRound(**r) for r in data["rounds"]], data.get("noisy_label_accuracy"))
+
+    def table(self) -> str:
+        """A Markdown table of the rounds (percentages where clean labels were known)."""
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{100 * v:.1f}"
+
+        lines = ["| round | epoch | stage | trusted | untrusted | recalled | sieved | precision % | recall % | "
+                 "label acc % |", "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in self.rounds:
+            lines.append(f"| {r.round} | {r.epoch} | {r.stage} | {r.trusted} | {r.untrusted} | {r.recalled} | "
+                         f"{r.sieved} | {pct(r.precision)} | {pct(r.recall)} | {pct(r.label_accuracy)} |")
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike[str], title: str = "Trust report") -> None:
+        """Draw trusted-space size and (if known) precision / recall / label accuracy per round as a PNG.
+
+        Needs matplotlib: ``pip install 'tad_plugin[plot]'``.
+        """
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise ImportError("the trust-report plot needs matplotlib: pip install 'tad_plugin[plot]'") from exc
+        if not self.rounds:
+            raise ValueError("the trust report has no rounds to plot")
+        x = [r.round for r in self.rounds]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        n = self.rounds[0].trusted + self.rounds[0].untrusted
+        ax.plot(x, [r.trusted / n for r in self.rounds], "o-", label="trusted share", color="black")
+        for key, style in (("precision", "s-"), ("recall", "^-"), ("label_accuracy", "d--")):
+            values = [getattr(r, key) for r in self.rounds]
+            if all(v is not None for v in values):
+                ax.plot(x, values, style, label=key.replace("_", " "))
+        if self.noisy_label_accuracy is not None:
+            ax.axhline(self.noisy_label_accuracy, color="grey", lw=0.8, ls=":", label="noisy label accuracy")
+        ax.set_xlabel("round (d = division, r = recalibration)")
+        ax.set_xticks(x, [f"{r.round}{r.stage[0]}\ne{r.epoch}" for r in self.rounds], fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+        plt.close(fig)
+
+
+def _mean(mask: torch.Tensor) -> float | None:
+    return float(mask.float().mean()) if mask.numel() else None

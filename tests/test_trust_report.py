@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from tad_plugin.trust_report import TrustReport
+
+
+def test_rounds_metrics_and_round_trip(tmp_path):
+    clean = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    noisy = torch.tensor([0, 1, 2, 1, 1, 0, 0, 1])  # samples 3 and 5 are wrong
+    report = TrustReport()
+    first = torch.tensor([1, 1, 0, 1, 0, 0, 1, 1], dtype=torch.bool)
+    r0 = report.add(epoch=2, stage="division", trusted=first, labels=noisy, noisy_labels=noisy, clean_labels=clean)
+    assert (r0.trusted, r0.untrusted) == (5, 3)
+    assert r0.precision == pytest.approx(4 / 5) and r0.recall == pytest.approx(4 / 6)
+    assert report.noisy_label_accuracy == pytest.approx(6 / 8)
+    fixed = noisy.clone()
+    fixed[5] = 2  # sample 5 recalled with the right label, sample 3 sieved
+    second = torch.tensor([1, 1, 0, 0, 0, 1, 1, 1], dtype=torch.bool)
+    r1 = report.add(epoch=2, stage="recalibration", trusted=second, labels=fixed, noisy_labels=noisy,
+                    clean_labels=clean, previous_trusted=first)
+    assert (r1.recalled, r1.sieved) == (1, 1)
+    assert r1.precision == 1.0 and r1.recalled_accuracy == 1.0 and r1.label_accuracy == pytest.approx(7 / 8)
+    report.save_json(tmp_path / "trust.json")
+    back = TrustReport.load_json(tmp_path / "trust.json")
+    assert back.rounds == report.rounds and "| 1 | 2 | recalibration | 5 |" in back.table()
+    pytest.importorskip("matplotlib")
+    report.plot(tmp_path / "trust.png")
+    assert (tmp_path / "trust.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_without_clean_labels_only_sizes():
+    report = TrustReport()
+    r = report.add(epoch=0, stage="division", trusted=torch.tensor([True, False]), labels=torch.tensor([0, 1]),
+                   noisy_labels=torch.tensor([0, 1]))
+    assert r.precision is None and "| - |" in report.table()
+    with pytest.raises(ValueError, match="no rounds"):
+        TrustReport().plot("unused.png")
