@@ -1,0 +1,191 @@
+"""SimCLR's CIFAR augmentations, done on the GPU for a whole batch with independent random draws per sample.
+
+Every sample gets its own crop, flip, colour-jitter factors and grey-scale decision (torchvision's
+transforms, applied to a batched tensor, would reuse one draw for the whole batch). The crop and the
+flip are one affine resampling (``affine_grid`` + ``grid_sample``); the colour operations are
+vectorised tensor arithmetic. Nothing here reads a value back to the host, so a call never stalls the
+GPU. There is no Gaussian blur: at 32 px it hurts (lightly's and dkobak's CIFAR recipes drop it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AugmentConfig", "augment_batch", "to_unit_float", "grayscale"]
+
+_GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Parameters of the SimCLR augmentation (defaults: the standard CIFAR recipe without blur).
+
+    Attributes:
+        crop_scale: RandomResizedCrop's range of crop area as a fraction of the image area.
+        crop_ratio: range of crop aspect ratios (width / height), sampled log-uniformly.
+        flip_p: probability of a horizontal flip.
+        jitter_p: probability that a sample gets colour jitter at all.
+        brightness, contrast, saturation: jitter strengths s; factors are drawn from U(1 - s, 1 + s).
+        hue: hue shift drawn from U(-hue, hue) (fraction of the colour circle, at most 0.5).
+        grayscale_p: probability of converting a sample to grey (kept with 3 channels).
+    """
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
+        for name in ("flip_p", "jitter_p", "grayscale_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability and must lie in [0, 1], got {getattr(self, name)}")
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must lie in [0, 0.5], got {self.hue}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0..255) -> float32 in [0, 1]; float images are returned as float32 unchanged."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """Luma of float RGB images [B, 3, H, W] -> [B, 1, H, W] (grey images [B, 1, H, W] pass through)."""
+    if images.shape[1] == 1:
+        return images
+    w = images.new_tensor(_GREY_WEIGHTS).view(1, 3, 1, 1)
+    return (images * w).sum(dim=1, keepdim=True)
+
+
+def augment_batch(images: torch.Tensor, config: AugmentConfig = AugmentConfig(),
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """One random SimCLR view of every image.
+
+    Args:
+        images: uint8 [B, C, H, W] (0..255) or float [B, C, H, W] in [0, 1], C in {1, 3}, on any device.
+        config: augmentation parameters.
+        generator: random generator on ``images.device`` (``None``: the global one).
+
+    Returns:
+        float32 [B, C, H, W] in [0, 1] on ``images.device``. Grey images (C = 1) get crop, flip,
+        brightness and contrast only.
+    """
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"augment_batch expects images [B, C, H, W] with C in (1, 3), got {tuple(images.shape)}")
+    x = to_unit_float(images)
+    x = _random_resized_crop_flip(x, config, generator)
+    x = _color_jitter(x, config, generator)
+    if x.shape[1] == 3 and config.grayscale_p > 0:
+        grey = _rand(x, generator) < config.grayscale_p
+        x = torch.where(grey.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+    return x
+
+
+def _rand(x: torch.Tensor, generator: torch.Generator | None, *extra: int) -> torch.Tensor:
+    return torch.rand(x.shape[0], *extra, device=x.device, generator=generator)
+
+
+def _uniform(x: torch.Tensor, lo: float, hi: float, generator: torch.Generator | None) -> torch.Tensor:
+    return lo + (hi - lo) * _rand(x, generator)
+
+
+def _random_resized_crop_flip(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """Per-sample RandomResizedCrop + horizontal flip, resampled bilinearly back to the input size.
+
+    Like torchvision, up to 10 (area, ratio) draws are tried per sample and the first crop that fits
+    inside the image is used; when none fits, the crop is clipped to the image.
+    """
+    attempts = 10
+    h_img, w_img = x.shape[-2:]
+    area = cfg.crop_scale[0] + (cfg.crop_scale[1] - cfg.crop_scale[0]) * _rand(x, gen, attempts)
+    log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * _rand(x, gen, attempts))
+    # Crop width/height as fractions of the image width/height (ratio is in pixels: w_px / h_px).
+    aspect = w_img / h_img
+    w = torch.sqrt(area * ratio / aspect)
+    h = torch.sqrt(area / ratio * aspect)
+    fits = (w <= 1) & (h <= 1)
+    first = fits.float().argmax(dim=1, keepdim=True)  # first fitting attempt (0 when none fits)
+    w = w.gather(1, first).squeeze(1).clamp(max=1.0)
+    h = h.gather(1, first).squeeze(1).clamp(max=1.0)
+    cx = w / 2 + (1 - w) * _rand(x, gen)  # crop centre, fraction of the image
+    cy = h / 2 + (1 - h) * _rand(x, gen)
+    flip = torch.where(_rand(x, gen) < cfg.flip_p, -1.0, 1.0)
+    theta = torch.zeros(x.shape[0], 2, 3, device=x.device)
+    theta[:, 0, 0] = w * flip
+    theta[:, 0, 2] = 2 * cx - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * cy - 1
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue jitter with per-sample factors, applied with probability
+    ``jitter_p`` per sample (factor 1 / shift 0 otherwise), in a random order drawn once per call."""
+    if cfg.jitter_p == 0:
+        return x
+    on = (_rand(x, gen) < cfg.jitter_p).float()
+
+    def factor(strength: float) -> torch.Tensor:
+        f = _uniform(x, 1 - strength, 1 + strength, gen)
+        return (1 + on * (f - 1)).view(-1, 1, 1, 1)
+
+    b, c, s = factor(cfg.brightness), factor(cfg.contrast), factor(cfg.saturation)
+    shift = (on * _uniform(x, -cfg.hue, cfg.hue, gen)).view(-1, 1, 1, 1)
+    rgb = x.shape[1] == 3
+    ops = {
+        "brightness": lambda t: (t * b).clamp_(0, 1),
+        "contrast": lambda t: (c * t + (1 - c) * grayscale(t).mean(dim=(2, 3), keepdim=True)).clamp_(0, 1),
+        "saturation": lambda t: (s * t + (1 - s) * grayscale(t)).clamp_(0, 1) if rgb else t,
+        "hue": lambda t: _shift_hue(t, shift) if rgb and cfg.hue > 0 else t,
+    }
+    # The order is drawn on the host (no GPU sync): from ``gen`` when it is a CPU generator, otherwise
+    # from the global CPU generator (seeded by ``torch.manual_seed``).
+    cpu_gen = gen if gen is not None and gen.device.type == "cpu" else None
+    order = torch.randperm(4, generator=cpu_gen).tolist()
+    names = list(ops)
+    for i in order:
+        x = ops[names[i]](x)
+    return x
+
+
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of RGB images in [0, 1] by ``shift`` [B, 1, 1, 1] (fraction of a turn), via HSV."""
+    r, g, b = x.unbind(dim=1)
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    hue = torch.where(maxc == r, ((g - b) / safe) % 6,
+                      torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
+    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
+    hue = (hue + shift.squeeze(1)) % 1.0
+    # HSV -> RGB, branch-free: channel n takes v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6.
+    n = x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
+    k = (n + 6 * hue.unsqueeze(1)) % 6
+    weight = torch.minimum(k, 4 - k).clamp(0, 1)
+    v, s = maxc.unsqueeze(1), sat.unsqueeze(1)
+    return v - v * s * weight

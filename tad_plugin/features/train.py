@@ -1,0 +1,444 @@
+"""SimCLR training with the whole dataset resident on the device, time-budgeted and resumable.
+
+The training images stay on the device as uint8; each step gathers a batch, draws two augmented views
+on the device (:mod:`.augment`), runs both through the model in one bfloat16 pass (channels_last) and
+takes an SGD step. The loop reads nothing back to the host inside an epoch: the loss is summed on the
+device and read once per epoch. Labels are never used for training; they serve only the cosine kNN
+evaluation (training split as the bank, test split as queries).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import ImageDataset
+from ..files import atomic_torch_save
+from .augment import AugmentConfig, augment_batch
+from .extractor import FeatureExtractor, save_extractor
+from .knn import knn_accuracy
+from .simclr import SimCLRModel, nt_xent_loss
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "train_simclr", "channel_stats", "state_path_for",
+           "lr_at", "measure_throughput"]
+
+STATE_FORMAT = "tad_plugin.features.train_state/1"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue (diverged loss, mismatched resume state, ...)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SimCLR hyper-parameters (defaults: the CIFAR ResNet-18 recipe of dkobak/simclr-cifar10).
+
+    Attributes:
+        epochs: most epochs to train; the cosine schedule spans them unless ``time_budget`` ends it sooner.
+        time_budget: seconds of training (``None``: no limit). The schedule is re-fitted after every
+            epoch so that the cosine decay reaches zero when the budget runs out; the time counts
+            compilation, augmentation and the periodic kNN evaluations.
+        batch_size: images per step (each gives two views, so the model sees ``2 * batch_size``).
+        lr: SGD learning rate (``None``: ``0.06 * batch_size / 256``).
+        momentum, weight_decay: SGD parameters.
+        temperature: NT-Xent temperature.
+        warmup_epochs: linear warm-up before the cosine decay (capped at a fifth of the run).
+        hidden_dim, out_dim: projection head widths (512 -> hidden_dim -> out_dim).
+        eval_every: run the kNN evaluation every this many epochs (and after the last one); 0: last only.
+        knn_ks: neighbour counts of the kNN evaluation.
+        checkpoint_every: write the resumable training state every this many epochs (and at the end).
+        seed: seeds torch's generators (CPU and CUDA).
+        amp: bfloat16 autocast on CUDA.
+        compile: ``torch.compile`` the model (CUDA; pays off on runs longer than a few minutes).
+        augment: the augmentation parameters.
+    """
+
+    epochs: int = 200
+    time_budget: float | None = None
+    batch_size: int = 512
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    temperature: float = 0.5
+    warmup_epochs: int = 10
+    hidden_dim: int = 2048
+    out_dim: int = 128
+    eval_every: int = 5
+    knn_ks: tuple[int, ...] = (10, 200)
+    checkpoint_every: int = 10
+    seed: int = 0
+    amp: bool = True
+    compile: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ValueError(f"time_budget must be > 0 seconds or None, got {self.time_budget}")
+        if self.temperature <= 0 or (self.lr is not None and self.lr <= 0):
+            raise ValueError(f"temperature and lr must be > 0, got {self.temperature} and {self.lr}")
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else 0.06 * self.batch_size / 256
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["knn_ks"] = list(self.knn_ks)
+        d["augment"] = self.augment.to_dict()
+        d["base_lr"] = self.base_lr
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+        aug = d.pop("augment", {})
+        aug = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
+        return cls(**{**d, "knn_ks": tuple(d.get("knn_ks", (10, 200))), "augment": aug})
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_simclr` returns.
+
+    Attributes:
+        extractor: the trained backbone as a :class:`FeatureExtractor` (on the training device).
+        history: one dict per epoch: ``epoch`` (1-based), ``seconds`` (cumulative training time), ``loss``,
+            ``lr``, ``images_per_s`` (augmented views per second), ``augment_share`` (fraction of the
+            step time spent augmenting) and, on evaluated epochs, ``knn<k>`` (top-1, fraction).
+        knn: final kNN top-1 accuracy per k.
+        epochs: epochs trained in total.
+        seconds: training time in total (resumed runs included).
+    """
+
+    extractor: FeatureExtractor
+    history: list[dict[str, float]]
+    knn: dict[int, float]
+    epochs: int
+    seconds: float
+
+
+def state_path_for(checkpoint: str | Path) -> Path:
+    """The resumable training state written beside an extractor file: ``<stem>.state.pt``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".state.pt")
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of uint8 images [N, C, H, W], on the [0, 1] scale."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64, device=images.device)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start:start + chunk].to(torch.float64).div_(255.0)
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += (x * x).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp(min=1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warm-up to ``base_lr`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), device: str | torch.device = "cuda",
+                 checkpoint: str | Path | None = None, resume: bool = False, progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a SimCLR ResNet-18 on ``dataset.train_images`` (labels unused except for kNN evaluation).
+
+    Args:
+        dataset: images uint8 [N, C, H, W], C in {1, 3}; N >= ``config.batch_size``.
+        config: hyper-parameters.
+        device: where the data, model and augmentation live.
+        checkpoint: path of the extractor file to write at the end (``None``: write nothing). The
+            resumable state goes to :func:`state_path_for` ``(checkpoint)`` every
+            ``config.checkpoint_every`` epochs.
+        resume: continue from that state (it must exist and have been written with the same config).
+        progress: show a tqdm bar over epochs.
+        log: called with one line per evaluation (default: ``tqdm.write``).
+
+    Raises:
+        TrainingError: the loss became non-finite, or the resume state is missing or mismatched.
+    """
+    device = torch.device(device)
+    log = log or tqdm.write
+    data = dataset.train_images.to(device)
+    n, channels = data.shape[0], data.shape[1]
+    bs = config.batch_size
+    if channels not in (1, 3):
+        raise ValueError(f"{dataset.name}: SimCLR training takes 1- or 3-channel images, got {channels}")
+    if n < bs:
+        raise ValueError(f"{dataset.name} has {n} training images, fewer than batch_size {bs}; lower --batch-size")
+    steps_per_epoch = n // bs
+    test_images = dataset.test_images.to(device)
+    torch.manual_seed(config.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    mean, std = channel_stats(data)
+
+    model, optimizer = _model_and_optimizer(channels, config, device)
+    state_path = state_path_for(checkpoint) if checkpoint is not None else None
+    epoch, planned, elapsed, history = 0, config.epochs, 0.0, []
+    if resume:
+        epoch, planned, elapsed, history = _load_state(state_path, config, model, optimizer, device)
+        log(f"resumed from {state_path} after epoch {epoch} ({elapsed:.0f} s)")
+    extractor = FeatureExtractor(model.backbone, normalize=(mean, std), in_channels=channels, batch_size=1024,
+                                 amp=config.amp)
+    step = _Step(model, optimizer, config, mean, std, device)
+    timer = step.timer
+    steady: list[float] = []  # epoch durations after the first of this process (compilation, autotuning)
+    first_of_process = True
+    eval_seconds = 0.0
+    knn: dict[int, float] = {}
+    bar = tqdm(total=planned, initial=epoch, disable=not progress, desc=f"SimCLR {dataset.name}", unit="epoch")
+
+    while epoch < planned:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, device=device)
+        loss_sum = torch.zeros((), device=device)
+        total_steps = planned * steps_per_epoch
+        warmup = min(config.warmup_epochs * steps_per_epoch, total_steps // 5)
+        for i in range(steps_per_epoch):
+            lr = lr_at(epoch * steps_per_epoch + i, total_steps, warmup, config.base_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum += step(data[perm[i * bs:(i + 1) * bs]])
+        mean_loss = float(loss_sum) / steps_per_epoch  # the epoch's one host sync
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(mean_loss):
+            raise TrainingError(f"the SimCLR loss became {mean_loss} in epoch {epoch + 1}; lower the learning "
+                                f"rate (--lr) or disable mixed precision (--no-amp)")
+        if not first_of_process:
+            steady.append(seconds)
+        first_of_process = False
+        elapsed += seconds
+        epoch += 1
+        aug_share = timer.share()
+        record: dict[str, float] = {"epoch": epoch, "seconds": 0.0, "loss": mean_loss, "lr": lr,
+                                    "images_per_s": 2 * bs * steps_per_epoch / seconds, "augment_share": aug_share}
+        if config.time_budget is not None:
+            per_epoch = (sorted(steady)[len(steady) // 2] if steady else seconds) + eval_seconds / epoch
+            affordable = epoch + int(max(0.0, config.time_budget - elapsed) // per_epoch)
+            planned = max(epoch, min(config.epochs, affordable))
+            bar.total = planned
+        if (config.eval_every and epoch % config.eval_every == 0) or epoch >= planned:
+            t_eval = time.perf_counter()
+            knn = knn_accuracy(extractor.embed(data), dataset.train_labels.to(device), extractor.embed(test_images),
+                               dataset.test_labels, config.knn_ks, dataset.num_classes)
+            spent = time.perf_counter() - t_eval
+            eval_seconds += spent
+            elapsed += spent
+            record.update({f"knn{k}": acc for k, acc in knn.items()})
+            log(f"epoch {epoch}/{planned}  {elapsed:.0f} s  loss {mean_loss:.4f}  "
+                + "  ".join(f"kNN@{k} {100 * acc:.2f}%" for k, acc in knn.items())
+                + f"  {record['images_per_s']:.0f} img/s  augment {100 * aug_share:.1f}%")
+        record["seconds"] = elapsed
+        history.append(record)
+        if state_path is not None and (epoch % max(1, config.checkpoint_every) == 0 or epoch >= planned):
+            _save_state(state_path, config, model, optimizer, epoch, planned, elapsed, history)
+        bar.update(1)
+        bar.set_postfix(loss=f"{mean_loss:.3f}", **{f"knn{k}": f"{100 * a:.1f}" for k, a in knn.items()})
+    bar.close()
+    if not knn:  # resumed a finished run: evaluate once so that the result is complete
+        knn = knn_accuracy(extractor.embed(data), dataset.train_labels.to(device), extractor.embed(test_images),
+                           dataset.test_labels, config.knn_ks, dataset.num_classes)
+    if checkpoint is not None:
+        save_extractor(model.backbone, checkpoint, in_channels=channels, image_size=tuple(data.shape[-2:]),
+                       mean=mean, std=std, meta={
+                           "dataset": dataset.name, "epochs": epoch, "seconds": elapsed,
+                           "knn": {str(k): v for k, v in knn.items()}, "config": config.to_dict(),
+                           "device": _device_name(device), "torch": torch.__version__,
+                       })
+    extractor.meta.update({"dataset": dataset.name, "epochs": epoch, "knn": knn})
+    return TrainResult(extractor, history, knn, epoch, elapsed)
+
+
+def _model_and_optimizer(channels: int, config: TrainConfig,
+                         device: torch.device) -> tuple[SimCLRModel, torch.optim.Optimizer]:
+    model = SimCLRModel(channels, config.hidden_dim, config.out_dim).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.base_lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, **fused)
+    return model, optimizer
+
+
+class _Step:
+    """One SimCLR step on a uint8 batch: two augmented views, one forward pass, NT-Xent, SGD update.
+    Returns the detached loss on the device (no host sync)."""
+
+    def __init__(self, model: SimCLRModel, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                 mean: list[float], std: list[float], device: torch.device) -> None:
+        self.model, self.optimizer, self.config = model, optimizer, config
+        self.forward = torch.compile(model) if config.compile else model
+        self.amp = config.amp and device.type == "cuda"
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.timer = _StepTimer(device)
+
+    def views(self, batch: torch.Tensor) -> torch.Tensor:
+        aug = self.config.augment
+        return torch.cat([augment_batch(batch, aug), augment_batch(batch, aug)])
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        bs = batch.shape[0]
+        self.timer.start()
+        views = self.views(batch)
+        self.timer.augmented()
+        x = ((views - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            z = self.forward(x)
+        loss = nt_xent_loss(z[:bs], z[bs:], self.config.temperature)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.timer.stepped()
+        return loss.detach()
+
+
+def measure_throughput(images: torch.Tensor, config: TrainConfig, device: str | torch.device, steps: int = 30,
+                       warmup: int = 5) -> dict[str, float]:
+    """Time SimCLR steps (fresh model, ``config``'s batch size, compilation and amp) on uint8 ``images``.
+
+    Returns ``images_per_s`` (augmented views through forward + backward + update per second),
+    ``step_ms`` (median), ``augment_share`` (device-time fraction spent augmenting), ``augment_images_per_s``
+    (views per second of augmentation alone) and ``warmup_s`` (the first ``warmup`` steps, compilation
+    included).
+    """
+    device = torch.device(device)
+    data = images.to(device)
+    bs = config.batch_size
+    torch.manual_seed(config.seed)
+    mean, std = channel_stats(data)
+    model, optimizer = _model_and_optimizer(data.shape[1], config, device)
+    step = _Step(model, optimizer, config, mean, std, device)
+
+    def batches(k: int) -> list[torch.Tensor]:
+        return [data[torch.randint(0, data.shape[0], (bs,), device=device)] for _ in range(k)]
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    t0 = time.perf_counter()
+    for b in batches(warmup):
+        step(b)
+    sync()
+    warmup_s = time.perf_counter() - t0
+    step.timer.share()
+    work = batches(steps)
+    sync()
+    t0 = time.perf_counter()
+    for b in work:
+        step(b)
+    sync()
+    seconds = time.perf_counter() - t0
+    share = step.timer.share()
+    sync()
+    t0 = time.perf_counter()
+    for b in work:
+        step.views(b)
+    sync()
+    aug_seconds = time.perf_counter() - t0
+    return {"batch_size": bs, "compile": config.compile, "images_per_s": 2 * bs * steps / seconds,
+            "step_ms": 1000 * seconds / steps, "augment_share": share,
+            "augment_images_per_s": 2 * bs * steps / aug_seconds, "warmup_s": warmup_s}
+
+
+class _StepTimer:
+    """Device time of augmentation vs the whole step, from CUDA events read once per epoch (host clock on
+    CPU, where work is synchronous)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def _mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def start(self) -> None:
+        self.marks.append([self._mark()])
+
+    def augmented(self) -> None:
+        self.marks[-1].append(self._mark())
+
+    def stepped(self) -> None:
+        self.marks[-1].append(self._mark())
+
+    def share(self) -> float:
+        """Fraction of step time spent augmenting since the last call; resets."""
+        aug = total = 0.0
+        for a, b, c in self.marks:
+            if self.cuda:
+                c.synchronize()
+                aug += a.elapsed_time(b)
+                total += a.elapsed_time(c)
+            else:
+                aug += b - a
+                total += c - a
+        self.marks = []
+        return aug / total if total > 0 else 0.0
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+_RESUME_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "temperature", "hidden_dim", "out_dim", "seed",
+                "augment", "epochs", "time_budget", "warmup_epochs")
+
+
+def _save_state(path: Path, config: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                epoch: int, planned: int, elapsed: float, history: list[dict[str, float]]) -> None:
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    atomic_torch_save({
+        "format": STATE_FORMAT, "config": config.to_dict(), "epoch": epoch, "planned": planned,
+        "elapsed": elapsed, "history": history, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "rng": rng,
+    }, path)
+
+
+def _load_state(path: Path | None, config: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                device: torch.device) -> tuple[int, int, float, list[dict[str, float]]]:
+    if path is None or not path.is_file():
+        raise TrainingError(f"nothing to resume: no training state at {path}; start without --resume")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise TrainingError(f"cannot read training state {path}: {exc}; delete it and start without --resume") from exc
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise TrainingError(f"{path} is not a SimCLR training state; delete it and start without --resume")
+    saved, now = state["config"], config.to_dict()
+    changed = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
+    if changed:
+        raise TrainingError(f"cannot resume {path}: it was trained with " + ", ".join(
+            f"{k}={saved.get(k)!r}" for k in changed) + "; pass the same settings or start without --resume")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["cpu"].cpu())
+    if "cuda" in state["rng"] and device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng"]["cuda"].cpu())
+    return int(state["epoch"]), int(state["planned"]), float(state["elapsed"]), list(state["history"])
