@@ -57,19 +57,26 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The ConvNet: ``depth`` x [conv(width) -> norm -> ReLU -> avgpool] -> linear."""
+    """The ConvNet: ``depth`` x [conv(width) -> instance norm -> ReLU -> avgpool] -> linear.
+    ``depth`` None = upstream's choice for the image size (3 up to 32 px, 4 for 64 px)."""
 
     width: int = 128
-    depth: int = 3
-    norm: str = "instancenorm"
+    depth: int | None = None
 
     def validate(self) -> None:
-        _positive(self, "model", "width", "depth")
+        _positive(self, "model", "width")
+        if self.depth is not None and self.depth < 1:
+            raise ConfigError(f"model.depth must be >= 1 or null, got {self.depth}")
 
 
 @dataclass
 class BufferConfig:
-    """Expert training (MTT's buffer.py defaults: SGD lr 0.01, no momentum/wd, batch 256, 50 epochs)."""
+    """Expert training (MTT's buffer.py defaults: SGD lr 0.01, no momentum/wd, batch 256, 50 epochs).
+
+    ``experts_per_group``: experts trained together in one batched pass (speed; no effect on results
+    beyond the RNG streams). ``compile``: ``torch.compile`` the network's forward. ``channels_last``:
+    NHWC convolutions. ``amp``: bf16 autocast of the training forward on CUDA (off = fp32/TF32).
+    """
 
     num_experts: int = 100
     epochs: int = 50
@@ -82,6 +89,8 @@ class BufferConfig:
     experts_per_group: int = 10
     eval_batch_size: int = 2048
     compile: bool = False
+    channels_last: bool = False
+    amp: bool = False
 
     def validate(self) -> None:
         _positive(self, "buffer", "num_experts", "epochs", "lr", "batch_size", "experts_per_group",
@@ -97,8 +106,10 @@ class TADConfig:
     ``split``: ``"per-expert"`` (each expert's trusted space comes from its own per-sample losses;
     the faithful default) or ``"shared"`` (one split from the losses averaged over the experts of a
     group, the same for all of them; cheaper in GMM fits, identical trusted spaces).
-    ``warmup_epochs``: epochs trained on the whole training set before the first split.
-    ``recompute_every``: epochs between re-divisions after the warm-up.
+    ``warmup_epochs``: epochs trained on the whole training set before the first split; the split
+    for epoch ``warmup_epochs`` comes from the per-sample losses after them (0 = split on the
+    initialisation's losses).
+    ``recompute_every``: epochs between re-divisions after the warm-up (1 = before every epoch).
     """
 
     enabled: bool = True

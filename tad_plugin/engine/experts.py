@@ -1,0 +1,451 @@
+"""Expert training (the "buffer" stage) with TAD's hooks, several experts at once on the GPU.
+
+What happens, per group of E experts trained together:
+
+1. Each expert's initialisation is drawn from its own seed (derived from the run seed and the
+   expert's index), so an expert's trajectory does not depend on which group it landed in.
+2. Every epoch, each expert draws its own random order of its **trusted** indices (all indices
+   during the warm-up, or when TAD is off): a fixed-size [E, S*B] index tensor built on the device
+   with ``argsort`` of random keys, untrusted samples keyed last; no host round trip. An epoch is
+   ``S_e = ceil(n_e / B)`` steps of exactly B samples; the last batch is topped up from the start of
+   the same order (upstream's DataLoader uses a smaller last batch). When experts have trusted spaces
+   of different sizes, the group runs ``max_e S_e`` steps and the experts that are done take no step
+   (their update is masked), so every expert sees exactly one pass over its trusted space.
+3. A step gathers the uint8 images on the device, preprocesses and DSA-augments them in one batch
+   (``groups=E``: each expert its own augmentation parameters), runs the engine's batched
+   ``forward`` over the flat parameters [E, P], takes the criterion (``expert_loss`` hook when TAD
+   is on, else cross-entropy) on the concatenated [E*B, C] logits times E (so each expert gets the
+   gradient of its own batch mean), and applies SGD (momentum, weight decay) as tensor ops on
+   [E, P]. Loss and accuracy accumulate on the device; no ``.item()`` inside the epoch.
+4. After the epoch: one test pass (logging), a snapshot of the parameters, and -- when TAD is on and
+   the warm-up is over -- an indexed, no-augmentation, eval-mode pass over the whole training set
+   gives per-sample losses [E, N] for the current labels; ``filter_dataset`` turns them into the next
+   epoch's trusted space (per expert, or one shared split from the losses averaged over the group).
+5. Then the epoch callback (``on_epoch``) runs: the point where the dual loop recomputes the trusted
+   space and applies ``recalibrate``; :class:`AnchorRecalibration` is a ready-made one.
+
+Which split: ``TADConfig.split = "per-expert"`` (default, faithful: every expert is a separate
+buffer.py run with its own losses, GMM and trusted space) or ``"shared"`` (one GMM per group on the
+mean loss of its experts; all experts of the group train on the same trusted space).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..checks import check_labels
+from ..manager import TADHooks
+from ..results import TrustSplit
+from .config import BufferConfig, TADConfig
+from .convnet import ConvNetConfig, forward, init_params
+from .dsa import DSA
+from .preprocess import Preprocessor
+from .trajectories import ExpertRecord, TrajectoryStore
+
+__all__ = ["EpochState", "TrustUpdate", "EpochCallback", "AnchorRecalibration", "ExpertTrainer",
+           "ExpertError", "expert_seed", "per_sample_losses"]
+
+
+class ExpertError(RuntimeError):
+    """Expert training cannot go on (diverged, empty trusted space, bad callback result)."""
+
+
+def expert_seed(run_seed: int, index: int) -> int:
+    """The seed of expert ``index``'s initialisation: fixed by the run seed and the index alone."""
+    return (int(run_seed) * 1_000_003 + int(index) * 7919 + 12345) % (2**63 - 1)
+
+
+@dataclass
+class EpochState:
+    """What an epoch callback sees, after epoch ``epoch`` (0-based) of a group has finished.
+
+    Attributes:
+        epoch: the finished epoch; the next one is ``epoch + 1``.
+        experts: the store indices of the E experts of this group.
+        params: float [E, P] on the device; the experts' parameters now (read-only by convention).
+        labels: int64 [E, N] on the device; the labels the next epoch will train on.
+        trusted: bool [E, N] on the device; the trusted space the next epoch will train on.
+        losses: float [E, N] or None; the per-sample losses (no augmentation, eval mode) under
+            ``labels`` computed after this epoch, when a division was made.
+        splits: the E :class:`TrustSplit` results of this epoch's division (one shared split is
+            repeated E times), or None when no division was made.
+        num_classes: C.
+    """
+
+    epoch: int
+    experts: list[int]
+    params: torch.Tensor
+    labels: torch.Tensor
+    trusted: torch.Tensor
+    losses: torch.Tensor | None
+    splits: list[TrustSplit] | None
+    num_classes: int
+
+
+@dataclass
+class TrustUpdate:
+    """A callback's answer: new labels and/or trusted space for the next epochs (None = unchanged).
+
+    ``labels``: int64 [E, N]; ``trusted``: bool [E, N]; both on any device.
+    """
+
+    labels: torch.Tensor | None = None
+    trusted: torch.Tensor | None = None
+
+
+#: ``on_epoch(state) -> TrustUpdate | None``; None leaves labels and trusted space as they are.
+EpochCallback = Callable[[EpochState], "TrustUpdate | None"]
+
+
+@dataclass
+class AnchorRecalibration:
+    """An epoch callback that applies the ``recalibrate`` hook (the inner loop's entry point).
+
+    At the epochs in ``at_epochs`` it asks ``anchors(state)`` for the anchor features [A, D] and
+    labels [A], calls ``hooks.recalibrate`` for every expert with the fixed sample ``features``
+    [N, D] and that expert's labels and trusted space, and returns the recalibrated labels and
+    trusted spaces.
+    """
+
+    hooks: TADHooks
+    features: torch.Tensor
+    anchors: Callable[[EpochState], tuple[torch.Tensor, torch.Tensor]]
+    at_epochs: Sequence[int] = field(default_factory=tuple)
+
+    def __call__(self, state: EpochState) -> TrustUpdate | None:
+        if state.epoch not in self.at_epochs:
+            return None
+        anchor_features, anchor_labels = self.anchors(state)
+        feats = self.features
+        labels, trusted = [], []
+        for e in range(len(state.experts)):
+            dev = feats.device
+            rec = self.hooks.recalibrate(feats, state.labels[e].to(dev), state.trusted[e].to(dev),
+                                         anchor_features.to(dev), anchor_labels.to(dev), state.num_classes)
+            labels.append(rec.labels)
+            trusted.append(rec.trusted)
+        return TrustUpdate(labels=torch.stack(labels), trusted=torch.stack(trusted))
+
+
+def per_sample_losses(net: ConvNetConfig, params: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                      preprocess: Preprocessor, batch_size: int,
+                      forward_fn: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every sample under each expert: no augmentation, eval mode, no gradient.
+
+    Args:
+        params: float [E, P] on the device.
+        images: uint8 [N, C, H, W] on the device.
+        labels: int64 [E, N] (each expert's labels) or [N] (shared), on the device.
+        batch_size: images per chunk.
+
+    Returns:
+        ``(losses, correct)``: float32 [E, N] per-sample CE and bool [E, N] (argmax == label).
+    """
+    fwd = forward_fn or forward
+    e = params.shape[0]
+    n = images.shape[0]
+    labels = labels.expand(e, n) if labels.dim() == 1 else labels
+    losses = torch.empty(e, n, device=params.device)
+    correct = torch.empty(e, n, dtype=torch.bool, device=params.device)
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            x = preprocess(images[i:i + batch_size])
+            logits = fwd(net, params, x.unsqueeze(0).expand(e, *x.shape))
+            y = labels[:, i:i + batch_size]
+            k = logits.shape[-1]
+            losses[:, i:i + batch_size] = F.cross_entropy(logits.reshape(-1, k).float(), y.reshape(-1),
+                                                          reduction="none").view(e, -1)
+            correct[:, i:i + batch_size] = logits.argmax(-1) == y
+    return losses, correct
+
+
+class ExpertTrainer:
+    """Trains experts into a :class:`TrajectoryStore`, E at a time, with or without TAD.
+
+    Args:
+        net: the ConvNet's config (channels, classes, image size, width, depth, norm).
+        preprocess: uint8 -> model input (mean/std or ZCA), already fitted.
+        buffer: optimiser and schedule (:class:`BufferConfig`).
+        tad: TAD settings, or None / ``tad.enabled=False`` for the noisy baseline (plain CE, all
+            samples, no hook is called).
+        hooks: the hook facade; None builds ``TADHooks()`` with TAD's defaults when TAD is on.
+        device: where to train.
+        on_epoch: optional :data:`EpochCallback`.
+        progress: show tqdm bars.
+    """
+
+    def __init__(self, net: ConvNetConfig, preprocess: Preprocessor, buffer: BufferConfig,
+                 tad: TADConfig | None = None, hooks: TADHooks | None = None,
+                 device: torch.device | str = "cpu", on_epoch: EpochCallback | None = None,
+                 progress: bool = True) -> None:
+        self.net = net
+        self.preprocess = preprocess
+        self.buffer = buffer
+        self.tad = tad if tad is not None and tad.enabled else None
+        self.hooks = hooks if hooks is not None or self.tad is None else TADHooks()
+        self.device = torch.device(device)
+        self.on_epoch = on_epoch
+        self.progress = progress
+        self._forward = forward
+        if buffer.compile:
+            self._forward = torch.compile(forward, dynamic=False)
+        self._dsa_strategy = buffer.dsa_strategy if buffer.dsa else ""
+        self._amp = buffer.amp and self.device.type == "cuda"
+
+    # ------------------------------------------------------------------ public
+    def train(self, store: TrajectoryStore, images: torch.Tensor, labels: torch.Tensor,
+              test_images: torch.Tensor, test_labels: torch.Tensor, seed: int = 0,
+              num_experts: int | None = None) -> list[int]:
+        """Train the experts missing from ``store`` (resume) and save each as its group finishes.
+
+        Args:
+            store: the destination; its finished experts are skipped.
+            images: uint8 [N, C, H, W] training images (any device; moved once).
+            labels: int64 [N] training labels (possibly noisy), in [0, C).
+            test_images: uint8 [M, C, H, W]; test_labels: int64 [M] (clean; logging only).
+            seed: the run seed (expert inits, shuffling and DSA derive from it).
+            num_experts: how many experts the store should hold; None = ``buffer.num_experts``.
+
+        Returns:
+            The indices trained by this call (ascending).
+        """
+        k = self.net.num_classes
+        _check_images(images, "images")
+        _check_images(test_images, "test_images")
+        check_labels(labels, k, "labels", n=images.shape[0])
+        check_labels(test_labels, k, "test_labels", n=test_images.shape[0])
+        if store.num_train != images.shape[0] or store.epochs != self.buffer.epochs:
+            raise ExpertError(f"{store.root} was made for N={store.num_train}, epochs={store.epochs}; this run "
+                              f"has N={images.shape[0]}, epochs={self.buffer.epochs}: use another --out")
+        total = self.buffer.num_experts if num_experts is None else num_experts
+        todo = [i for i in range(total) if i not in set(store.finished())]
+        if not todo:
+            return []
+        dev = self.device
+        data = (images.to(dev), labels.to(dev), test_images.to(dev), test_labels.to(dev))
+        g = self.buffer.experts_per_group
+        groups = [todo[i:i + g] for i in range(0, len(todo), g)]
+        bar = tqdm(total=len(todo) * self.buffer.epochs, desc="experts", unit="ep",
+                   disable=not self.progress, dynamic_ncols=True)
+        try:
+            for group in groups:
+                for record in self._train_group(group, *data, seed=seed, bar=bar):
+                    store.save_expert(record)
+        finally:
+            bar.close()
+        return todo
+
+    # ------------------------------------------------------------------ one group
+    def _train_group(self, experts: list[int], images: torch.Tensor, labels: torch.Tensor,
+                     test_images: torch.Tensor, test_labels: torch.Tensor, seed: int,
+                     bar: tqdm) -> list[ExpertRecord]:
+        cfg, buf, dev = self.net, self.buffer, self.device
+        e, n, k, t_total = len(experts), images.shape[0], cfg.num_classes, buf.epochs
+        seeds = [expert_seed(seed, i) for i in experts]
+        # drawn on the CPU, so an expert's initialisation is the same on every device
+        params = torch.cat([init_params(cfg, 1, torch.Generator().manual_seed(s)) for s in seeds]).to(dev)
+        momentum_buf = torch.zeros_like(params) if buf.momentum > 0 else None
+        group_seed = expert_seed(seed, experts[0]) ^ 0x5EED
+        gen = torch.Generator(device=dev).manual_seed(group_seed)
+        dsa = DSA(self._dsa_strategy, seed=group_seed, device=dev) if self._dsa_strategy else None
+
+        cur_labels = labels.unsqueeze(0).expand(e, n).clone()
+        trusted = torch.ones(e, n, dtype=torch.bool, device=dev)
+        snapshots = [params.detach().clone()]
+        test_acc, train_loss = [], []
+        trusted_log: list[torch.Tensor] = []
+        thresholds_log: list[torch.Tensor] = []
+        label_log: list[tuple[int, torch.Tensor]] = [(0, cur_labels.clone())]
+        cur_thr = torch.full((e, k), float("nan"), device=dev)
+
+        def divide() -> tuple[torch.Tensor, list[TrustSplit]]:
+            nonlocal trusted, cur_thr
+            losses, _ = per_sample_losses(cfg, params, images, cur_labels, self.preprocess,
+                                          buf.eval_batch_size, self._forward)
+            splits = self._divide(losses, cur_labels)
+            trusted = torch.stack([s.trusted.to(dev) for s in splits])
+            cur_thr = torch.stack([s.thresholds.to(dev, torch.float32) for s in splits])
+            return losses, splits
+
+        if self._divide_before(0):
+            divide()
+        for epoch in range(t_total):
+            _check_nonempty(trusted, experts, epoch)
+            if self.tad is not None:
+                trusted_log.append(trusted.clone())
+                thresholds_log.append(cur_thr)
+            params, momentum_buf, loss = self._train_epoch(params, momentum_buf, images, cur_labels, trusted,
+                                                           gen, dsa)
+            snapshots.append(params.detach().clone())
+            acc = self._test(params, test_images, test_labels)
+            train_loss.append(loss)
+            test_acc.append(acc)
+            # one sync per epoch: catch divergence early, with the expert named
+            finite = torch.isfinite(loss)
+            if not bool(finite.all()):
+                bad = experts[int((~finite).nonzero()[0])]
+                raise ExpertError(f"expert {bad} diverged in epoch {epoch} (NaN/inf training loss); lower "
+                                  f"buffer.lr (now {buf.lr}) or check the data")
+            bar.set_postfix(test_acc=f"{float(acc.mean()):.3f}", refresh=False)
+            bar.update(e)
+            if epoch + 1 == t_total:
+                break
+            losses, splits = divide() if self._divide_before(epoch + 1) else (None, None)
+            if self.on_epoch is not None:
+                update = self.on_epoch(EpochState(epoch, list(experts), params, cur_labels, trusted, losses,
+                                                  splits, k))
+                if update is not None:
+                    cur_labels, trusted = self._apply_update(update, cur_labels, trusted, epoch)
+                    if update.labels is not None:
+                        label_log.append((epoch + 1, cur_labels.clone()))
+
+        traj = torch.stack(snapshots, dim=1).cpu()  # [E, T+1, P]
+        acc_all = torch.stack(test_acc, dim=1).float().cpu()
+        loss_all = torch.stack(train_loss, dim=1).float().cpu()
+        label_epochs = torch.tensor([ep for ep, _ in label_log], dtype=torch.int64)
+        label_rows = torch.stack([lab for _, lab in label_log], dim=1).cpu()  # [E, U, N]
+        if self.tad is not None:
+            trusted_all = torch.stack(trusted_log, dim=1).cpu()
+            thr_all = torch.stack(thresholds_log, dim=1).float().cpu()
+        records = []
+        for j, idx in enumerate(experts):
+            rows, epochs_j = _dedupe_labels(label_rows[j], label_epochs)
+            records.append(ExpertRecord(
+                index=idx, params=traj[j].contiguous(), test_acc=acc_all[j], train_loss=loss_all[j],
+                trusted=trusted_all[j] if self.tad is not None else None,
+                thresholds=thr_all[j] if self.tad is not None else None,
+                label_epochs=epochs_j, labels=rows, seed=seeds[j]))
+        return records
+
+    def _divide_before(self, epoch: int) -> bool:
+        """Whether the trusted space of ``epoch`` is recomputed (from the parameters at its start)."""
+        if self.tad is None:
+            return False
+        done = epoch - self.tad.warmup_epochs
+        return done >= 0 and done % self.tad.recompute_every == 0
+
+    def _divide(self, losses: torch.Tensor, labels: torch.Tensor) -> list[TrustSplit]:
+        assert self.tad is not None and self.hooks is not None
+        k = self.net.num_classes
+        if self.tad.split == "shared":
+            split = self.hooks.filter_dataset(losses.mean(0), labels[0], k)
+            return [split] * losses.shape[0]
+        return [self.hooks.filter_dataset(losses[j], labels[j], k) for j in range(losses.shape[0])]
+
+    def _apply_update(self, update: TrustUpdate, labels: torch.Tensor, trusted: torch.Tensor,
+                      epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.net.num_classes
+        if update.labels is not None:
+            new = update.labels.to(self.device)
+            if new.shape != labels.shape or new.dtype != torch.int64:
+                raise ExpertError(f"on_epoch returned labels {new.dtype} {tuple(new.shape)} after epoch {epoch}; "
+                                  f"expected int64 {tuple(labels.shape)} ([experts, N])")
+            for row in new:
+                check_labels(row, k, "recalibrated labels")
+            labels = new
+        if update.trusted is not None:
+            new_t = update.trusted.to(self.device)
+            if new_t.shape != trusted.shape or new_t.dtype != torch.bool:
+                raise ExpertError(f"on_epoch returned trusted {new_t.dtype} {tuple(new_t.shape)} after epoch "
+                                  f"{epoch}; expected bool {tuple(trusted.shape)} ([experts, N])")
+            trusted = new_t
+        return labels, trusted
+
+    # ------------------------------------------------------------------ the hot loop
+    def _epoch_order(self, trusted: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Per-expert random order of trusted indices as a fixed-size [E, S*B] tensor, the number of
+        steps each expert takes [E], and S (one host read per epoch)."""
+        e, n = trusted.shape
+        b = self.buffer.batch_size
+        keys = torch.rand(e, n, generator=gen, device=self.device)
+        keys = keys.masked_fill(~trusted, 2.0)  # untrusted last
+        order = keys.argsort(dim=1)
+        counts = trusted.sum(1)  # [E]
+        steps_e = (counts + b - 1) // b
+        s = int(steps_e.max())  # the one sync of the epoch's set-up
+        pos = torch.arange(s * b, device=self.device)
+        idx = order.gather(1, pos.unsqueeze(0) % counts.clamp_min(1).unsqueeze(1))
+        return idx, steps_e, s
+
+    def _train_epoch(self, params: torch.Tensor, mom: torch.Tensor | None, images: torch.Tensor,
+                     labels: torch.Tensor, trusted: torch.Tensor, gen: torch.Generator,
+                     dsa: DSA | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        cfg, buf = self.net, self.buffer
+        e, b, k = params.shape[0], buf.batch_size, cfg.num_classes
+        idx, steps_e, s = self._epoch_order(trusted, gen)
+        all_done = bool(self.tad is None)  # every expert takes every step: skip the masking
+        loss_sum = torch.zeros(e, device=self.device)
+        criterion = self._criterion()
+        for step in range(s):
+            batch = idx[:, step * b:(step + 1) * b]  # [E, B]
+            x = self.preprocess(images[batch.reshape(-1)])
+            if dsa is not None:
+                x = dsa(x, groups=e)
+            y = labels.gather(1, batch)
+            params = params.detach().requires_grad_(True)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self._amp):
+                logits = self._forward(cfg, params, x.view(e, b, *x.shape[1:]),
+                                       channels_last=buf.channels_last)
+            logits = logits.float()
+            loss = criterion(logits.reshape(e * b, k), y.reshape(-1)) * e
+            (grad,) = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                per_expert = F.cross_entropy(logits.detach().reshape(e * b, k).float(), y.reshape(-1),
+                                             reduction="none").view(e, b).mean(1)
+                active = None if all_done else (step < steps_e)
+                params, mom = self._sgd(params.detach(), grad, mom, active)
+                loss_sum += per_expert if active is None else per_expert * active
+        return params, mom, loss_sum / steps_e.clamp_min(1)
+
+    def _criterion(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        if self.tad is None:
+            return F.cross_entropy
+        assert self.hooks is not None
+        return self.hooks.expert_loss
+
+    def _sgd(self, params: torch.Tensor, grad: torch.Tensor, mom: torch.Tensor | None,
+             active: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """torch.optim.SGD's update (dampening 0, no Nesterov) on the flat [E, P] parameters."""
+        buf = self.buffer
+        if buf.weight_decay:
+            grad = grad.add(params, alpha=buf.weight_decay)
+        if mom is not None:
+            new_mom = mom.mul(buf.momentum).add_(grad)
+            mom = new_mom if active is None else torch.where(active[:, None], new_mom, mom)
+            grad = new_mom
+        step = grad.mul(buf.lr)
+        if active is not None:
+            step = step * active[:, None]
+        return params - step, mom
+
+    def _test(self, params: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        _, correct = per_sample_losses(self.net, params, images, labels, self.preprocess,
+                                       self.buffer.eval_batch_size, self._forward)
+        return correct.float().mean(1)
+
+
+def _dedupe_labels(rows: torch.Tensor, epochs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop label rows equal to the previous one (a recalibration that changed nothing)."""
+    keep = [0] + [u for u in range(1, rows.shape[0]) if not torch.equal(rows[u], rows[u - 1])]
+    return rows[keep].contiguous(), epochs[keep].contiguous()
+
+
+def _check_images(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"{name} must be a uint8 tensor [N, C, H, W] (pixels 0..255), got {got}; load data "
+                        f"with tad_plugin.data.load_dataset")
+
+
+def _check_nonempty(trusted: torch.Tensor, experts: list[int], epoch: int) -> None:
+    counts = trusted.sum(1)
+    if bool((counts == 0).any()):
+        bad = experts[int((counts == 0).nonzero()[0])]
+        raise ExpertError(f"expert {bad}: the trusted space is empty after epoch {epoch}; the division or "
+                          f"callback rejected every sample -- check the plugin's filter_dataset/recalibrate")
+

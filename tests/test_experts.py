@@ -1,0 +1,194 @@
+"""Expert training: hook calls and their contracts, the trusted space, resume, SGD, bad input."""
+
+import pytest
+import torch
+
+from tad_plugin import Recalibration, TADHooks, TrustSplit, get_plugin_manager, hookimpl
+from tad_plugin.engine.config import BufferConfig, TADConfig
+from tad_plugin.engine.convnet import ConvNetConfig
+from tad_plugin.engine.experts import AnchorRecalibration, ExpertError, ExpertTrainer, TrustUpdate
+from tad_plugin.engine.preprocess import Preprocessor
+from tad_plugin.engine.trajectories import TrajectoryStore
+
+N, M, C = 48, 16, 3
+NET = ConvNetConfig(in_channels=1, num_classes=C, image_size=(8, 8), width=4, depth=2)
+PRE = Preprocessor("normalize", mean=torch.tensor([0.5]), std=torch.tensor([0.25]))
+
+
+def data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (N, 1, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.arange(N) % C
+    tx = torch.randint(0, 256, (M, 1, 8, 8), dtype=torch.uint8, generator=g)
+    return x, y, tx, torch.arange(M) % C
+
+
+class Spy:
+    """Records what each hook receives; trusts every sample whose label is not 0."""
+
+    def __init__(self):
+        self.filter_calls, self.loss_calls, self.recal_calls = [], [], []
+
+    @hookimpl
+    def filter_dataset(self, losses, labels, num_classes):
+        self.filter_calls.append((losses.dtype, tuple(losses.shape), labels.dtype, tuple(labels.shape),
+                                  num_classes, bool(torch.isfinite(losses).all())))
+        trusted = labels != 0
+        return TrustSplit(trusted=trusted, confidence=trusted.float(), thresholds=torch.full((num_classes,), 0.5))
+
+    @hookimpl
+    def expert_loss(self, logits, targets):
+        self.loss_calls.append((logits.dtype, tuple(logits.shape), logits.requires_grad, targets.dtype,
+                                tuple(targets.shape), set(targets.tolist())))
+        return torch.nn.functional.cross_entropy(logits, targets)
+
+    @hookimpl
+    def recalibrate(self, features, labels, trusted, anchor_features, anchor_labels, num_classes):
+        self.recal_calls.append((tuple(features.shape), labels.dtype, trusted.dtype, tuple(anchor_features.shape),
+                                 anchor_labels.dtype, num_classes))
+        new = torch.where(trusted, labels, torch.full_like(labels, 2))  # relabel untrusted as class 2
+        return Recalibration(labels=new, trusted=torch.ones_like(trusted),
+                             reliability=torch.full(labels.shape, float("nan")))
+
+
+def trainer(spy=None, tad=True, epochs=3, experts_per_group=2, on_epoch=None, **tad_kw):
+    hooks = TADHooks(get_plugin_manager(default=spy)) if spy is not None else None
+    buf = BufferConfig(num_experts=2, epochs=epochs, batch_size=8, experts_per_group=experts_per_group,
+                       eval_batch_size=20)
+    return ExpertTrainer(NET, PRE, buf, TADConfig(enabled=tad, **tad_kw), hooks=hooks, on_epoch=on_epoch,
+                         progress=False)
+
+
+def store_at(path, epochs=3):
+    return TrajectoryStore.create(path, param_shapes=NET.param_shapes, epochs=epochs, num_train=N, num_classes=C)
+
+
+def test_hooks_receive_documented_shapes_and_trusted_space_restricts_training(tmp_path):
+    spy = Spy()
+    store = store_at(tmp_path)
+    assert trainer(spy, warmup_epochs=1).train(store, *data()) == [0, 1]
+    # per-expert split: one call per expert per division (before epochs 1 and 2)
+    assert spy.filter_calls == [(torch.float32, (N,), torch.int64, (N,), C, True)] * 4
+    steps_per_epoch = N // 8
+    first, later = spy.loss_calls[:steps_per_epoch], spy.loss_calls[steps_per_epoch:]
+    for dtype, shape, grad, tdtype, tshape, _ in spy.loss_calls:
+        assert (dtype, shape, grad, tdtype, tshape) == (torch.float32, (2 * 8, C), True, torch.int64, (2 * 8,))
+    assert any(0 in t for *_, t in first)           # warm-up: the whole training set
+    assert all(0 not in t for *_, t in later)       # afterwards only the trusted space (label != 0)
+    # with 32 trusted samples an epoch is 4 steps instead of 6
+    assert len(later) == 2 * (32 // 8)
+    rec = store.load_expert(1)
+    assert rec.trusted[0].all() and torch.equal(rec.trusted[1], data()[1] != 0)
+    assert torch.isnan(rec.thresholds[0]).all() and (rec.thresholds[1] == 0.5).all()
+    assert rec.params.shape == (4, NET.num_params) and rec.test_acc.shape == (3,)
+
+
+def test_shared_split_calls_filter_once_per_group(tmp_path):
+    spy = Spy()
+    trainer(spy, warmup_epochs=0, split="shared").train(store_at(tmp_path), *data())
+    assert len(spy.filter_calls) == 3  # before epochs 0, 1, 2; one call for both experts
+    assert all(0 not in t for *_, t in spy.loss_calls)
+
+
+def test_no_tad_calls_no_hooks_and_uses_everything(tmp_path):
+    spy = Spy()
+    store = store_at(tmp_path)
+    trainer(spy, tad=False).train(store, *data())
+    assert spy.filter_calls == [] and spy.loss_calls == []
+    assert store.load_expert(0).trusted is None
+
+
+def test_recalibrate_callback_changes_labels_and_trusted_space(tmp_path):
+    spy = Spy()
+    hooks = TADHooks(get_plugin_manager(default=spy))
+    feats = torch.randn(N, 5)
+    anchors = AnchorRecalibration(hooks, feats, lambda s: (torch.randn(6, 5), torch.arange(6) % C), at_epochs=[0])
+    store = store_at(tmp_path)
+    t = trainer(spy, warmup_epochs=1, recompute_every=100, on_epoch=anchors)
+    t.hooks = hooks
+    t.train(store, *data())
+    assert spy.recal_calls == [((N, 5), torch.int64, torch.bool, (6, 5), torch.int64, C)] * 2
+    rec = store.load_expert(0)
+    y = data()[1]
+    assert rec.label_epochs.tolist() == [0, 1]
+    assert torch.equal(rec.labels_at(0), y) and torch.equal(rec.labels_at(1), torch.where(y != 0, y, 2))
+    assert rec.trusted[1].all() and rec.trusted[2].all()  # recalibration trusted everything
+    assert all(0 not in t for *_, t in spy.loss_calls[N // 8:])  # class 0 was relabelled to 2
+
+
+def test_callback_result_is_checked(tmp_path):
+    bad = trainer(None, tad=False, on_epoch=lambda s: TrustUpdate(trusted=torch.ones(N, dtype=torch.bool)))
+    with pytest.raises(ExpertError, match=r"expected bool \(2, 48\)"):
+        bad.train(store_at(tmp_path), *data())
+    empty = trainer(None, tad=False, on_epoch=lambda s: TrustUpdate(trusted=torch.zeros(2, N, dtype=torch.bool)))
+    with pytest.raises(ExpertError, match="trusted space is empty"):
+        empty.train(store_at(tmp_path / "b"), *data())
+
+
+def test_resume_retrains_only_missing_experts_identically(tmp_path):
+    store = store_at(tmp_path)
+    assert trainer(tad=False, experts_per_group=1).train(store, *data()) == [0, 1]
+    first = store.load_expert(1).params
+    store.expert_path(1).unlink()
+    assert trainer(tad=False, experts_per_group=1).train(store, *data()) == [1]
+    assert torch.equal(store.load_expert(1).params, first)
+    assert trainer(tad=False, experts_per_group=1).train(store, *data()) == []
+
+
+def test_experts_learn_and_trajectories_move(tmp_path):
+    store = store_at(tmp_path, epochs=3)
+    x, y, tx, ty = data()
+    x = (y[:, None, None, None] * 100).to(torch.uint8).expand(N, 1, 8, 8).contiguous()  # separable classes
+    tx = (ty[:, None, None, None] * 100).to(torch.uint8).expand(M, 1, 8, 8).contiguous()
+    t = trainer(tad=False, epochs=3)
+    t.buffer.dsa = False
+    t._dsa_strategy = ""
+    t.train(store, x, y, tx, ty)
+    rec = store.load_expert(0)
+    assert (rec.params[1:] - rec.params[:-1]).norm(dim=1).min() > 0
+    assert rec.train_loss[-1] < rec.train_loss[0]
+
+
+def test_sgd_matches_torch_optim():
+    buf = BufferConfig(lr=0.1, momentum=0.9, weight_decay=0.01)
+    t = ExpertTrainer(NET, PRE, buf, None, progress=False)
+    p0 = torch.randn(2, 7)
+    ref = torch.nn.Parameter(p0.clone())
+    opt = torch.optim.SGD([ref], lr=0.1, momentum=0.9, weight_decay=0.01)
+    ours, mom = p0.clone(), torch.zeros_like(p0)
+    for _ in range(3):
+        g = torch.randn(2, 7)
+        ref.grad = g.clone()
+        opt.step()
+        ours, mom = t._sgd(ours, g, mom, None)
+    torch.testing.assert_close(ours, ref.detach())
+    # a masked expert takes no step and keeps its momentum
+    frozen, mom2 = t._sgd(ours, torch.ones(2, 7), mom, torch.tensor([True, False]))
+    assert torch.equal(frozen[1], ours[1]) and torch.equal(mom2[1], mom[1]) and not torch.equal(frozen[0], ours[0])
+
+
+def test_epoch_order_covers_each_trusted_space_once():
+    t = trainer(tad=True)
+    trusted = torch.zeros(2, N, dtype=torch.bool)
+    trusted[0, :10] = True
+    trusted[1] = True
+    idx, steps, s = t._epoch_order(trusted, torch.Generator().manual_seed(0))
+    assert steps.tolist() == [2, 6] and s == 6 and idx.shape == (2, 48)
+    assert sorted(idx[0, :10].tolist()) == list(range(10))  # a permutation of the trusted indices first
+    assert set(idx[0].tolist()) <= set(range(10))
+    assert sorted(idx[1].tolist()) == list(range(N))
+
+
+def test_bad_input_is_explained(tmp_path):
+    x, y, tx, ty = data()
+    t = trainer(tad=False)
+    with pytest.raises(TypeError, match="uint8 tensor"):
+        t.train(store_at(tmp_path), x.float(), y, tx, ty)
+    with pytest.raises(ValueError, match=r"span \[0, 5\]"):
+        t.train(store_at(tmp_path), x, y.clamp(max=5) + (y == 2) * 3, tx, ty)
+    with pytest.raises(ExpertError, match="use another --out"):
+        t.train(store_at(tmp_path / "o", epochs=9), x, y, tx, ty)
+    diverge = trainer(tad=False)
+    diverge.buffer.lr = 1e30
+    with pytest.raises(ExpertError, match="diverged"):
+        diverge.train(store_at(tmp_path / "d"), x, y, tx, ty)
