@@ -109,7 +109,8 @@ def markdown(record: dict, path: Path) -> None:
                          f"{100 * h.get('knn200', float('nan')):.2f} | {h['images_per_s']:.0f} | "
                          f"{100 * h['augment_share']:.1f}% |")
     if record.get("throughput"):
-        lines += ["", "Throughput (separate timing, fresh model, 30 steps after 5 warm-up steps):", "",
+        steps = record.get("bench_steps", "?")
+        lines += ["", f"Throughput (separate timing, fresh model, {steps} steps after 5 warm-up steps):", "",
                   "| batch | compile | views/s | step ms | augment share | augmentation alone, views/s | warm-up s |",
                   "| ---: | :---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in record["throughput"]:
@@ -136,6 +137,8 @@ def main() -> int:
     p.add_argument("--bench", action="store_true", help="print the throughput table first")
     p.add_argument("--bench-only", action="store_true", help="only the throughput table (and its JSON)")
     p.add_argument("--bench-steps", type=int, default=30)
+    p.add_argument("--checkpoint-every", type=int, default=25, help="epochs between resumable states")
+    p.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD here)")
     p.add_argument("--results", type=Path, default=ROOT / "examples" / "results")
     p.add_argument("--checkpoint", type=Path, default=Path("/tmp/tad_features/cifar10.pt"))
     p.add_argument("--note", default="Pixels: the CIFAR-10 JPEG copy (quality 75), not the official pixels, so "
@@ -148,13 +151,14 @@ def main() -> int:
     dataset = load_dataset(args.dataset)
     config = TrainConfig(epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size, lr=args.lr,
                          temperature=args.temperature, warmup_epochs=args.warmup_epochs, eval_every=args.eval_every,
-                         checkpoint_every=10, seed=args.seed, compile=not args.no_compile, augment=AugmentConfig())
+                         checkpoint_every=args.checkpoint_every, seed=args.seed, compile=not args.no_compile, augment=AugmentConfig())
     record: dict = {"dataset": args.name, "note": args.note, "command": " ".join(["python"] + sys.argv),
-                    "commit": _commit(),
+                    "commit": args.commit or _commit(),
                     "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "torch": torch.__version__,
                     "seed": args.seed}
     if args.bench or args.bench_only:
         record["throughput"] = bench(dataset.train_images, config, device, args.bench_steps)
+        record["bench_steps"] = args.bench_steps
     if args.bench_only:
         record["wall_seconds"] = time.perf_counter() - t_start
         atomic_write_json(record, args.results / f"features_{args.name}_throughput.json")
