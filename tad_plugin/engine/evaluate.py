@@ -1,0 +1,187 @@
+"""The standard evaluation of a distilled set: fresh ConvNets trained on it, tested on the clean test set.
+
+Upstream ``evaluate_synset`` (MTT, FTD, DATM, ATT), with K networks trained TOGETHER in one batched
+pass (:func:`~tad_plugin.engine.convnet.forward` over ``Tensor[K, P]``) instead of one after another:
+
+* SGD, lr = the learned ``syn_lr``, momentum 0.9, weight decay 5e-4 on every parameter;
+* ``epochs + 1`` passes over the synthetic set (upstream's ``range(Epoch + 1)``: 1001 for 1000), each
+  network with its own shuffle, mini-batches of ``batch_size`` (the last one smaller), DSA with one
+  operation drawn per network and batch;
+* after the pass with index ``epochs // 2 + 1`` (501) the lr drops x0.1 and upstream re-creates the
+  optimiser, which clears the momentum buffer: so does this code;
+* tested once, at the end, on the clean test set (kept resident on the device).
+
+Labels are hard (int64 [M]) or soft (float [M, num_classes] logits; the loss is the cross-entropy
+against ``softmax(logits)``, the DATM setting).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .convnet import ConvNetConfig, forward, init_params
+from .dsa import DEFAULT_STRATEGY, DSA
+
+__all__ = ["EvalResult", "Evaluator", "train_synthetic", "measure_accuracy", "check_labels"]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracies (fractions in [0, 1]) of the K evaluation networks on the test set."""
+
+    accuracies: tuple[float, ...]
+    seconds: float
+
+    @property
+    def mean(self) -> float:
+        return sum(self.accuracies) / len(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        """Population std over the networks (numpy's default, as upstream logs it)."""
+        m = self.mean
+        return math.sqrt(sum((a - m) ** 2 for a in self.accuracies) / len(self.accuracies))
+
+    def as_dict(self) -> dict[str, object]:
+        return {"mean": self.mean, "std": self.std, "accuracies": list(self.accuracies), "seconds": self.seconds}
+
+
+def check_labels(labels: Tensor, n: int, num_classes: int) -> None:
+    """Raise ValueError unless ``labels`` is int64 [n] in [0, num_classes) or float [n, num_classes]."""
+    if labels.dtype == torch.int64 and labels.shape == (n,):
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(f"hard labels must lie in [0, {num_classes}), got [{int(labels.min())}, "
+                             f"{int(labels.max())}]")
+        return
+    if labels.is_floating_point() and labels.shape == (n, num_classes):
+        if not bool(torch.isfinite(labels).all()):
+            raise ValueError("soft labels (logits) contain NaN or inf")
+        return
+    raise ValueError(f"labels must be int64 [{n}] (hard) or float [{n}, {num_classes}] (soft logits), got "
+                     f"{labels.dtype} {tuple(labels.shape)}")
+
+
+def _loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Sum over networks of each network's mean cross-entropy: logits [K, B, C], labels [K, B](, C)."""
+    k, b, c = logits.shape
+    if labels.is_floating_point():
+        target = labels.reshape(k * b, c).softmax(-1)
+    else:
+        target = labels.reshape(k * b)
+    return F.cross_entropy(logits.reshape(k * b, c), target, reduction="sum") / b
+
+
+def train_synthetic(net: ConvNetConfig, images: Tensor, labels: Tensor, lr: float, *, num_nets: int = 5,
+                    epochs: int = 1000, batch_size: int = 256, momentum: float = 0.9,
+                    weight_decay: float = 5e-4, dsa: DSA | None = None, generator: torch.Generator | None = None,
+                    channels_last: bool = False, progress: bool = True) -> Tensor:
+    """Train ``num_nets`` fresh ConvNets together on a (synthetic) set; return their parameters [K, P].
+
+    Args:
+        images: float [M, C, H, W] in model-input space, on the device to train on.
+        labels: int64 [M] or float logits [M, num_classes], same device.
+        lr: initial learning rate (upstream: the learned ``syn_lr``), > 0.
+        dsa: augmentation (None = none; upstream always uses DSA here).
+        generator: on the images' device; drives initialisation and shuffles (None = global RNG).
+    """
+    if images.dim() != 4 or not images.is_floating_point() or tuple(images.shape[1:]) != (
+            net.in_channels, *net.image_size):
+        raise ValueError(f"images must be float [M, {net.in_channels}, {net.image_size[0]}, "
+                         f"{net.image_size[1]}], got {images.dtype} {tuple(images.shape)}")
+    check_labels(labels, images.shape[0], net.num_classes)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"the evaluation lr must be a positive number, got {lr} (a NaN or negative learned "
+                         f"syn_lr means distillation diverged: lower lr_lr / lr_img)")
+    dev, m, k = images.device, images.shape[0], num_nets
+    params = init_params(net, k, generator=generator, device=dev)
+    buf = torch.zeros_like(params)
+    decay_after = epochs // 2 + 1
+    for ep in tqdm(range(epochs + 1), desc="evaluate", disable=not progress, leave=False):
+        order = torch.rand(k, m, generator=generator, device=dev).argsort(1)
+        for s in range(0, m, batch_size):
+            idx = order[:, s:s + batch_size]  # [K, b]
+            b = idx.shape[1]
+            x = images[idx.reshape(-1)]
+            if dsa is not None:
+                x = dsa(x, groups=k)
+            p = params.detach().requires_grad_()
+            logits = forward(net, p, x.view(k, b, *x.shape[1:]), channels_last=channels_last)
+            (g,) = torch.autograd.grad(_loss(logits, labels[idx]), p)
+            with torch.no_grad():
+                g.add_(params, alpha=weight_decay)
+                buf.mul_(momentum).add_(g)
+                params.sub_(buf, alpha=lr)
+        if ep == decay_after:
+            lr *= 0.1
+            buf.zero_()
+    return params
+
+
+@torch.no_grad()
+def measure_accuracy(net: ConvNetConfig, params: Tensor, test_x: Tensor, test_y: Tensor, batch_size: int = 2500,
+                  channels_last: bool = False) -> Tensor:
+    """Fraction correct per network: params [K, P], test_x float [T, C, H, W], test_y int64 [T] -> float [K]."""
+    correct = torch.zeros(params.shape[0], dtype=torch.int64, device=params.device)
+    for s in range(0, test_x.shape[0], batch_size):
+        logits = forward(net, params, test_x[s:s + batch_size], channels_last=channels_last)
+        correct += (logits.argmax(-1) == test_y[s:s + batch_size]).sum(1)
+    return correct.double() / test_x.shape[0]
+
+
+class Evaluator:
+    """Holds the clean test set on the device and evaluates synthetic sets with the standard protocol.
+
+    Args:
+        net: network shape.
+        test_x: float [T, C, H, W] test images in model-input space (moved to ``device`` once).
+        test_y: int64 [T] clean test labels.
+        num_nets, epochs, batch_size, momentum, weight_decay: the protocol (upstream 5, 1000, 256, 0.9, 5e-4).
+        dsa_strategy: DSA strategy ("" / "none" disables it).
+        seed: base seed; evaluation number i uses seed + i, so repeated evaluations differ but the run
+            is reproducible.
+    """
+
+    def __init__(self, net: ConvNetConfig, test_x: Tensor, test_y: Tensor, *, num_nets: int = 5,
+                 epochs: int = 1000, batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 dsa_strategy: str = DEFAULT_STRATEGY, seed: int = 0, device: torch.device | str | None = None,
+                 channels_last: bool = False, progress: bool = True) -> None:
+        if not test_x.is_floating_point() or tuple(test_x.shape[1:]) != (net.in_channels, *net.image_size):
+            raise ValueError(f"test_x must be float model input [T, {net.in_channels}, {net.image_size[0]}, "
+                             f"{net.image_size[1]}] (apply the Preprocessor), got {test_x.dtype} "
+                             f"{tuple(test_x.shape)}")
+        check_labels(test_y, test_x.shape[0], net.num_classes)
+        if test_y.is_floating_point():
+            raise ValueError("test labels must be hard int64 labels")
+        if num_nets < 1 or epochs < 0 or batch_size < 1:
+            raise ValueError("num_nets and batch_size must be >= 1 and epochs >= 0")
+        self.device = torch.device(device) if device is not None else test_x.device
+        self.net = net
+        self.test_x, self.test_y = test_x.to(self.device), test_y.to(self.device)
+        self.num_nets, self.epochs, self.batch_size = num_nets, epochs, batch_size
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.dsa_strategy, self.seed = dsa_strategy, seed
+        self.channels_last, self.progress = channels_last, progress
+        self.calls = 0
+
+    def __call__(self, images: Tensor, labels: Tensor, lr: float) -> EvalResult:
+        """Train ``num_nets`` nets on (images, labels) at ``lr`` and test them; see :func:`train_synthetic`."""
+        seed = self.seed + self.calls
+        self.calls += 1
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        dsa = DSA(self.dsa_strategy, seed=seed, device=self.device) if self.dsa_strategy not in ("", "none") else None
+        start = time.perf_counter()
+        params = train_synthetic(self.net, images.detach().to(self.device), labels.detach().to(self.device),
+                                 float(lr), num_nets=self.num_nets, epochs=self.epochs,
+                                 batch_size=self.batch_size, momentum=self.momentum,
+                                 weight_decay=self.weight_decay, dsa=dsa, generator=gen,
+                                 channels_last=self.channels_last, progress=self.progress)
+        acc = measure_accuracy(self.net, params, self.test_x, self.test_y, channels_last=self.channels_last)
+        accs = tuple(float(a) for a in acc.cpu())
+        return EvalResult(accs, time.perf_counter() - start)

@@ -1,0 +1,412 @@
+"""Trajectory-matching distillation (MTT), written so FTD, DATM and ATT plug in.
+
+One iteration (upstream ``distill.py``):
+
+1. take the next expert trajectory (experts are consumed in a seeded random order, refilled when
+   exhausted); draw ``t = randint(lo, hi)`` with an EXCLUSIVE upper bound (MTT: lo 0,
+   hi ``max_start_epoch``; :meth:`TrajectoryMatcher.start_window` is the DATM hook);
+   ``w_0 = theta_t`` and the target ``theta_{t+M}``, M = ``expert_epochs``;
+2. unroll ``syn_steps`` plain SGD steps of a student ConvNet on the synthetic set,
+   ``w_{k+1} = w_k - syn_lr * grad CE(student(DSA(x_batch); w_k), y_batch)`` with ``create_graph``;
+   batches of ``batch_syn`` images drawn without replacement, refilled from a fresh permutation
+   (all images every step when ``batch_syn`` is None);
+3. loss = ``||w_N - theta_{t+M}||^2 / ||theta_t - theta_{t+M}||^2`` (ATT, ``adaptive_length``: w_k
+   with the smallest L1 distance to the target instead of w_N, ties to the later k);
+4. back-propagate into the images (SGD ``lr_img``, momentum 0.5) and the learnable step size
+   ``syn_lr`` (initialised to ``lr_teacher``; SGD ``lr_lr``, momentum 0.5); optionally into soft
+   labels (DATM, ``lr_labels``); optionally update an EMA copy of the images (FTD/ATT, ``ema_decay``).
+
+The synthetic images live in model-input space (after the :class:`~tad_plugin.engine.preprocess.
+Preprocessor`). Evaluation every ``eval_every`` iterations (and at the end) goes through an
+:class:`~tad_plugin.engine.evaluate.Evaluator`; a checkpoint of everything needed to continue
+(images, labels, syn_lr, optimiser states, EMA, RNG states, history) is written atomically every
+``checkpoint_every`` iterations, and :meth:`TrajectoryMatcher.run` resumes from it. The step has no
+host-device synchronisation; losses are read back every ``log_every`` iterations, where a NaN or a
+non-positive ``syn_lr`` stops the run with an explanation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..files import atomic_torch_save
+from .convnet import ConvNetConfig, forward
+from .dsa import DEFAULT_STRATEGY, DSA
+from .evaluate import EvalResult, Evaluator, check_labels
+
+__all__ = ["MatchingConfig", "DistillResult", "TrajectoryMatcher", "real_init_indices", "class_labels",
+           "DistillDivergedError"]
+
+
+class DistillDivergedError(FloatingPointError):
+    """The matching loss became NaN/inf or the learned step size left (0, inf)."""
+
+
+@dataclass(frozen=True)
+class MatchingConfig:
+    """Numbers of the distillation loop (MTT names; FTD/DATM/ATT extras default to off).
+
+    Attributes:
+        iterations: image updates (upstream ``Iteration``).
+        syn_steps: unrolled student steps N per iteration.
+        expert_epochs: M, the target is the snapshot M epochs after the start.
+        max_start_epoch: start epochs are drawn from [min_start_epoch, max_start_epoch) (exclusive).
+        min_start_epoch: lower end of the start window (0 in MTT).
+        batch_syn: synthetic images per inner step; None = all of them.
+        lr_img, lr_lr, lr_teacher: image lr, step-size lr, initial step size.
+        momentum: of both optimisers (upstream 0.5).
+        lr_labels: if set and the labels are soft logits, they are learned too (DATM), SGD with
+            ``momentum``.
+        ema_decay: if set, keep an EMA of the images (FTD/ATT) and evaluate it as well.
+        adaptive_length: ATT's closest-step matching.
+        dsa_strategy: augmentation in every inner step ("" / "none" disables it).
+        eval_every: evaluate every so many iterations (and at the end); 0 = only at the end;
+            the evaluator may also be None (no evaluation).
+        checkpoint_every: iterations between checkpoints (0 = none, except the final one).
+        log_every: iterations between loss read-backs (progress bar, NaN check).
+        seed: drives the expert order, start epochs, batches and DSA.
+        channels_last: NHWC convolutions in the student.
+    """
+
+    iterations: int = 5000
+    syn_steps: int = 30
+    expert_epochs: int = 2
+    max_start_epoch: int = 20
+    min_start_epoch: int = 0
+    batch_syn: int | None = None
+    lr_img: float = 1000.0
+    lr_lr: float = 1e-5
+    lr_teacher: float = 0.01
+    momentum: float = 0.5
+    lr_labels: float | None = None
+    ema_decay: float | None = None
+    adaptive_length: bool = False
+    dsa_strategy: str = DEFAULT_STRATEGY
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MatchingConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.min_start_epoch < self.max_start_epoch:
+            raise ValueError(f"need 0 <= min_start_epoch < max_start_epoch, got {self.min_start_epoch}, "
+                             f"{self.max_start_epoch}")
+        if self.batch_syn is not None and self.batch_syn < 1:
+            raise ValueError(f"batch_syn must be >= 1 or None (all images), got {self.batch_syn}")
+        for name in ("lr_img", "lr_lr", "lr_teacher"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"MatchingConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
+        if self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ValueError("eval_every and checkpoint_every must be >= 0")
+
+
+@dataclass
+class DistillResult:
+    """What a run produced. Tensors are on the CPU.
+
+    Attributes:
+        images: float [M, C, H, W] distilled images (model-input space).
+        labels: int64 [M] or float logits [M, num_classes].
+        syn_lr: the learned step size (use it as the evaluation lr).
+        ema_images: the EMA images (None without ``ema_decay``).
+        history: one dict per log point / evaluation (iteration, loss, syn_lr, eval results).
+        best: the evaluation with the highest mean accuracy ({"iteration", "mean", "std", "which"}),
+            None if nothing was evaluated.
+    """
+
+    images: Tensor
+    labels: Tensor
+    syn_lr: float
+    ema_images: Tensor | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+
+
+def class_labels(num_classes: int, ipc: int) -> Tensor:
+    """Hard labels of a class-major synthetic set: ``[0]*ipc + [1]*ipc + ...``, int64 [num_classes*ipc]."""
+    return torch.arange(num_classes).repeat_interleave(ipc)
+
+
+def real_init_indices(labels: Tensor, pool: Tensor, ipc: int, num_classes: int,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """Indices of ``ipc`` random pool samples per class, class-major: int64 [num_classes * ipc].
+
+    Args:
+        labels: int64 [N], the CURRENT labels of the training set (after any relabelling).
+        pool: int64 indices into ``labels`` that may be used (TAD: the trusted indices).
+        generator: a CPU generator (None = global RNG).
+
+    Raises:
+        ValueError: a class has fewer than ``ipc`` pool samples (the message says which and what to do).
+    """
+    if labels.dtype != torch.int64 or labels.dim() != 1:
+        raise ValueError(f"labels must be int64 [N], got {labels.dtype} {tuple(labels.shape)}")
+    pool = pool.to(torch.int64).cpu()
+    if pool.numel() and (int(pool.min()) < 0 or int(pool.max()) >= labels.numel()):
+        raise ValueError(f"pool indices must lie in [0, {labels.numel()})")
+    pool_labels = labels.cpu()[pool]
+    counts = torch.bincount(pool_labels, minlength=num_classes)
+    short = [(c, int(counts[c])) for c in range(num_classes) if counts[c] < ipc]
+    if short:
+        listed = ", ".join(f"class {c}: {n}" for c, n in short[:10]) + (" ..." if len(short) > 10 else "")
+        raise ValueError(f"real initialisation needs {ipc} samples per class in the pool, but {listed}; "
+                         f"lower ipc, let more samples into the trusted set (e.g. a looser split), or "
+                         f"initialise from noise")
+    out = []
+    for c in range(num_classes):
+        members = pool[pool_labels == c]
+        out.append(members[torch.randperm(members.numel(), generator=generator)[:ipc]])
+    return torch.cat(out)
+
+
+class TrajectoryMatcher:
+    """The MTT distillation loop over a set of expert trajectories.
+
+    Args:
+        net: the student's shape (the experts' network).
+        config: loop settings.
+        trajectories: one float tensor [epochs + 1, P] per expert (any device; rows are copied to
+            ``device`` when used), e.g. the experts helper's lazy storage.
+        images: float [M, C, H, W] initial synthetic images (model-input space), e.g.
+            ``preprocess(train_images[real_init_indices(...)])``.
+        labels: int64 [M] hard labels or float [M, num_classes] soft logits.
+        evaluator: evaluates (images, labels, syn_lr); None = no evaluation.
+        checkpoint: path of the resumable checkpoint (None = no checkpoints).
+        device: where to run (default: the images' device).
+    """
+
+    def __init__(self, net: ConvNetConfig, config: MatchingConfig, trajectories: Sequence[Tensor],
+                 images: Tensor, labels: Tensor, *, evaluator: Evaluator | None = None,
+                 checkpoint: str | os.PathLike[str] | None = None, device: torch.device | str | None = None,
+                 progress: bool = True) -> None:
+        if len(trajectories) == 0:
+            raise ValueError("no expert trajectories given; train experts first")
+        if images.dim() != 4 or not images.is_floating_point() or tuple(images.shape[1:]) != (
+                net.in_channels, *net.image_size):
+            raise ValueError(f"images must be float [M, {net.in_channels}, {net.image_size[0]}, "
+                             f"{net.image_size[1]}], got {images.dtype} {tuple(images.shape)}")
+        check_labels(labels, images.shape[0], net.num_classes)
+        self.net, self.config, self.trajectories = net, config, trajectories
+        self.device = torch.device(device) if device is not None else images.device
+        self.evaluator, self.progress = evaluator, progress
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        c = config
+        self.images = images.detach().to(self.device).clone().requires_grad_()
+        self.soft = labels.is_floating_point()
+        self.labels = labels.detach().to(self.device).clone()
+        if self.soft and c.lr_labels is not None:
+            self.labels.requires_grad_()
+        self.syn_lr = torch.tensor(float(c.lr_teacher), device=self.device, requires_grad=True)
+        self.opt_img = torch.optim.SGD([self.images], lr=c.lr_img, momentum=c.momentum)
+        self.opt_lr = torch.optim.SGD([self.syn_lr], lr=c.lr_lr, momentum=c.momentum)
+        self.opt_labels = (torch.optim.SGD([self.labels], lr=c.lr_labels, momentum=c.momentum)
+                           if self.labels.requires_grad else None)
+        self.ema = self.images.detach().clone() if c.ema_decay is not None else None
+        self.gen = torch.Generator().manual_seed(c.seed)  # expert order, start epochs
+        self.dev_gen = torch.Generator(device=self.device).manual_seed(c.seed + 2)  # batches
+        self.dsa = DSA(c.dsa_strategy, seed=c.seed + 4, device=self.device) if c.dsa_strategy not in ("", "none") \
+            else None
+        self.iteration = 0
+        self.history: list[dict[str, Any]] = []
+        self._order: list[int] = []
+        self._chunks: list[Tensor] = []
+        self._losses = torch.zeros(c.iterations, device=self.device)
+
+    # ---- hooks for FTD / DATM / ATT ------------------------------------------------------------------
+
+    def start_window(self, iteration: int) -> tuple[int, int]:
+        """[lo, hi) of the start epoch at ``iteration`` (MTT: fixed; DATM widens it over time)."""
+        return self.config.min_start_epoch, self.config.max_start_epoch
+
+    def inner_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The student's training loss: CE on hard labels, CE against softmax(logits) on soft ones."""
+        return F.cross_entropy(logits, labels.softmax(-1) if self.soft else labels)
+
+    # ---- the loop ------------------------------------------------------------------------------------
+
+    def _next_trajectory(self) -> Tensor:
+        if not self._order:
+            self._order = torch.randperm(len(self.trajectories), generator=self.gen).tolist()
+        return self.trajectories[self._order.pop(0)]
+
+    def _next_batch(self) -> tuple[Tensor, Tensor]:
+        m, b = self.images.shape[0], self.config.batch_syn
+        if b is None or b >= m:
+            return self.images, self.labels
+        if not self._chunks:
+            self._chunks = list(torch.randperm(m, generator=self.dev_gen, device=self.device).split(b))
+        idx = self._chunks.pop()
+        return self.images[idx], self.labels[idx]
+
+    def step(self) -> Tensor:
+        """One iteration (image/step-size update); returns the matching loss as a 0-d device tensor."""
+        c, it = self.config, self.iteration
+        traj = self._next_trajectory()
+        lo, hi = self.start_window(it)
+        need = hi - 1 + c.expert_epochs
+        if traj.dim() != 2 or traj.shape[1] != self.net.num_params or traj.shape[0] <= need:
+            raise ValueError(f"a trajectory must be [epochs + 1 > {need}, {self.net.num_params}] for start "
+                             f"epochs < {hi} and expert_epochs {c.expert_epochs}, got {tuple(traj.shape)}; "
+                             f"lower max_start_epoch / expert_epochs or train longer experts")
+        start = int(torch.randint(lo, hi, (1,), generator=self.gen))
+        w0 = traj[start].to(self.device, self.images.dtype, non_blocking=True).unsqueeze(0).requires_grad_()
+        target = traj[start + c.expert_epochs].to(self.device, self.images.dtype, non_blocking=True).unsqueeze(0)
+        w = w0
+        steps, dists = [], []
+        for _ in range(c.syn_steps):
+            x, y = self._next_batch()
+            if self.dsa is not None:
+                x = self.dsa(x)
+            logits = forward(self.net, w, x.unsqueeze(0), channels_last=c.channels_last)[0]
+            (g,) = torch.autograd.grad(self.inner_loss(logits, y), w, create_graph=True)
+            w = w - self.syn_lr * g
+            if c.adaptive_length:
+                steps.append(w)
+                with torch.no_grad():
+                    dists.append((w - target).abs().sum())
+        if c.adaptive_length:
+            d = torch.stack(dists)
+            k = d.numel() - 1 - torch.argmin(d.flip(0))  # the latest of the closest steps
+            w = torch.stack(steps).index_select(0, k.view(1))[0]
+        loss = (w - target).pow(2).sum() / (w0.detach() - target).pow(2).sum()
+        self.opt_img.zero_grad(set_to_none=True)
+        self.opt_lr.zero_grad(set_to_none=True)
+        if self.opt_labels is not None:
+            self.opt_labels.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_img.step()
+        self.opt_lr.step()
+        if self.opt_labels is not None:
+            self.opt_labels.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                self.ema.mul_(c.ema_decay).add_(self.images.detach(), alpha=1 - c.ema_decay)
+        self._losses[it] = loss.detach()
+        self.iteration += 1
+        return loss.detach()
+
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate the current images (and the EMA images) with the evaluator; appends to history."""
+        assert self.evaluator is not None
+        lr = float(self.syn_lr.detach())
+        entry: dict[str, Any] = {"iteration": self.iteration, "syn_lr": lr,
+                                 "eval": self.evaluator(self.images.detach(), self.labels.detach(), lr).as_dict()}
+        if self.ema is not None:
+            entry["eval_ema"] = self.evaluator(self.ema, self.labels.detach(), lr).as_dict()
+        self.history.append(entry)
+        return entry
+
+    def _log(self, bar: Any) -> None:
+        it, c = self.iteration, self.config
+        lo = max(0, it - c.log_every)
+        window = self._losses[lo:it]
+        loss = float(window.mean()) if window.numel() else float("nan")
+        lr = float(self.syn_lr.detach())
+        if not math.isfinite(loss) or not (math.isfinite(lr) and lr > 0):
+            raise DistillDivergedError(
+                f"distillation diverged at iteration {it}: matching loss {loss}, syn_lr {lr}. Lower lr_img "
+                f"and/or lr_lr (or max_start_epoch), or resume from the last checkpoint with smaller rates")
+        self.history.append({"iteration": it, "loss": loss, "syn_lr": lr})
+        bar.set_postfix(loss=f"{loss:.4f}", syn_lr=f"{lr:.2e}")
+
+    def run(self) -> DistillResult:
+        """Run (or resume) to ``config.iterations``; returns the result (also saved at the checkpoint)."""
+        c = self.config
+        if self.checkpoint is not None and self.checkpoint.exists():
+            self.load_state_dict(torch.load(self.checkpoint, map_location="cpu", weights_only=True))
+        bar = tqdm(total=c.iterations, initial=self.iteration, desc="distill", disable=not self.progress)
+        with bar:
+            while self.iteration < c.iterations:
+                if self.evaluator is not None and c.eval_every and self.iteration % c.eval_every == 0 and not any(
+                        h.get("iteration") == self.iteration and "eval" in h for h in self.history):
+                    self.evaluate()
+                self.step()
+                bar.update(1)
+                if self.iteration % c.log_every == 0 or self.iteration == c.iterations:
+                    self._log(bar)
+                if self.checkpoint is not None and c.checkpoint_every and self.iteration % c.checkpoint_every == 0:
+                    self.save(self.checkpoint)
+        if self.evaluator is not None and not any(h.get("iteration") == c.iterations and "eval" in h
+                                                  for h in self.history):
+            self.evaluate()
+            if self.checkpoint is not None:
+                self.save(self.checkpoint)
+        return self.result()
+
+    def result(self) -> DistillResult:
+        best = None
+        for h in self.history:
+            for which in ("eval", "eval_ema"):
+                if which in h and (best is None or h[which]["mean"] > best["mean"]):
+                    best = {"iteration": h["iteration"], "mean": h[which]["mean"], "std": h[which]["std"],
+                            "which": "ema" if which == "eval_ema" else "images"}
+        return DistillResult(self.images.detach().cpu(), self.labels.detach().cpu(), float(self.syn_lr.detach()),
+                             None if self.ema is None else self.ema.cpu(), list(self.history), best)
+
+    # ---- checkpointing -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-for-bit (tensors on the CPU; weights_only-loadable)."""
+        return {"iteration": self.iteration, "config": dataclasses.asdict(self.config),
+                "images": self.images.detach().cpu(), "labels": self.labels.detach().cpu(),
+                "syn_lr": self.syn_lr.detach().cpu(), "opt_img": self.opt_img.state_dict(),
+                "opt_lr": self.opt_lr.state_dict(),
+                "opt_labels": None if self.opt_labels is None else self.opt_labels.state_dict(),
+                "ema": None if self.ema is None else self.ema.cpu(), "gen": self.gen.get_state(),
+                "dev_gen": self.dev_gen.get_state(), "dsa": None if self.dsa is None else self.dsa.state_dict(),
+                "order": list(self._order), "chunks": [ch.cpu() for ch in self._chunks],
+                "losses": self._losses.cpu(), "history": self.history,
+                "evaluator_calls": None if self.evaluator is None else self.evaluator.calls}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; raises ValueError when it belongs to a different run."""
+        try:
+            if tuple(state["images"].shape) != tuple(self.images.shape) or state["config"] != dataclasses.asdict(
+                    self.config):
+                raise ValueError(f"checkpoint {self.checkpoint} belongs to a different run (other images shape "
+                                 f"or settings); delete it or point checkpoint= elsewhere")
+            with torch.no_grad():
+                self.images.copy_(state["images"])
+                self.labels.copy_(state["labels"])
+                self.syn_lr.copy_(state["syn_lr"])
+            self.opt_img.load_state_dict(state["opt_img"])
+            self.opt_lr.load_state_dict(state["opt_lr"])
+            if self.opt_labels is not None:
+                self.opt_labels.load_state_dict(state["opt_labels"])
+            if self.ema is not None:
+                self.ema.copy_(state["ema"])
+            self.gen.set_state(state["gen"])
+            self.dev_gen.set_state(state["dev_gen"])
+            if self.dsa is not None:
+                self.dsa.load_state_dict(state["dsa"])
+            self._order = [int(i) for i in state["order"]]
+            self._chunks = [ch.to(self.device) for ch in state["chunks"]]
+            self._losses.copy_(state["losses"])
+            self.history = list(state["history"])
+            if self.evaluator is not None and state["evaluator_calls"] is not None:
+                self.evaluator.calls = int(state["evaluator_calls"])
+            self.iteration = int(state["iteration"])
+        except KeyError as exc:
+            raise ValueError(f"checkpoint {self.checkpoint} is not a distillation checkpoint (missing {exc})") \
+                from exc
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` atomically."""
+        atomic_torch_save(self.state_dict(), path)

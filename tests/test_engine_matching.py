@@ -1,0 +1,99 @@
+"""Distillation on a 2-class toy problem (CPU): the matching loss falls, resume is exact, extras run."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tad_plugin.data import load_dataset
+from tad_plugin.engine.convnet import ConvNetConfig, forward, init_params
+from tad_plugin.engine.evaluate import Evaluator
+from tad_plugin.engine.matching import (DistillDivergedError, MatchingConfig, TrajectoryMatcher, class_labels,
+                                        real_init_indices)
+from tad_plugin.engine.preprocess import Preprocessor
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """Digits 0 and 1, a width-8 ConvNet, and two short expert trajectories trained here on the CPU."""
+    ds = load_dataset("digits")
+    keep = ds.train_labels < 2
+    images, labels = ds.train_images[keep], ds.train_labels[keep]
+    pre = Preprocessor.for_dataset(ds)
+    x = pre(images)
+    net = ConvNetConfig(1, 2, (8, 8), width=8, depth=2)
+    g = torch.Generator().manual_seed(0)
+    trajectories = []
+    for _ in range(2):
+        w = init_params(net, 1, generator=g)
+        snaps = [w[0].clone()]
+        for _epoch in range(4):
+            for idx in torch.randperm(len(x), generator=g).split(32):
+                w.requires_grad_()
+                loss = F.cross_entropy(forward(net, w, x[idx].unsqueeze(0))[0], labels[idx])
+                (grad,) = torch.autograd.grad(loss, w)
+                w = (w - 0.05 * grad).detach()
+            snaps.append(w[0].clone())
+        trajectories.append(torch.stack(snaps))
+    init = real_init_indices(labels, torch.arange(len(labels)), 3, 2, generator=g)
+    test_keep = ds.test_labels < 2
+    return net, trajectories, x[init], labels[init], pre(ds.test_images[test_keep]), ds.test_labels[test_keep]
+
+
+def test_matching_loss_decreases(toy):
+    net, trajs, images, labels, _, _ = toy
+    cfg = MatchingConfig(iterations=20, syn_steps=4, expert_epochs=2, max_start_epoch=1, lr_img=10.0,
+                         lr_lr=1e-7, lr_teacher=0.05, dsa_strategy="none", eval_every=0, log_every=5)
+    m = TrajectoryMatcher(net, cfg, trajs[:1], images, labels, progress=False)
+    result = m.run()
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert len(losses) == 4
+    assert losses[-1] < 0.9 * losses[0]
+    assert not torch.equal(result.images, images)  # the images moved
+    assert result.syn_lr > 0
+
+
+def test_resume_continues_bit_for_bit(toy, tmp_path):
+    net, trajs, images, labels, _, _ = toy
+    cfg = MatchingConfig(iterations=6, syn_steps=3, expert_epochs=1, max_start_epoch=3, batch_syn=4,
+                         lr_img=10.0, eval_every=0, checkpoint_every=3, log_every=3, seed=3)
+    straight = TrajectoryMatcher(net, cfg, trajs, images, labels, progress=False).run()
+    ck = tmp_path / "ck.pt"
+    first = TrajectoryMatcher(net, cfg, trajs, images, labels, checkpoint=ck, progress=False)
+    for _ in range(3):  # stop after the first checkpoint, as a killed run would
+        first.step()
+    first.save(ck)
+    resumed = TrajectoryMatcher(net, cfg, trajs, images, labels, checkpoint=ck, progress=False).run()
+    assert torch.equal(resumed.images, straight.images)
+    assert resumed.syn_lr == straight.syn_lr
+    other = MatchingConfig(**{**cfg.__dict__, "lr_img": 11.0})
+    with pytest.raises(ValueError, match="different run"):
+        TrajectoryMatcher(net, other, trajs, images, labels, checkpoint=ck, progress=False).run()
+
+
+def test_extras_ema_adaptive_soft_labels_and_evaluation(toy):
+    net, trajs, images, labels, test_x, test_y = toy
+    soft = F.one_hot(labels, 2).float() * 3
+    cfg = MatchingConfig(iterations=4, syn_steps=3, expert_epochs=1, max_start_epoch=2, lr_img=10.0,
+                         lr_labels=1.0, ema_decay=0.9, adaptive_length=True, eval_every=2, log_every=2)
+    ev = Evaluator(net, test_x, test_y, num_nets=2, epochs=20, progress=False)
+    m = TrajectoryMatcher(net, cfg, trajs, images, soft, evaluator=ev, progress=False)
+    result = m.run()
+    evals = [h for h in result.history if "eval" in h]
+    assert [h["iteration"] for h in evals] == [0, 2, 4] and all("eval_ema" in h for h in evals)
+    assert result.best is not None and result.best["mean"] > 0.5  # 2 classes
+    assert not torch.equal(result.labels, soft)  # soft labels were learned
+    assert result.ema_images is not None and not torch.equal(result.ema_images, result.images)
+
+
+def test_divergence_and_bad_input_are_explained(toy):
+    net, trajs, images, labels, _, _ = toy
+    cfg = MatchingConfig(iterations=2, syn_steps=2, expert_epochs=1, max_start_epoch=1, lr_img=1e30,
+                         lr_lr=1e30, dsa_strategy="none", eval_every=0, log_every=1)
+    with pytest.raises(DistillDivergedError, match="Lower lr_img"):
+        TrajectoryMatcher(net, cfg, trajs, images, labels, progress=False).run()
+    long = MatchingConfig(iterations=1, expert_epochs=3, max_start_epoch=3, eval_every=0)
+    with pytest.raises(ValueError, match="train longer experts"):
+        TrajectoryMatcher(net, long, trajs, images, labels, progress=False).step()
+    with pytest.raises(ValueError, match="class 1: 2"):
+        real_init_indices(torch.tensor([0, 0, 0, 1, 1]), torch.arange(5), 3, 2)
+    assert class_labels(3, 2).tolist() == [0, 0, 1, 1, 2, 2]
