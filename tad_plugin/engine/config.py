@@ -134,7 +134,12 @@ class TADConfig:
 
 @dataclass
 class DistillConfig:
-    """Trajectory-matching distillation (MTT names; see the adapter for the per-dataset table)."""
+    """Trajectory-matching distillation (MTT names; see the adapter for the per-dataset table).
+
+    ``num_experts`` None = every expert of the buffer. ``eval_every`` 0 = evaluate only at the end
+    (upstream: every 100 iterations, reporting the best evaluation). ``checkpoint_every`` 0 = no
+    intermediate checkpoints.
+    """
 
     ipc: int = 10
     iterations: int = 5000
@@ -147,6 +152,9 @@ class DistillConfig:
     batch_syn: int | None = None
     pix_init: str = "real"
     num_experts: int | None = None
+    eval_every: int = 0
+    checkpoint_every: int = 100
+    dsa: bool = True
 
     def validate(self) -> None:
         _positive(self, "distill", "ipc", "iterations", "syn_steps", "expert_epochs", "max_start_epoch",

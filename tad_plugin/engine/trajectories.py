@@ -302,6 +302,27 @@ class TrajectoryStore:
                                   f"{tuple(params.shape)}, expected float32 {(self.epochs + 1, self.param_count)}")
         return params
 
+    def final_trust(self, experts: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The experts' last trusted spaces and labels, combined by vote.
+
+        Returns:
+            ``(votes, labels)``: float32 [N], the fraction of the experts whose last epoch trained on
+            each sample; int64 [N], the most common last-epoch label of each sample. None when the
+            experts were trained without TAD. Reads only these fields (memory-mapped).
+        """
+        indices = list(self.finished() if experts is None else experts)
+        if not indices:
+            raise TrajectoryError(f"{self.root} has no finished experts; run `tad buffer` first")
+        votes = torch.zeros(self.num_train)
+        labels = []
+        for i in indices:
+            p = self._load_payload(i, mmap=True)
+            if "trusted_packed" not in p:
+                return None
+            votes += _unpack_bool(p["trusted_packed"][-1:].clone(), self.num_train)[0].float()
+            labels.append(p["labels"][-1].to(torch.int64))
+        return votes / len(indices), torch.stack(labels).mode(dim=0).values
+
     def preprocess_state(self) -> dict[str, Any] | None:
         """The saved Preprocessor state, or None if the store has none."""
         path = self.root / "preprocess.pt"

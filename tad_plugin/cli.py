@@ -1,0 +1,421 @@
+"""The ``tad`` command: expert training, distillation, evaluation, the whole pipeline, and the demo.
+
+Sub-commands (``tad <cmd> -h`` for the flags)::
+
+    tad buffer   train experts (noisy labels; TAD's outer loop with --tad) into OUT/buffer
+    tad distill  distill a synthetic set from OUT/buffer (or --buffer DIR) into OUT/distilled.pt
+    tad eval     train evaluation nets on OUT/distilled.pt (or --synthetic FILE), test on clean data
+    tad run      noise -> buffer -> distill -> eval, resuming finished stages
+    tad demo     noisy MTT vs MTT + TAD on scikit-learn's digits, a few minutes on a laptop CPU
+    tad export   write a store's experts as upstream replay_buffer_{n}.pt files
+
+Settings, lowest precedence first: the MTT defaults for the dataset and IPC, ``--config FILE.yaml``,
+the dedicated flags (``--dataset``, ``--noise``, ...), then ``--set section.key=value`` (repeatable).
+Every run writes ``OUT/result.json`` (command, config, seed, commit, device, wall time, results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .data import ImageDataset
+
+if TYPE_CHECKING:
+    from .adapters.mtt import MTT
+    from .engine.config import DataConfig, RunConfig
+    from .engine.matching import DistillResult
+    from .engine.preprocess import Preprocessor
+    from .engine.runlog import RunLog
+    from .engine.trajectories import TrajectoryStore
+
+__all__ = ["main", "build_parser", "config_from_args", "prepare_data", "TrainingData", "DEMO_CONFIG",
+           "QUICK_DEMO_OVERRIDES"]
+
+log = logging.getLogger("tad_plugin.cli")
+
+#: ``tad demo``: digits (8x8 grey, 1,294 train / 503 test images), 40% symmetric noise; the same
+#: settings as examples/configs/demo.yaml (a test keeps the two equal).
+DEMO_CONFIG: dict[str, Any] = {
+    "data": {"dataset": "digits", "noise": "symmetric", "noise_rate": 0.4, "noise_seed": 0},
+    "model": {"width": 32, "depth": 2},
+    "buffer": {"num_experts": 10, "epochs": 15, "lr": 0.01, "batch_size": 64, "experts_per_group": 10,
+               "eval_batch_size": 2048},
+    "tad": {"warmup_epochs": 3, "split": "per-expert"},
+    "distill": {"ipc": 10, "iterations": 300, "syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 6,
+                "lr_img": 100.0, "lr_lr": 1e-5, "lr_teacher": 0.01, "pix_init": "real"},
+    "eval": {"num_eval": 5, "epochs": 300, "batch_size": 256},
+    "seed": 0,
+    "device": "cpu",
+    "out": "runs/demo",
+}
+#: ``tad demo --quick``: the same pipeline, small enough for the test suite (well under a minute).
+QUICK_DEMO_OVERRIDES: dict[str, Any] = {
+    "buffer": {"num_experts": 2, "epochs": 5, "experts_per_group": 2},
+    "tad": {"warmup_epochs": 1},
+    "distill": {"iterations": 10, "syn_steps": 5, "max_start_epoch": 2, "ipc": 2},
+    "eval": {"num_eval": 2, "epochs": 20},
+}
+
+_FLAG_KEYS = {  # argparse dest -> config key
+    "dataset": "data.dataset", "data_root": "data.root", "download": "data.download",
+    "noise": "data.noise", "noise_rate": "data.noise_rate", "noise_seed": "data.noise_seed",
+    "cifar_n": "data.cifar_n", "label_set": "data.label_set", "zca": "data.zca", "tad": "tad.enabled",
+    "device": "device", "out": "out", "seed": "seed", "ipc": "distill.ipc",
+    "num_experts": "buffer.num_experts", "epochs": "buffer.epochs", "iterations": "distill.iterations",
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("settings")
+    g.add_argument("--config", metavar="FILE.yaml", help="YAML config (sections data, model, buffer, tad, "
+                   "distill, eval); flags below override it")
+    g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set buffer.lr=0.02 (repeatable; wins over all)")
+    g.add_argument("--dataset", help="digits, cifar10, cifar100, an ImageFolder directory or a .npz file")
+    g.add_argument("--data-root", help="folder with torchvision's CIFAR files")
+    g.add_argument("--download", action="store_const", const=True, help="let torchvision download CIFAR")
+    g.add_argument("--noise", choices=["symmetric", "asymmetric-cifar10", "asymmetric-cifar100"])
+    g.add_argument("--noise-rate", type=float, metavar="R", help="fraction of flipped labels, e.g. 0.4")
+    g.add_argument("--noise-seed", type=int)
+    g.add_argument("--cifar-n", metavar="PATH", help="CIFAR-10N/100N label file (real-world noise)")
+    g.add_argument("--label-set", help="CIFAR-N label column, e.g. worse_label, aggre_label, noisy_label")
+    g.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None, help="ZCA whitening")
+    g.add_argument("--tad", action=argparse.BooleanOptionalAction, default=None,
+                   help="Trust-Aware Diversion on (default) or off (the noisy baseline)")
+    g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    g.add_argument("--out", metavar="DIR", help="run directory (resumed if it exists)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--ipc", type=int, help="images per class of the distilled set")
+    g.add_argument("--num-experts", type=int)
+    g.add_argument("--epochs", type=int, help="epochs per expert")
+    g.add_argument("--iterations", type=int, help="distillation iterations")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tad`` argument parser (sub-commands and their flags)."""
+    parser = argparse.ArgumentParser(prog="tad", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log hook calls and details")
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+
+    p = sub.add_parser("buffer", help="train experts (the trajectory buffer)")
+    _common(p)
+    p = sub.add_parser("distill", help="distill a synthetic set from trained experts")
+    _common(p)
+    p.add_argument("--buffer", metavar="DIR", help="trajectory store (default OUT/buffer)")
+    p = sub.add_parser("eval", help="evaluate a distilled set on the clean test set")
+    _common(p)
+    p.add_argument("--synthetic", metavar="FILE", help="distilled set (default OUT/distilled.pt)")
+    p = sub.add_parser("run", help="the whole pipeline: noise -> buffer -> distill -> eval")
+    _common(p)
+    p = sub.add_parser("demo", help="noisy MTT vs MTT + TAD on digits (CPU, minutes)")
+    _common(p)
+    p.add_argument("--quick", action="store_true", help="a reduced demo (seconds; used by the tests)")
+    p = sub.add_parser("export", help="write experts as upstream replay_buffer_{n}.pt files")
+    p.add_argument("--buffer", required=True, metavar="DIR", help="trajectory store")
+    p.add_argument("--to", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--per-file", type=int, default=10, help="trajectories per file (upstream: 10)")
+
+    try:  # the feature-extractor sub-commands, when that part of the package is present
+        from .features.cli import add_subcommands
+    except ImportError:
+        pass
+    else:
+        add_subcommands(sub)
+    return parser
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from .engine.config import merge
+
+    out: dict[str, Any] = {}
+    for dest, key in _FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        node: dict[str, Any] = {}
+        leaf = node
+        parts = key.split(".")
+        for part in parts[:-1]:
+            leaf = leaf.setdefault(part, {})
+        leaf[parts[-1]] = value
+        out = merge(out, node)
+    return out
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
+    """The run config: MTT's defaults for the dataset/IPC < ``base`` < ``--config`` < flags < ``--set``.
+
+    Raises:
+        ConfigError: an unknown key or a bad value (the message names it).
+    """
+    from .adapters.mtt import mtt_defaults
+    from .engine.config import RunConfig, apply_overrides, from_dict, load_yaml, merge
+
+    user: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    user = apply_overrides(merge(user, _flag_overrides(args)), getattr(args, "sets", []))
+    chosen = merge(base or {}, user)
+    dataset = chosen.get("data", {}).get("dataset", "digits")
+    ipc = chosen.get("distill", {}).get("ipc", 10)
+    defaults = mtt_defaults(dataset, ipc if isinstance(ipc, int) else 10)
+    return from_dict(RunConfig, merge(defaults, chosen)).validate()
+
+
+# ---------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainingData:
+    """The dataset with the labels a run trains on.
+
+    Attributes:
+        dataset: images and clean labels (train and test).
+        labels: int64 [N], the (noisy) training labels the run uses.
+        noise_rate: measured fraction of ``labels`` that differ from the clean ones.
+    """
+
+    dataset: ImageDataset
+    labels: torch.Tensor
+    noise_rate: float
+
+
+def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
+    """Load the dataset and corrupt its labels as configured; save the labels to ``out/labels.pt``.
+
+    Raises:
+        DatasetError / ValueError / FileNotFoundError: with the problem and the fix.
+    """
+    from .data import load_dataset
+    from .noise import load_cifar_n, make_noisy_labels, noise_rate
+
+    ds = load_dataset(cfg.dataset, root=cfg.root, download=cfg.download)
+    if cfg.cifar_n is not None:
+        labels = load_cifar_n(cfg.cifar_n, cfg.label_set)
+        if labels.shape != ds.train_labels.shape:
+            raise ValueError(f"{cfg.cifar_n}[{cfg.label_set!r}] has {len(labels)} labels but {ds.name} has "
+                             f"{len(ds.train_labels)} training images; use the CIFAR-N file of this dataset")
+    elif cfg.noise is not None:
+        labels = make_noisy_labels(ds.train_labels, cfg.noise, cfg.noise_rate, num_classes=ds.num_classes,
+                                   seed=cfg.noise_seed)
+    else:
+        labels = ds.train_labels
+    data = TrainingData(ds, labels, noise_rate(labels, ds.train_labels))
+    if out is not None:
+        from .files import atomic_torch_save
+
+        atomic_torch_save({"labels": labels, "clean": ds.train_labels, "noise_rate": data.noise_rate},
+                          out / "labels.pt")
+    return data
+
+
+# ---------------------------------------------------------------------- stages
+
+
+def _stage_buffer(mtt: MTT, data: TrainingData, out: Path, log: RunLog) -> TrajectoryStore:
+    start = time.perf_counter()
+    store = mtt.buffer(data.dataset, data.labels, out / "buffer")
+    info: dict[str, Any] = {"experts": len(store)}
+    trust = store.final_trust() if mtt.tad else None
+    if trust is not None:
+        info.update(_trust_stats(trust, data))
+    log.stage("buffer", time.perf_counter() - start, **info)
+    return store
+
+
+def _trust_stats(trust: tuple[torch.Tensor, torch.Tensor], data: TrainingData) -> dict[str, Any]:
+    votes, labels = trust
+    trusted = votes >= 0.5
+    clean = labels == data.dataset.train_labels
+    n = int(trusted.sum())
+    return {"trusted_size": n, "trusted_fraction": n / len(trusted),
+            "trusted_precision": float(clean[trusted].float().mean()) if n else float("nan"),
+            "clean_recall": float(trusted[clean].float().mean()) if bool(clean.any()) else float("nan")}
+
+
+def _stage_distill(mtt: MTT, store: TrajectoryStore, data: TrainingData, out: Path, log: RunLog) -> DistillResult:
+    from .adapters.mtt import load_distilled, save_distilled
+    from .engine.config import to_dict
+
+    path = out / "distilled.pt"
+    settings = {"distill": to_dict(mtt.config.distill), "experts": store.finished(), "seed": mtt.config.seed}
+    if path.is_file():
+        result, _ = load_distilled(path)
+        if torch.load(path, map_location="cpu", weights_only=True).get("settings") == json_safe(settings):
+            log.stage("distill", 0.0, resumed=True, syn_lr=result.syn_lr)
+            return result
+    start = time.perf_counter()
+    result = mtt.distill(store, data.dataset, data.labels, checkpoint=out / "distill_checkpoint.pt")
+    save_distilled(result, path, mtt.preprocessor(data.dataset, store), settings=json_safe(settings))
+    log.stage("distill", time.perf_counter() - start, syn_lr=result.syn_lr, images=list(result.images.shape))
+    return result
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` round-tripped through JSON (tuples -> lists), so stored and fresh settings compare equal."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _stage_eval(mtt: MTT, result: DistillResult, data: TrainingData, log: RunLog,
+                preprocess: Preprocessor | None = None) -> dict[str, Any]:
+    start = time.perf_counter()
+    ev = mtt.evaluate(result, data.dataset, preprocess)
+    out = {"test_acc_mean": ev.mean, "test_acc_std": ev.std, "test_acc": list(ev.accuracies)}
+    log.stage("eval", time.perf_counter() - start, **out)
+    log.result(**out)
+    return out
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _setup(args: argparse.Namespace, base: dict[str, Any] | None = None,
+           out: Path | None = None) -> tuple[RunConfig, MTT, Path, RunLog]:
+    from .adapters.mtt import MTT
+    from .engine.config import to_dict
+    from .engine.runlog import RunLog
+
+    cfg = config_from_args(args, base)
+    out = Path(out if out is not None else cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mtt = MTT(cfg, progress=not getattr(args, "no_progress", False))
+    log = RunLog(out / f"result_{args.command}.json", to_dict(cfg), cfg.seed, mtt.device)
+    log.write()
+    return cfg, mtt, out, log
+
+
+def _cmd_buffer(args: argparse.Namespace) -> int:
+    cfg, mtt, out, log = _setup(args)
+    data = prepare_data(cfg.data, out)
+    log.result(noise_rate=data.noise_rate)
+    _stage_buffer(mtt, data, out, log)
+    print(f"experts in {out / 'buffer'}; record {log.path}")
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from .engine.trajectories import TrajectoryStore
+
+    cfg, mtt, out, log = _setup(args)
+    data = prepare_data(cfg.data)
+    store = TrajectoryStore.open(args.buffer or out / "buffer")
+    _stage_distill(mtt, store, data, out, log)
+    print(f"distilled set in {out / 'distilled.pt'}; record {log.path}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .adapters.mtt import load_distilled
+
+    cfg, mtt, out, log = _setup(args)
+    data = prepare_data(cfg.data)
+    result, pre = load_distilled(args.synthetic or out / "distilled.pt")
+    res = _stage_eval(mtt, result, data, log, pre.to(mtt.device))
+    print(f"test accuracy {100 * res['test_acc_mean']:.2f} +- {100 * res['test_acc_std']:.2f} %; record {log.path}")
+    return 0
+
+
+def _pipeline(cfg: RunConfig, mtt: MTT, out: Path, log: RunLog, data: TrainingData) -> dict[str, Any]:
+    log.result(noise_rate=data.noise_rate)
+    store = _stage_buffer(mtt, data, out, log)
+    result = _stage_distill(mtt, store, data, out, log)
+    return {**log.record["stages"]["buffer"], **_stage_eval(mtt, result, data, log,
+                                                            mtt.preprocessor(data.dataset, store))}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg, mtt, out, log = _setup(args)
+    data = prepare_data(cfg.data, out)
+    res = _pipeline(cfg, mtt, out, log, data)
+    print(f"{'MTT + TAD' if cfg.tad.enabled else 'MTT'}: test accuracy {100 * res['test_acc_mean']:.2f} +- "
+          f"{100 * res['test_acc_std']:.2f} % (noise rate {data.noise_rate:.3f}); record {log.path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .engine.config import merge
+
+    base = merge(DEMO_CONFIG, QUICK_DEMO_OVERRIDES) if args.quick else DEMO_CONFIG
+    if args.quick and args.out is None and not any(s.startswith("out=") for s in args.sets):
+        base = merge(base, {"out": "runs/demo-quick"})
+    if args.tad is not None:
+        raise SystemExit("tad demo runs both arms (without and with TAD); drop --tad/--no-tad")
+    rows = []
+    start = time.perf_counter()
+    root: Path | None = None
+    for arm, enabled in (("MTT (noisy)", False), ("MTT + TAD", True)):
+        args.sets = [*args.sets, f"tad.enabled={str(enabled).lower()}"]
+        root = Path(config_from_args(args, base).out)
+        arm_dir = root / ("tad" if enabled else "noisy")
+        cfg, mtt, out, log = _setup(args, base, out=arm_dir)
+        data = prepare_data(cfg.data, out)
+        res = _pipeline(cfg, mtt, out, log, data)
+        size = res.get("trusted_size", len(data.labels))
+        precision = res.get("trusted_precision", 1.0 - data.noise_rate)
+        rows.append({"arm": arm, "trusted_size": size, "train_size": len(data.labels),
+                     "trusted_precision": precision, "test_acc_mean": res["test_acc_mean"],
+                     "test_acc_std": res["test_acc_std"], "record": str(log.path)})
+        args.sets = args.sets[:-1]
+    assert root is not None
+    wall = time.perf_counter() - start
+    _print_table(rows, data, wall)
+    from .files import atomic_write_json
+
+    atomic_write_json({"rows": rows, "noise_rate": data.noise_rate, "wall_time_s": round(wall, 1),
+                       "quick": bool(args.quick)}, root / "demo.json")
+    return 0
+
+
+def _print_table(rows: list[dict[str, Any]], data: TrainingData, wall: float) -> None:
+    ds = data.dataset
+    print(f"\n{ds.name}: {len(data.labels)} train / {len(ds.test_labels)} test images, measured noise rate "
+          f"{data.noise_rate:.3f}; {wall:.0f} s")
+    print(f"{'arm':<14} {'trusted space':>14} {'precision':>10} {'distilled-set test acc':>24}")
+    for r in rows:
+        acc = f"{100 * r['test_acc_mean']:.1f} +- {100 * r['test_acc_std']:.1f} %"
+        print(f"{r['arm']:<14} {r['trusted_size']:>6} / {r['train_size']:<6} {100 * r['trusted_precision']:>9.1f}% "
+              f"{acc:>24}")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .engine.trajectories import TrajectoryStore
+
+    paths = TrajectoryStore.open(args.buffer).export_upstream(args.to, per_file=args.per_file)
+    print(f"wrote {len(paths)} file(s): {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+_COMMANDS = {"buffer": _cmd_buffer, "distill": _cmd_distill, "eval": _cmd_eval, "run": _cmd_run,
+             "demo": _cmd_demo, "export": _cmd_export}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tad`` console script; returns the exit code."""
+    from .data import DatasetError
+    from .engine.config import ConfigError
+    from .engine.trajectories import TrajectoryError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    handler = getattr(args, "func", None) or _COMMANDS[args.command]
+    try:
+        return int(handler(args) or 0)
+    except (ConfigError, DatasetError, TrajectoryError, FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"tad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

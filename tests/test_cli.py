@@ -1,0 +1,98 @@
+"""The ``tad`` command: the quick demo end to end, resume, argument/config merging, clear errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tad_plugin.cli import DEMO_CONFIG, build_parser, config_from_args, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_demo_runs_end_to_end(quick_demo, capsys):
+    summary = json.loads((quick_demo / "demo.json").read_text())
+    noisy, tad = summary["rows"]
+    assert noisy["arm"] == "MTT (noisy)" and tad["arm"] == "MTT + TAD"
+    assert abs(summary["noise_rate"] - 0.4) < 0.01
+    assert noisy["trusted_size"] == noisy["train_size"] == 1293
+    assert tad["trusted_size"] < tad["train_size"]                # TAD diverted away from some samples
+    assert tad["trusted_precision"] > noisy["trusted_precision"]  # ... mostly mislabelled ones
+    for row in (noisy, tad):
+        assert 0.0 <= row["test_acc_mean"] <= 1.0
+        record = json.loads(Path(row["record"]).read_text())
+        for key in ("command", "config", "seed", "commit", "device", "wall_time_s", "results", "stages"):
+            assert key in record
+        assert record["results"]["noise_rate"] == summary["noise_rate"]
+        assert set(record["stages"]) == {"buffer", "distill", "eval"}
+    assert (quick_demo / "tad" / "buffer" / "manifest.json").is_file()
+    assert torch.load(quick_demo / "tad" / "distilled.pt", weights_only=True)["images"].shape == (20, 1, 8, 8)
+
+
+def test_rerun_resumes_finished_stages(quick_demo):
+    assert main(["demo", "--quick", "--no-progress", "--out", str(quick_demo)]) == 0
+    record = json.loads((quick_demo / "tad" / "result_demo.json").read_text())
+    assert record["stages"]["distill"].get("resumed") is True
+    assert record["stages"]["buffer"]["experts"] == 2
+
+
+def test_export_command(quick_demo, tmp_path):
+    assert main(["export", "--buffer", str(quick_demo / "tad" / "buffer"), "--to", str(tmp_path)]) == 0
+    buf = torch.load(tmp_path / "replay_buffer_0.pt", weights_only=True)
+    assert len(buf) == 2 and len(buf[0]) == 6 and isinstance(buf[0][0], list)
+
+
+def test_demo_yaml_matches_builtin_demo():
+    assert yaml.safe_load((ROOT / "examples" / "configs" / "demo.yaml").read_text()) == DEMO_CONFIG
+
+
+def test_flags_and_config_merge(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("data:\n  dataset: cifar10\n  noise: symmetric\n  noise_rate: 0.2\nbuffer:\n  epochs: 30\n")
+    args = build_parser().parse_args(["run", "--config", str(cfg_file), "--noise-rate", "0.4", "--no-tad",
+                                      "--ipc", "50", "--set", "buffer.epochs=45", "--device", "cpu"])
+    cfg = config_from_args(args)
+    assert cfg.data.dataset == "cifar10" and cfg.data.noise == "symmetric"
+    assert cfg.data.noise_rate == 0.4          # flag beats YAML
+    assert cfg.buffer.epochs == 45             # --set beats YAML
+    assert cfg.tad.enabled is False and cfg.device == "cpu"
+    assert cfg.distill.ipc == 50 and cfg.distill.max_start_epoch == 40  # MTT's CIFAR-10 IPC50 row
+    assert cfg.distill.lr_img == 1000.0 and cfg.data.zca is False
+    assert cfg.buffer.lr == 0.01 and cfg.buffer.num_experts == 100     # MTT buffer defaults
+
+
+def test_cifar_n_flags():
+    args = build_parser().parse_args(["buffer", "--cifar-n", "x.pt", "--label-set", "aggre_label", "--tad"])
+    cfg = config_from_args(args)
+    assert cfg.data.cifar_n == "x.pt" and cfg.data.label_set == "aggre_label" and cfg.tad.enabled
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--set", "buffer.epoch=3"], "unknown config key 'buffer.epoch'"),
+    (["run", "--dataset", "no/such/place", "--out", "{tmp}"], "unknown dataset"),
+    (["distill", "--buffer", "{tmp}/none", "--out", "{tmp}"], "not a trajectory store"),
+    (["eval", "--synthetic", "{tmp}/none.pt", "--out", "{tmp}"], "run `tad distill` first"),
+    (["run", "--noise", "symmetric", "--cifar-n", "x.pt"], "not both"),
+])
+def test_bad_input_exits_with_a_clear_message(argv, message, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith(f"tad {argv[0]}: error:")
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("buffer", "distill", "eval", "run", "demo", "export", "features"):
+        assert cmd in out
