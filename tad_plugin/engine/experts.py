@@ -155,7 +155,7 @@ def per_sample_losses(net: ConvNetConfig, params: torch.Tensor, images: torch.Te
     with torch.no_grad():
         for i in range(0, n, batch_size):
             x = preprocess(images[i:i + batch_size])
-            logits = fwd(net, params, x.unsqueeze(0).expand(e, *x.shape))
+            logits = fwd(net, params, x)  # one batch shared by the E networks
             y = labels[:, i:i + batch_size]
             k = logits.shape[-1]
             losses[:, i:i + batch_size] = F.cross_entropy(logits.reshape(-1, k).float(), y.reshape(-1),
