@@ -102,7 +102,7 @@ def train_command(args: argparse.Namespace) -> int:
         "dataset": dataset.name, "checkpoint": str(out), "epochs": result.epochs, "seconds": result.seconds,
         "knn": {str(k): v for k, v in result.knn.items()}, "config": config.to_dict(), "history": result.history,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "torch": torch.__version__, "command": " ".join(sys.argv),
+        "torch": str(torch.__version__), "command": " ".join(sys.argv),
     }
     json_path = args.json or out.with_suffix(".json")
     atomic_write_json(record, json_path)

@@ -12,6 +12,7 @@ say) must be mapped back to [0, 1] first (the inverse ZCA, or ``x * std + mean``
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -185,6 +186,9 @@ def save_extractor(backbone: nn.Module, path: str | os.PathLike[str], *, in_chan
 
     ``meta`` must hold only JSON-like values (str, int, float, bool, None, lists, dicts)."""
     state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+    # Through JSON, so that only plain types reach the file (torch.__version__, say, is a str subclass
+    # that weights-only loading refuses).
+    plain_meta = json.loads(json.dumps(dict(meta or {}), default=str))
     atomic_torch_save({
         "format": CHECKPOINT_FORMAT,
         "architecture": "cifar_resnet18",
@@ -193,7 +197,7 @@ def save_extractor(backbone: nn.Module, path: str | os.PathLike[str], *, in_chan
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "state_dict": state,
-        "meta": dict(meta or {}),
+        "meta": plain_meta,
     }, path)
 
 

@@ -264,7 +264,7 @@ def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), dev
                        mean=mean, std=std, meta={
                            "dataset": dataset.name, "epochs": epoch, "seconds": elapsed,
                            "knn": {str(k): v for k, v in knn.items()}, "config": config.to_dict(),
-                           "device": _device_name(device), "torch": torch.__version__,
+                           "device": _device_name(device), "torch": str(torch.__version__),
                        })
     extractor.meta.update({"dataset": dataset.name, "epochs": epoch, "knn": knn})
     return TrainResult(extractor, history, knn, epoch, elapsed)

@@ -1,0 +1,106 @@
+"""SimCLR training on a tiny slice of digits: a step learns, runs resume, the CLI trains and embeds."""
+
+import json
+
+import pytest
+import torch
+
+from tad_plugin.data import ImageDataset, load_dataset, save_arrays
+from tad_plugin.features.augment import AugmentConfig
+from tad_plugin.features.cli import main
+from tad_plugin.features.extractor import load_extractor
+from tad_plugin.features.train import (TrainConfig, TrainingError, _model_and_optimizer, _Step, lr_at,
+                                       state_path_for, train_simclr)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    d = load_dataset("digits")
+    return ImageDataset("tiny", d.train_images[:32], d.train_labels[:32], d.test_images[:20], d.test_labels[:20],
+                        d.class_names)
+
+
+def _config(**kw):
+    base = dict(epochs=2, batch_size=16, hidden_dim=64, out_dim=16, eval_every=1, knn_ks=(1, 10),
+                checkpoint_every=1, warmup_epochs=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_one_step_on_digits_updates_the_model_and_lowers_nothing_to_nan(tiny):
+    torch.manual_seed(0)
+    cfg = _config()
+    model, opt = _model_and_optimizer(1, cfg, torch.device("cpu"))
+    step = _Step(model, opt, cfg, [0.3], [0.3], torch.device("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = step(tiny.train_images[:16])
+    assert loss.dim() == 0 and torch.isfinite(loss) and not loss.requires_grad
+    changed = sum(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+    assert changed == len(before)
+    assert 0 <= step.timer.share() <= 1
+
+
+def test_interrupted_run_resumes_records_history_and_writes_files(tiny, tmp_path):
+    ck = tmp_path / "run.pt"
+    calls = []
+
+    def crash_in_epoch_two(line):
+        calls.append(line)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_simclr(tiny, _config(), "cpu", checkpoint=ck, progress=False, log=crash_in_epoch_two)
+    assert not ck.exists() and state_path_for(ck).is_file()
+    lines = []
+    result = train_simclr(tiny, _config(), "cpu", checkpoint=ck, resume=True, progress=False, log=lines.append)
+    assert "resumed" in lines[0] and len(lines) == 2
+    assert result.epochs == 2 and [h["epoch"] for h in result.history] == [1, 2]
+    assert set(result.knn) == {1, 10} and all(0 <= v <= 1 for v in result.knn.values())
+    for h in result.history:
+        assert {"epoch", "seconds", "loss", "lr", "images_per_s", "augment_share", "knn1", "knn10"} <= set(h)
+    assert result.history[1]["seconds"] > result.history[0]["seconds"]
+    loaded = load_extractor(ck)
+    assert loaded.meta["epochs"] == 2 and loaded.in_channels == 1
+    torch.testing.assert_close(loaded.embed(tiny.test_images), result.extractor.embed(tiny.test_images),
+                               atol=1e-4, rtol=1e-4)
+    with pytest.raises(TrainingError, match="batch_size"):
+        train_simclr(tiny, _config(batch_size=8), "cpu", checkpoint=ck, resume=True, progress=False)
+
+
+def test_resume_without_state_is_a_clear_error(tiny, tmp_path):
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train_simclr(tiny, _config(), "cpu", checkpoint=tmp_path / "x.pt", resume=True, progress=False)
+
+
+def test_batch_larger_than_dataset_is_refused(tiny):
+    with pytest.raises(ValueError, match="batch_size"):
+        train_simclr(tiny, _config(batch_size=64), "cpu", progress=False)
+
+
+def test_lr_schedule_warms_up_and_decays_to_zero():
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = _config(augment=AugmentConfig(crop_scale=(0.08, 1.0)))
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_cli_train_then_embed(tiny, tmp_path, capsys):
+    data = tmp_path / "tiny.npz"
+    save_arrays(tiny, data)
+    ck = tmp_path / "ex.pt"
+    assert main(["features", "train", "--dataset", str(data), "--out", str(ck), "--epochs", "1",
+                 "--batch-size", "16", "--no-progress", "--device", "cpu"]) == 0
+    record = json.loads(ck.with_suffix(".json").read_text())
+    assert record["epochs"] == 1 and set(record["knn"]) == {"10", "200"} and len(record["history"]) == 1
+    out = tmp_path / "features.pt"
+    assert main(["features", "embed", "--dataset", str(data), "--checkpoint", str(ck), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    feats = torch.load(out, weights_only=True)
+    assert feats["train_features"].shape == (32, 512) and feats["test_features"].shape == (20, 512)
+    assert torch.equal(feats["test_labels"], tiny.test_labels)
