@@ -173,7 +173,7 @@ def experts(cfg: ConvNetConfig, dev: torch.device, data: tuple, pre: Preprocesso
                 params.sub_(gr, alpha=0.01)
 
         try:
-            t_step = statistics.median(timed(step, 2 if DRY["on"] else 30, warmup=1 if DRY["on"] else 5))
+            t_step = statistics.median(timed(step, 2 if DRY["on"] else 20, warmup=1 if DRY["on"] else 3))
         except Exception as exc:  # e.g. an op without a vmap rule: record it, go on
             res[f"expert_{name}_error"] = repr(exc)[:500]
             print(name, "failed:", repr(exc)[:500], flush=True)
@@ -235,7 +235,7 @@ def evaluation(cfg: ConvNetConfig, dev: torch.device, data: tuple, pre: Preproce
     for name, k, cl in variants:
         ev = Evaluator(cfg, test_x, ty, num_nets=k, epochs=3 if DRY["on"] else 1000, channels_last=cl,
                        progress=False)
-        ev(images, labels, 0.01)  # warm-up (cudnn autotune)
+        Evaluator(cfg, test_x, ty, num_nets=k, epochs=2, channels_last=cl, progress=False)(images, labels, 0.01)
         sync()
         r = ev(images, labels, 0.01)
         res[f"eval_{name}"] = {"nets": k, "channels_last": cl, "seconds": r.seconds, "s_per_net": r.seconds / k}
@@ -289,7 +289,8 @@ def main() -> None:
                  "commit": commit, "command": " ".join(os.sys.argv), "data": args.data or "random",
                  "cudnn_benchmark": True, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
                  "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32, "seed": 0,
-                 "note": "CIFAR-10 pixels JPEG-compressed (quality 75); speed does not depend on pixel values",
+                 "note": ("CIFAR-10 pixels JPEG-compressed (quality 75)" if args.data else "random uint8 images")
+                 + "; speed does not depend on pixel values",
                  "official": OFFICIAL}
     data = load_cifar(args.data, dev)
     cfg = ConvNetConfig(3, 10, (32, 32))
