@@ -156,6 +156,8 @@ def experts(cfg: ConvNetConfig, dev: torch.device, data: tuple, pre: Preprocesso
         dsa = DSA(seed=0, device=dev)
         params = init_params(cfg, e, generator=g)
         fwd = vmap_forward(cfg) if impl == "vmap" else (lambda p, xx: forward(cfg, p, xx, channels_last=cl))
+        if impl == "compiled":  # inductor fuses norm/ReLU/pool around the cuDNN convolutions
+            fwd = torch.compile(fwd, dynamic=False)
         order = torch.rand(e, n, device=dev, generator=g).argsort(1)
         state = {"s": 0}
 
@@ -181,7 +183,7 @@ def experts(cfg: ConvNetConfig, dev: torch.device, data: tuple, pre: Preprocesso
 
         def test() -> None:
             with torch.autocast(dev.type, torch.bfloat16, enabled=amp):
-                measure_accuracy(cfg, params, test_x, ty, batch_size=2500, channels_last=cl)
+                measure_accuracy(cfg, params, test_x, ty, channels_last=cl)
 
         t_test = statistics.median(timed(test, 3, warmup=1))
         epoch = t_step * steps_per_epoch
@@ -275,6 +277,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmark_engine.json")
     ap.add_argument("--sections", default="checks,floor,experts,distill,eval")
     ap.add_argument("--quick", action="store_true", help="fewer variants")
+    ap.add_argument("--only", default="", help="comma-separated variant names to run (default: all)")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (checks the script only)")
     args = ap.parse_args()
     DRY["on"] = args.dry_run
@@ -297,6 +300,7 @@ def main() -> None:
     pre = Preprocessor("normalize", torch.tensor([0.4914, 0.4822, 0.4465]),
                        torch.tensor([0.2023, 0.1994, 0.2010])).to(dev)
     sections = args.sections.split(",")
+    only = [x for x in args.only.split(",") if x]
     try:
         if "checks" in sections:
             checks(cfg, dev, data[0], res)
@@ -309,17 +313,18 @@ def main() -> None:
                 v += [("E10_vmap", 10, "vmap", False, False), ("E10_channels_last", 10, "grouped", True, False),
                       ("E10_bf16_channels_last", 10, "grouped", True, True),
                       ("E20_bf16_channels_last", 20, "grouped", True, True)]
-            experts(cfg, dev, data, pre, res, v)
+                v += [("E20_compiled", 20, "compiled", False, False)]
+            experts(cfg, dev, data, pre, res, [x for x in v if not only or x[0] in only])
         if "distill" in sections:
             v = [("ipc10", 10, False, 10), ("ipc50", 50, False, 4)] if not args.dry_run else [("ipc1", 1, False, 1)]
             if not args.quick:
                 v += [("ipc10_channels_last", 10, True, 10), ("ipc50_channels_last", 50, True, 4)]
-            distill(cfg, dev, res, v)
+            distill(cfg, dev, res, [x for x in v if not only or x[0] in only])
         if "eval" in sections:
             v = [("K5", 5, False), ("K1", 1, False)]
             if not args.quick:
                 v += [("K5_channels_last", 5, True)]
-            evaluation(cfg, dev, data, pre, res, v)
+            evaluation(cfg, dev, data, pre, res, [x for x in v if not only or x[0] in only])
     finally:
         res["wall_s"] = time.perf_counter() - start
         res["table"] = table(res)

@@ -125,9 +125,15 @@ def train_synthetic(net: ConvNetConfig, images: Tensor, labels: Tensor, lr: floa
 
 
 @torch.no_grad()
-def measure_accuracy(net: ConvNetConfig, params: Tensor, test_x: Tensor, test_y: Tensor, batch_size: int = 2500,
-                  channels_last: bool = False) -> Tensor:
-    """Fraction correct per network: params [K, P], test_x float [T, C, H, W], test_y int64 [T] -> float [K]."""
+def measure_accuracy(net: ConvNetConfig, params: Tensor, test_x: Tensor, test_y: Tensor,
+                     batch_size: int | None = None, channels_last: bool = False) -> Tensor:
+    """Fraction correct per network: params [K, P], test_x float [T, C, H, W], test_y int64 [T] -> float [K].
+
+    ``batch_size`` None = 8192 // K images per chunk (the first feature map of K nets at once is
+    K * width * H * W floats per image, 26 GB for K = 20 and 2500 CIFAR images).
+    """
+    if batch_size is None:
+        batch_size = max(32, 8192 // params.shape[0])
     correct = torch.zeros(params.shape[0], dtype=torch.int64, device=params.device)
     for s in range(0, test_x.shape[0], batch_size):
         logits = forward(net, params, test_x[s:s + batch_size], channels_last=channels_last)
