@@ -226,21 +226,52 @@ def distill(cfg: ConvNetConfig, dev: torch.device, res: dict, variants: list[tup
         torch.cuda.empty_cache()
 
 
+def profile_distill(cfg: ConvNetConfig, dev: torch.device, res: dict) -> None:
+    """torch.profiler over one IPC-10 iteration: GPU busy time vs wall time, the costliest ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator(device=dev).manual_seed(0)
+    base = init_params(cfg, 1, generator=g)
+    trajs = [torch.stack([base[0] + 0.01 * k * torch.randn_like(base[0]) for k in range(25)])]
+    ipc, steps = (1, 2) if DRY["on"] else (10, 30)
+    mc = MatchingConfig(iterations=5, syn_steps=steps, expert_epochs=2, max_start_epoch=20, lr_img=100.0,
+                        eval_every=0)
+    matcher = TrajectoryMatcher(cfg, mc, trajs, torch.randn(10 * ipc, 3, 32, 32, device=dev, generator=g),
+                                class_labels(10, ipc).to(dev), progress=False)
+    matcher.step()
+    matcher.step()
+    sync()
+    acts = [ProfilerActivity.CPU] + ([] if DRY["on"] else [ProfilerActivity.CUDA])
+    with profile(activities=acts) as prof:
+        t = time.perf_counter()
+        matcher.step()
+        sync()
+        wall = time.perf_counter() - t
+    ka = prof.key_averages()
+    dev_t = lambda e: getattr(e, "self_device_time_total", 0.0)  # noqa: E731
+    top = sorted(ka, key=dev_t, reverse=True)[:15]
+    res["profile_distill_ipc10"] = {
+        "wall_ms": wall * 1e3, "gpu_busy_ms": sum(dev_t(e) for e in ka) / 1e3,
+        "top_self_gpu": [{"op": e.key[:80], "count": e.count, "self_gpu_ms": dev_t(e) / 1e3} for e in top]}
+    print(json.dumps(res["profile_distill_ipc10"], indent=1), flush=True)
+
+
 def evaluation(cfg: ConvNetConfig, dev: torch.device, data: tuple, pre: Preprocessor, res: dict,
-               variants: list[tuple[str, int, bool]]) -> None:
+               variants: list[tuple[str, int, bool, bool]]) -> None:
     """K nets x 1000 epochs on 100 synthetic images (batch 256, DSA), trained together, then tested."""
     _, _, tx_u8, ty = data
     test_x = pre(tx_u8)
     g = torch.Generator(device=dev).manual_seed(0)
     images = torch.randn(100, 3, 32, 32, device=dev, generator=g)
     labels = class_labels(10, 10).to(dev)
-    for name, k, cl in variants:
+    for name, k, cl, comp in variants:
         ev = Evaluator(cfg, test_x, ty, num_nets=k, epochs=3 if DRY["on"] else 1000, channels_last=cl,
-                       progress=False)
-        Evaluator(cfg, test_x, ty, num_nets=k, epochs=2, channels_last=cl, progress=False)(images, labels, 0.01)
+                       compile=comp, progress=False)
+        Evaluator(cfg, test_x, ty, num_nets=k, epochs=2, channels_last=cl, compile=comp,
+                  progress=False)(images, labels, 0.01)
         sync()
         r = ev(images, labels, 0.01)
-        res[f"eval_{name}"] = {"nets": k, "channels_last": cl, "seconds": r.seconds, "s_per_net": r.seconds / k}
+        res[f"eval_{name}"] = {"nets": k, "channels_last": cl, "compiled": comp, "seconds": r.seconds, "s_per_net": r.seconds / k}
         print(name, res[f"eval_{name}"], flush=True)
 
 
@@ -321,10 +352,12 @@ def main() -> None:
                 v += [("ipc10_channels_last", 10, True, 10), ("ipc50_channels_last", 50, True, 4)]
             distill(cfg, dev, res, [x for x in v if not only or x[0] in only])
         if "eval" in sections:
-            v = [("K5", 5, False), ("K1", 1, False)]
+            v = [("K5", 5, False, False), ("K1", 1, False, False)]
             if not args.quick:
-                v += [("K5_channels_last", 5, True)]
+                v += [("K5_channels_last", 5, True, False), ("K5_compiled", 5, False, True)]
             evaluation(cfg, dev, data, pre, res, [x for x in v if not only or x[0] in only])
+        if "profile" in sections:
+            profile_distill(cfg, dev, res)
     finally:
         res["wall_s"] = time.perf_counter() - start
         res["table"] = table(res)

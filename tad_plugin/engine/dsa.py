@@ -173,7 +173,9 @@ class DSA:
         xs = x.view(groups, x.shape[0] // groups, *x.shape[1:])
         out = torch.empty_like(xs)
         for k in kinds:
-            idx = torch.tensor([i for i, c in enumerate(choice) if c == k], device=x.device)
+            idx = torch.tensor([i for i, c in enumerate(choice) if c == k])
+            if x.device.type == "cuda":  # a pageable host->device copy would synchronise the host
+                idx = idx.pin_memory().to(x.device, non_blocking=True)
             sub = xs.index_select(0, idx)
             out.index_copy_(0, idx, self.ops[k](sub.flatten(0, 1), g).reshape(sub.shape))
         return out.view_as(x)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,10 +79,27 @@ def _loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(k * b, c), target, reduction="sum") / b
 
 
+def _batch_loss(net: ConvNetConfig, params: Tensor, x: Tensor, labels: Tensor, channels_last: bool) -> Tensor:
+    return _loss(forward(net, params, x, channels_last=channels_last), labels)
+
+
+_compiled_batch_loss: Any = None
+
+
+def _loss_fn(compile: bool) -> Any:
+    """The per-batch loss, optionally through ``torch.compile`` (one cache for the process)."""
+    global _compiled_batch_loss
+    if not compile:
+        return _batch_loss
+    if _compiled_batch_loss is None:
+        _compiled_batch_loss = torch.compile(_batch_loss, dynamic=False)
+    return _compiled_batch_loss
+
+
 def train_synthetic(net: ConvNetConfig, images: Tensor, labels: Tensor, lr: float, *, num_nets: int = 5,
                     epochs: int = 1000, batch_size: int = 256, momentum: float = 0.9,
                     weight_decay: float = 5e-4, dsa: DSA | None = None, generator: torch.Generator | None = None,
-                    channels_last: bool = False, progress: bool = True) -> Tensor:
+                    channels_last: bool = False, compile: bool = False, progress: bool = True) -> Tensor:
     """Train ``num_nets`` fresh ConvNets together on a (synthetic) set; return their parameters [K, P].
 
     Args:
@@ -90,6 +108,8 @@ def train_synthetic(net: ConvNetConfig, images: Tensor, labels: Tensor, lr: floa
         lr: initial learning rate (upstream: the learned ``syn_lr``), > 0.
         dsa: augmentation (None = none; upstream always uses DSA here).
         generator: on the images' device; drives initialisation and shuffles (None = global RNG).
+        compile: run forward + loss through ``torch.compile`` (fuses norm/ReLU/pool; the first call
+            compiles for tens of seconds, later evaluations of the same shapes reuse it).
     """
     if images.dim() != 4 or not images.is_floating_point() or tuple(images.shape[1:]) != (
             net.in_channels, *net.image_size):
@@ -103,6 +123,7 @@ def train_synthetic(net: ConvNetConfig, images: Tensor, labels: Tensor, lr: floa
     params = init_params(net, k, generator=generator, device=dev)
     buf = torch.zeros_like(params)
     decay_after = epochs // 2 + 1
+    loss_fn = _loss_fn(compile)
     for ep in tqdm(range(epochs + 1), desc="evaluate", disable=not progress, leave=False):
         order = torch.rand(k, m, generator=generator, device=dev).argsort(1)
         for s in range(0, m, batch_size):
@@ -112,8 +133,7 @@ def train_synthetic(net: ConvNetConfig, images: Tensor, labels: Tensor, lr: floa
             if dsa is not None:
                 x = dsa(x, groups=k)
             p = params.detach().requires_grad_()
-            logits = forward(net, p, x.view(k, b, *x.shape[1:]), channels_last=channels_last)
-            (g,) = torch.autograd.grad(_loss(logits, labels[idx]), p)
+            (g,) = torch.autograd.grad(loss_fn(net, p, x.view(k, b, *x.shape[1:]), labels[idx], channels_last), p)
             with torch.no_grad():
                 g.add_(params, alpha=weight_decay)
                 buf.mul_(momentum).add_(g)
@@ -152,12 +172,13 @@ class Evaluator:
         dsa_strategy: DSA strategy ("" / "none" disables it).
         seed: base seed; evaluation number i uses seed + i, so repeated evaluations differ but the run
             is reproducible.
+        compile: see :func:`train_synthetic`.
     """
 
     def __init__(self, net: ConvNetConfig, test_x: Tensor, test_y: Tensor, *, num_nets: int = 5,
                  epochs: int = 1000, batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
                  dsa_strategy: str = DEFAULT_STRATEGY, seed: int = 0, device: torch.device | str | None = None,
-                 channels_last: bool = False, progress: bool = True) -> None:
+                 channels_last: bool = False, compile: bool = False, progress: bool = True) -> None:
         if not test_x.is_floating_point() or tuple(test_x.shape[1:]) != (net.in_channels, *net.image_size):
             raise ValueError(f"test_x must be float model input [T, {net.in_channels}, {net.image_size[0]}, "
                              f"{net.image_size[1]}] (apply the Preprocessor), got {test_x.dtype} "
@@ -173,7 +194,7 @@ class Evaluator:
         self.num_nets, self.epochs, self.batch_size = num_nets, epochs, batch_size
         self.momentum, self.weight_decay = momentum, weight_decay
         self.dsa_strategy, self.seed = dsa_strategy, seed
-        self.channels_last, self.progress = channels_last, progress
+        self.channels_last, self.compile, self.progress = channels_last, compile, progress
         self.calls = 0
 
     def __call__(self, images: Tensor, labels: Tensor, lr: float) -> EvalResult:
@@ -187,7 +208,8 @@ class Evaluator:
                                  float(lr), num_nets=self.num_nets, epochs=self.epochs,
                                  batch_size=self.batch_size, momentum=self.momentum,
                                  weight_decay=self.weight_decay, dsa=dsa, generator=gen,
-                                 channels_last=self.channels_last, progress=self.progress)
+                                 channels_last=self.channels_last, compile=self.compile,
+                                 progress=self.progress)
         acc = measure_accuracy(self.net, params, self.test_x, self.test_y, channels_last=self.channels_last)
         accs = tuple(float(a) for a in acc.cpu())
         return EvalResult(accs, time.perf_counter() - start)
