@@ -48,10 +48,10 @@ log = logging.getLogger("tad_plugin.cli")
 DEMO_CONFIG: dict[str, Any] = {
     "data": {"dataset": "digits", "noise": "symmetric", "noise_rate": 0.4, "noise_seed": 0},
     "model": {"width": 32, "depth": 2},
-    "buffer": {"num_experts": 10, "epochs": 15, "lr": 0.01, "batch_size": 64, "experts_per_group": 10,
+    "buffer": {"num_experts": 8, "epochs": 30, "lr": 0.1, "batch_size": 64, "experts_per_group": 8,
                "eval_batch_size": 2048},
-    "tad": {"warmup_epochs": 3, "split": "per-expert"},
-    "distill": {"ipc": 10, "iterations": 300, "syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 6,
+    "tad": {"warmup_epochs": 5, "split": "per-expert"},
+    "distill": {"ipc": 10, "iterations": 120, "syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 15,
                 "lr_img": 100.0, "lr_lr": 1e-5, "lr_teacher": 0.01, "pix_init": "real"},
     "eval": {"num_eval": 5, "epochs": 300, "batch_size": 256},
     "seed": 0,
@@ -343,34 +343,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .engine.config import merge
-
-    base = merge(DEMO_CONFIG, QUICK_DEMO_OVERRIDES) if args.quick else DEMO_CONFIG
-    if args.quick and args.out is None and not any(s.startswith("out=") for s in args.sets):
-        base = merge(base, {"out": "runs/demo-quick"})
-    if args.tad is not None:
-        raise SystemExit("tad demo runs both arms (without and with TAD); drop --tad/--no-tad")
-    rows = []
-    start = time.perf_counter()
-    root: Path | None = None
-    for arm, enabled in (("MTT (noisy)", False), ("MTT + TAD", True)):
-        args.sets = [*args.sets, f"tad.enabled={str(enabled).lower()}"]
-        root = Path(config_from_args(args, base).out)
-        arm_dir = root / ("tad" if enabled else "noisy")
-        cfg, mtt, out, log = _setup(args, base, out=arm_dir)
-        data = prepare_data(cfg.data, out)
-        res = _pipeline(cfg, mtt, out, log, data)
-        size = res.get("trusted_size", len(data.labels))
-        precision = res.get("trusted_precision", 1.0 - data.noise_rate)
-        rows.append({"arm": arm, "trusted_size": size, "train_size": len(data.labels),
-                     "trusted_precision": precision, "test_acc_mean": res["test_acc_mean"],
-                     "test_acc_std": res["test_acc_std"], "record": str(log.path)})
-        args.sets = args.sets[:-1]
-    assert root is not None
-    wall = time.perf_counter() - start
-    _print_table(rows, data, wall)
+    from .engine.config import ConfigError, merge
     from .files import atomic_write_json
 
+    if args.tad is not None:
+        raise ConfigError("tad demo runs both arms (without and with TAD); drop --tad/--no-tad")
+    base = merge(DEMO_CONFIG, QUICK_DEMO_OVERRIDES) if args.quick else DEMO_CONFIG
+    if args.quick:
+        base = merge(base, {"out": "runs/demo-quick"})
+    rows = []
+    start = time.perf_counter()
+    for arm, enabled in (("MTT (noisy)", False), ("MTT + TAD", True)):
+        arm_args = argparse.Namespace(**{**vars(args), "sets": [*args.sets, f"tad.enabled={str(enabled).lower()}"]})
+        root = Path(config_from_args(arm_args, base).out)
+        cfg, mtt, out, log = _setup(arm_args, base, out=root / ("tad" if enabled else "noisy"))
+        data = prepare_data(cfg.data, out)
+        res = _pipeline(cfg, mtt, out, log, data)
+        rows.append({"arm": arm, "trusted_size": res.get("trusted_size", len(data.labels)),
+                     "train_size": len(data.labels),
+                     "trusted_precision": res.get("trusted_precision", 1.0 - data.noise_rate),
+                     "test_acc_mean": res["test_acc_mean"], "test_acc_std": res["test_acc_std"],
+                     "record": str(log.path)})
+    wall = time.perf_counter() - start
+    _print_table(rows, data, wall)
     atomic_write_json({"rows": rows, "noise_rate": data.noise_rate, "wall_time_s": round(wall, 1),
                        "quick": bool(args.quick)}, root / "demo.json")
     return 0

@@ -82,6 +82,7 @@ def test_cifar_n_flags():
     (["distill", "--buffer", "{tmp}/none", "--out", "{tmp}"], "not a trajectory store"),
     (["eval", "--synthetic", "{tmp}/none.pt", "--out", "{tmp}"], "run `tad distill` first"),
     (["run", "--noise", "symmetric", "--cifar-n", "x.pt"], "not both"),
+    (["demo", "--tad"], "drop --tad/--no-tad"),
 ])
 def test_bad_input_exits_with_a_clear_message(argv, message, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -96,3 +97,9 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("buffer", "distill", "eval", "run", "demo", "export", "features"):
         assert cmd in out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    cfg = config_from_args(build_parser().parse_args(["run", "--config", str(path)]))
+    assert cfg.data.dataset in ("digits", "cifar10", "cifar100")
