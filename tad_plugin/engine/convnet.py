@@ -196,12 +196,10 @@ def unflatten(cfg: ConvNetConfig, flat: Tensor) -> list[Tensor]:
         raise ValueError(f"expected a parameter vector [{cfg.num_params}] or [E, {cfg.num_params}] for "
                          f"{cfg}, got shape {tuple(flat.shape)}")
     lead = tuple(flat.shape[:-1])
-    out, offset = [], 0
-    for shape in cfg.param_shapes:
-        n = math.prod(shape)
-        out.append(flat[..., offset:offset + n].reshape(lead + shape))
-        offset += n
-    return out
+    # torch.split, not slicing: its backward is ONE concatenation, where each slice's backward would
+    # allocate, fill and accumulate a full [P] gradient (dozens of extra kernels per unrolled step).
+    parts = torch.split(flat, [math.prod(s) for s in cfg.param_shapes], dim=-1)
+    return [p.reshape(lead + s) for p, s in zip(parts, cfg.param_shapes)]
 
 
 @torch.no_grad()
