@@ -189,8 +189,8 @@ def flatten(module: nn.Module) -> Tensor:
 def unflatten(cfg: ConvNetConfig, flat: Tensor) -> list[Tensor]:
     """Split a flat vector [P] (or a batch [E, P]) into views in upstream parameter order.
 
-    With ``flat`` of shape [E, P] every view has a leading E dimension. Views share storage with
-    ``flat`` and keep its autograd graph.
+    With ``flat`` of shape [E, P] every tensor has a leading E dimension. For a 1-D ``flat`` (or E = 1)
+    they are views sharing its storage; for E > 1 the reshape copies. Either way autograd flows to ``flat``.
     """
     if flat.shape[-1] != cfg.num_params or flat.dim() not in (1, 2):
         raise ValueError(f"expected a parameter vector [{cfg.num_params}] or [E, {cfg.num_params}] for "
