@@ -4,9 +4,8 @@ One :class:`TrustRound` per division or recalibration. When the clean labels are
 CIFAR-N), each round also records:
 
 * ``precision``: share of trusted samples whose current label is the clean one;
-* ``recall``: trusted samples with a correct label over the samples whose *given* (noisy) label is
-  correct, i.e. how much of the originally clean data the trusted space holds (recalled samples with a
-  corrected label count too, so it can exceed 1 in principle);
+* ``recall``: share of the correctly labelled samples (current label == clean label) that are trusted,
+  i.e. how much of the usable data the trusted space holds;
 * ``label_accuracy``: share of all samples whose current label is the clean one (recalibration raises it);
 * ``recalled_accuracy``: share of the samples recalled this round whose pseudo-label is right.
 """
@@ -78,7 +77,7 @@ class TrustReport:
                 self.noisy_label_accuracy = _mean(noisy == clean)
             metrics = {
                 "precision": _mean(correct[trusted]),
-                "recall": float((trusted & correct).sum()) / max(1, int((noisy == clean).sum())),
+                "recall": float((trusted & correct).sum()) / max(1, int(correct.sum())),
                 "label_accuracy": _mean(correct),
                 "recalled_accuracy": _mean(correct[newly]),
             }

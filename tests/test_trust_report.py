@@ -20,6 +20,7 @@ def test_rounds_metrics_and_round_trip(tmp_path):
                     clean_labels=clean, previous_trusted=first)
     assert (r1.recalled, r1.sieved) == (1, 1)
     assert r1.precision == 1.0 and r1.recalled_accuracy == 1.0 and r1.label_accuracy == pytest.approx(7 / 8)
+    assert r1.recall == pytest.approx(5 / 7)
     report.save_json(tmp_path / "trust.json")
     back = TrustReport.load_json(tmp_path / "trust.json")
     assert back.rounds == report.rounds and "| 1 | 2 | recalibration | 5 |" in back.table()

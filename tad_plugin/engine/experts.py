@@ -75,6 +75,9 @@ class EpochState:
         splits: the E :class:`TrustSplit` results of this epoch's division (one shared split is
             repeated E times), or None when no division was made.
         num_classes: C.
+        snapshots: the group's parameter snapshots so far, each float [E, P] on the device: index 0 is
+            the initialisation, index t the parameters after epoch t (so ``epoch + 2`` of them). The
+            dual loop distils its anchors from these early snapshots. Read-only.
     """
 
     epoch: int
@@ -85,6 +88,7 @@ class EpochState:
     losses: torch.Tensor | None
     splits: list[TrustSplit] | None
     num_classes: int
+    snapshots: Sequence[torch.Tensor] = ()
 
 
 @dataclass
@@ -298,7 +302,7 @@ class ExpertTrainer:
             losses, splits = divide() if self._divide_before(epoch + 1) else (None, None)
             if self.on_epoch is not None:
                 update = self.on_epoch(EpochState(epoch, list(experts), params, cur_labels, trusted, losses,
-                                                  splits, k))
+                                                  splits, k, snapshots))
                 if update is not None:
                     cur_labels, trusted = self._apply_update(update, cur_labels, trusted, epoch)
                     if update.labels is not None:

@@ -1,0 +1,168 @@
+"""TAD's dual loop around expert training (paper Sec. 4, Fig. 3), as an expert-training epoch callback.
+
+The outer loop (division by ``filter_dataset`` after the warm-up, experts trained on the trusted space
+with ``expert_loss``) runs inside :class:`~tad_plugin.engine.experts.ExpertTrainer`. :class:`DualLoop`
+adds the inner loop, per group of experts trained together:
+
+1. **Anchors.** When the group has finished ``anchor_epoch`` epochs, anchors are distilled by matching
+   only the early trajectory of the group's experts (snapshots 0 .. ``anchor_epoch``; with the
+   default ``max_start_epoch = 2`` and ``expert_epochs = 2`` the start epoch is 0 or 1, the paper's
+   "first four epochs"), ``anchor_ipc`` images per class initialised from the trusted space with the
+   current labels. They are mapped back to [0, 1] pixels (inverse ZCA / normalisation) and embedded
+   with the self-supervised extractor, once per group.
+2. **Recalibration.** From then on, after every ``recalibrate_every``-th epoch, ``recalibrate`` runs
+   for every expert with the fixed sample features, the expert's current labels and trusted space
+   (just re-divided by the outer loop) and the anchors; recalled samples join the trusted space with
+   their pseudo-labels, sieved ones leave it. The next division sees the recalibrated labels, so the
+   two loops iterate: recalled samples with corrected labels get low losses and stay trusted.
+
+Schedule choices and why: anchors once per group, because the early trajectory they match does not
+change afterwards (re-distilling them would cost time and change nothing the paper describes);
+recalibration after every division by default, so each outer round starts from the inner loop's
+latest labels; the split is per expert (``TADConfig.split``) unless configured shared.
+
+A :class:`~tad_plugin.trust_report.TrustReport` (``DualLoop.report``) of the first expert of the first
+group records every division and
+recalibration (with precision / recall when clean labels are given).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..manager import TADHooks
+from ..trust_report import TrustReport
+from .convnet import ConvNetConfig
+from .experts import EpochState, TrustUpdate
+from .matching import MatchingConfig, TrajectoryMatcher, class_labels, real_init_indices
+from .preprocess import Preprocessor
+
+__all__ = ["DualLoopConfig", "DualLoop"]
+
+#: ``embed(images)``: float images in [0, 1] [M, C, H, W] -> features [M, D] (e.g. FeatureExtractor.embed).
+Embedder = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DualLoopConfig:
+    """When and how the inner loop runs.
+
+    Attributes:
+        anchor_epoch: anchors are distilled after this many expert epochs (from snapshots
+            0 .. anchor_epoch); must be >= ``anchor_matching.max_start_epoch - 1 +
+            anchor_matching.expert_epochs``.
+        anchor_ipc: anchors per class (n in the paper; >= 2 so a class covariance exists).
+        recalibrate_every: recalibrate after every k-th epoch from ``anchor_epoch`` on.
+        anchor_matching: the distillation settings for the anchors (few iterations suffice: the
+            anchors only need to sit near their class's early-trajectory "prototype").
+    """
+
+    anchor_epoch: int = 4
+    anchor_ipc: int = 10
+    recalibrate_every: int = 1
+    anchor_matching: MatchingConfig = dataclasses.field(default_factory=lambda: MatchingConfig(
+        iterations=200, syn_steps=20, expert_epochs=2, max_start_epoch=2, lr_img=100.0, lr_lr=1e-5,
+        lr_teacher=0.01, eval_every=0, checkpoint_every=0, log_every=50))
+
+    def __post_init__(self) -> None:
+        m = self.anchor_matching
+        if self.anchor_ipc < 2:
+            raise ValueError(f"anchor_ipc must be >= 2 (a class covariance needs two anchors), got {self.anchor_ipc}")
+        if self.recalibrate_every < 1:
+            raise ValueError(f"recalibrate_every must be >= 1, got {self.recalibrate_every}")
+        if self.anchor_epoch < m.max_start_epoch - 1 + m.expert_epochs:
+            raise ValueError(f"anchor_epoch={self.anchor_epoch} is too early: anchors match snapshots up to "
+                             f"max_start_epoch - 1 + expert_epochs = {m.max_start_epoch - 1 + m.expert_epochs}")
+
+
+class DualLoop:
+    """The inner loop as an :data:`~tad_plugin.engine.experts.EpochCallback` (see the module docstring).
+
+    Args:
+        net: the experts' ConvNet.
+        preprocess: the experts' input transform (anchors are distilled in its space and mapped back
+            with ``preprocess.to_unit`` before embedding).
+        train_images: uint8 [N, C, H, W], the training images (for the anchors' real initialisation).
+        features: float [N, D], self-supervised features of the training images (fixed).
+        embed: maps [0, 1] images to features, the same extractor that made ``features``.
+        hooks: the hook facade (``recalibrate`` is called through it).
+        config: the schedule.
+        noisy_labels: int64 [N], the labels the run started from (for the report).
+        clean_labels: int64 [N] or None; with them the report has precision / recall.
+        device: where anchors are distilled and recalibration runs.
+        seed: seeds the anchors' initialisation and distillation.
+    """
+
+    def __init__(self, net: ConvNetConfig, preprocess: Preprocessor, train_images: torch.Tensor,
+                 features: torch.Tensor, embed: Embedder, hooks: TADHooks, config: DualLoopConfig | None = None,
+                 *, noisy_labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
+                 device: torch.device | str = "cpu", seed: int = 0, progress: bool = False) -> None:
+        if features.dim() != 2 or features.shape[0] != train_images.shape[0]:
+            raise ValueError(f"features must be [N={train_images.shape[0]}, D], got {tuple(features.shape)}")
+        self.net, self.preprocess, self.hooks = net, preprocess, hooks
+        self.config = config or DualLoopConfig()
+        self.device = torch.device(device)
+        self.train_images = train_images
+        self.features = features.to(self.device)
+        self.embed = embed
+        self.noisy_labels, self.clean_labels = noisy_labels, clean_labels
+        self.seed, self.progress = seed, progress
+        self.report = TrustReport()
+        self._group: tuple[int, ...] | None = None
+        self._report_group: tuple[int, ...] | None = None
+        self._anchors: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, state: EpochState) -> TrustUpdate | None:
+        group = tuple(state.experts)
+        if group != self._group:
+            self._group, self._anchors = group, None
+        if self._report_group is None:
+            self._report_group = group
+        first = group == self._report_group  # the report follows the first expert of the first group
+        finished = state.epoch + 1  # epochs done by the group
+        if first and state.splits is not None:
+            self.report.add(epoch=finished, stage="division", trusted=state.trusted[0], labels=state.labels[0],
+                            noisy_labels=self.noisy_labels, clean_labels=self.clean_labels)
+        cfg = self.config
+        if finished < cfg.anchor_epoch or (finished - cfg.anchor_epoch) % cfg.recalibrate_every:
+            return None
+        if self._anchors is None:
+            self._anchors = self._distill_anchors(state)
+        anchor_features, anchor_labels = self._anchors
+        labels, trusted = [], []
+        for e in range(len(state.experts)):
+            rec = self.hooks.recalibrate(self.features, state.labels[e].to(self.device),
+                                         state.trusted[e].to(self.device), anchor_features, anchor_labels,
+                                         state.num_classes)
+            labels.append(rec.labels)
+            trusted.append(rec.trusted)
+        if first:
+            self.report.add(epoch=finished, stage="recalibration", trusted=trusted[0], labels=labels[0],
+                            noisy_labels=self.noisy_labels, clean_labels=self.clean_labels,
+                            previous_trusted=state.trusted[0])
+        return TrustUpdate(labels=torch.stack(labels), trusted=torch.stack(trusted))
+
+    def _distill_anchors(self, state: EpochState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distill ``anchor_ipc`` images per class from the group's early trajectory and embed them."""
+        cfg, k = self.config, state.num_classes
+        if len(state.snapshots) < cfg.anchor_epoch + 1:
+            raise RuntimeError(f"anchors need snapshots 0..{cfg.anchor_epoch} of the group, the trainer passed "
+                               f"{len(state.snapshots)}")
+        stacked = torch.stack(list(state.snapshots[:cfg.anchor_epoch + 1]), dim=1)  # [E, anchor_epoch+1, P]
+        early = list(stacked.unbind(0))
+        # Initialisation: trusted by the majority of the group's experts, with the current labels.
+        labels = state.labels[0].cpu()
+        pool = torch.nonzero(state.trusted.float().mean(0).cpu() >= 0.5).flatten()
+        gen = torch.Generator().manual_seed(self.seed + 7919 * state.experts[0])
+        idx = real_init_indices(labels, pool, cfg.anchor_ipc, k, generator=gen)
+        images = self.preprocess(self.train_images[idx].to(self.device))
+        matching = dataclasses.replace(cfg.anchor_matching, seed=self.seed + state.experts[0])
+        matcher = TrajectoryMatcher(self.net, matching, early, images, class_labels(k, cfg.anchor_ipc),
+                                    device=self.device, progress=self.progress)
+        result = matcher.run()
+        unit = self.preprocess.to_unit(result.images.to(self.device))
+        return self.embed(unit).to(self.device), result.labels.to(self.device)
