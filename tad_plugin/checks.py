@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_labels", "check_float_vector", "check_features", "check_bool_mask"]
+__all__ = ["check_labels", "check_hard_or_soft_labels", "check_float_vector", "check_features", "check_bool_mask"]
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, name: str = "labels", n: int | None = None) -> None:
@@ -27,6 +27,20 @@ def check_labels(labels: torch.Tensor, num_classes: int, name: str = "labels", n
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{name} span [{lo}, {hi}] but must lie in [0, {num_classes}) "
                              f"(num_classes={num_classes}); remap your labels or fix num_classes")
+
+
+def check_hard_or_soft_labels(labels: torch.Tensor, n: int, num_classes: int) -> None:
+    """Raise ``ValueError`` unless ``labels`` is int64 [n] in [0, num_classes) (hard) or a finite float
+    [n, num_classes] (soft labels as logits, DATM)."""
+    if labels.is_floating_point() and labels.shape == (n, num_classes):
+        if not bool(torch.isfinite(labels).all()):
+            raise ValueError("soft labels (logits) contain NaN or inf")
+        return
+    if labels.dtype == torch.int64 and labels.shape == (n,):
+        check_labels(labels, num_classes, n=n)
+        return
+    raise ValueError(f"labels must be int64 [{n}] (hard) or float [{n}, {num_classes}] (soft logits), got "
+                     f"{labels.dtype} {tuple(labels.shape)}")
 
 
 def check_float_vector(x: torch.Tensor, name: str, n: int | None = None, finite: bool = True) -> None:

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..checks import check_hard_or_soft_labels
 from .convnet import ConvNetConfig, forward, init_params
 from .dsa import DEFAULT_STRATEGY, DSA
 
-__all__ = ["EvalResult", "Evaluator", "train_synthetic", "measure_accuracy", "check_labels"]
+__all__ = ["EvalResult", "Evaluator", "train_synthetic", "measure_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -52,21 +53,6 @@ class EvalResult:
 
     def as_dict(self) -> dict[str, object]:
         return {"mean": self.mean, "std": self.std, "accuracies": list(self.accuracies), "seconds": self.seconds}
-
-
-def check_labels(labels: Tensor, n: int, num_classes: int) -> None:
-    """Raise ValueError unless ``labels`` is int64 [n] in [0, num_classes) or float [n, num_classes]."""
-    if labels.dtype == torch.int64 and labels.shape == (n,):
-        if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(f"hard labels must lie in [0, {num_classes}), got [{int(labels.min())}, "
-                             f"{int(labels.max())}]")
-        return
-    if labels.is_floating_point() and labels.shape == (n, num_classes):
-        if not bool(torch.isfinite(labels).all()):
-            raise ValueError("soft labels (logits) contain NaN or inf")
-        return
-    raise ValueError(f"labels must be int64 [{n}] (hard) or float [{n}, {num_classes}] (soft logits), got "
-                     f"{labels.dtype} {tuple(labels.shape)}")
 
 
 def _loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -115,7 +101,7 @@ def train_synthetic(net: ConvNetConfig, images: Tensor, labels: Tensor, lr: floa
             net.in_channels, *net.image_size):
         raise ValueError(f"images must be float [M, {net.in_channels}, {net.image_size[0]}, "
                          f"{net.image_size[1]}], got {images.dtype} {tuple(images.shape)}")
-    check_labels(labels, images.shape[0], net.num_classes)
+    check_hard_or_soft_labels(labels, images.shape[0], net.num_classes)
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"the evaluation lr must be a positive number, got {lr} (a NaN or negative learned "
                          f"syn_lr means distillation diverged: lower lr_lr / lr_img)")
@@ -183,7 +169,7 @@ class Evaluator:
             raise ValueError(f"test_x must be float model input [T, {net.in_channels}, {net.image_size[0]}, "
                              f"{net.image_size[1]}] (apply the Preprocessor), got {test_x.dtype} "
                              f"{tuple(test_x.shape)}")
-        check_labels(test_y, test_x.shape[0], net.num_classes)
+        check_hard_or_soft_labels(test_y, test_x.shape[0], net.num_classes)
         if test_y.is_floating_point():
             raise ValueError("test labels must be hard int64 labels")
         if num_nets < 1 or epochs < 0 or batch_size < 1:

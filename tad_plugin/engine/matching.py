@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 from ..files import atomic_torch_save
 from .convnet import ConvNetConfig, forward
 from .dsa import DEFAULT_STRATEGY, DSA
-from .evaluate import EvalResult, Evaluator, check_labels
+from ..checks import check_hard_or_soft_labels
+from .evaluate import EvalResult, Evaluator
 
 __all__ = ["MatchingConfig", "DistillResult", "TrajectoryMatcher", "real_init_indices", "class_labels",
            "DistillDivergedError"]
@@ -202,7 +203,7 @@ class TrajectoryMatcher:
                 net.in_channels, *net.image_size):
             raise ValueError(f"images must be float [M, {net.in_channels}, {net.image_size[0]}, "
                              f"{net.image_size[1]}], got {images.dtype} {tuple(images.shape)}")
-        check_labels(labels, images.shape[0], net.num_classes)
+        check_hard_or_soft_labels(labels, images.shape[0], net.num_classes)
         self.net, self.config, self.trajectories = net, config, trajectories
         self.device = torch.device(device) if device is not None else images.device
         self.evaluator, self.progress = evaluator, progress

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..search import cosine_topk
+
 __all__ = ["knn_predict", "knn_accuracy"]
 
 
@@ -33,12 +35,10 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
     if not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k must lie in [1, {bank.shape[0]}] (the bank size), got {k}")
     c = int(bank_labels.max()) + 1 if num_classes is None else num_classes
-    bank_n = F.normalize(bank.float(), dim=1)
     labels = bank_labels.to(bank.device)
     out = []
     for start in range(0, queries.shape[0], chunk_size):
-        q = F.normalize(queries[start:start + chunk_size].float().to(bank.device), dim=1)
-        sim, idx = (q @ bank_n.t()).topk(k, dim=1)
+        sim, idx = cosine_topk(queries[start:start + chunk_size].to(bank.device), bank, k, backend="torch")
         votes = F.one_hot(labels[idx], c).float()  # [m, k, c]
         score = votes.sum(dim=1) + 1e-3 * (votes * sim.unsqueeze(2).clamp(min=-1, max=1)).sum(dim=1) / k
         out.append(score.argmax(dim=1))
