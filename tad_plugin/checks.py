@@ -25,7 +25,7 @@ def check_labels(labels: torch.Tensor, num_classes: int, name: str = "labels", n
     if labels.numel():
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
-            raise ValueError(f"{name} span [{lo}, {hi}] but must lie in [0, {num_classes}) "
+            raise ValueError(f"{name} must lie in [0, {num_classes}) but span [{lo}, {hi}] "
                              f"(num_classes={num_classes}); remap your labels or fix num_classes")
 
 
