@@ -103,3 +103,21 @@ def test_help_lists_commands(capsys):
 def test_example_configs_are_valid(path):
     cfg = config_from_args(build_parser().parse_args(["run", "--config", str(path)]))
     assert cfg.data.dataset in ("digits", "cifar10", "cifar100")
+
+
+def test_prepare_data_asymmetric_cifar100_flips_within_superclasses(tmp_path):
+    from tad_plugin.cli import CIFAR100_COARSE, prepare_data
+    from tad_plugin.data import ImageDataset, save_arrays
+    from tad_plugin.engine.config import DataConfig
+
+    y = torch.arange(100).repeat(10)
+    x = torch.zeros(len(y), 1, 4, 4, dtype=torch.uint8)
+    save_arrays(ImageDataset("c100", x, y, x[:100], y[:100], tuple(map(str, range(100)))), tmp_path / "c100.npz")
+    data = prepare_data(DataConfig(dataset=str(tmp_path / "c100.npz"), noise="asymmetric-cifar100", noise_rate=0.4),
+                        out=tmp_path)
+    assert abs(data.noise_rate - 0.4) < 0.01
+    coarse = torch.tensor(CIFAR100_COARSE)
+    assert torch.equal(coarse[data.labels], coarse[y])  # every flip stays in the super-class
+    assert torch.equal(torch.load(tmp_path / "labels.pt", weights_only=True)["labels"], data.labels)
+    with pytest.raises(ValueError, match="needs CIFAR-100's 100 classes"):
+        prepare_data(DataConfig(dataset="digits", noise="asymmetric-cifar100", noise_rate=0.4))
