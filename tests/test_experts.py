@@ -192,3 +192,18 @@ def test_bad_input_is_explained(tmp_path):
     diverge.buffer.lr = 1e30
     with pytest.raises(ExpertError, match="diverged"):
         diverge.train(store_at(tmp_path / "d"), x, y, tx, ty)
+
+
+def test_split_of_the_wrong_size_is_explained(tmp_path):
+    class Short:
+        @hookimpl
+        def filter_dataset(self, losses, labels, num_classes):
+            t = torch.ones(5, dtype=torch.bool)
+            return TrustSplit(trusted=t, confidence=t.float(), thresholds=torch.zeros(num_classes))
+
+    pm = get_plugin_manager()
+    pm.register(Short())
+    t = ExpertTrainer(NET, PRE, BufferConfig(num_experts=1, epochs=2, batch_size=8, experts_per_group=1),
+                      TADConfig(warmup_epochs=1), hooks=TADHooks(pm), progress=False)
+    with pytest.raises(ExpertError, match=r"the contract is \[N\] = \(48,\)"):
+        t.train(store_at(tmp_path, epochs=2), *data())

@@ -181,7 +181,7 @@ class ExpertTrainer:
     """Trains experts into a :class:`TrajectoryStore`, E at a time, with or without TAD.
 
     Args:
-        net: the ConvNet's config (channels, classes, image size, width, depth, norm).
+        net: the ConvNet's config (channels, classes, image size, width, depth).
         preprocess: uint8 -> model input (mean/std or ZCA), already fitted.
         buffer: optimiser and schedule (:class:`BufferConfig`).
         tad: TAD settings, or None / ``tad.enabled=False`` for the noisy baseline (plain CE, all
@@ -236,7 +236,8 @@ class ExpertTrainer:
             raise ExpertError(f"{store.root} was made for N={store.num_train}, epochs={store.epochs}; this run "
                               f"has N={images.shape[0]}, epochs={self.buffer.epochs}: use another --out")
         total = self.buffer.num_experts if num_experts is None else num_experts
-        todo = [i for i in range(total) if i not in set(store.finished())]
+        done = set(store.finished())
+        todo = [i for i in range(total) if i not in done]
         if not todo:
             return []
         dev = self.device
@@ -346,9 +347,16 @@ class ExpertTrainer:
         assert self.tad is not None and self.hooks is not None
         k = self.net.num_classes
         if self.tad.split == "shared":
-            split = self.hooks.filter_dataset(losses.mean(0), labels[0], k)
-            return [split] * losses.shape[0]
-        return [self.hooks.filter_dataset(losses[j], labels[j], k) for j in range(losses.shape[0])]
+            splits = [self.hooks.filter_dataset(losses.mean(0), labels[0], k)] * losses.shape[0]
+        else:
+            splits = [self.hooks.filter_dataset(losses[j], labels[j], k) for j in range(losses.shape[0])]
+        n = losses.shape[1]
+        for split in splits:
+            if split.trusted.shape != (n,) or split.thresholds.shape != (k,):
+                raise ExpertError(f"filter_dataset returned trusted {tuple(split.trusted.shape)} and thresholds "
+                                  f"{tuple(split.thresholds.shape)}; the contract is [N] = ({n},) and "
+                                  f"[num_classes] = ({k},) -- fix the plugin's filter_dataset")
+        return splits
 
     def _apply_update(self, update: TrustUpdate, labels: torch.Tensor, trusted: torch.Tensor,
                       epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
