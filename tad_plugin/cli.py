@@ -425,7 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tad`` console script; returns the exit code."""
     from .data import DatasetError
     from .engine.config import ConfigError
+    from .engine.experts import ExpertError
+    from .engine.matching import DistillDivergedError
     from .engine.trajectories import TrajectoryError
+    from .manager import HookError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -434,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = getattr(args, "func", None) or _COMMANDS[args.command]
     try:
         return int(handler(args) or 0)
-    except (ConfigError, DatasetError, TrajectoryError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (ConfigError, DatasetError, TrajectoryError, ExpertError, HookError, DistillDivergedError,
+            FileNotFoundError, KeyError, ValueError) as exc:
         print(f"tad {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -121,3 +121,11 @@ def test_prepare_data_asymmetric_cifar100_flips_within_superclasses(tmp_path):
     assert torch.equal(torch.load(tmp_path / "labels.pt", weights_only=True)["labels"], data.labels)
     with pytest.raises(ValueError, match="needs CIFAR-100's 100 classes"):
         prepare_data(DataConfig(dataset="digits", noise="asymmetric-cifar100", noise_rate=0.4))
+
+
+def test_diverging_experts_exit_with_a_clear_message(tmp_path, capsys):
+    argv = ["buffer", "--config", str(ROOT / "examples" / "configs" / "demo.yaml"), "--out", str(tmp_path),
+            "--no-progress", "--set", "buffer.lr=1e30", "--set", "buffer.num_experts=1", "--epochs", "2",
+            "--set", "distill.max_start_epoch=1", "--set", "distill.expert_epochs=1"]
+    assert main(argv) == 2
+    assert "diverged" in capsys.readouterr().err
