@@ -215,7 +215,7 @@ def distill(cfg: ConvNetConfig, dev: torch.device, res: dict, variants: list[tup
         except torch.OutOfMemoryError as exc:
             res[f"distill_{name}_error"] = repr(exc)[:500]
             print(name, "out of memory", flush=True)
-            del matcher
+            matcher = None  # noqa: F841 (drop the reference so the memory can be freed)
             torch.cuda.empty_cache()
             continue
         peak = (torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()) if not DRY["on"] else (0, 0)

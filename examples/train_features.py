@@ -98,7 +98,7 @@ def markdown(record: dict, path: Path) -> None:
         f"- command: `{record['command']}`",
         f"- trained {record['epochs']} epochs in {record['train_seconds'] / 60:.1f} min "
         f"(wall time of the script {record['wall_seconds'] / 60:.1f} min); checkpoint {record['checkpoint_mib']:.1f} MiB",
-        f"- final kNN top-1: " + ", ".join(f"k={k}: {100 * v:.2f}%" for k, v in final.items()),
+        "- final kNN top-1: " + ", ".join(f"k={k}: {100 * v:.2f}%" for k, v in final.items()),
         "",
         "| epoch | minutes | loss | kNN k=10 (%) | kNN k=200 (%) | views/s | augment share |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -174,7 +174,7 @@ def main() -> int:
     plot(result.history, config.knn_ks, f"SimCLR ResNet-18, {args.name} (JPEG pixels), {record['device']}",
          args.results / f"features_{args.name}.png")
     markdown(record, args.results / f"features_{args.name}.md")
-    print(f"final kNN: " + ", ".join(f"k={k} {100 * v:.2f}%" for k, v in result.knn.items())
+    print("final kNN: " + ", ".join(f"k={k} {100 * v:.2f}%" for k, v in result.knn.items())
           + f"; {result.epochs} epochs in {result.seconds:.0f} s; wall {record['wall_seconds']:.0f} s")
     return 0
 

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from tad_plugin import TADHooks, TrustAwareDiversion, get_plugin_manager
+from tad_plugin import TADHooks, get_plugin_manager
 from tad_plugin.data import load_dataset
 from tad_plugin.engine.config import BufferConfig, TADConfig
 from tad_plugin.engine.convnet import ConvNetConfig

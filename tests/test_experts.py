@@ -6,7 +6,7 @@ import torch
 from tad_plugin import Recalibration, TADHooks, TrustSplit, get_plugin_manager, hookimpl
 from tad_plugin.engine.config import BufferConfig, TADConfig
 from tad_plugin.engine.convnet import ConvNetConfig
-from tad_plugin.engine.experts import AnchorRecalibration, ExpertError, ExpertTrainer, TrustUpdate
+from tad_plugin.engine.experts import ExpertError, ExpertTrainer, TrustUpdate, recalibrate_experts
 from tad_plugin.engine.preprocess import Preprocessor
 from tad_plugin.engine.trajectories import TrajectoryStore
 
@@ -102,7 +102,11 @@ def test_recalibrate_callback_changes_labels_and_trusted_space(tmp_path):
     spy = Spy()
     hooks = TADHooks(get_plugin_manager(default=spy))
     feats = torch.randn(N, 5)
-    anchors = AnchorRecalibration(hooks, feats, lambda s: (torch.randn(6, 5), torch.arange(6) % C), at_epochs=[0])
+
+    def anchors(state):
+        if state.epoch != 0:
+            return None
+        return recalibrate_experts(hooks, feats, state, torch.randn(6, 5), torch.arange(6) % C)
     store = store_at(tmp_path)
     t = trainer(spy, warmup_epochs=1, recompute_every=100, on_epoch=anchors)
     t.hooks = hooks

@@ -37,7 +37,7 @@ import torch
 from ..manager import TADHooks
 from ..trust_report import TrustReport
 from .convnet import ConvNetConfig
-from .experts import EpochState, TrustUpdate
+from .experts import EpochState, TrustUpdate, recalibrate_experts
 from .matching import MatchingConfig, TrajectoryMatcher, class_labels, real_init_indices
 from .preprocess import Preprocessor
 
@@ -132,19 +132,12 @@ class DualLoop:
             return None
         if self._anchors is None:
             self._anchors = self._distill_anchors(state)
-        anchor_features, anchor_labels = self._anchors
-        labels, trusted = [], []
-        for e in range(len(state.experts)):
-            rec = self.hooks.recalibrate(self.features, state.labels[e].to(self.device),
-                                         state.trusted[e].to(self.device), anchor_features, anchor_labels,
-                                         state.num_classes)
-            labels.append(rec.labels)
-            trusted.append(rec.trusted)
+        update = recalibrate_experts(self.hooks, self.features, state, *self._anchors)
         if first:
-            self.report.add(epoch=finished, stage="recalibration", trusted=trusted[0], labels=labels[0],
-                            noisy_labels=self.noisy_labels, clean_labels=self.clean_labels,
-                            previous_trusted=state.trusted[0])
-        return TrustUpdate(labels=torch.stack(labels), trusted=torch.stack(trusted))
+            self.report.add(epoch=finished, stage="recalibration", trusted=update.trusted[0],
+                            labels=update.labels[0], noisy_labels=self.noisy_labels,
+                            clean_labels=self.clean_labels, previous_trusted=state.trusted[0])
+        return update
 
     def _distill_anchors(self, state: EpochState) -> tuple[torch.Tensor, torch.Tensor]:
         """Distill ``anchor_ipc`` images per class from the group's early trajectory and embed them."""

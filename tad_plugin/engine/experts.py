@@ -22,7 +22,8 @@ What happens, per group of E experts trained together:
    gives per-sample losses [E, N] for the current labels; ``filter_dataset`` turns them into the next
    epoch's trusted space (per expert, or one shared split from the losses averaged over the group).
 5. Then the epoch callback (``on_epoch``) runs: the point where the dual loop recomputes the trusted
-   space and applies ``recalibrate``; :class:`AnchorRecalibration` is a ready-made one.
+   space and applies ``recalibrate`` (:func:`recalibrate_experts`; the dual loop in
+   :mod:`tad_plugin.engine.dual_loop` is the full inner loop).
 
 Which split: ``TADConfig.split = "per-expert"`` (default, faithful: every expert is a separate
 buffer.py run with its own losses, GMM and trusted space) or ``"shared"`` (one GMM per group on the
@@ -41,7 +42,7 @@ so the batched (grouped-convolution) forward/backward kernels are the bottleneck
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ from .dsa import DSA
 from .preprocess import Preprocessor
 from .trajectories import ExpertRecord, TrajectoryStore
 
-__all__ = ["EpochState", "TrustUpdate", "EpochCallback", "AnchorRecalibration", "ExpertTrainer",
+__all__ = ["EpochState", "TrustUpdate", "EpochCallback", "recalibrate_experts", "ExpertTrainer",
            "ExpertError", "expert_seed", "per_sample_losses"]
 
 
@@ -115,34 +116,25 @@ class TrustUpdate:
 EpochCallback = Callable[[EpochState], "TrustUpdate | None"]
 
 
-@dataclass
-class AnchorRecalibration:
-    """An epoch callback that applies the ``recalibrate`` hook (the inner loop's entry point).
+def recalibrate_experts(hooks: TADHooks, features: torch.Tensor, state: EpochState, anchor_features: torch.Tensor,
+                        anchor_labels: torch.Tensor) -> TrustUpdate:
+    """Apply the ``recalibrate`` hook to every expert of ``state``'s group (the inner loop's entry point).
 
-    At the epochs in ``at_epochs`` it asks ``anchors(state)`` for the anchor features [A, D] and
-    labels [A], calls ``hooks.recalibrate`` for every expert with the fixed sample ``features``
-    [N, D] and that expert's labels and trusted space, and returns the recalibrated labels and
-    trusted spaces.
+    Args:
+        features: float [N, D], the fixed features of the training samples; the hook runs on their device.
+        anchor_features, anchor_labels: float [A, D] and int64 [A], the embedded anchors.
+
+    Returns:
+        The recalibrated labels [E, N] and trusted spaces [E, N] as a :class:`TrustUpdate`.
     """
-
-    hooks: TADHooks
-    features: torch.Tensor
-    anchors: Callable[[EpochState], tuple[torch.Tensor, torch.Tensor]]
-    at_epochs: Sequence[int] = field(default_factory=tuple)
-
-    def __call__(self, state: EpochState) -> TrustUpdate | None:
-        if state.epoch not in self.at_epochs:
-            return None
-        anchor_features, anchor_labels = self.anchors(state)
-        feats = self.features
-        labels, trusted = [], []
-        for e in range(len(state.experts)):
-            dev = feats.device
-            rec = self.hooks.recalibrate(feats, state.labels[e].to(dev), state.trusted[e].to(dev),
-                                         anchor_features.to(dev), anchor_labels.to(dev), state.num_classes)
-            labels.append(rec.labels)
-            trusted.append(rec.trusted)
-        return TrustUpdate(labels=torch.stack(labels), trusted=torch.stack(trusted))
+    dev = features.device
+    labels, trusted = [], []
+    for e in range(len(state.experts)):
+        rec = hooks.recalibrate(features, state.labels[e].to(dev), state.trusted[e].to(dev),
+                                anchor_features.to(dev), anchor_labels.to(dev), state.num_classes)
+        labels.append(rec.labels)
+        trusted.append(rec.trusted)
+    return TrustUpdate(labels=torch.stack(labels), trusted=torch.stack(trusted))
 
 
 def per_sample_losses(net: ConvNetConfig, params: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,

@@ -44,7 +44,7 @@ from ..files import atomic_torch_save
 from .convnet import ConvNetConfig, forward
 from .dsa import DEFAULT_STRATEGY, DSA
 from ..checks import check_hard_or_soft_labels
-from .evaluate import EvalResult, Evaluator
+from .evaluate import Evaluator
 
 __all__ = ["MatchingConfig", "DistillResult", "TrajectoryMatcher", "real_init_indices", "class_labels",
            "DistillDivergedError"]
