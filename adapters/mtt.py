@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import torch
 from ..data import ImageDataset
 from ..engine.config import RunConfig, to_dict
 from ..engine.convnet import ConvNetConfig
+from ..engine.dual_loop import DualLoop, DualLoopConfig
 from ..engine.evaluate import EvalResult, Evaluator
 from ..engine.experts import EpochCallback, ExpertTrainer
 from ..engine.matching import DistillResult, MatchingConfig, TrajectoryMatcher, class_labels, real_init_indices
@@ -155,14 +156,19 @@ class MTT:
 
     # ------------------------------------------------------------------ buffer
     def buffer(self, dataset: ImageDataset, labels: torch.Tensor, out: str | os.PathLike[str],
-               on_epoch: EpochCallback | None = None) -> TrajectoryStore:
+               on_epoch: EpochCallback | None = None, clean_labels: torch.Tensor | None = None) -> TrajectoryStore:
         """Train (or finish training) the experts into the trajectory store ``out``; returns it.
+
+        With TAD and ``tad.inner_loop`` the dual loop (:meth:`dual_loop`) is the epoch callback, and its
+        trust report is written to ``out/trust_report.json`` (and ``.png`` when matplotlib is there).
 
         Args:
             dataset: the images (and the clean test set for logging).
             labels: int64 [N] training labels to use (the noisy ones).
             out: store directory; experts already in it are kept (resume).
-            on_epoch: optional epoch callback (the dual loop's recalibration point).
+            on_epoch: an epoch callback replacing the dual loop (None = the dual loop when configured).
+            clean_labels: int64 [N], the true labels when known (synthetic noise, CIFAR-N): the trust
+                report then has precision / recall / label accuracy.
         """
         cfg = self.config
         net = self.network(dataset)
@@ -176,11 +182,55 @@ class MTT:
         store = TrajectoryStore.create(out, param_shapes=net.param_shapes, epochs=cfg.buffer.epochs,
                                        num_train=len(labels), num_classes=dataset.num_classes, meta=meta,
                                        preprocess_state=pre.state_dict())
+        loop = None
+        if on_epoch is None and self.tad and cfg.tad.inner_loop and len(store.finished()) < cfg.buffer.num_experts:
+            loop = on_epoch = self.dual_loop(dataset, labels, clean_labels)
         trainer = ExpertTrainer(net, pre, cfg.buffer, cfg.tad, hooks=self.hooks, device=self.device,
                                 on_epoch=on_epoch, progress=self.progress)
         trainer.train(store, dataset.train_images, labels, dataset.test_images, dataset.test_labels,
                       seed=cfg.seed)
+        if loop is not None and loop.report.rounds:
+            loop.report.save_json(store.root / "trust_report.json")
+            try:
+                loop.report.plot(store.root / "trust_report.png", title=f"Trust report: {dataset.name}")
+            except ImportError:
+                pass  # matplotlib is optional; the JSON holds the same numbers
         return store
+
+    def features(self, dataset: ImageDataset) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """The inner loop's embedding: ``(features [N, D] of the training images, embed)`` where
+        ``embed`` maps [0, 1] images to features (``tad.features``: None = the trained extractor of this
+        dataset at its default path, a path, or ``"pixels"``).
+
+        Raises:
+            tad_plugin.features.ExtractorFileError: no extractor file; the message says how to train one.
+        """
+        choice = self.config.tad.features
+        if choice == "pixels":
+            def embed(x: torch.Tensor) -> torch.Tensor:
+                return x.flatten(1).float()
+            return embed(dataset.train_images.to(self.device) / 255.0), embed
+        from ..features import default_extractor_path, load_extractor
+
+        path = default_extractor_path(self.config.data.dataset) if choice is None else choice
+        extractor = load_extractor(path, device=self.device)
+        return extractor.embed(dataset.train_images.to(self.device)), extractor.embed
+
+    def dual_loop(self, dataset: ImageDataset, labels: torch.Tensor,
+                  clean_labels: torch.Tensor | None = None) -> DualLoop:
+        """TAD's inner loop for this run's settings (anchors distilled with this run's distillation lrs)."""
+        cfg, t, d = self.config, self.config.tad, self.config.distill
+        features, embed = self.features(dataset)
+        anchors = MatchingConfig(iterations=t.anchor_iterations, syn_steps=d.syn_steps, expert_epochs=2,
+                                 max_start_epoch=2, lr_img=d.lr_img, lr_lr=d.lr_lr, lr_teacher=d.lr_teacher,
+                                 dsa_strategy=cfg.buffer.dsa_strategy if d.dsa else "", eval_every=0,
+                                 checkpoint_every=0, log_every=min(50, t.anchor_iterations), seed=cfg.seed)
+        loop_cfg = DualLoopConfig(anchor_epoch=t.anchor_epoch, anchor_ipc=t.anchor_ipc,
+                                  recalibrate_every=t.recalibrate_every, anchor_matching=anchors)
+        assert self.hooks is not None
+        return DualLoop(self.network(dataset), self.preprocessor(dataset), dataset.train_images, features, embed,
+                        self.hooks, loop_cfg, noisy_labels=labels, clean_labels=clean_labels, device=self.device,
+                        seed=cfg.seed)
 
     # ------------------------------------------------------------------ distill
     def init_pool(self, store: TrajectoryStore, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

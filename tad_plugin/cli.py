@@ -51,7 +51,8 @@ DEMO_CONFIG: dict[str, Any] = {
     "model": {"width": 32, "depth": 2},
     "buffer": {"num_experts": 8, "epochs": 30, "lr": 0.1, "batch_size": 64, "experts_per_group": 8,
                "eval_batch_size": 2048},
-    "tad": {"warmup_epochs": 5, "split": "per-expert"},
+    "tad": {"warmup_epochs": 5, "split": "per-expert", "features": "pixels", "anchor_epoch": 5, "anchor_ipc": 5,
+            "anchor_iterations": 30},
     "distill": {"ipc": 10, "iterations": 120, "syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 15,
                 "lr_img": 100.0, "lr_lr": 1e-5, "lr_teacher": 0.01, "pix_init": "real"},
     "eval": {"num_eval": 5, "epochs": 300, "batch_size": 256},
@@ -62,7 +63,7 @@ DEMO_CONFIG: dict[str, Any] = {
 #: ``tad demo --quick``: the same pipeline, small enough for the test suite (well under a minute).
 QUICK_DEMO_OVERRIDES: dict[str, Any] = {
     "buffer": {"num_experts": 2, "epochs": 5, "experts_per_group": 2},
-    "tad": {"warmup_epochs": 1},
+    "tad": {"warmup_epochs": 1, "anchor_epoch": 3, "anchor_ipc": 2, "anchor_iterations": 3},
     "distill": {"iterations": 10, "syn_steps": 5, "max_start_epoch": 2, "ipc": 2},
     "eval": {"num_eval": 2, "epochs": 20},
 }
@@ -238,8 +239,12 @@ def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
 
 def _stage_buffer(mtt: MTT, data: TrainingData, out: Path, log: RunLog) -> TrajectoryStore:
     start = time.perf_counter()
-    store = mtt.buffer(data.dataset, data.labels, out / "buffer")
+    clean = data.dataset.train_labels if data.noise_rate > 0 else None  # noise was applied: truth known
+    store = mtt.buffer(data.dataset, data.labels, out / "buffer", clean_labels=clean)
     info: dict[str, Any] = {"experts": len(store)}
+    report = store.root / "trust_report.json"
+    if mtt.tad and report.is_file():
+        info["trust_report"] = str(report)
     trust = store.final_trust() if mtt.tad else None
     if trust is not None:
         info.update(_trust_stats(trust, data))
@@ -390,9 +395,14 @@ def _demo_arms(args: argparse.Namespace, base: dict[str, Any]) -> int:
                      "train_size": len(data.labels),
                      "trusted_precision": res.get("trusted_precision", 1.0 - data.noise_rate),
                      "test_acc_mean": res["test_acc_mean"], "test_acc_std": res["test_acc_std"],
-                     "record": str(log.path)})
+                     "record": str(log.path), "trust_report": res.get("trust_report")})
     wall = time.perf_counter() - start
     _print_table(rows, data, wall)
+    if rows[-1]["trust_report"]:
+        from .trust_report import TrustReport
+
+        print(f"\nMTT + TAD trust report (first expert; {rows[-1]['trust_report']}):")
+        print(TrustReport.load_json(rows[-1]["trust_report"]).table())
     atomic_write_json({"rows": rows, "noise_rate": data.noise_rate, "wall_time_s": round(wall, 1),
                        "threads": torch.get_num_threads(), "quick": bool(args.quick)}, root / "demo.json")
     return 0

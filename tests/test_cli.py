@@ -126,6 +126,6 @@ def test_prepare_data_asymmetric_cifar100_flips_within_superclasses(tmp_path):
 def test_diverging_experts_exit_with_a_clear_message(tmp_path, capsys):
     argv = ["buffer", "--config", str(ROOT / "examples" / "configs" / "demo.yaml"), "--out", str(tmp_path),
             "--no-progress", "--set", "buffer.lr=1e30", "--set", "buffer.num_experts=1", "--epochs", "2",
-            "--set", "distill.max_start_epoch=1", "--set", "distill.expert_epochs=1"]
+            "--set", "distill.max_start_epoch=1", "--set", "distill.expert_epochs=1", "--set", "tad.inner_loop=false"]
     assert main(argv) == 2
     assert "diverged" in capsys.readouterr().err

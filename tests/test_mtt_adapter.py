@@ -8,6 +8,7 @@ from tad_plugin.adapters.mtt import MTT, MTT_TABLE, load_distilled, mtt_defaults
 from tad_plugin.data import ImageDataset
 from tad_plugin.engine.config import build_config
 from tad_plugin.engine.trajectories import load_upstream_buffer
+from tad_plugin.trust_report import TrustReport
 
 
 def tiny_dataset(n=60, m=20, c=3):
@@ -22,7 +23,7 @@ def tiny_dataset(n=60, m=20, c=3):
 def tiny_config(tad, **extra):
     sets = [f"tad.enabled={str(tad).lower()}", "device=cpu", "model.width=4", "model.depth=2",
             "buffer.num_experts=2", "buffer.epochs=3", "buffer.batch_size=10", "buffer.experts_per_group=2",
-            "tad.warmup_epochs=1", "distill.ipc=2", "distill.iterations=3", "distill.syn_steps=2",
+            "tad.warmup_epochs=1", "tad.inner_loop=false", "distill.ipc=2", "distill.iterations=3", "distill.syn_steps=2",
             "distill.max_start_epoch=1", "distill.expert_epochs=2", "eval.num_eval=2", "eval.epochs=3",
             *[f"{k}={v}" for k, v in extra.items()]]
     return build_config(mtt_defaults("tiny", 2), sets=sets)
@@ -99,3 +100,24 @@ def test_load_distilled_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="cannot read distilled set"):
         load_distilled(tmp_path / "bad.pt")
+
+
+def test_buffer_runs_the_dual_loop_and_writes_the_trust_report(tmp_path):
+    ds = tiny_dataset()
+    clean = ds.train_labels
+    noisy = clean.clone()
+    noisy[::5] = (noisy[::5] + 1) % 3  # 20% wrong labels
+    cfg = tiny_config(True, **{"tad.inner_loop": "true", "tad.features": "pixels", "buffer.epochs": 5,
+                               "tad.anchor_epoch": 3, "tad.anchor_ipc": 2, "tad.anchor_iterations": 2})
+    store = MTT(cfg, progress=False).buffer(ds, noisy, tmp_path / "buffer", clean_labels=clean)
+    report = TrustReport.load_json(store.root / "trust_report.json")
+    stages = [r.stage for r in report.rounds]
+    assert "division" in stages and "recalibration" in stages
+    assert report.noisy_label_accuracy == pytest.approx(0.8)
+
+
+def test_missing_feature_extractor_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "none"))
+    cfg = tiny_config(True, **{"tad.inner_loop": "true", "buffer.epochs": 5, "tad.anchor_epoch": 3})
+    with pytest.raises(ValueError, match="tad features train"):
+        MTT(cfg, progress=False).buffer(tiny_dataset(), tiny_dataset().train_labels, tmp_path / "buffer")

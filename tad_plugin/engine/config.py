@@ -110,6 +110,12 @@ class TADConfig:
     for epoch ``warmup_epochs`` comes from the per-sample losses after them (0 = split on the
     initialisation's losses).
     ``recompute_every``: epochs between re-divisions after the warm-up (1 = before every epoch).
+    ``inner_loop``: run the dual loop's inner loop (anchors + ``recalibrate``); off = outer loop only.
+    ``features``: what embeds samples and anchors for the inner loop: None = the extractor trained by
+    ``tad features train`` for this dataset (its default path), a path to such a file, or ``"pixels"``
+    (the raw pixels, label-free; adequate for tiny grey images such as digits, not for CIFAR).
+    ``anchor_epoch``, ``anchor_ipc``, ``anchor_iterations``, ``recalibrate_every``: see
+    :class:`~tad_plugin.engine.dual_loop.DualLoopConfig`.
     """
 
     enabled: bool = True
@@ -119,12 +125,21 @@ class TADConfig:
     warmup_epochs: int = 2
     recompute_every: int = 1
     split: str = "per-expert"
+    inner_loop: bool = True
+    features: str | None = None
+    anchor_epoch: int = 4
+    anchor_ipc: int = 10
+    anchor_iterations: int = 200
+    recalibrate_every: int = 1
 
     def validate(self) -> None:
         if self.split not in ("per-expert", "shared"):
             raise ConfigError(f"tad.split must be 'per-expert' or 'shared', got {self.split!r}")
         if self.warmup_epochs < 0 or self.recompute_every < 1:
             raise ConfigError("tad.warmup_epochs must be >= 0 and tad.recompute_every >= 1")
+        if self.anchor_ipc < 2 or self.anchor_epoch < 3 or self.anchor_iterations < 1 or self.recalibrate_every < 1:
+            raise ConfigError("tad.anchor_ipc must be >= 2, tad.anchor_epoch >= 3 (anchors match epochs 0-3), "
+                              "tad.anchor_iterations and tad.recalibrate_every >= 1")
 
     def plugin_kwargs(self) -> dict[str, Any]:
         """The keyword arguments for ``TrustAwareDiversion`` (only the ones set)."""
@@ -204,6 +219,9 @@ class RunConfig:
                 f"distill.max_start_epoch + distill.expert_epochs = "
                 f"{self.distill.max_start_epoch + self.distill.expert_epochs} exceeds buffer.epochs = "
                 f"{self.buffer.epochs}: lower max_start_epoch or train longer experts")
+        if self.tad.enabled and self.tad.inner_loop and self.tad.anchor_epoch >= self.buffer.epochs:
+            raise ConfigError(f"tad.anchor_epoch = {self.tad.anchor_epoch} leaves no epoch for the inner loop "
+                              f"(buffer.epochs = {self.buffer.epochs}); lower it or set tad.inner_loop=false")
         return self
 
 
