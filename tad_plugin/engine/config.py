@@ -122,6 +122,9 @@ class TADConfig:
     reg_weight: float | None = None
     log_zero: float | None = None
     top_k: int | None = None
+    num_neighbors: int | None = None
+    recall_confidence: float | None = None
+    sieve_confidence: float | None = None
     warmup_epochs: int = 2
     recompute_every: int = 1
     split: str = "per-expert"
@@ -143,8 +146,8 @@ class TADConfig:
 
     def plugin_kwargs(self) -> dict[str, Any]:
         """The keyword arguments for ``TrustAwareDiversion`` (only the ones set)."""
-        return {k: v for k, v in (("reg_weight", self.reg_weight), ("log_zero", self.log_zero),
-                                  ("top_k", self.top_k)) if v is not None}
+        names = ("reg_weight", "log_zero", "top_k", "num_neighbors", "recall_confidence", "sieve_confidence")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 
 @dataclass
