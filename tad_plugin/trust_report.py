@@ -124,7 +124,7 @@ class TrustReport:
             raise ImportError("the trust-report plot needs matplotlib: pip install 'tad_plugin[plot]'") from exc
         if not self.rounds:
             raise ValueError("the trust report has no rounds to plot")
-        x = [r.round for r in self.rounds]
+        x = [r.epoch + (0.5 if r.stage == "recalibration" else 0.0) for r in self.rounds]
         fig, ax = plt.subplots(figsize=(7, 4))
         n = self.rounds[0].trusted + self.rounds[0].untrusted
         ax.plot(x, [r.trusted / n for r in self.rounds], "o-", label="trusted share", color="black")
@@ -134,8 +134,7 @@ class TrustReport:
                 ax.plot(x, values, style, label=key.replace("_", " "))
         if self.noisy_label_accuracy is not None:
             ax.axhline(self.noisy_label_accuracy, color="grey", lw=0.8, ls=":", label="noisy label accuracy")
-        ax.set_xlabel("round (d = division, r = recalibration)")
-        ax.set_xticks(x, [f"{r.round}{r.stage[0]}\ne{r.epoch}" for r in self.rounds], fontsize=7)
+        ax.set_xlabel("expert epoch (divisions at whole epochs, recalibrations at +0.5)")
         ax.set_ylim(0, 1.02)
         ax.set_title(title)
         ax.grid(alpha=0.3)
