@@ -2,8 +2,9 @@
 
 1. Features and anchors are L2-normalised (self-supervised features are compared by angle).
 2. Per class c, the anchors' mean and covariance; the covariance is estimated with Ledoit-Wolf
-   shrinkage because anchors are few (n per class, n << D makes the raw covariance singular). A class with
-   a single anchor uses the pooled within-class covariance of all anchors.
+   shrinkage because anchors are few (n per class, n << D makes the raw covariance singular), and kept
+   in low-rank form (Woodbury) so no D x D matrix is built. A class with a single anchor uses the pooled
+   within-class covariance of all anchors.
 3. Each trusted sample's Mahalanobis distance to the anchors of its labelled class (Eq. 7), min-max
    normalised within the class, becomes a reliability ``r = 1 - normalised distance``: Eq. 8 weights
    neighbours by their *proximity* to the anchors, so the closest sample is the most reliable (r = 1).
@@ -18,23 +19,60 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .checks import check_bool_mask, check_features, check_labels
 from .results import Recalibration
 from .search import Backend, cosine_topk
 
-__all__ = ["recalibrate_with_anchors", "anchor_precisions", "mahalanobis_reliability"]
+__all__ = ["recalibrate_with_anchors", "anchor_covariances", "mahalanobis_reliability", "ShrunkCovariance"]
 
 
-def anchor_precisions(anchor_features: torch.Tensor, anchor_labels: torch.Tensor,
-                      num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class anchor means [C, D] and shrunk precision matrices [C, D, D] (float64, CPU).
+@dataclass(frozen=True)
+class ShrunkCovariance:
+    """One class's Ledoit-Wolf covariance ``Sigma = a * I + b * Xc^T Xc`` kept in low-rank form.
 
-    Raises ``ValueError`` if a class has no anchor.
+    ``Xc`` [n, D] are the class's anchors minus their mean, ``b = (1 - delta) / n`` and
+    ``a = delta * trace(S) / D`` with ``S = Xc^T Xc / n`` and ``delta`` scikit-learn's Ledoit-Wolf
+    shrinkage. The inverse is applied through the Woodbury identity, so a distance costs O(n D) and no
+    D x D matrix is formed (D = 512 to 3072 features, n = a handful of anchors).
     """
-    from sklearn.covariance import LedoitWolf
 
+    mean: torch.Tensor  # float64 [D]
+    centred: torch.Tensor  # float64 [n, D]
+    a: float
+    b: float
+
+    def squared_distance(self, x: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance of the rows of ``x`` [M, D] (float64 [M], on x's device)."""
+        v = x.double() - self.mean.to(x.device)
+        if self.a <= 0:  # all anchors identical: no spread to scale by, fall back to Euclidean
+            return (v * v).sum(1)
+        xc = self.centred.to(x.device)
+        proj = v @ xc.T  # [M, n]
+        k = torch.eye(xc.shape[0], dtype=torch.float64, device=x.device) + (self.b / self.a) * (xc @ xc.T)
+        correction = (proj * torch.linalg.solve(k, proj.T).T).sum(1)
+        return ((v * v).sum(1) / self.a - (self.b / self.a**2) * correction).clamp_min(0)
+
+
+def _shrunk(mean: torch.Tensor, centred: torch.Tensor) -> ShrunkCovariance:
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    n, d = centred.shape
+    delta = float(ledoit_wolf_shrinkage(centred.numpy(), assume_centered=True))
+    mu = float((centred * centred).sum()) / (n * d)
+    return ShrunkCovariance(mean, centred, a=delta * mu, b=(1.0 - delta) / n)
+
+
+def anchor_covariances(anchor_features: torch.Tensor, anchor_labels: torch.Tensor,
+                       num_classes: int) -> list[ShrunkCovariance]:
+    """Per-class anchor mean and Ledoit-Wolf covariance (CPU, float64). A class with a single anchor
+    uses the pooled within-class covariance of all anchors (around its own mean).
+
+    Raises ``ValueError`` if a class has no anchor, or every class has only one.
+    """
     x = anchor_features.detach().double().cpu()
     y = anchor_labels.detach().cpu()
     counts = torch.bincount(y, minlength=num_classes)
@@ -42,29 +80,24 @@ def anchor_precisions(anchor_features: torch.Tensor, anchor_labels: torch.Tensor
         missing = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"classes {missing[:10]} have no anchors; distill at least 2 anchor images per "
                          f"class (anchor IPC >= 2) before recalibrating")
-    d = x.shape[1]
-    means = torch.zeros(num_classes, d, dtype=torch.float64)
-    means.index_add_(0, y, x)
-    means /= counts[:, None]
-    precisions = torch.empty(num_classes, d, d, dtype=torch.float64)
+    means = torch.zeros(num_classes, x.shape[1], dtype=torch.float64).index_add_(0, y, x) / counts[:, None]
     pooled = None
+    out = []
     for c in range(num_classes):
-        xc = x[y == c]
-        if len(xc) >= 2:
-            precisions[c] = torch.from_numpy(LedoitWolf().fit(xc.numpy()).precision_)
-        else:
-            if pooled is None:
-                if int((counts >= 2).sum()) == 0:
-                    raise ValueError("every class has a single anchor: a covariance cannot be estimated; "
-                                     "distill at least 2 anchor images per class")
-                centred = (x - means[y]).numpy()
-                pooled = torch.from_numpy(LedoitWolf(assume_centered=True).fit(centred).precision_)
-            precisions[c] = pooled
-    return means, precisions
+        if counts[c] >= 2:
+            out.append(_shrunk(means[c], x[y == c] - means[c]))
+            continue
+        if pooled is None:
+            if int((counts >= 2).sum()) == 0:
+                raise ValueError("every class has a single anchor: a covariance cannot be estimated; "
+                                 "distill at least 2 anchor images per class")
+            pooled = _shrunk(means[c], x - means[y])
+        out.append(ShrunkCovariance(means[c], pooled.centred, pooled.a, pooled.b))
+    return out
 
 
-def mahalanobis_reliability(features: torch.Tensor, labels: torch.Tensor, means: torch.Tensor,
-                            precisions: torch.Tensor, num_classes: int) -> torch.Tensor:
+def mahalanobis_reliability(features: torch.Tensor, labels: torch.Tensor, covariances: list[ShrunkCovariance],
+                            num_classes: int) -> torch.Tensor:
     """Reliability in [0, 1] of each row of ``features`` w.r.t. the anchors of its class ``labels``.
 
     Mahalanobis distance (Eq. 7) to the class's anchor distribution, min-max normalised within each class,
@@ -77,8 +110,7 @@ def mahalanobis_reliability(features: torch.Tensor, labels: torch.Tensor, means:
         rows = torch.nonzero(labels == c).flatten()
         if rows.numel() == 0:
             continue
-        diff = features[rows].double() - means[c].to(device)
-        dist = torch.sqrt(((diff @ precisions[c].to(device)) * diff).sum(1).clamp_min(0))
+        dist = covariances[c].squared_distance(features[rows]).sqrt()
         span = dist.max() - dist.min()
         if float(span) > 0:
             reliability[rows] = (1.0 - (dist - dist.min()) / span).float()
@@ -124,9 +156,9 @@ def recalibrate_with_anchors(features: torch.Tensor, labels: torch.Tensor, trust
     if trusted_idx.numel() == 0:
         return Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability)
 
-    means, precisions = anchor_precisions(anchors, anchor_labels, num_classes)
-    reliability[trusted_idx] = mahalanobis_reliability(feats[trusted_idx], labels[trusted_idx], means,
-                                                       precisions, num_classes)
+    covariances = anchor_covariances(anchors, anchor_labels, num_classes)
+    reliability[trusted_idx] = mahalanobis_reliability(feats[trusted_idx], labels[trusted_idx], covariances,
+                                                       num_classes)
 
     # Reference set: the top_k most reliable trusted samples of each class.
     ref_parts = []

@@ -98,3 +98,19 @@ def test_search_backends_agree_and_clamp_k():
     assert cosine_topk(q, db, 100, backend="torch")[1].shape == (50, 30)
     with pytest.raises(ValueError, match="empty"):
         cosine_topk(q, db[:0], 3)
+
+
+def test_low_rank_mahalanobis_equals_sklearn_ledoit_wolf():
+    from sklearn.covariance import LedoitWolf
+
+    from tad_plugin.recalibration import anchor_covariances
+
+    g = torch.Generator().manual_seed(3)
+    anchors = torch.randn(12, 20, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3, 20)
+    labels = torch.arange(2).repeat_interleave(6)
+    x = torch.randn(7, 20, generator=g, dtype=torch.float64)
+    for c, cov in enumerate(anchor_covariances(anchors, labels, 2)):
+        lw = LedoitWolf().fit(anchors[labels == c].numpy())
+        diff = x - torch.from_numpy(lw.location_)
+        expected = ((diff @ torch.from_numpy(lw.precision_)) * diff).sum(1)
+        assert torch.allclose(cov.squared_distance(x), expected, rtol=1e-6)
