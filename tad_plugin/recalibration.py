@@ -36,7 +36,7 @@ class ShrunkCovariance:
 
     ``Xc`` [n, D] are the class's anchors minus their mean, ``b = (1 - delta) / n`` and
     ``a = delta * trace(S) / D`` with ``S = Xc^T Xc / n`` and ``delta`` scikit-learn's Ledoit-Wolf
-    shrinkage. The inverse is applied through the Woodbury identity, so a distance costs O(n D) and no
+    shrinkage (floored at 1e-3). The inverse is applied through the Woodbury identity, so a distance costs O(n D) and no
     D x D matrix is formed (D = 512 to 3072 features, n = a handful of anchors).
     """
 
@@ -52,16 +52,21 @@ class ShrunkCovariance:
             return (v * v).sum(1)
         xc = self.centred.to(x.device)
         proj = v @ xc.T  # [M, n]
-        k = torch.eye(xc.shape[0], dtype=torch.float64, device=x.device) + (self.b / self.a) * (xc @ xc.T)
+        # Woodbury: Sigma^-1 = (I - b Xc^T (a I_n + b Xc Xc^T)^-1 Xc) / a
+        k = self.a * torch.eye(xc.shape[0], dtype=torch.float64, device=x.device) + self.b * (xc @ xc.T)
         correction = (proj * torch.linalg.solve(k, proj.T).T).sum(1)
-        return ((v * v).sum(1) / self.a - (self.b / self.a**2) * correction).clamp_min(0)
+        return (((v * v).sum(1) - self.b * correction) / self.a).clamp_min(0)
+
+
+_MIN_SHRINKAGE = 1e-3
 
 
 def _shrunk(mean: torch.Tensor, centred: torch.Tensor) -> ShrunkCovariance:
     from sklearn.covariance import ledoit_wolf_shrinkage
 
     n, d = centred.shape
-    delta = float(ledoit_wolf_shrinkage(centred.numpy(), assume_centered=True))
+    # Floored so the covariance stays invertible when the estimate hits 0 (e.g. two anchors per class).
+    delta = max(float(ledoit_wolf_shrinkage(centred.numpy(), assume_centered=True)), _MIN_SHRINKAGE)
     mu = float((centred * centred).sum()) / (n * d)
     return ShrunkCovariance(mean, centred, a=delta * mu, b=(1.0 - delta) / n)
 

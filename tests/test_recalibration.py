@@ -114,3 +114,14 @@ def test_low_rank_mahalanobis_equals_sklearn_ledoit_wolf():
         diff = x - torch.from_numpy(lw.location_)
         expected = ((diff @ torch.from_numpy(lw.precision_)) * diff).sum(1)
         assert torch.allclose(cov.squared_distance(x), expected, rtol=1e-6)
+
+
+def test_two_anchors_per_class_do_not_break_the_covariance():
+    from tad_plugin.recalibration import anchor_covariances
+
+    anchors = torch.tensor([[1.0, 0, 0], [3.0, 0, 0], [0, 1.0, 0], [0, 1.0, 0]])  # class 1: identical pair
+    covs = anchor_covariances(anchors, torch.tensor([0, 0, 1, 1]), 2)
+    x = torch.randn(5, 3)
+    for cov in covs:
+        d = cov.squared_distance(x)
+        assert torch.isfinite(d).all() and (d >= 0).all()
