@@ -129,12 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="DIR", help="output folder")
     p.add_argument("--per-file", type=int, default=10, help="trajectories per file (upstream: 10)")
 
-    try:  # the feature-extractor sub-commands, when that part of the package is present
-        from .features.cli import add_subcommands
-    except ImportError:
-        pass
-    else:
-        add_subcommands(sub)
+    from .features.cli import add_subcommands
+
+    add_subcommands(sub)  # `tad features train | embed`
     return parser
 
 
