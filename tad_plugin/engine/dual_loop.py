@@ -10,7 +10,8 @@ adds the inner loop, per group of experts trained together:
    "first four epochs"), ``anchor_ipc`` images per class initialised from the trusted space with the
    current labels. They are mapped back to [0, 1] pixels (inverse ZCA / normalisation) and embedded
    with the self-supervised extractor, once per group.
-2. **Recalibration.** From then on, after every ``recalibrate_every``-th epoch, ``recalibrate`` runs
+2. **Recalibration.** From then on, after every ``recalibrate_every``-th epoch that ended with a division
+   (none during the outer loop's warm-up), ``recalibrate`` runs
    for every expert with the fixed sample features, the expert's current labels and trusted space
    (just re-divided by the outer loop) and the anchors; recalled samples join the trusted space with
    their pseudo-labels, sieved ones leave it. The next division sees the recalibrated labels, so the
@@ -128,6 +129,8 @@ class DualLoop:
             self.report.add(epoch=finished, stage="division", trusted=state.trusted[0], labels=state.labels[0],
                             noisy_labels=self.noisy_labels, clean_labels=self.clean_labels)
         cfg = self.config
+        if state.splits is None:  # recalibration follows a division (none during the warm-up)
+            return None
         if finished < cfg.anchor_epoch or (finished - cfg.anchor_epoch) % cfg.recalibrate_every:
             return None
         if self._anchors is None:
