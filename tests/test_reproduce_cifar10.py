@@ -1,0 +1,47 @@
+"""The CIFAR-10 reproduction script: commands per cell and the generated results page."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tad_plugin.cli import build_parser, config_from_args
+
+SCRIPT = Path(__file__).parents[1] / "examples" / "reproduce_cifar10.py"
+spec = importlib.util.spec_from_file_location("reproduce_cifar10", SCRIPT)
+repro = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(repro)
+
+
+@pytest.mark.parametrize("cell", sorted(repro.cells()))
+def test_each_cell_is_a_valid_tad_run(cell, tmp_path):
+    cmd = repro.command(cell, "cifar10", tmp_path, "CIFAR-10_human.pt", [])
+    args = build_parser().parse_args(cmd[3:])
+    cfg = config_from_args(args)
+    assert cfg.tad.enabled == cell.endswith("-tad")
+    assert cfg.distill.ipc == 10 and cfg.out == str(tmp_path / cell)
+
+
+def test_arms_of_a_setting_differ_only_in_tad(tmp_path):
+    for setting in repro.SETTINGS:
+        a, b = (config_from_args(build_parser().parse_args(repro.command(f"{setting}-{arm}", "cifar10", tmp_path,
+                                                                         "n.pt", [])[3:])) for arm in ("mtt", "tad"))
+        a.tad.enabled = b.tad.enabled
+        a.out = b.out
+        assert a == b
+
+
+def test_page_compares_with_the_paper(tmp_path):
+    def record(acc):
+        return {"results": {"test_acc_mean": acc, "test_acc_std": 0.005}, "seed": 0, "commit": "abc", "device": "H100",
+                "wall_time_s": 1.0, "command": "tad run", "config": {"buffer": {"num_experts": 20, "epochs": 50},
+                                                                      "distill": {"iterations": 5000},
+                                                                      "eval": {"num_eval": 5}}}
+    (tmp_path / "sym40-mtt.json").write_text(json.dumps(record(0.57)))
+    (tmp_path / "sym40-tad.json").write_text(json.dumps(record(0.64)))
+    (tmp_path / "asym40-tad.json").write_text(json.dumps(record(0.60)))
+    text = repro.page(tmp_path)
+    assert "| sym40 | 57.5 | 64.6 | 57.0 +- 0.5 | 64.0 +- 0.5 | TAD >= 63.0, >= +5.0 | yes |" in text
+    assert "| asym40 | 54.4 | 63.9 | not run | 60.0 +- 0.5 |" in text
+    assert "`sym40-tad`: 20 experts x 50 epochs, 5000 iterations, 5 evaluation nets" in text
