@@ -399,7 +399,7 @@ def _demo_arms(args: argparse.Namespace, base: dict[str, Any]) -> int:
         from .trust_report import TrustReport
 
         print(f"\nMTT + TAD trust report (first expert; {rows[-1]['trust_report']}):")
-        print(TrustReport.load_json(rows[-1]["trust_report"]).table())
+        print(TrustReport.load_json(rows[-1]["trust_report"]).table(max_rows=12))
     atomic_write_json({"rows": rows, "noise_rate": data.noise_rate, "wall_time_s": round(wall, 1),
                        "threads": torch.get_num_threads(), "quick": bool(args.quick)}, root / "demo.json")
     return 0

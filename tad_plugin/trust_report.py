@@ -98,17 +98,23 @@ class TrustReport:
         data = json.loads(Path(path).read_text())
         return cls([TrustRound(**r) for r in data["rounds"]], data.get("noisy_label_accuracy"))
 
-    def table(self) -> str:
-        """A Markdown table of the rounds (percentages where clean labels were known)."""
+    def table(self, max_rows: int | None = None) -> str:
+        """A Markdown table of the rounds (percentages where clean labels were known); with ``max_rows``,
+        the first and last rounds around a ``...`` row."""
         def pct(v: float | None) -> str:
             return "-" if v is None else f"{100 * v:.1f}"
 
-        lines = ["| round | epoch | stage | trusted | untrusted | recalled | sieved | precision % | recall % | "
-                 "label acc % |", "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for r in self.rounds:
-            lines.append(f"| {r.round} | {r.epoch} | {r.stage} | {r.trusted} | {r.untrusted} | {r.recalled} | "
-                         f"{r.sieved} | {pct(r.precision)} | {pct(r.recall)} | {pct(r.label_accuracy)} |")
-        return "\n".join(lines)
+        def row(r: TrustRound) -> str:
+            return (f"| {r.round} | {r.epoch} | {r.stage} | {r.trusted} | {r.untrusted} | {r.recalled} | "
+                    f"{r.sieved} | {pct(r.precision)} | {pct(r.recall)} | {pct(r.label_accuracy)} |")
+
+        rows = [row(r) for r in self.rounds]
+        if max_rows is not None and len(rows) > max_rows:
+            head = max_rows // 2 + max_rows % 2
+            rows = [*rows[:head], "| ... |" + " |" * 9, *rows[len(rows) - (max_rows - head):]]
+        return "\n".join(["| round | epoch | stage | trusted | untrusted | recalled | sieved | precision % | "
+                          "recall % | label acc % |",
+                          "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows])
 
     def plot(self, path: str | os.PathLike[str], title: str = "Trust report") -> None:
         """Draw trusted-space size and (if known) precision / recall / label accuracy per round as a PNG.

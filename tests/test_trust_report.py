@@ -24,6 +24,8 @@ def test_rounds_metrics_and_round_trip(tmp_path):
     report.save_json(tmp_path / "trust.json")
     back = TrustReport.load_json(tmp_path / "trust.json")
     assert back.rounds == report.rounds and "| 1 | 2 | recalibration | 5 |" in back.table()
+    short = back.table(max_rows=1).splitlines()
+    assert len(short) == 4 and short[2].startswith("| 0 |") and short[3].startswith("| ... |")
     pytest.importorskip("matplotlib")
     report.plot(tmp_path / "trust.png")
     assert (tmp_path / "trust.png").read_bytes()[:4] == b"\x89PNG"
