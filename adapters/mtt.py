@@ -216,15 +216,26 @@ class MTT:
         extractor = load_extractor(path, device=self.device)
         return extractor.embed(dataset.train_images.to(self.device)), extractor.embed
 
+    def matching_config(self, **overrides: Any) -> MatchingConfig:
+        """The engine's :class:`MatchingConfig` from the ``distill`` section (and the buffer's DSA
+        strategy and the run seed), with ``overrides`` applied."""
+        cfg, d = self.config, self.config.distill
+        values = dict(iterations=d.iterations, syn_steps=d.syn_steps, expert_epochs=d.expert_epochs,
+                      max_start_epoch=d.max_start_epoch, batch_syn=d.batch_syn, lr_img=d.lr_img, lr_lr=d.lr_lr,
+                      lr_teacher=d.lr_teacher, dsa_strategy=cfg.buffer.dsa_strategy if d.dsa else "",
+                      eval_every=d.eval_every, checkpoint_every=d.checkpoint_every,
+                      log_every=min(10, d.iterations), seed=cfg.seed)
+        return MatchingConfig(**{**values, **overrides})
+
     def dual_loop(self, dataset: ImageDataset, labels: torch.Tensor,
                   clean_labels: torch.Tensor | None = None) -> DualLoop:
         """TAD's inner loop for this run's settings (anchors distilled with this run's distillation lrs)."""
-        cfg, t, d = self.config, self.config.tad, self.config.distill
+        cfg, t = self.config, self.config.tad
         features, embed = self.features(dataset)
-        anchors = MatchingConfig(iterations=t.anchor_iterations, syn_steps=d.syn_steps, expert_epochs=2,
-                                 max_start_epoch=2, lr_img=d.lr_img, lr_lr=d.lr_lr, lr_teacher=d.lr_teacher,
-                                 dsa_strategy=cfg.buffer.dsa_strategy if d.dsa else "", eval_every=0,
-                                 checkpoint_every=0, log_every=min(50, t.anchor_iterations), seed=cfg.seed)
+        # The early trajectory: start epoch 0 or 1, target 2 epochs later (the paper's "first four epochs").
+        anchors = self.matching_config(iterations=t.anchor_iterations, expert_epochs=2, max_start_epoch=2,
+                                       batch_syn=None, eval_every=0, checkpoint_every=0,
+                                       log_every=min(50, t.anchor_iterations))
         loop_cfg = DualLoopConfig(anchor_epoch=t.anchor_epoch, anchor_ipc=t.anchor_ipc,
                                   recalibrate_every=t.recalibrate_every, anchor_matching=anchors)
         assert self.hooks is not None
@@ -277,12 +288,7 @@ class MTT:
         else:
             c, (h, w) = dataset.channels, dataset.image_size
             images = torch.randn(len(syn_labels), c, h, w, generator=gen).to(self.device)
-        mcfg = MatchingConfig(
-            iterations=d.iterations, syn_steps=d.syn_steps, expert_epochs=d.expert_epochs,
-            max_start_epoch=d.max_start_epoch, batch_syn=d.batch_syn, lr_img=d.lr_img, lr_lr=d.lr_lr,
-            lr_teacher=d.lr_teacher, dsa_strategy=cfg.buffer.dsa_strategy if d.dsa else "",
-            eval_every=d.eval_every if evaluator is not None else 0, checkpoint_every=d.checkpoint_every,
-            log_every=min(10, d.iterations), seed=cfg.seed)
+        mcfg = self.matching_config(eval_every=d.eval_every if evaluator is not None else 0)
         matcher = TrajectoryMatcher(net, mcfg, TrajectoryList(store, experts), images, syn_labels,
                                     evaluator=evaluator, checkpoint=checkpoint, device=self.device,
                                     progress=self.progress)
