@@ -24,7 +24,7 @@ import torch
 
 from .files import atomic_write
 
-__all__ = ["ImageDataset", "load_dataset", "save_arrays", "DatasetError", "DATASET_NAMES"]
+__all__ = ["ImageDataset", "load_dataset", "save_arrays", "channel_stats", "DatasetError", "DATASET_NAMES"]
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100")
 
@@ -95,6 +95,26 @@ class ImageDataset:
     def class_counts(self) -> torch.Tensor:
         """Number of training samples per class, int64 [num_classes]."""
         return torch.bincount(self.train_labels, minlength=self.num_classes)
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (population) std of uint8 images [N, C, H, W] / 255: float32 [C] each, CPU.
+
+    Computed in float64 chunks on the images' device. Raises ``ValueError`` if a channel is constant.
+    """
+    c = images.shape[1]
+    s = torch.zeros(c, dtype=torch.float64, device=images.device)
+    sq = torch.zeros_like(s)
+    for i in range(0, images.shape[0], chunk):
+        f = images[i:i + chunk].double().div_(255).transpose(0, 1).reshape(c, -1)
+        s += f.sum(1)
+        sq += f.pow(2).sum(1)
+    n = images.numel() // c
+    mean = s / n
+    std = (sq / n - mean.pow(2)).clamp_min(0).sqrt()
+    if bool((std == 0).any()):
+        raise ValueError("a channel of the training images is constant (std 0); cannot normalise it")
+    return mean.float().cpu(), std.float().cpu()
 
 
 def load_dataset(source: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tad_plugin.engine.preprocess import CIFAR_MEAN, Preprocessor, channel_stats
+from tad_plugin.data import channel_stats
+from tad_plugin.engine.preprocess import CIFAR_MEAN, Preprocessor
 from tad_plugin.engine.zca import ZCA
 
 

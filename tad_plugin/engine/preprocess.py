@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..data import channel_stats
 from .zca import ZCA
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
 
-__all__ = ["Preprocessor", "channel_stats", "CIFAR_MEAN", "CIFAR_STD", "MODES"]
+__all__ = ["Preprocessor", "CIFAR_MEAN", "CIFAR_STD", "MODES"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -121,20 +122,3 @@ class Preprocessor:
         except KeyError as exc:
             raise ValueError(f"not a Preprocessor state_dict (missing {exc}); save one with "
                              f"Preprocessor.state_dict()") from exc
-
-
-def channel_stats(images: Tensor, chunk: int = 8192) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and (population) std of uint8 images [N, C, H, W] / 255, float32 [C] each."""
-    c = images.shape[1]
-    s = torch.zeros(c, dtype=torch.float64, device=images.device)
-    sq = torch.zeros_like(s)
-    for i in range(0, images.shape[0], chunk):
-        f = images[i:i + chunk].double().div_(255).transpose(0, 1).reshape(c, -1)
-        s += f.sum(1)
-        sq += f.pow(2).sum(1)
-    n = images.numel() // c
-    mean = s / n
-    std = (sq / n - mean.pow(2)).clamp_min(0).sqrt()
-    if bool((std == 0).any()):
-        raise ValueError("a channel of the training images is constant (std 0); cannot normalise it")
-    return mean.float().cpu(), std.float().cpu()

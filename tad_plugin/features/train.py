@@ -19,14 +19,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data import ImageDataset
+from ..data import ImageDataset, channel_stats
 from ..files import atomic_torch_save
 from .augment import AugmentConfig, augment_batch
 from .extractor import FeatureExtractor, save_extractor
 from .knn import knn_accuracy
 from .simclr import SimCLRModel, nt_xent_loss
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingError", "train_simclr", "channel_stats", "state_path_for",
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "train_simclr", "state_path_for",
            "lr_at", "measure_throughput"]
 
 STATE_FORMAT = "tad_plugin.features.train_state/1"
@@ -132,21 +132,6 @@ def state_path_for(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".state.pt")
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of uint8 images [N, C, H, W], on the [0, 1] scale."""
-    c = images.shape[1]
-    total = torch.zeros(c, dtype=torch.float64, device=images.device)
-    total_sq = torch.zeros_like(total)
-    for start in range(0, images.shape[0], chunk):
-        x = images[start:start + chunk].to(torch.float64).div_(255.0)
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += (x * x).sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (total_sq / count - mean * mean).clamp(min=1e-12).sqrt()
-    return mean.tolist(), std.tolist()
-
-
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
     """Linear warm-up to ``base_lr`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
     if step < warmup_steps:
@@ -188,7 +173,7 @@ def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), dev
     torch.manual_seed(config.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    mean, std = channel_stats(data)
+    mean, std = (v.tolist() for v in channel_stats(data))
 
     model, optimizer = _model_and_optimizer(channels, config, device)
     state_path = state_path_for(checkpoint) if checkpoint is not None else None
@@ -326,7 +311,7 @@ def measure_throughput(images: torch.Tensor, config: TrainConfig, device: str | 
     data = images.to(device)
     bs = config.batch_size
     torch.manual_seed(config.seed)
-    mean, std = channel_stats(data)
+    mean, std = (v.tolist() for v in channel_stats(data))
     model, optimizer = _model_and_optimizer(data.shape[1], config, device)
     step = _Step(model, optimizer, config, mean, std, device)
 
