@@ -8,6 +8,7 @@ Sub-commands (``tad <cmd> -h`` for the flags)::
     tad run      noise -> buffer -> distill -> eval, resuming finished stages
     tad demo     noisy MTT vs MTT + TAD on scikit-learn's digits, a few minutes on a laptop CPU
     tad export   write a store's experts as upstream replay_buffer_{n}.pt files
+    tad wrap     run your own MTT/FTD/DATM/ATT checkout's buffer or distill script with TAD
 
 Settings, lowest precedence first: the MTT defaults for the dataset and IPC, ``--config FILE.yaml``,
 the dedicated flags (``--dataset``, ``--noise``, ...), then ``--set section.key=value`` (repeatable).
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .features.cli import add_subcommands
 
     add_subcommands(sub)  # `tad features train | embed`
+    from .upstream.cli import add_subcommand
+
+    add_subcommand(sub)  # `tad wrap {mtt,ftd,datm,att} --repo PATH -- SCRIPT ...`
     return parser
 
 

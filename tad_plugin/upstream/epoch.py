@@ -1,0 +1,224 @@
+"""TAD's dual loop inside an upstream buffer script, as a replacement of its ``epoch`` function.
+
+Upstream trains every expert epoch with ``epoch("train", dataloader=trainloader, net=teacher_net,
+optimizer=..., criterion=criterion, args=args, aug=True, ...)``. :class:`TADEpoch` wraps that
+function; for ``mode == "train"`` it
+
+1. notices a new expert (a ``net`` object it has not seen; upstream builds one per expert) and counts
+   the previous one's last trusted space and labels into the :class:`~.state.TrustState`;
+2. before each epoch from ``tad.warmup_epochs`` on (every ``tad.recompute_every``-th), runs one
+   no-augmentation, eval-mode pass of ``net`` over the whole training set (``dataloader.dataset``'s
+   ``images`` / ``labels``, upstream's ``TensorDataset``) for per-sample cross-entropies under the
+   current labels, and calls ``filter_dataset`` (the outer loop: the trusted space);
+3. from ``tad.anchor_epoch`` on (every ``tad.recalibrate_every``-th division) calls ``recalibrate``
+   (the inner loop) -- see "anchors" below;
+4. calls the original ``epoch`` with ``dataloader`` replaced by a loader over the trusted samples with
+   their current labels (same batch size, reshuffled every epoch, as upstream's) and ``criterion``
+   replaced by :class:`HookCriterion` (the ``expert_loss`` hook, TAD's CE + lambda * RCE), from the
+   first epoch on, as the engine does. ``mode == "test"`` passes through untouched.
+
+Anchors in the wrapped mode (a documented simplification of the engine's inner loop, which distils
+anchors from the early trajectory): features are the expert's own penultimate activations (the input
+of its last ``nn.Linear``) from the same eval pass, or a fixed ``[N, D]`` feature file; the anchors of
+class c are ``tad.anchor_ipc`` means of disjoint random chunks of the trusted samples labelled c --
+they average to the trusted class mean, the role the distilled early-trajectory "prototypes" play,
+and their spread gives the class covariance its shape.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, SubsetRandomSampler
+
+from ..engine.config import TADConfig
+from ..manager import TADHooks
+from .labels import Relabelled
+from .state import TrustState
+
+__all__ = ["HookCriterion", "TADEpoch", "class_chunk_anchors"]
+
+
+class HookCriterion(nn.Module):
+    """``criterion(logits, targets)`` -> the ``expert_loss`` hook's scalar (pure, so GSAM may call it twice)."""
+
+    def __init__(self, hooks: TADHooks) -> None:
+        super().__init__()
+        self.hooks = hooks
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.hooks.expert_loss(logits, targets.long())
+
+
+def class_chunk_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor, num_classes: int,
+                        per_class: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchors from the trusted space: per class, ``per_class`` means of disjoint random chunks of its
+    trusted samples' features (fewer when the class has fewer trusted samples; none when it has none).
+
+    Returns ``(anchor_features, anchor_labels)``: float [A, D] and int64 [A] on ``features``' device.
+    """
+    feats, labs = [], []
+    for c in range(num_classes):
+        members = torch.nonzero(trusted & (labels == c)).flatten()
+        if members.numel() == 0:
+            continue
+        perm = members[torch.randperm(members.numel(), generator=generator).to(members.device)]
+        for chunk in perm.tensor_split(min(per_class, members.numel())):
+            feats.append(features[chunk].float().mean(0))
+            labs.append(c)
+    return torch.stack(feats), torch.tensor(labs, dtype=torch.int64, device=features.device)
+
+
+class _Expert:
+    """The TAD state of the expert being trained."""
+
+    def __init__(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.net, self.images = net, images
+        self.labels = labels.clone()
+        self.trusted = torch.ones(len(labels), dtype=torch.bool)
+        self.epochs = 0  # train epochs finished
+        self.divisions = 0
+
+
+class TADEpoch:
+    """The wrapped ``epoch`` (see the module docstring).
+
+    Args:
+        original: upstream's ``epoch`` function.
+        hooks: the hook facade.
+        tad: when to divide and recalibrate (``warmup_epochs``, ``recompute_every``, ``inner_loop``,
+            ``anchor_epoch``, ``anchor_ipc``, ``recalibrate_every``).
+        state: counts every finished expert; saved to ``state_path`` after each expert and by :meth:`finish`.
+        state_path: where the state goes.
+        features: float [N, D] fixed features of the training samples, or None = the expert's own.
+        batch_size: images per chunk of the per-sample loss pass.
+        seed: seeds the anchors' chunking.
+    """
+
+    def __init__(self, original: Callable[..., Any], hooks: TADHooks, tad: TADConfig, state: TrustState,
+                 state_path: Any, features: torch.Tensor | None = None, batch_size: int = 1024,
+                 seed: int = 0) -> None:
+        self.original, self.hooks, self.tad = original, hooks, tad
+        self.signature = inspect.signature(original)
+        for name in ("mode", "dataloader", "net", "criterion"):
+            if name not in self.signature.parameters:
+                raise TypeError(f"upstream epoch{self.signature} has no parameter {name!r}; tad wrap supports "
+                                f"epoch(mode, dataloader, net, optimizer, criterion, args, aug, ...)")
+        self.state, self.state_path = state, state_path
+        self.features, self.batch_size = features, batch_size
+        self.criterion = HookCriterion(hooks)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.expert: _Expert | None = None
+        self.log: list[dict[str, Any]] = []  # one entry per division: expert, epoch, trusted, recalibrated
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        bound = self.signature.bind(*args, **kwargs)
+        a = bound.arguments
+        if a["mode"] != "train":
+            return self.original(*args, **kwargs)
+        ex = self._expert(a["net"], a["dataloader"])
+        done = ex.epochs - self.tad.warmup_epochs
+        if done >= 0 and done % self.tad.recompute_every == 0:
+            self._divide(ex)
+        loader = a["dataloader"]
+        if ex.divisions:
+            data = Relabelled(_Images(ex.images), ex.labels)
+            loader = DataLoader(data, batch_size=loader.batch_size,
+                                sampler=SubsetRandomSampler(torch.nonzero(ex.trusted).flatten().tolist()))
+        a["dataloader"], a["criterion"] = loader, self.criterion
+        out = self.original(*bound.args, **bound.kwargs)
+        ex.epochs += 1
+        return out
+
+    def finish(self) -> None:
+        """Count the last expert and save the state (call once the script has returned)."""
+        self._close_expert()
+        self.state.save(self.state_path)
+
+    # ------------------------------------------------------------------
+    def _expert(self, net: nn.Module, loader: Any) -> _Expert:
+        if self.expert is not None and self.expert.net is net:
+            return self.expert
+        self._close_expert()
+        self.state.save(self.state_path)
+        ds = getattr(loader, "dataset", None)
+        images, labels = getattr(ds, "images", None), getattr(ds, "labels", None)
+        if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+            raise TypeError("tad wrap needs the buffer's trainloader over upstream's TensorDataset (tensors .images "
+                            f"and .labels); got {type(ds).__name__}")
+        if labels.shape != self.state.noisy_labels.shape:
+            raise ValueError(f"the trainloader holds {len(labels)} samples, get_dataset returned "
+                             f"{len(self.state.noisy_labels)}; tad wrap supports scripts that train on all of dst_train")
+        self.expert = _Expert(net, images, labels.long().cpu())
+        return self.expert
+
+    def _close_expert(self) -> None:
+        if self.expert is not None and self.expert.epochs:
+            self.state.add_expert(self.expert.trusted, self.expert.labels)
+        self.expert = None
+
+    def _divide(self, ex: _Expert) -> None:
+        k = self.state.label_votes.shape[1]
+        losses, feats = self._pass(ex)
+        split = self.hooks.filter_dataset(losses, ex.labels, k)
+        ex.trusted = split.trusted.cpu()
+        ex.divisions += 1
+        entry: dict[str, Any] = {"expert": self.state.experts, "epoch": ex.epochs,
+                                 "trusted": int(ex.trusted.sum()), "recalibrated": False}
+        tad = self.tad
+        since = ex.epochs - tad.anchor_epoch
+        if tad.inner_loop and since >= 0 and since % tad.recalibrate_every == 0:
+            features = self.features if self.features is not None else feats
+            anchors, anchor_labels = class_chunk_anchors(features, ex.labels, ex.trusted, k, tad.anchor_ipc,
+                                                         self.generator)
+            rec = self.hooks.recalibrate(features, ex.labels, ex.trusted, anchors, anchor_labels, k)
+            ex.labels, ex.trusted = rec.labels.cpu(), rec.trusted.cpu()
+            entry.update(recalibrated=True, trusted=int(ex.trusted.sum()))
+        if not bool(ex.trusted.any()):
+            raise RuntimeError(f"expert {self.state.experts}: the trusted space is empty before epoch {ex.epochs}; "
+                               f"check the plugin's filter_dataset / recalibrate")
+        self.log.append(entry)
+
+    def _pass(self, ex: _Expert) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample CE (float [N]) and penultimate features ([N, D]) of the expert: eval mode, no
+        augmentation, no gradient; the net's train/eval mode is restored."""
+        net = ex.net
+        device = next(net.parameters()).device
+        head = [m for m in net.modules() if isinstance(m, nn.Linear)]
+        if not head:
+            raise TypeError(f"{type(net).__name__} has no nn.Linear head to take penultimate features from")
+        captured: list[torch.Tensor] = []
+        handle = head[-1].register_forward_pre_hook(lambda _m, inp: captured.append(inp[0].detach().flatten(1)))
+        was_training = net.training
+        net.eval()
+        losses, feats = [], []
+        try:
+            with torch.no_grad():
+                for i in range(0, len(ex.labels), self.batch_size):
+                    x = ex.images[i:i + self.batch_size].to(device).float()
+                    logits = net(x)
+                    y = ex.labels[i:i + self.batch_size].to(device)
+                    losses.append(F.cross_entropy(logits.float(), y, reduction="none").cpu())
+                    feats.append(captured.pop().float().cpu())
+        finally:
+            handle.remove()
+            net.train(was_training)
+        return torch.cat(losses), torch.cat(feats)
+
+
+class _Images:
+    """Images only (items ``(image, None)``), for :class:`Relabelled` to attach labels to."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, None]:
+        return self.images[i], None

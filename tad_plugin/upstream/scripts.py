@@ -1,0 +1,76 @@
+"""Which scripts of each upstream repository ``tad wrap`` knows, and what it patches in them.
+
+Every supported script builds its training set with ``get_dataset`` from one utils module and (buffer
+scripts) trains each expert epoch with that module's ``epoch(mode, dataloader, net, optimizer,
+criterion, args, aug, ...)``; the script imports both by name (``from utils import get_dataset, epoch``),
+so replacing the module's attributes before the script runs reaches the script unchanged.
+Paths are relative to the repository root, at the commits listed in ../shared/research/upstream.md.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["UpstreamScript", "SCRIPTS", "METHODS", "resolve_script"]
+
+Role = Literal["buffer", "distill"]
+
+
+@dataclass(frozen=True)
+class UpstreamScript:
+    """One upstream entry point.
+
+    Attributes:
+        role: ``"buffer"`` (trains experts: TAD's outer and inner loop run here) or ``"distill"``
+            (consumes the buffer: TAD supplies the trusted, recalibrated real-image pool).
+        utils_module: the module the script imports ``get_dataset`` (and ``epoch``) from.
+    """
+
+    role: Role
+    utils_module: str
+
+
+SCRIPTS: dict[str, dict[str, UpstreamScript]] = {
+    # GeorgeCazenavette/mtt-distillation
+    "mtt": {"buffer.py": UpstreamScript("buffer", "utils"),
+            "distill.py": UpstreamScript("distill", "utils")},
+    # AngusDujw/FTD-distillation (GSAM experts; the closure calls the criterion twice per step)
+    "ftd": {"buffer/buffer_FTD.py": UpstreamScript("buffer", "utils.utils_gsam"),
+            "distill/distill_FTD.py": UpstreamScript("distill", "utils.utils_baseline")},
+    # NUS-HPC-AI-Lab/DATM (FTD's buffer; distill configured by yacs: DATM.py --cfg ../configs/...yaml)
+    "datm": {"buffer/buffer_FTD.py": UpstreamScript("buffer", "utils.utils_gsam"),
+             "distill/DATM.py": UpstreamScript("distill", "utils.utils_baseline"),
+             "distill/DATM_tesla.py": UpstreamScript("distill", "utils.utils_baseline")},
+    # NiaLiu/ATT
+    "att": {"buffer_ATT.py": UpstreamScript("buffer", "utils_baseline"),
+            "distill_ATT.py": UpstreamScript("distill", "utils_baseline")},
+}
+METHODS = tuple(SCRIPTS)
+
+
+def resolve_script(method: str, repo: str | os.PathLike[str], script: str) -> tuple[Path, UpstreamScript]:
+    """The absolute path of ``script`` (relative to ``repo``, or absolute inside it) and its entry.
+
+    Raises:
+        ValueError: an unknown method, or a script this method does not have (the message lists them).
+        FileNotFoundError: the repository or the script file is missing.
+    """
+    if method not in SCRIPTS:
+        raise ValueError(f"unknown upstream method {method!r}; choose one of {', '.join(METHODS)}")
+    root = Path(repo).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"--repo {repo} is not a directory; give the root of your {method} checkout")
+    path = (root / script).resolve()
+    try:
+        rel = path.relative_to(root).as_posix()
+    except ValueError:
+        raise ValueError(f"{script} lies outside --repo {root}; give the script relative to the repository root")
+    known = SCRIPTS[method]
+    if rel not in known:
+        raise ValueError(f"{rel} is not a {method} script tad wrap knows; known: {', '.join(known)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is --repo the root of a {method} checkout?")
+    return path, known[rel]
