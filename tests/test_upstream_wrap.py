@@ -1,0 +1,145 @@
+"""tad wrap: an upstream-shaped stand-in script (tests/upstream_standin, MTT's layout) run unmodified with TAD."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tad_plugin import hookimpl
+from tad_plugin.cli import main
+from tad_plugin.engine.config import TADConfig
+from tad_plugin.manager import TADHooks, get_plugin_manager
+from tad_plugin.noise import noise_rate
+from tad_plugin.tad import TrustAwareDiversion
+from tad_plugin.upstream import TrustState, WrapConfig, run_wrapped
+from tad_plugin.upstream.epoch import HookCriterion
+
+HERE = Path(__file__).parent
+NUM_CLASSES, PER_CLASS, EPOCHS, EXPERTS = 4, 30, 5, 2
+
+
+class Spy:
+    """Defers every hook to TAD (returns None) and records the calls."""
+
+    def __init__(self):
+        self.calls = {"filter_dataset": 0, "expert_loss": 0, "recalibrate": 0}
+
+    @hookimpl
+    def filter_dataset(self, losses):
+        self.calls["filter_dataset"] += 1
+
+    @hookimpl
+    def expert_loss(self, logits):
+        self.calls["expert_loss"] += 1
+
+    @hookimpl
+    def recalibrate(self, anchor_features):
+        self.calls["recalibrate"] += 1
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A copy of the stand-in checkout with tiny separable data in data/tiny.npz, and a trace file."""
+    root = tmp_path / "repo"
+    shutil.copytree(HERE / "upstream_standin", root)
+    gen = np.random.default_rng(0)
+    centres = gen.normal(0, 1, (NUM_CLASSES, 3, 8, 8)).astype(np.float32)
+
+    def draw(n):
+        y = np.repeat(np.arange(NUM_CLASSES), n)
+        return centres[y] + 0.3 * gen.normal(0, 1, (len(y), 3, 8, 8)).astype(np.float32), y.astype(np.int64)
+
+    x, y = draw(PER_CLASS)
+    xt, yt = draw(5)
+    (root / "data").mkdir()
+    np.savez(root / "data" / "tiny.npz", x=x, y=y, xt=xt, yt=yt)
+    monkeypatch.setenv("STANDIN_TRACE", str(tmp_path / "trace.jsonl"))
+    monkeypatch.syspath_prepend(str(HERE / "upstream_harness"))
+    return root
+
+
+def _trace(repo):
+    lines = (repo.parent / "trace.jsonl").read_text().splitlines()
+    (repo.parent / "trace.jsonl").unlink()
+    return [json.loads(line) for line in lines]
+
+
+BUFFER_ARGS = ["--dataset=TINY", "--data_path=data", "--buffer_path=buffers", f"--num_experts={EXPERTS}",
+               f"--train_epochs={EPOCHS}", f"--save_interval={EXPERTS}", "--batch_train=32", "--lr_teacher=0.05"]
+
+
+def test_buffer_and_distill_run_unmodified_with_tad(repo):
+    torch.manual_seed(0)
+    spy = Spy()
+    pm = get_plugin_manager(TrustAwareDiversion(top_k=10, num_neighbors=5, recall_confidence=0.6),
+                            load_entrypoints=False)
+    pm.register(spy, name="spy")
+    cfg = WrapConfig(tad=TADConfig(warmup_epochs=1, anchor_epoch=3, anchor_ipc=2))
+    cfg.data.noise, cfg.data.noise_rate = "symmetric", 0.4
+    result = run_wrapped("mtt", repo, "buffer.py", BUFFER_ARGS, cfg, hooks=TADHooks(pm))
+    trace = _trace(repo)
+
+    # hooks: divisions before epochs 1..4 of each expert, recalibration with them from epoch 3 on
+    assert spy.calls["filter_dataset"] == EXPERTS * (EPOCHS - 1)
+    assert spy.calls["recalibrate"] == EXPERTS * (EPOCHS - 3)
+    assert spy.calls["expert_loss"] > 0
+    train = [t for t in trace if t["mode"] == "train"]
+    assert len(train) == EXPERTS * EPOCHS
+    assert {t["criterion"] for t in train} == {HookCriterion.__name__}  # TAD's criterion in training ...
+    assert {t["criterion"] for t in trace if t["mode"] == "test"} == {"CrossEntropyLoss"}  # ... upstream's in test
+    n = NUM_CLASSES * PER_CLASS
+    # the whole set in the warm-up epoch, after it exactly the trusted space of each division
+    assert [t["samples"] for t in train[::EPOCHS]] == [n] * EXPERTS
+    assert [d["trusted"] for d in result.divisions] == [t["samples"] for i, t in enumerate(train) if i % EPOCHS]
+    assert [d["recalibrated"] for d in result.divisions] == [False, False, True, True] * EXPERTS
+    assert min(d["trusted"] for d in result.divisions) < n
+
+    # the script saw the noisy labels; its replay buffer keeps upstream's layout
+    out = repo / "buffers" / "TINY" / "ConvNet"
+    state = TrustState.load(result.state_path)
+    assert state.experts == EXPERTS
+    assert result.summary["trusted_precision"] > 0.8  # from 60% correct labels: TAD's pool is cleaner
+    assert noise_rate(torch.load(out / "labels_seen.pt"), state.clean_labels) == pytest.approx(0.4, abs=0.01)
+    buffer = torch.load(out / "replay_buffer_0.pt")
+    assert isinstance(buffer, list) and len(buffer) == EXPERTS
+    shapes = [(8, 3, 3, 3), (8,), (NUM_CLASSES, 128), (NUM_CLASSES,)]
+    for trajectory in buffer:
+        assert isinstance(trajectory, list) and len(trajectory) == EPOCHS + 1
+        assert all(isinstance(s, list) and [tuple(p.shape) for p in s] == shapes for s in trajectory)
+    assert not (repo / "buffers" / "TINY" / "ConvNet" / "replay_buffer_1.pt").exists()
+
+    # distill: the real-image pool is the trusted pool with the recalibrated labels
+    assert main(["wrap", "mtt", "--repo", str(repo), "--noise", "symmetric", "--noise-rate", "0.4", "--",
+                 "distill.py", "--dataset=TINY", "--data_path=data", "--out=logged"]) == 0
+    pool = torch.load(repo / "logged" / "pool.pt")
+    indices, labels = state.pool()
+    assert torch.equal(pool["labels_all"], labels[indices])
+    assert len(pool["images_all"]) == len(indices)
+    assert bool((labels[indices] != state.noisy_labels[indices]).any())  # recalibrated, not the noisy ones
+    assert pool["image_syn"].shape == (NUM_CLASSES, 3, 8, 8)
+    assert "wandb" not in sys.modules or "upstream_harness" in str(sys.modules["wandb"].__file__)
+
+
+def test_no_tad_injects_only_the_noise(repo):
+    assert main(["wrap", "mtt", "--repo", str(repo), "--no-tad", "--noise", "symmetric", "--noise-rate", "0.4",
+                 "--", "buffer.py", *BUFFER_ARGS, "--num_experts=1", "--train_epochs=2", "--save_interval=1"]) == 0
+    trace = _trace(repo)
+    assert {t["criterion"] for t in trace} == {"CrossEntropyLoss"}
+    assert all(t["samples"] == NUM_CLASSES * PER_CLASS for t in trace if t["mode"] == "train")
+    assert not (repo / "tad_wrap" / "state.pt").exists()
+    seen = torch.load(repo / "buffers" / "TINY" / "ConvNet" / "labels_seen.pt")
+    assert 0.35 < (seen != torch.arange(NUM_CLASSES).repeat_interleave(PER_CLASS)).float().mean() < 0.45
+
+
+def test_errors_name_the_problem(repo, capsys):
+    with pytest.raises(ValueError, match="known: buffer.py, distill.py"):
+        run_wrapped("mtt", repo, "train.py", [])
+    with pytest.raises(FileNotFoundError, match="run the buffer script through `tad wrap`"):
+        run_wrapped("mtt", repo, "distill.py", ["--data_path=data"])
+    assert main(["wrap", "mtt", "--repo", str(repo), "--", "buffer.py", "--no_such_flag"]) == 2  # argparse's exit
+    assert main(["wrap", "mtt", "--repo", str(repo), "--set", "tad.bogus=1", "--", "buffer.py"]) == 2
+    assert "tad.bogus" in capsys.readouterr().err
