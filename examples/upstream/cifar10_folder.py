@@ -25,9 +25,8 @@ def write(arrays: str, data_path: str) -> Path:
         with open(out / name, "wb") as f:
             pickle.dump({"data": flat, "labels": [int(y) for y in labels]}, f)
 
-    for i in range(5):
-        sl = slice(10000 * i, 10000 * (i + 1))
-        batch(f"data_batch_{i + 1}", d["train_images"][sl], d["train_labels"][sl])
+    for i, rows in enumerate(np.array_split(np.arange(len(d["train_labels"])), 5)):  # 10,000 each for CIFAR-10
+        batch(f"data_batch_{i + 1}", d["train_images"][rows], d["train_labels"][rows])
     batch("test_batch", d["test_images"], d["test_labels"])
     with open(out / "batches.meta", "wb") as f:
         pickle.dump({"label_names": CLASSES}, f)

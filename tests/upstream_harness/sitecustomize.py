@@ -5,8 +5,8 @@ torchvision's md5 check, and upstream's ``datasets.CIFAR10(..., download=True)``
 download (there is no network). Accept the files as they are.
 """
 try:
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import cifar
 
-    CIFAR10._check_integrity = lambda self: True
+    cifar.check_integrity = lambda *args, **kwargs: True  # used for the batches and for batches.meta
 except ImportError:
     pass
