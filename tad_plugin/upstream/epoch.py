@@ -93,30 +93,37 @@ class TADEpoch:
         hooks: the hook facade.
         tad: when to divide and recalibrate (``warmup_epochs``, ``recompute_every``, ``inner_loop``,
             ``anchor_epoch``, ``anchor_ipc``, ``recalibrate_every``).
-        state: counts every finished expert; saved to ``state_path`` after each expert and by :meth:`finish`.
-        state_path: where the state goes.
-        features: float [N, D] fixed features of the training samples, or None = the expert's own.
+        state_path: where the :class:`TrustState` (given by :meth:`start`) is saved, after each expert
+            and by :meth:`finish`.
         batch_size: images per chunk of the per-sample loss pass.
         seed: seeds the anchors' chunking.
     """
 
-    def __init__(self, original: Callable[..., Any], hooks: TADHooks, tad: TADConfig, state: TrustState,
-                 state_path: Any, features: torch.Tensor | None = None, batch_size: int = 1024,
-                 seed: int = 0) -> None:
+    def __init__(self, original: Callable[..., Any], hooks: TADHooks, tad: TADConfig, state_path: Any,
+                 batch_size: int = 1024, seed: int = 0) -> None:
         self.original, self.hooks, self.tad = original, hooks, tad
         self.signature = inspect.signature(original)
         for name in ("mode", "dataloader", "net", "criterion"):
             if name not in self.signature.parameters:
                 raise TypeError(f"upstream epoch{self.signature} has no parameter {name!r}; tad wrap supports "
                                 f"epoch(mode, dataloader, net, optimizer, criterion, args, aug, ...)")
-        self.state, self.state_path = state, state_path
-        self.features, self.batch_size = features, batch_size
+        self.state: TrustState | None = None
+        self.features: torch.Tensor | None = None
+        self.state_path, self.batch_size = state_path, batch_size
         self.criterion = HookCriterion(hooks)
         self.generator = torch.Generator().manual_seed(seed)
         self.expert: _Expert | None = None
         self.log: list[dict[str, Any]] = []  # one entry per division: expert, epoch, trusted, recalibrated
 
+    def start(self, state: TrustState, features: torch.Tensor | None = None) -> None:
+        """Begin a run: ``state`` counts the finished experts (it holds the noisy and clean labels);
+        ``features`` float [N, D] are fixed features of the training samples, None = the expert's own."""
+        self.state, self.features = state, features
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.state is None:
+            raise RuntimeError("the wrapped epoch ran before the wrapped get_dataset: tad wrap supports scripts "
+                               "that build their train set with the patched get_dataset first")
         bound = self.signature.bind(*args, **kwargs)
         a = bound.arguments
         if a["mode"] != "train":

@@ -146,7 +146,6 @@ class _Patch:
     def __init__(self, cfg: WrapConfig, role: str, state_path: Path, hooks: TADHooks | None) -> None:
         self.cfg, self.role, self.state_path, self.hooks = cfg, role, state_path, hooks
         self.wrapped_epoch: TADEpoch | None = None
-        self.original_epoch: Any = None
         self.divisions: list[dict[str, Any]] = []
         self.summary: dict[str, Any] | None = None
 
@@ -157,16 +156,21 @@ class _Patch:
             if not callable(namespace.get(name)):
                 raise TypeError(f"{where} has no function {name}; is this the upstream code tad wrap knows?")
         original_get_dataset = namespace["get_dataset"]
-        self.original_epoch = namespace.get("epoch")
+        if self.role == "buffer" and self.cfg.tad.enabled:
+            assert self.hooks is not None
+            # installed now: the script binds ``epoch`` when it imports it, before get_dataset runs
+            self.wrapped_epoch = TADEpoch(namespace["epoch"], self.hooks, self.cfg.tad, self.state_path,
+                                          seed=self.cfg.seed)
+            namespace["epoch"] = self.wrapped_epoch
 
         def get_dataset(*args: Any, **kwargs: Any) -> Any:
             out = list(original_get_dataset(*args, **kwargs))
-            out[6] = self._train_set(out[6], num_classes=int(out[2]), namespace=namespace)  # dst_train
+            out[6] = self._train_set(out[6], num_classes=int(out[2]))  # dst_train
             return tuple(out)
 
         namespace["get_dataset"] = get_dataset
 
-    def _train_set(self, dst_train: Any, num_classes: int, namespace: dict[str, Any]) -> Relabelled:
+    def _train_set(self, dst_train: Any, num_classes: int) -> Relabelled:
         clean = dataset_labels(dst_train)
         noisy = corrupt_labels(clean, self.cfg.data, num_classes)
         if self.role == "distill":
@@ -180,7 +184,7 @@ class _Patch:
             self.summary = state.summary()
             print(f"tad wrap: distilling from the trusted pool {self.summary}", flush=True)
             return Relabelled(dst_train, labels, indices)
-        if self.cfg.tad.enabled:
+        if self.wrapped_epoch is not None:
             state = TrustState.empty(clean, noisy, num_classes)
             if self.state_path.is_file():
                 previous = TrustState.load(self.state_path)
@@ -193,14 +197,11 @@ class _Patch:
                 features = torch.load(self.cfg.tad.features, map_location="cpu", weights_only=True)
                 if not isinstance(features, torch.Tensor) or features.shape[:1] != clean.shape:
                     raise ValueError(f"tad.features {self.cfg.tad.features} must hold a float tensor [N={len(clean)}, D]")
-            assert self.hooks is not None
-            self.wrapped_epoch = TADEpoch(self.original_epoch, self.hooks, self.cfg.tad, state, self.state_path,
-                                          features=features, seed=self.cfg.seed)
-            namespace["epoch"] = self.wrapped_epoch
+            self.wrapped_epoch.start(state, features)
         return Relabelled(dst_train, noisy)
 
     def finish(self) -> None:
-        if self.wrapped_epoch is not None:
+        if self.wrapped_epoch is not None and self.wrapped_epoch.state is not None:
             self.wrapped_epoch.finish()
             self.divisions = self.wrapped_epoch.log
             if self.wrapped_epoch.state.experts:
