@@ -53,7 +53,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "buffer": {"num_experts": 8, "epochs": 30, "lr": 0.1, "batch_size": 64, "experts_per_group": 8,
                "eval_batch_size": 2048},
     "tad": {"warmup_epochs": 5, "split": "per-expert", "features": "pixels", "anchor_epoch": 5, "anchor_ipc": 5,
-            "anchor_iterations": 30, "recall_confidence": 1.0},
+            "anchor_iterations": 30},
     "distill": {"ipc": 10, "iterations": 120, "syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 15,
                 "lr_img": 100.0, "lr_lr": 1e-5, "lr_teacher": 0.01, "pix_init": "real"},
     "eval": {"num_eval": 5, "epochs": 300, "batch_size": 256},

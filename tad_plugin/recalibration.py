@@ -12,14 +12,30 @@
 5. Every sample's ``num_neighbors`` most cosine-similar references (FAISS or torch, see
    :mod:`tad_plugin.search`; a sample never votes for itself) vote with weight ``r_i * sim``
    (Eq. 8 restricted to the nearest references; ``num_neighbors >= top_k * C`` is Eq. 8 verbatim).
-6. Vote confidence = the winning class's share of the total vote. Untrusted samples with confidence
-   >= ``recall_confidence`` are recalled with the winning class as pseudo-label; trusted samples whose
-   vote picks another class with confidence >= ``sieve_confidence`` are sieved out (label kept).
+   A class's *share* is its part of the total vote; the winning class is the pseudo-label.
+6. Which votes act (``vote_threshold``):
+
+   * ``"calibrated"`` (default): the bar is set by the trusted space itself. Every trusted sample's
+     vote (leaving itself out) gives the share of its own label; the bar ``tau`` is the
+     ``calibration_quantile`` of those shares (:func:`calibrated_threshold`), i.e. "as well supported
+     by its neighbours as a typical trusted sample", raised to more than 0.5 so that only a majority
+     acts. An untrusted sample whose winning share is ``>= tau`` is recalled with the winning class;
+     a trusted sample whose vote gives another class a share ``>= tau`` is sieved out (label kept).
+     The bar adapts per round and per feature space: tight feature clusters demand near-unanimity,
+     diffuse ones (where no sample reaches unanimity) lower it.
+   * ``"fixed"``: untrusted samples with share ``>= recall_confidence`` are recalled, trusted samples
+     whose vote gives another class a share ``>= sieve_confidence`` are sieved.
+
+   Why not the trusted samples' leave-one-out *accuracy* as a function of the share (the textbook
+   calibration): on digits it is 100% at every share >= 0.9, while the untrusted samples' votes at the
+   same shares are only 94.6% right -- trusted samples are the easy ones, so their vote accuracy
+   says nothing about the untrusted ones; their *support* (the share) does, as a bar to reach.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -27,7 +43,11 @@ from .checks import check_bool_mask, check_features, check_labels
 from .results import Recalibration
 from .search import Backend, cosine_topk
 
-__all__ = ["recalibrate_with_anchors", "anchor_covariances", "mahalanobis_reliability", "ShrunkCovariance"]
+__all__ = ["recalibrate_with_anchors", "anchor_covariances", "mahalanobis_reliability", "calibrated_threshold",
+           "weighted_vote", "check_vote_settings", "ShrunkCovariance", "Threshold"]
+
+#: How the inner loop decides which votes act (see the module docstring, step 6).
+Threshold = Literal["calibrated", "fixed"]
 
 
 @dataclass(frozen=True)
@@ -122,9 +142,56 @@ def mahalanobis_reliability(features: torch.Tensor, labels: torch.Tensor, covari
     return reliability
 
 
+def weighted_vote(features: torch.Tensor, labels: torch.Tensor, reliability: torch.Tensor, refs: torch.Tensor,
+                  num_classes: int, num_neighbors: int, backend: Backend = "auto") -> torch.Tensor:
+    """Eq. 8's vote of every sample by its ``num_neighbors`` most similar references, as class shares.
+
+    Args:
+        features: float [N, D], L2-normalised.
+        labels: int64 [N], the references' labels are read from it.
+        reliability: float [N], the references' weights (other rows are not read).
+        refs: int64 [R], indices of the reference samples.
+
+    Returns:
+        float [N, C]: each row the classes' shares of the sample's vote (weights ``r * max(sim, 0)``),
+        summing to 1, or all 0 where no reference carries weight. A reference never votes for itself.
+    """
+    n = features.shape[0]
+    sims, nbr = cosine_topk(features, features[refs], num_neighbors + 1, backend=backend)
+    nbr_global = refs[nbr]
+    valid = nbr_global != torch.arange(n, device=features.device)[:, None]
+    valid &= torch.cumsum(valid.int(), dim=1) <= num_neighbors
+    weights = torch.where(valid, reliability[nbr_global] * sims.clamp_min(0), torch.zeros_like(sims))
+    votes = torch.zeros(n, num_classes, device=features.device)
+    votes.scatter_add_(1, labels[nbr_global], weights)
+    return votes / votes.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def calibrated_threshold(shares: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor,
+                         quantile: float) -> float:
+    """The vote share a sample must reach to be acted on, set by the trusted space's own support.
+
+    Args:
+        shares: float [N, C], :func:`weighted_vote`'s output (each sample left out of its own vote).
+        labels: int64 [N], current labels.
+        trusted: bool [N].
+        quantile: in [0, 1]; which quantile of the trusted samples' own-label shares is the bar.
+
+    Returns:
+        ``max(q-quantile of shares[i, labels[i]] over trusted i with a vote, 0.5 + 1e-6)``: a bar of at
+        least a strict majority; 1.0 when no trusted sample has a vote (nothing acts).
+    """
+    own = shares.gather(1, labels[:, None]).squeeze(1)
+    voted = trusted & (shares.sum(1) > 0)
+    if not bool(voted.any()):
+        return 1.0
+    return max(float(torch.quantile(own[voted].double(), quantile)), 0.5 + 1e-6)
+
+
 def recalibrate_with_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor,
                              anchor_features: torch.Tensor, anchor_labels: torch.Tensor, num_classes: int, *,
-                             top_k: int = 100, num_neighbors: int = 10, recall_confidence: float = 0.9,
+                             top_k: int = 100, num_neighbors: int = 30, vote_threshold: Threshold = "calibrated",
+                             calibration_quantile: float = 0.75, recall_confidence: float = 0.9,
                              sieve_confidence: float = 0.9, sieve: bool = True,
                              backend: Backend = "auto") -> Recalibration:
     """TAD's inner loop; see the module docstring for the steps and :func:`tad_plugin.hookspecs.recalibrate`
@@ -133,8 +200,13 @@ def recalibrate_with_anchors(features: torch.Tensor, labels: torch.Tensor, trust
     Args:
         top_k: reference samples per class (the most reliable trusted ones).
         num_neighbors: references that vote for each sample.
-        recall_confidence: minimum vote share to recall an untrusted sample, in (0.5, 1].
-        sieve_confidence: minimum vote share of another class to sieve a trusted sample, in (0.5, 1].
+        vote_threshold: ``"calibrated"`` (the bar from the trusted space, :func:`calibrated_threshold`) or
+            ``"fixed"`` (``recall_confidence`` / ``sieve_confidence``).
+        calibration_quantile: the quantile of the trusted samples' own-label shares used as the bar,
+            in [0, 1] (``"calibrated"`` only).
+        recall_confidence: minimum vote share to recall an untrusted sample, in (0.5, 1] (``"fixed"`` only).
+        sieve_confidence: minimum vote share of another class to sieve a trusted sample, in (0.5, 1]
+            (``"fixed"`` only).
         sieve: whether to sieve trusted samples at all.
         backend: nearest-neighbour backend, see :func:`tad_plugin.search.cosine_topk`.
     """
@@ -144,11 +216,9 @@ def recalibrate_with_anchors(features: torch.Tensor, labels: torch.Tensor, trust
     check_bool_mask(trusted, "trusted", n)
     check_features(anchor_features, "anchor_features", dim=d)
     check_labels(anchor_labels, num_classes, name="anchor_labels", n=anchor_features.shape[0])
-    for name, value in (("recall_confidence", recall_confidence), ("sieve_confidence", sieve_confidence)):
-        if not 0.5 < value <= 1.0:
-            raise ValueError(f"{name} must lie in (0.5, 1], got {value}")
-    if top_k < 1 or num_neighbors < 1:
-        raise ValueError(f"top_k and num_neighbors must be >= 1, got {top_k} and {num_neighbors}")
+    check_vote_settings(top_k=top_k, num_neighbors=num_neighbors, vote_threshold=vote_threshold,
+                        calibration_quantile=calibration_quantile, recall_confidence=recall_confidence,
+                        sieve_confidence=sieve_confidence)
     device = features.device
     feats = torch.nn.functional.normalize(features.detach().float(), dim=1)
     anchors = torch.nn.functional.normalize(anchor_features.detach().float(), dim=1)
@@ -172,24 +242,31 @@ def recalibrate_with_anchors(features: torch.Tensor, labels: torch.Tensor, trust
         if members.numel():
             order = torch.argsort(reliability[members], descending=True, stable=True)
             ref_parts.append(members[order[:top_k]])
-    refs = torch.cat(ref_parts)
+    shares = weighted_vote(feats, labels, reliability, torch.cat(ref_parts), num_classes, num_neighbors, backend)
+    share, best_class = shares.max(1)
+    if vote_threshold == "calibrated":
+        recall_bar = sieve_bar = calibrated_threshold(shares, labels, trusted, calibration_quantile)
+    else:
+        recall_bar, sieve_bar = recall_confidence, sieve_confidence
 
-    # Every sample asks its nearest references (one extra to drop itself if it is a reference).
-    sims, nbr = cosine_topk(feats, feats[refs], num_neighbors + 1, backend=backend)
-    nbr_global = refs[nbr]
-    valid = nbr_global != torch.arange(n, device=device)[:, None]
-    valid &= torch.cumsum(valid.int(), dim=1) <= num_neighbors
-    weights = torch.where(valid, reliability[nbr_global] * sims.clamp_min(0), torch.zeros_like(sims))
-    votes = torch.zeros(n, num_classes, device=device)
-    votes.scatter_add_(1, labels[nbr_global], weights)
-    total = votes.sum(1)
-    best_score, best_class = votes.max(1)
-    share = torch.where(total > 0, best_score / total.clamp_min(1e-12), torch.zeros_like(total))
-
-    recall = ~trusted & (share >= recall_confidence) & (best_score > 0)
+    recall = ~trusted & (share >= recall_bar) & (share > 0)
     new_labels[recall] = best_class[recall]
     new_trusted |= recall
     if sieve:
-        sieved = trusted & (best_class != labels) & (share >= sieve_confidence)
+        sieved = trusted & (best_class != labels) & (share >= sieve_bar)
         new_trusted &= ~sieved
     return Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability)
+
+
+def check_vote_settings(*, top_k: int, num_neighbors: int, vote_threshold: str, calibration_quantile: float,
+                        recall_confidence: float, sieve_confidence: float) -> None:
+    """Raise ``ValueError`` naming the first inner-loop vote setting out of its range."""
+    if top_k < 1 or num_neighbors < 1:
+        raise ValueError(f"top_k and num_neighbors must be >= 1, got {top_k} and {num_neighbors}")
+    if vote_threshold not in ("calibrated", "fixed"):
+        raise ValueError(f"vote_threshold must be 'calibrated' or 'fixed', got {vote_threshold!r}")
+    if not 0.0 <= calibration_quantile <= 1.0:
+        raise ValueError(f"calibration_quantile must lie in [0, 1], got {calibration_quantile}")
+    for name, value in (("recall_confidence", recall_confidence), ("sieve_confidence", sieve_confidence)):
+        if not 0.5 < value <= 1.0:
+            raise ValueError(f"{name} must lie in (0.5, 1], got {value}")

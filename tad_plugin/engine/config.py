@@ -116,6 +116,9 @@ class TADConfig:
     (the raw pixels, label-free; adequate for tiny grey images such as digits, not for CIFAR).
     ``anchor_epoch``, ``anchor_ipc``, ``anchor_iterations``, ``recalibrate_every``: see
     :class:`~tad_plugin.engine.dual_loop.DualLoopConfig`.
+    ``reg_weight``, ``log_zero``, ``top_k``, ``num_neighbors``, ``vote_threshold`` (``"calibrated"`` or
+    ``"fixed"``), ``calibration_quantile``, ``recall_confidence``, ``sieve_confidence``: passed to
+    :class:`~tad_plugin.tad.TrustAwareDiversion` (documented there); None = its default.
     """
 
     enabled: bool = True
@@ -123,6 +126,8 @@ class TADConfig:
     log_zero: float | None = None
     top_k: int | None = None
     num_neighbors: int | None = None
+    vote_threshold: str | None = None
+    calibration_quantile: float | None = None
     recall_confidence: float | None = None
     sieve_confidence: float | None = None
     warmup_epochs: int = 2
@@ -146,7 +151,8 @@ class TADConfig:
 
     def plugin_kwargs(self) -> dict[str, Any]:
         """The keyword arguments for ``TrustAwareDiversion`` (only the ones set)."""
-        names = ("reg_weight", "log_zero", "top_k", "num_neighbors", "recall_confidence", "sieve_confidence")
+        names = ("reg_weight", "log_zero", "top_k", "num_neighbors", "vote_threshold", "calibration_quantile",
+                 "recall_confidence", "sieve_confidence")
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 
