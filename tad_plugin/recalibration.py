@@ -18,11 +18,13 @@
    * ``"calibrated"`` (default): the bar is set by the trusted space itself. Every trusted sample's
      vote (leaving itself out) gives the share of its own label; the bar ``tau`` is the
      ``calibration_quantile`` of those shares (:func:`calibrated_threshold`), i.e. "as well supported
-     by its neighbours as a typical trusted sample", raised to more than 0.5 so that only a majority
-     acts. An untrusted sample whose winning share is ``>= tau`` is recalled with the winning class;
-     a trusted sample whose vote gives another class a share ``>= tau`` is sieved out (label kept).
-     The bar adapts per round and per feature space: tight feature clusters demand near-unanimity,
-     diffuse ones (where no sample reaches unanimity) lower it.
+     by its neighbours as a typical trusted sample". An untrusted sample whose winning share is
+     ``>= max(tau, recall_confidence)`` is recalled with the winning class; a trusted sample whose vote
+     gives another class a share ``>= max(tau, sieve_confidence)`` is sieved out (label kept). The bar
+     adapts per round and per feature space: where the trusted samples' neighbourhoods are unanimous
+     (digits' pixels) it demands unanimity; the fixed confidences stay as its floor, because where
+     the classes overlap the trusted samples' own support, and with it ``tau``, sinks towards a bare
+     majority at which the vote is often wrong.
    * ``"fixed"``: untrusted samples with share ``>= recall_confidence`` are recalled, trusted samples
      whose vote gives another class a share ``>= sieve_confidence`` are sieved.
 
@@ -204,9 +206,10 @@ def recalibrate_with_anchors(features: torch.Tensor, labels: torch.Tensor, trust
             ``"fixed"`` (``recall_confidence`` / ``sieve_confidence``).
         calibration_quantile: the quantile of the trusted samples' own-label shares used as the bar,
             in [0, 1] (``"calibrated"`` only).
-        recall_confidence: minimum vote share to recall an untrusted sample, in (0.5, 1] (``"fixed"`` only).
+        recall_confidence: minimum vote share to recall an untrusted sample, in (0.5, 1] (with
+            ``"calibrated"``: the bar's floor).
         sieve_confidence: minimum vote share of another class to sieve a trusted sample, in (0.5, 1]
-            (``"fixed"`` only).
+            (with ``"calibrated"``: the bar's floor).
         sieve: whether to sieve trusted samples at all.
         backend: nearest-neighbour backend, see :func:`tad_plugin.search.cosine_topk`.
     """
@@ -245,7 +248,8 @@ def recalibrate_with_anchors(features: torch.Tensor, labels: torch.Tensor, trust
     shares = weighted_vote(feats, labels, reliability, torch.cat(ref_parts), num_classes, num_neighbors, backend)
     share, best_class = shares.max(1)
     if vote_threshold == "calibrated":
-        recall_bar = sieve_bar = calibrated_threshold(shares, labels, trusted, calibration_quantile)
+        bar = calibrated_threshold(shares, labels, trusted, calibration_quantile)
+        recall_bar, sieve_bar = max(bar, recall_confidence), max(bar, sieve_confidence)
     else:
         recall_bar, sieve_bar = recall_confidence, sieve_confidence
 

@@ -1,7 +1,10 @@
 import pytest
 import torch
 
-from tad_plugin.recalibration import recalibrate_with_anchors
+from tad_plugin.data import load_dataset
+from tad_plugin.division import divide_by_loss
+from tad_plugin.noise import make_noisy_labels
+from tad_plugin.recalibration import calibrated_threshold, recalibrate_with_anchors, weighted_vote
 from tad_plugin.search import cosine_topk, faiss_available
 
 
@@ -19,21 +22,101 @@ def _separable(n_per_class=60, c=4, d=16, noise_rate=0.4, seed=0):
     return features, noisy, clean, trusted, anchors, torch.arange(c).repeat_interleave(5)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("faiss", marks=pytest.mark.skipif(
-    not faiss_available(), reason="faiss not installed"))])
-def test_fixes_labels_and_grows_trusted_space(backend):
-    features, noisy, clean, trusted, anchors, anchor_labels = _separable()
-    out = recalibrate_with_anchors(features, noisy, trusted, anchors, anchor_labels, 4, backend=backend)
-    assert out.trusted.sum() > trusted.sum()  # the trusted space grows
+BACKENDS = ["torch", pytest.param("faiss", marks=pytest.mark.skipif(not faiss_available(),
+                                                                  reason="faiss not installed"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rule", ["calibrated", "fixed"])
+def test_fixes_labels_and_grows_trusted_space(backend, rule):
+    # The default (calibrated, 30 voters) needs classes with more references than voters; the fixed rule
+    # is run with its earlier 10 voters on the smaller clusters.
+    features, noisy, clean, trusted, anchors, anchor_labels = _separable(n_per_class=150 if rule == "calibrated"
+                                                                         else 60)
+    kwargs = {} if rule == "calibrated" else {"vote_threshold": "fixed", "num_neighbors": 10}
+    out = recalibrate_with_anchors(features, noisy, trusted, anchors, anchor_labels, 4, backend=backend, **kwargs)
+    assert out.trusted.sum() > 2 * trusted.sum()  # the trusted space grows
     precision_before = (noisy[trusted] == clean[trusted]).float().mean()
     precision_after = (out.labels[out.trusted] == clean[out.trusted]).float().mean()
     assert precision_after >= precision_before and precision_after > 0.99
     assert (out.labels == clean).float().mean() > (noisy == clean).float().mean() + 0.2
     recalled = out.trusted & ~trusted
     assert (out.labels[recalled] == clean[recalled]).all()
-    # The noisy samples that slipped into the trusted space are sieved out, keeping their label.
-    slipped = trusted & (noisy != clean)
-    assert not out.trusted[slipped].any() and torch.equal(out.labels[slipped], noisy[slipped])
+    if rule == "fixed":  # the noisy samples that slipped into the trusted space are sieved, keeping their label
+        slipped = trusted & (noisy != clean)
+        assert not out.trusted[slipped].any() and torch.equal(out.labels[slipped], noisy[slipped])
+
+
+def test_calibrated_rule_sieves_a_lone_intruder():
+    features, noisy, clean, trusted, anchors, anchor_labels = _separable(n_per_class=150)
+    slipped = torch.nonzero(trusted & (noisy != clean)).flatten()
+    trusted[slipped[1:]] = False  # one mislabelled sample in the trusted space: its neighbours all disagree
+    out = recalibrate_with_anchors(features, noisy, trusted, anchors, anchor_labels, 4)
+    assert not out.trusted[slipped[0]] and out.labels[slipped[0]] == noisy[slipped[0]]
+    assert out.trusted[trusted].sum() == trusted.sum() - 1  # nobody else is sieved
+
+
+def test_calibrated_threshold_is_a_quantile_of_the_trusted_own_label_shares():
+    g = torch.Generator().manual_seed(0)
+    shares = torch.softmax(3 * torch.randn(400, 5, generator=g), dim=1)
+    labels = torch.randint(0, 5, (400,), generator=g)
+    trusted = torch.rand(400, generator=g) < 0.5
+    shares[~trusted] = 1.0 / 5  # untrusted rows do not enter the bar
+    own = shares[torch.arange(400), labels]
+    for q in (0.3, 0.75, 0.9):
+        expected = max(float(torch.quantile(own[trusted].double(), q)), 0.5 + 1e-6)
+        assert calibrated_threshold(shares, labels, trusted, q) == pytest.approx(expected)
+    assert calibrated_threshold(shares, labels, trusted, 0.0) > 0.5  # at least a strict majority
+    no_vote = trusted.clone()
+    shares[trusted & (torch.arange(400) % 2 == 0)] = 0.0  # trusted rows without a vote are left out too
+    kept = trusted & (torch.arange(400) % 2 == 1)
+    assert calibrated_threshold(shares, labels, no_vote, 0.75) == pytest.approx(
+        max(float(torch.quantile(own[kept].double(), 0.75)), 0.5 + 1e-6))
+    assert calibrated_threshold(shares, labels, torch.zeros(400, dtype=torch.bool), 0.75) == 1.0
+
+
+@pytest.mark.parametrize("spread, expected_bar", [(0.5, "unanimous"), (6.0, "lower")])
+def test_calibrated_bar_follows_how_tight_the_classes_are(spread, expected_bar):
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 16, generator=g) * 4
+    labels = torch.arange(4).repeat_interleave(150)
+    features = torch.nn.functional.normalize(centers[labels] + spread * torch.randn(600, 16, generator=g), dim=1)
+    trusted = torch.rand(600, generator=g) < 0.5
+    refs = torch.nonzero(trusted).flatten()
+    shares = weighted_vote(features, labels, torch.ones(600), refs, 4, 30, backend="torch")
+    bar = calibrated_threshold(shares, labels, trusted, 0.75)
+    if expected_bar == "unanimous":  # tight clusters: a typical trusted sample's 30 voters all agree
+        assert bar == 1.0
+    else:  # overlapping clusters: most samples' neighbourhoods are mixed, the bar comes down with them
+        assert 0.5 < bar < 0.95
+        recalled = ~trusted & (shares.max(1).values >= bar)
+        assert recalled.sum() > 20  # ...so that votes can still act
+        assert (shares.argmax(1)[recalled] == labels[recalled]).float().mean() > 0.95
+
+
+def test_calibrated_rule_keeps_precision_on_digits():
+    """Real data: digits pixels, 40% symmetric noise, the outer loop's division of a small MLP's losses."""
+    torch.manual_seed(0)
+    ds = load_dataset("digits")
+    clean = ds.train_labels
+    noisy = make_noisy_labels(clean, "symmetric", 0.4, num_classes=10, seed=0)
+    pixels = ds.train_images.float().flatten(1) / 255
+    x = (pixels - pixels.mean(0)) / (pixels.std(0) + 1e-3)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(5):
+        for idx in torch.randperm(len(x)).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), noisy[idx]).backward()
+            opt.step()
+    with torch.no_grad():
+        split = divide_by_loss(torch.nn.functional.cross_entropy(model(x), noisy, reduction="none"), noisy, 10)
+    trusted = split.trusted
+    anchors = torch.cat([torch.nonzero(trusted & (noisy == c)).flatten()[:5] for c in range(10)])
+    out = recalibrate_with_anchors(pixels, noisy, trusted, pixels[anchors], noisy[anchors], 10)
+    before = (noisy[trusted] == clean[trusted]).float().mean()
+    after = (out.labels[out.trusted] == clean[out.trusted]).float().mean()
+    assert out.trusted.sum() > 1.1 * trusted.sum() and after >= before
 
 
 def test_reliability_contract():
@@ -75,6 +158,10 @@ def test_bad_inputs():
         recalibrate_with_anchors(bad, noisy, trusted, anchors, anchor_labels, 4)
     with pytest.raises(ValueError, match="recall_confidence"):
         recalibrate_with_anchors(features, noisy, trusted, anchors, anchor_labels, 4, recall_confidence=0.3)
+    with pytest.raises(ValueError, match="vote_threshold"):
+        recalibrate_with_anchors(features, noisy, trusted, anchors, anchor_labels, 4, vote_threshold="auto")
+    with pytest.raises(ValueError, match="calibration_quantile"):
+        recalibrate_with_anchors(features, noisy, trusted, anchors, anchor_labels, 4, calibration_quantile=1.5)
 
 
 def test_single_anchor_class_uses_pooled_covariance():
