@@ -42,6 +42,8 @@ class TrustAwareDiversion:
             3030 samples at 98.4% accuracy, below the 98-99.7% precision of the trusted spaces they
             joined, while votes of 30 neighbours as supported as the trusted samples' (the calibrated
             bar below) recalled 1520 at 100%: a wrong class rarely fills 30 neighbours, often 10.
+            Keep it below the trusted samples per class: a class with fewer references than voters
+            never wins unanimously, so on tiny data the calibrated bar (floored at 0.9) recalls little.
         vote_threshold: which votes act. Default ``"calibrated"``: the bar is the
             ``calibration_quantile`` of the trusted samples' leave-one-out vote share for their own
             label (:func:`tad_plugin.recalibration.calibrated_threshold`), never below

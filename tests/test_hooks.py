@@ -65,9 +65,9 @@ def test_hook_expert_loss_through_facade():
 def test_hook_recalibrate_through_facade():
     g = torch.Generator().manual_seed(0)
     centers = torch.eye(3, 8) * 5
-    labels = torch.arange(60) % 3
-    features = centers[labels] + 0.1 * torch.randn(60, 8, generator=g)
-    trusted = torch.arange(60) < 45
+    labels = torch.arange(180) % 3  # 45 trusted per class: more than the 30 voters of the default vote
+    features = centers[labels] + 0.1 * torch.randn(180, 8, generator=g)
+    trusted = torch.arange(180) < 135
     anchors = centers.repeat_interleave(4, 0) + 0.1 * torch.randn(12, 8, generator=g)
     out = TADHooks(get_plugin_manager(load_entrypoints=False)).recalibrate(
         features, labels, trusted, anchors, torch.arange(3).repeat_interleave(4), 3)
