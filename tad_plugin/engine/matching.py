@@ -336,7 +336,7 @@ class TrajectoryMatcher:
         if self.opt_labels is not None:
             self.opt_labels.zero_grad(set_to_none=True)
         loss.backward()
-        if c.loss_gate is None or float(loss) <= c.loss_gate:
+        if c.loss_gate is None or float(loss.detach()) <= c.loss_gate:
             self.opt_img.step()
             self.opt_lr.step()
             if self.opt_labels is not None:
