@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.pipeline import Pipeline, table_row
+from ..engine.pipeline import Pipeline, method_defaults, table_row
 
 __all__ = ["ATT", "ATT_TABLE", "att_defaults"]
 
@@ -48,14 +48,8 @@ def att_defaults(dataset: str, ipc: int) -> dict[str, Any]:
     Evaluation: MTT's (5 nets x 1000 epochs, batch 256).
     """
     row, zca = table_row(ATT_TABLE, dataset, ipc)
-    return {
-        "method": "att",
-        "data": {"zca": zca},
-        "buffer": {"num_experts": 100, "epochs": 50, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
-                   "batch_size": 512, "dsa": True, "optimizer": "sgd"},
-        "distill": {"ipc": ipc, "pix_init": "real", "adaptive_length": True, "adaptive_distance": "l1", **row},
-        "eval": {"num_eval": 5, "epochs": 1000, "batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4},
-    }
+    return method_defaults("att", zca, buffer={"batch_size": 512},
+                           distill={"ipc": ipc, "adaptive_length": True, "adaptive_distance": "l1", **row})
 
 
 class ATT(Pipeline):

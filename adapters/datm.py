@@ -42,7 +42,7 @@ from ..data import ImageDataset
 from ..engine.convnet import ConvNetConfig, forward
 from ..engine.experts import per_sample_losses
 from ..engine.matching import TrajectoryMatcher, real_init_indices
-from ..engine.pipeline import Pipeline, table_row
+from ..engine.pipeline import Pipeline, method_defaults, table_row
 from ..engine.preprocess import Preprocessor
 from ..engine.trajectories import TrajectoryStore
 
@@ -91,14 +91,8 @@ def datm_defaults(dataset: str, ipc: int) -> dict[str, Any]:
     10000 iterations. Evaluation: the configs' ``num_eval`` 1, 1000 epochs, ``batch_train`` 128.
     """
     row, zca = table_row(DATM_TABLE, dataset, ipc)
-    return {
-        "method": "datm",
-        "data": {"zca": zca},
-        "buffer": {"num_experts": 100, "epochs": 100, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
-                   "batch_size": 256, "dsa": True, "optimizer": "gsam", "rho": 0.01, "alpha": 0.3},
-        "distill": {"ipc": ipc, "iterations": 10000, **row},
-        "eval": {"num_eval": 1, "epochs": 1000, "batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4},
-    }
+    return method_defaults("datm", zca, buffer={"epochs": 100, "optimizer": "gsam", "rho": 0.01, "alpha": 0.3},
+                           distill={"ipc": ipc, "iterations": 10000, **row}, eval={"num_eval": 1, "batch_size": 128})
 
 
 def window_upper_bound(iteration: int, window_start: int | None, max_start_epoch: int,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.pipeline import Pipeline, table_row
+from ..engine.pipeline import Pipeline, method_defaults, table_row
 
 __all__ = ["FTD", "FTD_TABLE", "ftd_defaults"]
 
@@ -58,14 +58,8 @@ def ftd_defaults(dataset: str, ipc: int) -> dict[str, Any]:
     """
     row, zca = table_row(FTD_TABLE, dataset, ipc)
     alpha = row.pop("alpha")
-    return {
-        "method": "ftd",
-        "data": {"zca": zca},
-        "buffer": {"num_experts": 100, "epochs": 50, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
-                   "batch_size": 256, "dsa": True, "optimizer": "gsam", "rho": 0.01, "alpha": alpha},
-        "distill": {"ipc": ipc, "iterations": 5000, "pix_init": "real", **row},
-        "eval": {"num_eval": 5, "epochs": 1000, "batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4},
-    }
+    return method_defaults("ftd", zca, buffer={"optimizer": "gsam", "rho": 0.01, "alpha": alpha},
+                           distill={"ipc": ipc, **row})
 
 
 class FTD(Pipeline):

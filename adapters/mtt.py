@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.pipeline import Pipeline, table_row
+from ..engine.pipeline import Pipeline, method_defaults, table_row
 
 __all__ = ["MTT", "MTT_TABLE", "mtt_defaults"]
 
@@ -60,14 +60,7 @@ def mtt_defaults(dataset: str, ipc: int) -> dict[str, Any]:
     5000 iterations, real initialisation. Evaluation: 5 nets x 1000 epochs, batch 256.
     """
     row, zca = table_row(MTT_TABLE, dataset, ipc)
-    return {
-        "method": "mtt",
-        "data": {"zca": zca},
-        "buffer": {"num_experts": 100, "epochs": 50, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
-                   "batch_size": 256, "dsa": True, "optimizer": "sgd"},
-        "distill": {"ipc": ipc, "iterations": 5000, "pix_init": "real", **row},
-        "eval": {"num_eval": 5, "epochs": 1000, "batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4},
-    }
+    return method_defaults("mtt", zca, distill={"ipc": ipc, **row})
 
 
 class MTT(Pipeline):

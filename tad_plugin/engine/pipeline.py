@@ -35,7 +35,7 @@ from .matching import DistillResult, MatchingConfig, TrajectoryMatcher, class_la
 from .preprocess import Preprocessor
 from .trajectories import TrajectoryStore
 
-__all__ = ["Pipeline", "TrajectoryList", "table_row", "save_distilled", "load_distilled", "labels_fingerprint"]
+__all__ = ["Pipeline", "TrajectoryList", "table_row", "method_defaults", "save_distilled", "load_distilled", "labels_fingerprint"]
 
 #: ``distill`` fields that only some pipelines implement, with their "unused" value.
 _OPTIONAL_FIELDS: dict[str, Any] = {"window_start": None, "lr_labels": None}
@@ -53,6 +53,23 @@ def table_row(table: dict[tuple[str, int], dict[str, Any]], dataset: str, ipc: i
     row = dict(table[(family, nearest)])
     zca = bool(row.pop("zca")) and key in ("cifar10", "cifar100")
     return row, zca
+
+
+def method_defaults(method: str, zca: bool, buffer: dict[str, Any] | None = None,
+                    distill: dict[str, Any] | None = None, eval: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A method's default config dict: the skeleton all four upstream repositories share (MTT's
+    ``buffer.py``: 100 experts x 50 epochs, SGD lr 0.01, no momentum or weight decay, batch 256, DSA;
+    ``evaluate_synset``: 5 nets x 1000 epochs, batch 256, momentum 0.9, weight decay 5e-4; 5000
+    iterations from real images) updated with the method's own ``buffer``, ``distill`` and ``eval`` values."""
+    return {
+        "method": method,
+        "data": {"zca": zca},
+        "buffer": {"num_experts": 100, "epochs": 50, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
+                   "batch_size": 256, "dsa": True, "optimizer": "sgd", **(buffer or {})},
+        "distill": {"iterations": 5000, "pix_init": "real", **(distill or {})},
+        "eval": {"num_eval": 5, "epochs": 1000, "batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4,
+                 **(eval or {})},
+    }
 
 
 class TrajectoryList(Sequence[torch.Tensor]):
