@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", metavar="FILE", help="distilled set (default OUT/distilled.pt)")
     p = sub.add_parser("run", help="the whole pipeline: noise -> buffer -> distill -> eval")
     _common(p)
+    p.add_argument("--buffer", metavar="DIR", help="reuse the experts in DIR (another run's buffer with the same "
+                   "labels and TAD arm, e.g. MTT's for ATT) instead of training OUT/buffer")
     p = sub.add_parser("demo", help="noisy MTT vs MTT + TAD on digits (CPU, minutes)")
     _common(p)
     p.add_argument("--quick", action="store_true", help="a reduced demo (seconds; used by the tests)")
@@ -258,11 +260,16 @@ def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
 # ---------------------------------------------------------------------- stages
 
 
-def _stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog) -> TrajectoryStore:
+def _stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
+                  reuse: Path | None = None) -> TrajectoryStore:
     start = time.perf_counter()
     clean = data.dataset.train_labels if data.noise_rate > 0 else None  # noise was applied: truth known
-    store = pipe.buffer(data.dataset, data.labels, out / "buffer", clean_labels=clean)
-    info: dict[str, Any] = {"experts": len(store)}
+    if reuse is None:
+        store = pipe.buffer(data.dataset, data.labels, out / "buffer", clean_labels=clean)
+        info: dict[str, Any] = {"experts": len(store)}
+    else:
+        store = _reused_store(pipe, data, reuse)
+        info = {"experts": len(store.finished()), "reused": str(reuse), "reused_meta": store.meta}
     report = store.root / "trust_report.json"
     if pipe.tad and report.is_file():
         info["trust_report"] = str(report)
@@ -270,6 +277,24 @@ def _stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog) ->
     if trust is not None:
         info.update(_trust_stats(trust, data))
     log.stage("buffer", time.perf_counter() - start, **info)
+    return store
+
+
+def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryStore:
+    """The finished experts of another run (``tad run --buffer DIR``), checked against this run."""
+    from .engine.config import ConfigError
+    from .engine.pipeline import labels_fingerprint
+    from .engine.trajectories import TrajectoryStore
+
+    store = TrajectoryStore.open(root)
+    if store.meta.get("labels") != labels_fingerprint(data.labels):
+        raise ConfigError(f"the experts in {root} were trained on other labels than this run's (another noise "
+                          f"setting or seed); reuse only a buffer of the same data and noise")
+    if (store.meta.get("tad") is not None) != pipe.tad:
+        raise ConfigError(f"the experts in {root} were trained {'with' if store.meta.get('tad') else 'without'} TAD "
+                          f"but this run has TAD {'on' if pipe.tad else 'off'}; reuse a buffer of the same arm")
+    if not store.finished():
+        raise ConfigError(f"{root} holds no finished experts; train them first (`tad buffer --out ...`)")
     return store
 
 
@@ -366,9 +391,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline(cfg: RunConfig, pipe: Pipeline, out: Path, log: RunLog, data: TrainingData) -> dict[str, Any]:
+def _pipeline(cfg: RunConfig, pipe: Pipeline, out: Path, log: RunLog, data: TrainingData,
+              reuse: Path | None = None) -> dict[str, Any]:
     log.result(noise_rate=data.noise_rate)
-    store = _stage_buffer(pipe, data, out, log)
+    store = _stage_buffer(pipe, data, out, log, reuse)
     result = _stage_distill(pipe, store, data, out, log)
     return {**log.record["stages"]["buffer"], **_stage_eval(pipe, result, data, log,
                                                             pipe.preprocessor(data.dataset, store))}
@@ -377,7 +403,7 @@ def _pipeline(cfg: RunConfig, pipe: Pipeline, out: Path, log: RunLog, data: Trai
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg, pipe, out, log = _setup(args)
     data = prepare_data(cfg.data, out)
-    res = _pipeline(cfg, pipe, out, log, data)
+    res = _pipeline(cfg, pipe, out, log, data, Path(args.buffer) if args.buffer else None)
     name = cfg.method.upper()
     print(f"{name + ' + TAD' if cfg.tad.enabled else name}: test accuracy {100 * res['test_acc_mean']:.2f} +- "
           f"{100 * res['test_acc_std']:.2f} % (noise rate {data.noise_rate:.3f}); record {log.path}")
@@ -408,7 +434,8 @@ def _demo_arms(args: argparse.Namespace, base: dict[str, Any]) -> int:
 
     rows = []
     start = time.perf_counter()
-    for arm, enabled in (("MTT (noisy)", False), ("MTT + TAD", True)):
+    name = config_from_args(args, base).method.upper()
+    for arm, enabled in ((f"{name} (noisy)", False), (f"{name} + TAD", True)):
         arm_args = argparse.Namespace(**{**vars(args), "sets": [*args.sets, f"tad.enabled={str(enabled).lower()}"]})
         root = Path(config_from_args(arm_args, base).out)
         cfg, pipe, out, log = _setup(arm_args, base, out=root / ("tad" if enabled else "noisy"))
@@ -424,7 +451,7 @@ def _demo_arms(args: argparse.Namespace, base: dict[str, Any]) -> int:
     if rows[-1]["trust_report"]:
         from .trust_report import TrustReport
 
-        print(f"\nMTT + TAD trust report (first expert; {rows[-1]['trust_report']}):")
+        print(f"\n{name} + TAD trust report (first expert; {rows[-1]['trust_report']}):")
         print(TrustReport.load_json(rows[-1]["trust_report"]).table(max_rows=12))
     atomic_write_json({"rows": rows, "noise_rate": data.noise_rate, "wall_time_s": round(wall, 1),
                        "threads": torch.get_num_threads(), "quick": bool(args.quick)}, root / "demo.json")

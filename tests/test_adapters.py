@@ -1,6 +1,7 @@
 """The FTD, DATM and ATT adapters: defaults tables, DATM's window and initialisation, ATT's step choice,
 and each adapter distilling a 2-class toy set end to end with TAD on and off."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -210,10 +211,16 @@ def test_adapter_distils_a_toy_set_end_to_end(method, tad, tmp_path):
     assert 0 <= pipe.evaluate(result, ds, pre).mean <= 1
 
 
-def test_cli_runs_a_method_end_to_end(tmp_path, capsys):
-    argv = ["run", "--method", "att", "--config", str(ROOT / "examples" / "configs" / "demo.yaml"), "--no-tad",
-            "--out", str(tmp_path), "--no-progress", "--num-experts", "1", "--epochs", "4", "--iterations", "2",
-            "--ipc", "1", "--set", "distill.max_start_epoch=2", "--set", "distill.syn_steps=2",
-            "--set", "eval.num_eval=1", "--set", "eval.epochs=1"]
+def test_run_reuses_another_runs_buffer_only_when_it_fits(tmp_path, capsys):
+    common = ["--config", str(ROOT / "examples" / "configs" / "demo.yaml"), "--no-tad", "--no-progress",
+              "--num-experts", "1", "--epochs", "4", "--iterations", "1", "--ipc", "1", "--set", "distill.syn_steps=1",
+              "--set", "distill.max_start_epoch=2", "--set", "eval.num_eval=1", "--set", "eval.epochs=1"]
+    assert main(["buffer", *common, "--out", str(tmp_path / "mtt")]) == 0
+    argv = ["run", "--method", "att", *common, "--out", str(tmp_path / "att"), "--buffer", str(tmp_path / "mtt" / "buffer")]
     assert main(argv) == 0
     assert "ATT: test accuracy" in capsys.readouterr().out
+    assert not (tmp_path / "att" / "buffer").exists()  # no experts trained: MTT's were used
+    record = json.loads((tmp_path / "att" / "result_run.json").read_text())
+    assert record["stages"]["buffer"]["reused"] == str(tmp_path / "mtt" / "buffer")
+    assert main([*argv[:-2], "--buffer", str(tmp_path / "mtt" / "buffer"), "--noise-rate", "0.2"]) == 2
+    assert "other labels" in capsys.readouterr().err
