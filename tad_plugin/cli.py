@@ -19,6 +19,7 @@ Every run writes ``OUT/result.json`` (command, config, seed, commit, device, wal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -338,6 +339,9 @@ def _stage_eval(pipe: Pipeline, result: DistillResult, data: TrainingData, log: 
     start = time.perf_counter()
     ev = pipe.evaluate(result, data.dataset, preprocess)
     out = {"test_acc_mean": ev.mean, "test_acc_std": ev.std, "test_acc": list(ev.accuracies)}
+    if result.ema_images is not None:  # FTD / ATT: the EMA images too, from fresh nets
+        ema = pipe.evaluate(dataclasses.replace(result, images=result.ema_images), data.dataset, preprocess)
+        out.update(test_acc_ema_mean=ema.mean, test_acc_ema_std=ema.std, test_acc_ema=list(ema.accuracies))
     log.stage("eval", time.perf_counter() - start, **out)
     log.result(**out)
     return out

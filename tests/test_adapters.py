@@ -20,6 +20,7 @@ from tad_plugin.engine.config import ConfigError, build_config
 from tad_plugin.engine.convnet import ConvNetConfig, init_params
 from tad_plugin.engine.experts import per_sample_losses
 from tad_plugin.engine.matching import MatchingConfig, closest_step, step_distance
+from tad_plugin.engine.pipeline import load_distilled
 from tad_plugin.engine.preprocess import Preprocessor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,5 +223,7 @@ def test_run_reuses_another_runs_buffer_only_when_it_fits(tmp_path, capsys):
     assert not (tmp_path / "att" / "buffer").exists()  # no experts trained: MTT's were used
     record = json.loads((tmp_path / "att" / "result_run.json").read_text())
     assert record["stages"]["buffer"]["reused"] == str(tmp_path / "mtt" / "buffer")
+    assert 0 <= record["results"]["test_acc_ema_mean"] <= 1  # ATT's EMA images are evaluated too
+    assert load_distilled(tmp_path / "att" / "distilled.pt")[0].ema_images.shape == (10, 1, 8, 8)
     assert main([*argv[:-2], "--buffer", str(tmp_path / "mtt" / "buffer"), "--noise-rate", "0.2"]) == 2
     assert "other labels" in capsys.readouterr().err
