@@ -135,7 +135,8 @@ class DATMMatcher(TrajectoryMatcher):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if tuple(state.get("window", ())) != self.window:
             raise ValueError(f"checkpoint {self.checkpoint} was made with another start window "
-                             f"({state.get('window')} vs {list(self.window)}); delete it or point checkpoint= elsewhere")
+                             f"({state.get('window')} vs {list(self.window)}); delete it or point checkpoint= "
+                             f"elsewhere")
         super().load_state_dict(state)
 
 

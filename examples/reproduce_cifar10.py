@@ -8,9 +8,10 @@ ATT), one command per cell.
     python examples/reproduce_cifar10.py --page                              # results page from the JSONs
 
 Each cell runs ``tad run`` with a config from ``examples/configs/`` (its ``method:`` picks the distiller;
-both arms of a setting, ``noisy`` and ``tad``, share every setting but ``tad.enabled``, and their seeds), then copies the run's result JSON (command, config, seed,
-commit, device, wall time, accuracies) to ``examples/results/cifar10/<cell>.json``. ``--page`` turns
-those files into ``examples/results/cifar10/README.md`` with the paper's numbers beside ours. The TAD
+both arms of a setting, ``noisy`` and ``tad``, share every setting but ``tad.enabled``, and their
+seeds), then copies the run's result JSON (command, config, seed, commit, device, wall time,
+accuracies) to ``examples/results/cifar10/<cell>.json``. ``--page`` turns those files into
+``examples/results/cifar10/README.md`` with the paper's numbers beside ours. The TAD
 arms need the SimCLR extractor (``tad features train --dataset cifar10``) unless ``--set
 tad.features=...`` says otherwise. Runs resume: re-running a cell skips its finished stages.
 

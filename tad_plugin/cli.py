@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from .engine.runlog import RunLog
     from .engine.trajectories import TrajectoryStore
 
-__all__ = ["main", "build_parser", "config_from_args", "method_adapter", "prepare_data", "TrainingData", "DEMO_CONFIG",
-           "QUICK_DEMO_OVERRIDES"]
+__all__ = ["main", "build_parser", "config_from_args", "method_adapter", "prepare_data", "TrainingData",
+           "DEMO_CONFIG", "QUICK_DEMO_OVERRIDES"]
 
 log = logging.getLogger("tad_plugin.cli")
 

@@ -91,8 +91,8 @@ def test_settings_a_method_does_not_implement_are_refused():
     with pytest.raises(ConfigError, match="distill.lr_labels"):
         FTD(build_config(ftd_defaults("cifar10", 10), sets=["device=cpu", "distill.lr_labels=2"]), progress=False)
     with pytest.raises(ConfigError, match="samples_predicted_correctly"):
-        ATT(build_config(att_defaults("cifar10", 10), sets=["device=cpu", "distill.pix_init=samples_predicted_correctly"]),
-            progress=False)
+        ATT(build_config(att_defaults("cifar10", 10),
+                         sets=["device=cpu", "distill.pix_init=samples_predicted_correctly"]), progress=False)
 
 
 def test_cli_method_picks_the_method_defaults():
@@ -217,7 +217,8 @@ def test_run_reuses_another_runs_buffer_only_when_it_fits(tmp_path, capsys):
               "--num-experts", "1", "--epochs", "4", "--iterations", "1", "--ipc", "1", "--set", "distill.syn_steps=1",
               "--set", "distill.max_start_epoch=2", "--set", "eval.num_eval=1", "--set", "eval.epochs=1"]
     assert main(["buffer", *common, "--out", str(tmp_path / "mtt")]) == 0
-    argv = ["run", "--method", "att", *common, "--out", str(tmp_path / "att"), "--buffer", str(tmp_path / "mtt" / "buffer")]
+    argv = ["run", "--method", "att", *common, "--out", str(tmp_path / "att"),
+            "--buffer", str(tmp_path / "mtt" / "buffer")]
     assert main(argv) == 0
     assert "ATT: test accuracy" in capsys.readouterr().out
     assert not (tmp_path / "att" / "buffer").exists()  # no experts trained: MTT's were used

@@ -35,7 +35,8 @@ from .matching import DistillResult, MatchingConfig, TrajectoryMatcher, class_la
 from .preprocess import Preprocessor
 from .trajectories import TrajectoryStore
 
-__all__ = ["Pipeline", "TrajectoryList", "table_row", "method_defaults", "save_distilled", "load_distilled", "labels_fingerprint"]
+__all__ = ["Pipeline", "TrajectoryList", "table_row", "method_defaults", "save_distilled", "load_distilled",
+           "labels_fingerprint"]
 
 #: ``distill`` fields that only some pipelines implement, with their "unused" value.
 _OPTIONAL_FIELDS: dict[str, Any] = {"window_start": None, "lr_labels": None}
