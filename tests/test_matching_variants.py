@@ -60,3 +60,16 @@ def test_ema_images_are_evaluated_from_fresh_nets_unless_upstream_reuse_is_asked
             assert torch.equal(ema_init, raw_params)
         else:
             assert ema_init is None
+
+
+def test_train_synthetic_continues_from_given_networks():
+    from tad_plugin.engine.evaluate import train_synthetic
+
+    start = init_params(NET, 2, torch.Generator().manual_seed(5))
+    images, labels = torch.randn(4, 1, 8, 8), torch.tensor([0, 0, 1, 1])
+    out = train_synthetic(NET, images, labels, 1e-9, num_nets=2, epochs=0, batch_size=4, init=start, progress=False)
+    torch.testing.assert_close(out, start, rtol=0, atol=1e-6)  # a negligible step away from the given nets
+    assert torch.equal(start, init_params(NET, 2, torch.Generator().manual_seed(5)))  # init is not modified
+    fresh = train_synthetic(NET, images, labels, 1e-9, num_nets=2, epochs=0, batch_size=4, progress=False,
+                            generator=torch.Generator().manual_seed(6))
+    assert (fresh - start).abs().max() > 1e-3
