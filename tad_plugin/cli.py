@@ -10,7 +10,8 @@ Sub-commands (``tad <cmd> -h`` for the flags)::
     tad export   write a store's experts as upstream replay_buffer_{n}.pt files
     tad wrap     run your own MTT/FTD/DATM/ATT checkout's buffer or distill script with TAD
 
-Settings, lowest precedence first: the MTT defaults for the dataset and IPC, ``--config FILE.yaml``,
+``--method {mtt,ftd,datm,att}`` picks the distiller (``tad_plugin.adapters.<method>``).
+Settings, lowest precedence first: the method's defaults for the dataset and IPC, ``--config FILE.yaml``,
 the dedicated flags (``--dataset``, ``--noise``, ...), then ``--set section.key=value`` (repeatable).
 Every run writes ``OUT/result.json`` (command, config, seed, commit, device, wall time, results).
 """
@@ -18,12 +19,14 @@ Every run writes ``OUT/result.json`` (command, config, seed, commit, device, wal
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,17 +34,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .data import ImageDataset
+from .engine.config import METHODS
 
 if TYPE_CHECKING:
-    from .adapters.mtt import MTT
     from .engine.config import DataConfig, RunConfig
     from .engine.matching import DistillResult
+    from .engine.pipeline import Pipeline
     from .engine.preprocess import Preprocessor
     from .engine.runlog import RunLog
     from .engine.trajectories import TrajectoryStore
 
-__all__ = ["main", "build_parser", "config_from_args", "prepare_data", "TrainingData", "DEMO_CONFIG",
-           "QUICK_DEMO_OVERRIDES"]
+__all__ = ["main", "build_parser", "config_from_args", "method_adapter", "prepare_data", "TrainingData",
+           "DEMO_CONFIG", "QUICK_DEMO_OVERRIDES"]
 
 log = logging.getLogger("tad_plugin.cli")
 
@@ -73,7 +77,7 @@ _FLAG_KEYS = {  # argparse dest -> config key
     "dataset": "data.dataset", "data_root": "data.root", "download": "data.download",
     "noise": "data.noise", "noise_rate": "data.noise_rate", "noise_seed": "data.noise_seed",
     "cifar_n": "data.cifar_n", "label_set": "data.label_set", "zca": "data.zca", "tad": "tad.enabled",
-    "device": "device", "out": "out", "seed": "seed", "ipc": "distill.ipc",
+    "device": "device", "out": "out", "seed": "seed", "ipc": "distill.ipc", "method": "method",
     "num_experts": "buffer.num_experts", "epochs": "buffer.epochs", "iterations": "distill.iterations",
 }
 
@@ -84,6 +88,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "distill, eval); flags below override it")
     g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set buffer.lr=0.02 (repeatable; wins over all)")
+    g.add_argument("--method", choices=METHODS, help="the distiller (default mtt; its upstream defaults "
+                   "underlie everything else)")
     g.add_argument("--dataset", help="digits, cifar10, cifar100, an ImageFolder directory or a .npz file")
     g.add_argument("--data-root", help="folder with torchvision's CIFAR files")
     g.add_argument("--download", action="store_const", const=True, help="let torchvision download CIFAR")
@@ -122,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", metavar="FILE", help="distilled set (default OUT/distilled.pt)")
     p = sub.add_parser("run", help="the whole pipeline: noise -> buffer -> distill -> eval")
     _common(p)
+    p.add_argument("--buffer", metavar="DIR", help="reuse the experts in DIR (another run's buffer with the same "
+                   "labels and TAD arm, e.g. MTT's for ATT) instead of training OUT/buffer")
     p = sub.add_parser("demo", help="noisy MTT vs MTT + TAD on digits (CPU, minutes)")
     _common(p)
     p.add_argument("--quick", action="store_true", help="a reduced demo (seconds; used by the tests)")
@@ -158,12 +166,12 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
-    """The run config: MTT's defaults for the dataset/IPC < ``base`` < ``--config`` < flags < ``--set``.
+    """The run config: the method's defaults for the dataset/IPC < ``base`` < ``--config`` < flags <
+    ``--set`` (the method is ``method`` from any of them, default ``mtt``).
 
     Raises:
         ConfigError: an unknown key or a bad value (the message names it).
     """
-    from .adapters.mtt import mtt_defaults
     from .engine.config import RunConfig, apply_overrides, from_dict, load_yaml, merge
 
     user: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
@@ -171,8 +179,23 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     chosen = merge(base or {}, user)
     dataset = chosen.get("data", {}).get("dataset", "digits")
     ipc = chosen.get("distill", {}).get("ipc", 10)
-    defaults = mtt_defaults(dataset, ipc if isinstance(ipc, int) else 10)
+    defaults = method_adapter(chosen.get("method", "mtt"))[1](dataset, ipc if isinstance(ipc, int) else 10)
     return from_dict(RunConfig, merge(defaults, chosen)).validate()
+
+
+def method_adapter(method: str) -> tuple[type[Pipeline], Callable[[str, int], dict[str, Any]]]:
+    """``(pipeline class, defaults(dataset, ipc))`` of ``method`` (one of
+    :data:`~tad_plugin.engine.config.METHODS`), from ``tad_plugin.adapters.<method>``.
+
+    Raises:
+        ConfigError: an unknown method.
+    """
+    from .engine.config import ConfigError
+
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    module = importlib.import_module(f"{__package__}.adapters.{method}")
+    return getattr(module, method.upper()), getattr(module, f"{method}_defaults")
 
 
 # ---------------------------------------------------------------------- data
@@ -238,18 +261,41 @@ def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
 # ---------------------------------------------------------------------- stages
 
 
-def _stage_buffer(mtt: MTT, data: TrainingData, out: Path, log: RunLog) -> TrajectoryStore:
+def _stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
+                  reuse: Path | None = None) -> TrajectoryStore:
     start = time.perf_counter()
     clean = data.dataset.train_labels if data.noise_rate > 0 else None  # noise was applied: truth known
-    store = mtt.buffer(data.dataset, data.labels, out / "buffer", clean_labels=clean)
-    info: dict[str, Any] = {"experts": len(store)}
+    if reuse is None:
+        store = pipe.buffer(data.dataset, data.labels, out / "buffer", clean_labels=clean)
+        info: dict[str, Any] = {"experts": len(store)}
+    else:
+        store = _reused_store(pipe, data, reuse)
+        info = {"experts": len(store.finished()), "reused": str(reuse), "reused_meta": store.meta}
     report = store.root / "trust_report.json"
-    if mtt.tad and report.is_file():
+    if pipe.tad and report.is_file():
         info["trust_report"] = str(report)
-    trust = store.final_trust() if mtt.tad else None
+    trust = store.final_trust() if pipe.tad else None
     if trust is not None:
         info.update(_trust_stats(trust, data))
     log.stage("buffer", time.perf_counter() - start, **info)
+    return store
+
+
+def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryStore:
+    """The finished experts of another run (``tad run --buffer DIR``), checked against this run."""
+    from .engine.config import ConfigError
+    from .engine.pipeline import labels_fingerprint
+    from .engine.trajectories import TrajectoryStore
+
+    store = TrajectoryStore.open(root)
+    if store.meta.get("labels") != labels_fingerprint(data.labels):
+        raise ConfigError(f"the experts in {root} were trained on other labels than this run's (another noise "
+                          f"setting or seed); reuse only a buffer of the same data and noise")
+    if (store.meta.get("tad") is not None) != pipe.tad:
+        raise ConfigError(f"the experts in {root} were trained {'with' if store.meta.get('tad') else 'without'} TAD "
+                          f"but this run has TAD {'on' if pipe.tad else 'off'}; reuse a buffer of the same arm")
+    if not store.finished():
+        raise ConfigError(f"{root} holds no finished experts; train them first (`tad buffer --out ...`)")
     return store
 
 
@@ -263,20 +309,22 @@ def _trust_stats(trust: tuple[torch.Tensor, torch.Tensor], data: TrainingData) -
             "clean_recall": float(trusted[clean].float().mean()) if bool(clean.any()) else float("nan")}
 
 
-def _stage_distill(mtt: MTT, store: TrajectoryStore, data: TrainingData, out: Path, log: RunLog) -> DistillResult:
-    from .adapters.mtt import load_distilled, save_distilled
+def _stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, out: Path,
+                   log: RunLog) -> DistillResult:
+    from .engine.pipeline import load_distilled, save_distilled
     from .engine.config import to_dict
 
     path = out / "distilled.pt"
-    settings = {"distill": to_dict(mtt.config.distill), "experts": store.finished(), "seed": mtt.config.seed}
+    settings = {"distill": to_dict(pipe.config.distill), "experts": store.finished(), "seed": pipe.config.seed,
+                "method": pipe.name}
     if path.is_file():
         result, _ = load_distilled(path)
         if torch.load(path, map_location="cpu", weights_only=True).get("settings") == json_safe(settings):
             log.stage("distill", 0.0, resumed=True, syn_lr=result.syn_lr)
             return result
     start = time.perf_counter()
-    result = mtt.distill(store, data.dataset, data.labels, checkpoint=out / "distill_checkpoint.pt")
-    save_distilled(result, path, mtt.preprocessor(data.dataset, store), settings=json_safe(settings))
+    result = pipe.distill(store, data.dataset, data.labels, checkpoint=out / "distill_checkpoint.pt")
+    save_distilled(result, path, pipe.preprocessor(data.dataset, store), settings=json_safe(settings))
     log.stage("distill", time.perf_counter() - start, syn_lr=result.syn_lr, images=list(result.images.shape))
     return result
 
@@ -286,11 +334,14 @@ def json_safe(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def _stage_eval(mtt: MTT, result: DistillResult, data: TrainingData, log: RunLog,
+def _stage_eval(pipe: Pipeline, result: DistillResult, data: TrainingData, log: RunLog,
                 preprocess: Preprocessor | None = None) -> dict[str, Any]:
     start = time.perf_counter()
-    ev = mtt.evaluate(result, data.dataset, preprocess)
+    ev = pipe.evaluate(result, data.dataset, preprocess)
     out = {"test_acc_mean": ev.mean, "test_acc_std": ev.std, "test_acc": list(ev.accuracies)}
+    if result.ema_images is not None:  # FTD / ATT: the EMA images too, from fresh nets
+        ema = pipe.evaluate(dataclasses.replace(result, images=result.ema_images), data.dataset, preprocess)
+        out.update(test_acc_ema_mean=ema.mean, test_acc_ema_std=ema.std, test_acc_ema=list(ema.accuracies))
     log.stage("eval", time.perf_counter() - start, **out)
     log.result(**out)
     return out
@@ -300,25 +351,24 @@ def _stage_eval(mtt: MTT, result: DistillResult, data: TrainingData, log: RunLog
 
 
 def _setup(args: argparse.Namespace, base: dict[str, Any] | None = None,
-           out: Path | None = None) -> tuple[RunConfig, MTT, Path, RunLog]:
-    from .adapters.mtt import MTT
+           out: Path | None = None) -> tuple[RunConfig, Pipeline, Path, RunLog]:
     from .engine.config import to_dict
     from .engine.runlog import RunLog
 
     cfg = config_from_args(args, base)
     out = Path(out if out is not None else cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    mtt = MTT(cfg, progress=not getattr(args, "no_progress", False))
-    log = RunLog(out / f"result_{args.command}.json", to_dict(cfg), cfg.seed, mtt.device)
+    pipe = method_adapter(cfg.method)[0](cfg, progress=not getattr(args, "no_progress", False))
+    log = RunLog(out / f"result_{args.command}.json", to_dict(cfg), cfg.seed, pipe.device)
     log.write()
-    return cfg, mtt, out, log
+    return cfg, pipe, out, log
 
 
 def _cmd_buffer(args: argparse.Namespace) -> int:
-    cfg, mtt, out, log = _setup(args)
+    cfg, pipe, out, log = _setup(args)
     data = prepare_data(cfg.data, out)
     log.result(noise_rate=data.noise_rate)
-    _stage_buffer(mtt, data, out, log)
+    _stage_buffer(pipe, data, out, log)
     print(f"experts in {out / 'buffer'}; record {log.path}")
     return 0
 
@@ -326,38 +376,40 @@ def _cmd_buffer(args: argparse.Namespace) -> int:
 def _cmd_distill(args: argparse.Namespace) -> int:
     from .engine.trajectories import TrajectoryStore
 
-    cfg, mtt, out, log = _setup(args)
+    cfg, pipe, out, log = _setup(args)
     data = prepare_data(cfg.data)
     store = TrajectoryStore.open(args.buffer or out / "buffer")
-    _stage_distill(mtt, store, data, out, log)
+    _stage_distill(pipe, store, data, out, log)
     print(f"distilled set in {out / 'distilled.pt'}; record {log.path}")
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .adapters.mtt import load_distilled
+    from .engine.pipeline import load_distilled
 
-    cfg, mtt, out, log = _setup(args)
+    cfg, pipe, out, log = _setup(args)
     data = prepare_data(cfg.data)
     result, pre = load_distilled(args.synthetic or out / "distilled.pt")
-    res = _stage_eval(mtt, result, data, log, pre.to(mtt.device))
+    res = _stage_eval(pipe, result, data, log, pre.to(pipe.device))
     print(f"test accuracy {100 * res['test_acc_mean']:.2f} +- {100 * res['test_acc_std']:.2f} %; record {log.path}")
     return 0
 
 
-def _pipeline(cfg: RunConfig, mtt: MTT, out: Path, log: RunLog, data: TrainingData) -> dict[str, Any]:
+def _pipeline(cfg: RunConfig, pipe: Pipeline, out: Path, log: RunLog, data: TrainingData,
+              reuse: Path | None = None) -> dict[str, Any]:
     log.result(noise_rate=data.noise_rate)
-    store = _stage_buffer(mtt, data, out, log)
-    result = _stage_distill(mtt, store, data, out, log)
-    return {**log.record["stages"]["buffer"], **_stage_eval(mtt, result, data, log,
-                                                            mtt.preprocessor(data.dataset, store))}
+    store = _stage_buffer(pipe, data, out, log, reuse)
+    result = _stage_distill(pipe, store, data, out, log)
+    return {**log.record["stages"]["buffer"], **_stage_eval(pipe, result, data, log,
+                                                            pipe.preprocessor(data.dataset, store))}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    cfg, mtt, out, log = _setup(args)
+    cfg, pipe, out, log = _setup(args)
     data = prepare_data(cfg.data, out)
-    res = _pipeline(cfg, mtt, out, log, data)
-    print(f"{'MTT + TAD' if cfg.tad.enabled else 'MTT'}: test accuracy {100 * res['test_acc_mean']:.2f} +- "
+    res = _pipeline(cfg, pipe, out, log, data, Path(args.buffer) if args.buffer else None)
+    name = cfg.method.upper()
+    print(f"{name + ' + TAD' if cfg.tad.enabled else name}: test accuracy {100 * res['test_acc_mean']:.2f} +- "
           f"{100 * res['test_acc_std']:.2f} % (noise rate {data.noise_rate:.3f}); record {log.path}")
     return 0
 
@@ -386,12 +438,13 @@ def _demo_arms(args: argparse.Namespace, base: dict[str, Any]) -> int:
 
     rows = []
     start = time.perf_counter()
-    for arm, enabled in (("MTT (noisy)", False), ("MTT + TAD", True)):
+    name = config_from_args(args, base).method.upper()
+    for arm, enabled in ((f"{name} (noisy)", False), (f"{name} + TAD", True)):
         arm_args = argparse.Namespace(**{**vars(args), "sets": [*args.sets, f"tad.enabled={str(enabled).lower()}"]})
         root = Path(config_from_args(arm_args, base).out)
-        cfg, mtt, out, log = _setup(arm_args, base, out=root / ("tad" if enabled else "noisy"))
+        cfg, pipe, out, log = _setup(arm_args, base, out=root / ("tad" if enabled else "noisy"))
         data = prepare_data(cfg.data, out)
-        res = _pipeline(cfg, mtt, out, log, data)
+        res = _pipeline(cfg, pipe, out, log, data)
         rows.append({"arm": arm, "trusted_size": res.get("trusted_size", len(data.labels)),
                      "train_size": len(data.labels),
                      "trusted_precision": res.get("trusted_precision", 1.0 - data.noise_rate),
@@ -402,7 +455,7 @@ def _demo_arms(args: argparse.Namespace, base: dict[str, Any]) -> int:
     if rows[-1]["trust_report"]:
         from .trust_report import TrustReport
 
-        print(f"\nMTT + TAD trust report (first expert; {rows[-1]['trust_report']}):")
+        print(f"\n{name} + TAD trust report (first expert; {rows[-1]['trust_report']}):")
         print(TrustReport.load_json(rows[-1]["trust_report"]).table(max_rows=12))
     atomic_write_json({"rows": rows, "noise_rate": data.noise_rate, "wall_time_s": round(wall, 1),
                        "threads": torch.get_num_threads(), "quick": bool(args.quick)}, root / "demo.json")

@@ -211,3 +211,50 @@ def test_split_of_the_wrong_size_is_explained(tmp_path):
                       TADConfig(warmup_epochs=1), hooks=TADHooks(pm), progress=False)
     with pytest.raises(ExpertError, match=r"the contract is \[N\] = \(48,\)"):
         t.train(store_at(tmp_path, epochs=2), *data())
+
+
+def test_gsam_step_in_the_trainer_equals_a_hand_computation(tmp_path):
+    """One GSAM step (one batch = the whole set, no DSA) per expert, computed by hand per expert."""
+    from tad_plugin.engine.convnet import forward
+
+    x, y, tx, ty = data(3)
+    buf = BufferConfig(num_experts=2, epochs=1, batch_size=N, experts_per_group=2, dsa=False, lr=0.05,
+                       weight_decay=0.01, optimizer="gsam", rho=0.05, alpha=0.3)
+    store = store_at(tmp_path, epochs=1)
+    ExpertTrainer(NET, PRE, buf, None, progress=False).train(store, x, y, tx, ty)
+    inputs = PRE(x)
+
+    def grad_at(w):
+        w = w.clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(forward(NET, w[None], inputs[None])[0], y)
+        return torch.autograd.grad(loss, w)[0]
+
+    for e in range(2):
+        w0 = store.trajectory(e)[0]
+        g = grad_at(w0)
+        eps = 0.05 * g / (w0.abs() * g).norm() * w0 ** 2
+        g2 = grad_at(w0 + eps)
+        cos = (g * g2).sum() / (g.norm() * g2.norm())
+        d = g2 - 0.3 * (g - cos * g.norm() * g2 / g2.norm())
+        torch.testing.assert_close(store.trajectory(e)[1], w0 - 0.05 * (d + 0.01 * w0), rtol=1e-4, atol=1e-6)
+
+
+def test_gsam_step_leaves_inactive_experts_alone():
+    from tad_plugin.engine.experts import _gsam_step
+    from tad_plugin.engine.gsam import GSAM
+
+    p = torch.randn(2, 5, requires_grad=True)
+    opt = GSAM([p], torch.optim.SGD, rho=0.1, alpha=0.3, independent_rows=True, lr=0.1, momentum=0.9)
+    target = torch.randn(2, 5)
+    calls = []
+
+    def loss_of(w):
+        calls.append(1)
+        return ((w - target) ** 2).sum(), w
+    _gsam_step(opt, loss_of, None)
+    before = p.detach().clone()
+    mom = opt.base_optimizer.state[p]["momentum_buffer"].clone()
+    _gsam_step(opt, loss_of, torch.tensor([True, False]))
+    assert len(calls) == 4  # the loss is evaluated twice per step
+    assert torch.equal(p[1], before[1]) and not torch.equal(p[0], before[0])
+    assert torch.equal(opt.base_optimizer.state[p]["momentum_buffer"][1], mom[1])

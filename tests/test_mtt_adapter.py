@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tad_plugin import TADHooks, TrustSplit, get_plugin_manager, hookimpl
-from tad_plugin.adapters.mtt import MTT, MTT_TABLE, load_distilled, mtt_defaults, save_distilled
+from tad_plugin.adapters.mtt import MTT, MTT_TABLE, mtt_defaults
+from tad_plugin.engine.pipeline import load_distilled, save_distilled
 from tad_plugin.data import ImageDataset
 from tad_plugin.engine.config import build_config
 from tad_plugin.engine.trajectories import load_upstream_buffer
@@ -39,7 +40,7 @@ class TrustLabelsNotZero:
 def test_defaults_follow_the_mtt_table():
     d = mtt_defaults("cifar10", 10)
     assert d["buffer"] == {"num_experts": 100, "epochs": 50, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
-                           "batch_size": 256, "dsa": True}
+                           "batch_size": 256, "dsa": True, "optimizer": "sgd"}
     assert d["distill"]["syn_steps"] == 30 and d["distill"]["max_start_epoch"] == 20
     assert d["distill"]["lr_teacher"] == 0.001 and d["data"]["zca"] is True
     assert mtt_defaults("CIFAR-100", 50)["distill"]["batch_syn"] == 125

@@ -20,13 +20,15 @@ def test_each_cell_is_a_valid_tad_run(cell, tmp_path):
     args = build_parser().parse_args(cmd[3:])
     cfg = config_from_args(args)
     assert cfg.tad.enabled == cell.endswith("-tad")
+    prefix = cell.split("-")[0]
+    assert cfg.method == (prefix if prefix in ("ftd", "datm", "att") else "mtt")
     assert cfg.distill.ipc == 10 and cfg.out == str(tmp_path / cell)
 
 
 def test_arms_of_a_setting_differ_only_in_tad(tmp_path):
     for setting in repro.SETTINGS:
         a, b = (config_from_args(build_parser().parse_args(repro.command(f"{setting}-{arm}", "cifar10", tmp_path,
-                                                                         "n.pt", [])[3:])) for arm in ("mtt", "tad"))
+                                                                         "n.pt", [])[3:])) for arm in ("noisy", "tad"))
         a.tad.enabled = b.tad.enabled
         a.out = b.out
         assert a == b
@@ -38,7 +40,7 @@ def test_page_compares_with_the_paper(tmp_path):
                 "wall_time_s": 1.0, "command": "tad run", "config": {"buffer": {"num_experts": 20, "epochs": 50},
                                                                       "distill": {"iterations": 5000},
                                                                       "eval": {"num_eval": 5}}}
-    (tmp_path / "sym40-mtt.json").write_text(json.dumps(record(0.57)))
+    (tmp_path / "sym40-noisy.json").write_text(json.dumps(record(0.57)))
     (tmp_path / "sym40-tad.json").write_text(json.dumps(record(0.64)))
     (tmp_path / "asym40-tad.json").write_text(json.dumps(record(0.60)))
     text = repro.page(tmp_path)

@@ -18,9 +18,13 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
+__all__ = ["METHODS", "ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
            "EvalConfig", "RunConfig", "load_yaml", "merge", "from_dict", "to_dict", "parse_override",
            "apply_overrides", "build_config"]
+
+
+#: The distillers with an adapter (``tad_plugin.adapters.<name>``).
+METHODS = ("mtt", "ftd", "datm", "att")
 
 
 class ConfigError(ValueError):
@@ -76,6 +80,10 @@ class BufferConfig:
     ``experts_per_group``: experts trained together in one batched pass (speed; no effect on results
     beyond the RNG streams). ``compile``: ``torch.compile`` the network's forward. ``channels_last``:
     NHWC convolutions. ``amp``: bf16 autocast of the training forward on CUDA (off = fp32/TF32).
+    ``optimizer``: ``"sgd"`` (MTT, ATT) or ``"gsam"`` (FTD, DATM: :class:`~tad_plugin.engine.gsam.GSAM`
+    around SGD with ``lr``/``momentum``/``weight_decay``, adaptive, constant radius ``rho``, gradient
+    decomposition weight ``alpha``; two forward/backward passes per step, so ``expert_loss`` runs twice).
+    ``rho`` and ``alpha`` are read only with ``optimizer: gsam`` (upstream scripts: 0.01 and 0.3).
     """
 
     num_experts: int = 100
@@ -91,8 +99,15 @@ class BufferConfig:
     compile: bool = False
     channels_last: bool = False
     amp: bool = False
+    optimizer: str = "sgd"
+    rho: float = 0.01
+    alpha: float = 0.3
 
     def validate(self) -> None:
+        if self.optimizer not in ("sgd", "gsam"):
+            raise ConfigError(f"buffer.optimizer must be 'sgd' or 'gsam', got {self.optimizer!r}")
+        if self.rho < 0 or self.alpha < 0:
+            raise ConfigError(f"buffer.rho and buffer.alpha must be >= 0, got {self.rho}, {self.alpha}")
         _positive(self, "buffer", "num_experts", "epochs", "lr", "batch_size", "experts_per_group",
                   "eval_batch_size")
         if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0:
@@ -163,6 +178,20 @@ class DistillConfig:
     ``num_experts`` None = every expert of the buffer. ``eval_every`` 0 = evaluate only at the end
     (upstream: every 100 iterations, reporting the best evaluation). ``checkpoint_every`` 0 = no
     intermediate checkpoints.
+
+    Fields of the other methods (off by default; the adapters' defaults switch them on):
+
+    * FTD / ATT: ``ema_decay`` keeps an EMA of the images, evaluated from fresh networks;
+      ``ema_eval_reuses_raw_net`` reproduces upstream's evaluation instead (see
+      :attr:`tad_plugin.engine.matching.MatchingConfig.ema_eval_reuses_raw_net`).
+    * ATT: ``adaptive_length`` matches the inner step closest to the target, the distance being
+      ``adaptive_distance``: ``"l1"`` (upstream's code) or ``"squared_l2"`` (the paper's text).
+    * DATM: start epochs from ``[min_start_epoch, hi)``; with ``window_start`` set (T', sequential
+      generation) ``hi`` grows from ``window_start`` to ``max_start_epoch`` over
+      ``window_growth_iterations`` iterations (None = ``hi = max_start_epoch`` throughout);
+      ``lr_labels`` learns soft labels (logits; SGD with ``label_momentum``; None = hard labels);
+      ``loss_gate``: skip the update of an iteration whose matching loss exceeds it (None = never);
+      ``pix_init = "samples_predicted_correctly"``: real images the experts classify correctly.
     """
 
     ipc: int = 10
@@ -179,12 +208,38 @@ class DistillConfig:
     eval_every: int = 0
     checkpoint_every: int = 100
     dsa: bool = True
+    ema_decay: float | None = None
+    ema_eval_reuses_raw_net: bool = False
+    adaptive_length: bool = False
+    adaptive_distance: str = "l1"
+    min_start_epoch: int = 0
+    window_start: int | None = None
+    window_growth_iterations: int = 1000
+    lr_labels: float | None = None
+    label_momentum: float = 0.9
+    loss_gate: float | None = None
 
     def validate(self) -> None:
         _positive(self, "distill", "ipc", "iterations", "syn_steps", "expert_epochs", "max_start_epoch",
-                  "lr_img", "lr_teacher")
-        if self.pix_init not in ("real", "noise"):
-            raise ConfigError(f"distill.pix_init must be 'real' or 'noise', got {self.pix_init!r}")
+                  "lr_img", "lr_teacher", "window_growth_iterations")
+        if self.pix_init not in ("real", "noise", "samples_predicted_correctly"):
+            raise ConfigError(f"distill.pix_init must be 'real', 'noise' or 'samples_predicted_correctly', got "
+                              f"{self.pix_init!r}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"distill.ema_decay must lie in (0, 1) or be null, got {self.ema_decay}")
+        if self.adaptive_distance not in ("l1", "squared_l2"):
+            raise ConfigError(f"distill.adaptive_distance must be 'l1' or 'squared_l2', got "
+                              f"{self.adaptive_distance!r}")
+        if not 0 <= self.min_start_epoch < self.max_start_epoch:
+            raise ConfigError(f"need 0 <= distill.min_start_epoch < distill.max_start_epoch, got "
+                              f"{self.min_start_epoch}, {self.max_start_epoch}")
+        if self.window_start is not None and not self.min_start_epoch < self.window_start <= self.max_start_epoch:
+            raise ConfigError(f"distill.window_start must lie in (min_start_epoch, max_start_epoch] = "
+                              f"({self.min_start_epoch}, {self.max_start_epoch}], got {self.window_start}")
+        if self.lr_labels is not None and not self.lr_labels > 0:
+            raise ConfigError(f"distill.lr_labels must be > 0 or null (hard labels), got {self.lr_labels}")
+        if not 0 <= self.label_momentum < 1:
+            raise ConfigError(f"distill.label_momentum must lie in [0, 1), got {self.label_momentum}")
 
 
 @dataclass
@@ -205,7 +260,8 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    """A whole run. ``device`` None = CUDA if available, else CPU; ``out`` is the run directory."""
+    """A whole run. ``device`` None = CUDA if available, else CPU; ``out`` is the run directory;
+    ``method`` the distiller (its adapter's defaults lie under the config)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -216,9 +272,12 @@ class RunConfig:
     seed: int = 0
     device: str | None = None
     out: str = "runs/tad"
+    method: str = "mtt"
 
     def validate(self) -> RunConfig:
         """Check every section; returns self. Raises :class:`ConfigError`."""
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):

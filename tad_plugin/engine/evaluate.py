@@ -85,7 +85,8 @@ def _loss_fn(compile: bool) -> Any:
 def train_synthetic(net: ConvNetConfig, images: Tensor, labels: Tensor, lr: float, *, num_nets: int = 5,
                     epochs: int = 1000, batch_size: int = 256, momentum: float = 0.9,
                     weight_decay: float = 5e-4, dsa: DSA | None = None, generator: torch.Generator | None = None,
-                    channels_last: bool = False, compile: bool = False, progress: bool = True) -> Tensor:
+                    channels_last: bool = False, compile: bool = False, progress: bool = True,
+                    init: Tensor | None = None) -> Tensor:
     """Train ``num_nets`` fresh ConvNets together on a (synthetic) set; return their parameters [K, P].
 
     Args:
@@ -96,6 +97,8 @@ def train_synthetic(net: ConvNetConfig, images: Tensor, labels: Tensor, lr: floa
         generator: on the images' device; drives initialisation and shuffles (None = global RNG).
         compile: run forward + loss through ``torch.compile`` (fuses norm/ReLU/pool; the first call
             compiles for tens of seconds, later evaluations of the same shapes reuse it).
+        init: float [K, P] starting parameters (not modified) instead of fresh ones; None = fresh nets
+            drawn with ``generator``.
     """
     if images.dim() != 4 or not images.is_floating_point() or tuple(images.shape[1:]) != (
             net.in_channels, *net.image_size):
@@ -106,7 +109,9 @@ def train_synthetic(net: ConvNetConfig, images: Tensor, labels: Tensor, lr: floa
         raise ValueError(f"the evaluation lr must be a positive number, got {lr} (a NaN or negative learned "
                          f"syn_lr means distillation diverged: lower lr_lr / lr_img)")
     dev, m, k = images.device, images.shape[0], num_nets
-    params = init_params(net, k, generator=generator, device=dev)
+    if init is not None and tuple(init.shape) != (k, net.num_params):
+        raise ValueError(f"init must be [num_nets={k}, P={net.num_params}], got {tuple(init.shape)}")
+    params = init_params(net, k, generator=generator, device=dev) if init is None else init.detach().to(dev).clone()
     buf = torch.zeros_like(params)
     decay_after = epochs // 2 + 1
     loss_fn = _loss_fn(compile)
@@ -185,6 +190,12 @@ class Evaluator:
 
     def __call__(self, images: Tensor, labels: Tensor, lr: float) -> EvalResult:
         """Train ``num_nets`` nets on (images, labels) at ``lr`` and test them; see :func:`train_synthetic`."""
+        return self.run(images, labels, lr)[0]
+
+    def run(self, images: Tensor, labels: Tensor, lr: float, init: Tensor | None = None
+            ) -> tuple[EvalResult, Tensor]:
+        """As calling the evaluator, and also return the trained parameters float [K, P]; ``init``
+        (float [K, P]) continues training those networks instead of fresh ones."""
         seed = self.seed + self.calls
         self.calls += 1
         gen = torch.Generator(device=self.device).manual_seed(seed)
@@ -195,7 +206,7 @@ class Evaluator:
                                  batch_size=self.batch_size, momentum=self.momentum,
                                  weight_decay=self.weight_decay, dsa=dsa, generator=gen,
                                  channels_last=self.channels_last, compile=self.compile,
-                                 progress=self.progress)
+                                 progress=self.progress, init=init)
         acc = measure_accuracy(self.net, params, self.test_x, self.test_y, channels_last=self.channels_last)
         accs = tuple(float(a) for a in acc.cpu())
-        return EvalResult(accs, time.perf_counter() - start)
+        return EvalResult(accs, time.perf_counter() - start), params

@@ -16,7 +16,9 @@ What happens, per group of E experts trained together:
    ``forward`` over the flat parameters [E, P], takes the criterion (``expert_loss`` hook when TAD
    is on, else cross-entropy) on the concatenated [E*B, C] logits times E (so each expert gets the
    gradient of its own batch mean), and applies SGD (momentum, weight decay) as tensor ops on
-   [E, P]. Loss and accuracy accumulate on the device; no ``.item()`` inside the epoch.
+   [E, P] -- or, with ``buffer.optimizer = "gsam"`` (FTD, DATM), one :class:`~tad_plugin.engine.gsam.GSAM`
+   step with per-expert norms (the criterion is evaluated twice, at w and at the perturbed w).
+   Loss and accuracy accumulate on the device; no ``.item()`` inside the epoch.
 4. After the epoch: one test pass (logging), a snapshot of the parameters, and -- when TAD is on and
    the warm-up is over -- an indexed, no-augmentation, eval-mode pass over the whole training set
    gives per-sample losses [E, N] for the current labels; ``filter_dataset`` turns them into the next
@@ -54,6 +56,7 @@ from ..results import TrustSplit
 from .config import BufferConfig, TADConfig
 from .convnet import ConvNetConfig, forward, init_params
 from .dsa import DSA
+from .gsam import GSAM
 from .preprocess import Preprocessor
 from .trajectories import ExpertRecord, TrajectoryStore
 
@@ -256,6 +259,11 @@ class ExpertTrainer:
         # drawn on the CPU, so an expert's initialisation is the same on every device
         params = torch.cat([init_params(cfg, 1, torch.Generator().manual_seed(s)) for s in seeds]).to(dev)
         momentum_buf = torch.zeros_like(params) if buf.momentum > 0 else None
+        if buf.optimizer == "gsam":  # the optimiser owns the (leaf) parameters and the momentum
+            params.requires_grad_(True)
+            momentum_buf = GSAM([params], torch.optim.SGD, rho=buf.rho, alpha=buf.alpha, adaptive=True,
+                                independent_rows=True, lr=buf.lr, momentum=buf.momentum,
+                                weight_decay=buf.weight_decay)
         group_seed = expert_seed(seed, experts[0]) ^ 0x5EED
         gen = torch.Generator(device=dev).manual_seed(group_seed)
         dsa = DSA(self._dsa_strategy, seed=group_seed, device=dev) if self._dsa_strategy else None
@@ -385,9 +393,11 @@ class ExpertTrainer:
         idx = order.gather(1, pos.unsqueeze(0) % counts.clamp_min(1).unsqueeze(1))
         return idx, steps_e, s
 
-    def _train_epoch(self, params: torch.Tensor, mom: torch.Tensor | None, images: torch.Tensor,
+    def _train_epoch(self, params: torch.Tensor, mom: torch.Tensor | GSAM | None, images: torch.Tensor,
                      labels: torch.Tensor, trusted: torch.Tensor, gen: torch.Generator,
-                     dsa: DSA | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+                     dsa: DSA | None) -> tuple[torch.Tensor, torch.Tensor | GSAM | None, torch.Tensor]:
+        """One epoch; ``mom`` is SGD's momentum buffer [E, P] (or None), or the :class:`GSAM` optimiser
+        that owns ``params`` (updated in place)."""
         cfg, buf = self.net, self.buffer
         e, b, k = params.shape[0], buf.batch_size, cfg.num_classes
         idx, steps_e, s = self._epoch_order(trusted, gen)
@@ -400,18 +410,25 @@ class ExpertTrainer:
             if dsa is not None:
                 x = dsa(x, groups=e)
             y = labels.gather(1, batch)
-            params = params.detach().requires_grad_(True)
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self._amp):
-                logits = self._forward(cfg, params, x.view(e, b, *x.shape[1:]),
-                                       channels_last=buf.channels_last)
-            logits = logits.float()
-            loss = criterion(logits.reshape(e * b, k), y.reshape(-1)) * e
-            (grad,) = torch.autograd.grad(loss, params)
+            active = None if all_done else (step < steps_e)
+
+            def loss_of(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=self._amp):
+                    out = self._forward(cfg, p, x.view(e, b, *x.shape[1:]), channels_last=buf.channels_last)
+                out = out.float()
+                return criterion(out.reshape(e * b, k), y.reshape(-1)) * e, out
+
+            if isinstance(mom, GSAM):
+                logits = _gsam_step(mom, loss_of, active)
+            else:
+                params = params.detach().requires_grad_(True)
+                loss, logits = loss_of(params)
+                (grad,) = torch.autograd.grad(loss, params)
+                with torch.no_grad():
+                    params, mom = self._sgd(params.detach(), grad, mom, active)
             with torch.no_grad():
                 per_expert = F.cross_entropy(logits.detach().reshape(e * b, k).float(), y.reshape(-1),
                                              reduction="none").view(e, b).mean(1)
-                active = None if all_done else (step < steps_e)
-                params, mom = self._sgd(params.detach(), grad, mom, active)
                 loss_sum += per_expert if active is None else per_expert * active
         return params, mom, loss_sum / steps_e.clamp_min(1)
 
@@ -440,6 +457,36 @@ class ExpertTrainer:
         _, correct = per_sample_losses(self.net, params, images, labels, self.preprocess,
                                        self.buffer.eval_batch_size, self._forward)
         return correct.float().mean(1)
+
+
+def _gsam_step(opt: GSAM, loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+               active: torch.Tensor | None) -> torch.Tensor:
+    """One GSAM step of the E experts in ``opt``'s single [E, P] parameter; returns the logits of the
+    first (unperturbed) evaluation. Experts with ``active`` False keep their parameters and momentum."""
+    (p,) = opt.param_groups[0]["params"]
+    first: list[torch.Tensor] = []
+
+    def closure() -> torch.Tensor:  # evaluated twice: at w and at the perturbed w + e
+        opt.zero_grad()
+        loss, logits = loss_of(p)
+        loss.backward()
+        if not first:
+            first.append(logits.detach())
+        return loss
+
+    keep = None
+    if active is not None:
+        mom = opt.base_optimizer.state.get(p, {}).get("momentum_buffer")
+        keep = (p.detach().clone(), None if mom is None else mom.clone())
+    opt.step(closure)
+    if keep is not None:
+        rows = active[:, None]
+        with torch.no_grad():
+            p.copy_(torch.where(rows, p, keep[0]))
+            mom = opt.base_optimizer.state.get(p, {}).get("momentum_buffer")
+            if mom is not None and keep[1] is not None:
+                mom.copy_(torch.where(rows, mom, keep[1]))
+    return first[0]
 
 
 def _dedupe_labels(rows: torch.Tensor, epochs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

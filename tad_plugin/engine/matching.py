@@ -11,10 +11,13 @@ One iteration (upstream ``distill.py``):
    batches of ``batch_syn`` images drawn without replacement, refilled from a fresh permutation
    (all images every step when ``batch_syn`` is None);
 3. loss = ``||w_N - theta_{t+M}||^2 / ||theta_t - theta_{t+M}||^2`` (ATT, ``adaptive_length``: w_k
-   with the smallest L1 distance to the target instead of w_N, ties to the later k);
+   with the smallest distance to the target instead of w_N, ties to the later k, see
+   :func:`closest_step`);
 4. back-propagate into the images (SGD ``lr_img``, momentum 0.5) and the learnable step size
    ``syn_lr`` (initialised to ``lr_teacher``; SGD ``lr_lr``, momentum 0.5); optionally into soft
-   labels (DATM, ``lr_labels``); optionally update an EMA copy of the images (FTD/ATT, ``ema_decay``).
+   labels (DATM, ``lr_labels``, momentum ``label_momentum``); DATM's ``loss_gate`` skips the update
+   of an iteration whose loss exceeds it; optionally update an EMA copy of the images (FTD/ATT,
+   ``ema_decay``).
 
 The synthetic images live in model-input space (after the :class:`~tad_plugin.engine.preprocess.
 Preprocessor`). Evaluation every ``eval_every`` iterations (and at the end) goes through an
@@ -47,7 +50,7 @@ from ..checks import check_hard_or_soft_labels
 from .evaluate import Evaluator
 
 __all__ = ["MatchingConfig", "DistillResult", "TrajectoryMatcher", "real_init_indices", "class_labels",
-           "DistillDivergedError"]
+           "DistillDivergedError", "step_distance", "closest_step"]
 
 
 class DistillDivergedError(FloatingPointError):
@@ -68,9 +71,19 @@ class MatchingConfig:
         lr_img, lr_lr, lr_teacher: image lr, step-size lr, initial step size.
         momentum: of both optimisers (upstream 0.5).
         lr_labels: if set and the labels are soft logits, they are learned too (DATM), SGD with
-            ``momentum``.
-        ema_decay: if set, keep an EMA of the images (FTD/ATT) and evaluate it as well.
+            ``label_momentum`` (None = ``momentum``; DATM: 0.9).
+        loss_gate: DATM's threshold: an iteration whose matching loss exceeds it updates nothing
+            (one host read per iteration); None = always update.
+        ema_decay: if set, keep an EMA of the images (FTD/ATT) and evaluate it as well, from fresh
+            networks like the images themselves.
+        ema_eval_reuses_raw_net: evaluate the EMA images by training further the networks that were
+            just trained on the raw images (upstream FTD/ATT's ``evaluate_synset`` reuses ``net_eval``).
+            Off by default because the EMA score then measures 2 x ``epochs`` of training, half of it
+            on the raw images, not the EMA images under the protocol every other number uses; turn it
+            on only to reproduce upstream's logged EMA accuracies.
         adaptive_length: ATT's closest-step matching.
+        adaptive_distance: the distance that picks ATT's step: ``"l1"`` (upstream's code) or
+            ``"squared_l2"`` (the paper's text); see :func:`step_distance`.
         dsa_strategy: augmentation in every inner step ("" / "none" disables it).
         eval_every: evaluate every so many iterations (and at the end); 0 = only at the end;
             the evaluator may also be None (no evaluation).
@@ -91,8 +104,12 @@ class MatchingConfig:
     lr_teacher: float = 0.01
     momentum: float = 0.5
     lr_labels: float | None = None
+    label_momentum: float | None = None
+    loss_gate: float | None = None
     ema_decay: float | None = None
+    ema_eval_reuses_raw_net: bool = False
     adaptive_length: bool = False
+    adaptive_distance: str = "l1"
     dsa_strategy: str = DEFAULT_STRATEGY
     eval_every: int = 100
     checkpoint_every: int = 100
@@ -116,6 +133,8 @@ class MatchingConfig:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("eval_every and checkpoint_every must be >= 0")
+        if self.adaptive_distance not in _DISTANCES:
+            raise ValueError(f"adaptive_distance must be one of {_DISTANCES}, got {self.adaptive_distance!r}")
 
 
 @dataclass
@@ -138,6 +157,30 @@ class DistillResult:
     ema_images: Tensor | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
+
+
+_DISTANCES = ("l1", "squared_l2")
+
+
+def step_distance(w: Tensor, target: Tensor, kind: str = "l1") -> Tensor:
+    """Distance of student parameters ``w`` to ``target`` (same shape), a 0-d tensor: ``"l1"`` =
+    sum |w - target| (ATT's code), ``"squared_l2"`` = sum (w - target)^2 (ATT's paper)."""
+    if kind == "l1":
+        return (w - target).abs().sum()
+    if kind == "squared_l2":
+        return (w - target).pow(2).sum()
+    raise ValueError(f"unknown distance {kind!r}; use one of {_DISTANCES}")
+
+
+def closest_step(distances: Tensor) -> Tensor:
+    """ATT's step choice: the index k of the smallest of ``distances`` [K] (distance after inner step
+    k + 1), ties to the LATER k -- upstream's running minimum ``if best >= d: best, k = d, step``,
+    here started at +inf so some step is always chosen. NaN distances are never chosen unless all
+    are NaN (then the last step). Returns an int64 0-d tensor on the same device (no host read)."""
+    if distances.dim() != 1 or distances.numel() == 0:
+        raise ValueError(f"distances must be a non-empty vector, got shape {tuple(distances.shape)}")
+    d = torch.nan_to_num(distances.float(), nan=float("inf"))
+    return d.numel() - 1 - torch.argmin(d.flip(0))
 
 
 def class_labels(num_classes: int, ipc: int) -> Tensor:
@@ -217,8 +260,10 @@ class TrajectoryMatcher:
         self.syn_lr = torch.tensor(float(c.lr_teacher), device=self.device, requires_grad=True)
         self.opt_img = torch.optim.SGD([self.images], lr=c.lr_img, momentum=c.momentum)
         self.opt_lr = torch.optim.SGD([self.syn_lr], lr=c.lr_lr, momentum=c.momentum)
-        self.opt_labels = (torch.optim.SGD([self.labels], lr=c.lr_labels, momentum=c.momentum)
+        label_momentum = c.momentum if c.label_momentum is None else c.label_momentum
+        self.opt_labels = (torch.optim.SGD([self.labels], lr=c.lr_labels, momentum=label_momentum)
                            if self.labels.requires_grad else None)
+        self.gated = 0  # iterations whose update the loss gate skipped
         self.ema = self.images.detach().clone() if c.ema_decay is not None else None
         self.gen = torch.Generator().manual_seed(c.seed)  # expert order, start epochs
         self.dev_gen = torch.Generator(device=self.device).manual_seed(c.seed + 2)  # batches
@@ -281,10 +326,9 @@ class TrajectoryMatcher:
             if c.adaptive_length:
                 steps.append(w)
                 with torch.no_grad():
-                    dists.append((w - target).abs().sum())
+                    dists.append(step_distance(w, target, c.adaptive_distance))
         if c.adaptive_length:
-            d = torch.stack(dists)
-            k = d.numel() - 1 - torch.argmin(d.flip(0))  # the latest of the closest steps
+            k = closest_step(torch.stack(dists))
             w = torch.stack(steps).index_select(0, k.view(1))[0]
         loss = (w - target).pow(2).sum() / (w0.detach() - target).pow(2).sum()
         self.opt_img.zero_grad(set_to_none=True)
@@ -292,10 +336,13 @@ class TrajectoryMatcher:
         if self.opt_labels is not None:
             self.opt_labels.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt_img.step()
-        self.opt_lr.step()
-        if self.opt_labels is not None:
-            self.opt_labels.step()
+        if c.loss_gate is None or float(loss.detach()) <= c.loss_gate:
+            self.opt_img.step()
+            self.opt_lr.step()
+            if self.opt_labels is not None:
+                self.opt_labels.step()
+        else:
+            self.gated += 1
         if self.ema is not None:
             with torch.no_grad():
                 self.ema.mul_(c.ema_decay).add_(self.images.detach(), alpha=1 - c.ema_decay)
@@ -307,10 +354,11 @@ class TrajectoryMatcher:
         """Evaluate the current images (and the EMA images) with the evaluator; appends to history."""
         assert self.evaluator is not None
         lr = float(self.syn_lr.detach())
-        entry: dict[str, Any] = {"iteration": self.iteration, "syn_lr": lr,
-                                 "eval": self.evaluator(self.images.detach(), self.labels.detach(), lr).as_dict()}
+        raw, nets = self.evaluator.run(self.images.detach(), self.labels.detach(), lr)
+        entry: dict[str, Any] = {"iteration": self.iteration, "syn_lr": lr, "eval": raw.as_dict()}
         if self.ema is not None:
-            entry["eval_ema"] = self.evaluator(self.ema, self.labels.detach(), lr).as_dict()
+            init = nets if self.config.ema_eval_reuses_raw_net else None
+            entry["eval_ema"] = self.evaluator.run(self.ema, self.labels.detach(), lr, init=init)[0].as_dict()
         self.history.append(entry)
         return entry
 
@@ -324,7 +372,8 @@ class TrajectoryMatcher:
             raise DistillDivergedError(
                 f"distillation diverged at iteration {it}: matching loss {loss}, syn_lr {lr}. Lower lr_img "
                 f"and/or lr_lr (or max_start_epoch), or resume from the last checkpoint with smaller rates")
-        self.history.append({"iteration": it, "loss": loss, "syn_lr": lr})
+        self.history.append({"iteration": it, "loss": loss, "syn_lr": lr,
+                             **({"gated": self.gated} if c.loss_gate is not None else {})})
         bar.set_postfix(loss=f"{loss:.4f}", syn_lr=f"{lr:.2e}")
 
     def run(self) -> DistillResult:
@@ -373,7 +422,7 @@ class TrajectoryMatcher:
                 "ema": None if self.ema is None else self.ema.cpu(), "gen": self.gen.get_state(),
                 "dev_gen": self.dev_gen.get_state(), "dsa": None if self.dsa is None else self.dsa.state_dict(),
                 "order": list(self._order), "chunks": [ch.cpu() for ch in self._chunks],
-                "losses": self._losses.cpu(), "history": self.history,
+                "losses": self._losses.cpu(), "history": self.history, "gated": self.gated,
                 "evaluator_calls": None if self.evaluator is None else self.evaluator.calls}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -401,6 +450,7 @@ class TrajectoryMatcher:
             self._chunks = [ch.to(self.device) for ch in state["chunks"]]
             self._losses.copy_(state["losses"])
             self.history = list(state["history"])
+            self.gated = int(state.get("gated", 0))
             if self.evaluator is not None and state["evaluator_calls"] is not None:
                 self.evaluator.calls = int(state["evaluator_calls"])
             self.iteration = int(state["iteration"])

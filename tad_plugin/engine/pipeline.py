@@ -1,0 +1,364 @@
+"""The buffer -> distill -> evaluate pipeline every trajectory-matching adapter runs, with TAD on or off.
+
+:class:`Pipeline` holds what MTT, FTD, DATM and ATT share: expert training into a
+:class:`~tad_plugin.engine.trajectories.TrajectoryStore` (SGD or GSAM, TAD's outer loop and, when
+configured, its dual loop), the real initialisation from the trusted space, trajectory matching with
+the :class:`~tad_plugin.engine.matching.MatchingConfig` built from the ``distill`` section, and the
+standard evaluation. An adapter (``tad_plugin.adapters.<method>``) subclasses it with its name, its
+defaults table and -- where its method differs -- :meth:`Pipeline.initial_images`,
+:meth:`Pipeline.initial_labels` or :meth:`Pipeline.make_matcher`.
+
+Settings only some methods implement (DATM's growing start window, learned soft labels, its
+``samples_predicted_correctly`` initialisation) are refused with a :class:`ConfigError` by the
+pipelines that do not implement them, instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..data import ImageDataset
+from ..files import atomic_torch_save
+from ..manager import TADHooks, get_plugin_manager
+from .config import ConfigError, RunConfig, to_dict
+from .convnet import ConvNetConfig
+from .dual_loop import DualLoop, DualLoopConfig
+from .evaluate import EvalResult, Evaluator
+from .experts import EpochCallback, ExpertTrainer
+from .matching import DistillResult, MatchingConfig, TrajectoryMatcher, class_labels, real_init_indices
+from .preprocess import Preprocessor
+from .trajectories import TrajectoryStore
+
+__all__ = ["Pipeline", "TrajectoryList", "table_row", "method_defaults", "save_distilled", "load_distilled",
+           "labels_fingerprint"]
+
+#: ``distill`` fields that only some pipelines implement, with their "unused" value.
+_OPTIONAL_FIELDS: dict[str, Any] = {"window_start": None, "lr_labels": None}
+
+
+def table_row(table: dict[tuple[str, int], dict[str, Any]], dataset: str, ipc: int) -> tuple[dict[str, Any], bool]:
+    """A method's per-setting row for ``dataset`` at ``ipc``: ``(row without "zca", zca)``.
+
+    ``table`` maps ``(dataset, ipc)`` to settings with a ``zca`` entry. An unlisted dataset gets the
+    CIFAR-10 rows, an unlisted IPC the nearest listed one; ZCA only for CIFAR (where upstream used it).
+    """
+    key = str(dataset).lower().replace("-", "").replace("_", "")
+    family = key if any(d == key for d, _ in table) else "cifar10"
+    nearest = min((i for d, i in table if d == family), key=lambda i: abs(i - ipc))
+    row = dict(table[(family, nearest)])
+    zca = bool(row.pop("zca")) and key in ("cifar10", "cifar100")
+    return row, zca
+
+
+def method_defaults(method: str, zca: bool, buffer: dict[str, Any] | None = None,
+                    distill: dict[str, Any] | None = None, eval: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A method's default config dict: the skeleton all four upstream repositories share (MTT's
+    ``buffer.py``: 100 experts x 50 epochs, SGD lr 0.01, no momentum or weight decay, batch 256, DSA;
+    ``evaluate_synset``: 5 nets x 1000 epochs, batch 256, momentum 0.9, weight decay 5e-4; 5000
+    iterations from real images) updated with the method's own ``buffer``, ``distill`` and ``eval`` values."""
+    return {
+        "method": method,
+        "data": {"zca": zca},
+        "buffer": {"num_experts": 100, "epochs": 50, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
+                   "batch_size": 256, "dsa": True, "optimizer": "sgd", **(buffer or {})},
+        "distill": {"iterations": 5000, "pix_init": "real", **(distill or {})},
+        "eval": {"num_eval": 5, "epochs": 1000, "batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4,
+                 **(eval or {})},
+    }
+
+
+class TrajectoryList(Sequence[torch.Tensor]):
+    """The experts of a store as a read-only sequence of float32 [T+1, P] trajectories, loaded lazily
+    (memory-mapped) and cached, for :class:`~tad_plugin.engine.matching.TrajectoryMatcher`."""
+
+    def __init__(self, store: TrajectoryStore, experts: Sequence[int]) -> None:
+        self.store, self.experts = store, list(experts)
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i not in self._cache:
+            self._cache[i] = self.store.trajectory(self.experts[i])
+        return self._cache[i]
+
+
+class Pipeline:
+    """Buffer, distill and evaluation stages with TAD on (``config.tad.enabled``) or off.
+
+    Args:
+        config: the run config (an adapter's ``<method>_defaults`` give its method's values).
+        hooks: the hook facade; None builds one with ``TrustAwareDiversion(**config.tad.plugin_kwargs())``
+            registered as ``tad`` (third-party plugins from entry points still override it).
+        progress: tqdm bars.
+
+    Raises:
+        ConfigError: a ``distill`` setting this method does not implement is set.
+    """
+
+    #: the method's name (``RunConfig.method``), recorded with the experts.
+    name: ClassVar[str] = "mtt"
+    #: ``distill`` fields among :data:`_OPTIONAL_FIELDS` this pipeline implements.
+    implements: ClassVar[frozenset[str]] = frozenset()
+    #: the ``distill.pix_init`` values this pipeline implements.
+    pix_inits: ClassVar[tuple[str, ...]] = ("real", "noise")
+
+    def __init__(self, config: RunConfig, hooks: TADHooks | None = None, progress: bool = True) -> None:
+        self.config = config.validate()
+        d = config.distill
+        for field, unused in _OPTIONAL_FIELDS.items():
+            if getattr(d, field) != unused and field not in self.implements:
+                raise ConfigError(f"distill.{field} = {getattr(d, field)!r} is not used by method {self.name!r}; "
+                                  f"drop it (null) or choose a method that implements it (datm)")
+        if d.pix_init not in self.pix_inits:
+            raise ConfigError(f"distill.pix_init = {d.pix_init!r} is not implemented by method {self.name!r}; "
+                              f"choose one of {', '.join(self.pix_inits)}")
+        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.progress = progress
+        if hooks is None and config.tad.enabled:
+            from ..tad import TrustAwareDiversion
+
+            hooks = TADHooks(get_plugin_manager(default=TrustAwareDiversion(**config.tad.plugin_kwargs())))
+        self.hooks = hooks
+        self._pre: Preprocessor | None = None
+
+    @property
+    def tad(self) -> bool:
+        return self.config.tad.enabled
+
+    def network(self, dataset: ImageDataset) -> ConvNetConfig:
+        """The ConvNet for ``dataset`` (upstream depth for its image size unless ``model.depth`` is set)."""
+        m = self.config.model
+        return ConvNetConfig.for_dataset(dataset, width=m.width, depth=m.depth)
+
+    def preprocessor(self, dataset: ImageDataset, store: TrajectoryStore | None = None) -> Preprocessor:
+        """The transform: the store's saved one when given (so distillation matches the experts), else
+        fitted on ``dataset`` (mean/std, or ZCA with ``data.zca``), on the run's device."""
+        if store is not None:
+            state = store.preprocess_state()
+            if state is not None:
+                return Preprocessor.from_state_dict(state).to(self.device)
+        if self._pre is None:
+            self._pre = Preprocessor.for_dataset(dataset, zca=self.config.data.zca, device=self.device)
+        return self._pre
+
+    # ------------------------------------------------------------------ buffer
+    def buffer(self, dataset: ImageDataset, labels: torch.Tensor, out: str | os.PathLike[str],
+               on_epoch: EpochCallback | None = None, clean_labels: torch.Tensor | None = None) -> TrajectoryStore:
+        """Train (or finish training) the experts into the trajectory store ``out``; returns it.
+
+        The optimiser is ``buffer.optimizer`` (SGD, or GSAM for FTD/DATM). With TAD and
+        ``tad.inner_loop`` the dual loop (:meth:`dual_loop`) is the epoch callback, and its trust report
+        is written to ``out/trust_report.json`` (and ``.png`` when matplotlib is there).
+
+        Args:
+            dataset: the images (and the clean test set for logging).
+            labels: int64 [N] training labels to use (the noisy ones).
+            out: store directory; experts already in it are kept (resume).
+            on_epoch: an epoch callback replacing the dual loop (None = the dual loop when configured).
+            clean_labels: int64 [N], the true labels when known (synthetic noise, CIFAR-N): the trust
+                report then has precision / recall / label accuracy.
+        """
+        cfg = self.config
+        net = self.network(dataset)
+        pre = self.preprocessor(dataset)
+        meta = {"buffer": to_dict(cfg.buffer), "tad": to_dict(cfg.tad) if self.tad else None,
+                "model": to_dict(cfg.model), "dataset": dataset.name, "zca": cfg.data.zca, "seed": cfg.seed,
+                "labels": labels_fingerprint(labels), "method": self.name}
+        meta["buffer"].pop("num_experts")  # more experts may be added to a store later
+        for key in ("experts_per_group", "eval_batch_size", "compile", "channels_last"):
+            meta["buffer"].pop(key)  # speed settings do not change what is trained
+        store = TrajectoryStore.create(out, param_shapes=net.param_shapes, epochs=cfg.buffer.epochs,
+                                       num_train=len(labels), num_classes=dataset.num_classes, meta=meta,
+                                       preprocess_state=pre.state_dict())
+        loop = None
+        if on_epoch is None and self.tad and cfg.tad.inner_loop and len(store.finished()) < cfg.buffer.num_experts:
+            loop = on_epoch = self.dual_loop(dataset, labels, clean_labels)
+        trainer = ExpertTrainer(net, pre, cfg.buffer, cfg.tad, hooks=self.hooks, device=self.device,
+                                on_epoch=on_epoch, progress=self.progress)
+        trainer.train(store, dataset.train_images, labels, dataset.test_images, dataset.test_labels,
+                      seed=cfg.seed)
+        if loop is not None and loop.report.rounds:
+            loop.report.save_json(store.root / "trust_report.json")
+            try:
+                loop.report.plot(store.root / "trust_report.png", title=f"Trust report: {dataset.name}")
+            except ImportError:
+                pass  # matplotlib is optional; the JSON holds the same numbers
+        return store
+
+    def features(self, dataset: ImageDataset) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """The inner loop's embedding: ``(features [N, D] of the training images, embed)`` where
+        ``embed`` maps [0, 1] images to features (``tad.features``: None = the trained extractor of this
+        dataset at its default path, a path, or ``"pixels"``).
+
+        Raises:
+            tad_plugin.features.ExtractorFileError: no extractor file; the message says how to train one.
+        """
+        choice = self.config.tad.features
+        if choice == "pixels":
+            def embed(x: torch.Tensor) -> torch.Tensor:
+                return x.flatten(1).float()
+            return embed(dataset.train_images.to(self.device) / 255.0), embed
+        from ..features import default_extractor_path, load_extractor
+
+        path = default_extractor_path(self.config.data.dataset) if choice is None else choice
+        extractor = load_extractor(path, device=self.device)
+        return extractor.embed(dataset.train_images.to(self.device)), extractor.embed
+
+    def matching_config(self, **overrides: Any) -> MatchingConfig:
+        """The engine's :class:`MatchingConfig` from the ``distill`` section (and the buffer's DSA
+        strategy and the run seed), with ``overrides`` applied."""
+        cfg, d = self.config, self.config.distill
+        values = dict(iterations=d.iterations, syn_steps=d.syn_steps, expert_epochs=d.expert_epochs,
+                      max_start_epoch=d.max_start_epoch, min_start_epoch=d.min_start_epoch, batch_syn=d.batch_syn,
+                      lr_img=d.lr_img, lr_lr=d.lr_lr, lr_teacher=d.lr_teacher, lr_labels=d.lr_labels,
+                      label_momentum=d.label_momentum, loss_gate=d.loss_gate, ema_decay=d.ema_decay,
+                      ema_eval_reuses_raw_net=d.ema_eval_reuses_raw_net, adaptive_length=d.adaptive_length,
+                      adaptive_distance=d.adaptive_distance,
+                      dsa_strategy=cfg.buffer.dsa_strategy if d.dsa else "",
+                      eval_every=d.eval_every, checkpoint_every=d.checkpoint_every,
+                      log_every=min(10, d.iterations), seed=cfg.seed)
+        return MatchingConfig(**{**values, **overrides})
+
+    def dual_loop(self, dataset: ImageDataset, labels: torch.Tensor,
+                  clean_labels: torch.Tensor | None = None) -> DualLoop:
+        """TAD's inner loop for this run's settings (anchors distilled with this run's distillation lrs,
+        plain MTT matching: hard labels, the whole early window, no EMA, no gate)."""
+        cfg, t = self.config, self.config.tad
+        features, embed = self.features(dataset)
+        # The early trajectory: start epoch 0 or 1, target 2 epochs later (the paper's "first four epochs").
+        anchors = self.matching_config(iterations=t.anchor_iterations, expert_epochs=2, max_start_epoch=2,
+                                       min_start_epoch=0, batch_syn=None, lr_labels=None, loss_gate=None,
+                                       ema_decay=None, adaptive_length=False, eval_every=0, checkpoint_every=0,
+                                       log_every=min(50, t.anchor_iterations))
+        loop_cfg = DualLoopConfig(anchor_epoch=t.anchor_epoch, anchor_ipc=t.anchor_ipc,
+                                  recalibrate_every=t.recalibrate_every, anchor_matching=anchors)
+        assert self.hooks is not None
+        return DualLoop(self.network(dataset), self.preprocessor(dataset), dataset.train_images, features, embed,
+                        self.hooks, loop_cfg, noisy_labels=labels, clean_labels=clean_labels, device=self.device,
+                        seed=cfg.seed)
+
+    # ------------------------------------------------------------------ distill
+    def init_pool(self, store: TrajectoryStore, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where real initial images come from: ``(pool indices int64 [n], labels int64 [N])``.
+
+        TAD: samples trusted by at least half of the experts at their last epoch, with the experts'
+        (possibly recalibrated) labels. Without TAD (or a store without trust records): everything,
+        with ``labels``.
+        """
+        trust = store.final_trust() if self.tad else None
+        if trust is None:
+            return torch.arange(len(labels)), labels
+        votes, final_labels = trust
+        return torch.nonzero(votes >= 0.5).flatten(), final_labels
+
+    def initial_images(self, store: TrajectoryStore, experts: Sequence[int], dataset: ImageDataset,
+                       labels: torch.Tensor, preprocess: Preprocessor, generator: torch.Generator) -> torch.Tensor:
+        """The synthetic images before distillation, float [C * ipc, ...] class-major, model-input space:
+        real samples of each class from :meth:`init_pool` (``pix_init="real"``) or Gaussian noise."""
+        d = self.config.distill
+        if d.pix_init == "real":
+            pool, pool_labels = self.init_pool(store, labels)
+            idx = real_init_indices(pool_labels, pool, d.ipc, dataset.num_classes, generator=generator)
+            return preprocess(dataset.train_images[idx].to(self.device))
+        c, (h, w) = dataset.channels, dataset.image_size
+        return torch.randn(dataset.num_classes * d.ipc, c, h, w, generator=generator).to(self.device)
+
+    def initial_labels(self, store: TrajectoryStore, experts: Sequence[int], dataset: ImageDataset,
+                       images: torch.Tensor) -> torch.Tensor:
+        """The synthetic labels: hard class labels int64 [C * ipc] (class-major, as the images)."""
+        return class_labels(dataset.num_classes, self.config.distill.ipc)
+
+    def make_matcher(self, net: ConvNetConfig, config: MatchingConfig, trajectories: Sequence[torch.Tensor],
+                     images: torch.Tensor, labels: torch.Tensor, **kwargs: Any) -> TrajectoryMatcher:
+        """The distillation loop (``kwargs`` as :class:`TrajectoryMatcher`'s keyword arguments)."""
+        return TrajectoryMatcher(net, config, trajectories, images, labels, **kwargs)
+
+    def distill(self, store: TrajectoryStore, dataset: ImageDataset, labels: torch.Tensor | None = None,
+                checkpoint: str | os.PathLike[str] | None = None, evaluator: Evaluator | None = None
+                ) -> DistillResult:
+        """Distill ``distill.ipc`` images per class from the experts in ``store``.
+
+        Args:
+            labels: int64 [N], the training labels the experts were given (for the real initialisation);
+                None = the store's first recorded labels of expert 0.
+            checkpoint: resumable checkpoint path (None = none).
+            evaluator: evaluates during distillation every ``distill.eval_every`` iterations (and at the
+                end); None = no evaluation here (call :meth:`evaluate` afterwards).
+        """
+        cfg, d = self.config, self.config.distill
+        net = self.network(dataset)
+        pre = self.preprocessor(dataset, store)
+        experts = store.finished()
+        if d.num_experts is not None:
+            experts = experts[:d.num_experts]
+        if not experts:
+            raise ValueError(f"{store.root} holds no finished experts; run the buffer stage first")
+        if labels is None:
+            labels = store.load_expert(experts[0]).labels[0]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        images = self.initial_images(store, experts, dataset, labels, pre, gen)
+        syn_labels = self.initial_labels(store, experts, dataset, images)
+        mcfg = self.matching_config(eval_every=d.eval_every if evaluator is not None else 0)
+        matcher = self.make_matcher(net, mcfg, TrajectoryList(store, experts), images, syn_labels,
+                                    evaluator=evaluator, checkpoint=checkpoint, device=self.device,
+                                    progress=self.progress)
+        return matcher.run()
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluator(self, dataset: ImageDataset, preprocess: Preprocessor | None = None) -> Evaluator:
+        """The standard evaluation on ``dataset``'s clean test set (``eval`` section settings)."""
+        e, cfg = self.config.eval, self.config
+        pre = preprocess or self.preprocessor(dataset)
+        test_x = pre(dataset.test_images.to(self.device))
+        return Evaluator(self.network(dataset), test_x, dataset.test_labels.to(self.device), num_nets=e.num_eval,
+                         epochs=e.epochs, batch_size=e.batch_size, momentum=e.momentum,
+                         weight_decay=e.weight_decay, dsa_strategy=cfg.buffer.dsa_strategy if e.dsa else "",
+                         seed=cfg.seed, device=self.device, progress=self.progress)
+
+    def evaluate(self, result: DistillResult, dataset: ImageDataset,
+                 preprocess: Preprocessor | None = None) -> EvalResult:
+        """Train ``eval.num_eval`` fresh nets on the distilled set (lr = ``eval.lr`` or the learned
+        ``syn_lr``; soft labels train with the soft cross-entropy) and return their clean test accuracies."""
+        lr = self.config.eval.lr if self.config.eval.lr is not None else result.syn_lr
+        return self.evaluator(dataset, preprocess)(result.images.to(self.device), result.labels.to(self.device), lr)
+
+
+def save_distilled(result: DistillResult, path: str | os.PathLike[str], preprocess: Preprocessor,
+                   settings: dict[str, Any] | None = None) -> Path:
+    """Write a distilled set (images, labels, syn_lr, the EMA images if any, the transform, the
+    ``settings`` it was made with) atomically, loadable with ``weights_only=True``."""
+    payload = {"images": result.images.cpu(), "labels": result.labels.cpu(), "syn_lr": float(result.syn_lr),
+               "ema_images": None if result.ema_images is None else result.ema_images.cpu(),
+               "preprocess": preprocess.state_dict(), "best": result.best, "history": result.history,
+               "settings": settings}
+    atomic_torch_save(payload, path)
+    return Path(path)
+
+
+def load_distilled(path: str | os.PathLike[str]) -> tuple[DistillResult, Preprocessor]:
+    """Read :func:`save_distilled`'s file. Raises ``ValueError`` with the fix if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no distilled set at {path}; run `tad distill` first (or pass --synthetic FILE)")
+    try:
+        p = torch.load(path, map_location="cpu", weights_only=True)
+        result = DistillResult(p["images"], p["labels"], float(p["syn_lr"]), ema_images=p.get("ema_images"),
+                               history=list(p["history"]), best=p["best"])
+        return result, Preprocessor.from_state_dict(p["preprocess"])
+    except Exception as exc:
+        raise ValueError(f"cannot read distilled set {path}: {exc}; re-run `tad distill`") from exc
+
+
+def labels_fingerprint(labels: torch.Tensor) -> str:
+    """A short hash of a label vector (stored with the experts, so a resumed buffer uses the same labels)."""
+    return hashlib.sha1(labels.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
