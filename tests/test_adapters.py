@@ -13,7 +13,7 @@ from tad_plugin.adapters.att import ATT, ATT_TABLE, att_defaults
 from tad_plugin.adapters.datm import (DATM, DATM_TABLE, DATMMatcher, datm_defaults, predicted_correctly_indices,
                                       soft_label_init, window_upper_bound)
 from tad_plugin.adapters.ftd import FTD, FTD_TABLE, ftd_defaults
-from tad_plugin.adapters.mtt import MTT
+from tad_plugin.adapters.mtt import MTT, mtt_defaults
 from tad_plugin.cli import build_parser, config_from_args, main
 from tad_plugin.data import ImageDataset
 from tad_plugin.engine.config import ConfigError, build_config
@@ -228,3 +228,13 @@ def test_run_reuses_another_runs_buffer_only_when_it_fits(tmp_path, capsys):
     assert load_distilled(tmp_path / "att" / "distilled.pt")[0].ema_images.shape == (10, 1, 8, 8)
     assert main([*argv[:-2], "--buffer", str(tmp_path / "mtt" / "buffer"), "--noise-rate", "0.2"]) == 2
     assert "other labels" in capsys.readouterr().err
+
+
+def test_a_dataset_file_gets_its_family_row_and_zca():
+    from tad_plugin.engine.pipeline import dataset_key
+
+    assert dataset_key("/root/cifar10.npz") == dataset_key("CIFAR-10") == "cifar10"
+    assert dataset_key("data/cifar_100.npz") == "cifar100" and dataset_key("/data/tiny-imagenet/") == "tinyimagenet"
+    assert mtt_defaults("/root/cifar10.npz", 10) == mtt_defaults("cifar10", 10)
+    assert mtt_defaults("/root/cifar10.npz", 10)["data"]["zca"]
+    assert not mtt_defaults("/data/my_photos", 10)["data"]["zca"]

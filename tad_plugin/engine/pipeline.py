@@ -42,13 +42,24 @@ __all__ = ["Pipeline", "TrajectoryList", "table_row", "method_defaults", "save_d
 _OPTIONAL_FIELDS: dict[str, Any] = {"window_start": None, "lr_labels": None}
 
 
+def dataset_key(dataset: str) -> str:
+    """The name a method table knows ``dataset`` by: lower case without ``-``/``_``; for a path, its file
+    name without the suffix (``"/data/CIFAR-10.npz"`` -> ``"cifar10"``)."""
+    name = str(dataset)
+    if "/" in name or os.sep in name or name.endswith(".npz"):
+        name = Path(name.rstrip("/" + os.sep)).stem
+    return name.lower().replace("-", "").replace("_", "")
+
+
 def table_row(table: dict[tuple[str, int], dict[str, Any]], dataset: str, ipc: int) -> tuple[dict[str, Any], bool]:
     """A method's per-setting row for ``dataset`` at ``ipc``: ``(row without "zca", zca)``.
 
     ``table`` maps ``(dataset, ipc)`` to settings with a ``zca`` entry. An unlisted dataset gets the
     CIFAR-10 rows, an unlisted IPC the nearest listed one; ZCA only for CIFAR (where upstream used it).
+    A path (an arrays file ``.../cifar10.npz`` or an ImageFolder directory) is known by its file or folder
+    name, so ``/data/cifar10.npz`` gets CIFAR-10's row and its ZCA.
     """
-    key = str(dataset).lower().replace("-", "").replace("_", "")
+    key = dataset_key(dataset)
     family = key if any(d == key for d, _ in table) else "cifar10"
     nearest = min((i for d, i in table if d == family), key=lambda i: abs(i - ipc))
     row = dict(table[(family, nearest)])
