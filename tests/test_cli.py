@@ -129,3 +129,13 @@ def test_diverging_experts_exit_with_a_clear_message(tmp_path, capsys):
             "--set", "distill.max_start_epoch=1", "--set", "distill.expert_epochs=1", "--set", "tad.inner_loop=false"]
     assert main(argv) == 2
     assert "diverged" in capsys.readouterr().err
+
+
+def test_run_records_name_the_commit_outside_a_checkout(tmp_path, monkeypatch):
+    from tad_plugin.engine.runlog import git_commit
+
+    monkeypatch.delenv("TAD_PLUGIN_COMMIT", raising=False)
+    assert git_commit(tmp_path) is None  # not a git checkout: nothing to name
+    monkeypatch.setenv("TAD_PLUGIN_COMMIT", "abc123")
+    assert git_commit(tmp_path) == "abc123"
+    assert git_commit() not in (None, "abc123")  # inside the checkout git itself answers

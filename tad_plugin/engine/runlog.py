@@ -24,16 +24,19 @@ __all__ = ["RunLog", "git_commit", "device_name"]
 
 
 def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
-    """The current git commit (with ``-dirty`` if the tree has changes), or None outside a git checkout."""
+    """The current git commit (with ``-dirty`` if the tree has changes); outside a git checkout (the
+    package installed from a wheel) the environment variable ``TAD_PLUGIN_COMMIT`` when set (e.g.
+    ``TAD_PLUGIN_COMMIT=$(git rev-parse HEAD)`` where the wheel was built), else None."""
     where = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
+    fallback = os.environ.get("TAD_PLUGIN_COMMIT") or None
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty else "") if head else None
+        return fallback
+    return head + ("-dirty" if dirty else "") if head else fallback
 
 
 def device_name(device: torch.device | str) -> str:
