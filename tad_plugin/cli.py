@@ -11,6 +11,10 @@ Sub-commands (``tad <cmd> -h`` for the flags)::
     tad wrap     run your own MTT/FTD/DATM/ATT checkout's buffer or distill script with TAD
 
 ``--method {mtt,ftd,datm,att}`` picks the distiller (``tad_plugin.adapters.<method>``).
+Several GPUs: ``torchrun --nproc_per_node N --no-python tad run ...`` (or ``torchrun ... -m tad_plugin.cli
+run ...``) runs buffer, distill, eval and run over N processes, one GPU each (tad_plugin.engine.distributed),
+for every method; rank 0 prints and writes the records. Without torchrun everything runs in one process.
+
 Settings, lowest precedence first: the method's defaults for the dataset and IPC, ``--config FILE.yaml``,
 the dedicated flags (``--dataset``, ``--noise``, ...), then ``--set section.key=value`` (repeatable).
 Every run writes ``OUT/result.json`` (command, config, seed, commit, device, wall time, results).
@@ -19,6 +23,7 @@ Every run writes ``OUT/result.json`` (command, config, seed, commit, device, wal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -324,7 +329,8 @@ def _stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, o
             return result
     start = time.perf_counter()
     result = pipe.distill(store, data.dataset, data.labels, checkpoint=out / "distill_checkpoint.pt")
-    save_distilled(result, path, pipe.preprocessor(data.dataset, store), settings=json_safe(settings))
+    if pipe.ranks.is_main:  # the ranks hold the same images
+        save_distilled(result, path, pipe.preprocessor(data.dataset, store), settings=json_safe(settings))
     log.stage("distill", time.perf_counter() - start, syn_lr=result.syn_lr, images=list(result.images.shape))
     return result
 
@@ -353,13 +359,16 @@ def _stage_eval(pipe: Pipeline, result: DistillResult, data: TrainingData, log: 
 def _setup(args: argparse.Namespace, base: dict[str, Any] | None = None,
            out: Path | None = None) -> tuple[RunConfig, Pipeline, Path, RunLog]:
     from .engine.config import to_dict
+    from .engine.distributed import init_from_env
     from .engine.runlog import RunLog
 
     cfg = config_from_args(args, base)
     out = Path(out if out is not None else cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = method_adapter(cfg.method)[0](cfg, progress=not getattr(args, "no_progress", False))
-    log = RunLog(out / f"result_{args.command}.json", to_dict(cfg), cfg.seed, pipe.device)
+    ranks = init_from_env(cfg.device)  # one process unless launched by torchrun
+    pipe = method_adapter(cfg.method)[0](cfg, progress=not getattr(args, "no_progress", False), ranks=ranks)
+    log = RunLog(out / f"result_{args.command}.json", to_dict(cfg), cfg.seed, pipe.device, enabled=ranks.is_main)
+    log.record["processes"] = ranks.world_size
     log.write()
     return cfg, pipe, out, log
 
@@ -489,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tad`` console script; returns the exit code."""
     from .data import DatasetError
     from .engine.config import ConfigError
+    from .engine.distributed import launched_rank, shutdown
     from .engine.experts import ExpertError
     from .engine.matching import DistillDivergedError
     from .engine.trajectories import TrajectoryError
@@ -500,11 +510,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     handler = getattr(args, "func", None) or _COMMANDS[args.command]
     try:
-        return int(handler(args) or 0)
+        with contextlib.ExitStack() as stack:
+            if launched_rank():  # under torchrun only rank 0 prints
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            return int(handler(args) or 0)
     except (ConfigError, DatasetError, TrajectoryError, ExpertError, HookError, DistillDivergedError,
             FileNotFoundError, KeyError, ValueError) as exc:
         print(f"tad {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

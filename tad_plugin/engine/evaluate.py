@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..checks import check_hard_or_soft_labels
 from .convnet import ConvNetConfig, forward, init_params
+from .distributed import Ranks
 from .dsa import DEFAULT_STRATEGY, DSA
 
 __all__ = ["EvalResult", "Evaluator", "train_synthetic", "measure_accuracy"]
@@ -164,12 +165,16 @@ class Evaluator:
         seed: base seed; evaluation number i uses seed + i, so repeated evaluations differ but the run
             is reproducible.
         compile: see :func:`train_synthetic`.
+        ranks: several processes share the nets (net i on rank ``i % W``; in evaluation number i rank r
+            seeds its nets with ``seed + i + 1_000_003 * r``, so one process draws exactly as before);
+            every rank gets all accuracies, in net order (``seconds``: the slowest rank). None = one process.
     """
 
     def __init__(self, net: ConvNetConfig, test_x: Tensor, test_y: Tensor, *, num_nets: int = 5,
                  epochs: int = 1000, batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
                  dsa_strategy: str = DEFAULT_STRATEGY, seed: int = 0, device: torch.device | str | None = None,
-                 channels_last: bool = False, compile: bool = False, progress: bool = True) -> None:
+                 channels_last: bool = False, compile: bool = False, progress: bool = True,
+                 ranks: Ranks | None = None) -> None:
         if not test_x.is_floating_point() or tuple(test_x.shape[1:]) != (net.in_channels, *net.image_size):
             raise ValueError(f"test_x must be float model input [T, {net.in_channels}, {net.image_size[0]}, "
                              f"{net.image_size[1]}] (apply the Preprocessor), got {test_x.dtype} "
@@ -185,7 +190,8 @@ class Evaluator:
         self.num_nets, self.epochs, self.batch_size = num_nets, epochs, batch_size
         self.momentum, self.weight_decay = momentum, weight_decay
         self.dsa_strategy, self.seed = dsa_strategy, seed
-        self.channels_last, self.compile, self.progress = channels_last, compile, progress
+        self.ranks = ranks or Ranks()
+        self.channels_last, self.compile, self.progress = channels_last, compile, progress and self.ranks.is_main
         self.calls = 0
 
     def __call__(self, images: Tensor, labels: Tensor, lr: float) -> EvalResult:
@@ -195,18 +201,30 @@ class Evaluator:
     def run(self, images: Tensor, labels: Tensor, lr: float, init: Tensor | None = None
             ) -> tuple[EvalResult, Tensor]:
         """As calling the evaluator, and also return the trained parameters float [K, P]; ``init``
-        (float [K, P]) continues training those networks instead of fresh ones."""
-        seed = self.seed + self.calls
+        (float [K, P]) continues training those networks instead of fresh ones. With several ranks both
+        are this rank's nets only (K = its share of ``num_nets``, nets i = rank, rank + W, ...), so the
+        parameters one call returns are the ``init`` of the same rank's next call."""
+        seed = self.seed + self.calls + 1_000_003 * self.ranks.rank
         self.calls += 1
+        w = self.ranks.world_size
+        mine = len(self.ranks.share(range(self.num_nets)))
+        accs, seconds, params = self._train_and_test(images, labels, lr, seed, mine, init)
+        parts = self.ranks.gather((accs, seconds))
+        accs = tuple(parts[i % w][0][i // w] for i in range(self.num_nets))
+        return EvalResult(accs, max(sec for _, sec in parts)), params
+
+    def _train_and_test(self, images: Tensor, labels: Tensor, lr: float, seed: int, num_nets: int,
+                        init: Tensor | None) -> tuple[tuple[float, ...], float, Tensor]:
+        if num_nets == 0:
+            return (), 0.0, torch.zeros(0, self.net.num_params, device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         dsa = DSA(self.dsa_strategy, seed=seed, device=self.device) if self.dsa_strategy not in ("", "none") else None
         start = time.perf_counter()
         params = train_synthetic(self.net, images.detach().to(self.device), labels.detach().to(self.device),
-                                 float(lr), num_nets=self.num_nets, epochs=self.epochs,
+                                 float(lr), num_nets=num_nets, epochs=self.epochs,
                                  batch_size=self.batch_size, momentum=self.momentum,
                                  weight_decay=self.weight_decay, dsa=dsa, generator=gen,
                                  channels_last=self.channels_last, compile=self.compile,
                                  progress=self.progress, init=init)
         acc = measure_accuracy(self.net, params, self.test_x, self.test_y, channels_last=self.channels_last)
-        accs = tuple(float(a) for a in acc.cpu())
-        return EvalResult(accs, time.perf_counter() - start), params
+        return tuple(float(a) for a in acc.cpu()), time.perf_counter() - start, params

@@ -55,6 +55,7 @@ from ..manager import TADHooks
 from ..results import TrustSplit
 from .config import BufferConfig, TADConfig
 from .convnet import ConvNetConfig, forward, init_params
+from .distributed import Ranks
 from .dsa import DSA
 from .gsam import GSAM
 from .preprocess import Preprocessor
@@ -184,13 +185,14 @@ class ExpertTrainer:
         hooks: the hook facade; None builds ``TADHooks()`` with TAD's defaults when TAD is on.
         device: where to train.
         on_epoch: optional :data:`EpochCallback`.
-        progress: show tqdm bars.
+        progress: show tqdm bars (rank 0 only).
+        ranks: several processes share the groups (:mod:`tad_plugin.engine.distributed`); None = one.
     """
 
     def __init__(self, net: ConvNetConfig, preprocess: Preprocessor, buffer: BufferConfig,
                  tad: TADConfig | None = None, hooks: TADHooks | None = None,
                  device: torch.device | str = "cpu", on_epoch: EpochCallback | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, ranks: Ranks | None = None) -> None:
         self.net = net
         self.preprocess = preprocess
         self.buffer = buffer
@@ -198,7 +200,8 @@ class ExpertTrainer:
         self.hooks = hooks if hooks is not None or self.tad is None else TADHooks()
         self.device = torch.device(device)
         self.on_epoch = on_epoch
-        self.progress = progress
+        self.ranks = ranks or Ranks()
+        self.progress = progress and self.ranks.is_main
         self._forward = forward
         if buffer.compile:
             self._forward = torch.compile(forward, dynamic=False)
@@ -220,7 +223,8 @@ class ExpertTrainer:
             num_experts: how many experts the store should hold; None = ``buffer.num_experts``.
 
         Returns:
-            The indices trained by this call (ascending).
+            The indices trained by this call (ascending; with several ranks, by all of them: each rank
+            trains the groups :meth:`Ranks.share` deals it, and all ranks return once all are saved).
         """
         k = self.net.num_classes
         _check_images(images, "images")
@@ -231,15 +235,16 @@ class ExpertTrainer:
             raise ExpertError(f"{store.root} was made for N={store.num_train}, epochs={store.epochs}; this run "
                               f"has N={images.shape[0]}, epochs={self.buffer.epochs}: use another --out")
         total = self.buffer.num_experts if num_experts is None else num_experts
-        done = set(store.finished())
+        self.ranks.barrier()  # every rank has looked at the store before any writes to it
+        done = set(self.ranks.broadcast(store.finished()))  # and all use rank 0's view of it
         todo = [i for i in range(total) if i not in done]
         if not todo:
             return []
         dev = self.device
         data = (images.to(dev), labels.to(dev), test_images.to(dev), test_labels.to(dev))
         g = self.buffer.experts_per_group
-        groups = [todo[i:i + g] for i in range(0, len(todo), g)]
-        bar = tqdm(total=len(todo) * self.buffer.epochs, desc="experts", unit="ep",
+        groups = self.ranks.share([todo[i:i + g] for i in range(0, len(todo), g)])
+        bar = tqdm(total=sum(map(len, groups)) * self.buffer.epochs, desc="experts", unit="ep",
                    disable=not self.progress, dynamic_ncols=True)
         try:
             for group in groups:
@@ -247,6 +252,7 @@ class ExpertTrainer:
                     store.save_expert(record)
         finally:
             bar.close()
+        self.ranks.barrier()  # every expert is saved before any rank reads the store
         return todo
 
     # ------------------------------------------------------------------ one group

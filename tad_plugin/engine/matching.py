@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from ..files import atomic_torch_save
 from .convnet import ConvNetConfig, forward
+from .distributed import Ranks
 from .dsa import DEFAULT_STRATEGY, DSA
 from ..checks import check_hard_or_soft_labels
 from .evaluate import Evaluator
@@ -234,12 +235,15 @@ class TrajectoryMatcher:
         evaluator: evaluates (images, labels, syn_lr); None = no evaluation.
         checkpoint: path of the resumable checkpoint (None = no checkpoints).
         device: where to run (default: the images' device).
+        ranks: several processes split every inner step's minibatch (exact; see
+            :mod:`tad_plugin.engine.distributed`); each must pass the same arguments. None = one process.
+            Only rank 0 shows progress and writes the checkpoint.
     """
 
     def __init__(self, net: ConvNetConfig, config: MatchingConfig, trajectories: Sequence[Tensor],
                  images: Tensor, labels: Tensor, *, evaluator: Evaluator | None = None,
                  checkpoint: str | os.PathLike[str] | None = None, device: torch.device | str | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, ranks: Ranks | None = None) -> None:
         if len(trajectories) == 0:
             raise ValueError("no expert trajectories given; train experts first")
         if images.dim() != 4 or not images.is_floating_point() or tuple(images.shape[1:]) != (
@@ -249,7 +253,8 @@ class TrajectoryMatcher:
         check_hard_or_soft_labels(labels, images.shape[0], net.num_classes)
         self.net, self.config, self.trajectories = net, config, trajectories
         self.device = torch.device(device) if device is not None else images.device
-        self.evaluator, self.progress = evaluator, progress
+        self.ranks = ranks or Ranks()
+        self.evaluator, self.progress = evaluator, progress and self.ranks.is_main
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         c = config
         self.images = images.detach().to(self.device).clone().requires_grad_()
@@ -320,9 +325,7 @@ class TrajectoryMatcher:
             x, y = self._next_batch()
             if self.dsa is not None:
                 x = self.dsa(x)
-            logits = forward(self.net, w, x.unsqueeze(0), channels_last=c.channels_last)[0]
-            (g,) = torch.autograd.grad(self.inner_loss(logits, y), w, create_graph=True)
-            w = w - self.syn_lr * g
+            w = w - self.syn_lr * self._student_grad(w, x, y)
             if c.adaptive_length:
                 steps.append(w)
                 with torch.no_grad():
@@ -335,7 +338,9 @@ class TrajectoryMatcher:
         self.opt_lr.zero_grad(set_to_none=True)
         if self.opt_labels is not None:
             self.opt_labels.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss / self.ranks.world_size).backward()
+        self.ranks.sum_([self.images.grad, self.syn_lr.grad, self.labels.grad])
+        # every rank holds the same loss (its w is the all-reduced sum), so all ranks gate alike
         if c.loss_gate is None or float(loss.detach()) <= c.loss_gate:
             self.opt_img.step()
             self.opt_lr.step()
@@ -349,6 +354,18 @@ class TrajectoryMatcher:
         self._losses[it] = loss.detach()
         self.iteration += 1
         return loss.detach()
+
+    def _student_grad(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """The inner loss's gradient at ``w`` [1, P] on the (augmented) batch ``x``, ``y``, with its graph;
+        with several ranks each takes its slice of the batch and the slices' gradients are summed (exact
+        because :meth:`inner_loss` is a mean over the batch's samples)."""
+        part = self.ranks.rows(x.shape[0]) if self.ranks.active else slice(None)
+        logits = forward(self.net, w, x[part].unsqueeze(0), channels_last=self.config.channels_last)[0]
+        loss = self.inner_loss(logits, y[part])
+        if self.ranks.active:
+            loss = loss * (logits.shape[0] / x.shape[0])  # the batch mean = the sum of the slices' shares
+        (g,) = torch.autograd.grad(loss, w, create_graph=True)
+        return self.ranks.sum(g)
 
     def evaluate(self) -> dict[str, Any]:
         """Evaluate the current images (and the EMA images) with the evaluator; appends to history."""
@@ -398,6 +415,7 @@ class TrajectoryMatcher:
             self.evaluate()
             if self.checkpoint is not None:
                 self.save(self.checkpoint)
+        self.ranks.barrier()  # rank 0's last checkpoint is written before any rank moves on
         return self.result()
 
     def result(self) -> DistillResult:
@@ -459,5 +477,6 @@ class TrajectoryMatcher:
                 from exc
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`state_dict` atomically."""
-        atomic_torch_save(self.state_dict(), path)
+        """Write :meth:`state_dict` atomically (rank 0 only: the ranks' states are the same)."""
+        if self.ranks.is_main:
+            atomic_torch_save(self.state_dict(), path)

@@ -11,6 +11,12 @@ defaults table and -- where its method differs -- :meth:`Pipeline.initial_images
 Settings only some methods implement (DATM's growing start window, learned soft labels, its
 ``samples_predicted_correctly`` initialisation) are refused with a :class:`ConfigError` by the
 pipelines that do not implement them, instead of being ignored.
+
+Every method runs on several processes (``torchrun``; :mod:`tad_plugin.engine.distributed`) through the
+same code: ``ranks`` reaches the expert trainer (groups dealt out), the matcher (each inner minibatch
+split, gradients summed exactly -- hard or learned soft labels with their momentum, the loss gate, the
+adaptive length and the EMA images included, as all ranks hold the same student and loss) and the
+evaluator (nets dealt out). Only rank 0 writes the trust report and the checkpoints.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from ..files import atomic_torch_save
 from ..manager import TADHooks, get_plugin_manager
 from .config import ConfigError, RunConfig, to_dict
 from .convnet import ConvNetConfig
+from .distributed import Ranks, current, rank_device
 from .dual_loop import DualLoop, DualLoopConfig
 from .evaluate import EvalResult, Evaluator
 from .experts import EpochCallback, ExpertTrainer
@@ -110,7 +117,10 @@ class Pipeline:
         config: the run config (an adapter's ``<method>_defaults`` give its method's values).
         hooks: the hook facade; None builds one with ``TrustAwareDiversion(**config.tad.plugin_kwargs())``
             registered as ``tad`` (third-party plugins from entry points still override it).
-        progress: tqdm bars.
+        progress: tqdm bars (rank 0 only).
+        ranks: the processes sharing the work (experts by group, distillation by minibatch slice,
+            evaluation by net; :mod:`tad_plugin.engine.distributed`); None = the initialised process
+            group (``torchrun``), else one process. With several, ``device="cuda"`` means ``cuda:LOCAL_RANK``.
 
     Raises:
         ConfigError: a ``distill`` setting this method does not implement is set.
@@ -123,7 +133,8 @@ class Pipeline:
     #: the ``distill.pix_init`` values this pipeline implements.
     pix_inits: ClassVar[tuple[str, ...]] = ("real", "noise")
 
-    def __init__(self, config: RunConfig, hooks: TADHooks | None = None, progress: bool = True) -> None:
+    def __init__(self, config: RunConfig, hooks: TADHooks | None = None, progress: bool = True,
+                 ranks: Ranks | None = None) -> None:
         self.config = config.validate()
         d = config.distill
         for field, unused in _OPTIONAL_FIELDS.items():
@@ -133,7 +144,8 @@ class Pipeline:
         if d.pix_init not in self.pix_inits:
             raise ConfigError(f"distill.pix_init = {d.pix_init!r} is not implemented by method {self.name!r}; "
                               f"choose one of {', '.join(self.pix_inits)}")
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.ranks = ranks or current()
+        self.device = rank_device(config.device, self.ranks)
         self.progress = progress
         if hooks is None and config.tad.enabled:
             from ..tad import TrustAwareDiversion
@@ -195,10 +207,10 @@ class Pipeline:
         if on_epoch is None and self.tad and cfg.tad.inner_loop and len(store.finished()) < cfg.buffer.num_experts:
             loop = on_epoch = self.dual_loop(dataset, labels, clean_labels)
         trainer = ExpertTrainer(net, pre, cfg.buffer, cfg.tad, hooks=self.hooks, device=self.device,
-                                on_epoch=on_epoch, progress=self.progress)
+                                on_epoch=on_epoch, progress=self.progress, ranks=self.ranks)
         trainer.train(store, dataset.train_images, labels, dataset.test_images, dataset.test_labels,
                       seed=cfg.seed)
-        if loop is not None and loop.report.rounds:
+        if loop is not None and loop.report.rounds and self.ranks.is_main:  # rank 0 ran the first group
             loop.report.save_json(store.root / "trust_report.json")
             try:
                 loop.report.plot(store.root / "trust_report.png", title=f"Trust report: {dataset.name}")
@@ -319,10 +331,12 @@ class Pipeline:
         gen = torch.Generator().manual_seed(cfg.seed)
         images = self.initial_images(store, experts, dataset, labels, pre, gen)
         syn_labels = self.initial_labels(store, experts, dataset, images)
+        if self.ranks.active:  # all start from rank 0's set (an expert-based choice could round otherwise)
+            images, syn_labels = (t.to(self.device) for t in self.ranks.broadcast((images.cpu(), syn_labels.cpu())))
         mcfg = self.matching_config(eval_every=d.eval_every if evaluator is not None else 0)
         matcher = self.make_matcher(net, mcfg, TrajectoryList(store, experts), images, syn_labels,
                                     evaluator=evaluator, checkpoint=checkpoint, device=self.device,
-                                    progress=self.progress)
+                                    progress=self.progress, ranks=self.ranks)
         return matcher.run()
 
     # ------------------------------------------------------------------ evaluate
@@ -334,7 +348,7 @@ class Pipeline:
         return Evaluator(self.network(dataset), test_x, dataset.test_labels.to(self.device), num_nets=e.num_eval,
                          epochs=e.epochs, batch_size=e.batch_size, momentum=e.momentum,
                          weight_decay=e.weight_decay, dsa_strategy=cfg.buffer.dsa_strategy if e.dsa else "",
-                         seed=cfg.seed, device=self.device, progress=self.progress)
+                         seed=cfg.seed, device=self.device, progress=self.progress, ranks=self.ranks)
 
     def evaluate(self, result: DistillResult, dataset: ImageDataset,
                  preprocess: Preprocessor | None = None) -> EvalResult:

@@ -56,11 +56,13 @@ class RunLog:
         seed: the run seed.
         device: the torch device the run uses.
         command: the command line; defaults to ``sys.argv``.
+        enabled: False makes :meth:`write` a no-op (the ranks other than 0 of a distributed run).
     """
 
     def __init__(self, path: str | os.PathLike[str], config: dict[str, Any], seed: int,
-                 device: torch.device | str, command: list[str] | None = None) -> None:
+                 device: torch.device | str, command: list[str] | None = None, enabled: bool = True) -> None:
         self.path = Path(path)
+        self.enabled = enabled
         self._start = time.perf_counter()
         self.record: dict[str, Any] = {
             "command": " ".join(command if command is not None else sys.argv),
@@ -89,5 +91,6 @@ class RunLog:
     def write(self) -> Path:
         """Write the record now (wall time so far included); returns the path."""
         self.record["wall_time_s"] = round(time.perf_counter() - self._start, 3)
-        atomic_write_json(self.record, self.path)
+        if self.enabled:
+            atomic_write_json(self.record, self.path)
         return self.path

@@ -1,0 +1,205 @@
+"""Several processes (GPUs, hosts) through PyTorch's own runtime: ``torch.distributed`` under ``torchrun``.
+
+One process stays the default: every engine class takes ``ranks=None`` (or a one-process
+:class:`Ranks`) and then behaves exactly as before. Under ``torchrun --nproc_per_node N`` (which sets
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), :func:`init_from_env`
+joins the process group (NCCL for CUDA, gloo for the CPU) and returns this process's :class:`Ranks`;
+rank r then uses ``cuda:LOCAL_RANK`` (:func:`rank_device`).
+
+How each stage is split, and why the result does not depend on the number of processes:
+
+* **Experts** (:class:`~tad_plugin.engine.experts.ExpertTrainer`): the experts still to train are cut
+  into the same groups of ``experts_per_group`` as in one process, and the groups are dealt out
+  round-robin (group g to rank ``g % W``, :meth:`Ranks.share`). A group's whole run -- initialisation,
+  shuffles, DSA, the TAD division (``filter_dataset`` per expert, or one shared split per group) and
+  the dual loop's anchors and recalibration -- depends only on the seeds of the group's own experts, so
+  dealing groups to ranks changes nothing: the W-process store equals the one-process store bit for bit
+  on the same kind of device. Each rank writes its own experts (atomic files), so a restarted job
+  (``torchrun --max-restarts``) skips every finished expert; the list of experts to train is read by
+  rank 0 and broadcast, so no rank sees a file another rank wrote meanwhile. With fewer groups than
+  ranks some ranks idle: use ``num_experts >= W * experts_per_group``.
+* **Distillation** (:class:`~tad_plugin.engine.matching.TrajectoryMatcher`): every rank holds all
+  synthetic images and replays the same random draws (expert, start epoch, batch, DSA); each inner step's
+  minibatch of ``batch_syn`` images is cut into W contiguous slices (:meth:`Ranks.rows`) and rank r
+  runs the student's forward and backward on slice r only, so the unrolled graph (the memory) is split
+  W ways. The step's gradient is ``g = sum_r g_r`` with ``g_r = grad(inner_loss(slice r) * |slice r| / B)``
+  (a mean loss over B samples is the sum of its slices' weighted means), summed by a differentiable
+  all-reduce (:meth:`Ranks.sum`), so ``w_{k+1} = w_k - syn_lr * g`` is the same on every rank. Back-
+  propagation: the all-reduce's backward is again an all-reduce (sum), and every rank back-propagates
+  ``loss / W``. Then the adjoints a_k^(r) that flow along each rank's copy of the (replicated) w_k sum
+  over ranks to the true adjoint dL/dw_k (true at the end, ``W * (dL/dw_N) / W``, and kept by every
+  step: ``sum_r a_k^(r) = sum_r a_{k+1}^(r) - syn_lr * sum_r H_r^T (sum_r' a_{k+1}^(r'))``), and the
+  gradient reaching each ``g_r`` is the true ``-syn_lr * dL/dw_{k+1}``. Hence rank r's image (and
+  soft-label) gradient holds the exact gradient of the rows of slice r and zeros elsewhere, and its
+  ``syn_lr`` gradient is its share of a sum; one all-reduce (sum) of the image, label and step-size
+  gradients after ``backward`` (:meth:`Ranks.sum_`) gives every rank the one-process gradients, up to
+  the order of floating-point additions. DSA draws its per-sample parameters for the whole minibatch
+  (so the draws match one process) and each rank keeps its slice of the augmented batch.
+* **Evaluation** (:class:`~tad_plugin.engine.evaluate.Evaluator`): the K nets are dealt out
+  round-robin; rank r trains its nets together (seeded by the evaluation seed and r) and the
+  accuracies are gathered in net order. The protocol is the same; the individual draws (inits,
+  shuffles, DSA) differ from a one-process evaluation, which trains all K nets from one generator.
+
+Only rank 0 shows progress bars and writes run records, checkpoints and reports.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Ranks", "init_from_env", "shutdown", "launched", "launched_rank", "current", "rank_device"]
+
+T = TypeVar("T")
+_joined = False  # whether init_from_env initialised the process group
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among W cooperating processes (one process: rank 0 of 1, no collectives).
+
+    Attributes:
+        rank: 0 .. world_size - 1.
+        world_size: W >= 1.
+        local_rank: the rank on this host (picks the GPU).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside [0, world_size={self.world_size})")
+        if self.world_size > 1 and not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(f"Ranks(world_size={self.world_size}) needs an initialised process group; call "
+                               f"tad_plugin.engine.distributed.init_from_env() (under torchrun) first")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that prints and writes shared files."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+    def share(self, items: Sequence[T]) -> list[T]:
+        """This rank's items, dealt round-robin: ``items[rank::world_size]``."""
+        return list(items[self.rank::self.world_size])
+
+    def rows(self, n: int) -> slice:
+        """This rank's contiguous slice of ``n`` rows (sizes differ by at most one, lower ranks larger).
+
+        Raises:
+            ValueError: ``n < world_size`` (a rank would get no rows).
+        """
+        if n < self.world_size:
+            raise ValueError(f"cannot split {n} rows over {self.world_size} processes; use a batch of at least "
+                             f"{self.world_size} (distill.batch_syn) or fewer processes")
+        base, extra = divmod(n, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable sum over ranks (a new tensor; its backward is again a sum over ranks)."""
+        if not self.active:
+            return x
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(x)
+
+    def sum_(self, tensors: Sequence[torch.Tensor | None]) -> None:
+        """In-place sum over ranks of each tensor (None entries skipped; every rank passes the same list)."""
+        if self.active:
+            for t in tensors:
+                if t is not None:
+                    dist.all_reduce(t)
+
+    def gather(self, obj: T) -> list[T]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` (picklable) on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        """Wait until every rank got here."""
+        if self.active:
+            dist.barrier()
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` (or similar) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def launched_rank() -> int:
+    """This process's rank as the launcher set it (``RANK``; 0 without a launcher), before any group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def current() -> Ranks:
+    """The :class:`Ranks` of the initialised process group, or one process when there is none."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Ranks()
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+def init_from_env(device: str | torch.device | None = None) -> Ranks:
+    """Join the process group ``torchrun`` describes in the environment; one process without it.
+
+    Args:
+        device: the run's device (``"cuda"``, ``"cpu"``, None = CUDA when available). NCCL is used for
+            CUDA, gloo for the CPU; with CUDA the process's current device becomes ``cuda:LOCAL_RANK``.
+
+    Returns:
+        This process's :class:`Ranks` (the existing group's, if one is already initialised).
+    """
+    global _joined
+    if not launched() or dist.is_initialized():
+        return current()
+    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if kind == "cuda":
+        if local >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK={local} but this host has {torch.cuda.device_count()} GPU(s); "
+                               f"use torchrun --nproc_per_node <= {torch.cuda.device_count()}")
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+    else:
+        dist.init_process_group("gloo")
+    _joined = True
+    return current()
+
+
+def shutdown() -> None:
+    """Leave the process group :func:`init_from_env` joined (a group initialised elsewhere is kept)."""
+    global _joined
+    if _joined and dist.is_initialized():
+        dist.destroy_process_group()
+    _joined = False
+
+
+def rank_device(device: str | torch.device | None, ranks: Ranks) -> torch.device:
+    """The device this rank runs on: ``"cuda"`` (or None with CUDA present) becomes ``cuda:LOCAL_RANK``
+    when several processes run; an explicit index or the CPU is kept."""
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and dev.index is None and ranks.active:
+        return torch.device("cuda", ranks.local_rank)
+    return dev
