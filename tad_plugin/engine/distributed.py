@@ -109,11 +109,7 @@ class Ranks:
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable sum over ranks (a new tensor; its backward is again a sum over ranks)."""
-        if not self.active:
-            return x
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(x)
+        return _SumOverRanks.apply(x) if self.active else x
 
     def sum_(self, tensors: Sequence[torch.Tensor | None]) -> None:
         """In-place sum over ranks of each tensor (None entries skipped; every rank passes the same list)."""
@@ -142,6 +138,22 @@ class Ranks:
         """Wait until every rank got here."""
         if self.active:
             dist.barrier()
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """y = sum over ranks of x; the gradient of x is the sum over ranks of y's gradients. (PyTorch's
+    ``torch.distributed.nn.functional.all_reduce`` does the same and is deprecated in recent releases; the
+    functional collectives that replace it have no backward for all_reduce.)"""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _SumOverRanks.apply(grad)
 
 
 def launched() -> bool:
