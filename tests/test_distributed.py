@@ -2,6 +2,7 @@
 distillation (hard labels; soft learned labels with ATT's adaptive length and EMA), evaluation shared by net."""
 
 import dataclasses
+import shutil
 import socket
 
 import pytest
@@ -75,11 +76,20 @@ def free_port():
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     single = run_all(MTT(config(), progress=False, ranks=Ranks()), tmp / "one")
+    # a resumed run: expert 1 is finished already, so the ranks train experts 0, 3 (rank 0) and 2 (rank 1)
+    (tmp / "two" / "buffer" / "experts").mkdir(parents=True)
+    shutil.copy2(tmp / "one" / "buffer" / "experts" / "expert_00001.pt", tmp / "two" / "buffer" / "experts")
     # fork: the children inherit the imported modules (spawning would re-import torch, seconds per child)
     mp.start_processes(worker, args=(free_port(), tmp / "two", str(tmp / "res")), nprocs=WORLD, join=True,
                        start_method="fork")
     multi = [torch.load(f"{tmp / 'res'}.{r}", weights_only=False) for r in range(WORLD)]
     return tmp, single, multi
+
+
+def test_a_resumed_run_keeps_the_finished_experts(runs):
+    tmp, _, _ = runs
+    kept, original = (tmp / d / "buffer" / "experts" / "expert_00001.pt" for d in ("two", "one"))
+    assert kept.stat().st_mtime_ns == original.stat().st_mtime_ns  # not retrained, not rewritten
 
 
 def test_experts_and_dual_loop_are_the_one_process_ones(runs):

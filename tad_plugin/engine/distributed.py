@@ -64,14 +64,17 @@ class Ranks:
     """This process's place among W cooperating processes (one process: rank 0 of 1, no collectives).
 
     Attributes:
-        rank: 0 .. world_size - 1.
-        world_size: W >= 1.
+        rank: 0 .. world_size - 1, within ``group``.
+        world_size: W >= 1, the size of ``group``.
         local_rank: the rank on this host (picks the GPU).
+        group: the process group the collectives run in; None = the default (all processes).
+            A subgroup (``torch.distributed.new_group``) lets some processes work while others wait.
     """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    group: Any = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -109,21 +112,21 @@ class Ranks:
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable sum over ranks (a new tensor; its backward is again a sum over ranks)."""
-        return _SumOverRanks.apply(x) if self.active else x
+        return _SumOverRanks.apply(x, self.group) if self.active else x
 
     def sum_(self, tensors: Sequence[torch.Tensor | None]) -> None:
         """In-place sum over ranks of each tensor (None entries skipped; every rank passes the same list)."""
         if self.active:
             for t in tensors:
                 if t is not None:
-                    dist.all_reduce(t)
+                    dist.all_reduce(t, group=self.group)
 
     def gather(self, obj: T) -> list[T]:
         """Every rank's ``obj`` (picklable), in rank order, on every rank."""
         if not self.active:
             return [obj]
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=self.group)
         return out
 
     def broadcast(self, obj: T) -> T:
@@ -131,13 +134,14 @@ class Ranks:
         if not self.active:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0 if self.group is None else dist.get_global_rank(self.group, 0),
+                                   group=self.group)
         return box[0]
 
     def barrier(self) -> None:
         """Wait until every rank got here."""
         if self.active:
-            dist.barrier()
+            dist.barrier(group=self.group)
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -146,14 +150,15 @@ class _SumOverRanks(torch.autograd.Function):
     functional collectives that replace it have no backward for all_reduce.)"""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
         y = x.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(y)
+        dist.all_reduce(y, group=group)
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return _SumOverRanks.apply(grad)
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _SumOverRanks.apply(grad, ctx.group), None
 
 
 def launched() -> bool:
