@@ -15,7 +15,7 @@ not depend on the pixels):
   CIFAR-100 IPC 50 row (``syn_steps`` 80, ``batch_syn`` 125, lr_img 1000, lr_lr 1e-5, lr_teacher 0.01,
   DSA) over generated expert trajectories; the first iteration is a warm-up, the others are timed.
   Each row reports seconds per iteration, speed-up and every GPU's peak memory, and how far its images
-  are from the one-process images after the same iterations (float rounding, amplified by lr_img).
+  are from the one-GPU images after the same iterations (float rounding, amplified by lr_img).
 
 Rank 0 prints the table and writes the JSON record after every row (so an interrupted run keeps what
 it measured). A row that runs out of GPU memory on one process is recorded as "OOM".
@@ -98,7 +98,8 @@ def train_experts(args: argparse.Namespace, ranks: Ranks, device: torch.device, 
         sync(device)
         ranks.barrier()
         start = time.perf_counter()
-        trainer.train(store, ds.train_images, ds.train_labels, ds.test_images, ds.test_labels, seed=0)  # ends with a barrier: the slowest rank's time
+        # train() ends with a barrier, so this is the slowest rank's time
+        trainer.train(store, ds.train_images, ds.train_labels, ds.test_images, ds.test_labels, seed=0)
         sync(device)
         return time.perf_counter() - start
     finally:
@@ -147,7 +148,7 @@ def run_row(fn: Any, everyone: Ranks, members: Ranks | None) -> dict[str, Any]:
     if members is not None:
         try:
             outcome = fn(members)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             outcome = {"error": "OOM"}
     parts = everyone.gather(outcome)
     return {"ranks": [p for p in parts if p]}
@@ -235,11 +236,11 @@ def main() -> int:
                        "peak_mib": [p.get("peak_mib") for p in row["ranks"]], "errors": errors}
                 if not errors:
                     sec, images = row["ranks"][0]["s_per_iter"], kept.get("images")
-                    reference = images if reference is None else reference
-                    base = base or sec
-                    out.update(s_per_iter=round(sec, 4), speedup=round(base / sec, 2))
-                    if everyone.is_main:
-                        out["max_abs_diff_vs_first_row"] = float((images - reference).abs().max())
+                    if w == 1:
+                        base, reference = sec, images
+                    out.update(s_per_iter=round(sec, 4), speedup=round(base / sec, 2) if base else None)
+                    if everyone.is_main and reference is not None:
+                        out["max_abs_diff_vs_1_gpu"] = float((images - reference).abs().max())
                 emit(out)
 
     if everyone.is_main:
@@ -247,11 +248,12 @@ def main() -> int:
         print(f"{'stage':<8} {'GPUs':>4} {'setting':<26} {'time':>12} {'speed-up':>8}  peak MiB per GPU")
         for r in rows:
             if r["stage"] == "experts":
-                setting, time_s = f"{r['experts']} experts x {r['epochs']} ep", f"{r['expert_epochs_per_s']:.2f} ex-ep/s"
+                setting = f"{r['experts']} experts x {r['epochs']} ep"
+                time_s = f"{r['expert_epochs_per_s']:.2f} ex-ep/s"
             else:
                 setting = f"IPC {r['ipc']} x {r['classes']}, batch {r['batch_syn']}"
                 time_s = f"{r['s_per_iter']:.3f} s/it" if "s_per_iter" in r else ",".join(r["errors"])
-            print(f"{r['stage']:<8} {r['gpus']:>4} {setting:<26} {time_s:>12} {r.get('speedup', '-'):>8}  "
+            print(f"{r['stage']:<8} {r['gpus']:>4} {setting:<26} {time_s:>12} {str(r.get('speedup') or '-'):>8}  "
                   f"{r['peak_mib']}")
     everyone.barrier()
     dist.destroy_process_group() if dist.is_initialized() else None

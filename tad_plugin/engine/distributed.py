@@ -16,7 +16,9 @@ How each stage is split, and why the result does not depend on the number of pro
   dealing groups to ranks changes nothing: the W-process store equals the one-process store bit for bit
   on the same kind of device. Each rank writes its own experts (atomic files), so a restarted job
   (``torchrun --max-restarts``) skips every finished expert; the list of experts to train is read by
-  rank 0 and broadcast, so no rank sees a file another rank wrote meanwhile. With fewer groups than
+  rank 0 and broadcast, so no rank sees a file another rank wrote meanwhile. (As in one process, the
+  experts left are regrouped on resume, so a group that was saved only in part continues in another
+  grouping, with other shuffles.) With fewer groups than
   ranks some ranks idle: use ``num_experts >= W * experts_per_group``.
 * **Distillation** (:class:`~tad_plugin.engine.matching.TrajectoryMatcher`): every rank holds all
   synthetic images and replays the same random draws (expert, start epoch, batch, DSA); each inner step's
