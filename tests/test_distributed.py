@@ -1,69 +1,69 @@
-"""torch.distributed (2 gloo processes on the CPU) gives the one-process results: experts with TAD's dual loop,
-distillation (hard labels; soft learned labels with ATT's adaptive length and EMA), evaluation shared by net."""
+"""torch.distributed (2 gloo processes on the CPU) gives the one-process results: `tad run` (experts with TAD's
+dual loop, distillation, evaluation), a soft-label distillation (learned labels, ATT's adaptive length, EMA),
+evaluation nets shared by rank, and a resumed expert run."""
 
 import dataclasses
+import json
+import os
 import shutil
 import socket
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tad_plugin.adapters.mtt import MTT, TrajectoryList
-from tad_plugin.engine.distributed import Ranks, init_from_env, shutdown
+from tad_plugin.adapters.mtt import MTT, TrajectoryList, load_distilled
+from tad_plugin.cli import build_parser, config_from_args, main
+from tad_plugin.data import load_dataset, save_arrays
+from tad_plugin.engine.distributed import Ranks
 from tad_plugin.engine.matching import TrajectoryMatcher
 from tad_plugin.engine.trajectories import TrajectoryStore
 
-from test_mtt_adapter import tiny_config, tiny_dataset
+from test_mtt_adapter import tiny_dataset
 
 WORLD = 2
+# 4 experts in groups of 1 (rank 0 trains experts 0 and 2, rank 1 experts 1 and 3); the dual loop divides
+# after epoch 1 and recalibrates after epochs 3 and 4. batch_syn 4 of 6 images: minibatches of 4 and 2
+# rows, split 2 + 2 and 1 + 1 over the ranks. 3 evaluation nets: 2 on rank 0, 1 on rank 1.
+SETS = ["model.width=4", "model.depth=2", "buffer.num_experts=4", "buffer.epochs=5", "buffer.batch_size=10",
+        "buffer.experts_per_group=1", "tad.warmup_epochs=1", "tad.features=pixels", "tad.anchor_epoch=3",
+        "tad.anchor_ipc=2", "tad.anchor_iterations=2", "distill.ipc=2", "distill.iterations=4",
+        "distill.syn_steps=2", "distill.max_start_epoch=1", "distill.expert_epochs=2", "distill.batch_syn=4",
+        "eval.num_eval=3", "eval.epochs=3"]
 
 
-def noisy_data():
-    ds = tiny_dataset()
-    noisy = ds.train_labels.clone()
-    noisy[::5] = (noisy[::5] + 1) % 3  # 20% wrong labels
-    return ds, noisy
+def cli_args(data, out):
+    return ["run", "--dataset", str(data), "--noise", "symmetric", "--noise-rate", "0.2", "--device", "cpu",
+            "--out", str(out), "--no-progress", *[a for s in SETS for a in ("--set", s)]]
 
 
-def config():
-    # 4 experts in groups of 1: rank 0 trains experts 0 and 2, rank 1 experts 1 and 3; the dual loop
-    # divides after epoch 1 and recalibrates after epochs 3 and 4. batch_syn 4 of 6 images: minibatches
-    # of 4 and 2 rows, split 2 + 2 and 1 + 1 over the ranks.
-    return tiny_config(True, **{"tad.inner_loop": "true", "tad.features": "pixels", "buffer.epochs": 5,
-                                "buffer.num_experts": 4, "buffer.experts_per_group": 1, "tad.anchor_epoch": 3,
-                                "tad.anchor_ipc": 2, "tad.anchor_iterations": 2, "distill.batch_syn": 4,
-                                "distill.iterations": 4, "eval.num_eval": 3})
-
-
-def run_all(mtt, root):
-    """Experts, distillation (hard labels), a soft-label ATT-style distillation, an evaluation."""
-    ds, noisy = noisy_data()
-    store = mtt.buffer(ds, noisy, root / "buffer", clean_labels=ds.train_labels)
-    hard = mtt.distill(store, ds, noisy, checkpoint=root / "ckpt.pt")
+def run_all(data, out):
+    """`tad run`, then through the library (in the same processes) a soft-label distillation and an evaluation."""
+    args = cli_args(data, out)
+    assert main(args) == 0
+    mtt = MTT(config_from_args(build_parser().parse_args(args)), progress=False)  # ranks: the process group
+    ds = load_dataset(str(data))
+    store = TrajectoryStore.open(out / "buffer")
+    hard, pre = load_distilled(out / "distilled.pt")
     soft_cfg = dataclasses.replace(mtt.matching_config(), lr_labels=5.0, adaptive_length=True, ema_decay=0.9,
                                    batch_syn=None)
-    g = torch.Generator().manual_seed(1)
+    soft_init = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
     matcher = TrajectoryMatcher(mtt.network(ds), soft_cfg, TrajectoryList(store, store.finished()),
-                                hard.images, torch.randn(6, 3, generator=g), progress=False, ranks=mtt.ranks)
-    soft = matcher.run()
-    ev = mtt.evaluate(hard, ds, mtt.preprocessor(ds, store))
-    return {"hard": hard, "soft": soft, "eval": ev.accuracies}
+                                hard.images, soft_init, progress=False, ranks=mtt.ranks)
+    return {"hard": hard, "soft": matcher.run(), "soft_init": soft_init,
+            "eval": mtt.evaluate(hard, ds, pre).accuracies}
 
 
-def worker(rank, port, root, out):
-    import os
-
+def worker(rank, port, data, root, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
-    ranks = init_from_env("cpu")
+    dist.init_process_group("gloo")  # as torchrun's environment says; `tad run` joins it and leaves it open
     try:
-        assert (ranks.rank, ranks.world_size) == (rank, WORLD)
-        res = run_all(MTT(config(), progress=False, ranks=ranks), root)
-        torch.save(res, f"{out}.{rank}")
+        torch.save(run_all(data, root), f"{out}.{rank}")
     finally:
-        shutdown()
+        dist.destroy_process_group()
 
 
 def free_port():
@@ -75,21 +75,16 @@ def free_port():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
-    single = run_all(MTT(config(), progress=False, ranks=Ranks()), tmp / "one")
-    # a resumed run: expert 1 is finished already, so the ranks train experts 0, 3 (rank 0) and 2 (rank 1)
+    save_arrays(tiny_dataset(), tmp / "tiny.npz")
+    single = run_all(tmp / "tiny.npz", tmp / "one")
+    # the two-process run resumes: expert 1 is finished, so rank 0 trains experts 0 and 3, rank 1 expert 2
     (tmp / "two" / "buffer" / "experts").mkdir(parents=True)
     shutil.copy2(tmp / "one" / "buffer" / "experts" / "expert_00001.pt", tmp / "two" / "buffer" / "experts")
     # fork: the children inherit the imported modules (spawning would re-import torch, seconds per child)
-    mp.start_processes(worker, args=(free_port(), tmp / "two", str(tmp / "res")), nprocs=WORLD, join=True,
-                       start_method="fork")
+    mp.start_processes(worker, args=(free_port(), tmp / "tiny.npz", tmp / "two", str(tmp / "res")), nprocs=WORLD,
+                       join=True, start_method="fork")
     multi = [torch.load(f"{tmp / 'res'}.{r}", weights_only=False) for r in range(WORLD)]
     return tmp, single, multi
-
-
-def test_a_resumed_run_keeps_the_finished_experts(runs):
-    tmp, _, _ = runs
-    kept, original = (tmp / d / "buffer" / "experts" / "expert_00001.pt" for d in ("two", "one"))
-    assert kept.stat().st_mtime_ns == original.stat().st_mtime_ns  # not retrained, not rewritten
 
 
 def test_experts_and_dual_loop_are_the_one_process_ones(runs):
@@ -104,9 +99,14 @@ def test_experts_and_dual_loop_are_the_one_process_ones(runs):
         assert not bool(a.trusted[1:].all())  # a division happened
         recalibrated += a.labels.shape[0] > 1
     assert recalibrated  # and the inner loop changed labels
-    assert one.final_trust()[0].tolist() == two.final_trust()[0].tolist()
     assert (tmp / "two" / "buffer" / "trust_report.json").read_text() == \
         (tmp / "one" / "buffer" / "trust_report.json").read_text()
+
+
+def test_a_resumed_run_keeps_the_finished_experts(runs):
+    tmp, _, _ = runs
+    kept, original = (tmp / d / "buffer" / "experts" / "expert_00001.pt" for d in ("two", "one"))
+    assert kept.stat().st_mtime_ns == original.stat().st_mtime_ns  # not retrained, not rewritten
 
 
 def test_distillation_matches_one_process(runs):
@@ -118,20 +118,26 @@ def test_distillation_matches_one_process(runs):
             torch.testing.assert_close(b.labels, a.labels, rtol=1e-4, atol=1e-5)
             assert b.syn_lr == pytest.approx(a.syn_lr, rel=1e-5)
         torch.testing.assert_close(multi[r]["soft"].ema_images, single["soft"].ema_images, rtol=1e-4, atol=1e-5)
-    # the runs learned something: images, soft labels and the step size moved
-    first = multi[0]
-    assert not torch.equal(first["soft"].labels, torch.randn(6, 3, generator=torch.Generator().manual_seed(1)))
-    assert first["hard"].syn_lr != 0.01
+    # images, soft labels and the step size were learned
+    soft = multi[0]["soft"]
+    assert not torch.allclose(soft.labels, multi[0]["soft_init"]) and soft.syn_lr != multi[0]["hard"].syn_lr
+
+
+def test_tad_run_under_two_processes_writes_one_record(runs):
+    tmp, single, multi = runs
+    record = json.loads((tmp / "two" / "result_run.json").read_text())
+    assert record["processes"] == 2 and json.loads((tmp / "one" / "result_run.json").read_text())["processes"] == 1
+    assert record["results"]["test_acc"] == pytest.approx(list(multi[0]["eval"]))
+    assert len(record["results"]["test_acc"]) == 3
 
 
 def test_evaluation_nets_are_shared_and_gathered(runs):
-    _, single, multi = runs
+    tmp, _, multi = runs
     assert multi[0]["eval"] == multi[1]["eval"] and len(multi[0]["eval"]) == 3
-    # net 0 and net 2 ran on rank 0 with the one-process seed: they are a one-process run of 2 nets
-    ds, _ = noisy_data()
-    mtt = MTT(config(), progress=False, ranks=Ranks())
+    # nets 0 and 2 ran on rank 0 with the one-process seed: they are a one-process evaluation of 2 nets
+    args = build_parser().parse_args(cli_args(tmp / "tiny.npz", tmp / "one"))
+    mtt = MTT(config_from_args(args), progress=False, ranks=Ranks())
     mtt.config.eval.num_eval = 2
-    store = TrajectoryStore.open(runs[0] / "one" / "buffer")
-    two_nets = mtt.evaluate(multi[0]["hard"], ds, mtt.preprocessor(ds, store)).accuracies
+    hard, pre = load_distilled(tmp / "two" / "distilled.pt")
+    two_nets = mtt.evaluate(hard, load_dataset(str(tmp / "tiny.npz")), pre).accuracies
     assert (multi[0]["eval"][0], multi[0]["eval"][2]) == pytest.approx(two_nets)
-    assert len(single["eval"]) == 3
