@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from tad_plugin.adapters.mtt import MTT, TrajectoryList, load_distilled
 from tad_plugin.cli import build_parser, config_from_args, main
 from tad_plugin.data import load_dataset, save_arrays
-from tad_plugin.engine.distributed import Ranks
+from tad_plugin.engine.distributed import Ranks, rank_device
 from tad_plugin.engine.matching import TrajectoryMatcher
 from tad_plugin.engine.trajectories import TrajectoryStore
 
@@ -141,3 +141,23 @@ def test_evaluation_nets_are_shared_and_gathered(runs):
     hard, pre = load_distilled(tmp / "two" / "distilled.pt")
     two_nets = mtt.evaluate(hard, load_dataset(str(tmp / "tiny.npz")), pre).accuracies
     assert (multi[0]["eval"][0], multi[0]["eval"][2]) == pytest.approx(two_nets)
+
+
+def test_rows_and_shares_cover_everything_once():
+    for world in (1, 2, 3):
+        ranks = [Ranks(r, world, r) for r in range(world)]
+        rows = [list(range(7))[r.rows(7)] for r in ranks]
+        assert sum(rows, []) == list(range(7)) and max(map(len, rows)) - min(map(len, rows)) <= 1
+        assert sorted(sum((r.share(range(7)) for r in ranks), [])) == list(range(7))
+    with pytest.raises(ValueError, match="batch of at least 3"):
+        Ranks(0, 3).rows(2)
+    with pytest.raises(ValueError, match="outside"):
+        Ranks(2, 2)
+
+
+def test_each_process_gets_its_own_gpu():
+    assert rank_device("cpu", Ranks(1, 2, 1)) == torch.device("cpu")
+    assert rank_device("cuda", Ranks(1, 2, 1)) == torch.device("cuda", 1)
+    assert rank_device("cuda:3", Ranks()) == torch.device("cuda", 3)  # one process: as asked
+    with pytest.raises(ValueError, match="cuda:LOCAL_RANK"):
+        rank_device("cuda:0", Ranks(1, 2, 1))

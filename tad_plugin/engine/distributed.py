@@ -81,9 +81,6 @@ class Ranks:
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside [0, world_size={self.world_size})")
-        if self.world_size > 1 and not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError(f"Ranks(world_size={self.world_size}) needs an initialised process group; call "
-                               f"tad_plugin.engine.distributed.init_from_env() (under torchrun) first")
 
     @property
     def is_main(self) -> bool:
@@ -217,8 +214,15 @@ def shutdown() -> None:
 
 def rank_device(device: str | torch.device | None, ranks: Ranks) -> torch.device:
     """The device this rank runs on: ``"cuda"`` (or None with CUDA present) becomes ``cuda:LOCAL_RANK``
-    when several processes run; an explicit index or the CPU is kept."""
+    when several processes run; the CPU is kept.
+
+    Raises:
+        ValueError: several processes and an explicit GPU other than ``cuda:LOCAL_RANK`` (they would share it).
+    """
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.type == "cuda" and dev.index is None and ranks.active:
-        return torch.device("cuda", ranks.local_rank)
-    return dev
+    if dev.type != "cuda" or not ranks.active:
+        return dev
+    if dev.index is not None and dev.index != ranks.local_rank:
+        raise ValueError(f"device {dev} for process {ranks.rank} of {ranks.world_size}: under torchrun each process "
+                         f"uses its own GPU, cuda:LOCAL_RANK; pass --device cuda (or set CUDA_VISIBLE_DEVICES)")
+    return torch.device("cuda", ranks.local_rank)
