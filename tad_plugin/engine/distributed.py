@@ -18,25 +18,27 @@ How each stage is split, and why the result does not depend on the number of pro
   (``torchrun --max-restarts``) skips every finished expert; the list of experts to train is read by
   rank 0 and broadcast, so no rank sees a file another rank wrote meanwhile. (As in one process, the
   experts left are regrouped on resume, so a group that was saved only in part continues in another
-  grouping, with other shuffles.) With fewer groups than
-  ranks some ranks idle: use ``num_experts >= W * experts_per_group``.
+  grouping, with other shuffles.) With fewer groups than ranks some ranks idle: use
+  ``num_experts >= W * experts_per_group``.
 * **Distillation** (:class:`~tad_plugin.engine.matching.TrajectoryMatcher`): every rank holds all
   synthetic images and replays the same random draws (expert, start epoch, batch, DSA); each inner step's
   minibatch of ``batch_syn`` images is cut into W contiguous slices (:meth:`Ranks.rows`) and rank r
   runs the student's forward and backward on slice r only, so the unrolled graph (the memory) is split
   W ways. The step's gradient is ``g = sum_r g_r`` with ``g_r = grad(inner_loss(slice r) * |slice r| / B)``
   (a mean loss over B samples is the sum of its slices' weighted means), summed by a differentiable
-  all-reduce (:meth:`Ranks.sum`), so ``w_{k+1} = w_k - syn_lr * g`` is the same on every rank. Back-
-  propagation: the all-reduce's backward is again an all-reduce (sum), and every rank back-propagates
-  ``loss / W``. Then the adjoints a_k^(r) that flow along each rank's copy of the (replicated) w_k sum
-  over ranks to the true adjoint dL/dw_k (true at the end, ``W * (dL/dw_N) / W``, and kept by every
-  step: ``sum_r a_k^(r) = sum_r a_{k+1}^(r) - syn_lr * sum_r H_r^T (sum_r' a_{k+1}^(r'))``), and the
-  gradient reaching each ``g_r`` is the true ``-syn_lr * dL/dw_{k+1}``. Hence rank r's image (and
-  soft-label) gradient holds the exact gradient of the rows of slice r and zeros elsewhere, and its
-  ``syn_lr`` gradient is its share of a sum; one all-reduce (sum) of the image, label and step-size
-  gradients after ``backward`` (:meth:`Ranks.sum_`) gives every rank the one-process gradients, up to
-  the order of floating-point additions. DSA draws its per-sample parameters for the whole minibatch
-  (so the draws match one process) and each rank keeps its slice of the augmented batch.
+  all-reduce (:meth:`Ranks.sum`), so ``w_{k+1} = w_k - syn_lr * g`` is the same on every rank.
+  Backward: every rank back-propagates ``loss / W``, and the all-reduce's backward is again a sum over
+  ranks. Let a_k^(r) be the gradient reaching rank r's copy of w_k through rank r's own graph; the
+  invariant is ``sum_r a_k^(r) = dL/dw_k``. It holds at the end (``a_N^(r) = dL/dw_N / W``), and in
+  step k the all-reduce's backward hands every rank ``sum_r -syn_lr * a_{k+1}^(r) = -syn_lr * dL/dw_{k+1}``,
+  the true gradient of g; so ``a_k^(r) = a_{k+1}^(r) + J_r^T (-syn_lr * dL/dw_{k+1})`` (J_r: the Jacobian
+  of g_r in w_k), which sums over r to dL/dw_k again. Hence rank r's image (and soft-label) gradient
+  holds the exact contributions of its slices (the steps' other rows add nothing), and its ``syn_lr``
+  gradient its share of a sum: one all-reduce (sum) of the image, label and step-size gradients after ``backward``
+  (:meth:`Ranks.sum_`) gives every rank the one-process gradients, up to the order of floating-point
+  additions. DSA draws its per-sample parameters for the whole minibatch (so the draws match one
+  process) and each rank keeps its slice of the augmented batch. Rounding differences can grow over
+  many iterations at large ``lr_img`` (a ReLU input changing sign), as between two GPU models.
 * **Evaluation** (:class:`~tad_plugin.engine.evaluate.Evaluator`): the K nets are dealt out
   round-robin; rank r trains its nets together (seeded by the evaluation seed and r) and the
   accuracies are gathered in net order. The protocol is the same; the individual draws (inits,
