@@ -74,6 +74,8 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    if "fork" not in mp.get_all_start_methods() or not dist.is_available():
+        pytest.skip("needs fork and torch.distributed (gloo)")
     tmp = tmp_path_factory.mktemp("dist")
     save_arrays(tiny_dataset(), tmp / "tiny.npz")
     single = run_all(tmp / "tiny.npz", tmp / "one")
