@@ -3,6 +3,7 @@ dual loop, distillation, evaluation), a soft-label distillation (learned labels,
 evaluation nets shared by rank, and a resumed expert run."""
 
 import dataclasses
+import datetime
 import json
 import os
 import shutil
@@ -59,7 +60,8 @@ def worker(rank, port, data, root, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")  # as torchrun's environment says; `tad run` joins it and leaves it open
+    # as torchrun's environment says (a deadlock fails after 2 minutes); `tad run` joins it and leaves it open
+    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=2))
     try:
         torch.save(run_all(data, root), f"{out}.{rank}")
     finally:
