@@ -1,7 +1,9 @@
 """torch.distributed (2 gloo processes on the CPU) gives the one-process results: `tad run` (experts with TAD's
 dual loop, distillation, evaluation), a soft-label distillation (learned labels, ATT's adaptive length, EMA),
-evaluation nets shared by rank, and a resumed expert run."""
+DATM's pipeline (expert-chosen images and soft labels, label momentum, loss gate, growing window, EMA evaluated
+from the raw images' nets), evaluation nets shared by rank, and a resumed expert run."""
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -14,24 +16,27 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tad_plugin.adapters.mtt import MTT, TrajectoryList, load_distilled
+from tad_plugin.adapters.datm import DATM
+from tad_plugin.adapters.mtt import MTT
 from tad_plugin.cli import build_parser, config_from_args, main
 from tad_plugin.data import load_dataset, save_arrays
 from tad_plugin.engine.distributed import Ranks, rank_device
 from tad_plugin.engine.matching import TrajectoryMatcher
+from tad_plugin.engine.pipeline import TrajectoryList, load_distilled
 from tad_plugin.engine.trajectories import TrajectoryStore
 
 from test_mtt_adapter import tiny_dataset
 
 WORLD = 2
 # 4 experts in groups of 1 (rank 0 trains experts 0 and 2, rank 1 experts 1 and 3); the dual loop divides
-# after epoch 1 and recalibrates after epochs 3 and 4. batch_syn 4 of 6 images: minibatches of 4 and 2
-# rows, split 2 + 2 and 1 + 1 over the ranks. 3 evaluation nets: 2 on rank 0, 1 on rank 1.
+# after epoch 1 and recalibrates after epochs 3 and 4 (fixed vote rule: on these 60 images the calibrated
+# bar changes no label). batch_syn 4 of 6 images: minibatches of 4 and 2 rows, split 2 + 2 and 1 + 1 over
+# the ranks. 3 evaluation nets: 2 on rank 0, 1 on rank 1.
 SETS = ["model.width=4", "model.depth=2", "buffer.num_experts=4", "buffer.epochs=5", "buffer.batch_size=10",
         "buffer.experts_per_group=1", "tad.warmup_epochs=1", "tad.features=pixels", "tad.anchor_epoch=3",
-        "tad.anchor_ipc=2", "tad.anchor_iterations=2", "distill.ipc=2", "distill.iterations=4",
-        "distill.syn_steps=2", "distill.max_start_epoch=1", "distill.expert_epochs=2", "distill.batch_syn=4",
-        "eval.num_eval=3", "eval.epochs=3"]
+        "tad.anchor_ipc=2", "tad.anchor_iterations=2", "tad.vote_threshold=fixed", "tad.num_neighbors=5",
+        "distill.ipc=2", "distill.iterations=4", "distill.syn_steps=2", "distill.max_start_epoch=1",
+        "distill.expert_epochs=2", "distill.batch_syn=4", "eval.num_eval=3", "eval.epochs=3"]
 
 
 def cli_args(data, out):
@@ -53,7 +58,19 @@ def run_all(data, out):
     matcher = TrajectoryMatcher(mtt.network(ds), soft_cfg, TrajectoryList(store, store.finished()),
                                 hard.images, soft_init, progress=False, ranks=mtt.ranks)
     return {"hard": hard, "soft": matcher.run(), "soft_init": soft_init,
-            "eval": mtt.evaluate(hard, ds, pre).accuracies}
+            "eval": mtt.evaluate(hard, ds, pre).accuracies, "datm": run_datm(mtt.config, ds, store, pre)}
+
+
+def run_datm(config, ds, store, pre):
+    """DATM's distillation of the run's experts with every matching feature on, evaluated during it."""
+    cfg = copy.deepcopy(config)
+    cfg.method = "datm"
+    d = cfg.distill
+    d.pix_init, d.window_start, d.window_growth_iterations = "samples_predicted_correctly", 1, 2
+    d.lr_labels, d.label_momentum, d.loss_gate, d.ema_decay, d.ema_eval_reuses_raw_net = 5.0, 0.5, 0.92, 0.9, True
+    d.batch_syn, d.eval_every = 5, 2  # minibatches of 5 and 1 rows: rank 1 gets none of the second
+    datm = DATM(cfg, progress=False)
+    return datm.distill(store, ds, evaluator=datm.evaluator(ds, pre))
 
 
 def worker(rank, port, data, root, out):
@@ -153,8 +170,7 @@ def test_rows_and_shares_cover_everything_once():
         rows = [list(range(7))[r.rows(7)] for r in ranks]
         assert sum(rows, []) == list(range(7)) and max(map(len, rows)) - min(map(len, rows)) <= 1
         assert sorted(sum((r.share(range(7)) for r in ranks), [])) == list(range(7))
-    with pytest.raises(ValueError, match="batch of at least 3"):
-        Ranks(0, 3).rows(2)
+    assert [Ranks(r, 3).rows(2) for r in range(3)] == [slice(0, 1), slice(1, 2), slice(2, 2)]
     with pytest.raises(ValueError, match="outside"):
         Ranks(2, 2)
 
@@ -165,3 +181,22 @@ def test_each_process_gets_its_own_gpu():
     assert rank_device("cuda:3", Ranks()) == torch.device("cuda", 3)  # one process: as asked
     with pytest.raises(ValueError, match="cuda:LOCAL_RANK"):
         rank_device("cuda:0", Ranks(1, 2, 1))
+
+
+def test_datm_distillation_matches_one_process(runs):
+    _, single, multi = runs
+    a = single["datm"]
+    losses = [h for h in a.history if "loss" in h]
+    assert a.labels.is_floating_point() and a.ema_images is not None and not torch.equal(a.ema_images, a.images)
+    for r in range(WORLD):
+        b = multi[r]["datm"]
+        for key in ("images", "labels", "ema_images"):
+            torch.testing.assert_close(getattr(b, key), getattr(a, key), rtol=1e-4, atol=1e-5)
+        assert b.syn_lr == pytest.approx(a.syn_lr, rel=1e-5)
+        assert [h for h in b.history if "loss" in h] == pytest.approx(losses, rel=1e-4)
+    # every evaluation (raw, then EMA from the raw images' nets) gathered the same 3 nets on both ranks
+    evals = [h for h in multi[0]["datm"].history if "eval" in h]
+    assert [h["iteration"] for h in evals] == [0, 2, 4]
+    assert evals == [h for h in multi[1]["datm"].history if "eval" in h]
+    assert all(len(h["eval_ema"]["accuracies"]) == 3 for h in evals)
+    assert 0 < losses[-1]["gated"] < 4  # the gate skipped some updates (losses ~0.96, 0.89, 0.97, 0.88), not all

@@ -99,14 +99,8 @@ class Ranks:
         return list(items[self.rank::self.world_size])
 
     def rows(self, n: int) -> slice:
-        """This rank's contiguous slice of ``n`` rows (sizes differ by at most one, lower ranks larger).
-
-        Raises:
-            ValueError: ``n < world_size`` (a rank would get no rows).
-        """
-        if n < self.world_size:
-            raise ValueError(f"cannot split {n} rows over {self.world_size} processes; use a batch of at least "
-                             f"{self.world_size} (distill.batch_syn) or fewer processes")
+        """This rank's contiguous slice of ``n`` rows (sizes differ by at most one, lower ranks larger;
+        with ``n < world_size`` the ranks from ``n`` on get empty slices)."""
         base, extra = divmod(n, self.world_size)
         start = self.rank * base + min(self.rank, extra)
         return slice(start, start + base + (self.rank < extra))

@@ -359,7 +359,9 @@ class TrajectoryMatcher:
         """The inner loss's gradient at ``w`` [1, P] on the (augmented) batch ``x``, ``y``, with its graph;
         with several ranks each takes its slice of the batch and the slices' gradients are summed (exact
         because :meth:`inner_loss` is a mean over the batch's samples)."""
-        part = self.ranks.rows(x.shape[0]) if self.ranks.active else slice(None)
+        part = self.ranks.rows(x.shape[0])
+        if part.start == part.stop:  # fewer rows than ranks (a last, short minibatch): nothing to add, but
+            return self.ranks.sum(w * 0)  # the sum and its backward must still run on every rank
         logits = forward(self.net, w, x[part].unsqueeze(0), channels_last=self.config.channels_last)[0]
         loss = self.inner_loss(logits, y[part])
         if self.ranks.active:
