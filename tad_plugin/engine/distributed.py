@@ -11,8 +11,9 @@ How each stage is split, and why the result does not depend on the number of pro
 * **Experts** (:class:`~tad_plugin.engine.experts.ExpertTrainer`): the experts still to train are cut
   into the same groups of ``experts_per_group`` as in one process, and the groups are dealt out
   round-robin (group g to rank ``g % W``, :meth:`Ranks.share`). A group's whole run -- initialisation,
-  shuffles, DSA, the TAD division (``filter_dataset`` per expert, or one shared split per group) and
-  the dual loop's anchors and recalibration -- depends only on the seeds of the group's own experts, so
+  shuffles, DSA, its optimiser (SGD, or FTD's / DATM's GSAM), the TAD division (``filter_dataset`` per
+  expert, or one shared split per group) and the dual loop's anchors and recalibration -- depends only
+  on the seeds of the group's own experts, so
   dealing groups to ranks changes nothing: the W-process store equals the one-process store bit for bit
   on the same kind of device. Each rank writes its own experts (atomic files), so a restarted job
   (``torchrun --max-restarts``) skips every finished expert; the list of experts to train is read by
@@ -37,12 +38,22 @@ How each stage is split, and why the result does not depend on the number of pro
   gradient its share of a sum: one all-reduce (sum) of the image, label and step-size gradients after ``backward``
   (:meth:`Ranks.sum_`) gives every rank the one-process gradients, up to the order of floating-point
   additions. DSA draws its per-sample parameters for the whole minibatch (so the draws match one
-  process) and each rank keeps its slice of the augmented batch. Rounding differences can grow over
-  many iterations at large ``lr_img`` (a ReLU input changing sign), as between two GPU models.
+  process) and each rank keeps its slice of the augmented batch; a minibatch with fewer rows than ranks
+  (the last, short one when ``batch_syn`` does not divide the images) leaves the later ranks an empty
+  slice, which adds zero. All ranks start from rank 0's initial images and labels (broadcast; DATM picks
+  them with the experts, where GPU rounding could otherwise choose differently) and hold the same student
+  weights (an all-reduce hands every rank the same sum), hence the same matching loss: the adaptive
+  length's closest step, the loss gate's skip (``loss_gate``) and the EMA images agree on every rank,
+  and learned soft labels (with ``label_momentum``) get their summed gradient like the images. Every
+  method's matching runs this way (the adapters subclass :class:`~tad_plugin.engine.pipeline.Pipeline`).
+  Rounding differences can grow over many iterations at large ``lr_img`` (a ReLU input changing sign),
+  as between two GPU models.
 * **Evaluation** (:class:`~tad_plugin.engine.evaluate.Evaluator`): the K nets are dealt out
   round-robin; rank r trains its nets together (seeded by the evaluation seed and r) and the
   accuracies are gathered in net order. The protocol is the same; the individual draws (inits,
   shuffles, DSA) differ from a one-process evaluation, which trains all K nets from one generator.
+  :meth:`~tad_plugin.engine.evaluate.Evaluator.run` returns each rank's own nets, so FTD's
+  ``ema_eval_reuses_raw_net`` continues, on every rank, the nets that rank trained on the raw images.
 
 Only rank 0 shows progress bars and writes run records, checkpoints and reports.
 """
