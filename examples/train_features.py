@@ -98,7 +98,9 @@ def markdown(record: dict, path: Path) -> None:
         f"- command: `{record['command']}`",
         f"- trained {record['epochs']} epochs in {record['train_seconds'] / 60:.1f} min "
         f"(wall time of the script {record['wall_seconds'] / 60:.1f} min); checkpoint {record['checkpoint_mib']:.1f} MiB",
-        "- final kNN top-1: " + ", ".join(f"k={k}: {100 * v:.2f}%" for k, v in final.items()),
+        "- final kNN top-1: " + ", ".join(f"k={k}: {100 * v:.2f}%" for k, v in final.items())
+        + "".join(f"; similarity-weighted k={key[3:-9]} (T = 0.1, the published kNN monitors' vote): "
+                  f"{100 * v:.2f}%" for key, v in record["history"][-1].items() if key.endswith("_weighted")),
         "",
         "| epoch | minutes | loss | kNN k=10 (%) | kNN k=200 (%) | views/s | augment share |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -77,3 +77,16 @@ def test_knn_rejects_bad_input():
         knn_predict(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), torch.randn(2, 5), k=1)
     with pytest.raises(ValueError, match="k must"):
         knn_predict(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), torch.randn(2, 3), k=9)
+
+
+def test_weighted_knn_lets_close_neighbours_outvote_far_ones():
+    from tad_plugin.features.knn import knn_predict
+
+    angle = torch.tensor([0.05, -0.05, 1.0, 1.1, -1.0])  # two close class-1 rows, three far class-0 rows
+    bank = torch.stack([angle.cos(), angle.sin()], dim=1)
+    labels = torch.tensor([1, 1, 0, 0, 0])
+    query = torch.tensor([[1.0, 0.0]])
+    assert knn_predict(bank, labels, query, k=5).item() == 0  # majority: 3 against 2
+    assert knn_predict(bank, labels, query, k=5, temperature=0.1).item() == 1  # weighted: similarity wins
+    with pytest.raises(ValueError, match="temperature"):
+        knn_predict(bank, labels, query, k=5, temperature=0.0)

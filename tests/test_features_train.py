@@ -57,7 +57,8 @@ def test_interrupted_run_resumes_records_history_and_writes_files(tiny, tmp_path
     assert result.epochs == 2 and [h["epoch"] for h in result.history] == [1, 2]
     assert set(result.knn) == {1, 10} and all(0 <= v <= 1 for v in result.knn.values())
     for h in result.history:
-        assert {"epoch", "seconds", "loss", "lr", "images_per_s", "augment_share", "knn1", "knn10"} <= set(h)
+        assert {"epoch", "seconds", "loss", "lr", "images_per_s", "augment_share", "knn1", "knn10", "knn10_weighted"} <= set(h)
+        assert 0 <= h["knn10_weighted"] <= 1
     assert result.history[1]["seconds"] > result.history[0]["seconds"]
     loaded = load_extractor(ck)
     assert loaded.meta["epochs"] == 2 and loaded.in_channels == 1
