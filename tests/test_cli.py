@@ -34,6 +34,11 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
             assert key in record
         assert record["results"]["noise_rate"] == summary["noise_rate"]
         assert set(record["stages"]) == {"buffer", "distill", "eval"}
+        curve = record["stages"]["distill"]["evaluations"]  # distill.eval_every 5 of 10 iterations (0: the initial images, as upstream)
+        assert [e["iteration"] for e in curve] == [0, 5, 10] and all(0 <= e["mean"] <= 1 for e in curve)
+        best = max(curve, key=lambda e: e["mean"])  # the papers' number: the best evaluation point
+        assert record["results"]["test_acc_best_mean"] == best["mean"]
+        assert record["results"]["best_iteration"] == best["iteration"]
     assert (quick_demo / "tad" / "buffer" / "manifest.json").is_file()
     assert torch.load(quick_demo / "tad" / "distilled.pt", weights_only=True)["images"].shape == (20, 1, 8, 8)
 
@@ -42,6 +47,7 @@ def test_rerun_resumes_finished_stages(quick_demo):
     assert main(["demo", "--quick", "--no-progress", "--out", str(quick_demo)]) == 0
     record = json.loads((quick_demo / "tad" / "result_demo.json").read_text())
     assert record["stages"]["distill"].get("resumed") is True
+    assert len(record["stages"]["distill"]["evaluations"]) == 3 and "test_acc_best_mean" in record["results"]
     assert record["stages"]["buffer"]["experts"] == 2
 
 
