@@ -47,3 +47,18 @@ def test_page_compares_with_the_paper(tmp_path):
     assert "| sym40 | 57.5 | 64.6 | 57.0 +- 0.5 | 64.0 +- 0.5 | TAD >= 63.0, >= +5.0 | yes |" in text
     assert "| asym40 | 54.4 | 63.9 | not run | 60.0 +- 0.5 |" in text
     assert "`sym40-tad`: 20 experts x 50 epochs, 5000 iterations, 5 evaluation nets" in text
+
+
+def test_page_indexes_every_other_result_and_each_link_exists(tmp_path):
+    text = repro.page(tmp_path)
+    assert text.startswith("# Results") and "## Other results" in text
+    for name, _ in repro.OTHER_RESULTS:
+        assert f"[`{name}`]({name})" in text
+        assert (repro.PAGE.parent / name).is_file(), f"the page links to a missing file: {name}"
+
+
+def test_page_shows_the_best_evaluation_point_beside_the_last(tmp_path):
+    rec = {"results": {"test_acc_mean": 0.60, "test_acc_std": 0.01, "test_acc_best_mean": 0.62,
+                       "test_acc_best_std": 0.004, "best_iteration": 500}, "config": {}}
+    (tmp_path / "sym40-tad.json").write_text(json.dumps(rec))
+    assert "60.0 +- 1.0 (best 62.0 +- 0.4 @ 500)" in repro.page(tmp_path)
