@@ -6,7 +6,7 @@ import torch
 from tad_plugin import Recalibration, TADHooks, TrustSplit, get_plugin_manager, hookimpl
 from tad_plugin.engine.config import BufferConfig, TADConfig
 from tad_plugin.engine.convnet import ConvNetConfig
-from tad_plugin.engine.experts import ExpertError, ExpertTrainer, TrustUpdate, recalibrate_experts
+from tad_plugin.engine.experts import EpochState, ExpertError, ExpertTrainer, TrustUpdate, recalibrate_experts
 from tad_plugin.engine.preprocess import Preprocessor
 from tad_plugin.engine.trajectories import TrajectoryStore
 
@@ -111,7 +111,8 @@ def test_recalibrate_callback_changes_labels_and_trusted_space(tmp_path):
     t = trainer(spy, warmup_epochs=1, recompute_every=100, on_epoch=anchors)
     t.hooks = hooks
     t.train(store, *data())
-    assert spy.recal_calls == [((N, 5), torch.int64, torch.bool, (6, 5), torch.int64, C)] * 2
+    # both experts reach the recalibration with the same labels and trusted space: one call serves both
+    assert spy.recal_calls == [((N, 5), torch.int64, torch.bool, (6, 5), torch.int64, C)]
     rec = store.load_expert(0)
     y = data()[1]
     assert rec.label_epochs.tolist() == [0, 1]
@@ -258,3 +259,18 @@ def test_gsam_step_leaves_inactive_experts_alone():
     assert len(calls) == 4  # the loss is evaluated twice per step
     assert torch.equal(p[1], before[1]) and not torch.equal(p[0], before[0])
     assert torch.equal(opt.base_optimizer.state[p]["momentum_buffer"][1], mom[1])
+
+
+def test_recalibrate_experts_calls_the_hook_once_per_distinct_expert_state():
+    spy = Spy()
+    hooks = TADHooks(get_plugin_manager(default=spy))
+    y = data()[1]
+    labels = y.expand(3, N).clone()
+    trusted = torch.stack([y != 0, y != 0, y != 1])  # experts 0 and 1 alike, expert 2 differs
+    state = EpochState(experts=[0, 1, 2], epoch=0, params=torch.zeros(3, NET.num_params), labels=labels,
+                       trusted=trusted, losses=None, splits=None, num_classes=C)
+    update = recalibrate_experts(hooks, torch.randn(N, 5), state, torch.randn(6, 5), torch.arange(6) % C)
+    assert len(spy.recal_calls) == 2
+    assert torch.equal(update.labels[0], update.labels[1])
+    assert torch.equal(update.labels[0], torch.where(y != 0, y, 2))  # the spy relabels the untrusted as 2
+    assert torch.equal(update.labels[2], torch.where(y != 1, y, 2))

@@ -130,12 +130,22 @@ def recalibrate_experts(hooks: TADHooks, features: torch.Tensor, state: EpochSta
 
     Returns:
         The recalibrated labels [E, N] and trusted spaces [E, N] as a :class:`TrustUpdate`.
+
+    Experts whose labels and trusted space are identical (always so with ``tad.split: shared``) share
+    one hook call: ``recalibrate`` is a function of its arguments.
     """
     dev = features.device
+    anchor_features, anchor_labels = anchor_features.to(dev), anchor_labels.to(dev)
     labels, trusted = [], []
     for e in range(len(state.experts)):
-        rec = hooks.recalibrate(features, state.labels[e].to(dev), state.trusted[e].to(dev),
-                                anchor_features.to(dev), anchor_labels.to(dev), state.num_classes)
+        lab, tru = state.labels[e].to(dev), state.trusted[e].to(dev)
+        same = next((j for j in range(e) if torch.equal(state.labels[j], state.labels[e])
+                     and torch.equal(state.trusted[j], state.trusted[e])), None)
+        if same is not None:
+            labels.append(labels[same])
+            trusted.append(trusted[same])
+            continue
+        rec = hooks.recalibrate(features, lab, tru, anchor_features, anchor_labels, state.num_classes)
         labels.append(rec.labels)
         trusted.append(rec.trusted)
     return TrustUpdate(labels=torch.stack(labels), trusted=torch.stack(trusted))
