@@ -47,17 +47,19 @@ def repo(tmp_path, monkeypatch):
     root = tmp_path / "repo"
     shutil.copytree(HERE / "upstream_standin", root)
     gen = np.random.default_rng(0)
-    centres = gen.normal(0, 1, (NUM_CLASSES, 3, 8, 8)).astype(np.float32)
+    centres = gen.normal(0, 1, (NUM_CLASSES, 8, 8, 3))
 
-    def draw(n):
+    def draw(n):  # uint8 NHWC, as torchvision's CIFAR .data
         y = np.repeat(np.arange(NUM_CLASSES), n)
-        return centres[y] + 0.3 * gen.normal(0, 1, (len(y), 3, 8, 8)).astype(np.float32), y.astype(np.int64)
+        x = 128 + 50 * (centres[y] + 0.3 * gen.normal(0, 1, (len(y), 8, 8, 3)))
+        return np.clip(x, 0, 255).round().astype(np.uint8), y.astype(np.int64)
 
     x, y = draw(PER_CLASS)
     xt, yt = draw(5)
     (root / "data").mkdir()
     np.savez(root / "data" / "tiny.npz", x=x, y=y, xt=xt, yt=yt)
     monkeypatch.setenv("STANDIN_TRACE", str(tmp_path / "trace.jsonl"))
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "no_extractors"))
     monkeypatch.syspath_prepend(str(HERE / "upstream_harness"))
     return root
 
@@ -69,10 +71,11 @@ def _trace(repo):
 
 
 BUFFER_ARGS = ["--dataset=TINY", "--data_path=data", "--buffer_path=buffers", f"--num_experts={EXPERTS}",
-               f"--train_epochs={EPOCHS}", f"--save_interval={EXPERTS}", "--batch_train=32", "--lr_teacher=0.05"]
+               f"--train_epochs={EPOCHS}", f"--save_interval={EXPERTS}", "--batch_train=32", "--lr_teacher=0.2"]
 
 
-def test_buffer_and_distill_run_unmodified_with_tad(repo):
+def test_buffer_and_distill_run_unmodified_with_tad(repo, caplog):
+    """Without an extractor: the documented fallback (the expert's activations, chunk-mean anchors), logged."""
     torch.manual_seed(0)
     spy = Spy()
     pm = get_plugin_manager(TrustAwareDiversion(top_k=10, num_neighbors=5, recall_confidence=0.6),
@@ -82,6 +85,7 @@ def test_buffer_and_distill_run_unmodified_with_tad(repo):
     cfg.data.noise, cfg.data.noise_rate = "symmetric", 0.4
     result = run_wrapped("mtt", repo, "buffer.py", BUFFER_ARGS, cfg, hooks=TADHooks(pm))
     trace = _trace(repo)
+    assert "no feature extractor at" in caplog.text and "chunk-mean anchors" in caplog.text
 
     # hooks: divisions before epochs 1..4 of each expert, recalibration with them from epoch 3 on
     assert spy.calls["filter_dataset"] == EXPERTS * (EPOCHS - 1)
@@ -106,7 +110,7 @@ def test_buffer_and_distill_run_unmodified_with_tad(repo):
     assert noise_rate(torch.load(out / "labels_seen.pt"), state.clean_labels) == pytest.approx(0.4, abs=0.01)
     buffer = torch.load(out / "replay_buffer_0.pt")
     assert isinstance(buffer, list) and len(buffer) == EXPERTS
-    shapes = [(8, 3, 3, 3), (8,), (NUM_CLASSES, 128), (NUM_CLASSES,)]
+    shapes = [(8, 3, 3, 3), (8,), (8,), (8,)] + [(8, 8, 3, 3), (8,), (8,), (8,)] * 2 + [(NUM_CLASSES, 8), (NUM_CLASSES,)]
     for trajectory in buffer:
         assert isinstance(trajectory, list) and len(trajectory) == EPOCHS + 1
         assert all(isinstance(s, list) and [tuple(p.shape) for p in s] == shapes for s in trajectory)

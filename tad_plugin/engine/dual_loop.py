@@ -30,7 +30,7 @@ recalibration (with precision / recall when clean labels are given).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +42,7 @@ from .experts import EpochState, TrustUpdate, recalibrate_experts
 from .matching import MatchingConfig, TrajectoryMatcher, class_labels, real_init_indices
 from .preprocess import Preprocessor
 
-__all__ = ["DualLoopConfig", "DualLoop"]
+__all__ = ["DualLoopConfig", "DualLoop", "distill_anchors", "Embedder"]
 
 #: ``embed(images)``: float images in [0, 1] [M, C, H, W] -> features [M, D] (e.g. FeatureExtractor.embed).
 Embedder = Callable[[torch.Tensor], torch.Tensor]
@@ -144,21 +144,53 @@ class DualLoop:
 
     def _distill_anchors(self, state: EpochState) -> tuple[torch.Tensor, torch.Tensor]:
         """Distill ``anchor_ipc`` images per class from the group's early trajectory and embed them."""
-        cfg, k = self.config, state.num_classes
+        cfg = self.config
         if len(state.snapshots) < cfg.anchor_epoch + 1:
             raise RuntimeError(f"anchors need snapshots 0..{cfg.anchor_epoch} of the group, the trainer passed "
                                f"{len(state.snapshots)}")
         stacked = torch.stack(list(state.snapshots[:cfg.anchor_epoch + 1]), dim=1)  # [E, anchor_epoch+1, P]
-        early = list(stacked.unbind(0))
         # Initialisation: trusted by the majority of the group's experts, with the current labels.
-        labels = state.labels[0].cpu()
         pool = torch.nonzero(state.trusted.float().mean(0).cpu() >= 0.5).flatten()
         gen = torch.Generator().manual_seed(self.seed + 7919 * state.experts[0])
-        idx = real_init_indices(labels, pool, cfg.anchor_ipc, k, generator=gen)
-        images = self.preprocess(self.train_images[idx].to(self.device))
         matching = dataclasses.replace(cfg.anchor_matching, seed=self.seed + state.experts[0])
-        matcher = TrajectoryMatcher(self.net, matching, early, images, class_labels(k, cfg.anchor_ipc),
-                                    device=self.device, progress=self.progress)
-        result = matcher.run()
-        unit = self.preprocess.to_unit(result.images.to(self.device))
-        return self.embed(unit).to(self.device), result.labels.to(self.device)
+        return distill_anchors(self.net, matching, list(stacked.unbind(0)), state.labels[0].cpu(), pool,
+                               cfg.anchor_ipc, state.num_classes,
+                               lambda idx: self.preprocess(self.train_images[idx].to(self.device)),
+                               self.preprocess.to_unit, self.embed, generator=gen, device=self.device,
+                               progress=self.progress)
+
+
+def distill_anchors(net: ConvNetConfig, matching: MatchingConfig, early: Sequence[torch.Tensor],
+                    labels: torch.Tensor, pool: torch.Tensor, ipc: int, num_classes: int,
+                    images_at: Callable[[torch.Tensor], torch.Tensor], to_unit: Callable[[torch.Tensor], torch.Tensor],
+                    embed: Embedder, *, generator: torch.Generator, device: torch.device | str,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inner loop's anchors (paper Sec. 4.2): ``ipc`` images per class distilled by trajectory matching
+    from the early trajectory, mapped back to [0, 1] pixels and embedded.
+
+    Args:
+        net: the experts' ConvNet.
+        matching: the distillation settings (start epochs and ``expert_epochs`` must fit in ``early``).
+        early: per expert, float [T+1, P]: its snapshots 0..T (flat, ``ConvNet.parameters()`` order).
+        labels: int64 [N], the current labels of the training set.
+        pool: int64 indices of the samples the initialisation may draw from (the trusted space).
+        ipc: anchors per class; every class needs ``ipc`` pool samples.
+        num_classes: C.
+        images_at: int64 indices [M] -> their float images [M, C, H, W] in model-input space.
+        to_unit: model-input images -> [0, 1] pixels (inverse ZCA / normalisation); clamped here.
+        embed: [0, 1] images -> features [M, D].
+        generator: CPU generator drawing the initialisation.
+        device: where the distillation runs.
+
+    Returns:
+        ``(features, labels)``: float [C * ipc, D] and int64 [C * ipc] (class-major) on ``device``.
+
+    Raises:
+        ValueError: a class has fewer than ``ipc`` pool samples (the message says what to do).
+    """
+    idx = real_init_indices(labels, pool, ipc, num_classes, generator=generator)
+    matcher = TrajectoryMatcher(net, matching, early, images_at(idx), class_labels(num_classes, ipc),
+                                device=device, progress=progress)
+    result = matcher.run()
+    unit = to_unit(result.images.to(device)).clamp(0.0, 1.0)
+    return embed(unit).to(device), result.labels.to(device)

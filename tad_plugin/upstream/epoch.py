@@ -17,16 +17,31 @@ function; for ``mode == "train"`` it
    replaced by :class:`HookCriterion` (the ``expert_loss`` hook, TAD's CE + lambda * RCE), from the
    first epoch on, as the engine does. ``mode == "test"`` passes through untouched.
 
-Anchors in the wrapped mode (a documented simplification of the engine's inner loop, which distils
-anchors from the early trajectory): features are the expert's own penultimate activations (the input
-of its last ``nn.Linear``) from the same eval pass, or a fixed ``[N, D]`` feature file; the anchors of
-class c are ``tad.anchor_ipc`` means of disjoint random chunks of the trusted samples labelled c --
-they average to the trusted class mean, the role the distilled early-trajectory "prototypes" play,
-and their spread gives the class covariance its shape.
+Features and anchors (``tad.features``, resolved by :func:`~.anchors.resolve_embedding`):
+
+* **an extractor** (a ``tad features train`` file; the default when one exists at
+  ``default_extractor_path`` for the dataset) -- the paper's inner loop: the features are the extractor's
+  embeddings of upstream's raw training images, and the anchors are distilled as the engine's
+  :class:`~tad_plugin.engine.dual_loop.DualLoop` distils them, by the same function
+  (:func:`~tad_plugin.engine.dual_loop.distill_anchors`): the expert's parameters are recorded at its
+  start and after each epoch up to ``tad.anchor_epoch`` (flat, in ``parameters()`` order -- upstream's
+  ConvNet is the engine's, checked by :func:`~.anchors.convnet_config`); at ``tad.anchor_epoch``,
+  ``tad.anchor_ipc`` images per class, initialised from trusted samples with their current labels, are
+  matched to that early trajectory (start epoch 0 or 1, 2 expert epochs, ``tad.anchor_iterations``
+  iterations, :class:`~tad_plugin.engine.dual_loop.DualLoopConfig`'s other settings) in upstream's
+  model-input space, mapped back to [0, 1] pixels (inverse of upstream's ZCA, else of its
+  normalisation) and embedded; once per expert, as the engine does once per group.
+* **a fixed [N, D] file**, or **"expert"** (the expert's own penultimate activations, the input of its
+  last ``nn.Linear``, from the division's eval pass) -- a SIMPLIFICATION, also the fallback when no
+  extractor exists (logged) or when upstream's network is not the engine's ConvNet (logged): the anchors of
+  class c are ``tad.anchor_ipc`` means of disjoint random chunks of the trusted samples labelled c -- they
+  average to the trusted class mean, the role the distilled prototypes play, and their spread gives the
+  class covariance its shape.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +52,10 @@ from torch import nn
 from torch.utils.data import DataLoader, SubsetRandomSampler
 
 from ..engine.config import TADConfig
+from ..engine.convnet import ConvNetConfig, flatten
+from ..engine.dual_loop import DualLoopConfig, distill_anchors
 from ..manager import TADHooks
+from .anchors import Embedding, convnet_config, log
 from .labels import Relabelled
 from .state import TrustState
 
@@ -77,12 +95,16 @@ def class_chunk_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: t
 class _Expert:
     """The TAD state of the expert being trained."""
 
-    def __init__(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 convnet: ConvNetConfig | None) -> None:
         self.net, self.images = net, images
         self.labels = labels.clone()
         self.trusted = torch.ones(len(labels), dtype=torch.bool)
         self.epochs = 0  # train epochs finished
         self.divisions = 0
+        self.convnet = convnet  # None: chunk-mean anchors
+        self.snapshots: list[torch.Tensor] = []  # flat parameters after 0, 1, ... epochs (to anchor_epoch)
+        self.anchors: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class TADEpoch:
@@ -96,7 +118,7 @@ class TADEpoch:
         state_path: where the :class:`TrustState` (given by :meth:`start`) is saved, after each expert
             and by :meth:`finish`.
         batch_size: images per chunk of the per-sample loss pass.
-        seed: seeds the anchors' chunking.
+        seed: seeds the anchors (their chunking, or their initialisation and distillation).
     """
 
     def __init__(self, original: Callable[..., Any], hooks: TADHooks, tad: TADConfig, state_path: Any,
@@ -108,17 +130,17 @@ class TADEpoch:
                 raise TypeError(f"upstream epoch{self.signature} has no parameter {name!r}; tad wrap supports "
                                 f"epoch(mode, dataloader, net, optimizer, criterion, args, aug, ...)")
         self.state: TrustState | None = None
-        self.features: torch.Tensor | None = None
-        self.state_path, self.batch_size = state_path, batch_size
+        self.embedding = Embedding()
+        self.state_path, self.batch_size, self.seed = state_path, batch_size, seed
         self.criterion = HookCriterion(hooks)
         self.generator = torch.Generator().manual_seed(seed)
         self.expert: _Expert | None = None
         self.log: list[dict[str, Any]] = []  # one entry per division: expert, epoch, trusted, recalibrated
 
-    def start(self, state: TrustState, features: torch.Tensor | None = None) -> None:
+    def start(self, state: TrustState, embedding: Embedding | None = None) -> None:
         """Begin a run: ``state`` counts the finished experts (it holds the noisy and clean labels);
-        ``features`` float [N, D] are fixed features of the training samples, None = the expert's own."""
-        self.state, self.features = state, features
+        ``embedding`` is what the inner loop embeds with (None = the expert's own activations)."""
+        self.state, self.embedding = state, embedding or Embedding()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.state is None:
@@ -129,6 +151,8 @@ class TADEpoch:
         if a["mode"] != "train":
             return self.original(*args, **kwargs)
         ex = self._expert(a["net"], a["dataloader"])
+        if ex.convnet is not None and ex.epochs <= self.tad.anchor_epoch:
+            ex.snapshots.append(flatten(ex.net).cpu())  # snapshot ex.epochs: the early trajectory
         done = ex.epochs - self.tad.warmup_epochs
         if done >= 0 and done % self.tad.recompute_every == 0:
             self._divide(ex)
@@ -161,7 +185,13 @@ class TADEpoch:
         if labels.shape != self.state.noisy_labels.shape:
             raise ValueError(f"the trainloader holds {len(labels)} samples, get_dataset returned "
                              f"{len(self.state.noisy_labels)}; tad wrap supports scripts that train on all of dst_train")
-        self.expert = _Expert(net, images, labels.long().cpu())
+        convnet = None
+        if self.embedding.embed is not None and self.tad.inner_loop:
+            convnet, why = convnet_config(net, images)
+            if convnet is None:
+                log.warning("tad wrap: %s, so its trajectory cannot be matched; the anchors fall back to chunk "
+                            "means of the trusted samples' features (the simplified inner loop)", why)
+        self.expert = _Expert(net, images, labels.long().cpu(), convnet)
         return self.expert
 
     def _close_expert(self) -> None:
@@ -180,9 +210,14 @@ class TADEpoch:
         tad = self.tad
         since = ex.epochs - tad.anchor_epoch
         if tad.inner_loop and since >= 0 and since % tad.recalibrate_every == 0:
-            features = self.features if self.features is not None else feats
-            anchors, anchor_labels = class_chunk_anchors(features, ex.labels, ex.trusted, k, tad.anchor_ipc,
-                                                         self.generator)
+            features = self.embedding.features if self.embedding.features is not None else feats
+            if ex.convnet is not None:
+                if ex.anchors is None:
+                    ex.anchors = self._distill_anchors(ex, k)
+                anchors, anchor_labels = (t.to(features.device) for t in ex.anchors)
+            else:
+                anchors, anchor_labels = class_chunk_anchors(features, ex.labels, ex.trusted, k, tad.anchor_ipc,
+                                                             self.generator)
             rec = self.hooks.recalibrate(features, ex.labels, ex.trusted, anchors, anchor_labels, k)
             ex.labels, ex.trusted = rec.labels.cpu(), rec.trusted.cpu()
             entry.update(recalibrated=True, trusted=int(ex.trusted.sum()))
@@ -190,6 +225,20 @@ class TADEpoch:
             raise RuntimeError(f"expert {self.state.experts}: the trusted space is empty before epoch {ex.epochs}; "
                                f"check the plugin's filter_dataset / recalibrate")
         self.log.append(entry)
+
+    def _distill_anchors(self, ex: _Expert, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The engine's anchors from the expert's snapshots 0..anchor_epoch (see the module docstring)."""
+        tad, expert = self.tad, self.state.experts
+        assert ex.convnet is not None and self.embedding.embed is not None and self.embedding.to_unit is not None
+        device = next(ex.net.parameters()).device
+        default = DualLoopConfig().anchor_matching
+        matching = dataclasses.replace(default, iterations=tad.anchor_iterations, seed=self.seed + expert,
+                                       log_every=min(default.log_every, tad.anchor_iterations))
+        early = [torch.stack(ex.snapshots[:tad.anchor_epoch + 1])]
+        gen = torch.Generator().manual_seed(self.seed + 7919 * expert)
+        return distill_anchors(ex.convnet, matching, early, ex.labels, torch.nonzero(ex.trusted).flatten(),
+                               tad.anchor_ipc, num_classes, lambda idx: ex.images[idx].to(device).float(),
+                               self.embedding.to_unit, self.embedding.embed, generator=gen, device=device)
 
     def _pass(self, ex: _Expert) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample CE (float [N]) and penultimate features ([N, D]) of the expert: eval mode, no

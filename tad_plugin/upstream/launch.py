@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import inspect
 import os
 import runpy
 import sys
@@ -35,6 +36,7 @@ import torch
 
 from ..engine.config import DataConfig, TADConfig, load_yaml
 from ..manager import TADHooks, get_plugin_manager
+from .anchors import PixelMap, resolve_embedding
 from .epoch import TADEpoch
 from .labels import Relabelled, corrupt_labels, dataset_labels
 from .scripts import resolve_script
@@ -53,11 +55,14 @@ class WrapConfig:
     Attributes:
         data: the noise injected into upstream's train set (``noise``, ``noise_rate``, ``noise_seed``,
             or ``cifar_n`` and ``label_set``); its other keys are unused here.
-        tad: TAD's schedule and plugin settings; ``tad.features`` None = the expert's penultimate
-            features, else a ``.pt`` file holding a float tensor [N, D] in the train set's order.
+        tad: TAD's schedule and plugin settings; ``tad.features``: a feature extractor file (``tad
+            features train``; anchors distilled from the early trajectory, as the engine does), a ``.pt``
+            file holding a float tensor [N, D] in the train set's order, ``"expert"`` (the expert's
+            penultimate activations), or None = the dataset's default extractor if it exists, else
+            ``"expert"`` with a logged warning (see :mod:`.epoch`).
         state: the trust-state file the buffer run writes and the distill run reads; None =
             ``REPO/tad_wrap/state.pt``.
-        seed: seeds the anchors' chunking.
+        seed: seeds the anchors.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -156,6 +161,7 @@ class _Patch:
             if not callable(namespace.get(name)):
                 raise TypeError(f"{where} has no function {name}; is this the upstream code tad wrap knows?")
         original_get_dataset = namespace["get_dataset"]
+        signature = inspect.signature(original_get_dataset)
         if self.role == "buffer" and self.cfg.tad.enabled:
             assert self.hooks is not None
             # installed now: the script binds ``epoch`` when it imports it, before get_dataset runs
@@ -165,12 +171,15 @@ class _Patch:
 
         def get_dataset(*args: Any, **kwargs: Any) -> Any:
             out = list(original_get_dataset(*args, **kwargs))
-            out[6] = self._train_set(out[6], num_classes=int(out[2]))  # dst_train
+            call = signature.bind_partial(*args, **kwargs).arguments
+            out[6] = self._train_set(out, str(call.get("dataset", "")), call.get("args"))  # dst_train
             return tuple(out)
 
         namespace["get_dataset"] = get_dataset
 
-    def _train_set(self, dst_train: Any, num_classes: int) -> Relabelled:
+    def _train_set(self, returned: list[Any], dataset: str, args: Any) -> Relabelled:
+        """``dst_train`` (``returned[6]``) relabelled; for a buffer run also starts the wrapped epoch."""
+        dst_train, num_classes = returned[6], int(returned[2])
         clean = dataset_labels(dst_train)
         noisy = corrupt_labels(clean, self.cfg.data, num_classes)
         if self.role == "distill":
@@ -192,12 +201,11 @@ class _Patch:
                     raise ValueError(f"{self.state_path} holds experts trained on other labels; give this run "
                                      f"another --state (or delete the file together with its replay buffers)")
                 state = previous  # upstream appends replay_buffer_{n}.pt files; the votes accumulate too
-            features = None
-            if self.cfg.tad.features is not None:
-                features = torch.load(self.cfg.tad.features, map_location="cpu", weights_only=True)
-                if not isinstance(features, torch.Tensor) or features.shape[:1] != clean.shape:
-                    raise ValueError(f"tad.features {self.cfg.tad.features} must hold a float tensor [N={len(clean)}, D]")
-            self.wrapped_epoch.start(state, features)
+            embedding = None
+            if self.cfg.tad.inner_loop:
+                embedding = resolve_embedding(self.cfg.tad.features, dataset, dst_train,
+                                              PixelMap.from_get_dataset(returned, args))
+            self.wrapped_epoch.start(state, embedding)
         return Relabelled(dst_train, noisy)
 
     def finish(self) -> None:

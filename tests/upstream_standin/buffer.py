@@ -52,6 +52,7 @@ if __name__ == "__main__":
     parser.add_argument("--lr_teacher", type=float, default=0.01)
     parser.add_argument("--batch_train", type=int, default=256)
     parser.add_argument("--data_path", type=str, default="data")
+    parser.add_argument("--zca", action="store_true")
     parser.add_argument("--buffer_path", type=str, default="./buffers")
     parser.add_argument("--train_epochs", type=int, default=50)
     parser.add_argument("--save_interval", type=int, default=10)

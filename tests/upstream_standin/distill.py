@@ -36,6 +36,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", type=str, default="CIFAR10")
     parser.add_argument("--data_path", type=str, default="data")
+    parser.add_argument("--zca", action="store_true")
     parser.add_argument("--ipc", type=int, default=1)
     parser.add_argument("--out", type=str, default="logged_files")
     main(parser.parse_args())
