@@ -12,10 +12,13 @@ import torch
 from tad_plugin import hookimpl
 from tad_plugin.cli import main
 from tad_plugin.engine.config import TADConfig
+from tad_plugin.engine.trajectories import load_upstream_buffer
+from tad_plugin.features import ExtractorFileError, FeatureExtractor, cifar_resnet18, save_extractor
 from tad_plugin.manager import TADHooks, get_plugin_manager
 from tad_plugin.noise import noise_rate
 from tad_plugin.tad import TrustAwareDiversion
 from tad_plugin.upstream import TrustState, WrapConfig, run_wrapped
+from tad_plugin.upstream import epoch as wrapped_epoch
 from tad_plugin.upstream.epoch import HookCriterion
 
 HERE = Path(__file__).parent
@@ -147,3 +150,113 @@ def test_errors_name_the_problem(repo, capsys):
     assert main(["wrap", "mtt", "--repo", str(repo), "--", "buffer.py", "--no_such_flag"]) == 2  # argparse's exit
     assert main(["wrap", "mtt", "--repo", str(repo), "--set", "tad.bogus=1", "--", "buffer.py"]) == 2
     assert "tad.bogus" in capsys.readouterr().err
+    with pytest.raises(ExtractorFileError, match="no feature extractor at .*missing.pt"):
+        run_wrapped("mtt", repo, "buffer.py", BUFFER_ARGS, WrapConfig(tad=TADConfig(features="missing.pt")))
+
+
+class AnchorSpy:
+    """Records what ``recalibrate`` is given (defers to TAD)."""
+
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def recalibrate(self, features, anchor_features, anchor_labels):
+        self.calls.append((features.clone(), anchor_features.clone(), anchor_labels.clone()))
+
+
+@pytest.fixture
+def engine_spy(tmp_path, monkeypatch):
+    """A small SSL-style extractor file; records the engine's anchor distillation and every embedding."""
+    torch.manual_seed(0)
+    path = tmp_path / "extractor.pt"
+    save_extractor(cifar_resnet18(3), path, in_channels=3, image_size=(8, 8), mean=[0.5] * 3, std=[0.25] * 3)
+    calls = {"distill": [], "embed": [], "path": path}
+    distill, embed = wrapped_epoch.distill_anchors, FeatureExtractor.embed
+
+    def spy_distill(*args, **kwargs):
+        out = distill(*args, **kwargs)
+        calls["distill"].append((args, out))
+        return out
+
+    def spy_embed(self, images):
+        calls["embed"].append(images.detach().cpu().clone())
+        return embed(self, images)
+
+    monkeypatch.setattr(wrapped_epoch, "distill_anchors", spy_distill)
+    monkeypatch.setattr(FeatureExtractor, "embed", spy_embed)
+    return calls
+
+
+def _run_with(repo, features, *extra, model="ConvNet", anchor_ipc=2):
+    spy = AnchorSpy()
+    pm = get_plugin_manager(TrustAwareDiversion(top_k=10, num_neighbors=5, recall_confidence=0.6),
+                            load_entrypoints=False)
+    pm.register(spy, name="spy")
+    cfg = WrapConfig(tad=TADConfig(warmup_epochs=1, anchor_epoch=3, anchor_ipc=anchor_ipc, anchor_iterations=3,
+                                   features=str(features)))
+    cfg.data.noise, cfg.data.noise_rate = "symmetric", 0.4
+    run_wrapped("mtt", repo, "buffer.py", [*BUFFER_ARGS, f"--model={model}", *extra], cfg, hooks=TADHooks(pm))
+    _trace(repo)
+    return spy.calls
+
+
+@pytest.mark.parametrize("zca", [False, True])
+def test_anchors_are_distilled_from_the_early_trajectory_and_embedded(repo, engine_spy, zca):
+    recalibrations = _run_with(repo, engine_spy["path"], *(["--zca"] if zca else []))
+    n, ipc, anchor_epoch = NUM_CLASSES * PER_CLASS, 2, 3
+    # the extractor embedded the raw training images: torchvision's uint8 .data, or (ZCA) the images mapped back
+    raw = torch.from_numpy(np.load(repo / "data" / "tiny.npz")["x"]).permute(0, 3, 1, 2)
+    first = engine_spy["embed"][0]
+    assert first.dtype == torch.uint8 and torch.equal(first, raw)
+    # once per expert, the engine's distillation from snapshots 0..anchor_epoch of the expert, which are the
+    # replay buffer's own (the flat layout is upstream's parameters() order)
+    assert len(engine_spy["distill"]) == EXPERTS
+    buffers = load_upstream_buffer(repo / "buffers" / "TINY" / "ConvNet" / "replay_buffer_0.pt")
+    for (args, (anchor_features, anchor_labels)), trajectory in zip(engine_spy["distill"], buffers):
+        early = args[2]
+        assert len(early) == 1 and torch.allclose(early[0], trajectory[:anchor_epoch + 1])
+        assert torch.equal(anchor_labels.cpu(), torch.arange(NUM_CLASSES).repeat_interleave(ipc))
+    # the distilled anchors were mapped back to [0, 1] pixels and embedded, then handed to recalibrate
+    anchors_in_pixels = engine_spy["embed"][1:]
+    assert len(anchors_in_pixels) == EXPERTS
+    for images in anchors_in_pixels:
+        assert images.shape == (NUM_CLASSES * ipc, 3, 8, 8) and images.is_floating_point()
+        assert 0 <= float(images.min()) and float(images.max()) <= 1 and float(images.std()) > 0.01
+    assert len(recalibrations) == EXPERTS * (EPOCHS - anchor_epoch)
+    features, anchors, labels = recalibrations[0]
+    assert features.shape[0] == n and features.shape[1] == anchors.shape[1] == 512  # the extractor's, not the net's
+    assert torch.equal(anchors, engine_spy["distill"][0][1][0].cpu())
+    assert torch.equal(recalibrations[1][1], anchors)  # distilled once per expert, reused at every recalibration
+    assert not torch.equal(recalibrations[-1][1], anchors)  # the second expert has its own
+
+
+def test_a_class_short_of_trusted_samples_draws_its_anchors_from_its_labelled_ones(repo, engine_spy, caplog):
+    _run_with(repo, engine_spy["path"], anchor_ipc=PER_CLASS - 6)  # 40% noise: fewer trusted per class
+    assert f"fewer than tad.anchor_ipc={PER_CLASS - 6} trusted samples" in caplog.text
+    assert len(engine_spy["distill"]) == EXPERTS  # the upstream run went on, with distilled anchors
+
+
+def test_a_network_other_than_the_engines_convnet_falls_back_to_chunk_anchors(repo, engine_spy, caplog):
+    recalibrations = _run_with(repo, engine_spy["path"], model="ConvNetBN")
+    assert "ConvNet's parameters or buffers differ from the engine's ConvNet-D3" in caplog.text
+    assert "anchors fall back to chunk means" in caplog.text
+    assert engine_spy["distill"] == [] and len(engine_spy["embed"]) == 1  # the train set only
+    assert len(recalibrations) == EXPERTS * (EPOCHS - 3)
+    features, anchors, _ = recalibrations[0]
+    assert features.shape[1] == anchors.shape[1] == 512  # chunk means of the extractor's features
+
+
+@pytest.mark.parametrize("choice", ["expert", "file"])
+def test_expert_or_fixed_features_keep_the_chunk_anchors(repo, engine_spy, caplog, choice):
+    fixed = torch.randn(NUM_CLASSES * PER_CLASS, 5)
+    if choice == "file":
+        torch.save(fixed, repo / "fixed.pt")
+    recalibrations = _run_with(repo, "expert" if choice == "expert" else repo / "fixed.pt")
+    assert engine_spy["distill"] == [] and engine_spy["embed"] == []
+    assert "feature extractor" not in caplog.text
+    features, anchors, _ = recalibrations[0]
+    if choice == "file":
+        assert torch.equal(features, fixed) and anchors.shape[1] == 5
+    else:
+        assert features.shape[1] == anchors.shape[1] == 8  # the stand-in ConvNet's penultimate width

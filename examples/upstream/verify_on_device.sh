@@ -6,7 +6,9 @@
 # and /root/cifar10.npz (decoded CIFAR-10 arrays; made from .data/cifar10-jpeg.npz when missing).
 # For each repository: a short buffer run with TAD on (2 experts x 5 epochs, symmetric 40% noise) and a
 # short distill run consuming it (20 iterations, one evaluation), logs under $OUT/<name>/.
-# usage: bash examples/upstream/verify_on_device.sh [mtt ftd datm att]
+# Inner loop: EXTRACTOR=FILE (a `tad features train` file) gives SSL features and distilled anchors; without
+# it tad wrap's default applies (the default extractor if present, else the logged chunk-mean fallback).
+# usage: [EXTRACTOR=FILE] bash examples/upstream/verify_on_device.sh [mtt ftd datm att]
 set -uo pipefail
 ROOT=$(pwd)
 OUT=${OUT:-/tmp/tad_wrap_verify}
@@ -20,7 +22,13 @@ ARRAYS=/root/cifar10.npz
 [ -f "$ARRAYS" ] || python3 .data/cifar10_jpeg_decode.py .data/cifar10-jpeg.npz "$ARRAYS" || exit 1
 DATA=$WORK/cifar
 [ -d "$DATA/cifar-10-batches-py" ] || python3 examples/upstream/cifar10_folder.py "$ARRAYS" "$DATA" || exit 1
-NOISE=(--noise symmetric --noise-rate 0.4 --set tad.warmup_epochs=1 --set tad.anchor_epoch=3 --set tad.anchor_ipc=10)
+FEATURES=()
+if [ -n "${EXTRACTOR:-}" ]; then
+    [ -f "$EXTRACTOR" ] || { echo "EXTRACTOR=$EXTRACTOR does not exist"; exit 1; }
+    FEATURES=(--set "tad.features=$EXTRACTOR")
+fi
+NOISE=(--noise symmetric --noise-rate 0.4 --set tad.warmup_epochs=1 --set tad.anchor_epoch=3 --set tad.anchor_ipc=10
+       "${FEATURES[@]}")
 BUF=(--dataset=CIFAR10 --model=ConvNet --num_experts=2 --train_epochs=5 --save_interval=2 --data_path=$DATA)
 DIST=(--dataset=CIFAR10 --ipc=10 --syn_steps=10 --expert_epochs=2 --max_start_epoch=3 --lr_img=100 --lr_lr=1e-05
       --lr_teacher=0.01 --data_path=$DATA --Iteration=20 --eval_it=20 --num_eval=1 --epoch_eval_train=50)
@@ -34,6 +42,8 @@ wrap() {  # name method script args...: one wrapped run, its log and exit code u
         "${NOISE[@]}" -- "$@" >"$log" 2>&1
     local rc=$?
     echo "    rc=$rc, $((SECONDS - start)) s; $(grep -h 'tad wrap:' "$log" | tail -1)" | tee -a "$OUT/summary.txt"
+    grep -h -m2 'embedding the\|no feature extractor\|anchors fall back' "$log" | cut -c1-160 | sed 's/^/    inner loop: /' |
+        tee -a "$OUT/summary.txt"
     tail -5 "$log" | sed 's/^/    | /' | tee -a "$OUT/summary.txt"
     return $rc
 }

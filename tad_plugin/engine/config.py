@@ -128,7 +128,9 @@ class TADConfig:
     ``inner_loop``: run the dual loop's inner loop (anchors + ``recalibrate``); off = outer loop only.
     ``features``: what embeds samples and anchors for the inner loop: None = the extractor trained by
     ``tad features train`` for this dataset (its default path), a path to such a file, or ``"pixels"``
-    (the raw pixels, label-free; adequate for tiny grey images such as digits, not for CIFAR).
+    (the raw pixels, label-free; adequate for tiny grey images such as digits, not for CIFAR). ``tad
+    wrap`` takes an extractor file, None (its default extractor, else ``"expert"``), ``"expert"`` or a
+    float ``[N, D]`` tensor file instead (see :mod:`tad_plugin.upstream.epoch`).
     ``anchor_epoch``, ``anchor_ipc``, ``anchor_iterations``, ``recalibrate_every``: see
     :class:`~tad_plugin.engine.dual_loop.DualLoopConfig`.
     ``reg_weight``, ``log_zero``, ``top_k``, ``num_neighbors``, ``vote_threshold`` (``"calibrated"`` or

@@ -11,7 +11,7 @@ function; for ``mode == "train"`` it
    ``images`` / ``labels``, upstream's ``TensorDataset``) for per-sample cross-entropies under the
    current labels, and calls ``filter_dataset`` (the outer loop: the trusted space);
 3. from ``tad.anchor_epoch`` on (every ``tad.recalibrate_every``-th division) calls ``recalibrate``
-   (the inner loop) -- see "anchors" below;
+   (the inner loop) -- see "Features and anchors" below;
 4. calls the original ``epoch`` with ``dataloader`` replaced by a loader over the trusted samples with
    their current labels (same batch size, reshuffled every epoch, as upstream's) and ``criterion``
    replaced by :class:`HookCriterion` (the ``expert_loss`` hook, TAD's CE + lambda * RCE), from the
@@ -26,7 +26,8 @@ Features and anchors (``tad.features``, resolved by :func:`~.anchors.resolve_emb
   (:func:`~tad_plugin.engine.dual_loop.distill_anchors`): the expert's parameters are recorded at its
   start and after each epoch up to ``tad.anchor_epoch`` (flat, in ``parameters()`` order -- upstream's
   ConvNet is the engine's, checked by :func:`~.anchors.convnet_config`); at ``tad.anchor_epoch``,
-  ``tad.anchor_ipc`` images per class, initialised from trusted samples with their current labels, are
+  ``tad.anchor_ipc`` images per class, initialised from the expert's trusted samples with their current
+  labels (a class with too few trusted samples draws from all samples labelled so, logged), are
   matched to that early trajectory (start epoch 0 or 1, 2 expert epochs, ``tad.anchor_iterations``
   iterations, :class:`~tad_plugin.engine.dual_loop.DualLoopConfig`'s other settings) in upstream's
   model-input space, mapped back to [0, 1] pixels (inverse of upstream's ZCA, else of its
@@ -236,7 +237,13 @@ class TADEpoch:
                                        log_every=min(default.log_every, tad.anchor_iterations))
         early = [torch.stack(ex.snapshots[:tad.anchor_epoch + 1])]
         gen = torch.Generator().manual_seed(self.seed + 7919 * expert)
-        return distill_anchors(ex.convnet, matching, early, ex.labels, torch.nonzero(ex.trusted).flatten(),
+        pool = ex.trusted.clone()
+        short = torch.nonzero(torch.bincount(ex.labels[pool], minlength=num_classes) < tad.anchor_ipc).flatten()
+        if short.numel():  # rather than stopping the upstream run, as DualLoop would
+            log.warning("tad wrap: expert %d: class(es) %s have fewer than tad.anchor_ipc=%d trusted samples; "
+                        "their anchors start from any samples labelled so", expert, short.tolist(), tad.anchor_ipc)
+            pool |= torch.isin(ex.labels, short)
+        return distill_anchors(ex.convnet, matching, early, ex.labels, torch.nonzero(pool).flatten(),
                                tad.anchor_ipc, num_classes, lambda idx: ex.images[idx].to(device).float(),
                                self.embedding.to_unit, self.embedding.embed, generator=gen, device=device)
 

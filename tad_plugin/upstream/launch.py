@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import os
@@ -36,7 +37,7 @@ import torch
 
 from ..engine.config import DataConfig, TADConfig, load_yaml
 from ..manager import TADHooks, get_plugin_manager
-from .anchors import PixelMap, resolve_embedding
+from .anchors import EXPERT_FEATURES, PixelMap, resolve_embedding
 from .epoch import TADEpoch
 from .labels import Relabelled, corrupt_labels, dataset_labels
 from .scripts import resolve_script
@@ -97,7 +98,7 @@ def run_wrapped(method: str, repo: str | os.PathLike[str], script: str, args: Se
         ValueError / FileNotFoundError: unknown script, missing repository or trust state.
         SystemExit: the script's own exit (e.g. an argparse error).
     """
-    cfg = config or WrapConfig()
+    cfg = _caller_paths(config or WrapConfig())
     path, entry = resolve_script(method, repo, script)
     state_path = Path(cfg.state).resolve() if cfg.state else Path(repo).resolve() / "tad_wrap" / "state.pt"
     patch = _patch(cfg, entry.role, state_path, hooks)
@@ -133,6 +134,16 @@ def config_from_env() -> WrapConfig:
 
     path = os.environ.get(CONFIG_ENV)
     return config_from_dict(load_yaml(path) if path else {})
+
+
+def _caller_paths(cfg: WrapConfig) -> WrapConfig:
+    """``cfg`` with its input files (``tad.features``, ``data.cifar_n``) made absolute, since the script
+    runs in its own folder but the user named them relative to the working directory."""
+    def absolute(value: str | None) -> str | None:
+        return value if value in (None, EXPERT_FEATURES) else str(Path(value).expanduser().resolve())
+
+    return dataclasses.replace(cfg, tad=dataclasses.replace(cfg.tad, features=absolute(cfg.tad.features)),
+                               data=dataclasses.replace(cfg.data, cifar_n=absolute(cfg.data.cifar_n)))
 
 
 def _patch(cfg: WrapConfig, role: str, state_path: Path, hooks: TADHooks | None) -> _Patch:

@@ -28,13 +28,14 @@ def main(args):
     for it in range(args.num_experts):
         teacher_net = get_network(args.model, channel, num_classes, im_size)
         teacher_optim = torch.optim.SGD(teacher_net.parameters(), lr=args.lr_teacher)
-        timestamps = [[p.detach().cpu() for p in teacher_net.parameters()]]
+        # clone: on the CPU .cpu() would alias the live parameters (upstream copies them off the GPU)
+        timestamps = [[p.detach().cpu().clone() for p in teacher_net.parameters()]]
         for e in range(args.train_epochs):
             epoch("train", dataloader=trainloader, net=teacher_net, optimizer=teacher_optim, criterion=criterion,
                   args=args, aug=True)
             epoch("test", dataloader=testloader, net=teacher_net, optimizer=None, criterion=criterion, args=args,
                   aug=False)
-            timestamps.append([p.detach().cpu() for p in teacher_net.parameters()])
+            timestamps.append([p.detach().cpu().clone() for p in teacher_net.parameters()])
         trajectories.append(timestamps)
         if len(trajectories) == args.save_interval:
             n = 0
