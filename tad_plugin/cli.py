@@ -397,7 +397,18 @@ def _setup(args: argparse.Namespace, base: dict[str, Any] | None = None,
     log = RunLog(out / f"result_{args.command}.json", to_dict(cfg), cfg.seed, pipe.device, enabled=ranks.is_main)
     log.record["processes"] = ranks.world_size
     log.write()
+    if ranks.is_main and args.command != "demo":
+        print(settings_line(cfg), flush=True)
     return cfg, pipe, out, log
+
+
+def settings_line(cfg: RunConfig) -> str:
+    """One line with the settings a run is most often wrong about (printed at its start)."""
+    b, d = cfg.buffer, cfg.distill
+    tad = "TAD on" if cfg.tad.enabled else "TAD off"
+    return (f"{cfg.method.upper()} on {cfg.data.dataset}: IPC {d.ipc}, ZCA {'on' if cfg.data.zca else 'off'}, "
+            f"{b.num_experts} experts x {b.epochs} epochs ({b.optimizer}), {d.iterations} iterations "
+            f"(syn_steps {d.syn_steps}, lr_img {d.lr_img:g}, lr_teacher {d.lr_teacher:g}), {tad}, seed {cfg.seed}")
 
 
 def _cmd_buffer(args: argparse.Namespace) -> int:

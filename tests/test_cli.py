@@ -145,3 +145,13 @@ def test_run_records_name_the_commit_outside_a_checkout(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_COMMIT", "abc123")
     assert git_commit(tmp_path) == "abc123"
     assert git_commit() not in (None, "abc123")  # inside the checkout git itself answers
+
+
+def test_a_run_states_its_main_settings_first():
+    from tad_plugin.cli import settings_line
+
+    cfg = config_from_args(build_parser().parse_args(
+        ["run", "--config", str(ROOT / "examples/configs/cifar10_sym40_ipc10.yaml"), "--dataset", "/data/cifar10.npz"]))
+    line = settings_line(cfg)
+    assert line.startswith("MTT on /data/cifar10.npz: IPC 10, ZCA on, 100 experts x 50 epochs (sgd), 5000 iterations")
+    assert "TAD on" in line and "lr_img 100" in line
