@@ -38,6 +38,8 @@ OTHER_RESULTS = (
     ("demo_digits.md", "`tad demo` on digits (CPU): noisy MTT vs MTT + TAD, trust report, ablations"),
     ("features_cifar10.md", "SimCLR ResNet-18 extractor on CIFAR-10: kNN accuracy vs epochs and minutes"),
     ("benchmark_engine.md", "engine speed vs the official MTT code (experts, distillation, evaluation)"),
+    ("benchmark_experts.json", "expert-training variants (fp32 / bf16 / channels_last, E, TAD) per expert-epoch"),
+    ("features_cifar10_throughput.json", "SimCLR training throughput (batch, compile) and augmentation share"),
     ("benchmark_distributed.json", "1 vs 2 GPUs under torchrun: expert training, IPC 50 x 100 distillation"),
     ("recalibration_sweep.md", "the inner loop's vote settings on digits"),
     ("cifar10/first_gpu_runs/README.md", "first CIFAR-10 GPU runs: a pipeline check (no ZCA), not results"),
