@@ -24,7 +24,7 @@ import torch
 
 from tad_plugin.data import load_dataset
 from tad_plugin.features.augment import AugmentConfig
-from tad_plugin.features.train import TrainConfig, measure_throughput, train_simclr
+from tad_plugin.features.train import DEFAULT_LR, OPTIMIZERS, TrainConfig, measure_throughput, train_simclr
 from tad_plugin.files import atomic_write, atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +87,12 @@ def _epoch_to_minutes(evals: list[dict[str, float]]):
     return (lambda x: np.interp(x, e, m)), (lambda y: np.interp(y, m, e))
 
 
+def _recipe(config: dict) -> str:
+    eta = f" (eta {config['lars_eta']:g})" if config["optimizer"] == "lars" else ""
+    return (f"{config['optimizer'].upper()}{eta}, peak lr {config['base_lr']:g}, weight decay "
+            f"{config['weight_decay']:g}, temperature {config['temperature']:g}, batch {config['batch_size']}")
+
+
 def markdown(record: dict, path: Path) -> None:
     final = record["knn"]
     lines = [
@@ -96,6 +102,7 @@ def markdown(record: dict, path: Path) -> None:
         "",
         f"- device: {record['device']}; torch {record['torch']}; commit `{record['commit']}`; seed {record['seed']}",
         f"- command: `{record['command']}`",
+        f"- recipe: {_recipe(record['config'])}",
         f"- trained {record['epochs']} epochs in {record['train_seconds'] / 60:.1f} min "
         f"(wall time of the script {record['wall_seconds'] / 60:.1f} min); checkpoint {record['checkpoint_mib']:.1f} MiB",
         "- final kNN top-1: " + ", ".join(f"k={k}: {100 * v:.2f}%" for k, v in final.items())
@@ -129,7 +136,11 @@ def main() -> int:
     p.add_argument("--time-budget", type=float, default=540.0, help="training seconds")
     p.add_argument("--epochs", type=int, default=1000, help="upper bound on epochs")
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd, or lars (see tad_plugin.features.lars)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (None: " + ", ".join(
+        f"{name} {lr} * batch / 256" for name, lr in DEFAULT_LR.items()) + ")")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="LARS recipes use 1e-6..1e-5")
+    p.add_argument("--lars-eta", type=float, default=1e-3, help="LARS trust coefficient")
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--warmup-epochs", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=5)
@@ -151,9 +162,11 @@ def main() -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("this reproduction needs a CUDA GPU (--device cpu works for a smoke test on digits only)")
     dataset = load_dataset(args.dataset)
-    config = TrainConfig(epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size, lr=args.lr,
+    config = TrainConfig(epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size,
+                         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, lars_eta=args.lars_eta,
                          temperature=args.temperature, warmup_epochs=args.warmup_epochs, eval_every=args.eval_every,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed, compile=not args.no_compile, augment=AugmentConfig())
+                         checkpoint_every=args.checkpoint_every, seed=args.seed, compile=not args.no_compile,
+                         augment=AugmentConfig())
     record: dict = {"dataset": args.name, "note": args.note, "command": " ".join(["python"] + sys.argv),
                     "commit": args.commit or _commit(),
                     "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "torch": torch.__version__,

@@ -9,6 +9,7 @@ from tad_plugin.data import ImageDataset, load_dataset, save_arrays
 from tad_plugin.features.augment import AugmentConfig
 from tad_plugin.features.cli import main
 from tad_plugin.features.extractor import load_extractor
+from tad_plugin.features.lars import LARS
 from tad_plugin.features.train import (TrainConfig, TrainingError, _model_and_optimizer, _Step, lr_at,
                                        state_path_for, train_simclr)
 
@@ -26,10 +27,12 @@ def _config(**kw):
     return TrainConfig(**{**base, **kw})
 
 
-def test_one_step_on_digits_updates_the_model_and_lowers_nothing_to_nan(tiny):
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_one_step_on_digits_updates_the_model_and_lowers_nothing_to_nan(tiny, optimizer):
     torch.manual_seed(0)
-    cfg = _config()
+    cfg = _config(optimizer=optimizer)
     model, opt = _model_and_optimizer(1, cfg, torch.device("cpu"))
+    assert isinstance(opt, LARS if optimizer == "lars" else torch.optim.SGD)
     step = _Step(model, opt, cfg, [0.3], [0.3], torch.device("cpu"))
     before = [p.detach().clone() for p in model.parameters()]
     loss = step(tiny.train_images[:16])
@@ -66,6 +69,12 @@ def test_interrupted_run_resumes_records_history_and_writes_files(tiny, tmp_path
                                atol=1e-4, rtol=1e-4)
     with pytest.raises(TrainingError, match="batch_size"):
         train_simclr(tiny, _config(batch_size=8), "cpu", checkpoint=ck, resume=True, progress=False)
+    with pytest.raises(TrainingError, match="optimizer='sgd'"):
+        train_simclr(tiny, _config(optimizer="lars"), "cpu", checkpoint=ck, resume=True, progress=False)
+    state = torch.load(state_path_for(ck), weights_only=True)  # a state written before the optimizer knob
+    del state["config"]["optimizer"], state["config"]["lars_eta"]
+    torch.save(state, state_path_for(ck))
+    assert train_simclr(tiny, _config(), "cpu", checkpoint=ck, resume=True, progress=False).epochs == 2
 
 
 def test_resume_without_state_is_a_clear_error(tiny, tmp_path):
@@ -87,8 +96,22 @@ def test_lr_schedule_warms_up_and_decays_to_zero():
 
 
 def test_config_round_trips_through_a_dict():
-    cfg = _config(augment=AugmentConfig(crop_scale=(0.08, 1.0)))
+    cfg = _config(optimizer="lars", lars_eta=0.02, augment=AugmentConfig(crop_scale=(0.08, 1.0)))
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_default_lr_follows_the_optimizer_and_batch():
+    assert _config(batch_size=512).base_lr == pytest.approx(0.12)
+    assert _config(batch_size=512, optimizer="lars").base_lr == pytest.approx(0.6)
+    assert _config(batch_size=512, optimizer="lars", lr=1.0).base_lr == 1.0
+
+
+def test_unknown_optimizer_is_refused(capsys):
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'; choose one of sgd, lars"):
+        _config(optimizer="adam")
+    with pytest.raises(SystemExit):
+        main(["features", "train", "--dataset", "digits", "--optimizer", "adam"])
+    assert "invalid choice: 'adam'" in capsys.readouterr().err
 
 
 def test_cli_train_then_embed(tiny, tmp_path, capsys):
@@ -96,8 +119,11 @@ def test_cli_train_then_embed(tiny, tmp_path, capsys):
     save_arrays(tiny, data)
     ck = tmp_path / "ex.pt"
     assert main(["features", "train", "--dataset", str(data), "--out", str(ck), "--epochs", "1",
-                 "--batch-size", "16", "--no-progress", "--device", "cpu"]) == 0
+                 "--batch-size", "16", "--no-progress", "--device", "cpu", "--optimizer", "lars",
+                 "--weight-decay", "1e-6", "--lars-eta", "0.02"]) == 0
     record = json.loads(ck.with_suffix(".json").read_text())
+    assert {k: record["config"][k] for k in ("optimizer", "weight_decay", "lars_eta", "base_lr")} == {
+        "optimizer": "lars", "weight_decay": 1e-6, "lars_eta": 0.02, "base_lr": 0.3 * 16 / 256}
     assert record["epochs"] == 1 and set(record["knn"]) == {"10", "200"} and len(record["history"]) == 1
     out = tmp_path / "features.pt"
     assert main(["features", "embed", "--dataset", str(data), "--checkpoint", str(ck), "--out", str(out),

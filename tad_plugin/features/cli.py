@@ -17,6 +17,8 @@ __all__ = ["add_subcommands", "main", "train_command", "embed_command"]
 def add_subcommands(subparsers: Any) -> None:
     """Add the ``features`` command (with ``train`` and ``embed``) to an argparse sub-parser collection.
     Each leaf parser sets ``func`` to its handler, which takes the parsed ``args`` and returns an exit code."""
+    from .train import DEFAULT_LR, OPTIMIZERS
+
     features = subparsers.add_parser("features", help="train or apply the self-supervised feature extractor")
     sub = features.add_subparsers(dest="features_command", required=True)
 
@@ -32,9 +34,16 @@ def add_subcommands(subparsers: Any) -> None:
     train.add_argument("--time-budget", type=float, default=None,
                        help="seconds of training; the cosine schedule is fitted to end when they run out")
     train.add_argument("--batch-size", type=int, default=512)
-    train.add_argument("--lr", type=float, default=None, help="SGD learning rate (default 0.06 * batch / 256)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                       help="sgd: SGD with momentum; lars: layer-wise trust ratio on conv/linear weights, biases "
+                            "and BatchNorm excluded (and without weight decay); pair it with --weight-decay 1e-6")
+    train.add_argument("--lr", type=float, default=None,
+                       help="peak learning rate (None: " + ", ".join(
+                           f"{name} {lr} * batch / 256" for name, lr in DEFAULT_LR.items()) + ")")
     train.add_argument("--temperature", type=float, default=0.5)
-    train.add_argument("--weight-decay", type=float, default=5e-4)
+    train.add_argument("--weight-decay", type=float, default=5e-4,
+                       help="weight decay (LARS recipes use 1e-6..1e-5)")
+    train.add_argument("--lars-eta", type=float, default=1e-3, help="LARS trust coefficient (unused by sgd)")
     train.add_argument("--warmup-epochs", type=int, default=10)
     train.add_argument("--crop-min-scale", type=float, default=0.2, help="RandomResizedCrop's smallest area share")
     train.add_argument("--eval-every", type=int, default=5, help="kNN evaluation every N epochs (0: at the end)")
@@ -89,8 +98,9 @@ def train_command(args: argparse.Namespace) -> int:
     device = _device(args.device)
     dataset = load_dataset(args.dataset, root=args.root, download=args.download)
     config = TrainConfig(
-        epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size, lr=args.lr,
-        temperature=args.temperature, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size, optimizer=args.optimizer,
+        lr=args.lr, temperature=args.temperature, weight_decay=args.weight_decay, lars_eta=args.lars_eta,
+        warmup_epochs=args.warmup_epochs,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed, amp=args.amp,
         compile=(device.startswith("cuda") if args.compile is None else args.compile),
         augment=dataclasses.replace(AugmentConfig(), crop_scale=(args.crop_min_scale, 1.0)),
