@@ -9,6 +9,15 @@
 3. Writes ``<results>/features_<dataset>.json`` (curve, final accuracy, throughput, config, seed, commit,
    GPU, wall time), ``features_<dataset>.png`` (kNN accuracy vs epochs and minutes) and
    ``features_<dataset>.md`` (a summary table). The extractor checkpoint goes to ``--checkpoint``.
+
+Next probe (not run yet): the current SGD recipe against LARS (``--optimizer lars``), 2 minutes each, with
+distinct ``--name``/``--results``/``--checkpoint`` so that the 10-minute result files stay untouched::
+
+    python examples/train_features.py --dataset /root/cifar10.npz --name cifar10_sgd_120s --time-budget 120 \
+        --eval-every 10 --results /root/probe --checkpoint /root/probe/sgd.pt
+    python examples/train_features.py --dataset /root/cifar10.npz --name cifar10_lars_120s --time-budget 120 \
+        --eval-every 10 --optimizer lars --weight-decay 1e-6 --temperature 0.2 --results /root/probe \
+        --checkpoint /root/probe/lars.pt
 """
 
 from __future__ import annotations

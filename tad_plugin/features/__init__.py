@@ -7,8 +7,10 @@ Public API:
 * :func:`load_extractor`, :func:`save_extractor`, :func:`default_extractor_path` -- trained extractors
   (``tad features train`` writes ``~/.cache/tad_plugin/features/<dataset>.pt`` by default);
 * :func:`train_simclr`, :class:`TrainConfig`, :class:`TrainResult` -- GPU-resident SimCLR training;
+  ``TrainConfig(optimizer="lars")`` (:class:`LARS`) is an unmeasured alternative to the default SGD recipe;
+  the 2-minute GPU comparison to run next is in examples/results/features_cifar10.md ("Next probe");
 * :func:`augment_batch`, :class:`AugmentConfig`, :func:`nt_xent_loss`, :func:`cifar_resnet18`,
-  :func:`knn_accuracy` -- the parts.
+  :func:`knn_accuracy`, :class:`LARS` -- the parts.
 
 Names are imported lazily so that ``import tad_plugin.features`` stays light.
 """
@@ -35,6 +37,7 @@ _EXPORTS = {
     "cifar_resnet18": "resnet",
     "knn_accuracy": "knn",
     "knn_predict": "knn",
+    "LARS": "lars",
 }
 
 __all__ = list(_EXPORTS)
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from .augment import AugmentConfig, augment_batch
     from .extractor import ExtractorFileError, FeatureExtractor, default_extractor_path, load_extractor, save_extractor
     from .knn import knn_accuracy, knn_predict
+    from .lars import LARS
     from .resnet import cifar_resnet18
     from .simclr import SimCLRModel, nt_xent_loss
     from .train import TrainConfig, TrainingError, TrainResult, train_simclr
