@@ -91,9 +91,37 @@ def test_divergence_and_bad_input_are_explained(toy):
                          lr_lr=1e30, dsa_strategy="none", eval_every=0, log_every=1)
     with pytest.raises(DistillDivergedError, match="Lower lr_img"):
         TrajectoryMatcher(net, cfg, trajs, images, labels, progress=False).run()
+    # a step size that turns negative is carried on with (upstream does; it can come back), with a warning,
+    # but it must be positive again when evaluation needs it: here it stays negative (lr_lr = 0)
+    flat = MatchingConfig(iterations=2, syn_steps=2, expert_epochs=1, max_start_epoch=1, lr_lr=1e-30,
+                          dsa_strategy="none", eval_every=0, log_every=1)
+    negative = TrajectoryMatcher(net, flat, trajs, images, labels, progress=False)
+    negative.syn_lr.data.fill_(-0.01)
+    with pytest.raises(DistillDivergedError, match="syn_lr is -0.01 when finishing at iteration 2"):
+        negative.run()
     long = MatchingConfig(iterations=1, expert_epochs=3, max_start_epoch=3, eval_every=0)
     with pytest.raises(ValueError, match="train longer experts"):
         TrajectoryMatcher(net, long, trajs, images, labels, progress=False).step()
     with pytest.raises(ValueError, match="class 1: 2"):
         real_init_indices(torch.tensor([0, 0, 0, 1, 1]), torch.arange(5), 3, 2)
     assert class_labels(3, 2).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_step_size_that_comes_back_positive_is_not_an_error(toy, caplog):
+    net, trajs, images, labels, _, _ = toy
+    cfg = MatchingConfig(iterations=4, syn_steps=2, expert_epochs=1, max_start_epoch=1, lr_lr=1e-30,
+                         dsa_strategy="none", eval_every=0, log_every=1)
+    m = TrajectoryMatcher(net, cfg, trajs, images, labels, progress=False)
+    m.syn_lr.data.fill_(-1e-3)  # negative for the first iterations ...
+    step = m.step
+
+    def step_and_recover():
+        out = step()
+        if m.iteration == 2:
+            m.syn_lr.data.fill_(1e-2)  # ... then positive again, as a learned rate can become
+        return out
+    m.step = step_and_recover
+    with caplog.at_level("WARNING", logger="tad_plugin.engine.matching"):
+        result = m.run()
+    assert result.syn_lr == pytest.approx(1e-2)
+    assert sum("syn_lr is" in r.getMessage() for r in caplog.records) == 1  # warned once for the episode

@@ -31,6 +31,7 @@ non-positive ``syn_lr`` stops the run with an explanation.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -49,6 +50,8 @@ from .distributed import Ranks
 from .dsa import DEFAULT_STRATEGY, DSA
 from ..checks import check_hard_or_soft_labels
 from .evaluate import Evaluator
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["MatchingConfig", "DistillResult", "TrajectoryMatcher", "real_init_indices", "class_labels",
            "DistillDivergedError", "step_distance", "closest_step"]
@@ -269,6 +272,7 @@ class TrajectoryMatcher:
         self.opt_labels = (torch.optim.SGD([self.labels], lr=c.lr_labels, momentum=label_momentum)
                            if self.labels.requires_grad else None)
         self.gated = 0  # iterations whose update the loss gate skipped
+        self._negative_lr_warned = False
         self.ema = self.images.detach().clone() if c.ema_decay is not None else None
         self.gen = torch.Generator().manual_seed(c.seed)  # expert order, start epochs
         self.dev_gen = torch.Generator(device=self.device).manual_seed(c.seed + 2)  # batches
@@ -372,7 +376,7 @@ class TrajectoryMatcher:
     def evaluate(self) -> dict[str, Any]:
         """Evaluate the current images (and the EMA images) with the evaluator; appends to history."""
         assert self.evaluator is not None
-        lr = float(self.syn_lr.detach())
+        lr = self._positive_step_size("evaluating")
         raw, nets = self.evaluator.run(self.images.detach(), self.labels.detach(), lr)
         entry: dict[str, Any] = {"iteration": self.iteration, "syn_lr": lr, "eval": raw.as_dict()}
         if self.ema is not None:
@@ -387,10 +391,15 @@ class TrajectoryMatcher:
         window = self._losses[lo:it]
         loss = float(window.mean()) if window.numel() else float("nan")
         lr = float(self.syn_lr.detach())
-        if not math.isfinite(loss) or not (math.isfinite(lr) and lr > 0):
+        if not (math.isfinite(loss) and math.isfinite(lr)):
             raise DistillDivergedError(
                 f"distillation diverged at iteration {it}: matching loss {loss}, syn_lr {lr}. Lower lr_img "
                 f"and/or lr_lr (or max_start_epoch), or resume from the last checkpoint with smaller rates")
+        if lr <= 0 and not self._negative_lr_warned:  # upstream carries on; it may come back (see evaluate)
+            logger.warning("the learned step size syn_lr is %.3g <= 0 at iteration %d (matching loss %.4f); "
+                           "distillation continues as upstream's does, but an evaluation needs it positive "
+                           "again (if it stays <= 0: lower lr_lr)", lr, it, loss)
+        self._negative_lr_warned = lr <= 0
         self.history.append({"iteration": it, "loss": loss, "syn_lr": lr,
                              **({"gated": self.gated} if c.loss_gate is not None else {})})
         bar.set_postfix(loss=f"{loss:.4f}", syn_lr=f"{lr:.2e}")
@@ -418,7 +427,18 @@ class TrajectoryMatcher:
             if self.checkpoint is not None:
                 self.save(self.checkpoint)
         self.ranks.barrier()  # rank 0's last checkpoint is written before any rank moves on
+        self._positive_step_size("finishing")
         return self.result()
+
+    def _positive_step_size(self, when: str) -> float:
+        """The learned step size, which evaluation trains with; a clear error when it is not positive."""
+        lr = float(self.syn_lr.detach())
+        if not (math.isfinite(lr) and lr > 0):
+            raise DistillDivergedError(
+                f"the learned step size syn_lr is {lr:.4g} when {when} at iteration {self.iteration}: evaluation "
+                f"trains with it, so it must be > 0. Lower lr_lr (and/or lr_img), or resume from the last "
+                f"checkpoint with smaller rates")
+        return lr
 
     def result(self) -> DistillResult:
         best = None
