@@ -325,38 +325,29 @@ def _stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, o
     if path.is_file():
         result, _ = load_distilled(path)
         if torch.load(path, map_location="cpu", weights_only=True).get("settings") == json_safe(settings):
-            log.stage("distill", 0.0, resumed=True, syn_lr=result.syn_lr, **_curve(result))
-            _record_best(result, log)
+            _record_distill(log, result, 0.0, resumed=True)
             return result
     start = time.perf_counter()
-    evaluator = (pipe.evaluator(data.dataset, pipe.preprocessor(data.dataset, store))
-                 if pipe.config.distill.eval_every > 0 else None)  # the curve every distill.eval_every iterations
-    result = pipe.distill(store, data.dataset, data.labels, checkpoint=out / "distill_checkpoint.pt",
-                          evaluator=evaluator)
+    result = pipe.distill(store, data.dataset, data.labels, checkpoint=out / "distill_checkpoint.pt")
     if pipe.ranks.is_main:  # the ranks hold the same images
         save_distilled(result, path, pipe.preprocessor(data.dataset, store), settings=json_safe(settings))
-    log.stage("distill", time.perf_counter() - start, syn_lr=result.syn_lr, images=list(result.images.shape),
-              **_curve(result))
-    _record_best(result, log)
+    _record_distill(log, result, time.perf_counter() - start, images=list(result.images.shape))
     return result
 
 
-def _curve(result: DistillResult) -> dict[str, Any]:
-    """The evaluations made during distillation (``distill.eval_every``): iteration, step size, mean/std
-    accuracy of the images (and of the EMA images), for the run record."""
-    rows = []
+def _record_distill(log: RunLog, result: DistillResult, seconds: float, **info: Any) -> None:
+    """The distill stage in the run record: its step size, the evaluations made during distillation
+    (``distill.eval_every``: iteration, step size, mean/std accuracy of the images and of the EMA images)
+    and, as a result, the best of them -- the number the papers report."""
+    curve = []
     for h in result.history:
         if "eval" in h:
             row = {"iteration": h["iteration"], "syn_lr": h.get("syn_lr"), "mean": h["eval"]["mean"],
                    "std": h["eval"]["std"]}
             if "eval_ema" in h:
                 row.update(ema_mean=h["eval_ema"]["mean"], ema_std=h["eval_ema"]["std"])
-            rows.append(row)
-    return {"evaluations": rows} if rows else {}
-
-
-def _record_best(result: DistillResult, log: RunLog) -> None:
-    """The papers' number: the best evaluation point of the distillation (images or EMA images)."""
+            curve.append(row)
+    log.stage("distill", seconds, syn_lr=result.syn_lr, **info, **({"evaluations": curve} if curve else {}))
     if result.best is not None:
         log.result(test_acc_best_mean=result.best["mean"], test_acc_best_std=result.best["std"],
                    best_iteration=result.best["iteration"], best_of=result.best["which"])

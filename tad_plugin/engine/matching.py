@@ -24,8 +24,10 @@ Preprocessor`). Evaluation every ``eval_every`` iterations (and at the end) goes
 :class:`~tad_plugin.engine.evaluate.Evaluator`; a checkpoint of everything needed to continue
 (images, labels, syn_lr, optimiser states, EMA, RNG states, history) is written atomically every
 ``checkpoint_every`` iterations, and :meth:`TrajectoryMatcher.run` resumes from it. The step has no
-host-device synchronisation; losses are read back every ``log_every`` iterations, where a NaN or a
-non-positive ``syn_lr`` stops the run with an explanation.
+host-device synchronisation (except DATM's ``loss_gate``); losses are read back every ``log_every``
+iterations, where a NaN stops the run with an explanation; a ``syn_lr`` that dips to <= 0 is carried
+on with (as upstream) and warned about, and stops the run only where it must be positive: at an
+evaluation and at the end.
 """
 
 from __future__ import annotations
@@ -44,11 +46,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..checks import check_hard_or_soft_labels
 from ..files import atomic_torch_save
 from .convnet import ConvNetConfig, forward
 from .distributed import Ranks
 from .dsa import DEFAULT_STRATEGY, DSA
-from ..checks import check_hard_or_soft_labels
 from .evaluate import Evaluator
 
 logger = logging.getLogger(__name__)

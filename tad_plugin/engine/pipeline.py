@@ -316,7 +316,8 @@ class Pipeline:
                 None = the store's first recorded labels of expert 0.
             checkpoint: resumable checkpoint path (None = none).
             evaluator: evaluates during distillation every ``distill.eval_every`` iterations (and at the
-                end); None = no evaluation here (call :meth:`evaluate` afterwards).
+                end); None = the standard :meth:`evaluator` when ``distill.eval_every`` > 0, else no
+                evaluation here (call :meth:`evaluate` afterwards).
         """
         cfg, d = self.config, self.config.distill
         net = self.network(dataset)
@@ -333,6 +334,8 @@ class Pipeline:
         syn_labels = self.initial_labels(store, experts, dataset, images)
         if self.ranks.active:  # all start from rank 0's set (an expert-based choice could round otherwise)
             images, syn_labels = (t.to(self.device) for t in self.ranks.broadcast((images.cpu(), syn_labels.cpu())))
+        if evaluator is None and d.eval_every > 0:
+            evaluator = self.evaluator(dataset, pre)
         mcfg = self.matching_config(eval_every=d.eval_every if evaluator is not None else 0)
         matcher = self.make_matcher(net, mcfg, TrajectoryList(store, experts), images, syn_labels,
                                     evaluator=evaluator, checkpoint=checkpoint, device=self.device,
