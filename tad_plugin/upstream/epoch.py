@@ -202,15 +202,16 @@ class TADEpoch:
 
     def _divide(self, ex: _Expert) -> None:
         k = self.state.label_votes.shape[1]
-        losses, feats = self._pass(ex)
+        tad = self.tad
+        since = ex.epochs - tad.anchor_epoch
+        recalibrate = tad.inner_loop and since >= 0 and since % tad.recalibrate_every == 0
+        losses, feats = self._pass(ex, features=recalibrate and self.embedding.features is None)
         split = self.hooks.filter_dataset(losses, ex.labels, k)
         ex.trusted = split.trusted.cpu()
         ex.divisions += 1
         entry: dict[str, Any] = {"expert": self.state.experts, "epoch": ex.epochs,
                                  "trusted": int(ex.trusted.sum()), "recalibrated": False}
-        tad = self.tad
-        since = ex.epochs - tad.anchor_epoch
-        if tad.inner_loop and since >= 0 and since % tad.recalibrate_every == 0:
+        if recalibrate:
             features = self.embedding.features if self.embedding.features is not None else feats
             if ex.convnet is not None:
                 if ex.anchors is None:
@@ -247,31 +248,34 @@ class TADEpoch:
                                tad.anchor_ipc, num_classes, lambda idx: ex.images[idx].to(device).float(),
                                self.embedding.to_unit, self.embedding.embed, generator=gen, device=device)
 
-    def _pass(self, ex: _Expert) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample CE (float [N]) and penultimate features ([N, D]) of the expert: eval mode, no
-        augmentation, no gradient; the net's train/eval mode is restored."""
+    def _pass(self, ex: _Expert, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-sample CE (float [N], CPU) and, if ``features``, the penultimate features ([N, D], CPU) of
+        the expert: eval mode, no augmentation, no gradient, one copy to the host at the end; the net's
+        train/eval mode is restored."""
         net = ex.net
         device = next(net.parameters()).device
-        head = [m for m in net.modules() if isinstance(m, nn.Linear)]
-        if not head:
-            raise TypeError(f"{type(net).__name__} has no nn.Linear head to take penultimate features from")
         captured: list[torch.Tensor] = []
-        handle = head[-1].register_forward_pre_hook(lambda _m, inp: captured.append(inp[0].detach().flatten(1)))
+        handle = None
+        if features:
+            head = [m for m in net.modules() if isinstance(m, nn.Linear)]
+            if not head:
+                raise TypeError(f"{type(net).__name__} has no nn.Linear head to take penultimate features from")
+            handle = head[-1].register_forward_pre_hook(
+                lambda _m, inp: captured.append(inp[0].detach().flatten(1).float()))
         was_training = net.training
         net.eval()
-        losses, feats = [], []
+        losses = []
         try:
             with torch.no_grad():
                 for i in range(0, len(ex.labels), self.batch_size):
-                    x = ex.images[i:i + self.batch_size].to(device).float()
-                    logits = net(x)
+                    logits = net(ex.images[i:i + self.batch_size].to(device).float())
                     y = ex.labels[i:i + self.batch_size].to(device)
-                    losses.append(F.cross_entropy(logits.float(), y, reduction="none").cpu())
-                    feats.append(captured.pop().float().cpu())
+                    losses.append(F.cross_entropy(logits.float(), y, reduction="none"))
         finally:
-            handle.remove()
+            if handle is not None:
+                handle.remove()
             net.train(was_training)
-        return torch.cat(losses), torch.cat(feats)
+        return torch.cat(losses).cpu(), (torch.cat(captured).cpu() if features else None)
 
 
 class _Images:
