@@ -41,6 +41,9 @@ VARIANTS = {
     "bf16-E20": (20, {"amp": True}, False),
     "fp32-tad": (10, {}, True),
     "bf16-compile": (10, {"amp": True, "compile": True}, False),
+    "fp32-compile-E20": (20, {"compile": True}, False),
+    "bf16-compile-E20": (20, {"amp": True, "compile": True}, False),
+    "bf16-channels_last-compile-E20": (20, {"amp": True, "channels_last": True, "compile": True}, False),
 }
 
 
