@@ -5,6 +5,7 @@ ATT), one command per cell.
     python examples/reproduce_cifar10.py --cell sym40-tad --dataset /data/cifar10.npz
     python examples/reproduce_cifar10.py --cell att-c10n-worst-noisy --dataset /data/cifar10.npz \\
         --cifar-n /data/CIFAR-10_human.pt
+    python examples/reproduce_cifar10.py --cell sym40-noisy --cell sym40-tad --jobs 2 --dataset /data/cifar10.npz
     python examples/reproduce_cifar10.py --page                              # results page from the JSONs
 
 Each cell runs ``tad run`` with a config from ``examples/configs/`` (its ``method:`` picks the distiller;
@@ -15,6 +16,9 @@ accuracies) to ``examples/results/cifar10/<cell>.json``. ``--page`` turns those 
 an index of every other committed result). The TAD
 arms need the SimCLR extractor (``tad features train --dataset cifar10``) unless ``--set
 tad.features=...`` says otherwise. Runs resume: re-running a cell skips its finished stages.
+Several ``--cell``: they run as separate processes, ``--jobs`` at once on each GPU of ``--gpus``,
+logs in ``<out>/logs/<cell>.log``; a failed cell does not stop the others (the exit code is 1 and its
+log's last lines are printed).
 
 Pixels: if you use the JPEG-compressed CIFAR-10 copy, absolute accuracies differ a little from the
 paper's official pixels; the comparison between arms on the same copy stays valid.
@@ -24,9 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -75,13 +82,84 @@ def command(cell: str, dataset: str, out: Path, cifar_n: str | None, extra: list
     return cmd + extra
 
 
-def run_cell(args: argparse.Namespace) -> None:
-    cmd = command(args.cell, args.dataset, Path(args.out), args.cifar_n, [x for s in args.set for x in ("--set", s)])
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+def gpu_ids(spec: str | None) -> list[str]:
+    """The CUDA device indices to spread cells over: ``spec`` ("0,1"), else every visible GPU, else none."""
+    if spec:
+        return [g.strip() for g in spec.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[str],
+                 on_done: Callable[[str], None] | None = None, poll_s: float = 2.0) -> dict[str, int]:
+    """Run the commands of ``jobs`` (name -> argv), at most ``slots`` at once per GPU; returns name -> exit code.
+
+    Each job gets ``CUDA_VISIBLE_DEVICES`` set to the GPU with the fewest running jobs (left unset when
+    ``gpus`` is empty: one CPU queue of ``slots``), writes stdout and stderr to ``logs/<name>.log``, and
+    is announced when it starts and ends. ``on_done(name)`` runs after each job that exits with 0. A job
+    that fails does not stop the others; the caller decides what a non-zero code means.
+    """
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, got {slots}")
+    logs.mkdir(parents=True, exist_ok=True)
+    queues = gpus or [None]
+    pending, running, codes = list(jobs), {}, {}
+    start = time.monotonic()
+    while pending or running:
+        for name, (proc, gpu, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            codes[name] = proc.returncode
+            where = f" on GPU {gpu}" if gpu is not None else ""
+            print(f"[{time.monotonic() - start:7.0f} s] {name}{where}: exit {proc.returncode} "
+                  f"(log {logs / (name + '.log')})", flush=True)
+            if proc.returncode == 0 and on_done is not None:
+                on_done(name)
+        load = {g: sum(1 for _, q, _ in running.values() if q == g) for g in queues}
+        while pending and min(load.values()) < slots:
+            gpu = min(queues, key=lambda g: load[g])
+            name = pending.pop(0)
+            env = dict(os.environ)
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = gpu
+            log = open(logs / f"{name}.log", "w")
+            running[name] = (subprocess.Popen(jobs[name], stdout=log, stderr=subprocess.STDOUT, env=env), gpu, log)
+            load[gpu] += 1
+            print(f"[{time.monotonic() - start:7.0f} s] {name} started" + (f" on GPU {gpu}" if gpu is not None else "")
+                  + f": {' '.join(jobs[name])}", flush=True)
+        if running:
+            time.sleep(poll_s)
+    return codes
+
+
+def collect(cell: str, out: Path) -> None:
+    """Copy a finished cell's result JSON to examples/results/cifar10/<cell>.json."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(args.out) / args.cell / "result_run.json", RESULTS / f"{args.cell}.json")
-    print(f"result: {RESULTS / (args.cell + '.json')}")
+    shutil.copyfile(out / cell / "result_run.json", RESULTS / f"{cell}.json")
+    print(f"result: {RESULTS / (cell + '.json')}", flush=True)
+
+
+def run_cells(args: argparse.Namespace) -> int:
+    """Run the ``--cell`` cells (one in the foreground, several through :func:`run_parallel`); 0 if all passed."""
+    out = Path(args.out)
+    extra = [x for s in args.set for x in ("--set", s)]
+    cmds = {cell: command(cell, args.dataset, out, args.cifar_n, extra) for cell in dict.fromkeys(args.cell)}
+    if len(cmds) == 1 and args.jobs == 1:
+        (cell, cmd), = cmds.items()
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        collect(cell, out)
+        return 0
+    codes = run_parallel(cmds, out / "logs", args.jobs, gpu_ids(args.gpus), on_done=lambda c: collect(c, out))
+    failed = sorted(c for c, rc in codes.items() if rc != 0)
+    for cell in failed:
+        print(f"FAILED {cell} (exit {codes[cell]}); last lines of {out / 'logs' / (cell + '.log')}:", file=sys.stderr)
+        lines = (out / "logs" / f"{cell}.log").read_text(errors="replace").replace("\r", "\n").splitlines()
+        print("\n".join("    " + line for line in lines[-12:]), file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _acc(record: dict | None) -> str:
@@ -139,7 +217,12 @@ def page(results: Path = RESULTS) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="print the cells and their commands")
-    p.add_argument("--cell", choices=sorted(cells()), help="run one cell")
+    p.add_argument("--cell", action="append", choices=sorted(cells()), metavar="CELL",
+                   help="run this cell (repeat for several; see --list)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells run at once on each GPU (nvidia-smi showed an H100 30-40%% busy during one IPC-10 "
+                        "distillation; whether several at once finish sooner in total is not measured yet)")
+    p.add_argument("--gpus", help="comma-separated CUDA device indices to spread the cells over (default: all)")
     p.add_argument("--page", action="store_true", help="write examples/results/README.md")
     p.add_argument("--dataset", default="cifar10", help="cifar10 (torchvision), or an arrays file .npz")
     p.add_argument("--cifar-n", help="CIFAR-10_human.pt for the c10n-worst cells")
@@ -149,8 +232,7 @@ def main() -> None:
     if args.list:
         for cell in cells():
             print(f"{cell}: {' '.join(command(cell, args.dataset, Path(args.out), args.cifar_n or 'CIFAR-10_human.pt', []))}")
-    if args.cell:
-        run_cell(args)
+    code = run_cells(args) if args.cell else 0
     if args.page:
         from tad_plugin.files import atomic_write
 
@@ -159,6 +241,7 @@ def main() -> None:
         print(text)
     if not (args.list or args.cell or args.page):
         p.error("give --list, --cell CELL or --page")
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,41 @@ def test_page_shows_the_best_evaluation_point_beside_the_last(tmp_path):
                        "test_acc_best_std": 0.004, "best_iteration": 500}, "config": {}}
     (tmp_path / "sym40-tad.json").write_text(json.dumps(rec))
     assert "60.0 +- 1.0 (best 62.0 +- 0.4 @ 500)" in repro.page(tmp_path)
+
+
+def _job(tmp_path, name, seconds=0.0, code=0):
+    """A command that records its start and end times and CUDA_VISIBLE_DEVICES, sleeps, then exits with code."""
+    script = (f"import os, sys, time; t = time.time(); time.sleep({seconds}); "
+              f"open({str(tmp_path / name)!r} + '.times', 'w').write(f'{{t}} {{time.time()}}'); "
+              f"print('gpu=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')); sys.exit({code})")
+    return [sys.executable, "-c", script]
+
+
+def _times(tmp_path, name):
+    return tuple(float(v) for v in (tmp_path / f"{name}.times").read_text().split())
+
+
+def test_run_parallel_keeps_at_most_slots_jobs_per_queue(tmp_path):
+    jobs = {n: _job(tmp_path, n, seconds=0.6) for n in ("a", "b", "c")}
+    codes = repro.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=[], poll_s=0.05)
+    assert codes == {"a": 0, "b": 0, "c": 0}
+    (a0, a1), (b0, b1), (c0, c1) = (_times(tmp_path, n) for n in "abc")
+    assert max(a0, b0) < min(a1, b1)  # the first two overlapped
+    assert c0 >= min(a1, b1) - 0.05   # the third waited for a free slot
+    assert (tmp_path / "logs" / "c.log").read_text().strip() == "gpu=unset"
+
+
+def test_run_parallel_spreads_over_gpus_and_reports_failures(tmp_path):
+    jobs = {"ok": _job(tmp_path, "ok", seconds=0.3), "bad": _job(tmp_path, "bad", seconds=0.3, code=3)}
+    done = []
+    codes = repro.run_parallel(jobs, tmp_path / "logs", slots=1, gpus=["0", "1"], on_done=done.append, poll_s=0.05)
+    assert codes == {"ok": 0, "bad": 3} and done == ["ok"]
+    logs = {n: (tmp_path / "logs" / f"{n}.log").read_text().strip() for n in jobs}
+    assert sorted(logs.values()) == ["gpu=0", "gpu=1"]
+    (o0, o1), (b0, b1) = _times(tmp_path, "ok"), _times(tmp_path, "bad")
+    assert max(o0, b0) < min(o1, b1)  # one slot per GPU, two GPUs: both ran at once
+
+
+def test_run_parallel_rejects_zero_slots(tmp_path):
+    with pytest.raises(ValueError, match="slots"):
+        repro.run_parallel({}, tmp_path, slots=0, gpus=[])
