@@ -1,5 +1,7 @@
 """Distillation on a 2-class toy problem (CPU): the matching loss falls, resume is exact, extras run."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,8 +9,8 @@ import torch.nn.functional as F
 from tad_plugin.data import load_dataset
 from tad_plugin.engine.convnet import ConvNetConfig, forward, init_params
 from tad_plugin.engine.evaluate import Evaluator
-from tad_plugin.engine.matching import (DistillDivergedError, MatchingConfig, TrajectoryMatcher, class_labels,
-                                        real_init_indices)
+from tad_plugin.engine.matching import (EVALUATIONS_FILE, DistillDivergedError, MatchingConfig, TrajectoryMatcher,
+                                        class_labels, real_init_indices)
 from tad_plugin.engine.preprocess import Preprocessor
 
 
@@ -83,6 +85,31 @@ def test_extras_ema_adaptive_soft_labels_and_evaluation(toy):
     assert result.best is not None and result.best["mean"] > 0.5  # 2 classes
     assert not torch.equal(result.labels, soft)  # soft labels were learned
     assert result.ema_images is not None and not torch.equal(result.ema_images, result.images)
+
+
+def test_each_evaluation_is_logged_and_kept_beside_the_checkpoint(toy, tmp_path, caplog):
+    net, trajs, images, labels, test_x, test_y = toy
+    cfg = MatchingConfig(iterations=4, syn_steps=2, expert_epochs=1, max_start_epoch=2, lr_img=10.0,
+                         eval_every=2, checkpoint_every=0, log_every=2)
+    ev = Evaluator(net, test_x, test_y, num_nets=2, epochs=10, progress=False)
+    ck = tmp_path / "distill" / "checkpoint.pt"
+    ck.parent.mkdir()
+    m = TrajectoryMatcher(net, cfg, trajs, images, labels, evaluator=ev, checkpoint=ck, progress=False)
+    seen = []
+    for _ in range(3):  # iterations 0, 1, 2: evaluations at 0 and 2 (before the step), no checkpoint yet
+        if m.iteration % 2 == 0:
+            with caplog.at_level("INFO", logger="tad_plugin.engine.matching"):
+                m.evaluate()
+            seen.append(json.loads((ck.parent / EVALUATIONS_FILE).read_text()))
+        m.step()
+    assert not ck.exists()  # the curve survives a run stopped before its first checkpoint
+    assert [[e["iteration"] for e in s] for s in seen] == [[0], [0, 2]]
+    assert seen[-1] == [h for h in m.history if "eval" in h]
+    assert sum("iteration 2: test accuracy" in r.message and "(2 nets" in r.message for r in caplog.records) == 1
+    result = m.run()
+    final = json.loads((ck.parent / EVALUATIONS_FILE).read_text())
+    assert [e["iteration"] for e in final] == [0, 2, 4]
+    assert final == [h for h in result.history if "eval" in h]
 
 
 def test_divergence_and_bad_input_are_explained(toy):

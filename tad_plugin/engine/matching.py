@@ -47,7 +47,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..checks import check_hard_or_soft_labels
-from ..files import atomic_torch_save
+from ..files import atomic_torch_save, atomic_write_json
 from .convnet import ConvNetConfig, forward
 from .distributed import Ranks
 from .dsa import DEFAULT_STRATEGY, DSA
@@ -55,7 +55,11 @@ from .evaluate import Evaluator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MatchingConfig", "DistillResult", "TrajectoryMatcher", "real_init_indices", "class_labels",
+#: Written beside the checkpoint after every evaluation: the list of evaluation entries so far (iteration,
+#: syn_lr, eval {mean, std, accuracies, seconds} and eval_ema when EMA images are kept).
+EVALUATIONS_FILE = "evaluations.json"
+
+__all__ = ["MatchingConfig", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher", "real_init_indices", "class_labels",
            "DistillDivergedError", "step_distance", "closest_step"]
 
 
@@ -238,7 +242,8 @@ class TrajectoryMatcher:
             ``preprocess(train_images[real_init_indices(...)])``.
         labels: int64 [M] hard labels or float [M, num_classes] soft logits.
         evaluator: evaluates (images, labels, syn_lr); None = no evaluation.
-        checkpoint: path of the resumable checkpoint (None = no checkpoints).
+        checkpoint: path of the resumable checkpoint (None = no checkpoints); with an evaluator,
+            ``EVALUATIONS_FILE`` beside it holds the evaluations so far.
         device: where to run (default: the images' device).
         ranks: several processes split every inner step's minibatch (exact; see
             :mod:`tad_plugin.engine.distributed`); each must pass the same arguments. None = one process.
@@ -385,7 +390,25 @@ class TrajectoryMatcher:
             init = nets if self.config.ema_eval_reuses_raw_net else None
             entry["eval_ema"] = self.evaluator.run(self.ema, self.labels.detach(), lr, init=init)[0].as_dict()
         self.history.append(entry)
+        if self.ranks.is_main:
+            self._report_evaluation(entry)
         return entry
+
+    def _report_evaluation(self, entry: dict[str, Any]) -> None:
+        """One log line per evaluation, and, with a checkpoint, ``evaluations.json`` beside it: every
+        evaluation so far, rewritten atomically after each, so a run stopped between checkpoints (killed,
+        timed out, its machine lost) still leaves its accuracy curve in a file anyone can read."""
+        ev = entry["eval"]
+        line = (f"iteration {entry['iteration']}: test accuracy {100 * ev['mean']:.2f} +- {100 * ev['std']:.2f}% "
+                f"({len(ev['accuracies'])} nets, syn_lr {entry['syn_lr']:.3g})")
+        if "eval_ema" in entry:
+            line += f"; EMA images {100 * entry['eval_ema']['mean']:.2f} +- {100 * entry['eval_ema']['std']:.2f}%"
+        if self.progress:
+            tqdm.write(line)
+        else:
+            logger.info(line)
+        if self.checkpoint is not None:
+            atomic_write_json([h for h in self.history if "eval" in h], self.checkpoint.parent / EVALUATIONS_FILE)
 
     def _log(self, bar: Any) -> None:
         it, c = self.iteration, self.config
