@@ -15,6 +15,7 @@ from tad_plugin.engine.experts import ExpertTrainer
 from tad_plugin.engine.preprocess import Preprocessor
 from tad_plugin.engine.trajectories import TrajectoryStore
 from tad_plugin.noise import make_noisy_labels
+from tad_plugin.trust_report import TrustReport
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +30,26 @@ def dual_loop_run(tmp_path_factory):
     hooks = TADHooks(get_plugin_manager(load_entrypoints=False))
     cfg = DualLoopConfig(anchor_epoch=3, anchor_ipc=5, anchor_matching=dataclasses.replace(
         DualLoopConfig().anchor_matching, iterations=20, syn_steps=10, batch_syn=None, lr_img=10.0))
+    report_path = tmp_path_factory.mktemp("report") / "trust_report.json"
     loop = DualLoop(net, pre, ds.train_images, features, lambda x: x.flatten(1), hooks, cfg,
-                    noisy_labels=noisy, clean_labels=clean, seed=0)
+                    noisy_labels=noisy, clean_labels=clean, seed=0, report_path=report_path)
     buffer = BufferConfig(num_experts=2, epochs=8, lr=0.05, momentum=0.9, batch_size=128, experts_per_group=2)
-    trainer = ExpertTrainer(net, pre, buffer, TADConfig(warmup_epochs=2), hooks=hooks, on_epoch=loop,
+    rounds_on_disk = []
+
+    def on_epoch(state):  # the loop, then what its report file says at that moment
+        update = loop(state)
+        if report_path.exists():
+            rounds_on_disk.append((len(TrustReport.load_json(report_path).rounds), len(loop.report.rounds)))
+        return update
+
+    trainer = ExpertTrainer(net, pre, buffer, TADConfig(warmup_epochs=2), hooks=hooks, on_epoch=on_epoch,
                             progress=False)
     store = TrajectoryStore.create(tmp_path_factory.mktemp("buf"), param_shapes=net.param_shapes, epochs=8,
                                    num_train=len(clean), num_classes=10)
     trainer.train(store, ds.train_images, noisy, ds.test_images, ds.test_labels, seed=0)
+    # the file follows every round, not only the end of the run
+    assert len(rounds_on_disk) >= 4 and all(disk == mem for disk, mem in rounds_on_disk)
+    assert TrustReport.load_json(report_path).to_dict() == loop.report.to_dict()
     return loop.report, store, clean, noisy
 
 

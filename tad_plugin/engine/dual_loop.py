@@ -30,6 +30,7 @@ recalibration (with precision / recall when clean labels are given).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -96,12 +97,15 @@ class DualLoop:
         clean_labels: int64 [N] or None; with them the report has precision / recall.
         device: where anchors are distilled and recalibration runs.
         seed: seeds the anchors' initialisation and distillation.
+        report_path: where the trust report is rewritten (atomically) after every round it records, so
+            a run stopped mid-buffer keeps it; None = kept in memory only (``DualLoop.report``).
     """
 
     def __init__(self, net: ConvNetConfig, preprocess: Preprocessor, train_images: torch.Tensor,
                  features: torch.Tensor, embed: Embedder, hooks: TADHooks, config: DualLoopConfig | None = None,
                  *, noisy_labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
-                 device: torch.device | str = "cpu", seed: int = 0, progress: bool = False) -> None:
+                 device: torch.device | str = "cpu", seed: int = 0, progress: bool = False,
+                 report_path: str | os.PathLike[str] | None = None) -> None:
         if features.dim() != 2 or features.shape[0] != train_images.shape[0]:
             raise ValueError(f"features must be [N={train_images.shape[0]}, D], got {tuple(features.shape)}")
         self.net, self.preprocess, self.hooks = net, preprocess, hooks
@@ -113,6 +117,7 @@ class DualLoop:
         self.noisy_labels, self.clean_labels = noisy_labels, clean_labels
         self.seed, self.progress = seed, progress
         self.report = TrustReport()
+        self.report_path = report_path
         self._group: tuple[int, ...] | None = None
         self._report_group: tuple[int, ...] | None = None
         self._anchors: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -128,6 +133,7 @@ class DualLoop:
         if first and state.splits is not None:
             self.report.add(epoch=finished, stage="division", trusted=state.trusted[0], labels=state.labels[0],
                             noisy_labels=self.noisy_labels, clean_labels=self.clean_labels)
+            self._save_report()
         cfg = self.config
         if state.splits is None:  # recalibration follows a division (none during the warm-up)
             return None
@@ -140,7 +146,12 @@ class DualLoop:
             self.report.add(epoch=finished, stage="recalibration", trusted=update.trusted[0],
                             labels=update.labels[0], noisy_labels=self.noisy_labels,
                             clean_labels=self.clean_labels, previous_trusted=state.trusted[0])
+            self._save_report()
         return update
+
+    def _save_report(self) -> None:
+        if self.report_path is not None:
+            self.report.save_json(self.report_path)
 
     def _distill_anchors(self, state: EpochState) -> tuple[torch.Tensor, torch.Tensor]:
         """Distill ``anchor_ipc`` images per class from the group's early trajectory and embed them."""

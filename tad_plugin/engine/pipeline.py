@@ -181,7 +181,8 @@ class Pipeline:
 
         The optimiser is ``buffer.optimizer`` (SGD, or GSAM for FTD/DATM). With TAD and
         ``tad.inner_loop`` the dual loop (:meth:`dual_loop`) is the epoch callback, and its trust report
-        is written to ``out/trust_report.json`` (and ``.png`` when matplotlib is there).
+        is written to ``out/trust_report.json`` after every round (and ``.png`` at the end when matplotlib
+        is there).
 
         Args:
             dataset: the images (and the clean test set for logging).
@@ -205,7 +206,8 @@ class Pipeline:
                                        preprocess_state=pre.state_dict())
         loop = None
         if on_epoch is None and self.tad and cfg.tad.inner_loop and len(store.finished()) < cfg.buffer.num_experts:
-            loop = on_epoch = self.dual_loop(dataset, labels, clean_labels)
+            loop = on_epoch = self.dual_loop(dataset, labels, clean_labels,
+                                             store.root / "trust_report.json" if self.ranks.is_main else None)
         trainer = ExpertTrainer(net, pre, cfg.buffer, cfg.tad, hooks=self.hooks, device=self.device,
                                 on_epoch=on_epoch, progress=self.progress, ranks=self.ranks)
         trainer.train(store, dataset.train_images, labels, dataset.test_images, dataset.test_labels,
@@ -214,8 +216,7 @@ class Pipeline:
         if self.device.type == "cuda":  # the expert groups' cached blocks (~30 GiB at E = 20 on CIFAR-10) go back
             torch.cuda.empty_cache()     # to the driver: other runs sharing the GPU can use them during distillation
         if loop is not None and loop.report.rounds and self.ranks.is_main:  # rank 0 ran the first group
-            loop.report.save_json(store.root / "trust_report.json")
-            try:
+            try:  # the JSON was rewritten after every round; the plot once, at the end
                 loop.report.plot(store.root / "trust_report.png", title=f"Trust report: {dataset.name}")
             except ImportError:
                 pass  # matplotlib is optional; the JSON holds the same numbers
@@ -255,10 +256,11 @@ class Pipeline:
                       log_every=min(10, d.iterations), seed=cfg.seed)
         return MatchingConfig(**{**values, **overrides})
 
-    def dual_loop(self, dataset: ImageDataset, labels: torch.Tensor,
-                  clean_labels: torch.Tensor | None = None) -> DualLoop:
+    def dual_loop(self, dataset: ImageDataset, labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
+                  report_path: str | os.PathLike[str] | None = None) -> DualLoop:
         """TAD's inner loop for this run's settings (anchors distilled with this run's distillation lrs,
-        plain MTT matching: hard labels, the whole early window, no EMA, no gate)."""
+        plain MTT matching: hard labels, the whole early window, no EMA, no gate); ``report_path``: the
+        trust report's JSON, rewritten after every round (None = in memory only)."""
         cfg, t = self.config, self.config.tad
         features, embed = self.features(dataset)
         # The early trajectory: start epoch 0 or 1, target 2 epochs later (the paper's "first four epochs").
@@ -271,7 +273,7 @@ class Pipeline:
         assert self.hooks is not None
         return DualLoop(self.network(dataset), self.preprocessor(dataset), dataset.train_images, features, embed,
                         self.hooks, loop_cfg, noisy_labels=labels, clean_labels=clean_labels, device=self.device,
-                        seed=cfg.seed)
+                        seed=cfg.seed, report_path=report_path)
 
     # ------------------------------------------------------------------ distill
     def init_pool(self, store: TrajectoryStore, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
