@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .student_grad import INNER_GRADS
+
 __all__ = ["METHODS", "ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
            "EvalConfig", "RunConfig", "load_yaml", "merge", "from_dict", "to_dict", "parse_override",
            "apply_overrides", "build_config"]
@@ -194,6 +196,10 @@ class DistillConfig:
       ``lr_labels`` learns soft labels (logits; SGD with ``label_momentum``; None = hard labels);
       ``loss_gate``: skip the update of an iteration whose matching loss exceeds it (None = never);
       ``pix_init = "samples_predicted_correctly"``: real images the experts classify correctly.
+
+    Speed: ``inner_grad`` = ``"autograd"`` (upstream's double backward), ``"explicit"`` or ``"compiled"``
+    (the student's backward written out, optionally under torch.compile; same values): see
+    :attr:`tad_plugin.engine.matching.MatchingConfig.inner_grad`.
     """
 
     ipc: int = 10
@@ -220,6 +226,7 @@ class DistillConfig:
     lr_labels: float | None = None
     label_momentum: float = 0.9
     loss_gate: float | None = None
+    inner_grad: str = "autograd"
 
     def validate(self) -> None:
         _positive(self, "distill", "ipc", "iterations", "syn_steps", "expert_epochs", "max_start_epoch",
@@ -232,6 +239,8 @@ class DistillConfig:
         if self.adaptive_distance not in ("l1", "squared_l2"):
             raise ConfigError(f"distill.adaptive_distance must be 'l1' or 'squared_l2', got "
                               f"{self.adaptive_distance!r}")
+        if self.inner_grad not in INNER_GRADS:
+            raise ConfigError(f"distill.inner_grad must be one of {', '.join(INNER_GRADS)}, got {self.inner_grad!r}")
         if not 0 <= self.min_start_epoch < self.max_start_epoch:
             raise ConfigError(f"need 0 <= distill.min_start_epoch < distill.max_start_epoch, got "
                               f"{self.min_start_epoch}, {self.max_start_epoch}")

@@ -1,0 +1,82 @@
+"""The student's gradient written out (engine.student_grad) against autograd's, first and second order."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tad_plugin.engine.convnet import ConvNetConfig, forward, init_params
+from tad_plugin.engine.matching import MatchingConfig, TrajectoryMatcher
+from tad_plugin.engine.student_grad import student_grad
+
+
+def _autograd(cfg, w, x, target, scale):
+    loss = scale * F.cross_entropy(forward(cfg, w, x[None])[0], target)
+    return torch.autograd.grad(loss, w, create_graph=True)[0]
+
+
+@pytest.mark.parametrize("size,depth", [((32, 32), 3), ((7, 9), 3), ((16, 16), 4)])
+@pytest.mark.parametrize("soft", [False, True])
+def test_equals_autograd_in_value_and_derivative(size, depth, soft):
+    """float64, CIFAR-sized and odd-sized maps (avg-pool drops a row/column), hard and soft targets."""
+    torch.manual_seed(0)
+    cfg = ConvNetConfig(3, 5, size, width=8, depth=depth)
+    w = (init_params(cfg, 1, torch.Generator().manual_seed(1)).double()
+         + 0.05 * torch.randn(1, cfg.num_params, dtype=torch.float64)).requires_grad_()  # norm affine != (1, 0)
+    x = torch.randn(6, 3, *size, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    target = logits.softmax(-1) if soft else torch.tensor([0, 1, 2, 3, 4, 0])
+    ref, new = _autograd(cfg, w, x, target, 0.7), student_grad(cfg, w, x, target, 0.7)
+    assert (new - ref).abs().max() <= 1e-11 * ref.abs().max()
+    v = torch.randn_like(ref)
+    inputs = (w, x, logits) if soft else (w, x)
+    second_ref = torch.autograd.grad((ref * v).sum(), inputs, retain_graph=True)
+    second_new = torch.autograd.grad((new * v).sum(), inputs)
+    for a, b in zip(second_ref, second_new):
+        assert (b - a).abs().max() <= 1e-11 * a.abs().max()
+
+
+def test_rejects_several_networks():
+    cfg = ConvNetConfig(1, 2, (8, 8), width=4)
+    with pytest.raises(ValueError, match=r"\[1, P\]"):
+        student_grad(cfg, torch.zeros(2, cfg.num_params), torch.zeros(3, 1, 8, 8), torch.zeros(3, dtype=torch.long))
+
+
+def _distill(inner_grad, trajectories, images, labels, net):
+    cfg = MatchingConfig(iterations=3, syn_steps=3, expert_epochs=1, max_start_epoch=2, lr_img=10.0,
+                         dsa_strategy="color_crop_cutout_flip_scale_rotate", eval_every=0, log_every=3, seed=5,
+                         inner_grad=inner_grad)
+    return TrajectoryMatcher(net, cfg, trajectories, images, labels, progress=False).run()
+
+
+@pytest.fixture(scope="module")
+def small_problem():
+    torch.manual_seed(0)
+    net = ConvNetConfig(3, 4, (12, 12), width=8, depth=2)
+    g = torch.Generator().manual_seed(0)
+    trajectories = [torch.cumsum(0.02 * torch.randn(4, net.num_params, generator=g), 0)
+                    + init_params(net, 1, generator=g) for _ in range(2)]
+    images = torch.randn(8, 3, 12, 12, generator=g)
+    return net, trajectories, images, torch.arange(8) % 4
+
+
+@pytest.mark.parametrize("inner_grad", ["explicit",
+                                        pytest.param("compiled", marks=pytest.mark.skipif(
+                                            shutil.which("c++") is None and shutil.which("g++") is None,
+                                            reason="torch.compile on the CPU needs a C++ compiler"))])
+def test_distillation_matches_the_double_backward(inner_grad, small_problem):
+    """Three iterations with DSA: the same images and step size as upstream's create_graph route."""
+    net, trajectories, images, labels = small_problem
+    ref = _distill("autograd", trajectories, images, labels, net)
+    new = _distill(inner_grad, trajectories, images, labels, net)
+    assert not torch.equal(ref.images, images)  # the images moved
+    assert torch.allclose(new.images, ref.images, rtol=1e-4, atol=1e-5)
+    assert new.syn_lr == pytest.approx(ref.syn_lr, rel=1e-4)
+
+
+def test_inner_grad_is_validated():
+    with pytest.raises(ValueError, match="inner_grad"):
+        MatchingConfig(inner_grad="finite-differences")
+    with pytest.raises(ValueError, match="channels_last"):
+        MatchingConfig(inner_grad="explicit", channels_last=True)
