@@ -57,7 +57,10 @@ def run_all(data, out):
     soft_init = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
     matcher = TrajectoryMatcher(mtt.network(ds), soft_cfg, TrajectoryList(store, store.finished()),
                                 hard.images, soft_init, progress=False, ranks=mtt.ranks)
-    return {"hard": hard, "soft": matcher.run(), "soft_init": soft_init,
+    explicit = TrajectoryMatcher(mtt.network(ds), dataclasses.replace(soft_cfg, batch_syn=4, inner_grad="explicit"),
+                                 TrajectoryList(store, store.finished()), hard.images, soft_init, progress=False,
+                                 ranks=mtt.ranks)
+    return {"hard": hard, "soft": matcher.run(), "soft_init": soft_init, "explicit": explicit.run(),
             "eval": mtt.evaluate(hard, ds, pre).accuracies, "datm": run_datm(mtt.config, ds, store, pre)}
 
 
@@ -133,7 +136,7 @@ def test_a_resumed_run_keeps_the_finished_experts(runs):
 def test_distillation_matches_one_process(runs):
     _, single, multi = runs
     for r in range(WORLD):
-        for key in ("hard", "soft"):
+        for key in ("hard", "soft", "explicit"):  # explicit: the written-out student gradient, batch split 2 + 2
             a, b = single[key], multi[r][key]
             torch.testing.assert_close(b.images, a.images, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(b.labels, a.labels, rtol=1e-4, atol=1e-5)
