@@ -61,8 +61,8 @@ logger = logging.getLogger(__name__)
 #: syn_lr, eval {mean, std, accuracies, seconds} and eval_ema when EMA images are kept).
 EVALUATIONS_FILE = "evaluations.json"
 
-__all__ = ["MatchingConfig", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher", "real_init_indices", "class_labels",
-           "DistillDivergedError", "step_distance", "closest_step"]
+__all__ = ["MatchingConfig", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher", "real_init_indices",
+           "class_labels", "DistillDivergedError", "step_distance", "closest_step"]
 
 
 class DistillDivergedError(FloatingPointError):
