@@ -43,10 +43,10 @@ def test_rejects_several_networks():
         student_grad(cfg, torch.zeros(2, cfg.num_params), torch.zeros(3, 1, 8, 8), torch.zeros(3, dtype=torch.long))
 
 
-def _distill(inner_grad, trajectories, images, labels, net):
+def _distill(inner_grad, trajectories, images, labels, net, recompute_steps=False):
     cfg = MatchingConfig(iterations=3, syn_steps=3, expert_epochs=1, max_start_epoch=2, lr_img=10.0,
                          dsa_strategy="color_crop_cutout_flip_scale_rotate", eval_every=0, log_every=3, seed=5,
-                         inner_grad=inner_grad)
+                         inner_grad=inner_grad, recompute_steps=recompute_steps)
     return TrajectoryMatcher(net, cfg, trajectories, images, labels, progress=False).run()
 
 
@@ -75,8 +75,18 @@ def test_distillation_matches_the_double_backward(inner_grad, small_problem):
     assert new.syn_lr == pytest.approx(ref.syn_lr, rel=1e-4)
 
 
+def test_recomputed_steps_give_the_same_distillation(small_problem):
+    """Recomputing each unrolled step in the final backward changes memory, not a single value."""
+    net, trajectories, images, labels = small_problem
+    kept = _distill("explicit", trajectories, images, labels, net)
+    recomputed = _distill("explicit", trajectories, images, labels, net, recompute_steps=True)
+    assert torch.equal(recomputed.images, kept.images) and recomputed.syn_lr == kept.syn_lr
+
+
 def test_inner_grad_is_validated():
     with pytest.raises(ValueError, match="inner_grad"):
         MatchingConfig(inner_grad="finite-differences")
     with pytest.raises(ValueError, match="channels_last"):
         MatchingConfig(inner_grad="explicit", channels_last=True)
+    with pytest.raises(ValueError, match="recompute_steps"):
+        MatchingConfig(recompute_steps=True)

@@ -197,9 +197,10 @@ class DistillConfig:
       ``loss_gate``: skip the update of an iteration whose matching loss exceeds it (None = never);
       ``pix_init = "samples_predicted_correctly"``: real images the experts classify correctly.
 
-    Speed: ``inner_grad`` = ``"autograd"`` (upstream's double backward), ``"explicit"`` or ``"compiled"``
-    (the student's backward written out, optionally under torch.compile; same values): see
-    :attr:`tad_plugin.engine.matching.MatchingConfig.inner_grad`.
+    Speed and memory: ``inner_grad`` = ``"autograd"`` (upstream's double backward), ``"explicit"`` or
+    ``"compiled"`` (the student's backward written out, optionally under torch.compile; same values);
+    ``recompute_steps`` keeps one unrolled step's graph at a time (with explicit/compiled): see
+    :class:`tad_plugin.engine.matching.MatchingConfig`.
     """
 
     ipc: int = 10
@@ -227,6 +228,7 @@ class DistillConfig:
     label_momentum: float = 0.9
     loss_gate: float | None = None
     inner_grad: str = "autograd"
+    recompute_steps: bool = False
 
     def validate(self) -> None:
         _positive(self, "distill", "ipc", "iterations", "syn_steps", "expert_epochs", "max_start_epoch",
@@ -241,6 +243,9 @@ class DistillConfig:
                               f"{self.adaptive_distance!r}")
         if self.inner_grad not in INNER_GRADS:
             raise ConfigError(f"distill.inner_grad must be one of {', '.join(INNER_GRADS)}, got {self.inner_grad!r}")
+        if self.recompute_steps and self.inner_grad == "autograd":
+            raise ConfigError("distill.recompute_steps needs distill.inner_grad explicit or compiled (the double "
+                              "backward of inner_grad=autograd cannot recompute its steps)")
         if not 0 <= self.min_start_epoch < self.max_start_epoch:
             raise ConfigError(f"need 0 <= distill.min_start_epoch < distill.max_start_epoch, got "
                               f"{self.min_start_epoch}, {self.max_start_epoch}")

@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -110,6 +111,10 @@ class MatchingConfig:
             only) or ``"compiled"`` (that function under ``torch.compile``, which the double backward
             cannot be). Speed on the GPU: examples/benchmark_engine.py; on the CPU (width 128, batch 100)
             "compiled" was 1.1-1.3x "autograd" and "explicit" 0.6x.
+        recompute_steps: keep only each inner step's inputs and recompute its graph during the final
+            backward (``torch.utils.checkpoint``): memory of about one unrolled step instead of
+            ``syn_steps`` of them, for one more student-gradient pass per step. Same values. Needs
+            ``inner_grad`` "explicit" or "compiled" (the double backward does not recompute).
     """
 
     iterations: int = 5000
@@ -136,6 +141,7 @@ class MatchingConfig:
     seed: int = 0
     channels_last: bool = False
     inner_grad: str = "autograd"
+    recompute_steps: bool = False
 
     def __post_init__(self) -> None:
         for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "log_every"):
@@ -157,6 +163,8 @@ class MatchingConfig:
             raise ValueError(f"inner_grad must be one of {INNER_GRADS}, got {self.inner_grad!r}")
         if self.inner_grad != "autograd" and self.channels_last:
             raise ValueError("channels_last applies to inner_grad='autograd' only")
+        if self.recompute_steps and self.inner_grad == "autograd":
+            raise ValueError("recompute_steps needs inner_grad='explicit' or 'compiled'")
         if self.adaptive_distance not in _DISTANCES:
             raise ValueError(f"adaptive_distance must be one of {_DISTANCES}, got {self.adaptive_distance!r}")
 
@@ -399,7 +407,12 @@ class TrajectoryMatcher:
         share = (part.stop - part.start) / x.shape[0] if self.ranks.active else 1.0
         if self._student_grad_fn is not None:
             target = y[part].softmax(-1) if self.soft else y[part]
-            return self.ranks.sum(self._student_grad_fn(self.net, w, x[part], target, share))
+            if self.config.recompute_steps:
+                g = torch.utils.checkpoint.checkpoint(self._student_grad_fn, self.net, w, x[part], target, share,
+                                                      use_reentrant=False)
+            else:
+                g = self._student_grad_fn(self.net, w, x[part], target, share)
+            return self.ranks.sum(g)
         logits = forward(self.net, w, x[part].unsqueeze(0), channels_last=self.config.channels_last)[0]
         loss = self.inner_loss(logits, y[part])
         if share != 1.0:
