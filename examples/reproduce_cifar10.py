@@ -97,8 +97,9 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
 
     Each job gets ``CUDA_VISIBLE_DEVICES`` set to the GPU with the fewest running jobs (left unset when
     ``gpus`` is empty: one CPU queue of ``slots``), writes stdout and stderr to ``logs/<name>.log``, and
-    is announced when it starts and ends. ``on_done(name)`` runs after each job that exits with 0. A job
-    that fails does not stop the others; the caller decides what a non-zero code means.
+    is announced when it starts and ends. ``on_done(name)`` runs after each job that exits with 0 (if it
+    raises, the job counts as failed with code 1). A job that fails does not stop the others; the caller
+    decides what a non-zero code means.
     """
     if slots < 1:
         raise ValueError(f"slots must be >= 1, got {slots}")
@@ -117,7 +118,11 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
             print(f"[{time.monotonic() - start:7.0f} s] {name}{where}: exit {proc.returncode} "
                   f"(log {logs / (name + '.log')})", flush=True)
             if proc.returncode == 0 and on_done is not None:
-                on_done(name)
+                try:
+                    on_done(name)
+                except Exception as exc:  # e.g. no result file: report it, keep the other jobs going
+                    codes[name] = 1
+                    print(f"{name}: finished, but collecting its result failed: {exc}", flush=True)
         load = {g: sum(1 for _, q, _ in running.values() if q == g) for g in queues}
         while pending and min(load.values()) < slots:
             gpu = min(queues, key=lambda g: load[g])

@@ -98,6 +98,15 @@ def test_run_parallel_spreads_over_gpus_and_reports_failures(tmp_path):
     assert max(o0, b0) < min(o1, b1)  # one slot per GPU, two GPUs: both ran at once
 
 
+def test_run_parallel_survives_a_failing_collection(tmp_path):
+    def collect(name):
+        raise FileNotFoundError(f"no result_run.json for {name}")
+
+    codes = repro.run_parallel({"a": _job(tmp_path, "a"), "b": _job(tmp_path, "b")}, tmp_path / "logs", slots=1,
+                               gpus=[], on_done=collect, poll_s=0.05)
+    assert codes == {"a": 1, "b": 1} and (tmp_path / "b.times").exists()  # b still ran after a's failure
+
+
 def test_run_parallel_rejects_zero_slots(tmp_path):
     with pytest.raises(ValueError, match="slots"):
         repro.run_parallel({}, tmp_path, slots=0, gpus=[])
