@@ -195,20 +195,17 @@ def experts(cfg: ConvNetConfig, dev: torch.device, data: tuple, pre: Preprocesso
         print(name, res[f"expert_{name}"], flush=True)
 
 
-def distill(cfg: ConvNetConfig, dev: torch.device, res: dict,
-            variants: list[tuple[str, int, bool, int, str, bool]]) -> None:
-    """One matching iteration (syn_steps 30, all images per step, DSA) at the given IPC, channels_last
-    and inner_grad (autograd's double backward / the explicit student gradient / compiled), with or
-    without recompute_steps; the first two (warm-up) iterations, which compile, are not timed."""
+def distill(cfg: ConvNetConfig, dev: torch.device, res: dict, variants: list[tuple[str, int, bool, int]]) -> None:
+    """One matching iteration (syn_steps 30, all images per step, DSA) at the given IPC."""
     g = torch.Generator(device=dev).manual_seed(0)
     base = init_params(cfg, 4, generator=g)
     trajs = [torch.stack([b + 0.01 * k * torch.randn_like(b) for k in range(25)]) for b in base]
-    for name, ipc, cl, reps, inner_grad, recompute in variants:
+    for name, ipc, cl, reps in variants:
         m_img = 10 * ipc
         images = torch.randn(m_img, 3, 32, 32, device=dev, generator=g)
         mc = MatchingConfig(iterations=reps + 3, syn_steps=30, expert_epochs=2, max_start_epoch=20,
                             batch_syn=m_img, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.01, eval_every=0,
-                            channels_last=cl, inner_grad=inner_grad, recompute_steps=recompute)
+                            channels_last=cl)
         matcher = TrajectoryMatcher(cfg, mc, trajs, images, class_labels(10, ipc).to(dev), progress=False)
         if not DRY["on"]:
             torch.cuda.empty_cache()
@@ -222,8 +219,7 @@ def distill(cfg: ConvNetConfig, dev: torch.device, res: dict,
             torch.cuda.empty_cache()
             continue
         peak = (torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()) if not DRY["on"] else (0, 0)
-        res[f"distill_{name}"] = {"ipc": ipc, "images": m_img, "channels_last": cl, "inner_grad": inner_grad,
-                                  "recompute_steps": recompute, "iter_s": statistics.median(t),
+        res[f"distill_{name}"] = {"ipc": ipc, "images": m_img, "channels_last": cl, "iter_s": statistics.median(t),
                                   "iter_s_all": t, "peak_alloc_gib": peak[0] / GIB, "peak_reserved_gib": peak[1] / GIB}
         print(name, res[f"distill_{name}"], flush=True)
         del matcher
@@ -351,16 +347,9 @@ def main() -> None:
                 v += [("E20_compiled", 20, "compiled", False, False)]
             experts(cfg, dev, data, pre, res, [x for x in v if not only or x[0] in only])
         if "distill" in sections:
-            v = [("ipc10", 10, False, 10, "autograd", False), ("ipc10_compiled", 10, False, 10, "compiled", False),
-                 ("ipc10_compiled_recompute", 10, False, 10, "compiled", True),
-                 ("ipc50", 50, False, 4, "autograd", False), ("ipc50_compiled", 50, False, 4, "compiled", False),
-                 ("ipc50_compiled_recompute", 50, False, 4, "compiled", True)]
-            if args.dry_run:
-                v = [("ipc1", 1, False, 1, "autograd", False), ("ipc1_explicit", 1, False, 1, "explicit", True)]
+            v = [("ipc10", 10, False, 10), ("ipc50", 50, False, 4)] if not args.dry_run else [("ipc1", 1, False, 1)]
             if not args.quick:
-                v += [("ipc10_explicit", 10, False, 10, "explicit", False),
-                      ("ipc10_channels_last", 10, True, 10, "autograd", False),
-                      ("ipc50_channels_last", 50, True, 4, "autograd", False)]
+                v += [("ipc10_channels_last", 10, True, 10), ("ipc50_channels_last", 50, True, 4)]
             distill(cfg, dev, res, [x for x in v if not only or x[0] in only])
         if "eval" in sections:
             v = [("K5", 5, False, False), ("K1", 1, False, False)]

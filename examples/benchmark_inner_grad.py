@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""The unrolled student's gradient routes: time and peak memory of one distillation iteration.
+
+Routes (``distill.inner_grad`` / ``distill.recompute_steps``, see tad_plugin/engine/matching.py):
+
+* ``autograd``: ``torch.autograd.grad(..., create_graph=True)`` per inner step (upstream's route; the
+  final backward is a double backward);
+* ``explicit``: the ConvNet's backward written out (tad_plugin/engine/student_grad.py), first order only;
+* ``compiled``: that under ``torch.compile``;
+* ``+recompute``: each inner step's graph rebuilt in the final backward (torch.utils.checkpoint).
+
+Each variant runs in its own process (so peak memory is its own): CIFAR-10-shaped random images
+(speed and memory do not depend on pixel values), ConvNet-128 D3, DSA, all ``10 x ipc`` images in
+every inner step, trajectories of random-walk parameters. ``--warmup`` iterations (compilation
+included) are not timed; the median of ``--iterations`` timed ones is reported. Peak memory: CUDA
+``max_memory_allocated`` on a GPU; the process's peak RSS (``VmHWM``, includes torch itself) on the CPU.
+Prints a table and writes a JSON record (command, settings, seed, commit, device, wall time).
+
+usage: python examples/benchmark_inner_grad.py --ipc 10 --out inner_grad.json                  # GPU
+       python examples/benchmark_inner_grad.py --device cpu --syn-steps 10 --iterations 1 --warmup 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+#: name -> (inner_grad, recompute_steps)
+VARIANTS = {
+    "autograd": ("autograd", False),
+    "explicit": ("explicit", False),
+    "explicit+recompute": ("explicit", True),
+    "compiled": ("compiled", False),
+    "compiled+recompute": ("compiled", True),
+}
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One variant in this process: the timed iterations and the peak memory."""
+    from tad_plugin.engine.convnet import ConvNetConfig, init_params
+    from tad_plugin.engine.matching import MatchingConfig, TrajectoryMatcher, class_labels
+
+    inner_grad, recompute = VARIANTS[args.variant]
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    cfg = ConvNetConfig(3, 10, (32, 32), width=args.width)
+    g = torch.Generator(device=dev).manual_seed(0)
+    base = init_params(cfg, 2, generator=g)
+    trajs = [torch.stack([b + 0.01 * k * torch.randn(b.shape, device=dev, generator=g) for k in range(5)])
+             for b in base]
+    images = torch.randn(10 * args.ipc, 3, 32, 32, device=dev, generator=g)
+    mc = MatchingConfig(iterations=args.warmup + args.iterations, syn_steps=args.syn_steps, expert_epochs=2,
+                        max_start_epoch=2, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.01, eval_every=0,
+                        inner_grad=inner_grad, recompute_steps=recompute)
+    matcher = TrajectoryMatcher(cfg, mc, trajs, images, class_labels(10, args.ipc).to(dev), progress=False)
+    times = []
+    for i in range(args.warmup + args.iterations):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            if i == args.warmup:
+                torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        loss = matcher.step()
+        float(loss)  # waits for the iteration
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30
+    else:
+        with open("/proc/self/status") as f:
+            peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2 ** 20
+    return {"variant": args.variant, "inner_grad": inner_grad, "recompute_steps": recompute,
+            "iter_s": statistics.median(times), "iter_s_all": times, "peak_gib": peak,
+            "images_checksum": float(matcher.images.detach().double().sum())}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--syn-steps", type=int, default=30)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--iterations", type=int, default=5, help="timed iterations")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (compilation)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
+    p.add_argument("--out", help="JSON record")
+    p.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
+    args = p.parse_args()
+    if args.variant:
+        print(json.dumps(measure(args)))
+        return 0
+    from tad_plugin.engine.runlog import device_name, git_commit
+    from tad_plugin.files import atomic_write_json
+
+    t0 = time.perf_counter()
+    rows = []
+    for name in args.variants.split(","):
+        if name not in VARIANTS:
+            p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        cmd = [sys.executable, __file__, "--variant", name] + [a for k in ("device", "ipc", "syn_steps", "width",
+                                                                          "iterations", "warmup")
+                                                              for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            rows.append({"variant": name, "error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "?"})
+        else:
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    dev = torch.device(args.device)
+    mem = "peak allocated (GiB)" if dev.type == "cuda" else "peak RSS (GiB)"
+    print(f"\none distillation iteration: IPC {args.ipc} ({10 * args.ipc} images per step), {args.syn_steps} "
+          f"unrolled steps, ConvNet-{args.width}; {device_name(dev)}")
+    print(f"{'variant':<20} {'s / iteration':>14} {mem:>22}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['variant']:<20} {r['error']}")
+        else:
+            print(f"{r['variant']:<20} {r['iter_s']:>14.3f} {r['peak_gib']:>22.2f}")
+    record = {"command": " ".join(["python", *sys.argv]), "device": device_name(dev), "torch": torch.__version__,
+              "commit": git_commit(), "seed": 0, "settings": {k: getattr(args, k) for k in (
+                  "ipc", "syn_steps", "width", "iterations", "warmup")},
+              "wall_time_s": round(time.perf_counter() - t0, 1), "rows": rows}
+    if args.out:
+        atomic_write_json(record, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
