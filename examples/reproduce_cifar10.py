@@ -46,6 +46,7 @@ OTHER_RESULTS = (
     ("features_cifar10.md", "SimCLR ResNet-18 extractor on CIFAR-10: kNN accuracy vs epochs and minutes"),
     ("benchmark_engine.md", "engine speed vs the official MTT code (experts, distillation, evaluation)"),
     ("benchmark_experts.json", "expert-training variants (fp32 / bf16 / channels_last, E, TAD) per expert-epoch"),
+    ("benchmark_inner_grad_cpu.json", "distillation routes (autograd / explicit / compiled, recompute): time, memory (CPU)"),
     ("features_cifar10_throughput.json", "SimCLR training throughput (batch, compile) and augmentation share"),
     ("benchmark_distributed.json", "1 vs 2 GPUs under torchrun: expert training, IPC 50 x 100 distillation"),
     ("recalibration_sweep.md", "the inner loop's vote settings on digits"),
