@@ -68,3 +68,15 @@ def test_parse_override_and_merge():
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override("buffer.epochs")
     assert merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
+
+
+def test_eval_compile_reaches_the_evaluator():
+    from tad_plugin.cli import build_parser, config_from_args
+    from tad_plugin.data import load_dataset
+    from tad_plugin.engine.pipeline import Pipeline
+
+    ds = load_dataset("digits")
+    for flag in (False, True):
+        cfg = config_from_args(build_parser().parse_args(["run", "--dataset", "digits", "--device", "cpu",
+                                                          "--set", f"eval.compile={str(flag).lower()}"]))
+        assert Pipeline(cfg, progress=False).evaluator(ds).compile is flag

@@ -357,7 +357,8 @@ class Pipeline:
         return Evaluator(self.network(dataset), test_x, dataset.test_labels.to(self.device), num_nets=e.num_eval,
                          epochs=e.epochs, batch_size=e.batch_size, momentum=e.momentum,
                          weight_decay=e.weight_decay, dsa_strategy=cfg.buffer.dsa_strategy if e.dsa else "",
-                         seed=cfg.seed, device=self.device, progress=self.progress, ranks=self.ranks)
+                         seed=cfg.seed, device=self.device, compile=e.compile, progress=self.progress,
+                         ranks=self.ranks)
 
     def evaluate(self, result: DistillResult, dataset: ImageDataset,
                  preprocess: Preprocessor | None = None) -> EvalResult:
