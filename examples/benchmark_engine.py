@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
@@ -36,6 +35,7 @@ from tad_plugin.engine.dsa import DSA
 from tad_plugin.engine.evaluate import Evaluator, measure_accuracy
 from tad_plugin.engine.matching import MatchingConfig, TrajectoryMatcher, class_labels
 from tad_plugin.engine.preprocess import Preprocessor
+from tad_plugin.engine.runlog import git_commit
 from tad_plugin.engine.zca import ZCA
 from tad_plugin.files import atomic_write_json
 
@@ -317,8 +317,7 @@ def main() -> None:
     dev = torch.device("cpu" if args.dry_run else "cuda")
     torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
-    commit = os.environ.get("COMMIT") or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                                         text=True).stdout.strip()
+    commit = os.environ.get("COMMIT") or git_commit()
     res: dict = {"gpu": "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
                  "commit": commit, "command": " ".join(os.sys.argv), "data": args.data or "random",
                  "cudnn_benchmark": True, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,

@@ -103,9 +103,9 @@ def main() -> int:
     for name in args.variants.split(","):
         if name not in VARIANTS:
             p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-        cmd = [sys.executable, __file__, "--variant", name] + [a for k in ("device", "ipc", "syn_steps", "width",
-                                                                          "iterations", "warmup")
-                                                              for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
+        cmd = [sys.executable, __file__, "--variant", name, "--device", args.device, "--ipc", str(args.ipc),
+               "--syn-steps", str(args.syn_steps), "--width", str(args.width), "--iterations", str(args.iterations),
+               "--warmup", str(args.warmup)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             rows.append({"variant": name, "error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "?"})

@@ -226,8 +226,8 @@ def main() -> None:
     p.add_argument("--cell", action="append", choices=sorted(cells()), metavar="CELL",
                    help="run this cell (repeat for several; see --list)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="cells run at once on each GPU (nvidia-smi showed an H100 30-40%% busy during one IPC-10 "
-                        "distillation; whether several at once finish sooner in total is not measured yet)")
+                   help="cells run at once on each GPU (whether several at once finish sooner in total than "
+                        "one after another is not measured yet)")
     p.add_argument("--gpus", help="comma-separated CUDA device indices to spread the cells over (default: all)")
     p.add_argument("--page", action="store_true", help="write examples/results/README.md")
     p.add_argument("--dataset", default="cifar10", help="cifar10 (torchvision), or an arrays file .npz")

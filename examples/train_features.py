@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,21 +31,13 @@ from pathlib import Path
 import torch
 
 from tad_plugin.data import load_dataset
+from tad_plugin.engine.runlog import git_commit
 from tad_plugin.features.augment import AugmentConfig
 from tad_plugin.features.train import DEFAULT_LR, OPTIMIZERS, TrainConfig, measure_throughput, train_simclr
 from tad_plugin.files import atomic_write, atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tad_plugin", "examples"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def bench(images: torch.Tensor, base: TrainConfig, device: str, steps: int) -> list[dict[str, float]]:
@@ -177,7 +168,7 @@ def main() -> int:
                          checkpoint_every=args.checkpoint_every, seed=args.seed, compile=not args.no_compile,
                          augment=AugmentConfig())
     record: dict = {"dataset": args.name, "note": args.note, "command": " ".join(["python"] + sys.argv),
-                    "commit": args.commit or _commit(),
+                    "commit": args.commit or git_commit(ROOT) or "unknown",
                     "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "torch": torch.__version__,
                     "seed": args.seed}
     if args.bench or args.bench_only:

@@ -328,9 +328,13 @@ class TrajectoryMatcher:
         """[lo, hi) of the start epoch at ``iteration`` (MTT: fixed; DATM widens it over time)."""
         return self.config.min_start_epoch, self.config.max_start_epoch
 
+    def inner_target(self, labels: Tensor) -> Tensor:
+        """The student's cross-entropy target: hard labels as they are, soft label logits as softmax."""
+        return labels.softmax(-1) if self.soft else labels
+
     def inner_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """The student's training loss: CE on hard labels, CE against softmax(logits) on soft ones."""
-        return F.cross_entropy(logits, labels.softmax(-1) if self.soft else labels)
+        return F.cross_entropy(logits, self.inner_target(labels))
 
     # ---- the loop ------------------------------------------------------------------------------------
 
@@ -407,7 +411,7 @@ class TrajectoryMatcher:
         # with several ranks, the batch mean = the sum of the slices' shares
         share = (part.stop - part.start) / x.shape[0] if self.ranks.active else 1.0
         if self._student_grad_fn is not None:
-            target = y[part].softmax(-1) if self.soft else y[part]
+            target = self.inner_target(y[part])
             if self.config.recompute_steps:
                 g = torch.utils.checkpoint.checkpoint(self._student_grad_fn, self.net, w, x[part], target, share,
                                                       use_reentrant=False)

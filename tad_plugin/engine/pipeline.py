@@ -213,8 +213,8 @@ class Pipeline:
         trainer.train(store, dataset.train_images, labels, dataset.test_images, dataset.test_labels,
                       seed=cfg.seed)
         del trainer
-        if self.device.type == "cuda":  # the expert groups' cached blocks (~30 GiB at E = 20 on CIFAR-10) go back
-            torch.cuda.empty_cache()     # to the driver: other runs sharing the GPU can use them during distillation
+        if self.device.type == "cuda":  # the expert groups' cached blocks go back to the driver:
+            torch.cuda.empty_cache()     # other runs sharing the GPU can use them during distillation
         if loop is not None and loop.report.rounds and self.ranks.is_main:  # rank 0 ran the first group
             try:  # the JSON was rewritten after every round; the plot once, at the end
                 loop.report.plot(store.root / "trust_report.png", title=f"Trust report: {dataset.name}")
