@@ -47,6 +47,9 @@ OTHER_RESULTS = (
     ("benchmark_engine.md", "engine speed vs the official MTT code (experts, distillation, evaluation)"),
     ("benchmark_experts.json", "expert-training variants (fp32 / bf16 / channels_last, E, TAD) per expert-epoch"),
     ("benchmark_inner_grad_cpu.json", "distillation routes (autograd / explicit / compiled, recompute): time, memory (CPU)"),
+    ("benchmark_inner_grad_h200_ipc10.json", "the same routes on an H200, IPC 10 (30 unrolled steps, batch 100)"),
+    ("benchmark_inner_grad_h200_ipc50.json", "the same routes on an H200, IPC 50 (batch 500): peak memory"),
+    ("features_probe/features_cifar10_lr024.md", "SimCLR probe: peak lr 0.24 (2x the default) for 10 minutes on an H200"),
     ("features_cifar10_throughput.json", "SimCLR training throughput (batch, compile) and augmentation share"),
     ("benchmark_distributed.json", "1 vs 2 GPUs under torchrun: expert training, IPC 50 x 100 distillation"),
     ("recalibration_sweep.md", "the inner loop's vote settings on digits"),
@@ -168,6 +171,56 @@ def run_cells(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def evaluations(record: dict) -> list[tuple[int, float, float]]:
+    """(iteration, mean %, std %) of every evaluation in a record: ``stages.distill.evaluations`` of a
+    finished run, or the ``evaluations`` list (evaluations.json) kept with a partial one."""
+    if "evaluations" in record:
+        return [(h["iteration"], 100 * h["eval"]["mean"], 100 * h["eval"]["std"]) for h in record["evaluations"]]
+    return [(h["iteration"], 100 * h["mean"], 100 * h["std"])
+            for h in record.get("stages", {}).get("distill", {}).get("evaluations", [])]
+
+
+def budget(record: dict) -> str:
+    """The budget a record ran with: experts x epochs, iterations, evaluation nets."""
+    cfg = record.get("config", {})
+    b, d = cfg.get("buffer", {}), cfg.get("distill", {})
+    return (f"{b.get('num_experts')} experts x {b.get('epochs')} epochs, {d.get('iterations')} iterations, "
+            f"{cfg.get('eval', {}).get('num_eval')} evaluation nets")
+
+
+def provenance(record: dict) -> str:
+    """Seed, commit, device, wall time and command of a record."""
+    return (f"seed {record.get('seed')}, commit {str(record.get('commit'))[:12]}, {record.get('device')}, "
+            f"{record.get('wall_time_s')} s; `{record.get('command')}`")
+
+
+def plot_curves(runs: dict[str, dict], path: Path) -> bool:
+    """Test accuracy vs distillation iteration of ``runs`` (label -> record) as a PNG; False without
+    matplotlib (the page then links no plot)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, record in runs.items():
+        pts = evaluations(record)
+        if pts:
+            it, mean, std = zip(*pts)
+            ax.errorbar(it, mean, yerr=std, marker="o", ms=3, capsize=2, label=label)
+    ax.set_xlabel("distillation iteration")
+    ax.set_ylabel("test accuracy (%), mean +- std")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    from tad_plugin.files import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return True
+
+
 def _acc(record: dict | None) -> str:
     if record is None:
         return "not run"
@@ -191,8 +244,9 @@ def page(results: Path = RESULTS) -> str:
              "(each holds the command, config, seed, commit, device and wall time of its run). Accuracy: mean "
              "+- std over the evaluation nets at the end of distillation (and, in brackets, the best evaluation point "
              "during distillation and its iteration, the number the papers report), clean test set. Pixels: the "
-             "JPEG-compressed CIFAR-10 copy where the record says so (absolute numbers differ a little from "
-             "the official pixels; arms compare fairly).", "",
+             "JPEG-compressed CIFAR-10 copy (quality 75) for every run recorded here so far (`--dataset "
+             "/root/cifar10.npz`, decoded from that copy): absolute numbers differ a little from the official "
+             "pixels; arms on the same copy compare fairly.", "",
              "| setting | paper method | paper + TAD | ours | ours + TAD | target | met |",
              "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
     for setting, (_, p_noisy, p_tad, target, gain) in SETTINGS.items():
@@ -207,17 +261,47 @@ def page(results: Path = RESULTS) -> str:
     for cell in cells():
         rec = load(cell)
         if rec is not None:
-            cfg = rec.get("config", {})
-            b, d = cfg.get("buffer", {}), cfg.get("distill", {})
-            lines.append(f"- `{cell}`: {b.get('num_experts')} experts x {b.get('epochs')} epochs, "
-                         f"{d.get('iterations')} iterations, {cfg.get('eval', {}).get('num_eval')} evaluation "
-                         f"nets; seed {rec.get('seed')}, commit {str(rec.get('commit'))[:12]}, {rec.get('device')}, "
-                         f"{rec.get('wall_time_s')} s; `{rec.get('command')}`")
+            lines.append(f"- `{cell}`: {budget(rec)}; {provenance(rec)}")
+            buf = rec.get("stages", {}).get("buffer", {})
+            if "trusted_precision" in buf:
+                report = results / f"{cell}.trust_report.png"
+                link = f" ([trust report]({report.relative_to(results.parent)}))" if report.is_file() else ""
+                lines.append(f"  - final trusted space: {100 * buf['trusted_fraction']:.1f}% of the training set, "
+                             f"precision {100 * buf['trusted_precision']:.1f}%, recall of the clean samples "
+                             f"{100 * buf['clean_recall']:.1f}% (target at sym40: >= 95 / >= 85){link}")
+    lines += curves_section(results)
     lines += ["", "CIFAR-100 and Tiny ImageNet: their images are not available where these runs were made; "
               "those code paths are tested on generated data of the right shapes only.", "",
               "## Other results", ""]
     lines += [f"- [`{name}`]({name}): {what}" for name, what in OTHER_RESULTS]
     return "\n".join(lines) + "\n"
+
+
+def curves_section(results: Path) -> list[str]:
+    """The page's section on the distillation curves: every record under ``results`` (the cells, the clean
+    MTT runs in ``clean/``, partial runs) in one plot and one table."""
+    runs = {p.relative_to(results).with_suffix("").as_posix(): json.loads(p.read_text())
+            for p in sorted(results.glob("*.json")) + sorted(results.glob("clean/*.json"))
+            if not p.name.endswith(".trust_report.json")}
+    runs = {k: v for k, v in runs.items() if evaluations(v)}
+    if not runs:
+        return []
+    lines = ["", "## Distillation curves", "",
+             "Test accuracy of the evaluation nets at every evaluation point (mean +- std %). `clean/` holds MTT on "
+             "the clean labels (the engine's faithfulness check: the paper's MTT row is 65.3% on the official "
+             "pixels with 100 experts x 50 epochs and 5000 iterations); `*-partial` runs stopped before their "
+             "last iteration (the record says why).", ""]
+    if plot_curves(runs, results / "curves.png"):
+        lines += ["![curves](cifar10/curves.png)", ""]
+    iters = sorted({it for r in runs.values() for it, _, _ in evaluations(r)})
+    lines += ["| run | " + " | ".join(str(i) for i in iters) + " |", "| --- |" + " ---: |" * len(iters)]
+    for name, rec in runs.items():
+        by_it = {it: f"{m:.1f}" for it, m, _ in evaluations(rec)}
+        lines.append(f"| `{name}` | " + " | ".join(by_it.get(i, "") for i in iters) + " |")
+    lines += ["", "Runs that are not cells of the table above:", ""]
+    lines += [f"- `{name}`: {budget(rec)}; {provenance(rec)}" + (f" ({rec['partial']})" if "partial" in rec else "")
+              for name, rec in runs.items() if name not in cells()]
+    return lines
 
 
 def main() -> None:

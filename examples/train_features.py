@@ -10,14 +10,15 @@
    GPU, wall time), ``features_<dataset>.png`` (kNN accuracy vs epochs and minutes) and
    ``features_<dataset>.md`` (a summary table). The extractor checkpoint goes to ``--checkpoint``.
 
-Next probe (not run yet): the current SGD recipe against LARS (``--optimizer lars``), 2 minutes each, with
-distinct ``--name``/``--results``/``--checkpoint`` so that the 10-minute result files stay untouched::
+Probes give each run its own ``--name``/``--results``/``--checkpoint`` so that the 10-minute result files
+stay untouched, e.g. the SGD-vs-LARS probe (2 minutes each) and the peak-lr probe recorded under
+``examples/results/features_probe/``::
 
-    python examples/train_features.py --dataset /root/cifar10.npz --name cifar10_sgd_120s --time-budget 120 \
-        --eval-every 10 --results /root/probe --checkpoint /root/probe/sgd.pt
-    python examples/train_features.py --dataset /root/cifar10.npz --name cifar10_lars_120s --time-budget 120 \
-        --eval-every 10 --optimizer lars --weight-decay 1e-6 --temperature 0.2 --results /root/probe \
+    python examples/train_features.py --dataset /root/cifar10.npz --name cifar10_lars_120s --time-budget 120 \\
+        --eval-every 10 --optimizer lars --weight-decay 1e-6 --temperature 0.2 --results /root/probe \\
         --checkpoint /root/probe/lars.pt
+    python examples/train_features.py --dataset /root/cifar10.npz --name cifar10_lr024 --lr 0.24 \\
+        --time-budget 590 --eval-every 20 --results /root/probe --checkpoint /root/probe/lr024.pt
 """
 
 from __future__ import annotations

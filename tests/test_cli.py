@@ -155,3 +155,13 @@ def test_a_run_states_its_main_settings_first():
     line = settings_line(cfg)
     assert line.startswith("MTT on /data/cifar10.npz: IPC 10, ZCA on, 100 experts x 50 epochs (sgd), 5000 iterations")
     assert "TAD on" in line and "lr_img 100" in line
+
+
+def test_command_line_is_retypable():
+    from tad_plugin.engine.runlog import command_line
+
+    # python -m puts the module's file path in argv[0]: the record says how to type it again
+    assert command_line(["/venv/lib/python3.12/site-packages/tad_plugin/cli.py", "run", "--out", "a b"]) == \
+        "python -m tad_plugin.cli run --out 'a b'"
+    assert command_line(["/usr/local/bin/tad", "demo"]) == "tad demo"
+    assert command_line(["examples/reproduce_cifar10.py", "--page"]) == "examples/reproduce_cifar10.py --page"

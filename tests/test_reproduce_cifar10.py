@@ -65,6 +65,31 @@ def test_page_shows_the_best_evaluation_point_beside_the_last(tmp_path):
     assert "60.0 +- 1.0 (best 62.0 +- 0.4 @ 500)" in repro.page(tmp_path)
 
 
+def test_page_draws_the_curves_of_finished_and_partial_runs(tmp_path):
+    finished = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
+                "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.926, "clean_recall": 0.867},
+                           "distill": {"evaluations": [{"iteration": 0, "mean": 0.3, "std": 0.01},
+                                                       {"iteration": 250, "mean": 0.55, "std": 0.01}]}}}
+    partial = {"config": {}, "partial": "stopped at iteration 300",
+               "evaluations": [{"iteration": 0, "eval": {"mean": 0.31, "std": 0.0}},
+                               {"iteration": 500, "eval": {"mean": 0.58, "std": 0.0}}]}
+    (tmp_path / "sym40-tad.json").write_text(json.dumps(finished))
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "clean" / "mtt-clean-partial.json").write_text(json.dumps(partial))
+    text = repro.page(tmp_path)
+    assert "precision 92.6%, recall of the clean samples 86.7%" in text
+    assert "| run | 0 | 250 | 500 |" in text
+    assert "| `sym40-tad` | 30.0 | 55.0 |  |" in text
+    assert "| `clean/mtt-clean-partial` | 31.0 |  | 58.0 |" in text
+    assert "(stopped at iteration 300)" in text  # a partial run says why
+    assert "- `sym40-tad`:" not in text.split("## Distillation curves")[1]  # cells are listed once, above
+    png = tmp_path / "curves.png"
+    if importlib.util.find_spec("matplotlib") is None:  # the plot extra is optional: no plot, no link to one
+        assert not png.exists() and "curves.png" not in text
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "![curves](cifar10/curves.png)" in text
+
+
 def _job(tmp_path, name, seconds=0.0, code=0):
     """A command that records its start and end times and CUDA_VISIBLE_DEVICES, sleeps, then exits with code."""
     script = (f"import os, sys, time; t = time.time(); time.sleep({seconds}); "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import torch
 
 from ..files import atomic_write_json
 
-__all__ = ["RunLog", "git_commit", "device_name"]
+__all__ = ["RunLog", "command_line", "git_commit", "device_name"]
 
 
 def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
@@ -47,6 +48,18 @@ def device_name(device: torch.device | str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def command_line(argv: list[str]) -> str:
+    """``argv`` as a command a user can type again (shell-quoted): ``python -m tad_plugin.cli ...`` when
+    argv[0] is the CLI module's file (``python -m`` puts the file's path there), ``tad ...`` for the console
+    script, otherwise argv as it is."""
+    head = Path(argv[0]) if argv else Path()
+    if head.parts[-2:] == ("tad_plugin", "cli.py"):
+        argv = ["python", "-m", "tad_plugin.cli", *argv[1:]]
+    elif head.name == "tad":
+        argv = ["tad", *argv[1:]]
+    return shlex.join(argv)
+
+
 class RunLog:
     """Accumulates a run's record and writes it to ``path`` as JSON.
 
@@ -65,7 +78,7 @@ class RunLog:
         self.enabled = enabled
         self._start = time.perf_counter()
         self.record: dict[str, Any] = {
-            "command": " ".join(command if command is not None else sys.argv),
+            "command": command_line(command if command is not None else sys.argv),
             "config": config,
             "seed": seed,
             "commit": git_commit(),
