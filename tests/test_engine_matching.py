@@ -72,6 +72,23 @@ def test_resume_continues_bit_for_bit(toy, tmp_path):
         TrajectoryMatcher(net, other, trajs, images, labels, checkpoint=ck, progress=False).run()
 
 
+def test_a_finished_run_extends_to_more_iterations_as_if_started_that_long(toy, tmp_path):
+    net, trajs, images, labels, _, _ = toy
+    cfg = MatchingConfig(iterations=6, syn_steps=3, expert_epochs=1, max_start_epoch=3, batch_syn=4,
+                         lr_img=10.0, eval_every=0, checkpoint_every=2, log_every=2, seed=5)
+    straight = TrajectoryMatcher(net, cfg, trajs, images, labels, progress=False).run()
+    ck = tmp_path / "ck.pt"
+    short = MatchingConfig(**{**cfg.__dict__, "iterations": 4, "checkpoint_every": 4})
+    first = TrajectoryMatcher(net, short, trajs, images, labels, checkpoint=ck, progress=False).run()
+    assert not torch.equal(first.images, straight.images)  # 4 iterations are not 6
+    extended = TrajectoryMatcher(net, cfg, trajs, images, labels, checkpoint=ck, progress=False)
+    result = extended.run()
+    assert torch.equal(result.images, straight.images) and result.syn_lr == straight.syn_lr
+    assert extended.iteration == 6 and bool((extended._losses > 0).all())  # the first 4 losses kept
+    with pytest.raises(ValueError, match="beyond iterations=4"):  # a checkpoint at 6 cannot run to 4
+        TrajectoryMatcher(net, short, trajs, images, labels, checkpoint=ck, progress=False).run()
+
+
 def test_extras_ema_adaptive_soft_labels_and_evaluation(toy):
     net, trajs, images, labels, test_x, test_y = toy
     soft = F.one_hot(labels, 2).float() * 3

@@ -58,6 +58,11 @@ from .student_grad import INNER_GRADS, student_grad
 
 logger = logging.getLogger(__name__)
 
+#: Settings a checkpoint may be resumed with changed: the run length and how often it evaluates, saves and
+#: reads back -- nothing the images' path depends on, so a finished run extended to more iterations continues
+#: exactly as a run started with that many would have.
+EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "log_every"})
+
 #: Written beside the checkpoint after every evaluation: the list of evaluation entries so far (iteration,
 #: syn_lr, eval {mean, std, accuracies, seconds} and eval_ema when EMA images are kept).
 EVALUATIONS_FILE = "evaluations.json"
@@ -537,12 +542,21 @@ class TrajectoryMatcher:
                 "evaluator_calls": None if self.evaluator is None else self.evaluator.calls}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; raises ValueError when it belongs to a different run."""
+        """Restore :meth:`state_dict`; raises ValueError when it belongs to a different run (settings other
+        than :data:`EXTENDABLE` differ) or is past ``iterations``. With more ``iterations`` than the checkpoint's
+        run had, :meth:`run` extends it."""
         try:
-            if tuple(state["images"].shape) != tuple(self.images.shape) or state["config"] != dataclasses.asdict(
-                    self.config):
+            theirs, ours = ({k: v for k, v in cfg.items() if k not in EXTENDABLE}
+                            for cfg in (state["config"], dataclasses.asdict(self.config)))
+            if tuple(state["images"].shape) != tuple(self.images.shape) or theirs != ours:
+                changed = sorted(k for k in ours if theirs.get(k) != ours[k])
                 raise ValueError(f"checkpoint {self.checkpoint} belongs to a different run (other images shape "
-                                 f"or settings); delete it or point checkpoint= elsewhere")
+                                 f"or settings: {changed}); delete it or point checkpoint= elsewhere (only "
+                                 f"{sorted(EXTENDABLE)} may change on resume)")
+            if int(state["iteration"]) > self.config.iterations:
+                raise ValueError(f"checkpoint {self.checkpoint} is at iteration {int(state['iteration'])}, beyond "
+                                 f"iterations={self.config.iterations}; raise iterations to at least that, or "
+                                 f"delete the checkpoint to start over")
             with torch.no_grad():
                 self.images.copy_(state["images"])
                 self.labels.copy_(state["labels"])
@@ -559,7 +573,8 @@ class TrajectoryMatcher:
                 self.dsa.load_state_dict(state["dsa"])
             self._order = [int(i) for i in state["order"]]
             self._chunks = [ch.to(self.device) for ch in state["chunks"]]
-            self._losses.copy_(state["losses"])
+            done = int(state["iteration"])  # a run extended to more iterations keeps its losses so far
+            self._losses[:done].copy_(state["losses"][:done])
             self.history = list(state["history"])
             self.gated = int(state.get("gated", 0))
             if self.evaluator is not None and state["evaluator_calls"] is not None:
