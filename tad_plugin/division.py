@@ -41,8 +41,6 @@ def divide_by_loss(losses: torch.Tensor, labels: torch.Tensor, num_classes: int,
     Returns:
         A :class:`TrustSplit` on the device of ``losses`` (confidence float32).
     """
-    from sklearn.mixture import GaussianMixture
-
     check_float_vector(losses, "losses")
     n = losses.shape[0]
     if n == 0:
@@ -56,17 +54,40 @@ def divide_by_loss(losses: torch.Tensor, labels: torch.Tensor, num_classes: int,
                       f"trusted", DegenerateLossWarning, stacklevel=2)
         w = np.ones(n)
     else:
-        x = (x - lo) / (hi - lo)
-        gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-                              random_state=random_state)
-        gmm.fit(x[:, None])
-        w = gmm.predict_proba(x[:, None])[:, int(np.argmin(gmm.means_.ravel()))]
+        w = low_loss_posterior((x - lo) / (hi - lo), random_state=random_state, max_iter=max_iter, tol=tol,
+                               reg_covar=reg_covar)
     confidence = torch.as_tensor(w, dtype=torch.float32)
-    labels_cpu = labels.detach().cpu()
-    counts = torch.bincount(labels_cpu, minlength=num_classes).to(torch.float64)
-    sums = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels_cpu, confidence.double())
-    thresholds = (sums / counts).float()  # NaN for empty classes (0 / 0)
-    # A tiny tolerance keeps a class whose samples share one w whole despite rounding in the mean.
-    trusted = confidence.double() >= (sums / counts)[labels_cpu] - 1e-9
+    thresholds, trusted = class_thresholds(confidence, labels.detach().cpu(), num_classes)
     return TrustSplit(trusted=trusted.to(device), confidence=confidence.to(device),
                       thresholds=thresholds.to(device))
+
+
+def low_loss_posterior(x: np.ndarray, *, random_state: int, max_iter: int, tol: float,
+                       reg_covar: float) -> np.ndarray:
+    """Posterior of the low-mean component of a 2-component GMM fitted to ``x`` (float64 [N] in [0, 1])."""
+    from sklearn.mixture import GaussianMixture
+
+    gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
+                          random_state=random_state)
+    gmm.fit(x[:, None])
+    return gmm.predict_proba(x[:, None])[:, int(np.argmin(gmm.means_.ravel()))]
+
+
+def class_thresholds(confidence: torch.Tensor, labels: torch.Tensor,
+                     num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 5's class-wise thresholds and the trusted mask.
+
+    Args:
+        confidence: float32 [N], w_i.
+        labels: int64 [N] on the device of ``confidence``.
+
+    Returns:
+        ``(thresholds, trusted)``: float32 [C] (NaN for empty classes) and bool [N] (``w_i >= tau_{y_i}``).
+    """
+    counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
+    sums = torch.zeros(num_classes, dtype=torch.float64, device=confidence.device).index_add_(
+        0, labels, confidence.double())
+    tau = sums / counts  # NaN for empty classes (0 / 0)
+    # A tiny tolerance keeps a class whose samples share one w whole despite rounding in the mean.
+    trusted = confidence.double() >= tau[labels] - 1e-9
+    return tau.float(), trusted

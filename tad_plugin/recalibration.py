@@ -46,7 +46,8 @@ from .results import Recalibration
 from .search import Backend, cosine_topk
 
 __all__ = ["recalibrate_with_anchors", "anchor_covariances", "mahalanobis_reliability", "calibrated_threshold",
-           "weighted_vote", "check_vote_settings", "ShrunkCovariance", "Threshold"]
+           "weighted_vote", "reference_set", "apply_vote",
+           "check_vote_settings", "ShrunkCovariance", "Threshold"]
 
 #: How the inner loop decides which votes act (see the module docstring, step 6).
 Threshold = Literal["calibrated", "fixed"]
@@ -229,37 +230,69 @@ def recalibrate_with_anchors(features: torch.Tensor, labels: torch.Tensor, trust
     trusted = trusted.to(device)
 
     reliability = torch.full((n,), float("nan"), device=device)
-    new_labels, new_trusted = labels.clone(), trusted.clone()
     trusted_idx = torch.nonzero(trusted).flatten()
     if trusted_idx.numel() == 0:
-        return Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability)
+        return Recalibration(labels=labels.clone(), trusted=trusted.clone(), reliability=reliability)
 
     covariances = anchor_covariances(anchors, anchor_labels, num_classes)
     reliability[trusted_idx] = mahalanobis_reliability(feats[trusted_idx], labels[trusted_idx], covariances,
                                                        num_classes)
 
-    # Reference set: the top_k most reliable trusted samples of each class.
+    refs = reference_set(trusted_idx, labels, reliability, num_classes, top_k)
+    shares = weighted_vote(feats, labels, reliability, refs, num_classes, num_neighbors, backend)
+    new_labels, new_trusted = apply_vote(shares, labels, trusted, vote_threshold=vote_threshold,
+                                         calibration_quantile=calibration_quantile,
+                                         recall_confidence=recall_confidence, sieve_confidence=sieve_confidence,
+                                         sieve=sieve)
+    return Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability)
+
+
+def reference_set(trusted_idx: torch.Tensor, labels: torch.Tensor, reliability: torch.Tensor, num_classes: int,
+                  top_k: int) -> torch.Tensor:
+    """The ``top_k`` most reliable trusted samples of each class (ties: lower index first).
+
+    Args:
+        trusted_idx: int64 [T], ascending indices of the trusted samples.
+        labels: int64 [N]; reliability: float [N] (read at ``trusted_idx``).
+
+    Returns:
+        int64 [R] sample indices, class-major, each class's in descending reliability.
+    """
     ref_parts = []
     for c in range(num_classes):
         members = trusted_idx[labels[trusted_idx] == c]
         if members.numel():
             order = torch.argsort(reliability[members], descending=True, stable=True)
             ref_parts.append(members[order[:top_k]])
-    shares = weighted_vote(feats, labels, reliability, torch.cat(ref_parts), num_classes, num_neighbors, backend)
+    return torch.cat(ref_parts)
+
+
+def apply_vote(shares: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor, *, vote_threshold: Threshold,
+               calibration_quantile: float, recall_confidence: float, sieve_confidence: float,
+               sieve: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 6 of the module docstring: recall untrusted samples and sieve trusted ones by their vote.
+
+    Args:
+        shares: float [N, C], :func:`weighted_vote`'s output.
+        labels: int64 [N]; trusted: bool [N].
+
+    Returns:
+        ``(labels, trusted)``: new int64 [N] and bool [N] tensors (the inputs are not modified).
+    """
     share, best_class = shares.max(1)
     if vote_threshold == "calibrated":
         bar = calibrated_threshold(shares, labels, trusted, calibration_quantile)
         recall_bar, sieve_bar = max(bar, recall_confidence), max(bar, sieve_confidence)
     else:
         recall_bar, sieve_bar = recall_confidence, sieve_confidence
-
+    new_labels, new_trusted = labels.clone(), trusted.clone()
     recall = ~trusted & (share >= recall_bar) & (share > 0)
     new_labels[recall] = best_class[recall]
     new_trusted |= recall
     if sieve:
         sieved = trusted & (best_class != labels) & (share >= sieve_bar)
         new_trusted &= ~sieved
-    return Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability)
+    return new_labels, new_trusted
 
 
 def check_vote_settings(*, top_k: int, num_neighbors: int, vote_threshold: str, calibration_quantile: float,
