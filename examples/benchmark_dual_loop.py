@@ -153,8 +153,11 @@ def main() -> None:
     p.add_argument("--anchors-per-class", type=int, default=10)
     p.add_argument("--epochs", type=int, default=2, help="timed epochs after the first (median reported)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", help="JSON record")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, start = torch.device(args.device), time.perf_counter()
     clean, noisy, features, anchors, anchor_labels = make_data(args.n, args.dim, args.classes,
                                                                args.anchors_per_class, args.seed, device)
