@@ -36,17 +36,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
 from .checks import check_bool_mask, check_features, check_labels
 from .results import Recalibration
-from .search import Backend, cosine_topk
+from .search import Backend, unit_topk
 
 __all__ = ["recalibrate_with_anchors", "anchor_covariances", "mahalanobis_reliability", "calibrated_threshold",
-           "weighted_vote", "check_vote_settings", "ShrunkCovariance", "Threshold"]
+           "weighted_vote", "reference_set", "apply_vote",
+           "check_vote_settings", "ShrunkCovariance", "Threshold"]
 
 #: How the inner loop decides which votes act (see the module docstring, step 6).
 Threshold = Literal["calibrated", "fixed"]
@@ -66,18 +69,28 @@ class ShrunkCovariance:
     centred: torch.Tensor  # float64 [n, D]
     a: float
     b: float
+    _on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def squared_distance(self, x: torch.Tensor) -> torch.Tensor:
         """Squared Mahalanobis distance of the rows of ``x`` [M, D] (float64 [M], on x's device)."""
-        v = x.double() - self.mean.to(x.device)
+        mean, xc, k = self._copies(x.device)
+        v = x.double() - mean
         if self.a <= 0:  # all anchors identical: no spread to scale by, fall back to Euclidean
             return (v * v).sum(1)
-        xc = self.centred.to(x.device)
         proj = v @ xc.T  # [M, n]
-        # Woodbury: Sigma^-1 = (I - b Xc^T (a I_n + b Xc Xc^T)^-1 Xc) / a
-        k = self.a * torch.eye(xc.shape[0], dtype=torch.float64, device=x.device) + self.b * (xc @ xc.T)
         correction = (proj * torch.linalg.solve(k, proj.T).T).sum(1)
         return (((v * v).sum(1) - self.b * correction) / self.a).clamp_min(0)
+
+    def _copies(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``mean`` [D], ``centred`` [n, D] and the Woodbury kernel ``a I_n + b Xc Xc^T`` [n, n] (float64)
+        on ``device``, made once per device."""
+        if device not in self._on_device:
+            xc = self.centred.to(device)
+            # Woodbury: Sigma^-1 = (I - b Xc^T (a I_n + b Xc Xc^T)^-1 Xc) / a
+            k = self.a * torch.eye(xc.shape[0], dtype=torch.float64, device=device) + self.b * (xc @ xc.T)
+            self._on_device[device] = (self.mean.to(device), xc, k)
+        return self._on_device[device]
 
 
 _MIN_SHRINKAGE = 1e-3
@@ -131,35 +144,42 @@ def mahalanobis_reliability(features: torch.Tensor, labels: torch.Tensor, covari
     turned into proximity ``1 - d``. A class whose samples are all equidistant gets reliability 1.
     Returns float32 [M] on the device of ``features``.
     """
-    device = features.device
-    reliability = torch.ones(features.shape[0], dtype=torch.float32, device=device)
-    for c in range(num_classes):
-        rows = torch.nonzero(labels == c).flatten()
-        if rows.numel() == 0:
-            continue
-        dist = covariances[c].squared_distance(features[rows]).sqrt()
-        span = dist.max() - dist.min()
-        if float(span) > 0:
-            reliability[rows] = (1.0 - (dist - dist.min()) / span).float()
-    return reliability
+    dist = torch.empty(features.shape[0], dtype=torch.float64, device=features.device)
+    counts = torch.bincount(labels, minlength=num_classes).tolist()  # the one host read
+    for c, rows in enumerate(torch.argsort(labels, stable=True).split(counts)):  # each class's rows, ascending
+        if counts[c]:
+            dist[rows] = covariances[c].squared_distance(features[rows]).sqrt()
+    inf = torch.full((num_classes,), float("inf"), dtype=torch.float64, device=features.device)
+    lo = inf.scatter_reduce(0, labels, dist, "amin")[labels]
+    span = (-inf).scatter_reduce(0, labels, dist, "amax")[labels] - lo
+    return torch.where(span > 0, 1.0 - (dist - lo) / span, 1.0).float()
 
 
 def weighted_vote(features: torch.Tensor, labels: torch.Tensor, reliability: torch.Tensor, refs: torch.Tensor,
-                  num_classes: int, num_neighbors: int, backend: Backend = "auto") -> torch.Tensor:
+                  num_classes: int, num_neighbors: int, backend: Backend = "auto", *,
+                  unit: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 8's vote of every sample by its ``num_neighbors`` most similar references, as class shares.
 
     Args:
         features: float [N, D], L2-normalised.
         labels: int64 [N], the references' labels are read from it.
         reliability: float [N], the references' weights (other rows are not read).
-        refs: int64 [R], indices of the reference samples.
+        refs: int64 [R], R >= 1, indices of the reference samples.
+        unit: float32 [N, D], ``normalize(features)`` when the caller has it (the search compares these
+            rows); computed here otherwise.
 
     Returns:
         float [N, C]: each row the classes' shares of the sample's vote (weights ``r * max(sim, 0)``),
         summing to 1, or all 0 where no reference carries weight. A reference never votes for itself.
     """
     n = features.shape[0]
-    sims, nbr = cosine_topk(features, features[refs], num_neighbors + 1, backend=backend)
+    if refs.numel() == 0:
+        raise ValueError("refs is empty: there is no reference to vote")
+    if n == 0:
+        return torch.zeros(0, num_classes, device=features.device)
+    if unit is None:
+        unit = torch.nn.functional.normalize(features.detach().float(), dim=1)
+    sims, nbr = unit_topk(unit, unit[refs], min(num_neighbors + 1, refs.numel()), backend=backend)
     nbr_global = refs[nbr]
     valid = nbr_global != torch.arange(n, device=features.device)[:, None]
     valid &= torch.cumsum(valid.int(), dim=1) <= num_neighbors
@@ -213,53 +233,128 @@ def recalibrate_with_anchors(features: torch.Tensor, labels: torch.Tensor, trust
         sieve: whether to sieve trusted samples at all.
         backend: nearest-neighbour backend, see :func:`tad_plugin.search.cosine_topk`.
     """
-    check_features(features, "features")
+    feats, unit = _CACHE.get((features,), "features", lambda: _unit_features(features))
     n, d = features.shape
     check_labels(labels, num_classes, n=n)
     check_bool_mask(trusted, "trusted", n)
-    check_features(anchor_features, "anchor_features", dim=d)
-    check_labels(anchor_labels, num_classes, name="anchor_labels", n=anchor_features.shape[0])
+    anchors = _CACHE.get((anchor_features, anchor_labels), ("anchors", d, num_classes),
+                         lambda: _unit_anchors(anchor_features, anchor_labels, num_classes, d))
     check_vote_settings(top_k=top_k, num_neighbors=num_neighbors, vote_threshold=vote_threshold,
                         calibration_quantile=calibration_quantile, recall_confidence=recall_confidence,
                         sieve_confidence=sieve_confidence)
     device = features.device
-    feats = torch.nn.functional.normalize(features.detach().float(), dim=1)
-    anchors = torch.nn.functional.normalize(anchor_features.detach().float(), dim=1)
     labels = labels.to(device)
     trusted = trusted.to(device)
 
     reliability = torch.full((n,), float("nan"), device=device)
-    new_labels, new_trusted = labels.clone(), trusted.clone()
     trusted_idx = torch.nonzero(trusted).flatten()
     if trusted_idx.numel() == 0:
-        return Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability)
+        return Recalibration(labels=labels.clone(), trusted=trusted.clone(), reliability=reliability)
 
-    covariances = anchor_covariances(anchors, anchor_labels, num_classes)
+    covariances = _CACHE.get((anchor_features, anchor_labels), ("covariances", num_classes),
+                             lambda: anchor_covariances(anchors, anchor_labels, num_classes))
     reliability[trusted_idx] = mahalanobis_reliability(feats[trusted_idx], labels[trusted_idx], covariances,
                                                        num_classes)
 
-    # Reference set: the top_k most reliable trusted samples of each class.
-    ref_parts = []
-    for c in range(num_classes):
-        members = trusted_idx[labels[trusted_idx] == c]
-        if members.numel():
-            order = torch.argsort(reliability[members], descending=True, stable=True)
-            ref_parts.append(members[order[:top_k]])
-    shares = weighted_vote(feats, labels, reliability, torch.cat(ref_parts), num_classes, num_neighbors, backend)
+    refs = reference_set(trusted_idx, labels, reliability, num_classes, top_k)
+    shares = weighted_vote(feats, labels, reliability, refs, num_classes, num_neighbors, backend, unit=unit)
+    new_labels, new_trusted = apply_vote(shares, labels, trusted, vote_threshold=vote_threshold,
+                                         calibration_quantile=calibration_quantile,
+                                         recall_confidence=recall_confidence, sieve_confidence=sieve_confidence,
+                                         sieve=sieve)
+    return Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability)
+
+
+def reference_set(trusted_idx: torch.Tensor, labels: torch.Tensor, reliability: torch.Tensor, num_classes: int,
+                  top_k: int) -> torch.Tensor:
+    """The ``top_k`` most reliable trusted samples of each class (ties: lower index first).
+
+    Args:
+        trusted_idx: int64 [T], ascending indices of the trusted samples.
+        labels: int64 [N]; reliability: float [N] (read at ``trusted_idx``).
+
+    Returns:
+        int64 [R] sample indices, class-major, each class's in descending reliability.
+    """
+    y = labels[trusted_idx]
+    order = torch.argsort(reliability[trusted_idx], descending=True, stable=True)
+    order = order[torch.argsort(y[order], stable=True)]  # class-major, each class by reliability
+    counts = torch.bincount(y, minlength=num_classes)
+    rank = torch.arange(order.numel(), device=order.device) - (torch.cumsum(counts, 0) - counts)[y[order]]
+    return trusted_idx[order[rank < top_k]]
+
+
+def apply_vote(shares: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor, *, vote_threshold: Threshold,
+               calibration_quantile: float, recall_confidence: float, sieve_confidence: float,
+               sieve: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 6 of the module docstring: recall untrusted samples and sieve trusted ones by their vote.
+
+    Args:
+        shares: float [N, C], :func:`weighted_vote`'s output.
+        labels: int64 [N]; trusted: bool [N].
+
+    Returns:
+        ``(labels, trusted)``: new int64 [N] and bool [N] tensors (the inputs are not modified).
+    """
     share, best_class = shares.max(1)
     if vote_threshold == "calibrated":
         bar = calibrated_threshold(shares, labels, trusted, calibration_quantile)
         recall_bar, sieve_bar = max(bar, recall_confidence), max(bar, sieve_confidence)
     else:
         recall_bar, sieve_bar = recall_confidence, sieve_confidence
-
+    new_labels, new_trusted = labels.clone(), trusted.clone()
     recall = ~trusted & (share >= recall_bar) & (share > 0)
     new_labels[recall] = best_class[recall]
     new_trusted |= recall
     if sieve:
         sieved = trusted & (best_class != labels) & (share >= sieve_bar)
         new_trusted &= ~sieved
-    return Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability)
+    return new_labels, new_trusted
+
+
+def _unit_features(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the samples' features [N, D] and L2-normalise them: ``feats`` float32 [N, D] (Mahalanobis
+    and the vote's rows) and ``normalize(feats)`` (what the search compares; normalising twice keeps the
+    search's inputs as :func:`tad_plugin.search.cosine_topk` makes them)."""
+    check_features(features, "features")
+    feats = torch.nn.functional.normalize(features.detach().float(), dim=1)
+    return feats, torch.nn.functional.normalize(feats, dim=1)
+
+
+def _unit_anchors(anchor_features: torch.Tensor, anchor_labels: torch.Tensor, num_classes: int,
+                  dim: int) -> torch.Tensor:
+    """Check the anchors (float [A, dim], labels int64 [A]) and L2-normalise them (float32 [A, dim])."""
+    check_features(anchor_features, "anchor_features", dim=dim)
+    check_labels(anchor_labels, num_classes, name="anchor_labels", n=anchor_features.shape[0])
+    return torch.nn.functional.normalize(anchor_features.detach().float(), dim=1)
+
+
+class _TensorCache:
+    """Results of pure functions of some tensors, kept while those tensors live unmodified.
+
+    The dual loop calls ``recalibrate`` for every expert and epoch with the same feature and anchor
+    tensors; their checks, normalisation and covariances are computed once. An entry is valid only for
+    the very tensor objects it was made from (weak references, so caching keeps nothing alive) at their
+    current version counters (an in-place change bumps them), so a stale result is never returned.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Any, ...], tuple[list[weakref.ref[torch.Tensor]], list[int], Any]] = {}
+
+    def get(self, tensors: tuple[torch.Tensor, ...], name: object, compute: Callable[[], Any]) -> Any:
+        """``compute()``, or its cached value for the same ``tensors`` (unmodified) and ``name``."""
+        key = (name, *(id(t) for t in tensors))
+        hit = self._entries.get(key)
+        if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)) \
+                and hit[1] == [t._version for t in tensors]:
+            return hit[2]
+        value = compute()  # raises before anything is stored
+        refs = [weakref.ref(t, lambda _, k=key: self._entries.pop(k, None)) for t in tensors]
+        self._entries[key] = (refs, [t._version for t in tensors], value)
+        return value
+
+
+_CACHE = _TensorCache()
 
 
 def check_vote_settings(*, top_k: int, num_neighbors: int, vote_threshold: str, calibration_quantile: float,

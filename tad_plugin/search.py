@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["cosine_topk", "faiss_available", "Backend"]
+__all__ = ["cosine_topk", "unit_topk", "faiss_available", "Backend"]
 
 Backend = Literal["auto", "faiss", "torch"]
 _GPU_MAX_K = 2048  # faiss GPU_MAX_SELECTION_K
@@ -53,6 +53,14 @@ def cosine_topk(queries: torch.Tensor, database: torch.Tensor, k: int,
                 torch.empty(0, k, dtype=torch.int64, device=queries.device))
     q = torch.nn.functional.normalize(queries.detach().float(), dim=1)
     db = torch.nn.functional.normalize(database.detach().float(), dim=1)
+    return unit_topk(q, db, k, backend)
+
+
+def unit_topk(queries: torch.Tensor, database: torch.Tensor, k: int,
+              backend: Backend = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cosine_topk` for rows already L2-normalised: float32 queries [Q, D], database [M, D] with
+    Q >= 1, M >= 1 and ``1 <= k <= M``; same returns."""
+    q, db = queries, database
     if backend == "faiss" or (backend == "auto" and faiss_available()):
         return _faiss_topk(q, db, k)
     if backend not in ("auto", "torch"):
