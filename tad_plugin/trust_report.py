@@ -8,6 +8,11 @@ CIFAR-N), each round also records:
   i.e. how much of the usable data the trusted space holds;
 * ``label_accuracy``: share of all samples whose current label is the clean one (recalibration raises it);
 * ``recalled_accuracy``: share of the samples recalled this round whose pseudo-label is right.
+
+Every round also counts its movements against the round before (of either stage): ``admitted`` and
+``expelled`` samples; and a recalibration counts ``rerecalled``: recalled samples that an earlier
+recalibration had recalled too, so the outer loop expelled them in between. Many re-recalls late in a run
+mean the two loops disagree about the same samples each epoch (the vote re-admits what the losses reject).
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ class TrustRound:
     recall: float | None = None
     label_accuracy: float | None = None
     recalled_accuracy: float | None = None
+    admitted: int = 0
+    expelled: int = 0
+    rerecalled: int = 0
 
 
 @dataclass
@@ -47,6 +55,8 @@ class TrustReport:
 
     rounds: list[TrustRound] = field(default_factory=list)
     noisy_label_accuracy: float | None = None
+    _last_trusted: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    _ever_recalled: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def add(self, *, epoch: int, stage: str, trusted: torch.Tensor, labels: torch.Tensor,
             noisy_labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
@@ -60,15 +70,23 @@ class TrustReport:
             labels: int64 [N], the current labels after the round.
             noisy_labels: int64 [N], the labels the run started from.
             clean_labels: int64 [N] or None (then only sizes are recorded).
-            previous_trusted: bool [N] before the round, to count recalled / sieved samples.
+            previous_trusted: bool [N] before the round, to count recalled / sieved samples (a
+                recalibration passes it; ``admitted`` / ``expelled`` compare with the last round added).
         """
         trusted, labels, noisy = trusted.cpu(), labels.cpu(), noisy_labels.cpu()
-        recalled = sieved = 0
+        recalled = sieved = rerecalled = 0
         newly = torch.zeros_like(trusted)
         if previous_trusted is not None:
             prev = previous_trusted.cpu()
             newly = trusted & ~prev
             recalled, sieved = int(newly.sum()), int((prev & ~trusted).sum())
+            ever = self._ever_recalled if self._ever_recalled is not None else torch.zeros_like(trusted)
+            rerecalled = int((newly & ever).sum())
+            self._ever_recalled = ever | newly
+        last = self._last_trusted
+        admitted = 0 if last is None else int((trusted & ~last).sum())
+        expelled = 0 if last is None else int((last & ~trusted).sum())
+        self._last_trusted = trusted.clone()
         metrics: dict[str, float | None] = {}
         if clean_labels is not None:
             clean = clean_labels.cpu()
@@ -82,7 +100,8 @@ class TrustReport:
                 "recalled_accuracy": _mean(correct[newly]),
             }
         row = TrustRound(round=len(self.rounds), epoch=epoch, stage=stage, trusted=int(trusted.sum()),
-                         untrusted=int((~trusted).sum()), recalled=recalled, sieved=sieved, **metrics)
+                         untrusted=int((~trusted).sum()), recalled=recalled, sieved=sieved, admitted=admitted,
+                         expelled=expelled, rerecalled=rerecalled, **metrics)
         self.rounds.append(row)
         return row
 
@@ -96,7 +115,7 @@ class TrustReport:
     @classmethod
     def load_json(cls, path: str | os.PathLike[str]) -> TrustReport:
         data = json.loads(Path(path).read_text())
-        return cls([TrustRound(**r) for r in data["rounds"]], data.get("noisy_label_accuracy"))
+        return cls([TrustRound(**r) for r in data["rounds"]], data.get("noisy_label_accuracy"))  # older files: 0s
 
     def table(self, max_rows: int | None = None) -> str:
         """A Markdown table of the rounds (percentages where clean labels were known); with ``max_rows``,

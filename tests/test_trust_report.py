@@ -31,6 +31,26 @@ def test_rounds_metrics_and_round_trip(tmp_path):
     assert (tmp_path / "trust.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_movements_between_rounds_and_re_recalls():
+    labels = torch.zeros(6, dtype=torch.int64)
+    report = TrustReport()
+
+    def add(stage, trusted, previous=None):
+        mask = torch.tensor(trusted, dtype=torch.bool)
+        prev = None if previous is None else torch.tensor(previous, dtype=torch.bool)
+        return report.add(epoch=len(report.rounds), stage=stage, trusted=mask, labels=labels, noisy_labels=labels,
+                          previous_trusted=prev)
+
+    d0 = add("division", [1, 1, 1, 0, 0, 0])
+    assert (d0.admitted, d0.expelled, d0.rerecalled) == (0, 0, 0)  # nothing before the first round
+    r1 = add("recalibration", [1, 1, 1, 1, 1, 0], previous=[1, 1, 1, 0, 0, 0])
+    assert (r1.recalled, r1.rerecalled, r1.admitted, r1.expelled) == (2, 0, 2, 0)
+    d2 = add("division", [1, 1, 0, 1, 0, 0])  # the outer loop expels sample 4 (recalled) and sample 2
+    assert (d2.admitted, d2.expelled) == (0, 2)
+    r3 = add("recalibration", [1, 1, 0, 1, 1, 1], previous=[1, 1, 0, 1, 0, 0])
+    assert (r3.recalled, r3.rerecalled) == (2, 1)  # sample 4 comes back a second time, sample 5 is new
+
+
 def test_without_clean_labels_only_sizes():
     report = TrustReport()
     r = report.add(epoch=0, stage="division", trusted=torch.tensor([True, False]), labels=torch.tensor([0, 1]),
