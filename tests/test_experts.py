@@ -274,3 +274,26 @@ def test_recalibrate_experts_calls_the_hook_once_per_distinct_expert_state():
     assert torch.equal(update.labels[0], update.labels[1])
     assert torch.equal(update.labels[0], torch.where(y != 0, y, 2))  # the spy relabels the untrusted as 2
     assert torch.equal(update.labels[2], torch.where(y != 1, y, 2))
+
+
+def test_test_pass_runs_under_the_training_autocast():
+    from tad_plugin.engine.convnet import forward, init_params
+
+    t = trainer(spy=Spy(), tad=True)
+    t.device = torch.device("cpu")
+    t._amp = True  # buffer.amp's effect on a CUDA device, here on the CPU's bf16 autocast
+    seen = []
+
+    def spy_forward(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(*args, **kwargs)
+
+    t._forward = spy_forward
+    params = init_params(NET, 2, generator=torch.Generator().manual_seed(0))
+    x, y, tx, ty = data()
+    acc = t._test(params, tx, ty)
+    assert acc.shape == (2,) and seen and all(seen)  # the accuracy monitor: bf16 like training
+    t._amp = False
+    seen.clear()
+    t._test(params, tx, ty)
+    assert seen and not any(seen)

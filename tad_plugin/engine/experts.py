@@ -470,8 +470,11 @@ class ExpertTrainer:
         return params - step, mom
 
     def _test(self, params: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        _, correct = per_sample_losses(self.net, params, images, labels, self.preprocess,
-                                       self.buffer.eval_batch_size, self._forward)
+        """Test accuracy [E] of each expert; under bf16 autocast like the training pass when
+        ``buffer.amp`` (only this monitor: the per-sample losses that TAD divides on stay float32)."""
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self._amp):
+            _, correct = per_sample_losses(self.net, params, images, labels, self.preprocess,
+                                           self.buffer.eval_batch_size, self._forward)
         return correct.float().mean(1)
 
 
