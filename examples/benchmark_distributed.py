@@ -48,7 +48,7 @@ from tad_plugin.engine.distributed import Ranks, init_from_env, rank_device
 from tad_plugin.engine.experts import ExpertTrainer
 from tad_plugin.engine.matching import MatchingConfig, TrajectoryMatcher, class_labels
 from tad_plugin.engine.preprocess import Preprocessor
-from tad_plugin.engine.runlog import device_name, git_commit
+from tad_plugin.engine.runlog import device_name, provenance
 from tad_plugin.engine.trajectories import TrajectoryStore
 from tad_plugin.files import atomic_write_json
 
@@ -190,8 +190,8 @@ def main() -> int:
         return Ranks(everyone.rank, w, everyone.local_rank, groups[w]) if w > 1 else Ranks()
 
     rows: list[dict[str, Any]] = []
-    record = {"command": " ".join(["torchrun", f"--nproc_per_node {world}", *sys.argv]), "processes": world,
-              "device": device_name(device), "torch": torch.__version__, "commit": git_commit(), "seed": 0,
+    record = {**provenance(device, 0, command=["torchrun", "--nproc_per_node", str(world), *sys.argv]),
+              "processes": world,
               "settings": vars(args), "rows": rows}
 
     def emit(row: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ import tad_plugin.division as division
 import tad_plugin.recalibration as recalibration
 from tad_plugin import TADHooks
 from tad_plugin.engine.experts import EpochState, recalibrate_experts
-from tad_plugin.engine.runlog import device_name, git_commit
+from tad_plugin.engine.runlog import device_name, provenance
 from tad_plugin.files import atomic_write_json
 from tad_plugin.noise import make_noisy_labels
 
@@ -188,8 +188,7 @@ def main() -> None:
         print(f"{name:40s} {first[name]:12.3f} {table[name]:10.3f}")
     if args.out:
         atomic_write_json({
-            "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]), "seed": args.seed,
-            "commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
+            **provenance(device, args.seed),
             "threads": torch.get_num_threads(), "wall_time_s": round(time.perf_counter() - start, 1),
             "settings": {"n": args.n, "dim": args.dim, "experts": args.experts, "classes": args.classes,
                          "anchors_per_class": args.anchors_per_class, "epochs": args.epochs},

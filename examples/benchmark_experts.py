@@ -27,7 +27,7 @@ from tad_plugin.engine.config import BufferConfig, TADConfig, to_dict
 from tad_plugin.engine.convnet import ConvNetConfig
 from tad_plugin.engine.experts import ExpertTrainer
 from tad_plugin.engine.preprocess import Preprocessor
-from tad_plugin.engine.runlog import device_name, git_commit
+from tad_plugin.engine.runlog import device_name, provenance
 from tad_plugin.engine.trajectories import TrajectoryStore
 from tad_plugin.files import atomic_write_json
 
@@ -110,9 +110,8 @@ def main() -> int:
             print(f"{r['variant']:<22} {r['experts']:>3} {r['epoch_s']:>8.3f} {r['s_per_expert_epoch']:>15.4f}")
         else:
             print(f"{r['variant']:<22} {r.get('error') or r.get('skipped')}")
-    record = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]), "dataset": ds.name,
-              "num_train": len(ds.train_labels), "seed": 0, "commit": args.commit or git_commit(), "device": device_name(device),
-              "torch": torch.__version__, "wall_time_s": round(time.perf_counter() - t0, 1),
+    record = {**provenance(device, 0, commit=args.commit), "dataset": ds.name, "num_train": len(ds.train_labels),
+              "wall_time_s": round(time.perf_counter() - t0, 1),
               "timed": "epoch 1 of 3 (train pass over all samples + test pass; + division with TAD)",
               "rows": rows}
     if args.out:

@@ -95,7 +95,7 @@ def main() -> int:
     if args.variant:
         print(json.dumps(measure(args)))
         return 0
-    from tad_plugin.engine.runlog import device_name, git_commit
+    from tad_plugin.engine.runlog import device_name, provenance
     from tad_plugin.files import atomic_write_json
 
     t0 = time.perf_counter()
@@ -122,8 +122,7 @@ def main() -> int:
             print(f"{r['variant']:<20} {r['error']}")
         else:
             print(f"{r['variant']:<20} {r['iter_s']:>14.3f} {r['peak_gib']:>22.2f}")
-    record = {"command": " ".join(["python", *sys.argv]), "device": device_name(dev), "torch": torch.__version__,
-              "commit": git_commit(), "seed": 0, "settings": {k: getattr(args, k) for k in (
+    record = {**provenance(dev, 0), "settings": {k: getattr(args, k) for k in (
                   "ipc", "syn_steps", "width", "iterations", "warmup")},
               "wall_time_s": round(time.perf_counter() - t0, 1), "rows": rows}
     if args.out:

@@ -22,7 +22,6 @@ usage: python examples/benchmark_tad_overhead.py --dataset /root/cifar10.npz --o
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 
@@ -33,7 +32,7 @@ from tad_plugin.engine.config import BufferConfig, TADConfig
 from tad_plugin.engine.convnet import ConvNetConfig
 from tad_plugin.engine.experts import ExpertTrainer, per_sample_losses
 from tad_plugin.engine.preprocess import Preprocessor
-from tad_plugin.engine.runlog import device_name, git_commit
+from tad_plugin.engine.runlog import device_name, provenance
 from tad_plugin.engine.trajectories import TrajectoryStore
 from tad_plugin.files import atomic_write_json
 from tad_plugin.noise import make_noisy_labels
@@ -105,8 +104,7 @@ def main() -> None:
         print(f"{piece:32s} {what:28s} {t:8.3f}")
     if args.out:
         atomic_write_json({
-            "command": " ".join([sys.executable.rsplit('/', 1)[-1], *sys.argv]), "seed": args.seed,
-            "commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
+            **provenance(device, args.seed),
             "wall_time_s": round(time.perf_counter() - start, 1),
             "settings": {"dataset": ds.name, "num_train": n, "experts": args.experts, "feature_dim": args.feature_dim,
                          "quick_epochs": args.epochs},

@@ -189,7 +189,7 @@ def budget(record: dict) -> str:
             f"{cfg.get('eval', {}).get('num_eval')} evaluation nets")
 
 
-def provenance(record: dict) -> str:
+def provenance_text(record: dict) -> str:
     """Seed, commit, device, wall time and command of a record."""
     return (f"seed {record.get('seed')}, commit {str(record.get('commit'))[:12]}, {record.get('device')}, "
             f"{record.get('wall_time_s')} s; `{record.get('command')}`")
@@ -262,7 +262,7 @@ def page(results: Path = RESULTS) -> str:
     for cell in cells():
         rec = load(cell)
         if rec is not None:
-            lines.append(f"- `{cell}`: {budget(rec)}; {provenance(rec)}")
+            lines.append(f"- `{cell}`: {budget(rec)}; {provenance_text(rec)}")
             buf = rec.get("stages", {}).get("buffer", {})
             if "trusted_precision" in buf:
                 report = results / f"{cell}.trust_report.png"
@@ -300,7 +300,7 @@ def curves_section(results: Path) -> list[str]:
         by_it = {it: f"{m:.1f}" for it, m, _ in evaluations(rec)}
         lines.append(f"| `{name}` | " + " | ".join(by_it.get(i, "") for i in iters) + " |")
     lines += ["", "Runs that are not cells of the table above:", ""]
-    lines += [f"- `{name}`: {budget(rec)}; {provenance(rec)}" + (f" ({rec['partial']})" if "partial" in rec else "")
+    lines += [f"- `{name}`: {budget(rec)}; {provenance_text(rec)}" + (f" ({rec['partial']})" if "partial" in rec else "")
               for name, rec in runs.items() if name not in cells()]
     return lines
 

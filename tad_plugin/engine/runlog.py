@@ -21,7 +21,7 @@ import torch
 
 from ..files import atomic_write_json
 
-__all__ = ["RunLog", "command_line", "git_commit", "device_name"]
+__all__ = ["RunLog", "command_line", "provenance", "git_commit", "device_name"]
 
 
 def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
@@ -60,6 +60,16 @@ def command_line(argv: list[str]) -> str:
     return shlex.join(argv)
 
 
+def provenance(device: torch.device | str, seed: int, *, command: list[str] | None = None,
+               commit: str | None = None) -> dict[str, Any]:
+    """The fields every run or benchmark record starts with: ``command`` (``command``, default the running
+    script as ``<python> argv...``, through :func:`command_line`), ``seed``, ``commit`` (default
+    :func:`git_commit`), ``device`` (:func:`device_name`) and ``torch`` (its version)."""
+    argv = command if command is not None else [Path(sys.executable).name, *sys.argv]
+    return {"command": command_line(argv), "seed": seed, "commit": commit or git_commit(),
+            "device": device_name(device), "torch": torch.__version__}
+
+
 class RunLog:
     """Accumulates a run's record and writes it to ``path`` as JSON.
 
@@ -78,12 +88,8 @@ class RunLog:
         self.enabled = enabled
         self._start = time.perf_counter()
         self.record: dict[str, Any] = {
-            "command": command_line(command if command is not None else sys.argv),
+            **provenance(device, seed, command=command if command is not None else sys.argv),
             "config": config,
-            "seed": seed,
-            "commit": git_commit(),
-            "device": device_name(device),
-            "torch": torch.__version__,
             "python": platform.python_version(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "wall_time_s": 0.0,
