@@ -52,7 +52,9 @@ OTHER_RESULTS = (
     ("features_probe/features_cifar10_lr024.md", "SimCLR probe: peak lr 0.24 (2x the default) for 10 minutes on an H200"),
     ("features_cifar10_throughput.json", "SimCLR training throughput (batch, compile) and augmentation share"),
     ("benchmark_distributed.json", "1 vs 2 GPUs under torchrun: expert training, IPC 50 x 100 distillation"),
-    ("benchmark_dual_loop.md", "TAD's per-epoch division + recalibration at CIFAR-10 scale, before / after the speed-up (CPU)"),
+    ("benchmark_dual_loop.md", "TAD's per-epoch division + recalibration at CIFAR-10 scale: before / after the speed-up "
+     "(CPU), and on an H200"),
+    ("benchmark_experts_h200.json", "expert-epoch on an H200, bf16 (test pass too) vs fp32, compiled, E = 20"),
     ("recalibration_sweep.md", "the inner loop's vote settings on digits and on SimCLR CIFAR-10 features (CPU)"),
     ("cifar10/first_gpu_runs/README.md", "first CIFAR-10 GPU runs: a pipeline check (no ZCA), not results"),
     ("../upstream/README.md", "`tad wrap` on the real MTT / FTD / DATM / ATT code"),
@@ -186,7 +188,14 @@ def budget(record: dict) -> str:
     cfg = record.get("config", {})
     b, d = cfg.get("buffer", {}), cfg.get("distill", {})
     return (f"{b.get('num_experts')} experts x {b.get('epochs')} epochs, {d.get('iterations')} iterations, "
-            f"{cfg.get('eval', {}).get('num_eval')} evaluation nets")
+            f"{cfg.get('eval', {}).get('num_eval')} evaluation nets" + (
+                f" (distill.lr_teacher {d['lr_teacher']})" if "lr_teacher" in d else ""))
+
+
+def remark(record: dict) -> str:
+    """What a record's ``partial`` or ``note`` field says (a run stopped early, diverged, ...), in brackets."""
+    text = record.get("partial") or record.get("note")
+    return f" ({text})" if text else ""
 
 
 def provenance_text(record: dict) -> str:
@@ -262,20 +271,27 @@ def page(results: Path = RESULTS) -> str:
     for cell in cells():
         rec = load(cell)
         if rec is not None:
-            lines.append(f"- `{cell}`: {budget(rec)}; {provenance_text(rec)}")
-            buf = rec.get("stages", {}).get("buffer", {})
-            if "trusted_precision" in buf:
-                report = results / f"{cell}.trust_report.png"
-                link = f" ([trust report]({report.relative_to(results.parent)}))" if report.is_file() else ""
-                lines.append(f"  - final trusted space: {100 * buf['trusted_fraction']:.1f}% of the training set, "
-                             f"precision {100 * buf['trusted_precision']:.1f}%, recall of the clean samples "
-                             f"{100 * buf['clean_recall']:.1f}% (target at sym40: >= 95 / >= 85){link}")
+            lines.append(f"- `{cell}`: {budget(rec)}; {provenance_text(rec)}{remark(rec)}")
+            lines += trust_lines(cell, rec, results)
     lines += curves_section(results)
     lines += ["", "CIFAR-100 and Tiny ImageNet: their images are not available where these runs were made; "
               "those code paths are tested on generated data of the right shapes only.", "",
               "## Other results", ""]
     lines += [f"- [`{name}`]({name}): {what}" for name, what in OTHER_RESULTS]
     return "\n".join(lines) + "\n"
+
+
+def trust_lines(name: str, record: dict, results: Path) -> list[str]:
+    """The final trusted space of a TAD run (one indented line, linking ``<name>.trust_report.png`` beside
+    the record when it exists); none for a run without TAD."""
+    buf = record.get("stages", {}).get("buffer", {})
+    if "trusted_precision" not in buf:
+        return []
+    report = results / f"{name}.trust_report.png"
+    link = f" ([trust report]({report.relative_to(results.parent)}))" if report.is_file() else ""
+    return [f"  - final trusted space: {100 * buf['trusted_fraction']:.1f}% of the training set, precision "
+            f"{100 * buf['trusted_precision']:.1f}%, recall of the clean samples {100 * buf['clean_recall']:.1f}% "
+            f"(target at sym40: >= 95 / >= 85){link}"]
 
 
 def curves_section(results: Path) -> list[str]:
@@ -291,7 +307,7 @@ def curves_section(results: Path) -> list[str]:
              "Test accuracy of the evaluation nets at every evaluation point (mean +- std %). `clean/` holds MTT on "
              "the clean labels (the engine's faithfulness check: the paper's MTT row is 65.3% on the official "
              "pixels with 100 experts x 50 epochs and 5000 iterations); `*-partial` runs stopped before their "
-             "last iteration (the record says why).", ""]
+             "last iteration, and a record's note says what else to know of it (a divergence), in brackets below.", ""]
     if plot_curves(runs, results / "curves.png"):
         lines += ["![curves](cifar10/curves.png)", ""]
     iters = sorted({it for r in runs.values() for it, _, _ in evaluations(r)})
@@ -300,8 +316,9 @@ def curves_section(results: Path) -> list[str]:
         by_it = {it: f"{m:.1f}" for it, m, _ in evaluations(rec)}
         lines.append(f"| `{name}` | " + " | ".join(by_it.get(i, "") for i in iters) + " |")
     lines += ["", "Runs that are not cells of the table above:", ""]
-    lines += [f"- `{name}`: {budget(rec)}; {provenance_text(rec)}" + (f" ({rec['partial']})" if "partial" in rec else "")
-              for name, rec in runs.items() if name not in cells()]
+    for name, rec in runs.items():
+        if name not in cells():
+            lines += [f"- `{name}`: {budget(rec)}; {provenance_text(rec)}{remark(rec)}"] + trust_lines(name, rec, results)
     return lines
 
 

@@ -165,3 +165,23 @@ def test_command_line_is_retypable():
         "python -m tad_plugin.cli run --out 'a b'"
     assert command_line(["/usr/local/bin/tad", "demo"]) == "tad demo"
     assert command_line(["examples/reproduce_cifar10.py", "--page"]) == "examples/reproduce_cifar10.py --page"
+
+
+def test_run_record_reports_the_final_trusted_space_at_each_consensus_level():
+    from types import SimpleNamespace
+
+    from tad_plugin.cli import _trust_stats
+
+    clean = torch.tensor([0, 1, 2, 0, 1, 2])
+    labels = torch.tensor([0, 1, 2, 0, 2, 1])  # the last two are wrong
+    votes = torch.tensor([1.0, 2 / 3, 1 / 3, 1.0, 2 / 3, 1.0])  # 3 experts
+    stats = _trust_stats((votes, labels), SimpleNamespace(dataset=SimpleNamespace(train_labels=clean)))
+    # votes >= 0.5: samples 0, 1, 3, 4, 5 -> 3 of them correct; recall 3 of the 4 correct samples
+    assert stats["trusted_size"] == 5 and stats["trusted_precision"] == pytest.approx(0.6)
+    assert stats["clean_recall"] == 0.75
+    assert stats["by_vote"]["0.5"] == {k: stats[k] for k in stats["by_vote"]["0.5"]}
+    # every expert: samples 0, 3, 5 -> 2 correct; the 2/3 votes (0.667 < 0.75) drop out at 0.75 too
+    for level in ("0.75", "1"):
+        assert stats["by_vote"][level]["trusted_size"] == 3
+        assert stats["by_vote"][level]["trusted_precision"] == pytest.approx(2 / 3)
+        assert stats["by_vote"][level]["clean_recall"] == 0.5

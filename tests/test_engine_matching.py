@@ -169,3 +169,24 @@ def test_a_step_size_that_comes_back_positive_is_not_an_error(toy, caplog):
         result = m.run()
     assert result.syn_lr == pytest.approx(1e-2)
     assert sum("syn_lr is" in r.getMessage() for r in caplog.records) == 1  # warned once for the episode
+
+
+def test_an_unstable_matching_loss_is_warned_about_once_per_episode(toy, caplog):
+    net, trajs, images, labels, _, _ = toy
+    cfg = MatchingConfig(iterations=6, syn_steps=2, expert_epochs=1, max_start_epoch=1, dsa_strategy="none",
+                         eval_every=0, log_every=1)
+    m = TrajectoryMatcher(net, cfg, trajs, images, labels, progress=False)
+    step = m.step
+    spikes = {2: 3.3, 3: 2.0, 5: 2.5}  # iteration -> logged loss: two episodes (2-3 and 5)
+
+    def step_with_spikes():
+        out = step()
+        if m.iteration in spikes:
+            m._losses[m.iteration - 1] = spikes[m.iteration]
+        return out
+    m.step = step_with_spikes
+    with caplog.at_level("WARNING", logger="tad_plugin.engine.matching"):
+        m.run()
+    warned = [r.getMessage() for r in caplog.records if "matching loss is" in r.getMessage()]
+    assert len(warned) == 2 and "3.3 at iteration 2" in warned[0] and "2.5 at iteration 5" in warned[1]
+    assert [h["loss"] for h in m.history if h["iteration"] in spikes] == pytest.approx([3.3, 2.0, 2.5])

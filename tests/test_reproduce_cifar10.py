@@ -70,18 +70,22 @@ def test_page_draws_the_curves_of_finished_and_partial_runs(tmp_path):
                 "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.926, "clean_recall": 0.867},
                            "distill": {"evaluations": [{"iteration": 0, "mean": 0.3, "std": 0.01},
                                                        {"iteration": 250, "mean": 0.55, "std": 0.01}]}}}
+    diverged = {"config": {"distill": {"lr_teacher": 0.01}}, "note": "diverged near iteration 240",
+                "evaluations": [{"iteration": 250, "eval": {"mean": 0.2, "std": 0.0}}]}
     partial = {"config": {}, "partial": "stopped at iteration 300",
                "evaluations": [{"iteration": 0, "eval": {"mean": 0.31, "std": 0.0}},
                                {"iteration": 500, "eval": {"mean": 0.58, "std": 0.0}}]}
     (tmp_path / "sym40-tad.json").write_text(json.dumps(finished))
     (tmp_path / "clean").mkdir()
     (tmp_path / "clean" / "mtt-clean-partial.json").write_text(json.dumps(partial))
+    (tmp_path / "clean" / "mtt-clean-diverged.json").write_text(json.dumps(diverged))
     text = repro.page(tmp_path)
     assert "precision 92.6%, recall of the clean samples 86.7%" in text
     assert "| run | 0 | 250 | 500 |" in text
     assert "| `sym40-tad` | 30.0 | 55.0 |  |" in text
     assert "| `clean/mtt-clean-partial` | 31.0 |  | 58.0 |" in text
     assert "(stopped at iteration 300)" in text  # a partial run says why
+    assert "(distill.lr_teacher 0.01); seed None" in text and "(diverged near iteration 240)" in text
     assert "- `sym40-tad`:" not in text.split("## Distillation curves")[1]  # cells are listed once, above
     png = tmp_path / "curves.png"
     if importlib.util.find_spec("matplotlib") is None:  # the plot extra is optional: no plot, no link to one

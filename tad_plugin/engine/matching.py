@@ -27,7 +27,7 @@ Preprocessor`). Evaluation every ``eval_every`` iterations (and at the end) goes
 host-device synchronisation (except DATM's ``loss_gate``); losses are read back every ``log_every``
 iterations, where a NaN stops the run with an explanation; a ``syn_lr`` that dips to <= 0 is carried
 on with (as upstream) and warned about, and stops the run only where it must be positive: at an
-evaluation and at the end.
+evaluation and at the end; a logged loss above :data:`UNSTABLE_LOSS` is warned about too.
 """
 
 from __future__ import annotations
@@ -69,6 +69,12 @@ EVALUATIONS_FILE = "evaluations.json"
 
 __all__ = ["MatchingConfig", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher", "real_init_indices",
            "class_labels", "DistillDivergedError", "step_distance", "closest_step"]
+
+
+#: A logged matching loss above this (normalised: 1 = the student ended as far from the target as it started)
+#: is warned about once per episode: the clean CIFAR-10 run whose syn_lr exploded jumped from ~0.9 to 3.3
+#: (examples/results/cifar10/clean/mtt-clean-e40-i2000-lr0.01-diverged.json); stable runs stay below 1.
+UNSTABLE_LOSS = 1.5
 
 
 class DistillDivergedError(FloatingPointError):
@@ -317,6 +323,7 @@ class TrajectoryMatcher:
                            if self.labels.requires_grad else None)
         self.gated = 0  # iterations whose update the loss gate skipped
         self._negative_lr_warned = False
+        self._unstable_warned = False
         self.ema = self.images.detach().clone() if c.ema_decay is not None else None
         self.gen = torch.Generator().manual_seed(c.seed)  # expert order, start epochs
         self.dev_gen = torch.Generator(device=self.device).manual_seed(c.seed + 2)  # batches
@@ -476,6 +483,12 @@ class TrajectoryMatcher:
                            "distillation continues as upstream's does, but an evaluation needs it positive "
                            "again (if it stays <= 0: lower lr_lr)", lr, it, loss)
         self._negative_lr_warned = lr <= 0
+        if loss > UNSTABLE_LOSS and not self._unstable_warned:
+            logger.warning("the matching loss is %.3g at iteration %d (syn_lr %.3g): the student ends farther from "
+                           "the expert's target than it started, the unstable regime of MTT's exploding syn_lr "
+                           "(upstream issues #6, #16, #24); if the next evaluation drops, lower lr_teacher, lr_lr "
+                           "or lr_img and resume from a checkpoint before iteration %d", loss, it, lr, it)
+        self._unstable_warned = loss > UNSTABLE_LOSS
         self.history.append({"iteration": it, "loss": loss, "syn_lr": lr,
                              **({"gated": self.gated} if c.loss_gate is not None else {})})
         bar.set_postfix(loss=f"{loss:.4f}", syn_lr=f"{lr:.2e}")
