@@ -22,6 +22,7 @@ the following ``--epochs`` epochs.
 
 usage: python examples/benchmark_dual_loop.py --device cpu --out dual_loop_cpu.json
        python examples/benchmark_dual_loop.py --device cpu --experts 2 --n 5000 --epochs 1   # smoke test
+       python examples/benchmark_dual_loop.py --device cpu --experts 4 --threads 1 --busy 2  # busy host
 
 Results: examples/results/benchmark_dual_loop.md.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -38,6 +40,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from sklearn.cluster import KMeans
 
 import tad_plugin.division as division
 import tad_plugin.recalibration as recalibration
@@ -47,9 +50,12 @@ from tad_plugin.engine.runlog import device_name, provenance
 from tad_plugin.files import atomic_write_json
 from tad_plugin.noise import make_noisy_labels
 
+#: The k-means initialisation inside the GMM fit (a part of that phase, not added to the sum of phases).
+KMEANS = "  of which k-means initialisation"
 #: (module, function, phase): the library functions timed while the hooks run.
 PHASES = (
     (division, "low_loss_posterior", "division: GMM fit"),
+    (KMeans, "fit", KMEANS),
     (division, "class_thresholds", "division: thresholds"),
     (recalibration, "anchor_covariances", "recal: anchor covariances"),
     (recalibration, "mahalanobis_reliability", "recal: reliability"),
@@ -143,6 +149,13 @@ def run_epoch(hooks: TADHooks, clean: torch.Tensor, labels: torch.Tensor, featur
 TOTALS = ("division (filter_dataset x E)", "recalibration (recalibrate_experts)")
 
 
+def busy_process(threads: int) -> subprocess.Popen:
+    """A side process keeping ``threads`` CPU threads busy with matrix products until killed."""
+    code = (f"import torch; torch.set_num_threads({threads}); a = torch.randn(512, 512)\n"
+            "while True: a = torch.tanh(a @ a)")
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -154,6 +167,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2, help="timed epochs after the first (median reported)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--busy", type=int, default=0,
+                   help="keep this many CPU threads busy in a side process meanwhile (a host shared with a "
+                        "training job); 0 = none")
     p.add_argument("--out", help="JSON record")
     args = p.parse_args()
     if args.threads:
@@ -163,19 +179,22 @@ def main() -> None:
                                                                args.anchors_per_class, args.seed, device)
     hooks = TADHooks()
     labels = noisy.expand(args.experts, args.n).clone()
+    load = busy_process(args.busy) if args.busy else None
     per_epoch: list[dict[str, float]] = []
     for epoch in range(1 + args.epochs):
         seconds: dict[str, float] = defaultdict(float)
         with phase_timers(device, seconds):
             labels, trusted = run_epoch(hooks, clean, labels, features, anchors, anchor_labels, args.classes,
                                         epoch, seconds)
-        phased = sum(v for k, v in seconds.items() if k not in TOTALS)
+        phased = sum(v for k, v in seconds.items() if k not in TOTALS and k != KMEANS)
         seconds["other (checks, normalisation, copies)"] = sum(seconds[k] for k in TOTALS) - phased
         seconds["total per epoch"] = sum(seconds[k] for k in TOTALS)
         per_epoch.append(dict(seconds))
         print(f"epoch {epoch}: {seconds['total per epoch']:.2f} s; label accuracy "
               f"{float((labels == clean).float().mean()):.4f}, trusted {float(trusted.float().mean()):.4f}",
               file=sys.stderr)
+    if load is not None:
+        load.kill()
     names = [name for _, _, name in PHASES] + ["other (checks, normalisation, copies)", *TOTALS,
                                                  "total per epoch"]
     table = {name: statistics.median(ep.get(name, 0.0) for ep in per_epoch[1:]) if args.epochs else 0.0
@@ -189,7 +208,7 @@ def main() -> None:
     if args.out:
         atomic_write_json({
             **provenance(device, args.seed),
-            "threads": torch.get_num_threads(), "wall_time_s": round(time.perf_counter() - start, 1),
+            "threads": torch.get_num_threads(), "busy_threads": args.busy, "wall_time_s": round(time.perf_counter() - start, 1),
             "settings": {"n": args.n, "dim": args.dim, "experts": args.experts, "classes": args.classes,
                          "anchors_per_class": args.anchors_per_class, "epochs": args.epochs},
             "first_epoch_s": {k: round(v, 4) for k, v in first.items()},
