@@ -18,7 +18,10 @@ arms need the SimCLR extractor (``tad features train --dataset cifar10``) unless
 tad.features=...`` says otherwise. Runs resume: re-running a cell skips its finished stages.
 Several ``--cell``: they run as separate processes, ``--jobs`` at once on each GPU of ``--gpus``,
 logs in ``<out>/logs/<cell>.log``; a failed cell does not stop the others (the exit code is 1 and its
-log's last lines are printed).
+log's last lines are printed). ATT's cells distil from the experts of the MTT cell of the same noise and
+arm (ATT trains MTT's expert recipe, apart from its buffer script's batch 512 against MTT's 256) when that
+cell runs in the same invocation (they start once its buffer stage is done) or has run into the same
+``--out``; ``--no-reuse-buffers`` trains ATT's own, and the page says which buffer each cell used.
 
 Pixels: if you use the JPEG-compressed CIFAR-10 copy, absolute accuracies differ a little from the
 paper's official pixels; the comparison between arms on the same copy stays valid.
@@ -72,16 +75,38 @@ SETTINGS = {
     "att-c10n-worst": ("att_cifar10n_worst_ipc10.yaml", 58.3, 65.7, 63.0, 5.0),
 }
 ARMS = {"noisy": "--no-tad", "tad": "--tad"}
+#: setting -> the setting whose experts it reuses (same noise, same arm): ATT trains MTT's plain-SGD experts
+#: (its buffer script only defaults to batch 512 where MTT's uses 256), so ATT's cells distil from the MTT
+#: cell's buffer when that cell runs in the same invocation or has run into the same ``--out``.
+REUSE = {"att-sym40": "sym40", "att-c10n-worst": "c10n-worst"}
+
+
+def reuse_source(cell: str) -> str | None:
+    """The cell whose buffer ``cell`` reuses, or None."""
+    setting, arm = cells()[cell]
+    return f"{REUSE[setting]}-{arm}" if setting in REUSE else None
+
+
+def buffer_done(out: Path, cell: str) -> bool:
+    """Whether ``cell``'s run in ``out`` has finished its buffer stage (its record lists the stage)."""
+    try:
+        return "buffer" in json.loads((out / cell / "result_run.json").read_text()).get("stages", {})
+    except (OSError, ValueError):
+        return False
 
 
 def cells() -> dict[str, tuple[str, str]]:
     return {f"{s}-{a}": (s, a) for s in SETTINGS for a in ARMS}
 
 
-def command(cell: str, dataset: str, out: Path, cifar_n: str | None, extra: list[str]) -> list[str]:
+def command(cell: str, dataset: str, out: Path, cifar_n: str | None, extra: list[str],
+            reuse: str | None = None) -> list[str]:
+    """``cell``'s ``tad run`` command; ``reuse`` = the cell whose buffer under ``out`` it distils from."""
     setting, arm = cells()[cell]
     cmd = [sys.executable, "-m", "tad_plugin.cli", "run", "--config", str(ROOT / "configs" / SETTINGS[setting][0]),
            ARMS[arm], "--dataset", dataset, "--out", str(out / cell)]
+    if reuse is not None:
+        cmd += ["--buffer", str(out / reuse / "buffer")]
     if setting.endswith("c10n-worst"):
         if not cifar_n:
             raise SystemExit("the c10n-worst cells need --cifar-n PATH (the official CIFAR-10_human.pt)")
@@ -99,8 +124,13 @@ def gpu_ids(spec: str | None) -> list[str]:
 
 
 def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[str],
-                 on_done: Callable[[str], None] | None = None, poll_s: float = 2.0) -> dict[str, int]:
+                 on_done: Callable[[str], None] | None = None, poll_s: float = 2.0,
+                 ready: dict[str, Callable[[], bool]] | None = None) -> dict[str, int]:
     """Run the commands of ``jobs`` (name -> argv), at most ``slots`` at once per GPU; returns name -> exit code.
+
+    ``ready[name]()`` (if given) must be true before job ``name`` starts; jobs that are ready start in
+    their order. When nothing runs and no pending job is ready, the first pending one starts anyway (its
+    predicate waits on something that will not come; the job itself then says what is missing).
 
     Each job gets ``CUDA_VISIBLE_DEVICES`` set to the GPU with the fewest running jobs (left unset when
     ``gpus`` is empty: one CPU queue of ``slots``), writes stdout and stderr to ``logs/<name>.log``, and
@@ -132,8 +162,12 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
                     print(f"{name}: finished, but collecting its result failed: {exc}", flush=True)
         load = {g: sum(1 for _, q, _ in running.values() if q == g) for g in queues}
         while pending and min(load.values()) < slots:
+            startable = [n for n in pending if ready is None or n not in ready or ready[n]()]
+            if not startable and running:
+                break
             gpu = min(queues, key=lambda g: load[g])
-            name = pending.pop(0)
+            name = (startable or pending)[0]
+            pending.remove(name)
             env = dict(os.environ)
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -158,14 +192,26 @@ def run_cells(args: argparse.Namespace) -> int:
     """Run the ``--cell`` cells (one in the foreground, several through :func:`run_parallel`); 0 if all passed."""
     out = Path(args.out)
     extra = [x for s in args.set for x in ("--set", s)]
-    cmds = {cell: command(cell, args.dataset, out, args.cifar_n, extra) for cell in dict.fromkeys(args.cell)}
+    requested = list(dict.fromkeys(args.cell))
+    reuse = {}  # cell -> the cell whose buffer it distils from
+    for cell in requested:
+        src = reuse_source(cell) if args.reuse_buffers else None
+        if src is not None and (src in requested or buffer_done(out, src)):
+            reuse[cell] = src
+    # a cell that reuses another's buffer goes after it, so a single queue never waits on a later job
+    requested.sort(key=lambda c: c in reuse)
+    cmds = {cell: command(cell, args.dataset, out, args.cifar_n, extra, reuse.get(cell)) for cell in requested}
+    for cell, src in reuse.items():
+        print(f"{cell} distils from the experts of {src} ({out / src / 'buffer'})", flush=True)
+    ready = {cell: (lambda s=src: buffer_done(out, s)) for cell, src in reuse.items()}
     if len(cmds) == 1 and args.jobs == 1:
         (cell, cmd), = cmds.items()
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         collect(cell, out)
         return 0
-    codes = run_parallel(cmds, out / "logs", args.jobs, gpu_ids(args.gpus), on_done=lambda c: collect(c, out))
+    codes = run_parallel(cmds, out / "logs", args.jobs, gpu_ids(args.gpus), on_done=lambda c: collect(c, out),
+                         ready=ready)
     failed = sorted(c for c, rc in codes.items() if rc != 0)
     for cell in failed:
         print(f"FAILED {cell} (exit {codes[cell]}); last lines of {out / 'logs' / (cell + '.log')}:", file=sys.stderr)
@@ -272,6 +318,11 @@ def page(results: Path = RESULTS) -> str:
         rec = load(cell)
         if rec is not None:
             lines.append(f"- `{cell}`: {budget(rec)}; {provenance_text(rec)}{remark(rec)}")
+            reused = rec.get("stages", {}).get("buffer", {}).get("reused")
+            if reused:
+                batch = rec["stages"]["buffer"].get("reused_meta", {}).get("buffer", {}).get("batch_size")
+                lines.append(f"  - experts not trained here: distilled from the buffer `{reused}` (another cell's, "
+                             f"same noise and arm; expert batch {batch})")
             lines += trust_lines(cell, rec, results)
     lines += curves_section(results)
     lines += ["", "CIFAR-100 and Tiny ImageNet: their images are not available where these runs were made; "
@@ -336,6 +387,9 @@ def main() -> None:
     p.add_argument("--cifar-n", help="CIFAR-10_human.pt for the c10n-worst cells")
     p.add_argument("--out", default="runs/cifar10", help="run folders (one per cell)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--reuse-buffers", action=argparse.BooleanOptionalAction, default=True,
+                   help="ATT's cells distil from the experts of the MTT cell of the same noise and arm when that "
+                        "cell runs too or has run into --out (default); --no-reuse-buffers trains ATT's own")
     args = p.parse_args()
     if args.list:
         for cell in cells():

@@ -299,8 +299,12 @@ def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryS
     if (store.meta.get("tad") is not None) != pipe.tad:
         raise ConfigError(f"the experts in {root} were trained {'with' if store.meta.get('tad') else 'without'} TAD "
                           f"but this run has TAD {'on' if pipe.tad else 'off'}; reuse a buffer of the same arm")
-    if not store.finished():
-        raise ConfigError(f"{root} holds no finished experts; train them first (`tad buffer --out ...`)")
+    have, want = len(store.finished()), pipe.config.buffer.num_experts
+    if have < want:
+        raise ConfigError(f"{root} holds {have} finished experts but this run asks for {want} "
+                          f"(buffer.num_experts): finish training them first (`tad buffer --out ...` resumes), "
+                          f"or pass --num-experts {have} to distil from those" if have else
+                          f"{root} holds no finished experts; train them first (`tad buffer --out ...`)")
     return store
 
 

@@ -228,6 +228,9 @@ def test_run_reuses_another_runs_buffer_only_when_it_fits(tmp_path, capsys):
     assert load_distilled(tmp_path / "att" / "distilled.pt")[0].ema_images.shape == (10, 1, 8, 8)
     assert main([*argv[:-2], "--buffer", str(tmp_path / "mtt" / "buffer"), "--noise-rate", "0.2"]) == 2
     assert "other labels" in capsys.readouterr().err
+    # a buffer with fewer finished experts than the run asks for (e.g. its own run stopped mid-buffer)
+    assert main([*argv, "--num-experts", "2"]) == 2
+    assert "holds 1 finished experts but this run asks for 2" in capsys.readouterr().err
 
 
 def test_a_dataset_file_gets_its_family_row_and_zca():

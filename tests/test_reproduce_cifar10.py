@@ -58,6 +58,14 @@ def test_page_indexes_every_other_result_and_each_link_exists(tmp_path):
         assert (repro.PAGE.parent / name).is_file(), f"the page links to a missing file: {name}"
 
 
+def test_page_says_which_cells_reused_another_cells_experts(tmp_path):
+    rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
+           "stages": {"buffer": {"reused": "runs/sym40-noisy/buffer", "reused_meta": {"buffer": {"batch_size": 256}}}}}
+    (tmp_path / "att-sym40-noisy.json").write_text(json.dumps(rec))
+    assert ("distilled from the buffer `runs/sym40-noisy/buffer` (another cell's, same noise and arm; expert "
+            "batch 256)") in repro.page(tmp_path)
+
+
 def test_page_shows_the_best_evaluation_point_beside_the_last(tmp_path):
     rec = {"results": {"test_acc_mean": 0.60, "test_acc_std": 0.01, "test_acc_best_mean": 0.62,
                        "test_acc_best_std": 0.004, "best_iteration": 500}, "config": {}}
@@ -87,6 +95,7 @@ def test_page_draws_the_curves_of_finished_and_partial_runs(tmp_path):
     assert "(stopped at iteration 300)" in text  # a partial run says why
     assert "(distill.lr_teacher 0.01); seed None" in text and "(diverged near iteration 240)" in text
     assert "- `sym40-tad`:" not in text.split("## Distillation curves")[1]  # cells are listed once, above
+    assert "experts not trained here" not in text
     png = tmp_path / "curves.png"
     if importlib.util.find_spec("matplotlib") is None:  # the plot extra is optional: no plot, no link to one
         assert not png.exists() and "curves.png" not in text
@@ -139,3 +148,44 @@ def test_run_parallel_survives_a_failing_collection(tmp_path):
 def test_run_parallel_rejects_zero_slots(tmp_path):
     with pytest.raises(ValueError, match="slots"):
         repro.run_parallel({}, tmp_path, slots=0, gpus=[])
+
+
+def test_run_parallel_starts_a_job_once_it_is_ready(tmp_path):
+    jobs = {"att": _job(tmp_path, "att"), "a": _job(tmp_path, "a", seconds=0.5), "c": _job(tmp_path, "c")}
+    codes = repro.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=[], poll_s=0.05,
+                               ready={"att": lambda: (tmp_path / "a.times").exists()})
+    assert codes == {"att": 0, "a": 0, "c": 0}
+    (att0, _), (_, a1), (c0, _) = _times(tmp_path, "att"), _times(tmp_path, "a"), _times(tmp_path, "c")
+    assert att0 >= a1 and c0 < a1  # att waited for a; c, ready, did not wait behind att
+    # nothing running and nothing ready: the job starts anyway (and says itself what it misses)
+    assert repro.run_parallel({"x": _job(tmp_path, "x")}, tmp_path / "logs", slots=1, gpus=[], poll_s=0.05,
+                              ready={"x": lambda: False}) == {"x": 0}
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_att_cells_distil_from_the_mtt_cells_buffer(tmp_path, monkeypatch, reuse):
+    seen = {}
+
+    def fake_run_parallel(cmds, logs, slots, gpus, on_done=None, ready=None):
+        seen.update(cmds=cmds, ready=ready or {})
+        return {c: 0 for c in cmds}
+    monkeypatch.setattr(repro, "run_parallel", fake_run_parallel)
+    monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
+    args = repro.argparse.Namespace(cell=["att-c10n-worst-tad", "c10n-worst-tad", "att-sym40-noisy"], set=[],
+                                    dataset="d.npz", out=str(tmp_path), cifar_n="h.pt", jobs=1, gpus=None,
+                                    reuse_buffers=reuse)
+    assert repro.run_cells(args) == 0
+    cmds, ready = seen["cmds"], seen["ready"]
+    if not reuse:
+        assert not any("--buffer" in c for c in cmds.values()) and not ready
+        return
+    # att-c10n-worst-tad reuses c10n-worst-tad's experts and is queued after it; att-sym40-noisy trains its
+    # own (sym40-noisy neither runs now nor has run into --out)
+    assert list(cmds) == ["c10n-worst-tad", "att-sym40-noisy", "att-c10n-worst-tad"]
+    att = cmds["att-c10n-worst-tad"]
+    assert att[att.index("--buffer") + 1] == str(tmp_path / "c10n-worst-tad" / "buffer")
+    assert "--buffer" not in cmds["att-sym40-noisy"] and set(ready) == {"att-c10n-worst-tad"}
+    assert not ready["att-c10n-worst-tad"]()  # the MTT cell has not finished its buffer stage yet
+    (tmp_path / "c10n-worst-tad").mkdir()
+    (tmp_path / "c10n-worst-tad" / "result_run.json").write_text(json.dumps({"stages": {"buffer": {}}}))
+    assert ready["att-c10n-worst-tad"]()
