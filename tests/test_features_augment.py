@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from tad_plugin.features.augment import AugmentConfig, _shift_hue, augment_batch
+from tad_plugin.features.augment import AugmentConfig, _shift_hue, augment_batch, compiled_ops
 
 IDENTITY = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
 
@@ -92,3 +92,12 @@ def test_config_rejects_bad_values(bad):
 def test_rejects_wrong_layout():
     with pytest.raises(ValueError, match="C in"):
         augment_batch(torch.zeros(2, 16, 16, 3, dtype=torch.uint8))
+
+
+def test_compiled_operations_give_the_same_views_as_eager_ones():
+    x = _images()
+    eager = augment_batch(x, generator=torch.Generator().manual_seed(3))
+    fused = augment_batch(x, generator=torch.Generator().manual_seed(3), ops=compiled_ops())
+    assert torch.allclose(fused, eager, atol=1e-5)
+    grey = augment_batch(x[:, :1], generator=torch.Generator().manual_seed(4), ops=compiled_ops())
+    assert torch.allclose(grey, augment_batch(x[:, :1], generator=torch.Generator().manual_seed(4)), atol=1e-5)

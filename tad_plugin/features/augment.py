@@ -5,17 +5,24 @@ transforms, applied to a batched tensor, would reuse one draw for the whole batc
 flip are one affine resampling (``affine_grid`` + ``grid_sample``); the colour operations are
 vectorised tensor arithmetic. Nothing here reads a value back to the host, so a call never stalls the
 GPU. There is no Gaussian blur: at 32 px it hurts (lightly's and dkobak's CIFAR recipes drop it).
+
+The random draws (a few numbers per sample) and the pixel work are kept apart: the pixel work is six
+pure functions (:class:`AugmentOps`), which :func:`compiled_ops` hands to ``torch.compile`` so that
+each operation's chain of element-wise kernels (the hue rotation alone is ~40) runs as one or two
+fused kernels; eager and compiled give the same views for the same draws.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "augment_batch", "to_unit_float", "grayscale"]
+__all__ = ["AugmentConfig", "AugmentOps", "EAGER_OPS", "augment_batch", "compiled_ops", "to_unit_float", "grayscale"]
 
 _GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
@@ -78,14 +85,80 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
     return (images * w).sum(dim=1, keepdim=True)
 
 
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of RGB images in [0, 1] by ``shift`` [B, 1, 1, 1] (fraction of a turn), via HSV."""
+    r, g, b = x.unbind(dim=1)
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    hue = torch.where(maxc == r, ((g - b) / safe) % 6,
+                      torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
+    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
+    hue = (hue + shift.squeeze(1)) % 1.0
+    # HSV -> RGB, branch-free: channel n takes v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6.
+    n = x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
+    k = (n + 6 * hue.unsqueeze(1)) % 6
+    weight = torch.minimum(k, 4 - k).clamp(0, 1)
+    v, s = maxc.unsqueeze(1), sat.unsqueeze(1)
+    return v - v * s * weight
+
+
+class AugmentOps(NamedTuple):
+    """The pixel work of one view, as pure functions of float images [B, C, H, W] and per-sample
+    parameters (``[B, 1, 1, 1]`` factors, ``[B, 2, 3]`` affine matrices, a ``[B]`` bool mask)."""
+
+    resample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    brightness: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    contrast: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    saturation: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    hue: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    grey: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _brightness(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (x * b).clamp(0, 1)
+
+
+def _contrast(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return (c * x + (1 - c) * grayscale(x).mean(dim=(2, 3), keepdim=True)).clamp(0, 1)
+
+
+def _saturation(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return (s * x + (1 - s) * grayscale(x)).clamp(0, 1)
+
+
+def _grey(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+
+
+#: The operations run as they are (no compiler needed).
+EAGER_OPS = AugmentOps(_resample, _brightness, _contrast, _saturation, _shift_hue, _grey)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_ops() -> AugmentOps:
+    """:data:`EAGER_OPS` under ``torch.compile`` (compiled at their first call, once per input shape; on a
+    CPU this needs a C++ compiler, as inductor does)."""
+    return AugmentOps(*(torch.compile(fn, dynamic=False) for fn in EAGER_OPS))
+
+
 def augment_batch(images: torch.Tensor, config: AugmentConfig = AugmentConfig(),
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, ops: AugmentOps = EAGER_OPS) -> torch.Tensor:
     """One random SimCLR view of every image.
 
     Args:
         images: uint8 [B, C, H, W] (0..255) or float [B, C, H, W] in [0, 1], C in {1, 3}, on any device.
         config: augmentation parameters.
         generator: random generator on ``images.device`` (``None``: the global one).
+        ops: the pixel operations: :data:`EAGER_OPS`, or :func:`compiled_ops` for fused kernels (the same
+            views from the same draws).
 
     Returns:
         float32 [B, C, H, W] in [0, 1] on ``images.device``. Grey images (C = 1) get crop, flip,
@@ -94,11 +167,10 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig = AugmentConfig(),
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"augment_batch expects images [B, C, H, W] with C in (1, 3), got {tuple(images.shape)}")
     x = to_unit_float(images)
-    x = _random_resized_crop_flip(x, config, generator)
-    x = _color_jitter(x, config, generator)
+    x = ops.resample(x, _crop_flip_theta(x, config, generator))
+    x = _color_jitter(x, config, generator, ops)
     if x.shape[1] == 3 and config.grayscale_p > 0:
-        grey = _rand(x, generator) < config.grayscale_p
-        x = torch.where(grey.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+        x = ops.grey(x, _rand(x, generator) < config.grayscale_p)
     return x
 
 
@@ -110,8 +182,9 @@ def _uniform(x: torch.Tensor, lo: float, hi: float, generator: torch.Generator |
     return lo + (hi - lo) * _rand(x, generator)
 
 
-def _random_resized_crop_flip(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None) -> torch.Tensor:
-    """Per-sample RandomResizedCrop + horizontal flip, resampled bilinearly back to the input size.
+def _crop_flip_theta(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """The affine matrices [B, 2, 3] of a per-sample RandomResizedCrop + horizontal flip (resampled
+    bilinearly back to the input size by ``AugmentOps.resample``).
 
     Like torchvision, up to 10 (area, ratio) draws are tried per sample and the first crop that fits
     inside the image is used; when none fits, the crop is clipped to the image.
@@ -137,11 +210,11 @@ def _random_resized_crop_flip(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Ge
     theta[:, 0, 2] = 2 * cx - 1
     theta[:, 1, 1] = h
     theta[:, 1, 2] = 2 * cy - 1
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return theta
 
 
-def _color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None) -> torch.Tensor:
+def _color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None,
+                  ops: AugmentOps = EAGER_OPS) -> torch.Tensor:
     """Brightness, contrast, saturation and hue jitter with per-sample factors, applied with probability
     ``jitter_p`` per sample (factor 1 / shift 0 otherwise), in a random order drawn once per call."""
     if cfg.jitter_p == 0:
@@ -155,37 +228,17 @@ def _color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | No
     b, c, s = factor(cfg.brightness), factor(cfg.contrast), factor(cfg.saturation)
     shift = (on * _uniform(x, -cfg.hue, cfg.hue, gen)).view(-1, 1, 1, 1)
     rgb = x.shape[1] == 3
-    ops = {
-        "brightness": lambda t: (t * b).clamp_(0, 1),
-        "contrast": lambda t: (c * t + (1 - c) * grayscale(t).mean(dim=(2, 3), keepdim=True)).clamp_(0, 1),
-        "saturation": lambda t: (s * t + (1 - s) * grayscale(t)).clamp_(0, 1) if rgb else t,
-        "hue": lambda t: _shift_hue(t, shift) if rgb and cfg.hue > 0 else t,
+    steps = {
+        "brightness": lambda t: ops.brightness(t, b),
+        "contrast": lambda t: ops.contrast(t, c),
+        "saturation": lambda t: ops.saturation(t, s) if rgb else t,
+        "hue": lambda t: ops.hue(t, shift) if rgb and cfg.hue > 0 else t,
     }
     # The order is drawn on the host (no GPU sync): from ``gen`` when it is a CPU generator, otherwise
     # from the global CPU generator (seeded by ``torch.manual_seed``).
     cpu_gen = gen if gen is not None and gen.device.type == "cpu" else None
     order = torch.randperm(4, generator=cpu_gen).tolist()
-    names = list(ops)
+    names = list(steps)
     for i in order:
-        x = ops[names[i]](x)
+        x = steps[names[i]](x)
     return x
-
-
-def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue of RGB images in [0, 1] by ``shift`` [B, 1, 1, 1] (fraction of a turn), via HSV."""
-    r, g, b = x.unbind(dim=1)
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
-    delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    hue = torch.where(maxc == r, ((g - b) / safe) % 6,
-                      torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
-    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
-    hue = (hue + shift.squeeze(1)) % 1.0
-    # HSV -> RGB, branch-free: channel n takes v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6.
-    n = x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
-    k = (n + 6 * hue.unsqueeze(1)) % 6
-    weight = torch.minimum(k, 4 - k).clamp(0, 1)
-    v, s = maxc.unsqueeze(1), sat.unsqueeze(1)
-    return v - v * s * weight
