@@ -149,6 +149,18 @@ def run_epoch(hooks: TADHooks, clean: torch.Tensor, labels: torch.Tensor, featur
 TOTALS = ("division (filter_dataset x E)", "recalibration (recalibrate_experts)")
 
 
+def limit_kmeans_threads(threads: int) -> None:
+    """Run every ``KMeans.fit`` of this process under ``threadpool_limits(threads)`` (OpenMP only)."""
+    from threadpoolctl import threadpool_limits
+
+    fit = KMeans.fit
+
+    def limited(self: KMeans, *args: Any, **kwargs: Any) -> KMeans:
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            return fit(self, *args, **kwargs)
+    KMeans.fit = limited  # type: ignore[method-assign]
+
+
 def busy_process(threads: int) -> subprocess.Popen:
     """A side process keeping ``threads`` CPU threads busy with matrix products until killed."""
     code = (f"import torch; torch.set_num_threads({threads}); a = torch.randn(512, 512)\n"
@@ -167,6 +179,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2, help="timed epochs after the first (median reported)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--kmeans-threads", type=int,
+                   help="OpenMP threads of the GMM's k-means initialisation (threadpoolctl; default: scikit-learn's, "
+                        "all cores): to measure whether one thread is faster on a many-core GPU host")
     p.add_argument("--busy", type=int, default=0,
                    help="keep this many CPU threads busy in a side process meanwhile (a host shared with a "
                         "training job); 0 = none")
@@ -180,6 +195,8 @@ def main() -> None:
     hooks = TADHooks()
     labels = noisy.expand(args.experts, args.n).clone()
     load = busy_process(args.busy) if args.busy else None
+    if args.kmeans_threads:
+        limit_kmeans_threads(args.kmeans_threads)
     per_epoch: list[dict[str, float]] = []
     for epoch in range(1 + args.epochs):
         seconds: dict[str, float] = defaultdict(float)
@@ -208,7 +225,8 @@ def main() -> None:
     if args.out:
         atomic_write_json({
             **provenance(device, args.seed),
-            "threads": torch.get_num_threads(), "busy_threads": args.busy, "wall_time_s": round(time.perf_counter() - start, 1),
+            "threads": torch.get_num_threads(), "busy_threads": args.busy, "kmeans_threads": args.kmeans_threads,
+            "wall_time_s": round(time.perf_counter() - start, 1),
             "settings": {"n": args.n, "dim": args.dim, "experts": args.experts, "classes": args.classes,
                          "anchors_per_class": args.anchors_per_class, "epochs": args.epochs},
             "first_epoch_s": {k: round(v, 4) for k, v in first.items()},
