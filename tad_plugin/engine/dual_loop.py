@@ -20,7 +20,10 @@ adds the inner loop, per group of experts trained together:
 Schedule choices and why: anchors once per group, because the early trajectory they match does not
 change afterwards (re-distilling them would cost time and change nothing the paper describes);
 recalibration after every division by default, so each outer round starts from the inner loop's
-latest labels; the split is per expert (``TADConfig.split``) unless configured shared.
+latest labels; the split is per expert (``TADConfig.split``) unless configured shared. Measured on
+digits (examples/results/demo_digits.md, two seeds): recalibrating every 2 or 4 epochs, or distilling the
+anchors after epoch 8, moves the accuracy by less than the seed does; every 2 epochs leaves the trusted
+space slightly cleaner (99.3-99.5% vs 99.0-99.1%).
 
 A :class:`~tad_plugin.trust_report.TrustReport` (``DualLoop.report``) of the first expert of the first
 group records every division and
