@@ -340,9 +340,12 @@ def trust_lines(name: str, record: dict, results: Path) -> list[str]:
         return []
     report = results / f"{name}.trust_report.png"
     link = f" ([trust report]({report.relative_to(results.parent)}))" if report.is_file() else ""
-    return [f"  - final trusted space: {100 * buf['trusted_fraction']:.1f}% of the training set, precision "
-            f"{100 * buf['trusted_precision']:.1f}%, recall of the clean samples {100 * buf['clean_recall']:.1f}% "
-            f"(target at sym40: >= 95 / >= 85){link}"]
+    levels = "".join(f"; trusted by >= {100 * float(level):.0f}% of the experts: precision "
+                     f"{100 * s['trusted_precision']:.1f}%, recall {100 * s['clean_recall']:.1f}%"
+                     for level, s in buf.get("by_vote", {}).items() if float(level) != 0.5)
+    return [f"  - final trusted space (trusted by >= 50% of the experts): {100 * buf['trusted_fraction']:.1f}% of the "
+            f"training set, precision {100 * buf['trusted_precision']:.1f}%, recall of the clean samples "
+            f"{100 * buf['clean_recall']:.1f}% (target at sym40: >= 95 / >= 85){levels}{link}"]
 
 
 def curves_section(results: Path) -> list[str]:

@@ -58,6 +58,19 @@ def test_page_indexes_every_other_result_and_each_link_exists(tmp_path):
         assert (repro.PAGE.parent / name).is_file(), f"the page links to a missing file: {name}"
 
 
+def test_page_shows_the_trusted_space_at_each_consensus_level(tmp_path):
+    level = {"trusted_size": 9, "trusted_fraction": 0.6, "trusted_precision": 0.95, "clean_recall": 0.8}
+    rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
+           "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.9, "clean_recall": 0.88,
+                                 "by_vote": {"0.5": level, "0.75": level,
+                                             "1": {**level, "trusted_precision": 0.97, "clean_recall": 0.7}}}}}
+    (tmp_path / "sym40-tad.json").write_text(json.dumps(rec))
+    text = repro.page(tmp_path)
+    assert ("precision 90.0%, recall of the clean samples 88.0% (target at sym40: >= 95 / >= 85); trusted by >= 75% "
+            "of the experts: precision 95.0%, recall 80.0%; trusted by >= 100% of the experts: precision 97.0%, "
+            "recall 70.0%") in text
+
+
 def test_page_says_which_cells_reused_another_cells_experts(tmp_path):
     rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
            "stages": {"buffer": {"reused": "runs/sym40-noisy/buffer", "reused_meta": {"buffer": {"batch_size": 256}}}}}
