@@ -6,7 +6,8 @@ target point one "epoch" away, 100 random images, class-major labels, the learna
 upstream's own ``networks.ConvNet`` + ``reparam_module.ReparamModule`` and the inner loop of its
 ``distill.py`` (``syn_steps`` SGD steps on all images, cross-entropy, ``autograd.grad(create_graph=True)``,
 the normalised parameter-matching loss), once with :class:`tad_plugin.engine.matching.TrajectoryMatcher`
-for every ``distill.inner_grad`` route. DSA is off on both sides (its random draws cannot be shared);
+for each ``distill.inner_grad`` route of ``--routes`` (``explicit`` and ``compiled`` with ``recompute_steps``,
+which keeps the memory of 30 unrolled float64 steps small; ``compiled`` needs a C++ toolchain). DSA is off on both sides (its random draws cannot be shared);
 the DSA operations themselves are written to upstream's formulas and tested in ``tests/test_engine_dsa.py``.
 Everything runs in float64 on the CPU, so the two should agree to rounding (~1e-15): the matching loss, the
 gradient w.r.t. the images and the gradient w.r.t. the step size.
@@ -71,7 +72,7 @@ def our_step(route: str, start: torch.Tensor, target: torch.Tensor, images: torc
     """The same iteration through TrajectoryMatcher (start epoch 0 of a two-point trajectory)."""
     cfg = MatchingConfig(iterations=1, syn_steps=syn_steps, expert_epochs=1, max_start_epoch=1, lr_img=1.0,
                          lr_lr=1.0, lr_teacher=lr, dsa_strategy="none", eval_every=0, checkpoint_every=0,
-                         inner_grad=route)
+                         inner_grad=route, recompute_steps=route != "autograd")  # recompute: memory, same values
     m = TrajectoryMatcher(ConvNetConfig(3, 10, (32, 32)), cfg, [torch.stack([start, target])], images.clone(),
                           labels, device="cpu", progress=False)
     loss = m.step()
@@ -89,11 +90,16 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=0.01, help="the step size syn_lr")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tolerance", type=float, default=1e-10, help="largest relative difference accepted")
+    p.add_argument("--routes", default="autograd,explicit",
+                   help="our inner_grad routes to compare, comma-separated (explicit runs with recompute_steps)")
     p.add_argument("--out", help="JSON record of the comparison")
     args = p.parse_args()
     convnet, reparam = upstream_modules(args.repo.expanduser().resolve())
     torch.set_default_dtype(torch.float64)  # both sides, including the learnable step size, in float64
-    routes = [r for r in INNER_GRADS if r != "compiled"]  # "compiled" needs a C++ toolchain; same maths as explicit
+    routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+    unknown = [r for r in routes if r not in INNER_GRADS]
+    if unknown:
+        raise SystemExit(f"unknown route(s) {unknown}; choose from {', '.join(INNER_GRADS)}")
     torch.manual_seed(args.seed)
     start = torch.cat([q.detach().reshape(-1) for q in
                        convnet(3, 10, 128, 3, "relu", "instancenorm", "avgpooling", (32, 32)).double().parameters()])
