@@ -239,9 +239,15 @@ def budget(record: dict) -> str:
 
 
 def remark(record: dict) -> str:
-    """What a record's ``partial`` or ``note`` field says (a run stopped early, diverged, ...), in brackets."""
-    text = record.get("partial") or record.get("note")
-    return f" ({text})" if text else ""
+    """What a record's ``partial`` or ``note`` field says (a run stopped early, diverged, ...) and the log
+    points whose matching loss its distill stage found unstable, in brackets."""
+    parts = [text for text in (record.get("partial"), record.get("note")) if text]
+    distill = record.get("stages", {}).get("distill", {})
+    unstable = distill.get("unstable_loss_iterations")
+    if unstable:
+        parts.append(f"unstable matching loss (up to {distill.get('max_matching_loss', float('nan')):.2f}) at "
+                     f"{len(unstable)} log points from iteration {unstable[0]}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def provenance_text(record: dict) -> str:

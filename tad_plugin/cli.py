@@ -353,8 +353,9 @@ def _stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, o
 
 def _record_distill(log: RunLog, result: DistillResult, seconds: float, **info: Any) -> None:
     """The distill stage in the run record: its step size, the evaluations made during distillation
-    (``distill.eval_every``: iteration, step size, mean/std accuracy of the images and of the EMA images)
-    and, as a result, the best of them -- the number the papers report."""
+    (``distill.eval_every``: iteration, step size, mean/std accuracy of the images and of the EMA images),
+    the largest logged matching loss and the log points above ``UNSTABLE_LOSS`` (a divergence shows there),
+    and, as a result, the best of the evaluations -- the number the papers report."""
     curve = []
     for h in result.history:
         if "eval" in h:
@@ -363,6 +364,12 @@ def _record_distill(log: RunLog, result: DistillResult, seconds: float, **info: 
             if "eval_ema" in h:
                 row.update(ema_mean=h["eval_ema"]["mean"], ema_std=h["eval_ema"]["std"])
             curve.append(row)
+    from .engine.matching import UNSTABLE_LOSS
+
+    losses = [(h["iteration"], h["loss"]) for h in result.history if "loss" in h]
+    unstable = [it for it, loss in losses if loss > UNSTABLE_LOSS]  # the warned-about regime, kept in the record
+    if losses:
+        info.update(max_matching_loss=max(loss for _, loss in losses), unstable_loss_iterations=unstable)
     log.stage("distill", seconds, syn_lr=result.syn_lr, **info, **({"evaluations": curve} if curve else {}))
     if result.best is not None:
         log.result(test_acc_best_mean=result.best["mean"], test_acc_best_std=result.best["std"],

@@ -185,3 +185,23 @@ def test_run_record_reports_the_final_trusted_space_at_each_consensus_level():
         assert stats["by_vote"][level]["trusted_size"] == 3
         assert stats["by_vote"][level]["trusted_precision"] == pytest.approx(2 / 3)
         assert stats["by_vote"][level]["clean_recall"] == 0.5
+
+
+def test_the_distill_record_keeps_the_unstable_matching_losses():
+    from tad_plugin.cli import _record_distill
+    from tad_plugin.engine.matching import DistillResult
+
+    class Log:
+        def stage(self, name, seconds, **info):
+            self.info = info
+
+        def result(self, **kw):
+            pass
+
+    history = [{"iteration": 10, "loss": 0.9, "syn_lr": 0.01}, {"iteration": 20, "loss": 3.3, "syn_lr": 0.07},
+               {"iteration": 20, "syn_lr": 0.07, "eval": {"mean": 0.2, "std": 0.0}}, {"iteration": 30, "loss": 1.2}]
+    log = Log()
+    _record_distill(log, DistillResult(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.int64), 0.07,
+                                       history=history), 1.0)
+    assert log.info["max_matching_loss"] == 3.3 and log.info["unstable_loss_iterations"] == [20]
+    assert log.info["evaluations"] == [{"iteration": 20, "syn_lr": 0.07, "mean": 0.2, "std": 0.0}]

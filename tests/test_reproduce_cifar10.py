@@ -92,6 +92,7 @@ def test_page_draws_the_curves_of_finished_and_partial_runs(tmp_path):
                            "distill": {"evaluations": [{"iteration": 0, "mean": 0.3, "std": 0.01},
                                                        {"iteration": 250, "mean": 0.55, "std": 0.01}]}}}
     diverged = {"config": {"distill": {"lr_teacher": 0.01}}, "note": "diverged near iteration 240",
+                "stages": {"distill": {"max_matching_loss": 3.25, "unstable_loss_iterations": [240, 250]}},
                 "evaluations": [{"iteration": 250, "eval": {"mean": 0.2, "std": 0.0}}]}
     partial = {"config": {}, "partial": "stopped at iteration 300",
                "evaluations": [{"iteration": 0, "eval": {"mean": 0.31, "std": 0.0}},
@@ -106,7 +107,8 @@ def test_page_draws_the_curves_of_finished_and_partial_runs(tmp_path):
     assert "| `sym40-tad` | 30.0 | 55.0 |  |" in text
     assert "| `clean/mtt-clean-partial` | 31.0 |  | 58.0 |" in text
     assert "(stopped at iteration 300)" in text  # a partial run says why
-    assert "(distill.lr_teacher 0.01); seed None" in text and "(diverged near iteration 240)" in text
+    assert "(distill.lr_teacher 0.01); seed None" in text
+    assert "(diverged near iteration 240; unstable matching loss (up to 3.25) at 2 log points from iteration 240)" in text
     assert "- `sym40-tad`:" not in text.split("## Distillation curves")[1]  # cells are listed once, above
     assert "experts not trained here" not in text
     png = tmp_path / "curves.png"
