@@ -300,11 +300,12 @@ def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryS
         raise ConfigError(f"the experts in {root} were trained {'with' if store.meta.get('tad') else 'without'} TAD "
                           f"but this run has TAD {'on' if pipe.tad else 'off'}; reuse a buffer of the same arm")
     have, want = len(store.finished()), pipe.config.buffer.num_experts
+    if not have:
+        raise ConfigError(f"{root} holds no finished experts; train them first (`tad buffer --out ...`)")
     if have < want:
         raise ConfigError(f"{root} holds {have} finished experts but this run asks for {want} "
                           f"(buffer.num_experts): finish training them first (`tad buffer --out ...` resumes), "
-                          f"or pass --num-experts {have} to distil from those" if have else
-                          f"{root} holds no finished experts; train them first (`tad buffer --out ...`)")
+                          f"or pass --num-experts {have} to distil from those")
     return store
 
 
@@ -325,9 +326,9 @@ def _trust_stats(trust: tuple[torch.Tensor, torch.Tensor], data: TrainingData) -
                 "trusted_precision": float(clean[trusted].float().mean()) if n else float("nan"),
                 "clean_recall": float(trusted[clean].float().mean()) if bool(clean.any()) else float("nan")}
 
-    # votes are k / E in float32: a small tolerance keeps k / E == level from rounding below it
-    return {**stats(votes >= 0.5),  # as the pipeline's real initialisation selects
-            "by_vote": {f"{level:g}": stats(votes >= level - 1e-6) for level in VOTE_LEVELS}}
+    # votes are k / E, a correctly rounded division: exact wherever k / E equals a level
+    by_vote = {f"{level:g}": stats(votes >= level) for level in VOTE_LEVELS}
+    return {**by_vote["0.5"], "by_vote": by_vote}  # 0.5: as the pipeline's real initialisation selects
 
 
 def _stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, out: Path,

@@ -50,7 +50,7 @@ def divide_by_loss(losses: torch.Tensor, labels: torch.Tensor, num_classes: int,
         raise ValueError("losses is empty: there is nothing to divide")
     check_labels(labels, num_classes, n=n)
     x = losses.detach().double()
-    lo, hi = (float(v) for v in torch.aminmax(x))
+    lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one host read
     if hi - lo <= 1e-12 * max(1.0, abs(hi)) or n < 2:
         warnings.warn(f"all {n} losses are equal ({lo:.6g}): no division is possible, keeping every sample "
                       f"trusted", DegenerateLossWarning, stacklevel=2)
@@ -124,7 +124,8 @@ def _gmm_m_step(x: torch.Tensor, resp: torch.Tensor,
     means = (resp.T @ x) / nk
     diff = x[:, None] - means  # [N, 2]
     variances = (resp * diff * diff).sum(0) / nk + reg_covar
-    if not bool((variances > 0).all()):
+    # with reg_covar > 0 a variance is >= reg_covar, so only reg_covar = 0 needs the (host-syncing) check
+    if reg_covar <= 0 and not bool((variances > 0).all()):
         raise ValueError("Fitting the mixture model failed because some components have ill-defined empirical "
                          "covariance (for instance caused by singleton or collapsed samples). Try to decrease "
                          "the number of components, increase reg_covar, or scale the input data.")
