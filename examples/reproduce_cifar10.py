@@ -46,6 +46,7 @@ PAGE = ROOT / "results" / "README.md"
 #: The other committed results, for the page's index: (file under examples/results/, what it holds).
 OTHER_RESULTS = (
     ("demo_digits.md", "`tad demo` on digits (CPU): noisy MTT vs MTT + TAD, trust report, ablations"),
+    ("demo_digits_asym40.json", "`tad demo` on digits with CIFAR-10's asymmetric flips at 40% (CPU): both arms, trust report"),
     ("features_cifar10.md", "SimCLR ResNet-18 extractor on CIFAR-10: kNN accuracy vs epochs and minutes"),
     ("benchmark_engine.md", "engine speed vs the official MTT code (experts, distillation, evaluation)"),
     ("benchmark_experts.json", "expert-training variants (fp32 / bf16 / channels_last, E, TAD) per expert-epoch"),
@@ -339,9 +340,14 @@ def page(results: Path = RESULTS) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: CIFAR-10's class names in label order.
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 def trust_lines(name: str, record: dict, results: Path) -> list[str]:
-    """The final trusted space of a TAD run (one indented line, linking ``<name>.trust_report.png`` beside
-    the record when it exists); none for a run without TAD."""
+    """The final trusted space of a TAD run (an indented line, linking ``<name>.trust_report.png`` beside
+    the record when it exists, and one naming its three least precise classes when the record has
+    ``per_class``); none for a run without TAD."""
     buf = record.get("stages", {}).get("buffer", {})
     if "trusted_precision" not in buf:
         return []
@@ -350,9 +356,18 @@ def trust_lines(name: str, record: dict, results: Path) -> list[str]:
     levels = "".join(f"; trusted by >= {100 * float(level):.0f}% of the experts: precision "
                      f"{100 * s['trusted_precision']:.1f}%, recall {100 * s['clean_recall']:.1f}%"
                      for level, s in buf.get("by_vote", {}).items() if float(level) != 0.5)
-    return [f"  - final trusted space (trusted by >= 50% of the experts): {100 * buf['trusted_fraction']:.1f}% of the "
-            f"training set, precision {100 * buf['trusted_precision']:.1f}%, recall of the clean samples "
-            f"{100 * buf['clean_recall']:.1f}% (target at sym40: >= 95 / >= 85){levels}{link}"]
+    lines = [f"  - final trusted space (trusted by >= 50% of the experts): {100 * buf['trusted_fraction']:.1f}% of the "
+             f"training set, precision {100 * buf['trusted_precision']:.1f}%, recall of the clean samples "
+             f"{100 * buf['clean_recall']:.1f}% (target at sym40: >= 95 / >= 85){levels}{link}"]
+    worst = sorted((r for r in buf.get("per_class", []) if r["precision"] is not None), key=lambda r: r["precision"])
+    if worst:
+        def intruders(r: dict) -> str:
+            return ", ".join(f"{m} {CLASSES[k]}" for k, m in r["intruders"])
+
+        lines.append("  - least precise classes of that space: " + "; ".join(
+            f"{CLASSES[r['class']]} {100 * r['precision']:.1f}% of {r['trusted']} (others: {intruders(r)})"
+            for r in worst[:3]))
+    return lines
 
 
 def curves_section(results: Path) -> list[str]:

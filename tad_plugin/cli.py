@@ -40,6 +40,7 @@ import torch
 
 from .data import ImageDataset
 from .engine.config import METHODS
+from .trust_report import TrustReport, per_class_trust
 
 if TYPE_CHECKING:
     from .engine.config import DataConfig, RunConfig
@@ -316,7 +317,8 @@ VOTE_LEVELS = (0.5, 0.75, 1.0)
 
 def _trust_stats(trust: tuple[torch.Tensor, torch.Tensor], data: TrainingData) -> dict[str, Any]:
     """Size, precision and clean recall of the final trusted space (votes >= 0.5, with the experts' modal
-    labels) against the clean labels, and the same at every level of :data:`VOTE_LEVELS` (``by_vote``)."""
+    labels) against the clean labels, the same at every level of :data:`VOTE_LEVELS` (``by_vote``), and
+    class by class at level 0.5 (``per_class``, see :func:`~tad_plugin.trust_report.per_class_trust`)."""
     votes, labels = trust
     clean = labels == data.dataset.train_labels
 
@@ -328,7 +330,9 @@ def _trust_stats(trust: tuple[torch.Tensor, torch.Tensor], data: TrainingData) -
 
     # votes are k / E, a correctly rounded division: exact wherever k / E equals a level
     by_vote = {f"{level:g}": stats(votes >= level) for level in VOTE_LEVELS}
-    return {**by_vote["0.5"], "by_vote": by_vote}  # 0.5: as the pipeline's real initialisation selects
+    per_class = per_class_trust(votes >= 0.5, labels, data.dataset.train_labels, data.dataset.num_classes)
+    # 0.5: as the pipeline's real initialisation selects
+    return {**by_vote["0.5"], "by_vote": by_vote, "per_class": per_class}
 
 
 def _stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, out: Path,
@@ -515,8 +519,6 @@ def _demo_arms(args: argparse.Namespace, base: dict[str, Any]) -> int:
     wall = time.perf_counter() - start
     _print_table(rows, data, wall)
     if rows[-1]["trust_report"]:
-        from .trust_report import TrustReport
-
         print(f"\n{name} + TAD trust report (first expert; {rows[-1]['trust_report']}):")
         print(TrustReport.load_json(rows[-1]["trust_report"]).table(max_rows=12))
     atomic_write_json({"rows": rows, "noise_rate": data.noise_rate, "wall_time_s": round(wall, 1),

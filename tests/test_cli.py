@@ -175,7 +175,7 @@ def test_run_record_reports_the_final_trusted_space_at_each_consensus_level():
     clean = torch.tensor([0, 1, 2, 0, 1, 2])
     labels = torch.tensor([0, 1, 2, 0, 2, 1])  # the last two are wrong
     votes = torch.tensor([1.0, 2 / 3, 1 / 3, 1.0, 2 / 3, 1.0])  # 3 experts
-    stats = _trust_stats((votes, labels), SimpleNamespace(dataset=SimpleNamespace(train_labels=clean)))
+    stats = _trust_stats((votes, labels), SimpleNamespace(dataset=SimpleNamespace(train_labels=clean, num_classes=3)))
     # votes >= 0.5: samples 0, 1, 3, 4, 5 -> 3 of them correct; recall 3 of the 4 correct samples
     assert stats["trusted_size"] == 5 and stats["trusted_precision"] == pytest.approx(0.6)
     assert stats["clean_recall"] == 0.75
@@ -185,6 +185,10 @@ def test_run_record_reports_the_final_trusted_space_at_each_consensus_level():
         assert stats["by_vote"][level]["trusted_size"] == 3
         assert stats["by_vote"][level]["trusted_precision"] == pytest.approx(2 / 3)
         assert stats["by_vote"][level]["clean_recall"] == 0.5
+    # class by class at 0.5: labelled 1 are samples 1 (right) and 5 (a true 2); labelled 2 is sample 4 (a true 1)
+    assert [r["trusted"] for r in stats["per_class"]] == [2, 2, 1]
+    assert stats["per_class"][1]["precision"] == 0.5 and stats["per_class"][1]["intruders"] == [[2, 1]]
+    assert stats["per_class"][2]["precision"] == 0.0 and stats["per_class"][2]["clean_recall"] == 0.0
 
 
 def test_the_distill_record_keeps_the_unstable_matching_losses():

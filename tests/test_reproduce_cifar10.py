@@ -71,6 +71,20 @@ def test_page_shows_the_trusted_space_at_each_consensus_level(tmp_path):
             "recall 70.0%") in text
 
 
+def test_page_names_the_least_precise_classes_of_the_trusted_space(tmp_path):
+    per_class = [{"class": c, "trusted": 100, "precision": 0.99, "clean_recall": 0.9,
+                  "intruders": [[(c + 3) % 10, 1]]} for c in range(10)]
+    per_class[1] = {"class": 1, "trusted": 700, "precision": 0.8, "clean_recall": 0.9, "intruders": [[9, 130], [0, 10]]}
+    per_class[9]["precision"] = None  # no trusted sample labelled truck: left out
+    rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
+           "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.9, "clean_recall": 0.88,
+                                 "per_class": per_class}}}
+    (tmp_path / "asym40-tad.json").write_text(json.dumps(rec))
+    line = next(x for x in repro.page(tmp_path).splitlines() if "least precise classes" in x)
+    assert line.endswith("automobile 80.0% of 700 (others: 130 truck, 10 airplane); airplane 99.0% of 100 "
+                         "(others: 1 cat); bird 99.0% of 100 (others: 1 dog)")
+
+
 def test_page_says_which_cells_reused_another_cells_experts(tmp_path):
     rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
            "stages": {"buffer": {"reused": "runs/sym40-noisy/buffer", "reused_meta": {"buffer": {"batch_size": 256}}}}}

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tad_plugin.trust_report import TrustReport
+from tad_plugin.trust_report import TrustReport, per_class_trust
 
 
 def test_rounds_metrics_and_round_trip(tmp_path):
@@ -58,3 +58,27 @@ def test_without_clean_labels_only_sizes():
     assert r.precision is None and "| - |" in report.table()
     with pytest.raises(ValueError, match="no rounds"):
         TrustReport().plot("unused.png")
+
+
+def test_per_class_trust_finds_where_the_noise_sits():
+    # class 1 holds 6 trusted samples labelled 1: 3 true 1s, 2 true 0s, 1 true 2; class 0's two trusted are
+    # right; one correctly labelled 0 and one correctly labelled 1 are left out; class 2 has no trusted sample
+    clean = torch.tensor([0, 0, 0, 1, 1, 1, 0, 0, 2, 1, 2])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 2])
+    trusted = torch.tensor([1, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0], dtype=torch.bool)
+    rows = per_class_trust(trusted, labels, clean, num_classes=3)
+    assert [r["trusted"] for r in rows] == [2, 6, 0]
+    assert rows[0]["precision"] == 1.0 and rows[0]["intruders"] == []
+    assert rows[0]["clean_recall"] == pytest.approx(2 / 3)
+    assert rows[1]["precision"] == pytest.approx(3 / 6)
+    assert rows[1]["clean_recall"] == pytest.approx(3 / 4)
+    assert rows[1]["intruders"] == [[0, 2], [2, 1]]
+    assert rows[2]["precision"] is None and rows[2]["clean_recall"] == 0.0
+
+
+def test_per_class_trust_rejects_bad_input():
+    with pytest.raises(ValueError, match="one length"):
+        per_class_trust(torch.ones(3, dtype=torch.bool), torch.zeros(4, dtype=torch.long),
+                        torch.zeros(3, dtype=torch.long), num_classes=2)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+        per_class_trust(torch.ones(2, dtype=torch.bool), torch.tensor([0, 2]), torch.tensor([0, 1]), num_classes=2)
