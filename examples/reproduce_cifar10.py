@@ -60,6 +60,10 @@ OTHER_RESULTS = (
     ("benchmark_dual_loop.md", "TAD's per-epoch division + recalibration at CIFAR-10 scale: before / after the speed-up "
      "(CPU), and on an H200"),
     ("benchmark_experts_h200.json", "expert-epoch on an H200, bf16 (test pass too) vs fp32, compiled, E = 20"),
+    ("benchmark_experts_h100.json", "expert-epoch on an H100, bf16 (test pass too) vs fp32, compiled, E = 20"),
+    ("benchmark_inner_grad_h100_ipc10.json", "distillation routes on an H100, IPC 10: autograd vs compiled + recompute"),
+    ("benchmark_augment_h100.json", "SimCLR augmentation alone on an H100, eager vs compiled pixel operations"),
+    ("features_cifar10_throughput_h100_2026-11-26.json", "SimCLR training throughput on an H100 with the compiled augmentation"),
     ("recalibration_sweep.md", "the inner loop's vote settings on digits and on SimCLR CIFAR-10 features (CPU)"),
     ("cifar10/first_gpu_runs/README.md", "first CIFAR-10 GPU runs: a pipeline check (no ZCA), not results"),
     ("../upstream/README.md", "`tad wrap` on the real MTT / FTD / DATM / ATT code"),
