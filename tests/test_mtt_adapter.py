@@ -7,7 +7,7 @@ from tad_plugin import TADHooks, TrustSplit, get_plugin_manager, hookimpl
 from tad_plugin.adapters.mtt import MTT, MTT_TABLE, mtt_defaults
 from tad_plugin.engine.pipeline import load_distilled, save_distilled
 from tad_plugin.data import ImageDataset
-from tad_plugin.engine.config import build_config
+from tad_plugin.engine.config import ConfigError, build_config
 from tad_plugin.engine.trajectories import load_upstream_buffer
 from tad_plugin.trust_report import TrustReport
 
@@ -74,6 +74,24 @@ def test_buffer_distill_evaluate_with_tad_uses_trusted_pool(tmp_path):
     # and the experts export to the upstream layout
     paths = store.export_upstream(tmp_path / "up")
     assert torch.equal(load_upstream_buffer(paths[0])[1], store.trajectory(1))
+
+
+def test_the_initial_images_come_from_the_consensus_level_asked_for():
+    from types import SimpleNamespace
+
+    votes = torch.tensor([1.0, 0.5, 0.75, 0.25, 1.0])
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    store = SimpleNamespace(final_trust=lambda: (votes, labels))
+    mtt = MTT(tiny_config(True), progress=False)
+    assert mtt.config.distill.init_consensus == 0.5  # the majority unless asked
+    pool, pool_labels = mtt.init_pool(store, torch.zeros(5, dtype=torch.long))
+    assert pool.tolist() == [0, 1, 2, 4] and torch.equal(pool_labels, labels)
+    mtt.config.distill.init_consensus = 1.0
+    assert mtt.init_pool(store, labels)[0].tolist() == [0, 4]
+    for bad in (0.0, 1.5):
+        mtt.config.distill.init_consensus = bad
+        with pytest.raises(ConfigError, match="init_consensus must lie in"):
+            mtt.config.distill.validate()
 
 
 def test_without_tad_the_pool_is_everything(tmp_path):

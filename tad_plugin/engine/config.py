@@ -200,6 +200,11 @@ class DistillConfig:
       ``loss_gate``: skip the update of an iteration whose matching loss exceeds it (None = never);
       ``pix_init = "samples_predicted_correctly"``: real images the experts classify correctly.
 
+    TAD runs: ``init_consensus`` is the share of the experts that must have trusted a sample at their last
+    epoch for it to be drawn as a real initial image (0.5 = the majority, the default; 1 = every expert:
+    fewer, cleaner candidates; a run record's ``stages.buffer.by_vote`` gives the size and precision of the
+    space at 0.5, 0.75 and 1). Ignored without TAD.
+
     Speed and memory: ``inner_grad`` = ``"autograd"`` (upstream's double backward), ``"explicit"`` or
     ``"compiled"`` (the student's backward written out, optionally under torch.compile; same values);
     ``recompute_steps`` keeps one unrolled step's graph at a time (with explicit/compiled): see
@@ -216,6 +221,7 @@ class DistillConfig:
     lr_teacher: float = 0.01
     batch_syn: int | None = None
     pix_init: str = "real"
+    init_consensus: float = 0.5
     num_experts: int | None = None
     eval_every: int = 0
     checkpoint_every: int = 100
@@ -239,6 +245,9 @@ class DistillConfig:
         if self.pix_init not in ("real", "noise", "samples_predicted_correctly"):
             raise ConfigError(f"distill.pix_init must be 'real', 'noise' or 'samples_predicted_correctly', got "
                               f"{self.pix_init!r}")
+        if not 0 < self.init_consensus <= 1:
+            raise ConfigError(f"distill.init_consensus must lie in (0, 1] (the share of experts that trusted a "
+                              f"sample), got {self.init_consensus}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"distill.ema_decay must lie in (0, 1) or be null, got {self.ema_decay}")
         if self.adaptive_distance not in ("l1", "squared_l2"):

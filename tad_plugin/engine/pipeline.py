@@ -280,15 +280,15 @@ class Pipeline:
     def init_pool(self, store: TrajectoryStore, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Where real initial images come from: ``(pool indices int64 [n], labels int64 [N])``.
 
-        TAD: samples trusted by at least half of the experts at their last epoch, with the experts'
-        (possibly recalibrated) labels. Without TAD (or a store without trust records): everything,
-        with ``labels``.
+        TAD: samples trusted by at least ``distill.init_consensus`` of the experts (default half) at their
+        last epoch, with the experts' (possibly recalibrated) labels. Without TAD (or a store without trust
+        records): everything, with ``labels``.
         """
         trust = store.final_trust() if self.tad else None
         if trust is None:
             return torch.arange(len(labels)), labels
         votes, final_labels = trust
-        return torch.nonzero(votes >= 0.5).flatten(), final_labels
+        return torch.nonzero(votes >= self.config.distill.init_consensus).flatten(), final_labels
 
     def initial_images(self, store: TrajectoryStore, experts: Sequence[int], dataset: ImageDataset,
                        labels: torch.Tensor, preprocess: Preprocessor, generator: torch.Generator) -> torch.Tensor:
