@@ -17,6 +17,7 @@ included) are not timed; the median of ``--iterations`` timed ones is reported. 
 Prints a table and writes a JSON record (command, settings, seed, commit, device, wall time).
 
 usage: python examples/benchmark_inner_grad.py --ipc 10 --out inner_grad.json                  # GPU
+       python examples/benchmark_inner_grad.py --ipc 10 --variants compiled+recompute --profile  # where it goes
        python examples/benchmark_inner_grad.py --device cpu --syn-steps 10 --iterations 1 --warmup 1
 """
 
@@ -55,7 +56,7 @@ def measure(args: argparse.Namespace) -> dict:
     trajs = [torch.stack([b + 0.01 * k * torch.randn(b.shape, device=dev, generator=g) for k in range(5)])
              for b in base]
     images = torch.randn(10 * args.ipc, 3, 32, 32, device=dev, generator=g)
-    mc = MatchingConfig(iterations=args.warmup + args.iterations, syn_steps=args.syn_steps, expert_epochs=2,
+    mc = MatchingConfig(iterations=args.warmup + args.iterations + int(args.profile), syn_steps=args.syn_steps, expert_epochs=2,
                         max_start_epoch=2, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.01, eval_every=0,
                         inner_grad=inner_grad, recompute_steps=recompute)
     matcher = TrajectoryMatcher(cfg, mc, trajs, images, class_labels(10, args.ipc).to(dev), progress=False)
@@ -75,9 +76,41 @@ def measure(args: argparse.Namespace) -> dict:
     else:
         with open("/proc/self/status") as f:
             peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2 ** 20
-    return {"variant": args.variant, "inner_grad": inner_grad, "recompute_steps": recompute,
-            "iter_s": statistics.median(times), "iter_s_all": times, "peak_gib": peak,
-            "images_checksum": float(matcher.images.detach().double().sum())}
+    row = {"variant": args.variant, "inner_grad": inner_grad, "recompute_steps": recompute,
+           "iter_s": statistics.median(times), "iter_s_all": times, "peak_gib": peak,
+           "images_checksum": float(matcher.images.detach().double().sum())}
+    if args.profile:
+        row["profile"] = profile_iteration(matcher, dev)
+    return row
+
+
+def profile_iteration(matcher, dev: torch.device, top: int = 12) -> dict:
+    """One more iteration under torch.profiler: its wall time, the time its device kernels (CPU: its
+    operators' self time) add up to, their count, and the ``top`` names by total time. A GPU whose
+    kernels fill much less than the wall time waits on the host (launches, syncs)."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = dev.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        t = time.perf_counter()
+        float(matcher.step())
+        wall = time.perf_counter() - t
+    if cuda:
+        events = [(e.name, e.time_range.elapsed_us(), 1) for e in prof.events()
+                  if e.device_type == torch.autograd.DeviceType.CUDA]
+    else:
+        events = [(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()]
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for name, us, calls in events:
+        totals[name][0] += us
+        totals[name][1] += calls
+    busy = sum(us for us, _ in totals.values()) / 1e6
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+    return {"wall_s": wall, "busy_s": busy, "busy_of": "device kernels" if cuda else "operators' self CPU time",
+            "calls": int(sum(c for _, c in totals.values())),
+            "top": [{"name": name[:90], "ms": us / 1e3, "calls": int(c)} for name, (us, c) in ranked]}
 
 
 def main() -> int:
@@ -89,6 +122,8 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=5, help="timed iterations")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (compilation)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
+    p.add_argument("--profile", action="store_true",
+                   help="profile one more iteration per variant: kernel time vs wall time, top kernels")
     p.add_argument("--out", help="JSON record")
     p.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     args = p.parse_args()
@@ -105,7 +140,7 @@ def main() -> int:
             p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
         cmd = [sys.executable, __file__, "--variant", name, "--device", args.device, "--ipc", str(args.ipc),
                "--syn-steps", str(args.syn_steps), "--width", str(args.width), "--iterations", str(args.iterations),
-               "--warmup", str(args.warmup)]
+               "--warmup", str(args.warmup)] + (["--profile"] if args.profile else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             rows.append({"variant": name, "error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "?"})
@@ -122,8 +157,15 @@ def main() -> int:
             print(f"{r['variant']:<20} {r['error']}")
         else:
             print(f"{r['variant']:<20} {r['iter_s']:>14.3f} {r['peak_gib']:>22.2f}")
+    for r in rows:
+        if "profile" in r:
+            pr = r["profile"]
+            print(f"\n{r['variant']}, one profiled iteration: {1e3 * pr['wall_s']:.1f} ms wall, {pr['busy_of']} "
+                  f"{1e3 * pr['busy_s']:.1f} ms ({100 * pr['busy_s'] / pr['wall_s']:.0f}%), {pr['calls']} calls")
+            for k in pr["top"]:
+                print(f"  {k['ms']:>8.2f} ms {k['calls']:>6}x  {k['name']}")
     record = {**provenance(dev, 0), "settings": {k: getattr(args, k) for k in (
-                  "ipc", "syn_steps", "width", "iterations", "warmup")},
+                  "ipc", "syn_steps", "width", "iterations", "warmup", "profile")},
               "wall_time_s": round(time.perf_counter() - t0, 1), "rows": rows}
     if args.out:
         atomic_write_json(record, args.out)
