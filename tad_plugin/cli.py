@@ -282,7 +282,7 @@ def _stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
         info["trust_report"] = str(report)
     trust = store.final_trust() if pipe.tad else None
     if trust is not None:
-        info.update(_trust_stats(trust, data))
+        info.update(_trust_stats(trust, data, clean_known=clean is not None))
     log.stage("buffer", time.perf_counter() - start, **info)
     return store
 
@@ -315,24 +315,48 @@ def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryS
 VOTE_LEVELS = (0.5, 0.75, 1.0)
 
 
-def _trust_stats(trust: tuple[torch.Tensor, torch.Tensor], data: TrainingData) -> dict[str, Any]:
+def _trust_stats(trust: tuple[torch.Tensor, torch.Tensor], data: TrainingData,
+                 clean_known: bool = True) -> dict[str, Any]:
     """Size, precision and clean recall of the final trusted space (votes >= 0.5, with the experts' modal
     labels) against the clean labels, the same at every level of :data:`VOTE_LEVELS` (``by_vote``), and
-    class by class at level 0.5 (``per_class``, see :func:`~tad_plugin.trust_report.per_class_trust`)."""
+    class by class at level 0.5 (``per_class``, see :func:`~tad_plugin.trust_report.per_class_trust`).
+    ``clean_known`` False (the run's labels are the dataset's own, no truth to compare with): sizes only."""
     votes, labels = trust
     clean = labels == data.dataset.train_labels
 
     def stats(trusted: torch.Tensor) -> dict[str, Any]:
         n = int(trusted.sum())
-        return {"trusted_size": n, "trusted_fraction": n / len(trusted),
-                "trusted_precision": float(clean[trusted].float().mean()) if n else float("nan"),
+        sizes = {"trusted_size": n, "trusted_fraction": n / len(trusted)}
+        if not clean_known:
+            return sizes
+        return {**sizes, "trusted_precision": float(clean[trusted].float().mean()) if n else float("nan"),
                 "clean_recall": float(trusted[clean].float().mean()) if bool(clean.any()) else float("nan")}
 
     # votes are k / E, a correctly rounded division: exact wherever k / E equals a level
     by_vote = {f"{level:g}": stats(votes >= level) for level in VOTE_LEVELS}
+    if not clean_known:
+        return {**by_vote["0.5"], "by_vote": by_vote}
     per_class = per_class_trust(votes >= 0.5, labels, data.dataset.train_labels, data.dataset.num_classes)
     # 0.5: as the pipeline's real initialisation selects
     return {**by_vote["0.5"], "by_vote": by_vote, "per_class": per_class}
+
+
+def _trust_summary(res: dict[str, Any], class_names: Sequence[str]) -> str | None:
+    """The final trusted space of a TAD run in a few lines (None without one): its size, and when the clean
+    labels were known its precision, recall and three least precise classes with their main intruders."""
+    if "trusted_size" not in res:
+        return None
+    line = f"final trusted space (trusted by >= half of the experts): {res['trusted_size']} samples " \
+           f"({100 * res['trusted_fraction']:.1f}%)"
+    if "trusted_precision" not in res:
+        return line
+    line += f", precision {100 * res['trusted_precision']:.1f}%, recall {100 * res['clean_recall']:.1f}%"
+    worst = sorted((r for r in res.get("per_class", []) if r["precision"] is not None), key=lambda r: r["precision"])
+    for r in worst[:3]:
+        others = ", ".join(f"{m} of {class_names[k]}" for k, m in r["intruders"]) or "none"
+        line += f"\n  class {class_names[r['class']]}: {r['trusted']} trusted, {100 * r['precision']:.1f}% right " \
+                f"(others: {others})"
+    return line
 
 
 def _stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, out: Path,
@@ -475,6 +499,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     data = prepare_data(cfg.data, out)
     res = _pipeline(cfg, pipe, out, log, data, Path(args.buffer) if args.buffer else None)
     name = cfg.method.upper()
+    summary = _trust_summary(res, data.dataset.class_names)
+    if summary:
+        print(summary)
     print(f"{name + ' + TAD' if cfg.tad.enabled else name}: test accuracy {100 * res['test_acc_mean']:.2f} +- "
           f"{100 * res['test_acc_std']:.2f} % (noise rate {data.noise_rate:.3f}); record {log.path}")
     return 0

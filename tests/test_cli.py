@@ -189,6 +189,31 @@ def test_run_record_reports_the_final_trusted_space_at_each_consensus_level():
     assert [r["trusted"] for r in stats["per_class"]] == [2, 2, 1]
     assert stats["per_class"][1]["precision"] == 0.5 and stats["per_class"][1]["intruders"] == [[2, 1]]
     assert stats["per_class"][2]["precision"] == 0.0 and stats["per_class"][2]["clean_recall"] == 0.0
+    # the dataset's own labels (no noise applied, no truth): sizes only, no made-up precision
+    blind = _trust_stats((votes, labels), SimpleNamespace(dataset=SimpleNamespace(train_labels=clean, num_classes=3)),
+                         clean_known=False)
+    assert blind == {"trusted_size": 5, "trusted_fraction": 5 / 6,
+                     "by_vote": {"0.5": {"trusted_size": 5, "trusted_fraction": 5 / 6},
+                                 "0.75": {"trusted_size": 3, "trusted_fraction": 0.5},
+                                 "1": {"trusted_size": 3, "trusted_fraction": 0.5}}}
+
+
+def test_run_prints_where_the_trusted_space_is_wrong():
+    from tad_plugin.cli import _trust_summary
+
+    names = ("zero", "one", "two")
+    assert _trust_summary({"test_acc_mean": 0.5}, names) is None  # no TAD
+    assert _trust_summary({"trusted_size": 4, "trusted_fraction": 0.4}, names) == \
+        "final trusted space (trusted by >= half of the experts): 4 samples (40.0%)"
+    per_class = [{"class": 0, "trusted": 2, "precision": 1.0, "clean_recall": 1.0, "intruders": []},
+                 {"class": 1, "trusted": 2, "precision": 0.5, "clean_recall": 1.0, "intruders": [[2, 1]]},
+                 {"class": 2, "trusted": 0, "precision": None, "clean_recall": 0.0, "intruders": []}]
+    text = _trust_summary({"trusted_size": 4, "trusted_fraction": 0.4, "trusted_precision": 0.75,
+                           "clean_recall": 0.6, "per_class": per_class}, names)
+    assert text.splitlines() == [
+        "final trusted space (trusted by >= half of the experts): 4 samples (40.0%), precision 75.0%, recall 60.0%",
+        "  class one: 2 trusted, 50.0% right (others: 1 of two)",
+        "  class zero: 2 trusted, 100.0% right (others: none)"]
 
 
 def test_the_distill_record_keeps_the_unstable_matching_losses():
