@@ -364,14 +364,16 @@ def trust_lines(name: str, record: dict, results: Path) -> list[str]:
     lines = [f"  - final trusted space (trusted by >= 50% of the experts): {100 * buf['trusted_fraction']:.1f}% of the "
              f"training set, precision {100 * buf['trusted_precision']:.1f}%, recall of the clean samples "
              f"{100 * buf['clean_recall']:.1f}% (target at sym40: >= 95 / >= 85){levels}{link}"]
-    worst = sorted((r for r in buf.get("per_class", []) if r["precision"] is not None), key=lambda r: r["precision"])
+    from tad_plugin.trust_report import least_precise
+
+    worst = least_precise(buf.get("per_class", []))
     if worst:
         def intruders(r: dict) -> str:
             return ", ".join(f"{m} {CLASSES[k]}" for k, m in r["intruders"])
 
         lines.append("  - least precise classes of that space: " + "; ".join(
             f"{CLASSES[r['class']]} {100 * r['precision']:.1f}% of {r['trusted']} (others: {intruders(r)})"
-            for r in worst[:3]))
+            for r in worst))
     return lines
 
 

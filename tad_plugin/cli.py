@@ -40,7 +40,7 @@ import torch
 
 from .data import ImageDataset
 from .engine.config import METHODS
-from .trust_report import TrustReport, per_class_trust
+from .trust_report import TrustReport, least_precise, per_class_trust
 
 if TYPE_CHECKING:
     from .engine.config import DataConfig, RunConfig
@@ -351,8 +351,7 @@ def _trust_summary(res: dict[str, Any], class_names: Sequence[str]) -> str | Non
     if "trusted_precision" not in res:
         return line
     line += f", precision {100 * res['trusted_precision']:.1f}%, recall {100 * res['clean_recall']:.1f}%"
-    worst = sorted((r for r in res.get("per_class", []) if r["precision"] is not None), key=lambda r: r["precision"])
-    for r in worst[:3]:
+    for r in least_precise(res.get("per_class", [])):
         others = ", ".join(f"{m} of {class_names[k]}" for k, m in r["intruders"]) or "none"
         line += f"\n  class {class_names[r['class']]}: {r['trusted']} trusted, {100 * r['precision']:.1f}% right " \
                 f"(others: {others})"

@@ -26,7 +26,7 @@ import torch
 
 from .files import atomic_write, atomic_write_json
 
-__all__ = ["TrustRound", "TrustReport", "per_class_trust"]
+__all__ = ["TrustRound", "TrustReport", "per_class_trust", "least_precise"]
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,13 @@ def per_class_trust(trusted: torch.Tensor, labels: torch.Tensor, clean_labels: t
                      "clean_recall": float(trusted[usable].float().mean()) if bool(usable.any()) else None,
                      "intruders": [[int(k), int(m)] for k, m in zip(classes[:3], counts[:3]) if m > 0]})
     return rows
+
+
+def least_precise(per_class: list[dict[str, object]], count: int = 3) -> list[dict[str, object]]:
+    """The ``count`` rows of :func:`per_class_trust` with the lowest precision (classes without trusted
+    samples left out), lowest first."""
+    rows = [r for r in per_class if r["precision"] is not None]
+    return sorted(rows, key=lambda r: float(r["precision"]))[:count]  # type: ignore[arg-type]
 
 
 def _mean(mask: torch.Tensor) -> float | None:
