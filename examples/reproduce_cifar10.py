@@ -19,9 +19,11 @@ tad.features=...`` says otherwise. Runs resume: re-running a cell skips its fini
 Several ``--cell``: they run as separate processes, ``--jobs`` at once on each GPU of ``--gpus``,
 logs in ``<out>/logs/<cell>.log``; a failed cell does not stop the others (the exit code is 1 and its
 log's last lines are printed). ATT's cells distil from the experts of the MTT cell of the same noise and
-arm (ATT trains MTT's expert recipe, apart from its buffer script's batch 512 against MTT's 256) when that
-cell runs in the same invocation (they start once its buffer stage is done) or has run into the same
-``--out``; ``--no-reuse-buffers`` trains ATT's own, and the page says which buffer each cell used.
+arm (ATT trains MTT's expert recipe, apart from its buffer script's batch 512 against MTT's 256), and FTD's
+from the DATM cell's (both train GSAM experts, rho 0.01, alpha 0.3; DATM's for 100 epochs, FTD's for 50, of
+which FTD matches epochs 0-22 only), when that cell runs in the same invocation (they start once its buffer
+stage is done) or has run into the same ``--out``; ``--no-reuse-buffers`` trains their own, and the page
+says which buffer each cell used.
 
 Pixels: if you use the JPEG-compressed CIFAR-10 copy, absolute accuracies differ a little from the
 paper's official pixels; the comparison between arms on the same copy stays valid.
@@ -83,9 +85,11 @@ SETTINGS = {
 }
 ARMS = {"noisy": "--no-tad", "tad": "--tad"}
 #: setting -> the setting whose experts it reuses (same noise, same arm): ATT trains MTT's plain-SGD experts
-#: (its buffer script only defaults to batch 512 where MTT's uses 256), so ATT's cells distil from the MTT
-#: cell's buffer when that cell runs in the same invocation or has run into the same ``--out``.
-REUSE = {"att-sym40": "sym40", "att-c10n-worst": "c10n-worst"}
+#: (its buffer script only defaults to batch 512 where MTT's uses 256), and FTD DATM's GSAM experts (DATM's
+#: run for 100 epochs, FTD's for 50; FTD's matching reads epochs up to max_start_epoch + expert_epochs = 22),
+#: so those cells distil from the other cell's buffer when it runs in the same invocation or has run into
+#: the same ``--out``.
+REUSE = {"att-sym40": "sym40", "att-c10n-worst": "c10n-worst", "ftd-sym40": "datm-sym40"}
 
 
 def reuse_source(cell: str) -> str | None:
@@ -420,8 +424,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/cifar10", help="run folders (one per cell)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--reuse-buffers", action=argparse.BooleanOptionalAction, default=True,
-                   help="ATT's cells distil from the experts of the MTT cell of the same noise and arm when that "
-                        "cell runs too or has run into --out (default); --no-reuse-buffers trains ATT's own")
+                   help="ATT's cells distil from the experts of the MTT cell of the same noise and arm, FTD's "
+                        "from the DATM cell's, when that cell runs too or has run into --out (default); "
+                        "--no-reuse-buffers trains their own")
     args = p.parse_args()
     if args.list:
         for cell in cells():

@@ -288,7 +288,10 @@ def _stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
 
 
 def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryStore:
-    """The finished experts of another run (``tad run --buffer DIR``), checked against this run."""
+    """The finished experts of another run (``tad run --buffer DIR``), checked against this run: other labels,
+    the other arm or too few finished experts are refused; another training recipe (optimizer, learning
+    rate, momentum, weight decay, DSA, GSAM's rho / alpha) is warned about. Batch size and epoch count are
+    not compared (ATT's buffer script differs from MTT's only in its batch; FTD reads DATM's first epochs)."""
     from .engine.config import ConfigError
     from .engine.pipeline import labels_fingerprint
     from .engine.trajectories import TrajectoryStore
@@ -307,6 +310,12 @@ def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryS
         raise ConfigError(f"{root} holds {have} finished experts but this run asks for {want} "
                           f"(buffer.num_experts): finish training them first (`tad buffer --out ...` resumes), "
                           f"or pass --num-experts {have} to distil from those")
+    trained, ours = store.meta.get("buffer") or {}, dataclasses.asdict(pipe.config.buffer)
+    keys = ("optimizer", "lr", "momentum", "weight_decay", "dsa") + (("rho", "alpha") if ours["optimizer"] == "gsam" else ())
+    differ = [f"{k} {trained[k]!r} (this method: {ours[k]!r})" for k in keys if k in trained and trained[k] != ours[k]]
+    if differ:
+        log.warning("the experts in %s were trained with another recipe than %s's: %s; the run record names the "
+                    "buffer, say so beside its numbers", root, pipe.name.upper(), ", ".join(differ))
     return store
 
 

@@ -233,6 +233,20 @@ def test_run_reuses_another_runs_buffer_only_when_it_fits(tmp_path, capsys):
     assert "holds 1 finished experts but this run asks for 2" in capsys.readouterr().err
 
 
+def test_reusing_experts_of_another_recipe_is_warned_about(tmp_path, caplog):
+    common = ["--config", str(ROOT / "examples" / "configs" / "demo.yaml"), "--no-tad", "--no-progress",
+              "--num-experts", "1", "--epochs", "4", "--iterations", "1", "--ipc", "1", "--set", "distill.syn_steps=1",
+              "--set", "distill.max_start_epoch=2", "--set", "eval.num_eval=1", "--set", "eval.epochs=1"]
+    assert main(["buffer", *common, "--out", str(tmp_path / "mtt")]) == 0
+    buffer = ["--buffer", str(tmp_path / "mtt" / "buffer")]
+    with caplog.at_level("WARNING", logger="tad_plugin.cli"):
+        assert main(["run", "--method", "att", *common, "--out", str(tmp_path / "att"), *buffer]) == 0
+    assert "another recipe" not in caplog.text  # ATT trains MTT's plain-SGD experts
+    with caplog.at_level("WARNING", logger="tad_plugin.cli"):
+        assert main(["run", "--method", "ftd", *common, "--out", str(tmp_path / "ftd"), *buffer]) == 0
+    assert "trained with another recipe than FTD's: optimizer 'sgd' (this method: 'gsam')" in caplog.text
+
+
 def test_a_dataset_file_gets_its_family_row_and_zca():
     from tad_plugin.engine.pipeline import dataset_key
 

@@ -218,3 +218,16 @@ def test_att_cells_distil_from_the_mtt_cells_buffer(tmp_path, monkeypatch, reuse
     (tmp_path / "c10n-worst-tad").mkdir()
     (tmp_path / "c10n-worst-tad" / "result_run.json").write_text(json.dumps({"stages": {"buffer": {}}}))
     assert ready["att-c10n-worst-tad"]()
+
+
+def test_ftd_cells_distil_from_the_datm_cells_buffer(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(repro, "run_parallel", lambda cmds, *a, **k: seen.update(cmds=cmds) or {c: 0 for c in cmds})
+    monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
+    args = repro.argparse.Namespace(cell=["ftd-sym40-noisy", "datm-sym40-noisy"], set=[], dataset="d.npz",
+                                    out=str(tmp_path), cifar_n=None, jobs=1, gpus=None, reuse_buffers=True)
+    assert repro.run_cells(args) == 0
+    cmds = seen["cmds"]
+    assert list(cmds) == ["datm-sym40-noisy", "ftd-sym40-noisy"]
+    ftd = cmds["ftd-sym40-noisy"]
+    assert ftd[ftd.index("--buffer") + 1] == str(tmp_path / "datm-sym40-noisy" / "buffer")
