@@ -18,6 +18,7 @@ Prints a table and writes a JSON record (command, settings, seed, commit, device
 
 usage: python examples/benchmark_inner_grad.py --ipc 10 --out inner_grad.json                  # GPU
        python examples/benchmark_inner_grad.py --ipc 10 --variants compiled+recompute --profile  # where it goes
+       python examples/benchmark_inner_grad.py --ipc 10 --variants compiled+recompute --compile-mode reduce-overhead
        python examples/benchmark_inner_grad.py --device cpu --syn-steps 10 --iterations 1 --warmup 1
 """
 
@@ -31,6 +32,8 @@ import sys
 import time
 
 import torch
+
+from tad_plugin.engine.student_grad import COMPILE_MODES
 
 #: name -> (inner_grad, recompute_steps)
 VARIANTS = {
@@ -58,7 +61,8 @@ def measure(args: argparse.Namespace) -> dict:
     images = torch.randn(10 * args.ipc, 3, 32, 32, device=dev, generator=g)
     mc = MatchingConfig(iterations=args.warmup + args.iterations + int(args.profile), syn_steps=args.syn_steps, expert_epochs=2,
                         max_start_epoch=2, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.01, eval_every=0,
-                        inner_grad=inner_grad, recompute_steps=recompute)
+                        inner_grad=inner_grad, recompute_steps=recompute,
+                        compile_mode=args.compile_mode if inner_grad == "compiled" else "default")
     matcher = TrajectoryMatcher(cfg, mc, trajs, images, class_labels(10, args.ipc).to(dev), progress=False)
     times = []
     for i in range(args.warmup + args.iterations):
@@ -122,6 +126,8 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=5, help="timed iterations")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (compilation)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                   help="torch.compile's mode for the compiled variants (reduce-overhead: CUDA graphs)")
     p.add_argument("--profile", action="store_true",
                    help="profile one more iteration per variant: kernel time vs wall time, top kernels")
     p.add_argument("--out", help="JSON record")
@@ -140,7 +146,7 @@ def main() -> int:
             p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
         cmd = [sys.executable, __file__, "--variant", name, "--device", args.device, "--ipc", str(args.ipc),
                "--syn-steps", str(args.syn_steps), "--width", str(args.width), "--iterations", str(args.iterations),
-               "--warmup", str(args.warmup)] + (["--profile"] if args.profile else [])
+               "--warmup", str(args.warmup), "--compile-mode", args.compile_mode] + (["--profile"] if args.profile else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             rows.append({"variant": name, "error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "?"})
@@ -165,7 +171,7 @@ def main() -> int:
             for k in pr["top"]:
                 print(f"  {k['ms']:>8.2f} ms {k['calls']:>6}x  {k['name']}")
     record = {**provenance(dev, 0), "settings": {k: getattr(args, k) for k in (
-                  "ipc", "syn_steps", "width", "iterations", "warmup", "profile")},
+                  "ipc", "syn_steps", "width", "iterations", "warmup", "profile", "compile_mode")},
               "wall_time_s": round(time.perf_counter() - t0, 1), "rows": rows}
     if args.out:
         atomic_write_json(record, args.out)

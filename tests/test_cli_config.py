@@ -40,6 +40,8 @@ def test_int_to_float_and_null():
     (["data.noise=gaussian"], r"data.noise must be one of"),
     (["data.noise_rate=1.5"], r"noise_rate must lie in \[0, 1\)"),
     (["tad.split=global"], r"tad.split must be 'per-expert' or 'shared'"),
+    (["distill.compile_mode=fastest"], r"distill.compile_mode must be one of default, reduce-overhead"),
+    (["distill.init_consensus=0"], r"distill.init_consensus must lie in \(0, 1\]"),
     (["buffer.epochs=3", "distill.max_start_epoch=5"], r"exceeds buffer.epochs = 3"),
     (["buffer=3"], r"buffer must be a mapping"),
 ])

@@ -43,10 +43,10 @@ def test_rejects_several_networks():
         student_grad(cfg, torch.zeros(2, cfg.num_params), torch.zeros(3, 1, 8, 8), torch.zeros(3, dtype=torch.long))
 
 
-def _distill(inner_grad, trajectories, images, labels, net, recompute_steps=False):
+def _distill(inner_grad, trajectories, images, labels, net, recompute_steps=False, compile_mode="default"):
     cfg = MatchingConfig(iterations=3, syn_steps=3, expert_epochs=1, max_start_epoch=2, lr_img=10.0,
                          dsa_strategy="color_crop_cutout_flip_scale_rotate", eval_every=0, log_every=3, seed=5,
-                         inner_grad=inner_grad, recompute_steps=recompute_steps)
+                         inner_grad=inner_grad, recompute_steps=recompute_steps, compile_mode=compile_mode)
     return TrajectoryMatcher(net, cfg, trajectories, images, labels, progress=False).run()
 
 
@@ -81,6 +81,30 @@ def test_recomputed_steps_give_the_same_distillation(small_problem):
     kept = _distill("explicit", trajectories, images, labels, net)
     recomputed = _distill("explicit", trajectories, images, labels, net, recompute_steps=True)
     assert torch.equal(recomputed.images, kept.images) and recomputed.syn_lr == kept.syn_lr
+
+
+def test_the_compile_mode_reaches_torch_compile_and_marks_each_iteration(small_problem, monkeypatch):
+    """``reduce-overhead`` compiles with that mode (CUDA graphs on a GPU) and opens a new generation of graph
+    outputs per iteration; torch.compile itself is stubbed out here (the GPU measures it), so the values must
+    equal the explicit route's."""
+    from tad_plugin.engine import matching
+    from tad_plugin.engine.student_grad import student_grad
+
+    compiled, marks = [], []
+    monkeypatch.setattr(matching.torch, "compile", lambda fn, **kw: compiled.append(kw) or fn)
+    monkeypatch.setattr(matching.torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    matching._compiled_student_grad.cache_clear()
+    try:
+        net, trajectories, images, labels = small_problem
+        graphs = _distill("compiled", trajectories, images, labels, net, compile_mode="reduce-overhead")
+        assert matching._compiled_student_grad("reduce-overhead") is student_grad
+    finally:
+        matching._compiled_student_grad.cache_clear()
+    assert compiled == [{"dynamic": False, "mode": "reduce-overhead"}] and len(marks) == 3  # 3 iterations
+    plain = _distill("explicit", trajectories, images, labels, net)
+    assert torch.equal(graphs.images, plain.images) and graphs.syn_lr == plain.syn_lr
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        MatchingConfig(inner_grad="compiled", compile_mode="fastest")
 
 
 def test_inner_grad_is_validated():

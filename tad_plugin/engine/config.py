@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .student_grad import INNER_GRADS
+from .student_grad import COMPILE_MODES, INNER_GRADS
 
 __all__ = ["METHODS", "ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
            "EvalConfig", "RunConfig", "load_yaml", "merge", "from_dict", "to_dict", "parse_override",
@@ -207,8 +207,9 @@ class DistillConfig:
 
     Speed and memory: ``inner_grad`` = ``"autograd"`` (upstream's double backward), ``"explicit"`` or
     ``"compiled"`` (the student's backward written out, optionally under torch.compile; same values);
-    ``recompute_steps`` keeps one unrolled step's graph at a time (with explicit/compiled): see
-    :class:`tad_plugin.engine.matching.MatchingConfig`.
+    ``recompute_steps`` keeps one unrolled step's graph at a time (with explicit/compiled); ``compile_mode``
+    is torch.compile's mode for ``inner_grad: compiled`` (``reduce-overhead``: CUDA graphs, speed not measured
+    yet): see :class:`tad_plugin.engine.matching.MatchingConfig`.
     """
 
     ipc: int = 10
@@ -238,6 +239,7 @@ class DistillConfig:
     loss_gate: float | None = None
     inner_grad: str = "autograd"
     recompute_steps: bool = False
+    compile_mode: str = "default"
 
     def validate(self) -> None:
         _positive(self, "distill", "ipc", "iterations", "syn_steps", "expert_epochs", "max_start_epoch",
@@ -255,6 +257,9 @@ class DistillConfig:
                               f"{self.adaptive_distance!r}")
         if self.inner_grad not in INNER_GRADS:
             raise ConfigError(f"distill.inner_grad must be one of {', '.join(INNER_GRADS)}, got {self.inner_grad!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"distill.compile_mode must be one of {', '.join(COMPILE_MODES)}, got "
+                              f"{self.compile_mode!r}")
         if self.recompute_steps and self.inner_grad == "autograd":
             raise ConfigError("distill.recompute_steps needs distill.inner_grad explicit or compiled (the double "
                               "backward of inner_grad=autograd cannot recompute its steps)")

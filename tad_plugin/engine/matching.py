@@ -54,7 +54,7 @@ from .convnet import ConvNetConfig, forward
 from .distributed import Ranks
 from .dsa import DEFAULT_STRATEGY, DSA
 from .evaluate import Evaluator
-from .student_grad import INNER_GRADS, student_grad
+from .student_grad import COMPILE_MODES, INNER_GRADS, student_grad
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,11 @@ class MatchingConfig:
             ``inner_grad`` "explicit" or "compiled" (the double backward does not recompute). On an
             H200, "compiled" + recompute: IPC 10 0.163 s and 0.75 GiB per iteration ("autograd" 8.6 GiB),
             IPC 50 0.447 s and 3.1 GiB ("autograd" 42.4 GiB).
+        compile_mode: ``torch.compile``'s mode for ``inner_grad="compiled"``: ``"default"``,
+            ``"reduce-overhead"`` (the compiled graphs replayed as CUDA graphs: one launch instead of
+            dozens per call; an H100 profile showed the IPC-10 iteration launch-bound, its kernels busy 44% of
+            the time, examples/results/benchmark_engine.md note 11; its speed is not measured yet) or
+            ``"max-autotune-no-cudagraphs"``. Ignored by the other routes; on a CPU all three compile alike.
     """
 
     iterations: int = 5000
@@ -155,6 +160,7 @@ class MatchingConfig:
     channels_last: bool = False
     inner_grad: str = "autograd"
     recompute_steps: bool = False
+    compile_mode: str = "default"
 
     def __post_init__(self) -> None:
         for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "log_every"):
@@ -180,12 +186,14 @@ class MatchingConfig:
             raise ValueError("recompute_steps needs inner_grad='explicit' or 'compiled'")
         if self.adaptive_distance not in _DISTANCES:
             raise ValueError(f"adaptive_distance must be one of {_DISTANCES}, got {self.adaptive_distance!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_student_grad() -> Callable[..., Tensor]:
-    """One ``torch.compile`` of :func:`student_grad` per process (it recompiles per input shape)."""
-    return torch.compile(student_grad, dynamic=False)
+@functools.lru_cache(maxsize=None)
+def _compiled_student_grad(mode: str = "default") -> Callable[..., Tensor]:
+    """One ``torch.compile`` of :func:`student_grad` per process and mode (it recompiles per input shape)."""
+    return torch.compile(student_grad, dynamic=False, mode=None if mode == "default" else mode)
 
 
 @dataclass
@@ -315,7 +323,9 @@ class TrajectoryMatcher:
             self.labels.requires_grad_()
         self.syn_lr = torch.tensor(float(c.lr_teacher), device=self.device, requires_grad=True)
         self._student_grad_fn = (None if c.inner_grad == "autograd" else
-                                 student_grad if c.inner_grad == "explicit" else _compiled_student_grad())
+                                 student_grad if c.inner_grad == "explicit" else _compiled_student_grad(c.compile_mode))
+        # CUDA-graph replays reuse their output buffers: each iteration starts a new generation of them
+        self._graphs = c.inner_grad == "compiled" and c.compile_mode == "reduce-overhead"
         self.opt_img = torch.optim.SGD([self.images], lr=c.lr_img, momentum=c.momentum)
         self.opt_lr = torch.optim.SGD([self.syn_lr], lr=c.lr_lr, momentum=c.momentum)
         label_momentum = c.momentum if c.label_momentum is None else c.label_momentum
@@ -368,6 +378,8 @@ class TrajectoryMatcher:
     def step(self) -> Tensor:
         """One iteration (image/step-size update); returns the matching loss as a 0-d device tensor."""
         c, it = self.config, self.iteration
+        if self._graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         traj = self._next_trajectory()
         lo, hi = self.start_window(it)
         need = hi - 1 + c.expert_epochs

@@ -251,7 +251,7 @@ class Pipeline:
                       label_momentum=d.label_momentum, loss_gate=d.loss_gate, ema_decay=d.ema_decay,
                       ema_eval_reuses_raw_net=d.ema_eval_reuses_raw_net, adaptive_length=d.adaptive_length,
                       adaptive_distance=d.adaptive_distance, inner_grad=d.inner_grad,
-                      recompute_steps=d.recompute_steps,
+                      recompute_steps=d.recompute_steps, compile_mode=d.compile_mode,
                       dsa_strategy=cfg.buffer.dsa_strategy if d.dsa else "",
                       eval_every=d.eval_every, checkpoint_every=d.checkpoint_every,
                       log_every=min(10, d.iterations), seed=cfg.seed)

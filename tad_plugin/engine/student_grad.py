@@ -22,11 +22,14 @@ from torch import Tensor
 
 from .convnet import _NORM_EPS, ConvNetConfig, unflatten
 
-__all__ = ["student_grad", "INNER_GRADS"]
+__all__ = ["student_grad", "INNER_GRADS", "COMPILE_MODES"]
 
 #: How the unrolled student's gradient is taken (MatchingConfig.inner_grad): autograd's double backward,
 #: :func:`student_grad`, or :func:`student_grad` under torch.compile.
 INNER_GRADS = ("autograd", "explicit", "compiled")
+
+#: ``torch.compile`` modes for the "compiled" route (MatchingConfig.compile_mode).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 def _conv_backward(dz: Tensor, h: Tensor, weight: Tensor, need_input: bool) -> tuple[Tensor | None, Tensor]:
