@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Expert-training speed: seconds per expert-epoch (training pass + test pass) for several settings.
 
-Each variant trains E experts together for 3 epochs (MTT buffer settings: SGD lr 0.01, batch 256, DSA)
-and times epoch 1 alone (epoch 0 carries cuDNN autotuning / compilation; the store write after the
+Each variant trains E experts together for 3 epochs (MTT buffer settings: SGD lr 0.01, batch 256, DSA;
+inputs normalised, or ZCA-whitened for the ``-zca`` variants) and times epoch 1 alone (epoch 0 carries cuDNN autotuning / compilation; the store write after the
 last epoch is not timed). With TAD on, the timed epoch includes the per-sample loss pass over the
 whole training set and the GMM division. Prints a table and writes a JSON record with the command,
 settings, seed, commit, device and wall time.
@@ -44,6 +44,12 @@ VARIANTS = {
     "fp32-compile-E20": (20, {"compile": True}, False),
     "bf16-compile-E20": (20, {"amp": True, "compile": True}, False),
     "bf16-channels_last-compile-E20": (20, {"amp": True, "channels_last": True, "compile": True}, False),
+    # ZCA-whitened inputs, as the CIFAR-10 configs train: whitened once per set (buffer.cache_inputs, the
+    # default) or every batch (a 3072 x 3072 product per step, pass and test chunk)
+    "fp32-zca": (10, {}, False),
+    "fp32-zca-nocache": (10, {"cache_inputs": False}, False),
+    "fp32-compile-E20-zca": (20, {"compile": True}, False),
+    "fp32-compile-E20-zca-nocache": (20, {"compile": True, "cache_inputs": False}, False),
 }
 
 
@@ -55,7 +61,7 @@ def sync(device: torch.device) -> None:
 def measure(name: str, ds, device: torch.device, epochs: int = 3) -> dict:
     e, changes, tad = VARIANTS[name]
     net = ConvNetConfig.for_dataset(ds)
-    pre = Preprocessor.for_dataset(ds, device=device)
+    pre = Preprocessor.for_dataset(ds, zca="-zca" in name, device=device)
     buf = replace(BufferConfig(num_experts=e, epochs=epochs, experts_per_group=e), **changes)
     stamps: list[float] = []
 

@@ -140,6 +140,37 @@ def test_resume_retrains_only_missing_experts_identically(tmp_path):
     assert trainer(tad=False, experts_per_group=1).train(store, *data()) == []
 
 
+@pytest.mark.parametrize("tad", [False, True])
+def test_cached_model_inputs_train_the_same_experts_with_one_preprocessing(tmp_path, tad):
+    """``buffer.cache_inputs`` preprocesses each image set once (here a ZCA whitening) instead of every batch;
+    the experts come out the same up to float rounding."""
+    from tad_plugin.engine.zca import ZCA
+
+    x, y, tx, ty = data()
+    zca = Preprocessor("zca", zca=ZCA(0.1).fit(x.float() / 255))
+    calls = []
+
+    class Counting(Preprocessor):
+        def __call__(self, images):
+            calls.append(images.shape[0])
+            return super().__call__(images)
+
+    counting = Counting("zca", zca=zca.zca)
+    records = {}
+    for cache in (False, True):
+        calls.clear()
+        buf = BufferConfig(num_experts=2, epochs=3, batch_size=8, experts_per_group=2, eval_batch_size=20,
+                           cache_inputs=cache)
+        store = store_at(tmp_path / str(cache))
+        ExpertTrainer(NET, counting, buf, TADConfig(enabled=tad, warmup_epochs=1), progress=False).train(
+            store, x, y, tx, ty)
+        records[cache] = store.load_expert(1)
+        # cached: the training set and the test set once each (chunks of eval_batch_size 20)
+        assert (sorted(calls) == sorted([20, 20, 8, 16])) == cache
+    assert torch.allclose(records[True].params, records[False].params, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(records[True].params[0], records[True].params[-1])  # they trained
+
+
 def test_experts_learn_and_trajectories_move(tmp_path):
     store = store_at(tmp_path, epochs=3)
     x, y, tx, ty = data()

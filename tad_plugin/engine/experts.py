@@ -152,13 +152,14 @@ def recalibrate_experts(hooks: TADHooks, features: torch.Tensor, state: EpochSta
 
 
 def per_sample_losses(net: ConvNetConfig, params: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-                      preprocess: Preprocessor, batch_size: int,
+                      preprocess: Preprocessor | None, batch_size: int,
                       forward_fn: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of every sample under each expert: no augmentation, eval mode, no gradient.
 
     Args:
         params: float [E, P] on the device.
-        images: uint8 [N, C, H, W] on the device.
+        images: uint8 [N, C, H, W] on the device, preprocessed chunk by chunk with ``preprocess``; or, with
+            ``preprocess`` None, the model inputs themselves (float [N, C, H, W]).
         labels: int64 [E, N] (each expert's labels) or [N] (shared), on the device.
         batch_size: images per chunk.
 
@@ -173,7 +174,8 @@ def per_sample_losses(net: ConvNetConfig, params: torch.Tensor, images: torch.Te
     correct = torch.empty(e, n, dtype=torch.bool, device=params.device)
     with torch.no_grad():
         for i in range(0, n, batch_size):
-            x = preprocess(images[i:i + batch_size])
+            x = images[i:i + batch_size]
+            x = x if preprocess is None else preprocess(x)
             logits = fwd(net, params, x)  # one batch shared by the E networks
             y = labels[:, i:i + batch_size]
             k = logits.shape[-1]
@@ -251,7 +253,7 @@ class ExpertTrainer:
         if not todo:
             return []
         dev = self.device
-        data = (images.to(dev), labels.to(dev), test_images.to(dev), test_labels.to(dev))
+        data = (self._inputs(images.to(dev)), labels.to(dev), self._inputs(test_images.to(dev)), test_labels.to(dev))
         g = self.buffer.experts_per_group
         groups = self.ranks.share([todo[i:i + g] for i in range(0, len(todo), g)])
         bar = tqdm(total=sum(map(len, groups)) * self.buffer.epochs, desc="experts", unit="ep",
@@ -264,6 +266,25 @@ class ExpertTrainer:
             bar.close()
         self.ranks.barrier()  # every expert is saved before any rank reads the store
         return todo
+
+    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """What the training code indexes: the model inputs of ``images`` (uint8 [N, C, H, W]) computed once,
+        float32 [N, C, H, W] (``buffer.cache_inputs``), or the uint8 images themselves (then every batch is
+        preprocessed on use, see :meth:`_model_input`)."""
+        if not self.buffer.cache_inputs:
+            return images
+        chunk = self.buffer.eval_batch_size
+        with torch.no_grad():
+            return torch.cat([self.preprocess(images[i:i + chunk]) for i in range(0, images.shape[0], chunk)])
+
+    def _model_input(self, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The model inputs of the ``rows`` of :meth:`_inputs`'s result."""
+        x = inputs[rows]
+        return x if x.is_floating_point() else self.preprocess(x)
+
+    def _preprocess_for(self, inputs: torch.Tensor) -> Preprocessor | None:
+        """``per_sample_losses``'s ``preprocess`` for :meth:`_inputs`'s result (None: already model inputs)."""
+        return None if inputs.is_floating_point() else self.preprocess
 
     # ------------------------------------------------------------------ one group
     def _train_group(self, experts: list[int], images: torch.Tensor, labels: torch.Tensor,
@@ -295,7 +316,7 @@ class ExpertTrainer:
 
         def divide() -> tuple[torch.Tensor, list[TrustSplit]]:
             nonlocal trusted, cur_thr
-            losses, _ = per_sample_losses(cfg, params, images, cur_labels, self.preprocess,
+            losses, _ = per_sample_losses(cfg, params, images, cur_labels, self._preprocess_for(images),
                                           buf.eval_batch_size, self._forward)
             splits = self._divide(losses, cur_labels)
             trusted = torch.stack([s.trusted.to(dev) for s in splits])
@@ -422,7 +443,7 @@ class ExpertTrainer:
         criterion = self._criterion()
         for step in range(s):
             batch = idx[:, step * b:(step + 1) * b]  # [E, B]
-            x = self.preprocess(images[batch.reshape(-1)])
+            x = self._model_input(images, batch.reshape(-1))
             if dsa is not None:
                 x = dsa(x, groups=e)
             y = labels.gather(1, batch)
@@ -473,7 +494,7 @@ class ExpertTrainer:
         """Test accuracy [E] of each expert; under bf16 autocast like the training pass when
         ``buffer.amp`` (only this monitor: the per-sample losses that TAD divides on stay float32)."""
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self._amp):
-            _, correct = per_sample_losses(self.net, params, images, labels, self.preprocess,
+            _, correct = per_sample_losses(self.net, params, images, labels, self._preprocess_for(images),
                                            self.buffer.eval_batch_size, self._forward)
         return correct.float().mean(1)
 

@@ -199,7 +199,7 @@ class Pipeline:
                 "model": to_dict(cfg.model), "dataset": dataset.name, "zca": cfg.data.zca, "seed": cfg.seed,
                 "labels": labels_fingerprint(labels), "method": self.name}
         meta["buffer"].pop("num_experts")  # more experts may be added to a store later
-        for key in ("experts_per_group", "eval_batch_size", "compile", "channels_last"):
+        for key in ("experts_per_group", "eval_batch_size", "compile", "channels_last", "cache_inputs"):
             meta["buffer"].pop(key)  # speed settings do not change what is trained
         store = TrajectoryStore.create(out, param_shapes=net.param_shapes, epochs=cfg.buffer.epochs,
                                        num_train=len(labels), num_classes=dataset.num_classes, meta=meta,
