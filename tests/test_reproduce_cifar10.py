@@ -231,3 +231,11 @@ def test_ftd_cells_distil_from_the_datm_cells_buffer(tmp_path, monkeypatch):
     assert list(cmds) == ["datm-sym40-noisy", "ftd-sym40-noisy"]
     ftd = cmds["ftd-sym40-noisy"]
     assert ftd[ftd.index("--buffer") + 1] == str(tmp_path / "datm-sym40-noisy" / "buffer")
+
+
+def test_the_budget_line_says_how_many_labels_were_wrong():
+    rec = {"config": {"buffer": {"num_experts": 20, "epochs": 23}, "distill": {"iterations": 1000},
+                      "eval": {"num_eval": 5}}, "results": {"noise_rate": 0.16}}
+    assert repro.budget(rec) == ("20 experts x 23 epochs, 1000 iterations, 5 evaluation nets; 16.0% of the "
+                                 "training labels wrong")
+    assert "labels wrong" not in repro.budget({"config": {}})  # older records without the rate
