@@ -2,8 +2,8 @@
 """Expert-training speed: seconds per expert-epoch (training pass + test pass) for several settings.
 
 Each variant trains E experts together for 3 epochs (MTT buffer settings: SGD lr 0.01, batch 256, DSA;
-inputs normalised, or ZCA-whitened for the ``-zca`` variants) and times epoch 1 alone (epoch 0 carries cuDNN autotuning / compilation; the store write after the
-last epoch is not timed). With TAD on, the timed epoch includes the per-sample loss pass over the
+inputs normalised, or ZCA-whitened for the ``-zca`` variants) and times epoch 1 alone (epoch 0 carries
+cuDNN autotuning / compilation; the store write after the last epoch is not timed). With TAD on, the timed epoch includes the per-sample loss pass over the
 whole training set and the GMM division. Prints a table and writes a JSON record with the command,
 settings, seed, commit, device and wall time.
 

@@ -292,7 +292,7 @@ def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryS
     the other arm or too few finished experts are refused; another training recipe (optimizer, learning
     rate, momentum, weight decay, DSA, GSAM's rho / alpha) is warned about. Batch size and epoch count are
     not compared (ATT's buffer script differs from MTT's only in its batch; FTD reads DATM's first epochs)."""
-    from .engine.config import ConfigError
+    from .engine.config import ConfigError, to_dict
     from .engine.pipeline import labels_fingerprint
     from .engine.trajectories import TrajectoryStore
 
@@ -310,7 +310,7 @@ def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryS
         raise ConfigError(f"{root} holds {have} finished experts but this run asks for {want} "
                           f"(buffer.num_experts): finish training them first (`tad buffer --out ...` resumes), "
                           f"or pass --num-experts {have} to distil from those")
-    trained, ours = store.meta.get("buffer") or {}, dataclasses.asdict(pipe.config.buffer)
+    trained, ours = store.meta.get("buffer") or {}, to_dict(pipe.config.buffer)  # as the store's meta was made
     keys = ("optimizer", "lr", "momentum", "weight_decay", "dsa") + (("rho", "alpha") if ours["optimizer"] == "gsam" else ())
     differ = [f"{k} {trained[k]!r} (this method: {ours[k]!r})" for k in keys if k in trained and trained[k] != ours[k]]
     if differ:
@@ -343,11 +343,12 @@ def _trust_stats(trust: tuple[torch.Tensor, torch.Tensor], data: TrainingData,
 
     # votes are k / E, a correctly rounded division: exact wherever k / E equals a level
     by_vote = {f"{level:g}": stats(votes >= level) for level in VOTE_LEVELS}
+    # the headline is the majority (distill.init_consensus's default: where the initial images come from)
+    headline = {**by_vote["0.5"], "by_vote": by_vote}
     if not clean_known:
-        return {**by_vote["0.5"], "by_vote": by_vote}
-    per_class = per_class_trust(votes >= 0.5, labels, data.dataset.train_labels, data.dataset.num_classes)
-    # 0.5: as the pipeline's real initialisation selects
-    return {**by_vote["0.5"], "by_vote": by_vote, "per_class": per_class}
+        return headline
+    return {**headline, "per_class": per_class_trust(votes >= 0.5, labels, data.dataset.train_labels,
+                                                     data.dataset.num_classes)}
 
 
 def _trust_summary(res: dict[str, Any], class_names: Sequence[str]) -> str | None:

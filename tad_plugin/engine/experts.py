@@ -279,8 +279,8 @@ class ExpertTrainer:
 
     def _model_input(self, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The model inputs of the ``rows`` of :meth:`_inputs`'s result."""
-        x = inputs[rows]
-        return x if x.is_floating_point() else self.preprocess(x)
+        pre = self._preprocess_for(inputs)
+        return inputs[rows] if pre is None else pre(inputs[rows])
 
     def _preprocess_for(self, inputs: torch.Tensor) -> Preprocessor | None:
         """``per_sample_losses``'s ``preprocess`` for :meth:`_inputs`'s result (None: already model inputs)."""
