@@ -13,7 +13,9 @@ Each variant runs in its own process (so peak memory is its own): CIFAR-10-shape
 (speed and memory do not depend on pixel values), ConvNet-128 D3, DSA, all ``10 x ipc`` images in
 every inner step, trajectories of random-walk parameters. ``--warmup`` iterations (compilation
 included) are not timed; the median of ``--iterations`` timed ones is reported. Peak memory: CUDA
-``max_memory_allocated`` on a GPU; the process's peak RSS (``VmHWM``, includes torch itself) on the CPU.
+``max_memory_allocated`` over the whole process, warm-up included (CUDA graphs take their memory pool
+while they are captured, in the warm-up), and ``max_memory_reserved`` beside it; on the CPU the process's
+peak RSS (``VmHWM``, includes torch itself).
 Prints a table and writes a JSON record (command, settings, seed, commit, device, wall time).
 
 usage: python examples/benchmark_inner_grad.py --ipc 10 --out inner_grad.json                  # GPU
@@ -68,8 +70,6 @@ def measure(args: argparse.Namespace) -> dict:
     for i in range(args.warmup + args.iterations):
         if dev.type == "cuda":
             torch.cuda.synchronize()
-            if i == args.warmup:
-                torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         loss = matcher.step()
         float(loss)  # waits for the iteration
@@ -77,11 +77,13 @@ def measure(args: argparse.Namespace) -> dict:
             times.append(time.perf_counter() - t)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2 ** 30
+        reserved = torch.cuda.max_memory_reserved() / 2 ** 30
     else:
         with open("/proc/self/status") as f:
             peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2 ** 20
+        reserved = None
     row = {"variant": args.variant, "inner_grad": inner_grad, "recompute_steps": recompute,
-           "iter_s": statistics.median(times), "iter_s_all": times, "peak_gib": peak,
+           "iter_s": statistics.median(times), "iter_s_all": times, "peak_gib": peak, "peak_reserved_gib": reserved,
            "images_checksum": float(matcher.images.detach().double().sum())}
     if args.profile:
         row["profile"] = profile_iteration(matcher, dev)
@@ -155,14 +157,16 @@ def main() -> int:
         print(rows[-1], flush=True)
     dev = torch.device(args.device)
     mem = "peak allocated (GiB)" if dev.type == "cuda" else "peak RSS (GiB)"
+    res = "reserved (GiB)" if dev.type == "cuda" else ""
     print(f"\none distillation iteration: IPC {args.ipc} ({10 * args.ipc} images per step), {args.syn_steps} "
           f"unrolled steps, ConvNet-{args.width}; {device_name(dev)}")
-    print(f"{'variant':<20} {'s / iteration':>14} {mem:>22}")
+    print(f"{'variant':<20} {'s / iteration':>14} {mem:>22} {res:>15}")
     for r in rows:
         if "error" in r:
             print(f"{r['variant']:<20} {r['error']}")
         else:
-            print(f"{r['variant']:<20} {r['iter_s']:>14.3f} {r['peak_gib']:>22.2f}")
+            reserved = "" if r["peak_reserved_gib"] is None else f"{r['peak_reserved_gib']:.2f}"
+            print(f"{r['variant']:<20} {r['iter_s']:>14.3f} {r['peak_gib']:>22.2f} {reserved:>15}")
     for r in rows:
         if "profile" in r:
             pr = r["profile"]
