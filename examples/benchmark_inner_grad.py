@@ -16,11 +16,15 @@ included) are not timed; the median of ``--iterations`` timed ones is reported. 
 ``max_memory_allocated`` over the whole process, warm-up included (CUDA graphs take their memory pool
 while they are captured, in the warm-up), and ``max_memory_reserved`` beside it; on the CPU the process's
 peak RSS (``VmHWM``, includes torch itself).
-Prints a table and writes a JSON record (command, settings, seed, commit, device, wall time).
+``--method`` picks the matching variant: ``mtt`` (hard labels, fixed length), ``att`` (the closest of
+the unrolled steps is matched: every step's parameters kept, ``adaptive_length``) or ``datm`` (learned
+soft labels: the class logits get a gradient through the student's steps, ``lr_labels``). Prints a table
+and writes a JSON record (command, settings, seed, commit, device, wall time).
 
 usage: python examples/benchmark_inner_grad.py --ipc 10 --out inner_grad.json                  # GPU
        python examples/benchmark_inner_grad.py --ipc 10 --variants compiled+recompute --profile  # where it goes
        python examples/benchmark_inner_grad.py --ipc 10 --variants compiled+recompute --compile-mode reduce-overhead
+       python examples/benchmark_inner_grad.py --ipc 10 --method att --variants compiled+recompute
        python examples/benchmark_inner_grad.py --device cpu --syn-steps 10 --iterations 1 --warmup 1
 """
 
@@ -61,11 +65,16 @@ def measure(args: argparse.Namespace) -> dict:
     trajs = [torch.stack([b + 0.01 * k * torch.randn(b.shape, device=dev, generator=g) for k in range(5)])
              for b in base]
     images = torch.randn(10 * args.ipc, 3, 32, 32, device=dev, generator=g)
+    labels = class_labels(10, args.ipc).to(dev)
+    if args.method == "datm":  # soft label logits, as DATM initialises them from expert logits
+        labels = torch.nn.functional.one_hot(labels, 10).float() * 3 + 0.1 * torch.randn(
+            labels.shape[0], 10, device=dev, generator=g)
     mc = MatchingConfig(iterations=args.warmup + args.iterations + int(args.profile), syn_steps=args.syn_steps, expert_epochs=2,
                         max_start_epoch=2, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.01, eval_every=0,
                         inner_grad=inner_grad, recompute_steps=recompute,
-                        compile_mode=args.compile_mode if inner_grad == "compiled" else "default")
-    matcher = TrajectoryMatcher(cfg, mc, trajs, images, class_labels(10, args.ipc).to(dev), progress=False)
+                        compile_mode=args.compile_mode if inner_grad == "compiled" else "default",
+                        adaptive_length=args.method == "att", lr_labels=2.0 if args.method == "datm" else None)
+    matcher = TrajectoryMatcher(cfg, mc, trajs, images, labels, progress=False)
     times = []
     for i in range(args.warmup + args.iterations):
         if dev.type == "cuda":
@@ -84,7 +93,8 @@ def measure(args: argparse.Namespace) -> dict:
         reserved = None
     row = {"variant": args.variant, "inner_grad": inner_grad, "recompute_steps": recompute,
            "iter_s": statistics.median(times), "iter_s_all": times, "peak_gib": peak, "peak_reserved_gib": reserved,
-           "images_checksum": float(matcher.images.detach().double().sum())}
+           "images_checksum": float(matcher.images.detach().double().sum()),
+           "labels_checksum": float(matcher.labels.detach().double().sum())}
     if args.profile:
         row["profile"] = profile_iteration(matcher, dev)
     return row
@@ -130,6 +140,8 @@ def main() -> int:
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
                    help="torch.compile's mode for the compiled variants (reduce-overhead: CUDA graphs)")
+    p.add_argument("--method", default="mtt", choices=("mtt", "att", "datm"),
+                   help="the matching variant: MTT, ATT's closest step, DATM's learned soft labels")
     p.add_argument("--profile", action="store_true",
                    help="profile one more iteration per variant: kernel time vs wall time, top kernels")
     p.add_argument("--out", help="JSON record")
@@ -148,7 +160,7 @@ def main() -> int:
             p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
         cmd = [sys.executable, __file__, "--variant", name, "--device", args.device, "--ipc", str(args.ipc),
                "--syn-steps", str(args.syn_steps), "--width", str(args.width), "--iterations", str(args.iterations),
-               "--warmup", str(args.warmup), "--compile-mode", args.compile_mode] + (["--profile"] if args.profile else [])
+               "--warmup", str(args.warmup), "--compile-mode", args.compile_mode, "--method", args.method] + (["--profile"] if args.profile else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             rows.append({"variant": name, "error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "?"})
@@ -158,15 +170,16 @@ def main() -> int:
     dev = torch.device(args.device)
     mem = "peak allocated (GiB)" if dev.type == "cuda" else "peak RSS (GiB)"
     res = "reserved (GiB)" if dev.type == "cuda" else ""
-    print(f"\none distillation iteration: IPC {args.ipc} ({10 * args.ipc} images per step), {args.syn_steps} "
-          f"unrolled steps, ConvNet-{args.width}; {device_name(dev)}")
-    print(f"{'variant':<20} {'s / iteration':>14} {mem:>22} {res:>15}")
+    print(f"\none {args.method.upper()} distillation iteration: IPC {args.ipc} ({10 * args.ipc} images per step), "
+          f"{args.syn_steps} unrolled steps, ConvNet-{args.width}; {device_name(dev)}")
+    print(f"{'variant':<20} {'s / iteration':>14} {mem:>22} {res:>15} {'images / labels checksum':>30}")
     for r in rows:
         if "error" in r:
             print(f"{r['variant']:<20} {r['error']}")
         else:
             reserved = "" if r["peak_reserved_gib"] is None else f"{r['peak_reserved_gib']:.2f}"
-            print(f"{r['variant']:<20} {r['iter_s']:>14.3f} {r['peak_gib']:>22.2f} {reserved:>15}")
+            sums = f"{r['images_checksum']:.4f} / {r['labels_checksum']:.4f}"
+            print(f"{r['variant']:<20} {r['iter_s']:>14.3f} {r['peak_gib']:>22.2f} {reserved:>15} {sums:>30}")
     for r in rows:
         if "profile" in r:
             pr = r["profile"]
@@ -175,7 +188,7 @@ def main() -> int:
             for k in pr["top"]:
                 print(f"  {k['ms']:>8.2f} ms {k['calls']:>6}x  {k['name']}")
     record = {**provenance(dev, 0), "settings": {k: getattr(args, k) for k in (
-                  "ipc", "syn_steps", "width", "iterations", "warmup", "profile", "compile_mode")},
+                  "ipc", "syn_steps", "width", "iterations", "warmup", "profile", "compile_mode", "method")},
               "wall_time_s": round(time.perf_counter() - t0, 1), "rows": rows}
     if args.out:
         atomic_write_json(record, args.out)
