@@ -371,7 +371,7 @@ def trust_lines(name: str, record: dict, results: Path) -> list[str]:
     lines = [f"  - final trusted space (trusted by >= 50% of the experts): {100 * buf['trusted_fraction']:.1f}% of the "
              f"training set, precision {100 * buf['trusted_precision']:.1f}%, recall of the clean samples "
              f"{100 * buf['clean_recall']:.1f}% (target at sym40: >= 95 / >= 85){levels}{link}"]
-    from tad_plugin.trust_report import least_precise
+    from tad_plugin.trust_report import least_precise, least_recalled
 
     worst = least_precise(buf.get("per_class", []))
     if worst:
@@ -381,6 +381,10 @@ def trust_lines(name: str, record: dict, results: Path) -> list[str]:
         lines.append("  - least precise classes of that space: " + "; ".join(
             f"{CLASSES[r['class']]} {100 * r['precision']:.1f}% of {r['trusted']} (others: {intruders(r)})"
             for r in worst))
+    low = least_recalled(buf.get("per_class", []))
+    if low:
+        lines.append("  - least recalled classes (share of their correctly labelled samples in that space): " + "; ".join(
+            f"{CLASSES[r['class']]} {100 * r['clean_recall']:.1f}%" for r in low))
     return lines
 
 

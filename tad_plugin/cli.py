@@ -40,7 +40,7 @@ import torch
 
 from .data import ImageDataset
 from .engine.config import METHODS
-from .trust_report import TrustReport, least_precise, per_class_trust
+from .trust_report import TrustReport, least_precise, least_recalled, per_class_trust
 
 if TYPE_CHECKING:
     from .engine.config import DataConfig, RunConfig
@@ -365,6 +365,10 @@ def _trust_summary(res: dict[str, Any], class_names: Sequence[str]) -> str | Non
         others = ", ".join(f"{m} of {class_names[k]}" for k, m in r["intruders"]) or "none"
         line += f"\n  class {class_names[r['class']]}: {r['trusted']} trusted, {100 * r['precision']:.1f}% right " \
                 f"(others: {others})"
+    low = least_recalled(res.get("per_class", []))
+    if low:
+        line += "\n  least recalled: " + ", ".join(f"{class_names[r['class']]} {100 * r['clean_recall']:.1f}%"
+                                                for r in low) + " of their correctly labelled samples trusted"
     return line
 
 

@@ -26,7 +26,7 @@ import torch
 
 from .files import atomic_write, atomic_write_json
 
-__all__ = ["TrustRound", "TrustReport", "per_class_trust", "least_precise"]
+__all__ = ["TrustRound", "TrustReport", "per_class_trust", "least_precise", "least_recalled"]
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,15 @@ def least_precise(per_class: list[dict[str, object]], count: int = 3) -> list[di
     samples left out), lowest first."""
     rows = [r for r in per_class if r["precision"] is not None]
     return sorted(rows, key=lambda r: float(r["precision"]))[:count]  # type: ignore[arg-type]
+
+
+def least_recalled(per_class: list[dict[str, object]], count: int = 3) -> list[dict[str, object]]:
+    """The ``count`` rows of :func:`per_class_trust` with the lowest recall of their clean samples (classes
+    without clean samples left out), lowest first: where the division drops correctly labelled samples
+    (a class that asymmetric noise flips away from is clean yet loses its harder half to the class-mean
+    threshold, Eq. 5)."""
+    rows = [r for r in per_class if r["clean_recall"] is not None]
+    return sorted(rows, key=lambda r: float(r["clean_recall"]))[:count]  # type: ignore[arg-type]
 
 
 def _mean(mask: torch.Tensor) -> float | None:

@@ -213,7 +213,8 @@ def test_run_prints_where_the_trusted_space_is_wrong():
     assert text.splitlines() == [
         "final trusted space (trusted by >= half of the experts): 4 samples (40.0%), precision 75.0%, recall 60.0%",
         "  class one: 2 trusted, 50.0% right (others: 1 of two)",
-        "  class zero: 2 trusted, 100.0% right (others: none)"]
+        "  class zero: 2 trusted, 100.0% right (others: none)",
+        "  least recalled: two 0.0%, zero 100.0%, one 100.0% of their correctly labelled samples trusted"]
 
 
 def test_the_distill_record_keeps_the_unstable_matching_losses():

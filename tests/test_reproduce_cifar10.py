@@ -85,6 +85,19 @@ def test_page_names_the_least_precise_classes_of_the_trusted_space(tmp_path):
                          "(others: 1 cat); bird 99.0% of 100 (others: 1 dog)")
 
 
+def test_page_names_the_classes_whose_clean_samples_the_trusted_space_drops(tmp_path):
+    per_class = [{"class": c, "trusted": 100, "precision": 0.99, "clean_recall": 0.9 - 0.01 * c, "intruders": []}
+                 for c in range(10)]
+    per_class[3]["clean_recall"] = 0.445  # cat: clean under asymmetric noise, yet half of it left out
+    per_class[0]["clean_recall"] = None  # no correctly labelled airplane: left out
+    rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
+           "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.9, "clean_recall": 0.88,
+                                 "per_class": per_class}}}
+    (tmp_path / "asym40-tad.json").write_text(json.dumps(rec))
+    line = next(x for x in repro.page(tmp_path).splitlines() if "least recalled" in x)
+    assert line.endswith("cat 44.5%; truck 81.0%; ship 82.0%")
+
+
 def test_page_says_which_cells_reused_another_cells_experts(tmp_path):
     rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
            "stages": {"buffer": {"reused": "runs/sym40-noisy/buffer", "reused_meta": {"buffer": {"batch_size": 256}}}}}
