@@ -208,11 +208,32 @@ def test_epoch_order_covers_each_trusted_space_once():
     trusted = torch.zeros(2, N, dtype=torch.bool)
     trusted[0, :10] = True
     trusted[1] = True
-    idx, steps, s = t._epoch_order(trusted, torch.Generator().manual_seed(0))
+    labels = (torch.arange(N) % C).expand(2, N)
+    idx, steps, s = t._epoch_order(trusted, labels, torch.Generator().manual_seed(0))
     assert steps.tolist() == [2, 6] and s == 6 and idx.shape == (2, 48)
     assert sorted(idx[0, :10].tolist()) == list(range(10))  # a permutation of the trusted indices first
     assert set(idx[0].tolist()) <= set(range(10))
     assert sorted(idx[1].tolist()) == list(range(N))
+
+
+def test_balanced_epoch_draws_every_trusted_class_equally_often():
+    n = 4000
+    t = trainer(tad=True, balance_classes=True)
+    labels = torch.zeros(2, n, dtype=torch.long)
+    labels[:, 3000:3500] = 1  # class 0: 3000 samples, class 1: 500, class 2: 500
+    labels[:, 3500:] = 2
+    trusted = torch.ones(2, n, dtype=torch.bool)
+    trusted[1, 3200:] = False  # expert 1: class 1 keeps 200 trusted samples, class 2 none
+    trusted[1, 10] = False
+    idx, steps, s = t._epoch_order(trusted, labels, torch.Generator().manual_seed(0))
+    assert steps.tolist() == [500, 400] and idx.shape == (2, 500 * 8)
+    drawn0 = labels[0, idx[0]].bincount(minlength=C)[:3] / idx.shape[1]
+    torch.testing.assert_close(drawn0, torch.full((3,), 1 / 3), atol=0.02, rtol=0)  # 3000:500:500 -> 1:1:1
+    used1 = idx[1, :400 * 8]  # the steps expert 1 takes
+    assert bool(trusted[1, used1].all())  # only trusted samples, never sample 10 or the untrusted tail
+    torch.testing.assert_close(labels[1, used1].bincount(minlength=C)[:3] / used1.numel(),
+                               torch.tensor([0.5, 0.5, 0.0]), atol=0.02, rtol=0)
+    assert len(set(idx[0].tolist())) < idx.shape[1]  # with replacement: the small classes repeat
 
 
 def test_bad_input_is_explained(tmp_path):

@@ -135,6 +135,21 @@ def test_buffer_runs_the_dual_loop_and_writes_the_trust_report(tmp_path):
     assert report.noisy_label_accuracy == pytest.approx(0.8)
 
 
+def test_class_balanced_trusted_epochs_train_other_experts_from_the_same_split(tmp_path):
+    ds = tiny_dataset()
+    noisy = ds.train_labels.clone()
+    noisy[::5] = (noisy[::5] + 1) % 3
+    finals = {}
+    for balance in ("false", "true"):
+        cfg = tiny_config(True, **{"tad.inner_loop": "false", "buffer.epochs": 4, "tad.balance_classes": balance})
+        assert cfg.tad.balance_classes is (balance == "true")
+        store = MTT(cfg, progress=False).buffer(ds, noisy, tmp_path / balance, clean_labels=ds.train_labels)
+        finals[balance] = store.trajectory(0)
+        assert bool(torch.isfinite(finals[balance]).all())
+    # the same initialisation, then other batches (the balanced draw applies from the first epoch on)
+    assert torch.equal(finals["true"][0], finals["false"][0]) and not torch.equal(finals["true"][-1], finals["false"][-1])
+
+
 def test_missing_feature_extractor_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "none"))
     cfg = tiny_config(True, **{"tad.inner_loop": "true", "buffer.epochs": 5, "tad.anchor_epoch": 3})

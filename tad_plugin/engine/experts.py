@@ -415,17 +415,26 @@ class ExpertTrainer:
         return labels, trusted
 
     # ------------------------------------------------------------------ the hot loop
-    def _epoch_order(self, trusted: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _epoch_order(self, trusted: torch.Tensor, labels: torch.Tensor,
+                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Per-expert random order of trusted indices as a fixed-size [E, S*B] tensor, the number of
-        steps each expert takes [E], and S (one host read per epoch)."""
+        steps each expert takes [E], and S (one host read per epoch). With ``tad.balance_classes`` the
+        indices are drawn with replacement, each trusted sample with a chance inversely proportional to the
+        trusted count of its label in ``labels`` [E, N] (as many draws as the expert has trusted samples)."""
         e, n = trusted.shape
         b = self.buffer.batch_size
-        keys = torch.rand(e, n, generator=gen, device=self.device)
-        keys = keys.masked_fill(~trusted, 2.0)  # untrusted last
-        order = keys.argsort(dim=1)
         counts = trusted.sum(1)  # [E]
         steps_e = (counts + b - 1) // b
         s = int(steps_e.max())  # the one sync of the epoch's set-up
+        if self.tad is not None and self.tad.balance_classes:
+            per_class = torch.zeros(e, self.net.num_classes, device=self.device).scatter_add_(
+                1, labels, trusted.float())  # [E, C] trusted samples per label
+            weight = trusted.float() / per_class.gather(1, labels).clamp_min(1.0)
+            weight[counts == 0] = 1.0  # an expert without trusted samples takes no step; any row will do
+            return torch.multinomial(weight, max(s * b, 1), replacement=True, generator=gen)[:, :s * b], steps_e, s
+        keys = torch.rand(e, n, generator=gen, device=self.device)
+        keys = keys.masked_fill(~trusted, 2.0)  # untrusted last
+        order = keys.argsort(dim=1)
         pos = torch.arange(s * b, device=self.device)
         idx = order.gather(1, pos.unsqueeze(0) % counts.clamp_min(1).unsqueeze(1))
         return idx, steps_e, s
@@ -437,7 +446,7 @@ class ExpertTrainer:
         that owns ``params`` (updated in place)."""
         cfg, buf = self.net, self.buffer
         e, b, k = params.shape[0], buf.batch_size, cfg.num_classes
-        idx, steps_e, s = self._epoch_order(trusted, gen)
+        idx, steps_e, s = self._epoch_order(trusted, labels, gen)
         all_done = bool(self.tad is None)  # every expert takes every step: skip the masking
         loss_sum = torch.zeros(e, device=self.device)
         criterion = self._criterion()
