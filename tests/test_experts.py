@@ -234,6 +234,9 @@ def test_balanced_epoch_draws_every_trusted_class_equally_often():
     torch.testing.assert_close(labels[1, used1].bincount(minlength=C)[:3] / used1.numel(),
                                torch.tensor([0.5, 0.5, 0.0]), atol=0.02, rtol=0)
     assert len(set(idx[0].tolist())) < idx.shape[1]  # with replacement: the small classes repeat
+    nothing = torch.zeros(1, n, dtype=torch.bool)  # an expert with an empty trusted space takes no step
+    idx, steps, s = t._epoch_order(nothing, labels[:1], torch.Generator().manual_seed(0))
+    assert steps.tolist() == [0] and s == 0 and idx.shape == (1, 0)
 
 
 def test_bad_input_is_explained(tmp_path):

@@ -430,7 +430,8 @@ class ExpertTrainer:
             per_class = torch.zeros(e, self.net.num_classes, device=self.device).scatter_add_(
                 1, labels, trusted.float())  # [E, C] trusted samples per label
             weight = trusted.float() / per_class.gather(1, labels).clamp_min(1.0)
-            weight[counts == 0] = 1.0  # an expert without trusted samples takes no step; any row will do
+            # an expert without trusted samples takes no step, but multinomial needs a positive row
+            weight = torch.where((counts == 0).unsqueeze(1), torch.ones_like(weight), weight)
             return torch.multinomial(weight, max(s * b, 1), replacement=True, generator=gen)[:, :s * b], steps_e, s
         keys = torch.rand(e, n, generator=gen, device=self.device)
         keys = keys.masked_fill(~trusted, 2.0)  # untrusted last
