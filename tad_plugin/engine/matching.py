@@ -133,8 +133,9 @@ class MatchingConfig:
             dozens per call; an H100 profile showed the IPC-10 iteration launch-bound, its kernels busy 44% of
             the time: with CUDA graphs, 0.137 s and 0.73 GiB per IPC-10 iteration with ``recompute_steps``
             vs 0.221 s in the default mode on the same H100, the same images to 1e-6 relative;
-            examples/results/benchmark_engine.md note 12) or ``"max-autotune-no-cudagraphs"``. Ignored by
-            the other routes; on a CPU all three compile alike.
+            examples/results/benchmark_engine.md note 12; measured on one GPU only, not yet with several
+            ranks) or ``"max-autotune-no-cudagraphs"``. Ignored by the other routes; on a CPU all three
+            compile alike.
     """
 
     iterations: int = 5000
