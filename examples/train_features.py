@@ -144,6 +144,9 @@ def main() -> int:
     p.add_argument("--lars-eta", type=float, default=1e-3, help="LARS trust coefficient")
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--warmup-epochs", type=int, default=10)
+    p.add_argument("--crop-min-scale", type=float, default=AugmentConfig().crop_scale[0],
+                   help="RandomResizedCrop's smallest crop area, as a fraction of the image (torchvision's "
+                        "default is 0.08)")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-compile", action="store_true")
@@ -167,7 +170,7 @@ def main() -> int:
                          optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, lars_eta=args.lars_eta,
                          temperature=args.temperature, warmup_epochs=args.warmup_epochs, eval_every=args.eval_every,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, compile=not args.no_compile,
-                         augment=AugmentConfig())
+                         augment=AugmentConfig(crop_scale=(args.crop_min_scale, 1.0)))
     record: dict = {"dataset": args.name, "note": args.note, "command": " ".join(["python"] + sys.argv),
                     "commit": args.commit or git_commit(ROOT) or "unknown",
                     "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "torch": torch.__version__,
