@@ -310,6 +310,18 @@ def _acc(record: dict | None) -> str:
     return f"{last} (best {100 * r['test_acc_best_mean']:.1f} +- {100 * r['test_acc_best_std']:.1f} @ {r['best_iteration']})"
 
 
+#: The paper's clean MTT row (CIFAR-10, IPC 10) and issue 3's target for it on the JPEG copy.
+PAPER_CLEAN_MTT, CLEAN_TARGET = 65.3, 63.0
+
+
+def best_clean(results: Path) -> tuple[str, dict] | None:
+    """The finished clean-label MTT record under ``results/clean`` with the highest final accuracy, as
+    ``(name, record)``; None when there is none."""
+    done = [(p.stem, json.loads(p.read_text())) for p in sorted((results / "clean").glob("*.json"))]
+    done = [(n, r) for n, r in done if "test_acc_mean" in r.get("results", {})]
+    return max(done, key=lambda nr: nr[1]["results"]["test_acc_mean"]) if done else None
+
+
 def page(results: Path = RESULTS) -> str:
     """The results page (Markdown) from the cells' JSON files in ``results``."""
     def load(cell: str) -> dict | None:
@@ -334,6 +346,12 @@ def page(results: Path = RESULTS) -> str:
             met = "yes" if ours_tad >= target and ours_tad - ours_noisy >= gain else "no"
         lines.append(f"| {setting} | {p_noisy} | {p_tad} | {_acc(noisy)} | {_acc(tad)} | TAD >= {target}, "
                      f">= +{gain} | {met} |")
+    clean = best_clean(results)
+    if clean is not None:
+        name, rec = clean
+        lines += ["", f"Clean-label reference (MTT without noise, its best run here; the paper's MTT: "
+                      f"{PAPER_CLEAN_MTT}, issue 3's target on this copy >= {CLEAN_TARGET}): `clean/{name}` {_acc(rec)}; "
+                      f"{budget(rec)}."]
     lines += ["", "Budgets, devices and commits:", ""]
     for cell in cells():
         rec = load(cell)

@@ -252,3 +252,17 @@ def test_the_budget_line_says_how_many_labels_were_wrong():
     assert repro.budget(rec) == ("20 experts x 23 epochs, 1000 iterations, 5 evaluation nets; 16.0% of the "
                                  "training labels wrong")
     assert "labels wrong" not in repro.budget({"config": {}})  # older records without the rate
+
+
+def test_page_gives_the_best_finished_clean_run_as_the_ceiling(tmp_path):
+    (tmp_path / "clean").mkdir()
+    def rec(acc, experts):
+        return {"results": {"test_acc_mean": acc, "test_acc_std": 0.004}, "config": {"buffer": {"num_experts": experts,
+                "epochs": 23}, "distill": {"iterations": 3000}, "eval": {"num_eval": 5}}}
+    (tmp_path / "clean" / "mtt-clean-e20.json").write_text(json.dumps(rec(0.603, 20)))
+    (tmp_path / "clean" / "mtt-clean-e100.json").write_text(json.dumps(rec(0.628, 100)))
+    (tmp_path / "clean" / "mtt-clean-partial.json").write_text(json.dumps({"config": {}, "results": {}}))
+    line = next(x for x in repro.page(tmp_path).splitlines() if x.startswith("Clean-label reference"))
+    assert "`clean/mtt-clean-e100` 62.8 +- 0.4; 100 experts x 23 epochs, 3000 iterations, 5 evaluation nets" in line
+    assert "the paper's MTT: 65.3" in line
+    assert not any(x.startswith("Clean-label reference") for x in repro.page(tmp_path / "clean").splitlines())
