@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .checks import check_labels
 from .files import atomic_write, atomic_write_json
 
 __all__ = ["TrustRound", "TrustReport", "per_class_trust", "least_precise", "least_recalled"]
@@ -191,9 +192,8 @@ def per_class_trust(trusted: torch.Tensor, labels: torch.Tensor, clean_labels: t
     if not trusted.shape == labels.shape == clean.shape or trusted.dim() != 1:
         raise ValueError(f"trusted, labels and clean_labels must be 1-D of one length, got {tuple(trusted.shape)}, "
                          f"{tuple(labels.shape)} and {tuple(clean.shape)}")
-    for name, t in (("labels", labels), ("clean_labels", clean)):
-        if t.numel() and not (0 <= int(t.min()) and int(t.max()) < num_classes):
-            raise ValueError(f"{name} must lie in [0, {num_classes}), got [{int(t.min())}, {int(t.max())}]")
+    check_labels(labels, num_classes)
+    check_labels(clean, num_classes, "clean_labels")
     # confusion[c, k]: trusted samples labelled c whose true class is k
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long)
     confusion.index_add_(0, labels[trusted] * num_classes + clean[trusted], torch.ones(int(trusted.sum()), dtype=torch.long))
@@ -215,8 +215,7 @@ def per_class_trust(trusted: torch.Tensor, labels: torch.Tensor, clean_labels: t
 def least_precise(per_class: list[dict[str, object]], count: int = 3) -> list[dict[str, object]]:
     """The ``count`` rows of :func:`per_class_trust` with the lowest precision (classes without trusted
     samples left out), lowest first."""
-    rows = [r for r in per_class if r["precision"] is not None]
-    return sorted(rows, key=lambda r: float(r["precision"]))[:count]  # type: ignore[arg-type]
+    return _lowest(per_class, "precision", count)
 
 
 def least_recalled(per_class: list[dict[str, object]], count: int = 3) -> list[dict[str, object]]:
@@ -224,8 +223,12 @@ def least_recalled(per_class: list[dict[str, object]], count: int = 3) -> list[d
     without clean samples left out), lowest first: where the division drops correctly labelled samples
     (a class that asymmetric noise flips away from is clean yet loses its harder half to the class-mean
     threshold, Eq. 5)."""
-    rows = [r for r in per_class if r["clean_recall"] is not None]
-    return sorted(rows, key=lambda r: float(r["clean_recall"]))[:count]  # type: ignore[arg-type]
+    return _lowest(per_class, "clean_recall", count)
+
+
+def _lowest(per_class: list[dict[str, object]], key: str, count: int) -> list[dict[str, object]]:
+    rows = [r for r in per_class if r[key] is not None]
+    return sorted(rows, key=lambda r: float(r[key]))[:count]  # type: ignore[arg-type]
 
 
 def _mean(mask: torch.Tensor) -> float | None:
