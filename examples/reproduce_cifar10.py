@@ -69,6 +69,8 @@ OTHER_RESULTS = (
     ("benchmark_augment_h100.json", "SimCLR augmentation alone on an H100, eager vs compiled pixel operations"),
     ("features_cifar10_throughput_h100_2026-11-26.json", "SimCLR training throughput on an H100 with the compiled augmentation"),
     ("recalibration_sweep.md", "the inner loop's vote settings on digits and on SimCLR CIFAR-10 features (CPU)"),
+    ("cifar10/division/README.md", "the final division under three threshold rules (Eq. 5's class mean, global 0.5, "
+     "min of both), per class, on CIFAR-10 sym40 and asym40"),
     ("cifar10/first_gpu_runs/README.md", "first CIFAR-10 GPU runs: a pipeline check (no ZCA), not results"),
     ("../upstream/README.md", "`tad wrap` on the real MTT / FTD / DATM / ATT code"),
 )

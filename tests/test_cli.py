@@ -12,12 +12,6 @@ from tad_plugin.cli import DEMO_CONFIG, build_parser, config_from_args, main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 0
-    return out
-
 
 def test_quick_demo_runs_end_to_end(quick_demo, capsys):
     summary = json.loads((quick_demo / "demo.json").read_text())

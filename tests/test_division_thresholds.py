@@ -1,0 +1,50 @@
+"""examples/division_thresholds.py: the statistics of a trusted mask, and the comparison on a finished run."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "division_thresholds.py"
+spec = importlib.util.spec_from_file_location("division_thresholds", SCRIPT)
+dt = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(dt)
+
+
+def test_division_stats_by_hand():
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    clean = torch.tensor([0, 0, 1, 1, 1, 0])  # samples 2 and 5 mislabelled
+    trusted = torch.tensor([True, False, True, True, True, False])
+    s = dt.division_stats(trusted, labels, clean, 3)
+    assert s["trusted"] == 4
+    assert s["precision"] == 0.75  # 3 of the 4 trusted are right
+    assert s["recall"] == 0.75  # 3 of the 4 right ones are trusted
+    assert s["clean_recall_per_class"] == [0.5, 1.0, None]  # class 2 has no correctly labelled sample
+
+
+def test_compare_on_a_finished_tad_run(quick_demo, tmp_path, capsys):
+    out = tmp_path / "division.json"
+    dt.main(["--run", str(quick_demo / "tad"), "--dataset", "digits", "--experts", "1", "--device", "cpu",
+             "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert list(result) == ["0"]
+    res = result["0"]
+    tau = torch.tensor(res["class_mean_tau"])
+    assert len(tau) == 10 and bool(((tau > 0) & (tau <= 1)).all())
+    for rule in dt.RULES:
+        s = res[rule]
+        assert 0 < s["trusted"] <= 1797 and 0.5 < s["precision"] <= 1 and 0 < s["recall"] <= 1
+    # min(class mean, 0.5) never trusts fewer than either of the other two rules
+    assert res["min(class mean, 0.5)"]["trusted"] >= max(res["global 0.5"]["trusted"], res["class mean (Eq. 5)"]["trusted"])
+    assert "| 0 | global 0.5 |" in capsys.readouterr().out
+
+
+def test_a_folder_without_labels_is_named(tmp_path, quick_demo):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_demo / "tad" / "buffer", run / "buffer")
+    with pytest.raises(FileNotFoundError, match="labels.pt is missing"):
+        dt.compare(run, 1, "digits", torch.device("cpu"))
