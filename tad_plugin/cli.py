@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a distilled set on the clean test set")
     _common(p)
     p.add_argument("--synthetic", metavar="FILE", help="distilled set (default OUT/distilled.pt)")
+    p.add_argument("--best", action="store_true", help="evaluate the set of the best evaluation during distillation "
+                   "(kept in the distilled file, as upstream MTT's images_best.pt) instead of the final images")
     p = sub.add_parser("run", help="the whole pipeline: noise -> buffer -> distill -> eval")
     _common(p)
     p.add_argument("--buffer", metavar="DIR", help="reuse the experts in DIR (another run's buffer with the same "
@@ -493,6 +495,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cfg, pipe, out, log = _setup(args)
     data = prepare_data(cfg.data)
     result, pre = load_distilled(args.synthetic or out / "distilled.pt")
+    if args.best:
+        result = result.best_result()
+        log.result(evaluated_set=f"best of distillation (iteration {result.best['iteration']}, {result.best['which']})")
     res = _stage_eval(pipe, result, data, log, pre.to(pipe.device))
     print(f"test accuracy {100 * res['test_acc_mean']:.2f} +- {100 * res['test_acc_std']:.2f} %; record {log.path}")
     return 0
@@ -517,7 +522,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(summary)
     print(f"{name + ' + TAD' if cfg.tad.enabled else name}: test accuracy {100 * res['test_acc_mean']:.2f} +- "
           f"{100 * res['test_acc_std']:.2f} % (noise rate {data.noise_rate:.3f}); record {log.path}")
+    best = best_line(log.record.get("results", {}), cfg.distill.iterations, out / "distilled.pt")
+    if best:
+        print(best)
     return 0
+
+
+def best_line(results: dict[str, Any], iterations: int, distilled: Path) -> str | None:
+    """A line on the best evaluation during distillation when it came before the last iteration (the final
+    images are then not the best ones), naming where its set is kept; None otherwise."""
+    if "best_iteration" not in results or results["best_iteration"] >= iterations:
+        return None
+    which = "EMA images" if results.get("best_of") == "ema" else "images"
+    return (f"best during distillation: {100 * results['test_acc_best_mean']:.2f} +- "
+            f"{100 * results['test_acc_best_std']:.2f} % at iteration {results['best_iteration']} ({which}); that set "
+            f"is kept in {distilled} (`tad eval --best` with this run's --config and --out evaluates it again)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -229,3 +229,31 @@ def test_the_distill_record_keeps_the_unstable_matching_losses():
                                        history=history), 1.0)
     assert log.info["max_matching_loss"] == 3.3 and log.info["unstable_loss_iterations"] == [20]
     assert log.info["evaluations"] == [{"iteration": 20, "syn_lr": 0.07, "mean": 0.2, "std": 0.0}]
+
+
+def test_eval_best_evaluates_the_kept_best_set(quick_demo, tmp_path, capsys):
+    from tad_plugin.cli import QUICK_DEMO_OVERRIDES
+    from tad_plugin.engine.config import merge
+    from tad_plugin.engine.pipeline import load_distilled
+
+    distilled = quick_demo / "tad" / "distilled.pt"
+    result, _ = load_distilled(distilled)
+    assert result.best_set is not None and result.best_set["images"].shape == result.images.shape
+    cfg_file = tmp_path / "quick.yaml"
+    cfg_file.write_text(yaml.safe_dump(merge(DEMO_CONFIG, QUICK_DEMO_OVERRIDES)))
+    assert main(["eval", "--config", str(cfg_file), "--synthetic", str(distilled), "--best", "--out",
+                 str(tmp_path / "ev"), "--no-progress"]) == 0
+    record = json.loads((tmp_path / "ev" / "result_eval.json").read_text())
+    assert record["results"]["evaluated_set"].startswith(f"best of distillation (iteration {result.best['iteration']}")
+    assert 0.0 <= record["results"]["test_acc_mean"] <= 1.0
+
+
+def test_best_line_only_when_the_best_came_before_the_end(tmp_path):
+    from tad_plugin.cli import best_line
+
+    res = {"best_iteration": 750, "test_acc_best_mean": 0.58, "test_acc_best_std": 0.006, "best_of": "images"}
+    line = best_line(res, 1000, tmp_path / "distilled.pt")
+    assert line.startswith("best during distillation: 58.00 +- 0.60 % at iteration 750 (images)")
+    assert str(tmp_path / "distilled.pt") in line and "tad eval --best" in line
+    assert best_line({**res, "best_iteration": 1000}, 1000, tmp_path / "d.pt") is None
+    assert best_line({}, 1000, tmp_path / "d.pt") is None

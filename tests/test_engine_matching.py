@@ -190,3 +190,56 @@ def test_an_unstable_matching_loss_is_warned_about_once_per_episode(toy, caplog)
     warned = [r.getMessage() for r in caplog.records if "matching loss is" in r.getMessage()]
     assert len(warned) == 2 and "3.3 at iteration 2" in warned[0] and "2.5 at iteration 5" in warned[1]
     assert [h["loss"] for h in m.history if h["iteration"] in spikes] == pytest.approx([3.3, 2.0, 2.5])
+
+
+class _ScriptedEvaluator:
+    """An evaluator whose accuracies follow a script (one per call), recording the images it was given."""
+
+    def __init__(self, means):
+        self.means, self.calls, self.seen = list(means), 0, []
+
+    def run(self, images, labels, lr, init=None):
+        from tad_plugin.engine.evaluate import EvalResult
+
+        self.seen.append(images.detach().cpu().clone())
+        mean = self.means[self.calls]
+        self.calls += 1
+        return EvalResult((mean, mean), 0.0), torch.zeros(2, 1)
+
+
+def test_the_best_evaluation_s_set_is_kept_through_a_resume_and_the_distilled_file(toy, tmp_path):
+    from tad_plugin.engine.pipeline import load_distilled, save_distilled
+
+    net, trajs, images, labels, _, _ = toy
+    cfg = MatchingConfig(iterations=6, syn_steps=2, expert_epochs=1, max_start_epoch=2, lr_img=10.0,
+                         eval_every=2, checkpoint_every=2, log_every=2)
+    ck = tmp_path / "ck.pt"
+    ev = _ScriptedEvaluator([0.3, 0.6, 0.6, 0.4])  # iterations 0, 2, 4, 6: the best is 2 (ties keep the earlier)
+    first = TrajectoryMatcher(net, cfg, trajs, images, labels, evaluator=ev, checkpoint=ck, progress=False)
+    first.evaluate()
+    first.step()
+    first.step()
+    first.evaluate()  # iteration 2, the best
+    first.save(ck)
+    first.step()  # then stopped as a killed run: the resumed run must take the best set from the checkpoint
+    resumed = TrajectoryMatcher(net, cfg, trajs, images, labels, evaluator=ev, checkpoint=ck, progress=False)
+    result = resumed.run()
+    assert [h["iteration"] for h in result.history if "eval" in h] == [0, 2, 4, 6]
+    assert result.best["iteration"] == 2 and result.best["mean"] == 0.6
+    assert torch.equal(result.best_set["images"], ev.seen[1])  # the images evaluated at iteration 2
+    assert not torch.equal(result.best_set["images"], result.images)  # not the final ones
+    assert result.best_set["syn_lr"] == result.history[[h.get("iteration") for h in result.history].index(2)]["syn_lr"]
+    best = result.best_result()
+    assert torch.equal(best.images, ev.seen[1]) and best.ema_images is None
+    save_distilled(result, tmp_path / "distilled.pt", Preprocessor("normalize", torch.zeros(1), torch.ones(1)))
+    loaded, _ = load_distilled(tmp_path / "distilled.pt")
+    assert torch.equal(loaded.best_result().images, ev.seen[1])
+
+
+def test_a_run_without_evaluations_has_no_best_set(toy):
+    net, trajs, images, labels, _, _ = toy
+    cfg = MatchingConfig(iterations=2, syn_steps=2, expert_epochs=1, max_start_epoch=2, eval_every=0, log_every=1)
+    result = TrajectoryMatcher(net, cfg, trajs, images, labels, progress=False).run()
+    assert result.best_set is None
+    with pytest.raises(ValueError, match="eval_every > 0"):
+        result.best_result()

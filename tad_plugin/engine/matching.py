@@ -211,6 +211,10 @@ class DistillResult:
         history: one dict per log point / evaluation (iteration, loss, syn_lr, eval results).
         best: the evaluation with the highest mean accuracy ({"iteration", "mean", "std", "which"}),
             None if nothing was evaluated.
+        best_set: the distilled set of that evaluation, as upstream MTT's ``images_best.pt``: {"images"
+            (float [M, C, H, W], the EMA images when ``best["which"]`` is "ema"), "labels" (as ``labels``),
+            "syn_lr" (float)}; None if nothing was evaluated. Distillation can fall after its best point
+            (a step size that keeps growing), so the last images are not always the ones to keep.
     """
 
     images: Tensor
@@ -219,6 +223,16 @@ class DistillResult:
     ema_images: Tensor | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
+    best_set: dict[str, Any] | None = None
+
+    def best_result(self) -> DistillResult:
+        """The best evaluation's set as a result of its own (images, labels, step size; no EMA), to evaluate or
+        save. Raises ValueError when the run made no evaluation (``distill.eval_every`` 0)."""
+        if self.best_set is None:
+            raise ValueError("this distilled set has no best snapshot: its run made no evaluation during "
+                             "distillation (set distill.eval_every > 0), so only its final images exist")
+        b = self.best_set
+        return DistillResult(b["images"], b["labels"], float(b["syn_lr"]), history=self.history, best=self.best)
 
 
 _DISTANCES = ("l1", "squared_l2")
@@ -344,6 +358,7 @@ class TrajectoryMatcher:
             else None
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
+        self._best_set: dict[str, Any] | None = None  # see _keep_if_best
         self._order: list[int] = []
         self._chunks: list[Tensor] = []
         self._losses = torch.zeros(c.iterations, device=self.device)
@@ -463,9 +478,20 @@ class TrajectoryMatcher:
             init = nets if self.config.ema_eval_reuses_raw_net else None
             entry["eval_ema"] = self.evaluator.run(self.ema, self.labels.detach(), lr, init=init)[0].as_dict()
         self.history.append(entry)
+        self._keep_if_best(entry)
         if self.ranks.is_main:
             self._report_evaluation(entry)
         return entry
+
+    def _keep_if_best(self, entry: dict[str, Any]) -> None:
+        """Keep a CPU copy of the evaluated set when it beats every earlier evaluation (images or EMA images;
+        ties keep the earlier one), as :meth:`result`'s ``best`` picks it."""
+        best = -math.inf if self._best_set is None else self._best_set["mean"]
+        for which, images in (("eval", self.images), ("eval_ema", self.ema)):
+            if which in entry and entry[which]["mean"] > best:
+                best = entry[which]["mean"]
+                self._best_set = {"images": images.detach().cpu().clone(), "labels": self.labels.detach().cpu().clone(),
+                                  "syn_lr": entry["syn_lr"], "mean": best}
 
     def _report_evaluation(self, entry: dict[str, Any]) -> None:
         """One log line per evaluation, and, with a checkpoint, ``evaluations.json`` beside it: every
@@ -551,8 +577,9 @@ class TrajectoryMatcher:
                 if which in h and (best is None or h[which]["mean"] > best["mean"]):
                     best = {"iteration": h["iteration"], "mean": h[which]["mean"], "std": h[which]["std"],
                             "which": "ema" if which == "eval_ema" else "images"}
+        best_set = None if self._best_set is None else {k: v for k, v in self._best_set.items() if k != "mean"}
         return DistillResult(self.images.detach().cpu(), self.labels.detach().cpu(), float(self.syn_lr.detach()),
-                             None if self.ema is None else self.ema.cpu(), list(self.history), best)
+                             None if self.ema is None else self.ema.cpu(), list(self.history), best, best_set)
 
     # ---- checkpointing -------------------------------------------------------------------------------
 
@@ -566,7 +593,7 @@ class TrajectoryMatcher:
                 "ema": None if self.ema is None else self.ema.cpu(), "gen": self.gen.get_state(),
                 "dev_gen": self.dev_gen.get_state(), "dsa": None if self.dsa is None else self.dsa.state_dict(),
                 "order": list(self._order), "chunks": [ch.cpu() for ch in self._chunks],
-                "losses": self._losses.cpu(), "history": self.history, "gated": self.gated,
+                "losses": self._losses.cpu(), "history": self.history, "gated": self.gated, "best_set": self._best_set,
                 "evaluator_calls": None if self.evaluator is None else self.evaluator.calls}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -604,6 +631,7 @@ class TrajectoryMatcher:
             done = int(state["iteration"])  # a run extended to more iterations keeps its losses so far
             self._losses[:done].copy_(state["losses"][:done])
             self.history = list(state["history"])
+            self._best_set = state.get("best_set")  # None in checkpoints written before it was kept
             self.gated = int(state.get("gated", 0))
             if self.evaluator is not None and state["evaluator_calls"] is not None:
                 self.evaluator.calls = int(state["evaluator_calls"])

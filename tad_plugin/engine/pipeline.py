@@ -370,12 +370,12 @@ class Pipeline:
 
 def save_distilled(result: DistillResult, path: str | os.PathLike[str], preprocess: Preprocessor,
                    settings: dict[str, Any] | None = None) -> Path:
-    """Write a distilled set (images, labels, syn_lr, the EMA images if any, the transform, the
-    ``settings`` it was made with) atomically, loadable with ``weights_only=True``."""
+    """Write a distilled set (images, labels, syn_lr, the EMA images if any, the best evaluation's set if
+    any, the transform, the ``settings`` it was made with) atomically, loadable with ``weights_only=True``."""
     payload = {"images": result.images.cpu(), "labels": result.labels.cpu(), "syn_lr": float(result.syn_lr),
                "ema_images": None if result.ema_images is None else result.ema_images.cpu(),
-               "preprocess": preprocess.state_dict(), "best": result.best, "history": result.history,
-               "settings": settings}
+               "preprocess": preprocess.state_dict(), "best": result.best, "best_set": result.best_set,
+               "history": result.history, "settings": settings}
     atomic_torch_save(payload, path)
     return Path(path)
 
@@ -388,7 +388,7 @@ def load_distilled(path: str | os.PathLike[str]) -> tuple[DistillResult, Preproc
     try:
         p = torch.load(path, map_location="cpu", weights_only=True)
         result = DistillResult(p["images"], p["labels"], float(p["syn_lr"]), ema_images=p.get("ema_images"),
-                               history=list(p["history"]), best=p["best"])
+                               history=list(p["history"]), best=p["best"], best_set=p.get("best_set"))
         return result, Preprocessor.from_state_dict(p["preprocess"])
     except Exception as exc:
         raise ValueError(f"cannot read distilled set {path}: {exc}; re-run `tad distill`") from exc
