@@ -362,8 +362,8 @@ def page(results: Path = RESULTS) -> str:
             reused = rec.get("stages", {}).get("buffer", {}).get("reused")
             if reused:
                 batch = rec["stages"]["buffer"].get("reused_meta", {}).get("buffer", {}).get("batch_size")
-                lines.append(f"  - experts not trained here: distilled from the buffer `{reused}` (another cell's, "
-                             f"same noise and arm; expert batch {batch})")
+                lines.append(f"  - experts not trained here: distilled from the buffer `{reused}` (trained by "
+                             f"another run with the same labels and TAD arm; expert batch {batch})")
             lines += trust_lines(cell, rec, results)
     lines += curves_section(results)
     lines += ["", "CIFAR-100 and Tiny ImageNet: their images are not available where these runs were made; "

@@ -102,8 +102,8 @@ def test_page_says_which_cells_reused_another_cells_experts(tmp_path):
     rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
            "stages": {"buffer": {"reused": "runs/sym40-noisy/buffer", "reused_meta": {"buffer": {"batch_size": 256}}}}}
     (tmp_path / "att-sym40-noisy.json").write_text(json.dumps(rec))
-    assert ("distilled from the buffer `runs/sym40-noisy/buffer` (another cell's, same noise and arm; expert "
-            "batch 256)") in repro.page(tmp_path)
+    assert ("distilled from the buffer `runs/sym40-noisy/buffer` (trained by another run with the same labels and "
+            "TAD arm; expert batch 256)") in repro.page(tmp_path)
 
 
 def test_page_shows_the_best_evaluation_point_beside_the_last(tmp_path):
