@@ -358,7 +358,7 @@ class TrajectoryMatcher:
             else None
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
-        self._best_set: dict[str, Any] | None = None  # see _keep_if_best
+        self._best: dict[str, Any] | None = None  # see _keep_if_best
         self._order: list[int] = []
         self._chunks: list[Tensor] = []
         self._losses = torch.zeros(c.iterations, device=self.device)
@@ -484,14 +484,14 @@ class TrajectoryMatcher:
         return entry
 
     def _keep_if_best(self, entry: dict[str, Any]) -> None:
-        """Keep a CPU copy of the evaluated set when it beats every earlier evaluation (images or EMA images;
-        ties keep the earlier one), as :meth:`result`'s ``best`` picks it."""
-        best = -math.inf if self._best_set is None else self._best_set["mean"]
+        """Remember the evaluation (and keep a CPU copy of its set) when it beats every earlier one: the raw
+        images, then the EMA images; ties keep the earlier."""
         for which, images in (("eval", self.images), ("eval_ema", self.ema)):
-            if which in entry and entry[which]["mean"] > best:
-                best = entry[which]["mean"]
-                self._best_set = {"images": images.detach().cpu().clone(), "labels": self.labels.detach().cpu().clone(),
-                                  "syn_lr": entry["syn_lr"], "mean": best}
+            if which in entry and (self._best is None or entry[which]["mean"] > self._best["mean"]):
+                self._best = {"iteration": entry["iteration"], "mean": entry[which]["mean"],
+                              "std": entry[which]["std"], "which": "ema" if which == "eval_ema" else "images",
+                              "images": images.detach().cpu().clone(), "labels": self.labels.detach().cpu().clone(),
+                              "syn_lr": entry["syn_lr"]}
 
     def _report_evaluation(self, entry: dict[str, Any]) -> None:
         """One log line per evaluation, and, with a checkpoint, ``evaluations.json`` beside it: every
@@ -571,13 +571,10 @@ class TrajectoryMatcher:
         return lr
 
     def result(self) -> DistillResult:
-        best = None
-        for h in self.history:
-            for which in ("eval", "eval_ema"):
-                if which in h and (best is None or h[which]["mean"] > best["mean"]):
-                    best = {"iteration": h["iteration"], "mean": h[which]["mean"], "std": h[which]["std"],
-                            "which": "ema" if which == "eval_ema" else "images"}
-        best_set = None if self._best_set is None else {k: v for k, v in self._best_set.items() if k != "mean"}
+        best = best_set = None
+        if self._best is not None:
+            best = {k: self._best[k] for k in ("iteration", "mean", "std", "which")}
+            best_set = {k: self._best[k] for k in ("images", "labels", "syn_lr")}
         return DistillResult(self.images.detach().cpu(), self.labels.detach().cpu(), float(self.syn_lr.detach()),
                              None if self.ema is None else self.ema.cpu(), list(self.history), best, best_set)
 
@@ -593,7 +590,7 @@ class TrajectoryMatcher:
                 "ema": None if self.ema is None else self.ema.cpu(), "gen": self.gen.get_state(),
                 "dev_gen": self.dev_gen.get_state(), "dsa": None if self.dsa is None else self.dsa.state_dict(),
                 "order": list(self._order), "chunks": [ch.cpu() for ch in self._chunks],
-                "losses": self._losses.cpu(), "history": self.history, "gated": self.gated, "best_set": self._best_set,
+                "losses": self._losses.cpu(), "history": self.history, "gated": self.gated, "best": self._best,
                 "evaluator_calls": None if self.evaluator is None else self.evaluator.calls}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -631,7 +628,7 @@ class TrajectoryMatcher:
             done = int(state["iteration"])  # a run extended to more iterations keeps its losses so far
             self._losses[:done].copy_(state["losses"][:done])
             self.history = list(state["history"])
-            self._best_set = state.get("best_set")  # None in checkpoints written before it was kept
+            self._best = state.get("best")  # None in checkpoints written before the best set was kept
             self.gated = int(state.get("gated", 0))
             if self.evaluator is not None and state["evaluator_calls"] is not None:
                 self.evaluator.calls = int(state["evaluator_calls"])
