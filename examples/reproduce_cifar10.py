@@ -71,6 +71,8 @@ OTHER_RESULTS = (
     ("recalibration_sweep.md", "the inner loop's vote settings on digits and on SimCLR CIFAR-10 features (CPU)"),
     ("cifar10/division/README.md", "the final division under three threshold rules (Eq. 5's class mean, global 0.5, "
      "min of both), per class, on CIFAR-10 sym40 and asym40"),
+    ("expert_displacement_digits.md", "how far experts move per 2 epochs: noisy vs TAD with and without reverse CE "
+     "(digits, CPU), beside the learned step size"),
     ("cifar10/first_gpu_runs/README.md", "first CIFAR-10 GPU runs: a pipeline check (no ZCA), not results"),
     ("../upstream/README.md", "`tad wrap` on the real MTT / FTD / DATM / ATT code"),
 )
