@@ -266,3 +266,16 @@ def test_page_gives_the_best_finished_clean_run_as_the_ceiling(tmp_path):
     assert "`clean/mtt-clean-e100` 62.8 +- 0.4; 100 experts x 23 epochs, 3000 iterations, 5 evaluation nets" in line
     assert "the paper's MTT: 65.3" in line
     assert not any(x.startswith("Clean-label reference") for x in repro.page(tmp_path / "clean").splitlines())
+
+
+def test_page_draws_the_pairs_only_when_a_cell_has_finished(tmp_path):
+    png = tmp_path / "pairs.png"
+    assert "pairs.png" not in repro.page(tmp_path) and not png.exists()  # nothing recorded yet
+    rec = {"results": {"test_acc_mean": 0.55, "test_acc_std": 0.01, "test_acc_best_mean": 0.58,
+                       "test_acc_best_std": 0.01, "best_iteration": 750}, "config": {}}
+    (tmp_path / "att-sym40-tad.json").write_text(json.dumps(rec))
+    text = repro.page(tmp_path)
+    if importlib.util.find_spec("matplotlib") is None:
+        assert not png.exists() and "pairs.png" not in text
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "![method vs method + TAD](cifar10/pairs.png)" in text
