@@ -44,6 +44,10 @@ VARIANTS = {
     "fp32-compile-E20": (20, {"compile": True}, False),
     "bf16-compile-E20": (20, {"amp": True, "compile": True}, False),
     "bf16-channels_last-compile-E20": (20, {"amp": True, "channels_last": True, "compile": True}, False),
+    # more experts per launch (the launch-bound share shrinks), and DSA's share of the step (diagnostic only: the
+    # official epoch has DSA, so the speed target does too)
+    "bf16-compile-E40": (40, {"amp": True, "compile": True}, False),
+    "bf16-compile-E20-nodsa": (20, {"amp": True, "compile": True, "dsa": False}, False),
     # ZCA-whitened inputs, as the CIFAR-10 configs train: whitened once per set (buffer.cache_inputs, the
     # default) or every batch (a 3072 x 3072 product per step, pass and test chunk)
     "fp32-zca": (10, {}, False),
