@@ -67,7 +67,10 @@ def compare(run: Path, experts: int, dataset: str, device: torch.device, batch_s
     model = store.meta.get("model", {})
     net = ConvNetConfig.for_dataset(ds, width=model.get("width") or 128, depth=model.get("depth"))
     state = store.preprocess_state()
-    pre = Preprocessor.from_state_dict(state).to(device) if state is not None else None
+    if state is None:
+        raise ValueError(f"{run / 'buffer'} has no preprocess.pt (the transform its experts trained with): "
+                         f"it was not written by `tad buffer` / `tad run`")
+    pre = Preprocessor.from_state_dict(state).to(device)
     images = ds.train_images.to(device)
     finished = store.finished()
     if not finished:
@@ -76,7 +79,7 @@ def compare(run: Path, experts: int, dataset: str, device: torch.device, batch_s
     for e in finished[:experts]:
         rec = store.load_expert(e)
         if rec.trusted is None:
-            raise ValueError(f"expert {e} of {run / 'buffer'} has no per-epoch labels: it was not a TAD run")
+            raise ValueError(f"expert {e} of {run / 'buffer'} has no trusted spaces: it was trained without TAD")
         y = rec.labels_at(rec.epochs - 1).to(device)
         losses, _ = per_sample_losses(net, rec.params[-1:].to(device), images, y, pre, batch_size)
         split = divide_by_loss(losses[0], y, ds.num_classes)

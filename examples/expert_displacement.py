@@ -51,7 +51,7 @@ def summary(stores: dict[str, TrajectoryStore], expert_epochs: int, max_experts:
 
 def table(result: dict, expert_epochs: int) -> str:
     width = max(len(r["mean"]) for r in result.values())
-    lines = [f"| buffer (experts) | " + " | ".join(f"t={t}" for t in range(width)) + " |",
+    lines = ["| buffer (experts) | " + " | ".join(f"t={t}" for t in range(width)) + " |",
              "| --- |" + " ---: |" * width]
     for name, r in result.items():
         lines.append(f"| {name} ({r['experts']}) | " + " | ".join(f"{m:.3f}" for m in r["mean"]) + " |")

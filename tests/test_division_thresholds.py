@@ -48,3 +48,8 @@ def test_a_folder_without_labels_is_named(tmp_path, quick_demo):
     shutil.copytree(quick_demo / "tad" / "buffer", run / "buffer")
     with pytest.raises(FileNotFoundError, match="labels.pt is missing"):
         dt.compare(run, 1, "digits", torch.device("cpu"))
+
+
+def test_a_run_without_tad_is_named(quick_demo):
+    with pytest.raises(ValueError, match="trained without TAD"):
+        dt.compare(quick_demo / "noisy", 1, "digits", torch.device("cpu"))
