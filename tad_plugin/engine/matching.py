@@ -230,7 +230,8 @@ class DistillResult:
         save. Raises ValueError when the run made no evaluation (``distill.eval_every`` 0)."""
         if self.best_set is None:
             raise ValueError("this distilled set has no best snapshot: its run made no evaluation during "
-                             "distillation (set distill.eval_every > 0), so only its final images exist")
+                             "distillation (set distill.eval_every > 0) or was written by a tad_plugin that did not "
+                             "keep one, so only its final images exist")
         b = self.best_set
         return DistillResult(b["images"], b["labels"], float(b["syn_lr"]), history=self.history, best=self.best)
 
