@@ -66,9 +66,13 @@ def test_page_shows_the_trusted_space_at_each_consensus_level(tmp_path):
                                              "1": {**level, "trusted_precision": 0.97, "clean_recall": 0.7}}}}}
     (tmp_path / "sym40-tad.json").write_text(json.dumps(rec))
     text = repro.page(tmp_path)
-    assert ("precision 90.0%, recall of the clean samples 88.0% (target at sym40: >= 95 / >= 85); trusted by >= 75% "
+    assert ("precision 90.0%, recall of the clean samples 88.0% (issue 5's target at sym40: >= 95 / >= 85); trusted by "
+            ">= 75% "
             "of the experts: precision 95.0%, recall 80.0%; trusted by >= 100% of the experts: precision 97.0%, "
             "recall 70.0%") in text
+    (tmp_path / "asym40-tad.json").write_text(json.dumps(rec))  # another noise: no sym40 target beside it
+    asym = [line for line in repro.page(tmp_path).splitlines() if "final trusted space" in line]
+    assert len(asym) == 2 and sum("target at sym40" in line for line in asym) == 1
 
 
 def test_page_names_the_least_precise_classes_of_the_trusted_space(tmp_path):
