@@ -243,3 +243,17 @@ def test_a_run_without_evaluations_has_no_best_set(toy):
     assert result.best_set is None
     with pytest.raises(ValueError, match="eval_every > 0"):
         result.best_result()
+
+
+def test_an_ema_that_would_mostly_hold_the_initial_images_is_warned_about(toy, caplog):
+    net, trajs, images, labels, _, _ = toy
+    short = MatchingConfig(iterations=4, syn_steps=2, expert_epochs=1, max_start_epoch=2, ema_decay=0.9999,
+                           eval_every=0, log_every=2)
+    with caplog.at_level("WARNING", logger="tad_plugin.engine.matching"):
+        TrajectoryMatcher(net, short, trajs, images, labels, progress=False)
+    assert any("leaves 100% of the initial images" in r.message for r in caplog.records)
+    caplog.clear()
+    fast = MatchingConfig(**{**short.__dict__, "ema_decay": 0.5})  # 0.5 ** 4: 6% left
+    with caplog.at_level("WARNING", logger="tad_plugin.engine.matching"):
+        TrajectoryMatcher(net, fast, trajs, images, labels, progress=False)
+    assert not any("initial images" in r.message for r in caplog.records)

@@ -236,6 +236,10 @@ class DistillResult:
         return DistillResult(b["images"], b["labels"], float(b["syn_lr"]), history=self.history, best=self.best)
 
 
+#: Above this share of the initial images left in the EMA images at the last iteration (``ema_decay **
+#: iterations``), the matcher warns that the EMA evaluation measures the initialisation.
+EMA_INIT_SHARE_WARNING = 0.5
+
 _DISTANCES = ("l1", "squared_l2")
 
 
@@ -353,6 +357,12 @@ class TrajectoryMatcher:
         self._negative_lr_warned = False
         self._unstable_warned = False
         self.ema = self.images.detach().clone() if c.ema_decay is not None else None
+        if c.ema_decay is not None and c.ema_decay ** c.iterations > EMA_INIT_SHARE_WARNING:
+            logger.warning("distill.ema_decay=%g over %d iterations leaves %.0f%% of the initial images in the EMA "
+                           "images (decay ** iterations; no bias correction, as upstream's ModelEmaV2): their "
+                           "accuracy measures the initialisation more than the distillation. Run longer (upstream "
+                           "FTD / ATT run tens of thousands of iterations) or lower ema_decay", c.ema_decay,
+                           c.iterations, 100 * c.ema_decay ** c.iterations)
         self.gen = torch.Generator().manual_seed(c.seed)  # expert order, start epochs
         self.dev_gen = torch.Generator(device=self.device).manual_seed(c.seed + 2)  # batches
         self.dsa = DSA(c.dsa_strategy, seed=c.seed + 4, device=self.device) if c.dsa_strategy not in ("", "none") \
