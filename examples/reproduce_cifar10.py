@@ -6,6 +6,8 @@ ATT), one command per cell.
     python examples/reproduce_cifar10.py --cell att-c10n-worst-noisy --dataset /data/cifar10.npz \\
         --cifar-n /data/CIFAR-10_human.pt
     python examples/reproduce_cifar10.py --cell sym40-noisy --cell sym40-tad --jobs 2 --dataset /data/cifar10.npz
+    python examples/reproduce_cifar10.py --cell att-sym40-noisy --cell att-sym40-tad --budget short \
+        --dataset /data/cifar10.npz                                          # the page's budget: minutes a cell
     python examples/reproduce_cifar10.py --page                              # results page from the JSONs
 
 Each cell runs ``tad run`` with a config from ``examples/configs/`` (its ``method:`` picks the distiller;
@@ -89,6 +91,15 @@ SETTINGS = {
     "att-c10n-worst": ("att_cifar10n_worst_ipc10.yaml", 58.3, 65.7, 63.0, 5.0),
 }
 ARMS = {"noisy": "--no-tad", "tad": "--tad"}
+#: --budget -> config overrides put before the user's --set (which win). "full": each method's own budget
+#: (100 experts x 50 epochs for MTT; ATT's README runs 60000 iterations): hours per cell. "short": the budget
+#: of the recorded pairs on the page (20 experts x 23 epochs, enough for IPC 10's start epochs <= 20 plus 2
+#: matched epochs; 1000 iterations, an evaluation every 250): ~7-9 minutes per cell on one H100.
+BUDGETS = {
+    "full": (),
+    "short": ("buffer.num_experts=20", "buffer.epochs=23", "buffer.experts_per_group=20", "distill.iterations=1000",
+              "distill.eval_every=250"),
+}
 #: setting -> the setting whose experts it reuses (same noise, same arm): ATT trains MTT's plain-SGD experts
 #: (its buffer script only defaults to batch 512 where MTT's uses 256), and FTD DATM's GSAM experts (DATM's
 #: run for 100 epochs, FTD's for 50; FTD's matching reads epochs up to max_start_epoch + expert_epochs = 22),
@@ -204,10 +215,15 @@ def collect(cell: str, out: Path) -> None:
     print(f"result: {RESULTS / (cell + '.json')}", flush=True)
 
 
+def overrides(budget: str, sets: list[str]) -> list[str]:
+    """The ``--set`` arguments of every cell: the budget's, then the user's (later ones win)."""
+    return [x for s in (*BUDGETS[budget], *sets) for x in ("--set", s)]
+
+
 def run_cells(args: argparse.Namespace) -> int:
     """Run the ``--cell`` cells (one in the foreground, several through :func:`run_parallel`); 0 if all passed."""
     out = Path(args.out)
-    extra = [x for s in args.set for x in ("--set", s)]
+    extra = overrides(args.budget, args.set)
     requested = list(dict.fromkeys(args.cell))
     reuse = {}  # cell -> the cell whose buffer it distils from
     for cell in requested:
@@ -504,6 +520,9 @@ def main() -> None:
     p.add_argument("--dataset", default="cifar10", help="cifar10 (torchvision), or an arrays file .npz")
     p.add_argument("--cifar-n", help="CIFAR-10_human.pt for the c10n-worst cells")
     p.add_argument("--out", default="runs/cifar10", help="run folders (one per cell)")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="full",
+                   help="full: each method's own budget (hours per cell); short: the page's recorded pairs' budget "
+                        "(20 experts x 23 epochs, 1000 iterations; minutes per cell); --set overrides either")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--reuse-buffers", action=argparse.BooleanOptionalAction, default=True,
                    help="ATT's cells distil from the experts of the MTT cell of the same noise and arm, FTD's "
@@ -512,7 +531,7 @@ def main() -> None:
     args = p.parse_args()
     if args.list:
         for cell in cells():
-            print(f"{cell}: {' '.join(command(cell, args.dataset, Path(args.out), args.cifar_n or 'CIFAR-10_human.pt', []))}")
+            print(f"{cell}: {' '.join(command(cell, args.dataset, Path(args.out), args.cifar_n or 'CIFAR-10_human.pt', overrides(args.budget, args.set)))}")
     code = run_cells(args) if args.cell else 0
     if args.page:
         from tad_plugin.files import atomic_write

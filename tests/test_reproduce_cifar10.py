@@ -219,7 +219,7 @@ def test_att_cells_distil_from_the_mtt_cells_buffer(tmp_path, monkeypatch, reuse
     monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
     args = repro.argparse.Namespace(cell=["att-c10n-worst-tad", "c10n-worst-tad", "att-sym40-noisy"], set=[],
                                     dataset="d.npz", out=str(tmp_path), cifar_n="h.pt", jobs=1, gpus=None,
-                                    reuse_buffers=reuse)
+                                    reuse_buffers=reuse, budget="full")
     assert repro.run_cells(args) == 0
     cmds, ready = seen["cmds"], seen["ready"]
     if not reuse:
@@ -242,7 +242,8 @@ def test_ftd_cells_distil_from_the_datm_cells_buffer(tmp_path, monkeypatch):
     monkeypatch.setattr(repro, "run_parallel", lambda cmds, *a, **k: seen.update(cmds=cmds) or {c: 0 for c in cmds})
     monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
     args = repro.argparse.Namespace(cell=["ftd-sym40-noisy", "datm-sym40-noisy"], set=[], dataset="d.npz",
-                                    out=str(tmp_path), cifar_n=None, jobs=1, gpus=None, reuse_buffers=True)
+                                    out=str(tmp_path), cifar_n=None, jobs=1, gpus=None, reuse_buffers=True,
+                                    budget="full")
     assert repro.run_cells(args) == 0
     cmds = seen["cmds"]
     assert list(cmds) == ["datm-sym40-noisy", "ftd-sym40-noisy"]
@@ -283,3 +284,18 @@ def test_page_draws_the_pairs_only_when_a_cell_has_finished(tmp_path):
         assert not png.exists() and "pairs.png" not in text
     else:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "![method vs method + TAD](cifar10/pairs.png)" in text
+
+
+def test_the_short_budget_is_the_recorded_pairs_and_user_sets_win(tmp_path):
+    extra = repro.overrides("short", ["distill.iterations=2000"])
+    cfg = config_from_args(build_parser().parse_args(repro.command("att-sym40-tad", "cifar10", tmp_path, None,
+                                                                   extra)[3:]))
+    assert (cfg.buffer.num_experts, cfg.buffer.epochs, cfg.distill.eval_every) == (20, 23, 250)
+    assert cfg.distill.iterations == 2000  # the user's --set comes after the budget's
+    full = config_from_args(build_parser().parse_args(repro.command("att-sym40-tad", "cifar10", tmp_path, None,
+                                                                    repro.overrides("full", []))[3:]))
+    assert full.buffer.epochs == 50 and full.distill.iterations == 60000  # ATT's own budget
+    rec = json.loads((repro.RESULTS / "att-sym40-tad.json").read_text())  # the page's pair ran that budget
+    for key in repro.BUDGETS["short"]:
+        section, name = key.split("=")[0].split(".")
+        assert str(rec["config"][section][name]) == key.split("=")[1]
