@@ -8,6 +8,8 @@ ATT), one command per cell.
     python examples/reproduce_cifar10.py --cell sym40-noisy --cell sym40-tad --jobs 2 --dataset /data/cifar10.npz
     python examples/reproduce_cifar10.py --cell att-sym40-noisy --cell att-sym40-tad --budget short \
         --dataset /data/cifar10.npz                                          # the page's budget: minutes a cell
+    python examples/reproduce_cifar10.py --cell sym40-tad --budget short --set tad.balance_classes=true \
+        --tag balanced --dataset /data/cifar10.npz                           # a variant: its own run and record
     python examples/reproduce_cifar10.py --page                              # results page from the JSONs
 
 Each cell runs ``tad run`` with a config from ``examples/configs/`` (its ``method:`` picks the distiller;
@@ -36,7 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+import re
 import subprocess
 import sys
 import time
@@ -126,14 +128,20 @@ def cells() -> dict[str, tuple[str, str]]:
     return {f"{s}-{a}": (s, a) for s in SETTINGS for a in ARMS}
 
 
+def run_name(cell: str, tag: str | None) -> str:
+    """The run folder and record name of ``cell`` under ``--tag``: ``<cell>-<tag>``, or the cell itself."""
+    return f"{cell}-{tag}" if tag else cell
+
+
 def command(cell: str, dataset: str, out: Path, cifar_n: str | None, extra: list[str],
-            reuse: str | None = None) -> list[str]:
-    """``cell``'s ``tad run`` command; ``reuse`` = the cell whose buffer under ``out`` it distils from."""
+            reuse: str | None = None, tag: str | None = None) -> list[str]:
+    """``cell``'s ``tad run`` command into ``out/<run_name>``; ``reuse`` = the cell whose buffer (under ``out``,
+    with the same ``tag``) it distils from."""
     setting, arm = cells()[cell]
     cmd = [sys.executable, "-m", "tad_plugin.cli", "run", "--config", str(ROOT / "configs" / SETTINGS[setting][0]),
-           ARMS[arm], "--dataset", dataset, "--out", str(out / cell)]
+           ARMS[arm], "--dataset", dataset, "--out", str(out / run_name(cell, tag))]
     if reuse is not None:
-        cmd += ["--buffer", str(out / reuse / "buffer")]
+        cmd += ["--buffer", str(out / run_name(reuse, tag) / "buffer")]
     if setting.endswith("c10n-worst"):
         if not cifar_n:
             raise SystemExit("the c10n-worst cells need --cifar-n PATH (the official CIFAR-10_human.pt)")
@@ -208,11 +216,15 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
     return codes
 
 
-def collect(cell: str, out: Path) -> None:
-    """Copy a finished cell's result JSON to examples/results/cifar10/<cell>.json."""
+def collect(name: str, out: Path) -> None:
+    """Copy a finished run's result JSON (``out/<name>/result_run.json``) to examples/results/cifar10/<name>.json,
+    atomically (a temporary file, then a rename)."""
+    from tad_plugin.files import atomic_write
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / cell / "result_run.json", RESULTS / f"{cell}.json")
-    print(f"result: {RESULTS / (cell + '.json')}", flush=True)
+    data = (out / name / "result_run.json").read_bytes()
+    atomic_write(RESULTS / f"{name}.json", lambda f: f.write(data))
+    print(f"result: {RESULTS / (name + '.json')}", flush=True)
 
 
 def overrides(budget: str, sets: list[str]) -> list[str]:
@@ -222,20 +234,24 @@ def overrides(budget: str, sets: list[str]) -> list[str]:
 
 def run_cells(args: argparse.Namespace) -> int:
     """Run the ``--cell`` cells (one in the foreground, several through :func:`run_parallel`); 0 if all passed."""
-    out = Path(args.out)
+    out, tag = Path(args.out), args.tag
+    if tag is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", tag):
+        raise SystemExit(f"--tag {tag!r}: use letters, digits, '_' and '.' only (it becomes part of file names)")
     extra = overrides(args.budget, args.set)
     requested = list(dict.fromkeys(args.cell))
     reuse = {}  # cell -> the cell whose buffer it distils from
     for cell in requested:
         src = reuse_source(cell) if args.reuse_buffers else None
-        if src is not None and (src in requested or buffer_done(out, src)):
+        if src is not None and (src in requested or buffer_done(out, run_name(src, tag))):
             reuse[cell] = src
     # a cell that reuses another's buffer goes after it, so a single queue never waits on a later job
     requested.sort(key=lambda c: c in reuse)
-    cmds = {cell: command(cell, args.dataset, out, args.cifar_n, extra, reuse.get(cell)) for cell in requested}
+    cmds = {run_name(cell, tag): command(cell, args.dataset, out, args.cifar_n, extra, reuse.get(cell), tag)
+            for cell in requested}
     for cell, src in reuse.items():
-        print(f"{cell} distils from the experts of {src} ({out / src / 'buffer'})", flush=True)
-    ready = {cell: (lambda s=src: buffer_done(out, s)) for cell, src in reuse.items()}
+        print(f"{run_name(cell, tag)} distils from the experts of {run_name(src, tag)} "
+              f"({out / run_name(src, tag) / 'buffer'})", flush=True)
+    ready = {run_name(cell, tag): (lambda s=run_name(src, tag): buffer_done(out, s)) for cell, src in reuse.items()}
     if len(cmds) == 1 and args.jobs == 1:
         (cell, cmd), = cmds.items()
         print(" ".join(cmd), flush=True)
@@ -524,6 +540,9 @@ def main() -> None:
                    help="full: each method's own budget (hours per cell); short: the page's recorded pairs' budget "
                         "(20 experts x 23 epochs, 1000 iterations; minutes per cell); --set overrides either")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--tag", help="a variant's name: runs go to OUT/<cell>-<tag> and records to "
+                   "results/cifar10/<cell>-<tag>.json (listed on the page beside the table, not in it), so a run "
+                   "with other --set values never replaces a cell's record")
     p.add_argument("--reuse-buffers", action=argparse.BooleanOptionalAction, default=True,
                    help="ATT's cells distil from the experts of the MTT cell of the same noise and arm, FTD's "
                         "from the DATM cell's, when that cell runs too or has run into --out (default); "
@@ -531,7 +550,7 @@ def main() -> None:
     args = p.parse_args()
     if args.list:
         for cell in cells():
-            print(f"{cell}: {' '.join(command(cell, args.dataset, Path(args.out), args.cifar_n or 'CIFAR-10_human.pt', overrides(args.budget, args.set)))}")
+            print(f"{cell}: {' '.join(command(cell, args.dataset, Path(args.out), args.cifar_n or 'CIFAR-10_human.pt', overrides(args.budget, args.set), tag=args.tag))}")
     code = run_cells(args) if args.cell else 0
     if args.page:
         from tad_plugin.files import atomic_write

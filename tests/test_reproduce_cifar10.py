@@ -219,7 +219,7 @@ def test_att_cells_distil_from_the_mtt_cells_buffer(tmp_path, monkeypatch, reuse
     monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
     args = repro.argparse.Namespace(cell=["att-c10n-worst-tad", "c10n-worst-tad", "att-sym40-noisy"], set=[],
                                     dataset="d.npz", out=str(tmp_path), cifar_n="h.pt", jobs=1, gpus=None,
-                                    reuse_buffers=reuse, budget="full")
+                                    reuse_buffers=reuse, budget="full", tag=None)
     assert repro.run_cells(args) == 0
     cmds, ready = seen["cmds"], seen["ready"]
     if not reuse:
@@ -243,7 +243,7 @@ def test_ftd_cells_distil_from_the_datm_cells_buffer(tmp_path, monkeypatch):
     monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
     args = repro.argparse.Namespace(cell=["ftd-sym40-noisy", "datm-sym40-noisy"], set=[], dataset="d.npz",
                                     out=str(tmp_path), cifar_n=None, jobs=1, gpus=None, reuse_buffers=True,
-                                    budget="full")
+                                    budget="full", tag=None)
     assert repro.run_cells(args) == 0
     cmds = seen["cmds"]
     assert list(cmds) == ["datm-sym40-noisy", "ftd-sym40-noisy"]
@@ -299,3 +299,27 @@ def test_the_short_budget_is_the_recorded_pairs_and_user_sets_win(tmp_path):
     for key in repro.BUDGETS["short"]:
         section, name = key.split("=")[0].split(".")
         assert str(rec["config"][section][name]) == key.split("=")[1]
+
+
+def test_a_tagged_variant_gets_its_own_runs_and_records(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(repro, "run_parallel", lambda cmds, *a, **k: seen.update(cmds=cmds, **k) or {c: 0 for c in cmds})
+    monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
+    monkeypatch.setattr(repro, "RESULTS", tmp_path / "results")
+    args = repro.argparse.Namespace(cell=["ftd-sym40-tad", "datm-sym40-tad"], set=["tad.balance_classes=true"],
+                                    dataset="d.npz", out=str(tmp_path), cifar_n=None, jobs=1, gpus=None,
+                                    reuse_buffers=True, budget="short", tag="bal")
+    assert repro.run_cells(args) == 0
+    cmds = seen["cmds"]
+    assert list(cmds) == ["datm-sym40-tad-bal", "ftd-sym40-tad-bal"]
+    ftd = cmds["ftd-sym40-tad-bal"]
+    assert ftd[ftd.index("--out") + 1] == str(tmp_path / "ftd-sym40-tad-bal")
+    assert ftd[ftd.index("--buffer") + 1] == str(tmp_path / "datm-sym40-tad-bal" / "buffer")
+    assert "tad.balance_classes=true" in ftd and "distill.iterations=1000" in ftd
+    (tmp_path / "ftd-sym40-tad-bal").mkdir()
+    (tmp_path / "ftd-sym40-tad-bal" / "result_run.json").write_text('{"results": {}}')
+    seen["on_done"]("ftd-sym40-tad-bal")  # the collection step: a record of its own, the cell's untouched
+    assert (tmp_path / "results" / "ftd-sym40-tad-bal.json").read_text() == '{"results": {}}'
+    assert not (tmp_path / "results" / "ftd-sym40-tad.json").exists()
+    with pytest.raises(SystemExit, match="--tag"):
+        repro.run_cells(repro.argparse.Namespace(**{**vars(args), "tag": "../x"}))
