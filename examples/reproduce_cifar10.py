@@ -10,6 +10,8 @@ ATT), one command per cell.
         --dataset /data/cifar10.npz                                          # the page's budget: minutes a cell
     python examples/reproduce_cifar10.py --cell sym40-tad --budget short --set tad.balance_classes=true \
         --tag balanced --dataset /data/cifar10.npz                           # a variant: its own run and record
+    python examples/reproduce_cifar10.py --cell all --budget short --dataset /data/cifar10.npz \
+        --cifar-n /data/CIFAR-10_human.pt --gpus 0                           # the whole table, one GPU (~1.5 h)
     python examples/reproduce_cifar10.py --page                              # results page from the JSONs
 
 Each cell runs ``tad run`` with a config from ``examples/configs/`` (its ``method:`` picks the distiller;
@@ -225,6 +227,21 @@ def collect(name: str, out: Path) -> None:
     data = (out / name / "result_run.json").read_bytes()
     atomic_write(RESULTS / f"{name}.json", lambda f: f.write(data))
     print(f"result: {RESULTS / (name + '.json')}", flush=True)
+
+
+def recorded_time(cell: str, results: Path = RESULTS) -> str:
+    """`` (recorded: <minutes> min on <device>, <budget>)`` from the cell's committed record, or "" without one:
+    what a run of the same budget costs."""
+    path = results / f"{cell}.json"
+    if not path.is_file():
+        return ""
+    rec = json.loads(path.read_text())
+    if "wall_time_s" not in rec:
+        return ""
+    reused = " (experts reused from another run: distillation only)" if rec.get("stages", {}).get("buffer", {}).get(
+        "reused") else ""
+    return (f"  (recorded: {rec['wall_time_s'] / 60:.1f} min on {rec.get('device', '?')}{reused}, "
+            f"{budget(rec).split(';')[0]})")
 
 
 def overrides(budget: str, sets: list[str]) -> list[str]:
@@ -526,8 +543,9 @@ def curves_section(results: Path) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="print the cells and their commands")
-    p.add_argument("--cell", action="append", choices=sorted(cells()), metavar="CELL",
-                   help="run this cell (repeat for several; see --list)")
+    p.add_argument("--cell", action="append", choices=sorted(cells()) + ["all"], metavar="CELL",
+                   help="run this cell (repeat for several; see --list); 'all': every cell of the table (the "
+                        "c10n-worst ones need --cifar-n)")
     p.add_argument("--jobs", type=int, default=1,
                    help="cells run at once on each GPU (whether several at once finish sooner in total than "
                         "one after another is not measured yet)")
@@ -548,9 +566,13 @@ def main() -> None:
                         "from the DATM cell's, when that cell runs too or has run into --out (default); "
                         "--no-reuse-buffers trains their own")
     args = p.parse_args()
+    if args.cell and "all" in args.cell:
+        args.cell = list(cells())
     if args.list:
         for cell in cells():
-            print(f"{cell}: {' '.join(command(cell, args.dataset, Path(args.out), args.cifar_n or 'CIFAR-10_human.pt', overrides(args.budget, args.set), tag=args.tag))}")
+            cmd = command(cell, args.dataset, Path(args.out), args.cifar_n or "CIFAR-10_human.pt",
+                          overrides(args.budget, args.set), tag=args.tag)
+            print(f"{cell}: {' '.join(cmd)}{recorded_time(cell)}")
     code = run_cells(args) if args.cell else 0
     if args.page:
         from tad_plugin.files import atomic_write

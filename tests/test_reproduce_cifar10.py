@@ -323,3 +323,23 @@ def test_a_tagged_variant_gets_its_own_runs_and_records(tmp_path, monkeypatch):
     assert not (tmp_path / "results" / "ftd-sym40-tad.json").exists()
     with pytest.raises(SystemExit, match="--tag"):
         repro.run_cells(repro.argparse.Namespace(**{**vars(args), "tag": "../x"}))
+
+
+def test_list_says_what_a_recorded_cell_cost(tmp_path):
+    assert repro.recorded_time("sym40-tad", tmp_path) == ""  # nothing recorded
+    rec = {"wall_time_s": 450.0, "device": "NVIDIA H100", "results": {}, "stages": {"buffer": {"reused": "r/buffer"}},
+           "config": {"buffer": {"num_experts": 20, "epochs": 23}, "distill": {"iterations": 1000},
+                      "eval": {"num_eval": 5}}}
+    (tmp_path / "att-sym40-tad.json").write_text(json.dumps(rec))
+    line = repro.recorded_time("att-sym40-tad", tmp_path)
+    assert line.startswith("  (recorded: 7.5 min on NVIDIA H100 (experts reused from another run: distillation only), "
+                           "20 experts x 23 epochs, 1000 iterations")
+
+
+def test_cell_all_runs_every_cell_of_the_table(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(repro, "run_cells", lambda args: seen.update(cells=args.cell) or 0)
+    monkeypatch.setattr(repro.sys, "argv", ["reproduce_cifar10.py", "--cell", "all", "--budget", "short"])
+    with pytest.raises(SystemExit) as exit_:
+        repro.main()
+    assert exit_.value.code == 0 and seen["cells"] == list(repro.cells()) and len(seen["cells"]) == 14
