@@ -11,7 +11,7 @@ ATT), one command per cell.
     python examples/reproduce_cifar10.py --cell sym40-tad --budget short --set tad.balance_classes=true \
         --tag balanced --dataset /data/cifar10.npz                           # a variant: its own run and record
     python examples/reproduce_cifar10.py --cell all --budget short --dataset /data/cifar10.npz \
-        --cifar-n /data/CIFAR-10_human.pt --gpus 0                           # the whole table, one GPU (~1.5 h)
+        --cifar-n /data/CIFAR-10_human.pt --gpus 0                           # the whole table, one GPU (~1.5-2 h)
     python examples/reproduce_cifar10.py --page                              # results page from the JSONs
 
 Each cell runs ``tad run`` with a config from ``examples/configs/`` (its ``method:`` picks the distiller;
