@@ -7,12 +7,17 @@ CIFAR-N), each round also records:
 * ``recall``: share of the correctly labelled samples (current label == clean label) that are trusted,
   i.e. how much of the usable data the trusted space holds;
 * ``label_accuracy``: share of all samples whose current label is the clean one (recalibration raises it);
-* ``recalled_accuracy``: share of the samples recalled this round whose pseudo-label is right.
+* ``recalled_accuracy``: share of the samples recalled this round whose pseudo-label is right;
+* ``recalled_agree_accuracy`` / ``recalled_disagree_accuracy``: the same, split by whether the expert's own
+  prediction agrees with the pseudo-label (when the round was given the expert's agreement). Whether
+  requiring that agreement would make recalls more accurate, read off a run instead of guessed.
 
 Every round also counts its movements against the round before (of either stage): ``admitted`` and
 ``expelled`` samples; and a recalibration counts ``rerecalled``: recalled samples that an earlier
 recalibration had recalled too, so the outer loop expelled them in between. Many re-recalls late in a run
 mean the two loops disagree about the same samples each epoch (the vote re-admits what the losses reject).
+Given the expert's agreement, a recalibration also counts ``recalled_expert_agrees``: recalled samples whose
+pseudo-label the expert itself predicts.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class TrustRound:
     admitted: int = 0
     expelled: int = 0
     rerecalled: int = 0
+    recalled_expert_agrees: int | None = None
+    recalled_agree_accuracy: float | None = None
+    recalled_disagree_accuracy: float | None = None
 
 
 @dataclass
@@ -61,7 +69,8 @@ class TrustReport:
 
     def add(self, *, epoch: int, stage: str, trusted: torch.Tensor, labels: torch.Tensor,
             noisy_labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
-            previous_trusted: torch.Tensor | None = None) -> TrustRound:
+            previous_trusted: torch.Tensor | None = None,
+            expert_agrees: torch.Tensor | None = None) -> TrustRound:
         """Record one round.
 
         Args:
@@ -73,6 +82,8 @@ class TrustReport:
             clean_labels: int64 [N] or None (then only sizes are recorded).
             previous_trusted: bool [N] before the round, to count recalled / sieved samples (a
                 recalibration passes it; ``admitted`` / ``expelled`` compare with the last round added).
+            expert_agrees: bool [N] or None: whether the expert's prediction equals ``labels`` (a recalibration
+                passes it to split its recalls by agreement; None leaves those fields None).
         """
         trusted, labels, noisy = trusted.cpu(), labels.cpu(), noisy_labels.cpu()
         recalled = sieved = rerecalled = 0
@@ -88,18 +99,27 @@ class TrustReport:
         admitted = 0 if last is None else int((trusted & ~last).sum())
         expelled = 0 if last is None else int((last & ~trusted).sum())
         self._last_trusted = trusted.clone()
-        metrics: dict[str, float | None] = {}
+        metrics: dict[str, float | int | None] = {}
+        agrees = None if expert_agrees is None else expert_agrees.cpu()
+        if agrees is not None:
+            if agrees.shape != trusted.shape or agrees.dtype != torch.bool:
+                raise ValueError(f"expert_agrees must be bool {tuple(trusted.shape)}, got {agrees.dtype} "
+                                 f"{tuple(agrees.shape)}")
+            metrics["recalled_expert_agrees"] = int((newly & agrees).sum())
         if clean_labels is not None:
             clean = clean_labels.cpu()
             correct = labels == clean
             if self.noisy_label_accuracy is None:
                 self.noisy_label_accuracy = _mean(noisy == clean)
-            metrics = {
+            metrics |= {
                 "precision": _mean(correct[trusted]),
                 "recall": float((trusted & correct).sum()) / max(1, int(correct.sum())),
                 "label_accuracy": _mean(correct),
                 "recalled_accuracy": _mean(correct[newly]),
             }
+            if agrees is not None:
+                metrics["recalled_agree_accuracy"] = _mean(correct[newly & agrees])
+                metrics["recalled_disagree_accuracy"] = _mean(correct[newly & ~agrees])
         row = TrustRound(round=len(self.rounds), epoch=epoch, stage=stage, trusted=int(trusted.sum()),
                          untrusted=int((~trusted).sum()), recalled=recalled, sieved=sieved, admitted=admitted,
                          expelled=expelled, rerecalled=rerecalled, **metrics)

@@ -34,6 +34,9 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
         assert record["results"]["test_acc_best_mean"] == best["mean"]
         assert record["results"]["best_iteration"] == best["iteration"]
     assert (quick_demo / "tad" / "buffer" / "manifest.json").is_file()
+    rounds = json.loads((quick_demo / "tad" / "buffer" / "trust_report.json").read_text())["rounds"]
+    recals = [r for r in rounds if r["stage"] == "recalibration"]
+    assert recals and all(0 <= r["recalled_expert_agrees"] <= r["recalled"] for r in recals)  # the agreement pass ran
     assert torch.load(quick_demo / "tad" / "distilled.pt", weights_only=True)["images"].shape == (20, 1, 8, 8)
 
 

@@ -51,6 +51,26 @@ def test_movements_between_rounds_and_re_recalls():
     assert (r3.recalled, r3.rerecalled) == (2, 1)  # sample 4 comes back a second time, sample 5 is new
 
 
+def test_recalls_are_split_by_the_expert_s_agreement():
+    clean = torch.tensor([0, 1, 2, 0, 1, 2])
+    labels = torch.tensor([0, 1, 2, 1, 2, 2])  # after the round: samples 3 and 4 carry wrong pseudo-labels
+    before = torch.tensor([1, 1, 0, 0, 0, 0], dtype=torch.bool)
+    after = torch.tensor([1, 1, 1, 1, 1, 1], dtype=torch.bool)  # 2, 3, 4, 5 recalled
+    agrees = torch.tensor([1, 1, 1, 0, 1, 1], dtype=torch.bool)  # the expert predicts every label but 3's
+    r = TrustReport().add(epoch=3, stage="recalibration", trusted=after, labels=labels, noisy_labels=labels,
+                          clean_labels=clean, previous_trusted=before, expert_agrees=agrees)
+    assert r.recalled == 4 and r.recalled_expert_agrees == 3  # 2, 4, 5
+    assert r.recalled_agree_accuracy == pytest.approx(2 / 3)  # 2 and 5 right, 4 wrong
+    assert r.recalled_disagree_accuracy == 0.0  # 3 is wrong
+    assert r.recalled_accuracy == pytest.approx(2 / 4)
+    plain = TrustReport().add(epoch=3, stage="recalibration", trusted=after, labels=labels, noisy_labels=labels,
+                              clean_labels=clean, previous_trusted=before)
+    assert plain.recalled_expert_agrees is None and plain.recalled_agree_accuracy is None
+    with pytest.raises(ValueError, match="expert_agrees must be bool"):
+        TrustReport().add(epoch=3, stage="recalibration", trusted=after, labels=labels, noisy_labels=labels,
+                          expert_agrees=agrees[:3])
+
+
 def test_without_clean_labels_only_sizes():
     report = TrustReport()
     r = report.add(epoch=0, stage="division", trusted=torch.tensor([True, False]), labels=torch.tensor([0, 1]),

@@ -42,7 +42,7 @@ import torch
 from ..manager import TADHooks
 from ..trust_report import TrustReport
 from .convnet import ConvNetConfig
-from .experts import EpochState, TrustUpdate, recalibrate_experts
+from .experts import EpochState, TrustUpdate, per_sample_losses, recalibrate_experts
 from .matching import MatchingConfig, TrajectoryMatcher, class_labels, real_init_indices
 from .preprocess import Preprocessor
 
@@ -82,6 +82,10 @@ class DualLoopConfig:
         if self.anchor_epoch < m.max_start_epoch - 1 + m.expert_epochs:
             raise ValueError(f"anchor_epoch={self.anchor_epoch} is too early: anchors match snapshots up to "
                              f"max_start_epoch - 1 + expert_epochs = {m.max_start_epoch - 1 + m.expert_epochs}")
+
+
+#: Images per chunk of the report's agreement pass (one forward over the training set per recalibration).
+REPORT_BATCH = 2048
 
 
 class DualLoop:
@@ -124,6 +128,7 @@ class DualLoop:
         self._group: tuple[int, ...] | None = None
         self._report_group: tuple[int, ...] | None = None
         self._anchors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._images: torch.Tensor | None = None  # train_images on the device, for the report's agreement pass
 
     def __call__(self, state: EpochState) -> TrustUpdate | None:
         group = tuple(state.experts)
@@ -148,9 +153,19 @@ class DualLoop:
         if first:
             self.report.add(epoch=finished, stage="recalibration", trusted=update.trusted[0],
                             labels=update.labels[0], noisy_labels=self.noisy_labels,
-                            clean_labels=self.clean_labels, previous_trusted=state.trusted[0])
+                            clean_labels=self.clean_labels, previous_trusted=state.trusted[0],
+                            expert_agrees=self._expert_agrees(state.params[:1], update.labels[0]))
             self._save_report()
         return update
+
+    def _expert_agrees(self, params: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """bool [N]: whether the expert with ``params`` [1, P] predicts ``labels`` [N] (one no-augmentation pass
+        over the training set, for the report only: it splits the recalls by the expert's agreement)."""
+        if self._images is None:
+            self._images = self.train_images.to(self.device)
+        _, agrees = per_sample_losses(self.net, params, self._images, labels.to(self.device), self.preprocess,
+                                      REPORT_BATCH)
+        return agrees[0]
 
     def _save_report(self) -> None:
         if self.report_path is not None:
