@@ -40,7 +40,7 @@ import torch
 
 from .data import ImageDataset
 from .engine.config import METHODS
-from .trust_report import TrustReport, least_precise, least_recalled, per_class_trust
+from .trust_report import TrustReport, later_recalls_text, least_precise, least_recalled, per_class_trust
 
 if TYPE_CHECKING:
     from .engine.config import DataConfig, RunConfig
@@ -282,6 +282,9 @@ def _stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
     report = store.root / "trust_report.json"
     if pipe.tad and report.is_file():
         info["trust_report"] = str(report)
+        later = TrustReport.load_json(report).later_recalls()
+        if later is not None:
+            info["later_recalls"] = later
     trust = store.final_trust() if pipe.tad else None
     if trust is not None:
         info.update(_trust_stats(trust, data, clean_known=clean is not None))
@@ -371,6 +374,9 @@ def _trust_summary(res: dict[str, Any], class_names: Sequence[str]) -> str | Non
     if low:
         line += "\n  least recalled: " + ", ".join(f"{class_names[r['class']]} {100 * r['clean_recall']:.1f}%"
                                                 for r in low) + " of their correctly labelled samples trusted"
+    later = later_recalls_text(res.get("later_recalls"))
+    if later:
+        line += "\n  " + later
     return line
 
 

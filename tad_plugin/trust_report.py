@@ -32,7 +32,7 @@ import torch
 from .checks import check_labels
 from .files import atomic_write, atomic_write_json
 
-__all__ = ["TrustRound", "TrustReport", "per_class_trust", "least_precise", "least_recalled"]
+__all__ = ["TrustRound", "TrustReport", "per_class_trust", "least_precise", "least_recalled", "later_recalls_text"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,26 @@ class TrustReport:
                          expelled=expelled, rerecalled=rerecalled, **metrics)
         self.rounds.append(row)
         return row
+
+    def later_recalls(self) -> dict[str, float | int | None] | None:
+        """The recalibrations after the first, summed: ``recalled`` samples and their ``accuracy``, and, where
+        the rounds recorded the expert's agreement, ``agree`` / ``disagree`` counts with their accuracies (None
+        where a group is empty). None without clean-label metrics or with fewer than two recalibrations. The
+        first round recalls the easy samples; the later ones show what the loop keeps re-admitting."""
+        later = [r for r in self.rounds if r.stage == "recalibration"][1:]
+        if not later or any(r.precision is None for r in later):  # no clean labels: nothing to score
+            return None
+        recalled = sum(r.recalled for r in later)
+        right = round(sum(r.recalled * (r.recalled_accuracy or 0.0) for r in later))  # counts, from the rates
+        out: dict[str, float | int | None] = {"rounds": len(later), "recalled": recalled,
+                                              "accuracy": right / recalled if recalled else None}
+        if all(r.recalled_expert_agrees is not None for r in later):
+            agree = sum(r.recalled_expert_agrees for r in later)
+            right_agree = round(sum(r.recalled_expert_agrees * (r.recalled_agree_accuracy or 0.0) for r in later))
+            out.update(agree=agree, agree_accuracy=right_agree / agree if agree else None,
+                       disagree=recalled - agree,
+                       disagree_accuracy=(right - right_agree) / (recalled - agree) if recalled > agree else None)
+        return out
 
     def to_dict(self) -> dict[str, object]:
         return {"noisy_label_accuracy": self.noisy_label_accuracy, "rounds": [asdict(r) for r in self.rounds]}
@@ -249,6 +269,22 @@ def least_recalled(per_class: list[dict[str, object]], count: int = 3) -> list[d
 def _lowest(per_class: list[dict[str, object]], key: str, count: int) -> list[dict[str, object]]:
     rows = [r for r in per_class if r[key] is not None]
     return sorted(rows, key=lambda r: float(r[key]))[:count]  # type: ignore[arg-type]
+
+
+def later_recalls_text(later: dict | None) -> str | None:
+    """:meth:`TrustReport.later_recalls` in one line (None when there is nothing to say)."""
+    if not later or not later["recalled"]:
+        return None
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    text = (f"recalls after the first round (first expert, {later['rounds']} rounds): {later['recalled']}, "
+            f"{pct(later['accuracy'])} right")
+    if "agree" in later:
+        text += (f"; where the expert predicts the pseudo-label {later['agree']} ({pct(later['agree_accuracy'])} "
+                 f"right), where it does not {later['disagree']} ({pct(later['disagree_accuracy'])} right)")
+    return text
 
 
 def _mean(mask: torch.Tensor) -> float | None:

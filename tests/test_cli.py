@@ -37,6 +37,9 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
     rounds = json.loads((quick_demo / "tad" / "buffer" / "trust_report.json").read_text())["rounds"]
     recals = [r for r in rounds if r["stage"] == "recalibration"]
     assert recals and all(0 <= r["recalled_expert_agrees"] <= r["recalled"] for r in recals)  # the agreement pass ran
+    record = json.loads((quick_demo / "tad" / "result_demo.json").read_text())
+    later = record["stages"]["buffer"]["later_recalls"]  # the rounds after the first, summed into the record
+    assert later["recalled"] == sum(r["recalled"] for r in recals[1:])
     assert torch.load(quick_demo / "tad" / "distilled.pt", weights_only=True)["images"].shape == (20, 1, 8, 8)
 
 
@@ -212,6 +215,12 @@ def test_run_prints_where_the_trusted_space_is_wrong():
         "  class one: 2 trusted, 50.0% right (others: 1 of two)",
         "  class zero: 2 trusted, 100.0% right (others: none)",
         "  least recalled: two 0.0%, zero 100.0%, one 100.0% of their correctly labelled samples trusted"]
+    later = {"rounds": 12, "recalled": 800, "accuracy": 0.78, "agree": 500, "agree_accuracy": 0.9, "disagree": 300,
+             "disagree_accuracy": 0.58}
+    text = _trust_summary({"trusted_size": 4, "trusted_fraction": 0.4, "trusted_precision": 0.75,
+                           "clean_recall": 0.6, "later_recalls": later}, names)
+    assert text.splitlines()[-1] == ("  recalls after the first round (first expert, 12 rounds): 800, 78.0% right; where the "
+                                     "expert predicts the pseudo-label 500 (90.0% right), where it does not 300 (58.0% right)")
 
 
 def test_the_distill_record_keeps_the_unstable_matching_losses():

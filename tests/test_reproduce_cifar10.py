@@ -343,3 +343,14 @@ def test_cell_all_runs_every_cell_of_the_table(monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         repro.main()
     assert exit_.value.code == 0 and seen["cells"] == list(repro.cells()) and len(seen["cells"]) == 14
+
+
+def test_page_gives_the_later_recalls_of_a_record_that_has_them(tmp_path):
+    later = {"rounds": 2, "recalled": 10, "accuracy": 0.8, "agree": 6, "agree_accuracy": 1.0, "disagree": 4,
+             "disagree_accuracy": 0.5}
+    rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
+           "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.9, "clean_recall": 0.88,
+                                 "later_recalls": later}}}
+    (tmp_path / "sym40-tad.json").write_text(json.dumps(rec))
+    assert ("  - recalls after the first round (first expert, 2 rounds): 10, 80.0% right; where the expert predicts "
+            "the pseudo-label 6 (100.0% right), where it does not 4 (50.0% right)") in repro.page(tmp_path)

@@ -102,3 +102,32 @@ def test_per_class_trust_rejects_bad_input():
                         torch.zeros(3, dtype=torch.long), num_classes=2)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
         per_class_trust(torch.ones(2, dtype=torch.bool), torch.tensor([0, 2]), torch.tensor([0, 1]), num_classes=2)
+
+
+def test_later_recalls_sum_the_rounds_after_the_first():
+    clean = torch.zeros(8, dtype=torch.int64)
+    report = TrustReport()
+    none = torch.zeros(8, dtype=torch.bool)
+
+    def recal(trusted, labels, agrees):
+        prev = report.rounds and torch.tensor(report._last_trusted.tolist())
+        return report.add(epoch=len(report.rounds), stage="recalibration", trusted=torch.tensor(trusted, dtype=torch.bool),
+                          labels=torch.tensor(labels), noisy_labels=clean, clean_labels=clean,
+                          previous_trusted=prev if report.rounds else none,
+                          expert_agrees=torch.tensor(agrees, dtype=torch.bool))
+
+    recal([1, 1, 0, 0, 0, 0, 0, 0], [0] * 8, [1] * 8)  # the first round: not counted
+    assert report.later_recalls() is None  # one recalibration only
+    recal([1, 1, 1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0, 0], [1, 1, 1, 0, 1, 1, 1, 1])  # 2 right (agree), 3 wrong (not)
+    recal([1, 1, 1, 1, 1, 1, 1, 0], [0, 0, 0, 1, 0, 1, 2, 0], [1, 1, 1, 0, 1, 1, 0, 1])  # 4 right (agree), 5 wrong (agree), 6 wrong (not)
+    later = report.later_recalls()
+    assert later["rounds"] == 2 and later["recalled"] == 5
+    assert later["accuracy"] == pytest.approx(2 / 5)
+    assert (later["agree"], later["disagree"]) == (3, 2)
+    assert later["agree_accuracy"] == pytest.approx(2 / 3) and later["disagree_accuracy"] == 0.0
+    no_truth = TrustReport()
+    for _ in range(2):
+        no_truth.add(epoch=0, stage="recalibration", trusted=torch.ones(2, dtype=torch.bool),
+                     labels=torch.zeros(2, dtype=torch.int64), noisy_labels=torch.zeros(2, dtype=torch.int64),
+                     previous_trusted=torch.zeros(2, dtype=torch.bool))
+    assert no_truth.later_recalls() is None
