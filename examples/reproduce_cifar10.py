@@ -495,7 +495,7 @@ def trust_lines(name: str, record: dict, results: Path) -> list[str]:
     lines = [f"  - final trusted space (trusted by >= 50% of the experts): {100 * buf['trusted_fraction']:.1f}% of the "
              f"training set, precision {100 * buf['trusted_precision']:.1f}%, recall of the clean samples "
              f"{100 * buf['clean_recall']:.1f}%{target}{levels}{link}"]
-    from tad_plugin.trust_report import later_recalls_text, least_precise, least_recalled
+    from tad_plugin.trust_report import TrustReport, later_recalls_text, least_precise, least_recalled
 
     worst = least_precise(buf.get("per_class", []))
     if worst:
@@ -505,7 +505,11 @@ def trust_lines(name: str, record: dict, results: Path) -> list[str]:
         lines.append("  - least precise classes of that space: " + "; ".join(
             f"{CLASSES[r['class']]} {100 * r['precision']:.1f}% of {r['trusted']} (others: {intruders(r)})"
             for r in worst))
-    later = later_recalls_text(buf.get("later_recalls"))
+    later = buf.get("later_recalls")
+    report_json = results / f"{name}.trust_report.json"
+    if later is None and report_json.is_file():  # records written before the run summed them: from the report
+        later = TrustReport.load_json(report_json).later_recalls()
+    later = later_recalls_text(later)
     if later:
         lines.append(f"  - {later}")
     low = least_recalled(buf.get("per_class", []))

@@ -279,7 +279,8 @@ def later_recalls_text(later: dict | None) -> str | None:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
-    text = (f"recalls after the first round (first expert, {later['rounds']} rounds): {later['recalled']}, "
+    rounds = f"{later['rounds']} round{'' if later['rounds'] == 1 else 's'}"
+    text = (f"recalls after the first round (first expert, {rounds}): {later['recalled']}, "
             f"{pct(later['accuracy'])} right")
     if "agree" in later:
         text += (f"; where the expert predicts the pseudo-label {later['agree']} ({pct(later['agree_accuracy'])} "

@@ -354,3 +354,22 @@ def test_page_gives_the_later_recalls_of_a_record_that_has_them(tmp_path):
     (tmp_path / "sym40-tad.json").write_text(json.dumps(rec))
     assert ("  - recalls after the first round (first expert, 2 rounds): 10, 80.0% right; where the expert predicts "
             "the pseudo-label 6 (100.0% right), where it does not 4 (50.0% right)") in repro.page(tmp_path)
+
+
+def test_page_reads_the_later_recalls_of_an_older_record_from_its_trust_report(tmp_path):
+    import torch
+
+    from tad_plugin.trust_report import TrustReport
+
+    clean = torch.zeros(4, dtype=torch.int64)
+    report, before = TrustReport(), torch.zeros(4, dtype=torch.bool)
+    for trusted, labels in (([1, 0, 0, 0], [0, 0, 0, 0]), ([1, 1, 1, 0], [0, 0, 1, 0])):
+        after = torch.tensor(trusted, dtype=torch.bool)
+        report.add(epoch=1, stage="recalibration", trusted=after, labels=torch.tensor(labels), noisy_labels=clean,
+                   clean_labels=clean, previous_trusted=before)
+        before = after
+    report.save_json(tmp_path / "sym40-tad.trust_report.json")
+    rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
+           "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.9, "clean_recall": 0.88}}}
+    (tmp_path / "sym40-tad.json").write_text(json.dumps(rec))
+    assert "  - recalls after the first round (first expert, 1 round): 2, 50.0% right\n" in repro.page(tmp_path)
