@@ -11,7 +11,7 @@ ATT), one command per cell.
     python examples/reproduce_cifar10.py --cell sym40-tad --budget short --set tad.balance_classes=true \
         --tag balanced --dataset /data/cifar10.npz                           # a variant: its own run and record
     python examples/reproduce_cifar10.py --cell all --budget short --dataset /data/cifar10.npz \
-        --cifar-n /data/CIFAR-10_human.pt --gpus 0                           # the whole table, one GPU (~1.5-2 h)
+        --cifar-n /data/CIFAR-10_human.pt --gpus 0                           # the whole table, one GPU
     python examples/reproduce_cifar10.py --page                              # results page from the JSONs
 
 Each cell runs ``tad run`` with a config from ``examples/configs/`` (its ``method:`` picks the distiller;
@@ -98,7 +98,8 @@ ARMS = {"noisy": "--no-tad", "tad": "--tad"}
 #: --budget -> config overrides put before the user's --set (which win). "full": each method's own budget
 #: (100 experts x 50 epochs for MTT; ATT's README runs 60000 iterations): hours per cell. "short": the budget
 #: of the recorded pairs on the page (20 experts x 23 epochs, enough for IPC 10's start epochs <= 20 plus 2
-#: matched epochs; 1000 iterations, an evaluation every 250): ~7-9 minutes per cell on one H100.
+#: matched epochs; 1000 iterations, an evaluation every 250): the recorded MTT cells took 6.5-8.3 min each
+#: on an H200, the ATT cells 3.5 min of distillation on an H100 (``--list`` shows each record's time).
 BUDGETS = {
     "full": (),
     "short": ("buffer.num_experts=20", "buffer.epochs=23", "buffer.experts_per_group=20", "distill.iterations=1000",
