@@ -15,7 +15,6 @@ three rules differ by < 0.5 point (``results/cifar10/division/``).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from tad_plugin.engine.convnet import ConvNetConfig
 from tad_plugin.engine.experts import per_sample_losses
 from tad_plugin.engine.preprocess import Preprocessor
 from tad_plugin.engine.trajectories import TrajectoryStore
-from tad_plugin.files import atomic_write
+from tad_plugin.files import atomic_write_json
 
 #: rule name -> per-sample threshold from (confidence w [N], class means tau_c [C], labels [N]).
 RULES = {
@@ -113,8 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     result = compare(a.run, a.experts, a.dataset, torch.device(a.device))
     print(table(result))
     if a.out is not None:
-        text = json.dumps(result, indent=1) + "\n"
-        atomic_write(a.out, lambda f: f.write(text.encode()))
+        atomic_write_json(result, a.out)
 
 
 if __name__ == "__main__":

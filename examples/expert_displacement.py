@@ -15,13 +15,12 @@ Prints a table (mean over the experts, per start epoch) and writes it as JSON wi
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from tad_plugin.engine.trajectories import TrajectoryStore
-from tad_plugin.files import atomic_write
+from tad_plugin.files import atomic_write_json
 
 
 def displacement(store: TrajectoryStore, expert_epochs: int, max_experts: int | None = None) -> torch.Tensor:
@@ -69,8 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     result = summary(stores, a.expert_epochs, a.max_experts)
     print(table(result, a.expert_epochs))
     if a.out is not None:
-        text = json.dumps({"expert_epochs": a.expert_epochs, "buffers": result}, indent=1) + "\n"
-        atomic_write(a.out, lambda f: f.write(text.encode()))
+        atomic_write_json({"expert_epochs": a.expert_epochs, "buffers": result}, a.out)
 
 
 if __name__ == "__main__":

@@ -242,7 +242,7 @@ def recorded_time(cell: str, results: Path = RESULTS) -> str:
     reused = " (experts reused from another run: distillation only)" if rec.get("stages", {}).get("buffer", {}).get(
         "reused") else ""
     return (f"  (recorded: {rec['wall_time_s'] / 60:.1f} min on {rec.get('device', '?')}{reused}, "
-            f"{budget(rec).split(';')[0]})")
+            f"{run_budget(rec)})")
 
 
 def overrides(budget: str, sets: list[str]) -> list[str]:
@@ -295,16 +295,20 @@ def evaluations(record: dict) -> list[tuple[int, float, float]]:
             for h in record.get("stages", {}).get("distill", {}).get("evaluations", [])]
 
 
-def budget(record: dict) -> str:
-    """The budget a record ran with: experts x epochs, iterations, evaluation nets; and the share of wrong
-    training labels it measured (asym40 flips 40% of four classes: 16% of all labels)."""
+def run_budget(record: dict) -> str:
+    """The training budget a record ran with: experts x epochs, iterations, evaluation nets (and lr_teacher)."""
     cfg = record.get("config", {})
     b, d = cfg.get("buffer", {}), cfg.get("distill", {})
-    rate = record.get("results", {}).get("noise_rate")
     return (f"{b.get('num_experts')} experts x {b.get('epochs')} epochs, {d.get('iterations')} iterations, "
             f"{cfg.get('eval', {}).get('num_eval')} evaluation nets" + (
-                f" (distill.lr_teacher {d['lr_teacher']})" if "lr_teacher" in d else "") + (
-                f"; {100 * rate:.1f}% of the training labels wrong" if rate is not None else ""))
+                f" (distill.lr_teacher {d['lr_teacher']})" if "lr_teacher" in d else ""))
+
+
+def budget(record: dict) -> str:
+    """:func:`run_budget`, and the share of wrong training labels the record measured (asym40 flips 40% of
+    four classes: 16% of all labels)."""
+    rate = record.get("results", {}).get("noise_rate")
+    return run_budget(record) + (f"; {100 * rate:.1f}% of the training labels wrong" if rate is not None else "")
 
 
 def remark(record: dict) -> str:

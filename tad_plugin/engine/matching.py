@@ -501,7 +501,8 @@ class TrajectoryMatcher:
             if which in entry and (self._best is None or entry[which]["mean"] > self._best["mean"]):
                 self._best = {"iteration": entry["iteration"], "mean": entry[which]["mean"],
                               "std": entry[which]["std"], "which": "ema" if which == "eval_ema" else "images",
-                              "images": images.detach().cpu().clone(), "labels": self.labels.detach().cpu().clone(),
+                              "images": images.detach().to("cpu", copy=True),
+                              "labels": self.labels.detach().to("cpu", copy=True),
                               "syn_lr": entry["syn_lr"]}
 
     def _report_evaluation(self, entry: dict[str, Any]) -> None:
