@@ -6,7 +6,7 @@ for one or more trajectory stores side by side (e.g. a noisy arm and a TAD arm).
 Trajectory matching learns its step size (``syn_lr``) for the student's ``syn_steps`` steps on the
 synthetic set to cover the expert's displacement over ``expert_epochs`` epochs (the images can cover
 part of it too). Every TAD arm recorded on CIFAR-10 learned a ~3x larger step size than its noisy arm;
-this script measures the expert side of that. On digits (results/expert_displacement_digits.md) the
+this script measures the expert side of that. On digits (results/expert_displacement.md) the
 CE + lambda * reverse-CE criterion moves experts 1.5-1.8x farther than plain CE on the same trusted
 spaces, yet the learned step size is not larger there: displacement alone does not set it.
 Prints a table (mean over the experts, per start epoch) and writes it as JSON with ``--out``.

@@ -69,6 +69,7 @@ OTHER_RESULTS = (
     ("benchmark_dual_loop.md", "TAD's per-epoch division + recalibration at CIFAR-10 scale: before / after the speed-up "
      "(CPU), and on an H200"),
     ("benchmark_experts_h200.json", "expert-epoch on an H200, bf16 (test pass too) vs fp32, compiled, E = 20"),
+    ("benchmark_experts_h200_e40.json", "expert-epoch on an H200, E = 20 vs 40 experts per launch, and without DSA"),
     ("benchmark_experts_h100.json", "expert-epoch on an H100, bf16 (test pass too) vs fp32, compiled, E = 20"),
     ("benchmark_inner_grad_h100_ipc10.json", "distillation routes on an H100, IPC 10: autograd vs compiled + recompute"),
     ("benchmark_inner_grad_h100_ipc10_profile.json", "the same on another H100, profiled: kernel time vs wall time, top kernels"),
@@ -76,9 +77,9 @@ OTHER_RESULTS = (
     ("features_cifar10_throughput_h100_2026-11-26.json", "SimCLR training throughput on an H100 with the compiled augmentation"),
     ("recalibration_sweep.md", "the inner loop's vote settings on digits and on SimCLR CIFAR-10 features (CPU)"),
     ("cifar10/division/README.md", "the final division under three threshold rules (Eq. 5's class mean, global 0.5, "
-     "min of both), per class, on CIFAR-10 sym40 and asym40"),
-    ("expert_displacement_digits.md", "how far experts move per 2 epochs: noisy vs TAD with and without reverse CE "
-     "(digits, CPU), beside the learned step size"),
+     "min of both), per class, on CIFAR-10 sym40 (SGD and GSAM experts) and asym40"),
+    ("expert_displacement.md", "how far experts move per 2 epochs: noisy vs TAD with and without reverse CE "
+     "(digits, CPU) and noisy vs TAD GSAM experts (CIFAR-10 sym40), beside the learned step size"),
     ("cifar10/first_gpu_runs/README.md", "first CIFAR-10 GPU runs: a pipeline check (no ZCA), not results"),
     ("../upstream/README.md", "`tad wrap` on the real MTT / FTD / DATM / ATT code"),
 )
