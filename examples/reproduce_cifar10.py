@@ -6,11 +6,11 @@ ATT), one command per cell.
     python examples/reproduce_cifar10.py --cell att-c10n-worst-noisy --dataset /data/cifar10.npz \\
         --cifar-n /data/CIFAR-10_human.pt
     python examples/reproduce_cifar10.py --cell sym40-noisy --cell sym40-tad --jobs 2 --dataset /data/cifar10.npz
-    python examples/reproduce_cifar10.py --cell att-sym40-noisy --cell att-sym40-tad --budget short \
+    python examples/reproduce_cifar10.py --cell att-sym40-noisy --cell att-sym40-tad --budget short \\
         --dataset /data/cifar10.npz                                          # the page's budget: minutes a cell
-    python examples/reproduce_cifar10.py --cell sym40-tad --budget short --set tad.balance_classes=true \
+    python examples/reproduce_cifar10.py --cell sym40-tad --budget short --set tad.balance_classes=true \\
         --tag balanced --dataset /data/cifar10.npz                           # a variant: its own run and record
-    python examples/reproduce_cifar10.py --cell all --budget short --dataset /data/cifar10.npz \
+    python examples/reproduce_cifar10.py --cell all --budget short --dataset /data/cifar10.npz \\
         --cifar-n /data/CIFAR-10_human.pt --gpus 0                           # the whole table, one GPU
     python examples/reproduce_cifar10.py --page                              # results page from the JSONs
 

@@ -79,3 +79,53 @@ def test_recalibrated_labels_beat_the_noisy_ones(dual_loop_run):
     votes, labels = store.final_trust()
     assert (labels == clean).float().mean() > (noisy == clean).float().mean() + 0.05
     assert report.rounds[-1].label_accuracy > report.noisy_label_accuracy
+
+
+def test_admit_once_undoes_second_recalls_only():
+    from tad_plugin.engine.dual_loop import admit_once
+
+    prev_labels = torch.tensor([0, 1, 2, 3, 4])
+    prev_trusted = torch.tensor([True, False, False, True, False])
+    labels = torch.tensor([0, 7, 8, 3, 9])       # samples 1, 2 and 4 recalled with pseudo-labels
+    trusted = torch.tensor([True, True, True, False, True])  # sample 3 sieved out
+    ever = torch.tensor([False, True, False, False, False])  # sample 1 was recalled before
+    new_labels, new_trusted, new_ever = admit_once(prev_labels, prev_trusted, labels, trusted, ever)
+    assert new_labels.tolist() == [0, 1, 8, 3, 9]  # sample 1 keeps its previous label
+    assert new_trusted.tolist() == [True, False, True, False, True]  # and stays out; the sieve stands
+    assert new_ever.tolist() == [False, True, True, False, True]
+    with pytest.raises(ValueError, match="ever_recalled has shape"):
+        admit_once(prev_labels, prev_trusted, labels, trusted, ever[:4])
+
+
+def test_recall_once_stops_the_churn_on_digits(dual_loop_run):
+    """The same run with ``recall_once``: identical until the default run's first second recall, which it
+    leaves out (and nothing else of that round); no recalibration re-recalls a sample afterwards."""
+    default_report = dual_loop_run[0]
+    assert sum(r.rerecalled for r in default_report.rounds) > 0  # the churn recall_once is for
+    torch.manual_seed(0)
+    ds = load_dataset("digits")
+    clean = ds.train_labels
+    noisy = make_noisy_labels(clean, "symmetric", 0.4, num_classes=10, seed=0)
+    net = ConvNetConfig.for_dataset(ds, width=32)
+    pre = Preprocessor.for_dataset(ds)
+    hooks = TADHooks(get_plugin_manager(load_entrypoints=False))
+    cfg = DualLoopConfig(anchor_epoch=3, anchor_ipc=5, recall_once=True, anchor_matching=dataclasses.replace(
+        DualLoopConfig().anchor_matching, iterations=20, syn_steps=10, batch_syn=None, lr_img=10.0))
+    loop = DualLoop(net, pre, ds.train_images, ds.train_images.float().flatten(1) / 255, lambda x: x.flatten(1),
+                    hooks, cfg, noisy_labels=noisy, clean_labels=clean, seed=0)
+    buffer = BufferConfig(num_experts=2, epochs=8, lr=0.05, momentum=0.9, batch_size=128, experts_per_group=2)
+    trainer = ExpertTrainer(net, pre, buffer, TADConfig(warmup_epochs=2), hooks=hooks, on_epoch=loop, progress=False)
+    import tempfile
+    with tempfile.TemporaryDirectory() as root:
+        store = TrajectoryStore.create(root, param_shapes=net.param_shapes, epochs=8, num_train=len(clean),
+                                       num_classes=10)
+        trainer.train(store, ds.train_images, noisy, ds.test_images, ds.test_labels, seed=0)
+    rounds, default = loop.report.rounds, default_report.rounds
+    first = next(i for i, r in enumerate(default) if r.rerecalled > 0)
+    assert default[first].stage == "recalibration"
+    assert rounds[:first] == default[:first]
+    assert rounds[first].recalled == default[first].recalled - default[first].rerecalled
+    assert rounds[first].sieved == default[first].sieved
+    recals = [r for r in rounds if r.stage == "recalibration"]
+    assert len(recals) >= 3 and recals[0].recalled > 0
+    assert all(r.rerecalled == 0 for r in recals)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tad_plugin import hookimpl
+from tad_plugin import Recalibration, TrustSplit, hookimpl
 from tad_plugin.cli import main
 from tad_plugin.engine.config import TADConfig
 from tad_plugin.engine.trajectories import load_upstream_buffer
@@ -260,3 +260,34 @@ def test_expert_or_fixed_features_keep_the_chunk_anchors(repo, engine_spy, caplo
         assert torch.equal(features, fixed) and anchors.shape[1] == 5
     else:
         assert features.shape[1] == anchors.shape[1] == 8  # the stand-in ConvNet's penultimate width
+
+
+class FirstHalfThenRecallAll:
+    """Divisions that always trust the first half of the samples, and a ``recalibrate`` that recalls every
+    untrusted sample with its label unchanged (both override TAD's)."""
+
+    @hookimpl
+    def filter_dataset(self, losses, num_classes):
+        trusted = torch.arange(len(losses)) < len(losses) // 2
+        return TrustSplit(trusted=trusted, confidence=trusted.float(), thresholds=torch.full((num_classes,), 0.5))
+
+    @hookimpl
+    def recalibrate(self, labels, trusted):
+        return Recalibration(labels=labels.clone(), trusted=torch.ones_like(trusted),
+                             reliability=torch.full(labels.shape, float("nan")))
+
+
+@pytest.mark.parametrize("recall_once", [False, True])
+def test_recall_once_keeps_expelled_recalls_out_under_wrap(repo, recall_once):
+    """The second half is recalled by the first recalibration and expelled by every division: without
+    ``recall_once`` each recalibration recalls it again; with it, only the first does."""
+    torch.manual_seed(0)
+    pm = get_plugin_manager(TrustAwareDiversion(), load_entrypoints=False)
+    pm.register(FirstHalfThenRecallAll(), name="first_half")
+    cfg = WrapConfig(tad=TADConfig(warmup_epochs=1, anchor_epoch=3, anchor_ipc=2, recall_once=recall_once))
+    cfg.data.noise, cfg.data.noise_rate = "symmetric", 0.4
+    result = run_wrapped("mtt", repo, "buffer.py", BUFFER_ARGS, cfg, hooks=TADHooks(pm))
+    _trace(repo)
+    n = NUM_CLASSES * PER_CLASS
+    recalibrated = [d["trusted"] for d in result.divisions if d["recalibrated"]]
+    assert recalibrated == ([n, n // 2] if recall_once else [n, n]) * EXPERTS

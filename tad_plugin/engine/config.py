@@ -142,8 +142,8 @@ class TADConfig:
     (the raw pixels, label-free; adequate for tiny grey images such as digits, not for CIFAR). ``tad
     wrap`` takes an extractor file, None (its default extractor, else ``"expert"``), ``"expert"`` or a
     float ``[N, D]`` tensor file instead (see :mod:`tad_plugin.upstream.epoch`).
-    ``anchor_epoch``, ``anchor_ipc``, ``anchor_iterations``, ``recalibrate_every``: see
-    :class:`~tad_plugin.engine.dual_loop.DualLoopConfig`.
+    ``anchor_epoch``, ``anchor_ipc``, ``anchor_iterations``, ``recalibrate_every``, ``recall_once``: see
+    :class:`~tad_plugin.engine.dual_loop.DualLoopConfig` (``recall_once`` also applies under ``tad wrap``).
     ``balance_classes``: draw each expert's epoch from its trusted space class-balanced (every sample's
     chance inversely proportional to the number of trusted samples carrying its label, with replacement,
     as many draws as trusted samples; in the warm-up every sample is trusted, so its label counts decide)
@@ -177,6 +177,7 @@ class TADConfig:
     anchor_ipc: int = 10
     anchor_iterations: int = 200
     recalibrate_every: int = 1
+    recall_once: bool = False
     balance_classes: bool = False
 
     def validate(self) -> None:

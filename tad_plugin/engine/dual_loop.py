@@ -20,7 +20,11 @@ adds the inner loop, per group of experts trained together:
 Schedule choices and why: anchors once per group, because the early trajectory they match does not
 change afterwards (re-distilling them would cost time and change nothing the paper describes);
 recalibration after every division by default, so each outer round starts from the inner loop's
-latest labels; the split is per expert (``TADConfig.split``) unless configured shared. Measured on
+latest labels; the split is per expert (``TADConfig.split``) unless configured shared. ``recall_once``
+(off by default, as in the paper) keeps a sample that a recalibration recalled and a later division
+expelled out of later recalls (:func:`admit_once`): on CIFAR-10 every recalibration after the first re-admits
+mostly the same expelled samples at 71-82% label accuracy, below the trusted space's ~93%
+(examples/results/cifar10/division/README.md). Measured on
 digits (examples/results/demo_digits.md, two seeds): recalibrating every 2 or 4 epochs, or distilling the
 anchors after epoch 8, moves the accuracy by less than the seed does; every 2 epochs leaves the trusted
 space slightly cleaner (99.3-99.5% vs 99.0-99.1%).
@@ -46,7 +50,7 @@ from .experts import EpochState, TrustUpdate, per_sample_losses, recalibrate_exp
 from .matching import MatchingConfig, TrajectoryMatcher, class_labels, real_init_indices
 from .preprocess import Preprocessor
 
-__all__ = ["DualLoopConfig", "DualLoop", "distill_anchors", "Embedder"]
+__all__ = ["DualLoopConfig", "DualLoop", "distill_anchors", "admit_once", "Embedder"]
 
 #: ``embed(images)``: float images in [0, 1] [M, C, H, W] -> features [M, D] (e.g. FeatureExtractor.embed).
 Embedder = Callable[[torch.Tensor], torch.Tensor]
@@ -62,6 +66,8 @@ class DualLoopConfig:
             anchor_matching.expert_epochs``.
         anchor_ipc: anchors per class (n in the paper; >= 2 so a class covariance exists).
         recalibrate_every: recalibrate after every k-th epoch from ``anchor_epoch`` on.
+        recall_once: a sample is recalled at most once per expert (:func:`admit_once`); False = as often
+            as the recalibration recalls it (the paper).
         anchor_matching: the distillation settings for the anchors (few iterations suffice: the
             anchors only need to sit near their class's early-trajectory "prototype").
     """
@@ -69,6 +75,7 @@ class DualLoopConfig:
     anchor_epoch: int = 4
     anchor_ipc: int = 10
     recalibrate_every: int = 1
+    recall_once: bool = False
     anchor_matching: MatchingConfig = dataclasses.field(default_factory=lambda: MatchingConfig(
         iterations=200, syn_steps=20, expert_epochs=2, max_start_epoch=2, lr_img=100.0, lr_lr=1e-5,
         lr_teacher=0.01, eval_every=0, checkpoint_every=0, log_every=50))
@@ -82,6 +89,36 @@ class DualLoopConfig:
         if self.anchor_epoch < m.max_start_epoch - 1 + m.expert_epochs:
             raise ValueError(f"anchor_epoch={self.anchor_epoch} is too early: anchors match snapshots up to "
                              f"max_start_epoch - 1 + expert_epochs = {m.max_start_epoch - 1 + m.expert_epochs}")
+
+
+def admit_once(previous_labels: torch.Tensor, previous_trusted: torch.Tensor, labels: torch.Tensor,
+               trusted: torch.Tensor, ever_recalled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A recalibration's result with second recalls undone.
+
+    A recall is a sample the division left out of the trusted space (``previous_trusted`` False) that the
+    recalibration put in (``trusted`` True), with its pseudo-label. A sample recalled before
+    (``ever_recalled``) and expelled since by a division is not recalled again: it stays untrusted with its
+    previous label. A division may still trust it again on its own loss. Samples the recalibration sieves
+    out of the trusted space stay sieved.
+
+    Args:
+        previous_labels, previous_trusted: int64 / bool [..., N], the labels and trusted space the
+            recalibration started from (the division's).
+        labels, trusted: int64 / bool [..., N], the recalibration's result.
+        ever_recalled: bool [..., N], the samples recalled by earlier recalibrations.
+
+    Returns:
+        ``(labels, trusted, ever_recalled)``: the result without the second recalls, and the recalled set
+        including this round's first recalls. Same shapes and devices as the inputs.
+    """
+    shape = previous_labels.shape
+    for name, x in (("previous_trusted", previous_trusted), ("labels", labels), ("trusted", trusted),
+                    ("ever_recalled", ever_recalled)):
+        if x.shape != shape:
+            raise ValueError(f"admit_once: {name} has shape {tuple(x.shape)}, previous_labels {tuple(shape)}")
+    recalled = trusted & ~previous_trusted
+    again = recalled & ever_recalled
+    return (torch.where(again, previous_labels, labels), trusted & ~again, ever_recalled | (recalled & ~again))
 
 
 #: Images per chunk of the report's agreement pass (one forward over the training set per recalibration).
@@ -128,12 +165,13 @@ class DualLoop:
         self._group: tuple[int, ...] | None = None
         self._report_group: tuple[int, ...] | None = None
         self._anchors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._ever_recalled: torch.Tensor | None = None  # bool [E, N] of the current group (recall_once)
         self._images: torch.Tensor | None = None  # train_images on the device, for the report's agreement pass
 
     def __call__(self, state: EpochState) -> TrustUpdate | None:
         group = tuple(state.experts)
         if group != self._group:
-            self._group, self._anchors = group, None
+            self._group, self._anchors, self._ever_recalled = group, None, None
         if self._report_group is None:
             self._report_group = group
         first = group == self._report_group  # the report follows the first expert of the first group
@@ -150,6 +188,8 @@ class DualLoop:
         if self._anchors is None:
             self._anchors = self._distill_anchors(state)
         update = recalibrate_experts(self.hooks, self.features, state, *self._anchors)
+        if cfg.recall_once:
+            update = self._admit_once(state, update)
         if first:
             self.report.add(epoch=finished, stage="recalibration", trusted=update.trusted[0],
                             labels=update.labels[0], noisy_labels=self.noisy_labels,
@@ -157,6 +197,16 @@ class DualLoop:
                             expert_agrees=self._expert_agrees(state.params[:1], update.labels[0]))
             self._save_report()
         return update
+
+    def _admit_once(self, state: EpochState, update: TrustUpdate) -> TrustUpdate:
+        """:func:`admit_once` for every expert of the group, tracking the group's recalls."""
+        assert update.labels is not None and update.trusted is not None
+        dev = update.labels.device
+        if self._ever_recalled is None:
+            self._ever_recalled = torch.zeros_like(update.trusted, dtype=torch.bool)
+        labels, trusted, self._ever_recalled = admit_once(state.labels.to(dev), state.trusted.to(dev), update.labels,
+                                                          update.trusted, self._ever_recalled)
+        return TrustUpdate(labels=labels, trusted=trusted)
 
     def _expert_agrees(self, params: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """bool [N]: whether the expert with ``params`` [1, P] predicts ``labels`` [N] (one no-augmentation pass

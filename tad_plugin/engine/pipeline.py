@@ -270,7 +270,8 @@ class Pipeline:
                                        ema_decay=None, adaptive_length=False, eval_every=0, checkpoint_every=0,
                                        log_every=min(50, t.anchor_iterations))
         loop_cfg = DualLoopConfig(anchor_epoch=t.anchor_epoch, anchor_ipc=t.anchor_ipc,
-                                  recalibrate_every=t.recalibrate_every, anchor_matching=anchors)
+                                  recalibrate_every=t.recalibrate_every, recall_once=t.recall_once,
+                                  anchor_matching=anchors)
         assert self.hooks is not None
         return DualLoop(self.network(dataset), self.preprocessor(dataset), dataset.train_images, features, embed,
                         self.hooks, loop_cfg, noisy_labels=labels, clean_labels=clean_labels, device=self.device,

@@ -11,7 +11,8 @@ function; for ``mode == "train"`` it
    ``images`` / ``labels``, upstream's ``TensorDataset``) for per-sample cross-entropies under the
    current labels, and calls ``filter_dataset`` (the outer loop: the trusted space);
 3. from ``tad.anchor_epoch`` on (every ``tad.recalibrate_every``-th division) calls ``recalibrate``
-   (the inner loop) -- see "Features and anchors" below;
+   (the inner loop; with ``tad.recall_once`` a sample is recalled at most once per expert,
+   :func:`~tad_plugin.engine.dual_loop.admit_once`) -- see "Features and anchors" below;
 4. calls the original ``epoch`` with ``dataloader`` replaced by a loader over the trusted samples with
    their current labels (same batch size, reshuffled every epoch, as upstream's) and ``criterion``
    replaced by :class:`HookCriterion` (the ``expert_loss`` hook, TAD's CE + lambda * RCE), from the
@@ -54,7 +55,7 @@ from torch.utils.data import DataLoader, SubsetRandomSampler
 
 from ..engine.config import TADConfig
 from ..engine.convnet import ConvNetConfig, flatten
-from ..engine.dual_loop import DualLoopConfig, distill_anchors
+from ..engine.dual_loop import DualLoopConfig, admit_once, distill_anchors
 from ..manager import TADHooks
 from .anchors import Embedding, convnet_config, log
 from .labels import Relabelled
@@ -106,6 +107,7 @@ class _Expert:
         self.convnet = convnet  # None: chunk-mean anchors
         self.snapshots: list[torch.Tensor] = []  # flat parameters after 0, 1, ... epochs (to anchor_epoch)
         self.anchors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.ever_recalled = torch.zeros(len(labels), dtype=torch.bool)  # for tad.recall_once
 
 
 class TADEpoch:
@@ -115,7 +117,7 @@ class TADEpoch:
         original: upstream's ``epoch`` function.
         hooks: the hook facade.
         tad: when to divide and recalibrate (``warmup_epochs``, ``recompute_every``, ``inner_loop``,
-            ``anchor_epoch``, ``anchor_ipc``, ``recalibrate_every``).
+            ``anchor_epoch``, ``anchor_ipc``, ``recalibrate_every``, ``recall_once``).
         state_path: where the :class:`TrustState` (given by :meth:`start`) is saved, after each expert
             and by :meth:`finish`.
         batch_size: images per chunk of the per-sample loss pass.
@@ -221,7 +223,11 @@ class TADEpoch:
                 anchors, anchor_labels = class_chunk_anchors(features, ex.labels, ex.trusted, k, tad.anchor_ipc,
                                                              self.generator)
             rec = self.hooks.recalibrate(features, ex.labels, ex.trusted, anchors, anchor_labels, k)
-            ex.labels, ex.trusted = rec.labels.cpu(), rec.trusted.cpu()
+            labels, trusted = rec.labels.cpu(), rec.trusted.cpu()
+            if tad.recall_once:
+                labels, trusted, ex.ever_recalled = admit_once(ex.labels, ex.trusted, labels, trusted,
+                                                               ex.ever_recalled)
+            ex.labels, ex.trusted = labels, trusted
             entry.update(recalibrated=True, trusted=int(ex.trusted.sum()))
         if not bool(ex.trusted.any()):
             raise RuntimeError(f"expert {self.state.experts}: the trusted space is empty before epoch {ex.epochs}; "
