@@ -18,8 +18,9 @@ from tad_plugin.noise import make_noisy_labels
 from tad_plugin.trust_report import TrustReport
 
 
-@pytest.fixture(scope="module")
-def dual_loop_run(tmp_path_factory):
+def run_dual_loop(buffer_dir, recall_once=False, report_path=None):
+    """Two experts x 8 epochs on digits with 40% symmetric noise and the dual loop; returns
+    ``(loop, store, clean, noisy, rounds_on_disk)`` (the report file's round count after every epoch)."""
     torch.manual_seed(0)
     ds = load_dataset("digits")
     clean = ds.train_labels
@@ -28,9 +29,8 @@ def dual_loop_run(tmp_path_factory):
     pre = Preprocessor.for_dataset(ds)
     features = ds.train_images.float().flatten(1) / 255  # label-free pixels stand in for SSL features
     hooks = TADHooks(get_plugin_manager(load_entrypoints=False))
-    cfg = DualLoopConfig(anchor_epoch=3, anchor_ipc=5, anchor_matching=dataclasses.replace(
+    cfg = DualLoopConfig(anchor_epoch=3, anchor_ipc=5, recall_once=recall_once, anchor_matching=dataclasses.replace(
         DualLoopConfig().anchor_matching, iterations=20, syn_steps=10, batch_syn=None, lr_img=10.0))
-    report_path = tmp_path_factory.mktemp("report") / "trust_report.json"
     loop = DualLoop(net, pre, ds.train_images, features, lambda x: x.flatten(1), hooks, cfg,
                     noisy_labels=noisy, clean_labels=clean, seed=0, report_path=report_path)
     buffer = BufferConfig(num_experts=2, epochs=8, lr=0.05, momentum=0.9, batch_size=128, experts_per_group=2)
@@ -38,15 +38,23 @@ def dual_loop_run(tmp_path_factory):
 
     def on_epoch(state):  # the loop, then what its report file says at that moment
         update = loop(state)
-        if report_path.exists():
+        if report_path is not None and report_path.exists():
             rounds_on_disk.append((len(TrustReport.load_json(report_path).rounds), len(loop.report.rounds)))
         return update
 
     trainer = ExpertTrainer(net, pre, buffer, TADConfig(warmup_epochs=2), hooks=hooks, on_epoch=on_epoch,
                             progress=False)
-    store = TrajectoryStore.create(tmp_path_factory.mktemp("buf"), param_shapes=net.param_shapes, epochs=8,
+    store = TrajectoryStore.create(buffer_dir, param_shapes=net.param_shapes, epochs=8,
                                    num_train=len(clean), num_classes=10)
     trainer.train(store, ds.train_images, noisy, ds.test_images, ds.test_labels, seed=0)
+    return loop, store, clean, noisy, rounds_on_disk
+
+
+@pytest.fixture(scope="module")
+def dual_loop_run(tmp_path_factory):
+    report_path = tmp_path_factory.mktemp("report") / "trust_report.json"
+    loop, store, clean, noisy, rounds_on_disk = run_dual_loop(tmp_path_factory.mktemp("buf"),
+                                                              report_path=report_path)
     # the file follows every round, not only the end of the run
     assert len(rounds_on_disk) >= 4 and all(disk == mem for disk, mem in rounds_on_disk)
     assert TrustReport.load_json(report_path).to_dict() == loop.report.to_dict()
@@ -97,29 +105,12 @@ def test_admit_once_undoes_second_recalls_only():
         admit_once(prev_labels, prev_trusted, labels, trusted, ever[:4])
 
 
-def test_recall_once_stops_the_churn_on_digits(dual_loop_run):
+def test_recall_once_stops_the_churn_on_digits(dual_loop_run, tmp_path):
     """The same run with ``recall_once``: identical until the default run's first second recall, which it
     leaves out (and nothing else of that round); no recalibration re-recalls a sample afterwards."""
     default_report = dual_loop_run[0]
     assert sum(r.rerecalled for r in default_report.rounds) > 0  # the churn recall_once is for
-    torch.manual_seed(0)
-    ds = load_dataset("digits")
-    clean = ds.train_labels
-    noisy = make_noisy_labels(clean, "symmetric", 0.4, num_classes=10, seed=0)
-    net = ConvNetConfig.for_dataset(ds, width=32)
-    pre = Preprocessor.for_dataset(ds)
-    hooks = TADHooks(get_plugin_manager(load_entrypoints=False))
-    cfg = DualLoopConfig(anchor_epoch=3, anchor_ipc=5, recall_once=True, anchor_matching=dataclasses.replace(
-        DualLoopConfig().anchor_matching, iterations=20, syn_steps=10, batch_syn=None, lr_img=10.0))
-    loop = DualLoop(net, pre, ds.train_images, ds.train_images.float().flatten(1) / 255, lambda x: x.flatten(1),
-                    hooks, cfg, noisy_labels=noisy, clean_labels=clean, seed=0)
-    buffer = BufferConfig(num_experts=2, epochs=8, lr=0.05, momentum=0.9, batch_size=128, experts_per_group=2)
-    trainer = ExpertTrainer(net, pre, buffer, TADConfig(warmup_epochs=2), hooks=hooks, on_epoch=loop, progress=False)
-    import tempfile
-    with tempfile.TemporaryDirectory() as root:
-        store = TrajectoryStore.create(root, param_shapes=net.param_shapes, epochs=8, num_train=len(clean),
-                                       num_classes=10)
-        trainer.train(store, ds.train_images, noisy, ds.test_images, ds.test_labels, seed=0)
+    loop = run_dual_loop(tmp_path, recall_once=True)[0]
     rounds, default = loop.report.rounds, default_report.rounds
     first = next(i for i, r in enumerate(default) if r.rerecalled > 0)
     assert default[first].stage == "recalibration"
