@@ -70,6 +70,7 @@ OTHER_RESULTS = (
      "(CPU), and on an H200"),
     ("benchmark_experts_h200.json", "expert-epoch on an H200, bf16 (test pass too) vs fp32, compiled, E = 20"),
     ("benchmark_experts_h200_e40.json", "expert-epoch on an H200, E = 20 vs 40 experts per launch, and without DSA"),
+    ("benchmark_experts_h100_split.json", "expert-epoch on an H100 with the test pass timed apart: the official comparison train + test and train only"),
     ("benchmark_experts_h100.json", "expert-epoch on an H100, bf16 (test pass too) vs fp32, compiled, E = 20"),
     ("benchmark_inner_grad_h100_ipc10.json", "distillation routes on an H100, IPC 10: autograd vs compiled + recompute"),
     ("benchmark_inner_grad_h100_ipc10_profile.json", "the same on another H100, profiled: kernel time vs wall time, top kernels"),
