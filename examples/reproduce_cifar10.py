@@ -272,10 +272,17 @@ def run_cells(args: argparse.Namespace) -> int:
         print(f"{run_name(cell, tag)} distils from the experts of {run_name(src, tag)} "
               f"({out / run_name(src, tag) / 'buffer'})", flush=True)
     ready = {run_name(cell, tag): (lambda s=run_name(src, tag): buffer_done(out, s)) for cell, src in reuse.items()}
-    if len(cmds) == 1 and args.jobs == 1:
+    if len(cmds) == 1 and args.jobs == 1:  # in the foreground, on the first GPU of --gpus (if given)
         (cell, cmd), = cmds.items()
-        print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        env = dict(os.environ)
+        if args.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpu_ids(args.gpus)[0]
+        print(" ".join(cmd) + (f"  (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})" if args.gpus else ""),
+              flush=True)
+        code = subprocess.run(cmd, env=env).returncode
+        if code != 0:
+            print(f"FAILED {cell} (exit {code}): its output is above", file=sys.stderr)
+            return 1
         collect(cell, out)
         return 0
     codes = run_parallel(cmds, out / "logs", args.jobs, gpu_ids(args.gpus), on_done=lambda c: collect(c, out),

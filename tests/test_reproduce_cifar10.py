@@ -373,3 +373,27 @@ def test_page_reads_the_later_recalls_of_an_older_record_from_its_trust_report(t
            "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.9, "clean_recall": 0.88}}}
     (tmp_path / "sym40-tad.json").write_text(json.dumps(rec))
     assert "  - recalls after the first round (first expert, 1 round): 2, 50.0% right\n" in repro.page(tmp_path)
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_a_single_cell_runs_in_the_foreground_on_the_first_gpu_given(tmp_path, monkeypatch, capsys, exit_code):
+    seen = {}
+
+    def fake_run(cmd, env):
+        seen.update(cmd=cmd, gpu=env.get("CUDA_VISIBLE_DEVICES"))
+        (tmp_path / "sym40-tad-x").mkdir()
+        (tmp_path / "sym40-tad-x" / "result_run.json").write_text('{"results": {}}')
+        return repro.subprocess.CompletedProcess(cmd, exit_code)
+
+    monkeypatch.setattr(repro.subprocess, "run", fake_run)
+    monkeypatch.setattr(repro, "RESULTS", tmp_path / "results")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    args = repro.argparse.Namespace(cell=["sym40-tad"], set=[], dataset="d.npz", out=str(tmp_path), cifar_n=None,
+                                    jobs=1, gpus="1,0", reuse_buffers=True, budget="short", tag="x")
+    assert repro.run_cells(args) == (0 if exit_code == 0 else 1)
+    assert seen["gpu"] == "1" and seen["cmd"][seen["cmd"].index("--out") + 1] == str(tmp_path / "sym40-tad-x")
+    record = tmp_path / "results" / "sym40-tad-x.json"
+    if exit_code == 0:
+        assert record.read_text() == '{"results": {}}'
+    else:  # a failed run is named, and nothing is collected
+        assert "FAILED sym40-tad-x (exit 3)" in capsys.readouterr().err and not record.exists()
