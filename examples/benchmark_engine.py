@@ -10,11 +10,16 @@ Measures, on CIFAR-10-shaped data (the real images when ``--data`` points to an 
 * distillation: one iteration at IPC 10 (syn_steps 30, batch_syn 100) and IPC 50 (batch_syn 500),
   with peak memory;
 * evaluation: K nets x 1000 epochs on 100 images, trained together;
-* ZCA fit on the 50k training images.
+* ZCA fit on the 50k training images;
+* routes (``--sections floor,routes``): the engine's own routes as the CIFAR-10 configs run them (experts
+  through the library's ExpertTrainer, bf16 + compiled, the test pass timed apart; distillation compiled +
+  recompute with CUDA graphs at IPC 10 and 50; 5 compiled evaluation nets), printed in a second table with
+  each figure's speed-up over the official code and its throughput against the floor, all from one run.
 
 Prints a table last and writes everything to ``--out`` (JSON). Usage::
 
     python examples/benchmark_engine.py --data /root/cifar10.npz --out $OUT/benchmark_engine.json
+    python examples/benchmark_engine.py --data /root/cifar10.npz --sections floor,routes --out $OUT/routes.json
 """
 
 from __future__ import annotations
@@ -195,17 +200,19 @@ def experts(cfg: ConvNetConfig, dev: torch.device, data: tuple, pre: Preprocesso
         print(name, res[f"expert_{name}"], flush=True)
 
 
-def distill(cfg: ConvNetConfig, dev: torch.device, res: dict, variants: list[tuple[str, int, bool, int]]) -> None:
-    """One matching iteration (syn_steps 30, all images per step, DSA) at the given IPC."""
+def distill(cfg: ConvNetConfig, dev: torch.device, res: dict,
+            variants: list[tuple[str, int, bool, int, dict]]) -> None:
+    """One matching iteration (syn_steps 30, all images per step, DSA) at the given IPC; the last element of a
+    variant holds further :class:`MatchingConfig` settings (the engine's route: ``ROUTE_MATCHING``)."""
     g = torch.Generator(device=dev).manual_seed(0)
     base = init_params(cfg, 4, generator=g)
     trajs = [torch.stack([b + 0.01 * k * torch.randn_like(b) for k in range(25)]) for b in base]
-    for name, ipc, cl, reps in variants:
+    for name, ipc, cl, reps, extra in variants:
         m_img = 10 * ipc
         images = torch.randn(m_img, 3, 32, 32, device=dev, generator=g)
         mc = MatchingConfig(iterations=reps + 3, syn_steps=30, expert_epochs=2, max_start_epoch=20,
                             batch_syn=m_img, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.01, eval_every=0,
-                            channels_last=cl)
+                            channels_last=cl, **extra)
         matcher = TrajectoryMatcher(cfg, mc, trajs, images, class_labels(10, ipc).to(dev), progress=False)
         if not DRY["on"]:
             torch.cuda.empty_cache()
@@ -219,11 +226,63 @@ def distill(cfg: ConvNetConfig, dev: torch.device, res: dict, variants: list[tup
             torch.cuda.empty_cache()
             continue
         peak = (torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()) if not DRY["on"] else (0, 0)
-        res[f"distill_{name}"] = {"ipc": ipc, "images": m_img, "channels_last": cl, "iter_s": statistics.median(t),
+        res[f"distill_{name}"] = {"ipc": ipc, "images": m_img, "channels_last": cl, **extra,
+                                  "iter_s": statistics.median(t),
                                   "iter_s_all": t, "peak_alloc_gib": peak[0] / GIB, "peak_reserved_gib": peak[1] / GIB}
         print(name, res[f"distill_{name}"], flush=True)
         del matcher
         torch.cuda.empty_cache()
+
+
+#: The engine's own routes, as the CIFAR-10 configs run them (``--sections floor,routes``: issue 3's figures
+#: with their ratios to the official code and to the floor, from one run).
+ROUTE_EXPERTS = "bf16-compile-E20"  # examples/benchmark_experts.py's variant: buffer.amp + buffer.compile, E = 20
+ROUTE_MATCHING = {"inner_grad": "compiled", "recompute_steps": True, "compile_mode": "reduce-overhead"}
+
+
+def route_experts(data: tuple, dev: torch.device, res: dict) -> None:
+    """The library's ExpertTrainer on ``data`` (examples/benchmark_experts.py's measurement), test pass apart."""
+    from benchmark_experts import measure  # the sibling script (examples/ is on sys.path when run as a script)
+
+    from tad_plugin.data import ImageDataset
+
+    x, y, tx, ty = (a.cpu() for a in data)
+    ds = ImageDataset("cifar10", x, y, tx, ty, tuple(str(c) for c in range(10)))
+    row = measure("fp32" if DRY["on"] else ROUTE_EXPERTS, ds, dev)
+    res["route_experts"] = row
+    print("route_experts", {k: v for k, v in row.items() if k != "buffer"}, flush=True)
+
+
+def routes_table(res: dict) -> str:
+    """The engine's routes next to the official figures and to the floor (all from this run)."""
+    fl = res.get("floor_img_s_fp32")
+    rows = ["| route (the CIFAR-10 configs') | ours | official MTT (H100) | speed-up | ours vs the floor |",
+            "|---|---|---|---|---|"]
+    e = res.get("route_experts")
+    if e and "s_per_expert_epoch" in e:
+        both, train = e["s_per_expert_epoch"], e["train_s_per_expert_epoch"]
+        floor_s = 50000 / fl + 10000 / (3 * fl) if fl else None
+        rows.append(f"| expert-epoch, {e['variant']} (train + test; train alone) | {both:.4f} s; {train:.4f} s "
+                    f"| 3.28-3.48 s; 2.2-2.4 s | x{3.28 / both:.1f}-{3.48 / both:.1f}; x{2.2 / train:.1f}-{2.4 / train:.1f} "
+                    f"| " + (f"{floor_s / both:.2f}x the floor's {floor_s:.3f} s |" if floor_s else "- |"))
+    for ipc, off_s, off_gib in ((10, 0.49, 8.7), (50, 1.0, 42.4)):
+        d = res.get(f"distill_ipc{ipc}_route")
+        if d:
+            inner = 30 * d["images"] / d["iter_s"]  # images through the student's 30 unrolled steps per second
+            rows.append(f"| distill iteration IPC {ipc} (compiled + recompute, CUDA graphs) | {d['iter_s']:.3f} s, "
+                        f"{d['peak_alloc_gib']:.2f} GiB | {off_s} s, {off_gib} GiB | x{off_s / d['iter_s']:.1f}, "
+                        f"{off_gib / max(d['peak_alloc_gib'], 1e-9):.0f}x less memory | "
+                        + (f"{inner:,.0f} img/s through the unrolled steps = {inner / fl:.2f}x the floor |" if fl
+                           else "- |"))
+    v = res.get("eval_K5_compiled")
+    if v:
+        img_s = v["nets"] * 1000 * 100 / v["seconds"]
+        rows.append(f"| evaluation, 5 nets x 1000 epochs x 100 images, compiled | {v['seconds']:.2f} s "
+                    f"| 7.7-8.8 s per net (38.5-44 s for 5) | x{38.5 / v['seconds']:.1f}-{44 / v['seconds']:.1f} | "
+                    + (f"{img_s:,.0f} img/s = {img_s / fl:.2f}x the floor |" if fl else "- |"))
+    if fl:
+        rows.append(f"| floor: bare nn.Module fwd+bwd, batch 2048, fp32/TF32 | {fl:,.0f} img/s | 84,600 img/s | - | 1 |")
+    return "\n".join(rows)
 
 
 def profile_distill(cfg: ConvNetConfig, dev: torch.device, res: dict) -> None:
@@ -349,20 +408,30 @@ def main() -> None:
             v = [("ipc10", 10, False, 10), ("ipc50", 50, False, 4)] if not args.dry_run else [("ipc1", 1, False, 1)]
             if not args.quick:
                 v += [("ipc10_channels_last", 10, True, 10), ("ipc50_channels_last", 50, True, 4)]
-            distill(cfg, dev, res, [x for x in v if not only or x[0] in only])
+            distill(cfg, dev, res, [(*x, {}) for x in v if not only or x[0] in only])
         if "eval" in sections:
             v = [("K5", 5, False, False), ("K1", 1, False, False)]
             if not args.quick:
                 v += [("K5_channels_last", 5, True, False), ("K5_compiled", 5, False, True)]
             evaluation(cfg, dev, data, pre, res, [x for x in v if not only or x[0] in only])
+        if "routes" in sections:
+            route_experts(data, dev, res)
+            v = [("ipc10_route", 10, False, 10), ("ipc50_route", 50, False, 4)] if not args.dry_run else [
+                ("ipc1_route", 1, False, 1)]
+            distill(cfg, dev, res, [(*x, {} if args.dry_run else ROUTE_MATCHING) for x in v])
+            evaluation(cfg, dev, data, pre, res, [("K5_compiled", 5, False, not args.dry_run)])
         if "profile" in sections:
             profile_distill(cfg, dev, res)
     finally:
         res["wall_s"] = time.perf_counter() - start
         res["table"] = table(res)
+        if "routes" in sections:
+            res["routes_table"] = routes_table(res)
         atomic_write_json(res, args.out)
-        print(json.dumps({k: v for k, v in res.items() if k != "table"}, default=str)[:3000])
+        print(json.dumps({k: v for k, v in res.items() if not k.endswith("table")}, default=str)[:3000])
         print(res["table"])
+        if "routes_table" in res:
+            print("\n" + res["routes_table"])
 
 
 if __name__ == "__main__":
