@@ -246,14 +246,14 @@ class DATM(Pipeline):
     def initial_labels(self, store: TrajectoryStore, experts: Sequence[int], dataset: ImageDataset,
                        images: Tensor) -> Tensor:
         """Soft labels (``distill.lr_labels`` set): :func:`soft_label_init` of the experts' last-epoch
-        logits, float [M, C]; hard class labels otherwise."""
+        logits divided by ``distill.label_temperature``, float [M, C]; hard class labels otherwise."""
         hard = super().initial_labels(store, experts, dataset, images)
         if self.config.distill.lr_labels is None:
             return hard
         # each expert after its last epoch (upstream's Label_Model_Timestamp = -1)
         params = torch.stack([store.trajectory(e)[-1] for e in experts]).to(self.device)
         logits = expert_logits(self.network(dataset), params, images.to(self.device))
-        return soft_label_init(logits, hard.to(self.device))
+        return soft_label_init(logits, hard.to(self.device)) / self.config.distill.label_temperature
 
     def make_matcher(self, *args: Any, **kwargs: Any) -> TrajectoryMatcher:
         d = self.config.distill

@@ -255,3 +255,21 @@ def test_a_dataset_file_gets_its_family_row_and_zca():
     assert mtt_defaults("/root/cifar10.npz", 10) == mtt_defaults("cifar10", 10)
     assert mtt_defaults("/root/cifar10.npz", 10)["data"]["zca"]
     assert not mtt_defaults("/data/my_photos", 10)["data"]["zca"]
+
+
+def test_datm_label_temperature_divides_the_initial_soft_labels(tmp_path):
+    ds, noisy = toy()
+    pipe = DATM(toy_config("datm", False), progress=False)
+    store = pipe.buffer(ds, noisy, tmp_path / "buffer")
+    pre = pipe.preprocessor(ds, store)
+    images = pipe.initial_images(store, store.finished(), ds, noisy, pre, torch.Generator().manual_seed(0))
+    plain = pipe.initial_labels(store, store.finished(), ds, images)
+    warm = DATM(toy_config("datm", False, **{"distill.label_temperature": 4.0}), progress=False)
+    assert torch.allclose(warm.initial_labels(store, store.finished(), ds, images), plain / 4)
+    assert plain.abs().max() > 0
+    with pytest.raises(ConfigError, match="label_temperature"):
+        toy_config("datm", False, **{"distill.label_temperature": 0})
+    with pytest.raises(ConfigError, match="label_temperature only applies to learned soft labels"):
+        toy_config("datm", False, **{"distill.label_temperature": 2.0, "distill.lr_labels": "null"})
+    with pytest.raises(ConfigError, match="distill.lr_labels = 1.0 is not used by method 'ftd'"):  # DATM's only
+        FTD(toy_config("ftd", False, **{"distill.label_temperature": 2.0, "distill.lr_labels": 1.0}), progress=False)

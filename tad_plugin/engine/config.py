@@ -215,6 +215,9 @@ class DistillConfig:
       generation) ``hi`` grows from ``window_start`` to ``max_start_epoch`` over
       ``window_growth_iterations`` iterations (None = ``hi = max_start_epoch`` throughout);
       ``lr_labels`` learns soft labels (logits; SGD with ``label_momentum``; None = hard labels);
+      ``label_temperature``: the initial soft labels are the experts' logits divided by it (1 = upstream; > 1
+      softens them: TAD's experts, trained on the trusted space, give nearly one-hot labels where the noisy
+      arm's are soft, examples/results/demo_digits.md; not measured on CIFAR-10 yet);
       ``loss_gate``: skip the update of an iteration whose matching loss exceeds it (None = never);
       ``pix_init = "samples_predicted_correctly"``: real images the experts classify correctly.
 
@@ -254,6 +257,7 @@ class DistillConfig:
     window_growth_iterations: int = 1000
     lr_labels: float | None = None
     label_momentum: float = 0.9
+    label_temperature: float = 1.0
     loss_gate: float | None = None
     inner_grad: str = "autograd"
     recompute_steps: bool = False
@@ -289,6 +293,12 @@ class DistillConfig:
                               f"({self.min_start_epoch}, {self.max_start_epoch}], got {self.window_start}")
         if self.lr_labels is not None and not self.lr_labels > 0:
             raise ConfigError(f"distill.lr_labels must be > 0 or null (hard labels), got {self.lr_labels}")
+        if not self.label_temperature > 0:
+            raise ConfigError(f"distill.label_temperature must be > 0 (1 = the experts' logits as they are), got "
+                              f"{self.label_temperature}")
+        if self.label_temperature != 1.0 and self.lr_labels is None:
+            raise ConfigError("distill.label_temperature only applies to learned soft labels: set distill.lr_labels "
+                              "(DATM) or leave the temperature at 1")
         if not 0 <= self.label_momentum < 1:
             raise ConfigError(f"distill.label_momentum must lie in [0, 1), got {self.label_momentum}")
 
