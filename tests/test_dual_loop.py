@@ -103,6 +103,8 @@ def test_admit_once_undoes_second_recalls_only():
     assert new_ever.tolist() == [False, True, True, False, True]
     with pytest.raises(ValueError, match="ever_recalled has shape"):
         admit_once(prev_labels, prev_trusted, labels, trusted, ever[:4])
+    with pytest.raises(ValueError, match="trusted must be a bool mask"):  # ~ on integers would not negate
+        admit_once(prev_labels, prev_trusted, labels, trusted.long(), ever)
 
 
 def test_recall_once_stops_the_churn_on_digits(dual_loop_run, tmp_path):

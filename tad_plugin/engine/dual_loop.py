@@ -116,6 +116,9 @@ def admit_once(previous_labels: torch.Tensor, previous_trusted: torch.Tensor, la
                     ("ever_recalled", ever_recalled)):
         if x.shape != shape:
             raise ValueError(f"admit_once: {name} has shape {tuple(x.shape)}, previous_labels {tuple(shape)}")
+    for name, x in (("previous_trusted", previous_trusted), ("trusted", trusted), ("ever_recalled", ever_recalled)):
+        if x.dtype != torch.bool:
+            raise ValueError(f"admit_once: {name} must be a bool mask (True = trusted / recalled), got {x.dtype}")
     recalled = trusted & ~previous_trusted
     again = recalled & ever_recalled
     return (torch.where(again, previous_labels, labels), trusted & ~again, ever_recalled | (recalled & ~again))
