@@ -420,6 +420,11 @@ def _record_distill(log: RunLog, result: DistillResult, seconds: float, **info: 
     unstable = [it for it, loss in losses if loss > UNSTABLE_LOSS]  # the warned-about regime, kept in the record
     if losses:
         info.update(max_matching_loss=max(loss for _, loss in losses), unstable_loss_iterations=unstable)
+    initial = [h["initial_soft_labels"] for h in result.history if "initial_soft_labels" in h]
+    if initial:  # DATM: how peaked the soft labels started and ended
+        from .engine.matching import soft_label_summary
+
+        info.update(initial_soft_labels=initial[0], final_soft_labels=soft_label_summary(result.labels))
     log.stage("distill", seconds, syn_lr=result.syn_lr, **info, **({"evaluations": curve} if curve else {}))
     if result.best is not None:
         log.result(test_acc_best_mean=result.best["mean"], test_acc_best_std=result.best["std"],

@@ -3,6 +3,7 @@ and each adapter distilling a 2-class toy set end to end with TAD on and off."""
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,8 @@ def test_adapter_distils_a_toy_set_end_to_end(method, tad, tmp_path):
     if method == "datm":
         assert result.labels.shape == (4, 2) and result.labels.dtype == torch.float32
         assert torch.isfinite(result.labels).all()
+        start = result.history[0]["initial_soft_labels"]  # how peaked the soft labels started (run record)
+        assert 0.5 <= start["mean_max_prob"] <= 1 and 0 <= start["mean_entropy"] <= math.log(2) + 1e-6
     else:
         assert torch.equal(result.labels, torch.tensor([0, 0, 1, 1]))
         assert result.ema_images is not None and "eval_ema" in evals[0]
@@ -255,6 +258,16 @@ def test_a_dataset_file_gets_its_family_row_and_zca():
     assert mtt_defaults("/root/cifar10.npz", 10) == mtt_defaults("cifar10", 10)
     assert mtt_defaults("/root/cifar10.npz", 10)["data"]["zca"]
     assert not mtt_defaults("/data/my_photos", 10)["data"]["zca"]
+
+
+def test_soft_label_summary_tells_one_hot_from_uniform():
+    from tad_plugin.engine.matching import soft_label_summary
+
+    peaked = soft_label_summary(torch.tensor([[20.0, 0.0, 0.0], [0.0, 0.0, 20.0]]))
+    flat = soft_label_summary(torch.zeros(2, 3))
+    assert peaked["mean_max_prob"] == pytest.approx(1.0, abs=1e-4) and peaked["mean_entropy"] < 1e-3
+    assert flat["mean_max_prob"] == pytest.approx(1 / 3, abs=1e-4)
+    assert flat["mean_entropy"] == pytest.approx(math.log(3), abs=1e-4)
 
 
 def test_datm_label_temperature_divides_the_initial_soft_labels(tmp_path):

@@ -68,7 +68,7 @@ EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "log_eve
 EVALUATIONS_FILE = "evaluations.json"
 
 __all__ = ["MatchingConfig", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher", "real_init_indices",
-           "class_labels", "DistillDivergedError", "step_distance", "closest_step"]
+           "class_labels", "DistillDivergedError", "step_distance", "closest_step", "soft_label_summary"]
 
 
 #: A logged matching loss above this (normalised: 1 = the student ended as far from the target as it started)
@@ -301,6 +301,15 @@ def real_init_indices(labels: Tensor, pool: Tensor, ipc: int, num_classes: int,
     return torch.cat(out)
 
 
+def soft_label_summary(labels: Tensor) -> dict[str, float]:
+    """How peaked soft labels are: ``{"mean_max_prob", "mean_entropy"}`` (nats) of ``softmax(labels)``, float
+    logits [M, C]. One-hot-like labels give ~1 and ~0; DATM's soft labels exist for the class similarities
+    in between (examples/results/demo_digits.md: TAD's experts make them nearly one-hot)."""
+    p = labels.float().softmax(1)
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(1)
+    return {"mean_max_prob": round(float(p.max(1).values.mean()), 4), "mean_entropy": round(float(entropy.mean()), 4)}
+
+
 class TrajectoryMatcher:
     """The MTT distillation loop over a set of expert trajectories.
 
@@ -368,7 +377,9 @@ class TrajectoryMatcher:
         self.dsa = DSA(c.dsa_strategy, seed=c.seed + 4, device=self.device) if c.dsa_strategy not in ("", "none") \
             else None
         self.iteration = 0
-        self.history: list[dict[str, Any]] = []
+        # soft labels (DATM): how peaked they start, kept in the history (and so in the run record)
+        self.history: list[dict[str, Any]] = (
+            [{"iteration": 0, "initial_soft_labels": soft_label_summary(self.labels.detach())}] if self.soft else [])
         self._best: dict[str, Any] | None = None  # see _keep_if_best
         self._order: list[int] = []
         self._chunks: list[Tensor] = []
