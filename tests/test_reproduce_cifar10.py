@@ -397,3 +397,24 @@ def test_a_single_cell_runs_in_the_foreground_on_the_first_gpu_given(tmp_path, m
         assert record.read_text() == '{"results": {}}'
     else:  # a failed run is named, and nothing is collected
         assert "FAILED sym40-tad-x (exit 3)" in capsys.readouterr().err and not record.exists()
+
+
+def test_page_sets_each_mtt_tad_record_against_clean_mtt_of_the_same_budget(tmp_path):
+    (tmp_path / "clean").mkdir()
+
+    def rec(acc, experts, method="mtt", tad=True, **extra):
+        return {"results": {"test_acc_mean": acc, "test_acc_std": 0.004},
+                "config": {"method": method, "tad": {"enabled": tad}, "buffer": {"num_experts": experts, "epochs": 23},
+                           "distill": {"iterations": 1000}, "eval": {"num_eval": 5}}, **extra}
+    (tmp_path / "clean" / "mtt-clean-e20.json").write_text(json.dumps(rec(0.603, 20, tad=False)))
+    (tmp_path / "clean" / "mtt-clean-e40-bad.json").write_text(json.dumps(rec(0.397, 40, tad=False, note="diverged: x")))
+    (tmp_path / "sym40-tad-e20.json").write_text(json.dumps(rec(0.597, 20)))
+    (tmp_path / "sym40-tad.json").write_text(json.dumps(rec(0.606, 40)))  # its only clean match diverged
+    (tmp_path / "sym40-noisy-e20.json").write_text(json.dumps(rec(0.543, 20, tad=False)))  # not a TAD run
+    (tmp_path / "datm-sym40-tad.json").write_text(json.dumps(rec(0.607, 20, method="datm")))  # not MTT
+    lines = repro.clean_gap_lines(tmp_path)
+    rows = [x for x in lines if x.startswith("| `")]
+    assert rows == ["| `sym40-tad-e20` | 20 experts x 23 epochs, 1000 iterations, 5 evaluation nets | 59.7 | "
+                    "`clean/mtt-clean-e20` 60.3 | -0.6 | 64.6 vs 65.3: -0.7 |"]
+    assert "| run | budget | MTT + TAD | clean MTT | gap | paper: TAD vs clean |" in lines
+    assert repro.clean_gap_lines(tmp_path / "clean") == []
