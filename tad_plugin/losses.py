@@ -1,11 +1,12 @@
-"""TAD's expert criterion (Eq. 6): cross-entropy plus lambda times the reverse cross-entropy."""
+"""TAD's expert criterion (Eq. 6): cross-entropy plus lambda times the reverse cross-entropy; and the warm-up's
+optional confidence penalty."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ce_rce_loss"]
+__all__ = ["ce_rce_loss", "confidence_penalty"]
 
 
 def ce_rce_loss(logits: torch.Tensor, targets: torch.Tensor, reg_weight: float, log_zero: float) -> torch.Tensor:
@@ -43,3 +44,23 @@ def ce_rce_loss(logits: torch.Tensor, targets: torch.Tensor, reg_weight: float, 
     p_y = torch.softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
     rce = -log_zero * (1.0 - p_y)
     return ce + reg_weight * rce.mean()
+
+
+def confidence_penalty(logits: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``sum_k p_k log p_k`` with ``p = softmax(logits)``: minus the mean entropy.
+
+    Adding ``w * confidence_penalty`` to a loss keeps predictions from becoming confident (it is 0 for
+    one-hot predictions and ``-log C`` for uniform ones). DivideMix (Li et al., 2020) adds it during the
+    warm-up under asymmetric noise, so the network does not fit the systematic flips before the first loss
+    division; TAD's engine offers it as ``tad.warmup_confidence_penalty``.
+
+    Args:
+        logits: float tensor [B, C].
+
+    Returns:
+        A scalar tensor in ``[-log C, 0]``, differentiable w.r.t. ``logits``.
+    """
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise TypeError(f"logits must be a float tensor [B, C], got {logits.dtype} {tuple(logits.shape)}")
+    log_p = F.log_softmax(logits, dim=1)
+    return (log_p.exp() * log_p).sum(1).mean()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tad_plugin import Recalibration, TADHooks, TrustSplit, get_plugin_manager, hookimpl
-from tad_plugin.engine.config import BufferConfig, TADConfig
+from tad_plugin.engine.config import BufferConfig, ConfigError, TADConfig
 from tad_plugin.engine.convnet import ConvNetConfig
 from tad_plugin.engine.experts import EpochState, ExpertError, ExpertTrainer, TrustUpdate, recalibrate_experts
 from tad_plugin.engine.preprocess import Preprocessor
@@ -352,3 +352,26 @@ def test_test_pass_runs_under_the_training_autocast():
     seen.clear()
     t._test(params, tx, ty)
     assert seen and not any(seen)
+
+
+def test_warmup_confidence_penalty_applies_to_the_warmup_steps_only(tmp_path, monkeypatch):
+    import tad_plugin.engine.experts as experts_module
+
+    calls = []
+    real = experts_module.confidence_penalty
+
+    def spy(logits):
+        calls.append(tuple(logits.shape))
+        return real(logits)
+
+    monkeypatch.setattr(experts_module, "confidence_penalty", spy)
+    plain = store_at(tmp_path / "plain")
+    trainer(warmup_epochs=2).train(plain, *data())
+    assert calls == []  # off by default
+    store = store_at(tmp_path / "penalised")
+    trainer(warmup_epochs=2, warmup_confidence_penalty=1.0).train(store, *data())
+    assert calls == [(2 * 8, C)] * (2 * (N // 8))  # every step of the two warm-up epochs, none after
+    a, b = plain.load_expert(0), store.load_expert(0)
+    assert torch.equal(a.params[0], b.params[0]) and not torch.allclose(a.params[1], b.params[1])
+    with pytest.raises(ConfigError, match="warmup_confidence_penalty"):
+        TADConfig(warmup_confidence_penalty=-1.0).validate()

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,3 +45,19 @@ def test_bad_arguments():
         ce_rce_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), 1.0, 0.5)
     with pytest.raises(ValueError, match="reg_weight"):
         ce_rce_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), -1.0, -4.0)
+
+
+def test_confidence_penalty_is_minus_the_mean_entropy():
+    from tad_plugin.losses import confidence_penalty
+
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [30.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]], requires_grad=True)
+    p = logits.softmax(1)
+    hand = (p * p.log()).sum(1).mean()
+    value = confidence_penalty(logits)
+    assert value.item() == pytest.approx(hand.item(), abs=1e-6)
+    assert confidence_penalty(torch.zeros(3, 4)).item() == pytest.approx(-math.log(4), abs=1e-6)
+    assert abs(confidence_penalty(torch.tensor([[40.0, 0.0, 0.0]])).item()) < 1e-12
+    (g,) = torch.autograd.grad(value, logits)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    with pytest.raises(TypeError, match="float tensor"):
+        confidence_penalty(torch.zeros(3, dtype=torch.int64))

@@ -291,3 +291,18 @@ def test_recall_once_keeps_expelled_recalls_out_under_wrap(repo, recall_once):
     n = NUM_CLASSES * PER_CLASS
     recalibrated = [d["trusted"] for d in result.divisions if d["recalibrated"]]
     assert recalibrated == ([n, n // 2] if recall_once else [n, n]) * EXPERTS
+
+
+def test_the_warmup_confidence_penalty_reaches_upstreams_warmup_epochs_only(repo):
+    torch.manual_seed(0)
+    cfg = WrapConfig(tad=TADConfig(warmup_epochs=2, anchor_epoch=3, anchor_ipc=2, inner_loop=False,
+                                   warmup_confidence_penalty=1.0))
+    cfg.data.noise, cfg.data.noise_rate = "symmetric", 0.4
+    run_wrapped("mtt", repo, "buffer.py", BUFFER_ARGS, cfg)
+    train = [t["criterion"] for t in _trace(repo) if t["mode"] == "train"]
+    assert train == (["WarmupCriterion"] * 2 + ["HookCriterion"] * (EPOCHS - 2)) * EXPERTS
+    criterion = wrapped_epoch.WarmupCriterion(TADHooks(get_plugin_manager(load_entrypoints=False)), 0.5)
+    logits, targets = torch.randn(6, NUM_CLASSES), torch.arange(6) % NUM_CLASSES
+    penalty = (logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+    expected = HookCriterion(criterion.hooks)(logits, targets) + 0.5 * penalty
+    assert criterion(logits, targets).item() == pytest.approx(expected.item(), abs=1e-6)

@@ -18,6 +18,8 @@ What happens, per group of E experts trained together:
    gradient of its own batch mean), and applies SGD (momentum, weight decay) as tensor ops on
    [E, P] -- or, with ``buffer.optimizer = "gsam"`` (FTD, DATM), one :class:`~tad_plugin.engine.gsam.GSAM`
    step with per-expert norms (the criterion is evaluated twice, at w and at the perturbed w).
+   In the warm-up epochs ``tad.warmup_confidence_penalty`` (w > 0) adds ``w`` times
+   :func:`~tad_plugin.losses.confidence_penalty` of the same logits (off by default).
    Loss and accuracy accumulate on the device; no ``.item()`` inside the epoch.
 4. After the epoch: one test pass (logging), a snapshot of the parameters, and -- when TAD is on and
    the warm-up is over -- an indexed, no-augmentation, eval-mode pass over the whole training set
@@ -51,6 +53,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checks import check_labels
+from ..losses import confidence_penalty
 from ..manager import TADHooks
 from ..results import TrustSplit
 from .config import BufferConfig, TADConfig
@@ -331,7 +334,7 @@ class ExpertTrainer:
                 trusted_log.append(trusted.clone())
                 thresholds_log.append(cur_thr)
             params, momentum_buf, loss = self._train_epoch(params, momentum_buf, images, cur_labels, trusted,
-                                                           gen, dsa)
+                                                           gen, dsa, self._penalty(epoch))
             snapshots.append(params.detach().clone())
             acc = self._test(params, test_images, test_labels)
             train_loss.append(loss)
@@ -440,11 +443,18 @@ class ExpertTrainer:
         idx = order.gather(1, pos.unsqueeze(0) % counts.clamp_min(1).unsqueeze(1))
         return idx, steps_e, s
 
+    def _penalty(self, epoch: int) -> float:
+        """The confidence penalty's weight in ``epoch``: ``tad.warmup_confidence_penalty`` in the warm-up, else 0."""
+        if self.tad is None or epoch >= self.tad.warmup_epochs:
+            return 0.0
+        return self.tad.warmup_confidence_penalty
+
     def _train_epoch(self, params: torch.Tensor, mom: torch.Tensor | GSAM | None, images: torch.Tensor,
                      labels: torch.Tensor, trusted: torch.Tensor, gen: torch.Generator,
-                     dsa: DSA | None) -> tuple[torch.Tensor, torch.Tensor | GSAM | None, torch.Tensor]:
+                     dsa: DSA | None, penalty: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | GSAM | None,
+                                                                   torch.Tensor]:
         """One epoch; ``mom`` is SGD's momentum buffer [E, P] (or None), or the :class:`GSAM` optimiser
-        that owns ``params`` (updated in place)."""
+        that owns ``params`` (updated in place); ``penalty``: the confidence penalty's weight (0 = none)."""
         cfg, buf = self.net, self.buffer
         e, b, k = params.shape[0], buf.batch_size, cfg.num_classes
         idx, steps_e, s = self._epoch_order(trusted, labels, gen)
@@ -463,7 +473,10 @@ class ExpertTrainer:
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self._amp):
                     out = self._forward(cfg, p, x.view(e, b, *x.shape[1:]), channels_last=buf.channels_last)
                 out = out.float()
-                return criterion(out.reshape(e * b, k), y.reshape(-1)) * e, out
+                loss = criterion(out.reshape(e * b, k), y.reshape(-1))
+                if penalty:
+                    loss = loss + penalty * confidence_penalty(out.reshape(e * b, k))
+                return loss * e, out
 
             if isinstance(mom, GSAM):
                 logits = _gsam_step(mom, loss_of, active)

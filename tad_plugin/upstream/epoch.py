@@ -16,7 +16,8 @@ function; for ``mode == "train"`` it
 4. calls the original ``epoch`` with ``dataloader`` replaced by a loader over the trusted samples with
    their current labels (same batch size, reshuffled every epoch, as upstream's) and ``criterion``
    replaced by :class:`HookCriterion` (the ``expert_loss`` hook, TAD's CE + lambda * RCE), from the
-   first epoch on, as the engine does. ``mode == "test"`` passes through untouched.
+   first epoch on, as the engine does (in the warm-up :class:`WarmupCriterion` when
+   ``tad.warmup_confidence_penalty`` > 0). ``mode == "test"`` passes through untouched.
 
 Features and anchors (``tad.features``, resolved by :func:`~.anchors.resolve_embedding`):
 
@@ -56,6 +57,7 @@ from torch.utils.data import DataLoader, SubsetRandomSampler
 from ..engine.config import TADConfig
 from ..engine.convnet import ConvNetConfig, flatten
 from ..engine.dual_loop import DualLoopConfig, admit_once, distill_anchors
+from ..losses import confidence_penalty
 from ..manager import TADHooks
 from .anchors import Embedding, convnet_config, log
 from .labels import Relabelled
@@ -73,6 +75,18 @@ class HookCriterion(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.hooks.expert_loss(logits, targets.long())
+
+
+class WarmupCriterion(HookCriterion):
+    """The warm-up's criterion with ``tad.warmup_confidence_penalty`` = ``weight`` > 0: the ``expert_loss`` hook
+    plus ``weight`` times :func:`~tad_plugin.losses.confidence_penalty` (as the engine's warm-up)."""
+
+    def __init__(self, hooks: TADHooks, weight: float) -> None:
+        super().__init__(hooks)
+        self.weight = weight
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits, targets) + self.weight * confidence_penalty(logits.float())
 
 
 def class_chunk_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor, num_classes: int,
@@ -117,7 +131,7 @@ class TADEpoch:
         original: upstream's ``epoch`` function.
         hooks: the hook facade.
         tad: when to divide and recalibrate (``warmup_epochs``, ``recompute_every``, ``inner_loop``,
-            ``anchor_epoch``, ``anchor_ipc``, ``recalibrate_every``, ``recall_once``).
+            ``anchor_epoch``, ``anchor_ipc``, ``recalibrate_every``, ``recall_once``, ``warmup_confidence_penalty``).
         state_path: where the :class:`TrustState` (given by :meth:`start`) is saved, after each expert
             and by :meth:`finish`.
         batch_size: images per chunk of the per-sample loss pass.
@@ -136,6 +150,8 @@ class TADEpoch:
         self.embedding = Embedding()
         self.state_path, self.batch_size, self.seed = state_path, batch_size, seed
         self.criterion = HookCriterion(hooks)
+        self.warmup_criterion = (WarmupCriterion(hooks, tad.warmup_confidence_penalty)
+                                 if tad.warmup_confidence_penalty > 0 else self.criterion)
         self.generator = torch.Generator().manual_seed(seed)
         self.expert: _Expert | None = None
         self.log: list[dict[str, Any]] = []  # one entry per division: expert, epoch, trusted, recalibrated
@@ -164,7 +180,7 @@ class TADEpoch:
             data = Relabelled(_Images(ex.images), ex.labels)
             loader = DataLoader(data, batch_size=loader.batch_size,
                                 sampler=SubsetRandomSampler(torch.nonzero(ex.trusted).flatten().tolist()))
-        a["dataloader"], a["criterion"] = loader, self.criterion
+        a["dataloader"], a["criterion"] = loader, self.warmup_criterion if done < 0 else self.criterion
         out = self.original(*bound.args, **bound.kwargs)
         ex.epochs += 1
         return out
