@@ -306,3 +306,10 @@ def test_the_warmup_confidence_penalty_reaches_upstreams_warmup_epochs_only(repo
     penalty = (logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
     expected = HookCriterion(criterion.hooks)(logits, targets) + 0.5 * penalty
     assert criterion(logits, targets).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("setting", [{"balance_classes": True}, {"split": "shared"}])
+def test_engine_only_settings_are_refused_not_ignored(repo, setting):
+    cfg = WrapConfig(tad=TADConfig(**setting))
+    with pytest.raises(ValueError, match=f"tad.{next(iter(setting))} = .* is not available under tad wrap"):
+        run_wrapped("mtt", repo, "buffer.py", BUFFER_ARGS, cfg)

@@ -146,9 +146,19 @@ def _caller_paths(cfg: WrapConfig) -> WrapConfig:
                                data=dataclasses.replace(cfg.data, cifar_n=absolute(cfg.data.cifar_n)))
 
 
+#: ``tad.*`` settings of the engine's expert trainer that an upstream script's own loop cannot honour, with the
+#: value that means "off": one expert trains at a time (no group to share a split with) on upstream's loader.
+ENGINE_ONLY_TAD = {"split": "per-expert", "balance_classes": False}
+
+
 def _patch(cfg: WrapConfig, role: str, state_path: Path, hooks: TADHooks | None) -> _Patch:
     cfg.data.validate()
     cfg.tad.validate()
+    for key, off in ENGINE_ONLY_TAD.items():
+        if getattr(cfg.tad, key) != off:
+            raise ValueError(f"tad.{key} = {getattr(cfg.tad, key)!r} is not available under tad wrap (upstream's "
+                             f"script trains one expert at a time on its own loader); leave it at {off!r}, or use "
+                             f"`tad run`, whose engine implements it")
     if cfg.tad.enabled and hooks is None:
         from ..tad import TrustAwareDiversion
 
