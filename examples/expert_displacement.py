@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from tad_plugin.engine.runlog import provenance
 from tad_plugin.engine.trajectories import TrajectoryStore
 from tad_plugin.files import atomic_write_json
 
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     result = summary(stores, a.expert_epochs, a.max_experts)
     print(table(result, a.expert_epochs))
     if a.out is not None:
-        atomic_write_json({"expert_epochs": a.expert_epochs, "buffers": result}, a.out)
+        record = {**provenance("cpu", 0), "expert_epochs": a.expert_epochs, "buffers": result}  # no randomness here
+        atomic_write_json(record, a.out)
 
 
 if __name__ == "__main__":
