@@ -253,6 +253,12 @@ def route_experts(data: tuple, dev: torch.device, res: dict) -> None:
     print("route_experts", {k: v for k, v in row.items() if k != "buffer"}, flush=True)
 
 
+def floor_expert_epoch_s(floor_img_s: float) -> float:
+    """One expert-epoch at the floor's rate: 50k training images forward + backward, 10k test images forward
+    (a forward taken as a third of a forward + backward)."""
+    return 50000 / floor_img_s + 10000 / (3 * floor_img_s)
+
+
 def routes_table(res: dict) -> str:
     """The engine's routes next to the official figures and to the floor (all from this run)."""
     fl = res.get("floor_img_s_fp32")
@@ -261,9 +267,11 @@ def routes_table(res: dict) -> str:
     e = res.get("route_experts")
     if e and "s_per_expert_epoch" in e:
         both, train = e["s_per_expert_epoch"], e["train_s_per_expert_epoch"]
-        floor_s = 50000 / fl + 10000 / (3 * fl) if fl else None
+        floor_s = floor_expert_epoch_s(fl) if fl else None
+        from benchmark_experts import speedups  # the sibling script's like-for-like comparison
+
         rows.append(f"| expert-epoch, {e['variant']} (train + test; train alone) | {both:.4f} s; {train:.4f} s "
-                    f"| 3.28-3.48 s; 2.2-2.4 s | x{3.28 / both:.1f}-{3.48 / both:.1f}; x{2.2 / train:.1f}-{2.4 / train:.1f} "
+                    f"| 3.28-3.48 s; 2.2-2.4 s | {speedups(e)} "
                     f"| " + (f"{floor_s / both:.2f}x the floor's {floor_s:.3f} s |" if floor_s else "- |"))
     for ipc, off_s, off_gib in ((10, 0.49, 8.7), (50, 1.0, 42.4)):
         d = res.get(f"distill_ipc{ipc}_route")
@@ -342,7 +350,7 @@ def table(res: dict) -> str:
                     f"(channels_last {res['floor_img_s_fp32_channels_last']:,.0f}, bf16 "
                     f"{res['floor_img_s_bf16_autocast_channels_last']:,.0f}) | 84,600 img/s | - |")
         rows.append(f"| floor: one expert-epoch (50k train + 10k fwd at floor rate) | "
-                    f"{50000 / fl + 10000 / (3 * fl):.3f} s | - | - |")
+                    f"{floor_expert_epoch_s(fl):.3f} s | - | - |")
     for k, v in res.items():
         if k.startswith("expert_"):
             rows.append(f"| expert-epoch, {k[7:]} (E={v['E']}) | {v['s_per_expert_epoch']:.3f} s "

@@ -428,11 +428,16 @@ def _acc(record: dict | None) -> str:
 PAPER_CLEAN_MTT, CLEAN_TARGET = 65.3, 63.0
 
 
+def finished_clean(results: Path) -> list[tuple[str, dict]]:
+    """The clean-label MTT records under ``results/clean`` that reached a final accuracy, as ``(name, record)``."""
+    done = [(p.stem, json.loads(p.read_text())) for p in sorted((results / "clean").glob("*.json"))]
+    return [(n, r) for n, r in done if "test_acc_mean" in r.get("results", {})]
+
+
 def best_clean(results: Path) -> tuple[str, dict] | None:
     """The finished clean-label MTT record under ``results/clean`` with the highest final accuracy, as
     ``(name, record)``; None when there is none."""
-    done = [(p.stem, json.loads(p.read_text())) for p in sorted((results / "clean").glob("*.json"))]
-    done = [(n, r) for n, r in done if "test_acc_mean" in r.get("results", {})]
+    done = finished_clean(results)
     return max(done, key=lambda nr: nr[1]["results"]["test_acc_mean"]) if done else None
 
 
@@ -442,13 +447,12 @@ def clean_gap_lines(results: Path) -> list[str]:
     beside the paper's gap for its noise; [] when no budget matches.
     The paper's TAD ends 0.7-1.4 points below its clean MTT; the absolute targets ask more of this copy."""
     clean: dict[str, tuple[str, dict]] = {}
-    for path in sorted((results / "clean").glob("*.json")):
-        rec = json.loads(path.read_text())
-        usable = "partial" not in rec and not rec.get("note", "").startswith("diverged")  # a run gone wrong sets no gap
-        if "test_acc_mean" in rec.get("results", {}) and usable:
-            key = run_budget(rec)
-            if key not in clean or rec["results"]["test_acc_mean"] > clean[key][1]["results"]["test_acc_mean"]:
-                clean[key] = (path.stem, rec)
+    for name, rec in finished_clean(results):
+        if "partial" in rec or rec.get("note", "").startswith("diverged"):  # a run gone wrong sets no gap
+            continue
+        key = run_budget(rec)
+        if key not in clean or rec["results"]["test_acc_mean"] > clean[key][1]["results"]["test_acc_mean"]:
+            clean[key] = (name, rec)
     rows = []
     for path in sorted(results.glob("*.json")):
         rec = json.loads(path.read_text())

@@ -36,7 +36,7 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
     assert (quick_demo / "tad" / "buffer" / "manifest.json").is_file()
     rounds = json.loads((quick_demo / "tad" / "buffer" / "trust_report.json").read_text())["rounds"]
     recals = [r for r in rounds if r["stage"] == "recalibration"]
-    assert recals and all(0 <= r["recalled_expert_agrees"] <= r["recalled"] for r in recals)  # the agreement pass ran
+    assert recals and all(0 <= r["recalled_expert_agrees"] <= r["recalled"] for r in recals)  # the agreement was recorded
     record = json.loads((quick_demo / "tad" / "result_demo.json").read_text())
     later = record["stages"]["buffer"]["later_recalls"]  # the rounds after the first, summed into the record
     assert later["recalled"] == sum(r["recalled"] for r in recals[1:])

@@ -46,7 +46,7 @@ import torch
 from ..manager import TADHooks
 from ..trust_report import TrustReport
 from .convnet import ConvNetConfig
-from .experts import EpochState, TrustUpdate, per_sample_losses, recalibrate_experts
+from .experts import EpochState, TrustUpdate, recalibrate_experts
 from .matching import MatchingConfig, TrajectoryMatcher, class_labels, real_init_indices
 from .preprocess import Preprocessor
 
@@ -124,10 +124,6 @@ def admit_once(previous_labels: torch.Tensor, previous_trusted: torch.Tensor, la
     return (torch.where(again, previous_labels, labels), trusted & ~again, ever_recalled | (recalled & ~again))
 
 
-#: Images per chunk of the report's agreement pass (one forward over the training set per recalibration).
-REPORT_BATCH = 2048
-
-
 class DualLoop:
     """The inner loop as an :data:`~tad_plugin.engine.experts.EpochCallback` (see the module docstring).
 
@@ -169,7 +165,6 @@ class DualLoop:
         self._report_group: tuple[int, ...] | None = None
         self._anchors: tuple[torch.Tensor, torch.Tensor] | None = None
         self._ever_recalled: torch.Tensor | None = None  # bool [E, N] of the current group (recall_once)
-        self._images: torch.Tensor | None = None  # train_images on the device, for the report's agreement pass
 
     def __call__(self, state: EpochState) -> TrustUpdate | None:
         group = tuple(state.experts)
@@ -194,10 +189,13 @@ class DualLoop:
         if cfg.recall_once:
             update = self._admit_once(state, update)
         if first:
+            # the division's own pass predicted every sample: agreement with the new labels costs no extra pass
+            preds = state.predictions
+            agrees = None if preds is None else preds[0] == update.labels[0].to(preds.device)
             self.report.add(epoch=finished, stage="recalibration", trusted=update.trusted[0],
                             labels=update.labels[0], noisy_labels=self.noisy_labels,
                             clean_labels=self.clean_labels, previous_trusted=state.trusted[0],
-                            expert_agrees=self._expert_agrees(state.params[:1], update.labels[0]))
+                            expert_agrees=agrees)
             self._save_report()
         return update
 
@@ -210,15 +208,6 @@ class DualLoop:
         labels, trusted, self._ever_recalled = admit_once(state.labels.to(dev), state.trusted.to(dev), update.labels,
                                                           update.trusted, self._ever_recalled)
         return TrustUpdate(labels=labels, trusted=trusted)
-
-    def _expert_agrees(self, params: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """bool [N]: whether the expert with ``params`` [1, P] predicts ``labels`` [N] (one no-augmentation pass
-        over the training set, for the report only: it splits the recalls by the expert's agreement)."""
-        if self._images is None:
-            self._images = self.train_images.to(self.device)
-        _, agrees = per_sample_losses(self.net, params, self._images, labels.to(self.device), self.preprocess,
-                                      REPORT_BATCH)
-        return agrees[0]
 
     def _save_report(self) -> None:
         if self.report_path is not None:

@@ -65,7 +65,7 @@ from .preprocess import Preprocessor
 from .trajectories import ExpertRecord, TrajectoryStore
 
 __all__ = ["EpochState", "TrustUpdate", "EpochCallback", "recalibrate_experts", "ExpertTrainer",
-           "ExpertError", "expert_seed", "per_sample_losses"]
+           "ExpertError", "expert_seed", "per_sample_losses", "per_sample_predictions"]
 
 
 class ExpertError(RuntimeError):
@@ -95,6 +95,7 @@ class EpochState:
         snapshots: the group's parameter snapshots so far, each float [E, P] on the device: index 0 is
             the initialisation, index t the parameters after epoch t (so ``epoch + 2`` of them). The
             dual loop distils its anchors from these early snapshots. Read-only.
+        predictions: int64 [E, N] or None; the experts' argmax classes from the same pass as ``losses``.
     """
 
     epoch: int
@@ -106,6 +107,7 @@ class EpochState:
     splits: list[TrustSplit] | None
     num_classes: int
     snapshots: Sequence[torch.Tensor] = ()
+    predictions: torch.Tensor | None = None
 
 
 @dataclass
@@ -169,12 +171,21 @@ def per_sample_losses(net: ConvNetConfig, params: torch.Tensor, images: torch.Te
     Returns:
         ``(losses, correct)``: float32 [E, N] per-sample CE and bool [E, N] (argmax == label).
     """
+    losses, predictions = per_sample_predictions(net, params, images, labels, preprocess, batch_size, forward_fn)
+    return losses, predictions == labels
+
+
+def per_sample_predictions(net: ConvNetConfig, params: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                           preprocess: Preprocessor | None, batch_size: int,
+                           forward_fn: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`per_sample_losses`'s pass, returning ``(losses, predictions)``: float32 [E, N] per-sample CE and
+    int64 [E, N] argmax classes (so agreement with any other labels needs no second pass)."""
     fwd = forward_fn or forward
     e = params.shape[0]
     n = images.shape[0]
     labels = labels.expand(e, n) if labels.dim() == 1 else labels
     losses = torch.empty(e, n, device=params.device)
-    correct = torch.empty(e, n, dtype=torch.bool, device=params.device)
+    predictions = torch.empty(e, n, dtype=torch.int64, device=params.device)
     with torch.no_grad():
         for i in range(0, n, batch_size):
             x = images[i:i + batch_size]
@@ -184,8 +195,8 @@ def per_sample_losses(net: ConvNetConfig, params: torch.Tensor, images: torch.Te
             k = logits.shape[-1]
             losses[:, i:i + batch_size] = F.cross_entropy(logits.reshape(-1, k).float(), y.reshape(-1),
                                                           reduction="none").view(e, -1)
-            correct[:, i:i + batch_size] = logits.argmax(-1) == y
-    return losses, correct
+            predictions[:, i:i + batch_size] = logits.argmax(-1)
+    return losses, predictions
 
 
 class ExpertTrainer:
@@ -317,14 +328,14 @@ class ExpertTrainer:
         label_log: list[tuple[int, torch.Tensor]] = [(0, cur_labels.clone())]
         cur_thr = torch.full((e, k), float("nan"), device=dev)
 
-        def divide() -> tuple[torch.Tensor, list[TrustSplit]]:
+        def divide() -> tuple[torch.Tensor, list[TrustSplit], torch.Tensor]:
             nonlocal trusted, cur_thr
-            losses, _ = per_sample_losses(cfg, params, images, cur_labels, self._preprocess_for(images),
-                                          buf.eval_batch_size, self._forward)
+            losses, predictions = per_sample_predictions(cfg, params, images, cur_labels, self._preprocess_for(images),
+                                                         buf.eval_batch_size, self._forward)
             splits = self._divide(losses, cur_labels)
             trusted = torch.stack([s.trusted.to(dev) for s in splits])
             cur_thr = torch.stack([s.thresholds.to(dev, torch.float32) for s in splits])
-            return losses, splits
+            return losses, splits, predictions
 
         if self._divide_before(0):
             divide()
@@ -349,10 +360,10 @@ class ExpertTrainer:
             bar.update(e)
             if epoch + 1 == t_total:
                 break
-            losses, splits = divide() if self._divide_before(epoch + 1) else (None, None)
+            losses, splits, predictions = divide() if self._divide_before(epoch + 1) else (None, None, None)
             if self.on_epoch is not None:
                 update = self.on_epoch(EpochState(epoch, list(experts), params, cur_labels, trusted, losses,
-                                                  splits, k, snapshots))
+                                                  splits, k, snapshots, predictions))
                 if update is not None:
                     cur_labels, trusted = self._apply_update(update, cur_labels, trusted, epoch)
                     if update.labels is not None:

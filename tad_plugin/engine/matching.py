@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from ..checks import check_hard_or_soft_labels
 from ..files import atomic_torch_save, atomic_write_json
+from ..losses import confidence_penalty
 from .convnet import ConvNetConfig, forward
 from .distributed import Ranks
 from .dsa import DEFAULT_STRATEGY, DSA
@@ -305,9 +306,9 @@ def soft_label_summary(labels: Tensor) -> dict[str, float]:
     """How peaked soft labels are: ``{"mean_max_prob", "mean_entropy"}`` (nats) of ``softmax(labels)``, float
     logits [M, C]. One-hot-like labels give ~1 and ~0; DATM's soft labels exist for the class similarities
     in between (examples/results/demo_digits.md: TAD's experts make them nearly one-hot)."""
-    p = labels.float().softmax(1)
-    entropy = -(p * p.clamp_min(1e-12).log()).sum(1)
-    return {"mean_max_prob": round(float(p.max(1).values.mean()), 4), "mean_entropy": round(float(entropy.mean()), 4)}
+    logits = labels.float()
+    return {"mean_max_prob": round(float(logits.softmax(1).max(1).values.mean()), 4),
+            "mean_entropy": round(-float(confidence_penalty(logits)), 4)}  # the penalty is minus the mean entropy
 
 
 class TrajectoryMatcher:
