@@ -257,3 +257,22 @@ def test_an_ema_that_would_mostly_hold_the_initial_images_is_warned_about(toy, c
     with caplog.at_level("WARNING", logger="tad_plugin.engine.matching"):
         TrajectoryMatcher(net, fast, trajs, images, labels, progress=False)
     assert not any("initial images" in r.message for r in caplog.records)
+
+
+def test_the_student_starts_from_aligned_memory_even_on_an_odd_trajectory_row(toy):
+    """A trajectory row at an odd start epoch is not 16-byte aligned when P % 4 != 0 (the compiled inner step
+    assumes it is: CUDA "misaligned address" on an H100); the matcher must hand the student its own copy."""
+    net, trajs, images, labels, _, _ = toy
+    traj = trajs[0]
+    assert net.num_params % 4 != 0 and traj[1].data_ptr() % 16 != 0  # the hazard this test is about
+    cfg = MatchingConfig(iterations=1, syn_steps=2, expert_epochs=1, min_start_epoch=1, max_start_epoch=2,
+                         lr_teacher=0.05, dsa_strategy="none", eval_every=0)
+    m = TrajectoryMatcher(net, cfg, [traj], images, labels, progress=False)
+    seen = []
+    inner = m._student_grad
+    m._student_grad = lambda w, x, y: (seen.append(w), inner(w, x, y))[1]
+    m.step()
+    w0 = seen[0]
+    assert w0.data_ptr() % 16 == 0
+    assert w0.untyped_storage().data_ptr() != traj.untyped_storage().data_ptr()
+    assert torch.equal(w0[0].detach(), traj[1])

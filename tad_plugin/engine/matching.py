@@ -429,8 +429,13 @@ class TrajectoryMatcher:
                              f"epochs < {hi} and expert_epochs {c.expert_epochs}, got {tuple(traj.shape)}; "
                              f"lower max_start_epoch / expert_epochs or train longer experts")
         start = int(torch.randint(lo, hi, (1,), generator=self.gen))
-        w0 = traj[start].to(self.device, self.images.dtype, non_blocking=True).unsqueeze(0).requires_grad_()
-        target = traj[start + c.expert_epochs].to(self.device, self.images.dtype, non_blocking=True).unsqueeze(0)
+        # copy=True: a row of a [epochs + 1, P] trajectory already on the device would otherwise be a view,
+        # and P is rarely a multiple of 4 (ConvNet's last bias adds num_classes), so odd rows start 8 bytes
+        # off the 16-byte alignment the compiled inner step assumes: CUDA "misaligned address" on an H100
+        # (the dual loop's anchors, matched from the experts' live trajectories at start epoch 1)
+        w0 = traj[start].to(self.device, self.images.dtype, non_blocking=True, copy=True).unsqueeze(0).requires_grad_()
+        target = traj[start + c.expert_epochs].to(self.device, self.images.dtype, non_blocking=True,
+                                                  copy=True).unsqueeze(0)
         w = w0
         steps, dists = [], []
         for _ in range(c.syn_steps):
