@@ -384,7 +384,7 @@ def main() -> None:
     dev = torch.device("cpu" if args.dry_run else "cuda")
     torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
-    commit = os.environ.get("COMMIT") or git_commit()
+    commit = git_commit()  # TAD_PLUGIN_COMMIT where the checkout has no git (the device)
     res: dict = {"gpu": "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
                  "commit": commit, "command": " ".join(os.sys.argv), "data": args.data or "random",
                  "cudnn_benchmark": True, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,

@@ -63,6 +63,8 @@ OTHER_RESULTS = (
     ("benchmark_inner_grad_h200_ipc10.json", "the same routes on an H200, IPC 10 (30 unrolled steps, batch 100)"),
     ("benchmark_inner_grad_h200_ipc50.json", "the same routes on an H200, IPC 50 (batch 500): peak memory"),
     ("features_probe/features_cifar10_lr024.md", "SimCLR probe: peak lr 0.24 (2x the default) for 10 minutes on an H200"),
+    ("features_probe/features_cifar10_lr006.md", "SimCLR probe: peak lr 0.06 (half the default) for 10 minutes on an H100"),
+    ("benchmark_engine_routes_h100.json", "every engine route of the CIFAR-10 configs from one H100 run, with official and floor ratios"),
     ("features_cifar10_throughput.json", "SimCLR training throughput (batch, compile) and augmentation share"),
     ("benchmark_augment_cpu.json", "SimCLR augmentation alone, eager vs compiled pixel operations (CPU)"),
     ("benchmark_distributed.json", "1 vs 2 GPUs under torchrun: expert training, IPC 50 x 100 distillation"),
