@@ -101,3 +101,24 @@ def test_compiled_operations_give_the_same_views_as_eager_ones():
     assert torch.allclose(fused, eager, atol=1e-5)
     grey = augment_batch(x[:, :1], generator=torch.Generator().manual_seed(4), ops=compiled_ops())
     assert torch.allclose(grey, augment_batch(x[:, :1], generator=torch.Generator().manual_seed(4)), atol=1e-5)
+
+
+def test_every_sample_draws_its_own_jitter_order():
+    """torchvision's ColorJitter shuffles its four operations per image. Tag each operation (x -> 10x + j,
+    factors ignored) and read every sample's order back from its pixels."""
+    from tad_plugin.features.augment import EAGER_OPS
+
+    def tag(j):
+        return lambda x, _factor: x * 10 + j
+    ops = EAGER_OPS._replace(resample=lambda x, _theta: x, brightness=tag(0), contrast=tag(1), saturation=tag(2),
+                             hue=tag(3), grey=lambda x, _mask: x)
+    cfg = AugmentConfig(jitter_p=1.0, grayscale_p=0.0)
+    out = augment_batch(torch.zeros(480, 3, 4, 4), cfg, torch.Generator().manual_seed(0), ops)
+    codes = out[:, 0, 0, 0].round().long().tolist()
+    orders = [tuple(int(d) for d in f"{code:04d}") for code in codes]
+    assert all(sorted(o) == [0, 1, 2, 3] for o in orders)  # each operation exactly once per sample
+    assert (out == out[:, :1, :1, :1]).all()  # one order for all pixels of a sample
+    counts = torch.bincount(torch.tensor([int("".join(map(str, o))) for o in orders]), minlength=3211)
+    used = counts[counts > 0]
+    assert len(used) == 24  # all 24 orders occur in 480 samples (a shared order would give 1)
+    assert used.max() < 40  # and none dominates (20 expected each)

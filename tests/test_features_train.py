@@ -131,3 +131,23 @@ def test_cli_train_then_embed(tiny, tmp_path, capsys):
     feats = torch.load(out, weights_only=True)
     assert feats["train_features"].shape == (32, 512) and feats["test_features"].shape == (20, 512)
     assert torch.equal(feats["test_labels"], tiny.test_labels)
+
+
+def test_a_slow_first_epoch_does_not_cut_the_warm_up_short(tiny, monkeypatch):
+    """With a time budget the epochs are re-planned after each one; the first (compilation) plans too few. The
+    warm-up must not follow that plan: the learning rate rises linearly over its epochs whatever the plan."""
+    import tad_plugin.features.train as train_module
+
+    calls = {"n": 0}
+
+    def clock():  # the first epoch "takes" 34 s, each later one 4 s
+        calls["n"] += 1
+        return 4.0 * calls["n"] + (30.0 if calls["n"] >= 2 else 0.0)
+    monkeypatch.setattr(train_module.time, "perf_counter", clock)
+    ticks = iter(range(10**6))  # the augmentation timer keeps its own clock (3 readings per step on a CPU)
+    monkeypatch.setattr(train_module._StepTimer, "_mark", lambda self: float(next(ticks)))
+    cfg = _config(epochs=100, warmup_epochs=10, time_budget=68.0, eval_every=0, checkpoint_every=0)
+    result = train_simclr(tiny, cfg, device="cpu", progress=False, log=lambda _m: None)
+    lrs = [h["lr"] for h in result.history]
+    assert len(lrs) == 9  # planned 2 epochs after the first, 9 after the second: the run ends inside the warm-up
+    assert lrs == pytest.approx([cfg.base_lr * e / 10 for e in range(1, len(lrs) + 1)])

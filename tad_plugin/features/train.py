@@ -70,7 +70,7 @@ class TrainConfig:
             default for both optimizers; LARS recipes use 1e-6..1e-5).
         lars_eta: LARS trust coefficient (0.001 in SimCLR; solo-learn's CIFAR runs use 0.02); unused by SGD.
         temperature: NT-Xent temperature.
-        warmup_epochs: linear warm-up before the cosine decay (capped at a fifth of the run).
+        warmup_epochs: linear warm-up before the cosine decay (capped at a fifth of ``epochs``).
         hidden_dim, out_dim: projection head widths (512 -> hidden_dim -> out_dim).
         eval_every: run the kNN evaluation every this many epochs (and after the last one); 0: last only.
         knn_ks: neighbour counts of the kNN evaluation.
@@ -232,6 +232,9 @@ def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), dev
     step = _Step(model, optimizer, config, mean, std, device)
     timer = step.timer
     steady: list[float] = []  # epoch durations after the first of this process (compilation, autotuning)
+    # fixed for the run: a time budget re-plans the epochs after each one (the first, with its compilation,
+    # plans too few), and a warm-up tied to that plan made the learning rate jump at epoch 2
+    warmup = min(config.warmup_epochs, config.epochs // 5) * steps_per_epoch
     first_of_process = True
     eval_seconds = 0.0
     knn: dict[int, float] = {}
@@ -245,7 +248,6 @@ def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), dev
         perm = torch.randperm(n, device=device)
         loss_sum = torch.zeros((), device=device)
         total_steps = planned * steps_per_epoch
-        warmup = min(config.warmup_epochs * steps_per_epoch, total_steps // 5)
         for i in range(steps_per_epoch):
             lr = lr_at(epoch * steps_per_epoch + i, total_steps, warmup, config.base_lr)
             for group in optimizer.param_groups:
