@@ -44,13 +44,22 @@ from tad_plugin.engine.runlog import git_commit
 from tad_plugin.engine.zca import ZCA
 from tad_plugin.files import atomic_write_json
 
+OFFICIAL_EVAL_NET_S = (7.7, 8.8)  # one evaluation net, 100 images x 1000 epochs
 OFFICIAL = {  # official MTT code on an H100 (torch 2.11, CIFAR-10, no ZCA), from issue 3
     "expert_epoch_s": "2.2-2.4 + 1.08 test",
     "distill_ipc10_s": 0.49, "distill_ipc10_gib": 8.7,
     "distill_ipc50_s": 1.0, "distill_ipc50_gib": 42.4,
-    "eval_net_s": "7.7-8.8 per net",
+    "eval_net_s": f"{OFFICIAL_EVAL_NET_S[0]}-{OFFICIAL_EVAL_NET_S[1]} per net",
     "plain_loop_img_s": 84600,
 }
+
+
+def official_distill(ipc: int) -> str:
+    """The official IPC ``ipc`` iteration as a table cell: ``"0.49 s, 8.7 GiB"`` ("-" for an IPC it was not
+    measured at, e.g. the dry run's 1)."""
+    if f"distill_ipc{ipc}_s" not in OFFICIAL:
+        return "-"
+    return f"{OFFICIAL[f'distill_ipc{ipc}_s']} s, {OFFICIAL[f'distill_ipc{ipc}_gib']} GiB"
 GIB = 2**30
 
 
@@ -268,28 +277,33 @@ def routes_table(res: dict) -> str:
     if e and "s_per_expert_epoch" in e:
         both, train = e["s_per_expert_epoch"], e["train_s_per_expert_epoch"]
         floor_s = floor_expert_epoch_s(fl) if fl else None
-        from benchmark_experts import speedups  # the sibling script's like-for-like comparison
+        from benchmark_experts import OFFICIAL_TEST_S, OFFICIAL_TRAIN_S, speedups  # the sibling script's
 
+        lo, hi = OFFICIAL_TRAIN_S
         rows.append(f"| expert-epoch, {e['variant']} (train + test; train alone) | {both:.4f} s; {train:.4f} s "
-                    f"| 3.28-3.48 s; 2.2-2.4 s | {speedups(e)} "
+                    f"| {lo + OFFICIAL_TEST_S:.2f}-{hi + OFFICIAL_TEST_S:.2f} s; {lo}-{hi} s | {speedups(e)} "
                     f"| " + (f"{floor_s / both:.2f}x the floor's {floor_s:.3f} s |" if floor_s else "- |"))
-    for ipc, off_s, off_gib in ((10, 0.49, 8.7), (50, 1.0, 42.4)):
+    for ipc in (10, 50):
         d = res.get(f"distill_ipc{ipc}_route")
         if d:
+            off_s, off_gib = OFFICIAL[f"distill_ipc{ipc}_s"], OFFICIAL[f"distill_ipc{ipc}_gib"]
             inner = 30 * d["images"] / d["iter_s"]  # images through the student's 30 unrolled steps per second
             rows.append(f"| distill iteration IPC {ipc} (compiled + recompute, CUDA graphs) | {d['iter_s']:.3f} s, "
-                        f"{d['peak_alloc_gib']:.2f} GiB | {off_s} s, {off_gib} GiB | x{off_s / d['iter_s']:.1f}, "
+                        f"{d['peak_alloc_gib']:.2f} GiB | {official_distill(ipc)} | x{off_s / d['iter_s']:.1f}, "
                         f"{off_gib / max(d['peak_alloc_gib'], 1e-9):.0f}x less memory | "
                         + (f"{inner:,.0f} img/s through the unrolled steps = {inner / fl:.2f}x the floor |" if fl
                            else "- |"))
     v = res.get("eval_K5_compiled")
     if v:
         img_s = v["nets"] * 1000 * 100 / v["seconds"]
+        five = [5 * t for t in OFFICIAL_EVAL_NET_S]
         rows.append(f"| evaluation, 5 nets x 1000 epochs x 100 images, compiled | {v['seconds']:.2f} s "
-                    f"| 7.7-8.8 s per net (38.5-44 s for 5) | x{38.5 / v['seconds']:.1f}-{44 / v['seconds']:.1f} | "
+                    f"| {OFFICIAL_EVAL_NET_S[0]}-{OFFICIAL_EVAL_NET_S[1]} s per net ({five[0]:g}-{five[1]:g} s for 5) | "
+                    f"x{five[0] / v['seconds']:.1f}-{five[1] / v['seconds']:.1f} | "
                     + (f"{img_s:,.0f} img/s = {img_s / fl:.2f}x the floor |" if fl else "- |"))
     if fl:
-        rows.append(f"| floor: bare nn.Module fwd+bwd, batch 2048, fp32/TF32 | {fl:,.0f} img/s | 84,600 img/s | - | 1 |")
+        rows.append(f"| floor: bare nn.Module fwd+bwd, batch 2048, fp32/TF32 | {fl:,.0f} img/s | "
+                    f"{OFFICIAL['plain_loop_img_s']:,} img/s | - | 1 |")
     return "\n".join(rows)
 
 
@@ -348,7 +362,7 @@ def table(res: dict) -> str:
     if fl:
         rows.append(f"| floor: bare fwd+bwd, batch 2048, fp32/TF32 | {fl:,.0f} img/s "
                     f"(channels_last {res['floor_img_s_fp32_channels_last']:,.0f}, bf16 "
-                    f"{res['floor_img_s_bf16_autocast_channels_last']:,.0f}) | 84,600 img/s | - |")
+                    f"{res['floor_img_s_bf16_autocast_channels_last']:,.0f}) | {OFFICIAL['plain_loop_img_s']:,} img/s | - |")
         rows.append(f"| floor: one expert-epoch (50k train + 10k fwd at floor rate) | "
                     f"{floor_expert_epoch_s(fl):.3f} s | - | - |")
     for k, v in res.items():
@@ -358,12 +372,12 @@ def table(res: dict) -> str:
                         f"| 2.2-2.4 s + 1.08 s test | <= 0.22 s |")
         if k.startswith("distill_"):
             tgt = "<= 0.16 s, <= 8.7 GiB" if v["ipc"] == 10 else "within 40 GiB"
-            off = f"{OFFICIAL['distill_ipc10_s']} s, 8.7 GiB" if v["ipc"] == 10 else "1.0 s, 42.4 GiB"
+            off = official_distill(v["ipc"])
             rows.append(f"| distill iteration, {k[8:]} | {v['iter_s']:.3f} s, {v['peak_alloc_gib']:.1f} GiB alloc "
                         f"({v['peak_reserved_gib']:.1f} reserved) | {off} | {tgt} |")
         if k.startswith("eval_"):
             rows.append(f"| evaluation, {k[5:]} ({v['nets']} nets x 1000 ep, 100 img) | {v['seconds']:.2f} s "
-                        f"| 7.7-8.8 s per net | 5 nets <= 8 s |")
+                        f"| {OFFICIAL_EVAL_NET_S[0]}-{OFFICIAL_EVAL_NET_S[1]} s per net | 5 nets <= 8 s |")
     if "zca_fit_50k_s" in res:
         rows.append(f"| ZCA fit, 50k x 3072 | {res['zca_fit_50k_s']:.2f} s | - | seconds |")
     return "\n".join(rows)

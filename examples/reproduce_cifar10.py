@@ -268,12 +268,12 @@ def run_cells(args: argparse.Namespace) -> int:
             reuse[cell] = src
     # a cell that reuses another's buffer goes after it, so a single queue never waits on a later job
     requested.sort(key=lambda c: c in reuse)
-    cmds = {run_name(cell, tag): command(cell, args.dataset, out, args.cifar_n, extra, reuse.get(cell), tag)
+    name = {cell: run_name(cell, tag) for cell in {*requested, *reuse.values()}}
+    cmds = {name[cell]: command(cell, args.dataset, out, args.cifar_n, extra, reuse.get(cell), tag)
             for cell in requested}
     for cell, src in reuse.items():
-        print(f"{run_name(cell, tag)} distils from the experts of {run_name(src, tag)} "
-              f"({out / run_name(src, tag) / 'buffer'})", flush=True)
-    ready = {run_name(cell, tag): (lambda s=run_name(src, tag): buffer_done(out, s)) for cell, src in reuse.items()}
+        print(f"{name[cell]} distils from the experts of {name[src]} ({out / name[src] / 'buffer'})", flush=True)
+    ready = {name[cell]: (lambda s=name[src]: buffer_done(out, s)) for cell, src in reuse.items()}
     if len(cmds) == 1 and args.jobs == 1:  # in the foreground, on the first GPU of --gpus (if given)
         (cell, cmd), = cmds.items()
         env = dict(os.environ)
