@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """SimCLR augmentation alone: eager vs compiled pixel operations (views per second), printed as a table.
 
-``augment_batch`` with :data:`~tad_plugin.features.augment.EAGER_OPS` and with
-:func:`~tad_plugin.features.augment.compiled_ops` (what ``train.compile`` uses) on random uint8 CIFAR-shaped
+``augment_batch`` with :func:`~tad_plugin.features.augment.render` and with
+:func:`~tad_plugin.features.augment.compiled_render` (what ``train.compile`` uses) on random uint8 CIFAR-shaped
 images; ``--rounds`` alternated rounds of ``--calls`` timed calls each after ``--warmup`` untimed ones
 (compilation included there); the median per-call time of each variant is reported. The whole training
 step's share of augmentation is measured by ``examples/train_features.py --bench-only``.
@@ -20,7 +20,7 @@ import time
 import torch
 
 from tad_plugin.engine.runlog import provenance
-from tad_plugin.features.augment import EAGER_OPS, augment_batch, compiled_ops
+from tad_plugin.features.augment import augment_batch, compiled_render, render
 from tad_plugin.files import atomic_write_json
 
 
@@ -42,22 +42,22 @@ def main() -> None:
     start = time.perf_counter()
     g = torch.Generator().manual_seed(args.seed)
     images = torch.randint(0, 256, (args.batch, 3, args.size, args.size), dtype=torch.uint8, generator=g).to(device)
-    variants = {"eager": EAGER_OPS, "compiled": compiled_ops()}
+    variants = {"eager": render, "compiled": compiled_render()}
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for ops in variants.values():
+    for renderer in variants.values():
         for _ in range(args.warmup):
-            augment_batch(images, ops=ops)
+            augment_batch(images, renderer=renderer)
     per_call: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for name, ops in variants.items():
+        for name, renderer in variants.items():
             sync()
             t0 = time.perf_counter()
             for _ in range(args.calls):
-                augment_batch(images, ops=ops)
+                augment_batch(images, renderer=renderer)
             sync()
             per_call[name].append((time.perf_counter() - t0) / args.calls)
     rows = {name: {"ms_per_call": [round(1000 * s, 2) for s in v], "median_ms": round(1000 * statistics.median(v), 2),

@@ -1,10 +1,11 @@
 """GPU-style batch augmentation: per-sample randomness, shapes, ranges, exact geometry and colour maths."""
 
+import functools
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from tad_plugin.features.augment import AugmentConfig, _shift_hue, augment_batch, compiled_ops
+from tad_plugin.features.augment import AugmentConfig, _shift_hue, augment_batch, compiled_render
 
 IDENTITY = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
 
@@ -97,23 +98,23 @@ def test_rejects_wrong_layout():
 def test_compiled_operations_give_the_same_views_as_eager_ones():
     x = _images()
     eager = augment_batch(x, generator=torch.Generator().manual_seed(3))
-    fused = augment_batch(x, generator=torch.Generator().manual_seed(3), ops=compiled_ops())
+    fused = augment_batch(x, generator=torch.Generator().manual_seed(3), renderer=compiled_render())
     assert torch.allclose(fused, eager, atol=1e-5)
-    grey = augment_batch(x[:, :1], generator=torch.Generator().manual_seed(4), ops=compiled_ops())
+    grey = augment_batch(x[:, :1], generator=torch.Generator().manual_seed(4), renderer=compiled_render())
     assert torch.allclose(grey, augment_batch(x[:, :1], generator=torch.Generator().manual_seed(4)), atol=1e-5)
 
 
 def test_every_sample_draws_its_own_jitter_order():
     """torchvision's ColorJitter shuffles its four operations per image. Tag each operation (x -> 10x + j,
     factors ignored) and read every sample's order back from its pixels."""
-    from tad_plugin.features.augment import EAGER_OPS
+    from tad_plugin.features.augment import EAGER_OPS, render
 
     def tag(j):
         return lambda x, _factor: x * 10 + j
     ops = EAGER_OPS._replace(resample=lambda x, _theta: x, brightness=tag(0), contrast=tag(1), saturation=tag(2),
                              hue=tag(3), grey=lambda x, _mask: x)
     cfg = AugmentConfig(jitter_p=1.0, grayscale_p=0.0)
-    out = augment_batch(torch.zeros(480, 3, 4, 4), cfg, torch.Generator().manual_seed(0), ops)
+    out = augment_batch(torch.zeros(480, 3, 4, 4), cfg, torch.Generator().manual_seed(0), functools.partial(render, ops=ops))
     codes = out[:, 0, 0, 0].round().long().tolist()
     orders = [tuple(int(d) for d in f"{code:04d}") for code in codes]
     assert all(sorted(o) == [0, 1, 2, 3] for o in orders)  # each operation exactly once per sample

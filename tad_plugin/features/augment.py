@@ -6,10 +6,11 @@ flip are one affine resampling (``affine_grid`` + ``grid_sample``); the colour o
 vectorised tensor arithmetic. Nothing here reads a value back to the host, so a call never stalls the
 GPU. There is no Gaussian blur: at 32 px it hurts (lightly's and dkobak's CIFAR recipes drop it).
 
-The random draws (a few numbers per sample) and the pixel work are kept apart: the pixel work is six
-pure functions (:class:`AugmentOps`), which :func:`compiled_ops` hands to ``torch.compile`` so that
-each operation's chain of element-wise kernels (the hue rotation alone is ~40) runs as one or two
-fused kernels; eager and compiled give the same views for the same draws.
+The random draws (a few numbers per sample, :func:`draw`) and the pixel work (:func:`render`, built from
+the six pure operations of :class:`AugmentOps`) are kept apart: :func:`compiled_render` hands the whole
+pixel work of a view to ``torch.compile``, so that its ~200 element-wise kernels (the hue rotation alone is
+~40, and the per-sample jitter order runs every operation in each of four slots) become a few fused ones;
+eager and compiled give the same views for the same draws.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "AugmentOps", "EAGER_OPS", "augment_batch", "compiled_ops", "to_unit_float", "grayscale"]
+__all__ = ["AugmentConfig", "AugmentDraws", "AugmentOps", "EAGER_OPS", "Renderer", "augment_batch", "compiled_render", "draw",
+           "grayscale", "render", "to_unit_float"]
 
 _GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
@@ -143,22 +145,95 @@ def _grey(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 EAGER_OPS = AugmentOps(_resample, _brightness, _contrast, _saturation, _shift_hue, _grey)
 
 
+class AugmentDraws(NamedTuple):
+    """The random draws of one view per sample (a few numbers each; ``None``: the step is off).
+
+    Attributes:
+        theta: float [B, 2, 3] affine matrices of the crop + flip.
+        brightness, contrast, saturation: float [B, 1, 1, 1] jitter factors (1 where a sample has no jitter).
+        hue: float [B, 1, 1, 1] hue shifts (0 where a sample has no jitter); ``None`` for grey images or hue 0.
+        order: long [B, 4], each row a permutation of (0 brightness, 1 contrast, 2 saturation, 3 hue): the
+            sample's colour-jitter order; ``None`` when jitter is off.
+        grey: bool [B], which samples turn grey; ``None`` for grey images or ``grayscale_p`` 0.
+    """
+
+    theta: torch.Tensor
+    brightness: torch.Tensor | None
+    contrast: torch.Tensor | None
+    saturation: torch.Tensor | None
+    hue: torch.Tensor | None
+    order: torch.Tensor | None
+    grey: torch.Tensor | None
+
+
+def draw(x: torch.Tensor, config: AugmentConfig = AugmentConfig(),
+         generator: torch.Generator | None = None) -> AugmentDraws:
+    """Every sample's random draws for one view of float images ``x`` [B, C, H, W] (on x's device; no host
+    sync)."""
+    theta = _crop_flip_theta(x, config, generator)
+    rgb = x.shape[1] == 3
+    b = c = s = shift = order = None
+    if config.jitter_p > 0:
+        on = (_rand(x, generator) < config.jitter_p).float()
+
+        def factor(strength: float) -> torch.Tensor:
+            f = _uniform(x, 1 - strength, 1 + strength, generator)
+            return (1 + on * (f - 1)).view(-1, 1, 1, 1)
+
+        b, c = factor(config.brightness), factor(config.contrast)
+        s = factor(config.saturation) if rgb else None
+        if rgb and config.hue > 0:
+            shift = (on * _uniform(x, -config.hue, config.hue, generator)).view(-1, 1, 1, 1)
+        order = _rand(x, generator, 4).argsort(dim=1)
+    grey = _rand(x, generator) < config.grayscale_p if rgb and config.grayscale_p > 0 else None
+    return AugmentDraws(theta, b, c, s, shift, order, grey)
+
+
+def render(x: torch.Tensor, draws: AugmentDraws, ops: AugmentOps = EAGER_OPS) -> torch.Tensor:
+    """The pixel work of one view: crop + flip, colour jitter in each sample's own order, grey-scale.
+
+    A pure function of float images ``x`` [B, C, H, W] in [0, 1] and their :class:`AugmentDraws`; returns
+    float [B, C, H, W] in [0, 1]. :func:`compiled_render` is this function under ``torch.compile``.
+    """
+    x = ops.resample(x, draws.theta)
+    if draws.order is not None:
+        identity = (lambda t: t)
+        ops_of = (lambda t: ops.brightness(t, draws.brightness), lambda t: ops.contrast(t, draws.contrast),
+                  (lambda t: ops.saturation(t, draws.saturation)) if draws.saturation is not None else identity,
+                  (lambda t: ops.hue(t, draws.hue)) if draws.hue is not None else identity)
+        # Slot k applies all four operations to the batch and keeps, per sample, the one its order puts in
+        # slot k: four times the pixel work of one shared order, which left every image of a batch with the
+        # same clamping pattern (session-10 audit: the clipped share varied 1.5-3.8% between batches).
+        # Compiled, the four slots are a few fused kernels: the arithmetic is cheap, kernel launches are not.
+        for slot in range(4):
+            pick = draws.order[:, slot].view(-1, 1, 1, 1)
+            out = [op(x) for op in ops_of]
+            x = torch.where(pick == 0, out[0], torch.where(pick == 1, out[1], torch.where(pick == 2, out[2], out[3])))
+    if draws.grey is not None:
+        x = ops.grey(x, draws.grey)
+    return x
+
+
+Renderer = Callable[[torch.Tensor, AugmentDraws], torch.Tensor]
+
+
 @functools.lru_cache(maxsize=None)
-def compiled_ops() -> AugmentOps:
-    """:data:`EAGER_OPS` under ``torch.compile`` (compiled at their first call, once per input shape; on a
-    CPU this needs a C++ compiler, as inductor does)."""
-    return AugmentOps(*(torch.compile(fn, dynamic=False) for fn in EAGER_OPS))
+def compiled_render() -> Renderer:
+    """:func:`render` under ``torch.compile``: one graph for the whole view (compiled at its first call, once
+    per input shape and per set of steps that are on; on a CPU this needs a C++ compiler, as inductor does).
+    Gives the same views as :func:`render` for the same draws."""
+    return torch.compile(render, dynamic=False)
 
 
 def augment_batch(images: torch.Tensor, config: AugmentConfig = AugmentConfig(),
-                  generator: torch.Generator | None = None, ops: AugmentOps = EAGER_OPS) -> torch.Tensor:
+                  generator: torch.Generator | None = None, renderer: Renderer = render) -> torch.Tensor:
     """One random SimCLR view of every image.
 
     Args:
         images: uint8 [B, C, H, W] (0..255) or float [B, C, H, W] in [0, 1], C in {1, 3}, on any device.
         config: augmentation parameters.
         generator: random generator on ``images.device`` (``None``: the global one).
-        ops: the pixel operations: :data:`EAGER_OPS`, or :func:`compiled_ops` for fused kernels (the same
+        renderer: the pixel work: :func:`render`, or :func:`compiled_render` for fused kernels (the same
             views from the same draws).
 
     Returns:
@@ -168,11 +243,7 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig = AugmentConfig(),
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"augment_batch expects images [B, C, H, W] with C in (1, 3), got {tuple(images.shape)}")
     x = to_unit_float(images)
-    x = ops.resample(x, _crop_flip_theta(x, config, generator))
-    x = _color_jitter(x, config, generator, ops)
-    if x.shape[1] == 3 and config.grayscale_p > 0:
-        x = ops.grey(x, _rand(x, generator) < config.grayscale_p)
-    return x
+    return renderer(x, draw(x, config, generator))
 
 
 def _rand(x: torch.Tensor, generator: torch.Generator | None, *extra: int) -> torch.Tensor:
@@ -212,34 +283,3 @@ def _crop_flip_theta(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator |
     theta[:, 1, 1] = h
     theta[:, 1, 2] = 2 * cy - 1
     return theta
-
-
-def _color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None,
-                  ops: AugmentOps = EAGER_OPS) -> torch.Tensor:
-    """Brightness, contrast, saturation and hue jitter with per-sample factors, applied with probability
-    ``jitter_p`` per sample (factor 1 / shift 0 otherwise), each sample in its own random order (as
-    torchvision's ColorJitter draws its order per image)."""
-    if cfg.jitter_p == 0:
-        return x
-    on = (_rand(x, gen) < cfg.jitter_p).float()
-
-    def factor(strength: float) -> torch.Tensor:
-        f = _uniform(x, 1 - strength, 1 + strength, gen)
-        return (1 + on * (f - 1)).view(-1, 1, 1, 1)
-
-    b, c, s = factor(cfg.brightness), factor(cfg.contrast), factor(cfg.saturation)
-    shift = (on * _uniform(x, -cfg.hue, cfg.hue, gen)).view(-1, 1, 1, 1)
-    rgb = x.shape[1] == 3
-    ops_of = (lambda t: ops.brightness(t, b), lambda t: ops.contrast(t, c),
-              (lambda t: ops.saturation(t, s)) if rgb else (lambda t: t),
-              (lambda t: ops.hue(t, shift)) if rgb and cfg.hue > 0 else (lambda t: t))
-    # Every sample's order is a permutation of the four operations ([B, 4] on x's device: no host sync).
-    # Slot k applies all four to the batch and keeps, per sample, the one its order puts in slot k: four
-    # times the pixel work of one shared order, which left every image of a batch with the same clamping
-    # pattern (session-10 audit: the clipped share varied 1.5-3.8% between batches, 2.5% pooled).
-    order = _rand(x, gen, 4).argsort(dim=1)
-    for slot in range(4):
-        pick = order[:, slot].view(-1, 1, 1, 1)
-        out = [op(x) for op in ops_of]
-        x = torch.where(pick == 0, out[0], torch.where(pick == 1, out[1], torch.where(pick == 2, out[2], out[3])))
-    return x

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageDataset, channel_stats
 from ..files import atomic_torch_save
-from .augment import EAGER_OPS, AugmentConfig, augment_batch, compiled_ops
+from .augment import AugmentConfig, augment_batch, compiled_render, render
 from .extractor import FeatureExtractor, save_extractor
 from .knn import knn_accuracy
 from .lars import LARS, lars_param_groups
@@ -78,7 +78,7 @@ class TrainConfig:
         seed: seeds torch's generators (CPU and CUDA).
         amp: bfloat16 autocast on CUDA.
         compile: ``torch.compile`` the model and the augmentation's pixel operations
-            (:func:`~tad_plugin.features.augment.compiled_ops`; CUDA; pays off on runs longer than a few
+            (:func:`~tad_plugin.features.augment.compiled_render`; CUDA; pays off on runs longer than a few
             minutes).
         augment: the augmentation parameters.
     """
@@ -324,15 +324,15 @@ class _Step:
                  mean: list[float], std: list[float], device: torch.device) -> None:
         self.model, self.optimizer, self.config = model, optimizer, config
         self.forward = torch.compile(model) if config.compile else model
-        self.ops = compiled_ops() if config.compile else EAGER_OPS
+        self.renderer = compiled_render() if config.compile else render
         self.amp = config.amp and device.type == "cuda"
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.timer = _StepTimer(device)
 
     def views(self, batch: torch.Tensor) -> torch.Tensor:
-        aug, ops = self.config.augment, self.ops
-        return torch.cat([augment_batch(batch, aug, ops=ops), augment_batch(batch, aug, ops=ops)])
+        # Both views in one call (each row of the doubled batch draws its own): half the kernel launches.
+        return augment_batch(torch.cat([batch, batch]), self.config.augment, renderer=self.renderer)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         bs = batch.shape[0]
