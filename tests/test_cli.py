@@ -137,14 +137,17 @@ def test_diverging_experts_exit_with_a_clear_message(tmp_path, capsys):
     assert "diverged" in capsys.readouterr().err
 
 
-def test_run_records_name_the_commit_outside_a_checkout(tmp_path, monkeypatch):
+def test_run_records_name_the_commit_git_or_the_one_set_explicitly(tmp_path, monkeypatch):
     from tad_plugin.engine.runlog import git_commit
 
     monkeypatch.delenv("TAD_PLUGIN_COMMIT", raising=False)
     assert git_commit(tmp_path) is None  # not a git checkout: nothing to name
+    inside = git_commit()
+    assert inside is not None and len(inside.removesuffix("-dirty")) == 40  # inside the checkout git answers
     monkeypatch.setenv("TAD_PLUGIN_COMMIT", "abc123")
     assert git_commit(tmp_path) == "abc123"
-    assert git_commit() not in (None, "abc123")  # inside the checkout git itself answers
+    # set explicitly, it wins over git: a copied checkout's .git can name an older commit than its files
+    assert git_commit() == "abc123"
 
 
 def test_a_run_states_its_main_settings_first():

@@ -25,19 +25,21 @@ __all__ = ["RunLog", "command_line", "provenance", "git_commit", "device_name"]
 
 
 def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
-    """The current git commit (with ``-dirty`` if the tree has changes); outside a git checkout (the
-    package installed from a wheel) the environment variable ``TAD_PLUGIN_COMMIT`` when set (e.g.
-    ``TAD_PLUGIN_COMMIT=$(git rev-parse HEAD)`` where the wheel was built), else None."""
+    """The commit to record: the environment variable ``TAD_PLUGIN_COMMIT`` when set (e.g.
+    ``TAD_PLUGIN_COMMIT=$(git rev-parse HEAD)`` where the code was copied from: a copied checkout's ``.git`` can
+    name an older commit than its files, as on the device machines), else the current git commit (with
+    ``-dirty`` if the tree has changes), else None (outside a git checkout, e.g. installed from a wheel)."""
+    if os.environ.get("TAD_PLUGIN_COMMIT"):
+        return os.environ["TAD_PLUGIN_COMMIT"]
     where = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
-    fallback = os.environ.get("TAD_PLUGIN_COMMIT") or None
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return fallback
-    return head + ("-dirty" if dirty else "") if head else fallback
+        return None
+    return head + ("-dirty" if dirty else "") if head else None
 
 
 def device_name(device: torch.device | str) -> str:
