@@ -42,6 +42,25 @@ def test_one_step_on_digits_updates_the_model_and_lowers_nothing_to_nan(tiny, op
     assert 0 <= step.timer.share() <= 1
 
 
+def test_a_step_draws_two_independent_views_of_every_image(tiny):
+    """Both views come from one augmentation call on the doubled batch: rows i and B + i are image i with their
+    own draws. With flips as the only augmentation, every view is image i or its mirror, and the two views of an
+    image disagree about the flip for about half of the images (reused draws would never disagree)."""
+    torch.manual_seed(0)
+    cfg = _config(augment=AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.5, jitter_p=0.0,
+                                        grayscale_p=0.0))
+    model, opt = _model_and_optimizer(1, cfg, torch.device("cpu"))
+    batch = tiny.train_images[:16]
+    views = _Step(model, opt, cfg, [0.3], [0.3], torch.device("cpu")).views(batch)
+    assert views.shape == (32, *batch.shape[1:]) and views.dtype == torch.float32
+    image = batch.float() / 255
+    same = (views.view(2, 16, -1) - image.view(1, 16, -1)).abs().amax(dim=2) < 1e-4
+    mirrored = (views.view(2, 16, -1) - image.flip(-1).view(1, 16, -1)).abs().amax(dim=2) < 1e-4
+    assert (same | mirrored).all()  # each view is its own image, unflipped or mirrored
+    disagree = (same[0] & ~same[1]) | (~same[0] & same[1])
+    assert 3 <= int(disagree.sum()) <= 13  # independent draws: ~8 of 16 pairs differ
+
+
 def test_interrupted_run_resumes_records_history_and_writes_files(tiny, tmp_path):
     ck = tmp_path / "run.pt"
     calls = []
