@@ -143,6 +143,8 @@ def main() -> int:
     p.add_argument("--weight-decay", type=float, default=5e-4, help="LARS recipes use 1e-6..1e-5")
     p.add_argument("--lars-eta", type=float, default=1e-3, help="LARS trust coefficient")
     p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--hidden-dim", type=int, default=2048, help="projection head's hidden width")
+    p.add_argument("--proj-dim", type=int, default=128, help="projection head's output width (NT-Xent space)")
     p.add_argument("--warmup-epochs", type=int, default=10)
     p.add_argument("--crop-min-scale", type=float, default=AugmentConfig().crop_scale[0],
                    help="RandomResizedCrop's smallest crop area, as a fraction of the image (torchvision's "
@@ -169,6 +171,7 @@ def main() -> int:
     config = TrainConfig(epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size,
                          optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, lars_eta=args.lars_eta,
                          temperature=args.temperature, warmup_epochs=args.warmup_epochs, eval_every=args.eval_every,
+                         hidden_dim=args.hidden_dim, out_dim=args.proj_dim,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, compile=not args.no_compile,
                          augment=AugmentConfig(crop_scale=(args.crop_min_scale, 1.0)))
     record: dict = {"dataset": args.name, "note": args.note, "command": " ".join(["python"] + sys.argv),

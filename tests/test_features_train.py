@@ -139,10 +139,12 @@ def test_cli_train_then_embed(tiny, tmp_path, capsys):
     ck = tmp_path / "ex.pt"
     assert main(["features", "train", "--dataset", str(data), "--out", str(ck), "--epochs", "1",
                  "--batch-size", "16", "--no-progress", "--device", "cpu", "--optimizer", "lars",
-                 "--weight-decay", "1e-6", "--lars-eta", "0.02"]) == 0
+                 "--weight-decay", "1e-6", "--lars-eta", "0.02", "--hidden-dim", "32", "--proj-dim", "8"]) == 0
     record = json.loads(ck.with_suffix(".json").read_text())
-    assert {k: record["config"][k] for k in ("optimizer", "weight_decay", "lars_eta", "base_lr")} == {
-        "optimizer": "lars", "weight_decay": 1e-6, "lars_eta": 0.02, "base_lr": 0.3 * 16 / 256}
+    keys = ("optimizer", "weight_decay", "lars_eta", "base_lr", "hidden_dim", "out_dim")
+    assert {k: record["config"][k] for k in keys} == {
+        "optimizer": "lars", "weight_decay": 1e-6, "lars_eta": 0.02, "base_lr": 0.3 * 16 / 256, "hidden_dim": 32,
+        "out_dim": 8}
     assert record["epochs"] == 1 and set(record["knn"]) == {"10", "200"} and len(record["history"]) == 1
     out = tmp_path / "features.pt"
     assert main(["features", "embed", "--dataset", str(data), "--checkpoint", str(ck), "--out", str(out),

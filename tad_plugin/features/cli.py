@@ -41,6 +41,8 @@ def add_subcommands(subparsers: Any) -> None:
                        help="peak learning rate (None: " + ", ".join(
                            f"{name} {lr} * batch / 256" for name, lr in DEFAULT_LR.items()) + ")")
     train.add_argument("--temperature", type=float, default=0.5)
+    train.add_argument("--hidden-dim", type=int, default=2048, help="projection head's hidden width")
+    train.add_argument("--proj-dim", type=int, default=128, help="projection head's output width (NT-Xent space)")
     train.add_argument("--weight-decay", type=float, default=5e-4,
                        help="weight decay (LARS recipes use 1e-6..1e-5)")
     train.add_argument("--lars-eta", type=float, default=1e-3, help="LARS trust coefficient (unused by sgd)")
@@ -100,7 +102,7 @@ def train_command(args: argparse.Namespace) -> int:
     config = TrainConfig(
         epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, temperature=args.temperature, weight_decay=args.weight_decay, lars_eta=args.lars_eta,
-        warmup_epochs=args.warmup_epochs,
+        warmup_epochs=args.warmup_epochs, hidden_dim=args.hidden_dim, out_dim=args.proj_dim,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed, amp=args.amp,
         compile=(device.startswith("cuda") if args.compile is None else args.compile),
         augment=dataclasses.replace(AugmentConfig(), crop_scale=(args.crop_min_scale, 1.0)),
