@@ -229,7 +229,8 @@ class DistillConfig:
       ``lr_labels`` learns soft labels (logits; SGD with ``label_momentum``; None = hard labels);
       ``label_temperature``: the initial soft labels are the experts' logits divided by it (1 = upstream; > 1
       softens them: TAD's experts, trained on the trusted space, give nearly one-hot labels where the noisy
-      arm's are soft, examples/results/demo_digits.md; not measured on CIFAR-10 yet);
+      arm's are soft, examples/results/demo_digits.md; CIFAR-10 sym40, DATM + TAD, one seed: 61.5% at T = 4 vs
+      60.7% at 1, examples/results/cifar10/datm-sym40-tad-t4.json; the noisy arm not measured at 4);
       ``loss_gate``: skip the update of an iteration whose matching loss exceeds it (None = never);
       ``pix_init = "samples_predicted_correctly"``: real images the experts classify correctly.
 
