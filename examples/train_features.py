@@ -19,12 +19,19 @@ stay untouched, e.g. the SGD-vs-LARS probe (2 minutes each) and the peak-lr prob
         --checkpoint /root/probe/lars.pt
     python examples/train_features.py --dataset /root/cifar10.npz --name cifar10_lr024 --lr 0.24 \\
         --time-budget 590 --eval-every 20 --results /root/probe --checkpoint /root/probe/lr024.pt
+
+``--compare`` draws several runs' records on one plot (no GPU), e.g. the 10-minute runs::
+
+    python examples/train_features.py --compare examples/results/features_cifar10.json \
+        examples/results/features_probe/features_cifar10_{lr006,lr024,compiled_aug,fixes,fused}.json \
+        --compare-out examples/results/features_probe/ten_minute_runs.png
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -75,6 +82,38 @@ def plot(history: list[dict[str, float]], ks: tuple[int, ...], title: str, path:
     top.set_xlabel("training minutes")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+
+
+def compare(records: list[Path], path: Path, k: int = 10) -> None:
+    """kNN@k against training minutes of several runs (their ``features_<name>.json`` records) on one plot, each
+    labelled with its file's name, commit, device, final accuracy and epoch count; the 80% target dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    for record_path in records:
+        try:
+            rec = json.loads(record_path.read_text())
+            evals = [h for h in rec["history"] if f"knn{k}" in h]
+            final = 100 * rec["knn"][str(k)]
+        except (OSError, ValueError, KeyError) as exc:
+            raise SystemExit(f"{record_path}: not a training record of examples/train_features.py with kNN@{k} "
+                             f"({exc!r}); pass the features_<name>.json files it writes") from exc
+        label = (f"{record_path.stem.removeprefix('features_')} ({rec['commit'][:7]}, {rec['device'].replace('NVIDIA ', '')}): "
+                 f"{final:.2f}%, {rec['epochs']} ep")
+        ax.plot([h["seconds"] / 60 for h in evals], [100 * h[f"knn{k}"] for h in evals], marker="o", ms=2.5,
+                lw=1.2, label=label)
+    ax.axhline(80, color="grey", ls=":", lw=1, label="80% target")
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel(f"kNN k={k} test top-1 (%)")
+    ax.set_title("SimCLR ResNet-18 on the CIFAR-10 JPEG copy: runs side by side", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
@@ -132,7 +171,11 @@ def markdown(record: dict, path: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="dataset source for load_dataset (e.g. /root/cifar10.npz)")
+    p.add_argument("--dataset", help="dataset source for load_dataset (e.g. /root/cifar10.npz); required unless "
+                                     "--compare")
+    p.add_argument("--compare", type=Path, nargs="+", metavar="RECORD.json",
+                   help="no training: plot these runs' kNN curves together into --compare-out (no GPU needed)")
+    p.add_argument("--compare-out", type=Path, default=Path("features_runs.png"))
     p.add_argument("--name", default="cifar10", help="name used in the result file names")
     p.add_argument("--time-budget", type=float, default=540.0, help="training seconds")
     p.add_argument("--epochs", type=int, default=1000, help="upper bound on epochs")
@@ -163,6 +206,12 @@ def main() -> int:
     p.add_argument("--note", default="Pixels: the CIFAR-10 JPEG copy (quality 75), not the official pixels, so "
                                      "absolute accuracies differ a little from published ones.")
     args = p.parse_args()
+    if args.compare:
+        compare(args.compare, args.compare_out)
+        print(f"wrote {args.compare_out}")
+        return 0
+    if args.dataset is None:
+        p.error("--dataset is required (unless --compare)")
     t_start = time.perf_counter()
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
