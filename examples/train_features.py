@@ -63,60 +63,65 @@ def bench(images: torch.Tensor, base: TrainConfig, device: str, steps: int) -> l
     return rows
 
 
-def plot(history: list[dict[str, float]], ks: tuple[int, ...], title: str, path: Path) -> None:
+def _figure(size: tuple[float, float]):
+    """A fresh figure and axes (matplotlib on the Agg backend: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    evals = [h for h in history if f"knn{ks[0]}" in h]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for k in ks:
-        ax.plot([h["epoch"] for h in evals], [100 * h[f"knn{k}"] for h in evals], marker="o", ms=3,
-                label=f"kNN k={k}")
+    return plt.subplots(figsize=size)
+
+
+def _save(fig, ax, path: Path, **legend) -> None:
+    """The 80% target dotted, grid and legend (``legend``: its options); written atomically as a PNG."""
+    import matplotlib.pyplot as plt
+
     ax.axhline(80, color="grey", ls=":", lw=1, label="80% target")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title, fontsize=9)
-    top = ax.secondary_xaxis("top", functions=_epoch_to_minutes(evals))
-    top.set_xlabel("training minutes")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(**legend)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
+def plot(history: list[dict[str, float]], ks: tuple[int, ...], title: str, path: Path) -> None:
+    evals = [h for h in history if f"knn{ks[0]}" in h]
+    fig, ax = _figure((6.4, 4.0))
+    for k in ks:
+        ax.plot([h["epoch"] for h in evals], [100 * h[f"knn{k}"] for h in evals], marker="o", ms=3,
+                label=f"kNN k={k}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    top = ax.secondary_xaxis("top", functions=_epoch_to_minutes(evals))
+    top.set_xlabel("training minutes")
+    _save(fig, ax, path)
+
+
 def compare(records: list[Path], path: Path, k: int = 10) -> None:
     """kNN@k against training minutes of several runs (their ``features_<name>.json`` records) on one plot, each
     labelled with its file's name, commit, device, final accuracy and epoch count; the 80% target dotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    fig, ax = _figure((7.2, 4.4))
     for record_path in records:
         try:
             rec = json.loads(record_path.read_text())
             evals = [h for h in rec["history"] if f"knn{k}" in h]
             final = 100 * rec["knn"][str(k)]
         except (OSError, ValueError, KeyError) as exc:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
             raise SystemExit(f"{record_path}: not a training record of examples/train_features.py with kNN@{k} "
                              f"({exc!r}); pass the features_<name>.json files it writes") from exc
-        label = (f"{record_path.stem.removeprefix('features_')} ({rec['commit'][:7]}, {rec['device'].replace('NVIDIA ', '')}): "
-                 f"{final:.2f}%, {rec['epochs']} ep")
+        label = (f"{record_path.stem.removeprefix('features_')} ({rec['commit'][:7]}, "
+                 f"{rec['device'].replace('NVIDIA ', '')}): {final:.2f}%, {rec['epochs']} ep")
         ax.plot([h["seconds"] / 60 for h in evals], [100 * h[f"knn{k}"] for h in evals], marker="o", ms=2.5,
                 lw=1.2, label=label)
-    ax.axhline(80, color="grey", ls=":", lw=1, label="80% target")
     ax.set_xlabel("training minutes")
     ax.set_ylabel(f"kNN k={k} test top-1 (%)")
     ax.set_title("SimCLR ResNet-18 on the CIFAR-10 JPEG copy: runs side by side", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    _save(fig, ax, path, fontsize=7, loc="lower right")
 
 
 def _epoch_to_minutes(evals: list[dict[str, float]]):
