@@ -153,13 +153,17 @@ class TADConfig:
     imbalance the balanced synthetic set does not have. Digits asym40: 94.8% vs 94.3% without
     (examples/results/demo_digits.md); CIFAR-10 asym40 (one seed, 20 x 23 experts, 1000 iterations):
     54.2% vs 52.1% without, trusted space 94.6% vs 92.6% precise
-    (examples/results/cifar10/asym40-tad-balanced.json); other noise not measured.
+    (examples/results/cifar10/asym40-tad-balanced.json), 58.7% with ``warmup_confidence_penalty`` too
+    (asym40-tad.json: the asym40 example config sets both); no gain under symmetric 40% (59.2% vs 59.7%) or
+    CIFAR-10N worst (59.0% vs 58.6%) noise (sym40-tad-balanced.json, c10n-worst-tad-balanced.json).
     ``warmup_confidence_penalty``: weight ``w`` of a confidence penalty added to the experts' loss in the
     warm-up epochs only (``w * mean sum_k p_k log p_k``, :func:`tad_plugin.losses.confidence_penalty`; 0 =
     off, the paper). DivideMix's remedy for asymmetric noise: experts that stay unconfident on the systematic
     flips (CIFAR-10's cat <-> dog) leave the flipped samples' losses higher at the first division. CIFAR-10
     asym40 (w = 1, one seed, 20 x 23 experts, 1000 iterations): 55.2% vs 52.1% without, trusted space as precise
-    (92.2% vs 92.6%; examples/results/cifar10/asym40-tad.json), so the asym40 example config sets it; digits
+    (92.2% vs 92.6%; examples/results/cifar10/asym40-tad-cpen.json), 58.7% with ``balance_classes`` too, so
+    the asym40 example config sets both; it hurts under symmetric 40% (55.6% vs 59.7%) and CIFAR-10N worst
+    (55.9% vs 58.6%) noise (sym40-tad-cpen.json, c10n-worst-tad-cpen.json); digits
     asym40 (w = 1): the first division 98.7% precise instead of 97.2%, the same final trusted space, 92.9% vs
     94.3% accuracy (inside the seed spread; examples/results/demo_digits.md).
     ``reg_weight``, ``log_zero``, ``top_k``, ``num_neighbors``, ``vote_threshold`` (``"calibrated"`` or
