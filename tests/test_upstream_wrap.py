@@ -308,8 +308,39 @@ def test_the_warmup_confidence_penalty_reaches_upstreams_warmup_epochs_only(repo
     assert criterion(logits, targets).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
-@pytest.mark.parametrize("setting", [{"balance_classes": True}, {"split": "shared"}])
-def test_engine_only_settings_are_refused_not_ignored(repo, setting):
-    cfg = WrapConfig(tad=TADConfig(**setting))
-    with pytest.raises(ValueError, match=f"tad.{next(iter(setting))} = .* is not available under tad wrap"):
+def test_a_shared_split_is_refused_not_ignored(repo):
+    cfg = WrapConfig(tad=TADConfig(split="shared"))
+    with pytest.raises(ValueError, match="tad.split = 'shared' is not available under tad wrap"):
         run_wrapped("mtt", repo, "buffer.py", BUFFER_ARGS, cfg)
+
+
+class ClassZeroAndEverySixth:
+    """Divisions that trust every sample labelled 0 and every sixth of the others: a 6:1:1:1 trusted space."""
+
+    @hookimpl
+    def filter_dataset(self, losses, labels, num_classes):
+        trusted = (labels == 0) | (torch.arange(len(labels)) % 6 == 0)
+        return TrustSplit(trusted=trusted, confidence=trusted.float(), thresholds=torch.full((num_classes,), 0.5))
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_balance_classes_draws_upstreams_epochs_class_balanced(repo, balance):
+    """After the first division upstream's epoch sees the trusted space once each (class 0 about two thirds of
+    it), or with ``tad.balance_classes`` as many draws, each class about a quarter."""
+    torch.manual_seed(0)
+    pm = get_plugin_manager(TrustAwareDiversion(), load_entrypoints=False)
+    pm.register(ClassZeroAndEverySixth(), name="class_zero")
+    cfg = WrapConfig(tad=TADConfig(warmup_epochs=1, inner_loop=False, balance_classes=balance))
+    run_wrapped("mtt", repo, "buffer.py", BUFFER_ARGS, cfg, hooks=TADHooks(pm))
+    train = [t for t in _trace(repo) if t["mode"] == "train"]
+    assert len(train) == EPOCHS * EXPERTS
+    labels = torch.from_numpy(np.load(repo / "data" / "tiny.npz")["y"])
+    trusted = int(((labels == 0) | (torch.arange(len(labels)) % 6 == 0)).sum())
+    after = [t for i, t in enumerate(train) if i % EPOCHS >= 1]  # every epoch after the first division
+    assert all(t["samples"] == trusted for t in after)
+    counts = torch.bincount(torch.tensor(sum((t["labels"] for t in after), [])), minlength=NUM_CLASSES)
+    share = counts.float() / counts.sum()
+    if balance:  # 8 epochs x 45 draws: each share 0.25 +- 0.023 (1 sd)
+        assert ((share - 0.25).abs() < 0.09).all(), share
+    else:
+        assert share[0].item() == pytest.approx(30 / trusted) and (counts[1:] == counts[1]).all()

@@ -144,7 +144,8 @@ class TADConfig:
     float ``[N, D]`` tensor file instead (see :mod:`tad_plugin.upstream.epoch`).
     ``anchor_epoch``, ``anchor_ipc``, ``anchor_iterations``, ``recalibrate_every``, ``recall_once``: see
     :class:`~tad_plugin.engine.dual_loop.DualLoopConfig` (``recall_once`` also applies under ``tad wrap``).
-    ``balance_classes``: draw each expert's epoch from its trusted space class-balanced (every sample's
+    ``balance_classes`` (also under ``tad wrap``: a class-balanced sampler for upstream's epochs): draw each
+    expert's epoch from its trusted space class-balanced (every sample's
     chance inversely proportional to the number of trusted samples carrying its label, with replacement,
     as many draws as trusted samples; in the warm-up every sample is trusted, so its label counts decide)
     instead of once each in a random order (False, the paper's and the default). Why it exists: under

@@ -14,7 +14,8 @@ function; for ``mode == "train"`` it
    (the inner loop; with ``tad.recall_once`` a sample is recalled at most once per expert,
    :func:`~tad_plugin.engine.dual_loop.admit_once`) -- see "Features and anchors" below;
 4. calls the original ``epoch`` with ``dataloader`` replaced by a loader over the trusted samples with
-   their current labels (same batch size, reshuffled every epoch, as upstream's) and ``criterion``
+   their current labels (same batch size, reshuffled every epoch, as upstream's; with ``tad.balance_classes``
+   drawn class-balanced, as the engine's experts, from the first epoch on) and ``criterion``
    replaced by :class:`HookCriterion` (the ``expert_loss`` hook, TAD's CE + lambda * RCE), from the
    first epoch on, as the engine does (in the warm-up :class:`WarmupCriterion` when
    ``tad.warmup_confidence_penalty`` > 0). ``mode == "test"`` passes through untouched.
@@ -52,7 +53,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, SubsetRandomSampler
+from torch.utils.data import DataLoader, Sampler, SubsetRandomSampler, WeightedRandomSampler
 
 from ..engine.config import TADConfig
 from ..engine.convnet import ConvNetConfig, flatten
@@ -131,7 +132,8 @@ class TADEpoch:
         original: upstream's ``epoch`` function.
         hooks: the hook facade.
         tad: when to divide and recalibrate (``warmup_epochs``, ``recompute_every``, ``inner_loop``,
-            ``anchor_epoch``, ``anchor_ipc``, ``recalibrate_every``, ``recall_once``, ``warmup_confidence_penalty``).
+            ``anchor_epoch``, ``anchor_ipc``, ``recalibrate_every``, ``recall_once``, ``warmup_confidence_penalty``,
+            ``balance_classes``).
         state_path: where the :class:`TrustState` (given by :meth:`start`) is saved, after each expert
             and by :meth:`finish`.
         batch_size: images per chunk of the per-sample loss pass.
@@ -176,10 +178,9 @@ class TADEpoch:
         if done >= 0 and done % self.tad.recompute_every == 0:
             self._divide(ex)
         loader = a["dataloader"]
-        if ex.divisions:
-            data = Relabelled(_Images(ex.images), ex.labels)
-            loader = DataLoader(data, batch_size=loader.batch_size,
-                                sampler=SubsetRandomSampler(torch.nonzero(ex.trusted).flatten().tolist()))
+        if ex.divisions or self.tad.balance_classes:
+            loader = DataLoader(Relabelled(_Images(ex.images), ex.labels), batch_size=loader.batch_size,
+                                sampler=self._sampler(ex))
         a["dataloader"], a["criterion"] = loader, self.warmup_criterion if done < 0 else self.criterion
         out = self.original(*bound.args, **bound.kwargs)
         ex.epochs += 1
@@ -191,6 +192,16 @@ class TADEpoch:
         self.state.save(self.state_path)
 
     # ------------------------------------------------------------------
+    def _sampler(self, ex: _Expert) -> Sampler[int]:
+        """The expert's epoch order over its trusted samples: each once in a random order, or with
+        ``tad.balance_classes`` as many draws with replacement, a sample's chance inversely proportional to
+        the trusted count of its current label (the engine's draw; in the warm-up every sample is trusted)."""
+        if not self.tad.balance_classes:
+            return SubsetRandomSampler(torch.nonzero(ex.trusted).flatten().tolist())
+        per_class = torch.bincount(ex.labels[ex.trusted], minlength=self.state.label_votes.shape[1])
+        weights = ex.trusted.double() / per_class[ex.labels].clamp_min(1).double()
+        return WeightedRandomSampler(weights, num_samples=int(ex.trusted.sum()), replacement=True)
+
     def _expert(self, net: nn.Module, loader: Any) -> _Expert:
         if self.expert is not None and self.expert.net is net:
             return self.expert

@@ -147,8 +147,8 @@ def _caller_paths(cfg: WrapConfig) -> WrapConfig:
 
 
 #: ``tad.*`` settings of the engine's expert trainer that an upstream script's own loop cannot honour, with the
-#: value that means "off": one expert trains at a time (no group to share a split with) on upstream's loader.
-ENGINE_ONLY_TAD = {"split": "per-expert", "balance_classes": False}
+#: value that means "off": one expert trains at a time, so there is no group to share a split with.
+ENGINE_ONLY_TAD = {"split": "per-expert"}
 
 
 def _patch(cfg: WrapConfig, role: str, state_path: Path, hooks: TADHooks | None) -> _Patch:

@@ -111,9 +111,10 @@ def trace(**entry):
 
 
 def epoch(mode, dataloader, net, optimizer, criterion, args, aug, texture=False):
-    loss_avg, acc_avg, num_exp = 0.0, 0, 0
+    loss_avg, acc_avg, num_exp, seen = 0.0, 0, 0, []
     net.train() if mode == "train" else net.eval()
     for img, lab in dataloader:
+        seen += lab.tolist()
         out = net(img.float())
         loss = criterion(out, lab.long())
         if mode == "train":
@@ -123,5 +124,5 @@ def epoch(mode, dataloader, net, optimizer, criterion, args, aug, texture=False)
         loss_avg += loss.item() * len(lab)
         acc_avg += int((out.argmax(1) == lab).sum())
         num_exp += len(lab)
-    trace(mode=mode, samples=num_exp, criterion=type(criterion).__name__)
+    trace(mode=mode, samples=num_exp, criterion=type(criterion).__name__, labels=seen)
     return loss_avg / num_exp, acc_avg / num_exp
