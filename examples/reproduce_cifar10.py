@@ -425,6 +425,21 @@ def plot_pairs(rows: list[tuple[str, float, float, dict | None, dict | None]], p
     return True
 
 
+def short_budget(record: dict) -> str:
+    """``experts x epochs, iterations it`` of a record (the evaluation nets and the rest: :func:`run_budget`)."""
+    cfg = record.get("config", {})
+    b, d = cfg.get("buffer", {}), cfg.get("distill", {})
+    return f"{b.get('num_experts')} x {b.get('epochs')}, {d.get('iterations')} it"
+
+
+def pair_budget(noisy: dict | None, tad: dict | None) -> str:
+    """The budget column of a table row: one budget when both arms ran the same, else each arm's."""
+    found = {arm: short_budget(rec) for arm, rec in (("noisy", noisy), ("TAD", tad)) if rec is not None}
+    if len(set(found.values())) <= 1:
+        return next(iter(found.values()), "-")
+    return "; ".join(f"{arm} {text}" for arm, text in found.items())
+
+
 def _acc(record: dict | None) -> str:
     if record is None:
         return "not run"
@@ -504,8 +519,8 @@ def page(results: Path = RESULTS) -> str:
              "JPEG-compressed CIFAR-10 copy (quality 75) for every run recorded here so far (`--dataset "
              "/root/cifar10.npz`, decoded from that copy): absolute numbers differ a little from the official "
              "pixels; arms on the same copy compare fairly.", "",
-             "| setting | paper method | paper + TAD | ours | ours + TAD | target | met |",
-             "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+             "| setting | paper method | paper + TAD | ours | ours + TAD | target | met | our budget |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- | --- |"]
     pairs = []
     for setting, (_, p_noisy, p_tad, target, gain) in SETTINGS.items():
         noisy, tad = load(f"{setting}-noisy"), load(f"{setting}-tad")
@@ -515,7 +530,7 @@ def page(results: Path = RESULTS) -> str:
             ours_tad, ours_noisy = 100 * tad["results"]["test_acc_mean"], 100 * noisy["results"]["test_acc_mean"]
             met = "yes" if ours_tad >= target and ours_tad - ours_noisy >= gain else "no"
         lines.append(f"| {setting} | {p_noisy} | {p_tad} | {_acc(noisy)} | {_acc(tad)} | TAD >= {target}, "
-                     f">= +{gain} | {met} |")
+                     f">= +{gain} | {met} | {pair_budget(noisy, tad)} |")
     if plot_pairs(pairs, results / "pairs.png"):
         lines += ["", "![method vs method + TAD](cifar10/pairs.png)"]
     clean = best_clean(results)

@@ -45,8 +45,13 @@ def test_page_compares_with_the_paper(tmp_path):
     (tmp_path / "sym40-tad.json").write_text(json.dumps(record(0.64)))
     (tmp_path / "asym40-tad.json").write_text(json.dumps(record(0.60)))
     text = repro.page(tmp_path)
-    assert "| sym40 | 57.5 | 64.6 | 57.0 +- 0.5 | 64.0 +- 0.5 | TAD >= 63.0, >= +5.0 | yes |" in text
-    assert "| asym40 | 54.4 | 63.9 | not run | 60.0 +- 0.5 |" in text
+    assert "| sym40 | 57.5 | 64.6 | 57.0 +- 0.5 | 64.0 +- 0.5 | TAD >= 63.0, >= +5.0 | yes | 20 x 50, 5000 it |" in text
+    assert "| asym40 | 54.4 | 63.9 | not run | 60.0 +- 0.5 | TAD >= 62.0, >= +6.0 | - | 20 x 50, 5000 it |" in text
+    assert "| c10n-worst | 55.7 | 64.4 | not run | not run | TAD >= 62.0, >= +5.0 | - | - |" in text
+    short = record(0.55)
+    short["config"]["distill"]["iterations"] = 1000
+    (tmp_path / "asym40-noisy.json").write_text(json.dumps(short))
+    assert "| no | noisy 20 x 50, 1000 it; TAD 20 x 50, 5000 it |" in repro.page(tmp_path)
     assert "`sym40-tad`: 20 experts x 50 epochs, 5000 iterations, 5 evaluation nets" in text
 
 
