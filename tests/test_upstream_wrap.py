@@ -323,6 +323,23 @@ class ClassZeroAndEverySixth:
         return TrustSplit(trusted=trusted, confidence=trusted.float(), thresholds=torch.full((num_classes,), 0.5))
 
 
+class TrustNothing:
+    @hookimpl
+    def filter_dataset(self, losses, num_classes):
+        return TrustSplit(trusted=torch.zeros(len(losses), dtype=torch.bool), confidence=torch.zeros(len(losses)),
+                          thresholds=torch.full((num_classes,), 0.5))
+
+
+def test_an_empty_trusted_space_is_the_error_reported(repo):
+    """Not masked by the trust state's own complaint (no sample trusted by half of the experts) while the
+    wrapper saves the state on the way out."""
+    pm = get_plugin_manager(TrustAwareDiversion(), load_entrypoints=False)
+    pm.register(TrustNothing(), name="nothing")
+    cfg = WrapConfig(tad=TADConfig(warmup_epochs=1, inner_loop=False))
+    with pytest.raises(RuntimeError, match="expert 0: the trusted space is empty before epoch 1; check the plugin"):
+        run_wrapped("mtt", repo, "buffer.py", BUFFER_ARGS, cfg, hooks=TADHooks(pm))
+
+
 @pytest.mark.parametrize("balance", [False, True])
 def test_balance_classes_draws_upstreams_epochs_class_balanced(repo, balance):
     """After the first division upstream's epoch sees the trusted space once each (class 0 about two thirds of

@@ -195,7 +195,8 @@ class TADEpoch:
     def _sampler(self, ex: _Expert) -> Sampler[int]:
         """The expert's epoch order over its trusted samples: each once in a random order, or with
         ``tad.balance_classes`` as many draws with replacement, a sample's chance inversely proportional to
-        the trusted count of its current label (the engine's draw; in the warm-up every sample is trusted)."""
+        the trusted count of its current label (the engine's draw; in the warm-up every sample is trusted; an
+        empty trusted space never gets here: :meth:`_divide` refuses it)."""
         if not self.tad.balance_classes:
             return SubsetRandomSampler(torch.nonzero(ex.trusted).flatten().tolist())
         per_class = torch.bincount(ex.labels[ex.trusted], minlength=self.state.label_votes.shape[1])

@@ -107,8 +107,11 @@ def run_wrapped(method: str, repo: str | os.PathLike[str], script: str, args: Se
         patch.install(vars(utils), utils.__name__)
         try:
             runpy.run_path(str(path), run_name="__main__")
-        finally:
-            patch.finish()
+        except BaseException:
+            with contextlib.suppress(Exception):  # save what the state holds; the script's error is the one to see
+                patch.finish()
+            raise
+        patch.finish()
     return WrapResult(entry.role, state_path, patch.divisions, patch.summary)
 
 
