@@ -16,6 +16,7 @@ dataset to the GPU once and augment it there. Supported sources (see :func:`load
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +200,9 @@ def _load_torchvision_cifar(key: str, root: str | os.PathLike[str] | None, downl
 def _load_arrays(path: Path) -> ImageDataset:
     if not path.is_file():
         raise DatasetError(f"arrays file {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"cannot read arrays file {path}: it is not an .npz archive (a truncated copy, or another "
+                           f"format); re-create it with save_arrays()")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = {"train_images", "train_labels", "test_images", "test_labels"} - set(npz.files)
@@ -211,7 +215,8 @@ def _load_arrays(path: Path) -> ImageDataset:
     except DatasetError:
         raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled object arrays), OSError
-        raise DatasetError(f"cannot read arrays file {path}: {exc}. Re-create it with save_arrays()") from exc
+        raise DatasetError(f"cannot read arrays file {path}: {str(exc).rstrip('.')}; re-create it with "
+                           f"save_arrays()") from exc
 
     def images(split: str) -> torch.Tensor:
         a = arrays[f"{split}_images"]

@@ -38,8 +38,12 @@ def test_arrays_file_errors(tmp_path):
     with pytest.raises(DatasetError, match="uint8"):
         load_dataset(tmp_path / "float.npz")
     (tmp_path / "corrupt.npz").write_bytes(b"garbage")
-    with pytest.raises(DatasetError, match="cannot read"):
+    with pytest.raises(DatasetError, match="cannot read arrays file .*corrupt.npz: it is not an .npz archive"):
         load_dataset(tmp_path / "corrupt.npz")
+    whole = (tmp_path / "float.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DatasetError, match="cannot read arrays file .*truncated.npz"):
+        load_dataset(tmp_path / "truncated.npz")
     np.savez(tmp_path / "range.npz", train_images=np.zeros((2, 4, 4, 3), np.uint8), train_labels=np.array([0, 5]),
              test_images=np.zeros((1, 4, 4, 3), np.uint8), test_labels=np.zeros(1, int),
              class_names=np.array(["x", "y"]))
