@@ -40,6 +40,7 @@ import torch
 
 from .data import ImageDataset
 from .engine.config import METHODS
+from .files import torch_load
 from .trust_report import TrustReport, later_recalls_text, least_precise, least_recalled, per_class_trust
 
 if TYPE_CHECKING:
@@ -390,7 +391,7 @@ def _stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, o
                 "method": pipe.name}
     if path.is_file():
         result, _ = load_distilled(path)
-        if torch.load(path, map_location="cpu", weights_only=True).get("settings") == json_safe(settings):
+        if torch_load(path).get("settings") == json_safe(settings):
             _record_distill(log, result, 0.0, resumed=True)
             return result
     start = time.perf_counter()

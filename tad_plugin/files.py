@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_torch_save", "atomic_write_json"]
+__all__ = ["atomic_write", "atomic_torch_save", "atomic_write_json", "torch_load"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
@@ -51,3 +53,28 @@ def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> None:
     """Write ``obj`` as indented JSON through :func:`atomic_write`."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def torch_load(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` whose failure says what is wrong with the file.
+
+    Raises:
+        ValueError: the file is not a torch zip archive (a truncated copy, or another format), or it holds
+            objects other than tensors, numbers, strings, lists and dicts (not a file this library or
+            upstream's scripts wrote); torch's own message would advise ``weights_only=False``, which
+            would run whatever code such a file carries. Callers add which file it is and the fix.
+        Any other error of ``torch.load`` (a missing file: FileNotFoundError) unchanged.
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        if Path(path).is_file() and not zipfile.is_zipfile(path):
+            raise ValueError("not a torch file (no zip archive: a truncated copy, or another format)") from exc
+        raise ValueError("it holds objects other than tensors, numbers, strings, lists and dicts, which a safe "
+                         "load refuses (not a file written by this library)") from exc
+    except RuntimeError as exc:
+        if Path(path).is_file() and not zipfile.is_zipfile(path):
+            raise ValueError("not a torch file (no zip archive: a truncated copy, or another format)") from exc
+        raise

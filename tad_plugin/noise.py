@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .checks import check_labels
+from .files import torch_load
 
 __all__ = ["make_noisy_labels", "load_cifar_n", "noise_rate", "NOISE_KINDS", "CIFAR10_ASYMMETRIC_MAP"]
 
@@ -149,7 +150,7 @@ def _load_cifar_n_pt(path: Path) -> dict[str, object]:
                           (reconstruct, "numpy.core.multiarray._reconstruct"),
                           (reconstruct, "numpy._core.multiarray._reconstruct")]
     with torch.serialization.safe_globals(safe):
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch_load(path)
     if not isinstance(data, dict):
         raise ValueError(f"expected a dict of label arrays, got {type(data).__name__}")
     return data

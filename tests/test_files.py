@@ -4,7 +4,7 @@ import stat
 import pytest
 import torch
 
-from tad_plugin.files import atomic_torch_save, atomic_write, atomic_write_json
+from tad_plugin.files import atomic_torch_save, atomic_write, atomic_write_json, torch_load
 
 
 def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
@@ -27,3 +27,33 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
         atomic_write(path, boom)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+class _NotOurs:
+    """An arbitrary class: a pickle of it is what a safe load must refuse."""
+
+
+def test_torch_load_says_what_is_wrong_with_the_file(tmp_path):
+    good = tmp_path / "good.pt"
+    atomic_torch_save({"x": torch.arange(3)}, good)
+    assert torch.equal(torch_load(good)["x"], torch.arange(3))
+    whole = good.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    for name in ("truncated.pt", "text.pt"):
+        with pytest.raises(ValueError, match=r"not a torch file \(no zip archive"):
+            torch_load(tmp_path / name)
+    torch.save({"x": _NotOurs()}, tmp_path / "objects.pt")
+    with pytest.raises(ValueError, match="objects other than tensors.*not a file written by this library"):
+        torch_load(tmp_path / "objects.pt")
+    with pytest.raises(FileNotFoundError):
+        torch_load(tmp_path / "missing.pt")
+
+
+def test_a_corrupt_extractor_or_checkpoint_names_the_file_and_the_fix(tmp_path):
+    from tad_plugin.features import ExtractorFileError, load_extractor
+
+    (tmp_path / "ext.pt").write_text("garbage")
+    with pytest.raises(ExtractorFileError, match=r"cannot read feature extractor .*ext.pt: not a torch file .*"
+                                                 r"Re-create it with `tad features train`"):
+        load_extractor(tmp_path / "ext.pt")

@@ -49,7 +49,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..checks import check_hard_or_soft_labels
-from ..files import atomic_torch_save, atomic_write_json
+from ..files import atomic_torch_save, atomic_write_json, torch_load
 from ..losses import confidence_penalty
 from .convnet import ConvNetConfig, forward
 from .distributed import Ranks
@@ -567,7 +567,12 @@ class TrajectoryMatcher:
         """Run (or resume) to ``config.iterations``; returns the result (also saved at the checkpoint)."""
         c = self.config
         if self.checkpoint is not None and self.checkpoint.exists():
-            self.load_state_dict(torch.load(self.checkpoint, map_location="cpu", weights_only=True))
+            try:
+                state = torch_load(self.checkpoint)
+            except ValueError as exc:
+                raise ValueError(f"cannot read distillation checkpoint {self.checkpoint}: {exc}; delete it to "
+                                 f"start the distillation over") from exc
+            self.load_state_dict(state)
         bar = tqdm(total=c.iterations, initial=self.iteration, desc="distill", disable=not self.progress)
         with bar:
             while self.iteration < c.iterations:

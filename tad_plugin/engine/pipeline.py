@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..data import ImageDataset
-from ..files import atomic_torch_save
+from ..files import atomic_torch_save, torch_load
 from ..manager import TADHooks, get_plugin_manager
 from .config import ConfigError, RunConfig, to_dict
 from .convnet import ConvNetConfig
@@ -387,7 +387,7 @@ def load_distilled(path: str | os.PathLike[str]) -> tuple[DistillResult, Preproc
     if not path.is_file():
         raise ValueError(f"no distilled set at {path}; run `tad distill` first (or pass --synthetic FILE)")
     try:
-        p = torch.load(path, map_location="cpu", weights_only=True)
+        p = torch_load(path)
         result = DistillResult(p["images"], p["labels"], float(p["syn_lr"]), ema_images=p.get("ema_images"),
                                history=list(p["history"]), best=p["best"], best_set=p.get("best_set"))
         return result, Preprocessor.from_state_dict(p["preprocess"])

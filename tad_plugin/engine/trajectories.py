@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..files import atomic_torch_save, atomic_write_json
+from ..files import atomic_torch_save, atomic_write_json, torch_load
 
 __all__ = ["FORMAT", "TrajectoryError", "ExpertRecord", "TrajectoryStore", "load_upstream_buffer",
            "split_flat"]
@@ -266,7 +266,7 @@ class TrajectoryStore:
             raise TrajectoryError(f"expert {index} is not in {self.root} (finished: {len(self)}); "
                                   f"train it first (`tad buffer --out {self.root}` resumes)")
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            payload = torch_load(path, mmap=mmap)
         except Exception as exc:  # zip/pickle errors, truncated files
             raise TrajectoryError(f"cannot load {path}: {exc}; delete the file and rerun `tad buffer` "
                                   f"to retrain that expert") from exc
@@ -329,7 +329,7 @@ class TrajectoryStore:
         if not path.is_file():
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch_load(path)
         except Exception as exc:
             raise TrajectoryError(f"cannot load {path}: {exc}; delete {self.root} and retrain") from exc
 
@@ -367,7 +367,7 @@ class TrajectoryStore:
 def load_upstream_buffer(path: str | os.PathLike[str]) -> list[torch.Tensor]:
     """Read an upstream ``replay_buffer_{n}.pt`` (safely) as flat trajectories, float32 [T+1, P] each."""
     try:
-        buffer = torch.load(path, map_location="cpu", weights_only=True)
+        buffer = torch_load(path)
     except Exception as exc:
         raise TrajectoryError(f"cannot load upstream buffer {path}: {exc}") from exc
     if not isinstance(buffer, list) or not all(isinstance(t, list) and t for t in buffer):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..files import atomic_torch_save
+from ..files import atomic_torch_save, torch_load
 from .resnet import cifar_resnet18
 
 __all__ = [
@@ -218,7 +218,7 @@ def load_extractor(path: str | os.PathLike[str], device: str | torch.device = "c
             f"(on a GPU; a few minutes for CIFAR-10) or pass the path of an existing one"
         )
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch_load(path)
     except Exception as exc:  # truncated zip, pickle refused, ...
         raise ExtractorFileError(f"cannot read feature extractor {path}: {exc}. Re-create it with "
                                  f"`tad features train`") from exc

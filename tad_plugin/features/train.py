@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import ImageDataset, channel_stats
-from ..files import atomic_torch_save
+from ..files import atomic_torch_save, torch_load
 from .augment import AugmentConfig, augment_batch, compiled_render, render
 from .extractor import FeatureExtractor, save_extractor
 from .knn import knn_accuracy
@@ -465,7 +465,7 @@ def _load_state(path: Path | None, config: TrainConfig, model: torch.nn.Module, 
     if path is None or not path.is_file():
         raise TrainingError(f"nothing to resume: no training state at {path}; start without --resume")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch_load(path, map_location=device)
     except Exception as exc:
         raise TrainingError(f"cannot read training state {path}: {exc}; delete it and start without --resume") from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:

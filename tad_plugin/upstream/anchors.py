@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..engine.convnet import ConvNet, ConvNetConfig, flatten, load_flat
+from ..files import torch_load
 
 __all__ = ["PixelMap", "Embedding", "raw_images", "resolve_embedding", "convnet_config", "EXPERT_FEATURES"]
 
@@ -143,7 +144,11 @@ def resolve_embedding(choice: str | None, dataset: str, dst_train: Any, to_unit:
     else:
         path = Path(choice).expanduser()
         if path.is_file():
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                blob = torch_load(path)
+            except ValueError as exc:
+                raise ValueError(f"cannot read tad.features {path}: {exc}; give a `tad features train` file or "
+                                 f"a float [N, D] tensor saved with torch.save") from exc
             if isinstance(blob, torch.Tensor):
                 if blob.dim() != 2 or blob.shape[0] != len(dst_train) or not blob.is_floating_point():
                     raise ValueError(f"tad.features {path} must hold a float tensor [N={len(dst_train)}, D], got "

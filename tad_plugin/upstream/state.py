@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import atomic_torch_save
+from ..files import atomic_torch_save, torch_load
 from ..noise import noise_rate
 
 __all__ = ["TrustState"]
@@ -77,5 +77,9 @@ class TrustState:
         if not Path(path).is_file():
             raise FileNotFoundError(f"trust state {path} does not exist: run the buffer script through "
                                     f"`tad wrap` with the same --state first")
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            d = torch_load(path)
+        except ValueError as exc:
+            raise ValueError(f"cannot read trust state {path}: {exc}; rerun the buffer script through `tad wrap` "
+                             f"to write it again") from exc
         return cls(d["clean_labels"], d["noisy_labels"], d["trusted_votes"], d["label_votes"], int(d["experts"]))
