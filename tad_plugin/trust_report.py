@@ -155,8 +155,13 @@ class TrustReport:
 
     @classmethod
     def load_json(cls, path: str | os.PathLike[str]) -> TrustReport:
-        data = json.loads(Path(path).read_text())
-        return cls([TrustRound(**r) for r in data["rounds"]], data.get("noisy_label_accuracy"))  # older files: 0s
+        """Read a report written by :meth:`save_json`. Raises ValueError naming the file when it is not one."""
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls([TrustRound(**r) for r in data["rounds"]], data.get("noisy_label_accuracy"))  # older: 0s
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read trust report {path}: {type(exc).__name__}: {exc}; it is not a report "
+                             f"TrustReport.save_json wrote (the buffer stage writes it: rerun `tad buffer`)") from exc
 
     def table(self, max_rows: int | None = None) -> str:
         """A Markdown table of the rounds (percentages where clean labels were known); with ``max_rows``,

@@ -26,6 +26,11 @@ def test_rounds_metrics_and_round_trip(tmp_path):
     assert back.rounds == report.rounds and "| 1 | 2 | recalibration | 5 |" in back.table()
     short = back.table(max_rows=1).splitlines()
     assert len(short) == 4 and short[2].startswith("| 0 |") and short[3].startswith("| ... |")
+    (tmp_path / "cut.json").write_text((tmp_path / "trust.json").read_text()[:40])
+    (tmp_path / "other.json").write_text('{"rounds": [{"round": 0, "colour": "red"}]}')
+    for name, problem in (("cut.json", "JSONDecodeError"), ("other.json", "TypeError")):
+        with pytest.raises(ValueError, match=f"cannot read trust report .*{name}: {problem}: .*rerun `tad buffer`"):
+            TrustReport.load_json(tmp_path / name)
     pytest.importorskip("matplotlib")
     report.plot(tmp_path / "trust.png")
     assert (tmp_path / "trust.png").read_bytes()[:4] == b"\x89PNG"
