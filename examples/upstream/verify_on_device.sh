@@ -8,7 +8,9 @@
 # short distill run consuming it (20 iterations, one evaluation), logs under $OUT/<name>/.
 # Inner loop: EXTRACTOR=FILE (a `tad features train` file) gives SSL features and distilled anchors; without
 # it tad wrap's default applies (the default extractor if present, else the logged chunk-mean fallback).
-# usage: [EXTRACTOR=FILE] bash examples/upstream/verify_on_device.sh [mtt ftd datm att]
+# TAD_SETS="--set tad.KEY=VALUE ..." adds tad wrap options to every run (e.g. the asymmetric recipe's
+# tad.balance_classes=true and tad.warmup_confidence_penalty=1).
+# usage: [EXTRACTOR=FILE] [TAD_SETS="..."] bash examples/upstream/verify_on_device.sh [mtt ftd datm att]
 set -uo pipefail
 ROOT=$(pwd)
 OUT=${OUT:-/tmp/tad_wrap_verify}
@@ -27,8 +29,9 @@ if [ -n "${EXTRACTOR:-}" ]; then
     [ -f "$EXTRACTOR" ] || { echo "EXTRACTOR=$EXTRACTOR does not exist"; exit 1; }
     FEATURES=(--set "tad.features=$EXTRACTOR")
 fi
+read -ra TAD_SETS <<< "${TAD_SETS:-}"  # more tad wrap options, e.g. TAD_SETS="--set tad.balance_classes=true"
 NOISE=(--noise symmetric --noise-rate 0.4 --set tad.warmup_epochs=1 --set tad.anchor_epoch=3 --set tad.anchor_ipc=10
-       "${FEATURES[@]}")
+       "${FEATURES[@]}" "${TAD_SETS[@]}")
 BUF=(--dataset=CIFAR10 --model=ConvNet --num_experts=2 --train_epochs=5 --save_interval=2 --data_path=$DATA)
 DIST=(--dataset=CIFAR10 --ipc=10 --syn_steps=10 --expert_epochs=2 --max_start_epoch=3 --lr_img=100 --lr_lr=1e-05
       --lr_teacher=0.01 --data_path=$DATA --Iteration=20 --eval_it=20 --num_eval=1 --epoch_eval_train=50)
