@@ -10,6 +10,8 @@ ATT), one command per cell.
         --dataset /data/cifar10.npz                                          # the page's budget: minutes a cell
     python examples/reproduce_cifar10.py --cell sym40-tad --budget short --set tad.balance_classes=true \\
         --tag balanced --dataset /data/cifar10.npz                           # a variant: its own run and record
+    python examples/reproduce_cifar10.py --cell asym40-noisy --cell asym40-tad --budget short --seeds 1,2 \\
+        --dataset /data/cifar10.npz --gpus 0,1,2,3                           # more training seeds of a pair
     python examples/reproduce_cifar10.py --cell all --budget short --dataset /data/cifar10.npz \\
         --cifar-n /data/CIFAR-10_human.pt --gpus 0                           # the whole table, one GPU
     python examples/reproduce_cifar10.py --page                              # results page from the JSONs
@@ -41,6 +43,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -149,6 +152,23 @@ def cells() -> dict[str, tuple[str, str]]:
 def run_name(cell: str, tag: str | None) -> str:
     """The run folder and record name of ``cell`` under ``--tag``: ``<cell>-<tag>``, or the cell itself."""
     return f"{cell}-{tag}" if tag else cell
+
+
+def seed_tag(tag: str | None, seed: int) -> str | None:
+    """The tag of a run with training seed ``seed`` (``--seeds``): seed 0, the configs' own, keeps ``tag`` (the
+    cell's or variant's record); another seed adds ``seed<N>`` (``sym40-tad-seed1``, ``sym40-tad-bal-seed1``)."""
+    if seed == 0:
+        return tag
+    return f"{tag}-seed{seed}" if tag else f"seed{seed}"
+
+
+def seed_records(cell: str, results: Path = RESULTS) -> list[dict]:
+    """The finished records of ``cell`` over training seeds: ``<cell>.json`` (seed 0) and ``<cell>-seed<N>.json``,
+    those that reached their final evaluation."""
+    paths = [results / f"{cell}.json"] + sorted(results.glob(f"{cell}-seed*.json"))
+    recs = [json.loads(p.read_text()) for p in paths
+            if p.is_file() and re.fullmatch(rf"{re.escape(cell)}(-seed\d+)?\.json", p.name)]
+    return [r for r in recs if "test_acc_mean" in r.get("results", {})]
 
 
 def command(cell: str, dataset: str, out: Path, cifar_n: str | None, extra: list[str],
@@ -270,21 +290,27 @@ def run_cells(args: argparse.Namespace) -> int:
     out, tag = Path(args.out), args.tag
     if tag is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", tag):
         raise SystemExit(f"--tag {tag!r}: use letters, digits, '_' and '.' only (it becomes part of file names)")
-    extra = overrides(args.budget, args.set)
-    requested = list(dict.fromkeys(args.cell))
-    reuse = {}  # cell -> the cell whose buffer it distils from
-    for cell in requested:
-        src = reuse_source(cell) if args.reuse_buffers else None
-        if src is not None and (src in requested or buffer_done(out, run_name(src, tag))):
-            reuse[cell] = src
-    # a cell that reuses another's buffer goes after it, so a single queue never waits on a later job
-    requested.sort(key=lambda c: c in reuse)
-    name = {cell: run_name(cell, tag) for cell in {*requested, *reuse.values()}}
-    cmds = {name[cell]: command(cell, args.dataset, out, args.cifar_n, extra, reuse.get(cell), tag)
-            for cell in requested}
-    for cell, src in reuse.items():
-        print(f"{name[cell]} distils from the experts of {name[src]} ({out / name[src] / 'buffer'})", flush=True)
-    ready = {name[cell]: (lambda s=name[src]: buffer_done(out, s)) for cell, src in reuse.items()}
+    if any(seed < 0 for seed in args.seeds):
+        raise SystemExit(f"--seeds {args.seeds}: seeds are >= 0")
+    cmds: dict[str, list[str]] = {}
+    ready: dict[str, Callable[[], bool]] = {}
+    for seed in dict.fromkeys(args.seeds):
+        t = seed_tag(tag, seed)
+        extra = overrides(args.budget, args.set) + (["--set", f"seed={seed}"] if seed else [])
+        requested = list(dict.fromkeys(args.cell))
+        reuse = {}  # cell -> the cell whose buffer it distils from (same seed)
+        for cell in requested:
+            src = reuse_source(cell) if args.reuse_buffers else None
+            if src is not None and (src in requested or buffer_done(out, run_name(src, t))):
+                reuse[cell] = src
+        # a cell that reuses another's buffer goes after it, so a single queue never waits on a later job
+        requested.sort(key=lambda c: c in reuse)
+        name = {cell: run_name(cell, t) for cell in {*requested, *reuse.values()}}
+        cmds.update({name[cell]: command(cell, args.dataset, out, args.cifar_n, extra, reuse.get(cell), t)
+                     for cell in requested})
+        for cell, src in reuse.items():
+            print(f"{name[cell]} distils from the experts of {name[src]} ({out / name[src] / 'buffer'})", flush=True)
+        ready.update({name[cell]: (lambda s=name[src]: buffer_done(out, s)) for cell, src in reuse.items()})
     if len(cmds) == 1 and args.jobs == 1:  # in the foreground, on the first GPU of --gpus (if given)
         (cell, cmd), = cmds.items()
         env = dict(os.environ)
@@ -440,6 +466,15 @@ def pair_budget(noisy: dict | None, tad: dict | None) -> str:
     return "; ".join(f"{arm} {text}" for arm, text in found.items())
 
 
+def _seed_acc(record: dict | None, seeds: list[dict]) -> str:
+    """A table entry: :func:`_acc` of the seed-0 record, or with finished runs of several seeds the mean +- std
+    (n - 1) of their final accuracies."""
+    if len(seeds) < 2:
+        return _acc(record)
+    accs = [100 * r["results"]["test_acc_mean"] for r in seeds]
+    return f"{statistics.fmean(accs):.1f} +- {statistics.stdev(accs):.1f} over {len(accs)} seeds"
+
+
 def _acc(record: dict | None) -> str:
     if record is None:
         return "not run"
@@ -515,7 +550,9 @@ def page(results: Path = RESULTS) -> str:
              "Generated by `python examples/reproduce_cifar10.py --page` from the JSON files in `cifar10/` "
              "(each holds the command, config, seed, commit, device and wall time of its run). Accuracy: mean "
              "+- std over the evaluation nets at the end of distillation (and, in brackets, the best evaluation point "
-             "during distillation and its iteration, the number the papers report), clean test set. Pixels: the "
+             "during distillation and its iteration, the number the papers report), clean test set; where a cell has "
+             "finished runs of several training seeds (`--seeds`), the mean +- std of their final accuracies. "
+             "Pixels: the "
              "JPEG-compressed CIFAR-10 copy (quality 75) for every run recorded here so far (`--dataset "
              "/root/cifar10.npz`, decoded from that copy): absolute numbers differ a little from the official "
              "pixels; arms on the same copy compare fairly.", "",
@@ -524,13 +561,15 @@ def page(results: Path = RESULTS) -> str:
     pairs = []
     for setting, (_, p_noisy, p_tad, target, gain) in SETTINGS.items():
         noisy, tad = load(f"{setting}-noisy"), load(f"{setting}-tad")
+        seeds = {arm: seed_records(f"{setting}-{arm}", results) for arm in ARMS}
         pairs.append((setting, p_noisy, p_tad, noisy, tad))
         met = "-"
-        if noisy and tad and "test_acc_mean" in tad.get("results", {}) and "test_acc_mean" in noisy.get("results", {}):
-            ours_tad, ours_noisy = 100 * tad["results"]["test_acc_mean"], 100 * noisy["results"]["test_acc_mean"]
+        if seeds["noisy"] and seeds["tad"]:
+            ours_noisy, ours_tad = (statistics.fmean(100 * r["results"]["test_acc_mean"] for r in seeds[arm])
+                                    for arm in ("noisy", "tad"))
             met = "yes" if ours_tad >= target and ours_tad - ours_noisy >= gain else "no"
-        lines.append(f"| {setting} | {p_noisy} | {p_tad} | {_acc(noisy)} | {_acc(tad)} | TAD >= {target}, "
-                     f">= +{gain} | {met} | {pair_budget(noisy, tad)} |")
+        lines.append(f"| {setting} | {p_noisy} | {p_tad} | {_seed_acc(noisy, seeds['noisy'])} | "
+                     f"{_seed_acc(tad, seeds['tad'])} | TAD >= {target}, >= +{gain} | {met} | {pair_budget(noisy, tad)} |")
     if plot_pairs(pairs, results / "pairs.png"):
         lines += ["", "![method vs method + TAD](cifar10/pairs.png)"]
     clean = best_clean(results)
@@ -649,6 +688,9 @@ def main() -> None:
                    help="full: each method's own budget (hours per cell); short: the page's recorded pairs' budget "
                         "(20 experts x 23 epochs, 1000 iterations; minutes per cell); --set overrides either")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0], metavar="0,1,2",
+                   help="training seeds (the labels keep data.noise_seed): seed 0 is the cell's own run and record, "
+                        "seed N runs as <cell>-seedN (--set seed=N); the page's table averages a cell's seeds")
     p.add_argument("--tag", help="a variant's name: runs go to OUT/<cell>-<tag> and records to "
                    "results/cifar10/<cell>-<tag>.json (listed on the page beside the table, not in it), so a run "
                    "with other --set values never replaces a cell's record")

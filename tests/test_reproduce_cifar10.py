@@ -224,7 +224,7 @@ def test_att_cells_distil_from_the_mtt_cells_buffer(tmp_path, monkeypatch, reuse
     monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
     args = repro.argparse.Namespace(cell=["att-c10n-worst-tad", "c10n-worst-tad", "att-sym40-noisy"], set=[],
                                     dataset="d.npz", out=str(tmp_path), cifar_n="h.pt", jobs=1, gpus=None,
-                                    reuse_buffers=reuse, budget="full", tag=None)
+                                    reuse_buffers=reuse, budget="full", tag=None, seeds=[0])
     assert repro.run_cells(args) == 0
     cmds, ready = seen["cmds"], seen["ready"]
     if not reuse:
@@ -248,7 +248,7 @@ def test_ftd_cells_distil_from_the_datm_cells_buffer(tmp_path, monkeypatch):
     monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
     args = repro.argparse.Namespace(cell=["ftd-sym40-noisy", "datm-sym40-noisy"], set=[], dataset="d.npz",
                                     out=str(tmp_path), cifar_n=None, jobs=1, gpus=None, reuse_buffers=True,
-                                    budget="full", tag=None)
+                                    budget="full", tag=None, seeds=[0])
     assert repro.run_cells(args) == 0
     cmds = seen["cmds"]
     assert list(cmds) == ["datm-sym40-noisy", "ftd-sym40-noisy"]
@@ -313,7 +313,7 @@ def test_a_tagged_variant_gets_its_own_runs_and_records(tmp_path, monkeypatch):
     monkeypatch.setattr(repro, "RESULTS", tmp_path / "results")
     args = repro.argparse.Namespace(cell=["ftd-sym40-tad", "datm-sym40-tad"], set=["tad.balance_classes=true"],
                                     dataset="d.npz", out=str(tmp_path), cifar_n=None, jobs=1, gpus=None,
-                                    reuse_buffers=True, budget="short", tag="bal")
+                                    reuse_buffers=True, budget="short", tag="bal", seeds=[0])
     assert repro.run_cells(args) == 0
     cmds = seen["cmds"]
     assert list(cmds) == ["datm-sym40-tad-bal", "ftd-sym40-tad-bal"]
@@ -394,7 +394,7 @@ def test_a_single_cell_runs_in_the_foreground_on_the_first_gpu_given(tmp_path, m
     monkeypatch.setattr(repro, "RESULTS", tmp_path / "results")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     args = repro.argparse.Namespace(cell=["sym40-tad"], set=[], dataset="d.npz", out=str(tmp_path), cifar_n=None,
-                                    jobs=1, gpus="1,0", reuse_buffers=True, budget="short", tag="x")
+                                    jobs=1, gpus="1,0", reuse_buffers=True, budget="short", tag="x", seeds=[0])
     assert repro.run_cells(args) == (0 if exit_code == 0 else 1)
     assert seen["gpu"] == "1" and seen["cmd"][seen["cmd"].index("--out") + 1] == str(tmp_path / "sym40-tad-x")
     record = tmp_path / "results" / "sym40-tad-x.json"
@@ -423,3 +423,35 @@ def test_page_sets_each_mtt_tad_record_against_clean_mtt_of_the_same_budget(tmp_
                     "`clean/mtt-clean-e20` 60.3 | -0.6 | 64.6 vs 65.3: -0.7 |"]
     assert "| run | budget | MTT + TAD | clean MTT | gap | paper: TAD vs clean |" in lines
     assert repro.clean_gap_lines(tmp_path / "clean") == []
+
+
+def test_more_seeds_run_as_their_own_records_and_reuse_their_own_seeds_buffer(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(repro, "run_parallel", lambda cmds, *a, **k: seen.update(cmds=cmds, **k) or {c: 0 for c in cmds})
+    monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
+    args = repro.argparse.Namespace(cell=["att-sym40-tad", "sym40-tad"], set=[], dataset="d.npz", out=str(tmp_path),
+                                    cifar_n=None, jobs=1, gpus=None, reuse_buffers=True, budget="short", tag=None,
+                                    seeds=[0, 2])
+    assert repro.run_cells(args) == 0
+    cmds = seen["cmds"]
+    assert list(cmds) == ["sym40-tad", "att-sym40-tad", "sym40-tad-seed2", "att-sym40-tad-seed2"]
+    att = cmds["att-sym40-tad-seed2"]
+    assert att[att.index("--buffer") + 1] == str(tmp_path / "sym40-tad-seed2" / "buffer")
+    assert att[-2:] == ["--set", "seed=2"] and "seed=0" not in " ".join(cmds["sym40-tad"])
+    cfg = config_from_args(build_parser().parse_args(cmds["sym40-tad-seed2"][3:]))
+    assert cfg.seed == 2 and cfg.data.noise_seed == 0  # the same noisy labels, another training seed
+    assert repro.seed_tag("bal", 2) == "bal-seed2" and repro.seed_tag("bal", 0) == "bal"
+    with pytest.raises(SystemExit, match="--seeds"):
+        repro.run_cells(repro.argparse.Namespace(**{**vars(args), "seeds": [-1]}))
+
+
+def test_the_table_averages_a_cells_finished_seeds(tmp_path):
+    def record(acc):
+        return {"results": {"test_acc_mean": acc, "test_acc_std": 0.005}, "config": {}}
+    for name, acc in (("sym40-noisy", 0.55), ("sym40-tad", 0.62), ("sym40-tad-seed1", 0.64),
+                      ("sym40-tad-seed2", 0.63), ("att-sym40-tad-seed1", 0.10)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(record(acc)))
+    (tmp_path / "sym40-tad-seed3.json").write_text(json.dumps({"results": {}, "config": {}}))  # unfinished
+    (tmp_path / "sym40-tad-seed1.trust_report.json").write_text("{}")
+    row = next(x for x in repro.page(tmp_path).splitlines() if x.startswith("| sym40 |"))
+    assert "| 55.0 +- 0.5 | 63.0 +- 1.0 over 3 seeds | TAD >= 63.0, >= +5.0 | yes |" in row
