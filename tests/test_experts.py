@@ -239,6 +239,18 @@ def test_balanced_epoch_draws_every_trusted_class_equally_often():
     assert steps.tolist() == [0] and s == 0 and idx.shape == (1, 0)
 
 
+def test_the_noisy_arm_ignores_the_tad_only_remedies():
+    """The asym40 config sets balance_classes and the warm-up penalty; its noisy arm (TAD off) must train
+    exactly as plain MTT: every sample once per epoch in a random order, plain cross-entropy."""
+    t = trainer(tad=False, balance_classes=True, warmup_confidence_penalty=1.0, warmup_epochs=2)
+    labels = torch.zeros(1, N, dtype=torch.long)
+    labels[:, : N // 4] = 1  # imbalanced labels: a balanced draw would repeat class 1's samples
+    idx, steps, s = t._epoch_order(torch.ones(1, N, dtype=torch.bool), labels, torch.Generator().manual_seed(0))
+    assert sorted(idx[0, :N].tolist()) == list(range(N))
+    assert t._penalty(0) == 0.0
+    assert trainer(tad=True, warmup_confidence_penalty=1.0, warmup_epochs=2)._penalty(0) == 1.0
+
+
 def test_bad_input_is_explained(tmp_path):
     x, y, tx, ty = data()
     t = trainer(tad=False)
