@@ -455,3 +455,15 @@ def test_the_table_averages_a_cells_finished_seeds(tmp_path):
     (tmp_path / "sym40-tad-seed1.trust_report.json").write_text("{}")
     row = next(x for x in repro.page(tmp_path).splitlines() if x.startswith("| sym40 |"))
     assert "| 55.0 +- 0.5 | 63.0 +- 1.0 over 3 seeds | TAD >= 63.0, >= +5.0 | yes |" in row
+
+
+def test_the_page_names_tad_settings_beyond_the_papers(tmp_path):
+    def record(**tad):
+        return {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01},
+                "config": {"tad": {"balance_classes": False, "warmup_confidence_penalty": 0.0, **tad},
+                           "distill": {"label_temperature": 1.0}}}
+    (tmp_path / "sym40-tad.json").write_text(json.dumps(record()))
+    assert "settings the paper's TAD does not have" not in repro.page(tmp_path)
+    (tmp_path / "asym40-tad.json").write_text(json.dumps(record(balance_classes=True, warmup_confidence_penalty=1.0)))
+    line = next(x for x in repro.page(tmp_path).splitlines() if "settings the paper's TAD does not have" in x)
+    assert line.endswith("asym40: tad.balance_classes=True, tad.warmup_confidence_penalty=1.0.")
