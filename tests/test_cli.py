@@ -151,13 +151,28 @@ def test_run_records_name_the_commit_git_or_the_one_set_explicitly(tmp_path, mon
 
 
 def test_a_run_states_its_main_settings_first():
-    from tad_plugin.cli import settings_line
+    from tad_plugin.cli import settings_hint, settings_line
 
     cfg = config_from_args(build_parser().parse_args(
         ["run", "--config", str(ROOT / "examples/configs/cifar10_sym40_ipc10.yaml"), "--dataset", "/data/cifar10.npz"]))
     line = settings_line(cfg)
     assert line.startswith("MTT on /data/cifar10.npz: IPC 10, ZCA on, 100 experts x 50 epochs (sgd), 5000 iterations")
     assert "TAD on" in line and "lr_img 100" in line
+    assert settings_hint(cfg) is None  # symmetric noise: nothing to suggest
+
+
+def test_an_asymmetric_tad_run_without_the_remedies_gets_a_hint():
+    from tad_plugin.cli import settings_hint
+
+    def cfg(*extra):
+        argv = ["run", "--dataset", "digits", "--noise", "asymmetric-cifar10", "--noise-rate", "0.4", *extra]
+        return config_from_args(build_parser().parse_args(argv))
+    assert "tad.balance_classes=true" in settings_hint(cfg())
+    assert settings_hint(cfg("--no-tad")) is None
+    assert settings_hint(cfg("--set", "tad.balance_classes=true", "--set", "tad.warmup_confidence_penalty=1")) is None
+    asym = config_from_args(build_parser().parse_args(
+        ["run", "--config", str(ROOT / "examples/configs/cifar10_asym40_ipc10.yaml")]))
+    assert settings_hint(asym) is None
 
 
 def test_command_line_is_retypable():
