@@ -238,10 +238,16 @@ def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
     Raises:
         DatasetError / ValueError / FileNotFoundError: with the problem and the fix.
     """
-    from .data import load_dataset
+    from .data import DatasetError, load_dataset
     from .noise import load_cifar_n, make_noisy_labels, noise_rate
 
     ds = load_dataset(cfg.dataset, root=cfg.root, download=cfg.download)
+    empty = [ds.class_names[c] for c in torch.nonzero(ds.class_counts() == 0).flatten().tolist()]
+    if empty:
+        raise DatasetError(f"{ds.name}: class(es) {', '.join(map(repr, empty))} have no training images (of "
+                           f"{ds.num_classes} named classes); label noise would fill them with wrong labels only and "
+                           f"their distilled images could never be right: fix the labels / class_names, or drop those "
+                           f"classes from the dataset")
     if cfg.cifar_n is not None:
         labels = load_cifar_n(cfg.cifar_n, cfg.label_set)
         if labels.shape != ds.train_labels.shape:

@@ -97,6 +97,20 @@ def test_bad_input_exits_with_a_clear_message(argv, message, tmp_path, capsys):
     assert message in err and err.startswith(f"tad {argv[0]}: error:")
 
 
+def test_a_class_without_training_images_is_refused_before_noise_fills_it(tmp_path, capsys):
+    from tad_plugin.data import ImageDataset, load_dataset, save_arrays
+
+    ds = load_dataset("digits")
+    keep = ds.train_labels != 3
+    save_arrays(ImageDataset("no3", ds.train_images[keep], ds.train_labels[keep], ds.test_images, ds.test_labels,
+                             ds.class_names), tmp_path / "no3.npz")
+    argv = ["run", "--dataset", str(tmp_path / "no3.npz"), "--noise", "symmetric", "--noise-rate", "0.4",
+            "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    assert "class(es) '3' have no training images (of 10 named classes)" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "labels.pt").exists()
+
+
 def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
