@@ -403,9 +403,25 @@ def _stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, o
     start = time.perf_counter()
     result = pipe.distill(store, data.dataset, data.labels, checkpoint=out / "distill_checkpoint.pt")
     if pipe.ranks.is_main:  # the ranks hold the same images
-        save_distilled(result, path, pipe.preprocessor(data.dataset, store), settings=json_safe(settings))
+        pre = pipe.preprocessor(data.dataset, store)
+        save_distilled(result, path, pre, settings=json_safe(settings))
+        _draw_distill(result, pre, out, f"{pipe.name.upper()} on {data.dataset.name}", data.dataset.class_names)
     _record_distill(log, result, time.perf_counter() - start, images=list(result.images.shape))
     return result
+
+
+def _draw_distill(result: DistillResult, pre: Preprocessor, out: Path, title: str,
+                  class_names: tuple[str, ...]) -> None:
+    """``out/distilled.png`` (the images, a row per class) and ``out/curve.png`` (accuracy and step size per
+    evaluation), when matplotlib is installed; the same numbers are in the run record either way."""
+    from .engine.figures import save_curve, save_image_grid
+
+    try:
+        save_image_grid(result.images, result.labels, pre, out / "distilled.png", class_names,
+                        title=f"{title}: distilled images (last iteration)")
+        save_curve(result, out / "curve.png", title=f"{title}: distillation")
+    except ImportError:
+        log.info("matplotlib is not installed: no distilled.png / curve.png (pip install 'tad_plugin[plot]')")
 
 
 def _record_distill(log: RunLog, result: DistillResult, seconds: float, **info: Any) -> None:

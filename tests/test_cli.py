@@ -41,6 +41,10 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
     later = record["stages"]["buffer"]["later_recalls"]  # the rounds after the first, summed into the record
     assert later["recalled"] == sum(r["recalled"] for r in recals[1:])
     assert torch.load(quick_demo / "tad" / "distilled.pt", weights_only=True)["images"].shape == (20, 1, 8, 8)
+    pytest.importorskip("matplotlib")
+    for arm in ("noisy", "tad"):  # the run's figures beside its distilled set
+        for name in ("distilled.png", "curve.png"):
+            assert (quick_demo / arm / name).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_rerun_resumes_finished_stages(quick_demo):
