@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer", required=True, metavar="DIR", help="trajectory store")
     p.add_argument("--to", required=True, metavar="DIR", help="output folder")
     p.add_argument("--per-file", type=int, default=10, help="trajectories per file (upstream: 10)")
+    p = sub.add_parser("plot", help="draw a finished run's figures again (e.g. on a machine with matplotlib)")
+    p.add_argument("run", metavar="RUN", help="a run's --out folder (holding distilled.pt, buffer/trust_report.json)")
 
     from .features.cli import add_subcommands
 
@@ -411,7 +413,7 @@ def _stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, o
 
 
 def _draw_distill(result: DistillResult, pre: Preprocessor, out: Path, title: str,
-                  class_names: tuple[str, ...]) -> None:
+                  class_names: tuple[str, ...] | None) -> None:
     """``out/distilled.png`` (the images, a row per class) and ``out/curve.png`` (accuracy and step size per
     evaluation), when matplotlib is installed; the same numbers are in the run record either way."""
     from .engine.figures import save_curve, save_image_grid
@@ -653,8 +655,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    """``tad plot RUN``: ``distilled.png`` and ``curve.png`` from ``RUN/distilled.pt``, ``trust_report.png``
+    from ``RUN/buffer/trust_report.json`` (each that exists; rows of the image grid by class id)."""
+    import importlib.util
+
+    from .engine.pipeline import load_distilled
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("tad plot draws with matplotlib, which is not installed: pip install 'tad_plugin[plot]'")
+    run = Path(args.run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"no run folder at {run}; give the --out folder of a tad run / distill")
+    wrote = []
+    if (run / "distilled.pt").is_file():
+        result, pre = load_distilled(run / "distilled.pt")
+        _draw_distill(result, pre, run, run.name, None)
+        wrote += [str(run / n) for n in ("distilled.png", "curve.png") if (run / n).is_file()]
+    report = run / "buffer" / "trust_report.json"
+    if report.is_file():
+        TrustReport.load_json(report).plot(run / "buffer" / "trust_report.png", title=f"Trust report: {run.name}")
+        wrote.append(str(run / "buffer" / "trust_report.png"))
+    if not wrote:
+        raise FileNotFoundError(f"{run} holds neither distilled.pt nor buffer/trust_report.json: nothing to draw")
+    print("wrote " + ", ".join(wrote))
+    return 0
+
+
 _COMMANDS = {"buffer": _cmd_buffer, "distill": _cmd_distill, "eval": _cmd_eval, "run": _cmd_run,
-             "demo": _cmd_demo, "export": _cmd_export}
+             "demo": _cmd_demo, "export": _cmd_export, "plot": _cmd_plot}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,18 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
             assert (quick_demo / arm / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_draws_a_finished_runs_figures_again(quick_demo, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = quick_demo / "tad"
+    for name in ("distilled.png", "curve.png", "buffer/trust_report.png"):
+        (run / name).unlink()
+    assert main(["plot", str(run)]) == 0
+    for name in ("distilled.png", "curve.png", "buffer/trust_report.png"):
+        assert (run / name).read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "holds neither distilled.pt nor buffer/trust_report.json" in capsys.readouterr().err
+
+
 def test_rerun_resumes_finished_stages(quick_demo):
     assert main(["demo", "--quick", "--no-progress", "--out", str(quick_demo)]) == 0
     record = json.loads((quick_demo / "tad" / "result_demo.json").read_text())
@@ -119,7 +131,7 @@ def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("buffer", "distill", "eval", "run", "demo", "export", "features"):
+    for cmd in ("buffer", "distill", "eval", "run", "demo", "export", "plot", "features"):
         assert cmd in out
 
 
