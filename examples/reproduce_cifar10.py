@@ -380,10 +380,10 @@ def provenance_text(record: dict) -> str:
 def plot_curves(runs: dict[str, dict], path: Path) -> bool:
     """Test accuracy vs distillation iteration of ``runs`` (label -> record) as a PNG; False without
     matplotlib (the page then links no plot)."""
+    from tad_plugin.plotting import pyplot, save_png
+
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot("the results page's plots")
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -396,11 +396,7 @@ def plot_curves(runs: dict[str, dict], path: Path) -> bool:
     ax.set_ylabel("test accuracy (%), mean +- std")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    from tad_plugin.files import atomic_write
-
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
     return True
 
 
@@ -415,10 +411,10 @@ def plot_pairs(rows: list[tuple[str, float, float, dict | None, dict | None]], p
     rows = [r for r in rows if acc(r[3], "test_acc_mean") is not None or acc(r[4], "test_acc_mean") is not None]
     if not rows:
         return False
+    from tad_plugin.plotting import pyplot, save_png
+
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot("the results page's plots")
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4.2))
@@ -443,11 +439,7 @@ def plot_pairs(rows: list[tuple[str, float, float, dict | None, dict | None]], p
     ax.set_title("CIFAR-10 (ours: JPEG copy, budgets on the page); black tick = best point during distillation", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=4, loc="upper left")
-    fig.tight_layout()
-    from tad_plugin.files import atomic_write
-
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
     return True
 
 
@@ -583,7 +575,7 @@ def page(results: Path = RESULTS) -> str:
             met = "yes" if ours_tad >= target and ours_tad - ours_noisy >= gain else "no"
         lines.append(f"| {setting} | {p_noisy} | {p_tad} | {_seed_acc(noisy, seeds['noisy'])} | "
                      f"{_seed_acc(tad, seeds['tad'])} | TAD >= {target}, >= +{gain} | {met} | {pair_budget(noisy, tad)} |")
-    beyond = [f"{setting}: {', '.join(extra)}" for setting, *_ , tad in pairs if (extra := beyond_paper(tad))]
+    beyond = [f"{setting}: {', '.join(extra)}" for setting, *_, tad in pairs if (extra := beyond_paper(tad))]
     if beyond:
         lines += ["", "TAD arms run with settings the paper's TAD does not have (each measured against the paper's "
                       "settings in its record's note and in the variants below): " + "; ".join(beyond) + "."]

@@ -43,6 +43,7 @@ from tad_plugin.engine.runlog import git_commit
 from tad_plugin.features.augment import AugmentConfig
 from tad_plugin.features.train import DEFAULT_LR, OPTIMIZERS, TrainConfig, measure_throughput, train_simclr
 from tad_plugin.files import atomic_write, atomic_write_json
+from tad_plugin.plotting import pyplot, save_png
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,24 +66,15 @@ def bench(images: torch.Tensor, base: TrainConfig, device: str, steps: int) -> l
 
 def _figure(size: tuple[float, float]):
     """A fresh figure and axes (matplotlib on the Agg backend: no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=size)
+    return pyplot("train_features.py's plots").subplots(figsize=size)
 
 
 def _save(fig, ax, path: Path, **legend) -> None:
     """The 80% target dotted, grid and legend (``legend``: its options); written atomically as a PNG."""
-    import matplotlib.pyplot as plt
-
     ax.axhline(80, color="grey", ls=":", lw=1, label="80% target")
     ax.grid(alpha=0.3)
     ax.legend(**legend)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot(history: list[dict[str, float]], ks: tuple[int, ...], title: str, path: Path) -> None:
@@ -109,9 +101,7 @@ def compare(records: list[Path], path: Path, k: int = 10) -> None:
             evals = [h for h in rec["history"] if f"knn{k}" in h]
             final = 100 * rec["knn"][str(k)]
         except (OSError, ValueError, KeyError) as exc:
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
+            pyplot("train_features.py's plots").close(fig)
             raise SystemExit(f"{record_path}: not a training record of examples/train_features.py with kNN@{k} "
                              f"({exc!r}); pass the features_<name>.json files it writes") from exc
         label = (f"{record_path.stem.removeprefix('features_')} ({rec['commit'][:7]}, "

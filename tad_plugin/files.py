@@ -69,12 +69,10 @@ def torch_load(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bo
 
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
+    except (pickle.UnpicklingError, RuntimeError) as exc:
         if Path(path).is_file() and not zipfile.is_zipfile(path):
             raise ValueError("not a torch file (no zip archive: a truncated copy, or another format)") from exc
-        raise ValueError("it holds objects other than tensors, numbers, strings, lists and dicts, which a safe "
-                         "load refuses (not a file written by this library)") from exc
-    except RuntimeError as exc:
-        if Path(path).is_file() and not zipfile.is_zipfile(path):
-            raise ValueError("not a torch file (no zip archive: a truncated copy, or another format)") from exc
+        if isinstance(exc, pickle.UnpicklingError):
+            raise ValueError("it holds objects other than tensors, numbers, strings, lists and dicts, which a safe "
+                             "load refuses (not a file written by this library)") from exc
         raise

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from .checks import check_labels
-from .files import atomic_write, atomic_write_json
+from .files import atomic_write_json
+from .plotting import pyplot, save_png
 
 __all__ = ["TrustRound", "TrustReport", "per_class_trust", "least_precise", "least_recalled", "later_recalls_text"]
 
@@ -186,13 +187,7 @@ class TrustReport:
 
         Needs matplotlib: ``pip install 'tad_plugin[plot]'``.
         """
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as exc:
-            raise ImportError("the trust-report plot needs matplotlib: pip install 'tad_plugin[plot]'") from exc
+        plt = pyplot("the trust-report plot")
         if not self.rounds:
             raise ValueError("the trust report has no rounds to plot")
         x = [r.epoch + (0.5 if r.stage == "recalibration" else 0.0) for r in self.rounds]
@@ -210,9 +205,7 @@ class TrustReport:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-        plt.close(fig)
+        save_png(fig, path)
 
 
 def per_class_trust(trusted: torch.Tensor, labels: torch.Tensor, clean_labels: torch.Tensor,

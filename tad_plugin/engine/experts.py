@@ -65,7 +65,7 @@ from .preprocess import Preprocessor
 from .trajectories import ExpertRecord, TrajectoryStore
 
 __all__ = ["EpochState", "TrustUpdate", "EpochCallback", "recalibrate_experts", "ExpertTrainer",
-           "ExpertError", "expert_seed", "per_sample_losses", "per_sample_predictions"]
+           "ExpertError", "class_balanced_weights", "expert_seed", "per_sample_losses", "per_sample_predictions"]
 
 
 class ExpertError(RuntimeError):
@@ -197,6 +197,20 @@ def per_sample_predictions(net: ConvNetConfig, params: torch.Tensor, images: tor
                                                           reduction="none").view(e, -1)
             predictions[:, i:i + batch_size] = logits.argmax(-1)
     return losses, predictions
+
+
+def class_balanced_weights(trusted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Each sample's weight in a class-balanced draw from a trusted space (``tad.balance_classes``): one over
+    the number of trusted samples carrying its label for a trusted sample, 0 for the others.
+
+    Args:
+        trusted: bool [..., N]; labels: int64 [..., N] in [0, num_classes) (one row per expert, or one row).
+    Returns:
+        float32 [..., N] on ``trusted``'s device (no host sync).
+    """
+    per_class = torch.zeros(*trusted.shape[:-1], num_classes, device=trusted.device).scatter_add_(
+        -1, labels, trusted.float())  # [..., C] trusted samples per label
+    return trusted.float() / per_class.gather(-1, labels).clamp_min(1.0)
 
 
 class ExpertTrainer:
@@ -441,9 +455,7 @@ class ExpertTrainer:
         steps_e = (counts + b - 1) // b
         s = int(steps_e.max())  # the one sync of the epoch's set-up
         if self.tad is not None and self.tad.balance_classes:
-            per_class = torch.zeros(e, self.net.num_classes, device=self.device).scatter_add_(
-                1, labels, trusted.float())  # [E, C] trusted samples per label
-            weight = trusted.float() / per_class.gather(1, labels).clamp_min(1.0)
+            weight = class_balanced_weights(trusted, labels, self.net.num_classes)
             # an expert without trusted samples takes no step, but multinomial needs a positive row
             weight = torch.where((counts == 0).unsqueeze(1), torch.ones_like(weight), weight)
             return torch.multinomial(weight, max(s * b, 1), replacement=True, generator=gen)[:, :s * b], steps_e, s

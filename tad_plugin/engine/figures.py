@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
 
 import torch
 
-from ..files import atomic_write
+from ..plotting import pyplot, save_png
 from .matching import DistillResult
 from .preprocess import Preprocessor
 
@@ -21,17 +20,6 @@ __all__ = ["save_image_grid", "save_curve"]
 #: At most this many classes (rows) and images per class (columns) are drawn; CIFAR-100 at IPC 50 would be
 #: 5,000 tiles.
 MAX_ROWS, MAX_COLS = 20, 10
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError("the run figures need matplotlib: pip install 'tad_plugin[plot]'") from exc
-    return plt
 
 
 def save_image_grid(images: torch.Tensor, labels: torch.Tensor, preprocess: Preprocessor,
@@ -55,7 +43,7 @@ def save_image_grid(images: torch.Tensor, labels: torch.Tensor, preprocess: Prep
     hard = labels.argmax(1) if labels.dim() == 2 else labels
     if hard.dim() != 1 or len(hard) != len(images):
         raise ValueError(f"labels must be [M] or [M, K] with M = {len(images)}, got {tuple(labels.shape)}")
-    plt = _pyplot()
+    plt = pyplot("the run figures")
     pixels = preprocess.to_unit(images.detach().float().cpu()).permute(0, 2, 3, 1)  # [M, H, W, C] in [0, 1]
     classes = sorted(set(hard.tolist()))[:MAX_ROWS]
     cols = min(MAX_COLS, max(int((hard == c).sum()) for c in classes))
@@ -76,9 +64,7 @@ def save_image_grid(images: torch.Tensor, labels: torch.Tensor, preprocess: Prep
         name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
         axes[row][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def save_curve(result: DistillResult, path: str | os.PathLike[str], title: str = "distillation") -> bool:
@@ -88,7 +74,7 @@ def save_curve(result: DistillResult, path: str | os.PathLike[str], title: str =
     rows = [h for h in result.history if "eval" in h]
     if not rows:
         return False
-    plt = _pyplot()
+    plt = pyplot("the run figures")
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label, style in (("eval", "images", "o-"), ("eval_ema", "EMA images", "s--")):
         pts = [(h["iteration"], 100 * h[key]["mean"], 100 * h[key]["std"]) for h in rows if key in h]
@@ -110,7 +96,5 @@ def save_curve(result: DistillResult, path: str | os.PathLike[str], title: str =
         twin.legend(fontsize=8, loc="lower center")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    save_png(fig, path)
     return True

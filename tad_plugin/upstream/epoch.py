@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader, Sampler, SubsetRandomSampler, WeightedR
 from ..engine.config import TADConfig
 from ..engine.convnet import ConvNetConfig, flatten
 from ..engine.dual_loop import DualLoopConfig, admit_once, distill_anchors
+from ..engine.experts import class_balanced_weights
 from ..losses import confidence_penalty
 from ..manager import TADHooks
 from .anchors import Embedding, convnet_config, log
@@ -199,8 +200,7 @@ class TADEpoch:
         empty trusted space never gets here: :meth:`_divide` refuses it)."""
         if not self.tad.balance_classes:
             return SubsetRandomSampler(torch.nonzero(ex.trusted).flatten().tolist())
-        per_class = torch.bincount(ex.labels[ex.trusted], minlength=self.state.label_votes.shape[1])
-        weights = ex.trusted.double() / per_class[ex.labels].clamp_min(1).double()
+        weights = class_balanced_weights(ex.trusted, ex.labels, self.state.label_votes.shape[1])
         return WeightedRandomSampler(weights, num_samples=int(ex.trusted.sum()), replacement=True)
 
     def _expert(self, net: nn.Module, loader: Any) -> _Expert:
