@@ -17,6 +17,7 @@ __all__ = ["add_subcommands", "main", "train_command", "embed_command"]
 def add_subcommands(subparsers: Any) -> None:
     """Add the ``features`` command (with ``train`` and ``embed``) to an argparse sub-parser collection.
     Each leaf parser sets ``func`` to its handler, which takes the parsed ``args`` and returns an exit code."""
+    from .augment import AugmentConfig
     from .train import DEFAULT_LR, OPTIMIZERS
 
     features = subparsers.add_parser("features", help="train or apply the self-supervised feature extractor")
@@ -47,7 +48,8 @@ def add_subcommands(subparsers: Any) -> None:
                        help="weight decay (LARS recipes use 1e-6..1e-5)")
     train.add_argument("--lars-eta", type=float, default=1e-3, help="LARS trust coefficient (unused by sgd)")
     train.add_argument("--warmup-epochs", type=int, default=10)
-    train.add_argument("--crop-min-scale", type=float, default=0.2, help="RandomResizedCrop's smallest area share")
+    train.add_argument("--crop-min-scale", type=float, default=AugmentConfig().crop_scale[0],
+                       help="RandomResizedCrop's smallest area share")
     train.add_argument("--eval-every", type=int, default=5, help="kNN evaluation every N epochs (0: at the end)")
     train.add_argument("--checkpoint-every", type=int, default=10, help="save the resumable state every N epochs")
     train.add_argument("--seed", type=int, default=0)
