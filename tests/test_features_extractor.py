@@ -29,6 +29,17 @@ def test_any_module_uint8_and_float_give_the_same_features():
     assert torch.allclose(a, whole, atol=1e-5)
 
 
+
+def test_progress_bar_counts_every_image_and_leaves_the_features_alone(capsys):
+    ex = FeatureExtractor(_toy_module(), batch_size=3)
+    x = _uint8()
+    silent = ex.embed(x)
+    assert "embed train" not in capsys.readouterr().err
+    shown = ex.embed(x, progress="embed train")
+    err = capsys.readouterr().err
+    assert "embed train" in err and "7/7" in err
+    assert torch.equal(silent, shown)
+
 def test_normalisation_is_applied():
     module = nn.Flatten()
     x = torch.full((1, 1, 2, 2), 0.75)

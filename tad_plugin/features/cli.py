@@ -138,7 +138,8 @@ def embed_command(args: argparse.Namespace) -> int:
     splits = ("train", "test") if args.split == "all" else (args.split,)
     out: dict[str, Any] = {}
     for split in splits:
-        out[f"{split}_features"] = extractor.embed(getattr(dataset, f"{split}_images").to(device)).cpu()
+        out[f"{split}_features"] = extractor.embed(getattr(dataset, f"{split}_images").to(device),
+                                                      progress=f"embed {split}").cpu()
         out[f"{split}_labels"] = getattr(dataset, f"{split}_labels")
     atomic_torch_save(out, args.out)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in out.items()))
