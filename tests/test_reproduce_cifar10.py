@@ -291,7 +291,7 @@ def test_page_draws_the_pairs_only_when_a_cell_has_finished(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "![method vs method + TAD](cifar10/pairs.png)" in text
 
 
-def test_the_short_budget_is_the_recorded_pairs_and_user_sets_win(tmp_path):
+def test_the_short_and_long_budgets_are_the_recorded_runs_and_user_sets_win(tmp_path):
     extra = repro.overrides("short", ["distill.iterations=2000"])
     cfg = config_from_args(build_parser().parse_args(repro.command("att-sym40-tad", "cifar10", tmp_path, None,
                                                                    extra)[3:]))
@@ -300,10 +300,11 @@ def test_the_short_budget_is_the_recorded_pairs_and_user_sets_win(tmp_path):
     full = config_from_args(build_parser().parse_args(repro.command("att-sym40-tad", "cifar10", tmp_path, None,
                                                                     repro.overrides("full", []))[3:]))
     assert full.buffer.epochs == 50 and full.distill.iterations == 60000  # ATT's own budget
-    rec = json.loads((repro.RESULTS / "att-sym40-tad.json").read_text())  # the page's pair ran that budget
-    for key in repro.BUDGETS["short"]:
-        section, name = key.split("=")[0].split(".")
-        assert str(rec["config"][section][name]) == key.split("=")[1]
+    for budget, record in (("short", "att-sym40-tad.json"), ("long", "sym40-noisy-e100-i5000.json")):
+        rec = json.loads((repro.RESULTS / record).read_text())  # the recorded runs of that budget
+        for key in repro.BUDGETS[budget]:
+            section, name = key.split("=")[0].split(".")
+            assert str(rec["config"][section][name]) == key.split("=")[1], (budget, key)
 
 
 def test_a_tagged_variant_gets_its_own_runs_and_records(tmp_path, monkeypatch):
