@@ -122,8 +122,8 @@ ARMS = {"noisy": "--no-tad", "tad": "--tad"}
 #: on an H200, the ATT cells 3.5 min of distillation on an H100 (``--list`` shows each record's time).
 #: "long": the paper's 100 experts and 5000 iterations with the experts trained only as far as IPC 10's matching
 #: reads (23 epochs; epochs 23-49 of MTT's 50 are never used), an evaluation every 500: issue 3's clean run and
-#: its sym40 noisy baseline (clean/mtt-clean-e100-i5000, sym40-noisy-e100-i5000) ran it, ~21 min per MTT cell on
-#: one H200 (experts 7.3 min on two GPUs, distillation 13.8 min).
+#: its sym40 noisy baseline (clean/mtt-clean-e100-i5000, sym40-noisy-e100-i5000) ran it: experts 7.3 min on two
+#: H200s under torchrun (so ~15 min on the one GPU a cell gets here), distillation 13.8 min: ~28 min per MTT cell.
 BUDGETS = {
     "full": (),
     "long": ("buffer.num_experts=100", "buffer.epochs=23", "buffer.experts_per_group=25", "distill.iterations=5000",
@@ -703,7 +703,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/cifar10", help="run folders (one per cell)")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="full",
                    help="full: each method's own budget (hours per cell); long: 100 experts x 23 epochs, 5000 "
-                        "iterations (~21 min per MTT cell on an H200); short: the page's recorded pairs' budget "
+                        "iterations (~28 min per MTT cell on an H200); short: the page's recorded pairs' budget "
                         "(20 experts x 23 epochs, 1000 iterations; minutes per cell); --set overrides any")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0], metavar="0,1,2",
