@@ -10,7 +10,7 @@ ATT), one command per cell.
         --dataset /data/cifar10.npz                                          # the page's budget: minutes a cell
     python examples/reproduce_cifar10.py --cell sym40-tad --budget short --set tad.balance_classes=true \\
         --tag balanced --dataset /data/cifar10.npz                           # a variant: its own run and record
-    python examples/reproduce_cifar10.py --cell sym40-noisy --cell sym40-tad --budget long --tag long \
+    python examples/reproduce_cifar10.py --cell sym40-noisy --cell sym40-tad --budget long --tag long \\
         --dataset /data/cifar10.npz --gpus 0,1                               # the paper's experts and iterations
     python examples/reproduce_cifar10.py --cell asym40-noisy --cell asym40-tad --budget short --seeds 1,2 \\
         --dataset /data/cifar10.npz --gpus 0,1,2,3                           # more training seeds of a pair

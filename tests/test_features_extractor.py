@@ -29,7 +29,6 @@ def test_any_module_uint8_and_float_give_the_same_features():
     assert torch.allclose(a, whole, atol=1e-5)
 
 
-
 def test_progress_bar_counts_every_image_and_leaves_the_features_alone(capsys):
     ex = FeatureExtractor(_toy_module(), batch_size=3)
     x = _uint8()

@@ -132,10 +132,10 @@ class FeatureExtractor:
         self._check(images)
         was_training = self.module.training
         self.module.eval()
+        bar = tqdm(total=images.shape[0], desc=progress, unit="img", disable=progress is None)
         try:
             chunks = []
             use_amp = self.amp and self.device.type == "cuda"
-            bar = tqdm(total=images.shape[0], desc=progress, unit="img", disable=progress is None)
             for start in range(0, images.shape[0], self.batch_size):
                 x = self.prepare(images[start:start + self.batch_size])
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
@@ -144,8 +144,8 @@ class FeatureExtractor:
                     raise TypeError(f"the feature module must return a tensor, got {type(out).__name__}")
                 chunks.append(out.float().flatten(1).to(images.device))
                 bar.update(x.shape[0])
-            bar.close()
         finally:
+            bar.close()
             self.module.train(was_training)
         if not chunks:
             raise ValueError("embed got 0 images; pass images [N, C, H, W] with N >= 1")
