@@ -10,6 +10,11 @@ the training set under the labels it last trained on (no augmentation), the divi
 each rule. Precision and recall are against the clean labels the run saved. Use it to see whether a
 different threshold would reach a precision target before changing anything: on CIFAR-10 sym40 the
 three rules differ by < 0.5 point (``results/cifar10/division/``).
+
+``--average 1,3,6``: also divide by each sample's loss averaged over the parameters of the expert's last
+K epochs (its trajectory snapshots; the labels stay the ones it last trained on), with the class-mean rule:
+whether losses remembered from before the experts fit their noisy trusted samples would split more precisely
+than the last epoch's alone (the sym40 runs' divisions drift from 94.9% to 93.7% precise as training goes on).
 """
 
 from __future__ import annotations
@@ -49,9 +54,17 @@ def division_stats(trusted: torch.Tensor, labels: torch.Tensor, clean: torch.Ten
             "clean_recall_per_class": per_class}
 
 
-def compare(run: Path, experts: int, dataset: str, device: torch.device, batch_size: int = 2048) -> dict:
+def averaged_rule(k: int) -> str:
+    """The result key of the class-mean division on losses averaged over the last ``k`` epochs."""
+    return f"class mean (Eq. 5), loss averaged over the last {k} epochs"
+
+
+def compare(run: Path, experts: int, dataset: str, device: torch.device, batch_size: int = 2048,
+            average: tuple[int, ...] = ()) -> dict:
     """``{expert index: {rule: division_stats, "class_mean_tau": [C]}}`` for the first ``experts`` finished
-    experts of ``run``."""
+    experts of ``run``; with ``average`` (epoch counts K >= 2) also ``{averaged_rule(K): division_stats}``."""
+    if any(k < 2 for k in average):
+        raise ValueError(f"--average takes epoch counts >= 2 (1 is the last epoch, always shown), got {list(average)}")
     store = TrajectoryStore.open(run / "buffer")
     labels_file = run / "labels.pt"
     if not labels_file.is_file():
@@ -80,12 +93,19 @@ def compare(run: Path, experts: int, dataset: str, device: torch.device, batch_s
         if rec.trusted is None:
             raise ValueError(f"expert {e} of {run / 'buffer'} has no trusted spaces: it was trained without TAD")
         y = rec.labels_at(rec.epochs - 1).to(device)
-        losses, _ = per_sample_losses(net, rec.params[-1:].to(device), images, y, pre, batch_size)
-        split = divide_by_loss(losses[0], y, ds.num_classes)
+        deepest = max(average, default=1)
+        if deepest > rec.params.shape[0]:
+            raise ValueError(f"--average {deepest}: expert {e} has only {rec.params.shape[0]} parameter snapshots "
+                             f"(its {rec.epochs} epochs and the start)")
+        losses, _ = per_sample_losses(net, rec.params[-deepest:].to(device), images, y, pre, batch_size)
+        split = divide_by_loss(losses[-1], y, ds.num_classes)
         w, tau = split.confidence, split.thresholds.nan_to_num(1.0)
         res = {name: division_stats((w >= rule(w, tau, y)).cpu(), y.cpu(), clean, ds.num_classes)
                for name, rule in RULES.items()}
         res["class_mean_tau"] = [round(float(v), 4) for v in tau]
+        for k in average:
+            avg = divide_by_loss(losses[-k:].mean(0), y, ds.num_classes)
+            res[averaged_rule(k)] = division_stats(avg.trusted.cpu(), y.cpu(), clean, ds.num_classes)
         out[str(e)] = res
     return out
 
@@ -93,7 +113,7 @@ def compare(run: Path, experts: int, dataset: str, device: torch.device, batch_s
 def table(result: dict) -> str:
     lines = ["| expert | rule | trusted | precision | recall | lowest class recalls |", "| --- | --- | ---: | ---: | ---: | --- |"]
     for e, res in result.items():
-        for name in RULES:
+        for name in (k for k in res if k != "class_mean_tau"):
             s = res[name]
             low = sorted((r, c) for c, r in enumerate(s["clean_recall_per_class"]) if r is not None)[:3]
             lows = ", ".join(f"class {c} {100 * r:.1f}%" for r, c in low)
@@ -107,9 +127,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--experts", type=int, default=4, help="how many experts to analyse (the first ones)")
     p.add_argument("--dataset", required=True, help="the run's dataset: a name (digits, cifar10, ...) or an arrays file")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--average", type=lambda v: tuple(int(x) for x in v.split(",")), default=(), metavar="3,6",
+                   help="also divide by losses averaged over the last K epochs (K >= 2), for each K")
     p.add_argument("--out", type=Path, help="write the result as JSON here")
     a = p.parse_args(argv)
-    result = compare(a.run, a.experts, a.dataset, torch.device(a.device))
+    result = compare(a.run, a.experts, a.dataset, torch.device(a.device), average=a.average)
     print(table(result))
     if a.out is not None:
         atomic_write_json(result, a.out)

@@ -53,3 +53,18 @@ def test_a_folder_without_labels_is_named(tmp_path, quick_demo):
 def test_a_run_without_tad_is_named(quick_demo):
     with pytest.raises(ValueError, match="trained without TAD"):
         dt.compare(quick_demo / "noisy", 1, "digits", torch.device("cpu"))
+
+
+def test_losses_averaged_over_the_last_epochs_divide_too(quick_demo):
+    res = dt.compare(quick_demo / "tad", 1, "digits", torch.device("cpu"), average=(3,))["0"]
+    s = res[dt.averaged_rule(3)]
+    assert 0 < s["trusted"] <= 1797 and 0.5 < s["precision"] <= 1 and 0 < s["recall"] <= 1
+    # a different loss, so (on this run) a different split than the last epoch's alone
+    assert s != res["class mean (Eq. 5)"]
+    assert "last 3 epochs" in dt.table({"0": res})
+
+
+@pytest.mark.parametrize("average, match", [((1,), "counts >= 2"), ((99,), "only .* parameter snapshots")])
+def test_bad_averages_are_named(quick_demo, average, match):
+    with pytest.raises(ValueError, match=match):
+        dt.compare(quick_demo / "tad", 1, "digits", torch.device("cpu"), average=average)
