@@ -453,7 +453,7 @@ def plot_pairs(rows: list[tuple[str, float, float, dict | None, dict | None]], p
 
 #: Settings of our TAD that the paper's does not have, with the value that means "as the paper".
 PAPER_TAD = {"tad": {"balance_classes": False, "warmup_confidence_penalty": 0.0, "recall_once": False,
-                     "split": "per-expert"},
+                     "split": "per-expert", "loss_average": 1},
              "distill": {"label_temperature": 1.0}}
 
 

@@ -6,7 +6,8 @@ import torch
 from tad_plugin import Recalibration, TADHooks, TrustSplit, get_plugin_manager, hookimpl
 from tad_plugin.engine.config import BufferConfig, ConfigError, TADConfig
 from tad_plugin.engine.convnet import ConvNetConfig
-from tad_plugin.engine.experts import EpochState, ExpertError, ExpertTrainer, TrustUpdate, recalibrate_experts
+from tad_plugin.engine.experts import (EpochState, ExpertError, ExpertTrainer, TrustUpdate, per_sample_losses,
+                                       recalibrate_experts)
 from tad_plugin.engine.preprocess import Preprocessor
 from tad_plugin.engine.trajectories import TrajectoryStore
 
@@ -387,3 +388,41 @@ def test_warmup_confidence_penalty_applies_to_the_warmup_steps_only(tmp_path, mo
     assert torch.equal(a.params[0], b.params[0]) and not torch.allclose(a.params[1], b.params[1])
     with pytest.raises(ConfigError, match="warmup_confidence_penalty"):
         TADConfig(warmup_confidence_penalty=-1.0).validate()
+
+
+class LossSpy(Spy):
+    """Spy that keeps the loss tensors each division receives."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses = []
+
+    @hookimpl
+    def filter_dataset(self, losses, labels, num_classes):
+        self.losses.append(losses.clone())
+        return super().filter_dataset(losses, labels, num_classes)
+
+
+def test_loss_average_divides_on_the_mean_of_the_last_snapshots_losses(tmp_path):
+    # the spy's split ignores the losses, so both runs train the same trajectories
+    runs = {}
+    for k in (1, 2):
+        spy = LossSpy()
+        trainer(spy, warmup_epochs=1, experts_per_group=1, loss_average=k).train(store_at(tmp_path / str(k)), *data())
+        runs[k] = spy.losses[:2]  # expert 0: divisions before epochs 1 and 2
+    assert torch.equal(TrajectoryStore.open(tmp_path / "1").load_expert(0).params,
+                       TrajectoryStore.open(tmp_path / "2").load_expert(0).params)
+    after_epoch_0, after_epoch_1 = runs[1]
+    assert torch.allclose(runs[2][1], (after_epoch_0 + after_epoch_1) / 2, atol=1e-6)
+    assert not torch.allclose(runs[2][1], after_epoch_1)
+    # the first division has the initialisation and epoch 0 to average
+    x, y, *_ = data()
+    init = TrajectoryStore.open(tmp_path / "2").load_expert(0).params[:1]
+    at_init = per_sample_losses(NET, init, x, y, PRE, 20)[0][0]
+    assert torch.allclose(runs[2][0], (at_init + after_epoch_0) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_loss_average_must_be_a_positive_integer(bad):
+    with pytest.raises(ConfigError, match="tad.loss_average"):
+        TADConfig(loss_average=bad).validate()

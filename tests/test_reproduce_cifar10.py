@@ -468,3 +468,6 @@ def test_the_page_names_tad_settings_beyond_the_papers(tmp_path):
     (tmp_path / "asym40-tad.json").write_text(json.dumps(record(balance_classes=True, warmup_confidence_penalty=1.0)))
     line = next(x for x in repro.page(tmp_path).splitlines() if "settings the paper's TAD does not have" in x)
     assert line.endswith("asym40: tad.balance_classes=True, tad.warmup_confidence_penalty=1.0.")
+    (tmp_path / "sym40-tad.json").write_text(json.dumps(record(loss_average=6)))
+    line = next(x for x in repro.page(tmp_path).splitlines() if "settings the paper's TAD does not have" in x)
+    assert "sym40: tad.loss_average=6" in line

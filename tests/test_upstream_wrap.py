@@ -308,9 +308,11 @@ def test_the_warmup_confidence_penalty_reaches_upstreams_warmup_epochs_only(repo
     assert criterion(logits, targets).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
-def test_a_shared_split_is_refused_not_ignored(repo):
-    cfg = WrapConfig(tad=TADConfig(split="shared"))
-    with pytest.raises(ValueError, match="tad.split = 'shared' is not available under tad wrap"):
+@pytest.mark.parametrize("engine_only, match", [(dict(split="shared"), "tad.split = 'shared'"),
+                                                (dict(loss_average=3), "tad.loss_average = 3")])
+def test_engine_only_settings_are_refused_not_ignored(repo, engine_only, match):
+    cfg = WrapConfig(tad=TADConfig(**engine_only))
+    with pytest.raises(ValueError, match=match + " is not available under tad wrap"):
         run_wrapped("mtt", repo, "buffer.py", BUFFER_ARGS, cfg)
 
 

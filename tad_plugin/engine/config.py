@@ -167,6 +167,14 @@ class TADConfig:
     (55.9% vs 58.6%) noise (sym40-tad-cpen.json, c10n-worst-tad-cpen.json); digits
     asym40 (w = 1): the first division 98.7% precise instead of 97.2%, the same final trusted space, 92.9% vs
     94.3% accuracy (inside the seed spread; examples/results/demo_digits.md).
+    ``loss_average``: the number K of most recent parameter snapshots whose per-sample losses (each under the
+    current labels, no augmentation) are averaged for a division (1 = the last epoch's losses alone, the paper
+    and the default; fewer snapshots than K early on: all there are). Why it exists: at CIFAR-10 sym40 the
+    divisions drift from 94.9% precise (epoch 11) to 93.7% (epoch 22) as the experts fit their trusted noisy
+    samples (sym40-tad-balanced.trust_report.json); losses remembered from earlier epochs may keep those
+    apart. Costs K - 1 extra no-augmentation passes per division. Not measured on CIFAR-10 yet: see
+    ``examples/division_thresholds.py --average`` for its effect on a finished run's final division. Engine only
+    (not under ``tad wrap``).
     ``reg_weight``, ``log_zero``, ``top_k``, ``num_neighbors``, ``vote_threshold`` (``"calibrated"`` or
     ``"fixed"``), ``calibration_quantile``, ``recall_confidence``, ``sieve_confidence``: passed to
     :class:`~tad_plugin.tad.TrustAwareDiversion` (documented there); None = its default.
@@ -193,6 +201,7 @@ class TADConfig:
     recall_once: bool = False
     balance_classes: bool = False
     warmup_confidence_penalty: float = 0.0
+    loss_average: int = 1
 
     def validate(self) -> None:
         if self.split not in ("per-expert", "shared"):
@@ -202,6 +211,9 @@ class TADConfig:
         if not self.warmup_confidence_penalty >= 0:
             raise ConfigError(f"tad.warmup_confidence_penalty must be >= 0 (0 = off), got "
                               f"{self.warmup_confidence_penalty}")
+        if isinstance(self.loss_average, bool) or not isinstance(self.loss_average, int) or self.loss_average < 1:
+            raise ConfigError(f"tad.loss_average must be an integer >= 1 (1 = the last epoch's losses), got "
+                              f"{self.loss_average!r}")
         if self.anchor_ipc < 2 or self.anchor_epoch < 3 or self.anchor_iterations < 1 or self.recalibrate_every < 1:
             raise ConfigError("tad.anchor_ipc must be >= 2, tad.anchor_epoch >= 3 (anchors match epochs 0-3), "
                               "tad.anchor_iterations and tad.recalibrate_every >= 1")

@@ -23,8 +23,9 @@ What happens, per group of E experts trained together:
    Loss and accuracy accumulate on the device; no ``.item()`` inside the epoch.
 4. After the epoch: one test pass (logging), a snapshot of the parameters, and -- when TAD is on and
    the warm-up is over -- an indexed, no-augmentation, eval-mode pass over the whole training set
-   gives per-sample losses [E, N] for the current labels; ``filter_dataset`` turns them into the next
-   epoch's trusted space (per expert, or one shared split from the losses averaged over the group).
+   gives per-sample losses [E, N] for the current labels (with ``tad.loss_average`` K > 1: the mean of such
+   passes over the last K parameter snapshots); ``filter_dataset`` turns them into the next epoch's trusted
+   space (per expert, or one shared split from the losses averaged over the group).
 5. Then the epoch callback (``on_epoch``) runs: the point where the dual loop recomputes the trusted
    space and applies ``recalibrate`` (:func:`recalibrate_experts`; the dual loop in
    :mod:`tad_plugin.engine.dual_loop` is the full inner loop).
@@ -344,8 +345,14 @@ class ExpertTrainer:
 
         def divide() -> tuple[torch.Tensor, list[TrustSplit], torch.Tensor]:
             nonlocal trusted, cur_thr
-            losses, predictions = per_sample_predictions(cfg, params, images, cur_labels, self._preprocess_for(images),
-                                                         buf.eval_batch_size, self._forward)
+            pre = self._preprocess_for(images)
+            losses, predictions = per_sample_predictions(cfg, params, images, cur_labels, pre, buf.eval_batch_size,
+                                                         self._forward)
+            # tad.loss_average: the last K snapshots' losses under the current labels (params is snapshots[-1])
+            for earlier in snapshots[-self.tad.loss_average:-1]:
+                losses = losses + per_sample_predictions(cfg, earlier, images, cur_labels, pre, buf.eval_batch_size,
+                                                         self._forward)[0]
+            losses = losses / min(self.tad.loss_average, len(snapshots))
             splits = self._divide(losses, cur_labels)
             trusted = torch.stack([s.trusted.to(dev) for s in splits])
             cur_thr = torch.stack([s.thresholds.to(dev, torch.float32) for s in splits])

@@ -150,8 +150,9 @@ def _caller_paths(cfg: WrapConfig) -> WrapConfig:
 
 
 #: ``tad.*`` settings of the engine's expert trainer that an upstream script's own loop cannot honour, with the
-#: value that means "off": one expert trains at a time, so there is no group to share a split with.
-ENGINE_ONLY_TAD = {"split": "per-expert"}
+#: value that means "off": one expert trains at a time, so there is no group to share a split with, and the
+#: wrapper keeps no parameter snapshots to average losses over.
+ENGINE_ONLY_TAD = {"split": "per-expert", "loss_average": 1}
 
 
 def _patch(cfg: WrapConfig, role: str, state_path: Path, hooks: TADHooks | None) -> _Patch:
