@@ -27,7 +27,7 @@ import torch
 from tad_plugin.data import load_dataset
 from tad_plugin.division import divide_by_loss
 from tad_plugin.engine.convnet import ConvNetConfig
-from tad_plugin.engine.experts import per_sample_losses
+from tad_plugin.engine.experts import snapshot_mean_losses
 from tad_plugin.engine.preprocess import Preprocessor
 from tad_plugin.engine.trajectories import TrajectoryStore
 from tad_plugin.files import atomic_write_json
@@ -97,14 +97,18 @@ def compare(run: Path, experts: int, dataset: str, device: torch.device, batch_s
         if deepest > rec.params.shape[0]:
             raise ValueError(f"--average {deepest}: expert {e} has only {rec.params.shape[0]} parameter snapshots "
                              f"(its {rec.epochs} epochs and the start)")
-        losses, _ = per_sample_losses(net, rec.params[-deepest:].to(device), images, y, pre, batch_size)
-        split = divide_by_loss(losses[-1], y, ds.num_classes)
+        snapshots = [p.unsqueeze(0) for p in rec.params[-deepest:].to(device)]  # each [1, P]: the engine's shape
+
+        def losses(k: int) -> torch.Tensor:  # what a division with tad.loss_average = k reads
+            return snapshot_mean_losses(net, snapshots[-k:], images, y, pre, batch_size)[0][0]
+
+        split = divide_by_loss(losses(1), y, ds.num_classes)
         w, tau = split.confidence, split.thresholds.nan_to_num(1.0)
         res = {name: division_stats((w >= rule(w, tau, y)).cpu(), y.cpu(), clean, ds.num_classes)
                for name, rule in RULES.items()}
         res["class_mean_tau"] = [round(float(v), 4) for v in tau]
         for k in average:
-            avg = divide_by_loss(losses[-k:].mean(0), y, ds.num_classes)
+            avg = divide_by_loss(losses(k), y, ds.num_classes)
             res[averaged_rule(k)] = division_stats(avg.trusted.cpu(), y.cpu(), clean, ds.num_classes)
         out[str(e)] = res
     return out

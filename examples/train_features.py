@@ -23,7 +23,7 @@ stay untouched, e.g. the SGD-vs-LARS probe (2 minutes each) and the peak-lr prob
 ``--compare`` draws several runs' records on one plot (no GPU), e.g. the 10-minute runs::
 
     python examples/train_features.py --compare examples/results/features_cifar10.json \\
-        examples/results/features_probe/features_cifar10_{lr006,lr024,compiled_aug,fixes,fused,t02}.json \\
+        examples/results/features_probe/features_cifar10_{lr006,lr024,compiled_aug,fixes,fused,t02,crop008}.json \\
         --compare-out examples/results/features_probe/ten_minute_runs.png
 """
 

@@ -658,12 +658,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     """``tad plot RUN``: ``distilled.png`` and ``curve.png`` from ``RUN/distilled.pt``, ``trust_report.png``
     from ``RUN/buffer/trust_report.json`` (each that exists; rows of the image grid by class id)."""
-    import importlib.util
-
     from .engine.pipeline import load_distilled
+    from .plotting import pyplot
 
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ValueError("tad plot draws with matplotlib, which is not installed: pip install 'tad_plugin[plot]'")
+    try:
+        pyplot("tad plot")  # without matplotlib the figures below would be skipped silently
+    except ImportError as exc:
+        raise ValueError(str(exc)) from exc
     run = Path(args.run)
     if not run.is_dir():
         raise FileNotFoundError(f"no run folder at {run}; give the --out folder of a tad run / distill")

@@ -66,7 +66,8 @@ from .preprocess import Preprocessor
 from .trajectories import ExpertRecord, TrajectoryStore
 
 __all__ = ["EpochState", "TrustUpdate", "EpochCallback", "recalibrate_experts", "ExpertTrainer",
-           "ExpertError", "class_balanced_weights", "expert_seed", "per_sample_losses", "per_sample_predictions"]
+           "ExpertError", "class_balanced_weights", "expert_seed", "per_sample_losses", "per_sample_predictions",
+           "snapshot_mean_losses"]
 
 
 class ExpertError(RuntimeError):
@@ -198,6 +199,21 @@ def per_sample_predictions(net: ConvNetConfig, params: torch.Tensor, images: tor
                                                           reduction="none").view(e, -1)
             predictions[:, i:i + batch_size] = logits.argmax(-1)
     return losses, predictions
+
+
+def snapshot_mean_losses(net: ConvNetConfig, snapshots: Sequence[torch.Tensor], images: torch.Tensor,
+                         labels: torch.Tensor, preprocess: Preprocessor | None, batch_size: int,
+                         forward_fn: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`per_sample_predictions` averaged over parameter snapshots (``tad.loss_average``): each snapshot
+    float [E, P], the last one the current parameters, all under the same ``labels``. Returns the mean
+    per-sample losses float32 [E, N] and the last snapshot's predictions int64 [E, N] (one pass per snapshot)."""
+    if not snapshots:
+        raise ValueError("snapshot_mean_losses needs at least one parameter snapshot")
+    losses, predictions = per_sample_predictions(net, snapshots[-1], images, labels, preprocess, batch_size,
+                                                 forward_fn)
+    for earlier in snapshots[:-1]:
+        losses = losses + per_sample_predictions(net, earlier, images, labels, preprocess, batch_size, forward_fn)[0]
+    return (losses / len(snapshots) if len(snapshots) > 1 else losses), predictions
 
 
 def class_balanced_weights(trusted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -345,14 +361,9 @@ class ExpertTrainer:
 
         def divide() -> tuple[torch.Tensor, list[TrustSplit], torch.Tensor]:
             nonlocal trusted, cur_thr
-            pre = self._preprocess_for(images)
-            losses, predictions = per_sample_predictions(cfg, params, images, cur_labels, pre, buf.eval_batch_size,
-                                                         self._forward)
-            # tad.loss_average: the last K snapshots' losses under the current labels (params is snapshots[-1])
-            for earlier in snapshots[-self.tad.loss_average:-1]:
-                losses = losses + per_sample_predictions(cfg, earlier, images, cur_labels, pre, buf.eval_batch_size,
-                                                         self._forward)[0]
-            losses = losses / min(self.tad.loss_average, len(snapshots))
+            # the last K snapshots (tad.loss_average; snapshots[-1] is the current params) under the current labels
+            losses, predictions = snapshot_mean_losses(cfg, snapshots[-self.tad.loss_average:], images, cur_labels,
+                                                       self._preprocess_for(images), buf.eval_batch_size, self._forward)
             splits = self._divide(losses, cur_labels)
             trusted = torch.stack([s.trusted.to(dev) for s in splits])
             cur_thr = torch.stack([s.thresholds.to(dev, torch.float32) for s in splits])
