@@ -95,10 +95,13 @@ OTHER_RESULTS = (
      "374 epochs, 78.18% kNN@10"),
     ("features_probe/features_cifar10_crop008.md", "SimCLR 10 minutes on an H100 with crop scale (0.08, 1), now the "
      "default: 345 epochs, 80.31% kNN@10 (issue 4's target)"),
+    ("features_probe/features_cifar10_s14.md", "SimCLR 5.5 minutes on an H100 (the extractor of sym40-tad-avg1/-avg6): "
+     "199 epochs, 78.91% kNN@10"),
     ("features_probe/ten_minute_runs.png", "the eight 10-minute SimCLR runs' kNN curves on one plot"),
     ("recalibration_sweep.md", "the inner loop's vote settings on digits and on SimCLR CIFAR-10 features (CPU)"),
     ("cifar10/division/README.md", "the final division under three threshold rules (Eq. 5's class mean, global 0.5, "
-     "min of both), per class, on CIFAR-10 sym40 (SGD and GSAM experts) and asym40"),
+     "min of both), per class, on CIFAR-10 sym40 (SGD and GSAM experts) and asym40; losses averaged over the last K "
+     "epochs (tad.loss_average), offline and trained with"),
     ("expert_displacement.md", "how far experts move per 2 epochs: noisy vs TAD with and without reverse CE "
      "(digits, CPU) and noisy vs TAD GSAM experts (CIFAR-10 sym40), beside the learned step size"),
     ("cifar10/first_gpu_runs/README.md", "first CIFAR-10 GPU runs: a pipeline check (no ZCA), not results"),
