@@ -199,13 +199,23 @@ def method_adapter(method: str) -> tuple[type[Pipeline], Callable[[str, int], di
     :data:`~tad_plugin.engine.config.METHODS`), from ``tad_plugin.adapters.<method>``.
 
     Raises:
-        ConfigError: an unknown method.
+        ConfigError: an unknown method, or ``tad_plugin.adapters`` missing from the imported package (a source
+            checkout on ``sys.path`` shadowing a non-editable install).
     """
     from .engine.config import ConfigError
 
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    module = importlib.import_module(f"{__package__}.adapters.{method}")
+    try:
+        module = importlib.import_module(f"{__package__}.adapters.{method}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in (f"{__package__}.adapters", f"{__package__}.adapters.{method}"):
+            raise
+        raise ConfigError(
+            f"{__package__}.adapters is missing from the tad_plugin imported from {Path(__file__).parent}: "
+            "setup.cfg installs the checkout's adapters/ folder as tad_plugin.adapters, so a source checkout on "
+            "sys.path (python run from the checkout's root) hides them when the install is not editable. Install "
+            "with `python -m pip install -e .`, or run from outside the checkout") from exc
     return getattr(module, method.upper()), getattr(module, f"{method}_defaults")
 
 

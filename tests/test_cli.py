@@ -317,3 +317,21 @@ def test_best_line_only_when_the_best_came_before_the_end(tmp_path):
     assert str(tmp_path / "distilled.pt") in line and "tad eval --best" in line
     assert best_line({**res, "best_iteration": 1000}, 1000, tmp_path / "d.pt") is None
     assert best_line({}, 1000, tmp_path / "d.pt") is None
+
+
+def test_method_adapter_names_a_shadowing_checkout(monkeypatch):
+    """A source checkout on sys.path hides tad_plugin.adapters from a non-editable install: the error names the
+    cause and the fix; a missing module of the adapter's own (a real import error) is left as it is."""
+    from tad_plugin import cli
+    from tad_plugin.engine.config import ConfigError
+
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {missing.module!r}", name=missing.module)
+
+    monkeypatch.setattr(cli.importlib, "import_module", missing)
+    missing.module = "tad_plugin.adapters"
+    with pytest.raises(ConfigError, match=r"adapters is missing .*pip install -e \."):
+        cli.method_adapter("mtt")
+    missing.module = "kornia"
+    with pytest.raises(ModuleNotFoundError, match="kornia"):
+        cli.method_adapter("mtt")
