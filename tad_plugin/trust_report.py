@@ -187,9 +187,9 @@ class TrustReport:
 
         Needs matplotlib: ``pip install 'tad_plugin[plot]'``.
         """
-        plt = pyplot("the trust-report plot")
         if not self.rounds:
             raise ValueError("the trust report has no rounds to plot")
+        plt = pyplot("the trust-report plot")
         x = [r.epoch + (0.5 if r.stage == "recalibration" else 0.0) for r in self.rounds]
         fig, ax = plt.subplots(figsize=(7, 4))
         n = self.rounds[0].trusted + self.rounds[0].untrusted
