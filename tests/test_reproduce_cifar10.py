@@ -344,11 +344,13 @@ def test_list_says_what_a_recorded_cell_cost(tmp_path):
 
 def test_cell_all_runs_every_cell_of_the_table(monkeypatch):
     seen = {}
+    monkeypatch.setattr(repro, "train_missing_extractor", lambda args: seen.update(first=list(args.cell)) or 0)
     monkeypatch.setattr(repro, "run_cells", lambda args: seen.update(cells=args.cell) or 0)
     monkeypatch.setattr(repro.sys, "argv", ["reproduce_cifar10.py", "--cell", "all", "--budget", "short"])
     with pytest.raises(SystemExit) as exit_:
         repro.main()
     assert exit_.value.code == 0 and seen["cells"] == list(repro.cells()) and len(seen["cells"]) == 14
+    assert seen["first"] == seen["cells"]  # the extractor step sees every cell before any runs
 
 
 def test_page_gives_the_later_recalls_of_a_record_that_has_them(tmp_path):
@@ -471,3 +473,50 @@ def test_the_page_names_tad_settings_beyond_the_papers(tmp_path):
     (tmp_path / "sym40-tad.json").write_text(json.dumps(record(loss_average=6)))
     line = next(x for x in repro.page(tmp_path).splitlines() if "settings the paper's TAD does not have" in x)
     assert "sym40: tad.loss_average=6" in line
+
+
+def test_the_extractor_is_trained_first_only_when_a_tad_arm_needs_the_missing_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    default = tmp_path / "features" / "cifar10.pt"
+    assert repro.extractor_to_train(["sym40-noisy", "att-sym40-noisy"], "/data/cifar10.npz", []) is None
+    assert repro.extractor_to_train(["sym40-noisy", "sym40-tad"], "/data/cifar10.npz", []) == default
+    assert repro.extractor_to_train(["sym40-tad"], "cifar10", ["tad.features=pixels"]) is None
+    assert repro.extractor_to_train(["sym40-tad"], "cifar10", ["tad.features=null"]) == default
+    mine = tmp_path / "mine.pt"
+    with pytest.raises(SystemExit, match=r"tad.features=.*mine.pt: no such extractor file.*--out .*mine.pt"):
+        repro.extractor_to_train(["sym40-tad"], "cifar10", [f"tad.features={mine}"])
+    mine.write_bytes(b"x")
+    assert repro.extractor_to_train(["sym40-tad"], "cifar10", [f"tad.features={mine}"]) is None
+    default.parent.mkdir()
+    default.write_bytes(b"x")
+    assert repro.extractor_to_train(["sym40-tad"], "cifar10", []) is None
+
+
+@pytest.mark.parametrize("state", [False, True])
+def test_a_missing_extractor_is_trained_on_the_first_gpu_and_resumes(tmp_path, monkeypatch, state):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path))
+    if state:
+        (tmp_path / "c.state.pt").write_bytes(b"x")
+    seen = []
+    monkeypatch.setattr(repro.subprocess, "run",
+                        lambda cmd, env: seen.append((cmd, env.get("CUDA_VISIBLE_DEVICES"))) or
+                        repro.subprocess.CompletedProcess(cmd, 2))
+    args = repro.argparse.Namespace(cell=["c10n-worst-tad"], set=[], dataset="/x/c.npz", gpus="3,1",
+                                    features_budget=12.0)
+    assert repro.train_missing_extractor(args) == 2  # a failure stops before any cell
+    (cmd, gpu), = seen
+    assert gpu == "3" and cmd[cmd.index("--out") + 1] == str(tmp_path / "c.pt")
+    assert cmd[2:5] == ["tad_plugin.cli", "features", "train"] and cmd[cmd.index("--time-budget") + 1] == "12.0"
+    assert ("--resume" in cmd) == state
+    args.cell = ["c10n-worst-noisy"]
+    assert repro.train_missing_extractor(args) == 0 and len(seen) == 1
+
+
+def test_no_cell_runs_when_the_extractor_fails(monkeypatch):
+    ran = []
+    monkeypatch.setattr(repro, "train_missing_extractor", lambda args: 2)
+    monkeypatch.setattr(repro, "run_cells", lambda args: ran.append(args.cell) or 0)
+    monkeypatch.setattr(repro.sys, "argv", ["reproduce_cifar10.py", "--cell", "sym40-tad"])
+    with pytest.raises(SystemExit) as exit_:
+        repro.main()
+    assert exit_.value.code == 2 and ran == []
