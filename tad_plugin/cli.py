@@ -697,6 +697,18 @@ _COMMANDS = {"buffer": _cmd_buffer, "distill": _cmd_distill, "eval": _cmd_eval, 
              "demo": _cmd_demo, "export": _cmd_export, "plot": _cmd_plot}
 
 
+def out_of_memory_text(exc: BaseException) -> str:
+    """What ``tad`` says when the GPU runs out of memory: torch's first line and the settings that lower the
+    memory without changing what a run computes (finished stages and experts resume when it is re-run)."""
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else "CUDA out of memory"
+    return (f"out of GPU memory ({said}). Settings that need less without changing the results: "
+            "buffer.experts_per_group (experts trained in one batched pass; TAD's per-sample loss passes grow "
+            "with it) and buffer.eval_batch_size (images per loss or test pass) for the experts; "
+            "distill.inner_grad=compiled with distill.recompute_steps=true for distillation (one unrolled step's "
+            "graph at a time); other processes on the same GPU count too. Re-running resumes the finished stages "
+            "and experts")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tad`` console script; returns the exit code."""
     from .data import DatasetError
@@ -720,6 +732,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DatasetError, TrajectoryError, ExpertError, HookError, DistillDivergedError,
             FileNotFoundError, KeyError, ValueError) as exc:
         print(f"tad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError as exc:
+        print(f"tad {args.command}: error: {out_of_memory_text(exc)}", file=sys.stderr)
         return 2
     finally:
         shutdown()

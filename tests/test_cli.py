@@ -335,3 +335,16 @@ def test_method_adapter_names_a_shadowing_checkout(monkeypatch):
     missing.module = "kornia"
     with pytest.raises(ModuleNotFoundError, match="kornia"):
         cli.method_adapter("mtt")
+
+
+def test_out_of_gpu_memory_names_the_settings_that_lower_it(monkeypatch, capsys):
+    from tad_plugin import cli
+
+    def oom(args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 5.00 GiB.\nmore detail")
+
+    monkeypatch.setitem(cli._COMMANDS, "eval", oom)
+    assert main(["eval"]) == 2
+    err = capsys.readouterr().err
+    assert "tad eval: error: out of GPU memory (CUDA out of memory. Tried to allocate 5.00 GiB.)" in err
+    assert "buffer.experts_per_group" in err and "distill.recompute_steps=true" in err and "more detail" not in err

@@ -91,6 +91,10 @@ class BufferConfig:
     60,000 images, 5.4 GB for Tiny ImageNet's 110,000), instead of preprocessing every minibatch from the
     uint8 images (with ZCA a 3072 x 3072 matrix product per batch, in every training step, loss pass and
     test pass). Same values up to float rounding; off = uint8 resident only.
+    ``eval_batch_size``: images per pass without augmentation (TAD's per-sample losses before each division,
+    the test pass), for all the group's experts at once, so the memory of those passes grows with it times
+    ``experts_per_group`` (a CIFAR-10 TAD run with 20 experts per group held ~39 GiB of an H100, PyTorch's
+    cache included); no effect on the results.
     """
 
     num_experts: int = 100
