@@ -348,3 +348,15 @@ def test_out_of_gpu_memory_names_the_settings_that_lower_it(monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "tad eval: error: out of GPU memory (CUDA out of memory. Tried to allocate 5.00 GiB.)" in err
     assert "buffer.experts_per_group" in err and "distill.recompute_steps=true" in err and "more detail" not in err
+
+
+def test_a_tad_run_without_its_extractor_stops_at_once_with_the_command_that_makes_it(tmp_path, monkeypatch,
+                                                                                      capsys):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    code = main(["run", "--config", str(ROOT / "examples" / "configs" / "demo.yaml"), "--set", "tad.features=null",
+                 "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    buffer = sorted(p.name for p in (tmp_path / "run" / "buffer").iterdir())
+    assert buffer == ["manifest.json", "preprocess.pt"]  # no expert trained before the error
+    assert f"tad features train --dataset digits --out {tmp_path / 'features' / 'digits.pt'}" in err

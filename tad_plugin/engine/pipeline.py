@@ -238,7 +238,7 @@ class Pipeline:
         from ..features import default_extractor_path, load_extractor
 
         path = default_extractor_path(self.config.data.dataset) if choice is None else choice
-        extractor = load_extractor(path, device=self.device)
+        extractor = load_extractor(path, device=self.device, dataset=self.config.data.dataset)
         return extractor.embed(dataset.train_images.to(self.device)), extractor.embed
 
     def matching_config(self, **overrides: Any) -> MatchingConfig:

@@ -208,11 +208,12 @@ def save_extractor(backbone: nn.Module, path: str | os.PathLike[str], *, in_chan
 
 
 def load_extractor(path: str | os.PathLike[str], device: str | torch.device = "cpu",
-                   batch_size: int = 1024) -> FeatureExtractor:
+                   batch_size: int = 1024, dataset: str | None = None) -> FeatureExtractor:
     """Load an extractor written by :func:`save_extractor` (``tad features train``).
 
     Returns a :class:`FeatureExtractor` on ``device`` whose ``meta`` holds the training record (dataset,
-    epochs, kNN accuracy, ...). Input images of another size are resized to the training size.
+    epochs, kNN accuracy, ...). Input images of another size are resized to the training size. ``dataset``
+    (the caller's dataset source, None = unknown) only fills in the command a missing file's error gives.
 
     Raises:
         ExtractorFileError: the file is missing, unreadable, or not an extractor file.
@@ -220,7 +221,8 @@ def load_extractor(path: str | os.PathLike[str], device: str | torch.device = "c
     path = Path(path).expanduser()
     if not path.is_file():
         raise ExtractorFileError(
-            f"no feature extractor at {path}. Train one with `tad features train --dataset <name> --out {path}` "
+            f"no feature extractor at {path}. Train one with `tad features train --dataset {dataset or '<name>'} "
+            f"--out {path}` "
             f"(on a GPU; a few minutes for CIFAR-10) or pass the path of an existing one"
         )
     try:
