@@ -25,7 +25,8 @@ accuracies) to ``examples/results/cifar10/<cell>.json``. ``--page`` turns those 
 ``examples/results/README.md`` (the results page: this table with the paper's numbers beside ours, and
 an index of every other committed result). The TAD
 arms need the SimCLR extractor: when it is missing from its default place (``tad features train``'s) and no
-``--set tad.features=...`` names another, the script trains it first (``--features-budget``, 590 s). Runs resume: re-running a cell skips its finished stages.
+``--set tad.features=...`` names another, the script trains it first (``--features-budget``, 590 s). Runs
+resume: re-running a cell skips its finished stages.
 Several ``--cell``: they run as separate processes, ``--jobs`` at once on each GPU of ``--gpus``,
 logs in ``<out>/logs/<cell>.log``; a failed cell does not stop the others (the exit code is 1 and its
 log's last lines are printed). ATT's cells distil from the experts of the MTT cell of the same noise and
