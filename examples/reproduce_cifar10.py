@@ -210,6 +210,15 @@ def gpu_ids(spec: str | None) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def first_gpu_env(spec: str | None) -> dict[str, str]:
+    """This process's environment for a job in the foreground: ``CUDA_VISIBLE_DEVICES`` = the first GPU of
+    ``spec`` ("1,0" -> "1"), or unchanged when no ``--gpus`` was given."""
+    env = dict(os.environ)
+    if spec:
+        env["CUDA_VISIBLE_DEVICES"] = gpu_ids(spec)[0]
+    return env
+
+
 def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[str],
                  on_done: Callable[[str], None] | None = None, poll_s: float = 2.0,
                  ready: dict[str, Callable[[], bool]] | None = None) -> dict[str, int]:
@@ -315,14 +324,16 @@ def extractor_to_train(cell_names: Sequence[str], dataset: str, sets: Sequence[s
     """
     if not any(cells()[cell][1] == "tad" for cell in cell_names):
         return None
-    chosen = [kv.split("=", 1)[1] for kv in sets if kv.split("=", 1)[0] == "tad.features"]
-    if chosen and chosen[-1] not in ("null", "~", ""):
-        if chosen[-1] == "pixels" or Path(chosen[-1]).is_file():
-            return None
-        raise SystemExit(f"--set tad.features={chosen[-1]}: no such extractor file. Train it with `tad features "
-                         f"train --dataset {dataset} --out {chosen[-1]}`, or leave tad.features unset and this "
-                         f"script trains the default one first")
+    from tad_plugin.engine.config import apply_overrides
     from tad_plugin.features import default_extractor_path
+
+    chosen = apply_overrides({}, list(sets)).get("tad", {}).get("features")  # as tad run will read it
+    if chosen is not None:
+        if chosen == "pixels" or Path(chosen).is_file():
+            return None
+        raise SystemExit(f"--set tad.features={chosen}: no such extractor file. Train it with `tad features "
+                         f"train --dataset {dataset} --out {chosen}`, or leave tad.features unset and this "
+                         f"script trains the default one first")
 
     path = default_extractor_path(dataset)
     return None if path.is_file() else path
@@ -341,9 +352,7 @@ def train_missing_extractor(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "tad_plugin.cli", "features", "train", "--dataset", args.dataset, "--out", str(path),
            "--time-budget", str(args.features_budget), "--epochs", "1000", "--eval-every", "50"]
     cmd += ["--resume"] if state.is_file() else []
-    env = dict(os.environ)
-    if args.gpus:
-        env["CUDA_VISIBLE_DEVICES"] = gpu_ids(args.gpus)[0]
+    env = first_gpu_env(args.gpus)
     print(f"the TAD arms embed with the SimCLR extractor {path}, which does not exist yet: training it for "
           f"{args.features_budget:.0f} s first\n" + " ".join(cmd), flush=True)
     code = subprocess.run(cmd, env=env).returncode
@@ -380,9 +389,7 @@ def run_cells(args: argparse.Namespace) -> int:
         ready.update({name[cell]: (lambda s=name[src]: buffer_done(out, s)) for cell, src in reuse.items()})
     if len(cmds) == 1 and args.jobs == 1:  # in the foreground, on the first GPU of --gpus (if given)
         (cell, cmd), = cmds.items()
-        env = dict(os.environ)
-        if args.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpu_ids(args.gpus)[0]
+        env = first_gpu_env(args.gpus)
         print(" ".join(cmd) + (f"  (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})" if args.gpus else ""),
               flush=True)
         code = subprocess.run(cmd, env=env).returncode

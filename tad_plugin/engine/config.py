@@ -93,8 +93,8 @@ class BufferConfig:
     test pass). Same values up to float rounding; off = uint8 resident only.
     ``eval_batch_size``: images per pass without augmentation (TAD's per-sample losses before each division,
     the test pass), for all the group's experts at once, so the memory of those passes grows with it times
-    ``experts_per_group`` (a CIFAR-10 TAD run with 20 experts per group held ~39 GiB of an H100, PyTorch's
-    cache included); no effect on the results.
+    ``experts_per_group`` (three CIFAR-10 TAD runs with 20 experts per group did not fit on one 80 GB H100 at
+    once, two did); no effect on the results.
     """
 
     num_experts: int = 100

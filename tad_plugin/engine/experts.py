@@ -213,7 +213,7 @@ def snapshot_mean_losses(net: ConvNetConfig, snapshots: Sequence[torch.Tensor], 
                                                  forward_fn)
     for earlier in snapshots[:-1]:
         losses = losses + per_sample_predictions(net, earlier, images, labels, preprocess, batch_size, forward_fn)[0]
-    return (losses / len(snapshots) if len(snapshots) > 1 else losses), predictions
+    return losses / len(snapshots), predictions
 
 
 def class_balanced_weights(trusted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
