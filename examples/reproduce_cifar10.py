@@ -98,11 +98,13 @@ OTHER_RESULTS = (
      "default: 345 epochs, 80.31% kNN@10 (issue 4's target)"),
     ("features_probe/features_cifar10_s14.md", "SimCLR 5.5 minutes on an H100 (the extractor of sym40-tad-avg1/-avg6): "
      "199 epochs, 78.91% kNN@10"),
+    ("features_probe/features_cifar10_s15.md", "SimCLR 5.5 minutes on an H100 again (the extractor of att-sym40-tad and "
+     "division/sym40-tad-rce3): 175 epochs, 78.63% kNN@10"),
     ("features_probe/ten_minute_runs.png", "the eight 10-minute SimCLR runs' kNN curves on one plot"),
     ("recalibration_sweep.md", "the inner loop's vote settings on digits and on SimCLR CIFAR-10 features (CPU)"),
     ("cifar10/division/README.md", "the final division under three threshold rules (Eq. 5's class mean, global 0.5, "
      "min of both), per class, on CIFAR-10 sym40 (SGD and GSAM experts) and asym40; losses averaged over the last K "
-     "epochs (tad.loss_average), offline and trained with"),
+     "epochs (tad.loss_average), offline and trained with; a stronger reverse-CE term (tad.reg_weight=3)"),
     ("expert_displacement.md", "how far experts move per 2 epochs: noisy vs TAD with and without reverse CE "
      "(digits, CPU) and noisy vs TAD GSAM experts (CIFAR-10 sym40), beside the learned step size"),
     ("cifar10/first_gpu_runs/README.md", "first CIFAR-10 GPU runs: a pipeline check (no ZCA), not results"),
@@ -451,8 +453,17 @@ def provenance_text(record: dict) -> str:
             f"{record.get('wall_time_s')} s; `{record.get('command')}`")
 
 
+def curve_panel(name: str) -> str:
+    """The panel of the curves plot a record belongs to: ``clean`` for ``clean/...``, else the setting of
+    :data:`SETTINGS` its name starts with (the longest match), else ``other``."""
+    if name.startswith("clean/"):
+        return "clean"
+    return max((s for s in SETTINGS if name.startswith(f"{s}-")), key=len, default="other")
+
+
 def plot_curves(runs: dict[str, dict], path: Path) -> bool:
-    """Test accuracy vs distillation iteration of ``runs`` (label -> record) as a PNG; False without
+    """Test accuracy vs distillation iteration of ``runs`` (label -> record) as a PNG, one panel per setting
+    (:func:`curve_panel`; TAD arms solid, the rest dashed) so that each legend stays readable; False without
     matplotlib (the page then links no plot)."""
     from tad_plugin.plotting import pyplot, save_png
 
@@ -460,16 +471,35 @@ def plot_curves(runs: dict[str, dict], path: Path) -> bool:
         plt = pyplot("the results page's plots")
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, record in runs.items():
-        pts = evaluations(record)
-        if pts:
-            it, mean, std = zip(*pts)
-            ax.errorbar(it, mean, yerr=std, marker="o", ms=3, capsize=2, label=label)
-    ax.set_xlabel("distillation iteration")
-    ax.set_ylabel("test accuracy (%), mean +- std")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels: dict[str, list[str]] = {}
+    for label in runs:
+        if evaluations(runs[label]):
+            panels.setdefault(curve_panel(label), []).append(label)
+    if not panels:
+        return False
+    order = [*SETTINGS, "clean", "other"]
+    panels = dict(sorted(panels.items(), key=lambda kv: order.index(kv[0])))
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, (panel, labels) in zip(axes.flat, panels.items()):
+        if len(labels) > 10:  # the default cycle repeats its colours after 10
+            ax.set_prop_cycle(color=plt.cm.tab20.colors)
+        for label in labels:
+            it, mean, std = zip(*evaluations(runs[label]))
+            tad = runs[label].get("config", {}).get("tad", {}).get("enabled", False)
+            ax.errorbar(it, mean, yerr=std, marker="o", ms=2.5, capsize=1.5, lw=1.2,
+                        ls="-" if tad else "--", label=label.removeprefix(f"{panel}-").removeprefix("clean/"))
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("distillation iteration", fontsize=8)
+        ax.set_ylabel("test accuracy (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("CIFAR-10 IPC 10 distillation curves (mean +- std of the evaluation nets; TAD solid, without TAD dashed)",
+                 fontsize=10)
     save_png(fig, path, dpi=110)
     return True
 

@@ -122,6 +122,15 @@ def test_page_shows_the_best_evaluation_point_beside_the_last(tmp_path):
     assert "60.0 +- 1.0 (best 62.0 +- 0.4 @ 500)" in repro.page(tmp_path)
 
 
+def test_each_run_is_drawn_in_its_settings_panel():
+    assert repro.curve_panel("att-sym40-tad-i1000") == "att-sym40"  # not sym40's panel
+    assert repro.curve_panel("sym40-noisy-e100-i5000") == "sym40"
+    assert repro.curve_panel("att-c10n-worst-noisy") == "att-c10n-worst"
+    assert repro.curve_panel("c10n-worst-tad-balanced") == "c10n-worst"
+    assert repro.curve_panel("clean/mtt-clean-e20-i1000") == "clean"
+    assert repro.curve_panel("sym40tad") == "other"
+
+
 def test_page_draws_the_curves_of_finished_and_partial_runs(tmp_path):
     finished = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
                 "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.926, "clean_recall": 0.867},
@@ -300,7 +309,7 @@ def test_the_short_and_long_budgets_are_the_recorded_runs_and_user_sets_win(tmp_
     full = config_from_args(build_parser().parse_args(repro.command("att-sym40-tad", "cifar10", tmp_path, None,
                                                                     repro.overrides("full", []))[3:]))
     assert full.buffer.epochs == 50 and full.distill.iterations == 60000  # ATT's own budget
-    for budget, record in (("short", "att-sym40-tad.json"), ("long", "sym40-noisy-e100-i5000.json")):
+    for budget, record in (("short", "att-c10n-worst-tad.json"), ("long", "sym40-noisy-e100-i5000.json")):
         rec = json.loads((repro.RESULTS / record).read_text())  # the recorded runs of that budget
         for key in repro.BUDGETS[budget]:
             section, name = key.split("=")[0].split(".")
