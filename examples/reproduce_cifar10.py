@@ -453,12 +453,16 @@ def provenance_text(record: dict) -> str:
             f"{record.get('wall_time_s')} s; `{record.get('command')}`")
 
 
+def setting_of(name: str) -> str | None:
+    """The setting of :data:`SETTINGS` a record's name (``<setting>-<arm>[-<tag>]``) belongs to, None for none.
+    No setting's name starts another's followed by ``-``, so at most one matches."""
+    return next((s for s in SETTINGS if name.startswith(f"{s}-")), None)
+
+
 def curve_panel(name: str) -> str:
-    """The panel of the curves plot a record belongs to: ``clean`` for ``clean/...``, else the setting of
-    :data:`SETTINGS` its name starts with (the longest match), else ``other``."""
-    if name.startswith("clean/"):
-        return "clean"
-    return max((s for s in SETTINGS if name.startswith(f"{s}-")), key=len, default="other")
+    """The panel of the curves plot a record belongs to: ``clean`` for ``clean/...``, else its
+    :func:`setting_of`, else ``other``."""
+    return "clean" if name.startswith("clean/") else setting_of(name) or "other"
 
 
 def plot_curves(runs: dict[str, dict], path: Path) -> bool:
@@ -471,10 +475,10 @@ def plot_curves(runs: dict[str, dict], path: Path) -> bool:
         plt = pyplot("the results page's plots")
     except ImportError:
         return False
+    curves = {label: pts for label, record in runs.items() if (pts := evaluations(record))}
     panels: dict[str, list[str]] = {}
-    for label in runs:
-        if evaluations(runs[label]):
-            panels.setdefault(curve_panel(label), []).append(label)
+    for label in curves:
+        panels.setdefault(curve_panel(label), []).append(label)
     if not panels:
         return False
     order = [*SETTINGS, "clean", "other"]
@@ -486,7 +490,7 @@ def plot_curves(runs: dict[str, dict], path: Path) -> bool:
         if len(labels) > 10:  # the default cycle repeats its colours after 10
             ax.set_prop_cycle(color=plt.cm.tab20.colors)
         for label in labels:
-            it, mean, std = zip(*evaluations(runs[label]))
+            it, mean, std = zip(*curves[label])
             tad = runs[label].get("config", {}).get("tad", {}).get("enabled", False)
             ax.errorbar(it, mean, yerr=std, marker="o", ms=2.5, capsize=1.5, lw=1.2,
                         ls="-" if tad else "--", label=label.removeprefix(f"{panel}-").removeprefix("clean/"))
@@ -632,7 +636,7 @@ def clean_gap_lines(results: Path) -> list[str]:
         if (cfg.get("method", "mtt") != "mtt" or not cfg.get("tad", {}).get("enabled")
                 or "test_acc_mean" not in rec.get("results", {}) or run_budget(rec) not in clean):
             continue
-        setting = next((s for s in SETTINGS if path.stem.startswith(f"{s}-")), None)
+        setting = setting_of(path.stem)
         if setting is None:
             continue
         name, ref = clean[run_budget(rec)]

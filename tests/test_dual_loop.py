@@ -65,9 +65,9 @@ def test_trusted_space_grows_and_stays_more_precise_than_the_labels(dual_loop_ru
     """The trusted space grows across rounds and every round of it is more precise than the labels as given
     (each recalibration raising the division before it: the next test). Not asserted: a monotone trend across
     the divisions. In this small run (2 experts, a 2-epoch warm-up, 1,293 images) a division's precision moves
-    by up to 0.1 from epoch to epoch, and how it moves changes with the machine's float rounding: over training seeds 0-5 on one machine the last round
-    ended 0.73-0.96 precise against 0.74-0.89 for the first division, every round >= 0.64 against the labels'
-    0.60, every recalibration 0.002-0.08 above its division."""
+    by up to 0.1 from epoch to epoch, and how it moves changes with the machine's float rounding: over
+    training seeds 0-5 on one machine the last round ended 0.73-0.96 precise against 0.74-0.89 for the first
+    division, every round >= 0.64 against the labels' 0.60, every recalibration 0.002-0.08 above its division."""
     report, _, _, _ = dual_loop_run
     divisions = [r for r in report.rounds if r.stage == "division"]
     recals = [r for r in report.rounds if r.stage == "recalibration"]

@@ -39,6 +39,7 @@ def test_progress_bar_counts_every_image_and_leaves_the_features_alone(capsys):
     assert "embed train" in err and "7/7" in err
     assert torch.equal(silent, shown)
 
+
 def test_normalisation_is_applied():
     module = nn.Flatten()
     x = torch.full((1, 1, 2, 2), 0.75)
