@@ -44,3 +44,13 @@ def test_wheel_contents(tmp_path):
     assert not any(n.startswith("adapters/") for n in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "tad = tad_plugin.cli:main" in entry_points
+
+
+def test_ci_installs_and_runs_what_the_readme_says():
+    """.ci/run runs the README's test command, whose extras include matplotlib's (``plot``): the suite's
+    figure tests run instead of skipping."""
+    readme = [line for line in (ROOT / "README.md").read_text().splitlines() if "pytest -q" in line][0]
+    install, test = (part.split("#")[0].strip() for part in readme.split("&&"))
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert install in ci and test in ci
+    assert ",plot]" in install
