@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import importlib
 import json
 import logging
@@ -123,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tad", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log hook calls and details")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of every error (without "
+                        "it, a fault in the input, files or machine is one line)")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
 
     p = sub.add_parser("buffer", help="train experts (the trajectory buffer)")
@@ -188,8 +191,8 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     user: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
     user = apply_overrides(merge(user, _flag_overrides(args)), getattr(args, "sets", []))
     chosen = merge(base or {}, user)
-    dataset = chosen.get("data", {}).get("dataset", "digits")
-    ipc = chosen.get("distill", {}).get("ipc", 10)
+    data, distill = (chosen.get(k) if isinstance(chosen.get(k), dict) else {} for k in ("data", "distill"))
+    dataset, ipc = data.get("dataset", "digits"), distill.get("ipc", 10)  # a scalar section: from_dict says so
     defaults = method_adapter(chosen.get("method", "mtt"))[1](dataset, ipc if isinstance(ipc, int) else 10)
     return from_dict(RunConfig, merge(defaults, chosen)).validate()
 
@@ -276,28 +279,36 @@ def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
                                    seed=cfg.noise_seed, coarse_labels=coarse)
     else:
         labels = ds.train_labels
+    if cfg.cifar_n is not None and labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < ds.num_classes:
+        raise ValueError(f"{cfg.cifar_n}[{cfg.label_set!r}] holds labels {int(labels.min())} to {int(labels.max())} but "
+                         f"{ds.name} has {ds.num_classes} classes; use the CIFAR-N file of this dataset")
     data = TrainingData(ds, labels, noise_rate(labels, ds.train_labels))
     if out is not None:
-        from .files import atomic_torch_save
-
-        atomic_torch_save({"labels": labels, "clean": ds.train_labels, "noise_rate": data.noise_rate},
-                          out / "labels.pt")
+        save_labels(data, out)
     return data
+
+
+def save_labels(data: TrainingData, out: Path) -> None:
+    """Write ``out/labels.pt``: the run's labels, the clean ones and the measured noise rate."""
+    from .files import atomic_torch_save
+
+    atomic_torch_save({"labels": data.labels, "clean": data.dataset.train_labels, "noise_rate": data.noise_rate},
+                      out / "labels.pt")
 
 
 # ---------------------------------------------------------------------- stages
 
 
 def _stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
-                  reuse: Path | None = None) -> TrajectoryStore:
+                  reuse: TrajectoryStore | None = None) -> TrajectoryStore:
     start = time.perf_counter()
     clean = data.dataset.train_labels if data.noise_rate > 0 else None  # noise was applied: truth known
     if reuse is None:
         store = pipe.buffer(data.dataset, data.labels, out / "buffer", clean_labels=clean)
         info: dict[str, Any] = {"experts": len(store)}
     else:
-        store = _reused_store(pipe, data, reuse)
-        info = {"experts": len(store.finished()), "reused": str(reuse), "reused_meta": store.meta}
+        store = reuse
+        info = {"experts": len(store.finished()), "reused": str(store.root), "reused_meta": store.meta}
     report = store.root / "trust_report.json"
     if pipe.tad and report.is_file():
         info["trust_report"] = str(report)
@@ -487,26 +498,54 @@ def _stage_eval(pipe: Pipeline, result: DistillResult, data: TrainingData, log: 
 # ---------------------------------------------------------------------- commands
 
 
-def _setup(args: argparse.Namespace, base: dict[str, Any] | None = None,
-           out: Path | None = None) -> tuple[RunConfig, Pipeline, Path, RunLog]:
-    from .engine.config import to_dict
+def run_folder(out: str | os.PathLike[str]) -> Path:
+    """The run folder ``--out`` names. Raises ConfigError when it is empty (it would write into the working
+    directory) or names a file."""
+    from .engine.config import ConfigError
+
+    if not str(out).strip():
+        raise ConfigError("--out is empty: name the run folder, e.g. --out runs/tad (nothing is written into the "
+                          "working directory itself)")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path} is a file, not a folder: name a new run folder or an earlier run's")
+    return path
+
+
+def _prepare(args: argparse.Namespace, base: dict[str, Any] | None = None,
+             out: Path | None = None) -> tuple[RunConfig, Pipeline, Path, TrainingData]:
+    """The run's config, pipeline, folder and data, checked (settings, device, run folder, dataset and labels);
+    nothing is written. A command adds its own checks and then calls :func:`_begin`."""
     from .engine.distributed import init_from_env
-    from .engine.runlog import RunLog
 
     cfg = config_from_args(args, base)
-    out = Path(out if out is not None else cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = run_folder(out if out is not None else cfg.out)
     ranks = init_from_env(cfg.device)  # one process unless launched by torchrun
     pipe = method_adapter(cfg.method)[0](cfg, progress=not getattr(args, "no_progress", False), ranks=ranks)
-    log = RunLog(out / f"result_{args.command}.json", to_dict(cfg), cfg.seed, pipe.device, enabled=ranks.is_main)
-    log.record["processes"] = ranks.world_size
+    return cfg, pipe, folder, prepare_data(cfg.data)
+
+
+def _begin(args: argparse.Namespace, cfg: RunConfig, pipe: Pipeline, out: Path,
+           data: TrainingData | None = None) -> RunLog:
+    """Start writing into the run folder ``out`` once every check has passed: the record
+    ``result_<command>.json`` and, with ``data``, ``labels.pt``. Notes ``out`` in ``args.started`` (what a
+    Ctrl-C reports as kept)."""
+    from .engine.config import to_dict
+    from .engine.runlog import RunLog
+
+    out.mkdir(parents=True, exist_ok=True)
+    getattr(args, "started", []).append(out)
+    log = RunLog(out / f"result_{args.command}.json", to_dict(cfg), cfg.seed, pipe.device, enabled=pipe.ranks.is_main)
+    log.record["processes"] = pipe.ranks.world_size
     log.write()
-    if ranks.is_main and args.command != "demo":
+    if data is not None and pipe.ranks.is_main:
+        save_labels(data, out)
+    if pipe.ranks.is_main and args.command != "demo":
         print(settings_line(cfg), flush=True)
         hint = settings_hint(cfg)
         if hint:
             print(hint, flush=True)
-    return cfg, pipe, out, log
+    return log
 
 
 def settings_line(cfg: RunConfig) -> str:
@@ -531,8 +570,10 @@ def settings_hint(cfg: RunConfig) -> str | None:
 
 
 def _cmd_buffer(args: argparse.Namespace) -> int:
-    cfg, pipe, out, log = _setup(args)
-    data = prepare_data(cfg.data, out)
+    cfg, pipe, out, data = _prepare(args)
+    pipe.check_data(data.dataset, data.labels)
+    pipe.check_resume(data.dataset, data.labels, out, distill=False)
+    log = _begin(args, cfg, pipe, out, data)
     log.result(noise_rate=data.noise_rate)
     _stage_buffer(pipe, data, out, log)
     print(f"experts in {out / 'buffer'}; record {log.path}")
@@ -542,9 +583,13 @@ def _cmd_buffer(args: argparse.Namespace) -> int:
 def _cmd_distill(args: argparse.Namespace) -> int:
     from .engine.trajectories import TrajectoryStore
 
-    cfg, pipe, out, log = _setup(args)
-    data = prepare_data(cfg.data)
+    cfg, pipe, out, data = _prepare(args)
+    pipe.check_data(data.dataset, data.labels, buffer=False)
     store = TrajectoryStore.open(args.buffer or out / "buffer")
+    if not store.finished():
+        raise ValueError(f"{store.root} holds no finished experts; run the buffer stage first (`tad buffer`)")
+    pipe.check_resume(data.dataset, data.labels, out, buffer=False)
+    log = _begin(args, cfg, pipe, out)
     _stage_distill(pipe, store, data, out, log)
     print(f"distilled set in {out / 'distilled.pt'}; record {log.path}")
     return 0
@@ -553,9 +598,9 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine.pipeline import load_distilled
 
-    cfg, pipe, out, log = _setup(args)
-    data = prepare_data(cfg.data)
+    cfg, pipe, out, data = _prepare(args)
     result, pre = load_distilled(args.synthetic or out / "distilled.pt")
+    log = _begin(args, cfg, pipe, out)
     if args.best:
         result = result.best_result()
         log.result(evaluated_set=f"best of distillation (iteration {result.best['iteration']}, {result.best['which']})")
@@ -564,8 +609,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run(pipe: Pipeline, data: TrainingData, out: Path, reuse: Path | None = None) -> TrajectoryStore | None:
+    """The checks of a whole run (``tad run``, each arm of ``tad demo``) before it writes anything: the data
+    against the settings, the run folder's earlier experts and checkpoint, the reused buffer (returned)."""
+    pipe.check_data(data.dataset, data.labels, buffer=reuse is None)
+    pipe.check_resume(data.dataset, data.labels, out, buffer=reuse is None)
+    return _reused_store(pipe, data, reuse) if reuse is not None else None
+
+
 def _pipeline(cfg: RunConfig, pipe: Pipeline, out: Path, log: RunLog, data: TrainingData,
-              reuse: Path | None = None) -> dict[str, Any]:
+              reuse: TrajectoryStore | None = None) -> dict[str, Any]:
     log.result(noise_rate=data.noise_rate)
     store = _stage_buffer(pipe, data, out, log, reuse)
     result = _stage_distill(pipe, store, data, out, log)
@@ -574,9 +627,10 @@ def _pipeline(cfg: RunConfig, pipe: Pipeline, out: Path, log: RunLog, data: Trai
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    cfg, pipe, out, log = _setup(args)
-    data = prepare_data(cfg.data, out)
-    res = _pipeline(cfg, pipe, out, log, data, Path(args.buffer) if args.buffer else None)
+    cfg, pipe, out, data = _prepare(args)
+    reuse = _check_run(pipe, data, out, Path(args.buffer) if args.buffer else None)
+    log = _begin(args, cfg, pipe, out, data)
+    res = _pipeline(cfg, pipe, out, log, data, reuse)
     name = cfg.method.upper()
     summary = _trust_summary(res, data.dataset.class_names)
     if summary:
@@ -625,11 +679,16 @@ def _demo_arms(args: argparse.Namespace, base: dict[str, Any]) -> int:
     rows = []
     start = time.perf_counter()
     name = config_from_args(args, base).method.upper()
-    for arm, enabled in ((f"{name} (noisy)", False), (f"{name} + TAD", True)):
+    root = run_folder(config_from_args(args, base).out)
+    arms = []
+    for arm, enabled in ((f"{name} (noisy)", False), (f"{name} + TAD", True)):  # both checked before either runs
         arm_args = argparse.Namespace(**{**vars(args), "sets": [*args.sets, f"tad.enabled={str(enabled).lower()}"]})
-        root = Path(config_from_args(arm_args, base).out)
-        cfg, pipe, out, log = _setup(arm_args, base, out=root / ("tad" if enabled else "noisy"))
-        data = prepare_data(cfg.data, out)
+        cfg, pipe, out, data = _prepare(arm_args, base, out=root / ("tad" if enabled else "noisy"))
+        _check_run(pipe, data, out)
+        arms.append((arm, arm_args, cfg, pipe, out, data))
+    for arm, arm_args, cfg, pipe, out, data in arms:
+        print(f"\n{arm}: {out}", flush=True)
+        log = _begin(arm_args, cfg, pipe, out, data)
         res = _pipeline(cfg, pipe, out, log, data)
         rows.append({"arm": arm, "trusted_size": res.get("trusted_size", len(data.labels)),
                      "train_size": len(data.labels),
@@ -709,32 +768,72 @@ def out_of_memory_text(exc: BaseException) -> str:
             "and experts")
 
 
+def os_error_text(exc: OSError) -> str:
+    """What ``tad`` says when the machine refuses a file operation: the cause, the file, and the fix for a full
+    disk, a quota, a read-only file system or missing permissions."""
+    fixes = {errno.ENOSPC: "free space there or choose another --out", errno.EDQUOT: "free space there or choose "
+             "another --out", errno.EROFS: "choose a writable --out", errno.EACCES: "choose a folder you may write "
+             "to (--out) or fix its permissions", errno.EPERM: "choose a folder you may write to (--out)"}
+    text = exc.strerror or str(exc)
+    if exc.filename is not None and str(exc.filename) not in text:
+        text += f": {exc.filename}"
+    fix = fixes.get(exc.errno) if exc.errno is not None else None
+    return f"{text}; {fix}" if fix else text
+
+
+def kept_text(folders: Sequence[Path]) -> str:
+    """What an interrupted run leaves to resume from in its run ``folders``, and how to resume."""
+    kept = []
+    for folder in folders:
+        parts = []
+        experts = folder / "buffer" / "experts"
+        done = len(list(experts.glob("expert_*.pt"))) if experts.is_dir() else 0
+        if done:
+            parts.append(f"{done} finished expert(s) in buffer/")
+        parts += [what for name, what in (("distill_checkpoint.pt", "the distillation checkpoint"),
+                                          ("distilled.pt", "the distilled set")) if (folder / name).is_file()]
+        parts += [p.name for p in sorted(folder.glob("result_*.json"))]
+        if parts:
+            kept.append(f"{folder}: {', '.join(parts)}")
+    if not kept:
+        return "nothing was kept (no stage had finished); run the command again to start over"
+    return f"kept {'; '.join(kept)}; the same command resumes from them (an expert or evaluation in progress starts over)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tad`` console script; returns the exit code."""
-    from .data import DatasetError
-    from .engine.config import ConfigError
+    """Entry point of the ``tad`` console script; returns the exit code: 0, 2 for an error the user can fix
+    (one line on stderr: a :class:`~tad_plugin.errors.TADError`, a bad value, a missing file, a full or read-only
+    disk, GPU memory), 130 after Ctrl-C (saying what was kept); ``--debug`` shows tracebacks instead. Other
+    exceptions are programming errors and keep their traceback."""
     from .engine.distributed import launched_rank, shutdown
-    from .engine.experts import ExpertError
-    from .engine.matching import DistillDivergedError
-    from .engine.trajectories import TrajectoryError
-    from .manager import HookError
+    from .errors import TADError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     handler = getattr(args, "func", None) or _COMMANDS[args.command]
+    args.started = []  # the run folders written into (see _begin)
     try:
         with contextlib.ExitStack() as stack:
             if launched_rank():  # under torchrun only rank 0 prints
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             return int(handler(args) or 0)
-    except (ConfigError, DatasetError, TrajectoryError, ExpertError, HookError, DistillDivergedError,
-            FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"tad {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except torch.cuda.OutOfMemoryError as exc:
-        print(f"tad {args.command}: error: {out_of_memory_text(exc)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"\ntad {args.command}: interrupted; {kept_text(args.started)}", file=sys.stderr)
+        return 130
+    except (TADError, ValueError, KeyError, OSError, torch.cuda.OutOfMemoryError) as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            text = out_of_memory_text(exc)
+        elif isinstance(exc, OSError) and not isinstance(exc, TADError):
+            text = os_error_text(exc)
+        else:
+            text = str(exc)
+        print(f"tad {args.command}: error: {text}", file=sys.stderr)
         return 2
     finally:
         shutdown()

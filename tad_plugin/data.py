@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import TADError
 from .files import atomic_write
 
 __all__ = ["ImageDataset", "load_dataset", "save_arrays", "channel_stats", "DatasetError", "DATASET_NAMES"]
@@ -30,7 +31,7 @@ __all__ = ["ImageDataset", "load_dataset", "save_arrays", "channel_stats", "Data
 DATASET_NAMES = ("digits", "cifar10", "cifar100")
 
 
-class DatasetError(ValueError):
+class DatasetError(TADError, ValueError):
     """A dataset is missing, corrupt or malformed; the message says which and how to fix it."""
 
 

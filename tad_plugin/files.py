@@ -19,10 +19,17 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
 
     A reader never sees a half-written file, and an exception (or a kill) leaves any earlier file at
     ``path`` untouched. Parent directories are created.
+
+    Raises:
+        OSError: the machine refused (a full disk, a read-only folder, ...); its ``filename`` is ``path`` and its
+            message says how many bytes of the file had been written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror or exc} (creating {path})", str(path)) from exc
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -30,6 +37,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        written = Path(tmp).stat().st_size if Path(tmp).exists() else 0
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{exc.strerror or exc} (writing {path}: {written:,} bytes written before it "
+                                 f"failed)", str(path)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

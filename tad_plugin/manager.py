@@ -10,6 +10,7 @@ import pluggy
 import torch
 
 from . import hookspecs
+from .errors import TADError
 from .results import Recalibration, TrustSplit
 
 __all__ = ["get_plugin_manager", "TADHooks", "HookError", "DISABLE_AUTOLOAD_ENV", "BLOCKED_ENV", "TRACE_ENV"]
@@ -24,7 +25,7 @@ TRACE_ENV = "TAD_PLUGIN_TRACE"
 log = logging.getLogger("tad_plugin.hooks")
 
 
-class HookError(RuntimeError):
+class HookError(TADError, RuntimeError):
     """No registered plugin produced a result for a hook, or a result broke the hook's contract."""
 
 

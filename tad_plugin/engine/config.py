@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ..errors import TADError
 from .student_grad import COMPILE_MODES, INNER_GRADS
 
 __all__ = ["METHODS", "ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
@@ -29,7 +30,7 @@ __all__ = ["METHODS", "ConfigError", "DataConfig", "ModelConfig", "BufferConfig"
 METHODS = ("mtt", "ftd", "datm", "att")
 
 
-class ConfigError(ValueError):
+class ConfigError(TADError, ValueError):
     """A configuration key or value is invalid; the message names it and says what is allowed."""
 
 
@@ -238,7 +239,8 @@ class DistillConfig:
 
     ``num_experts`` None = every expert of the buffer. ``eval_every`` 0 = evaluate only at the end
     (upstream: every 100 iterations, reporting the best evaluation). ``checkpoint_every`` 0 = no
-    intermediate checkpoints.
+    intermediate checkpoints by count; ``checkpoint_seconds`` checkpoints by time as well (default 60: a
+    killed run loses at most about a minute of distillation; 0 = by count only).
 
     Fields of the other methods (off by default; the adapters' defaults switch them on):
 
@@ -286,6 +288,7 @@ class DistillConfig:
     num_experts: int | None = None
     eval_every: int = 0
     checkpoint_every: int = 100
+    checkpoint_seconds: float = 60.0
     dsa: bool = True
     ema_decay: float | None = None
     ema_eval_reuses_raw_net: bool = False
@@ -308,6 +311,9 @@ class DistillConfig:
         if self.pix_init not in ("real", "noise", "samples_predicted_correctly"):
             raise ConfigError(f"distill.pix_init must be 'real', 'noise' or 'samples_predicted_correctly', got "
                               f"{self.pix_init!r}")
+        if self.eval_every < 0 or self.checkpoint_every < 0 or not self.checkpoint_seconds >= 0:
+            raise ConfigError(f"distill.eval_every, checkpoint_every and checkpoint_seconds must be >= 0 (0 = off), "
+                              f"got {self.eval_every}, {self.checkpoint_every}, {self.checkpoint_seconds}")
         if not 0 < self.init_consensus <= 1:
             raise ConfigError(f"distill.init_consensus must lie in (0, 1] (the share of experts that trusted a "
                               f"sample), got {self.init_consensus}")
@@ -424,7 +430,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping of its fields, got {type(value).__name__}")
+            raise ConfigError(f"{key} must be a mapping of its fields ({key}.<field>: value), got {value!r} "
+                              f"({type(value).__name__}); in YAML, indent the fields under `{key}:`")
         return from_dict(tp, value, prefix=f"{key}.")
     if tp is bool:
         if isinstance(value, bool):

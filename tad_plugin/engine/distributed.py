@@ -68,7 +68,10 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["Ranks", "init_from_env", "shutdown", "launched", "launched_rank", "current", "rank_device"]
+from .config import ConfigError
+
+__all__ = ["Ranks", "init_from_env", "shutdown", "launched", "launched_rank", "current", "rank_device",
+           "resolve_device"]
 
 T = TypeVar("T")
 _joined = False  # whether init_from_env initialised the process group
@@ -197,7 +200,7 @@ def init_from_env(device: str | torch.device | None = None) -> Ranks:
     global _joined
     if not launched() or dist.is_initialized():
         return current()
-    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    kind = resolve_device(device).type
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if kind == "cuda":
         if local >= torch.cuda.device_count():
@@ -219,14 +222,38 @@ def shutdown() -> None:
     _joined = False
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device (None = CUDA when available, else the CPU).
+
+    Raises:
+        ConfigError: a string torch does not know as a device, or a CUDA device this machine does not have.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {str(device)!r} is not a device name: use cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"device {str(device)!r}: torch sees no CUDA GPU on this machine; run with --device "
+                              f"cpu, or install a CUDA build of torch where a GPU is")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s), cuda:0 to "
+                              f"cuda:{count - 1}; pick one of those")
+    return dev
+
+
 def rank_device(device: str | torch.device | None, ranks: Ranks) -> torch.device:
     """The device this rank runs on: ``"cuda"`` (or None with CUDA present) becomes ``cuda:LOCAL_RANK``
     when several processes run; the CPU is kept.
 
     Raises:
         ValueError: several processes and an explicit GPU other than ``cuda:LOCAL_RANK`` (they would share it).
+        ConfigError: see :func:`resolve_device`.
     """
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     if dev.type != "cuda" or not ranks.active:
         return dev
     if dev.index is not None and dev.index != ranks.local_rank:

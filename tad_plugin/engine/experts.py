@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checks import check_labels
+from ..errors import TADError
 from ..losses import confidence_penalty
 from ..manager import TADHooks
 from ..results import TrustSplit
@@ -70,7 +71,7 @@ __all__ = ["EpochState", "TrustUpdate", "EpochCallback", "recalibrate_experts", 
            "snapshot_mean_losses"]
 
 
-class ExpertError(RuntimeError):
+class ExpertError(TADError, RuntimeError):
     """Expert training cannot go on (diverged, empty trusted space, bad callback result)."""
 
 

@@ -37,6 +37,7 @@ import functools
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..checks import check_hard_or_soft_labels
+from ..errors import TADError
 from ..files import atomic_torch_save, atomic_write_json, torch_load
 from ..losses import confidence_penalty
 from .convnet import ConvNetConfig, forward
@@ -62,13 +64,13 @@ logger = logging.getLogger(__name__)
 #: Settings a checkpoint may be resumed with changed: the run length and how often it evaluates, saves and
 #: reads back -- nothing the images' path depends on, so a finished run extended to more iterations continues
 #: exactly as a run started with that many would have.
-EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "log_every"})
+EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "checkpoint_seconds", "log_every"})
 
 #: Written beside the checkpoint after every evaluation: the list of evaluation entries so far (iteration,
 #: syn_lr, eval {mean, std, accuracies, seconds} and eval_ema when EMA images are kept).
 EVALUATIONS_FILE = "evaluations.json"
 
-__all__ = ["MatchingConfig", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher", "real_init_indices",
+__all__ = ["MatchingConfig", "check_checkpoint", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher", "real_init_indices",
            "class_labels", "DistillDivergedError", "step_distance", "closest_step", "soft_label_summary"]
 
 
@@ -78,7 +80,7 @@ __all__ = ["MatchingConfig", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMat
 UNSTABLE_LOSS = 1.5
 
 
-class DistillDivergedError(FloatingPointError):
+class DistillDivergedError(TADError, FloatingPointError):
     """The matching loss became NaN/inf or the learned step size left (0, inf)."""
 
 
@@ -113,6 +115,9 @@ class MatchingConfig:
         eval_every: evaluate every so many iterations (and at the end); 0 = only at the end;
             the evaluator may also be None (no evaluation).
         checkpoint_every: iterations between checkpoints (0 = none, except the final one).
+        checkpoint_seconds: also checkpoint after an iteration ending at least this many seconds after the last
+            checkpoint (0 = by iteration count only). Default 60: a killed run loses at most about a minute
+            however slow its iterations are, for one checkpoint write a minute.
         log_every: iterations between loss read-backs (progress bar, NaN check).
         seed: drives the expert order, start epochs, batches and DSA.
         channels_last: NHWC convolutions in the student.
@@ -159,6 +164,7 @@ class MatchingConfig:
     dsa_strategy: str = DEFAULT_STRATEGY
     eval_every: int = 100
     checkpoint_every: int = 100
+    checkpoint_seconds: float = 60.0
     log_every: int = 10
     seed: int = 0
     channels_last: bool = False
@@ -180,8 +186,8 @@ class MatchingConfig:
                 raise ValueError(f"MatchingConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
-        if self.eval_every < 0 or self.checkpoint_every < 0:
-            raise ValueError("eval_every and checkpoint_every must be >= 0")
+        if self.eval_every < 0 or self.checkpoint_every < 0 or not self.checkpoint_seconds >= 0:
+            raise ValueError("eval_every, checkpoint_every and checkpoint_seconds must be >= 0")
         if self.inner_grad not in INNER_GRADS:
             raise ValueError(f"inner_grad must be one of {INNER_GRADS}, got {self.inner_grad!r}")
         if self.inner_grad != "autograd" and self.channels_last:
@@ -192,6 +198,28 @@ class MatchingConfig:
             raise ValueError(f"adaptive_distance must be one of {_DISTANCES}, got {self.adaptive_distance!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+
+
+def check_checkpoint(path: str | os.PathLike[str] | None, state: dict[str, Any], config: MatchingConfig,
+                     images_shape: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless the checkpoint ``state`` (read from ``path``) can be resumed by a run with
+    ``config`` distilling images of ``images_shape``: settings other than :data:`EXTENDABLE` equal, its
+    iteration within ``config.iterations``.
+
+    Raises:
+        KeyError: ``state`` lacks an entry (not a distillation checkpoint).
+    """
+    theirs, ours = ({k: v for k, v in cfg.items() if k not in EXTENDABLE}
+                    for cfg in (state["config"], dataclasses.asdict(config)))
+    if tuple(state["images"].shape) != tuple(images_shape) or theirs != ours:
+        changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+        raise ValueError(f"checkpoint {path} belongs to a different run (other images shape "
+                         f"or settings: {changed}); delete it or point checkpoint= elsewhere (only "
+                         f"{sorted(EXTENDABLE)} may change on resume)")
+    if int(state["iteration"]) > config.iterations:
+        raise ValueError(f"checkpoint {path} is at iteration {int(state['iteration'])}, beyond "
+                         f"iterations={config.iterations}; raise iterations to at least that, or "
+                         f"delete the checkpoint to start over")
 
 
 @functools.lru_cache(maxsize=None)
@@ -574,6 +602,7 @@ class TrajectoryMatcher:
                                  f"start the distillation over") from exc
             self.load_state_dict(state)
         bar = tqdm(total=c.iterations, initial=self.iteration, desc="distill", disable=not self.progress)
+        saved = time.monotonic()
         with bar:
             while self.iteration < c.iterations:
                 if self.evaluator is not None and c.eval_every and self.iteration % c.eval_every == 0 and not any(
@@ -583,8 +612,11 @@ class TrajectoryMatcher:
                 bar.update(1)
                 if self.iteration % c.log_every == 0 or self.iteration == c.iterations:
                     self._log(bar)
-                if self.checkpoint is not None and c.checkpoint_every and self.iteration % c.checkpoint_every == 0:
+                if self.checkpoint is not None and (
+                        c.checkpoint_every and self.iteration % c.checkpoint_every == 0
+                        or c.checkpoint_seconds and time.monotonic() - saved >= c.checkpoint_seconds):
                     self.save(self.checkpoint)
+                    saved = time.monotonic()
         if self.evaluator is not None and not any(h.get("iteration") == c.iterations and "eval" in h
                                                   for h in self.history):
             self.evaluate()
@@ -632,17 +664,7 @@ class TrajectoryMatcher:
         than :data:`EXTENDABLE` differ) or is past ``iterations``. With more ``iterations`` than the checkpoint's
         run had, :meth:`run` extends it."""
         try:
-            theirs, ours = ({k: v for k, v in cfg.items() if k not in EXTENDABLE}
-                            for cfg in (state["config"], dataclasses.asdict(self.config)))
-            if tuple(state["images"].shape) != tuple(self.images.shape) or theirs != ours:
-                changed = sorted(k for k in ours if theirs.get(k) != ours[k])
-                raise ValueError(f"checkpoint {self.checkpoint} belongs to a different run (other images shape "
-                                 f"or settings: {changed}); delete it or point checkpoint= elsewhere (only "
-                                 f"{sorted(EXTENDABLE)} may change on resume)")
-            if int(state["iteration"]) > self.config.iterations:
-                raise ValueError(f"checkpoint {self.checkpoint} is at iteration {int(state['iteration'])}, beyond "
-                                 f"iterations={self.config.iterations}; raise iterations to at least that, or "
-                                 f"delete the checkpoint to start over")
+            check_checkpoint(self.checkpoint, state, self.config, tuple(self.images.shape))
             with torch.no_grad():
                 self.images.copy_(state["images"])
                 self.labels.copy_(state["labels"])

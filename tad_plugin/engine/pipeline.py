@@ -38,7 +38,8 @@ from .distributed import Ranks, current, rank_device
 from .dual_loop import DualLoop, DualLoopConfig
 from .evaluate import EvalResult, Evaluator
 from .experts import EpochCallback, ExpertTrainer
-from .matching import DistillResult, MatchingConfig, TrajectoryMatcher, class_labels, real_init_indices
+from .matching import (DistillResult, MatchingConfig, TrajectoryMatcher, check_checkpoint, class_labels,
+                       real_init_indices)
 from .preprocess import Preprocessor
 from .trajectories import TrajectoryStore
 
@@ -195,15 +196,7 @@ class Pipeline:
         cfg = self.config
         net = self.network(dataset)
         pre = self.preprocessor(dataset)
-        meta = {"buffer": to_dict(cfg.buffer), "tad": to_dict(cfg.tad) if self.tad else None,
-                "model": to_dict(cfg.model), "dataset": dataset.name, "zca": cfg.data.zca, "seed": cfg.seed,
-                "labels": labels_fingerprint(labels), "method": self.name}
-        meta["buffer"].pop("num_experts")  # more experts may be added to a store later
-        for key in ("experts_per_group", "eval_batch_size", "compile", "channels_last", "cache_inputs"):
-            meta["buffer"].pop(key)  # speed settings do not change what is trained
-        store = TrajectoryStore.create(out, param_shapes=net.param_shapes, epochs=cfg.buffer.epochs,
-                                       num_train=len(labels), num_classes=dataset.num_classes, meta=meta,
-                                       preprocess_state=pre.state_dict())
+        store = TrajectoryStore.create(out, **self._store_settings(dataset, labels), preprocess_state=pre.state_dict())
         loop = None
         if on_epoch is None and self.tad and cfg.tad.inner_loop and len(store.finished()) < cfg.buffer.num_experts:
             loop = on_epoch = self.dual_loop(dataset, labels, clean_labels,
@@ -221,6 +214,81 @@ class Pipeline:
             except ImportError:
                 pass  # matplotlib is optional; the JSON holds the same numbers
         return store
+
+    def _store_settings(self, dataset: ImageDataset, labels: torch.Tensor) -> dict[str, Any]:
+        """:meth:`TrajectoryStore.create`'s arguments that a resumed store must match: the network's shapes,
+        the epochs, the data and labels, and the training settings other than the count and the speed ones."""
+        cfg = self.config
+        meta = {"buffer": to_dict(cfg.buffer), "tad": to_dict(cfg.tad) if self.tad else None,
+                "model": to_dict(cfg.model), "dataset": dataset.name, "zca": cfg.data.zca, "seed": cfg.seed,
+                "labels": labels_fingerprint(labels), "method": self.name}
+        meta["buffer"].pop("num_experts")  # more experts may be added to a store later
+        for key in ("experts_per_group", "eval_batch_size", "compile", "channels_last", "cache_inputs"):
+            meta["buffer"].pop(key)  # speed settings do not change what is trained
+        return {"param_shapes": self.network(dataset).param_shapes, "epochs": cfg.buffer.epochs,
+                "num_train": len(labels), "num_classes": dataset.num_classes, "meta": meta}
+
+    # ------------------------------------------------------------------ checks before a run
+    def check_data(self, dataset: ImageDataset, labels: torch.Tensor, buffer: bool = True) -> None:
+        """Refuse, before anything is trained or written, data this run cannot distil: fewer than two classes,
+        ``labels`` outside the dataset's classes, a class with fewer training labels than the initial images
+        (``distill.ipc``, unless ``pix_init = "noise"``) or TAD's anchors (``tad.anchor_ipc``) take from it, and
+        a TAD run's missing or unreadable feature extractor.
+
+        Args:
+            labels: int64 [N], the training labels the run uses (the noisy ones).
+            buffer: whether experts are trained (the anchors and the extractor are checked only then).
+
+        Raises:
+            ConfigError: the message names the problem and the fix.
+            tad_plugin.features.ExtractorFileError: the extractor file is missing or unreadable.
+        """
+        cfg, n = self.config, dataset.num_classes
+        if n < 2:
+            raise ConfigError(f"{dataset.name} has {n} class; distillation makes images that tell classes apart and "
+                              f"needs at least two: check the dataset's labels (or its class folders)")
+        if labels.shape != dataset.train_labels.shape or labels.numel() and not 0 <= int(labels.min()) <= int(
+                labels.max()) < n:
+            span = f"[{int(labels.min())}, {int(labels.max())}]" if labels.numel() else "none"
+            raise ConfigError(f"the training labels ({len(labels)}, values {span}) do not fit {dataset.name} "
+                              f"({len(dataset.train_labels)} images, {n} classes): use labels made for this dataset "
+                              f"(e.g. the CIFAR-N file of this dataset)")
+        counts = torch.bincount(labels, minlength=n)
+        needs = []
+        if cfg.distill.pix_init != "noise":
+            needs.append((cfg.distill.ipc, "distill.ipc", "lower distill.ipc or set distill.pix_init=noise"))
+        if buffer and self.tad and cfg.tad.inner_loop:
+            needs.append((cfg.tad.anchor_ipc, "tad.anchor_ipc", "lower tad.anchor_ipc (>= 2)"))
+        for need, key, fix in needs:
+            short = [f"{dataset.class_names[c]!r} {int(counts[c])}" for c in range(n) if counts[c] < need]
+            if short:
+                listed = ", ".join(short[:10]) + (" ..." if len(short) > 10 else "")
+                raise ConfigError(f"{key} = {need} real images per class are drawn from the training set, but "
+                                  f"class(es) {listed} hold fewer labels: {fix}")
+        if buffer and self.tad and cfg.tad.inner_loop and cfg.tad.features != "pixels":
+            from ..features import default_extractor_path, load_extractor
+
+            choice = cfg.tad.features
+            load_extractor(default_extractor_path(cfg.data.dataset) if choice is None else choice,
+                           dataset=cfg.data.dataset)
+
+    def check_resume(self, dataset: ImageDataset, labels: torch.Tensor, out: str | os.PathLike[str],
+                     buffer: bool = True, distill: bool = True) -> None:
+        """Refuse before a run starts what :meth:`buffer` and :meth:`distill` would refuse later about the
+        run folder ``out``: a store ``out/buffer`` made with other settings (``buffer``), a distillation
+        checkpoint ``out/distill_checkpoint.pt`` of another run (``distill``). Reads only.
+
+        Raises:
+            TrajectoryError / ValueError: the message says which file and the fix.
+        """
+        out = Path(out)
+        if buffer:
+            TrajectoryStore.create(out / "buffer", **self._store_settings(dataset, labels), dry_run=True)
+        path = out / "distill_checkpoint.pt"
+        if distill and path.is_file():
+            d = self.config.distill
+            shape = (dataset.num_classes * d.ipc, dataset.channels, *dataset.image_size)
+            check_checkpoint(path, torch_load(path), self.matching_config(), shape)
 
     def features(self, dataset: ImageDataset) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """The inner loop's embedding: ``(features [N, D] of the training images, embed)`` where
@@ -254,6 +322,7 @@ class Pipeline:
                       recompute_steps=d.recompute_steps, compile_mode=d.compile_mode,
                       dsa_strategy=cfg.buffer.dsa_strategy if d.dsa else "",
                       eval_every=d.eval_every, checkpoint_every=d.checkpoint_every,
+                      checkpoint_seconds=d.checkpoint_seconds,
                       log_every=min(10, d.iterations), seed=cfg.seed)
         return MatchingConfig(**{**values, **overrides})
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import TADError
 from ..files import atomic_torch_save, atomic_write_json, torch_load
 
 __all__ = ["FORMAT", "TrajectoryError", "ExpertRecord", "TrajectoryStore", "load_upstream_buffer",
@@ -44,7 +45,7 @@ FORMAT = "tad_plugin.trajectories/1"
 _EXPERT_RE = re.compile(r"^expert_(\d{5})\.pt$")
 
 
-class TrajectoryError(ValueError):
+class TrajectoryError(TADError, ValueError):
     """A trajectory store or file is missing, corrupt or does not match; the message says how to fix it."""
 
 
@@ -147,7 +148,7 @@ class TrajectoryStore:
     @classmethod
     def create(cls, root: str | os.PathLike[str], *, param_shapes: Sequence[Sequence[int]], epochs: int,
                num_train: int, num_classes: int, meta: dict[str, Any] | None = None,
-               preprocess_state: dict[str, Any] | None = None) -> TrajectoryStore:
+               preprocess_state: dict[str, Any] | None = None, dry_run: bool = False) -> TrajectoryStore | None:
         """Create a store at ``root``, or reopen it for resuming if it was made with the same settings.
 
         Args:
@@ -157,6 +158,7 @@ class TrajectoryStore:
             num_classes: C.
             meta: JSON-serialisable settings that must match on resume (expert and data config).
             preprocess_state: the Preprocessor's state (tensors/numbers/strings), saved once.
+            dry_run: only check that ``root`` could be resumed (write nothing; None when it holds no store yet).
 
         Raises:
             TrajectoryError: ``root`` holds a store made with different settings.
@@ -179,6 +181,8 @@ class TrajectoryStore:
                 raise TrajectoryError(f"{root} already holds expert trajectories made with other settings "
                                       f"({detail}); choose another output directory or delete {root}")
             return cls(root, old)
+        if dry_run:
+            return None
         atomic_write_json(manifest, root / "manifest.json")
         if preprocess_state is not None:
             atomic_torch_save(preprocess_state, root / "preprocess.pt")

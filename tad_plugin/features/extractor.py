@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import TADError
 from ..files import atomic_torch_save, torch_load
 from .resnet import cifar_resnet18
 
@@ -40,7 +41,7 @@ CHECKPOINT_FORMAT = "tad_plugin.features.extractor/1"
 _RANGE_TOLERANCE = 1e-3
 
 
-class ExtractorFileError(ValueError):
+class ExtractorFileError(TADError, ValueError):
     """An extractor file is missing, corrupt or of an unknown format; the message says how to fix it."""
 
 

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import ImageDataset, channel_stats
+from ..errors import TADError
 from ..files import atomic_torch_save, torch_load
 from .augment import AugmentConfig, augment_batch, compiled_render, render
 from .extractor import FeatureExtractor, save_extractor
@@ -37,7 +38,7 @@ DEFAULT_LR = {"sgd": 0.06, "lars": 0.3}
 OPTIMIZERS = tuple(DEFAULT_LR)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(TADError, RuntimeError):
     """Training cannot start or continue (diverged loss, mismatched resume state, ...)."""
 
 
