@@ -301,13 +301,17 @@ class ExpertTrainer:
         dev = self.device
         data = (self._inputs(images.to(dev)), labels.to(dev), self._inputs(test_images.to(dev)), test_labels.to(dev))
         g = self.buffer.experts_per_group
-        groups = self.ranks.share([todo[i:i + g] for i in range(0, len(todo), g)])
+        # the groups of a fresh run (shuffling and augmentation are drawn per group): a group a kill left part-saved
+        # is trained again whole, so a resumed run ends with the uninterrupted run's experts
+        groups = [list(range(i, min(i + g, total))) for i in range(0, total, g)]
+        groups = self.ranks.share([group for group in groups if not done.issuperset(group)])
         bar = tqdm(total=sum(map(len, groups)) * self.buffer.epochs, desc="experts", unit="ep",
                    disable=not self.progress, dynamic_ncols=True)
         try:
             for group in groups:
                 for record in self._train_group(group, *data, seed=seed, bar=bar):
-                    store.save_expert(record)
+                    if record.index not in done:
+                        store.save_expert(record)
         finally:
             bar.close()
         self.ranks.barrier()  # every expert is saved before any rank reads the store

@@ -12,7 +12,8 @@ leaves only complete files, and everything loads with ``torch.load(..., weights_
 Resume granularity: **one expert**. An expert file exists only once its whole trajectory is done;
 :meth:`TrajectoryStore.finished` lists them and the trainer skips them on restart. Experts that
 were in flight when the run died are retrained from their initialisation (their seeds are derived
-from the run seed and the expert index, so the retrained trajectory is the same one).
+from the run seed and the expert index, and a group of experts trained together is retrained whole, so
+the retrained trajectory is the same one).
 
 :meth:`TrajectoryStore.export_upstream` writes MTT/FTD/DATM/ATT's ``replay_buffer_{n}.pt`` files:
 a list of up to ``per_file`` trajectories, each a list of ``epochs + 1`` snapshots, each a list of

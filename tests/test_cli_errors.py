@@ -1,0 +1,166 @@
+"""What ``tad`` does with faults: refusals before anything in --out is written, one-line errors (exit 2),
+Ctrl-C (exit 130, saying what was kept), and a killed run that resumes to the uninterrupted result."""
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tad_plugin.cli import DEMO_CONFIG, QUICK_DEMO_OVERRIDES, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quick_noisy_argv(out, *extra):
+    """``tad run`` with the settings of ``tad demo --quick``'s noisy arm (the ``quick_demo`` fixture's
+    ``noisy`` folder is its uninterrupted result)."""
+    sets = [f"{section}.{k}={json.dumps(v)}" for section, values in QUICK_DEMO_OVERRIDES.items()
+            for k, v in values.items()]
+    argv = ["run", "--config", str(ROOT / "examples" / "configs" / "demo.yaml"), "--no-tad", "--no-progress",
+            "--out", str(out)]
+    for s in sets:
+        argv += ["--set", s]
+    return argv + list(extra)
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--noise-seed", "1"], "already holds expert trajectories made with other settings"),
+    (["--dataset", "digitz"], "unknown dataset"),
+    (["--set", "distill.lr_img=50"], "belongs to a different run"),
+])
+def test_a_refused_rerun_leaves_the_earlier_run_byte_identical(quick_demo, tmp_path, capsys, extra, message):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_demo / "noisy", run)
+    (run / "result_run.json").write_text((run / "result_demo.json").read_text())  # as `tad run` leaves it
+    before = snapshot(run)
+    assert main(quick_noisy_argv(run, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--out", ""], "--out is empty"),
+    (["run", "--out", "{tmp}/file"], "is a file, not a folder"),
+    (["run", "--device", "tpu9", "--out", "{tmp}/r"], "'tpu9' is not a device name"),
+    (["run", "--config", "{tmp}/scalar.yaml", "--out", "{tmp}/r"], "data must be a mapping of its fields"),
+    (["run", "--ipc", "200", "--out", "{tmp}/r"], "distill.ipc = 200 real images per class"),
+    (["run", "--dataset", "{tmp}/one.npz", "--out", "{tmp}/r"], "needs at least two"),
+    (["run", "--cifar-n", "{tmp}/c100n.pt", "--label-set", "fine", "--out", "{tmp}/r"], "has 10 classes"),
+])
+def test_a_fault_in_the_input_exits_2_with_one_line_before_writing(argv, message, tmp_path, capsys):
+    from tad_plugin.data import ImageDataset, load_dataset, save_arrays
+
+    ds = load_dataset("digits")
+    (tmp_path / "file").write_text("a file")
+    (tmp_path / "scalar.yaml").write_text("data: 5\n")
+    one = ds.train_labels == 0
+    save_arrays(ImageDataset("one", ds.train_images[one], ds.train_labels[one] * 0, ds.test_images[:5],
+                             ds.test_labels[:5] * 0, ("zero",)), tmp_path / "one.npz")
+    torch.save({"fine": torch.arange(len(ds.train_labels)) % 100}, tmp_path / "c100n.pt")  # labels up to 99
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("tad run: error:") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_gpu_device_without_a_gpu_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["run", "--device", "cuda", "--out", str(tmp_path / "r")]) == 2
+    assert "torch sees no CUDA GPU on this machine; run with --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("where, err, doing, fix", [
+    ("os.fsync", errno.ENOSPC, "writing", "free space there or choose another --out"),  # a full disk
+    ("tempfile.mkstemp", errno.EROFS, "creating", "choose a writable --out"),  # a read-only one
+])
+def test_a_full_or_read_only_disk_names_the_file_and_the_fix(tmp_path, capsys, monkeypatch, where, err, doing, fix):
+    import os
+
+    import tad_plugin.files as files
+
+    def refuse(*args, **kwargs):
+        raise OSError(err, os.strerror(err))
+
+    module, name = where.split(".")
+    monkeypatch.setattr(getattr(files, module), name, refuse)
+    assert main(["buffer", "--no-tad", "--set", "buffer.num_experts=1", "--out", str(tmp_path / "r")]) == 2
+    line = capsys.readouterr().err
+    assert line.startswith(f"tad buffer: error: {os.strerror(err)} ({doing} {tmp_path / 'r' / 'result_buffer.json'}")
+    assert line.rstrip().endswith(fix) and line.count("\n") == 1
+    assert doing == "creating" or "bytes written before it failed" in line
+
+
+def test_debug_shows_the_traceback():
+    from tad_plugin.engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--out is empty"):
+        main(["--debug", "run", "--out", ""])
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    from tad_plugin.engine.trajectories import TrajectoryStore
+
+    save = TrajectoryStore.save_expert
+
+    def interrupt_after_one(self, record):
+        save(self, record)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrajectoryStore, "save_expert", interrupt_after_one)
+    assert main(quick_noisy_argv(tmp_path / "r")) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; kept {tmp_path / 'r'}: 1 finished expert(s) in buffer/, result_run.json; the same " \
+           f"command resumes" in err
+
+
+class Killed(BaseException):
+    """A kill at a chosen point (nothing catches it, as nothing runs after SIGKILL)."""
+
+
+def test_a_run_killed_in_each_stage_resumes_to_the_uninterrupted_result(quick_demo, tmp_path, monkeypatch):
+    """Killed in the buffer (the first of two experts saved), in distillation (after iteration 6, past the
+    checkpoint of iteration 4) and in evaluation; the third resume gives the quick demo's noisy arm's result."""
+    from tad_plugin.engine.evaluate import Evaluator
+    from tad_plugin.engine.matching import TrajectoryMatcher
+    from tad_plugin.engine.trajectories import TrajectoryStore
+
+    def kill(cls, name, when):
+        original = getattr(cls, name)
+
+        def wrapper(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            if when(self):
+                raise Killed
+            return out
+        monkeypatch.setattr(cls, name, wrapper)
+
+    argv = quick_noisy_argv(tmp_path / "r", "--set", "distill.checkpoint_every=4")
+    kill(TrajectoryStore, "save_expert", lambda store: len(store.finished()) == 1)
+    with pytest.raises(Killed):
+        main(argv)
+    monkeypatch.undo()
+    kill(TrajectoryMatcher, "step", lambda m: m.iteration == 6)
+    with pytest.raises(Killed):
+        main(argv)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "r" / "distill_checkpoint.pt")["iteration"] == 4
+    kill(Evaluator, "__call__", lambda ev: True)
+    with pytest.raises(Killed):
+        main(argv)
+    monkeypatch.undo()
+    assert main(argv) == 0
+    ours, theirs = (torch.load(p / "distilled.pt") for p in (tmp_path / "r", quick_demo / "noisy"))
+    assert torch.equal(ours["images"], theirs["images"]) and ours["syn_lr"] == theirs["syn_lr"]
+    results = [json.loads((p).read_text())["results"] for p in (tmp_path / "r" / "result_run.json",
+                                                                 quick_demo / "noisy" / "result_demo.json")]
+    assert results[0]["test_acc"] == results[1]["test_acc"]
