@@ -55,7 +55,8 @@ def expert_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | N
     optimisers (FTD/DATM's GSAM) call it twice per step, so an implementation must be pure: no state
     changes between calls, the same inputs give the same value.
 
-    :param logits: float tensor [B, C]; the expert's outputs for a batch (requires grad).
+    :param logits: float tensor [B, C], B >= 1 (TAD's implementation raises ``ValueError`` on an empty batch,
+        whose mean would be NaN); the expert's outputs for a batch (requires grad).
     :param targets: int64 tensor [B] of class indices in [0, C).
     :return: a scalar float tensor, the mean loss over the batch, differentiable w.r.t. ``logits``;
         or ``None`` to defer. Stops at first non-None result.

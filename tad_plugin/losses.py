@@ -21,19 +21,25 @@ def ce_rce_loss(logits: torch.Tensor, targets: torch.Tensor, reg_weight: float, 
     (:func:`tad_plugin.checks.check_labels`).
 
     Args:
-        logits: float tensor [B, C].
+        logits: float tensor [B, C], B >= 1.
         targets: int64 tensor [B] with class indices in [0, C).
         reg_weight: lambda >= 0.
         log_zero: the constant standing for log 0; must be negative.
 
     Returns:
         A scalar tensor, differentiable w.r.t. ``logits``.
+
+    Raises:
+        ValueError: an empty batch (B = 0), whose mean would be NaN.
     """
     if logits.dim() != 2 or not logits.is_floating_point():
         raise TypeError(f"logits must be a float tensor [B, C], got {logits.dtype} {tuple(logits.shape)}")
     if targets.dtype != torch.int64 or targets.shape != logits.shape[:1]:
         raise TypeError(f"targets must be an int64 tensor [{logits.shape[0]}] of class indices, got "
                         f"{targets.dtype} {tuple(targets.shape)}")
+    if logits.shape[0] == 0:  # the mean of nothing would be NaN, silently poisoning the expert
+        raise ValueError("ce_rce_loss of an empty batch (0 samples) has no mean: skip the step, or check why the "
+                         "batch is empty (an empty trusted space?)")
     if reg_weight < 0:
         raise ValueError(f"reg_weight (lambda) must be >= 0, got {reg_weight}")
     if log_zero >= 0:

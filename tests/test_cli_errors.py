@@ -164,3 +164,11 @@ def test_a_run_killed_in_each_stage_resumes_to_the_uninterrupted_result(quick_de
     results = [json.loads((p).read_text())["results"] for p in (tmp_path / "r" / "result_run.json",
                                                                  quick_demo / "noisy" / "result_demo.json")]
     assert results[0]["test_acc"] == results[1]["test_acc"]
+
+
+def test_wrap_pointed_at_another_folder_names_the_files_it_expected(tmp_path, capsys):
+    (tmp_path / "buffer.py").write_text("print('not upstream')\n")  # a script of that name, no utils module
+    assert main(["wrap", "mtt", "--repo", str(tmp_path), "--", "buffer.py"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tad wrap: error: --repo {tmp_path} is not a mtt checkout tad wrap knows: buffer.py and "
+                          f"utils.py are expected there, utils.py missing") and err.count("\n") == 1

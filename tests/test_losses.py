@@ -61,3 +61,11 @@ def test_confidence_penalty_is_minus_the_mean_entropy():
     assert torch.isfinite(g).all() and g.abs().sum() > 0
     with pytest.raises(TypeError, match="float tensor"):
         confidence_penalty(torch.zeros(3, dtype=torch.int64))
+
+
+def test_an_empty_batch_is_refused_not_nan():
+    from tad_plugin import TADHooks, TrustAwareDiversion, get_plugin_manager
+
+    hooks = TADHooks(get_plugin_manager(default=TrustAwareDiversion(), load_entrypoints=False))
+    with pytest.raises(ValueError, match="empty batch"):
+        hooks.expert_loss(torch.zeros(0, 10, requires_grad=True), torch.zeros(0, dtype=torch.int64))

@@ -184,7 +184,7 @@ class _Patch:
         ``__dict__`` or a script's ``globals()``)."""
         for name in ("get_dataset", "epoch") if self.role == "buffer" else ("get_dataset",):
             if not callable(namespace.get(name)):
-                raise TypeError(f"{where} has no function {name}; is this the upstream code tad wrap knows?")
+                raise ValueError(f"{where} has no function {name}; is this the upstream code tad wrap knows?")
         original_get_dataset = namespace["get_dataset"]
         signature = inspect.signature(original_get_dataset)
         if self.role == "buffer" and self.cfg.tad.enabled:

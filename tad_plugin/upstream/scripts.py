@@ -56,7 +56,8 @@ def resolve_script(method: str, repo: str | os.PathLike[str], script: str) -> tu
 
     Raises:
         ValueError: an unknown method, or a script this method does not have (the message lists them).
-        FileNotFoundError: the repository or the script file is missing.
+        FileNotFoundError: the repository, the script file or the module it imports ``get_dataset`` from is
+            missing (the message lists the files expected).
     """
     if method not in SCRIPTS:
         raise ValueError(f"unknown upstream method {method!r}; choose one of {', '.join(METHODS)}")
@@ -71,6 +72,13 @@ def resolve_script(method: str, repo: str | os.PathLike[str], script: str) -> tu
     known = SCRIPTS[method]
     if rel not in known:
         raise ValueError(f"{rel} is not a {method} script tad wrap knows; known: {', '.join(known)}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is --repo the root of a {method} checkout?")
+    utils = known[rel].utils_module.replace(".", "/")
+    expected = [rel, f"{utils}.py"]
+    missing = [name for name, there in ((rel, path.is_file()),
+                                        (f"{utils}.py", (root / f"{utils}.py").is_file() or (root / utils).is_dir()))
+               if not there]
+    if missing:
+        raise FileNotFoundError(f"--repo {root} is not a {method} checkout tad wrap knows: {' and '.join(expected)} "
+                                f"are expected there, {', '.join(missing)} missing; give the root of your {method} "
+                                f"checkout")
     return path, known[rel]
