@@ -32,7 +32,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -522,7 +522,36 @@ def _prepare(args: argparse.Namespace, base: dict[str, Any] | None = None,
     folder = run_folder(out if out is not None else cfg.out)
     ranks = init_from_env(cfg.device)  # one process unless launched by torchrun
     pipe = method_adapter(cfg.method)[0](cfg, progress=not getattr(args, "no_progress", False), ranks=ranks)
+    if pipe.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and hasattr(args, "stack"):
+        args.stack.enter_context(cpu_threads(CPU_THREADS))  # until the command ends
     return cfg, pipe, folder, prepare_data(cfg.data)
+
+
+#: Threads of a run on the CPU (torch and every OpenMP / BLAS pool) unless ``OMP_NUM_THREADS`` is set. One:
+#: OpenMP threads spin while they wait for each other, so on a busy machine more threads than free cores slow
+#: a run down many times over, and the CPU runs (digits, the tests) are made of small operations that one
+#: thread does about as fast; one thread also gives the same numbers on every machine.
+CPU_THREADS = 1
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run the body with ``n`` threads in torch (intra-op) and in every OpenMP / BLAS pool of the process
+    (scikit-learn's KMeans, NumPy's BLAS, FAISS; through threadpoolctl, a scikit-learn dependency); restores
+    the earlier counts after."""
+    import sklearn.cluster  # noqa: F401  (the pools are capped as loaded: load those a run uses first)
+    from threadpoolctl import threadpool_limits
+
+    from .search import faiss_available
+
+    faiss_available()  # imports FAISS when installed
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(n):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _begin(args: argparse.Namespace, cfg: RunConfig, pipe: Pipeline, out: Path,
@@ -662,15 +691,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     base = merge(DEMO_CONFIG, QUICK_DEMO_OVERRIDES) if args.quick else DEMO_CONFIG
     if args.quick:
         base = merge(base, {"out": "runs/demo-quick"})
-    threads = torch.get_num_threads()
-    if config_from_args(args, base).device in (None, "cpu") and "OMP_NUM_THREADS" not in os.environ:
-        # The demo's tensors are tiny: one intra-op thread avoids OpenMP hand-offs. Measured on a shared
-        # 2-core machine: 212 s with 1 thread, 404 s with 2 (set OMP_NUM_THREADS to choose yourself).
-        torch.set_num_threads(1)
-    try:
-        return _demo_arms(args, base)
-    finally:
-        torch.set_num_threads(threads)
+    return _demo_arms(args, base)
 
 
 def _demo_arms(args: argparse.Namespace, base: dict[str, Any]) -> int:
@@ -816,6 +837,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.started = []  # the run folders written into (see _begin)
     try:
         with contextlib.ExitStack() as stack:
+            args.stack = stack  # what a command sets until it ends (the CPU threads)
             if launched_rank():  # under torchrun only rank 0 prints
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             return int(handler(args) or 0)

@@ -172,3 +172,28 @@ def test_wrap_pointed_at_another_folder_names_the_files_it_expected(tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith(f"tad wrap: error: --repo {tmp_path} is not a mtt checkout tad wrap knows: buffer.py and "
                           f"utils.py are expected there, utils.py missing") and err.count("\n") == 1
+
+
+def test_a_cpu_run_uses_one_thread_in_every_pool_unless_omp_num_threads_is_set(tmp_path, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    import tad_plugin.cli as cli
+
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append((torch.get_num_threads(), sorted({pool["num_threads"] for pool in threadpool_info()})))
+        return {"test_acc_mean": 0.0, "test_acc_std": 0.0}
+
+    monkeypatch.setattr(cli, "_pipeline", record)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["run", "--no-tad", "--device", "cpu", "--out", str(tmp_path / "a")]) == 0
+        assert torch.get_num_threads() == 2  # restored when the command ends
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert main(["run", "--no-tad", "--device", "cpu", "--out", str(tmp_path / "b")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen[0] == (1, [1]) and seen[1][0] == 2
