@@ -90,39 +90,71 @@ _FLAG_KEYS = {  # argparse dest -> config key
 }
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``tad``'s help: descriptions keep their line breaks; an option shows its default unless it has none
+    (None, False) or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.default == []:
+            return text
+        return super()._get_help_string(action)
+
+
+#: ``tad run``'s description (``tad run -h``).
+RUN_DESCRIPTION = """\
+Noisy labels -> expert training (buffer) -> distillation -> evaluation on the clean test set, all in one run
+folder (--out): labels.pt, buffer/, distill_checkpoint.pt, distilled.pt and the record result_run.json.
+Running the same command again resumes: finished stages and experts are kept, distillation continues from its
+checkpoint. A run whose settings do not fit the folder's earlier run is refused before it writes anything.
+
+Settings, lowest precedence first: the method's defaults for the dataset and IPC, --config FILE.yaml, the flags
+below, then --set section.key=value. The defaults shown are MTT's for the default dataset."""
+
+
+def _common(p: argparse.ArgumentParser, base: dict[str, Any] | None = None) -> None:
+    """The settings flags; their help states the defaults of MTT's run config under ``base``."""
+    from .engine.config import RunConfig
+
+    d = config_from_args(argparse.Namespace(), base)
+    data = d.data
     g = p.add_argument_group("settings")
     g.add_argument("--config", metavar="FILE.yaml", help="YAML config (sections data, model, buffer, tad, "
                    "distill, eval); flags below override it")
     g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set buffer.lr=0.02 (repeatable; wins over all)")
-    g.add_argument("--method", choices=METHODS, help="the distiller (default mtt; its upstream defaults "
-                   "underlie everything else)")
-    g.add_argument("--dataset", help="digits, cifar10, cifar100, an ImageFolder directory or a .npz file")
+    g.add_argument("--method", choices=METHODS, help=f"the distiller (default {RunConfig().method}; its upstream "
+                   "defaults underlie everything else)")
+    g.add_argument("--dataset", help="digits, cifar10, cifar100, an ImageFolder directory or a .npz file "
+                   f"(default {data.dataset})")
     g.add_argument("--data-root", help="folder with torchvision's CIFAR files")
     g.add_argument("--download", action="store_const", const=True, help="let torchvision download CIFAR")
-    g.add_argument("--noise", choices=["symmetric", "asymmetric-cifar10", "asymmetric-cifar100"])
-    g.add_argument("--noise-rate", type=float, metavar="R", help="fraction of flipped labels, e.g. 0.4")
-    g.add_argument("--noise-seed", type=int)
+    g.add_argument("--noise", choices=["symmetric", "asymmetric-cifar10", "asymmetric-cifar100"],
+                   help="synthetic label noise (default: none, the labels as loaded)")
+    g.add_argument("--noise-rate", type=float, metavar="R", help="fraction of flipped labels, e.g. 0.4 "
+                   f"(default {data.noise_rate:g})")
+    g.add_argument("--noise-seed", type=int, help=f"seed of the synthetic noise (default {data.noise_seed})")
     g.add_argument("--cifar-n", metavar="PATH", help="CIFAR-10N/100N label file (real-world noise)")
-    g.add_argument("--label-set", help="CIFAR-N label column, e.g. worse_label, aggre_label, noisy_label")
-    g.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None, help="ZCA whitening")
+    g.add_argument("--label-set", help="CIFAR-N label column, e.g. worse_label, aggre_label, noisy_label "
+                   f"(default {data.label_set})")
+    g.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None,
+                   help="ZCA whitening (default: the method's for the dataset; upstream's is on for CIFAR)")
     g.add_argument("--tad", action=argparse.BooleanOptionalAction, default=None,
                    help="Trust-Aware Diversion on (default) or off (the noisy baseline)")
-    g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
-    g.add_argument("--out", metavar="DIR", help="run directory (resumed if it exists)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--ipc", type=int, help="images per class of the distilled set")
-    g.add_argument("--num-experts", type=int)
-    g.add_argument("--epochs", type=int, help="epochs per expert")
-    g.add_argument("--iterations", type=int, help="distillation iterations")
+    g.add_argument("--device", help=f"cuda, cuda:1, cpu (default: {d.device or 'cuda if available'})")
+    g.add_argument("--out", metavar="DIR", help=f"run directory, resumed if it exists (default {d.out})")
+    g.add_argument("--seed", type=int, help=f"run seed: initialisations, batches, augmentation (default {d.seed})")
+    g.add_argument("--ipc", type=int, help=f"images per class of the distilled set (default {d.distill.ipc})")
+    g.add_argument("--num-experts", type=int, help=f"experts to train (default {d.buffer.num_experts})")
+    g.add_argument("--epochs", type=int, help=f"epochs per expert (default {d.buffer.epochs})")
+    g.add_argument("--iterations", type=int, help=f"distillation iterations (default {d.distill.iterations})")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tad`` argument parser (sub-commands and their flags)."""
-    parser = argparse.ArgumentParser(prog="tad", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="tad", description=__doc__.split("\n\n")[0].replace("``", ""),
+                                     formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log hook calls and details")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of every error (without "
                         "it, a fault in the input, files or machine is one line)")
@@ -138,12 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", metavar="FILE", help="distilled set (default OUT/distilled.pt)")
     p.add_argument("--best", action="store_true", help="evaluate the set of the best evaluation during distillation "
                    "(kept in the distilled file, as upstream MTT's images_best.pt) instead of the final images")
-    p = sub.add_parser("run", help="the whole pipeline: noise -> buffer -> distill -> eval")
+    p = sub.add_parser("run", help="the whole pipeline: noise -> buffer -> distill -> eval",
+                       description=RUN_DESCRIPTION, formatter_class=HelpFormatter)
     _common(p)
     p.add_argument("--buffer", metavar="DIR", help="reuse the experts in DIR (another run's buffer with the same "
                    "labels and TAD arm, e.g. MTT's for ATT) instead of training OUT/buffer")
     p = sub.add_parser("demo", help="noisy MTT vs MTT + TAD on digits (CPU, minutes)")
-    _common(p)
+    _common(p, DEMO_CONFIG)
     p.add_argument("--quick", action="store_true", help="a reduced demo (seconds; used by the tests)")
     p = sub.add_parser("export", help="write experts as upstream replay_buffer_{n}.pt files")
     p.add_argument("--buffer", required=True, metavar="DIR", help="trajectory store")
@@ -708,7 +741,7 @@ def _demo_arms(args: argparse.Namespace, base: dict[str, Any]) -> int:
         _check_run(pipe, data, out)
         arms.append((arm, arm_args, cfg, pipe, out, data))
     for arm, arm_args, cfg, pipe, out, data in arms:
-        print(f"\n{arm}: {out}", flush=True)
+        print(f"\n{arm} (run folder {out}):", flush=True)
         log = _begin(arm_args, cfg, pipe, out, data)
         res = _pipeline(cfg, pipe, out, log, data)
         rows.append({"arm": arm, "trusted_size": res.get("trusted_size", len(data.labels)),

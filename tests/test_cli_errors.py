@@ -197,3 +197,33 @@ def test_a_cpu_run_uses_one_thread_in_every_pool_unless_omp_num_threads_is_set(t
     finally:
         torch.set_num_threads(before)
     assert seen[0] == (1, [1]) and seen[1][0] == 2
+
+
+def help_text(capsys, *argv):
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return capsys.readouterr().out
+
+
+def test_run_help_describes_the_run_and_shows_the_defaults(capsys):
+    text = help_text(capsys, "run")
+    assert "A run whose settings do not fit the folder's earlier run is refused" in text
+    for default in ("(default digits)", "(default runs/tad)", "(default 10)", "(default 100)", "(default 5000)"):
+        assert default in " ".join(text.split())
+
+
+@pytest.mark.parametrize("argv", [[], ["wrap"], ["features", "embed"], ["features", "train"], ["demo"]])
+def test_help_has_no_markup_and_no_empty_defaults(capsys, argv):
+    text = help_text(capsys, *argv)
+    assert "``" not in text and "(default: None)" not in text
+
+
+def test_demo_names_the_arm_before_its_output(quick_demo, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(quick_demo, tmp_path / "demo")
+    assert main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    noisy, tad = (out.index(f"\n{arm} (run folder {tmp_path / 'demo' / name}):\n")
+                  for arm, name in (("MTT (noisy)", "noisy"), ("MTT + TAD", "tad")))
+    assert noisy < tad < out.index("distilled-set test acc")

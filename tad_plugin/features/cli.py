@@ -17,6 +17,7 @@ __all__ = ["add_subcommands", "main", "train_command", "embed_command"]
 def add_subcommands(subparsers: Any) -> None:
     """Add the ``features`` command (with ``train`` and ``embed``) to an argparse sub-parser collection.
     Each leaf parser sets ``func`` to its handler, which takes the parsed ``args`` and returns an exit code."""
+    from ..cli import HelpFormatter
     from .augment import AugmentConfig
     from .train import DEFAULT_LR, OPTIMIZERS
 
@@ -24,7 +25,7 @@ def add_subcommands(subparsers: Any) -> None:
     sub = features.add_subparsers(dest="features_command", required=True)
 
     train = sub.add_parser("train", help="train a SimCLR ResNet-18 on a dataset's training images (labels unused)",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
     _dataset_args(train)
     train.add_argument("--out", type=Path, default=None,
                        help="extractor file (default: ~/.cache/tad_plugin/features/<dataset>.pt, or "
@@ -62,7 +63,7 @@ def add_subcommands(subparsers: Any) -> None:
     train.set_defaults(func=train_command)
 
     embed = sub.add_parser("embed", help="write the features of a dataset's images",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
     _dataset_args(embed)
     embed.add_argument("--checkpoint", type=Path, default=None,
                        help="extractor file (default: the cached one for --dataset)")

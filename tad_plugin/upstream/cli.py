@@ -20,7 +20,7 @@ def add_subcommand(subparsers: Any) -> None:
     scripts = "; ".join(f"{m}: {', '.join(s)}" for m, s in SCRIPTS.items())
     p = subparsers.add_parser(
         "wrap", help="run your upstream checkout's own buffer/distill script with TAD",
-        description=__doc__.split("\n\n")[0] + f"\n\nKnown scripts (relative to --repo): {scripts}.",
+        description=__doc__.split("\n\n")[0].replace("``", "") + f"\n\nKnown scripts (relative to --repo): {scripts}.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("method", choices=METHODS)
     p.add_argument("--repo", required=True, metavar="PATH", help="root of your upstream checkout")
