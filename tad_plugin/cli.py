@@ -17,7 +17,9 @@ for every method; rank 0 prints and writes the records. Without torchrun everyth
 
 Settings, lowest precedence first: the method's defaults for the dataset and IPC, ``--config FILE.yaml``,
 the dedicated flags (``--dataset``, ``--noise``, ...), then ``--set section.key=value`` (repeatable).
-Every run writes ``OUT/result.json`` (command, config, seed, commit, device, wall time, results).
+Every run writes ``OUT/result_<command>.json`` (command, config, seed, commit, device, wall time, results), once
+every check that can refuse it has passed. A fault the user can fix prints one line and exits with 2 (``--debug``
+shows its traceback); Ctrl-C exits with 130, saying what was kept for the re-run to resume from.
 """
 
 from __future__ import annotations
@@ -549,10 +551,11 @@ def _prepare(args: argparse.Namespace, base: dict[str, Any] | None = None,
              out: Path | None = None) -> tuple[RunConfig, Pipeline, Path, TrainingData]:
     """The run's config, pipeline, folder and data, checked (settings, device, run folder, dataset and labels);
     nothing is written. A command adds its own checks and then calls :func:`_begin`."""
-    from .engine.distributed import init_from_env
+    from .engine.distributed import init_from_env, resolve_device
 
     cfg = config_from_args(args, base)
     folder = run_folder(out if out is not None else cfg.out)
+    resolve_device(cfg.device)  # an unknown name or a GPU this machine lacks: refused here
     ranks = init_from_env(cfg.device)  # one process unless launched by torchrun
     pipe = method_adapter(cfg.method)[0](cfg, progress=not getattr(args, "no_progress", False), ranks=ranks)
     if pipe.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and hasattr(args, "stack"):
@@ -850,7 +853,7 @@ def kept_text(folders: Sequence[Path]) -> str:
         if parts:
             kept.append(f"{folder}: {', '.join(parts)}")
     if not kept:
-        return "nothing was kept (no stage had finished); run the command again to start over"
+        return "it had written nothing yet; run the command again to start it"
     return f"kept {'; '.join(kept)}; the same command resumes from them (an expert or evaluation in progress starts over)"
 
 

@@ -222,19 +222,23 @@ def shutdown() -> None:
     _joined = False
 
 
+def _parse_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {str(device)!r} is not a device name: use cpu, cuda or cuda:N") from exc
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``device`` as a torch device (None = CUDA when available, else the CPU).
 
     Raises:
         ConfigError: a string torch does not know as a device, or a CUDA device this machine does not have.
     """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device {str(device)!r} is not a device name: use cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda":
+    dev = _parse_device(device)
+    if device is not None and dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if not count:
             raise ConfigError(f"device {str(device)!r}: torch sees no CUDA GPU on this machine; run with --device "
@@ -251,9 +255,9 @@ def rank_device(device: str | torch.device | None, ranks: Ranks) -> torch.device
 
     Raises:
         ValueError: several processes and an explicit GPU other than ``cuda:LOCAL_RANK`` (they would share it).
-        ConfigError: see :func:`resolve_device`.
+        ConfigError: ``device`` is not a device name.
     """
-    dev = resolve_device(device)
+    dev = _parse_device(device)
     if dev.type != "cuda" or not ranks.active:
         return dev
     if dev.index is not None and dev.index != ranks.local_rank:

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..checks import check_labels
 from ..data import ImageDataset
 from ..files import atomic_torch_save, torch_load
 from ..manager import TADHooks, get_plugin_manager
@@ -241,18 +242,14 @@ class Pipeline:
 
         Raises:
             ConfigError: the message names the problem and the fix.
+            ValueError / TypeError: ``labels`` is not int64 [N] with values in [0, C) (:func:`check_labels`).
             tad_plugin.features.ExtractorFileError: the extractor file is missing or unreadable.
         """
         cfg, n = self.config, dataset.num_classes
         if n < 2:
             raise ConfigError(f"{dataset.name} has {n} class; distillation makes images that tell classes apart and "
                               f"needs at least two: check the dataset's labels (or its class folders)")
-        if labels.shape != dataset.train_labels.shape or labels.numel() and not 0 <= int(labels.min()) <= int(
-                labels.max()) < n:
-            span = f"[{int(labels.min())}, {int(labels.max())}]" if labels.numel() else "none"
-            raise ConfigError(f"the training labels ({len(labels)}, values {span}) do not fit {dataset.name} "
-                              f"({len(dataset.train_labels)} images, {n} classes): use labels made for this dataset "
-                              f"(e.g. the CIFAR-N file of this dataset)")
+        check_labels(labels, n, "the training labels", n=len(dataset.train_labels))
         counts = torch.bincount(labels, minlength=n)
         needs = []
         if cfg.distill.pix_init != "noise":
