@@ -315,8 +315,9 @@ def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
     else:
         labels = ds.train_labels
     if cfg.cifar_n is not None and labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < ds.num_classes:
-        raise ValueError(f"{cfg.cifar_n}[{cfg.label_set!r}] holds labels {int(labels.min())} to {int(labels.max())} but "
-                         f"{ds.name} has {ds.num_classes} classes; use the CIFAR-N file of this dataset")
+        raise ValueError(f"{cfg.cifar_n}[{cfg.label_set!r}] holds labels {int(labels.min())} to "
+                         f"{int(labels.max())} but {ds.name} has {ds.num_classes} classes; use the CIFAR-N file of "
+                         f"this dataset")
     data = TrainingData(ds, labels, noise_rate(labels, ds.train_labels))
     if out is not None:
         save_labels(data, out)
@@ -854,7 +855,8 @@ def kept_text(folders: Sequence[Path]) -> str:
             kept.append(f"{folder}: {', '.join(parts)}")
     if not kept:
         return "it had written nothing yet; run the command again to start it"
-    return f"kept {'; '.join(kept)}; the same command resumes from them (an expert or evaluation in progress starts over)"
+    return (f"kept {'; '.join(kept)}; the same command resumes from them (an expert or evaluation in progress "
+            f"starts over)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

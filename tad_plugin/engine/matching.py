@@ -70,7 +70,8 @@ EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "checkpo
 #: syn_lr, eval {mean, std, accuracies, seconds} and eval_ema when EMA images are kept).
 EVALUATIONS_FILE = "evaluations.json"
 
-__all__ = ["MatchingConfig", "check_checkpoint", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher", "real_init_indices",
+__all__ = ["MatchingConfig", "check_checkpoint", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher",
+           "real_init_indices",
            "class_labels", "DistillDivergedError", "step_distance", "closest_step", "soft_label_summary"]
 
 
