@@ -71,8 +71,7 @@ EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "checkpo
 EVALUATIONS_FILE = "evaluations.json"
 
 __all__ = ["MatchingConfig", "check_checkpoint", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher",
-           "real_init_indices",
-           "class_labels", "DistillDivergedError", "step_distance", "closest_step", "soft_label_summary"]
+           "real_init_indices", "class_labels", "DistillDivergedError", "step_distance", "closest_step", "soft_label_summary"]
 
 
 #: A logged matching loss above this (normalised: 1 = the student ended as far from the target as it started)
