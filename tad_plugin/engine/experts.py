@@ -25,7 +25,8 @@ What happens, per group of E experts trained together:
    the warm-up is over -- an indexed, no-augmentation, eval-mode pass over the whole training set
    gives per-sample losses [E, N] for the current labels (with ``tad.loss_average`` K > 1: the mean of such
    passes over the last K parameter snapshots); ``filter_dataset`` turns them into the next epoch's trusted
-   space (per expert, or one shared split from the losses averaged over the group).
+   space (per expert -- through ``filter_dataset_batch``, all experts in one call, where the registered
+   plugins implement it -- or one shared split from the losses averaged over the group).
 5. Then the epoch callback (``on_epoch``) runs: the point where the dual loop recomputes the trusted
    space and applies ``recalibrate`` (:func:`recalibrate_experts`; the dual loop in
    :mod:`tad_plugin.engine.dual_loop` is the full inner loop).
@@ -432,7 +433,7 @@ class ExpertTrainer:
         if self.tad.split == "shared":
             splits = [self.hooks.filter_dataset(losses.mean(0), labels[0], k)] * losses.shape[0]
         else:
-            splits = [self.hooks.filter_dataset(losses[j], labels[j], k) for j in range(losses.shape[0])]
+            splits = self.hooks.filter_dataset_batch(losses, labels, k)  # all experts at once where plugins allow
         n = losses.shape[1]
         for split in splits:
             if split.trusted.shape != (n,) or split.thresholds.shape != (k,):
