@@ -222,10 +222,12 @@ class Pipeline:
                 pass  # matplotlib is optional; the JSON holds the same numbers
         return store
 
-    def features(self, dataset: ImageDataset) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    def features(self, dataset: ImageDataset,
+                 wait_s: float = 0.0) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """The inner loop's embedding: ``(features [N, D] of the training images, embed)`` where
         ``embed`` maps [0, 1] images to features (``tad.features``: None = the trained extractor of this
-        dataset at its default path, a path, or ``"pixels"``).
+        dataset at its default path, a path, or ``"pixels"``); ``wait_s``: seconds to wait for a missing
+        extractor file (0 = none).
 
         Raises:
             tad_plugin.features.ExtractorFileError: no extractor file; the message says how to train one.
@@ -238,7 +240,7 @@ class Pipeline:
         from ..features import default_extractor_path, load_extractor
 
         path = default_extractor_path(self.config.data.dataset) if choice is None else choice
-        extractor = load_extractor(path, device=self.device, dataset=self.config.data.dataset)
+        extractor = load_extractor(path, device=self.device, dataset=self.config.data.dataset, wait_s=wait_s)
         return extractor.embed(dataset.train_images.to(self.device)), extractor.embed
 
     def matching_config(self, **overrides: Any) -> MatchingConfig:
@@ -263,7 +265,10 @@ class Pipeline:
         plain MTT matching: hard labels, the whole early window, no EMA, no gate); ``report_path``: the
         trust report's JSON, rewritten after every round (None = in memory only)."""
         cfg, t = self.config, self.config.tad
-        features, embed = self.features(dataset)
+        if t.features_wait_s > 0 and t.features != "pixels":  # loaded when the inner loop first needs it
+            features, embed = (lambda: self.features(dataset, wait_s=t.features_wait_s)), None
+        else:
+            features, embed = self.features(dataset)
         # The early trajectory: start epoch 0 or 1, target 2 epochs later (the paper's "first four epochs").
         anchors = self.matching_config(iterations=t.anchor_iterations, expert_epochs=2, max_start_epoch=2,
                                        min_start_epoch=0, batch_syn=None, lr_labels=None, loss_gate=None,
