@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Per-epoch cost of TAD's dual loop (division + recalibration of a group of E experts) on generated data.
 
-After every post-warm-up epoch, :class:`~tad_plugin.engine.experts.ExpertTrainer` calls the
-``filter_dataset`` hook once per expert (``tad.split: per-expert``), and
+After every post-warm-up epoch, :class:`~tad_plugin.engine.experts.ExpertTrainer` divides the training set
+for every expert (``tad.split: per-expert``; TAD's plugin fits the E experts' GMMs together through
+``filter_dataset_batch``), and
 :class:`~tad_plugin.engine.dual_loop.DualLoop` then calls
 :func:`~tad_plugin.engine.experts.recalibrate_experts`, i.e. the ``recalibrate`` hook once per expert
 with the fixed sample features and the anchors. This script makes exactly those calls, through
@@ -40,8 +41,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from sklearn.cluster import KMeans
-
 import tad_plugin.division as division
 import tad_plugin.recalibration as recalibration
 from tad_plugin import TADHooks
@@ -50,12 +49,9 @@ from tad_plugin.engine.runlog import device_name, provenance
 from tad_plugin.files import atomic_write_json
 from tad_plugin.noise import make_noisy_labels
 
-#: The k-means initialisation inside the GMM fit (a part of that phase, not added to the sum of phases).
-KMEANS = "  of which k-means initialisation"
 #: (module, function, phase): the library functions timed while the hooks run.
 PHASES = (
-    (division, "low_loss_posterior", "division: GMM fit"),
-    (KMeans, "fit", KMEANS),
+    (division, "_fit_posterior", "division: GMM fit"),
     (division, "class_thresholds", "division: thresholds"),
     (recalibration, "anchor_covariances", "recal: anchor covariances"),
     (recalibration, "mahalanobis_reliability", "recal: reliability"),
@@ -124,14 +120,14 @@ def make_losses(clean: torch.Tensor, labels: torch.Tensor, seed: int) -> torch.T
 def run_epoch(hooks: TADHooks, clean: torch.Tensor, labels: torch.Tensor, features: torch.Tensor,
               anchors: torch.Tensor, anchor_labels: torch.Tensor, num_classes: int, epoch: int,
               seconds: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One post-warm-up epoch's TAD work for labels [E, N]: the per-expert division (as
-    ``ExpertTrainer._divide``), then :func:`recalibrate_experts` (as ``DualLoop``). Adds the hooks' wall
+    """One post-warm-up epoch's TAD work for labels [E, N]: the per-expert division, all experts in one
+    ``filter_dataset_batch`` call (as ``ExpertTrainer._divide``), then :func:`recalibrate_experts` (as ``DualLoop``). Adds the hooks' wall
     seconds to ``seconds`` and returns the new labels [E, N] and trusted spaces [E, N]."""
     device = features.device
     losses = make_losses(clean, labels, seed=1000 + epoch)
     _sync(device)
     t0 = time.perf_counter()
-    splits = [hooks.filter_dataset(losses[j], labels[j], num_classes) for j in range(labels.shape[0])]
+    splits = hooks.filter_dataset_batch(losses, labels, num_classes)
     trusted = torch.stack([s.trusted.to(device) for s in splits])
     _sync(device)
     t1 = time.perf_counter()
@@ -140,25 +136,13 @@ def run_epoch(hooks: TADHooks, clean: torch.Tensor, labels: torch.Tensor, featur
     update = recalibrate_experts(hooks, features, state, anchors, anchor_labels)
     _sync(device)
     t2 = time.perf_counter()
-    seconds["division (filter_dataset x E)"] += t1 - t0
+    seconds["division (filter_dataset_batch)"] += t1 - t0
     seconds["recalibration (recalibrate_experts)"] += t2 - t1
     assert update.labels is not None and update.trusted is not None
     return update.labels.to(device), update.trusted.to(device)
 
 
-TOTALS = ("division (filter_dataset x E)", "recalibration (recalibrate_experts)")
-
-
-def limit_kmeans_threads(threads: int) -> None:
-    """Run every ``KMeans.fit`` of this process under ``threadpool_limits(threads)`` (OpenMP only)."""
-    from threadpoolctl import threadpool_limits
-
-    fit = KMeans.fit
-
-    def limited(self: KMeans, *args: Any, **kwargs: Any) -> KMeans:
-        with threadpool_limits(limits=threads, user_api="openmp"):
-            return fit(self, *args, **kwargs)
-    KMeans.fit = limited  # type: ignore[method-assign]
+TOTALS = ("division (filter_dataset_batch)", "recalibration (recalibrate_experts)")
 
 
 def busy_process(threads: int) -> subprocess.Popen:
@@ -179,9 +163,6 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2, help="timed epochs after the first (median reported)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    p.add_argument("--kmeans-threads", type=int,
-                   help="OpenMP threads of the GMM's k-means initialisation (threadpoolctl; default: scikit-learn's, "
-                        "all cores): to measure whether one thread is faster on a many-core GPU host")
     p.add_argument("--busy", type=int, default=0,
                    help="keep this many CPU threads busy in a side process meanwhile (a host shared with a "
                         "training job); 0 = none")
@@ -195,15 +176,13 @@ def main() -> None:
     hooks = TADHooks()
     labels = noisy.expand(args.experts, args.n).clone()
     load = busy_process(args.busy) if args.busy else None
-    if args.kmeans_threads:
-        limit_kmeans_threads(args.kmeans_threads)
     per_epoch: list[dict[str, float]] = []
     for epoch in range(1 + args.epochs):
         seconds: dict[str, float] = defaultdict(float)
         with phase_timers(device, seconds):
             labels, trusted = run_epoch(hooks, clean, labels, features, anchors, anchor_labels, args.classes,
                                         epoch, seconds)
-        phased = sum(v for k, v in seconds.items() if k not in TOTALS and k != KMEANS)
+        phased = sum(v for k, v in seconds.items() if k not in TOTALS)
         seconds["other (checks, normalisation, copies)"] = sum(seconds[k] for k in TOTALS) - phased
         seconds["total per epoch"] = sum(seconds[k] for k in TOTALS)
         per_epoch.append(dict(seconds))
@@ -225,7 +204,7 @@ def main() -> None:
     if args.out:
         atomic_write_json({
             **provenance(device, args.seed),
-            "threads": torch.get_num_threads(), "busy_threads": args.busy, "kmeans_threads": args.kmeans_threads,
+            "threads": torch.get_num_threads(), "busy_threads": args.busy,
             "wall_time_s": round(time.perf_counter() - start, 1),
             "settings": {"n": args.n, "dim": args.dim, "experts": args.experts, "classes": args.classes,
                          "anchors_per_class": args.anchors_per_class, "epochs": args.epochs},

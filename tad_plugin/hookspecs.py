@@ -1,8 +1,11 @@
 """The hook specifications of tad_plugin: the three points where TAD enters a distiller.
 
+``filter_dataset_batch`` is the first point for E experts at once (an optional fast path; a plugin that
+implements only ``filter_dataset`` keeps deciding every division, see :meth:`tad_plugin.TADHooks.filter_dataset_batch`).
+
 A plugin is any object or module whose functions are marked with :data:`hookimpl` and named after
 one of the specs below. Implementations may accept any subset of a spec's parameters (pluggy passes
-only the ones they name) and must not give them defaults. All three hooks are ``firstresult``: the
+only the ones they name) and must not give them defaults. All hooks are ``firstresult``: the
 first implementation that returns something other than ``None`` decides, so a plugin registered
 after TAD's default (``tad``) overrides it, and returning ``None`` defers to the next one.
 
@@ -18,6 +21,8 @@ import pluggy
 
 if TYPE_CHECKING:
     import torch
+
+    from collections.abc import Sequence
 
     from .results import Recalibration, TrustSplit
 
@@ -44,6 +49,26 @@ def filter_dataset(losses: torch.Tensor, labels: torch.Tensor, num_classes: int)
     :return: a :class:`~tad_plugin.TrustSplit` with ``trusted`` (bool [N], True = trusted),
         ``confidence`` (float [N], w_i) and ``thresholds`` (float [C], tau_c), on the device of
         ``losses``; or ``None`` to defer to the next implementation. Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def filter_dataset_batch(losses: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Sequence[TrustSplit] | None:
+    """``filter_dataset`` for the E experts of a group at once (optional; a faster path for batched hosts).
+
+    When: where a host would call ``filter_dataset`` once per expert with row ``e`` of ``losses`` and
+    ``labels``, it calls this instead, but only if every registered plugin that implements
+    ``filter_dataset`` also implements this hook (so a plugin that implements only the per-expert
+    ``filter_dataset`` still decides every division); if every implementation returns ``None``, the host
+    falls back to the per-expert calls. A plugin implementing both must return, for each row, what its
+    ``filter_dataset`` returns for that row (up to float rounding).
+
+    :param losses: float tensor [E, N]; row ``e`` as ``filter_dataset``'s ``losses`` for expert ``e``.
+    :param labels: int64 tensor [E, N]; row ``e`` the labels of expert ``e``, in [0, num_classes).
+    :param num_classes: number of classes C.
+    :return: a sequence of E :class:`~tad_plugin.TrustSplit` (entry ``e`` for row ``e``, each as
+        ``filter_dataset`` returns it), on the device of ``losses``; or ``None`` to defer. Stops at first
+        non-None result.
     """
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pluggy
 import torch
@@ -74,7 +74,7 @@ def get_plugin_manager(default: object | None = None, load_entrypoints: bool | N
 
 
 class TADHooks:
-    """Typed calls of the three hooks, for host code and type checkers.
+    """Typed calls of the hooks, for host code and type checkers.
 
     ``TADHooks()`` builds its own manager with :func:`get_plugin_manager`; pass ``pm`` to share one.
     Each method raises :class:`HookError` if every implementation deferred (returned ``None``).
@@ -87,6 +87,33 @@ class TADHooks:
         """See :func:`tad_plugin.hookspecs.filter_dataset`."""
         out = self.pm.hook.filter_dataset(losses=losses, labels=labels, num_classes=num_classes)
         return self._check("filter_dataset", out, TrustSplit)
+
+    def filter_dataset_batch(self, losses: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[TrustSplit]:
+        """The division of E experts at once: :func:`tad_plugin.hookspecs.filter_dataset_batch` when every
+        plugin implementing ``filter_dataset`` implements it too and one of them answers, else
+        ``filter_dataset`` row by row (so a plugin that only implements the per-expert hook keeps deciding).
+
+        Args:
+            losses: float [E, N]; labels: int64 [E, N]; num_classes: C.
+
+        Returns:
+            E :class:`TrustSplit`, entry ``e`` for row ``e``.
+        """
+        if losses.dim() != 2 or labels.shape != losses.shape:
+            raise HookError(f"filter_dataset_batch takes losses and labels [E, N], got {tuple(losses.shape)} and "
+                            f"{tuple(labels.shape)}")
+        per_row = {id(impl.plugin) for impl in self.pm.hook.filter_dataset.get_hookimpls()}
+        batched = {id(impl.plugin) for impl in self.pm.hook.filter_dataset_batch.get_hookimpls()}
+        out = None
+        if per_row <= batched:
+            out = self.pm.hook.filter_dataset_batch(losses=losses, labels=labels, num_classes=num_classes)
+        if out is None:
+            return [self.filter_dataset(losses[e], labels[e], num_classes) for e in range(losses.shape[0])]
+        if not isinstance(out, Sequence) or len(out) != losses.shape[0] \
+                or not all(isinstance(s, TrustSplit) for s in out):
+            raise HookError(f"filter_dataset_batch must return a sequence of {losses.shape[0]} TrustSplit (one per "
+                            f"row of losses), got {type(out).__name__}")
+        return list(out)
 
     def expert_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """See :func:`tad_plugin.hookspecs.expert_loss`."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .division import divide_by_loss
+from .division import divide_by_loss, divide_by_loss_batch
 from .hookspecs import hookimpl
 from .losses import ce_rce_loss
 from .recalibration import Threshold, check_vote_settings, recalibrate_with_anchors
@@ -32,8 +32,8 @@ class TrustAwareDiversion:
             ln(1e-4) = -9.21, i.e. a 2.3x stronger regulariser at the same lambda.
         gmm_random_state: seed of the GMM's initialisation, fixed so that a division is reproducible.
         gmm_max_iter, gmm_tol, gmm_reg_covar: EM settings. 100 iterations and tol 1e-3 are scikit-learn's
-            defaults (a 50k-sample 1-D fit converges in a few iterations; its EM runs in torch on the
-            losses' device, 0.1 s per fit on 1 CPU thread, examples/results/benchmark_dual_loop.md);
+            defaults (a 50k-sample 1-D fit converges in a few iterations; the fit, its k-means
+            initialisation included, runs in torch on the losses' device, all experts of a group together);
             reg_covar 5e-4 is DivideMix's and keeps a collapsed component from a singular variance.
         top_k: reference samples per class in the inner loop (the most reliable trusted ones). Default
             100: large enough that each class has neighbours in every mode of its appearance, small
@@ -100,6 +100,11 @@ class TrustAwareDiversion:
     def filter_dataset(self, losses: torch.Tensor, labels: torch.Tensor, num_classes: int) -> TrustSplit:
         return divide_by_loss(losses, labels, num_classes, random_state=self.gmm_random_state,
                               max_iter=self.gmm_max_iter, tol=self.gmm_tol, reg_covar=self.gmm_reg_covar)
+
+    @hookimpl
+    def filter_dataset_batch(self, losses: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[TrustSplit]:
+        return divide_by_loss_batch(losses, labels, num_classes, random_state=self.gmm_random_state,
+                                    max_iter=self.gmm_max_iter, tol=self.gmm_tol, reg_covar=self.gmm_reg_covar)
 
     @hookimpl
     def expert_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -128,3 +128,25 @@ def test_recall_once_stops_the_churn_on_digits(dual_loop_run, tmp_path):
     recals = [r for r in rounds if r.stage == "recalibration"]
     assert len(recals) >= 3 and recals[0].recalled > 0
     assert all(r.rerecalled == 0 for r in recals)
+
+
+def test_features_given_as_a_function_load_when_the_inner_loop_first_needs_them():
+    ds = load_dataset("digits")
+    n = len(ds.train_labels)
+    calls = []
+
+    def load():
+        calls.append(1)
+        return ds.train_images.float().flatten(1)[:, :7], lambda x: x.flatten(1)[:, :7]
+
+    net = ConvNetConfig.for_dataset(ds, width=8)
+    hooks = TADHooks(get_plugin_manager(load_entrypoints=False))
+    loop = DualLoop(net, Preprocessor.for_dataset(ds), ds.train_images, load, None, hooks,
+                    noisy_labels=ds.train_labels)
+    assert calls == []  # constructing the loop needs no extractor
+    assert loop.features.shape == (n, 7) and loop.embed(torch.ones(2, 1, 8, 8)).shape == (2, 7)
+    assert loop.features.shape == (n, 7) and calls == [1]  # loaded once
+    bad = DualLoop(net, Preprocessor.for_dataset(ds), ds.train_images, lambda: (torch.zeros(3, 7), None), None,
+                   hooks, noisy_labels=ds.train_labels)
+    with pytest.raises(ValueError, match=f"features must be \\[N={n}, D\\]"):
+        bad.features

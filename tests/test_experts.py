@@ -367,6 +367,25 @@ def test_test_pass_runs_under_the_training_autocast():
     assert seen and not any(seen)
 
 
+def test_division_loss_pass_runs_in_the_training_precision_and_layout(tmp_path):
+    from tad_plugin.engine.convnet import forward
+
+    t = trainer(spy=Spy(), tad=True, warmup_epochs=1)
+    t.buffer.channels_last = True
+    t._eval_precision = lambda: torch.autocast("cpu", torch.bfloat16)  # buffer.amp's autocast, on the CPU
+    seen = []
+
+    def spy_forward(*args, **kwargs):
+        seen.append((args[2].dim(), torch.is_autocast_enabled("cpu"), kwargs.get("channels_last")))
+        return forward(*args, **kwargs)
+
+    t._forward = spy_forward
+    t.train(store_at(tmp_path), *data())
+    passes = [s for s in seen if s[0] == 4]  # one batch shared by the experts: test and loss passes
+    assert len(passes) >= 3 + 2 and all(amp and cl for _, amp, cl in passes)  # 3 test passes, 2 loss passes
+    assert all(cl for *_, cl in seen)  # the training steps too
+
+
 def test_warmup_confidence_penalty_applies_to_the_warmup_steps_only(tmp_path, monkeypatch):
     import tad_plugin.engine.experts as experts_module
 

@@ -107,6 +107,24 @@ def test_missing_and_corrupt_files_say_how_to_fix(tmp_path):
         load_extractor(other)
 
 
+def test_load_waits_for_an_extractor_still_being_written(tmp_path):
+    import threading
+
+    from tad_plugin.features import cifar_resnet18
+
+    path = tmp_path / "late.pt"
+    with pytest.raises(ExtractorFileError, match="after waiting 0.2 s .*tad.features_wait_s"):
+        load_extractor(path, wait_s=0.2)
+    backbone = cifar_resnet18(3)
+    writer = threading.Timer(0.3, lambda: save_extractor(backbone, path, in_channels=3, image_size=(8, 8),
+                                                         mean=[0.5] * 3, std=[0.25] * 3, meta={"dataset": "toy"}))
+    writer.start()
+    try:
+        assert load_extractor(path, wait_s=30).meta == {"dataset": "toy"}  # appeared while waiting
+    finally:
+        writer.join()
+
+
 def test_default_path_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path))
     assert default_extractor_path("cifar10") == tmp_path / "cifar10.pt"

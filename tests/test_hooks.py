@@ -14,6 +14,7 @@ from tad_plugin import HookError, TADHooks, TrustAwareDiversion, get_plugin_mana
 from tad_plugin.results import Recalibration, TrustSplit
 
 HOOKS = {"filter_dataset": ["losses", "labels", "num_classes"],
+         "filter_dataset_batch": ["losses", "labels", "num_classes"],
          "expert_loss": ["logits", "targets"],
          "recalibrate": ["features", "labels", "trusted", "anchor_features", "anchor_labels", "num_classes"]}
 
@@ -173,3 +174,47 @@ def test_readme_hook_example_runs(capsys):
     exec(compile(code, "README-hooks-example", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 6 and out[0].startswith("epoch 0: trained on the ") and out[-1].startswith("recalibrated: ")
+
+
+def _split(n: int, value: bool) -> TrustSplit:
+    return TrustSplit(trusted=torch.full((n,), value), confidence=torch.zeros(n), thresholds=torch.zeros(3))
+
+
+def test_batched_division_defers_to_a_plugin_with_only_the_per_expert_hook():
+    losses = torch.rand(4, 30)
+    labels = torch.arange(30).repeat(4, 1) % 3
+    pm = get_plugin_manager(load_entrypoints=False)
+    tad_rows = TADHooks(pm).filter_dataset_batch(losses, labels, 3)  # TAD's batched fit
+    assert [torch.equal(s.trusted, pm.get_plugin("tad").filter_dataset(losses[e], labels[e], 3).trusted)
+            for e, s in enumerate(tad_rows)] == [True] * 4
+
+    class PerExpertOnly:
+        calls = 0
+
+        @hookimpl
+        def filter_dataset(self, losses):
+            PerExpertOnly.calls += 1
+            return _split(losses.shape[0], False)
+
+    pm.register(PerExpertOnly())
+    rows = TADHooks(pm).filter_dataset_batch(losses, labels, 3)
+    assert PerExpertOnly.calls == 4 and not any(bool(s.trusted.any()) for s in rows)  # it decides every row
+
+    class Both(PerExpertOnly):
+        @hookimpl
+        def filter_dataset_batch(self, losses):
+            return [_split(losses.shape[1], True)] * losses.shape[0]
+
+    pm.unregister(name=pm.get_name(next(p for p in pm.get_plugins() if isinstance(p, PerExpertOnly))))
+    pm.register(Both())
+    rows = TADHooks(pm).filter_dataset_batch(losses, labels, 3)
+    assert PerExpertOnly.calls == 4 and all(bool(s.trusted.all()) for s in rows)  # one batched call
+
+    class Wrong:
+        @hookimpl
+        def filter_dataset_batch(self):
+            return [_split(30, True)]  # one split for four rows
+
+    pm.register(Wrong())
+    with pytest.raises(HookError, match="sequence of 4 TrustSplit"):
+        TADHooks(pm).filter_dataset_batch(losses, labels, 3)

@@ -176,3 +176,106 @@ def test_reference_set_and_reliability_equal_the_per_class_loops():
     for top_k in (1, 7, 1_000):
         assert torch.equal(reference_set(idx, labels, reliability, 10, top_k),
                            _loop_reference_set(idx, labels, reliability, 10, top_k))
+
+
+def _sklearn_division(losses: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int = 0):
+    """The per-expert division as scikit-learn computes it (KMeans-initialised GaussianMixture per row):
+    posteriors float32 [E, N] and trusted masks bool [E, N]."""
+    ws, masks = [], []
+    for row, y in zip(losses.double().numpy(), labels.numpy()):
+        w = _sklearn_posterior((row - row.min()) / (row.max() - row.min()), seed).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # mean of an empty class
+            tau = np.array([w[y == c].astype(np.float64).mean() for c in range(num_classes)])
+        ws.append(w)
+        masks.append(w.astype(np.float64) >= tau[y] - 1e-9)
+    return np.stack(ws), np.stack(masks)
+
+
+def _digits_losses(epochs: tuple[int, ...] = (1, 2, 3, 5, 8, 12)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample CE float32 [len(epochs), 1797] of a small MLP trained on digits with 40% symmetric label
+    noise, after each of ``epochs`` full-batch epochs, and the noisy labels int64 [1797]."""
+    from sklearn.datasets import load_digits
+
+    from tad_plugin.noise import make_noisy_labels
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32) / 16
+    noisy = make_noisy_labels(torch.tensor(y), "symmetric", 0.4, num_classes=10, seed=0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    rows = []
+    for epoch in range(1, max(epochs) + 1):
+        for batch in torch.randperm(len(x)).split(128):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[batch]), noisy[batch]).backward()
+            opt.step()
+        if epoch in epochs:
+            with torch.no_grad():
+                rows.append(torch.nn.functional.cross_entropy(model(x), noisy, reduction="none"))
+    return torch.stack(rows), noisy
+
+
+def _bimodal_losses(e: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 [e, n] losses, each row two modes with its own noise rate, spread and separation."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(e):
+        wrong = torch.rand(n, generator=g) < 0.1 + 0.6 * float(torch.rand(1, generator=g))
+        low = -(0.05 + 0.3 * float(torch.rand(1, generator=g))) * torch.log(torch.rand(n, generator=g).clamp_min(1e-12))
+        high = (0.8 + 2.5 * float(torch.rand(1, generator=g)) + 0.7 * torch.randn(n, generator=g)).abs()
+        rows.append(torch.where(wrong, high, low))
+    return torch.stack(rows), torch.randint(0, 10, (e, n), generator=g)
+
+
+@pytest.mark.parametrize("fixture", ["digits", "bimodal"])
+def test_batched_division_equals_the_per_expert_sklearn_division(fixture):
+    from tad_plugin.division import divide_by_loss_batch
+
+    if fixture == "digits":
+        losses, noisy = _digits_losses()
+        labels = noisy.expand(losses.shape[0], -1)
+    else:
+        losses, labels = _bimodal_losses(8, 6_000, seed=3)
+    w, trusted = _sklearn_division(losses, labels, 10)
+    splits = divide_by_loss_batch(losses, labels, 10)
+    assert len(splits) == losses.shape[0]
+    np.testing.assert_array_equal(torch.stack([s.trusted for s in splits]).numpy(), trusted)
+    np.testing.assert_allclose(torch.stack([s.confidence for s in splits]).numpy(), w, rtol=0, atol=1e-5)
+    assert 0.3 < trusted.mean() < 0.95  # real divisions, not all-or-nothing
+    for e, split in enumerate(splits):  # each row as the one-row division gives it
+        one = divide_by_loss(losses[e], labels[e], 10)
+        assert torch.equal(one.trusted, split.trusted) and torch.equal(one.thresholds.isnan(), split.thresholds.isnan())
+
+
+@pytest.mark.parametrize("random_state", [0, 3])
+def test_kmeans_initialisation_equals_sklearn_kmeans(random_state):
+    from sklearn.cluster import KMeans
+
+    from tad_plugin.division import _kmeans_responsibilities
+
+    losses = torch.cat([_digits_losses((1, 4))[0], _bimodal_losses(6, 3_000, seed=random_state)[0][:, :1797]])
+    x = losses.double()
+    x = (x - x.amin(1, keepdim=True)) / (x.amax(1, keepdim=True) - x.amin(1, keepdim=True))
+    got = _kmeans_responsibilities(x, torch.zeros(len(x), dtype=torch.bool), random_state)[:, :, 1]
+    for row, labels in zip(x.numpy(), got.long().numpy()):
+        expected = KMeans(n_clusters=2, n_init=1, random_state=random_state).fit(row[:, None]).labels_
+        np.testing.assert_array_equal(labels, expected)
+
+
+def test_batched_division_keeps_a_degenerate_row_whole_and_the_others_divided():
+    from tad_plugin.division import divide_by_loss_batch
+
+    losses, labels = _bimodal_losses(3, 2_000, seed=1)
+    losses[1] = 0.25
+    with pytest.warns(DegenerateLossWarning, match="row 1"):
+        splits = divide_by_loss_batch(losses, labels[0], 10)  # labels [N]: shared by the rows
+    assert bool(splits[1].trusted.all()) and torch.equal(splits[1].confidence, torch.ones(2_000))
+    for e in (0, 2):
+        assert torch.equal(splits[e].trusted, divide_by_loss(losses[e], labels[0], 10).trusted)
+        assert not bool(splits[e].trusted.all())
+    with pytest.raises(ValueError, match=r"\[E, N\]"):
+        divide_by_loss_batch(losses[0], labels[0], 10)
+    with pytest.raises(ValueError, match="NaN"):
+        divide_by_loss_batch(torch.full((2, 5), float("nan")), labels[0, :5], 10)

@@ -82,7 +82,8 @@ class BufferConfig:
 
     ``experts_per_group``: experts trained together in one batched pass (speed; no effect on results
     beyond the RNG streams). ``compile``: ``torch.compile`` the network's forward. ``channels_last``:
-    NHWC convolutions. ``amp``: bf16 autocast of the training forward on CUDA (off = fp32/TF32).
+    NHWC convolutions. ``amp``: bf16 autocast of the training forward on CUDA (off = fp32/TF32); the test pass and
+    TAD's per-sample loss pass run in the same precision and layout.
     ``optimizer``: ``"sgd"`` (MTT, ATT) or ``"gsam"`` (FTD, DATM: :class:`~tad_plugin.engine.gsam.GSAM`
     around SGD with ``lr``/``momentum``/``weight_decay``, adaptive, constant radius ``rho``, gradient
     decomposition weight ``alpha``; two forward/backward passes per step, so ``expert_loss`` runs twice).
@@ -147,6 +148,11 @@ class TADConfig:
     (the raw pixels, label-free; adequate for tiny grey images such as digits, not for CIFAR). ``tad
     wrap`` takes an extractor file, None (its default extractor, else ``"expert"``), ``"expert"`` or a
     float ``[N, D]`` tensor file instead (see :mod:`tad_plugin.upstream.epoch`).
+    ``features_wait_s``: how long the inner loop waits for the extractor file of ``tad.features`` (None or a
+    path) when it first needs the features (anchors, after ``anchor_epoch`` epochs), for an extractor that a
+    concurrently started ``tad features train`` is still training; > 0 loads it only then, so the experts'
+    warm-up need not wait for it. Default 0: the file must exist when the buffer stage starts (a missing
+    extractor is reported at once).
     ``anchor_epoch``, ``anchor_ipc``, ``anchor_iterations``, ``recalibrate_every``, ``recall_once``: see
     :class:`~tad_plugin.engine.dual_loop.DualLoopConfig` (``recall_once`` also applies under ``tad wrap``).
     ``balance_classes`` (also under ``tad wrap``: a class-balanced sampler for upstream's epochs): draw each
@@ -202,6 +208,7 @@ class TADConfig:
     split: str = "per-expert"
     inner_loop: bool = True
     features: str | None = None
+    features_wait_s: float = 0.0
     anchor_epoch: int = 4
     anchor_ipc: int = 10
     anchor_iterations: int = 200
@@ -216,6 +223,9 @@ class TADConfig:
             raise ConfigError(f"tad.split must be 'per-expert' or 'shared', got {self.split!r}")
         if self.warmup_epochs < 0 or self.recompute_every < 1:
             raise ConfigError("tad.warmup_epochs must be >= 0 and tad.recompute_every >= 1")
+        if not self.features_wait_s >= 0:
+            raise ConfigError(f"tad.features_wait_s must be >= 0 seconds (0 = the extractor must exist at the "
+                              f"start), got {self.features_wait_s}")
         if not self.warmup_confidence_penalty >= 0:
             raise ConfigError(f"tad.warmup_confidence_penalty must be >= 0 (0 = off), got "
                               f"{self.warmup_confidence_penalty}")

@@ -132,8 +132,12 @@ class DualLoop:
         preprocess: the experts' input transform (anchors are distilled in its space and mapped back
             with ``preprocess.to_unit`` before embedding).
         train_images: uint8 [N, C, H, W], the training images (for the anchors' real initialisation).
-        features: float [N, D], self-supervised features of the training images (fixed).
-        embed: maps [0, 1] images to features, the same extractor that made ``features``.
+        features: float [N, D], self-supervised features of the training images (fixed); or a function
+            without arguments returning ``(features, embed)``, called once, when the inner loop first needs
+            them (anchors after ``anchor_epoch`` epochs), so that the extractor may still be in training
+            when the experts start.
+        embed: maps [0, 1] images to features, the same extractor that made ``features``; None when
+            ``features`` is such a function.
         hooks: the hook facade (``recalibrate`` is called through it).
         config: the schedule.
         noisy_labels: int64 [N], the labels the run started from (for the report).
@@ -145,18 +149,21 @@ class DualLoop:
     """
 
     def __init__(self, net: ConvNetConfig, preprocess: Preprocessor, train_images: torch.Tensor,
-                 features: torch.Tensor, embed: Embedder, hooks: TADHooks, config: DualLoopConfig | None = None,
+                 features: torch.Tensor | Callable[[], tuple[torch.Tensor, Embedder]], embed: Embedder | None,
+                 hooks: TADHooks, config: DualLoopConfig | None = None,
                  *, noisy_labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
                  device: torch.device | str = "cpu", seed: int = 0, progress: bool = False,
                  report_path: str | os.PathLike[str] | None = None) -> None:
-        if features.dim() != 2 or features.shape[0] != train_images.shape[0]:
-            raise ValueError(f"features must be [N={train_images.shape[0]}, D], got {tuple(features.shape)}")
         self.net, self.preprocess, self.hooks = net, preprocess, hooks
         self.config = config or DualLoopConfig()
         self.device = torch.device(device)
         self.train_images = train_images
-        self.features = features.to(self.device)
-        self.embed = embed
+        self._load_features = features if callable(features) else None
+        self._features: torch.Tensor | None = None
+        self._embed = embed
+        if self._load_features is None:
+            assert isinstance(features, torch.Tensor)
+            self._set_features(features, embed)
         self.noisy_labels, self.clean_labels = noisy_labels, clean_labels
         self.seed, self.progress = seed, progress
         self.report = TrustReport()
@@ -165,6 +172,29 @@ class DualLoop:
         self._report_group: tuple[int, ...] | None = None
         self._anchors: tuple[torch.Tensor, torch.Tensor] | None = None
         self._ever_recalled: torch.Tensor | None = None  # bool [E, N] of the current group (recall_once)
+
+    def _set_features(self, features: torch.Tensor, embed: Embedder | None) -> None:
+        if features.dim() != 2 or features.shape[0] != self.train_images.shape[0]:
+            raise ValueError(f"features must be [N={self.train_images.shape[0]}, D], got {tuple(features.shape)}")
+        if embed is None:
+            raise ValueError("embed is None: pass the extractor's embed with the features")
+        self._features, self._embed = features.to(self.device), embed
+
+    @property
+    def features(self) -> torch.Tensor:
+        """float [N, D] on ``device``: the samples' features (loaded on first use when given as a function)."""
+        if self._features is None:
+            assert self._load_features is not None
+            self._set_features(*self._load_features())
+        assert self._features is not None
+        return self._features
+
+    @property
+    def embed(self) -> Embedder:
+        """The extractor's embedding of [0, 1] images (loaded with :attr:`features`)."""
+        self.features  # noqa: B018 -- loads both on first use
+        assert self._embed is not None
+        return self._embed
 
     def __call__(self, state: EpochState) -> TrustUpdate | None:
         group = tuple(state.experts)

@@ -22,10 +22,12 @@ What happens, per group of E experts trained together:
    :func:`~tad_plugin.losses.confidence_penalty` of the same logits (off by default).
    Loss and accuracy accumulate on the device; no ``.item()`` inside the epoch.
 4. After the epoch: one test pass (logging), a snapshot of the parameters, and -- when TAD is on and
-   the warm-up is over -- an indexed, no-augmentation, eval-mode pass over the whole training set
+   the warm-up is over -- an indexed, no-augmentation, eval-mode pass over the whole training set (in the
+   training forward's precision and layout: ``buffer.amp``, ``buffer.channels_last``, ``buffer.compile``)
    gives per-sample losses [E, N] for the current labels (with ``tad.loss_average`` K > 1: the mean of such
    passes over the last K parameter snapshots); ``filter_dataset`` turns them into the next epoch's trusted
-   space (per expert, or one shared split from the losses averaged over the group).
+   space (per expert -- through ``filter_dataset_batch``, all experts in one call, where the registered
+   plugins implement it -- or one shared split from the losses averaged over the group).
 5. Then the epoch callback (``on_epoch``) runs: the point where the dual loop recomputes the trusted
    space and applies ``recalibrate`` (:func:`recalibrate_experts`; the dual loop in
    :mod:`tad_plugin.engine.dual_loop` is the full inner loop).
@@ -39,8 +41,8 @@ samples (the ``expert_loss`` contract); a criterion with batch-level statistics 
 
 Speed (``examples/benchmark_experts.py``, CIFAR-10, ConvNet-128, H100, examples/results/
 benchmark_experts.json): 0.72-0.73 s per expert-epoch including the test pass with E = 10 (fp32 or
-bf16 autocast alike), 0.70 s with E = 20, vs ~3.3 s for upstream buffer.py; TAD's per-sample loss pass
-and per-expert GMM fits add ~0.47 s per expert-epoch. Time grows linearly with E and not with bf16,
+bf16 autocast alike), 0.70 s with E = 20, vs ~3.3 s for upstream buffer.py (TAD's added work per epoch,
+piece by piece: ``examples/benchmark_tad_overhead.py``). Time grows linearly with E and not with bf16,
 so the batched (grouped-convolution) forward/backward kernels are the bottleneck, not Python.
 """
 
@@ -266,6 +268,16 @@ class ExpertTrainer:
         self._dsa_strategy = buffer.dsa_strategy if buffer.dsa else ""
         self._amp = buffer.amp and self.device.type == "cuda"
 
+    def _eval_forward(self, net: ConvNetConfig, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The forward of the passes without augmentation (test pass, TAD's per-sample losses): the training's
+        (compiled or not) in its memory layout (``buffer.channels_last``)."""
+        return self._forward(net, params, x, channels_last=self.buffer.channels_last)
+
+    def _eval_precision(self) -> torch.autocast:
+        """The training forward's precision for the passes without augmentation: bf16 autocast with
+        ``buffer.amp`` on CUDA, else float32 (the per-sample cross-entropy is taken in float32 either way)."""
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self._amp)
+
     # ------------------------------------------------------------------ public
     def train(self, store: TrajectoryStore, images: torch.Tensor, labels: torch.Tensor,
               test_images: torch.Tensor, test_labels: torch.Tensor, seed: int = 0,
@@ -367,8 +379,10 @@ class ExpertTrainer:
         def divide() -> tuple[torch.Tensor, list[TrustSplit], torch.Tensor]:
             nonlocal trusted, cur_thr
             # the last K snapshots (tad.loss_average; snapshots[-1] is the current params) under the current labels
-            losses, predictions = snapshot_mean_losses(cfg, snapshots[-self.tad.loss_average:], images, cur_labels,
-                                                       self._preprocess_for(images), buf.eval_batch_size, self._forward)
+            with self._eval_precision():
+                losses, predictions = snapshot_mean_losses(cfg, snapshots[-self.tad.loss_average:], images,
+                                                           cur_labels, self._preprocess_for(images),
+                                                           buf.eval_batch_size, self._eval_forward)
             splits = self._divide(losses, cur_labels)
             trusted = torch.stack([s.trusted.to(dev) for s in splits])
             cur_thr = torch.stack([s.thresholds.to(dev, torch.float32) for s in splits])
@@ -437,7 +451,7 @@ class ExpertTrainer:
         if self.tad.split == "shared":
             splits = [self.hooks.filter_dataset(losses.mean(0), labels[0], k)] * losses.shape[0]
         else:
-            splits = [self.hooks.filter_dataset(losses[j], labels[j], k) for j in range(losses.shape[0])]
+            splits = self.hooks.filter_dataset_batch(losses, labels, k)  # all experts at once where plugins allow
         n = losses.shape[1]
         for split in splits:
             if split.trusted.shape != (n,) or split.thresholds.shape != (k,):
@@ -560,11 +574,10 @@ class ExpertTrainer:
         return params - step, mom
 
     def _test(self, params: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Test accuracy [E] of each expert; under bf16 autocast like the training pass when
-        ``buffer.amp`` (only this monitor: the per-sample losses that TAD divides on stay float32)."""
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self._amp):
+        """Test accuracy [E] of each expert, in the training forward's precision and layout."""
+        with self._eval_precision():
             _, correct = per_sample_losses(self.net, params, images, labels, self._preprocess_for(images),
-                                           self.buffer.eval_batch_size, self._forward)
+                                           self.buffer.eval_batch_size, self._eval_forward)
         return correct.float().mean(1)
 
 

@@ -262,7 +262,7 @@ class Pipeline:
                 listed = ", ".join(short[:10]) + (" ..." if len(short) > 10 else "")
                 raise ConfigError(f"{key} = {need} real images per class are drawn from the training set, but "
                                   f"class(es) {listed} hold fewer labels: {fix}")
-        if buffer and self.tad and cfg.tad.inner_loop and cfg.tad.features != "pixels":
+        if buffer and self.tad and cfg.tad.inner_loop and cfg.tad.features != "pixels" and cfg.tad.features_wait_s <= 0:
             from ..features import default_extractor_path, load_extractor
 
             choice = cfg.tad.features
@@ -287,10 +287,12 @@ class Pipeline:
             shape = (dataset.num_classes * d.ipc, dataset.channels, *dataset.image_size)
             check_checkpoint(path, torch_load(path), self.matching_config(), shape)
 
-    def features(self, dataset: ImageDataset) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    def features(self, dataset: ImageDataset,
+                 wait_s: float = 0.0) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """The inner loop's embedding: ``(features [N, D] of the training images, embed)`` where
         ``embed`` maps [0, 1] images to features (``tad.features``: None = the trained extractor of this
-        dataset at its default path, a path, or ``"pixels"``).
+        dataset at its default path, a path, or ``"pixels"``); ``wait_s``: seconds to wait for a missing
+        extractor file (0 = none).
 
         Raises:
             tad_plugin.features.ExtractorFileError: no extractor file; the message says how to train one.
@@ -303,7 +305,7 @@ class Pipeline:
         from ..features import default_extractor_path, load_extractor
 
         path = default_extractor_path(self.config.data.dataset) if choice is None else choice
-        extractor = load_extractor(path, device=self.device, dataset=self.config.data.dataset)
+        extractor = load_extractor(path, device=self.device, dataset=self.config.data.dataset, wait_s=wait_s)
         return extractor.embed(dataset.train_images.to(self.device)), extractor.embed
 
     def matching_config(self, **overrides: Any) -> MatchingConfig:
@@ -329,7 +331,10 @@ class Pipeline:
         plain MTT matching: hard labels, the whole early window, no EMA, no gate); ``report_path``: the
         trust report's JSON, rewritten after every round (None = in memory only)."""
         cfg, t = self.config, self.config.tad
-        features, embed = self.features(dataset)
+        if t.features_wait_s > 0 and t.features != "pixels":  # loaded when the inner loop first needs it
+            features, embed = (lambda: self.features(dataset, wait_s=t.features_wait_s)), None
+        else:
+            features, embed = self.features(dataset)
         # The early trajectory: start epoch 0 or 1, target 2 epochs later (the paper's "first four epochs").
         anchors = self.matching_config(iterations=t.anchor_iterations, expert_epochs=2, max_start_epoch=2,
                                        min_start_epoch=0, batch_syn=None, lr_labels=None, loss_gate=None,

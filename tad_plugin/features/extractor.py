@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -209,17 +210,28 @@ def save_extractor(backbone: nn.Module, path: str | os.PathLike[str], *, in_chan
 
 
 def load_extractor(path: str | os.PathLike[str], device: str | torch.device = "cpu",
-                   batch_size: int = 1024, dataset: str | None = None) -> FeatureExtractor:
+                   batch_size: int = 1024, dataset: str | None = None, wait_s: float = 0.0) -> FeatureExtractor:
     """Load an extractor written by :func:`save_extractor` (``tad features train``).
 
     Returns a :class:`FeatureExtractor` on ``device`` whose ``meta`` holds the training record (dataset,
     epochs, kNN accuracy, ...). Input images of another size are resized to the training size. ``dataset``
     (the caller's dataset source, None = unknown) only fills in the command a missing file's error gives.
+    ``wait_s`` > 0: a missing file is waited for up to that many seconds (polled every few seconds), for an
+    extractor that a concurrently running ``tad features train`` has not written yet (it writes atomically);
+    0 = fail at once.
 
     Raises:
-        ExtractorFileError: the file is missing, unreadable, or not an extractor file.
+        ExtractorFileError: the file is missing (after ``wait_s``), unreadable, or not an extractor file.
     """
     path = Path(path).expanduser()
+    deadline = time.monotonic() + wait_s
+    while not path.is_file() and time.monotonic() < deadline:
+        time.sleep(min(5.0, max(deadline - time.monotonic(), 0.0)))
+    if not path.is_file() and wait_s > 0:
+        raise ExtractorFileError(
+            f"no feature extractor at {path} after waiting {wait_s:g} s (tad.features_wait_s): the inner loop needs "
+            f"it now. Check that `tad features train --dataset {dataset or '<name>'} --out {path}` is running and "
+            f"how far it is, or raise tad.features_wait_s")
     if not path.is_file():
         raise ExtractorFileError(
             f"no feature extractor at {path}. Train one with `tad features train --dataset {dataset or '<name>'} "
