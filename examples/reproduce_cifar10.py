@@ -860,7 +860,7 @@ def plot_curves(runs: dict[str, dict], path: Path) -> bool:
         panels.setdefault(curve_panel(label), []).append(label)
     if not panels:
         return False
-    order = [*(f"{m}-ipc{i}" for m in METHODS for i in IPCS), "clean", "other"]
+    order = [*dict.fromkeys(c.setting for c in cells().values()), "clean", "other"]
     panels = dict(sorted(panels.items(), key=lambda kv: order.index(kv[0])))
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
@@ -1274,12 +1274,12 @@ def page(results: Path = RESULTS) -> str:
 
 
 def curve_panel(name: str) -> str:
-    """The panel of the curves plot a record belongs to: ``clean`` for ``clean/...``, else ``<method>-ipc<N>`` of
-    its cell (:func:`cell_of_record`), else ``other``."""
+    """The panel of the curves plot a record belongs to: ``clean`` for ``clean/...``, else the setting of its cell
+    (``<method>-ipc<N>-<noise>``, :func:`cell_of_record`), else ``other``."""
     if name.startswith("clean/"):
         return "clean"
     found = cell_of_record(name)
-    return f"{found[0].method}-ipc{found[0].ipc}" if found else "other"
+    return found[0].setting if found else "other"
 
 
 def main() -> None:

@@ -345,10 +345,11 @@ def test_the_page_renders_the_tables_from_records_with_missing_cells_marked(tmp_
     assert "20 experts per buffer" in text and "1000 distillation iterations" in text  # the budget, stated
 
 
-def test_each_run_is_drawn_in_its_methods_ipc_panel():
-    assert repro.curve_panel("att-sym40-tad-i1000") == "att-ipc10"  # not MTT's panel
-    assert repro.curve_panel("sym40-noisy-e100-i5000") == "mtt-ipc10"
-    assert repro.curve_panel("mtt-ipc50-c10n-worst-tad") == "mtt-ipc50"
+def test_each_run_is_drawn_in_its_settings_panel():
+    assert repro.curve_panel("att-sym40-tad-i1000") == "att-ipc10-sym40"  # not MTT's panel
+    assert repro.curve_panel("sym40-noisy-e100-i5000") == "mtt-ipc10-sym40"
+    assert repro.curve_panel("mtt-ipc50-c10n-worst-tad") == "mtt-ipc50-c10n-worst"
+    assert repro.curve_panel("c10n-worst-tad-balanced") == "mtt-ipc10-c10n-worst"
     assert repro.curve_panel("clean/mtt-clean-e20-i1000") == "clean"
     assert repro.curve_panel("sym40tad") == "other"
 
