@@ -340,19 +340,19 @@ def read_epochs(rec: str) -> int:
                for d in (method_defaults(m, i)["distill"] for m, i in served(rec)))
 
 
-#: --budget -> (experts, distillation iterations, evaluation interval, evaluation nets), None = the method's
-#: own. "short": the grid's budget, one for every cell, so that cells compare with each other (minutes of an H100
+#: --budget -> (experts, experts trained at once, distillation iterations, evaluation interval, evaluation nets),
+#: None = the method's own. "short": the grid's budget, one for every cell, so that cells compare with each other (minutes of an H100
 #: per cell); "long": the paper's number of experts and MTT's 5000 iterations; "full": each method's own budget
 #: (100 experts x 50 epochs for MTT, 100 for DATM; ATT's README runs 60000 iterations at IPC 10): hours per cell.
 #: "short" and "long" train each buffer for :func:`read_epochs` epochs, "full" for the trainer's own.
-BUDGETS = {"short": (20, 1000, 500, 5), "long": (100, 5000, 500, 5), "full": None}
+BUDGETS = {"short": (20, 20, 1000, 500, 5), "long": (100, 25, 5000, 500, 5), "full": None}
 
 
 def budget_text(budget: str) -> str:
     """The budget in words, for the page and ``--help``."""
     if BUDGETS[budget] is None:
         return "each method's own budget"
-    experts, iters, every, nets = BUDGETS[budget]
+    experts, _, iters, every, nets = BUDGETS[budget]
     return (f"{experts} experts per buffer, trained for the epochs the buffer's longest reader needs (max over the "
             f"IPCs of max_start_epoch + expert_epochs + 1: {read_epochs('sgd')} for every recipe), {iters} "
             f"distillation iterations, an evaluation every {every} with {nets} nets, each method's own other "
@@ -364,8 +364,8 @@ def budget_sets(budget: str, rec: str) -> list[str]:
     if BUDGETS[budget] is None:
         method, ipc = trainer(rec)
         return [f"buffer.epochs={method_defaults(method, ipc)['buffer']['epochs']}"]
-    experts, iters, every, nets = BUDGETS[budget]
-    return [f"buffer.num_experts={experts}", f"buffer.experts_per_group={experts}",
+    experts, group, iters, every, nets = BUDGETS[budget]
+    return [f"buffer.num_experts={experts}", f"buffer.experts_per_group={group}",
             f"buffer.epochs={read_epochs(rec)}", f"distill.iterations={iters}", f"distill.eval_every={every}",
             f"eval.num_eval={nets}"]
 
@@ -596,7 +596,8 @@ def schedule_lines(times: dict[str, tuple[str | None, float, float]], codes: dic
 def collect(name: str, out: Path, cell: Cell | None = None, extra: dict | None = None) -> None:
     """Copy a finished run's result JSON (``out/<name>/result_run.json``) to examples/results/cifar10/<name>.json,
     atomically, with a ``cell`` entry added when ``cell`` is given: its method, IPC, noise, arm, TAD's parts and
-    ``extra`` (the buffer, the budget)."""
+    ``extra`` (the buffer, the budget); and the trust report its record names (``.json``, ``.png``) as
+    ``<name>.trust_report.*``."""
     from tad_plugin.files import atomic_write
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -608,6 +609,12 @@ def collect(name: str, out: Path, cell: Cell | None = None, extra: dict | None =
     text = json.dumps(record, indent=2) + "\n"
     atomic_write(RESULTS / f"{name}.json", lambda f: f.write(text.encode()))
     print(f"result: {RESULTS / (name + '.json')}", flush=True)
+    report = record.get("stages", {}).get("buffer", {}).get("trust_report")
+    for suffix in (".json", ".png"):  # the experts' trust report (in the shared buffer), beside the record
+        src = Path(report).with_suffix(suffix) if report else None
+        if src is not None and src.is_file():
+            data = src.read_bytes()
+            atomic_write(RESULTS / f"{name}.trust_report{suffix}", lambda f: f.write(data))
 
 
 def recorded_time(cell: str, results: Path = RESULTS) -> str:
@@ -1089,7 +1096,7 @@ def measured(cell: str, results: Path = RESULTS) -> Measured:
 
 
 #: A record at the grid's budget: (experts, iterations) of ``--budget short``.
-GRID_BUDGET = BUDGETS["short"][:2]
+GRID_BUDGET = BUDGETS["short"][0], BUDGETS["short"][2]
 
 
 def off_budget(*ms: Measured) -> str:

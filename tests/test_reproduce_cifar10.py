@@ -241,6 +241,15 @@ def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch)
                            "arm": "noisy", "reg": False, "outer_loop": False, "inner_loop": False,
                            "buffer": "sym40-noisy-sgd", "budget": "short"}
     assert list((tmp_path / "results").iterdir()) == [tmp_path / "results" / "att-ipc50-sym40-noisy.json"]
+    report = tmp_path / "buffers" / "sym40-tad-sgd" / "buffer" / "trust_report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text('{"rounds": []}')
+    (tmp_path / "mtt-ipc1-sym40-tad").mkdir()
+    (tmp_path / "mtt-ipc1-sym40-tad" / "result_run.json").write_text(json.dumps(
+        {"stages": {"buffer": {"reused": "b", "trust_report": str(report)}}}))
+    repro.collect("mtt-ipc1-sym40-tad", tmp_path, repro.cells()["mtt-ipc1-sym40-tad"])
+    assert (tmp_path / "results" / "mtt-ipc1-sym40-tad.trust_report.json").read_text() == '{"rounds": []}'
+    assert not (tmp_path / "results" / "mtt-ipc1-sym40-tad.trust_report.png").exists()  # none drawn
 
 
 @pytest.mark.parametrize("exit_code", [0, 3])
@@ -613,3 +622,16 @@ def test_the_page_names_tad_settings_beyond_the_papers(tmp_path):
     (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(record(loss_average=6)))
     line = next(x for x in repro.page(tmp_path).splitlines() if "settings the paper's TAD does not have" in x)
     assert ": tad.loss_average=6 (`mtt-ipc10-sym40-tad`); tad.balance" in line
+
+
+def test_the_budgets_and_the_users_sets_which_win(tmp_path):
+    def cfg(budget, sets=()):
+        return config_of(repro.command("att-ipc10-sym40-tad", "d.npz", tmp_path, None, budget, list(sets)))
+
+    assert cfg("short", ["distill.iterations=2000"]).distill.iterations == 2000  # after the budget's
+    long = cfg("long")
+    assert (long.buffer.num_experts, long.buffer.experts_per_group, long.buffer.epochs, long.distill.iterations) == (
+        100, 25, 43, 5000)
+    full = cfg("full")
+    assert (full.buffer.num_experts, full.buffer.epochs, full.distill.iterations) == (100, 50, 60000)  # ATT's own
+    assert "20 experts per buffer" in repro.budget_text("short") and "43 for every recipe" in repro.budget_text("short")
