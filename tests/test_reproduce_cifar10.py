@@ -1,8 +1,10 @@
-"""The CIFAR-10 reproduction script: commands per cell and the generated results page."""
+"""The CIFAR-10 reproduction script: the grid's cells and commands, shared buffers, packing, the queue and the
+generated results page."""
 
 import importlib.util
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,47 +14,377 @@ from tad_plugin.cli import build_parser, config_from_args
 SCRIPT = Path(__file__).parents[1] / "examples" / "reproduce_cifar10.py"
 spec = importlib.util.spec_from_file_location("reproduce_cifar10", SCRIPT)
 repro = importlib.util.module_from_spec(spec)
+sys.modules["reproduce_cifar10"] = repro  # dataclasses look their module up
 spec.loader.exec_module(repro)
 
 
-@pytest.mark.parametrize("cell", sorted(repro.cells()))
-def test_each_cell_is_a_valid_tad_run(cell, tmp_path):
-    cmd = repro.command(cell, "cifar10", tmp_path, "CIFAR-10_human.pt", [])
-    args = build_parser().parse_args(cmd[3:])
-    cfg = config_from_args(args)
-    assert cfg.tad.enabled == cell.endswith("-tad")
-    prefix = cell.split("-")[0]
-    assert cfg.method == (prefix if prefix in ("ftd", "datm", "att") else "mtt")
-    assert cfg.distill.ipc == 10 and cfg.out == str(tmp_path / cell)
+def config_of(cmd):
+    return config_from_args(build_parser().parse_args(cmd[3:]))
+
+
+def test_the_cells_cover_every_cifar10_cell_of_tables_1_to_3():
+    grid = repro.cells()
+    table1 = {(m, i, n, a) for m in ("mtt", "ftd", "datm", "att") for i in (1, 10, 50)
+              for n in ("sym20", "sym40", "asym20", "asym40") for a in ("noisy", "tad")}
+    table2 = {(m, i, "c10n-worst", a) for m in ("mtt", "ftd", "att") for i in (1, 10, 50) for a in ("noisy", "tad")}
+    table3 = {("datm", 50, n, a) for n in ("asym20", "asym40") for a in "BCDE"}
+    assert {(c.method, c.ipc, c.noise, c.arm) for c in grid.values()} == table1 | table2 | table3
+    assert all(repro.CELL_RE.fullmatch(name) for name in grid)  # regular, parseable names
+    assert {(m, n, i) for m, i, n, _ in table1 | table2} == set(repro.PAPER)  # a paper pair for each
+    # Table 3's A and F are the noisy and tad cells
+    assert repro.resolve_cells(["datm-ipc50-asym40-A", "datm-ipc50-asym40-F"]) == ["datm-ipc50-asym40-noisy",
+                                                                                   "datm-ipc50-asym40-tad"]
+    assert repro.resolve_cells(["datm-ipc50-asym20-?"]) == [f"datm-ipc50-asym20-{a}" for a in
+                                                            ("noisy", "tad", "B", "C", "D", "E")]
+    assert repro.resolve_cells(["all"]) == list(grid)
+    with pytest.raises(SystemExit, match="no such cell"):
+        repro.resolve_cells(["mtt-ipc20-sym40-tad"])
+
+
+def test_each_cells_command_builds_the_config_the_page_says(tmp_path):
+    for name, cell in repro.cells().items():
+        cmd = repro.command(name, "cifar10", tmp_path, "CIFAR-10_human.pt", "short")
+        cfg = config_of(cmd)
+        table = repro.method_defaults(cell.method, cell.ipc)["distill"]
+        assert cfg.method == cell.method and cfg.distill.ipc == cell.ipc, name
+        own = {k: v for k, v in table.items() if k not in ("iterations", "eval_every")}  # the budget's
+        assert {k: getattr(cfg.distill, k) for k in own} == own, name  # the method's own row
+        assert cfg.data.zca  # one buffer serves every IPC: one preprocessing
+        if cell.noise == "c10n-worst":
+            assert (cfg.data.noise, cfg.data.label_set, cfg.data.cifar_n) == (None, "worse_label", "CIFAR-10_human.pt")
+        else:
+            kind = "symmetric" if cell.noise.startswith("sym") else "asymmetric-cifar10"
+            assert (cfg.data.noise, cfg.data.noise_rate) == (kind, int(cell.noise[-2:]) / 100), name
+        assert (cfg.buffer.num_experts, cfg.buffer.epochs, cfg.distill.iterations, cfg.distill.eval_every,
+                cfg.eval.num_eval) == (20, 43, 1000, 500, 5), name  # the page's budget
+        reg, outer, inner = cell.parts
+        assert cfg.tad.enabled == (cell.arm != "noisy")
+        if cfg.tad.enabled:
+            assert (cfg.tad.reg_weight != 0, cfg.tad.outer_loop, cfg.tad.inner_loop) == (reg, outer, inner), name
+        assert cfg.out == str(tmp_path / name)
+        buf = cmd[cmd.index("--buffer") + 1]
+        assert buf == str(tmp_path / "buffers" / repro.buffer_of(cell) / "buffer")
+
+
+def test_table_3s_switches_change_exactly_the_part_they_name(tmp_path):
+    def cfg(arm):
+        return asdict(config_of(repro.command(f"datm-ipc50-asym40-{arm}", "d.npz", tmp_path, None,
+                                                                "short")))
+
+    def diff(a, b):
+        return {f"{s}.{k}" for s in a if isinstance(a[s], dict) for k in a[s] if a[s][k] != b[s][k]}
+
+    full = cfg("tad")
+    assert diff(cfg("E"), full) == {"tad.reg_weight"}  # Reg off
+    assert diff(cfg("D"), full) == {"tad.inner_loop"}  # IL off
+    assert diff(cfg("C"), full) == {"tad.reg_weight", "tad.inner_loop"}
+    # OL off: no division, so the division's two asymmetric-noise remedies go with it (and IL needs OL)
+    assert diff(cfg("B"), full) == {"tad.outer_loop", "tad.inner_loop", "tad.balance_classes",
+                                    "tad.warmup_confidence_penalty"}
+    assert diff(cfg("noisy"), full) == {"tad.enabled"}
+    assert cfg("E")["tad"]["reg_weight"] == 0 and cfg("B")["tad"]["outer_loop"] is False
 
 
 def test_arms_of_a_setting_differ_only_in_tad(tmp_path):
-    for setting in repro.SETTINGS:
-        a, b = (config_from_args(build_parser().parse_args(repro.command(f"{setting}-{arm}", "cifar10", tmp_path,
-                                                                         "n.pt", [])[3:])) for arm in ("noisy", "tad"))
-        a.tad.enabled = b.tad.enabled
-        a.out = b.out
+    for name, cell in repro.cells().items():
+        if cell.arm != "noisy":
+            continue
+        a, b = (config_of(repro.command(f"{cell.setting}-{arm}", "d.npz", tmp_path, "n.pt", "short"))
+                for arm in ("noisy", "tad"))
+        a.tad.enabled, a.out = b.tad.enabled, b.out
         assert a == b
 
 
-def test_page_compares_with_the_paper(tmp_path):
-    def record(acc):
-        return {"results": {"test_acc_mean": acc, "test_acc_std": 0.005}, "seed": 0, "commit": "abc", "device": "H100",
-                "wall_time_s": 1.0, "command": "tad run", "config": {"buffer": {"num_experts": 20, "epochs": 50},
-                                                                      "distill": {"iterations": 5000},
-                                                                      "eval": {"num_eval": 5}}}
-    (tmp_path / "sym40-noisy.json").write_text(json.dumps(record(0.57)))
-    (tmp_path / "sym40-tad.json").write_text(json.dumps(record(0.64)))
-    (tmp_path / "asym40-tad.json").write_text(json.dumps(record(0.60)))
+def test_one_buffer_per_noise_arm_and_recipe_serves_every_ipc(tmp_path):
+    grid = repro.cells()
+    by_buffer = {}
+    for name, cell in grid.items():
+        by_buffer.setdefault(repro.buffer_of(cell), set()).add((cell.method, cell.ipc))
+    sgd = {(m, i) for m in ("mtt", "att") for i in (1, 10, 50)}
+    assert by_buffer["sym40-tad-sgd"] == sgd and by_buffer["sym40-noisy-sgd"] == sgd  # MTT's serves ATT
+    assert by_buffer["sym40-tad-gsam-a0.3"] == {("datm", i) for i in (1, 10, 50)} | {("ftd", 1), ("ftd", 10)}
+    assert by_buffer["sym40-tad-gsam-a1"] == {("ftd", 50)}  # FTD's IPC 50 row: GSAM alpha 1
+    assert by_buffer["c10n-worst-tad-sgd"] == sgd and "c10n-worst-tad-gsam-a0.3" in by_buffer  # FTD's
+    assert by_buffer["asym40-B-gsam-a0.3"] == {("datm", 50)}
+    assert {repro.read_epochs(r) for r in ("sgd", "gsam-a0.3", "gsam-a1")} == {43}  # IPC 50: 40 + 2 + 1
+    for buf in by_buffer:
+        cmd = repro.buffer_command(buf, "d.npz", tmp_path, "n.pt", "short")
+        assert cmd[3] == "buffer" and cmd[cmd.index("--out") + 1] == str(tmp_path / "buffers" / buf)
+        trained = config_of(cmd)
+        for method, ipc in by_buffer[buf]:  # the experts its cells read: same labels, arm, parts, recipe
+            cell = next(c for c in grid.values() if repro.buffer_of(c) == buf and (c.method, c.ipc) == (method, ipc))
+            reader = config_of(repro.command(cell.name, "d.npz", tmp_path, "n.pt", "short"))
+            assert trained.data == reader.data and trained.tad == reader.tad, (buf, cell.name)
+            assert (trained.buffer.optimizer, trained.buffer.alpha, trained.buffer.epochs) == (
+                reader.buffer.optimizer, reader.buffer.alpha, reader.buffer.epochs)
+            assert trained.buffer.epochs >= reader.distill.max_start_epoch + reader.distill.expert_epochs
+    assert config_of(repro.buffer_command("sym20-noisy-sgd", "d.npz", tmp_path, None, "short")).method == "mtt"
+    assert config_of(repro.buffer_command("sym20-noisy-gsam-a0.3", "d.npz", tmp_path, None, "short")).method == "datm"
+    # the full budget: each trainer's own epochs (DATM's 100 also cover FTD's reads)
+    assert "buffer.epochs=100" in repro.buffer_command("sym40-tad-gsam-a0.3", "d.npz", tmp_path, None, "full")
+
+
+def test_records_of_earlier_names_stand_for_their_cells(tmp_path):
+    assert repro.cell_of_record("att-sym40-tad-i1000") == (repro.Cell("att", 10, "sym40", "tad"), "i1000")
+    assert repro.cell_of_record("c10n-worst-noisy") == (repro.Cell("mtt", 10, "c10n-worst", "noisy"), None)
+    assert repro.cell_of_record("mtt-ipc50-c10n-worst-tad-seed1") == (repro.Cell("mtt", 50, "c10n-worst", "tad"),
+                                                                      "seed1")
+    assert repro.cell_of_record("datm-ipc50-asym40-F") == (repro.Cell("datm", 50, "asym40", "tad"), None)
+    assert repro.cell_of_record("clean-thing") is None
+    # the committed records the map names exist, are those cells, and ran the grid's experts and iterations
+    for cell, old in repro.LEGACY_RECORDS.items():
+        rec = json.loads((repro.RESULTS / f"{old}.json").read_text())
+        c, cfg = repro.cells()[cell], rec["config"]
+        assert (cfg["method"], cfg["distill"]["ipc"], cfg["tad"]["enabled"]) == (c.method, c.ipc, c.tad), cell
+        assert (cfg["buffer"]["num_experts"], cfg["distill"]["iterations"]) == repro.GRID_BUDGET, cell
+        assert repro.cell_of_record(old)[0] == c
+    # a record under the cell's own name wins over the earlier one
+    (tmp_path / "asym40-tad.json").write_text("{}")
+    assert repro.record_name("mtt-ipc10-asym40-tad", tmp_path) == "asym40-tad"
+    (tmp_path / "mtt-ipc10-asym40-tad.json").write_text("{}")
+    assert repro.record_name("mtt-ipc10-asym40-tad", tmp_path) == "mtt-ipc10-asym40-tad"
+
+
+def _args(tmp_path, cells, **kw):
+    base = dict(cell=cells, set=[], dataset="d.npz", out=str(tmp_path), cifar_n="h.pt", jobs=1, gpus=None,
+                budget="short", tag=None, seeds=[0], features_budget=12.0)
+    return repro.argparse.Namespace(**{**base, **kw})
+
+
+def test_a_buffer_trains_once_and_its_cells_follow_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    jobs, after, meta = repro.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "att-ipc50-sym40-noisy",
+                                                    "mtt-ipc50-sym40-tad", "ftd-ipc50-sym40-noisy"]))
+    # the extractor (missing) first; the TAD buffer waits for it, the noisy ones do not; each buffer's cells follow it
+    assert list(jobs) == ["extractor", "buffer-sym40-noisy-sgd", "mtt-ipc1-sym40-noisy", "att-ipc50-sym40-noisy",
+                          "buffer-sym40-tad-sgd", "mtt-ipc50-sym40-tad", "buffer-sym40-noisy-gsam-a1",
+                          "ftd-ipc50-sym40-noisy"]
+    assert after == {"buffer-sym40-tad-sgd": ["extractor"], "mtt-ipc1-sym40-noisy": ["buffer-sym40-noisy-sgd"],
+                     "att-ipc50-sym40-noisy": ["buffer-sym40-noisy-sgd"], "mtt-ipc50-sym40-tad": ["buffer-sym40-tad-sgd"],
+                     "ftd-ipc50-sym40-noisy": ["buffer-sym40-noisy-gsam-a1"]}
+    assert jobs["extractor"][3:6] == ["features", "train", "--dataset"]
+    assert meta["att-ipc50-sym40-noisy"] == (repro.cells()["att-ipc50-sym40-noisy"], "sym40-noisy-sgd", "short")
+    # an extractor in place, and a finished buffer under --out: neither is trained again
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "d.pt").write_bytes(b"x")
+    monkeypatch.setattr(repro, "buffer_ready", lambda path, experts: "sym40-noisy-sgd" in str(path) and experts == 20)
+    jobs, after, _ = repro.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "mtt-ipc50-sym40-tad"]))
+    assert list(jobs) == ["buffer-sym40-tad-sgd", "mtt-ipc50-sym40-tad", "mtt-ipc1-sym40-noisy"]
+    assert after == {"mtt-ipc50-sym40-tad": ["buffer-sym40-tad-sgd"]}
+
+
+def test_only_buffers_with_the_inner_loop_wait_for_the_extractor(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    jobs, after, _ = repro.plan(_args(tmp_path, ["datm-ipc50-asym40-C", "datm-ipc50-asym40-E"]))
+    assert "extractor" in jobs and after["buffer-asym40-E-gsam-a0.3"] == ["extractor"]
+    assert "buffer-asym40-C-gsam-a0.3" not in after  # C: no inner loop
+    jobs, after, _ = repro.plan(_args(tmp_path, ["datm-ipc50-asym40-C", "mtt-ipc10-sym20-noisy"]))
+    assert "extractor" not in jobs  # nothing needs it
+    jobs, _, _ = repro.plan(_args(tmp_path, ["mtt-ipc10-sym20-tad"], set=["tad.inner_loop=false"]))
+    assert "extractor" not in jobs
+
+
+def test_the_extractor_is_trained_only_when_a_tad_buffer_needs_the_missing_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    default = tmp_path / "features" / "cifar10.pt"
+    assert repro.extractor_to_train(["sym40-noisy-sgd", "att-ipc10-sym40-noisy"], "/data/cifar10.npz", []) is None
+    assert repro.extractor_to_train(["sym40-noisy-sgd", "sym40-tad-sgd"], "/data/cifar10.npz", []) == default
+    assert repro.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", ["tad.features=pixels"]) is None
+    assert repro.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", ["tad.features=null"]) == default
+    mine = tmp_path / "mine.pt"
+    with pytest.raises(SystemExit, match=r"tad.features=.*mine.pt: no such extractor file.*--out .*mine.pt"):
+        repro.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", [f"tad.features={mine}"])
+    mine.write_bytes(b"x")
+    assert repro.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", [f"tad.features={mine}"]) is None
+    default.parent.mkdir()
+    default.write_bytes(b"x")
+    assert repro.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", []) is None
+    (tmp_path / "features" / "cifar10.state.pt").write_bytes(b"x")
+    assert repro.extractor_command(default, "cifar10", 5.0)[-1] == "--resume"  # an interrupted run resumes
+
+
+def test_tagged_variants_and_more_seeds_get_their_own_buffers_runs_and_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path))
+    (tmp_path / "d.pt").write_bytes(b"x")
+    jobs, after, meta = repro.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="bal", seeds=[0, 2],
+                                         set=["tad.balance_classes=true"]))
+    assert list(jobs) == ["buffer-sym40-tad-sgd-bal", "att-ipc10-sym40-tad-bal", "buffer-sym40-tad-sgd-bal-seed2",
+                          "att-ipc10-sym40-tad-bal-seed2"]
+    cell = jobs["att-ipc10-sym40-tad-bal-seed2"]
+    assert cell[cell.index("--buffer") + 1] == str(tmp_path / "buffers" / "sym40-tad-sgd-bal-seed2" / "buffer")
+    assert cell[-4:] == ["--set", "tad.balance_classes=true", "--set", "seed=2"]
+    cfg = config_of(jobs["buffer-sym40-tad-sgd-bal-seed2"])
+    assert cfg.seed == 2 and cfg.data.noise_seed == 0 and cfg.tad.balance_classes  # same labels, other training seed
+    assert meta["att-ipc10-sym40-tad-bal"][1] == "sym40-tad-sgd-bal"
+    with pytest.raises(SystemExit, match="--tag"):
+        repro.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="../x"))
+    with pytest.raises(SystemExit, match="--seeds"):
+        repro.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], seeds=[-1]))
+
+
+def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(repro, "run_parallel", lambda jobs, *a, **k: seen.update(jobs=jobs, **k) or {j: 0 for j in jobs})
+    monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
+    monkeypatch.setattr(repro, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(repro, "buffer_ready", lambda path, experts: False)
+    assert repro.run_cells(_args(tmp_path, ["mtt-ipc50-sym40-noisy", "att-ipc50-sym40-noisy"])) == 0
+    assert seen["after"]["att-ipc50-sym40-noisy"] == ["buffer-sym40-noisy-sgd"]
+    run = {"config": {"method": "att"}, "results": {"test_acc_mean": 0.5}, "stages": {"buffer": {"reused": "b"}}}
+    (tmp_path / "att-ipc50-sym40-noisy").mkdir()
+    (tmp_path / "att-ipc50-sym40-noisy" / "result_run.json").write_text(json.dumps(run))
+    seen["on_done"]("buffer-sym40-noisy-sgd")  # a buffer job: nothing to collect
+    seen["on_done"]("att-ipc50-sym40-noisy")
+    rec = json.loads((tmp_path / "results" / "att-ipc50-sym40-noisy.json").read_text())
+    assert {k: rec[k] for k in run} == run  # result_run.json's content, and the cell
+    assert rec["cell"] == {"name": "att-ipc50-sym40-noisy", "method": "att", "ipc": 50, "noise": "sym40",
+                           "arm": "noisy", "reg": False, "outer_loop": False, "inner_loop": False,
+                           "buffer": "sym40-noisy-sgd", "budget": "short"}
+    assert list((tmp_path / "results").iterdir()) == [tmp_path / "results" / "att-ipc50-sym40-noisy.json"]
+    report = tmp_path / "buffers" / "sym40-tad-sgd" / "buffer" / "trust_report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text('{"rounds": []}')
+    (tmp_path / "mtt-ipc1-sym40-tad").mkdir()
+    (tmp_path / "mtt-ipc1-sym40-tad" / "result_run.json").write_text(json.dumps(
+        {"stages": {"buffer": {"reused": "b", "trust_report": str(report)}}}))
+    repro.collect("mtt-ipc1-sym40-tad", tmp_path, repro.cells()["mtt-ipc1-sym40-tad"])
+    assert (tmp_path / "results" / "mtt-ipc1-sym40-tad.trust_report.json").read_text() == '{"rounds": []}'
+    assert not (tmp_path / "results" / "mtt-ipc1-sym40-tad.trust_report.png").exists()  # none drawn
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_a_single_job_runs_in_the_foreground_on_the_first_gpu_given(tmp_path, monkeypatch, capsys, exit_code):
+    seen = {}
+
+    def fake_run(cmd, env):
+        seen.update(cmd=cmd, gpu=env.get("CUDA_VISIBLE_DEVICES"))
+        (tmp_path / "mtt-ipc10-sym40-tad-x").mkdir()
+        (tmp_path / "mtt-ipc10-sym40-tad-x" / "result_run.json").write_text('{"results": {}}')
+        return repro.subprocess.CompletedProcess(cmd, exit_code)
+
+    monkeypatch.setattr(repro.subprocess, "run", fake_run)
+    monkeypatch.setattr(repro, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(repro, "buffer_ready", lambda path, experts: True)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    args = _args(tmp_path, ["mtt-ipc10-sym40-tad"], gpus="1,0", tag="x")
+    assert repro.run_cells(args) == (0 if exit_code == 0 else 1)
+    assert seen["gpu"] == "1" and seen["cmd"][seen["cmd"].index("--out") + 1] == str(tmp_path / "mtt-ipc10-sym40-tad-x")
+    record = tmp_path / "results" / "mtt-ipc10-sym40-tad-x.json"
+    if exit_code == 0:
+        assert json.loads(record.read_text())["cell"]["buffer"] == "sym40-tad-sgd-x"
+    else:  # a failed run is named, and nothing is collected
+        assert "FAILED mtt-ipc10-sym40-tad-x (exit 3)" in capsys.readouterr().err and not record.exists()
+
+
+def test_cell_all_runs_every_cell_of_the_grid(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(repro, "run_cells", lambda args: seen.update(cells=repro.resolve_cells(args.cell)) or 0)
+    monkeypatch.setattr(repro.sys, "argv", ["reproduce_cifar10.py", "--cell", "all"])
+    with pytest.raises(SystemExit) as exit_:
+        repro.main()
+    assert exit_.value.code == 0 and seen["cells"] == list(repro.cells()) and len(seen["cells"]) == 122
+
+
+def test_run_parallel_waits_for_what_a_job_needs_and_skips_it_when_that_failed(tmp_path):
+    jobs = {"buf": _job(tmp_path, "buf", seconds=0.5), "cell": _job(tmp_path, "cell"),
+            "bad": _job(tmp_path, "bad", code=2), "after_bad": _job(tmp_path, "after_bad"), "free": _job(tmp_path, "free")}
+    codes = repro.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=["0"], poll_s=0.05,
+                               after={"cell": ["buf"], "after_bad": ["bad"]})
+    assert codes == {"buf": 0, "cell": 0, "bad": 2, "after_bad": repro.SKIPPED, "free": 0}
+    (_, buf1), (cell0, _), (free0, _) = _times(tmp_path, "buf"), _times(tmp_path, "cell"), _times(tmp_path, "free")
+    assert cell0 >= buf1 and free0 < buf1  # cell waited for its buffer; free did not wait behind cell
+    assert not (tmp_path / "after_bad.times").exists()
+    table = (tmp_path / "logs" / "schedule.md").read_text().splitlines()
+    assert table[0] == "| job | GPU | start (s) | end (s) | wall (min) | exit |"
+    assert [row.split(" | ")[0] for row in table[2:]][-1] == "| after_bad"
+    assert all(row.split(" | ")[1] == "0" for row in table[2:-1]) and table[-1].endswith("| not started |")
+    with pytest.raises(ValueError, match="not in jobs: nope"):
+        repro.run_parallel({"a": _job(tmp_path, "a")}, tmp_path / "logs", 1, [], after={"a": ["nope"]})
+
+
+def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
+    done = {"results": {"test_acc_mean": 0.6}, "config": {}}
+    (tmp_path / "mtt-ipc1-sym20-noisy.json").write_text(json.dumps(done))
+    (tmp_path / "asym40-tad.json").write_text(json.dumps(done))  # an earlier name of mtt-ipc10-asym40-tad
+    (tmp_path / "mtt-ipc1-sym20-tad.json").write_text(json.dumps({"results": {}, "config": {}}))  # unfinished
+    text = repro.queue(tmp_path)
+    assert "120 of 122 cells left" in text
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert [h.split(". ")[0] for h in heads] == ["## 1", "## 2", "## 3", "## 4", "## 5"]
+    assert heads[0].startswith("## 1. MTT") and heads[1].startswith("## 2. Table 3") and "ATT" in heads[2]
+    first = text.split("## 2.")[0]
+    assert "--cell mtt-ipc1-sym20-tad" in first and "--cell mtt-ipc1-sym20-noisy" not in first
+    assert "--cell mtt-ipc10-asym40-tad " not in first and "--cell mtt-ipc10-asym40-noisy" in first
+    assert "--cell datm-ipc50-asym40-B" in text.split("## 3.")[0].split("## 2.")[1]
+    assert "--cell datm-ipc10-sym20-noisy" in text.split("## 5.")[1]
+    assert "--cifar-n" in text.split("## 4.")[1].split("## 5.")[0]
+    cells_listed = [w for line in text.splitlines() for w in line.split() if w in repro.cells()]
+    assert len(cells_listed) == len(set(cells_listed)) == 120  # each cell left in one batch
+
+
+def test_the_page_renders_the_tables_from_records_with_missing_cells_marked(tmp_path):
+    def record(acc, experts=20, iters=1000):
+        return {"results": {"test_acc_mean": acc, "test_acc_std": 0.005}, "seed": 0, "commit": "abc",
+                "device": "H100", "wall_time_s": 1.0, "command": "tad run",
+                "config": {"buffer": {"num_experts": experts, "epochs": 43}, "distill": {"iterations": iters},
+                           "eval": {"num_eval": 5}}}
+    for name, acc in (("mtt-ipc50-sym40-noisy", 0.60), ("mtt-ipc50-sym40-tad", 0.68), ("mtt-ipc1-asym20-tad", 0.40),
+                      ("datm-ipc50-asym40-noisy", 0.55), ("datm-ipc50-asym40-B", 0.57), ("datm-ipc50-asym40-tad", 0.66)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(record(acc)))
+    (tmp_path / "att-ipc10-c10n-worst-noisy.json").write_text(json.dumps(record(0.55, iters=2000)))
+    (tmp_path / "c10n-worst-tad.json").write_text(json.dumps(record(0.58)))  # an earlier name of mtt-ipc10-...
     text = repro.page(tmp_path)
-    assert "| sym40 | 57.5 | 64.6 | 57.0 +- 0.5 | 64.0 +- 0.5 | TAD >= 63.0, >= +5.0 | yes | 20 x 50, 5000 it |" in text
-    assert "| asym40 | 54.4 | 63.9 | not run | 60.0 +- 0.5 | TAD >= 62.0, >= +6.0 | - | 20 x 50, 5000 it |" in text
-    assert "| c10n-worst | 55.7 | 64.4 | not run | not run | TAD >= 62.0, >= +5.0 | - | - |" in text
-    short = record(0.55)
-    short["config"]["distill"]["iterations"] = 1000
-    (tmp_path / "asym40-noisy.json").write_text(json.dumps(short))
-    assert "| no | noisy 20 x 50, 1000 it; TAD 20 x 50, 5000 it |" in repro.page(tmp_path)
-    assert "`sym40-tad`: 20 experts x 50 epochs, 5000 iterations, 5 evaluation nets" in text
+    rows = {line.split(" | ")[0] + " | " + line.split(" | ")[1]: line for line in text.splitlines()
+            if line.startswith("| ")}
+    assert rows["| sym40 | MTT"] == ("| sym40 | MTT | not run | 44.2 -> ? | not run | 57.5 -> 64.6 (+7.1) | "
+                                     "60.0 -> 68.0 (+8.0) | 60.2 -> 71.2* (+11.0) |")
+    assert rows["| asym20 | MTT"].startswith("| asym20 | MTT | not run -> 40.0 | 44.5 -> 45.8 (+1.3) | not run |")
+    assert rows["| c10n-worst | ATT"].split(" | ")[4] == "55.0 -> not run [20 x 43, 2000 it]"  # another budget
+    assert rows["| c10n-worst | MTT"].split(" | ")[4] == "not run -> 58.0"
+    assert "| c10n-worst | DATM" not in text  # Table 2 has no DATM row
+    assert sum(1 for r in rows if r.split(" | ")[0] in ("| sym20", "| sym40", "| asym20", "| asym40")) == 16
+    table3 = {line.split(" ")[1]: line for line in text.splitlines() if line.startswith("| ") and " (`datm-" in line}
+    assert table3["A"] == "| A (`datm-ipc50-asym40-noisy`) |  |  |  | not run | 62.5 | 55.0 | 55.0 |"
+    assert table3["B"] == "| B (`datm-ipc50-asym40-B`) | yes |  |  | not run | 64.1 (+1.6) | 57.0 (+2.0) | 58.8 (+3.8) |"
+    assert table3["F"].endswith("| 66.0 (+11.0) | 70.7 (+15.7) |") and "| yes | yes | yes |" in table3["F"]
+    assert "- MTT at IPC 50: TAD gains at least +6 at sym 40% and asym 40% (the paper: +11.0 and +10.9 at its " \
+           "budget): 1 of 1 measured hold; 1 not measured yet" in text
+    assert "F best, C and E each above A, B above A: 1 of 2 measured hold (not: F best" not in text
+    assert "- `c10n-worst-tad`" not in text and "- `mtt-ipc10-c10n-worst-tad` (record `c10n-worst-tad`): 58.0" in text
+    assert "20 experts per buffer" in text and "1000 distillation iterations" in text  # the budget, stated
+
+
+def test_each_run_is_drawn_in_its_settings_panel():
+    assert repro.curve_panel("att-sym40-tad-i1000") == "att-ipc10-sym40"  # not MTT's panel
+    assert repro.curve_panel("sym40-noisy-e100-i5000") == "mtt-ipc10-sym40"
+    assert repro.curve_panel("mtt-ipc50-c10n-worst-tad") == "mtt-ipc50-c10n-worst"
+    assert repro.curve_panel("c10n-worst-tad-balanced") == "mtt-ipc10-c10n-worst"
+    assert repro.curve_panel("clean/mtt-clean-e20-i1000") == "clean"
+    assert repro.curve_panel("sym40tad") == "other"
+
+
+def test_the_table_averages_a_cells_finished_seeds(tmp_path):
+    def record(acc):
+        return {"results": {"test_acc_mean": acc, "test_acc_std": 0.005}, "config": {}}
+    for name, acc in (("sym40-noisy-e20-i1000", 0.55), ("mtt-ipc10-sym40-tad", 0.62), ("mtt-ipc10-sym40-tad-seed1", 0.64),
+                      ("mtt-ipc10-sym40-tad-seed2", 0.63), ("att-ipc10-sym40-tad-seed1", 0.10)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(record(acc)))
+    (tmp_path / "mtt-ipc10-sym40-tad-seed3.json").write_text(json.dumps({"results": {}, "config": {}}))  # unfinished
+    (tmp_path / "mtt-ipc10-sym40-tad-seed1.trust_report.json").write_text("{}")
+    row = next(x for x in repro.page(tmp_path).splitlines() if x.startswith("| sym40 | MTT |"))
+    assert row.split(" | ")[4] == "55.0 -> 63.0 +- 1.0 (3 seeds) (+8.0)"
+
+
+def test_page_names_the_shared_buffer_a_cell_distilled_from(tmp_path):
+    rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
+           "stages": {"buffer": {"reused": "runs/buffers/sym40-noisy-sgd/buffer",
+                                 "reused_meta": {"buffer": {"batch_size": 256}}}}}
+    (tmp_path / "att-ipc10-sym40-noisy.json").write_text(json.dumps(rec))
+    assert "  - experts from the shared buffer `runs/buffers/sym40-noisy-sgd/buffer` (expert batch 256)" in \
+        repro.page(tmp_path)
+    rec["cell"] = {"buffer": "sym40-noisy-sgd"}
+    (tmp_path / "att-ipc10-sym40-noisy.json").write_text(json.dumps(rec))
+    assert "  - experts from the shared buffer `sym40-noisy-sgd` (expert batch 256)" in repro.page(tmp_path)
 
 
 def test_page_indexes_every_other_result_and_each_link_exists(tmp_path):
@@ -69,13 +401,13 @@ def test_page_shows_the_trusted_space_at_each_consensus_level(tmp_path):
            "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.9, "clean_recall": 0.88,
                                  "by_vote": {"0.5": level, "0.75": level,
                                              "1": {**level, "trusted_precision": 0.97, "clean_recall": 0.7}}}}}
-    (tmp_path / "sym40-tad.json").write_text(json.dumps(rec))
+    (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(rec))
     text = repro.page(tmp_path)
     assert ("precision 90.0%, recall of the clean samples 88.0% (issue 5's target at sym40: >= 95 / >= 85); trusted by "
             ">= 75% "
             "of the experts: precision 95.0%, recall 80.0%; trusted by >= 100% of the experts: precision 97.0%, "
             "recall 70.0%") in text
-    (tmp_path / "asym40-tad.json").write_text(json.dumps(rec))  # another noise: no sym40 target beside it
+    (tmp_path / "mtt-ipc10-asym40-tad.json").write_text(json.dumps(rec))  # another noise: no sym40 target beside it
     asym = [line for line in repro.page(tmp_path).splitlines() if "final trusted space" in line]
     assert len(asym) == 2 and sum("target at sym40" in line for line in asym) == 1
 
@@ -88,7 +420,7 @@ def test_page_names_the_least_precise_classes_of_the_trusted_space(tmp_path):
     rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
            "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.9, "clean_recall": 0.88,
                                  "per_class": per_class}}}
-    (tmp_path / "asym40-tad.json").write_text(json.dumps(rec))
+    (tmp_path / "mtt-ipc10-asym40-tad.json").write_text(json.dumps(rec))
     line = next(x for x in repro.page(tmp_path).splitlines() if "least precise classes" in x)
     assert line.endswith("automobile 80.0% of 700 (others: 130 truck, 10 airplane); airplane 99.0% of 100 "
                          "(others: 1 cat); bird 99.0% of 100 (others: 1 dog)")
@@ -102,33 +434,16 @@ def test_page_names_the_classes_whose_clean_samples_the_trusted_space_drops(tmp_
     rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
            "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.9, "clean_recall": 0.88,
                                  "per_class": per_class}}}
-    (tmp_path / "asym40-tad.json").write_text(json.dumps(rec))
+    (tmp_path / "mtt-ipc10-asym40-tad.json").write_text(json.dumps(rec))
     line = next(x for x in repro.page(tmp_path).splitlines() if "least recalled" in x)
     assert line.endswith("cat 44.5%; truck 81.0%; ship 82.0%")
-
-
-def test_page_says_which_cells_reused_another_cells_experts(tmp_path):
-    rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
-           "stages": {"buffer": {"reused": "runs/sym40-noisy/buffer", "reused_meta": {"buffer": {"batch_size": 256}}}}}
-    (tmp_path / "att-sym40-noisy.json").write_text(json.dumps(rec))
-    assert ("distilled from the buffer `runs/sym40-noisy/buffer` (trained by another run with the same labels and "
-            "TAD arm; expert batch 256)") in repro.page(tmp_path)
 
 
 def test_page_shows_the_best_evaluation_point_beside_the_last(tmp_path):
     rec = {"results": {"test_acc_mean": 0.60, "test_acc_std": 0.01, "test_acc_best_mean": 0.62,
                        "test_acc_best_std": 0.004, "best_iteration": 500}, "config": {}}
-    (tmp_path / "sym40-tad.json").write_text(json.dumps(rec))
+    (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(rec))
     assert "60.0 +- 1.0 (best 62.0 +- 0.4 @ 500)" in repro.page(tmp_path)
-
-
-def test_each_run_is_drawn_in_its_settings_panel():
-    assert repro.curve_panel("att-sym40-tad-i1000") == "att-sym40"  # not sym40's panel
-    assert repro.curve_panel("sym40-noisy-e100-i5000") == "sym40"
-    assert repro.curve_panel("att-c10n-worst-noisy") == "att-c10n-worst"
-    assert repro.curve_panel("c10n-worst-tad-balanced") == "c10n-worst"
-    assert repro.curve_panel("clean/mtt-clean-e20-i1000") == "clean"
-    assert repro.curve_panel("sym40tad") == "other"
 
 
 def test_page_draws_the_curves_of_finished_and_partial_runs(tmp_path):
@@ -142,19 +457,19 @@ def test_page_draws_the_curves_of_finished_and_partial_runs(tmp_path):
     partial = {"config": {}, "partial": "stopped at iteration 300",
                "evaluations": [{"iteration": 0, "eval": {"mean": 0.31, "std": 0.0}},
                                {"iteration": 500, "eval": {"mean": 0.58, "std": 0.0}}]}
-    (tmp_path / "sym40-tad.json").write_text(json.dumps(finished))
+    (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(finished))
     (tmp_path / "clean").mkdir()
     (tmp_path / "clean" / "mtt-clean-partial.json").write_text(json.dumps(partial))
     (tmp_path / "clean" / "mtt-clean-diverged.json").write_text(json.dumps(diverged))
     text = repro.page(tmp_path)
     assert "precision 92.6%, recall of the clean samples 86.7%" in text
     assert "| run | 0 | 250 | 500 |" in text
-    assert "| `sym40-tad` | 30.0 | 55.0 |  |" in text
+    assert "| `mtt-ipc10-sym40-tad` | 30.0 | 55.0 |  |" in text
     assert "| `clean/mtt-clean-partial` | 31.0 |  | 58.0 |" in text
     assert "(stopped at iteration 300)" in text  # a partial run says why
     assert "(distill.lr_teacher 0.01); seed None" in text
     assert "(diverged near iteration 240; unstable matching loss (up to 3.25) at 2 log points from iteration 240)" in text
-    assert "- `sym40-tad`:" not in text.split("## Distillation curves")[1]  # cells are listed once, above
+    assert "- `mtt-ipc10-sym40-tad`:" not in text.split("## Distillation curves")[1]  # cells are listed once, above
     assert "experts not trained here" not in text
     png = tmp_path / "curves.png"
     if importlib.util.find_spec("matplotlib") is None:  # the plot extra is optional: no plot, no link to one
@@ -210,61 +525,6 @@ def test_run_parallel_rejects_zero_slots(tmp_path):
         repro.run_parallel({}, tmp_path, slots=0, gpus=[])
 
 
-def test_run_parallel_starts_a_job_once_it_is_ready(tmp_path):
-    jobs = {"att": _job(tmp_path, "att"), "a": _job(tmp_path, "a", seconds=0.5), "c": _job(tmp_path, "c")}
-    codes = repro.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=[], poll_s=0.05,
-                               ready={"att": lambda: (tmp_path / "a.times").exists()})
-    assert codes == {"att": 0, "a": 0, "c": 0}
-    (att0, _), (_, a1), (c0, _) = _times(tmp_path, "att"), _times(tmp_path, "a"), _times(tmp_path, "c")
-    assert att0 >= a1 and c0 < a1  # att waited for a; c, ready, did not wait behind att
-    # nothing running and nothing ready: the job starts anyway (and says itself what it misses)
-    assert repro.run_parallel({"x": _job(tmp_path, "x")}, tmp_path / "logs", slots=1, gpus=[], poll_s=0.05,
-                              ready={"x": lambda: False}) == {"x": 0}
-
-
-@pytest.mark.parametrize("reuse", [True, False])
-def test_att_cells_distil_from_the_mtt_cells_buffer(tmp_path, monkeypatch, reuse):
-    seen = {}
-
-    def fake_run_parallel(cmds, logs, slots, gpus, on_done=None, ready=None):
-        seen.update(cmds=cmds, ready=ready or {})
-        return {c: 0 for c in cmds}
-    monkeypatch.setattr(repro, "run_parallel", fake_run_parallel)
-    monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
-    args = repro.argparse.Namespace(cell=["att-c10n-worst-tad", "c10n-worst-tad", "att-sym40-noisy"], set=[],
-                                    dataset="d.npz", out=str(tmp_path), cifar_n="h.pt", jobs=1, gpus=None,
-                                    reuse_buffers=reuse, budget="full", tag=None, seeds=[0])
-    assert repro.run_cells(args) == 0
-    cmds, ready = seen["cmds"], seen["ready"]
-    if not reuse:
-        assert not any("--buffer" in c for c in cmds.values()) and not ready
-        return
-    # att-c10n-worst-tad reuses c10n-worst-tad's experts and is queued after it; att-sym40-noisy trains its
-    # own (sym40-noisy neither runs now nor has run into --out)
-    assert list(cmds) == ["c10n-worst-tad", "att-sym40-noisy", "att-c10n-worst-tad"]
-    att = cmds["att-c10n-worst-tad"]
-    assert att[att.index("--buffer") + 1] == str(tmp_path / "c10n-worst-tad" / "buffer")
-    assert "--buffer" not in cmds["att-sym40-noisy"] and set(ready) == {"att-c10n-worst-tad"}
-    assert not ready["att-c10n-worst-tad"]()  # the MTT cell has not finished its buffer stage yet
-    (tmp_path / "c10n-worst-tad").mkdir()
-    (tmp_path / "c10n-worst-tad" / "result_run.json").write_text(json.dumps({"stages": {"buffer": {}}}))
-    assert ready["att-c10n-worst-tad"]()
-
-
-def test_ftd_cells_distil_from_the_datm_cells_buffer(tmp_path, monkeypatch):
-    seen = {}
-    monkeypatch.setattr(repro, "run_parallel", lambda cmds, *a, **k: seen.update(cmds=cmds) or {c: 0 for c in cmds})
-    monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
-    args = repro.argparse.Namespace(cell=["ftd-sym40-noisy", "datm-sym40-noisy"], set=[], dataset="d.npz",
-                                    out=str(tmp_path), cifar_n=None, jobs=1, gpus=None, reuse_buffers=True,
-                                    budget="full", tag=None, seeds=[0])
-    assert repro.run_cells(args) == 0
-    cmds = seen["cmds"]
-    assert list(cmds) == ["datm-sym40-noisy", "ftd-sym40-noisy"]
-    ftd = cmds["ftd-sym40-noisy"]
-    assert ftd[ftd.index("--buffer") + 1] == str(tmp_path / "datm-sym40-noisy" / "buffer")
-
-
 def test_the_budget_line_says_how_many_labels_were_wrong():
     rec = {"config": {"buffer": {"num_experts": 20, "epochs": 23}, "distill": {"iterations": 1000},
                       "eval": {"num_eval": 5}}, "results": {"noise_rate": 0.16}}
@@ -287,79 +547,15 @@ def test_page_gives_the_best_finished_clean_run_as_the_ceiling(tmp_path):
     assert not any(x.startswith("Clean-label reference") for x in repro.page(tmp_path / "clean").splitlines())
 
 
-def test_page_draws_the_pairs_only_when_a_cell_has_finished(tmp_path):
-    png = tmp_path / "pairs.png"
-    assert "pairs.png" not in repro.page(tmp_path) and not png.exists()  # nothing recorded yet
-    rec = {"results": {"test_acc_mean": 0.55, "test_acc_std": 0.01, "test_acc_best_mean": 0.58,
-                       "test_acc_best_std": 0.01, "best_iteration": 750}, "config": {}}
-    (tmp_path / "att-sym40-tad.json").write_text(json.dumps(rec))
-    text = repro.page(tmp_path)
-    if importlib.util.find_spec("matplotlib") is None:
-        assert not png.exists() and "pairs.png" not in text
-    else:
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "![method vs method + TAD](cifar10/pairs.png)" in text
-
-
-def test_the_short_and_long_budgets_are_the_recorded_runs_and_user_sets_win(tmp_path):
-    extra = repro.overrides("short", ["distill.iterations=2000"])
-    cfg = config_from_args(build_parser().parse_args(repro.command("att-sym40-tad", "cifar10", tmp_path, None,
-                                                                   extra)[3:]))
-    assert (cfg.buffer.num_experts, cfg.buffer.epochs, cfg.distill.eval_every) == (20, 23, 250)
-    assert cfg.distill.iterations == 2000  # the user's --set comes after the budget's
-    full = config_from_args(build_parser().parse_args(repro.command("att-sym40-tad", "cifar10", tmp_path, None,
-                                                                    repro.overrides("full", []))[3:]))
-    assert full.buffer.epochs == 50 and full.distill.iterations == 60000  # ATT's own budget
-    for budget, record in (("short", "att-c10n-worst-tad.json"), ("long", "sym40-noisy-e100-i5000.json")):
-        rec = json.loads((repro.RESULTS / record).read_text())  # the recorded runs of that budget
-        for key in repro.BUDGETS[budget]:
-            section, name = key.split("=")[0].split(".")
-            assert str(rec["config"][section][name]) == key.split("=")[1], (budget, key)
-
-
-def test_a_tagged_variant_gets_its_own_runs_and_records(tmp_path, monkeypatch):
-    seen = {}
-    monkeypatch.setattr(repro, "run_parallel", lambda cmds, *a, **k: seen.update(cmds=cmds, **k) or {c: 0 for c in cmds})
-    monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
-    monkeypatch.setattr(repro, "RESULTS", tmp_path / "results")
-    args = repro.argparse.Namespace(cell=["ftd-sym40-tad", "datm-sym40-tad"], set=["tad.balance_classes=true"],
-                                    dataset="d.npz", out=str(tmp_path), cifar_n=None, jobs=1, gpus=None,
-                                    reuse_buffers=True, budget="short", tag="bal", seeds=[0])
-    assert repro.run_cells(args) == 0
-    cmds = seen["cmds"]
-    assert list(cmds) == ["datm-sym40-tad-bal", "ftd-sym40-tad-bal"]
-    ftd = cmds["ftd-sym40-tad-bal"]
-    assert ftd[ftd.index("--out") + 1] == str(tmp_path / "ftd-sym40-tad-bal")
-    assert ftd[ftd.index("--buffer") + 1] == str(tmp_path / "datm-sym40-tad-bal" / "buffer")
-    assert "tad.balance_classes=true" in ftd and "distill.iterations=1000" in ftd
-    (tmp_path / "ftd-sym40-tad-bal").mkdir()
-    (tmp_path / "ftd-sym40-tad-bal" / "result_run.json").write_text('{"results": {}}')
-    seen["on_done"]("ftd-sym40-tad-bal")  # the collection step: a record of its own, the cell's untouched
-    assert (tmp_path / "results" / "ftd-sym40-tad-bal.json").read_text() == '{"results": {}}'
-    assert not (tmp_path / "results" / "ftd-sym40-tad.json").exists()
-    with pytest.raises(SystemExit, match="--tag"):
-        repro.run_cells(repro.argparse.Namespace(**{**vars(args), "tag": "../x"}))
-
-
 def test_list_says_what_a_recorded_cell_cost(tmp_path):
-    assert repro.recorded_time("sym40-tad", tmp_path) == ""  # nothing recorded
+    assert repro.recorded_time("att-ipc10-sym40-tad", tmp_path) == ""  # nothing recorded
     rec = {"wall_time_s": 450.0, "device": "NVIDIA H100", "results": {}, "stages": {"buffer": {"reused": "r/buffer"}},
            "config": {"buffer": {"num_experts": 20, "epochs": 23}, "distill": {"iterations": 1000},
                       "eval": {"num_eval": 5}}}
-    (tmp_path / "att-sym40-tad.json").write_text(json.dumps(rec))
-    line = repro.recorded_time("att-sym40-tad", tmp_path)
+    (tmp_path / "att-sym40-tad-i1000.json").write_text(json.dumps(rec))  # an earlier name of the cell
+    line = repro.recorded_time("att-ipc10-sym40-tad", tmp_path)
     assert line.startswith("  (recorded: 7.5 min on NVIDIA H100 (experts reused from another run: distillation only), "
                            "20 experts x 23 epochs, 1000 iterations")
-
-
-def test_cell_all_runs_every_cell_of_the_table(monkeypatch):
-    seen = {}
-    monkeypatch.setattr(repro, "train_missing_extractor", lambda args: seen.update(first=list(args.cell)) or 0)
-    monkeypatch.setattr(repro, "run_cells", lambda args: seen.update(cells=args.cell) or 0)
-    monkeypatch.setattr(repro.sys, "argv", ["reproduce_cifar10.py", "--cell", "all", "--budget", "short"])
-    with pytest.raises(SystemExit) as exit_:
-        repro.main()
-    assert exit_.value.code == 0 and seen["cells"] == list(repro.cells()) and len(seen["cells"]) == 14
-    assert seen["first"] == seen["cells"]  # the extractor step sees every cell before any runs
 
 
 def test_page_gives_the_later_recalls_of_a_record_that_has_them(tmp_path):
@@ -368,7 +564,7 @@ def test_page_gives_the_later_recalls_of_a_record_that_has_them(tmp_path):
     rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
            "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.9, "clean_recall": 0.88,
                                  "later_recalls": later}}}
-    (tmp_path / "sym40-tad.json").write_text(json.dumps(rec))
+    (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(rec))
     assert ("  - recalls after the first round (first expert, 2 rounds): 10, 80.0% right; where the expert predicts "
             "the pseudo-label 6 (100.0% right), where it does not 4 (50.0% right)") in repro.page(tmp_path)
 
@@ -385,35 +581,11 @@ def test_page_reads_the_later_recalls_of_an_older_record_from_its_trust_report(t
         report.add(epoch=1, stage="recalibration", trusted=after, labels=torch.tensor(labels), noisy_labels=clean,
                    clean_labels=clean, previous_trusted=before)
         before = after
-    report.save_json(tmp_path / "sym40-tad.trust_report.json")
+    report.save_json(tmp_path / "mtt-ipc10-sym40-tad.trust_report.json")
     rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
            "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.9, "clean_recall": 0.88}}}
-    (tmp_path / "sym40-tad.json").write_text(json.dumps(rec))
+    (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(rec))
     assert "  - recalls after the first round (first expert, 1 round): 2, 50.0% right\n" in repro.page(tmp_path)
-
-
-@pytest.mark.parametrize("exit_code", [0, 3])
-def test_a_single_cell_runs_in_the_foreground_on_the_first_gpu_given(tmp_path, monkeypatch, capsys, exit_code):
-    seen = {}
-
-    def fake_run(cmd, env):
-        seen.update(cmd=cmd, gpu=env.get("CUDA_VISIBLE_DEVICES"))
-        (tmp_path / "sym40-tad-x").mkdir()
-        (tmp_path / "sym40-tad-x" / "result_run.json").write_text('{"results": {}}')
-        return repro.subprocess.CompletedProcess(cmd, exit_code)
-
-    monkeypatch.setattr(repro.subprocess, "run", fake_run)
-    monkeypatch.setattr(repro, "RESULTS", tmp_path / "results")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    args = repro.argparse.Namespace(cell=["sym40-tad"], set=[], dataset="d.npz", out=str(tmp_path), cifar_n=None,
-                                    jobs=1, gpus="1,0", reuse_buffers=True, budget="short", tag="x", seeds=[0])
-    assert repro.run_cells(args) == (0 if exit_code == 0 else 1)
-    assert seen["gpu"] == "1" and seen["cmd"][seen["cmd"].index("--out") + 1] == str(tmp_path / "sym40-tad-x")
-    record = tmp_path / "results" / "sym40-tad-x.json"
-    if exit_code == 0:
-        assert record.read_text() == '{"results": {}}'
-    else:  # a failed run is named, and nothing is collected
-        assert "FAILED sym40-tad-x (exit 3)" in capsys.readouterr().err and not record.exists()
 
 
 def test_page_sets_each_mtt_tad_record_against_clean_mtt_of_the_same_budget(tmp_path):
@@ -426,7 +598,7 @@ def test_page_sets_each_mtt_tad_record_against_clean_mtt_of_the_same_budget(tmp_
     (tmp_path / "clean" / "mtt-clean-e20.json").write_text(json.dumps(rec(0.603, 20, tad=False)))
     (tmp_path / "clean" / "mtt-clean-e40-bad.json").write_text(json.dumps(rec(0.397, 40, tad=False, note="diverged: x")))
     (tmp_path / "sym40-tad-e20.json").write_text(json.dumps(rec(0.597, 20)))
-    (tmp_path / "sym40-tad.json").write_text(json.dumps(rec(0.606, 40)))  # its only clean match diverged
+    (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(rec(0.606, 40)))  # its only clean match diverged
     (tmp_path / "sym40-noisy-e20.json").write_text(json.dumps(rec(0.543, 20, tad=False)))  # not a TAD run
     (tmp_path / "datm-sym40-tad.json").write_text(json.dumps(rec(0.607, 20, method="datm")))  # not MTT
     lines = repro.clean_gap_lines(tmp_path)
@@ -437,95 +609,29 @@ def test_page_sets_each_mtt_tad_record_against_clean_mtt_of_the_same_budget(tmp_
     assert repro.clean_gap_lines(tmp_path / "clean") == []
 
 
-def test_more_seeds_run_as_their_own_records_and_reuse_their_own_seeds_buffer(tmp_path, monkeypatch):
-    seen = {}
-    monkeypatch.setattr(repro, "run_parallel", lambda cmds, *a, **k: seen.update(cmds=cmds, **k) or {c: 0 for c in cmds})
-    monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
-    args = repro.argparse.Namespace(cell=["att-sym40-tad", "sym40-tad"], set=[], dataset="d.npz", out=str(tmp_path),
-                                    cifar_n=None, jobs=1, gpus=None, reuse_buffers=True, budget="short", tag=None,
-                                    seeds=[0, 2])
-    assert repro.run_cells(args) == 0
-    cmds = seen["cmds"]
-    assert list(cmds) == ["sym40-tad", "att-sym40-tad", "sym40-tad-seed2", "att-sym40-tad-seed2"]
-    att = cmds["att-sym40-tad-seed2"]
-    assert att[att.index("--buffer") + 1] == str(tmp_path / "sym40-tad-seed2" / "buffer")
-    assert att[-2:] == ["--set", "seed=2"] and "seed=0" not in " ".join(cmds["sym40-tad"])
-    cfg = config_from_args(build_parser().parse_args(cmds["sym40-tad-seed2"][3:]))
-    assert cfg.seed == 2 and cfg.data.noise_seed == 0  # the same noisy labels, another training seed
-    assert repro.seed_tag("bal", 2) == "bal-seed2" and repro.seed_tag("bal", 0) == "bal"
-    with pytest.raises(SystemExit, match="--seeds"):
-        repro.run_cells(repro.argparse.Namespace(**{**vars(args), "seeds": [-1]}))
-
-
-def test_the_table_averages_a_cells_finished_seeds(tmp_path):
-    def record(acc):
-        return {"results": {"test_acc_mean": acc, "test_acc_std": 0.005}, "config": {}}
-    for name, acc in (("sym40-noisy", 0.55), ("sym40-tad", 0.62), ("sym40-tad-seed1", 0.64),
-                      ("sym40-tad-seed2", 0.63), ("att-sym40-tad-seed1", 0.10)):
-        (tmp_path / f"{name}.json").write_text(json.dumps(record(acc)))
-    (tmp_path / "sym40-tad-seed3.json").write_text(json.dumps({"results": {}, "config": {}}))  # unfinished
-    (tmp_path / "sym40-tad-seed1.trust_report.json").write_text("{}")
-    row = next(x for x in repro.page(tmp_path).splitlines() if x.startswith("| sym40 |"))
-    assert "| 55.0 +- 0.5 | 63.0 +- 1.0 over 3 seeds | TAD >= 63.0, >= +5.0 | yes |" in row
-
-
 def test_the_page_names_tad_settings_beyond_the_papers(tmp_path):
     def record(**tad):
         return {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01},
                 "config": {"tad": {"balance_classes": False, "warmup_confidence_penalty": 0.0, **tad},
                            "distill": {"label_temperature": 1.0}}}
-    (tmp_path / "sym40-tad.json").write_text(json.dumps(record()))
+    (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(record()))
     assert "settings the paper's TAD does not have" not in repro.page(tmp_path)
-    (tmp_path / "asym40-tad.json").write_text(json.dumps(record(balance_classes=True, warmup_confidence_penalty=1.0)))
+    (tmp_path / "mtt-ipc10-asym40-tad.json").write_text(json.dumps(record(balance_classes=True, warmup_confidence_penalty=1.0)))
     line = next(x for x in repro.page(tmp_path).splitlines() if "settings the paper's TAD does not have" in x)
-    assert line.endswith("asym40: tad.balance_classes=True, tad.warmup_confidence_penalty=1.0.")
-    (tmp_path / "sym40-tad.json").write_text(json.dumps(record(loss_average=6)))
+    assert line.endswith("tad.balance_classes=True, tad.warmup_confidence_penalty=1.0 (`mtt-ipc10-asym40-tad`).")
+    (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(record(loss_average=6)))
     line = next(x for x in repro.page(tmp_path).splitlines() if "settings the paper's TAD does not have" in x)
-    assert "sym40: tad.loss_average=6" in line
+    assert ": tad.loss_average=6 (`mtt-ipc10-sym40-tad`); tad.balance" in line
 
 
-def test_the_extractor_is_trained_first_only_when_a_tad_arm_needs_the_missing_default(tmp_path, monkeypatch):
-    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
-    default = tmp_path / "features" / "cifar10.pt"
-    assert repro.extractor_to_train(["sym40-noisy", "att-sym40-noisy"], "/data/cifar10.npz", []) is None
-    assert repro.extractor_to_train(["sym40-noisy", "sym40-tad"], "/data/cifar10.npz", []) == default
-    assert repro.extractor_to_train(["sym40-tad"], "cifar10", ["tad.features=pixels"]) is None
-    assert repro.extractor_to_train(["sym40-tad"], "cifar10", ["tad.features=null"]) == default
-    mine = tmp_path / "mine.pt"
-    with pytest.raises(SystemExit, match=r"tad.features=.*mine.pt: no such extractor file.*--out .*mine.pt"):
-        repro.extractor_to_train(["sym40-tad"], "cifar10", [f"tad.features={mine}"])
-    mine.write_bytes(b"x")
-    assert repro.extractor_to_train(["sym40-tad"], "cifar10", [f"tad.features={mine}"]) is None
-    default.parent.mkdir()
-    default.write_bytes(b"x")
-    assert repro.extractor_to_train(["sym40-tad"], "cifar10", []) is None
+def test_the_budgets_and_the_users_sets_which_win(tmp_path):
+    def cfg(budget, sets=()):
+        return config_of(repro.command("att-ipc10-sym40-tad", "d.npz", tmp_path, None, budget, list(sets)))
 
-
-@pytest.mark.parametrize("state", [False, True])
-def test_a_missing_extractor_is_trained_on_the_first_gpu_and_resumes(tmp_path, monkeypatch, state):
-    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path))
-    if state:
-        (tmp_path / "c.state.pt").write_bytes(b"x")
-    seen = []
-    monkeypatch.setattr(repro.subprocess, "run",
-                        lambda cmd, env: seen.append((cmd, env.get("CUDA_VISIBLE_DEVICES"))) or
-                        repro.subprocess.CompletedProcess(cmd, 2))
-    args = repro.argparse.Namespace(cell=["c10n-worst-tad"], set=[], dataset="/x/c.npz", gpus="3,1",
-                                    features_budget=12.0)
-    assert repro.train_missing_extractor(args) == 2  # a failure stops before any cell
-    (cmd, gpu), = seen
-    assert gpu == "3" and cmd[cmd.index("--out") + 1] == str(tmp_path / "c.pt")
-    assert cmd[2:5] == ["tad_plugin.cli", "features", "train"] and cmd[cmd.index("--time-budget") + 1] == "12.0"
-    assert ("--resume" in cmd) == state
-    args.cell = ["c10n-worst-noisy"]
-    assert repro.train_missing_extractor(args) == 0 and len(seen) == 1
-
-
-def test_no_cell_runs_when_the_extractor_fails(monkeypatch):
-    ran = []
-    monkeypatch.setattr(repro, "train_missing_extractor", lambda args: 2)
-    monkeypatch.setattr(repro, "run_cells", lambda args: ran.append(args.cell) or 0)
-    monkeypatch.setattr(repro.sys, "argv", ["reproduce_cifar10.py", "--cell", "sym40-tad"])
-    with pytest.raises(SystemExit) as exit_:
-        repro.main()
-    assert exit_.value.code == 2 and ran == []
+    assert cfg("short", ["distill.iterations=2000"]).distill.iterations == 2000  # after the budget's
+    long = cfg("long")
+    assert (long.buffer.num_experts, long.buffer.experts_per_group, long.buffer.epochs, long.distill.iterations) == (
+        100, 25, 43, 5000)
+    full = cfg("full")
+    assert (full.buffer.num_experts, full.buffer.epochs, full.distill.iterations) == (100, 50, 60000)  # ATT's own
+    assert "20 experts per buffer" in repro.budget_text("short") and "43 for every recipe" in repro.budget_text("short")

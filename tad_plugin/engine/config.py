@@ -142,7 +142,13 @@ class TADConfig:
     for epoch ``warmup_epochs`` comes from the per-sample losses after them (0 = split on the
     initialisation's losses).
     ``recompute_every``: epochs between re-divisions after the warm-up (1 = before every epoch).
-    ``inner_loop``: run the dual loop's inner loop (anchors + ``recalibrate``); off = outer loop only.
+    ``outer_loop``: the outer loop, the paper's OL: divide the training set into trusted and untrusted
+    samples (GMM on the per-sample losses) from ``warmup_epochs`` on and train each expert on its trusted
+    space; off = every sample trains in every epoch and no division is made (the experts still use
+    ``expert_loss``: CE + ``reg_weight`` * RCE). The paper's Table 3 switches each part: Reg =
+    ``reg_weight`` (0 = plain CE), OL = ``outer_loop``, IL = ``inner_loop``.
+    ``inner_loop``: run the dual loop's inner loop (anchors + ``recalibrate``); off = outer loop only. It
+    recalibrates the samples the outer loop's division leaves out, so it needs ``outer_loop``.
     ``features``: what embeds samples and anchors for the inner loop: None = the extractor trained by
     ``tad features train`` for this dataset (its default path), a path to such a file, or ``"pixels"``
     (the raw pixels, label-free; adequate for tiny grey images such as digits, not for CIFAR). ``tad
@@ -206,6 +212,7 @@ class TADConfig:
     warmup_epochs: int = 2
     recompute_every: int = 1
     split: str = "per-expert"
+    outer_loop: bool = True
     inner_loop: bool = True
     features: str | None = None
     features_wait_s: float = 0.0
@@ -221,6 +228,10 @@ class TADConfig:
     def validate(self) -> None:
         if self.split not in ("per-expert", "shared"):
             raise ConfigError(f"tad.split must be 'per-expert' or 'shared', got {self.split!r}")
+        if self.inner_loop and not self.outer_loop:
+            raise ConfigError("tad.inner_loop needs tad.outer_loop: the inner loop recalibrates the samples the "
+                              "outer loop's division leaves out, and without it no division is made; set "
+                              "tad.inner_loop=false too (or tad.outer_loop=true)")
         if self.warmup_epochs < 0 or self.recompute_every < 1:
             raise ConfigError("tad.warmup_epochs must be >= 0 and tad.recompute_every >= 1")
         if not self.features_wait_s >= 0:

@@ -440,7 +440,7 @@ class ExpertTrainer:
 
     def _divide_before(self, epoch: int) -> bool:
         """Whether the trusted space of ``epoch`` is recomputed (from the parameters at its start)."""
-        if self.tad is None:
+        if self.tad is None or not self.tad.outer_loop:
             return False
         done = epoch - self.tad.warmup_epochs
         return done >= 0 and done % self.tad.recompute_every == 0

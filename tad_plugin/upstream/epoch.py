@@ -176,7 +176,7 @@ class TADEpoch:
         if ex.convnet is not None and ex.epochs <= self.tad.anchor_epoch:
             ex.snapshots.append(flatten(ex.net).cpu())  # snapshot ex.epochs: the early trajectory
         done = ex.epochs - self.tad.warmup_epochs
-        if done >= 0 and done % self.tad.recompute_every == 0:
+        if self.tad.outer_loop and done >= 0 and done % self.tad.recompute_every == 0:
             self._divide(ex)
         loader = a["dataloader"]
         if ex.divisions or self.tad.balance_classes:
