@@ -7,6 +7,8 @@ dataset to the GPU once and augment it there. Supported sources (see :func:`load
   default: no download, no files);
 * ``"cifar10"`` / ``"cifar100"`` -- torchvision's datasets in ``root`` (``download=True`` fetches them
   where there is internet; without it a missing dataset is a clear error, never a silent attempt);
+* ``"tinyimagenet"`` -- ``root/tinyimagenet.npz`` (what ``tad data unpack`` writes), else the
+  ``root/tiny-imagenet-200/`` directory (never downloaded);
 * a directory in ImageFolder layout (``train/<class>/*`` plus ``val/<class>/*`` or ``test/<class>/*``;
   Tiny ImageNet's own ``tiny-imagenet-200/`` tree is recognised too, see :func:`list_image_folder`);
 * a plain arrays file ``.npz`` with ``train_images`` (uint8 NHWC), ``train_labels``, ``test_images``,
@@ -33,7 +35,7 @@ from .files import atomic_write
 __all__ = ["ImageDataset", "load_dataset", "save_arrays", "channel_stats", "DatasetError", "DATASET_NAMES",
            "ImageFolderIndex", "list_image_folder", "decode_images", "ENCODED_KEYS"]
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100")
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "tinyimagenet")
 
 
 class DatasetError(ValueError):
@@ -129,10 +131,12 @@ def load_dataset(source: str | os.PathLike[str], root: str | os.PathLike[str] | 
     """Load a dataset by name or path.
 
     Args:
-        source: ``"digits"``, ``"cifar10"``, ``"cifar100"``, a directory in ImageFolder layout (Tiny
-            ImageNet's ``tiny-imagenet-200/`` included), or a ``.npz`` arrays file (pixels or encoded images).
-        root: directory holding torchvision's CIFAR files (``cifar-10-batches-py`` / ``cifar-100-python``);
-            defaults to ``~/.cache/tad_plugin/data``. Ignored for the other sources.
+        source: ``"digits"``, ``"cifar10"``, ``"cifar100"``, ``"tinyimagenet"``, a directory in ImageFolder
+            layout (Tiny ImageNet's ``tiny-imagenet-200/`` included), or a ``.npz`` arrays file (pixels or
+            encoded images).
+        root: directory holding torchvision's CIFAR files (``cifar-10-batches-py`` / ``cifar-100-python``) or
+            Tiny ImageNet (``tinyimagenet.npz`` or ``tiny-imagenet-200/``); defaults to
+            ``$TAD_PLUGIN_DATA``, else ``~/.cache/tad_plugin/data``. Ignored for the other sources.
         download: let torchvision download CIFAR when it is missing (needs internet).
 
     Raises:
@@ -144,6 +148,8 @@ def load_dataset(source: str | os.PathLike[str], root: str | os.PathLike[str] | 
         return _load_digits()
     if key in ("cifar10", "cifar100"):
         return _load_torchvision_cifar(key, root, download)
+    if key in ("tinyimagenet", "tinyimagenet200"):
+        return _load_tiny_imagenet(root)
     path = Path(text).expanduser()
     if path.suffix == ".npz":
         return _load_arrays(path)
@@ -201,6 +207,18 @@ def _load_torchvision_cifar(key: str, root: str | os.PathLike[str] | None, downl
         images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
         splits[train] = (images, torch.as_tensor(ds.targets, dtype=torch.int64))
     return ImageDataset(key, *splits[True], *splits[False], class_names=tuple(ds.classes))
+
+
+def _load_tiny_imagenet(root: str | os.PathLike[str] | None) -> ImageDataset:
+    folder = Path(root).expanduser() if root is not None else _default_root()
+    arrays, tree = folder / "tinyimagenet.npz", folder / "tiny-imagenet-200"
+    if arrays.is_file():
+        return _load_arrays(arrays)
+    if tree.is_dir():
+        return _load_image_folder(tree)
+    raise DatasetError(f"tinyimagenet: neither {arrays} nor {tree}/ exists. Extract tiny-imagenet-200.zip into "
+                       f"{folder}, or write the arrays file there with `tad data unpack MANIFEST {arrays}`, or point "
+                       f"root (CLI: --data-root) at the folder holding either")
 
 
 def _load_arrays(path: Path) -> ImageDataset:

@@ -73,6 +73,16 @@ def test_the_tree_loads_in_sorted_wnid_order_with_grey_as_rgb_and_annotated_val_
     assert all("test" not in p.parts for p, _ in index.train + index.test)  # the unlabelled split is not read
 
 
+def test_the_name_tinyimagenet_finds_the_arrays_file_else_the_tree_under_root(tree, tmp_path):
+    with pytest.raises(DatasetError, match="tinyimagenet: neither .*tinyimagenet.npz nor .*tad data unpack"):
+        load_dataset("tinyimagenet", root=tmp_path / "empty")
+    assert load_dataset("tiny-imagenet", root=tree.parent).name == "tiny-imagenet-200"  # the tree
+    manifest = pack_image_folder(tree, tmp_path / "parts", progress=False)
+    unpack(manifest, tree.parent / "tinyimagenet.npz", progress=False)
+    ds = load_dataset("tinyimagenet", root=tree.parent)
+    assert ds.name == "tinyimagenet" and ds.class_names == SORTED  # the arrays file wins over the tree
+
+
 def test_a_broken_tree_gets_a_one_line_error_naming_the_file(tree):
     (tree / "wnids.txt").write_text("\n".join(WNIDS + ("n00000001",)) + "\n")
     with pytest.raises(DatasetError, match="wnids.txt lists 4 classes .* 3 class folders; missing folders: n00000001"):
