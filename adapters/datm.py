@@ -80,6 +80,21 @@ DATM_TABLE: dict[tuple[str, int], dict[str, Any]] = {
                            max_start_epoch=70, window_growth_iterations=1000, batch_syn=1000, lr_img=1000.0,
                            lr_lr=1e-5, lr_teacher=0.01, lr_labels=10.0, label_momentum=0.9, loss_gate=1.0,
                            pix_init="real", zca=True),
+    # Tiny ImageNet (ConvNetD4, 64 x 64): configs/TinyImageNet/ConvIN/IPC{1,10,50}.yaml (not in upstream.md; read
+    # from the repository directly). IPC 10 and 50 set Sequential_Generation False (window off; the growth
+    # iterations are unused); IPC 1's batch_syn 1000 exceeds its 200 images (= all).
+    ("tinyimagenet", 1): dict(syn_steps=40, expert_epochs=2, min_start_epoch=0, window_start=15,
+                              max_start_epoch=20, window_growth_iterations=2000, batch_syn=None, lr_img=1e4,
+                              lr_lr=1e-4, lr_teacher=0.01, lr_labels=10.0, label_momentum=0.9, loss_gate=1.0,
+                              pix_init="samples_predicted_correctly", zca=True),
+    ("tinyimagenet", 10): dict(syn_steps=40, expert_epochs=2, min_start_epoch=10, window_start=None,
+                               max_start_epoch=50, window_growth_iterations=1000, batch_syn=500, lr_img=100.0,
+                               lr_lr=1e-4, lr_teacher=0.01, lr_labels=10.0, label_momentum=0.9, loss_gate=1.0,
+                               pix_init="samples_predicted_correctly", zca=True),
+    ("tinyimagenet", 50): dict(syn_steps=20, expert_epochs=2, min_start_epoch=40, window_start=None,
+                               max_start_epoch=70, window_growth_iterations=1000, batch_syn=1000, lr_img=100.0,
+                               lr_lr=1e-4, lr_teacher=0.01, lr_labels=10.0, label_momentum=0.9, loss_gate=1.0,
+                               pix_init="samples_predicted_correctly", zca=True),
 }
 
 

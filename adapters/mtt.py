@@ -48,11 +48,19 @@ MTT_TABLE: dict[tuple[str, int], dict[str, Any]] = {
                            lr_teacher=0.01, batch_syn=None, zca=False),
     ("cifar100", 50): dict(syn_steps=80, expert_epochs=2, max_start_epoch=40, lr_img=1000.0, lr_lr=1e-5,
                            lr_teacher=0.01, batch_syn=125, zca=True),
+    # Tiny ImageNet (ConvNet-D4, 64 x 64): the same dc_benchmark page's Tiny commands, which upstream.md does not
+    # copy (read from justincui03/dc_benchmark methods/tm/readme.md directly); no --zca in any of them.
+    ("tinyimagenet", 1): dict(syn_steps=10, expert_epochs=2, max_start_epoch=10, lr_img=1e4, lr_lr=1e-4,
+                              lr_teacher=0.01, batch_syn=None, zca=False),
+    ("tinyimagenet", 10): dict(syn_steps=20, expert_epochs=2, max_start_epoch=40, lr_img=1e4, lr_lr=1e-4,
+                               lr_teacher=0.01, batch_syn=200, zca=False),
+    ("tinyimagenet", 50): dict(syn_steps=20, expert_epochs=2, max_start_epoch=40, lr_img=1e4, lr_lr=1e-4,
+                               lr_teacher=0.01, batch_syn=300, zca=False),
 }
 
 
 def mtt_defaults(dataset: str, ipc: int) -> dict[str, Any]:
-    """MTT's settings for ``dataset`` (``"cifar10"``, ``"cifar100"``, else generic) at ``ipc``, as a
+    """MTT's settings for ``dataset`` (``"cifar10"``, ``"cifar100"``, ``"tinyimagenet"``, else generic) at ``ipc``, as a
     nested config dict for :func:`tad_plugin.engine.config.build_config`.
 
     Buffer: 100 experts x 50 epochs, SGD lr 0.01, no momentum/weight decay, batch 256, DSA.

@@ -9,6 +9,7 @@ Sub-commands (``tad <cmd> -h`` for the flags)::
     tad demo     noisy MTT vs MTT + TAD on scikit-learn's digits, a few minutes on a laptop CPU
     tad export   write a store's experts as upstream replay_buffer_{n}.pt files
     tad wrap     run your own MTT/FTD/DATM/ATT checkout's buffer or distill script with TAD
+    tad data     pack a dataset directory into upload-sized checksummed parts, unpack them elsewhere
 
 ``--method {mtt,ftd,datm,att}`` picks the distiller (``tad_plugin.adapters.<method>``).
 Several GPUs: ``torchrun --nproc_per_node N --no-python tad run ...`` (or ``torchrun ... -m tad_plugin.cli
@@ -193,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .upstream.cli import add_subcommand
 
     add_subcommand(sub)  # `tad wrap {mtt,ftd,datm,att} --repo PATH -- SCRIPT ...`
+    from .packing import add_subcommand as add_data_subcommand
+
+    add_data_subcommand(sub)  # `tad data pack SRC OUT_DIR | unpack MANIFEST OUT.npz`
     return parser
 
 

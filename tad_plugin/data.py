@@ -7,16 +7,23 @@ dataset to the GPU once and augment it there. Supported sources (see :func:`load
   default: no download, no files);
 * ``"cifar10"`` / ``"cifar100"`` -- torchvision's datasets in ``root`` (``download=True`` fetches them
   where there is internet; without it a missing dataset is a clear error, never a silent attempt);
+* ``"tinyimagenet"`` -- ``root/tinyimagenet.npz`` (what ``tad data unpack`` writes), else the
+  ``root/tiny-imagenet-200/`` directory (never downloaded);
 * a directory in ImageFolder layout (``train/<class>/*`` plus ``val/<class>/*`` or ``test/<class>/*``;
-  Tiny ImageNet's own ``val/images`` + ``val_annotations.txt`` layout is recognised too);
+  Tiny ImageNet's own ``tiny-imagenet-200/`` tree is recognised too, see :func:`list_image_folder`);
 * a plain arrays file ``.npz`` with ``train_images`` (uint8 NHWC), ``train_labels``, ``test_images``,
-  ``test_labels`` and optionally ``class_names``.
+  ``test_labels`` and optionally ``class_names``;
+* an encoded arrays file ``.npz``: the same labels and names, but ``train_jpeg`` / ``test_jpeg`` (uint8, the
+  image files -- JPEG, PNG, ... -- back to back) with ``train_offsets`` / ``test_offsets`` (int64 [N + 1];
+  image ``i`` is ``jpeg[offsets[i]:offsets[i + 1]]``) instead of the pixels; decoded on load (to RGB).
+  :mod:`tad_plugin.packing` writes such files from a directory.
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +33,10 @@ import torch
 from .errors import TADError
 from .files import atomic_write
 
-__all__ = ["ImageDataset", "load_dataset", "save_arrays", "channel_stats", "DatasetError", "DATASET_NAMES"]
+__all__ = ["ImageDataset", "load_dataset", "save_arrays", "channel_stats", "DatasetError", "DATASET_NAMES",
+           "ImageFolderIndex", "list_image_folder", "decode_images", "ENCODED_KEYS"]
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100")
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "tinyimagenet")
 
 
 class DatasetError(TADError, ValueError):
@@ -124,10 +132,12 @@ def load_dataset(source: str | os.PathLike[str], root: str | os.PathLike[str] | 
     """Load a dataset by name or path.
 
     Args:
-        source: ``"digits"``, ``"cifar10"``, ``"cifar100"``, a directory in ImageFolder layout, or a
-            ``.npz`` arrays file.
-        root: directory holding torchvision's CIFAR files (``cifar-10-batches-py`` / ``cifar-100-python``);
-            defaults to ``~/.cache/tad_plugin/data``. Ignored for the other sources.
+        source: ``"digits"``, ``"cifar10"``, ``"cifar100"``, ``"tinyimagenet"``, a directory in ImageFolder
+            layout (Tiny ImageNet's ``tiny-imagenet-200/`` included), or a ``.npz`` arrays file (pixels or
+            encoded images).
+        root: directory holding torchvision's CIFAR files (``cifar-10-batches-py`` / ``cifar-100-python``) or
+            Tiny ImageNet (``tinyimagenet.npz`` or ``tiny-imagenet-200/``); defaults to
+            ``$TAD_PLUGIN_DATA``, else ``~/.cache/tad_plugin/data``. Ignored for the other sources.
         download: let torchvision download CIFAR when it is missing (needs internet).
 
     Raises:
@@ -139,6 +149,8 @@ def load_dataset(source: str | os.PathLike[str], root: str | os.PathLike[str] | 
         return _load_digits()
     if key in ("cifar10", "cifar100"):
         return _load_torchvision_cifar(key, root, download)
+    if key in ("tinyimagenet", "tinyimagenet200"):
+        return _load_tiny_imagenet(root)
     path = Path(text).expanduser()
     if path.suffix == ".npz":
         return _load_arrays(path)
@@ -198,6 +210,18 @@ def _load_torchvision_cifar(key: str, root: str | os.PathLike[str] | None, downl
     return ImageDataset(key, *splits[True], *splits[False], class_names=tuple(ds.classes))
 
 
+def _load_tiny_imagenet(root: str | os.PathLike[str] | None) -> ImageDataset:
+    folder = Path(root).expanduser() if root is not None else _default_root()
+    arrays, tree = folder / "tinyimagenet.npz", folder / "tiny-imagenet-200"
+    if arrays.is_file():
+        return _load_arrays(arrays)
+    if tree.is_dir():
+        return _load_image_folder(tree)
+    raise DatasetError(f"tinyimagenet: neither {arrays} nor {tree}/ exists. Extract tiny-imagenet-200.zip into "
+                       f"{folder}, or write the arrays file there with `tad data unpack MANIFEST {arrays}`, or point "
+                       f"root (CLI: --data-root) at the folder holding either")
+
+
 def _load_arrays(path: Path) -> ImageDataset:
     if not path.is_file():
         raise DatasetError(f"arrays file {path} does not exist")
@@ -206,11 +230,15 @@ def _load_arrays(path: Path) -> ImageDataset:
                            f"format); re-create it with save_arrays()")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = {"train_images", "train_labels", "test_images", "test_labels"} - set(npz.files)
+            encoded = "train_jpeg" in npz.files
+            needed = ENCODED_KEYS if encoded else ("train_images", "train_labels", "test_images", "test_labels")
+            missing = set(needed) - set(npz.files)
             if missing:
                 raise DatasetError(
                     f"{path} lacks the arrays {sorted(missing)}; an arrays file needs train_images "
                     f"(uint8 [N, H, W, C]), train_labels, test_images, test_labels, optional class_names"
+                    + (" (an encoded one: train_jpeg, train_offsets and test_jpeg, test_offsets instead of the "
+                       "images)" if encoded else "")
                 )
             arrays = {k: npz[k] for k in npz.files}
     except DatasetError:
@@ -220,6 +248,9 @@ def _load_arrays(path: Path) -> ImageDataset:
                            f"save_arrays()") from exc
 
     def images(split: str) -> torch.Tensor:
+        if encoded:
+            return torch.from_numpy(_decode_split(arrays[f"{split}_jpeg"], arrays[f"{split}_offsets"],
+                                                  f"{path} {split}"))
         a = arrays[f"{split}_images"]
         if a.dtype != np.uint8 or a.ndim not in (3, 4):
             raise DatasetError(
@@ -257,9 +288,42 @@ def save_arrays(dataset: ImageDataset, path: str | os.PathLike[str]) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _load_image_folder(path: Path) -> ImageDataset:
-    from PIL import Image
+@dataclass(frozen=True)
+class ImageFolderIndex:
+    """The files of an ImageFolder directory and their labels, in load order (see :func:`list_image_folder`).
 
+    Attributes:
+        classes: class names (sub-directory names / wnids); label ``i`` is ``classes[i]``.
+        train: ``(file, label)`` of every training image.
+        test: ``(file, label)`` of every held-out image (``val/`` or ``test/``).
+    """
+
+    classes: tuple[str, ...]
+    train: tuple[tuple[Path, int], ...]
+    test: tuple[tuple[Path, int], ...]
+
+
+def list_image_folder(path: str | os.PathLike[str]) -> ImageFolderIndex:
+    """List an ImageFolder directory's images and labels without decoding them.
+
+    Layouts:
+
+    * ``train/<class>/**/<image>`` plus ``val/<class>/**/<image>`` (else ``test/<class>/**/<image>``);
+    * Tiny ImageNet's ``tiny-imagenet-200/``: ``train/<wnid>/images/*.JPEG``, ``val/images/*.JPEG`` with
+      ``val/val_annotations.txt`` (tab-separated: file name, wnid, box) giving the held-out labels,
+      ``wnids.txt``, ``words.txt``. Its ``test/`` has no labels and is not read.
+
+    Class order: the ``train/`` sub-directories sorted by name (torchvision's ``ImageFolder`` rule, so labels
+    agree with it). Tiny ImageNet's ``wnids.txt`` lists the same 200 wnids in another (unsorted) order; it is
+    checked to name exactly the ``train/`` classes but does not set the order. Within a class, files are
+    sorted by path; held-out images of the annotation file keep its line order.
+
+    Raises:
+        DatasetError: no ``train/`` folder or no class in it, ``wnids.txt`` and ``train/`` disagree, a
+            malformed annotation line, an annotated image that is missing or of an unknown class, or no
+            training / held-out images at all.
+    """
+    path = Path(path)
     train_dir = path / "train"
     if not train_dir.is_dir():
         raise DatasetError(
@@ -269,41 +333,135 @@ def _load_image_folder(path: Path) -> ImageDataset:
     if not classes:
         raise DatasetError(f"{train_dir} has no class sub-directories")
     index = {c: i for i, c in enumerate(classes)}
+    wnids_file = path / "wnids.txt"
+    if wnids_file.is_file():
+        wnids = set(wnids_file.read_text().split())
+        if wnids != set(classes):
+            missing, extra = sorted(wnids - set(classes)), sorted(set(classes) - wnids)
+            raise DatasetError(
+                f"{wnids_file} lists {len(wnids)} classes but {train_dir} holds {len(classes)} class folders"
+                + (f"; missing folders: {', '.join(missing[:5])}" if missing else "")
+                + (f"; folders not in wnids.txt: {', '.join(extra[:5])}" if extra else "")
+                + ": the tree is incomplete, extract the dataset again"
+            )
 
     def files_in(d: Path) -> list[Path]:
         return sorted(p for p in d.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
 
     train = [(p, index[c]) for c in classes for p in files_in(train_dir / c)]
-    test: list[tuple[Path, int]] = []
-    tiny_val = path / "val" / "val_annotations.txt"
-    if tiny_val.is_file():  # Tiny ImageNet: val/images/*.JPEG with a tab-separated annotation file
-        for line in tiny_val.read_text().splitlines():
-            parts = line.split("\t")
-            if len(parts) >= 2 and parts[1] in index:
-                test.append((path / "val" / "images" / parts[0], index[parts[1]]))
+    annotations = path / "val" / "val_annotations.txt"
+    if annotations.is_file():
+        test = _tiny_imagenet_val(annotations, index)
     else:
+        test = []
         for split in ("val", "test"):
             if (path / split).is_dir():
                 test = [(p, index[c]) for c in classes for p in files_in(path / split / c)]
                 break
     if not train or not test:
         raise DatasetError(f"{path}: found {len(train)} train and {len(test)} test images; both must be > 0")
+    return ImageFolderIndex(tuple(classes), tuple(train), tuple(test))
 
-    def read(items: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        arrays = []
+
+def _tiny_imagenet_val(annotations: Path, index: dict[str, int]) -> list[tuple[Path, int]]:
+    images = annotations.parent / "images"
+    items = []
+    for n, line in enumerate(annotations.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        where = f"{annotations} line {n}"
+        if len(parts) < 2:
+            raise DatasetError(f"{where} is not '<file>\\t<wnid>\\t...': {line[:80]!r}; restore the original "
+                               f"annotation file")
+        if parts[1] not in index:
+            raise DatasetError(f"{where} labels {parts[0]} with {parts[1]!r}, which is not a class folder of "
+                               f"{annotations.parent.parent / 'train'}: the tree is incomplete, extract it again")
+        file = images / parts[0]
+        if not file.is_file():
+            raise DatasetError(f"{file} (listed in {where}) is missing: the tree is incomplete, extract it again")
+        items.append((file, index[parts[1]]))
+    return items
+
+
+def decode_images(blobs: Iterable[bytes], count: int, where: str, names: Sequence[str] | None = None,
+                  progress: str | None = None) -> np.ndarray:
+    """Decode ``count`` encoded image files (JPEG, PNG, ... as Pillow reads them) into one RGB array.
+
+    Grey, palette and CMYK images are converted to RGB (a grey value becomes three equal channels).
+
+    Args:
+        blobs: the files' bytes, in order (any iterable of ``count`` items).
+        count: number of images.
+        where: what the images are, for error messages (a path, ``"file.npz train"``).
+        names: each image's name for error messages (its file); None = its position in ``where``.
+        progress: a tqdm bar with this description (None = no bar).
+
+    Returns:
+        uint8 [count, 3, H, W] (NCHW, as :class:`ImageDataset` holds them).
+
+    Raises:
+        DatasetError: an image that does not decode, or images of different sizes.
+    """
+    import io
+
+    from PIL import Image
+    from tqdm import tqdm
+
+    out: np.ndarray | None = None
+    i = -1
+    for i, blob in enumerate(tqdm(blobs, total=count, desc=progress, unit="img", disable=progress is None)):
+        if i >= count:
+            raise DatasetError(f"{where}: expected {count} images, got more")
+        name = names[i] if names is not None else f"{i} of {where}"
+        try:
+            with Image.open(io.BytesIO(blob)) as im:
+                a = np.asarray(im.convert("RGB"))
+        except Exception as exc:
+            raise DatasetError(f"cannot decode image {name}: {exc}; remove or replace the file") from exc
+        if out is None:
+            out = np.empty((count, 3, *a.shape[:2]), dtype=np.uint8)
+        elif a.shape[:2] != out.shape[2:]:
+            raise DatasetError(f"{where}: image {name} is {a.shape[1]}x{a.shape[0]} but the first image is "
+                               f"{out.shape[3]}x{out.shape[2]}; resize the images to one size")
+        out[i] = a.transpose(2, 0, 1)
+    if out is None or i != count - 1:
+        raise DatasetError(f"{where}: expected {count} images, got {i + 1}")
+    return out
+
+
+def _decode_split(jpeg: np.ndarray, offsets: np.ndarray, where: str) -> np.ndarray:
+    if jpeg.dtype != np.uint8 or jpeg.ndim != 1 or offsets.ndim != 1 or not np.issubdtype(offsets.dtype, np.integer):
+        raise DatasetError(f"{where}: the encoded images must be uint8 [bytes] with integer offsets [N + 1], got "
+                           f"{jpeg.dtype} {jpeg.shape} and {offsets.dtype} {offsets.shape}")
+    if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(jpeg) or bool((np.diff(offsets) <= 0).any()):
+        raise DatasetError(f"{where}: offsets must rise from 0 to the {len(jpeg)} bytes of images; the file is "
+                           f"corrupt, pack it again")
+    data = jpeg.tobytes()
+    return decode_images((data[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())),
+                         len(offsets) - 1, where)
+
+
+#: The arrays of an encoded arrays file (``class_names`` optional), as :func:`load_dataset` reads them.
+ENCODED_KEYS = ("train_jpeg", "train_offsets", "train_labels", "test_jpeg", "test_offsets", "test_labels")
+
+
+def _read_files(items: Sequence[tuple[Path, int]], where: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    def blobs() -> Iterator[bytes]:
         for p, _ in items:
             try:
-                with Image.open(p) as im:
-                    arrays.append(np.asarray(im.convert("RGB")))
-            except Exception as exc:
-                raise DatasetError(f"cannot decode image {p}: {exc}; remove or replace the file") from exc
-        shapes = {a.shape for a in arrays}
-        if len(shapes) != 1:
-            raise DatasetError(f"{path}: images differ in size {sorted(shapes)[:3]}; resize them to one size")
-        images = torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
-        return images, torch.tensor([y for _, y in items], dtype=torch.int64)
+                yield p.read_bytes()
+            except OSError as exc:
+                raise DatasetError(f"cannot read image {p}: {exc}") from exc
 
-    return ImageDataset(path.name, *read(train), *read(test), class_names=tuple(classes))
+    images = decode_images(blobs(), len(items), str(where), names=[str(p) for p, _ in items])
+    return torch.from_numpy(images), torch.tensor([y for _, y in items], dtype=torch.int64)
+
+
+def _load_image_folder(path: Path) -> ImageDataset:
+    index = list_image_folder(path)
+    return ImageDataset(path.name, *_read_files(index.train, path), *_read_files(index.test, path),
+                        class_names=index.classes)
 
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -11,6 +11,9 @@ Definitions (fixed here, since the paper does not spell them out):
 * ``"asymmetric-cifar100"``: each class flips to the next class within its super-class (classes of a
   super-class in ascending order, cyclically), for exactly ``round(rate * N_c)`` samples of every class;
   the super-classes come from the official coarse labels (``coarse_labels``).
+
+The paper defines asymmetric noise for CIFAR-10 and CIFAR-100 only (its Tiny ImageNet rows are symmetric), so
+each asymmetric kind refuses any other number of classes (Tiny ImageNet's 200 included) with an error.
 """
 
 from __future__ import annotations
@@ -71,10 +74,12 @@ def make_noisy_labels(labels: torch.Tensor, kind: str, rate: float, *, num_class
             offsets = rng.integers(1, num_classes, size=len(flip))  # 1..C-1: never the true class
             y[flip] = (c + offsets) % num_classes
     else:
+        needed = 10 if kind == "asymmetric-cifar10" else 100
+        if num_classes != needed:
+            raise ValueError(f"{kind} noise needs {needed} classes, got {num_classes}: asymmetric noise is defined "
+                             f"for CIFAR-10 and CIFAR-100 only; use symmetric noise")
         mapping = CIFAR10_ASYMMETRIC_MAP if kind == "asymmetric-cifar10" else _next_in_superclass(
             labels, coarse_labels, num_classes)
-        if kind == "asymmetric-cifar10" and num_classes != 10:
-            raise ValueError(f"asymmetric-cifar10 noise needs num_classes=10, got {num_classes}")
         for src, dst in mapping.items():
             y[_pick(rng, np.flatnonzero(labels.numpy() == src), rate)] = dst
     noisy = torch.from_numpy(y.astype(np.int64))

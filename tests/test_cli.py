@@ -138,7 +138,7 @@ def test_help_lists_commands(capsys):
 @pytest.mark.parametrize("path", sorted((ROOT / "examples" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_configs_are_valid(path):
     cfg = config_from_args(build_parser().parse_args(["run", "--config", str(path)]))
-    assert cfg.data.dataset in ("digits", "cifar10", "cifar100")
+    assert cfg.data.dataset in ("digits", "cifar10", "cifar100", "tinyimagenet")
 
 
 def test_prepare_data_asymmetric_cifar100_flips_within_superclasses(tmp_path):

@@ -45,7 +45,7 @@ def test_defaults_follow_the_mtt_table():
     assert d["distill"]["lr_teacher"] == 0.001 and d["data"]["zca"] is True
     assert mtt_defaults("CIFAR-100", 50)["distill"]["batch_syn"] == 125
     assert mtt_defaults("digits", 10)["data"]["zca"] is False  # ZCA only where MTT used it
-    assert set(MTT_TABLE) == {(d, i) for d in ("cifar10", "cifar100") for i in (1, 10, 50)}
+    assert set(MTT_TABLE) == {(d, i) for d in ("cifar10", "cifar100", "tinyimagenet") for i in (1, 10, 50)}
     build_config(mtt_defaults("cifar100", 1))  # every table row is a valid config
 
 

@@ -51,20 +51,28 @@ __all__ = ["Pipeline", "TrajectoryList", "table_row", "method_defaults", "save_d
 _OPTIONAL_FIELDS: dict[str, Any] = {"window_start": None, "lr_labels": None}
 
 
+#: Other names of a table's datasets (after lower-casing and dropping ``-``/``_``): Tiny ImageNet's own folder
+#: ``tiny-imagenet-200`` and upstream's ``--dataset=Tiny``.
+_DATASET_ALIASES = {"tinyimagenet200": "tinyimagenet", "tiny": "tinyimagenet"}
+
+
 def dataset_key(dataset: str) -> str:
     """The name a method table knows ``dataset`` by: lower case without ``-``/``_``; for a path, its file
-    name without the suffix (``"/data/CIFAR-10.npz"`` -> ``"cifar10"``)."""
+    name without the suffix (``"/data/CIFAR-10.npz"`` -> ``"cifar10"``); ``tiny-imagenet-200`` and ``tiny``
+    are ``"tinyimagenet"``."""
     name = str(dataset)
     if "/" in name or os.sep in name or name.endswith(".npz"):
         name = Path(name.rstrip("/" + os.sep)).stem
-    return name.lower().replace("-", "").replace("_", "")
+    key = name.lower().replace("-", "").replace("_", "")
+    return _DATASET_ALIASES.get(key, key)
 
 
 def table_row(table: dict[tuple[str, int], dict[str, Any]], dataset: str, ipc: int) -> tuple[dict[str, Any], bool]:
     """A method's per-setting row for ``dataset`` at ``ipc``: ``(row without "zca", zca)``.
 
     ``table`` maps ``(dataset, ipc)`` to settings with a ``zca`` entry. An unlisted dataset gets the
-    CIFAR-10 rows, an unlisted IPC the nearest listed one; ZCA only for CIFAR (where upstream used it).
+    CIFAR-10 rows without ZCA (upstream whitened only the datasets of its tables), an unlisted IPC the
+    nearest listed one.
     A path (an arrays file ``.../cifar10.npz`` or an ImageFolder directory) is known by its file or folder
     name, so ``/data/cifar10.npz`` gets CIFAR-10's row and its ZCA.
     """
@@ -72,7 +80,7 @@ def table_row(table: dict[tuple[str, int], dict[str, Any]], dataset: str, ipc: i
     family = key if any(d == key for d, _ in table) else "cifar10"
     nearest = min((i for d, i in table if d == family), key=lambda i: abs(i - ipc))
     row = dict(table[(family, nearest)])
-    zca = bool(row.pop("zca")) and key in ("cifar10", "cifar100")
+    zca = bool(row.pop("zca")) and family == key
     return row, zca
 
 
