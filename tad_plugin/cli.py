@@ -9,6 +9,7 @@ Sub-commands (``tad <cmd> -h`` for the flags)::
     tad demo     noisy MTT vs MTT + TAD on scikit-learn's digits, a few minutes on a laptop CPU
     tad export   write a store's experts as upstream replay_buffer_{n}.pt files
     tad wrap     run your own MTT/FTD/DATM/ATT checkout's buffer or distill script with TAD
+    tad audit    find and fix wrong labels (TAD's experts or cleanlab): tad_plugin.cli_audit
 
 ``--method {mtt,ftd,datm,att}`` picks the distiller (``tad_plugin.adapters.<method>``).
 Several GPUs: ``torchrun --nproc_per_node N --no-python tad run ...`` (or ``torchrun ... -m tad_plugin.cli
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .upstream.cli import add_subcommand
 
     add_subcommand(sub)  # `tad wrap {mtt,ftd,datm,att} --repo PATH -- SCRIPT ...`
+    from .cli_audit import add_subcommand as add_audit
+
+    add_audit(sub)  # `tad audit`
     return parser
 
 
