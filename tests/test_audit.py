@@ -159,3 +159,33 @@ def test_cleanlab_detector_and_the_pruned_dataset(tmp_path):
     data = prepare_data(DataConfig(dataset=str(pruned), cifar_n=str(pruned), label_set="given_label"))
     assert data.labels.tolist() == [int(rows[i]["given_label"]) for i in kept]
     assert data.noise_rate < det["noise_rate"]  # pruning the flags removed more wrong labels than right ones
+
+
+def test_detection_table_from_audit_records(quick_audit, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "audit_table.py"
+    spec = importlib.util.spec_from_file_location("audit_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(quick_audit), "--out", str(tmp_path / "detection")]) == 0
+    rows = json.loads((tmp_path / "detection.json").read_text())["rows"]
+    det = json.loads((quick_audit / "result_audit.json").read_text())["results"]["detection"]
+    assert len(rows) == 1 and rows[0]["label_set"] == "sym 40%" and rows[0]["detector"] == "tad"
+    assert rows[0]["f1"] == det["f1"] and rows[0]["budget"] == "2 experts x 10 ep"
+    assert "| sym 40% | tad |" in (tmp_path / "detection.md").read_text()
+
+
+def test_the_two_stage_commands_configure_plain_mtt_on_the_cleaned_labels():
+    from pathlib import Path
+
+    from tad_plugin.cli import build_parser, config_from_args
+
+    cfg_file = str(Path(__file__).resolve().parents[1] / "examples" / "configs" / "cifar10_sym40_ipc10.yaml")
+    for extra in (["--dataset", "o/pruned/cifar10.npz", "--cifar-n", "o/pruned/cifar10.npz", "--label-set", "given_label"],
+                  ["--dataset", "/data/cifar10.npz", "--cifar-n", "o/labels_cleaned.npz", "--label-set", "cleaned_label"]):
+        args = build_parser().parse_args(["run", "--config", cfg_file, "--no-tad", "--set", "data.noise=null", *extra])
+        cfg = config_from_args(args)
+        assert cfg.data.noise is None and cfg.data.cifar_n == extra[3] and not cfg.tad.enabled
+        assert cfg.data.zca and cfg.distill.max_start_epoch == 20  # CIFAR-10's MTT row, from the file name
