@@ -10,6 +10,7 @@ Sub-commands (``tad <cmd> -h`` for the flags)::
     tad export   write a store's experts as upstream replay_buffer_{n}.pt files
     tad wrap     run your own MTT/FTD/DATM/ATT checkout's buffer or distill script with TAD
     tad data     pack a dataset directory into upload-sized checksummed parts, unpack them elsewhere
+    tad audit    find and fix wrong labels (TAD's experts or cleanlab): tad_plugin.cli_audit
 
 ``--method {mtt,ftd,datm,att}`` picks the distiller (``tad_plugin.adapters.<method>``).
 Several GPUs: ``torchrun --nproc_per_node N --no-python tad run ...`` (or ``torchrun ... -m tad_plugin.cli
@@ -197,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .packing import add_subcommand as add_data_subcommand
 
     add_data_subcommand(sub)  # `tad data pack SRC OUT_DIR | unpack MANIFEST OUT.npz`
+    from .cli_audit import add_subcommand as add_audit
+
+    add_audit(sub)  # `tad audit`
     return parser
 
 

@@ -1,0 +1,192 @@
+"""``tad audit``: find the wrong labels of a training set and suggest the right ones, from TAD's experts or
+by confident learning (cleanlab), with :func:`audit` as its Python function.
+
+``tad audit`` takes ``tad run``'s data options (``--dataset``, ``--noise``, ``--noise-rate``, ``--cifar-n``,
+``--label-set``, ``--config``, ``--set``) and writes into ``--out``:
+
+* ``buffer/``: TAD's experts (``--detector tad``, the default; resumed like ``tad run``'s buffer stage, or
+  taken from ``--buffer DIR``), or ``folds/fold<k>/``: the K cross-validation ConvNets (``--detector cleanlab``);
+* the files of :func:`tad_plugin.engine.audit.write_audit`: ``label_issues.csv`` (one row per sample),
+  ``label_issues_ranked.csv`` / ``.json``, ``labels_cleaned.npz``, ``audit_report.md`` / ``.png``;
+* ``pruned/<dataset>.npz`` with ``--write-pruned``: the dataset without the flagged samples;
+* ``result_audit.json``: the run record (settings, stage wall times, detection metrics when the clean
+  labels are known).
+
+On scikit-learn's digits without ``--config`` the demo's settings (``tad demo``: small ConvNet, 8 experts x
+30 epochs, pixel features) are the base, so the audit runs in minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cli import DEMO_CONFIG, TrainingData, _common, _stage_buffer, config_from_args, method_adapter, prepare_data, \
+    settings_line
+
+__all__ = ["add_subcommand", "audit", "AuditResult", "DETECTORS"]
+
+DETECTORS = ("tad", "cleanlab")
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit` produced: the table (:class:`~tad_plugin.engine.audit.AuditTable`), the detection
+    metrics (empty without clean labels), the written files ``{what: path}`` and the run record's path."""
+
+    table: Any
+    metrics: dict[str, Any]
+    files: dict[str, str]
+    record: Path
+
+
+def add_subcommand(sub: Any) -> None:
+    """Register ``tad audit`` on the ``tad`` parser's sub-parsers (its handler as ``func``)."""
+    p = sub.add_parser("audit", help="find and fix wrong labels (TAD's experts or cleanlab)",
+                       description=__doc__.split("\n\n")[0])
+    _common(p)
+    p.add_argument("--detector", choices=DETECTORS, default="tad",
+                   help="tad: TAD's experts (the dual loop's trusted spaces and recalibrated labels); cleanlab: "
+                        "confident learning on K-fold out-of-sample ConvNet probabilities (needs the cleanlab extra)")
+    p.add_argument("--buffer", metavar="DIR", help="audit with the TAD experts in DIR (a run's buffer on the same "
+                   "data and labels) instead of training them")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of --detector cleanlab "
+                   "(default 5, cleanlab's own)")
+    p.add_argument("--write-pruned", action="store_true", help="also write OUT/pruned/<dataset>.npz, the dataset "
+                   "without the flagged samples (for training on the rest)")
+    p.set_defaults(func=_cmd_audit)
+
+
+def _base(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings under the user's: the demo's on digits without --config, else the method's defaults."""
+    base: dict[str, Any] = {"out": "runs/audit"}
+    if args.config is None and (args.dataset or "digits") == "digits":
+        base.update({k: DEMO_CONFIG[k] for k in ("model", "buffer", "tad", "distill", "device")})
+    return base
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from .engine.config import ConfigError
+
+    if args.tad is False:
+        raise ConfigError("tad audit judges labels with TAD's experts or cleanlab: drop --no-tad (use "
+                          "--detector cleanlab for the other method)")
+    if args.detector == "cleanlab" and args.buffer:
+        raise ConfigError("--buffer holds TAD's experts; --detector cleanlab trains its own fold models: drop one")
+    args = argparse.Namespace(**{**vars(args), "sets": [*args.sets,
+                                                        f"tad.enabled={str(args.detector == 'tad').lower()}"]})
+    cfg = config_from_args(args, _base(args))
+    print(settings_line(cfg) + f"; detector {args.detector}", flush=True)
+    res = audit(cfg, detector=args.detector, buffer=args.buffer, folds=args.folds, pruned=args.write_pruned,
+                progress=not args.no_progress)
+    m = res.metrics
+    flagged = int(res.table.is_label_issue.sum())
+    line = f"{flagged} of {len(res.table.given)} labels flagged ({args.detector})"
+    if m:
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{100 * v:.1f}%"
+        line += (f"; against the clean labels: precision {pct(m['precision'])}, recall {pct(m['recall'])}, "
+                 f"F1 {pct(m['f1'])}, suggested labels {pct(m['suggested_accuracy'])} right (wrong labels: "
+                 f"{pct(m['noise_rate'])})")
+    print(line)
+    print(f"table {res.files['table']}; cleaned labels {res.files['labels']} (label set cleaned_label); report "
+          f"{res.files['report']}; record {res.record}")
+    return 0
+
+
+def audit(cfg: Any, *, detector: str = "tad", buffer: str | Path | None = None, folds: int = 5,
+          pruned: bool = False, progress: bool = True) -> AuditResult:
+    """Audit the labels of ``cfg``'s training data into ``cfg.out`` (see the module docstring for the files).
+
+    Args:
+        cfg: the run config (:class:`~tad_plugin.engine.config.RunConfig`): data, labels, model, expert
+            training (``buffer``) and TAD settings. ``tad.enabled`` must match ``detector``.
+        detector: ``"tad"`` (TAD's experts, trained here or taken from ``buffer``) or ``"cleanlab"``.
+        buffer: a trajectory store of TAD experts trained on the same data and labels; None = train them in
+            ``cfg.out/buffer`` (resumed when re-run).
+        folds: K of ``"cleanlab"``'s cross-validation.
+        pruned: also write ``cfg.out/pruned/<dataset>.npz`` without the flagged samples.
+        progress: tqdm bars.
+
+    Raises:
+        ConfigError: an unknown detector, or ``tad.enabled`` not matching it; and whatever loading the data
+            raises (clear one-line messages).
+    """
+    from .engine.audit import audit_experts, detection_metrics, trust_rounds, write_audit, write_pruned
+    from .engine.config import ConfigError, to_dict
+    from .engine.runlog import RunLog
+
+    if detector not in DETECTORS:
+        raise ConfigError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+    if cfg.tad.enabled != (detector == "tad"):
+        raise ConfigError(f"detector {detector!r} needs tad.enabled={str(detector == 'tad').lower()}")
+    if detector == "cleanlab":
+        from .confident_learning import require_cleanlab
+
+        try:
+            require_cleanlab()  # before any training
+        except ImportError as exc:
+            raise ConfigError(str(exc)) from exc
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = method_adapter(cfg.method)[0](cfg, progress=progress)
+    log = RunLog(out / "result_audit.json", to_dict(cfg), cfg.seed, pipe.device)
+    log.record["detector"] = detector
+    data = prepare_data(cfg.data, out)
+    log.result(noise_rate=data.noise_rate)
+    clean = data.dataset.train_labels if data.noise_rate > 0 else None  # noise was applied: truth known
+    rounds: list[dict[str, Any]] = []
+    if detector == "tad":
+        store = _stage_buffer(pipe, data, out, log, Path(buffer) if buffer else None)
+        start = time.perf_counter()
+        table = audit_experts(store, pipe.network(data.dataset), pipe.preprocessor(data.dataset, store),
+                              data.dataset.train_images, data.labels, pipe.hooks, clean_labels=clean,
+                              device=pipe.device, group=cfg.buffer.experts_per_group,
+                              batch_size=cfg.buffer.eval_batch_size, progress=progress)
+        rounds = trust_rounds(store, clean)
+    else:
+        probs = _fold_stage(pipe, data, out, log, folds)
+        start = time.perf_counter()
+        from .engine.audit import confident_learning_table
+
+        table = confident_learning_table(data.labels, probs, data.dataset.num_classes, clean)
+    files = write_audit(table, out, data.dataset.class_names, rounds,
+                        title=f"Label audit ({detector}) of {data.dataset.name}")
+    if pruned:
+        files["pruned"] = str(write_pruned(data.dataset, table, out / "pruned" / f"{data.dataset.name}.npz"))
+    metrics = detection_metrics(table)
+    log.stage("audit", time.perf_counter() - start, flagged=int(table.is_label_issue.sum()), files=files)
+    if metrics:
+        log.result(detection={k: v for k, v in metrics.items() if k != "per_class"})
+    return AuditResult(table, metrics, files, log.path)
+
+
+def _fold_stage(pipe: Any, data: TrainingData, out: Path, log: Any, folds: int) -> torch.Tensor:
+    """cleanlab's out-of-sample probabilities float [N, C]: fold k's ConvNet is trained (plain cross-entropy,
+    the run's expert recipe, one expert) on the other folds into ``out/folds/fold<k>`` (resumed when it is
+    finished) and predicts fold k. Records the stage ``folds``."""
+    from .engine.audit import fold_probabilities, kfold_assignment
+
+    start = time.perf_counter()
+    cfg = pipe.config
+    fold_cfg = dataclasses.replace(cfg, buffer=dataclasses.replace(cfg.buffer, num_experts=1, experts_per_group=1))
+    fold_pipe = type(pipe)(fold_cfg, progress=pipe.progress)
+    ds = data.dataset
+    pre = fold_pipe.preprocessor(ds)  # fitted on the whole training set once, shared by the folds
+    net = fold_pipe.network(ds)
+    assign = kfold_assignment(data.labels, folds, cfg.seed)
+    probs = torch.zeros(len(data.labels), ds.num_classes)
+    for k in range(folds):
+        held = assign == k
+        rest = dataclasses.replace(ds, train_images=ds.train_images[~held], train_labels=ds.train_labels[~held])
+        store = fold_pipe.buffer(rest, data.labels[~held], out / "folds" / f"fold{k}")
+        params = store.load_expert(0).params[-1].to(fold_pipe.device)
+        probs[held] = fold_probabilities(net, params, ds.train_images[held], pre, cfg.buffer.eval_batch_size)
+    log.stage("folds", time.perf_counter() - start, folds=folds)
+    return probs
