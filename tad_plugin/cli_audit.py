@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from .cli import DEMO_CONFIG, TrainingData, _common, _stage_buffer, config_from_args, method_adapter, prepare_data, \
-    settings_line
+from .cli import DEMO_CONFIG, TrainingData, _check_run, _common, _stage_buffer, config_from_args, method_adapter, \
+    prepare_data, run_folder, save_labels, settings_line
 
 __all__ = ["add_subcommand", "audit", "AuditResult", "DETECTORS"]
 
@@ -133,17 +133,19 @@ def audit(cfg: Any, *, detector: str = "tad", buffer: str | Path | None = None, 
             require_cleanlab()  # before any training
         except ImportError as exc:
             raise ConfigError(str(exc)) from exc
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_folder(cfg.out)
     pipe = method_adapter(cfg.method)[0](cfg, progress=progress)
+    data = prepare_data(cfg.data)
+    reuse = _check_run(pipe, data, out, Path(buffer) if buffer else None) if detector == "tad" else None
+    out.mkdir(parents=True, exist_ok=True)  # every check passed: start writing
+    save_labels(data, out)
     log = RunLog(out / "result_audit.json", to_dict(cfg), cfg.seed, pipe.device)
     log.record["detector"] = detector
-    data = prepare_data(cfg.data, out)
     log.result(noise_rate=data.noise_rate)
     clean = data.dataset.train_labels if data.noise_rate > 0 else None  # noise was applied: truth known
     rounds: list[dict[str, Any]] = []
     if detector == "tad":
-        store = _stage_buffer(pipe, data, out, log, Path(buffer) if buffer else None)
+        store = _stage_buffer(pipe, data, out, log, reuse)
         start = time.perf_counter()
         table = audit_experts(store, pipe.network(data.dataset), pipe.preprocessor(data.dataset, store),
                               data.dataset.train_images, data.labels, pipe.hooks, clean_labels=clean,
