@@ -42,21 +42,24 @@ def test_the_cells_cover_every_cifar10_cell_of_tables_1_to_3():
 
 
 def test_each_cells_command_builds_the_config_the_page_says(tmp_path):
+    epochs = {}
     for name, cell in repro.cells().items():
-        cmd = repro.command(name, "cifar10", tmp_path, "CIFAR-10_human.pt", "short")
+        cmd = repro.command(name, "data.npz", tmp_path, "CIFAR-10_human.pt", "short")  # any file name
         cfg = config_of(cmd)
-        table = repro.method_defaults(cell.method, cell.ipc)["distill"]
+        defaults = repro.method_defaults(cell.method, cell.ipc)
+        table = defaults["distill"]
         assert cfg.method == cell.method and cfg.distill.ipc == cell.ipc, name
         own = {k: v for k, v in table.items() if k not in ("iterations", "eval_every")}  # the budget's
         assert {k: getattr(cfg.distill, k) for k in own} == own, name  # the method's own row
-        assert cfg.data.zca  # one buffer serves every IPC: one preprocessing
+        assert cfg.data.zca == defaults["data"]["zca"] == (cell.method == "datm" or cell.ipc != 50), name  # its own
+        epochs.setdefault(cfg.buffer.epochs, set()).add((cell.method, cell.ipc))
         if cell.noise == "c10n-worst":
             assert (cfg.data.noise, cfg.data.label_set, cfg.data.cifar_n) == (None, "worse_label", "CIFAR-10_human.pt")
         else:
             kind = "symmetric" if cell.noise.startswith("sym") else "asymmetric-cifar10"
             assert (cfg.data.noise, cfg.data.noise_rate) == (kind, int(cell.noise[-2:]) / 100), name
-        assert (cfg.buffer.num_experts, cfg.buffer.epochs, cfg.distill.iterations, cfg.distill.eval_every,
-                cfg.eval.num_eval) == (20, 43, 1000, 500, 5), name  # the page's budget
+        assert (cfg.buffer.num_experts, cfg.distill.iterations, cfg.distill.eval_every, cfg.eval.num_eval) == (
+            20, 1000, 500, 5), name  # the page's budget
         reg, outer, inner = cell.parts
         assert cfg.tad.enabled == (cell.arm != "noisy")
         if cfg.tad.enabled:
@@ -64,6 +67,9 @@ def test_each_cells_command_builds_the_config_the_page_says(tmp_path):
         assert cfg.out == str(tmp_path / name)
         buf = cmd[cmd.index("--buffer") + 1]
         assert buf == str(tmp_path / "buffers" / repro.buffer_of(cell) / "buffer")
+    # the epochs of the buffer each cell reads: MTT's and ATT's ZCA buffer serves IPC 1 and 10 (20 + 2 + 1)
+    assert epochs == {23: {(m, i) for m in ("mtt", "att") for i in (1, 10)},
+                      43: {(m, i) for m in ("ftd", "datm") for i in (1, 10, 50)} | {("mtt", 50), ("att", 50)}}
 
 
 def test_table_3s_switches_change_exactly_the_part_they_name(tmp_path):
@@ -95,18 +101,28 @@ def test_arms_of_a_setting_differ_only_in_tad(tmp_path):
         assert a == b
 
 
-def test_one_buffer_per_noise_arm_and_recipe_serves_every_ipc(tmp_path):
+def test_one_buffer_per_noise_arm_recipe_and_preprocessing_serves_the_ipcs_that_share_them(tmp_path):
     grid = repro.cells()
     by_buffer = {}
     for name, cell in grid.items():
         by_buffer.setdefault(repro.buffer_of(cell), set()).add((cell.method, cell.ipc))
-    sgd = {(m, i) for m in ("mtt", "att") for i in (1, 10, 50)}
-    assert by_buffer["sym40-tad-sgd"] == sgd and by_buffer["sym40-noisy-sgd"] == sgd  # MTT's serves ATT
-    assert by_buffer["sym40-tad-gsam-a0.3"] == {("datm", i) for i in (1, 10, 50)} | {("ftd", 1), ("ftd", 10)}
-    assert by_buffer["sym40-tad-gsam-a1"] == {("ftd", 50)}  # FTD's IPC 50 row: GSAM alpha 1
-    assert by_buffer["c10n-worst-tad-sgd"] == sgd and "c10n-worst-tad-gsam-a0.3" in by_buffer  # FTD's
-    assert by_buffer["asym40-B-gsam-a0.3"] == {("datm", 50)}
-    assert {repro.read_epochs(r) for r in ("sgd", "gsam-a0.3", "gsam-a1")} == {43}  # IPC 50: 40 + 2 + 1
+    zca = {(m, i) for m in ("mtt", "att") for i in (1, 10)}
+    raw = {("mtt", 50), ("att", 50)}  # upstream's MTT and ATT IPC-50 rows: no ZCA
+    assert by_buffer["sym40-tad-sgd-zca"] == by_buffer["sym40-noisy-sgd-zca"] == zca  # MTT's serves ATT
+    assert by_buffer["sym40-tad-sgd-raw"] == by_buffer["sym40-noisy-sgd-raw"] == raw
+    assert by_buffer["sym40-tad-gsam-a0.3-zca"] == {("datm", i) for i in (1, 10, 50)} | {("ftd", 1), ("ftd", 10)}
+    assert by_buffer["sym40-tad-gsam-a1-raw"] == {("ftd", 50)}  # FTD's IPC 50 row: GSAM alpha 1, no ZCA
+    assert by_buffer["c10n-worst-tad-sgd-zca"] == zca and "c10n-worst-tad-gsam-a0.3-zca" in by_buffer  # FTD's
+    assert by_buffer["asym40-B-gsam-a0.3-zca"] == {("datm", 50)}
+    assert len(by_buffer) == 5 * 2 * 4 + 2 * 4  # noise x arm x (recipe, preprocessing), and Table 3's B-E
+    # each trained for its longest reader: IPC 10's 20 + 2 + 1 with ZCA, IPC 50's 40 + 2 + 1 without
+    assert (repro.read_epochs("sgd", True), repro.read_epochs("sgd", False)) == (23, 43)
+    assert (repro.read_epochs("gsam-a0.3", True), repro.read_epochs("gsam-a1", False)) == (43, 43)
+    assert repro.trainer("sgd", False) == ("mtt", 50) and repro.trainer("gsam-a0.3", True) == ("datm", 1)
+    with pytest.raises(ValueError, match="no cell reads a gsam-a1 buffer with preprocessing zca"):
+        repro.trainer("gsam-a1", True)
+    with pytest.raises(ValueError, match="expected <noise>-<arm>-<recipe>-<zca|raw>"):
+        repro.parse_buffer("sym40-noisy-sgd")
     for buf in by_buffer:
         cmd = repro.buffer_command(buf, "d.npz", tmp_path, "n.pt", "short")
         assert cmd[3] == "buffer" and cmd[cmd.index("--out") + 1] == str(tmp_path / "buffers" / buf)
@@ -118,10 +134,21 @@ def test_one_buffer_per_noise_arm_and_recipe_serves_every_ipc(tmp_path):
             assert (trained.buffer.optimizer, trained.buffer.alpha, trained.buffer.epochs) == (
                 reader.buffer.optimizer, reader.buffer.alpha, reader.buffer.epochs)
             assert trained.buffer.epochs >= reader.distill.max_start_epoch + reader.distill.expert_epochs
-    assert config_of(repro.buffer_command("sym20-noisy-sgd", "d.npz", tmp_path, None, "short")).method == "mtt"
-    assert config_of(repro.buffer_command("sym20-noisy-gsam-a0.3", "d.npz", tmp_path, None, "short")).method == "datm"
+    assert config_of(repro.buffer_command("sym20-noisy-sgd-raw", "d.npz", tmp_path, None, "short")).method == "mtt"
+    assert config_of(repro.buffer_command("sym20-noisy-gsam-a0.3-zca", "d.npz", tmp_path, None, "short")).method == "datm"
     # the full budget: each trainer's own epochs (DATM's 100 also cover FTD's reads)
-    assert "buffer.epochs=100" in repro.buffer_command("sym40-tad-gsam-a0.3", "d.npz", tmp_path, None, "full")
+    assert "buffer.epochs=100" in repro.buffer_command("sym40-tad-gsam-a0.3-zca", "d.npz", tmp_path, None, "full")
+
+
+def test_a_users_zca_setting_puts_every_cell_on_one_preprocessing(tmp_path):
+    sets = ["data.zca=true"]
+    assert {repro.buffer_of(c, sets) for c in repro.cells().values() if c.noise == "sym40" and c.arm == "noisy"} == {
+        "sym40-noisy-sgd-zca", "sym40-noisy-gsam-a0.3-zca", "sym40-noisy-gsam-a1-zca"}
+    assert repro.read_epochs("sgd", True, sets) == 43  # now IPC 50 reads it too
+    cmd = repro.command("mtt-ipc50-sym40-noisy", "d.npz", tmp_path, None, "short", sets)
+    cfg = config_of(cmd)
+    assert cfg.data.zca and cfg.buffer.epochs == 43
+    assert cmd[cmd.index("--buffer") + 1] == str(tmp_path / "buffers" / "sym40-noisy-sgd-zca" / "buffer")
 
 
 def test_records_of_earlier_names_stand_for_their_cells(tmp_path):
@@ -153,42 +180,72 @@ def _args(tmp_path, cells, **kw):
 
 def test_a_buffer_trains_once_and_its_cells_follow_it(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
-    jobs, after, meta = repro.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "att-ipc50-sym40-noisy",
-                                                    "mtt-ipc50-sym40-tad", "ftd-ipc50-sym40-noisy"]))
-    # the extractor (missing) first; the TAD buffer waits for it, the noisy ones do not; each buffer's cells follow it
-    assert list(jobs) == ["extractor", "buffer-sym40-noisy-sgd", "mtt-ipc1-sym40-noisy", "att-ipc50-sym40-noisy",
-                          "buffer-sym40-tad-sgd", "mtt-ipc50-sym40-tad", "buffer-sym40-noisy-gsam-a1",
-                          "ftd-ipc50-sym40-noisy"]
-    assert after == {"buffer-sym40-tad-sgd": ["extractor"], "mtt-ipc1-sym40-noisy": ["buffer-sym40-noisy-sgd"],
-                     "att-ipc50-sym40-noisy": ["buffer-sym40-noisy-sgd"], "mtt-ipc50-sym40-tad": ["buffer-sym40-tad-sgd"],
-                     "ftd-ipc50-sym40-noisy": ["buffer-sym40-noisy-gsam-a1"]}
+    jobs, after, meta = repro.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "att-ipc10-sym40-noisy",
+                                                    "att-ipc50-sym40-noisy", "mtt-ipc50-sym40-tad",
+                                                    "ftd-ipc50-sym40-noisy"]))
+    # the extractor (missing) first; each buffer is followed by its cells; the cells wait for their buffer only
+    assert list(jobs) == ["extractor", "buffer-sym40-noisy-sgd-zca", "mtt-ipc1-sym40-noisy", "att-ipc10-sym40-noisy",
+                          "buffer-sym40-tad-sgd-raw", "mtt-ipc50-sym40-tad", "buffer-sym40-noisy-gsam-a1-raw",
+                          "ftd-ipc50-sym40-noisy", "buffer-sym40-noisy-sgd-raw", "att-ipc50-sym40-noisy"]
+    assert after == {"mtt-ipc1-sym40-noisy": ["buffer-sym40-noisy-sgd-zca"],
+                     "att-ipc10-sym40-noisy": ["buffer-sym40-noisy-sgd-zca"],
+                     "att-ipc50-sym40-noisy": ["buffer-sym40-noisy-sgd-raw"],
+                     "mtt-ipc50-sym40-tad": ["buffer-sym40-tad-sgd-raw"],
+                     "ftd-ipc50-sym40-noisy": ["buffer-sym40-noisy-gsam-a1-raw"]}
     assert jobs["extractor"][3:6] == ["features", "train", "--dataset"]
-    assert meta["att-ipc50-sym40-noisy"] == (repro.cells()["att-ipc50-sym40-noisy"], "sym40-noisy-sgd", "short")
-    # an extractor in place, and a finished buffer under --out: neither is trained again
+    # the TAD buffer starts beside the extractor and waits for its file up to the extractor's budget + margin
+    assert config_of(jobs["buffer-sym40-tad-sgd-raw"]).tad.features_wait_s == 12.0 + repro.FEATURES_MARGIN_S
+    assert config_of(jobs["buffer-sym40-noisy-sgd-raw"]).tad.features_wait_s == 0  # a noisy buffer: no inner loop
+    assert config_of(jobs["buffer-sym40-noisy-sgd-zca"]).buffer.epochs == 23  # IPC 1 and 10 read 23 epochs
+    assert config_of(jobs["buffer-sym40-noisy-sgd-raw"]).buffer.epochs == 43
+    assert meta["att-ipc50-sym40-noisy"] == (repro.cells()["att-ipc50-sym40-noisy"], "sym40-noisy-sgd-raw", "short")
+    # an extractor in place, and a finished buffer under --out: neither is trained again, nothing waits
     (tmp_path / "features").mkdir()
     (tmp_path / "features" / "d.pt").write_bytes(b"x")
-    monkeypatch.setattr(repro, "buffer_ready", lambda path, experts: "sym40-noisy-sgd" in str(path) and experts == 20)
+    monkeypatch.setattr(repro, "buffer_ready", lambda path, experts: "sym40-noisy-sgd-zca" in str(path) and experts == 20)
     jobs, after, _ = repro.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "mtt-ipc50-sym40-tad"]))
-    assert list(jobs) == ["buffer-sym40-tad-sgd", "mtt-ipc50-sym40-tad", "mtt-ipc1-sym40-noisy"]
-    assert after == {"mtt-ipc50-sym40-tad": ["buffer-sym40-tad-sgd"]}
+    assert list(jobs) == ["buffer-sym40-tad-sgd-raw", "mtt-ipc50-sym40-tad", "mtt-ipc1-sym40-noisy"]
+    assert after == {"mtt-ipc50-sym40-tad": ["buffer-sym40-tad-sgd-raw"]}
+    assert config_of(jobs["buffer-sym40-tad-sgd-raw"]).tad.features_wait_s == 0  # the extractor exists
 
 
 def test_only_buffers_with_the_inner_loop_wait_for_the_extractor(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
     jobs, after, _ = repro.plan(_args(tmp_path, ["datm-ipc50-asym40-C", "datm-ipc50-asym40-E"]))
-    assert "extractor" in jobs and after["buffer-asym40-E-gsam-a0.3"] == ["extractor"]
-    assert "buffer-asym40-C-gsam-a0.3" not in after  # C: no inner loop
+    assert "extractor" in jobs and not any("extractor" in deps for deps in after.values())
+    assert config_of(jobs["buffer-asym40-E-gsam-a0.3-zca"]).tad.features_wait_s == 312.0
+    assert config_of(jobs["buffer-asym40-C-gsam-a0.3-zca"]).tad.features_wait_s == 0  # C: no inner loop
     jobs, after, _ = repro.plan(_args(tmp_path, ["datm-ipc50-asym40-C", "mtt-ipc10-sym20-noisy"]))
     assert "extractor" not in jobs  # nothing needs it
     jobs, _, _ = repro.plan(_args(tmp_path, ["mtt-ipc10-sym20-tad"], set=["tad.inner_loop=false"]))
     assert "extractor" not in jobs
+    # the user's own wait wins, once
+    jobs, _, _ = repro.plan(_args(tmp_path, ["mtt-ipc10-sym20-tad"], set=["tad.features_wait_s=900"]))
+    cmd = jobs["buffer-sym20-tad-sgd-zca"]
+    assert config_of(cmd).tad.features_wait_s == 900 and cmd.count("tad.features_wait_s=900") == 1
+
+
+def test_the_tad_buffers_run_beside_the_extractor_and_the_cells_after_their_buffers(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    jobs, after, _ = repro.plan(_args(tmp_path, ["mtt-ipc10-sym40-noisy", "mtt-ipc10-sym40-tad"]))
+    assert list(jobs) == ["extractor", "buffer-sym40-noisy-sgd-zca", "mtt-ipc10-sym40-noisy",
+                          "buffer-sym40-tad-sgd-zca", "mtt-ipc10-sym40-tad"]
+    fake = {name: _job(tmp_path, name, seconds=0.6 if name == "extractor" or name.startswith("buffer-") else 0.0)
+            for name in jobs}
+    codes = repro.run_parallel(fake, tmp_path / "logs", slots=3, gpus=["0"], poll_s=0.05, after=after)
+    assert set(codes.values()) == {0}
+    t = {name: _times(tmp_path, name) for name in jobs}
+    assert t["buffer-sym40-tad-sgd-zca"][0] < t["extractor"][1]  # started while the extractor trained
+    assert t["buffer-sym40-noisy-sgd-zca"][0] < t["extractor"][1]
+    for arm in ("noisy", "tad"):
+        assert t[f"mtt-ipc10-sym40-{arm}"][0] >= t[f"buffer-sym40-{arm}-sgd-zca"][1]  # each cell after its buffer
 
 
 def test_the_extractor_is_trained_only_when_a_tad_buffer_needs_the_missing_default(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
     default = tmp_path / "features" / "cifar10.pt"
-    assert repro.extractor_to_train(["sym40-noisy-sgd", "att-ipc10-sym40-noisy"], "/data/cifar10.npz", []) is None
-    assert repro.extractor_to_train(["sym40-noisy-sgd", "sym40-tad-sgd"], "/data/cifar10.npz", []) == default
+    assert repro.extractor_to_train(["sym40-noisy-sgd-zca", "att-ipc10-sym40-noisy"], "/data/cifar10.npz", []) is None
+    assert repro.extractor_to_train(["sym40-noisy-sgd-zca", "sym40-tad-sgd-raw"], "/data/cifar10.npz", []) == default
     assert repro.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", ["tad.features=pixels"]) is None
     assert repro.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", ["tad.features=null"]) == default
     mine = tmp_path / "mine.pt"
@@ -208,14 +265,14 @@ def test_tagged_variants_and_more_seeds_get_their_own_buffers_runs_and_records(t
     (tmp_path / "d.pt").write_bytes(b"x")
     jobs, after, meta = repro.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="bal", seeds=[0, 2],
                                          set=["tad.balance_classes=true"]))
-    assert list(jobs) == ["buffer-sym40-tad-sgd-bal", "att-ipc10-sym40-tad-bal", "buffer-sym40-tad-sgd-bal-seed2",
+    assert list(jobs) == ["buffer-sym40-tad-sgd-zca-bal", "att-ipc10-sym40-tad-bal", "buffer-sym40-tad-sgd-zca-bal-seed2",
                           "att-ipc10-sym40-tad-bal-seed2"]
     cell = jobs["att-ipc10-sym40-tad-bal-seed2"]
-    assert cell[cell.index("--buffer") + 1] == str(tmp_path / "buffers" / "sym40-tad-sgd-bal-seed2" / "buffer")
+    assert cell[cell.index("--buffer") + 1] == str(tmp_path / "buffers" / "sym40-tad-sgd-zca-bal-seed2" / "buffer")
     assert cell[-4:] == ["--set", "tad.balance_classes=true", "--set", "seed=2"]
-    cfg = config_of(jobs["buffer-sym40-tad-sgd-bal-seed2"])
+    cfg = config_of(jobs["buffer-sym40-tad-sgd-zca-bal-seed2"])
     assert cfg.seed == 2 and cfg.data.noise_seed == 0 and cfg.tad.balance_classes  # same labels, other training seed
-    assert meta["att-ipc10-sym40-tad-bal"][1] == "sym40-tad-sgd-bal"
+    assert meta["att-ipc10-sym40-tad-bal"][1] == "sym40-tad-sgd-zca-bal"
     with pytest.raises(SystemExit, match="--tag"):
         repro.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="../x"))
     with pytest.raises(SystemExit, match="--seeds"):
@@ -229,17 +286,17 @@ def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch)
     monkeypatch.setattr(repro, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(repro, "buffer_ready", lambda path, experts: False)
     assert repro.run_cells(_args(tmp_path, ["mtt-ipc50-sym40-noisy", "att-ipc50-sym40-noisy"])) == 0
-    assert seen["after"]["att-ipc50-sym40-noisy"] == ["buffer-sym40-noisy-sgd"]
+    assert seen["after"]["att-ipc50-sym40-noisy"] == ["buffer-sym40-noisy-sgd-raw"]
     run = {"config": {"method": "att"}, "results": {"test_acc_mean": 0.5}, "stages": {"buffer": {"reused": "b"}}}
     (tmp_path / "att-ipc50-sym40-noisy").mkdir()
     (tmp_path / "att-ipc50-sym40-noisy" / "result_run.json").write_text(json.dumps(run))
-    seen["on_done"]("buffer-sym40-noisy-sgd")  # a buffer job: nothing to collect
+    seen["on_done"]("buffer-sym40-noisy-sgd-raw")  # a buffer job: nothing to collect
     seen["on_done"]("att-ipc50-sym40-noisy")
     rec = json.loads((tmp_path / "results" / "att-ipc50-sym40-noisy.json").read_text())
     assert {k: rec[k] for k in run} == run  # result_run.json's content, and the cell
     assert rec["cell"] == {"name": "att-ipc50-sym40-noisy", "method": "att", "ipc": 50, "noise": "sym40",
                            "arm": "noisy", "reg": False, "outer_loop": False, "inner_loop": False,
-                           "buffer": "sym40-noisy-sgd", "budget": "short"}
+                           "buffer": "sym40-noisy-sgd-raw", "budget": "short"}
     assert list((tmp_path / "results").iterdir()) == [tmp_path / "results" / "att-ipc50-sym40-noisy.json"]
     report = tmp_path / "buffers" / "sym40-tad-sgd" / "buffer" / "trust_report.json"
     report.parent.mkdir(parents=True)
@@ -271,7 +328,7 @@ def test_a_single_job_runs_in_the_foreground_on_the_first_gpu_given(tmp_path, mo
     assert seen["gpu"] == "1" and seen["cmd"][seen["cmd"].index("--out") + 1] == str(tmp_path / "mtt-ipc10-sym40-tad-x")
     record = tmp_path / "results" / "mtt-ipc10-sym40-tad-x.json"
     if exit_code == 0:
-        assert json.loads(record.read_text())["cell"]["buffer"] == "sym40-tad-sgd-x"
+        assert json.loads(record.read_text())["cell"]["buffer"] == "sym40-tad-sgd-zca-x"
     else:  # a failed run is named, and nothing is collected
         assert "FAILED mtt-ipc10-sym40-tad-x (exit 3)" in capsys.readouterr().err and not record.exists()
 
@@ -382,9 +439,9 @@ def test_page_names_the_shared_buffer_a_cell_distilled_from(tmp_path):
     (tmp_path / "att-ipc10-sym40-noisy.json").write_text(json.dumps(rec))
     assert "  - experts from the shared buffer `runs/buffers/sym40-noisy-sgd/buffer` (expert batch 256)" in \
         repro.page(tmp_path)
-    rec["cell"] = {"buffer": "sym40-noisy-sgd"}
+    rec["cell"] = {"buffer": "sym40-noisy-sgd-zca"}
     (tmp_path / "att-ipc10-sym40-noisy.json").write_text(json.dumps(rec))
-    assert "  - experts from the shared buffer `sym40-noisy-sgd` (expert batch 256)" in repro.page(tmp_path)
+    assert "  - experts from the shared buffer `sym40-noisy-sgd-zca` (expert batch 256)" in repro.page(tmp_path)
 
 
 def test_page_indexes_every_other_result_and_each_link_exists(tmp_path):
@@ -631,7 +688,28 @@ def test_the_budgets_and_the_users_sets_which_win(tmp_path):
     assert cfg("short", ["distill.iterations=2000"]).distill.iterations == 2000  # after the budget's
     long = cfg("long")
     assert (long.buffer.num_experts, long.buffer.experts_per_group, long.buffer.epochs, long.distill.iterations) == (
-        100, 25, 43, 5000)
+        100, 25, 23, 5000)
     full = cfg("full")
     assert (full.buffer.num_experts, full.buffer.epochs, full.distill.iterations) == (100, 50, 60000)  # ATT's own
-    assert "20 experts per buffer" in repro.budget_text("short") and "43 for every recipe" in repro.budget_text("short")
+    text = repro.budget_text("short")
+    assert "20 experts per buffer" in text and "SGD experts with ZCA for MTT and ATT at IPC 1 / 10: 23" in text
+    assert "SGD experts without ZCA for MTT and ATT at IPC 50: 43" in text
+    assert "GSAM (alpha 0.3) experts with ZCA for FTD at IPC 1 / 10, DATM at IPC 1 / 10 / 50: 43" in text
+
+
+def test_page_says_whether_a_repeated_run_reproduced_the_first(tmp_path):
+    def record(acc, std, device):
+        return {"results": {"test_acc_mean": acc, "test_acc_std": std}, "config": {}, "device": device}
+
+    def line():
+        return next(x for x in repro.page(tmp_path).splitlines() if x.startswith("- A record reproduces"))
+
+    assert line().endswith(": not measured yet")
+    (tmp_path / "sym40-noisy-e20-i1000.json").write_text(json.dumps(record(0.54296, 0.0103, "H200")))
+    assert line().endswith(": not measured yet")  # the first run alone stands for the cell
+    (tmp_path / "mtt-ipc10-sym40-noisy.json").write_text(json.dumps(record(0.54298, 0.0107, "H100")))
+    assert line().endswith(": `mtt-ipc10-sym40-noisy` run again from its settings on a fresh H100 machine: 54.30 +- "
+                           "1.07 against 54.30 +- 1.03 of the first run (`sym40-noisy-e20-i1000`, H200), the same "
+                           "within the spread of the evaluation nets")
+    (tmp_path / "mtt-ipc10-sym40-noisy.json").write_text(json.dumps(record(0.52, 0.0107, "H100")))
+    assert "outside the spread" in line()
