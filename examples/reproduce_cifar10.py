@@ -851,34 +851,172 @@ def finished(cell: str, results: Path = RESULTS) -> bool:
     return path.is_file() and "test_acc_mean" in json.loads(path.read_text()).get("results", {})
 
 
+#: Planning figures for QUEUE.md's batches, one H100 (fp32 experts): seconds per expert-epoch of a noisy buffer
+#: with the GPU to itself (buffers and the extractor saturate the GPU and share it evenly); a buffer with TAD's
+#: outer loop costs TAD_BUFFER_FACTOR times a noisy one (measured before the batched division: an upper
+#: bound), and GSAM experts GSAM_FACTOR times SGD ones (two forward-backward passes a step); a cell's distillation and evaluations at the short budget's 1000 iterations, beside other jobs; the
+#: extractor's start and final evaluation beyond its training budget; the window a batch must fit.
+EXPERT_EPOCH_S = 0.35
+TAD_BUFFER_FACTOR = 2.7
+GSAM_FACTOR = 2.0
+DISTILL_S = {1: 300.0, 10: 300.0, 50: 540.0}
+EXTRACTOR_EXTRA_S = 60.0
+WINDOW_S = 25 * 60.0
+#: Jobs at once in a batch, and the buffers a batch trains: 80 GB holds two 20-expert buffers at once, not four;
+#: the extractor is the third job.
+QUEUE_JOBS = 3
+QUEUE_BUFFERS = 2
+
+
+@dataclass
+class _SimJob:
+    name: str
+    saturates: bool  # shares the GPU with the other saturating jobs (buffers, extractor)
+    work: float  # seconds with the GPU to itself (saturating) or wall seconds (distillation, extractor)
+    after: str | None = None  # the job it waits for
+    pause_at: float | None = None  # work done when it needs the extractor (a TAD buffer's anchors)
+    done: float = 0.0
+
+
+def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = FEATURES_BUDGET_S,
+               extractor: bool = True) -> list[_SimJob]:
+    """The jobs a ``--cell`` run of ``names`` starts on a fresh machine (every buffer trained, the extractor
+    too when a buffer needs it and ``extractor``), in :func:`plan`'s order, with :func:`estimate`'s costs."""
+    from tad_plugin.cli import build_parser, config_from_args
+
+    experts = BUDGETS[budget][0]
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(buffer_of(cells()[name]), []).append(name)
+    needs = extractor and any(needs_extractor(b, ()) for b in groups)
+    jobs = [_SimJob("extractor", True, features_s + EXTRACTOR_EXTRA_S)] if needs else []
+    for buf, members in groups.items():
+        _, arm, rec, zca = parse_buffer(buf)
+        epochs = read_epochs(rec, zca)
+        outer = ABLATION["F" if arm == "tad" else "A" if arm == "noisy" else arm][1]
+        work = (experts * epochs * EXPERT_EPOCH_S * (TAD_BUFFER_FACTOR if outer else 1)
+                * (GSAM_FACTOR if rec.startswith("gsam") else 1))
+        pause = None
+        if needs and needs_extractor(buf, ()):
+            cmd = buffer_command(buf, "cifar10", Path("runs"), "CIFAR-10_human.pt", budget)
+            pause = work * min(config_from_args(build_parser().parse_args(cmd[3:])).tad.anchor_epoch, epochs) / epochs
+        jobs.append(_SimJob(f"buffer-{buf}", True, work, pause_at=pause))
+        jobs += [_SimJob(n, False, DISTILL_S[cells()[n].ipc], after=f"buffer-{buf}") for n in members]
+    return jobs
+
+
+def estimate(jobs: Sequence[_SimJob], slots: int = QUEUE_JOBS, step: float = 1.0) -> float:
+    """Seconds until the last of ``jobs`` ends on one GPU, started as :func:`run_parallel` starts them (``slots``
+    at once, the earliest free job first): the saturating jobs share the GPU evenly (the extractor trains for its
+    wall-clock budget whatever its share), a TAD buffer stops at its ``pause_at`` until the extractor ends, a
+    distillation takes its wall seconds."""
+    jobs = [_SimJob(**{**j.__dict__, "done": 0.0}) for j in jobs]
+    ended: set[str] = set()
+    running: list[_SimJob] = []
+    pending = list(jobs)
+    t = 0.0
+    while pending or running:
+        for job in [j for j in pending if j.after is None or j.after in ended][:max(0, slots - len(running))]:
+            pending.remove(job)
+            running.append(job)
+        if not running:
+            raise ValueError("a job waits for one that is not in the batch")
+        paused = [j for j in running if j.pause_at is not None and j.done >= j.pause_at and "extractor" not in ended]
+        sharing = [j for j in running if j.saturates and j not in paused and j.name != "extractor"]
+        gpu = len(sharing) + any(j.name == "extractor" for j in running)
+        for j in running:
+            if j in paused:
+                continue
+            j.done += step if not j.saturates or j.name == "extractor" else step / gpu
+        t += step
+        for j in [j for j in running if j.done >= j.work - 1e-9]:
+            running.remove(j)
+            ended.add(j.name)
+    return t
+
+
+def batches(names: Sequence[str], budget: str = "short", window: float = WINDOW_S) -> list[tuple[list[str], float]]:
+    """``names`` (cells in the queue's order) cut into batches for one GPU window each, with their
+    :func:`estimate`: the cells that share buffers of a noise setting, recipe and preprocessing go together with
+    both arms (a noisy cell beside its TAD pair) while the estimate fits ``window``; a group that does not fit
+    alone is split by arm; a single arm that still does not fit gets a batch of its own (its estimate says it).
+    A batch trains at most :data:`QUEUE_BUFFERS` buffers (GPU memory)."""
+    def fits(names: list[str]) -> tuple[bool, float]:
+        took = estimate(batch_jobs(names, budget))
+        return took <= window and len({buffer_of(cells()[n]) for n in names}) <= QUEUE_BUFFERS, took
+
+    units: dict[tuple, list[str]] = {}
+    for name in names:
+        c = cells()[name]
+        _, _, rec, zca = parse_buffer(buffer_of(c))
+        units.setdefault((c.noise, rec, zca), []).append(name)
+    todo = list(units.values())
+    out: list[tuple[list[str], float]] = []
+    current: list[str] = []
+    while todo:
+        unit = todo.pop(0)
+        ok, took = fits(current + unit)
+        if ok:
+            current += unit
+            continue
+        if current:
+            out.append((current, estimate(batch_jobs(current, budget))))
+            current = []
+            todo.insert(0, unit)
+            continue
+        arms = list(dict.fromkeys(cells()[n].arm for n in unit))
+        if len(arms) > 1 and (took > window or len(unit) > 1):
+            todo[:0] = [[n for n in unit if cells()[n].arm == a] for a in arms]
+            continue
+        out.append((unit, took))
+    if current:
+        out.append((current, estimate(batch_jobs(current, budget))))
+    return out
+
+
 def queue(results: Path = RESULTS, budget: str = "short") -> str:
-    """The queue page (Markdown): the cells without a finished record, in :data:`QUEUE_ORDER`'s batches, one
-    command per noise setting of a batch (the buffers its cells read, then the cells)."""
+    """The queue page (Markdown): the cells without a finished record, in :data:`QUEUE_ORDER`'s sections, cut
+    into :func:`batches` of one GPU window each, with the command and the estimated time of each."""
     grid = cells()
     left = [n for n in grid if not finished(n, results)]
     lines = ["# CIFAR-10 grid: what is left", "",
              f"Generated by `python examples/reproduce_cifar10.py --queue` from the cells without a finished record "
-             f"in this folder: {len(left)} of {len(grid)} cells left. Budget: `--budget {budget}` ({budget_text(budget)}). "
-             "Each command trains the shared buffers its cells read when they are not finished under `--out` yet, "
-             "then distils each cell as soon as its buffer is done; give it `--gpus` and `--jobs` to pack the jobs "
-             "onto the GPU(s), then commit the records it writes.", ""]
+             f"in this folder: {len(left)} of {len(grid)} cells left. Budget: `--budget {budget}` ({budget_text(budget)}).", "",
+             f"Each batch is one command for one H100 for at most {WINDOW_S / 60:.0f} minutes, on a fresh machine: it "
+             "trains the shared buffers its cells read (and the SimCLR extractor when a TAD buffer needs it, beside "
+             "them), distils each cell as soon as its buffer is done, and writes the records; commit them after "
+             "each batch. The estimate assumes a noisy 20-expert buffer at "
+             f"{EXPERT_EPOCH_S} s per expert-epoch with the GPU to itself (saturating jobs share it), a TAD buffer "
+             f"at {TAD_BUFFER_FACTOR}x that (an upper bound), the extractor's {FEATURES_BUDGET_S:.0f} s, and "
+             + ", ".join(f"{DISTILL_S[i] / 60:.0f} min" for i in IPCS) + " per IPC 1 / 10 / 50 distillation; "
+             "a batch marked `over the window` does not fit and needs a shorter budget or a larger GPU share.", ""]
     taken: set[str] = set()
-    for number, (title, takes) in enumerate(QUEUE_ORDER, 1):
-        batch = [n for n in left if n not in taken and takes(grid[n])]
-        taken.update(batch)
-        lines += [f"## {number}. {title}", ""]
-        if not batch:
+    number = 0
+    for section, (title, takes) in enumerate(QUEUE_ORDER, 1):
+        part = [n for n in left if n not in taken and takes(grid[n])]
+        taken.update(part)
+        lines += [f"## {section}. {title}", ""]
+        if not part:
             lines += ["Done.", ""]
             continue
-        for noise in NOISES:
-            part = [n for n in batch if grid[n].noise == noise]
-            if not part:
+        if BUDGETS[budget] is None:  # no estimate: one command per noise setting
+            cut = [([n for n in part if grid[n].noise == noise], None) for noise in NOISES]
+        else:
+            cut = batches(part, budget)
+        for names, took in cut:
+            if not names:
                 continue
-            bufs = sorted({buffer_of(grid[n]) for n in part})
-            c10n = " --cifar-n CIFAR-10_human.pt" if noise == "c10n-worst" else ""
-            lines += [f"- {noise}: {len(part)} cells, buffers {', '.join(f'`{b}`' for b in bufs)}", "",
+            number += 1
+            bufs = list(dict.fromkeys(buffer_of(grid[n]) for n in names))
+            c10n = " --cifar-n CIFAR-10_human.pt" if any(grid[n].noise == "c10n-worst" for n in names) else ""
+            when = "" if took is None else f", about {took / 60:.0f} min" + (
+                "" if took <= WINDOW_S else f" (over the window; about "
+                f"{estimate(batch_jobs(names, budget, extractor=False)) / 60:.0f} min with an extractor carried in "
+                "and named by `--set tad.features=PATH`)" if any(j.name == "extractor" for j in batch_jobs(names, budget))
+                else " (over the window)")
+            lines += [f"- batch {number}: {len(names)} cell{'s' if len(names) > 1 else ''}{when}; buffers {', '.join(f'`{b}`' for b in bufs)}", "",
                       "  ```", f"  python examples/reproduce_cifar10.py --budget {budget} --dataset cifar10.npz{c10n} "
-                      "--gpus 0 --jobs 2 \\", "    " + " ".join(f"--cell {n}" for n in part), "  ```", ""]
+                      f"--gpus 0 --jobs {QUEUE_JOBS} \\", "    " + " ".join(f"--cell {n}" for n in names), "  ```", ""]
     return "\n".join(lines)
 
 

@@ -377,6 +377,38 @@ def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
     assert "--cifar-n" in text.split("## 4.")[1].split("## 5.")[0]
     cells_listed = [w for line in text.splitlines() for w in line.split() if w in repro.cells()]
     assert len(cells_listed) == len(set(cells_listed)) == 120  # each cell left in one batch
+    batch1 = next(line for line in text.splitlines() if line.startswith("- batch 1:"))
+    assert batch1.startswith("- batch 1: 3 cells, about ") and batch1.endswith(
+        " min; buffers `sym20-tad-sgd-zca`, `sym20-noisy-sgd-zca`")  # both arms, one window
+    assert "--jobs 3 \\\n    --cell mtt-ipc1-sym20-tad --cell mtt-ipc10-sym20-noisy --cell mtt-ipc10-sym20-tad\n" in text
+
+
+def test_estimate_shares_the_gpu_between_saturating_jobs_and_pauses_tad_buffers_for_the_extractor():
+    J = repro._SimJob
+    assert repro.estimate([J("buffer-a", True, 100), J("buffer-b", True, 100)]) == 200  # shared evenly
+    assert repro.estimate([J("buffer-a", True, 100), J("cell", False, 50, after="buffer-a")]) == 150
+    assert repro.estimate([J("buffer-a", True, 100), J("x", False, 50)], slots=1) == 150  # one at a time
+    # the TAD buffer shares with the extractor until its anchors (10 s of work, 20 s of wall), waits for the
+    # extractor's 300 s, then has the GPU to itself for its last 90 s
+    assert repro.estimate([J("extractor", True, 300), J("buffer-t", True, 100, pause_at=10)]) == 390
+
+
+def test_the_queue_batches_fit_the_window_with_both_arms_of_a_cell_together_where_they_fit():
+    names = [n for n in repro.cells() if n.startswith("mtt-") and "c10n" not in n]
+    cut = repro.batches(names)
+    assert sorted(n for b, _ in cut for n in b) == sorted(names)  # each cell once
+    for batch, took in cut:
+        assert len({repro.buffer_of(repro.cells()[n]) for n in batch}) <= repro.QUEUE_BUFFERS
+        assert took <= repro.WINDOW_S or len(batch) == 1  # only a single cell may be over the window
+        assert took == repro.estimate(repro.batch_jobs(batch))
+    first, took = cut[0]
+    assert first == ["mtt-ipc1-sym20-noisy", "mtt-ipc1-sym20-tad", "mtt-ipc10-sym20-noisy", "mtt-ipc10-sym20-tad"]
+    jobs = repro.batch_jobs(first)
+    assert [j.name for j in jobs][:3] == ["extractor", "buffer-sym20-noisy-sgd-zca", "mtt-ipc1-sym20-noisy"]
+    tad = next(j for j in jobs if j.name == "buffer-sym20-tad-sgd-zca")
+    assert tad.work == 20 * 23 * repro.EXPERT_EPOCH_S * repro.TAD_BUFFER_FACTOR and tad.pause_at == tad.work * 4 / 23
+    # a larger window keeps the IPC-50 pair together (two buffers at most: a batch of its own)
+    assert [b for b, _ in repro.batches(names[:6], window=3600)] == [names[:4], names[4:6]]
 
 
 def test_the_page_renders_the_tables_from_records_with_missing_cells_marked(tmp_path):
