@@ -5,10 +5,10 @@
 :func:`~tad_plugin.features.augment.compiled_render` (what ``train.compile`` uses) on random uint8 CIFAR-shaped
 images; ``--rounds`` alternated rounds of ``--calls`` timed calls each after ``--warmup`` untimed ones
 (compilation included there); the median per-call time of each variant is reported. The whole training
-step's share of augmentation is measured by ``examples/train_features.py --bench-only``.
+step's share of augmentation is measured by ``reproduction/train_features.py --bench-only``.
 
-usage: python examples/benchmark_augment.py --device cuda --batch 1024 --out augment.json
-       python examples/benchmark_augment.py --device cpu --batch 512 --threads 2
+usage: python benchmarks/benchmark_augment.py --device cuda --batch 1024 --out augment.json
+       python benchmarks/benchmark_augment.py --device cpu --batch 512 --threads 2
 """
 
 from __future__ import annotations

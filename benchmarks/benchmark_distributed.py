@@ -21,9 +21,9 @@ Rank 0 prints the table and writes the JSON record after every row (so an interr
 it measured). A row that runs out of GPU memory on one process is recorded as "OOM".
 
 usage (2 GPUs, ~2 min on H100):
-    torchrun --nproc_per_node 2 examples/benchmark_distributed.py --out examples/results/benchmark_distributed.json
+    torchrun --nproc_per_node 2 benchmarks/benchmark_distributed.py --out benchmarks/results/benchmark_distributed.json
 CPU smoke test (gloo):
-    torchrun --nproc_per_node 2 examples/benchmark_distributed.py --device cpu --num-train 512 --num-test 128 \\
+    torchrun --nproc_per_node 2 benchmarks/benchmark_distributed.py --device cpu --num-train 512 --num-test 128 \\
         --experts-per-group 2 --epochs 1 --width 8 --ipc 2 --classes 10 --syn-steps 3 --batch-syn 8 --iterations 2
 """
 

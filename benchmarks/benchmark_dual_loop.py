@@ -21,11 +21,11 @@ update; ``other`` is the rest of the hooks' time (argument checks, normalisation
 copies, glue). The first epoch is reported separately (it fills caches); the table is the median of
 the following ``--epochs`` epochs.
 
-usage: python examples/benchmark_dual_loop.py --device cpu --out dual_loop_cpu.json
-       python examples/benchmark_dual_loop.py --device cpu --experts 2 --n 5000 --epochs 1   # smoke test
-       python examples/benchmark_dual_loop.py --device cpu --experts 4 --threads 1 --busy 2  # busy host
+usage: python benchmarks/benchmark_dual_loop.py --device cpu --out dual_loop_cpu.json
+       python benchmarks/benchmark_dual_loop.py --device cpu --experts 2 --n 5000 --epochs 1   # smoke test
+       python benchmarks/benchmark_dual_loop.py --device cpu --experts 4 --threads 1 --busy 2  # busy host
 
-Results: examples/results/benchmark_dual_loop.md.
+Results: benchmarks/results/benchmark_dual_loop.md.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ Measures, on CIFAR-10-shaped data (the real images when ``--data`` points to an 
 
 Prints a table last and writes everything to ``--out`` (JSON). Usage::
 
-    python examples/benchmark_engine.py --data /root/cifar10.npz --out $OUT/benchmark_engine.json
-    python examples/benchmark_engine.py --data /root/cifar10.npz --sections floor,routes --out $OUT/routes.json
+    python benchmarks/benchmark_engine.py --data /root/cifar10.npz --out $OUT/benchmark_engine.json
+    python benchmarks/benchmark_engine.py --data /root/cifar10.npz --sections floor,routes --out $OUT/routes.json
 """
 
 from __future__ import annotations
@@ -246,13 +246,13 @@ def distill(cfg: ConvNetConfig, dev: torch.device, res: dict,
 
 #: The engine's own routes, as the CIFAR-10 configs run them (``--sections floor,routes``: issue 3's figures
 #: with their ratios to the official code and to the floor, from one run).
-ROUTE_EXPERTS = "bf16-compile-E20"  # examples/benchmark_experts.py's variant: buffer.amp + buffer.compile, E = 20
+ROUTE_EXPERTS = "bf16-compile-E20"  # benchmarks/benchmark_experts.py's variant: buffer.amp + buffer.compile, E = 20
 ROUTE_MATCHING = {"inner_grad": "compiled", "recompute_steps": True, "compile_mode": "reduce-overhead"}
 
 
 def route_experts(data: tuple, dev: torch.device, res: dict) -> None:
-    """The library's ExpertTrainer on ``data`` (examples/benchmark_experts.py's measurement), test pass apart."""
-    from benchmark_experts import measure  # the sibling script (examples/ is on sys.path when run as a script)
+    """The library's ExpertTrainer on ``data`` (benchmarks/benchmark_experts.py's measurement), test pass apart."""
+    from benchmark_experts import measure  # the sibling script (benchmarks/ is on sys.path when run as a script)
 
     from tad_plugin.data import ImageDataset
 

@@ -10,8 +10,8 @@ the table compares like with like against the official MTT code on an H100 (issu
 2.2-2.4 s (the speed-ups are only meaningful for rows measured on an H100). Prints a table and writes a
 JSON record with the command, settings, seed, commit, device and wall time.
 
-usage: python examples/benchmark_experts.py --dataset /root/cifar10.npz --out result.json
-       python examples/benchmark_experts.py --dataset digits --device cpu --variants fp32   # smoke test
+usage: python benchmarks/benchmark_experts.py --dataset /root/cifar10.npz --out result.json
+       python benchmarks/benchmark_experts.py --dataset digits --device cpu --variants fp32   # smoke test
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ the unrolled steps is matched: every step's parameters kept, ``adaptive_length``
 soft labels: the class logits get a gradient through the student's steps, ``lr_labels``). Prints a table
 and writes a JSON record (command, settings, seed, commit, device, wall time).
 
-usage: python examples/benchmark_inner_grad.py --ipc 10 --out inner_grad.json                  # GPU
-       python examples/benchmark_inner_grad.py --ipc 10 --variants compiled+recompute --profile  # where it goes
-       python examples/benchmark_inner_grad.py --ipc 10 --variants compiled+recompute --compile-mode reduce-overhead
-       python examples/benchmark_inner_grad.py --ipc 10 --method att --variants compiled+recompute
-       python examples/benchmark_inner_grad.py --device cpu --syn-steps 10 --iterations 1 --warmup 1
+usage: python benchmarks/benchmark_inner_grad.py --ipc 10 --out inner_grad.json                  # GPU
+       python benchmarks/benchmark_inner_grad.py --ipc 10 --variants compiled+recompute --profile  # where it goes
+       python benchmarks/benchmark_inner_grad.py --ipc 10 --variants compiled+recompute --compile-mode reduce-overhead
+       python benchmarks/benchmark_inner_grad.py --ipc 10 --method att --variants compiled+recompute
+       python benchmarks/benchmark_inner_grad.py --device cpu --syn-steps 10 --iterations 1 --warmup 1
 """
 
 from __future__ import annotations

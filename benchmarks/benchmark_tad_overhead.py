@@ -24,8 +24,8 @@ with a device synchronisation around it. Then the batched division alone on the 
 images, 32x32x3, 10 classes). Labels get 40% symmetric noise. Prints a table, writes a JSON record
 (command, settings, seed, commit, device, wall time) to ``--out``.
 
-usage: python examples/benchmark_tad_overhead.py --dataset /root/cifar10.npz --zca --compile --out tad_overhead.json
-       python examples/benchmark_tad_overhead.py --dataset generated --device cpu --experts 2 --n 128 \\
+usage: python benchmarks/benchmark_tad_overhead.py --dataset /root/cifar10.npz --zca --compile --out tad_overhead.json
+       python benchmarks/benchmark_tad_overhead.py --dataset generated --device cpu --experts 2 --n 128 \\
            --width 8 --epochs 3 --top-k 5 --num-neighbors 5 --out smoke.json   # smoke test
 """
 

@@ -2,7 +2,7 @@
 against the known clean labels, the accuracy of the suggested labels on the flagged samples, and the time
 each detector took, one row per run (label set x detector), as a JSON record and a Markdown table.
 
-    python examples/audit_table.py runs/audit/* --out examples/results/cifar10/audit/detection
+    python reproduction/audit_table.py runs/audit/* --out results/cifar10/audit/detection
 
 Each argument is a `tad audit --out` folder (its `result_audit.json`); runs without clean labels are
 skipped with a note. Time: the wall time of the run's training stage (`buffer`: TAD's experts; `folds`:

@@ -1,7 +1,7 @@
 """How a TAD run's final division changes with the threshold rule: the paper's class mean (Eq. 5) vs a
 global 0.5 vs min(class mean, 0.5), with precision, recall and each class's recall of its clean samples.
 
-    python examples/division_thresholds.py --run runs/sym40-tad --dataset cifar10 --out division_sym40.json
+    python reproduction/division_thresholds.py --run runs/sym40-tad --dataset cifar10 --out division_sym40.json
 
 For the first ``--experts`` experts of a finished TAD run (``tad run`` / ``tad buffer --tad`` with
 ``--out RUN``: it reads ``RUN/buffer`` and ``RUN/labels.pt``; ``--dataset`` is the run's dataset): the per-sample losses of each expert's final parameters on

@@ -1,7 +1,7 @@
 """How far experts move over the epochs a distillation matches: ||theta_{t+M} - theta_t|| per start epoch t,
 for one or more trajectory stores side by side (e.g. a noisy arm and a TAD arm).
 
-    python examples/expert_displacement.py runs/sym40-noisy/buffer runs/sym40-tad/buffer --expert-epochs 2
+    python reproduction/expert_displacement.py runs/sym40-noisy/buffer runs/sym40-tad/buffer --expert-epochs 2
 
 Trajectory matching learns its step size (``syn_lr``) for the student's ``syn_steps`` steps on the
 synthetic set to cover the expert's displacement over ``expert_epochs`` epochs (the images can cover

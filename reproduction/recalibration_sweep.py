@@ -5,7 +5,7 @@ neighbours are not trivially right; labels carry 40% symmetric noise (seed 0); t
 by a split that trusts 85% of the clean and 5% of the noisy samples; anchors are 10 clean samples per
 class; the fixed vote rule (``vote_threshold="fixed"``) is swept.
 
-    python3 examples/recalibration_sweep.py
+    python3 reproduction/recalibration_sweep.py
 
 With ``--features FILE`` (the output of ``tad features embed --split train``, e.g. SimCLR features of
 CIFAR-10): the same 40% symmetric noise on the file's labels, a split that trusts ``--trust-clean`` of the
@@ -14,7 +14,7 @@ report's precision and recall), anchors = 10 trusted samples per class with thei
 for the distilled anchors, which are initialised from the trusted space), and both vote rules swept::
 
     tad features embed --dataset cifar10.npz --checkpoint cifar10.pt --split train --out c10_feats.pt
-    python3 examples/recalibration_sweep.py --features c10_feats.pt --trust-clean 0.82 --trust-noisy 0.104
+    python3 reproduction/recalibration_sweep.py --features c10_feats.pt --trust-clean 0.82 --trust-noisy 0.104
 
 The table shows how each setting moves the trusted space's size and label precision and how accurate the
 recalled labels are. Everything is seeded (0); the result is deterministic.

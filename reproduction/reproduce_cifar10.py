@@ -2,18 +2,18 @@
 IPC 1 / 10 / 50 under symmetric and asymmetric noise of 20% and 40%, CIFAR-10N worst, and the ablation of
 TAD's parts on DATM), one command per cell.
 
-    python examples/reproduce_cifar10.py --list                              # every cell and its command
-    python examples/reproduce_cifar10.py --cell mtt-ipc50-sym40-tad --budget short --dataset /data/cifar10.npz
-    python examples/reproduce_cifar10.py --cell 'mtt-*-sym40-*' --budget short --dataset /data/cifar10.npz \\
+    python reproduction/reproduce_cifar10.py --list                              # every cell and its command
+    python reproduction/reproduce_cifar10.py --cell mtt-ipc50-sym40-tad --budget short --dataset /data/cifar10.npz
+    python reproduction/reproduce_cifar10.py --cell 'mtt-*-sym40-*' --budget short --dataset /data/cifar10.npz \\
         --gpus 0 --jobs 3                                                    # a batch packed onto one GPU
-    python examples/reproduce_cifar10.py --cell 'datm-ipc50-asym40-?' --budget short \\
+    python reproduction/reproduce_cifar10.py --cell 'datm-ipc50-asym40-?' --budget short \\
         --dataset /data/cifar10.npz --gpus 0,1 --jobs 2                      # Table 3 at asym 40%
-    python examples/reproduce_cifar10.py --cell all --budget short --dataset /data/cifar10.npz \\
+    python reproduction/reproduce_cifar10.py --cell all --budget short --dataset /data/cifar10.npz \\
         --cifar-n /data/CIFAR-10_human.pt                                    # the whole grid
-    python examples/reproduce_cifar10.py --cell mtt-ipc10-asym40-tad --budget short --set tad.balance_classes=false \\
+    python reproduction/reproduce_cifar10.py --cell mtt-ipc10-asym40-tad --budget short --set tad.balance_classes=false \\
         --tag nobal --dataset /data/cifar10.npz                              # a variant: its own runs and record
-    python examples/reproduce_cifar10.py --queue                             # cifar10/QUEUE.md: what is left
-    python examples/reproduce_cifar10.py --page                              # results page from the records
+    python reproduction/reproduce_cifar10.py --queue                             # cifar10/QUEUE.md: what is left
+    python reproduction/reproduce_cifar10.py --page                              # results page from the records
 
 Cells are named ``<method>-ipc<N>-<noise>-<arm>``: method ``mtt``, ``ftd``, ``datm`` or ``att``; IPC 1, 10 or
 50; noise ``sym20``, ``sym40``, ``asym20``, ``asym40`` (CIFAR-10's class flips) or ``c10n-worst`` (the
@@ -23,7 +23,7 @@ switch TAD's parts (reverse-CE regulariser, outer loop, inner loop) as the paper
 ``noisy`` cell and ``-F`` the ``tad`` cell (every part on), so those two run once. ``--cell`` takes names,
 shell patterns (``'att-ipc50-*'``) or ``all``.
 
-Each cell's config is built from a base YAML per noise kind in ``examples/configs/`` (``cifar10_sym.yaml``,
+Each cell's config is built from a base YAML per noise kind in ``reproduction/configs/`` (``cifar10_sym.yaml``,
 ``cifar10_asym.yaml``, ``cifar10n_worst.yaml``) with ``--method``, ``--ipc``, ``--noise-rate``, ``--tad`` /
 ``--no-tad``: the method's own settings come from its table (``tad_plugin.adapters``). ``--budget`` adds the
 budget's settings, then Table 3's switches, then your ``--set`` (later ones win).
@@ -43,7 +43,7 @@ Jobs run ``--jobs`` at once on each GPU of ``--gpus``, logs in ``<out>/logs/<job
 stop the others (the exit code is 1 and its log's last lines are printed; cells whose buffer failed are not
 started). At the end a table says what ran where (GPU, start, end, wall time), also written to
 ``<out>/logs/schedule.md``. Each finished cell's ``result_run.json`` is copied to
-``examples/results/cifar10/<cell>.json`` with a ``cell`` entry added (its method, IPC, noise, arm, switches,
+``results/cifar10/<cell>.json`` with a ``cell`` entry added (its method, IPC, noise, arm, switches,
 budget and buffer). Runs resume: re-running a cell skips its finished stages.
 
 Pixels: if you use the JPEG-compressed CIFAR-10 copy, absolute accuracies differ a little from the
@@ -65,9 +65,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+#: this script's folder (its base configs are under configs/); the records and the page are under the repository's results/
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results" / "cifar10"
-PAGE = ROOT / "results" / "README.md"
+RESULTS = ROOT.parent / "results" / "cifar10"
+PAGE = ROOT.parent / "results" / "README.md"
 QUEUE = RESULTS / "QUEUE.md"
 
 OTHER_RESULTS = (
@@ -75,32 +76,32 @@ OTHER_RESULTS = (
     ("demo_digits_asym40.json", "`tad demo` on digits with CIFAR-10's asymmetric flips at 40% (CPU): both arms, trust report"),
     ("demo_digits_asym40_balanced.json", "the same with `tad.balance_classes` (CPU): both arms, trust report"),
     ("features_cifar10.md", "SimCLR ResNet-18 extractor on CIFAR-10: kNN accuracy vs epochs and minutes"),
-    ("benchmark_engine.md", "engine speed vs the official MTT code (experts, distillation, evaluation)"),
-    ("benchmark_experts.json", "expert-training variants (fp32 / bf16 / channels_last, E, TAD) per expert-epoch"),
-    ("benchmark_inner_grad_cpu.json", "distillation routes (autograd / explicit / compiled, recompute): time, memory (CPU)"),
-    ("benchmark_inner_grad_h200_ipc10.json", "the same routes on an H200, IPC 10 (30 unrolled steps, batch 100)"),
-    ("benchmark_inner_grad_h200_ipc50.json", "the same routes on an H200, IPC 50 (batch 500): peak memory"),
+    ("../benchmarks/results/benchmark_engine.md", "engine speed vs the official MTT code (experts, distillation, evaluation)"),
+    ("../benchmarks/results/benchmark_experts.json", "expert-training variants (fp32 / bf16 / channels_last, E, TAD) per expert-epoch"),
+    ("../benchmarks/results/benchmark_inner_grad_cpu.json", "distillation routes (autograd / explicit / compiled, recompute): time, memory (CPU)"),
+    ("../benchmarks/results/benchmark_inner_grad_h200_ipc10.json", "the same routes on an H200, IPC 10 (30 unrolled steps, batch 100)"),
+    ("../benchmarks/results/benchmark_inner_grad_h200_ipc50.json", "the same routes on an H200, IPC 50 (batch 500): peak memory"),
     ("features_probe/features_cifar10_lr024.md", "SimCLR probe: peak lr 0.24 (2x the default) for 10 minutes on an H200"),
     ("features_probe/features_cifar10_lr006.md", "SimCLR probe: peak lr 0.06 (half the default) for 10 minutes on an H100"),
-    ("benchmark_engine_routes_h100.json", "every engine route of the CIFAR-10 configs from one H100 run, with official and floor ratios"),
+    ("../benchmarks/results/benchmark_engine_routes_h100.json", "every engine route of the CIFAR-10 configs from one H100 run, with official and floor ratios"),
     ("features_cifar10_throughput.json", "SimCLR training throughput (batch, compile) and augmentation share"),
-    ("benchmark_augment_cpu.json", "SimCLR augmentation alone, eager vs compiled pixel operations (CPU)"),
-    ("benchmark_distributed.json", "1 vs 2 GPUs under torchrun: expert training, IPC 50 x 100 distillation"),
-    ("benchmark_dual_loop.md", "TAD's per-epoch division + recalibration at CIFAR-10 scale: before / after the speed-up "
+    ("../benchmarks/results/benchmark_augment_cpu.json", "SimCLR augmentation alone, eager vs compiled pixel operations (CPU)"),
+    ("../benchmarks/results/benchmark_distributed.json", "1 vs 2 GPUs under torchrun: expert training, IPC 50 x 100 distillation"),
+    ("../benchmarks/results/benchmark_dual_loop.md", "TAD's per-epoch division + recalibration at CIFAR-10 scale: before / after the speed-up "
      "(CPU), and on an H200"),
-    ("benchmark_experts_h200.json", "expert-epoch on an H200, bf16 (test pass too) vs fp32, compiled, E = 20"),
-    ("benchmark_experts_h200_e40.json", "expert-epoch on an H200, E = 20 vs 40 experts per launch, and without DSA"),
-    ("benchmark_experts_h100_split.json", "expert-epoch on an H100 with the test pass timed apart: the official comparison train + test and train only"),
-    ("benchmark_experts_h100.json", "expert-epoch on an H100, bf16 (test pass too) vs fp32, compiled, E = 20"),
-    ("benchmark_inner_grad_h100_ipc10.json", "distillation routes on an H100, IPC 10: autograd vs compiled + recompute"),
-    ("benchmark_inner_grad_h100_ipc10_profile.json", "the same on another H100, profiled: kernel time vs wall time, top kernels"),
-    ("benchmark_augment_h100.json", "SimCLR augmentation alone on an H100, eager vs compiled pixel operations"),
+    ("../benchmarks/results/benchmark_experts_h200.json", "expert-epoch on an H200, bf16 (test pass too) vs fp32, compiled, E = 20"),
+    ("../benchmarks/results/benchmark_experts_h200_e40.json", "expert-epoch on an H200, E = 20 vs 40 experts per launch, and without DSA"),
+    ("../benchmarks/results/benchmark_experts_h100_split.json", "expert-epoch on an H100 with the test pass timed apart: the official comparison train + test and train only"),
+    ("../benchmarks/results/benchmark_experts_h100.json", "expert-epoch on an H100, bf16 (test pass too) vs fp32, compiled, E = 20"),
+    ("../benchmarks/results/benchmark_inner_grad_h100_ipc10.json", "distillation routes on an H100, IPC 10: autograd vs compiled + recompute"),
+    ("../benchmarks/results/benchmark_inner_grad_h100_ipc10_profile.json", "the same on another H100, profiled: kernel time vs wall time, top kernels"),
+    ("../benchmarks/results/benchmark_augment_h100.json", "SimCLR augmentation alone on an H100, eager vs compiled pixel operations"),
     ("features_cifar10_throughput_h100_2026-11-26.json", "SimCLR training throughput on an H100 with the compiled augmentation"),
     ("features_cifar10_throughput_h100_jitter_order.json", "the same after the per-sample colour-jitter order (more "
      "pixel work: augmentation 3.9% -> 10.5% of a compiled batch-512 step)"),
     ("features_cifar10_throughput_h100_fused_render.json", "the same with the whole view rendered as one compiled graph "
      "(augmentation 6.0% of a compiled batch-512 step)"),
-    ("benchmark_augment_cpu_fused_render.json", "SimCLR augmentation alone before / after the one-graph render (CPU)"),
+    ("../benchmarks/results/benchmark_augment_cpu_fused_render.json", "SimCLR augmentation alone before / after the one-graph render (CPU)"),
     ("features_probe/features_cifar10_fixes.md", "SimCLR 10 minutes on an H100 with the audit's two fixes (per-sample "
      "jitter order, fixed warm-up): 79.87% kNN@10, 286 epochs"),
     ("features_probe/features_cifar10_fused.md", "the same with the one-graph render: 345 epochs, 79.57% kNN@10"),
@@ -120,14 +121,14 @@ OTHER_RESULTS = (
     ("expert_displacement.md", "how far experts move per 2 epochs: noisy vs TAD with and without reverse CE "
      "(digits, CPU) and noisy vs TAD GSAM experts (CIFAR-10 sym40), beside the learned step size"),
     ("cifar10/first_gpu_runs/README.md", "first CIFAR-10 GPU runs: a pipeline check (no ZCA), not results"),
-    ("../upstream/README.md", "`tad wrap` on the real MTT / FTD / DATM / ATT code"),
+    ("../docs/wrapping.md", "`tad wrap` on the real MTT / FTD / DATM / ATT code"),
 )
 
 # ---------------------------------------------------------------------- the grid
 
 METHODS = ("mtt", "ftd", "datm", "att")
 IPCS = (1, 10, 50)
-#: noise setting -> (base config under examples/configs/, noise rate; None: CIFAR-10N's own labels)
+#: noise setting -> (base config under reproduction/configs/, noise rate; None: CIFAR-10N's own labels)
 NOISES = {"sym20": ("cifar10_sym.yaml", 0.2), "sym40": ("cifar10_sym.yaml", 0.4),
           "asym20": ("cifar10_asym.yaml", 0.2), "asym40": ("cifar10_asym.yaml", 0.4),
           "c10n-worst": ("cifar10n_worst.yaml", None)}
@@ -594,7 +595,7 @@ def schedule_lines(times: dict[str, tuple[str | None, float, float]], codes: dic
 
 
 def collect(name: str, out: Path, cell: Cell | None = None, extra: dict | None = None) -> None:
-    """Copy a finished run's result JSON (``out/<name>/result_run.json``) to examples/results/cifar10/<name>.json,
+    """Copy a finished run's result JSON (``out/<name>/result_run.json``) to results/cifar10/<name>.json,
     atomically, with a ``cell`` entry added when ``cell`` is given: its method, IPC, noise, arm, TAD's parts and
     ``extra`` (the buffer, the budget); and the trust report its record names (``.json``, ``.png``) as
     ``<name>.trust_report.*``."""
@@ -780,7 +781,7 @@ def queue(results: Path = RESULTS, budget: str = "short") -> str:
     grid = cells()
     left = [n for n in grid if not finished(n, results)]
     lines = ["# CIFAR-10 grid: what is left", "",
-             f"Generated by `python examples/reproduce_cifar10.py --queue` from the cells without a finished record "
+             f"Generated by `python reproduction/reproduce_cifar10.py --queue` from the cells without a finished record "
              f"in this folder: {len(left)} of {len(grid)} cells left. Budget: `--budget {budget}` ({budget_text(budget)}). "
              "Each command trains the shared buffers its cells read when they are not finished under `--out` yet, "
              "then distils each cell as soon as its buffer is done; give it `--gpus` and `--jobs` to pack the jobs "
@@ -800,7 +801,7 @@ def queue(results: Path = RESULTS, budget: str = "short") -> str:
             bufs = sorted({buffer_of(grid[n]) for n in part})
             c10n = " --cifar-n CIFAR-10_human.pt" if noise == "c10n-worst" else ""
             lines += [f"- {noise}: {len(part)} cells, buffers {', '.join(f'`{b}`' for b in bufs)}", "",
-                      "  ```", f"  python examples/reproduce_cifar10.py --budget {budget} --dataset cifar10.npz{c10n} "
+                      "  ```", f"  python reproduction/reproduce_cifar10.py --budget {budget} --dataset cifar10.npz{c10n} "
                       "--gpus 0 --jobs 2 \\", "    " + " ".join(f"--cell {n}" for n in part), "  ```", ""]
     return "\n".join(lines)
 
@@ -1209,7 +1210,7 @@ def page(results: Path = RESULTS) -> str:
     """The results page (Markdown) from the records in ``results``."""
     grid = cells()
     lines = ["# Results", "", "## CIFAR-10: the paper's Tables 1-3", "",
-             "Generated by `python examples/reproduce_cifar10.py --page` from the JSON records in `cifar10/` (each "
+             "Generated by `python reproduction/reproduce_cifar10.py --page` from the JSON records in `cifar10/` (each "
              "holds the command, config, seed, commit, device and wall time of its run, the buffer it distilled "
              "from and, for TAD arms, the trusted space its experts ended with); `cifar10/QUEUE.md` lists the cells not run yet "
              "with their commands. Each entry: the method on the noisy labels -> with TAD (the gain), our final "
@@ -1223,7 +1224,7 @@ def page(results: Path = RESULTS) -> str:
              "upstream's MTT, FTD and ATT IPC-50 rows use none); 5 evaluation nets for DATM (its configs: 1); "
              "DATM's IPC-50 start window grows over 2000 iterations, so at 1000 it reaches epoch 30 of 40. "
              "TAD under asymmetric noise adds two remedies the paper's TAD does not have (class-balanced epochs "
-             "and a warm-up confidence penalty; `examples/configs/cifar10_asym.yaml`).", "",
+             "and a warm-up confidence penalty; `reproduction/configs/cifar10_asym.yaml`).", "",
              "Pixels: the JPEG-compressed CIFAR-10 copy (quality 75) for every run recorded here so far "
              "(`--dataset /root/cifar10.npz`): absolute numbers differ a little from the official pixels; arms "
              "on the same copy compare fairly. Paper numbers marked `*` were read through the paper text's glyph "
@@ -1297,8 +1298,8 @@ def main() -> None:
                         "(the c10n-worst cells need --cifar-n)")
     p.add_argument("--jobs", type=int, default=1, help="jobs run at once on each GPU")
     p.add_argument("--gpus", help="comma-separated CUDA device indices to spread the jobs over (default: all)")
-    p.add_argument("--page", action="store_true", help="write examples/results/README.md")
-    p.add_argument("--queue", action="store_true", help="write examples/results/cifar10/QUEUE.md: the cells "
+    p.add_argument("--page", action="store_true", help="write results/README.md")
+    p.add_argument("--queue", action="store_true", help="write results/cifar10/QUEUE.md: the cells "
                    "without a finished record, in batches, with their commands")
     p.add_argument("--dataset", default="cifar10", help="cifar10 (torchvision), or an arrays file .npz")
     p.add_argument("--cifar-n", help="CIFAR-10_human.pt for the c10n-worst cells")

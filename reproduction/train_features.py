@@ -1,6 +1,6 @@
 """Reproduce the self-supervised feature extractor's results in one command (needs a CUDA GPU).
 
-    python examples/train_features.py --dataset /root/cifar10.npz --time-budget 540 --bench
+    python reproduction/train_features.py --dataset /root/cifar10.npz --time-budget 540 --bench
 
 1. ``--bench``: times SimCLR steps for a few (batch size, torch.compile) settings and prints a table of
    throughput (augmented views per second) and the share of device time spent in augmentation.
@@ -12,19 +12,19 @@
 
 Probes give each run its own ``--name``/``--results``/``--checkpoint`` so that the 10-minute result files
 stay untouched, e.g. the SGD-vs-LARS probe (2 minutes each) and the peak-lr probe recorded under
-``examples/results/features_probe/``::
+``results/features_probe/``::
 
-    python examples/train_features.py --dataset /root/cifar10.npz --name cifar10_lars_120s --time-budget 120 \\
+    python reproduction/train_features.py --dataset /root/cifar10.npz --name cifar10_lars_120s --time-budget 120 \\
         --eval-every 10 --optimizer lars --weight-decay 1e-6 --temperature 0.2 --results /root/probe \\
         --checkpoint /root/probe/lars.pt
-    python examples/train_features.py --dataset /root/cifar10.npz --name cifar10_lr024 --lr 0.24 \\
+    python reproduction/train_features.py --dataset /root/cifar10.npz --name cifar10_lr024 --lr 0.24 \\
         --time-budget 590 --eval-every 20 --results /root/probe --checkpoint /root/probe/lr024.pt
 
 ``--compare`` draws several runs' records on one plot (no GPU), e.g. the 10-minute runs::
 
-    python examples/train_features.py --compare examples/results/features_cifar10.json \\
-        examples/results/features_probe/features_cifar10_{lr006,lr024,compiled_aug,fixes,fused,t02,crop008}.json \\
-        --compare-out examples/results/features_probe/ten_minute_runs.png
+    python reproduction/train_features.py --compare results/features_cifar10.json \\
+        results/features_probe/features_cifar10_{lr006,lr024,compiled_aug,fixes,fused,t02,crop008}.json \\
+        --compare-out results/features_probe/ten_minute_runs.png
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def compare(records: list[Path], path: Path, k: int = 10) -> None:
             final = 100 * rec["knn"][str(k)]
         except (OSError, ValueError, KeyError) as exc:
             pyplot("train_features.py's plots").close(fig)
-            raise SystemExit(f"{record_path}: not a training record of examples/train_features.py with kNN@{k} "
+            raise SystemExit(f"{record_path}: not a training record of reproduction/train_features.py with kNN@{k} "
                              f"({exc!r}); pass the features_<name>.json files it writes") from exc
         label = (f"{record_path.stem.removeprefix('features_')} ({rec['commit'][:7]}, "
                  f"{rec['device'].replace('NVIDIA ', '')}): {final:.2f}%, {rec['epochs']} ep")
@@ -196,7 +196,7 @@ def main() -> int:
     p.add_argument("--bench-steps", type=int, default=30)
     p.add_argument("--checkpoint-every", type=int, default=25, help="epochs between resumable states")
     p.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD here)")
-    p.add_argument("--results", type=Path, default=ROOT / "examples" / "results")
+    p.add_argument("--results", type=Path, default=ROOT / "results")
     p.add_argument("--checkpoint", type=Path, default=Path("/tmp/tad_features/cifar10.pt"))
     p.add_argument("--note", default="Pixels: the CIFAR-10 JPEG copy (quality 75), not the official pixels, so "
                                      "absolute accuracies differ a little from published ones.")

@@ -40,7 +40,7 @@ class TrustAwareDiversion:
             enough that only samples close to the anchors vote. The CIFAR-10 configs (5000 samples per
             class) use 500 with ``num_neighbors`` 50: on SimCLR features and a split simulated from a real
             run's first division that gave 94.9% precision and 89.2% recall after one round vs 94.0% and
-            87.8% for 100 / 30 (examples/results/recalibration_sweep.md).
+            87.8% for 100 / 30 (results/recalibration_sweep.md).
         num_neighbors: nearest references that vote for a sample. Default 30: on digits (40% symmetric
             noise, the demo's first recalibration, 8 experts) unanimous votes of 10 neighbours recalled
             3030 samples at 98.4% accuracy, below the 98-99.7% precision of the trusted spaces they
@@ -55,7 +55,7 @@ class TrustAwareDiversion:
             one sieved, only if its vote is at least as supported as that. The bar adapts to the features and the round (near-unanimity for tight
             clusters such as digits' pixels, lower for diffuse ones) and, measured on the demo's dual
             loop, keeps the trusted space's precision where fixed thresholds lowered it (see
-            examples/results/demo_digits.md). ``"fixed"`` uses ``recall_confidence`` /
+            results/demo_digits.md). ``"fixed"`` uses ``recall_confidence`` /
             ``sieve_confidence`` instead (``num_neighbors=10`` with it is the earlier behaviour).
         calibration_quantile: the quantile of the trusted samples' own-label shares used as the bar.
             Default 0.75: the median admitted a few wrong recalls on digits (99.8% right, below the best

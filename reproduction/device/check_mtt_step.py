@@ -12,7 +12,7 @@ the DSA operations themselves are written to upstream's formulas and tested in `
 Everything runs in float64 on the CPU, so the two should agree to rounding (~1e-15): the matching loss, the
 gradient w.r.t. the images and the gradient w.r.t. the step size.
 
-    python examples/upstream/check_mtt_step.py --repo ~/mtt-distillation [--syn-steps 5] [--out check.json]
+    python reproduction/device/check_mtt_step.py --repo ~/mtt-distillation [--syn-steps 5] [--out check.json]
 
 Nothing of the checkout is copied: it is imported from ``--repo`` for the run only. Exit code 0 when every
 route agrees within ``--tolerance`` (relative), 1 otherwise.

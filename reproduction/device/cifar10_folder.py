@@ -1,7 +1,7 @@
 """Write torchvision's CIFAR-10 folder (cifar-10-batches-py) from a decoded arrays file, so that upstream's
 ``datasets.CIFAR10(data_path, ...)`` reads it unchanged.
 
-usage: python examples/upstream/cifar10_folder.py ARRAYS.npz DATA_PATH
+usage: python reproduction/device/cifar10_folder.py ARRAYS.npz DATA_PATH
 ARRAYS.npz: train_images uint8 [50000, 32, 32, 3] (official order), train_labels, test_images, test_labels
 (see .data/cifar10_jpeg_decode.py). Writes DATA_PATH/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}.
 """

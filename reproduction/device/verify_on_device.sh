@@ -2,7 +2,7 @@
 # Device check of `tad wrap` against the REAL upstream code of MTT, FTD, DATM and ATT (GPU, ~10 min).
 #
 # Needs, in the repository root: .upstream/{mtt,ftd,datm,att}/ (source files exported from the upstream
-# repositories, see examples/upstream/README.md), .whl/ (kornia, kornia_rs, yacs wheels for Python 3.12),
+# repositories, see docs/wrapping.md), .whl/ (kornia, kornia_rs, yacs wheels for Python 3.12),
 # and /root/cifar10.npz (decoded CIFAR-10 arrays; made from .data/cifar10-jpeg.npz when missing).
 # For each repository: a short buffer run with TAD on (2 experts x 5 epochs, symmetric 40% noise) and a
 # short distill run consuming it (20 iterations, one evaluation), logs under $OUT/<name>/.
@@ -10,7 +10,7 @@
 # it tad wrap's default applies (the default extractor if present, else the logged chunk-mean fallback).
 # TAD_SETS="--set tad.KEY=VALUE ..." adds tad wrap options to every run (e.g. the asymmetric recipe's
 # tad.balance_classes=true and tad.warmup_confidence_penalty=1).
-# usage: [EXTRACTOR=FILE] [TAD_SETS="..."] bash examples/upstream/verify_on_device.sh [mtt ftd datm att]
+# usage: [EXTRACTOR=FILE] [TAD_SETS="..."] bash reproduction/device/verify_on_device.sh [mtt ftd datm att]
 set -uo pipefail
 ROOT=$(pwd)
 OUT=${OUT:-/tmp/tad_wrap_verify}
@@ -23,7 +23,7 @@ export PYTHONUNBUFFERED=1
 ARRAYS=/root/cifar10.npz
 [ -f "$ARRAYS" ] || python3 .data/cifar10_jpeg_decode.py .data/cifar10-jpeg.npz "$ARRAYS" || exit 1
 DATA=$WORK/cifar
-[ -d "$DATA/cifar-10-batches-py" ] || python3 examples/upstream/cifar10_folder.py "$ARRAYS" "$DATA" || exit 1
+[ -d "$DATA/cifar-10-batches-py" ] || python3 reproduction/device/cifar10_folder.py "$ARRAYS" "$DATA" || exit 1
 FEATURES=()
 if [ -n "${EXTRACTOR:-}" ]; then
     [ -f "$EXTRACTOR" ] || { echo "EXTRACTOR=$EXTRACTOR does not exist"; exit 1; }

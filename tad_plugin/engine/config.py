@@ -135,7 +135,7 @@ class TADConfig:
     ``split``: ``"per-expert"`` (each expert's trusted space comes from its own per-sample losses;
     the faithful default) or ``"shared"`` (one split from the losses averaged over the experts of a
     group, the same for all of them; cheaper in GMM fits, identical trusted spaces). Measured so far
-    (examples/results/demo_digits.md): shared is the more precise on digits (99.6% vs 99.0%) and on
+    (results/demo_digits.md): shared is the more precise on digits (99.6% vs 99.0%) and on
     CIFAR-10 sym40 (94% vs 93%, recall 85.9% vs 86.5%, 24% less buffer time), with the same digits
     accuracy; CIFAR-10's distillation accuracy with it is not measured yet, so per-expert stays the default.
     ``warmup_epochs``: epochs trained on the whole training set before the first split; the split
@@ -167,11 +167,11 @@ class TADConfig:
     as many draws as trusted samples; in the warm-up every sample is trusted, so its label counts decide)
     instead of once each in a random order (False, the paper's and the default). Why it exists: under
     CIFAR-10's asymmetric noise the class-mean threshold leaves the clean source classes small (cat 1,368
-    trusted vs dog 5,271 at asym40, examples/results/README.md), so the experts train on a 4:1 class
+    trusted vs dog 5,271 at asym40, results/README.md), so the experts train on a 4:1 class
     imbalance the balanced synthetic set does not have. Digits asym40: 94.8% vs 94.3% without
-    (examples/results/demo_digits.md); CIFAR-10 asym40 (one seed, 20 x 23 experts, 1000 iterations):
+    (results/demo_digits.md); CIFAR-10 asym40 (one seed, 20 x 23 experts, 1000 iterations):
     54.2% vs 52.1% without, trusted space 94.6% vs 92.6% precise
-    (examples/results/cifar10/asym40-tad-balanced.json), 58.7% with ``warmup_confidence_penalty`` too
+    (results/cifar10/asym40-tad-balanced.json), 58.7% with ``warmup_confidence_penalty`` too
     (asym40-tad.json: the asym40 example config sets both); no gain under symmetric 40% (59.2% vs 59.7%) or
     CIFAR-10N worst (59.0% vs 58.6%) noise (sym40-tad-balanced.json, c10n-worst-tad-balanced.json).
     ``warmup_confidence_penalty``: weight ``w`` of a confidence penalty added to the experts' loss in the
@@ -179,11 +179,11 @@ class TADConfig:
     off, the paper). DivideMix's remedy for asymmetric noise: experts that stay unconfident on the systematic
     flips (CIFAR-10's cat <-> dog) leave the flipped samples' losses higher at the first division. CIFAR-10
     asym40 (w = 1, one seed, 20 x 23 experts, 1000 iterations): 55.2% vs 52.1% without, trusted space as precise
-    (92.2% vs 92.6%; examples/results/cifar10/asym40-tad-cpen.json), 58.7% with ``balance_classes`` too, so
+    (92.2% vs 92.6%; results/cifar10/asym40-tad-cpen.json), 58.7% with ``balance_classes`` too, so
     the asym40 example config sets both; it hurts under symmetric 40% (55.6% vs 59.7%) and CIFAR-10N worst
     (55.9% vs 58.6%) noise (sym40-tad-cpen.json, c10n-worst-tad-cpen.json); digits
     asym40 (w = 1): the first division 98.7% precise instead of 97.2%, the same final trusted space, 92.9% vs
-    94.3% accuracy (inside the seed spread; examples/results/demo_digits.md).
+    94.3% accuracy (inside the seed spread; results/demo_digits.md).
     ``loss_average``: the number K of most recent parameter snapshots whose per-sample losses (each under the
     current labels, no augmentation) are averaged for a division (1 = the last epoch's losses alone, the paper
     and the default; fewer snapshots than K early on: all there are). Why it exists: at CIFAR-10 sym40 the
@@ -192,8 +192,8 @@ class TADConfig:
     apart. Costs K - 1 extra no-augmentation passes per division. Measured at CIFAR-10 sym40 (K = 6 vs 1, one
     seed, 20 x 23 experts, 1000 iterations, same extractor, run side by side): the drift stops (93.8% from epoch
     16 on) and the final trusted space is 93.9% precise / 86.0% recall vs 93.0 / 87.4, but the distilled images
-    are no better (59.5 +- 0.2% vs 59.6 +- 0.3%; examples/results/cifar10/sym40-tad-avg6.json and
-    division/README.md), so the default stays 1. ``examples/division_thresholds.py --average`` shows its effect
+    are no better (59.5 +- 0.2% vs 59.6 +- 0.3%; results/cifar10/sym40-tad-avg6.json and
+    division/README.md), so the default stays 1. ``reproduction/division_thresholds.py --average`` shows its effect
     on a finished run's final division. Engine only (not under ``tad wrap``).
     ``reg_weight``, ``log_zero``, ``top_k``, ``num_neighbors``, ``vote_threshold`` (``"calibrated"`` or
     ``"fixed"``), ``calibration_quantile``, ``recall_confidence``, ``sieve_confidence``: passed to
@@ -272,14 +272,14 @@ class DistillConfig:
       ``adaptive_distance``: ``"l1"`` (upstream's code) or ``"squared_l2"`` (the paper's text).
     * DATM: start epochs from ``[min_start_epoch, hi)`` (``min_start_epoch`` applies to every method; MTT +
       TAD at CIFAR-10 asym40, IPC 10, from epoch 10: 42.8% vs 55.2% from 0, so its default stays 0:
-      examples/results/cifar10/asym40-tad-cpen-min10.json); with ``window_start`` set (T', sequential
+      results/cifar10/asym40-tad-cpen-min10.json); with ``window_start`` set (T', sequential
       generation) ``hi`` grows from ``window_start`` to ``max_start_epoch`` over
       ``window_growth_iterations`` iterations (None = ``hi = max_start_epoch`` throughout);
       ``lr_labels`` learns soft labels (logits; SGD with ``label_momentum``; None = hard labels);
       ``label_temperature``: the initial soft labels are the experts' logits divided by it (1 = upstream; > 1
       softens them: TAD's experts, trained on the trusted space, give nearly one-hot labels where the noisy
-      arm's are soft, examples/results/demo_digits.md; CIFAR-10 sym40, DATM + TAD, one seed: 61.5% at T = 4 vs
-      60.7% at 1, examples/results/cifar10/datm-sym40-tad-t4.json; the noisy arm not measured at 4);
+      arm's are soft, results/demo_digits.md; CIFAR-10 sym40, DATM + TAD, one seed: 61.5% at T = 4 vs
+      60.7% at 1, results/cifar10/datm-sym40-tad-t4.json; the noisy arm not measured at 4);
       ``loss_gate``: skip the update of an iteration whose matching loss exceeds it (None = never);
       ``pix_init = "samples_predicted_correctly"``: real images the experts classify correctly.
 
@@ -374,7 +374,7 @@ class EvalConfig:
     """Evaluation of a distilled set: ``num_eval`` fresh nets trained together (MTT: 5 x 1000 epochs).
 
     ``compile``: the nets' forward + loss through ``torch.compile`` (5 nets x 1000 epochs on an H100:
-    4.9 s instead of 7.8 s, examples/results/benchmark_engine.md; the first evaluation compiles).
+    4.9 s instead of 7.8 s, benchmarks/results/benchmark_engine.md; the first evaluation compiles).
     """
 
     num_eval: int = 5

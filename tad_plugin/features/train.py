@@ -52,7 +52,7 @@ class TrainConfig:
     512 -> 1024 -> 128 without BatchNorm); inputs normalised per channel; a linear warm-up.
 
     The default recipe (SGD) reached kNN@10 79.5% on CIFAR-10 (JPEG copy) in 10 H100 minutes
-    (examples/results/features_cifar10.md). ``optimizer="lars"`` is the SimCLR paper's / solo-learn's
+    (results/features_cifar10.md). ``optimizer="lars"`` is the SimCLR paper's / solo-learn's
     alternative (usually with ``weight_decay`` 1e-6..1e-5 and ``temperature`` 0.2); in a 2-minute probe it
     trailed SGD by 4.6 points (same file).
 
