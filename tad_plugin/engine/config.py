@@ -131,11 +131,14 @@ class BufferConfig:
 class TADConfig:
     """Trust-Aware Diversion settings (the ``tad`` section). ``None`` values use the plugin's documented defaults.
 
+    ``reg_weight``, ``log_zero``, ``top_k``, ``num_neighbors``, ``vote_threshold`` (``"calibrated"`` or
+    ``"fixed"``), ``calibration_quantile``, ``recall_confidence`` and ``sieve_confidence`` are passed to
+    :class:`~tad_plugin.tad.TrustAwareDiversion` (documented there); None = its default. ``anchor_epoch``,
+    ``anchor_ipc``, ``anchor_iterations``, ``recalibrate_every`` and ``recall_once``: see
+    :class:`~tad_plugin.engine.dual_loop.DualLoopConfig` (``recall_once`` also applies under ``tad wrap``).
+
     Attributes:
         enabled: TAD on; off = the method on the noisy labels (the noisy arm).
-        reg_weight, log_zero, top_k, num_neighbors, vote_threshold (``"calibrated"`` or ``"fixed"``),
-            calibration_quantile, recall_confidence, sieve_confidence: passed to
-            :class:`~tad_plugin.tad.TrustAwareDiversion` (documented there); None = its default.
         warmup_epochs: epochs trained on the whole training set before the first division; the division for
             epoch ``warmup_epochs`` uses the losses after them (0 = divide on the initialisation's losses).
             Default 2: the experts fit the clean majority before they memorise the noise.
@@ -156,8 +159,6 @@ class TADConfig:
         features_wait_s: seconds the inner loop waits for the extractor file when it first needs it (after
             ``anchor_epoch`` epochs), for an extractor a concurrent ``tad features train`` is still training.
             Default 0: the file must exist when the buffer stage starts, so a missing one is reported at once.
-        anchor_epoch, anchor_ipc, anchor_iterations, recalibrate_every, recall_once: see
-            :class:`~tad_plugin.engine.dual_loop.DualLoopConfig` (``recall_once`` also applies under ``tad wrap``).
         balance_classes: draw each expert's epoch from its trusted space class-balanced (a sample's chance
             inversely proportional to the trusted count of its label, with replacement, as many draws as
             trusted samples) instead of once each in random order. For systematic (asymmetric) noise, where
