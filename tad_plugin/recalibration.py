@@ -29,9 +29,8 @@
      whose vote gives another class a share ``>= sieve_confidence`` are sieved.
 
    Why not the trusted samples' leave-one-out *accuracy* as a function of the share (the textbook
-   calibration): on digits it is 100% at every share >= 0.9, while the untrusted samples' votes at the
-   same shares are only 94.6% right -- trusted samples are the easy ones, so their vote accuracy
-   says nothing about the untrusted ones; their *support* (the share) does, as a bar to reach.
+   calibration): trusted samples are the easy ones, so their vote accuracy overstates the untrusted
+   samples' at the same share; their *support* (the share) is what serves as a bar to reach.
 """
 
 from __future__ import annotations

@@ -38,14 +38,9 @@ class TrustAwareDiversion:
         top_k: reference samples per class in the inner loop (the most reliable trusted ones). Default
             100: large enough that each class has neighbours in every mode of its appearance, small
             enough that only samples close to the anchors vote. The CIFAR-10 configs (5000 samples per
-            class) use 500 with ``num_neighbors`` 50: on SimCLR features and a split simulated from a real
-            run's first division that gave 94.9% precision and 89.2% recall after one round vs 94.0% and
-            87.8% for 100 / 30 (examples/results/recalibration_sweep.md).
-        num_neighbors: nearest references that vote for a sample. Default 30: on digits (40% symmetric
-            noise, the demo's first recalibration, 8 experts) unanimous votes of 10 neighbours recalled
-            3030 samples at 98.4% accuracy, below the 98-99.7% precision of the trusted spaces they
-            joined, while votes of 30 neighbours as supported as the trusted samples' (the calibrated
-            bar below) recalled 1520 at 100%: a wrong class rarely fills 30 neighbours, often 10.
+            class) use 500 with ``num_neighbors`` 50.
+        num_neighbors: nearest references that vote for a sample. Default 30: a wrong class rarely fills
+            30 neighbours, often 10.
             Keep it below the trusted samples per class: a class with fewer references than voters
             never wins unanimously, so on tiny data the calibrated bar (floored at 0.9) recalls little.
         vote_threshold: which votes act. Default ``"calibrated"``: the bar is the
@@ -53,17 +48,14 @@ class TrustAwareDiversion:
             label (:func:`tad_plugin.recalibration.calibrated_threshold`), never below
             ``recall_confidence`` / ``sieve_confidence``; an untrusted sample is recalled, and a trusted
             one sieved, only if its vote is at least as supported as that. The bar adapts to the features and the round (near-unanimity for tight
-            clusters such as digits' pixels, lower for diffuse ones) and, measured on the demo's dual
-            loop, keeps the trusted space's precision where fixed thresholds lowered it (see
-            examples/results/demo_digits.md). ``"fixed"`` uses ``recall_confidence`` /
+            clusters such as digits' pixels, lower for diffuse ones), so recalls do not lower the trusted
+            space's precision where fixed thresholds would. ``"fixed"`` uses ``recall_confidence`` /
             ``sieve_confidence`` instead (``num_neighbors=10`` with it is the earlier behaviour).
         calibration_quantile: the quantile of the trusted samples' own-label shares used as the bar.
-            Default 0.75: the median admitted a few wrong recalls on digits (99.8% right, below the best
-            trusted spaces' 99.7% precision in one expert out of eight), 0.75 none.
+            Default 0.75: stricter than the median, which lets a few wrong recalls in.
         recall_confidence: the vote share needed to recall an untrusted sample with its pseudo-label
-            (``"fixed"``), or the calibrated bar's floor. Default 0.9 (near-unanimous): on overlapping
-            generated classes the calibrated bar sank to 0.59 and recalled at 92% accuracy; the floor
-            keeps weak votes from acting wherever the trusted space's own support is weak.
+            (``"fixed"``), or the calibrated bar's floor. Default 0.9 (near-unanimous): where classes
+            overlap the calibrated bar sinks towards a bare majority; the floor keeps weak votes from acting.
         sieve_confidence: the vote share of another class needed to sieve a trusted sample (``"fixed"``),
             or the calibrated bar's floor. Default 0.9, for the same reason.
         sieve: whether trusted samples are sieved at all.

@@ -165,7 +165,7 @@ def test_detection_table_from_audit_records(quick_audit, tmp_path):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "audit_table.py"
+    path = Path(__file__).resolve().parents[1] / "reproduction" / "audit_table.py"
     spec = importlib.util.spec_from_file_location("audit_table", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,4 +1,4 @@
-"""examples/benchmark_tad_overhead.py runs end to end on the CPU at a tiny size and writes its record (no timing
+"""benchmarks/benchmark_tad_overhead.py runs end to end on the CPU at a tiny size and writes its record (no timing
 is asserted: only that both arms ran and TAD's pieces were measured)."""
 
 import json
@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).parents[1] / "examples" / "benchmark_tad_overhead.py"
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "benchmark_tad_overhead.py"
 
 
 def test_benchmark_runs_both_arms_on_generated_data(tmp_path):

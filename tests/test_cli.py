@@ -135,7 +135,7 @@ def test_help_lists_commands(capsys):
         assert cmd in out
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted([*(ROOT / "examples" / "configs").glob("*.yaml"), *(ROOT / "reproduction" / "configs").glob("*.yaml")]), ids=lambda p: p.name)
 def test_example_configs_are_valid(path):
     cfg = config_from_args(build_parser().parse_args(["run", "--config", str(path)]))
     assert cfg.data.dataset in ("digits", "cifar10", "cifar100", "tinyimagenet")
@@ -212,7 +212,7 @@ def test_command_line_is_retypable():
     assert command_line(["/venv/lib/python3.12/site-packages/tad_plugin/cli.py", "run", "--out", "a b"]) == \
         "python -m tad_plugin.cli run --out 'a b'"
     assert command_line(["/usr/local/bin/tad", "demo"]) == "tad demo"
-    assert command_line(["examples/reproduce_cifar10.py", "--page"]) == "examples/reproduce_cifar10.py --page"
+    assert command_line(["reproduction/reproduce_cifar10.py", "--page"]) == "reproduction/reproduce_cifar10.py --page"
 
 
 def test_run_record_reports_the_final_trusted_space_at_each_consensus_level():

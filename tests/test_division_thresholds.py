@@ -1,4 +1,4 @@
-"""examples/division_thresholds.py: the statistics of a trusted mask, and the comparison on a finished run."""
+"""reproduction/division_thresholds.py: the statistics of a trusted mask, and the comparison on a finished run."""
 
 import importlib.util
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "division_thresholds.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "reproduction" / "division_thresholds.py"
 spec = importlib.util.spec_from_file_location("division_thresholds", SCRIPT)
 dt = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(dt)

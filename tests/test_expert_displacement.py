@@ -1,4 +1,4 @@
-"""examples/expert_displacement.py: displacement by hand on a store with known snapshots, and the CLI."""
+"""reproduction/expert_displacement.py: displacement by hand on a store with known snapshots, and the CLI."""
 
 import importlib.util
 import json
@@ -9,7 +9,7 @@ import torch
 
 from tad_plugin.engine.trajectories import ExpertRecord, TrajectoryStore
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "expert_displacement.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "reproduction" / "expert_displacement.py"
 spec = importlib.util.spec_from_file_location("expert_displacement", SCRIPT)
 ed = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ed)

@@ -175,14 +175,14 @@ def test_a_slow_first_epoch_does_not_cut_the_warm_up_short(tiny, monkeypatch):
 
 
 def test_compare_plots_several_runs_and_names_a_wrong_file(tmp_path):
-    """examples/train_features.py --compare: the records of two runs on one PNG; a file that is not such a
+    """reproduction/train_features.py --compare: the records of two runs on one PNG; a file that is not such a
     record is refused with its name."""
     pytest.importorskip("matplotlib")
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
-        "train_features", Path(__file__).parents[1] / "examples" / "train_features.py")
+        "train_features", Path(__file__).parents[1] / "reproduction" / "train_features.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     records = []

@@ -11,7 +11,7 @@ import pytest
 
 from tad_plugin.cli import build_parser, config_from_args
 
-SCRIPT = Path(__file__).parents[1] / "examples" / "reproduce_cifar10.py"
+SCRIPT = Path(__file__).parents[1] / "reproduction" / "reproduce_cifar10.py"
 spec = importlib.util.spec_from_file_location("reproduce_cifar10", SCRIPT)
 repro = importlib.util.module_from_spec(spec)
 sys.modules["reproduce_cifar10"] = repro  # dataclasses look their module up

@@ -17,6 +17,7 @@ from tad_plugin.features import ExtractorFileError, FeatureExtractor, cifar_resn
 from tad_plugin.manager import TADHooks, get_plugin_manager
 from tad_plugin.noise import noise_rate
 from tad_plugin.tad import TrustAwareDiversion
+from tad_plugin.trust_report import TrustReport
 from tad_plugin.upstream import TrustState, WrapConfig, run_wrapped
 from tad_plugin.upstream import epoch as wrapped_epoch
 from tad_plugin.upstream.epoch import HookCriterion
@@ -63,6 +64,7 @@ def repo(tmp_path, monkeypatch):
     np.savez(root / "data" / "tiny.npz", x=x, y=y, xt=xt, yt=yt)
     monkeypatch.setenv("STANDIN_TRACE", str(tmp_path / "trace.jsonl"))
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "no_extractors"))
+    monkeypatch.setenv("TAD_PLUGIN_WRAP", str(tmp_path / "wrap_states"))
     monkeypatch.syspath_prepend(str(HERE / "upstream_harness"))
     return root
 
@@ -77,7 +79,7 @@ BUFFER_ARGS = ["--dataset=TINY", "--data_path=data", "--buffer_path=buffers", f"
                f"--train_epochs={EPOCHS}", f"--save_interval={EXPERTS}", "--batch_train=32", "--lr_teacher=0.2"]
 
 
-def test_buffer_and_distill_run_unmodified_with_tad(repo, caplog):
+def test_buffer_and_distill_run_unmodified_with_tad(repo, caplog, capsys):
     """Without an extractor: the documented fallback (the expert's activations, chunk-mean anchors), logged."""
     torch.manual_seed(0)
     spy = Spy()
@@ -88,6 +90,16 @@ def test_buffer_and_distill_run_unmodified_with_tad(repo, caplog):
     cfg.data.noise, cfg.data.noise_rate = "symmetric", 0.4
     result = run_wrapped("mtt", repo, "buffer.py", BUFFER_ARGS, cfg, hooks=TADHooks(pm))
     trace = _trace(repo)
+    # the state and the trust report live outside the checkout; a line per division
+    assert result.state_path.parent.parent == repo.parent / "wrap_states" and not (repo / "tad_wrap").exists()
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("tad wrap: expert")]
+    assert len(printed) == len(result.divisions) == EXPERTS * (EPOCHS - 1)
+    assert printed[0].startswith(f"tad wrap: expert 0 epoch 1: division, {result.divisions[0]['trusted']} of ")
+    report = TrustReport.load_json(result.state_path.parent / "trust_report.json")
+    assert [(r.epoch, r.stage, r.trusted) for r in report.rounds] == [
+        (d["epoch"], "recalibration" if d["recalibrated"] else "division", d["trusted"])
+        for d in result.divisions if d["expert"] == 0]
+    assert report.noisy_label_accuracy == pytest.approx(0.6, abs=0.01)
     assert "no feature extractor at" in caplog.text and "chunk-mean anchors" in caplog.text
 
     # hooks: divisions before epochs 1..4 of each expert, recalibration with them from epoch 3 on
@@ -152,6 +164,15 @@ def test_errors_name_the_problem(repo, capsys):
     assert main(["wrap", "mtt", "--repo", str(repo), "--", "buffer.py", "--no_such_flag"]) == 2  # argparse's exit
     assert main(["wrap", "mtt", "--repo", str(repo), "--set", "tad.bogus=1", "--", "buffer.py"]) == 2
     assert "tad.bogus" in capsys.readouterr().err
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(PER_CLASS)
+    state = TrustState.empty(labels, labels, NUM_CLASSES)
+    trusted = torch.ones(NUM_CLASSES * PER_CLASS, dtype=torch.bool)
+    trusted[:PER_CLASS - 3] = False  # class 0 keeps 3 trusted samples
+    state.add_expert(trusted, state.noisy_labels)
+    state.save(repo.parent / "small_pool.pt")
+    with pytest.raises(ValueError, match=r"fewer than --ipc=5 samples in class 0: 3; .* Lower --ipc"):
+        run_wrapped("mtt", repo, "distill.py", ["--data_path=data", "--ipc=5"],
+                    WrapConfig(state=str(repo.parent / "small_pool.pt")))
     with pytest.raises(ExtractorFileError, match="no feature extractor at .*missing.pt"):
         run_wrapped("mtt", repo, "buffer.py", BUFFER_ARGS, WrapConfig(tad=TADConfig(features="missing.pt")))
 

@@ -95,8 +95,7 @@ class BufferConfig:
     test pass). Same values up to float rounding; off = uint8 resident only.
     ``eval_batch_size``: images per pass without augmentation (TAD's per-sample losses before each division,
     the test pass), for all the group's experts at once, so the memory of those passes grows with it times
-    ``experts_per_group`` (three CIFAR-10 TAD runs with 20 experts per group did not fit on one 80 GB H100 at
-    once, two did); no effect on the results.
+    ``experts_per_group``; no effect on the results (lower it when the GPU runs out of memory).
     """
 
     num_experts: int = 100
@@ -130,74 +129,51 @@ class BufferConfig:
 
 @dataclass
 class TADConfig:
-    """Trust-Aware Diversion settings. ``None`` values use the plugin's documented defaults.
+    """Trust-Aware Diversion settings (the ``tad`` section). ``None`` values use the plugin's documented defaults.
 
-    ``split``: ``"per-expert"`` (each expert's trusted space comes from its own per-sample losses;
-    the faithful default) or ``"shared"`` (one split from the losses averaged over the experts of a
-    group, the same for all of them; cheaper in GMM fits, identical trusted spaces). Measured so far
-    (examples/results/demo_digits.md): shared is the more precise on digits (99.6% vs 99.0%) and on
-    CIFAR-10 sym40 (94% vs 93%, recall 85.9% vs 86.5%, 24% less buffer time), with the same digits
-    accuracy; CIFAR-10's distillation accuracy with it is not measured yet, so per-expert stays the default.
-    ``warmup_epochs``: epochs trained on the whole training set before the first split; the split
-    for epoch ``warmup_epochs`` comes from the per-sample losses after them (0 = split on the
-    initialisation's losses).
-    ``recompute_every``: epochs between re-divisions after the warm-up (1 = before every epoch).
-    ``outer_loop``: the outer loop, the paper's OL: divide the training set into trusted and untrusted
-    samples (GMM on the per-sample losses) from ``warmup_epochs`` on and train each expert on its trusted
-    space; off = every sample trains in every epoch and no division is made (the experts still use
-    ``expert_loss``: CE + ``reg_weight`` * RCE). The paper's Table 3 switches each part: Reg =
-    ``reg_weight`` (0 = plain CE), OL = ``outer_loop``, IL = ``inner_loop``.
-    ``inner_loop``: run the dual loop's inner loop (anchors + ``recalibrate``); off = outer loop only. It
-    recalibrates the samples the outer loop's division leaves out, so it needs ``outer_loop``.
-    ``features``: what embeds samples and anchors for the inner loop: None = the extractor trained by
-    ``tad features train`` for this dataset (its default path), a path to such a file, or ``"pixels"``
-    (the raw pixels, label-free; adequate for tiny grey images such as digits, not for CIFAR). ``tad
-    wrap`` takes an extractor file, None (its default extractor, else ``"expert"``), ``"expert"`` or a
-    float ``[N, D]`` tensor file instead (see :mod:`tad_plugin.upstream.epoch`).
-    ``features_wait_s``: how long the inner loop waits for the extractor file of ``tad.features`` (None or a
-    path) when it first needs the features (anchors, after ``anchor_epoch`` epochs), for an extractor that a
-    concurrently started ``tad features train`` is still training; > 0 loads it only then, so the experts'
-    warm-up need not wait for it. Default 0: the file must exist when the buffer stage starts (a missing
-    extractor is reported at once).
-    ``anchor_epoch``, ``anchor_ipc``, ``anchor_iterations``, ``recalibrate_every``, ``recall_once``: see
-    :class:`~tad_plugin.engine.dual_loop.DualLoopConfig` (``recall_once`` also applies under ``tad wrap``).
-    ``balance_classes`` (also under ``tad wrap``: a class-balanced sampler for upstream's epochs): draw each
-    expert's epoch from its trusted space class-balanced (every sample's
-    chance inversely proportional to the number of trusted samples carrying its label, with replacement,
-    as many draws as trusted samples; in the warm-up every sample is trusted, so its label counts decide)
-    instead of once each in a random order (False, the paper's and the default). Why it exists: under
-    CIFAR-10's asymmetric noise the class-mean threshold leaves the clean source classes small (cat 1,368
-    trusted vs dog 5,271 at asym40, examples/results/README.md), so the experts train on a 4:1 class
-    imbalance the balanced synthetic set does not have. Digits asym40: 94.8% vs 94.3% without
-    (examples/results/demo_digits.md); CIFAR-10 asym40 (one seed, 20 x 23 experts, 1000 iterations):
-    54.2% vs 52.1% without, trusted space 94.6% vs 92.6% precise
-    (examples/results/cifar10/asym40-tad-balanced.json), 58.7% with ``warmup_confidence_penalty`` too
-    (asym40-tad.json: the asym40 example config sets both); no gain under symmetric 40% (59.2% vs 59.7%) or
-    CIFAR-10N worst (59.0% vs 58.6%) noise (sym40-tad-balanced.json, c10n-worst-tad-balanced.json).
-    ``warmup_confidence_penalty``: weight ``w`` of a confidence penalty added to the experts' loss in the
-    warm-up epochs only (``w * mean sum_k p_k log p_k``, :func:`tad_plugin.losses.confidence_penalty`; 0 =
-    off, the paper). DivideMix's remedy for asymmetric noise: experts that stay unconfident on the systematic
-    flips (CIFAR-10's cat <-> dog) leave the flipped samples' losses higher at the first division. CIFAR-10
-    asym40 (w = 1, one seed, 20 x 23 experts, 1000 iterations): 55.2% vs 52.1% without, trusted space as precise
-    (92.2% vs 92.6%; examples/results/cifar10/asym40-tad-cpen.json), 58.7% with ``balance_classes`` too, so
-    the asym40 example config sets both; it hurts under symmetric 40% (55.6% vs 59.7%) and CIFAR-10N worst
-    (55.9% vs 58.6%) noise (sym40-tad-cpen.json, c10n-worst-tad-cpen.json); digits
-    asym40 (w = 1): the first division 98.7% precise instead of 97.2%, the same final trusted space, 92.9% vs
-    94.3% accuracy (inside the seed spread; examples/results/demo_digits.md).
-    ``loss_average``: the number K of most recent parameter snapshots whose per-sample losses (each under the
-    current labels, no augmentation) are averaged for a division (1 = the last epoch's losses alone, the paper
-    and the default; fewer snapshots than K early on: all there are). Why it exists: at CIFAR-10 sym40 the
-    divisions drift from 94.9% precise (epoch 11) to 93.7% (epoch 22) as the experts fit their trusted noisy
-    samples (sym40-tad-balanced.trust_report.json); losses remembered from earlier epochs may keep those
-    apart. Costs K - 1 extra no-augmentation passes per division. Measured at CIFAR-10 sym40 (K = 6 vs 1, one
-    seed, 20 x 23 experts, 1000 iterations, same extractor, run side by side): the drift stops (93.8% from epoch
-    16 on) and the final trusted space is 93.9% precise / 86.0% recall vs 93.0 / 87.4, but the distilled images
-    are no better (59.5 +- 0.2% vs 59.6 +- 0.3%; examples/results/cifar10/sym40-tad-avg6.json and
-    division/README.md), so the default stays 1. ``examples/division_thresholds.py --average`` shows its effect
-    on a finished run's final division. Engine only (not under ``tad wrap``).
     ``reg_weight``, ``log_zero``, ``top_k``, ``num_neighbors``, ``vote_threshold`` (``"calibrated"`` or
-    ``"fixed"``), ``calibration_quantile``, ``recall_confidence``, ``sieve_confidence``: passed to
-    :class:`~tad_plugin.tad.TrustAwareDiversion` (documented there); None = its default.
+    ``"fixed"``), ``calibration_quantile``, ``recall_confidence`` and ``sieve_confidence`` are passed to
+    :class:`~tad_plugin.tad.TrustAwareDiversion` (documented there); None = its default. ``anchor_epoch``,
+    ``anchor_ipc``, ``anchor_iterations``, ``recalibrate_every`` and ``recall_once``: see
+    :class:`~tad_plugin.engine.dual_loop.DualLoopConfig` (``recall_once`` also applies under ``tad wrap``).
+
+    Attributes:
+        enabled: TAD on; off = the method on the noisy labels (the noisy arm).
+        warmup_epochs: epochs trained on the whole training set before the first division; the division for
+            epoch ``warmup_epochs`` uses the losses after them (0 = divide on the initialisation's losses).
+            Default 2: the experts fit the clean majority before they memorise the noise.
+        recompute_every: epochs between divisions after the warm-up (1 = before every epoch, the paper).
+        split: ``"per-expert"`` (each expert divides by its own per-sample losses; the paper, the default) or
+            ``"shared"`` (one division from the losses averaged over a group's experts: fewer mixture fits).
+            Engine only.
+        outer_loop: the paper's OL: divide into trusted and untrusted samples from ``warmup_epochs`` on and
+            train each expert on its trusted space; off = every sample trains every epoch (the experts still
+            use ``expert_loss``). With ``reg_weight`` (Reg) and ``inner_loop`` (IL) it switches the parts of
+            the paper's Table 3.
+        inner_loop: the inner loop (anchors + ``recalibrate``); needs ``outer_loop``, whose untrusted samples
+            it recalls.
+        features: what embeds samples and anchors for the inner loop: None = the extractor ``tad features
+            train`` wrote for this dataset, a path to such a file, or ``"pixels"`` (raw pixels; adequate for
+            tiny grey images such as digits, not for CIFAR). ``tad wrap`` also takes ``"expert"`` or a float
+            [N, D] tensor file (see :mod:`tad_plugin.upstream.epoch`).
+        features_wait_s: seconds the inner loop waits for the extractor file when it first needs it (after
+            ``anchor_epoch`` epochs), for an extractor a concurrent ``tad features train`` is still training.
+            Default 0: the file must exist when the buffer stage starts, so a missing one is reported at once.
+        balance_classes: draw each expert's epoch from its trusted space class-balanced (a sample's chance
+            inversely proportional to the trusted count of its label, with replacement, as many draws as
+            trusted samples) instead of once each in random order. For systematic (asymmetric) noise, where
+            the class-mean threshold leaves the flipped-from classes small. Default False: the paper's
+            sampling. Also under ``tad wrap``.
+        warmup_confidence_penalty: weight ``w`` of a confidence penalty (``w * mean sum_k p_k log p_k``,
+            :func:`tad_plugin.losses.confidence_penalty`) added to the experts' loss in the warm-up epochs only,
+            so that systematic flips are not memorised before the first division (DivideMix's remedy for
+            asymmetric noise). Default 0 (off): the paper's loss.
+        loss_average: the number K of most recent parameter snapshots whose per-sample losses are averaged for a
+            division (fewer early on: all there are); costs K - 1 extra passes per division. Default 1: the
+            last epoch's losses, the paper's division. Engine only.
+
+    Which of these to change for which noise, with the runs that measured them: the guide's "Choosing TAD's
+    settings per noise type".
     """
 
     enabled: bool = True
@@ -270,16 +246,13 @@ class DistillConfig:
       :attr:`tad_plugin.engine.matching.MatchingConfig.ema_eval_reuses_raw_net`).
     * ATT: ``adaptive_length`` matches the inner step closest to the target, the distance being
       ``adaptive_distance``: ``"l1"`` (upstream's code) or ``"squared_l2"`` (the paper's text).
-    * DATM: start epochs from ``[min_start_epoch, hi)`` (``min_start_epoch`` applies to every method; MTT +
-      TAD at CIFAR-10 asym40, IPC 10, from epoch 10: 42.8% vs 55.2% from 0, so its default stays 0:
-      examples/results/cifar10/asym40-tad-cpen-min10.json); with ``window_start`` set (T', sequential
+    * DATM: start epochs from ``[min_start_epoch, hi)`` (``min_start_epoch`` applies to every method;
+      default 0: every method's own start); with ``window_start`` set (T', sequential
       generation) ``hi`` grows from ``window_start`` to ``max_start_epoch`` over
       ``window_growth_iterations`` iterations (None = ``hi = max_start_epoch`` throughout);
       ``lr_labels`` learns soft labels (logits; SGD with ``label_momentum``; None = hard labels);
       ``label_temperature``: the initial soft labels are the experts' logits divided by it (1 = upstream; > 1
-      softens them: TAD's experts, trained on the trusted space, give nearly one-hot labels where the noisy
-      arm's are soft, examples/results/demo_digits.md; CIFAR-10 sym40, DATM + TAD, one seed: 61.5% at T = 4 vs
-      60.7% at 1, examples/results/cifar10/datm-sym40-tad-t4.json; the noisy arm not measured at 4);
+      softens them, for experts trained on a trusted space, whose logits are nearly one-hot);
       ``loss_gate``: skip the update of an iteration whose matching loss exceeds it (None = never);
       ``pix_init = "samples_predicted_correctly"``: real images the experts classify correctly.
 
@@ -291,8 +264,7 @@ class DistillConfig:
     Speed and memory: ``inner_grad`` = ``"autograd"`` (upstream's double backward), ``"explicit"`` or
     ``"compiled"`` (the student's backward written out, optionally under torch.compile; same values);
     ``recompute_steps`` keeps one unrolled step's graph at a time (with explicit/compiled); ``compile_mode``
-    is torch.compile's mode for ``inner_grad: compiled`` (``reduce-overhead``: CUDA graphs, 0.137 s vs 0.221 s
-    per IPC-10 iteration on an H100): see :class:`tad_plugin.engine.matching.MatchingConfig`.
+    is torch.compile's mode for ``inner_grad: compiled`` (``reduce-overhead``: CUDA graphs): see :class:`tad_plugin.engine.matching.MatchingConfig`.
     """
 
     ipc: int = 10
@@ -373,8 +345,8 @@ class DistillConfig:
 class EvalConfig:
     """Evaluation of a distilled set: ``num_eval`` fresh nets trained together (MTT: 5 x 1000 epochs).
 
-    ``compile``: the nets' forward + loss through ``torch.compile`` (5 nets x 1000 epochs on an H100:
-    4.9 s instead of 7.8 s, examples/results/benchmark_engine.md; the first evaluation compiles).
+    ``compile``: the nets' forward + loss through ``torch.compile`` (faster on a GPU; the first evaluation
+    compiles).
     """
 
     num_eval: int = 5

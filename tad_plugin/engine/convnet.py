@@ -220,7 +220,7 @@ def forward(cfg: ConvNetConfig, params: Tensor, x: Tensor, channels_last: bool =
         x: float [E, B, C, H, W] (network e sees batch x[e]) or [B, C, H, W] (the same batch for
             every network, e.g. the test set). Differentiable.
         channels_last: run the convolutions in NHWC memory layout (faster on tensor cores for
-            some sizes; measured in examples/benchmark_engine.py).
+            some sizes).
 
     Returns:
         float [E, B, num_classes]; out[e] equals ``ConvNet`` with parameters params[e] on x[e].

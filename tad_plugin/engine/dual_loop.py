@@ -22,12 +22,8 @@ change afterwards (re-distilling them would cost time and change nothing the pap
 recalibration after every division by default, so each outer round starts from the inner loop's
 latest labels; the split is per expert (``TADConfig.split``) unless configured shared. ``recall_once``
 (off by default, as in the paper) keeps a sample that a recalibration recalled and a later division
-expelled out of later recalls (:func:`admit_once`): on CIFAR-10 every recalibration after the first re-admits
-mostly the same expelled samples at 71-82% label accuracy, below the trusted space's ~93%
-(examples/results/cifar10/division/README.md). Measured on
-digits (examples/results/demo_digits.md, two seeds): recalibrating every 2 or 4 epochs, or distilling the
-anchors after epoch 8, moves the accuracy by less than the seed does; every 2 epochs leaves the trusted
-space slightly cleaner (99.3-99.5% vs 99.0-99.1%).
+expelled out of later recalls (:func:`admit_once`), for when later recalibrations keep re-admitting the
+samples the divisions expel (the trust report's ``rerecalled`` counts them).
 
 A :class:`~tad_plugin.trust_report.TrustReport` (``DualLoop.report``) of the first expert of the first
 group records every division and

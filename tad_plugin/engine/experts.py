@@ -39,11 +39,8 @@ mean loss of its experts; all experts of the group train on the same trusted spa
 The criterion is called once per step on the concatenated [E*B, C] logits, so it must be a mean over
 samples (the ``expert_loss`` contract); a criterion with batch-level statistics would couple experts.
 
-Speed (``examples/benchmark_experts.py``, CIFAR-10, ConvNet-128, H100, examples/results/
-benchmark_experts.json): 0.72-0.73 s per expert-epoch including the test pass with E = 10 (fp32 or
-bf16 autocast alike), 0.70 s with E = 20, vs ~3.3 s for upstream buffer.py (TAD's added work per epoch,
-piece by piece: ``examples/benchmark_tad_overhead.py``). Time grows linearly with E and not with bf16,
-so the batched (grouped-convolution) forward/backward kernels are the bottleneck, not Python.
+Speed is measured by ``benchmarks/benchmark_experts.py`` (TAD's added work per epoch, piece by piece:
+``benchmarks/benchmark_tad_overhead.py``); the batched (grouped-convolution) kernels dominate, not Python.
 """
 
 from __future__ import annotations

@@ -75,8 +75,8 @@ __all__ = ["MatchingConfig", "check_checkpoint", "EVALUATIONS_FILE", "DistillRes
 
 
 #: A logged matching loss above this (normalised: 1 = the student ended as far from the target as it started)
-#: is warned about once per episode: the clean CIFAR-10 run whose syn_lr exploded jumped from ~0.9 to 3.3
-#: (examples/results/cifar10/clean/mtt-clean-e40-i2000-lr0.01-diverged.json); stable runs stay below 1.
+#: is warned about once per episode: a diverging run (an exploding learned step size) climbs past it, stable
+#: runs stay below 1.
 UNSTABLE_LOSS = 1.5
 
 
@@ -126,21 +126,14 @@ class MatchingConfig:
             double backward), ``"explicit"`` (:func:`~tad_plugin.engine.student_grad.student_grad`, the
             ConvNet's backward written out as a forward function: same values, first-order autograd
             only) or ``"compiled"`` (that function under ``torch.compile``, which the double backward
-            cannot be). Measured by examples/benchmark_inner_grad.py: on an H200 (IPC 10, 30 steps)
-            "compiled" took 0.155 s per iteration vs 0.332 s for "autograd"; on the CPU 0.78x.
+            cannot be). ``benchmarks/benchmark_inner_grad.py`` compares the routes.
         recompute_steps: keep only each inner step's inputs and recompute its graph during the final
             backward (``torch.utils.checkpoint``): memory of about one unrolled step instead of
             ``syn_steps`` of them, for one more student-gradient pass per step. Same values. Needs
-            ``inner_grad`` "explicit" or "compiled" (the double backward does not recompute). On an
-            H200, "compiled" + recompute: IPC 10 0.163 s and 0.75 GiB per iteration ("autograd" 8.6 GiB),
-            IPC 50 0.447 s and 3.1 GiB ("autograd" 42.4 GiB).
+            ``inner_grad`` "explicit" or "compiled" (the double backward does not recompute).
         compile_mode: ``torch.compile``'s mode for ``inner_grad="compiled"``: ``"default"``,
             ``"reduce-overhead"`` (the compiled graphs replayed as CUDA graphs: one launch instead of
-            dozens per call; an H100 profile showed the IPC-10 iteration launch-bound, its kernels busy 44% of
-            the time: with CUDA graphs, 0.137 s and 0.73 GiB per IPC-10 iteration with ``recompute_steps``
-            vs 0.221 s in the default mode on the same H100, the same images to 1e-6 relative;
-            examples/results/benchmark_engine.md note 12; measured on one GPU only, not yet with several
-            ranks) or ``"max-autotune-no-cudagraphs"``. Ignored by the other routes; on a CPU all three
+            dozens per call, for a launch-bound iteration; the same images up to float rounding) or ``"max-autotune-no-cudagraphs"``. Ignored by the other routes; on a CPU all three
             compile alike.
     """
 
@@ -333,7 +326,7 @@ def real_init_indices(labels: Tensor, pool: Tensor, ipc: int, num_classes: int,
 def soft_label_summary(labels: Tensor) -> dict[str, float]:
     """How peaked soft labels are: ``{"mean_max_prob", "mean_entropy"}`` (nats) of ``softmax(labels)``, float
     logits [M, C]. One-hot-like labels give ~1 and ~0; DATM's soft labels exist for the class similarities
-    in between (examples/results/demo_digits.md: TAD's experts make them nearly one-hot)."""
+    in between."""
     logits = labels.float()
     return {"mean_max_prob": round(float(logits.softmax(1).max(1).values.mean()), 4),
             "mean_entropy": round(-float(confidence_penalty(logits)), 4)}  # the penalty is minus the mean entropy

@@ -4,8 +4,8 @@ Trajectory matching updates the student ``w <- w - syn_lr * grad_w CE(student(x;
 differentiates the whole unrolled chain with respect to the images and ``syn_lr``. The usual way
 (upstream's, and :class:`~tad_plugin.engine.matching.TrajectoryMatcher`'s default) asks autograd for
 the inner gradient with ``create_graph=True``, so the final backward is a double backward: composite
-second-derivative formulas, thousands of small elementwise kernels per iteration (the GPU profile in
-examples/results/benchmark_engine.md, note 3), and ``torch.compile`` cannot trace it.
+second-derivative formulas, thousands of small elementwise kernels per iteration, and ``torch.compile``
+cannot trace it.
 
 :func:`student_grad` computes the same gradient by running the ConvNet's backward pass by hand
 (softmax - target, the linear layer, average-pool, ReLU, instance norm and convolution backward).

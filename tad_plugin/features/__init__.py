@@ -7,8 +7,7 @@ Public API:
 * :func:`load_extractor`, :func:`save_extractor`, :func:`default_extractor_path` -- trained extractors
   (``tad features train`` writes ``~/.cache/tad_plugin/features/<dataset>.pt`` by default);
 * :func:`train_simclr`, :class:`TrainConfig`, :class:`TrainResult` -- GPU-resident SimCLR training;
-  ``TrainConfig(optimizer="lars")`` (:class:`LARS`) is an unmeasured alternative to the default SGD recipe;
-  the 2-minute GPU comparison to run next is in examples/results/features_cifar10.md ("Next probe");
+  ``TrainConfig(optimizer="lars")`` (:class:`LARS`) is the alternative to the default SGD recipe;
 * :func:`augment_batch`, :class:`AugmentConfig`, :func:`nt_xent_loss`, :func:`cifar_resnet18`,
   :func:`knn_accuracy`, :class:`LARS` -- the parts.
 

@@ -44,8 +44,7 @@ class AugmentConfig:
         grayscale_p: probability of converting a sample to grey (kept with 3 channels).
     """
 
-    # torchvision's and SimCLR's (0.08, 1): 80.31% kNN@10 in 10 minutes on an H100 vs 79.57% for (0.2, 1) on the same
-    # code path (examples/results/features_cifar10.md, "Crop scale (0.08, 1)")
+    # torchvision's and SimCLR's (0.08, 1)
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
@@ -205,7 +204,7 @@ def render(x: torch.Tensor, draws: AugmentDraws, ops: AugmentOps = EAGER_OPS) ->
                   (lambda t: ops.hue(t, draws.hue)) if draws.hue is not None else identity)
         # Slot k applies all four operations to the batch and keeps, per sample, the one its order puts in
         # slot k: four times the pixel work of one shared order, which left every image of a batch with the
-        # same clamping pattern (session-10 audit: the clipped share varied 1.5-3.8% between batches).
+        # same clamping pattern.
         # Compiled, the four slots are a few fused kernels: the arithmetic is cheap, kernel launches are not.
         for slot in range(4):
             pick = draws.order[:, slot].view(-1, 1, 1, 1)

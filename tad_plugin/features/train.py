@@ -45,16 +45,13 @@ class TrainingError(TADError, RuntimeError):
 @dataclass(frozen=True)
 class TrainConfig:
     """SimCLR hyper-parameters, close to the CIFAR ResNet-18 SGD recipe of dkobak/simclr-cifar10 (SimSiam's
-    CIFAR settings: SGD momentum 0.9, weight decay 5e-4, cosine schedule, temperature 0.5, crops from 20%
+    CIFAR settings: SGD momentum 0.9, weight decay 5e-4, cosine schedule, temperature 0.5, crops from a fifth
     of the area, the SimCLR colour jitter). Where ours differs: peak lr 0.06 * batch / 256 where that
-    recipe now uses 0.03 * batch / 256 (0.06 for our batch 512, not measured here yet: at twice our lr,
-    0.24, a 10-minute run ended 1.6 points lower); a projector 512 -> 2048 -> BatchNorm -> 128 (theirs:
+    recipe now uses 0.03 * batch / 256; a projector 512 -> 2048 -> BatchNorm -> 128 (theirs:
     512 -> 1024 -> 128 without BatchNorm); inputs normalised per channel; a linear warm-up.
 
-    The default recipe (SGD) reached kNN@10 79.5% on CIFAR-10 (JPEG copy) in 10 H100 minutes
-    (examples/results/features_cifar10.md). ``optimizer="lars"`` is the SimCLR paper's / solo-learn's
-    alternative (usually with ``weight_decay`` 1e-6..1e-5 and ``temperature`` 0.2); in a 2-minute probe it
-    trailed SGD by 4.6 points (same file).
+    ``optimizer="lars"`` is the SimCLR paper's / solo-learn's alternative (usually with ``weight_decay``
+    1e-6..1e-5 and ``temperature`` 0.2).
 
     Attributes:
         epochs: most epochs to train; the cosine schedule spans them unless ``time_budget`` ends it sooner.

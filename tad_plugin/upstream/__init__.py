@@ -3,7 +3,7 @@
 :func:`run_wrapped` runs an unmodified upstream buffer or distill script with TAD's hooks installed
 (:mod:`.launch`); :class:`TADEpoch` is the hooked ``epoch`` a buffer script trains with (:mod:`.epoch`);
 :class:`TrustState` is what the buffer run leaves for the distill run (:mod:`.state`). The six-line
-alternative for users who edit their script is in examples/upstream/README.md.
+alternative for users who edit their script is in docs/wrapping.md.
 """
 
 from .epoch import HookCriterion, TADEpoch, class_chunk_anchors

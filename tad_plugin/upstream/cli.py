@@ -25,8 +25,9 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("method", choices=METHODS)
     p.add_argument("--repo", required=True, metavar="PATH", help="root of your upstream checkout")
     p.add_argument("--tad-config", metavar="FILE.yaml", help="sections data (noise) and tad; keys state, seed")
-    p.add_argument("--state", metavar="FILE", help="trust state shared by buffer and distill runs "
-                   "(default REPO/tad_wrap/state.pt)")
+    p.add_argument("--state", metavar="FILE", help="trust state shared by buffer and distill runs; the buffer "
+                   "run's trust_report.json/.png go beside it (default: a folder per checkout under "
+                   "$TAD_PLUGIN_WRAP, else ~/.cache/tad_plugin/wrap)")
     p.add_argument("--noise", choices=["symmetric", "asymmetric-cifar10", "asymmetric-cifar100"])
     p.add_argument("--noise-rate", type=float, metavar="R")
     p.add_argument("--noise-seed", type=int)

@@ -37,11 +37,12 @@ import torch
 
 from ..engine.config import DataConfig, TADConfig, load_yaml
 from ..manager import TADHooks, get_plugin_manager
+from ..trust_report import TrustReport
 from .anchors import EXPERT_FEATURES, PixelMap, resolve_embedding
 from .epoch import TADEpoch
 from .labels import Relabelled, corrupt_labels, dataset_labels
 from .scripts import resolve_script
-from .state import TrustState
+from .state import TrustState, default_state_path
 
 __all__ = ["WrapConfig", "WrapResult", "run_wrapped", "install", "config_from_env", "CONFIG_ENV"]
 
@@ -62,7 +63,8 @@ class WrapConfig:
             penultimate activations), or None = the dataset's default extractor if it exists, else
             ``"expert"`` with a logged warning (see :mod:`.epoch`).
         state: the trust-state file the buffer run writes and the distill run reads; None =
-            ``REPO/tad_wrap/state.pt``.
+            :func:`~.state.default_state_path` of the checkout (outside it). The buffer run's trust report
+            (``trust_report.json``, and ``.png`` with matplotlib) is written beside it.
         seed: seeds the anchors.
     """
 
@@ -100,7 +102,7 @@ def run_wrapped(method: str, repo: str | os.PathLike[str], script: str, args: Se
     """
     cfg = _caller_paths(config or WrapConfig())
     path, entry = resolve_script(method, repo, script)
-    state_path = Path(cfg.state).resolve() if cfg.state else Path(repo).resolve() / "tad_wrap" / "state.pt"
+    state_path = Path(cfg.state).resolve() if cfg.state else default_state_path(repo)
     patch = _patch(cfg, entry.role, state_path, hooks)
     with _script_env(path, Path(repo).resolve(), list(args)):
         utils = importlib.import_module(entry.utils_module)
@@ -120,13 +122,13 @@ def install(role: str, namespace: dict[str, Any], config: WrapConfig | None = No
     """The in-script alternative to :func:`run_wrapped`: patch the script's own ``get_dataset`` (and,
     with ``role="buffer"``, ``epoch``) in ``namespace`` -- call it as ``install("buffer", globals())``
     right after the script's ``from utils import ...`` line. The trust state is saved at interpreter
-    exit. ``config`` None = :func:`config_from_env`; its ``state`` None = ``./tad_wrap/state.pt``
-    relative to the working directory (run buffer and distill from the same place, or set it).
+    exit. ``config`` None = :func:`config_from_env`; its ``state`` None = :func:`~.state.default_state_path`
+    of the working directory (run buffer and distill from the same place, or set it).
     """
     cfg = config or config_from_env()
     if role not in ("buffer", "distill"):
         raise ValueError(f"role must be 'buffer' or 'distill', got {role!r}")
-    patch = _patch(cfg, role, Path(cfg.state or "tad_wrap/state.pt").resolve(), hooks)
+    patch = _patch(cfg, role, Path(cfg.state).resolve() if cfg.state else default_state_path(Path.cwd()), hooks)
     patch.install(namespace, "the script")
     atexit.register(patch.finish)
 
@@ -176,6 +178,8 @@ class _Patch:
     def __init__(self, cfg: WrapConfig, role: str, state_path: Path, hooks: TADHooks | None) -> None:
         self.cfg, self.role, self.state_path, self.hooks = cfg, role, state_path, hooks
         self.wrapped_epoch: TADEpoch | None = None
+        self.report = TrustReport()
+        self.report_path = state_path.parent / "trust_report.json"
         self.divisions: list[dict[str, Any]] = []
         self.summary: dict[str, Any] | None = None
 
@@ -190,9 +194,17 @@ class _Patch:
         if self.role == "buffer" and self.cfg.tad.enabled:
             assert self.hooks is not None
             # installed now: the script binds ``epoch`` when it imports it, before get_dataset runs
-            self.wrapped_epoch = TADEpoch(namespace["epoch"], self.hooks, self.cfg.tad, self.state_path,
-                                          seed=self.cfg.seed)
-            namespace["epoch"] = self.wrapped_epoch
+            wrapped = self.wrapped_epoch = TADEpoch(namespace["epoch"], self.hooks, self.cfg.tad, self.state_path,
+                                                    seed=self.cfg.seed)
+
+            def epoch(*args: Any, **kwargs: Any) -> Any:
+                seen = len(wrapped.log)
+                out = wrapped(*args, **kwargs)
+                if len(wrapped.log) > seen:  # this epoch began with a division
+                    self._record_division(wrapped.log[-1])
+                return out
+
+            namespace["epoch"] = epoch
 
         def get_dataset(*args: Any, **kwargs: Any) -> Any:
             out = list(original_get_dataset(*args, **kwargs))
@@ -215,6 +227,7 @@ class _Patch:
                 raise ValueError(f"{self.state_path} was written for other labels than this run's (noise settings "
                                  f"or dataset differ); pass the buffer run's --tad-config / noise flags")
             indices, labels = state.pool()
+            self._check_pool(labels[indices], num_classes, args)
             self.summary = state.summary()
             print(f"tad wrap: distilling from the trusted pool {self.summary}", flush=True)
             return Relabelled(dst_train, labels, indices)
@@ -233,7 +246,45 @@ class _Patch:
             self.wrapped_epoch.start(state, embedding)
         return Relabelled(dst_train, noisy)
 
+    def _record_division(self, entry: dict[str, Any]) -> None:
+        """Print one line per division; add the first expert's divisions to the trust report and rewrite it
+        (the report follows the first expert, as ``tad run``'s does)."""
+        wrapped = self.wrapped_epoch
+        assert wrapped is not None and wrapped.state is not None and wrapped.expert is not None
+        state, expert = wrapped.state, wrapped.expert
+        n = len(state.noisy_labels)
+        stage = "recalibration" if entry["recalibrated"] else "division"
+        injected = not torch.equal(state.noisy_labels, state.clean_labels)
+        line = f"tad wrap: expert {entry['expert']} epoch {entry['epoch']}: {stage}, {entry['trusted']} of {n} trusted"
+        if injected:
+            correct = expert.labels[expert.trusted] == state.clean_labels[expert.trusted]
+            line += f" ({float(correct.float().mean()):.1%} of them correctly labelled)"
+        print(line, flush=True)
+        if entry["expert"] == 0:
+            self.report.add(epoch=entry["epoch"], stage=stage, trusted=expert.trusted, labels=expert.labels,
+                            noisy_labels=state.noisy_labels, clean_labels=state.clean_labels if injected else None)
+            self.report.save_json(self.report_path)
+
+    def _check_pool(self, pool_labels: torch.Tensor, num_classes: int, args: Any) -> None:
+        """Refuse, before the script builds its initial images, a trusted pool with fewer samples of a class than
+        the script's ``args.ipc`` real images per class (upstream would fail later with a shape error)."""
+        ipc = getattr(args, "ipc", None)
+        if not isinstance(ipc, int) or str(getattr(args, "pix_init", "real")) != "real":
+            return
+        counts = torch.bincount(pool_labels, minlength=num_classes)
+        short = [(c, int(counts[c])) for c in range(num_classes) if counts[c] < ipc]
+        if short:
+            listed = ", ".join(f"class {c}: {k}" for c, k in short[:10]) + (" ..." if len(short) > 10 else "")
+            raise ValueError(f"the trusted pool of {self.state_path} has fewer than --ipc={ipc} samples in {listed}; "
+                             f"the script initialises {ipc} real images per class from it. Lower --ipc, or train the "
+                             f"buffer with more experts or epochs so that more samples are trusted")
+
     def finish(self) -> None:
+        if self.report.rounds:
+            try:  # the JSON was rewritten after every division; the plot once, at the end
+                self.report.plot(self.report_path.with_suffix(".png"), title="Trust report (first expert)")
+            except ImportError:
+                pass  # matplotlib is optional; the JSON holds the same numbers
         if self.wrapped_epoch is not None and self.wrapped_epoch.state is not None:
             self.wrapped_epoch.finish()
             self.divisions = self.wrapped_epoch.log

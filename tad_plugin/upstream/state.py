@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,20 @@ import torch
 from ..files import atomic_torch_save, torch_load
 from ..noise import noise_rate
 
-__all__ = ["TrustState"]
+__all__ = ["TrustState", "default_state_path", "STATE_DIR_ENV"]
+
+#: Names the folder under which ``tad wrap`` keeps each checkout's trust state (default ``~/.cache/tad_plugin/wrap``).
+STATE_DIR_ENV = "TAD_PLUGIN_WRAP"
+
+
+def default_state_path(repo: str | os.PathLike[str]) -> Path:
+    """The trust-state file of checkout ``repo`` when no ``--state`` is given:
+    ``$TAD_PLUGIN_WRAP/<checkout name>-<8 hex digits of its absolute path>/state.pt``, with ``TAD_PLUGIN_WRAP``
+    defaulting to ``~/.cache/tad_plugin/wrap``: outside the checkout (nothing is written into it), one folder
+    per checkout, the same for its buffer and distill runs."""
+    root = Path(repo).expanduser().resolve()
+    base = Path(os.environ.get(STATE_DIR_ENV, Path.home() / ".cache" / "tad_plugin" / "wrap"))
+    return base / f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:8]}" / "state.pt"
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Device-verification harness only (examples/upstream/verify_on_device.sh puts this folder on PYTHONPATH).
+"""Device-verification harness only (reproduction/device/verify_on_device.sh puts this folder on PYTHONPATH).
 
 The device's CIFAR-10 is a JPEG re-encoding written in torchvision's folder layout, so its files fail
 torchvision's md5 check, and upstream's ``datasets.CIFAR10(..., download=True)`` would then try to
