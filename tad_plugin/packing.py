@@ -153,11 +153,11 @@ def unpack(manifest_path: str | os.PathLike[str], out: str | os.PathLike[str], e
         raise DatasetError(f"the joined parts do not match {manifest_path.name} (parts of different packs mixed); "
                            f"{again}")
     if encoded:
-        atomic_write(out, lambda f: f.write(joined))
+        atomic_write(out, lambda f, data=joined: f.write(data))
         return None
     tmp = out.with_name(f".{out.stem}.encoded.npz")
     try:  # decode through the loader itself: one reader for encoded files
-        atomic_write(tmp, lambda f: f.write(joined))
+        atomic_write(tmp, lambda f, data=joined: f.write(data))
         del joined
         dataset = load_dataset(tmp)
     finally:

@@ -11,10 +11,13 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
-def test_pyproject_holds_only_the_build_system_table():
+def test_pyproject_holds_only_the_build_system_and_checker_tables():
+    """Metadata and options have one home, setup.cfg: pyproject.toml holds the build system and the settings of
+    ruff and mypy, which setup.cfg cannot hold (ruff reads only TOML)."""
     text = (ROOT / "pyproject.toml").read_text()
     tables = [line for line in text.splitlines() if line.startswith("[")]
-    assert tables == ["[build-system]"]
+    assert tables[0] == "[build-system]"
+    assert all(t.strip("[]").startswith(("tool.ruff", "tool.mypy")) for t in tables[1:]), tables
 
 
 def test_setup_cfg_uses_underscore_keys_and_alternative_faiss_extras():

@@ -2,9 +2,10 @@
 
 The training images stay on the device as uint8; each step gathers a batch, draws two augmented views
 on the device (:mod:`.augment`), runs both through the model in one bfloat16 pass (channels_last) and
-takes an SGD step (or a LARS step, :mod:`.lars`, with ``TrainConfig(optimizer="lars")``). The loop reads nothing back to the host inside an epoch: the loss is summed on the
-device and read once per epoch. Labels are never used for training; they serve only the cosine kNN
-evaluation (training split as the bank, test split as queries).
+takes an SGD step (or a LARS step, :mod:`.lars`, with ``TrainConfig(optimizer="lars")``). The loop reads
+nothing back to the host inside an epoch: the loss is summed on the device and read once per epoch. Labels are
+never used for training; they serve only the cosine kNN evaluation (training split as the bank, test split as
+queries).
 """
 
 from __future__ import annotations
