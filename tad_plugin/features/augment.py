@@ -202,7 +202,9 @@ def render(x: torch.Tensor, draws: AugmentDraws, ops: AugmentOps = EAGER_OPS) ->
         def identity(t: torch.Tensor) -> torch.Tensor:
             return t
 
-        ops_of = (lambda t: ops.brightness(t, draws.brightness), lambda t: ops.contrast(t, draws.contrast),
+        brightness, contrast = draws.brightness, draws.contrast
+        assert brightness is not None and contrast is not None  # drawn with the order (see draw)
+        ops_of = (lambda t: ops.brightness(t, brightness), lambda t: ops.contrast(t, contrast),
                   (lambda t: ops.saturation(t, draws.saturation)) if draws.saturation is not None else identity,
                   (lambda t: ops.hue(t, draws.hue)) if draws.hue is not None else identity)
         # Slot k applies all four operations to the batch and keeps, per sample, the one its order puts in

@@ -132,9 +132,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-        aug = d.pop("augment", {})
-        aug = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
-        return cls(**{**d, "knn_ks": tuple(d.get("knn_ks", (10, 200))), "augment": aug})
+        aug: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("augment", {}).items()}
+        return cls(**{**d, "knn_ks": tuple(d.get("knn_ks", (10, 200))), "augment": AugmentConfig(**aug)})
 
 
 @dataclass
@@ -225,7 +224,8 @@ def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), dev
 
     model, optimizer = _model_and_optimizer(channels, config, device)
     state_path = state_path_for(checkpoint) if checkpoint is not None else None
-    epoch, planned, elapsed, history = 0, config.epochs, 0.0, []
+    history: list[dict[str, float]] = []
+    epoch, planned, elapsed = 0, config.epochs, 0.0
     if resume:
         epoch, planned, elapsed, history = _load_state(state_path, config, model, optimizer, device)
         log(f"resumed from {state_path} after epoch {epoch} ({elapsed:.0f} s)")
@@ -295,7 +295,7 @@ def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), dev
     if not knn:  # resumed a finished run: evaluate once so that the result is complete
         knn, _ = _evaluate(extractor, data, test_images, dataset, config.knn_ks)
     if checkpoint is not None:
-        save_extractor(model.backbone, checkpoint, in_channels=channels, image_size=tuple(data.shape[-2:]),
+        save_extractor(model.backbone, checkpoint, in_channels=channels, image_size=(data.shape[-2], data.shape[-1]),
                        mean=mean, std=std, meta={
                            "dataset": dataset.name, "epochs": epoch, "seconds": elapsed,
                            "knn": {str(k): v for k, v in knn.items()}, "config": config.to_dict(),
