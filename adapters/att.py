@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.pipeline import Pipeline, method_defaults, table_row
+from tad_plugin.engine.pipeline import Pipeline, method_defaults, table_row
 
 __all__ = ["ATT", "ATT_TABLE", "att_defaults"]
 

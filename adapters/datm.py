@@ -32,19 +32,19 @@ warning) where upstream loops on; soft labels of a ``pix_init = "real"`` set fol
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..data import ImageDataset
-from ..engine.convnet import ConvNetConfig, forward
-from ..engine.experts import per_sample_losses
-from ..engine.matching import TrajectoryMatcher, real_init_indices
-from ..engine.pipeline import Pipeline, method_defaults, table_row
-from ..engine.preprocess import Preprocessor
-from ..engine.trajectories import TrajectoryStore
+from tad_plugin.data import ImageDataset
+from tad_plugin.engine.convnet import ConvNetConfig, forward
+from tad_plugin.engine.experts import per_sample_losses
+from tad_plugin.engine.matching import TrajectoryMatcher, real_init_indices
+from tad_plugin.engine.pipeline import Pipeline, method_defaults, table_row
+from tad_plugin.engine.preprocess import Preprocessor
+from tad_plugin.engine.trajectories import TrajectoryStore
 
 __all__ = ["DATM", "DATM_TABLE", "datm_defaults", "DATMMatcher", "window_upper_bound",
            "predicted_correctly_indices", "soft_label_init", "expert_logits"]
@@ -187,7 +187,7 @@ def soft_label_init(logits: Tensor, classes: Tensor) -> Tensor:
     return torch.where((count > 0).unsqueeze(-1), averaged, logits.mean(0))
 
 
-def predicted_correctly_indices(net: ConvNetConfig, expert_params: Sequence[Tensor], images: Tensor,
+def predicted_correctly_indices(net: ConvNetConfig, expert_params: Iterable[Tensor], images: Tensor,
                                 labels: Tensor, pool: Tensor, ipc: int, preprocess: Preprocessor,
                                 generator: torch.Generator | None = None, batch_size: int = 1024,
                                 device: torch.device | str = "cpu") -> Tensor:

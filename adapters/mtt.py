@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.pipeline import Pipeline, method_defaults, table_row
+from tad_plugin.engine.pipeline import Pipeline, method_defaults, table_row
 
 __all__ = ["MTT", "MTT_TABLE", "mtt_defaults"]
 

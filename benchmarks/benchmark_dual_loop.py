@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+
 import tad_plugin.division as division
 import tad_plugin.recalibration as recalibration
 from tad_plugin import TADHooks
@@ -121,7 +122,8 @@ def run_epoch(hooks: TADHooks, clean: torch.Tensor, labels: torch.Tensor, featur
               anchors: torch.Tensor, anchor_labels: torch.Tensor, num_classes: int, epoch: int,
               seconds: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """One post-warm-up epoch's TAD work for labels [E, N]: the per-expert division, all experts in one
-    ``filter_dataset_batch`` call (as ``ExpertTrainer._divide``), then :func:`recalibrate_experts` (as ``DualLoop``). Adds the hooks' wall
+    ``filter_dataset_batch`` call (as ``ExpertTrainer._divide``), then :func:`recalibrate_experts` (as ``DualLoop``).
+    Adds the hooks' wall
     seconds to ``seconds`` and returns the new labels [E, N] and trusted spaces [E, N]."""
     device = features.device
     losses = make_losses(clean, labels, seed=1000 + epoch)

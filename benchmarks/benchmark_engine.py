@@ -353,7 +353,8 @@ def evaluation(cfg: ConvNetConfig, dev: torch.device, data: tuple, pre: Preproce
                   progress=False)(images, labels, 0.01)
         sync()
         r = ev(images, labels, 0.01)
-        res[f"eval_{name}"] = {"nets": k, "channels_last": cl, "compiled": comp, "seconds": r.seconds, "s_per_net": r.seconds / k}
+        res[f"eval_{name}"] = {"nets": k, "channels_last": cl, "compiled": comp, "seconds": r.seconds,
+                               "s_per_net": r.seconds / k}
         print(name, res[f"eval_{name}"], flush=True)
 
 
@@ -363,7 +364,8 @@ def table(res: dict) -> str:
     if fl:
         rows.append(f"| floor: bare fwd+bwd, batch 2048, fp32/TF32 | {fl:,.0f} img/s "
                     f"(channels_last {res['floor_img_s_fp32_channels_last']:,.0f}, bf16 "
-                    f"{res['floor_img_s_bf16_autocast_channels_last']:,.0f}) | {OFFICIAL['plain_loop_img_s']:,} img/s | - |")
+                    f"{res['floor_img_s_bf16_autocast_channels_last']:,.0f}) | "
+                    f"{OFFICIAL['plain_loop_img_s']:,} img/s | - |")
         rows.append(f"| floor: one expert-epoch (50k train + 10k fwd at floor rate) | "
                     f"{floor_expert_epoch_s(fl):.3f} s | - | - |")
     for k, v in res.items():
@@ -400,7 +402,8 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
     commit = git_commit()  # TAD_PLUGIN_COMMIT where the checkout has no git (the device)
-    res: dict = {"gpu": "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
+    res: dict = {"gpu": "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(), "torch": torch.__version__,
+                 "python": platform.python_version(),
                  "commit": commit, "command": " ".join(os.sys.argv), "data": args.data or "random",
                  "cudnn_benchmark": True, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
                  "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32, "seed": 0,

@@ -3,7 +3,8 @@
 
 Each variant trains E experts together for 3 epochs (MTT buffer settings: SGD lr 0.01, batch 256, DSA;
 inputs normalised, or ZCA-whitened for the ``-zca`` variants) and times epoch 1 alone (epoch 0 carries
-cuDNN autotuning / compilation; the store write after the last epoch is not timed). With TAD on, the timed epoch includes the per-sample loss pass over the
+cuDNN autotuning / compilation; the store write after the last epoch is not timed). With TAD on, the timed epoch
+includes the per-sample loss pass over the
 whole training set and the GMM division. The test pass of the timed epoch is timed on its own too, so
 the table compares like with like against the official MTT code on an H100 (issue 3: a training epoch
 2.2-2.4 s, its test pass 1.08 s): train + test against 3.28-3.48 s, the training pass alone against

@@ -69,7 +69,8 @@ def measure(args: argparse.Namespace) -> dict:
     if args.method == "datm":  # soft label logits, as DATM initialises them from expert logits
         labels = torch.nn.functional.one_hot(labels, 10).float() * 3 + 0.1 * torch.randn(
             labels.shape[0], 10, device=dev, generator=g)
-    mc = MatchingConfig(iterations=args.warmup + args.iterations + int(args.profile), syn_steps=args.syn_steps, expert_epochs=2,
+    mc = MatchingConfig(iterations=args.warmup + args.iterations + int(args.profile), syn_steps=args.syn_steps,
+                        expert_epochs=2,
                         max_start_epoch=2, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.01, eval_every=0,
                         inner_grad=inner_grad, recompute_steps=recompute,
                         compile_mode=args.compile_mode if inner_grad == "compiled" else "default",
@@ -160,7 +161,8 @@ def main() -> int:
             p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
         cmd = [sys.executable, __file__, "--variant", name, "--device", args.device, "--ipc", str(args.ipc),
                "--syn-steps", str(args.syn_steps), "--width", str(args.width), "--iterations", str(args.iterations),
-               "--warmup", str(args.warmup), "--compile-mode", args.compile_mode, "--method", args.method] + (["--profile"] if args.profile else [])
+               "--warmup", str(args.warmup), "--compile-mode", args.compile_mode, "--method", args.method] + (
+            ["--profile"] if args.profile else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             rows.append({"variant": name, "error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "?"})

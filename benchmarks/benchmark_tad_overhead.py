@@ -242,7 +242,8 @@ def main() -> int:
     atomic_write_json({
         **provenance(device, args.seed),
         "wall_time_s": round(time.perf_counter() - start, 1),
-        "settings": {"dataset": ds.name, "num_train": n, "experts": args.experts, "epochs": args.epochs, "width": args.width,
+        "settings": {"dataset": ds.name, "num_train": n, "experts": args.experts, "epochs": args.epochs,
+                     "width": args.width,
                      "zca": args.zca, "compile": args.compile, "amp": args.amp, "channels_last": args.channels_last,
                      "feature_dim": args.feature_dim, "top_k": args.top_k, "num_neighbors": args.num_neighbors,
                      "search_backend": args.search_backend, "noise": "symmetric 0.4", "tad_warmup_epochs": 1},

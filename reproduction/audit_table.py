@@ -69,7 +69,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in sorted(rows, key=lambda r: (r["label_set"], r["detector"], r["budget"])):
         time = f"{r['seconds']:.0f}" + (" (experts reused)" if r["reused_buffer"] else "")
-        lines.append(f"| {r['label_set']} | {r['detector']} | {r['budget']} | {pct(r['noise_rate'])} | {r['flagged']} | "
+        lines.append(f"| {r['label_set']} | {r['detector']} | {r['budget']} | {pct(r['noise_rate'])} | "
+                     f"{r['flagged']} | "
                      f"{pct(r['precision'])} | {pct(r['recall'])} | {pct(r['f1'])} | {pct(r['suggested_accuracy'])} | "
                      f"{time} | {r['device']} |")
     return "\n".join(lines) + "\n"

@@ -4,7 +4,8 @@ global 0.5 vs min(class mean, 0.5), with precision, recall and each class's reca
     python reproduction/division_thresholds.py --run runs/sym40-tad --dataset cifar10 --out division_sym40.json
 
 For the first ``--experts`` experts of a finished TAD run (``tad run`` / ``tad buffer --tad`` with
-``--out RUN``: it reads ``RUN/buffer`` and ``RUN/labels.pt``; ``--dataset`` is the run's dataset): the per-sample losses of each expert's final parameters on
+``--out RUN``: it reads ``RUN/buffer`` and ``RUN/labels.pt``; ``--dataset`` is the run's dataset): the per-sample
+losses of each expert's final parameters on
 the training set under the labels it last trained on (no augmentation), the division's GMM confidence
 ``w`` (``tad_plugin.division.divide_by_loss``, the library's own), and trusted = ``w >= tau`` under
 each rule. Precision and recall are against the clean labels the run saved. Use it to see whether a
@@ -115,13 +116,15 @@ def compare(run: Path, experts: int, dataset: str, device: torch.device, batch_s
 
 
 def table(result: dict) -> str:
-    lines = ["| expert | rule | trusted | precision | recall | lowest class recalls |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    lines = ["| expert | rule | trusted | precision | recall | lowest class recalls |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]
     for e, res in result.items():
         for name in (k for k in res if k != "class_mean_tau"):
             s = res[name]
             low = sorted((r, c) for c, r in enumerate(s["clean_recall_per_class"]) if r is not None)[:3]
             lows = ", ".join(f"class {c} {100 * r:.1f}%" for r, c in low)
-            lines.append(f"| {e} | {name} | {s['trusted']} | {100 * s['precision']:.1f}% | {100 * s['recall']:.1f}% | {lows} |")
+            lines.append(f"| {e} | {name} | {s['trusted']} | {100 * s['precision']:.1f}% | "
+                         f"{100 * s['recall']:.1f}% | {lows} |")
     return "\n".join(lines)
 
 
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, type=Path, help="the --out folder of a finished TAD run")
     p.add_argument("--experts", type=int, default=4, help="how many experts to analyse (the first ones)")
-    p.add_argument("--dataset", required=True, help="the run's dataset: a name (digits, cifar10, ...) or an arrays file")
+    p.add_argument("--dataset", required=True,
+                   help="the run's dataset: a name (digits, cifar10, ...) or an arrays file")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--average", type=lambda v: tuple(int(x) for x in v.split(",")), default=(), metavar="3,6",
                    help="also divide by losses averaged over the last K epochs (K >= 2), for each K")

@@ -63,7 +63,8 @@ def row(features: torch.Tensor, clean: torch.Tensor, p: dict[str, torch.Tensor],
     right = out.labels == clean
     recalled, sieved = out.trusted & ~trusted, trusted & ~out.trusted
     pct = lambda mask, ok: 100 * float(ok[mask].float().mean()) if mask.any() else float("nan")  # noqa: E731
-    recall = 100 * float((out.trusted & right).sum()) / float(right.sum())  # as the trust report: of the correctly labelled
+    # as the trust report: of the correctly labelled
+    recall = 100 * float((out.trusted & right).sum()) / float(right.sum())
     return (f"| {rule} | {top_k} | {nn} | {quantile if rule == 'calibrated' else '-'} | {floor} | "
             f"{int(out.trusted.sum())} | {pct(out.trusted, right):.1f} | {recall:.1f} | {int(recalled.sum())} | "
             f"{pct(recalled, right):.1f} | {int(sieved.sum())} | {pct(sieved, noisy != clean):.1f} |")
@@ -87,7 +88,8 @@ def main() -> None:
             saved = torch.load(args.features, map_location="cpu", weights_only=True)
             features, clean = saved["train_features"].float(), saved["train_labels"].long()
         except (OSError, KeyError, RuntimeError) as exc:
-            raise SystemExit(f"cannot read {args.features} as `tad features embed --split train` output: {exc}")
+            raise SystemExit(f"cannot read {args.features} as `tad features embed --split train` output: "
+                             f"{exc}") from exc
         p = simulated_problem(features, clean, args.trust_clean or 0.82, args.trust_noisy or 0.104,
                               clean_anchors=False)
         grid = ([("calibrated", k, nn, q, f) for k, nn, q, f in

@@ -139,7 +139,8 @@ def markdown(record: dict, path: Path) -> None:
         f"- command: `{record['command']}`",
         f"- recipe: {_recipe(record['config'])}",
         f"- trained {record['epochs']} epochs in {record['train_seconds'] / 60:.1f} min "
-        f"(wall time of the script {record['wall_seconds'] / 60:.1f} min); checkpoint {record['checkpoint_mib']:.1f} MiB",
+        f"(wall time of the script {record['wall_seconds'] / 60:.1f} min); "
+        f"checkpoint {record['checkpoint_mib']:.1f} MiB",
         "- final kNN top-1: " + ", ".join(f"k={k}: {100 * v:.2f}%" for k, v in final.items())
         + "".join(f"; similarity-weighted k={key[3:-9]} (T = 0.1, the published kNN monitors' vote): "
                   f"{100 * v:.2f}%" for key, v in record["history"][-1].items() if key.endswith("_weighted")),
@@ -220,7 +221,8 @@ def main() -> int:
                          augment=AugmentConfig(crop_scale=(args.crop_min_scale, 1.0)))
     record: dict = {"dataset": args.name, "note": args.note, "command": " ".join(["python"] + sys.argv),
                     "commit": args.commit or git_commit(ROOT) or "unknown",
-                    "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "torch": torch.__version__,
+                    "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+                    "torch": torch.__version__,
                     "seed": args.seed}
     if args.bench or args.bench_only:
         record["throughput"] = bench(dataset.train_images, config, device, args.bench_steps)

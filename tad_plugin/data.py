@@ -26,6 +26,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -278,7 +279,7 @@ def _load_arrays(path: Path) -> ImageDataset:
 def save_arrays(dataset: ImageDataset, path: str | os.PathLike[str]) -> None:
     """Write ``dataset`` as a ``.npz`` arrays file that :func:`load_dataset` reads back (atomically)."""
     path = Path(path)
-    arrays = {
+    arrays: dict[str, Any] = {  # Any: numpy's stub checks savez's **arrays against allow_pickle
         "train_images": dataset.train_images.permute(0, 2, 3, 1).numpy(),
         "train_labels": dataset.train_labels.numpy(),
         "test_images": dataset.test_images.permute(0, 2, 3, 1).numpy(),

@@ -21,8 +21,9 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def pack_image_folder(source: str | os.PathLike[str], out_dir: str | os.PathLike
         raise DatasetError(f"{source} is not a directory; pack takes an ImageFolder directory such as "
                            f"tiny-imagenet-200/")
     index = list_image_folder(source)
-    arrays: dict[str, np.ndarray] = {"class_names": np.array(index.classes)}
+    arrays: dict[str, Any] = {"class_names": np.array(index.classes)}  # Any: as save_arrays
     for split, items in (("train", index.train), ("test", index.test)):
         blobs = []
         for p, _ in tqdm(items, desc=f"read {split}", unit="img", disable=not progress):
@@ -84,7 +85,7 @@ def pack_image_folder(source: str | os.PathLike[str], out_dir: str | os.PathLike
     for k, start in enumerate(tqdm(range(0, len(data), size), desc="write parts", unit="part", disable=not progress)):
         chunk = data[start:start + size]
         part = f"{name}.npz.part{k:03d}"
-        atomic_write(out_dir / part, lambda f, chunk=chunk: f.write(chunk))
+        atomic_write(out_dir / part, _writer(chunk))
         parts.append({"file": part, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
     manifest = {
         "format": FORMAT, "name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
@@ -107,6 +108,11 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DatasetError(f"{path} is not a manifest of `tad data pack` (format {FORMAT!r})")
     return manifest
+
+
+def _writer(data: bytes | bytearray | memoryview) -> Callable[[IO[bytes]], int]:
+    """An :func:`atomic_write` callback that writes ``data``."""
+    return lambda f: f.write(data)
 
 
 def unpack(manifest_path: str | os.PathLike[str], out: str | os.PathLike[str], encoded: bool = False,
@@ -153,11 +159,11 @@ def unpack(manifest_path: str | os.PathLike[str], out: str | os.PathLike[str], e
         raise DatasetError(f"the joined parts do not match {manifest_path.name} (parts of different packs mixed); "
                            f"{again}")
     if encoded:
-        atomic_write(out, lambda f: f.write(joined))
+        atomic_write(out, _writer(joined))
         return None
     tmp = out.with_name(f".{out.stem}.encoded.npz")
     try:  # decode through the loader itself: one reader for encoded files
-        atomic_write(tmp, lambda f: f.write(joined))
+        atomic_write(tmp, _writer(joined))
         del joined
         dataset = load_dataset(tmp)
     finally:

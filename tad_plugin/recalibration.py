@@ -348,7 +348,10 @@ class _TensorCache:
                 and hit[1] == [t._version for t in tensors]:
             return hit[2]
         value = compute()  # raises before anything is stored
-        refs = [weakref.ref(t, lambda _, k=key: self._entries.pop(k, None)) for t in tensors]
+        def forget(_: object) -> None:  # a tensor died: its entry can never hit again
+            self._entries.pop(key, None)
+
+        refs = [weakref.ref(t, forget) for t in tensors]
         self._entries[key] = (refs, [t._version for t in tensors], value)
         return value
 

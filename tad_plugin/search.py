@@ -86,7 +86,7 @@ def _faiss_topk(q: torch.Tensor, db: torch.Tensor, k: int) -> tuple[torch.Tensor
     device = q.device
     qn = q.cpu().contiguous().numpy()
     dbn = db.cpu().contiguous().numpy()
-    index = faiss.IndexFlatIP(dbn.shape[1])
+    index: faiss.Index = faiss.IndexFlatIP(dbn.shape[1])
     if faiss.get_num_gpus() > 0 and hasattr(faiss, "StandardGpuResources") and k <= _GPU_MAX_K:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(dbn)

@@ -11,8 +11,15 @@ import torch
 
 from tad_plugin import TADHooks, TrustSplit, get_plugin_manager, hookimpl
 from tad_plugin.adapters.att import ATT, ATT_TABLE, att_defaults
-from tad_plugin.adapters.datm import (DATM, DATM_TABLE, DATMMatcher, datm_defaults, predicted_correctly_indices,
-                                      soft_label_init, window_upper_bound)
+from tad_plugin.adapters.datm import (
+    DATM,
+    DATM_TABLE,
+    DATMMatcher,
+    datm_defaults,
+    predicted_correctly_indices,
+    soft_label_init,
+    window_upper_bound,
+)
 from tad_plugin.adapters.ftd import FTD, FTD_TABLE, ftd_defaults
 from tad_plugin.adapters.mtt import MTT, mtt_defaults
 from tad_plugin.cli import build_parser, config_from_args, main

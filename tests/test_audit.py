@@ -183,8 +183,10 @@ def test_the_two_stage_commands_configure_plain_mtt_on_the_cleaned_labels():
     from tad_plugin.cli import build_parser, config_from_args
 
     cfg_file = str(Path(__file__).resolve().parents[1] / "examples" / "configs" / "cifar10_sym40_ipc10.yaml")
-    for extra in (["--dataset", "o/pruned/cifar10.npz", "--cifar-n", "o/pruned/cifar10.npz", "--label-set", "given_label"],
-                  ["--dataset", "/data/cifar10.npz", "--cifar-n", "o/labels_cleaned.npz", "--label-set", "cleaned_label"]):
+    for extra in (["--dataset", "o/pruned/cifar10.npz", "--cifar-n", "o/pruned/cifar10.npz",
+                   "--label-set", "given_label"],
+                  ["--dataset", "/data/cifar10.npz", "--cifar-n", "o/labels_cleaned.npz",
+                   "--label-set", "cleaned_label"]):
         args = build_parser().parse_args(["run", "--config", cfg_file, "--no-tad", "--set", "data.noise=null", *extra])
         cfg = config_from_args(args)
         assert cfg.data.noise is None and cfg.data.cifar_n == extra[3] and not cfg.tad.enabled

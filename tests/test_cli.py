@@ -28,7 +28,8 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
             assert key in record
         assert record["results"]["noise_rate"] == summary["noise_rate"]
         assert set(record["stages"]) == {"buffer", "distill", "eval"}
-        curve = record["stages"]["distill"]["evaluations"]  # distill.eval_every 5 of 10 iterations (0: the initial images, as upstream)
+        # distill.eval_every 5 of 10 iterations (0: the initial images, as upstream)
+        curve = record["stages"]["distill"]["evaluations"]
         assert [e["iteration"] for e in curve] == [0, 5, 10] and all(0 <= e["mean"] <= 1 for e in curve)
         best = max(curve, key=lambda e: e["mean"])  # the papers' number: the best evaluation point
         assert record["results"]["test_acc_best_mean"] == best["mean"]
@@ -36,7 +37,8 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
     assert (quick_demo / "tad" / "buffer" / "manifest.json").is_file()
     rounds = json.loads((quick_demo / "tad" / "buffer" / "trust_report.json").read_text())["rounds"]
     recals = [r for r in rounds if r["stage"] == "recalibration"]
-    assert recals and all(0 <= r["recalled_expert_agrees"] <= r["recalled"] for r in recals)  # the agreement was recorded
+    # the agreement was recorded
+    assert recals and all(0 <= r["recalled_expert_agrees"] <= r["recalled"] for r in recals)
     record = json.loads((quick_demo / "tad" / "result_demo.json").read_text())
     later = record["stages"]["buffer"]["later_recalls"]  # the rounds after the first, summed into the record
     assert later["recalled"] == sum(r["recalled"] for r in recals[1:])
@@ -267,8 +269,9 @@ def test_run_prints_where_the_trusted_space_is_wrong():
              "disagree_accuracy": 0.58}
     text = _trust_summary({"trusted_size": 4, "trusted_fraction": 0.4, "trusted_precision": 0.75,
                            "clean_recall": 0.6, "later_recalls": later}, names)
-    assert text.splitlines()[-1] == ("  recalls after the first round (first expert, 12 rounds): 800, 78.0% right; where the "
-                                     "expert predicts the pseudo-label 500 (90.0% right), where it does not 300 (58.0% right)")
+    assert text.splitlines()[-1] == ("  recalls after the first round (first expert, 12 rounds): 800, 78.0% right; "
+                                     "where the expert predicts the pseudo-label 500 (90.0% right), "
+                                     "where it does not 300 (58.0% right)")
 
 
 def test_the_distill_record_keeps_the_unstable_matching_losses():

@@ -2,15 +2,15 @@
 
 import pytest
 
-from tad_plugin.engine.config import (ConfigError, RunConfig, build_config, from_dict, merge,
-                                      parse_override, to_dict)
+from tad_plugin.engine.config import ConfigError, RunConfig, build_config, from_dict, merge, parse_override, to_dict
 
 
 def test_precedence_defaults_yaml_flags_sets(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("buffer:\n  epochs: 7\n  lr: 0.02\ndata:\n  noise: symmetric\n  noise_rate: 0.4\nseed: 3\n")
     defaults = {"buffer": {"epochs": 50, "num_experts": 4}, "distill": {"max_start_epoch": 2}}
-    cfg = build_config(defaults, path, overrides={"buffer": {"lr": 0.05}}, sets=["buffer.lr=0.001", "tad.enabled=false"])
+    cfg = build_config(defaults, path, overrides={"buffer": {"lr": 0.05}},
+                       sets=["buffer.lr=0.001", "tad.enabled=false"])
     assert cfg.buffer.epochs == 7            # YAML beats defaults
     assert cfg.buffer.num_experts == 4       # defaults kept where YAML is silent
     assert cfg.buffer.lr == 0.001            # --set beats flags beats YAML

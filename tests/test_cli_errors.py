@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tad_plugin.cli import DEMO_CONFIG, QUICK_DEMO_OVERRIDES, main
+from tad_plugin.cli import QUICK_DEMO_OVERRIDES, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

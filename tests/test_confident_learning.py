@@ -15,8 +15,7 @@ from tad_plugin.engine.trajectories import TrajectoryStore
 
 pytest.importorskip("cleanlab", reason="the cleanlab extra is not installed (pip install 'tad_plugin[cleanlab]')")
 
-from tad_plugin.confident_learning import (ConfidentLearning, confident_split,  # noqa: E402
-                                           out_of_sample_probabilities)
+from tad_plugin.confident_learning import ConfidentLearning, confident_split, out_of_sample_probabilities  # noqa: E402
 
 
 def noisy_digits(n=600):

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_mtt_adapter import tiny_dataset
 
 from tad_plugin.adapters.datm import DATM
 from tad_plugin.adapters.mtt import MTT
@@ -24,8 +25,6 @@ from tad_plugin.engine.distributed import Ranks, rank_device
 from tad_plugin.engine.matching import TrajectoryMatcher
 from tad_plugin.engine.pipeline import TrajectoryList, load_distilled
 from tad_plugin.engine.trajectories import TrajectoryStore
-
-from test_mtt_adapter import tiny_dataset
 
 WORLD = 2
 # 4 experts in groups of 1 (rank 0 trains experts 0 and 2, rank 1 experts 1 and 3); the dual loop divides

@@ -37,7 +37,8 @@ def test_compare_on_a_finished_tad_run(quick_demo, tmp_path, capsys):
         s = res[rule]
         assert 0 < s["trusted"] <= 1797 and 0.5 < s["precision"] <= 1 and 0 < s["recall"] <= 1
     # min(class mean, 0.5) never trusts fewer than either of the other two rules
-    assert res["min(class mean, 0.5)"]["trusted"] >= max(res["global 0.5"]["trusted"], res["class mean (Eq. 5)"]["trusted"])
+    assert res["min(class mean, 0.5)"]["trusted"] >= max(res["global 0.5"]["trusted"],
+                                                          res["class mean (Eq. 5)"]["trusted"])
     assert "| 0 | global 0.5 |" in capsys.readouterr().out
 
 

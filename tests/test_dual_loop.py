@@ -149,4 +149,4 @@ def test_features_given_as_a_function_load_when_the_inner_loop_first_needs_them(
     bad = DualLoop(net, Preprocessor.for_dataset(ds), ds.train_images, lambda: (torch.zeros(3, 7), None), None,
                    hooks, noisy_labels=ds.train_labels)
     with pytest.raises(ValueError, match=f"features must be \\[N={n}, D\\]"):
-        bad.features
+        _ = bad.features

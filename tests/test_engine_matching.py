@@ -9,8 +9,14 @@ import torch.nn.functional as F
 from tad_plugin.data import load_dataset
 from tad_plugin.engine.convnet import ConvNetConfig, forward, init_params
 from tad_plugin.engine.evaluate import Evaluator
-from tad_plugin.engine.matching import (EVALUATIONS_FILE, DistillDivergedError, MatchingConfig, TrajectoryMatcher,
-                                        class_labels, real_init_indices)
+from tad_plugin.engine.matching import (
+    EVALUATIONS_FILE,
+    DistillDivergedError,
+    MatchingConfig,
+    TrajectoryMatcher,
+    class_labels,
+    real_init_indices,
+)
 from tad_plugin.engine.preprocess import Preprocessor
 
 

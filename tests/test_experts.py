@@ -6,8 +6,14 @@ import torch
 from tad_plugin import Recalibration, TADHooks, TrustSplit, get_plugin_manager, hookimpl
 from tad_plugin.engine.config import BufferConfig, ConfigError, TADConfig
 from tad_plugin.engine.convnet import ConvNetConfig
-from tad_plugin.engine.experts import (EpochState, ExpertError, ExpertTrainer, TrustUpdate, per_sample_losses,
-                                       recalibrate_experts)
+from tad_plugin.engine.experts import (
+    EpochState,
+    ExpertError,
+    ExpertTrainer,
+    TrustUpdate,
+    per_sample_losses,
+    recalibrate_experts,
+)
 from tad_plugin.engine.preprocess import Preprocessor
 from tad_plugin.engine.trajectories import TrajectoryStore
 

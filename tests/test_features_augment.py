@@ -1,6 +1,7 @@
 """GPU-style batch augmentation: per-sample randomness, shapes, ranges, exact geometry and colour maths."""
 
 import functools
+
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -114,7 +115,8 @@ def test_every_sample_draws_its_own_jitter_order():
     ops = EAGER_OPS._replace(resample=lambda x, _theta: x, brightness=tag(0), contrast=tag(1), saturation=tag(2),
                              hue=tag(3), grey=lambda x, _mask: x)
     cfg = AugmentConfig(jitter_p=1.0, grayscale_p=0.0)
-    out = augment_batch(torch.zeros(480, 3, 4, 4), cfg, torch.Generator().manual_seed(0), functools.partial(render, ops=ops))
+    out = augment_batch(torch.zeros(480, 3, 4, 4), cfg, torch.Generator().manual_seed(0),
+                        functools.partial(render, ops=ops))
     codes = out[:, 0, 0, 0].round().long().tolist()
     orders = [tuple(int(d) for d in f"{code:04d}") for code in codes]
     assert all(sorted(o) == [0, 1, 2, 3] for o in orders)  # each operation exactly once per sample

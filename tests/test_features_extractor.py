@@ -4,8 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from tad_plugin.features.extractor import (ExtractorFileError, FeatureExtractor, default_extractor_path,
-                                           load_extractor, save_extractor)
+from tad_plugin.features.extractor import (
+    ExtractorFileError,
+    FeatureExtractor,
+    default_extractor_path,
+    load_extractor,
+    save_extractor,
+)
 from tad_plugin.features.resnet import FEATURE_DIM, cifar_resnet18
 
 

@@ -10,8 +10,15 @@ from tad_plugin.features.augment import AugmentConfig
 from tad_plugin.features.cli import main
 from tad_plugin.features.extractor import load_extractor
 from tad_plugin.features.lars import LARS
-from tad_plugin.features.train import (TrainConfig, TrainingError, _model_and_optimizer, _Step, lr_at,
-                                       state_path_for, train_simclr)
+from tad_plugin.features.train import (
+    TrainConfig,
+    TrainingError,
+    _model_and_optimizer,
+    _Step,
+    lr_at,
+    state_path_for,
+    train_simclr,
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +86,8 @@ def test_interrupted_run_resumes_records_history_and_writes_files(tiny, tmp_path
     assert result.epochs == 2 and [h["epoch"] for h in result.history] == [1, 2]
     assert set(result.knn) == {1, 10} and all(0 <= v <= 1 for v in result.knn.values())
     for h in result.history:
-        assert {"epoch", "seconds", "loss", "lr", "images_per_s", "augment_share", "knn1", "knn10", "knn10_weighted"} <= set(h)
+        assert {"epoch", "seconds", "loss", "lr", "images_per_s", "augment_share", "knn1", "knn10",
+                "knn10_weighted"} <= set(h)
         assert 0 <= h["knn10_weighted"] <= 1
     assert result.history[1]["seconds"] > result.history[0]["seconds"]
     loaded = load_extractor(ck)

@@ -5,9 +5,9 @@ import torch
 
 from tad_plugin import TADHooks, TrustSplit, get_plugin_manager, hookimpl
 from tad_plugin.adapters.mtt import MTT, MTT_TABLE, mtt_defaults
-from tad_plugin.engine.pipeline import load_distilled, save_distilled
 from tad_plugin.data import ImageDataset
 from tad_plugin.engine.config import ConfigError, build_config
+from tad_plugin.engine.pipeline import load_distilled, save_distilled
 from tad_plugin.engine.trajectories import load_upstream_buffer
 from tad_plugin.trust_report import TrustReport
 
@@ -24,7 +24,8 @@ def tiny_dataset(n=60, m=20, c=3):
 def tiny_config(tad, **extra):
     sets = [f"tad.enabled={str(tad).lower()}", "device=cpu", "model.width=4", "model.depth=2",
             "buffer.num_experts=2", "buffer.epochs=3", "buffer.batch_size=10", "buffer.experts_per_group=2",
-            "tad.warmup_epochs=1", "tad.inner_loop=false", "distill.ipc=2", "distill.iterations=3", "distill.syn_steps=2",
+            "tad.warmup_epochs=1", "tad.inner_loop=false", "distill.ipc=2", "distill.iterations=3",
+            "distill.syn_steps=2",
             "distill.max_start_epoch=1", "distill.expert_epochs=2", "eval.num_eval=2", "eval.epochs=3",
             *[f"{k}={v}" for k, v in extra.items()]]
     return build_config(mtt_defaults("tiny", 2), sets=sets)
@@ -147,7 +148,8 @@ def test_class_balanced_trusted_epochs_train_other_experts_from_the_same_split(t
         finals[balance] = store.trajectory(0)
         assert bool(torch.isfinite(finals[balance]).all())
     # the same initialisation, then other batches (the balanced draw applies from the first epoch on)
-    assert torch.equal(finals["true"][0], finals["false"][0]) and not torch.equal(finals["true"][-1], finals["false"][-1])
+    assert torch.equal(finals["true"][0], finals["false"][0])
+    assert not torch.equal(finals["true"][-1], finals["false"][-1])
 
 
 def test_missing_feature_extractor_is_a_clear_error(tmp_path, monkeypatch):

@@ -11,10 +11,13 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
-def test_pyproject_holds_only_the_build_system_table():
+def test_pyproject_holds_only_the_build_system_and_checker_tables():
+    """Metadata and options have one home, setup.cfg: pyproject.toml holds the build system and the settings of
+    ruff and mypy, which setup.cfg cannot hold (ruff reads only TOML)."""
     text = (ROOT / "pyproject.toml").read_text()
     tables = [line for line in text.splitlines() if line.startswith("[")]
-    assert tables == ["[build-system]"]
+    assert tables[0] == "[build-system]"
+    assert all(t.strip("[]").startswith(("tool.ruff", "tool.mypy")) for t in tables[1:]), tables
 
 
 def test_setup_cfg_uses_underscore_keys_and_alternative_faiss_extras():
@@ -53,9 +56,15 @@ def test_wheel_contents(tmp_path):
 
 def test_ci_installs_and_runs_what_the_readme_says():
     """.ci/run runs the README's test command, whose extras include matplotlib's (``plot``): the suite's
-    figure tests run instead of skipping."""
-    readme = [line for line in (ROOT / "README.md").read_text().splitlines() if "pytest -q" in line][0]
+    figure tests run instead of skipping; and the README's lint and type-check commands, whose tools come with
+    the same install (``lint``)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    readme = [line for line in lines if "pytest -q" in line][0]
     install, test = (part.split("#")[0].strip() for part in readme.split("&&"))
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert install in ci and test in ci
-    assert ",plot]" in install
+    assert ",plot]" in install and ",lint," in install
+    checks = [line for line in lines if "ruff check" in line][0]
+    commands = [part.split("#")[0].strip() for part in checks.split("&&")]
+    assert commands == ["python3 -m ruff check", "python3 -m mypy"]
+    assert all(c in ci for c in commands)

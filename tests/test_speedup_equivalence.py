@@ -9,8 +9,12 @@ import pytest
 import torch
 
 from tad_plugin.division import DegenerateLossWarning, divide_by_loss, low_loss_posterior
-from tad_plugin.recalibration import (anchor_covariances, mahalanobis_reliability, recalibrate_with_anchors,
-                                      reference_set)
+from tad_plugin.recalibration import (
+    anchor_covariances,
+    mahalanobis_reliability,
+    recalibrate_with_anchors,
+    reference_set,
+)
 
 
 def _losses(n: int, seed: int, hard: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:

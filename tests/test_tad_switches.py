@@ -4,13 +4,12 @@ exactly the part it names."""
 import pytest
 import torch
 import torch.nn.functional as F
+from test_mtt_adapter import tiny_config, tiny_dataset
 
 from tad_plugin import TADHooks, get_plugin_manager, hookimpl
 from tad_plugin.adapters.mtt import MTT
 from tad_plugin.engine.config import ConfigError, TADConfig
 from tad_plugin.trust_report import TrustReport
-
-from test_mtt_adapter import tiny_config, tiny_dataset
 
 
 def noisy_labels(ds):

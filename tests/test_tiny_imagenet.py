@@ -46,7 +46,7 @@ def tree(tmp_path):
             _jpeg(root / "train" / wnid / "images" / f"{wnid}_{k}.JPEG", 20 * c + 60 * k + 10, "L" if grey else "RGB")
         (root / "train" / wnid / f"{wnid}_boxes.txt").write_text(
             "".join(f"{wnid}_{k}.JPEG\t0\t0\t7\t7\n" for k in range(PER_CLASS)))
-    for i, (name, wnid) in enumerate(VAL):
+    for i, (name, _wnid) in enumerate(VAL):
         _jpeg(root / "val" / "images" / name, 200 - 30 * i)
     (root / "val" / "val_annotations.txt").write_text("".join(f"{n}\t{w}\t0\t0\t7\t7\n" for n, w in VAL))
     _jpeg(root / "test" / "images" / "test_0.JPEG", 5)

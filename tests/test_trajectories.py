@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from tad_plugin.engine.convnet import ConvNet, ConvNetConfig, flatten, init_params, load_flat
-from tad_plugin.engine.trajectories import (ExpertRecord, TrajectoryError, TrajectoryStore,
-                                            load_upstream_buffer, split_flat)
+from tad_plugin.engine.trajectories import (
+    ExpertRecord,
+    TrajectoryError,
+    TrajectoryStore,
+    load_upstream_buffer,
+    split_flat,
+)
 
 CFG = ConvNetConfig(in_channels=1, num_classes=3, image_size=(8, 8), width=4, depth=2)
 T, N = 3, 20
@@ -26,7 +31,8 @@ def make_record(index: int, tad: bool = True) -> ExpertRecord:
 
 def make_store(root, **meta):
     return TrajectoryStore.create(root, param_shapes=CFG.param_shapes, epochs=T, num_train=N, num_classes=3,
-                                  meta=meta or {"lr": 0.01}, preprocess_state={"mean": torch.ones(1), "kind": "meanstd"})
+                                  meta=meta or {"lr": 0.01},
+                                  preprocess_state={"mean": torch.ones(1), "kind": "meanstd"})
 
 
 def test_save_load_round_trip(tmp_path):

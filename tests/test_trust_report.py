@@ -116,15 +116,18 @@ def test_later_recalls_sum_the_rounds_after_the_first():
 
     def recal(trusted, labels, agrees):
         prev = report.rounds and torch.tensor(report._last_trusted.tolist())
-        return report.add(epoch=len(report.rounds), stage="recalibration", trusted=torch.tensor(trusted, dtype=torch.bool),
+        return report.add(epoch=len(report.rounds), stage="recalibration",
+                          trusted=torch.tensor(trusted, dtype=torch.bool),
                           labels=torch.tensor(labels), noisy_labels=clean, clean_labels=clean,
                           previous_trusted=prev if report.rounds else none,
                           expert_agrees=torch.tensor(agrees, dtype=torch.bool))
 
     recal([1, 1, 0, 0, 0, 0, 0, 0], [0] * 8, [1] * 8)  # the first round: not counted
     assert report.later_recalls() is None  # one recalibration only
-    recal([1, 1, 1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0, 0], [1, 1, 1, 0, 1, 1, 1, 1])  # 2 right (agree), 3 wrong (not)
-    recal([1, 1, 1, 1, 1, 1, 1, 0], [0, 0, 0, 1, 0, 1, 2, 0], [1, 1, 1, 0, 1, 1, 0, 1])  # 4 right (agree), 5 wrong (agree), 6 wrong (not)
+    # 2 right (agree), 3 wrong (not)
+    recal([1, 1, 1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0, 0], [1, 1, 1, 0, 1, 1, 1, 1])
+    # 4 right (agree), 5 wrong (agree), 6 wrong (not)
+    recal([1, 1, 1, 1, 1, 1, 1, 0], [0, 0, 0, 1, 0, 1, 2, 0], [1, 1, 1, 0, 1, 1, 0, 1])
     later = report.later_recalls()
     assert later["rounds"] == 2 and later["recalled"] == 5
     assert later["accuracy"] == pytest.approx(2 / 5)

@@ -127,7 +127,8 @@ def test_buffer_and_distill_run_unmodified_with_tad(repo, caplog, capsys):
     assert noise_rate(torch.load(out / "labels_seen.pt"), state.clean_labels) == pytest.approx(0.4, abs=0.01)
     buffer = torch.load(out / "replay_buffer_0.pt")
     assert isinstance(buffer, list) and len(buffer) == EXPERTS
-    shapes = [(8, 3, 3, 3), (8,), (8,), (8,)] + [(8, 8, 3, 3), (8,), (8,), (8,)] * 2 + [(NUM_CLASSES, 8), (NUM_CLASSES,)]
+    shapes = ([(8, 3, 3, 3), (8,), (8,), (8,)] + [(8, 8, 3, 3), (8,), (8,), (8,)] * 2
+              + [(NUM_CLASSES, 8), (NUM_CLASSES,)])
     for trajectory in buffer:
         assert isinstance(trajectory, list) and len(trajectory) == EPOCHS + 1
         assert all(isinstance(s, list) and [tuple(p.shape) for p in s] == shapes for s in trajectory)
@@ -236,7 +237,7 @@ def test_anchors_are_distilled_from_the_early_trajectory_and_embedded(repo, engi
     # replay buffer's own (the flat layout is upstream's parameters() order)
     assert len(engine_spy["distill"]) == EXPERTS
     buffers = load_upstream_buffer(repo / "buffers" / "TINY" / "ConvNet" / "replay_buffer_0.pt")
-    for (args, (anchor_features, anchor_labels)), trajectory in zip(engine_spy["distill"], buffers):
+    for (args, (_anchor_features, anchor_labels)), trajectory in zip(engine_spy["distill"], buffers):
         early = args[2]
         assert len(early) == 1 and torch.allclose(early[0], trajectory[:anchor_epoch + 1])
         assert torch.equal(anchor_labels.cpu(), torch.arange(NUM_CLASSES).repeat_interleave(ipc))

@@ -7,7 +7,8 @@ upstream's own ``networks.ConvNet`` + ``reparam_module.ReparamModule`` and the i
 ``distill.py`` (``syn_steps`` SGD steps on all images, cross-entropy, ``autograd.grad(create_graph=True)``,
 the normalised parameter-matching loss), once with :class:`tad_plugin.engine.matching.TrajectoryMatcher`
 for each ``distill.inner_grad`` route of ``--routes`` (``explicit`` and ``compiled`` with ``recompute_steps``,
-which keeps the memory of 30 unrolled float64 steps small; ``compiled`` needs a C++ toolchain). DSA is off on both sides (its random draws cannot be shared);
+which keeps the memory of 30 unrolled float64 steps small; ``compiled`` needs a C++ toolchain). DSA is off on both
+sides (its random draws cannot be shared);
 the DSA operations themselves are written to upstream's formulas and tested in ``tests/test_engine_dsa.py``.
 Everything runs in float64 on the CPU, so the two should agree to rounding (~1e-15): the matching loss, the
 gradient w.r.t. the images and the gradient w.r.t. the step size.

@@ -157,6 +157,7 @@ def audit_experts(store: TrajectoryStore, net: ConvNetConfig, preprocess: Prepro
         params = torch.stack([r.params[-1] for r in records]).to(dev)
         losses, preds = per_sample_predictions(net, params, x, given, preprocess, batch_size)
         for j, r in enumerate(records):
+            assert r.trusted is not None  # checked above
             clean_vote += (r.trusted[-1] & (r.labels[-1] == labels.cpu())).float()
             confidence += hooks.filter_dataset(losses[j], given, k).confidence.float().cpu()
             final_labels.append(r.labels[-1])
@@ -338,7 +339,7 @@ def write_audit(table: AuditTable, out: str | os.PathLike[str], class_names: Seq
     atomic_write(paths["ranked_csv"], lambda f: f.write(_csv_text(header, ranked)))
     atomic_write_json({"method": table.method, "samples": n, "issues": [dict(zip(header, r)) for r in ranked]},
                       paths["ranked_json"])
-    arrays = {CLEANED_KEY: table.cleaned.numpy(), GIVEN_KEY: table.given.numpy(),
+    arrays: dict[str, Any] = {CLEANED_KEY: table.cleaned.numpy(), GIVEN_KEY: table.given.numpy(),
               "is_label_issue": table.is_label_issue.numpy()}
     if table.clean is not None:
         arrays[CLEAN_KEY] = table.clean.numpy()

@@ -46,10 +46,11 @@ class Preprocessor:
                  zca: ZCA | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown preprocessing mode {mode!r}; use one of {MODES}")
-        if mode == "normalize" and (mean is None or std is None or mean.shape != std.shape or mean.dim() != 1):
-            raise ValueError("mode 'normalize' needs per-channel mean and std tensors [C] of equal shape")
-        if mode == "normalize" and bool((std <= 0).any()):  # type: ignore[operator]
-            raise ValueError(f"std must be > 0 in every channel, got {std.tolist()}")  # type: ignore[union-attr]
+        if mode == "normalize":
+            if mean is None or std is None or mean.shape != std.shape or mean.dim() != 1:
+                raise ValueError("mode 'normalize' needs per-channel mean and std tensors [C] of equal shape")
+            if bool((std <= 0).any()):
+                raise ValueError(f"std must be > 0 in every channel, got {std.tolist()}")
         if mode == "zca" and (zca is None or not zca.fitted):
             raise ValueError("mode 'zca' needs a fitted ZCA (use Preprocessor.for_dataset(ds, zca=True))")
         self.mode = mode

@@ -202,7 +202,8 @@ class TrajectoryStore:
         except (OSError, json.JSONDecodeError) as exc:
             raise TrajectoryError(f"cannot read {path}: {exc}; delete {root} and retrain") from exc
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise TrajectoryError(f"{path} has format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            raise TrajectoryError(f"{path} has format {found!r}, "
                                   f"expected {FORMAT!r}; retrain the experts with this version")
         return cls(root, manifest)
 

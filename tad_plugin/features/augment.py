@@ -24,8 +24,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "AugmentDraws", "AugmentOps", "EAGER_OPS", "Renderer", "augment_batch", "compiled_render", "draw",
-           "grayscale", "render", "to_unit_float"]
+__all__ = ["AugmentConfig", "AugmentDraws", "AugmentOps", "EAGER_OPS", "Renderer", "augment_batch", "compiled_render",
+           "draw", "grayscale", "render", "to_unit_float"]
 
 _GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
@@ -198,8 +198,12 @@ def render(x: torch.Tensor, draws: AugmentDraws, ops: AugmentOps = EAGER_OPS) ->
     """
     x = ops.resample(x, draws.theta)
     if draws.order is not None:
-        identity = (lambda t: t)
-        ops_of = (lambda t: ops.brightness(t, draws.brightness), lambda t: ops.contrast(t, draws.contrast),
+        def identity(t: torch.Tensor) -> torch.Tensor:
+            return t
+
+        brightness, contrast = draws.brightness, draws.contrast
+        assert brightness is not None and contrast is not None  # drawn with the order (see draw)
+        ops_of = (lambda t: ops.brightness(t, brightness), lambda t: ops.contrast(t, contrast),
                   (lambda t: ops.saturation(t, draws.saturation)) if draws.saturation is not None else identity,
                   (lambda t: ops.hue(t, draws.hue)) if draws.hue is not None else identity)
         # Slot k applies all four operations to the batch and keeps, per sample, the one its order puts in
@@ -218,7 +222,7 @@ def render(x: torch.Tensor, draws: AugmentDraws, ops: AugmentOps = EAGER_OPS) ->
 Renderer = Callable[[torch.Tensor, AugmentDraws], torch.Tensor]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled_render() -> Renderer:
     """:func:`render` under ``torch.compile``: one graph for the whole view (compiled at its first call, once
     per input shape and per set of steps that are on; on a CPU this needs a C++ compiler, as inductor does).

@@ -73,7 +73,8 @@ class FeatureExtractor:
             mean, std = (torch.as_tensor(v, dtype=torch.float32).flatten() for v in normalize)
             if mean.shape != std.shape or (std <= 0).any():
                 raise ValueError(f"normalize must be (mean, std) of equal length with std > 0, got {normalize}")
-            self._mean, self._std = mean, std
+            self._mean: torch.Tensor | None = mean
+            self._std: torch.Tensor | None = std
         else:
             self._mean = self._std = None
         self.input_size = (input_size, input_size) if isinstance(input_size, int) else input_size
@@ -109,7 +110,7 @@ class FeatureExtractor:
             x = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
         if self.input_size is not None and tuple(x.shape[-2:]) != tuple(self.input_size):
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
-        if self._mean is not None:
+        if self._mean is not None and self._std is not None:  # both or neither
             mean = self._mean.to(x.device).view(1, -1, 1, 1)
             std = self._std.to(x.device).view(1, -1, 1, 1)
             x = (x - mean) / std
@@ -166,8 +167,8 @@ class FeatureExtractor:
         if self.in_channels is None and self._mean is not None and len(self._mean) not in (1, c):
             raise ValueError(f"images have {c} channels but normalize has {len(self._mean)}")
         if images.dtype.is_floating_point and images.numel():
-            lo, hi = torch.aminmax(images.detach())
-            lo, hi = float(lo), float(hi)
+            lo_t, hi_t = torch.aminmax(images.detach())
+            lo, hi = float(lo_t), float(hi_t)
             if lo != lo or hi != hi:
                 raise ValueError("images contain NaN")
             if lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:

@@ -33,9 +33,11 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
         similar to the query.
     """
     if bank.dim() != 2 or queries.dim() != 2 or bank.shape[1] != queries.shape[1]:
-        raise ValueError(f"bank [N, D] and queries [M, D] must share D, got {tuple(bank.shape)} and {tuple(queries.shape)}")
+        raise ValueError(f"bank [N, D] and queries [M, D] must share D, got {tuple(bank.shape)} and "
+                         f"{tuple(queries.shape)}")
     if bank_labels.shape != (bank.shape[0],) or bank_labels.dtype != torch.int64:
-        raise ValueError(f"bank_labels must be int64 [{bank.shape[0]}], got {bank_labels.dtype} {tuple(bank_labels.shape)}")
+        raise ValueError(f"bank_labels must be int64 [{bank.shape[0]}], got {bank_labels.dtype} "
+                         f"{tuple(bank_labels.shape)}")
     if not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k must lie in [1, {bank.shape[0]}] (the bank size), got {k}")
     if temperature is not None and not temperature > 0:

@@ -16,7 +16,7 @@ The learning rate stays outside the momentum buffer (PyTorch SGD's convention), 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -68,6 +68,7 @@ class LARS(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
+            updates: Sequence[torch.Tensor]
             if group["lars_exclude"]:
                 updates = grads
             else:

@@ -50,7 +50,8 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
         ``-log(exp(s_ip / tau) / sum_{k != i} exp(s_ik / tau))`` with cosine similarities ``s``.
     """
     if z1.shape != z2.shape or z1.dim() != 2 or z1.shape[0] < 2:
-        raise ValueError(f"nt_xent_loss needs two [B, D] tensors with B >= 2, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(f"nt_xent_loss needs two [B, D] tensors with B >= 2, got {tuple(z1.shape)} and "
+                         f"{tuple(z2.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     b = z1.shape[0]

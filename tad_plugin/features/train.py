@@ -2,9 +2,10 @@
 
 The training images stay on the device as uint8; each step gathers a batch, draws two augmented views
 on the device (:mod:`.augment`), runs both through the model in one bfloat16 pass (channels_last) and
-takes an SGD step (or a LARS step, :mod:`.lars`, with ``TrainConfig(optimizer="lars")``). The loop reads nothing back to the host inside an epoch: the loss is summed on the
-device and read once per epoch. Labels are never used for training; they serve only the cosine kNN
-evaluation (training split as the bank, test split as queries).
+takes an SGD step (or a LARS step, :mod:`.lars`, with ``TrainConfig(optimizer="lars")``). The loop reads
+nothing back to the host inside an epoch: the loss is summed on the device and read once per epoch. Labels are
+never used for training; they serve only the cosine kNN evaluation (training split as the bank, test split as
+queries).
 """
 
 from __future__ import annotations
@@ -128,9 +129,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-        aug = d.pop("augment", {})
-        aug = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
-        return cls(**{**d, "knn_ks": tuple(d.get("knn_ks", (10, 200))), "augment": aug})
+        aug: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("augment", {}).items()}
+        return cls(**{**d, "knn_ks": tuple(d.get("knn_ks", (10, 200))), "augment": AugmentConfig(**aug)})
 
 
 @dataclass
@@ -221,7 +221,8 @@ def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), dev
 
     model, optimizer = _model_and_optimizer(channels, config, device)
     state_path = state_path_for(checkpoint) if checkpoint is not None else None
-    epoch, planned, elapsed, history = 0, config.epochs, 0.0, []
+    history: list[dict[str, float]] = []
+    epoch, planned, elapsed = 0, config.epochs, 0.0
     if resume:
         epoch, planned, elapsed, history = _load_state(state_path, config, model, optimizer, device)
         log(f"resumed from {state_path} after epoch {epoch} ({elapsed:.0f} s)")
@@ -291,7 +292,7 @@ def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), dev
     if not knn:  # resumed a finished run: evaluate once so that the result is complete
         knn, _ = _evaluate(extractor, data, test_images, dataset, config.knn_ks)
     if checkpoint is not None:
-        save_extractor(model.backbone, checkpoint, in_channels=channels, image_size=tuple(data.shape[-2:]),
+        save_extractor(model.backbone, checkpoint, in_channels=channels, image_size=(data.shape[-2], data.shape[-1]),
                        mean=mean, std=std, meta={
                            "dataset": dataset.name, "epochs": epoch, "seconds": elapsed,
                            "knn": {str(k): v for k, v in knn.items()}, "config": config.to_dict(),

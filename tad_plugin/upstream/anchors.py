@@ -174,7 +174,7 @@ def convnet_config(net: nn.Module, images: torch.Tensor) -> tuple[ConvNetConfig 
     if not convs or len(heads) != 1:
         return None, f"{name} is not upstream's ConvNet (convolutions followed by one linear layer)"
     try:
-        cfg = ConvNetConfig(convs[0].in_channels, heads[0].out_features, tuple(images.shape[-2:]),
+        cfg = ConvNetConfig(convs[0].in_channels, heads[0].out_features, (images.shape[-2], images.shape[-1]),
                             width=convs[0].out_channels, depth=len(convs))
     except ValueError as exc:
         return None, f"{name} is not the engine's ConvNet ({exc})"

@@ -68,7 +68,8 @@ def resolve_script(method: str, repo: str | os.PathLike[str], script: str) -> tu
     try:
         rel = path.relative_to(root).as_posix()
     except ValueError:
-        raise ValueError(f"{script} lies outside --repo {root}; give the script relative to the repository root")
+        raise ValueError(f"{script} lies outside --repo {root}; "
+                         "give the script relative to the repository root") from None
     known = SCRIPTS[method]
     if rel not in known:
         raise ValueError(f"{rel} is not a {method} script tad wrap knows; known: {', '.join(known)}")
