@@ -137,7 +137,9 @@ def test_help_lists_commands(capsys):
         assert cmd in out
 
 
-@pytest.mark.parametrize("path", sorted([*(ROOT / "examples" / "configs").glob("*.yaml"), *(ROOT / "reproduction" / "configs").glob("*.yaml")]), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted([*(ROOT / "examples" / "configs").glob("*.yaml"),
+                                          *(ROOT / "reproduction" / "configs").glob("*.yaml")]),
+                         ids=lambda p: p.name)
 def test_example_configs_are_valid(path):
     cfg = config_from_args(build_parser().parse_args(["run", "--config", str(path)]))
     assert cfg.data.dataset in ("digits", "cifar10", "cifar100", "tinyimagenet")

@@ -33,7 +33,8 @@ def texts(path: Path):
         elif isinstance(node, ast.Call):
             for kw in node.keywords:
                 if kw.arg == "help":
-                    parts = [n.value for n in ast.walk(kw.value) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+                    parts = [n.value for n in ast.walk(kw.value)
+                             if isinstance(n, ast.Constant) and isinstance(n.value, str)]
                     if parts:
                         yield kw.value.lineno, "".join(parts)
 

@@ -264,7 +264,8 @@ class DistillConfig:
     Speed and memory: ``inner_grad`` = ``"autograd"`` (upstream's double backward), ``"explicit"`` or
     ``"compiled"`` (the student's backward written out, optionally under torch.compile; same values);
     ``recompute_steps`` keeps one unrolled step's graph at a time (with explicit/compiled); ``compile_mode``
-    is torch.compile's mode for ``inner_grad: compiled`` (``reduce-overhead``: CUDA graphs): see :class:`tad_plugin.engine.matching.MatchingConfig`.
+    is torch.compile's mode for ``inner_grad: compiled`` (``reduce-overhead``: CUDA graphs): see
+    :class:`tad_plugin.engine.matching.MatchingConfig`.
     """
 
     ipc: int = 10
