@@ -31,16 +31,14 @@ Results: benchmarks/results/benchmark_dual_loop.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
+from phase_timing import phase_timers, sync  # this folder's shared timing helpers
 
 import tad_plugin.division as division
 import tad_plugin.recalibration as recalibration
@@ -62,33 +60,7 @@ PHASES = (
 )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
-
-@contextlib.contextmanager
-def phase_timers(device: torch.device, seconds: dict[str, float]) -> Iterator[None]:
-    """Wrap the :data:`PHASES` functions so that each call adds its wall seconds to ``seconds[phase]``."""
-    saved = []
-    for module, name, phase in PHASES:
-        fn = getattr(module, name)
-        saved.append((module, name, fn))
-
-        def timed(*args: Any, _fn: Callable[..., Any] = fn, _phase: str = phase, **kwargs: Any) -> Any:
-            _sync(device)
-            t0 = time.perf_counter()
-            out = _fn(*args, **kwargs)
-            _sync(device)
-            seconds[_phase] += time.perf_counter() - t0
-            return out
-
-        setattr(module, name, timed)
-    try:
-        yield
-    finally:
-        for module, name, fn in saved:
-            setattr(module, name, fn)
 
 
 def make_data(n: int, dim: int, num_classes: int, anchors_per_class: int, seed: int,
@@ -127,16 +99,16 @@ def run_epoch(hooks: TADHooks, clean: torch.Tensor, labels: torch.Tensor, featur
     seconds to ``seconds`` and returns the new labels [E, N] and trusted spaces [E, N]."""
     device = features.device
     losses = make_losses(clean, labels, seed=1000 + epoch)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     splits = hooks.filter_dataset_batch(losses, labels, num_classes)
     trusted = torch.stack([s.trusted.to(device) for s in splits])
-    _sync(device)
+    sync(device)
     t1 = time.perf_counter()
     state = EpochState(epoch, list(range(labels.shape[0])), torch.zeros(labels.shape[0], 1, device=device),
                        labels, trusted, losses, splits, num_classes)
     update = recalibrate_experts(hooks, features, state, anchors, anchor_labels)
-    _sync(device)
+    sync(device)
     t2 = time.perf_counter()
     seconds["division (filter_dataset_batch)"] += t1 - t0
     seconds["recalibration (recalibrate_experts)"] += t2 - t1
@@ -181,7 +153,7 @@ def main() -> None:
     per_epoch: list[dict[str, float]] = []
     for epoch in range(1 + args.epochs):
         seconds: dict[str, float] = defaultdict(float)
-        with phase_timers(device, seconds):
+        with phase_timers(PHASES, device, seconds):
             labels, trusted = run_epoch(hooks, clean, labels, features, anchors, anchor_labels, args.classes,
                                         epoch, seconds)
         phased = sum(v for k, v in seconds.items() if k not in TOTALS)

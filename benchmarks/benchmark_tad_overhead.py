@@ -32,16 +32,16 @@ usage: python benchmarks/benchmark_tad_overhead.py --dataset /root/cifar10.npz -
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from phase_timing import phase_timers, sync  # this folder's shared timing helpers
 
 import tad_plugin.division as division
 import tad_plugin.engine.experts as experts_module
@@ -67,33 +67,7 @@ PHASES = (
 RECAL = "recalibration (recalibrate_experts)"
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
-
-@contextlib.contextmanager
-def phase_timers(device: torch.device, seconds: dict[str, float]) -> Iterator[None]:
-    """Wrap the :data:`PHASES` functions so that each call adds its wall seconds to ``seconds[phase]``."""
-    saved = []
-    for owner, name, phase in PHASES:
-        fn = getattr(owner, name)
-        saved.append((owner, name, fn))
-
-        def timed(*args: Any, _fn: Callable[..., Any] = fn, _phase: str = phase, **kwargs: Any) -> Any:
-            sync(device)
-            t0 = time.perf_counter()
-            out = _fn(*args, **kwargs)
-            sync(device)
-            seconds[_phase] += time.perf_counter() - t0
-            return out
-
-        setattr(owner, name, timed)
-    try:
-        yield
-    finally:
-        for owner, name, fn in saved:
-            setattr(owner, name, fn)
 
 
 def generated_dataset(n: int, n_test: int, seed: int) -> ImageDataset:
@@ -155,7 +129,7 @@ def run_arm(tad: bool, ds: ImageDataset, noisy: torch.Tensor, args: argparse.Nam
 
     trainer = ExpertTrainer(net, pre, buffer, TADConfig(enabled=tad, warmup_epochs=1), hooks=hooks if tad else None,
                             device=device, on_epoch=on_epoch, progress=False)
-    with tempfile.TemporaryDirectory() as tmp, phase_timers(device, seconds):
+    with tempfile.TemporaryDirectory() as tmp, phase_timers(PHASES, device, seconds):
         store = TrajectoryStore.create(tmp, param_shapes=net.param_shapes, epochs=args.epochs,
                                        num_train=len(noisy), num_classes=ds.num_classes)
         start = time.perf_counter()
@@ -249,7 +223,7 @@ def main() -> int:
                      "search_backend": args.search_backend, "noise": "symmetric 0.4", "tad_warmup_epochs": 1},
         "timed": "expert epoch = wall time between the ends of consecutive epochs of the group (train + test pass, "
                  "+ loss pass, division and recalibration with TAD), median of epochs 1 .. epochs-2",
-        "noisy_epoch_s": round(noisy_s, 4), "tad_epoch_s": round(tad_s, 4), "ratio": round(tad_s / noisy_s, 4),
+        "noisy_epoch_s": round(noisy_s, 6), "tad_epoch_s": round(tad_s, 6), "ratio": round(tad_s / noisy_s, 4),
         "tad_phases_s": {name: round(t, 5) for name, t in phases.items()},
         "division_alone_s": {name: round(t, 6) for name, t in alone.items()},
         "arms": {name: {key: value for key, value in arm.items() if key != "phases_s"} for name, arm in arms.items()},

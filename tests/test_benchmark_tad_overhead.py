@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "benchmark_tad_overhead.py"
 
 
@@ -18,7 +20,7 @@ def test_benchmark_runs_both_arms_on_generated_data(tmp_path):
     record = json.loads(out.read_text())
     assert record["settings"]["num_train"] == 96 and record["settings"]["experts"] == 2
     assert record["noisy_epoch_s"] > 0 and record["tad_epoch_s"] > 0
-    assert abs(record["ratio"] - record["tad_epoch_s"] / record["noisy_epoch_s"]) < 1e-3
+    assert record["ratio"] == pytest.approx(record["tad_epoch_s"] / record["noisy_epoch_s"], rel=5e-3)  # rounding
     phases = record["tad_phases_s"]
     assert all(phases[name] > 0 for name in ("loss pass", "division (filter_dataset x E)", "  of which GMM fit",
                                              "recalibration (recalibrate_experts)"))

@@ -1,0 +1,45 @@
+"""Timing helpers shared by the benchmark scripts (imported from beside them: ``python benchmarks/<script>.py``
+puts this folder on ``sys.path``)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["sync", "phase_timers"]
+
+
+def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (a no-op on the CPU), so a host clock read after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def phase_timers(phases: Sequence[tuple[Any, str, str]], device: torch.device,
+                 seconds: dict[str, float]) -> Iterator[None]:
+    """Within the block, wrap each ``(owner, attribute, phase)`` of ``phases`` (a function looked up on a module or
+    class) so that each call adds its wall seconds, device work included, to ``seconds[phase]``; restored on exit."""
+    saved = []
+    for owner, name, phase in phases:
+        fn = getattr(owner, name)
+        saved.append((owner, name, fn))
+
+        def timed(*args: Any, _fn: Callable[..., Any] = fn, _phase: str = phase, **kwargs: Any) -> Any:
+            sync(device)
+            t0 = time.perf_counter()
+            out = _fn(*args, **kwargs)
+            sync(device)
+            seconds[_phase] += time.perf_counter() - t0
+            return out
+
+        setattr(owner, name, timed)
+    try:
+        yield
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
