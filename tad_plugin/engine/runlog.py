@@ -3,11 +3,14 @@
 Every CLI run writes one ``result.json`` (atomically) with: the command line, the full config, the
 seed, the git commit, the device name, the wall time and the results (accuracies, measured noise
 rate, ...). Results are added as the run goes, and the file is rewritten after each stage, so an
-interrupted run still leaves a valid record of the stages it finished.
+interrupted run still leaves a valid record of the stages it finished. A resumed run (same file, same config)
+starts from the earlier record: its stages and results stay until the resumed run records them again, and the
+earlier attempts are listed, so a second interruption loses nothing the first run recorded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -22,6 +25,9 @@ import torch
 from ..files import atomic_write_json
 
 __all__ = ["RunLog", "command_line", "provenance", "git_commit", "device_name"]
+
+#: what a resumed record keeps of each earlier attempt
+ATTEMPT_FIELDS = ("command", "started", "commit", "device", "wall_time_s")
 
 
 def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
@@ -82,6 +88,11 @@ class RunLog:
         device: the torch device the run uses.
         command: the command line; defaults to ``sys.argv``.
         enabled: False makes :meth:`write` a no-op (the ranks other than 0 of a distributed run).
+
+    When ``path`` already holds a record of the same ``config`` (a resumed run), its ``stages`` and ``results``
+    are kept until recorded again (a stage recorded again keeps the earlier attempts' seconds as
+    ``earlier_wall_time_s``), and ``attempts`` lists each earlier attempt's command, start, commit, device and
+    wall time. Another config, or a file that is not such a record, starts a new record.
     """
 
     def __init__(self, path: str | os.PathLike[str], config: dict[str, Any], seed: int,
@@ -98,10 +109,33 @@ class RunLog:
             "stages": {},
             "results": {},
         }
+        self._earlier: dict[str, float] = {}  # stage -> seconds the earlier attempts spent in it
+        earlier = self._earlier_record(config)
+        if earlier is not None:
+            self.record["attempts"] = [*earlier.get("attempts", []),
+                                       {key: earlier[key] for key in ATTEMPT_FIELDS if key in earlier}]
+            self.record["stages"] = dict(earlier["stages"])
+            self.record["results"] = dict(earlier["results"])
+            self._earlier = {name: float(st.get("wall_time_s", 0.0)) + float(st.get("earlier_wall_time_s", 0.0))
+                             for name, st in earlier["stages"].items() if isinstance(st, dict)}
+
+    def _earlier_record(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The record at :attr:`path` when it is one of a run with ``config``, else None."""
+        try:
+            old = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        same = json.loads(json.dumps(config, default=str))  # as the file holds it (tuples as lists, ...)
+        ok = (isinstance(old, dict) and old.get("config") == same and isinstance(old.get("stages"), dict)
+              and isinstance(old.get("results"), dict))
+        return old if ok else None
 
     def stage(self, name: str, seconds: float, **info: Any) -> None:
         """Record a finished stage (its wall time and any details) and rewrite the file."""
-        self.record["stages"][name] = {"wall_time_s": round(seconds, 3), **info}
+        entry: dict[str, Any] = {"wall_time_s": round(seconds, 3), **info}
+        if self._earlier.get(name):
+            entry["earlier_wall_time_s"] = round(self._earlier[name], 3)
+        self.record["stages"][name] = entry
         self.write()
 
     def result(self, **values: Any) -> None:
