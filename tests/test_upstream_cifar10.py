@@ -149,3 +149,23 @@ def test_cifar10_for_another_dataset_or_a_missing_file_is_refused(repo, tmp_path
     assert "none.npz: no such file" in capsys.readouterr().err
     with pytest.raises(DatasetError, match="no such file"):
         cifar10_folder(tmp_path / "none.npz", tmp_path)
+
+
+def test_the_in_script_mode_takes_cifar10_from_its_config(tmp_path, monkeypatch):
+    from argparse import Namespace
+
+    from tad_plugin.upstream.launch import install
+
+    arrays = _arrays()
+    np.savez(tmp_path / "c10.npz", **arrays)
+    monkeypatch.setattr(cifar, "check_integrity", cifar.check_integrity)  # install() keeps its check until exit
+    config = tmp_path / "wrap.yaml"
+    config.write_text(f"cifar10: {tmp_path / 'c10.npz'}\nstate: {tmp_path / 'state' / 'state.pt'}\n"
+                      "tad:\n  enabled: false\n")
+    monkeypatch.setenv("TAD_WRAP_CONFIG", str(config))
+    namespace = {"get_dataset": STANDIN.get_dataset, "epoch": STANDIN.epoch}
+    install("buffer", namespace)
+    args = Namespace(zca=False, data_path="nowhere")
+    dst_train = namespace["get_dataset"]("CIFAR10", "nowhere", args=args)[6]
+    assert torch.equal(dst_train.labels, torch.from_numpy(arrays["train_labels"]))
+    assert Path(args.data_path).parent == tmp_path / "state"  # the script's args name the folder it read
