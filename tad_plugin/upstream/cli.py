@@ -1,7 +1,7 @@
 """``tad wrap {mtt,ftd,datm,att} --repo PATH [options] -- SCRIPT [SCRIPT ARGS]``: an upstream script with TAD.
 
 Settings, lowest precedence first: defaults (no noise, TAD on with the plugin's defaults),
-``--tad-config FILE.yaml`` (sections ``data`` and ``tad``, top-level ``state`` and ``seed``), the
+``--tad-config FILE.yaml`` (sections ``data`` and ``tad``, top-level ``state``, ``seed`` and ``cifar10``), the
 dedicated flags, then ``--set section.key=value``.
 """
 
@@ -24,10 +24,15 @@ def add_subcommand(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("method", choices=METHODS)
     p.add_argument("--repo", required=True, metavar="PATH", help="root of your upstream checkout")
-    p.add_argument("--tad-config", metavar="FILE.yaml", help="sections data (noise) and tad; keys state, seed")
+    p.add_argument("--tad-config", metavar="FILE.yaml", help="sections data (noise) and tad; keys state, seed, cifar10")
     p.add_argument("--state", metavar="FILE", help="trust state shared by buffer and distill runs; the buffer "
                    "run's trust_report.json/.png go beside it (default: a folder per checkout under "
                    "$TAD_PLUGIN_WRAP, else ~/.cache/tad_plugin/wrap)")
+    p.add_argument("--cifar10", metavar="FILE.npz",
+                   help="CIFAR-10 from an arrays file instead of torchvision's download: train_images uint8 "
+                   "[N, 32, 32, 3] (or encoded train_jpeg + train_offsets), train_labels 0..9, the same for test_; "
+                   "written as torchvision's cifar-10-batches-py folder beside the trust state (reused while the "
+                   "file is unchanged) and given to the script's get_dataset as its data_path")
     p.add_argument("--noise", choices=["symmetric", "asymmetric-cifar10", "asymmetric-cifar100"])
     p.add_argument("--noise-rate", type=float, metavar="R")
     p.add_argument("--noise-seed", type=int)
@@ -43,7 +48,8 @@ def add_subcommand(subparsers: Any) -> None:
 
 
 _FLAGS = {"noise": "data.noise", "noise_rate": "data.noise_rate", "noise_seed": "data.noise_seed",
-          "cifar_n": "data.cifar_n", "label_set": "data.label_set", "tad": "tad.enabled", "state": "state"}
+          "cifar_n": "data.cifar_n", "label_set": "data.label_set", "tad": "tad.enabled", "state": "state",
+          "cifar10": "cifar10"}
 
 
 def wrap_config(args: argparse.Namespace) -> Any:
@@ -64,7 +70,8 @@ def wrap_config(args: argparse.Namespace) -> Any:
 
 
 def config_from_dict(user: dict[str, Any]) -> Any:
-    """A :class:`~tad_plugin.upstream.launch.WrapConfig` from a mapping with ``data``, ``tad``, ``state``, ``seed``.
+    """A :class:`~tad_plugin.upstream.launch.WrapConfig` from a mapping with ``data``, ``tad``, ``state``, ``seed``,
+    ``cifar10``.
 
     Raises:
         ConfigError: an unknown key or a bad value (the message names it).
@@ -72,12 +79,14 @@ def config_from_dict(user: dict[str, Any]) -> Any:
     from ..engine.config import ConfigError, DataConfig, TADConfig, from_dict
     from .launch import WrapConfig
 
-    unknown = set(user) - {"data", "tad", "state", "seed"}
+    unknown = set(user) - {"data", "tad", "state", "seed", "cifar10"}
     if unknown:
-        raise ConfigError(f"unknown tad wrap config key(s) {sorted(unknown)}; known: data, tad, state, seed")
+        raise ConfigError(f"unknown tad wrap config key(s) {sorted(unknown)}; known: data, tad, state, seed, cifar10")
+    cifar10 = user.get("cifar10")
     return WrapConfig(data=from_dict(DataConfig, user.get("data", {}), "data."),
                       tad=from_dict(TADConfig, user.get("tad", {}), "tad."),
-                      state=user.get("state"), seed=int(user.get("seed", 0)))
+                      state=user.get("state"), seed=int(user.get("seed", 0)),
+                      cifar10=None if cifar10 is None else str(cifar10))
 
 
 def wrap_command(args: argparse.Namespace) -> int:

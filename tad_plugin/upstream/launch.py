@@ -4,15 +4,19 @@ What :func:`run_wrapped` does, in order:
 
 1. Resolves the script in the method's table (:mod:`.scripts`), changes into the script's directory
    and puts it (and the repository root) first on ``sys.path``, as ``cd DIR && python SCRIPT`` would.
-2. Imports the script's utils module and replaces two of its attributes:
-   ``get_dataset`` -- returns upstream's own result with ``dst_train`` relabelled: noisy labels for a
+2. With ``cifar10`` set (``--cifar10 FILE.npz``), writes torchvision's CIFAR-10 folder from that arrays file
+   beside the trust state, or reuses it (:mod:`.cifar10`), and lets torchvision's checksum check accept its
+   files for the rest of the run.
+3. Imports the script's utils module and replaces two of its attributes:
+   ``get_dataset`` -- calls upstream's own (with ``data_path`` = the CIFAR-10 folder of step 2, if any) and
+   returns its result with ``dst_train`` relabelled: noisy labels for a
    buffer script (``data.noise`` / ``data.cifar_n``), and for a distill script only the trusted
    pool of the buffer run with its recalibrated labels (the real-image initialisation
    ``images_all`` / ``indices_class`` is built from it); ``epoch`` (buffer scripts only) -- the
    :class:`~.epoch.TADEpoch` wrapper (division, TAD's criterion, recalibration).
-3. Runs the script with ``runpy`` as ``__main__`` with ``sys.argv = [SCRIPT, *ARGS]``.
-4. Restores ``sys.argv``, ``sys.path``, the working directory and ``sys.modules`` (the upstream
-   modules are dropped again), and saves the trust state.
+4. Runs the script with ``runpy`` as ``__main__`` with ``sys.argv = [SCRIPT, *ARGS]``.
+5. Restores ``sys.argv``, ``sys.path``, the working directory, ``sys.modules`` (the upstream
+   modules are dropped again) and torchvision's checksum check, and saves the trust state.
 
 Everything the script writes (``replay_buffer_{n}.pt``, logged images) is written by the script
 itself, in its own format. With ``tad.enabled = False`` only the noise is injected (the noisy baseline).
@@ -25,6 +29,7 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
+import logging
 import os
 import runpy
 import sys
@@ -39,12 +44,15 @@ from ..engine.config import DataConfig, TADConfig, load_yaml
 from ..manager import TADHooks, get_plugin_manager
 from ..trust_report import TrustReport
 from .anchors import EXPERT_FEATURES, PixelMap, resolve_embedding
+from .cifar10 import Cifar10Folder, accept, accept_folder, cifar10_folder
 from .epoch import TADEpoch
 from .labels import Relabelled, corrupt_labels, dataset_labels
 from .scripts import resolve_script
 from .state import TrustState, default_state_path
 
 __all__ = ["WrapConfig", "WrapResult", "run_wrapped", "install", "config_from_env", "CONFIG_ENV"]
+
+log = logging.getLogger("tad_plugin.upstream")
 
 #: Names the YAML config of the in-script mode (:func:`install`).
 CONFIG_ENV = "TAD_WRAP_CONFIG"
@@ -66,12 +74,16 @@ class WrapConfig:
             :func:`~.state.default_state_path` of the checkout (outside it). The buffer run's trust report
             (``trust_report.json``, and ``.png`` with matplotlib) is written beside it.
         seed: seeds the anchors.
+        cifar10: an arrays file (``train_images`` uint8 [N, 32, 32, 3] or encoded ``train_jpeg``, labels 0..9,
+            the same for ``test_``) whose CIFAR-10 the script loads instead of torchvision's download: see
+            :mod:`.cifar10`; None = the script's own ``data_path``.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
     tad: TADConfig = field(default_factory=TADConfig)
     state: str | None = None
     seed: int = 0
+    cifar10: str | None = None
 
 
 @dataclass
@@ -104,7 +116,9 @@ def run_wrapped(method: str, repo: str | os.PathLike[str], script: str, args: Se
     path, entry = resolve_script(method, repo, script)
     state_path = Path(cfg.state).resolve() if cfg.state else default_state_path(repo)
     patch = _patch(cfg, entry.role, state_path, hooks)
-    with _script_env(path, Path(repo).resolve(), list(args)):
+    with _script_env(path, Path(repo).resolve(), list(args)), contextlib.ExitStack() as stack:
+        if patch.cifar10 is not None:
+            stack.enter_context(accept_folder(patch.cifar10))
         utils = importlib.import_module(entry.utils_module)
         patch.install(vars(utils), utils.__name__)
         try:
@@ -123,13 +137,16 @@ def install(role: str, namespace: dict[str, Any], config: WrapConfig | None = No
     with ``role="buffer"``, ``epoch``) in ``namespace`` -- call it as ``install("buffer", globals())``
     right after the script's ``from utils import ...`` line. The trust state is saved at interpreter
     exit. ``config`` None = :func:`config_from_env`; its ``state`` None = :func:`~.state.default_state_path`
-    of the working directory (run buffer and distill from the same place, or set it).
+    of the working directory (run buffer and distill from the same place, or set it). With ``cifar10`` set,
+    torchvision's checksum check accepts the written folder until the interpreter exits.
     """
     cfg = config or config_from_env()
     if role not in ("buffer", "distill"):
         raise ValueError(f"role must be 'buffer' or 'distill', got {role!r}")
     patch = _patch(cfg, role, Path(cfg.state).resolve() if cfg.state else default_state_path(Path.cwd()), hooks)
     patch.install(namespace, "the script")
+    if patch.cifar10 is not None:
+        accept(patch.cifar10)
     atexit.register(patch.finish)
 
 
@@ -142,13 +159,14 @@ def config_from_env() -> WrapConfig:
 
 
 def _caller_paths(cfg: WrapConfig) -> WrapConfig:
-    """``cfg`` with its input files (``tad.features``, ``data.cifar_n``) made absolute, since the script
-    runs in its own folder but the user named them relative to the working directory."""
+    """``cfg`` with its input files (``tad.features``, ``data.cifar_n``, ``cifar10``) made absolute, since the
+    script runs in its own folder but the user named them relative to the working directory."""
     def absolute(value: str | None) -> str | None:
         return value if value in (None, EXPERT_FEATURES) else str(Path(value).expanduser().resolve())
 
     return dataclasses.replace(cfg, tad=dataclasses.replace(cfg.tad, features=absolute(cfg.tad.features)),
-                               data=dataclasses.replace(cfg.data, cifar_n=absolute(cfg.data.cifar_n)))
+                               data=dataclasses.replace(cfg.data, cifar_n=absolute(cfg.data.cifar_n)),
+                               cifar10=absolute(cfg.cifar10))
 
 
 #: ``tad.*`` settings of the engine's expert trainer that an upstream script's own loop cannot honour, with the
@@ -169,14 +187,19 @@ def _patch(cfg: WrapConfig, role: str, state_path: Path, hooks: TADHooks | None)
         from ..tad import TrustAwareDiversion
 
         hooks = TADHooks(get_plugin_manager(TrustAwareDiversion(**cfg.tad.plugin_kwargs())))
-    return _Patch(cfg, role, state_path, hooks)
+    cifar10 = None
+    if cfg.cifar10 is not None:
+        cifar10 = cifar10_folder(cfg.cifar10, state_path.parent)
+        log.warning(cifar10.warning())
+    return _Patch(cfg, role, state_path, hooks, cifar10)
 
 
 class _Patch:
     """The replacements of ``get_dataset`` / ``epoch`` and what they share."""
 
-    def __init__(self, cfg: WrapConfig, role: str, state_path: Path, hooks: TADHooks | None) -> None:
-        self.cfg, self.role, self.state_path, self.hooks = cfg, role, state_path, hooks
+    def __init__(self, cfg: WrapConfig, role: str, state_path: Path, hooks: TADHooks | None,
+                 cifar10: Cifar10Folder | None = None) -> None:
+        self.cfg, self.role, self.state_path, self.hooks, self.cifar10 = cfg, role, state_path, hooks, cifar10
         self.wrapped_epoch: TADEpoch | None = None
         self.report = TrustReport()
         self.report_path = state_path.parent / "trust_report.json"
@@ -207,12 +230,33 @@ class _Patch:
             namespace["epoch"] = epoch
 
         def get_dataset(*args: Any, **kwargs: Any) -> Any:
+            if self.cifar10 is not None:
+                args, kwargs = self._cifar10_data_path(signature, args, kwargs)
             out = list(original_get_dataset(*args, **kwargs))
             call = signature.bind_partial(*args, **kwargs).arguments
             out[6] = self._train_set(out, str(call.get("dataset", "")), call.get("args"))  # dst_train
             return tuple(out)
 
         namespace["get_dataset"] = get_dataset
+
+    def _cifar10_data_path(self, signature: inspect.Signature, args: tuple[Any, ...],
+                           kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """``get_dataset``'s arguments with ``data_path`` = the CIFAR-10 folder (and the script's ``args.data_path``
+        set to it, so that what the script logs is what it read)."""
+        assert self.cifar10 is not None
+        call = signature.bind(*args, **kwargs)
+        dataset = call.arguments.get("dataset")
+        if dataset != "CIFAR10":
+            raise ValueError(f"--cifar10 supplies CIFAR-10, but the script loads {dataset!r}; run it with "
+                             f"--dataset=CIFAR10, or drop --cifar10")
+        if "data_path" not in call.arguments:
+            raise ValueError("upstream's get_dataset takes no data_path here; is this the upstream code tad wrap "
+                             "knows? Drop --cifar10 and give the script its data folder")
+        call.arguments["data_path"] = str(self.cifar10.root)
+        script_args = call.arguments.get("args")
+        if script_args is not None and hasattr(script_args, "data_path"):
+            script_args.data_path = str(self.cifar10.root)
+        return call.args, call.kwargs
 
     def _train_set(self, returned: list[Any], dataset: str, args: Any) -> Relabelled:
         """``dst_train`` (``returned[6]``) relabelled; for a buffer run also starts the wrapped epoch."""

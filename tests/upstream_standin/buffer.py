@@ -47,7 +47,7 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dataset", type=str, default="CIFAR10")
+    parser.add_argument("--dataset", type=str, default="TINY")  # upstream: CIFAR10 (a download)
     parser.add_argument("--model", type=str, default="ConvNet")
     parser.add_argument("--num_experts", type=int, default=100)
     parser.add_argument("--lr_teacher", type=float, default=0.01)

@@ -34,7 +34,7 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dataset", type=str, default="CIFAR10")
+    parser.add_argument("--dataset", type=str, default="TINY")  # upstream: CIFAR10 (a download)
     parser.add_argument("--data_path", type=str, default="data")
     parser.add_argument("--zca", action="store_true")
     parser.add_argument("--ipc", type=int, default=1)

@@ -1,7 +1,8 @@
 """Stand-in for upstream's utils.py (test harness only): the same names and signatures, tiny data.
 
 ``get_dataset`` returns a torchvision-like train set (uint8 ``.data`` [N, H, W, C], ``.targets``, items
-normalised with the returned mean/std) or, with ``args.zca``, upstream's ``TensorDataset`` of whitened
+normalised with the returned mean/std; ``dataset="CIFAR10"``: torchvision's ``CIFAR10(data_path, download=True)``,
+as upstream reads it) or, with ``args.zca``, upstream's ``TensorDataset`` of whitened
 images and the fitted whitening in ``args.zca_trans`` (kornia's interface: ``inverse_transform``).
 ``get_network`` builds upstream's ConvNet (instance norm; ``ConvNetBN``: batch norm) at width 8.
 """
@@ -67,10 +68,19 @@ class ZCAWhitening:
 
 
 def get_dataset(dataset, data_path, batch_size=1, subset="imagenette", args=None):
-    d = np.load(os.path.join(data_path, "tiny.npz"))
     zca = getattr(args, "zca", False)
-    dst_train = TinyImages(d["x"], d["y"], normalize=not zca)
-    dst_test = TinyImages(d["xt"], d["yt"], normalize=not zca)
+    if dataset == "CIFAR10":
+        from torchvision import datasets, transforms
+
+        transform = transforms.Compose([transforms.ToTensor()] + ([] if zca else [transforms.Normalize(MEAN, STD)]))
+        dst_train = datasets.CIFAR10(data_path, train=True, download=True, transform=transform)
+        dst_test = datasets.CIFAR10(data_path, train=False, download=True, transform=transform)
+        im_size, k = (32, 32), 10
+    else:
+        d = np.load(os.path.join(data_path, "tiny.npz"))
+        dst_train = TinyImages(d["x"], d["y"], normalize=not zca)
+        dst_test = TinyImages(d["xt"], d["yt"], normalize=not zca)
+        im_size, k = (8, 8), int(d["y"].max()) + 1
     if zca:
         trans = ZCAWhitening().fit(torch.stack([dst_train[i][0] for i in range(len(dst_train))]))
         whiten = lambda ds: TensorDataset(trans(torch.stack([ds[i][0] for i in range(len(ds))])),
@@ -78,8 +88,7 @@ def get_dataset(dataset, data_path, batch_size=1, subset="imagenette", args=None
         dst_train, dst_test = whiten(dst_train), whiten(dst_test)
         args.zca_trans = trans
     testloader = torch.utils.data.DataLoader(dst_test, batch_size=64, shuffle=False)
-    k = int(d["y"].max()) + 1
-    return 3, (8, 8), k, None, MEAN, STD, dst_train, dst_test, testloader, None, {c: c for c in range(k)}, None
+    return 3, im_size, k, None, MEAN, STD, dst_train, dst_test, testloader, None, {c: c for c in range(k)}, None
 
 
 class ConvNet(nn.Module):
