@@ -57,13 +57,14 @@ def test_wheel_contents(tmp_path):
 def test_ci_installs_and_runs_what_the_readme_says():
     """.ci/run runs the README's test command, whose extras include matplotlib's (``plot``): the suite's
     figure tests run instead of skipping; and the README's lint and type-check commands, whose tools come with
-    the same install (``lint``)."""
+    the same install (``lint``); the cleanlab plugin's tests need its extra (``cleanlab``)."""
     lines = (ROOT / "README.md").read_text().splitlines()
     readme = [line for line in lines if "pytest -q" in line][0]
     install, test = (part.split("#")[0].strip() for part in readme.split("&&"))
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert install in ci and test in ci
-    assert ",plot]" in install and ",lint," in install
+    extras = set(install.split("[")[1].split("]")[0].split(","))
+    assert {"plot", "lint", "cleanlab"} <= extras  # the figure, lint and cleanlab-plugin tests run, none skip
     checks = [line for line in lines if "ruff check" in line][0]
     commands = [part.split("#")[0].strip() for part in checks.split("&&")]
     assert commands == ["python3 -m ruff check", "python3 -m mypy"]
