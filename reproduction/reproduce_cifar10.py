@@ -70,6 +70,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_pages.py beside this script, however it is loaded
+from results_pages import (  # noqa: E402
+    acc_text,
+    budget,
+    detail_path,
+    plot_curves,
+    record_paths,
+    run_budget,
+    varies,
+    write_detail_pages,
+)
+
 #: this script's folder (its base configs are under configs/); the records and the page are under the repository's results/
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT.parent / "results" / "cifar10"
@@ -113,7 +125,7 @@ OTHER_RESULTS = (
     ("features_probe/features_cifar10_t02.md", "SimCLR probe: temperature 0.2 (default 0.5) for 10 minutes on an H200: "
      "374 epochs, 78.18% kNN@10"),
     ("features_probe/features_cifar10_crop008.md", "SimCLR 10 minutes on an H100 with crop scale (0.08, 1), now the "
-     "default: 345 epochs, 80.31% kNN@10 (issue 4's target)"),
+     "default: 345 epochs, 80.31% kNN@10"),
     ("features_probe/features_cifar10_s14.md", "SimCLR 5.5 minutes on an H100 (the extractor of sym40-tad-avg1/-avg6): "
      "199 epochs, 78.91% kNN@10"),
     ("features_probe/features_cifar10_s15.md", "SimCLR 5.5 minutes on an H100 again (the extractor of att-sym40-tad and "
@@ -1024,92 +1036,6 @@ def queue(results: Path = RESULTS, budget: str = "short") -> str:
 # ---------------------------------------------------------------------- page helpers
 
 
-def evaluations(record: dict) -> list[tuple[int, float, float]]:
-    """(iteration, mean %, std %) of every evaluation in a record: ``stages.distill.evaluations`` of a
-    finished run, or the ``evaluations`` list (evaluations.json) kept with a partial one."""
-    if "evaluations" in record:
-        return [(h["iteration"], 100 * h["eval"]["mean"], 100 * h["eval"]["std"]) for h in record["evaluations"]]
-    return [(h["iteration"], 100 * h["mean"], 100 * h["std"])
-            for h in record.get("stages", {}).get("distill", {}).get("evaluations", [])]
-
-
-def run_budget(record: dict) -> str:
-    """The training budget a record ran with: experts x epochs, iterations, evaluation nets (and lr_teacher)."""
-    cfg = record.get("config", {})
-    b, d = cfg.get("buffer", {}), cfg.get("distill", {})
-    return (f"{b.get('num_experts')} experts x {b.get('epochs')} epochs, {d.get('iterations')} iterations, "
-            f"{cfg.get('eval', {}).get('num_eval')} evaluation nets" + (
-                f" (distill.lr_teacher {d['lr_teacher']})" if "lr_teacher" in d else ""))
-
-
-def budget(record: dict) -> str:
-    """:func:`run_budget`, and the share of wrong training labels the record measured (asym40 flips 40% of
-    four classes: 16% of all labels)."""
-    rate = record.get("results", {}).get("noise_rate")
-    return run_budget(record) + (f"; {100 * rate:.1f}% of the training labels wrong" if rate is not None else "")
-
-
-def remark(record: dict) -> str:
-    """What a record's ``partial`` or ``note`` field says (a run stopped early, diverged, ...) and the log
-    points whose matching loss its distill stage found unstable, in brackets."""
-    parts = [text for text in (record.get("partial"), record.get("note")) if text]
-    distill = record.get("stages", {}).get("distill", {})
-    unstable = distill.get("unstable_loss_iterations")
-    if unstable:
-        parts.append(f"unstable matching loss (up to {distill.get('max_matching_loss', float('nan')):.2f}) at "
-                     f"{len(unstable)} log points from iteration {unstable[0]}")
-    return f" ({'; '.join(parts)})" if parts else ""
-
-
-def provenance_text(record: dict) -> str:
-    """Seed, commit, device, wall time and command of a record."""
-    return (f"seed {record.get('seed')}, commit {str(record.get('commit'))[:12]}, {record.get('device')}, "
-            f"{record.get('wall_time_s')} s; `{record.get('command')}`")
-
-
-def plot_curves(runs: dict[str, dict], path: Path) -> bool:
-    """Test accuracy vs distillation iteration of ``runs`` (label -> record) as a PNG, one panel per setting
-    (:func:`curve_panel`; TAD arms solid, the rest dashed) so that each legend stays readable; False without
-    matplotlib (the page then links no plot)."""
-    from tad_plugin.plotting import pyplot, save_png
-
-    try:
-        plt = pyplot("the results page's plots")
-    except ImportError:
-        return False
-    curves = {label: pts for label, record in runs.items() if (pts := evaluations(record))}
-    panels: dict[str, list[str]] = {}
-    for label in curves:
-        panels.setdefault(curve_panel(label), []).append(label)
-    if not panels:
-        return False
-    order = [*dict.fromkeys(c.setting for c in cells().values()), "clean", "other"]
-    panels = dict(sorted(panels.items(), key=lambda kv: order.index(kv[0])))
-    cols = min(4, len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
-    for ax, (panel, labels) in zip(axes.flat, panels.items()):
-        if len(labels) > 10:  # the default cycle repeats its colours after 10
-            ax.set_prop_cycle(color=plt.cm.tab20.colors)
-        for label in labels:
-            it, mean, std = zip(*curves[label])
-            tad = runs[label].get("config", {}).get("tad", {}).get("enabled", False)
-            ax.errorbar(it, mean, yerr=std, marker="o", ms=2.5, capsize=1.5, lw=1.2,
-                        ls="-" if tad else "--", label=label.removeprefix(f"{panel}-").removeprefix("clean/"))
-        ax.set_title(panel, fontsize=10)
-        ax.set_xlabel("distillation iteration", fontsize=8)
-        ax.set_ylabel("test accuracy (%)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    fig.suptitle("CIFAR-10 distillation curves (mean +- std of the evaluation nets; TAD solid, without TAD dashed)",
-                 fontsize=10)
-    save_png(fig, path, dpi=110)
-    return True
-
-
 #: Settings of our TAD that the paper's does not have, with the value that means "as the paper".
 PAPER_TAD = {"tad": {"balance_classes": False, "warmup_confidence_penalty": 0.0, "recall_once": False,
                      "split": "per-expert", "loss_average": 1},
@@ -1128,18 +1054,6 @@ def short_budget(record: dict) -> str:
     cfg = record.get("config", {})
     b, d = cfg.get("buffer", {}), cfg.get("distill", {})
     return f"{b.get('num_experts')} x {b.get('epochs')}, {d.get('iterations')} it"
-
-
-def _acc(record: dict | None) -> str:
-    if record is None:
-        return "not run"
-    r = record.get("results", {})
-    if "test_acc_mean" not in r:
-        return "incomplete"
-    last = f"{100 * r['test_acc_mean']:.1f} +- {100 * r['test_acc_std']:.1f}"
-    if "test_acc_best_mean" not in r:
-        return last
-    return f"{last} (best {100 * r['test_acc_best_mean']:.1f} +- {100 * r['test_acc_best_std']:.1f} @ {r['best_iteration']})"
 
 
 def finished_clean(results: Path) -> list[tuple[str, dict]]:
@@ -1182,7 +1096,8 @@ def clean_gap_lines(results: Path) -> list[str]:
         name, ref = clean[key(rec)]
         tad, ref_acc = 100 * rec["results"]["test_acc_mean"], 100 * ref["results"]["test_acc_mean"]
         gap = f"{paper} vs {paper_clean}: {paper - paper_clean:+.1f}" if paper is not None else "unreadable"
-        rows.append(f"| `{path.stem}` | {run_budget(rec)} | {tad:.1f} | `clean/{name}` {ref_acc:.1f} | "
+        rows.append(f"| [`{path.stem}`]({page_link(results, path.stem)}) | {run_budget(rec)} | {tad:.1f} | "
+                    f"[`clean/{name}`]({page_link(results, f'clean/{name}')}) {ref_acc:.1f} | "
                     f"{tad - ref_acc:+.1f} | {gap} |")
     if not rows:
         return []
@@ -1193,84 +1108,10 @@ def clean_gap_lines(results: Path) -> list[str]:
             *rows]
 
 
-#: CIFAR-10's class names in label order.
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def trust_lines(name: str, record: dict, results: Path) -> list[str]:
-    """The final trusted space of a TAD run (an indented line, linking ``<name>.trust_report.png`` beside
-    the record when it exists, and one naming its three least precise classes when the record has
-    ``per_class``); none for a run without TAD."""
-    buf = record.get("stages", {}).get("buffer", {})
-    if "trusted_precision" not in buf:
-        return []
-    report = results / f"{name}.trust_report.png"
-    link = f" ([trust report]({report.relative_to(results.parent)}))" if report.is_file() else ""
-    levels = "".join(f"; trusted by >= {100 * float(level):.0f}% of the experts: precision "
-                     f"{100 * s['trusted_precision']:.1f}%, recall {100 * s['clean_recall']:.1f}%"
-                     for level, s in buf.get("by_vote", {}).items() if float(level) != 0.5)
-    target = " (issue 5's target at sym40: >= 95 / >= 85)" if "sym40" in name.split("-") else ""
-    lines = [f"  - final trusted space (trusted by >= 50% of the experts): {100 * buf['trusted_fraction']:.1f}% of the "
-             f"training set, precision {100 * buf['trusted_precision']:.1f}%, recall of the clean samples "
-             f"{100 * buf['clean_recall']:.1f}%{target}{levels}{link}"]
-    from tad_plugin.trust_report import TrustReport, later_recalls_text, least_precise, least_recalled
-
-    worst = least_precise(buf.get("per_class", []))
-    if worst:
-        def intruders(r: dict) -> str:
-            return ", ".join(f"{m} {CLASSES[k]}" for k, m in r["intruders"])
-
-        lines.append("  - least precise classes of that space: " + "; ".join(
-            f"{CLASSES[r['class']]} {100 * r['precision']:.1f}% of {r['trusted']} (others: {intruders(r)})"
-            for r in worst))
-    later = buf.get("later_recalls")
-    report_json = results / f"{name}.trust_report.json"
-    if later is None and report_json.is_file():  # records written before the run summed them: from the report
-        later = TrustReport.load_json(report_json).later_recalls()
-    later = later_recalls_text(later)
-    if later:
-        lines.append(f"  - {later}")
-    low = least_recalled(buf.get("per_class", []))
-    if low:
-        lines.append("  - least recalled classes (share of their correctly labelled samples in that space): " + "; ".join(
-            f"{CLASSES[r['class']]} {100 * r['clean_recall']:.1f}%" for r in low))
-    return lines
-
-
-def curves_section(results: Path) -> list[str]:
-    """The page's section on the distillation curves: every record under ``results`` (the cells, the clean
-    MTT runs in ``clean/``, partial runs) in one plot and one table."""
-    runs = {p.relative_to(results).with_suffix("").as_posix(): json.loads(p.read_text())
-            for p in sorted(results.glob("*.json")) + sorted(results.glob("clean/*.json"))
-            if not p.name.endswith(".trust_report.json")}
-    runs = {k: v for k, v in runs.items() if evaluations(v)}
-    if not runs:
-        return []
-    lines = ["", "## Distillation curves", "",
-             "Test accuracy of the evaluation nets at every evaluation point (mean +- std %). `clean/` holds MTT on "
-             "the clean labels (the engine's faithfulness check: the paper's MTT row is 65.3% on the official "
-             "pixels at IPC 10 with 100 experts x 50 epochs and 5000 iterations); `*-partial` runs stopped before their "
-             "last iteration, and a record's note says what else to know of it (a divergence), in brackets below.", ""]
-    if plot_curves(runs, results / "curves.png"):
-        lines += ["![curves](cifar10/curves.png)", ""]
-    iters = sorted({it for r in runs.values() for it, _, _ in evaluations(r)})
-    lines += ["| run | " + " | ".join(str(i) for i in iters) + " |", "| --- |" + " ---: |" * len(iters)]
-    for name, rec in runs.items():
-        by_it = {it: f"{m:.1f}" for it, m, _ in evaluations(rec)}
-        lines.append(f"| `{name}` | " + " | ".join(by_it.get(i, "") for i in iters) + " |")
-    lines += ["", "Runs that are not cells of the tables above:", ""]
-    cell_records = {record_name(cell, results) for cell in cells()}
-    for name, rec in runs.items():
-        if name not in cell_records:
-            lines += [f"- `{name}`: {budget(rec)}; {provenance_text(rec)}{remark(rec)}"] + trust_lines(name, rec, results)
-    return lines
-
-
 # ---------------------------------------------------------------------- the results page
 
-#: The paper's clean-label MTT on CIFAR-10 per IPC, and issue 3's target for IPC 10 on the JPEG copy.
+#: The paper's clean-label MTT on CIFAR-10 per IPC.
 PAPER_CLEAN_MTT = {1: 46.3, 10: 65.3, 50: 71.6}
-CLEAN_TARGET = 63.0
 
 
 def seed_records(stem: str, results: Path = RESULTS) -> list[dict]:
@@ -1284,12 +1125,13 @@ def seed_records(stem: str, results: Path = RESULTS) -> list[dict]:
 
 @dataclass
 class Measured:
-    """A cell on the page: its record name, record (None: not run) and the final accuracies (%) of its
-    finished seeds."""
+    """A cell on the page: its record name, record (None: not run), the final accuracies (%) of its
+    finished seeds, and the link to its record's detail page from the results page (None: not run)."""
 
     stem: str
     record: dict | None
     accs: list[float]
+    link: str | None = None
 
     @property
     def acc(self) -> float | None:
@@ -1299,16 +1141,22 @@ class Measured:
         if self.record is None:
             return "not run"
         if self.acc is None:
-            return "incomplete"
+            return f"[incomplete]({self.link})" if self.link else "incomplete"
         spread = f" +- {statistics.stdev(self.accs):.1f} ({len(self.accs)} seeds)" if len(self.accs) > 1 else ""
-        return f"{self.acc:.1f}{spread}"
+        return f"[{self.acc:.1f}{spread}]({self.link})" if self.link else f"{self.acc:.1f}{spread}"
 
 
 def measured(cell: str, results: Path = RESULTS) -> Measured:
     stem = record_name(cell, results)
     path = results / f"{stem}.json"
     record = json.loads(path.read_text()) if path.is_file() else None
-    return Measured(stem, record, [100 * r["results"]["test_acc_mean"] for r in seed_records(stem, results)])
+    return Measured(stem, record, [100 * r["results"]["test_acc_mean"] for r in seed_records(stem, results)],
+                    page_link(results, stem) if record is not None else None)
+
+
+def page_link(results: Path, name: str) -> str:
+    """The link from the results page (in ``results``' parent) to the detail page of record ``name``."""
+    return detail_path(results, name).relative_to(results.parent).as_posix()
 
 
 #: A record at the grid's budget: (experts, iterations) of ``--budget short``.
@@ -1448,15 +1296,16 @@ def checks_lines(results: Path) -> list[str]:
 
 
 def page(results: Path = RESULTS) -> str:
-    """The results page (Markdown) from the records in ``results``."""
+    """The results page (Markdown) from the records in ``results``; writes the records' detail pages
+    (``results/cells/``) and the curves figure (``results/curves.png``) on the way."""
     grid = cells()
     lines = ["# Results", "", "## CIFAR-10: the paper's Tables 1-3", "",
-             "Generated by `python reproduction/reproduce_cifar10.py --page` from the JSON records in `cifar10/` (each "
-             "holds the command, config, seed, commit, device and wall time of its run, the buffer it distilled "
-             "from and, for TAD arms, the trusted space its experts ended with); `cifar10/QUEUE.md` lists the cells not run yet "
-             "with their commands. Each entry: the method on the noisy labels -> with TAD (the gain), our final "
-             "accuracy (mean over the evaluation nets at the end of distillation, clean test set; over several "
-             "training seeds where a cell has them) beside the paper's.", "",
+             "Generated by `python reproduction/reproduce_cifar10.py --page` from the JSON records in `cifar10/`; "
+             "`cifar10/QUEUE.md` lists the cells not run yet with their commands. Each entry: the method on the "
+             "noisy labels -> with TAD (the gain), our final accuracy (mean over the evaluation nets at the end of "
+             "distillation, clean test set; over several training seeds where a cell has them) beside the paper's. "
+             "Each measured number links to its record's page: the run's settings, accuracy curve, trusted space "
+             "and trust report, and how it was run (command, commit, device, wall time).", "",
              f"Budget, the same for every cell (`--budget short`): {budget_text('short')}. The paper trains 100 "
              "experts x 50 epochs (DATM: 100) and distils for 5000 or more iterations, so absolute numbers here sit "
              "below its; the gains compare. A cell recorded with other experts or iterations says so in "
@@ -1495,31 +1344,82 @@ def page(results: Path = RESULTS) -> str:
     if clean is not None:
         name, rec = clean
         lines += ["", f"Clean-label reference (MTT without noise, IPC 10, its best run here; the paper's MTT: "
-                      f"{PAPER_CLEAN_MTT[10]}, issue 3's target on this copy >= {CLEAN_TARGET}): `clean/{name}` "
-                      f"{_acc(rec)}; {budget(rec)}."]
+                      f"{PAPER_CLEAN_MTT[10]} on the official pixels): [`clean/{name}`]({page_link(results, f'clean/{name}')}) "
+                      f"{acc_text(rec)}; {budget(rec)}."]
     lines += clean_gap_lines(results)
-    lines += ["", "### The cells' records", "",
-              "Budget, device, commit and command of each recorded cell, the buffer it distilled from and, for TAD "
-              "arms, the trusted space its experts ended with.", ""]
-    for name in grid:
-        m = measured(name, results)
-        if m.record is None:
-            continue
-        rec = m.record
-        named = "" if m.stem == name else f" (record `{m.stem}`)"
-        lines.append(f"- `{name}`{named}: {_acc(rec)}; {budget(rec)}; {provenance_text(rec)}{remark(rec)}")
-        buf = rec.get("stages", {}).get("buffer", {})
-        source = rec.get("cell", {}).get("buffer") or buf.get("reused")
-        if source:
-            batch = buf.get("reused_meta", {}).get("buffer", {}).get("batch_size")
-            lines.append(f"  - experts from the shared buffer `{source}`" + (f" (expert batch {batch})" if batch else ""))
-        lines += trust_lines(m.stem, rec, results)
-    lines += curves_section(results)
+    about, others = record_places(results)
+    write_detail_pages(results, about, results.parent / "README.md")
+    lines += curves_lines(results)
+    if others:
+        lines += ["", "## Other runs", "",
+                  "Variants of the cells above (other settings, seeds, budgets) and runs outside the grid, each "
+                  "with what it changes against the cell's record and its final accuracy:", "", *others]
     lines += ["", "CIFAR-100 and Tiny ImageNet: their images are not available where these runs were made; "
               "those code paths are tested on generated data of the right shapes only.", "",
               "## Other results", ""]
     lines += [f"- [`{name}`]({name}): {what}" for name, what in OTHER_RESULTS]
     return "\n".join(lines) + "\n"
+
+
+def cell_words(cell: Cell) -> str:
+    """Where a cell stands in the paper's tables, in words: ``Table 1: MTT at IPC 10, sym40, with TAD``."""
+    if cell.arm in ABLATION:
+        return f"Table 3: configuration {cell.arm} (DATM at IPC {cell.ipc}, {cell.noise})"
+    table = "Table 2" if cell.noise == "c10n-worst" else "Table 1"
+    return f"{table}: {cell.method.upper()} at IPC {cell.ipc}, {cell.noise}, {'with' if cell.tad else 'without'} TAD"
+
+
+#: the most settings an index line names of what a run changes (the detail page has them all)
+VARIES_SHOWN = 4
+
+
+def record_places(results: Path) -> tuple[dict[str, str], list[str]]:
+    """Each record's place in one line, for its detail page's header (record name -> text; a cell's record:
+    its table and cell, a variant: the cell it varies), and the index lines of the records that are not a cell's
+    own (name linked to its page, what it changes against the cell's record, its final accuracy)."""
+    grid = cells()
+    own = {measured(name, results).stem: cell for name, cell in grid.items() if measured(name, results).record}
+    about: dict[str, str] = {stem: cell_words(cell) for stem, cell in own.items()}
+    lines = []
+    for name, path in record_paths(results).items():
+        if name in own:
+            continue
+        rec = json.loads(path.read_text())
+        found = cell_of_record(name)
+        if name.startswith("clean/"):
+            what, where = "MTT on the clean labels", "a clean-label reference run"
+        elif found is not None:
+            cell = found[0]
+            ref_stem = record_name(cell.name, results)
+            ref_path = results / f"{ref_stem}.json"
+            what = f"{cell.method.upper()} at IPC {cell.ipc}, {cell.noise}, {'with' if cell.tad else 'without'} TAD"
+            where = f"a variant of {cell_words(cell)}"
+            if ref_path.is_file():
+                assumed = {f"{sec}.{k}": v for sec, keys in PAPER_TAD.items() for k, v in keys.items()}
+                diffs = varies(rec, json.loads(ref_path.read_text()), assumed)
+                shown = ", ".join(f"`{d}`" for d in diffs[:VARIES_SHOWN]) + (", ..." if len(diffs) > VARIES_SHOWN else "")
+                what += f"; against [`{ref_stem}`]({page_link(results, ref_stem)}): " + (
+                    shown if diffs else "no difference in the settings both records hold")
+                where += f" (against [`{ref_stem}`]({ref_stem}.md))"
+        else:
+            what = where = "a run outside the grid"
+        if rec.get("partial"):
+            what += "; stopped early"
+        about[name] = where
+        lines.append(f"- [`{name}`]({page_link(results, name)}): {what}; {short_budget(rec)}: {acc_text(rec)}")
+    return about, lines
+
+
+def curves_lines(results: Path) -> list[str]:
+    """The page's section on the distillation curves: every record's curve in one figure, a panel per setting
+    (each record's page has its own curve and the numbers)."""
+    runs = {name: json.loads(path.read_text()) for name, path in record_paths(results).items()}
+    order = [*dict.fromkeys(c.setting for c in cells().values()), "clean", "other"]
+    if not plot_curves(runs, results / "curves.png", curve_panel, order):
+        return []
+    return ["", "## Distillation curves", "",
+            "Test accuracy of the evaluation nets at every evaluation point (mean +- std %) of every record, a panel "
+            "per setting; `clean` holds MTT on the clean labels.", "", f"![curves]({results.name}/curves.png)"]
 
 
 def curve_panel(name: str) -> str:
