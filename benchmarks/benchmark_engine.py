@@ -359,7 +359,7 @@ def evaluation(cfg: ConvNetConfig, dev: torch.device, data: tuple, pre: Preproce
 
 
 def table(res: dict) -> str:
-    rows = ["| measurement | ours | official MTT (H100) | target |", "|---|---|---|---|"]
+    rows = ["| measurement | ours | official MTT (H100) | goal |", "|---|---|---|---|"]
     fl = res.get("floor_img_s_fp32")
     if fl:
         rows.append(f"| floor: bare fwd+bwd, batch 2048, fp32/TF32 | {fl:,.0f} img/s "
