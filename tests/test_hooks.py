@@ -17,6 +17,9 @@ HOOKS = {"filter_dataset": ["losses", "labels", "num_classes"],
          "filter_dataset_batch": ["losses", "labels", "num_classes"],
          "expert_loss": ["logits", "targets"],
          "recalibrate": ["features", "labels", "trusted", "anchor_features", "anchor_labels", "num_classes"]}
+NOTIFICATIONS = {"on_division": ["expert", "epoch", "split", "labels", "trusted", "predictions"],
+                 "on_recalibration": ["expert", "epoch", "labels", "trusted", "previous_labels", "previous_trusted",
+                                      "predictions"]}
 
 
 def test_specs_are_firstresult_plain_and_documented():
@@ -32,7 +35,11 @@ def test_specs_are_firstresult_plain_and_documented():
         assert "When:" in doc and ":return:" in doc
         for arg in args:
             assert f":param {arg}:" in doc, (name, arg)
-    assert {h for h in dir(pm.hook) if not h.startswith("_")} == set(HOOKS)
+    for name, args in NOTIFICATIONS.items():  # reports: every listener is called
+        caller = getattr(pm.hook, name)
+        assert not caller.spec.opts["firstresult"] and list(caller.spec.argnames) == args
+        assert all(f":param {arg}" in getattr(hookspecs, name).__doc__ for arg in args), name
+    assert {h for h in dir(pm.hook) if not h.startswith("_")} == set(HOOKS) | set(NOTIFICATIONS)
 
 
 def test_readme_documents_every_hook_with_its_exact_arguments():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_upstream_wrap import BUFFER_ARGS, _trace, repo  # noqa: F401 -- the stand-in checkout fixture
 
 from tad_plugin import TADHooks, get_plugin_manager
 from tad_plugin.data import load_dataset
@@ -26,8 +27,6 @@ from tad_plugin.engine.trajectories import TrajectoryStore
 from tad_plugin.noise import make_noisy_labels
 from tad_plugin.tad import TrustAwareDiversion
 from tad_plugin.upstream import TrustState, WrapConfig, run_wrapped
-
-from test_upstream_wrap import BUFFER_ARGS, _trace, repo  # noqa: F401 -- the stand-in checkout fixture
 
 
 def digest(*tensors: torch.Tensor) -> str:
@@ -86,15 +85,14 @@ def test_engine_schedule_switches_are_pinned(tmp_path):
     pre = Preprocessor.for_dataset(ds)
     features = ds.train_images.float().flatten(1) / 255
     hooks = TADHooks(get_plugin_manager(load_entrypoints=False))
-    cfg = DualLoopConfig(anchor_epoch=4, anchor_ipc=3, recalibrate_every=2, recall_once=True,
-                         anchor_matching=dataclasses.replace(DualLoopConfig().anchor_matching, iterations=3,
-                                                             syn_steps=5, batch_syn=None, lr_img=10.0))
+    cfg = DualLoopConfig(anchor_ipc=3, anchor_matching=dataclasses.replace(
+        DualLoopConfig().anchor_matching, iterations=3, syn_steps=5, batch_syn=None, lr_img=10.0))
     loop = DualLoop(net, pre, ds.train_images, features, lambda x: x.flatten(1), hooks, cfg,
                     noisy_labels=noisy, clean_labels=clean, seed=0)
     buffer = BufferConfig(num_experts=2, epochs=8, lr=0.05, momentum=0.9, batch_size=128, experts_per_group=2)
     tad = TADConfig(warmup_epochs=2, recompute_every=2, loss_average=2, warmup_confidence_penalty=0.1,
                     anchor_epoch=4, recalibrate_every=2, recall_once=True)
-    trainer = ExpertTrainer(net, pre, buffer, tad, hooks=hooks, on_epoch=loop, progress=False)
+    trainer = ExpertTrainer(net, pre, buffer, tad, hooks=hooks, dual_loop=loop, progress=False)
     store = TrajectoryStore.create(tmp_path, param_shapes=net.param_shapes, epochs=8, num_train=len(clean),
                                    num_classes=10)
     trainer.train(store, ds.train_images, noisy, ds.test_images, ds.test_labels, seed=0)

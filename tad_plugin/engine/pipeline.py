@@ -190,7 +190,8 @@ class Pipeline:
         """Train (or finish training) the experts into the trajectory store ``out``; returns it.
 
         The optimiser is ``buffer.optimizer`` (SGD, or GSAM for FTD/DATM). With TAD and
-        ``tad.inner_loop`` the dual loop (:meth:`dual_loop`) is the epoch callback, and its trust report
+        ``tad.inner_loop`` the dual loop (:meth:`dual_loop`) gives the recalibrations their features and anchors,
+        and its trust report
         is written to ``out/trust_report.json`` after every round (and ``.png`` at the end when matplotlib
         is there).
 
@@ -198,7 +199,8 @@ class Pipeline:
             dataset: the images (and the clean test set for logging).
             labels: int64 [N] training labels to use (the noisy ones).
             out: store directory; experts already in it are kept (resume).
-            on_epoch: an epoch callback replacing the dual loop (None = the dual loop when configured).
+            on_epoch: an epoch callback replacing the dual loop's recalibrations (None = the dual loop when
+                configured).
             clean_labels: int64 [N], the true labels when known (synthetic noise, CIFAR-N): the trust
                 report then has precision / recall / label accuracy.
         """
@@ -208,10 +210,10 @@ class Pipeline:
         store = TrajectoryStore.create(out, **self._store_settings(dataset, labels), preprocess_state=pre.state_dict())
         loop = None
         if on_epoch is None and self.tad and cfg.tad.inner_loop and len(store.finished()) < cfg.buffer.num_experts:
-            loop = on_epoch = self.dual_loop(dataset, labels, clean_labels,
-                                             store.root / "trust_report.json" if self.ranks.is_main else None)
+            loop = self.dual_loop(dataset, labels, clean_labels,
+                                  store.root / "trust_report.json" if self.ranks.is_main else None)
         trainer = ExpertTrainer(net, pre, cfg.buffer, cfg.tad, hooks=self.hooks, device=self.device,
-                                on_epoch=on_epoch, progress=self.progress, ranks=self.ranks)
+                                on_epoch=on_epoch, progress=self.progress, ranks=self.ranks, dual_loop=loop)
         trainer.train(store, dataset.train_images, labels, dataset.test_images, dataset.test_labels,
                       seed=cfg.seed)
         del trainer
@@ -348,9 +350,7 @@ class Pipeline:
                                        min_start_epoch=0, batch_syn=None, lr_labels=None, loss_gate=None,
                                        ema_decay=None, adaptive_length=False, eval_every=0, checkpoint_every=0,
                                        log_every=min(50, t.anchor_iterations))
-        loop_cfg = DualLoopConfig(anchor_epoch=t.anchor_epoch, anchor_ipc=t.anchor_ipc,
-                                  recalibrate_every=t.recalibrate_every, recall_once=t.recall_once,
-                                  anchor_matching=anchors)
+        loop_cfg = DualLoopConfig(anchor_ipc=t.anchor_ipc, anchor_matching=anchors)
         assert self.hooks is not None
         return DualLoop(self.network(dataset), self.preprocessor(dataset), dataset.train_images, features, embed,
                         self.hooks, loop_cfg, noisy_labels=labels, clean_labels=clean_labels, device=self.device,
