@@ -57,7 +57,7 @@ __all__ = [
 #: ``losses(back)``: per-sample cross-entropy (no augmentation, eval mode, no gradient) of every training sample
 #: under the loop's current labels, for the parameters ``back`` epochs ago (0 = now; asked only for ``back <
 #: min(loss_average, t + 1)``). Returns float [E, N], or ``(losses, predictions)`` with the argmax classes
-#: int64 [E, N] (or None), on any device.
+#: int64 [E, N] (or None), on any device; with one expert [N] will do.
 LossPass = Callable[[int], "torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]"]
 #: ``anchors(loop)``: ``(anchor_features float [A, D], anchor_labels int64 [A])`` for a recalibration of the loop's
 #: experts (called after the division, so ``loop.labels`` / ``loop.trusted`` are the division's); the host may
@@ -305,6 +305,9 @@ class TrustLoop:
 
     def _mean_losses(self, epoch: int, losses: LossPass) -> tuple[torch.Tensor, torch.Tensor | None]:
         total, predictions = mean_losses(losses, min(self.schedule.loss_average, epoch + 1))
+        if total.dim() == 1 and self.labels.shape[0] == 1:  # one expert: [N] is [1, N]
+            total = total.unsqueeze(0)
+            predictions = None if predictions is None else predictions.reshape(1, -1)
         if total.shape != self.labels.shape:
             raise TrustLoopError(f"the host's loss pass returned {tuple(total.shape)}; the trust loop holds "
                                  f"{tuple(self.labels.shape)} ([experts, N]) labels")
