@@ -283,13 +283,6 @@ class TrainingData:
     noise_rate: float
 
 
-#: The official CIFAR-100 super-class of each fine class (fine classes in the official/torchvision order).
-CIFAR100_COARSE = (4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10, 7, 6, 13, 15,
-                   3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5, 5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4,
-                   2, 0, 17, 4, 18, 17, 10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
-                   16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
-
-
 def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
     """Load the dataset and corrupt its labels as configured; save the labels to ``out/labels.pt``.
 
@@ -297,7 +290,7 @@ def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
         DatasetError / ValueError / FileNotFoundError: with the problem and the fix.
     """
     from .data import DatasetError, load_dataset
-    from .noise import load_cifar_n, make_noisy_labels, noise_rate
+    from .noise import corrupt_labels, noise_rate
 
     ds = load_dataset(cfg.dataset, root=cfg.root, download=cfg.download)
     empty = [ds.class_names[c] for c in torch.nonzero(ds.class_counts() == 0).flatten().tolist()]
@@ -306,26 +299,7 @@ def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
                            f"{ds.num_classes} named classes); label noise would fill them with wrong labels only and "
                            f"their distilled images could never be right: fix the labels / class_names, or drop those "
                            f"classes from the dataset")
-    if cfg.cifar_n is not None:
-        labels = load_cifar_n(cfg.cifar_n, cfg.label_set)
-        if labels.shape != ds.train_labels.shape:
-            raise ValueError(f"{cfg.cifar_n}[{cfg.label_set!r}] has {len(labels)} labels but {ds.name} has "
-                             f"{len(ds.train_labels)} training images; use the CIFAR-N file of this dataset")
-    elif cfg.noise is not None:
-        coarse = None
-        if cfg.noise == "asymmetric-cifar100":
-            if ds.num_classes != 100:
-                raise ValueError(f"asymmetric-cifar100 noise needs CIFAR-100's 100 classes; {ds.name} has "
-                                 f"{ds.num_classes}: use symmetric noise instead")
-            coarse = torch.tensor(CIFAR100_COARSE)[ds.train_labels]
-        labels = make_noisy_labels(ds.train_labels, cfg.noise, cfg.noise_rate, num_classes=ds.num_classes,
-                                   seed=cfg.noise_seed, coarse_labels=coarse)
-    else:
-        labels = ds.train_labels
-    if cfg.cifar_n is not None and labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < ds.num_classes:
-        raise ValueError(f"{cfg.cifar_n}[{cfg.label_set!r}] holds labels {int(labels.min())} to "
-                         f"{int(labels.max())} but {ds.name} has {ds.num_classes} classes; use the CIFAR-N file of "
-                         f"this dataset")
+    labels = corrupt_labels(ds.train_labels, cfg, ds.num_classes, name=ds.name)
     data = TrainingData(ds, labels, noise_rate(labels, ds.train_labels))
     if out is not None:
         save_labels(data, out)

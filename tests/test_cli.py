@@ -142,7 +142,8 @@ def test_example_configs_are_valid(path):
 
 
 def test_prepare_data_asymmetric_cifar100_flips_within_superclasses(tmp_path):
-    from tad_plugin.cli import CIFAR100_COARSE, prepare_data
+    from tad_plugin.cli import prepare_data
+    from tad_plugin.noise import CIFAR100_COARSE
     from tad_plugin.data import ImageDataset, save_arrays
     from tad_plugin.engine.config import DataConfig
 
