@@ -245,10 +245,10 @@ def test_reusing_experts_of_another_recipe_is_warned_about(tmp_path, caplog):
               "--set", "distill.max_start_epoch=2", "--set", "eval.num_eval=1", "--set", "eval.epochs=1"]
     assert main(["buffer", *common, "--out", str(tmp_path / "mtt")]) == 0
     buffer = ["--buffer", str(tmp_path / "mtt" / "buffer")]
-    with caplog.at_level("WARNING", logger="tad_plugin.cli"):
+    with caplog.at_level("WARNING", logger="tad_plugin.runs"):
         assert main(["run", "--method", "att", *common, "--out", str(tmp_path / "att"), *buffer]) == 0
     assert "another recipe" not in caplog.text  # ATT trains MTT's plain-SGD experts
-    with caplog.at_level("WARNING", logger="tad_plugin.cli"):
+    with caplog.at_level("WARNING", logger="tad_plugin.runs"):
         assert main(["run", "--method", "ftd", *common, "--out", str(tmp_path / "ftd"), *buffer]) == 0
     assert "trained with another recipe than FTD's: optimizer 'sgd' (this method: 'gsam')" in caplog.text
 
