@@ -196,8 +196,9 @@ class TADConfig:
     division/README.md), so the default stays 1. ``examples/division_thresholds.py --average`` shows its effect
     on a finished run's final division. Engine only (not under ``tad wrap``).
     ``reg_weight``, ``log_zero``, ``top_k``, ``num_neighbors``, ``vote_threshold`` (``"calibrated"`` or
-    ``"fixed"``), ``calibration_quantile``, ``recall_confidence``, ``sieve_confidence``: passed to
-    :class:`~tad_plugin.tad.TrustAwareDiversion` (documented there); None = its default.
+    ``"fixed"``), ``calibration_quantile``, ``recall_confidence``, ``sieve_confidence``, ``sieve``,
+    ``search_backend``, ``gmm_random_state``, ``gmm_max_iter``, ``gmm_tol``, ``gmm_reg_covar``: every knob of
+    :class:`~tad_plugin.tad.TrustAwareDiversion`, passed to it (documented there); None = its default.
     """
 
     enabled: bool = True
@@ -209,6 +210,12 @@ class TADConfig:
     calibration_quantile: float | None = None
     recall_confidence: float | None = None
     sieve_confidence: float | None = None
+    sieve: bool | None = None
+    search_backend: str | None = None
+    gmm_random_state: int | None = None
+    gmm_max_iter: int | None = None
+    gmm_tol: float | None = None
+    gmm_reg_covar: float | None = None
     warmup_epochs: int = 2
     recompute_every: int = 1
     split: str = "per-expert"
@@ -246,12 +253,30 @@ class TADConfig:
         if self.anchor_ipc < 2 or self.anchor_epoch < 3 or self.anchor_iterations < 1 or self.recalibrate_every < 1:
             raise ConfigError("tad.anchor_ipc must be >= 2, tad.anchor_epoch >= 3 (anchors match epochs 0-3), "
                               "tad.anchor_iterations and tad.recalibrate_every >= 1")
+        self.check_plugin_kwargs()
 
     def plugin_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for ``TrustAwareDiversion`` (only the ones set)."""
-        names = ("reg_weight", "log_zero", "top_k", "num_neighbors", "vote_threshold", "calibration_quantile",
-                 "recall_confidence", "sieve_confidence")
+        """The keyword arguments for ``TrustAwareDiversion``: its knobs (its fields, by name) that are set."""
+        from ..tad import TrustAwareDiversion
+
+        names = [f.name for f in dataclasses.fields(TrustAwareDiversion)]
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+    def check_plugin_kwargs(self) -> None:
+        """Raise :class:`ConfigError` naming the ``tad.`` key whose value ``TrustAwareDiversion`` refuses."""
+        from ..tad import TrustAwareDiversion
+
+        kwargs = self.plugin_kwargs()
+        for key, value in kwargs.items():
+            try:
+                TrustAwareDiversion(**{key: value})
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"tad.{key} = {value!r}: {exc}") from exc
+        try:
+            TrustAwareDiversion(**kwargs)
+        except (TypeError, ValueError) as exc:  # values fine alone, not together (e.g. top_k < num_neighbors)
+            keys = ", ".join(f"tad.{k}" for k in kwargs if k in str(exc)) or ", ".join(f"tad.{k}" for k in kwargs)
+            raise ConfigError(f"{keys}: {exc}") from exc
 
 
 @dataclass

@@ -21,6 +21,7 @@ evaluator (nets dealt out). Only rank 0 writes the trust report and the checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -322,17 +323,10 @@ class Pipeline:
         """The engine's :class:`MatchingConfig` from the ``distill`` section (and the buffer's DSA
         strategy and the run seed), with ``overrides`` applied."""
         cfg, d = self.config, self.config.distill
-        values = dict(iterations=d.iterations, syn_steps=d.syn_steps, expert_epochs=d.expert_epochs,
-                      max_start_epoch=d.max_start_epoch, min_start_epoch=d.min_start_epoch, batch_syn=d.batch_syn,
-                      lr_img=d.lr_img, lr_lr=d.lr_lr, lr_teacher=d.lr_teacher, lr_labels=d.lr_labels,
-                      label_momentum=d.label_momentum, loss_gate=d.loss_gate, ema_decay=d.ema_decay,
-                      ema_eval_reuses_raw_net=d.ema_eval_reuses_raw_net, adaptive_length=d.adaptive_length,
-                      adaptive_distance=d.adaptive_distance, inner_grad=d.inner_grad,
-                      recompute_steps=d.recompute_steps, compile_mode=d.compile_mode,
-                      dsa_strategy=cfg.buffer.dsa_strategy if d.dsa else "",
-                      eval_every=d.eval_every, checkpoint_every=d.checkpoint_every,
-                      checkpoint_seconds=d.checkpoint_seconds,
-                      log_every=min(10, d.iterations), seed=cfg.seed)
+        # every setting the two share by name comes from the distill section: one declaration per setting
+        values = {f.name: getattr(d, f.name) for f in dataclasses.fields(MatchingConfig) if hasattr(d, f.name)}
+        values.update(dsa_strategy=cfg.buffer.dsa_strategy if d.dsa else "", log_every=min(10, d.iterations),
+                      seed=cfg.seed)
         return MatchingConfig(**{**values, **overrides})
 
     def dual_loop(self, dataset: ImageDataset, labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
