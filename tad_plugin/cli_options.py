@@ -1,11 +1,9 @@
-"""The options ``tad``'s run commands share (``tad buffer | distill | eval | run | demo | audit``) and its help format."""
+"""The options ``tad``'s run commands share (``tad buffer | distill | eval | run | demo | audit``); its help format."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
-
-from .engine.config import METHODS
 
 __all__ = ["HelpFormatter", "add_settings_options"]
 
@@ -33,7 +31,9 @@ def add_settings_options(p: argparse.ArgumentParser, base: dict[str, Any] | None
                    "distill, eval); flags below override it")
     g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set buffer.lr=0.02 (repeatable; wins over all)")
-    g.add_argument("--method", choices=METHODS, help=f"the distiller (default {RunConfig().method}; its upstream "
+    from .runs import methods
+
+    g.add_argument("--method", choices=methods(), help=f"the distiller (default {RunConfig().method}; its upstream "
                    "defaults underlie everything else)")
     g.add_argument("--dataset", help="digits, cifar10, cifar100, an ImageFolder directory or a .npz file "
                    f"(default {data.dataset})")

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .data import ImageDataset
-from .engine.config import METHODS, load_yaml
+from .engine.config import load_yaml
 from .files import torch_load
 from .trust_report import (
     TrustReport,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMMANDS",
     "DEMO_CONFIG",
+    "METHODS_GROUP",
     "QUICK_DEMO_OVERRIDES",
     "TrainingData",
     "begin",
@@ -53,6 +55,7 @@ __all__ = [
     "cpu_threads",
     "json_safe",
     "method_adapter",
+    "methods",
     "prepare",
     "prepare_data",
     "record_distill",
@@ -140,20 +143,36 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     return from_dict(RunConfig, merge(defaults, chosen)).validate()
 
 
+#: The entry-point group distillers register in: ``name = module:PipelineSubclass`` (the class's ``defaults``
+#: gives its settings for a dataset and IPC). MTT, FTD, DATM and ATT register there too (setup.cfg).
+METHODS_GROUP = "tad_plugin.methods"
+
+
+def methods() -> list[str]:
+    """The names of the registered distillers (:data:`METHODS_GROUP`), sorted."""
+    return sorted({ep.name for ep in importlib.metadata.entry_points(group=METHODS_GROUP)})
+
+
 def method_adapter(method: str) -> tuple[type[Pipeline], Callable[[str, int], dict[str, Any]]]:
-    """``(pipeline class, defaults(dataset, ipc))`` of ``method`` (one of
-    :data:`~tad_plugin.engine.config.METHODS`), from ``tad_plugin.adapters.<method>``.
+    """``(pipeline class, defaults(dataset, ipc))`` of the distiller registered as ``method`` in
+    :data:`METHODS_GROUP`.
 
     Raises:
-        ConfigError: an unknown method, or ``tad_plugin.adapters`` missing from the imported package (a source
-            checkout on ``sys.path`` shadowing a non-editable install).
+        ConfigError: an unknown method, a registration that is not a ``Pipeline`` subclass with ``defaults``, or
+            ``tad_plugin.adapters`` missing from the imported package (a source checkout on ``sys.path``
+            shadowing a non-editable install).
     """
     from .engine.config import ConfigError
+    from .engine.pipeline import Pipeline
 
-    if method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    found = [ep for ep in importlib.metadata.entry_points(group=METHODS_GROUP) if ep.name == method]
+    if not found:
+        known = methods()
+        raise ConfigError(f"method must be one of {', '.join(known) or '(none registered)'}, got {method!r}"
+                          + ("" if known else f"; the {METHODS_GROUP} entry points come with the installed "
+                             "package: install it with `python -m pip install -e .`"))
     try:
-        module = importlib.import_module(f"{__package__}.adapters.{method}")
+        pipeline = found[0].load()
     except ModuleNotFoundError as exc:
         if exc.name not in (f"{__package__}.adapters", f"{__package__}.adapters.{method}"):
             raise
@@ -162,12 +181,14 @@ def method_adapter(method: str) -> tuple[type[Pipeline], Callable[[str, int], di
             "setup.cfg installs the checkout's adapters/ folder as tad_plugin.adapters, so a source checkout on "
             "sys.path (python run from the checkout's root) hides them when the install is not editable. Install "
             "with `python -m pip install -e .`, or run from outside the checkout") from exc
-    return getattr(module, method.upper()), getattr(module, f"{method}_defaults")
+    defaults = getattr(pipeline, "defaults", None)
+    if not (isinstance(pipeline, type) and issubclass(pipeline, Pipeline) and callable(defaults)):
+        raise ConfigError(f"the {METHODS_GROUP} entry point {method!r} = {found[0].value} is not a Pipeline subclass "
+                          f"with defaults(dataset, ipc); fix the package that registers it")
+    return pipeline, defaults
 
 
 @dataclass
-
-
 class TrainingData:
     """The dataset with the labels a run trains on.
 
@@ -260,7 +281,8 @@ def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryS
                           f"(buffer.num_experts): finish training them first (`tad buffer --out ...` resumes), "
                           f"or pass --num-experts {have} to distil from those")
     trained, ours = store.meta.get("buffer") or {}, to_dict(pipe.config.buffer)  # as the store's meta was made
-    keys = ("optimizer", "lr", "momentum", "weight_decay", "dsa") + (("rho", "alpha") if ours["optimizer"] == "gsam" else ())
+    keys = ("optimizer", "lr", "momentum", "weight_decay", "dsa")
+    keys += ("rho", "alpha") if ours["optimizer"] == "gsam" else ()
     differ = [f"{k} {trained[k]!r} (this method: {ours[k]!r})" for k in keys if k in trained and trained[k] != ours[k]]
     if differ:
         log.warning("the experts in %s were trained with another recipe than %s's: %s; the run record names the "
@@ -450,8 +472,6 @@ CPU_THREADS = 1
 
 
 @contextlib.contextmanager
-
-
 def cpu_threads(n: int) -> Iterator[None]:
     """Run the body with ``n`` threads in torch (intra-op) and in every OpenMP / BLAS pool of the process
     (scikit-learn's KMeans, NumPy's BLAS, FAISS; through threadpoolctl, a scikit-learn dependency); restores

@@ -71,10 +71,22 @@ class TrustLoopError(TADError, RuntimeError):
 
 @dataclass(frozen=True)
 class Schedule:
-    """When the trust loop divides, recalibrates and penalises (the epoch convention: the module docstring).
+    """When the trust loop divides, recalibrates and penalises (epochs as in the module docstring); :meth:`of`
+    reads it from a ``TADConfig`` (``tad.*`` keys of the same names; defaults: the paper's schedule, as there).
 
-    Attributes are those of :class:`tad_plugin.engine.config.TADConfig` of the same names (their documentation
-    and defaults live there); :meth:`of` reads them from it.
+    Attributes:
+        warmup_epochs: epochs trained on every sample before the first division.
+        recompute_every: a division every this many epochs from ``warmup_epochs`` on (1 = every epoch).
+        outer_loop: divide at all (False: every sample with its label throughout, hooks but ``expert_loss`` unused).
+        inner_loop: recalibrate after the due divisions (needs ``outer_loop``).
+        anchor_epoch: the first epoch whose division is followed by a recalibration (anchors are ready then).
+        recalibrate_every: a recalibration after every this many epochs' divisions from ``anchor_epoch`` on.
+        recall_once: a sample is recalled at most once per expert (:func:`admit_once`); False = the paper.
+        warmup_confidence_penalty: weight of :func:`~tad_plugin.losses.confidence_penalty` in the warm-up's loss
+            (0 = off, the paper).
+        loss_average: a division's losses are the mean over the last this many parameter snapshots (1 = the paper).
+        split: ``"per-expert"`` (each expert its own division) or ``"shared"`` (one division of the experts'
+            mean loss for all of them).
     """
 
     warmup_epochs: int = 2

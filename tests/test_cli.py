@@ -329,7 +329,7 @@ def test_method_adapter_names_a_shadowing_checkout(monkeypatch):
     def missing(name):
         raise ModuleNotFoundError(f"No module named {missing.module!r}", name=missing.module)
 
-    monkeypatch.setattr(runs.importlib, "import_module", missing)
+    monkeypatch.setattr(runs.importlib.metadata.EntryPoint, "load", lambda self: missing(self.value))
     missing.module = "tad_plugin.adapters"
     with pytest.raises(ConfigError, match=r"adapters is missing .*pip install -e \."):
         runs.method_adapter("mtt")

@@ -21,13 +21,12 @@ import yaml
 from ..errors import TADError
 from .student_grad import COMPILE_MODES, INNER_GRADS
 
-__all__ = ["METHODS", "ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
+__all__ = ["ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
            "EvalConfig", "RunConfig", "load_yaml", "merge", "from_dict", "to_dict", "parse_override",
            "apply_overrides", "build_config"]
 
 
 #: The distillers with an adapter (``tad_plugin.adapters.<name>``).
-METHODS = ("mtt", "ftd", "datm", "att")
 
 
 class ConfigError(TADError, ValueError):
@@ -159,8 +158,10 @@ class TADConfig:
     concurrently started ``tad features train`` is still training; > 0 loads it only then, so the experts'
     warm-up need not wait for it. Default 0: the file must exist when the buffer stage starts (a missing
     extractor is reported at once).
-    ``anchor_epoch``, ``anchor_ipc``, ``anchor_iterations``, ``recalibrate_every``, ``recall_once``: see
-    :class:`~tad_plugin.engine.dual_loop.DualLoopConfig` (``recall_once`` also applies under ``tad wrap``).
+    ``anchor_epoch``, ``recalibrate_every``, ``recall_once`` (and ``warmup_epochs``, ``recompute_every``,
+    ``outer_loop``, ``inner_loop``, ``warmup_confidence_penalty``, ``loss_average``, ``split``): the trust loop's
+    :class:`~tad_plugin.trust_loop.Schedule`; ``anchor_ipc``, ``anchor_iterations``: the anchors
+    (:class:`~tad_plugin.engine.dual_loop.DualLoopConfig`).
     ``balance_classes`` (also under ``tad wrap``: a class-balanced sampler for upstream's epochs): draw each
     expert's epoch from its trusted space class-balanced (every sample's
     chance inversely proportional to the number of trusted samples carrying its label, with replacement,
@@ -433,8 +434,6 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check every section; returns self. Raises :class:`ConfigError`."""
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):

@@ -143,6 +143,9 @@ class Pipeline:
     implements: ClassVar[frozenset[str]] = frozenset()
     #: the ``distill.pix_init`` values this pipeline implements.
     pix_inits: ClassVar[tuple[str, ...]] = ("real", "noise")
+    #: ``defaults(dataset, ipc)``: the method's settings for a dataset and IPC as a nested config dict (an adapter
+    #: sets its ``<method>_defaults``); what ``tad`` builds a run's config on.
+    defaults: ClassVar[Callable[[str, int], dict[str, Any]] | None] = None
 
     def __init__(self, config: RunConfig, hooks: TADHooks | None = None, progress: bool = True,
                  ranks: Ranks | None = None) -> None:
