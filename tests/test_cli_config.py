@@ -102,3 +102,28 @@ def test_eval_compile_reaches_the_evaluator():
         cfg = config_from_args(build_parser().parse_args(["run", "--dataset", "digits", "--device", "cpu",
                                                           "--set", f"eval.compile={str(flag).lower()}"]))
         assert Pipeline(cfg, progress=False).evaluator(ds).compile is flag
+
+
+def test_the_distill_section_reaches_the_matcher_by_field_name():
+    """The settings DistillConfig and MatchingConfig share are declared with the same types, and the pipeline
+    hands every one of them on (no hand-kept list that a new setting could miss)."""
+    import dataclasses
+    import typing
+
+    from tad_plugin.adapters.mtt import MTT
+    from tad_plugin.engine.config import DistillConfig
+    from tad_plugin.engine.matching import MatchingConfig
+
+    ours, theirs = typing.get_type_hints(DistillConfig), typing.get_type_hints(MatchingConfig)
+    shared = sorted(set(ours) & set(theirs))
+    # the same type, or the matcher's admits None too (label_momentum: None = its momentum)
+    assert len(shared) >= 22 and all(theirs[k] in (ours[k], ours[k] | None) for k in shared), shared
+    changed = {"iterations": 7, "syn_steps": 3, "lr_img": 5.0, "checkpoint_seconds": 1.5, "adaptive_length": True,
+               "label_momentum": 0.3, "min_start_epoch": 1, "compile_mode": "reduce-overhead"}
+    cfg = build_config(sets=[f"distill.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in changed.items()]
+                       + ["data.dataset=digits", "device=cpu"])
+    matching = MTT(cfg, progress=False).matching_config()
+    assert {k: getattr(matching, k) for k in changed} == changed
+    assert all(getattr(matching, k) == getattr(cfg.distill, k) for k in shared)
+    assert {f.name for f in dataclasses.fields(MatchingConfig)} - set(shared) == {
+        "momentum", "dsa_strategy", "log_every", "seed", "channels_last"}  # the matcher's own
