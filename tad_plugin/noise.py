@@ -30,8 +30,15 @@ import torch
 from .checks import check_labels
 from .files import torch_load
 
-__all__ = ["make_noisy_labels", "corrupt_labels", "load_cifar_n", "noise_rate", "NOISE_KINDS", "CIFAR10_ASYMMETRIC_MAP",
-           "CIFAR100_COARSE"]
+__all__ = [
+    "CIFAR10_ASYMMETRIC_MAP",
+    "CIFAR100_COARSE",
+    "NOISE_KINDS",
+    "corrupt_labels",
+    "load_cifar_n",
+    "make_noisy_labels",
+    "noise_rate",
+]
 
 log = logging.getLogger("tad_plugin.noise")
 

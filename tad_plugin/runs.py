@@ -281,7 +281,7 @@ def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryS
                           f"(buffer.num_experts): finish training them first (`tad buffer --out ...` resumes), "
                           f"or pass --num-experts {have} to distil from those")
     trained, ours = store.meta.get("buffer") or {}, to_dict(pipe.config.buffer)  # as the store's meta was made
-    keys = ("optimizer", "lr", "momentum", "weight_decay", "dsa")
+    keys: tuple[str, ...] = ("optimizer", "lr", "momentum", "weight_decay", "dsa")
     keys += ("rho", "alpha") if ours["optimizer"] == "gsam" else ()
     differ = [f"{k} {trained[k]!r} (this method: {ours[k]!r})" for k in keys if k in trained and trained[k] != ours[k]]
     if differ:

@@ -97,7 +97,7 @@ class TrustAwareDiversion:
             raise ValueError(f"gmm_max_iter must be >= 1, gmm_tol > 0 and gmm_reg_covar >= 0, got {self.gmm_max_iter}, "
                              f"{self.gmm_tol} and {self.gmm_reg_covar}")
         if not isinstance(self.sieve, bool):
-            raise ValueError(f"sieve must be true or false, got {self.sieve!r}")
+            raise TypeError(f"sieve must be true or false, got {self.sieve!r}")
         if self.search_backend not in ("auto", "faiss", "torch"):
             raise ValueError(f"search_backend must be 'auto', 'faiss' or 'torch', got {self.search_backend!r}")
 

@@ -365,7 +365,8 @@ class TrustLoop:
         anchor_features, anchor_labels = anchor_features.to(dev), anchor_labels.to(dev)
         prev_labels, prev_trusted = self.labels.to(dev), self.trusted.to(dev)
         like_first = ((prev_labels == prev_labels[0]).all(1) & (prev_trusted == prev_trusted[0]).all(1)).tolist()
-        labels, trusted = [], []
+        labels: list[torch.Tensor] = []
+        trusted: list[torch.Tensor] = []
         for e in range(len(self.experts)):
             if e > 0 and like_first[e]:
                 labels.append(labels[0])

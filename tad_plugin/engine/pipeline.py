@@ -40,13 +40,26 @@ from .distributed import Ranks, current, rank_device
 from .dual_loop import DualLoop, DualLoopConfig
 from .evaluate import EvalResult, Evaluator
 from .experts import EpochCallback, ExpertTrainer
-from .matching import (DistillResult, MatchingConfig, TrajectoryMatcher, check_checkpoint, class_labels,
-                       real_init_indices)
+from .matching import (
+    DistillResult,
+    MatchingConfig,
+    TrajectoryMatcher,
+    check_checkpoint,
+    class_labels,
+    real_init_indices,
+)
 from .preprocess import Preprocessor
 from .trajectories import TrajectoryStore
 
-__all__ = ["Pipeline", "TrajectoryList", "table_row", "method_defaults", "save_distilled", "load_distilled",
-           "labels_fingerprint"]
+__all__ = [
+    "Pipeline",
+    "TrajectoryList",
+    "labels_fingerprint",
+    "load_distilled",
+    "method_defaults",
+    "save_distilled",
+    "table_row",
+]
 
 #: ``distill`` fields that only some pipelines implement, with their "unused" value.
 _OPTIONAL_FIELDS: dict[str, Any] = {"window_start": None, "lr_labels": None}

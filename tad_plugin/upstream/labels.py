@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..noise import corrupt_labels
 
-__all__ = ["Relabelled", "dataset_labels", "corrupt_labels"]  # corrupt_labels: noise.py's, re-exported
+__all__ = ["Relabelled", "corrupt_labels", "dataset_labels"]  # corrupt_labels: noise.py's, re-exported
 
 
 class Relabelled(Dataset):  # type: ignore[type-arg]
