@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"\ntad {args.command}: interrupted; {kept_text(args.started)}", file=sys.stderr)
         return 130
-    except (TADError, ValueError, KeyError, OSError, torch.cuda.OutOfMemoryError) as exc:
+    except (TADError, ValueError, OSError, torch.cuda.OutOfMemoryError) as exc:
         if args.debug:
             raise
         if isinstance(exc, torch.cuda.OutOfMemoryError):

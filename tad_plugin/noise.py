@@ -28,12 +28,14 @@ import numpy as np
 import torch
 
 from .checks import check_labels
+from .errors import TADError
 from .files import torch_load
 
 __all__ = [
     "CIFAR10_ASYMMETRIC_MAP",
     "CIFAR100_COARSE",
     "NOISE_KINDS",
+    "LabelSetError",
     "corrupt_labels",
     "load_cifar_n",
     "make_noisy_labels",
@@ -167,6 +169,13 @@ def corrupt_labels(clean: torch.Tensor, data: Any, num_classes: int, name: str =
                              coarse_labels=coarse)
 
 
+class LabelSetError(TADError, KeyError):
+    """A CIFAR-N label file without the label set asked for."""
+
+    def __str__(self) -> str:  # the message, not KeyError's quoted repr
+        return str(self.args[0]) if self.args else ""
+
+
 def load_cifar_n(path: str | os.PathLike[str], label_set: str) -> torch.Tensor:
     """Read one label set of CIFAR-10N / CIFAR-100N (int64 [50000], in the official train order).
 
@@ -190,7 +199,7 @@ def load_cifar_n(path: str | os.PathLike[str], label_set: str) -> torch.Tensor:
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         raise ValueError(f"cannot read CIFAR-N label file {path}: {exc}") from exc
     if label_set not in data:
-        raise KeyError(f"{path.name} has no label set {label_set!r}; available: {', '.join(sorted(data))}")
+        raise LabelSetError(f"{path.name} has no label set {label_set!r}; available: {', '.join(sorted(data))}")
     arr = np.asarray(data[label_set])
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{path.name}[{label_set!r}] is not a 1-D integer label array ({arr.dtype} {arr.shape})")
