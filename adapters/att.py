@@ -65,3 +65,4 @@ class ATT(Pipeline):
     (adaptive trajectory length, EMA images)."""
 
     name = "att"
+    defaults = staticmethod(att_defaults)

@@ -241,6 +241,7 @@ class DATM(Pipeline):
     """DATM's stages with TAD on or off (see the module docstring)."""
 
     name = "datm"
+    defaults = staticmethod(datm_defaults)
     implements = frozenset({"window_start", "lr_labels"})
     pix_inits = ("real", "noise", "samples_predicted_correctly")
 

@@ -74,3 +74,4 @@ class FTD(Pipeline):
     (GSAM experts, EMA images)."""
 
     name = "ftd"
+    defaults = staticmethod(ftd_defaults)

@@ -76,3 +76,4 @@ class MTT(Pipeline):
     stage is the engine's :class:`~tad_plugin.engine.pipeline.Pipeline` unchanged."""
 
     name = "mtt"
+    defaults = staticmethod(mtt_defaults)

@@ -44,7 +44,7 @@ import torch
 from phase_timing import phase_timers, sync  # this folder's shared timing helpers
 
 import tad_plugin.division as division
-import tad_plugin.engine.experts as experts_module
+import tad_plugin.trust_loop as trust_loop
 from tad_plugin import TADHooks, get_plugin_manager
 from tad_plugin.data import ImageDataset, load_dataset
 from tad_plugin.engine.config import BufferConfig, TADConfig, to_dict
@@ -59,8 +59,8 @@ from tad_plugin.tad import TrustAwareDiversion
 
 #: (module or class, attribute, phase): what is timed inside the TAD arm's epochs
 PHASES = (
-    (experts_module, "snapshot_mean_losses", "loss pass"),
-    (experts_module.ExpertTrainer, "_divide", "division (filter_dataset x E)"),
+    (trust_loop, "mean_losses", "loss pass"),
+    (trust_loop.TrustLoop, "divide", "division (filter_dataset x E)"),
     (division, "_fit_posterior", "  of which GMM fit"),
     (division, "class_thresholds", "  of which class thresholds"),
 )

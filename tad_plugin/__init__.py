@@ -4,7 +4,8 @@ Public names (imported lazily, so ``import tad_plugin.data`` stays light):
 
 * :func:`get_plugin_manager`, :class:`TADHooks`, :data:`hookimpl` -- the pluggy hook system;
 * :class:`TrustAwareDiversion` -- TAD's implementation of the hooks (an ordinary plugin);
-* :class:`TrustSplit`, :class:`Recalibration` -- what the hooks return.
+* :class:`TrustSplit`, :class:`Recalibration` -- what the hooks return;
+* :class:`TrustLoop`, :class:`Schedule` -- TAD's dual loop around any training loop (:mod:`tad_plugin.trust_loop`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ _EXPORTS = {
     "TrustAwareDiversion": "tad",
     "TrustSplit": "results",
     "Recalibration": "results",
+    "TrustLoop": "trust_loop",
+    "Schedule": "trust_loop",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from .manager import HookError, TADHooks, get_plugin_manager
     from .results import Recalibration, TrustSplit
     from .tad import TrustAwareDiversion
+    from .trust_loop import Schedule, TrustLoop
 
 
 def __getattr__(name: str) -> Any:

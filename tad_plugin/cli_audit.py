@@ -27,10 +27,21 @@ from typing import Any
 
 import torch
 
-from .cli import DEMO_CONFIG, TrainingData, _check_run, _common, _stage_buffer, config_from_args, method_adapter, \
-    prepare_data, run_folder, save_labels, settings_line
+from .cli_options import add_settings_options
+from .runs import (
+    DEMO_CONFIG,
+    TrainingData,
+    check_run,
+    config_from_args,
+    method_adapter,
+    prepare_data,
+    run_folder,
+    save_labels,
+    settings_line,
+    stage_buffer,
+)
 
-__all__ = ["add_subcommand", "audit", "AuditResult", "DETECTORS"]
+__all__ = ["DETECTORS", "AuditResult", "add_subcommand", "audit"]
 
 DETECTORS = ("tad", "cleanlab")
 
@@ -50,7 +61,7 @@ def add_subcommand(sub: Any) -> None:
     """Register ``tad audit`` on the ``tad`` parser's sub-parsers (its handler as ``func``)."""
     p = sub.add_parser("audit", help="find and fix wrong labels (TAD's experts or cleanlab)",
                        description=__doc__.split("\n\n")[0])
-    _common(p)
+    add_settings_options(p)
     p.add_argument("--detector", choices=DETECTORS, default="tad",
                    help="tad: TAD's experts (the dual loop's trusted spaces and recalibrated labels); cleanlab: "
                         "confident learning on K-fold out-of-sample ConvNet probabilities (needs the cleanlab extra)")
@@ -118,7 +129,13 @@ def audit(cfg: Any, *, detector: str = "tad", buffer: str | Path | None = None, 
         ConfigError: an unknown detector, or ``tad.enabled`` not matching it; and whatever loading the data
             raises (clear one-line messages).
     """
-    from .engine.audit import audit_experts, detection_metrics, trust_rounds, write_audit, write_pruned
+    from .engine.audit import (
+        audit_experts,
+        detection_metrics,
+        trust_rounds,
+        write_audit,
+        write_pruned,
+    )
     from .engine.config import ConfigError, to_dict
     from .engine.runlog import RunLog
 
@@ -136,7 +153,7 @@ def audit(cfg: Any, *, detector: str = "tad", buffer: str | Path | None = None, 
     out = run_folder(cfg.out)
     pipe = method_adapter(cfg.method)[0](cfg, progress=progress)
     data = prepare_data(cfg.data)
-    reuse = _check_run(pipe, data, out, Path(buffer) if buffer else None) if detector == "tad" else None
+    reuse = check_run(pipe, data, out, Path(buffer) if buffer else None) if detector == "tad" else None
     out.mkdir(parents=True, exist_ok=True)  # every check passed: start writing
     save_labels(data, out)
     log = RunLog(out / "result_audit.json", to_dict(cfg), cfg.seed, pipe.device)
@@ -145,7 +162,7 @@ def audit(cfg: Any, *, detector: str = "tad", buffer: str | Path | None = None, 
     clean = data.dataset.train_labels if data.noise_rate > 0 else None  # noise was applied: truth known
     rounds: list[dict[str, Any]] = []
     if detector == "tad":
-        store = _stage_buffer(pipe, data, out, log, reuse)
+        store = stage_buffer(pipe, data, out, log, reuse)
         start = time.perf_counter()
         table = audit_experts(store, pipe.network(data.dataset), pipe.preprocessor(data.dataset, store),
                               data.dataset.train_images, data.labels, pipe.hooks, clean_labels=clean,

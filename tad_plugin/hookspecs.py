@@ -5,9 +5,13 @@ implements only ``filter_dataset`` keeps deciding every division, see :meth:`tad
 
 A plugin is any object or module whose functions are marked with :data:`hookimpl` and named after
 one of the specs below. Implementations may accept any subset of a spec's parameters (pluggy passes
-only the ones they name) and must not give them defaults. All hooks are ``firstresult``: the
-first implementation that returns something other than ``None`` decides, so a plugin registered
-after TAD's default (``tad``) overrides it, and returning ``None`` defers to the next one.
+only the ones they name) and must not give them defaults. The decisions (``filter_dataset``,
+``filter_dataset_batch``, ``expert_loss``, ``recalibrate``) are ``firstresult``: the first implementation
+that returns something other than ``None`` decides, so a plugin registered after TAD's default (``tad``)
+overrides it, and returning ``None`` defers to the next one. The reports (``on_division``,
+``on_recalibration``) are notifications: every implementation is called, results are ignored (the trust
+report, :class:`tad_plugin.trust_report.TrustReportListener`, is one such listener; a logger is another).
+Epochs follow :mod:`tad_plugin.trust_loop`'s convention: the epoch about to run, i.e. the epochs finished.
 
 Hosts call hooks by keyword only, e.g. ``pm.hook.expert_loss(logits=z, targets=y)``, or through
 the typed facade :class:`tad_plugin.TADHooks`.
@@ -20,9 +24,9 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    import torch
-
     from collections.abc import Sequence
+
+    import torch
 
     from .results import Recalibration, TrustSplit
 
@@ -108,4 +112,36 @@ def recalibrate(features: torch.Tensor, labels: torch.Tensor, trusted: torch.Ten
         their pseudo-label), ``trusted`` (bool [N]; the new trusted space) and ``reliability``
         (float [N]; in [0, 1] for samples trusted on entry, 1 = most reliable, NaN elsewhere), on the
         device of ``features``; or ``None`` to defer. Stops at first non-None result.
+    """
+
+
+@hookspec
+def on_division(expert: int, epoch: int, split: TrustSplit, labels: torch.Tensor, trusted: torch.Tensor,
+                predictions: torch.Tensor | None) -> None:
+    """Notification: a division was made for ``expert`` before ``epoch`` (after ``epoch`` epochs).
+
+    Called by :class:`tad_plugin.trust_loop.TrustLoop` once per expert after every division. Listeners must
+    not change the tensors; a host syncs nothing for them, so a listener that reads values pays for its reads.
+
+    :param expert: the expert's identifier (the engine: its index in the trajectory store).
+    :param epoch: the epoch about to run.
+    :param split: the :class:`~tad_plugin.TrustSplit` (for ``split: shared``, the group's one split).
+    :param labels: int64 [N], the labels the division was made under.
+    :param trusted: bool [N], the trusted space it made.
+    :param predictions: int64 [N] or None, the expert's argmax classes from the division's loss pass.
+    """
+
+
+@hookspec
+def on_recalibration(expert: int, epoch: int, labels: torch.Tensor, trusted: torch.Tensor,
+                     previous_labels: torch.Tensor, previous_trusted: torch.Tensor,
+                     predictions: torch.Tensor | None) -> None:
+    """Notification: a recalibration changed ``expert``'s labels and trusted space before ``epoch``.
+
+    :param expert: the expert's identifier; :param epoch: the epoch about to run (as ``on_division``).
+    :param labels: int64 [N], the labels after the recalibration (recalled samples carry their pseudo-labels).
+    :param trusted: bool [N], the trusted space after it (with ``recall_once`` applied).
+    :param previous_labels: int64 [N], the division's labels, which it started from.
+    :param previous_trusted: bool [N], the division's trusted space.
+    :param predictions: int64 [N] or None, the expert's classes from the division's loss pass.
     """

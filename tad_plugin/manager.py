@@ -13,7 +13,7 @@ from . import hookspecs
 from .errors import TADError
 from .results import Recalibration, TrustSplit
 
-__all__ = ["get_plugin_manager", "TADHooks", "HookError", "DISABLE_AUTOLOAD_ENV", "BLOCKED_ENV", "TRACE_ENV"]
+__all__ = ["BLOCKED_ENV", "DISABLE_AUTOLOAD_ENV", "TRACE_ENV", "HookError", "TADHooks", "get_plugin_manager"]
 
 #: Set to a non-empty value other than ``0`` to skip loading third-party plugins from entry points.
 DISABLE_AUTOLOAD_ENV = "TAD_PLUGIN_DISABLE_AUTOLOAD"
@@ -131,6 +131,20 @@ class TADHooks:
                                        anchor_features=anchor_features, anchor_labels=anchor_labels,
                                        num_classes=num_classes)
         return self._check("recalibrate", out, Recalibration)
+
+    def notify_division(self, *, expert: int, epoch: int, split: TrustSplit, labels: torch.Tensor,
+                        trusted: torch.Tensor, predictions: torch.Tensor | None) -> None:
+        """Tell every listener of a division: :func:`tad_plugin.hookspecs.on_division`."""
+        self.pm.hook.on_division(expert=expert, epoch=epoch, split=split, labels=labels, trusted=trusted,
+                                 predictions=predictions)
+
+    def notify_recalibration(self, *, expert: int, epoch: int, labels: torch.Tensor, trusted: torch.Tensor,
+                             previous_labels: torch.Tensor, previous_trusted: torch.Tensor,
+                             predictions: torch.Tensor | None) -> None:
+        """Tell every listener of a recalibration: :func:`tad_plugin.hookspecs.on_recalibration`."""
+        self.pm.hook.on_recalibration(expert=expert, epoch=epoch, labels=labels, trusted=trusted,
+                                      previous_labels=previous_labels, previous_trusted=previous_trusted,
+                                      predictions=predictions)
 
     @staticmethod
     def _check(name: str, out: object, kind: type) -> object:  # type: ignore[type-arg]

@@ -22,20 +22,36 @@ import logging
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .checks import check_labels
+from .errors import TADError
 from .files import torch_load
 
-__all__ = ["make_noisy_labels", "load_cifar_n", "noise_rate", "NOISE_KINDS", "CIFAR10_ASYMMETRIC_MAP"]
+__all__ = [
+    "CIFAR10_ASYMMETRIC_MAP",
+    "CIFAR100_COARSE",
+    "NOISE_KINDS",
+    "LabelSetError",
+    "corrupt_labels",
+    "load_cifar_n",
+    "make_noisy_labels",
+    "noise_rate",
+]
 
 log = logging.getLogger("tad_plugin.noise")
 
 NOISE_KINDS = ("symmetric", "asymmetric-cifar10", "asymmetric-cifar100")
 #: CIFAR-10 class indices: 0 airplane, 1 automobile, 2 bird, 3 cat, 4 deer, 5 dog, 7 horse, 9 truck.
 CIFAR10_ASYMMETRIC_MAP = {9: 1, 2: 0, 4: 7, 3: 5}
+#: The official CIFAR-100 super-class of each fine class (fine classes in the official/torchvision order).
+CIFAR100_COARSE = (4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10, 7, 6, 13, 15,
+                   3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5, 5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4,
+                   2, 0, 17, 4, 18, 17, 10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+                   16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
 
 
 def noise_rate(noisy: torch.Tensor, clean: torch.Tensor) -> float:
@@ -114,6 +130,52 @@ def _next_in_superclass(labels: torch.Tensor, coarse_labels: torch.Tensor | None
     return mapping
 
 
+def corrupt_labels(clean: torch.Tensor, data: Any, num_classes: int, name: str = "the train set") -> torch.Tensor:
+    """``clean`` with the noise ``data`` configures; ``clean`` itself when it configures none.
+
+    Args:
+        clean: int64 [N], the clean labels.
+        data: the data settings (a ``DataConfig``: ``noise`` / ``noise_rate`` / ``noise_seed``, or ``cifar_n`` with
+            ``label_set``; ``cifar_n`` wins).
+        num_classes: C.
+        name: the data's name, for messages.
+
+    Returns:
+        int64 [N] labels in [0, C), CPU.
+
+    Raises:
+        ValueError: a CIFAR-N file of another length or with labels outside [0, C), or asymmetric-cifar100 noise
+            on a dataset without CIFAR-100's 100 classes.
+    """
+    if data.cifar_n is not None:
+        labels = load_cifar_n(data.cifar_n, data.label_set)
+        if labels.shape != clean.shape:
+            raise ValueError(f"{data.cifar_n}[{data.label_set!r}] has {len(labels)} labels but {name} has "
+                             f"{len(clean)} training images; use the CIFAR-N file of this dataset")
+        if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+            raise ValueError(f"{data.cifar_n}[{data.label_set!r}] holds labels {int(labels.min())} to "
+                             f"{int(labels.max())} but {name} has {num_classes} classes; use the CIFAR-N file of "
+                             f"this dataset")
+        return labels
+    if data.noise is None:
+        return clean
+    coarse = None
+    if data.noise == "asymmetric-cifar100":
+        if num_classes != 100:
+            raise ValueError(f"asymmetric-cifar100 noise needs CIFAR-100's 100 classes; {name} has {num_classes}: "
+                             f"use symmetric noise instead")
+        coarse = torch.tensor(CIFAR100_COARSE)[clean]
+    return make_noisy_labels(clean, data.noise, data.noise_rate, num_classes=num_classes, seed=data.noise_seed,
+                             coarse_labels=coarse)
+
+
+class LabelSetError(TADError, KeyError):
+    """A CIFAR-N label file without the label set asked for."""
+
+    def __str__(self) -> str:  # the message, not KeyError's quoted repr
+        return str(self.args[0]) if self.args else ""
+
+
 def load_cifar_n(path: str | os.PathLike[str], label_set: str) -> torch.Tensor:
     """Read one label set of CIFAR-10N / CIFAR-100N (int64 [50000], in the official train order).
 
@@ -137,7 +199,7 @@ def load_cifar_n(path: str | os.PathLike[str], label_set: str) -> torch.Tensor:
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         raise ValueError(f"cannot read CIFAR-N label file {path}: {exc}") from exc
     if label_set not in data:
-        raise KeyError(f"{path.name} has no label set {label_set!r}; available: {', '.join(sorted(data))}")
+        raise LabelSetError(f"{path.name} has no label set {label_set!r}; available: {', '.join(sorted(data))}")
     arr = np.asarray(data[label_set])
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{path.name}[{label_set!r}] is not a 1-D integer label array ({arr.dtype} {arr.shape})")

@@ -85,6 +85,11 @@ class TrustAwareDiversion:
         check_vote_settings(top_k=self.top_k, num_neighbors=self.num_neighbors, vote_threshold=self.vote_threshold,
                             calibration_quantile=self.calibration_quantile,
                             recall_confidence=self.recall_confidence, sieve_confidence=self.sieve_confidence)
+        if self.gmm_max_iter < 1 or not self.gmm_tol > 0 or not self.gmm_reg_covar >= 0:
+            raise ValueError(f"gmm_max_iter must be >= 1, gmm_tol > 0 and gmm_reg_covar >= 0, got {self.gmm_max_iter}, "
+                             f"{self.gmm_tol} and {self.gmm_reg_covar}")
+        if not isinstance(self.sieve, bool):
+            raise TypeError(f"sieve must be true or false, got {self.sieve!r}")
         if self.search_backend not in ("auto", "faiss", "torch"):
             raise ValueError(f"search_backend must be 'auto', 'faiss' or 'torch', got {self.search_backend!r}")
 

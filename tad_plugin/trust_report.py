@@ -31,9 +31,10 @@ import torch
 
 from .checks import check_labels
 from .files import atomic_write_json
+from .hookspecs import hookimpl
 from .plotting import pyplot, save_png
 
-__all__ = ["TrustRound", "TrustReport", "per_class_trust", "least_precise", "least_recalled", "later_recalls_text"]
+__all__ = ["TrustReport", "TrustReportListener", "TrustRound", "later_recalls_text", "least_precise", "least_recalled", "per_class_trust"]
 
 
 @dataclass(frozen=True)
@@ -288,3 +289,51 @@ def later_recalls_text(later: dict | None) -> str | None:
 
 def _mean(mask: torch.Tensor) -> float | None:
     return float(mask.float().mean()) if mask.numel() else None
+
+
+class TrustReportListener:
+    """The trust report as a listener plugin: records the divisions and recalibrations of one expert.
+
+    Register it on the hooks' plugin manager (``hooks.pm.register(listener)``) for a run; it implements the
+    ``on_division`` / ``on_recalibration`` notifications.
+
+    Args:
+        noisy_labels: int64 [N], the labels the run started from.
+        clean_labels: int64 [N] or None; with them the rounds have precision / recall.
+        expert: the expert followed; None = the first expert notified.
+        path: where the report's JSON is rewritten (atomically) after every round, so that a run stopped
+            midway keeps it; None = in memory only (:attr:`report`).
+    """
+
+    def __init__(self, noisy_labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
+                 expert: int | None = None, path: str | os.PathLike[str] | None = None) -> None:
+        self.noisy_labels, self.clean_labels = noisy_labels, clean_labels
+        self.expert, self.path = expert, path
+        self.report = TrustReport()
+
+    def _follows(self, expert: int) -> bool:
+        if self.expert is None:
+            self.expert = expert
+        return expert == self.expert
+
+    @hookimpl
+    def on_division(self, expert: int, epoch: int, labels: torch.Tensor, trusted: torch.Tensor) -> None:
+        if self._follows(expert):
+            self.report.add(epoch=epoch, stage="division", trusted=trusted, labels=labels,
+                            noisy_labels=self.noisy_labels, clean_labels=self.clean_labels)
+            self._save()
+
+    @hookimpl
+    def on_recalibration(self, expert: int, epoch: int, labels: torch.Tensor, trusted: torch.Tensor,
+                         previous_trusted: torch.Tensor, predictions: torch.Tensor | None) -> None:
+        if self._follows(expert):
+            # the division's own pass predicted every sample: agreement with the new labels costs no extra pass
+            agrees = None if predictions is None else predictions == labels.to(predictions.device)
+            self.report.add(epoch=epoch, stage="recalibration", trusted=trusted, labels=labels,
+                            noisy_labels=self.noisy_labels, clean_labels=self.clean_labels,
+                            previous_trusted=previous_trusted, expert_agrees=agrees)
+            self._save()
+
+    def _save(self) -> None:
+        if self.path is not None:
+            self.report.save_json(self.path)

@@ -252,10 +252,10 @@ def test_reusing_experts_of_another_recipe_is_warned_about(tmp_path, caplog):
               "--set", "distill.max_start_epoch=2", "--set", "eval.num_eval=1", "--set", "eval.epochs=1"]
     assert main(["buffer", *common, "--out", str(tmp_path / "mtt")]) == 0
     buffer = ["--buffer", str(tmp_path / "mtt" / "buffer")]
-    with caplog.at_level("WARNING", logger="tad_plugin.cli"):
+    with caplog.at_level("WARNING", logger="tad_plugin.runs"):
         assert main(["run", "--method", "att", *common, "--out", str(tmp_path / "att"), *buffer]) == 0
     assert "another recipe" not in caplog.text  # ATT trains MTT's plain-SGD experts
-    with caplog.at_level("WARNING", logger="tad_plugin.cli"):
+    with caplog.at_level("WARNING", logger="tad_plugin.runs"):
         assert main(["run", "--method", "ftd", *common, "--out", str(tmp_path / "ftd"), *buffer]) == 0
     assert "trained with another recipe than FTD's: optimizer 'sgd' (this method: 'gsam')" in caplog.text
 
@@ -296,3 +296,48 @@ def test_datm_label_temperature_divides_the_initial_soft_labels(tmp_path):
         toy_config("datm", False, **{"distill.label_temperature": 2.0, "distill.lr_labels": "null"})
     with pytest.raises(ConfigError, match="distill.lr_labels = 1.0 is not used by method 'ftd'"):  # DATM's only
         FTD(toy_config("ftd", False, **{"distill.label_temperature": 2.0, "distill.lr_labels": 1.0}), progress=False)
+
+
+def test_the_four_methods_register_through_the_entry_point_group():
+    from tad_plugin.runs import method_adapter, methods
+
+    assert {"mtt", "ftd", "datm", "att"} <= set(methods())
+    assert method_adapter("ftd") == (FTD, ftd_defaults) and method_adapter("mtt") == (MTT, mtt_defaults)
+    with pytest.raises(ConfigError, match="method must be one of att, datm, ftd, mtt"):
+        method_adapter("nosuch")
+
+
+@pytest.fixture
+def third_party_method(tmp_path, monkeypatch):
+    """A third-party distribution on sys.path registering a distiller in ``tad_plugin.methods``: MTT with
+    another learning rate of the images, and a broken registration."""
+    (tmp_path / "fake_distiller.py").write_text(
+        "from tad_plugin.adapters.mtt import MTT, mtt_defaults\n\n"
+        "def fake_defaults(dataset, ipc):\n"
+        "    out = mtt_defaults(dataset, ipc)\n"
+        "    out['distill']['lr_img'] = 123.0\n"
+        "    return out\n\n"
+        "class Fake(MTT):\n"
+        "    name = 'fake'\n"
+        "    defaults = staticmethod(fake_defaults)\n\n"
+        "class NotAPipeline:\n"
+        "    pass\n")
+    dist = tmp_path / "fake_distiller-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-distiller\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[tad_plugin.methods]\nfake = fake_distiller:Fake\n"
+                                           "broken = fake_distiller:NotAPipeline\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_a_third_party_distiller_plugs_in_through_the_entry_point_group(third_party_method, tmp_path):
+    from tad_plugin.runs import method_adapter, methods
+
+    assert {"fake", "broken"} <= set(methods())
+    args = build_parser().parse_args(["run", "--method", "fake", "--dataset", "digits", "--out", str(tmp_path / "r")])
+    cfg = config_from_args(args)
+    assert cfg.method == "fake" and cfg.distill.lr_img == 123.0  # its defaults underlie the run
+    pipeline, _ = method_adapter("fake")
+    assert pipeline.__name__ == "Fake" and issubclass(pipeline, MTT)
+    with pytest.raises(ConfigError, match="'broken' = fake_distiller:NotAPipeline is not a Pipeline subclass"):
+        method_adapter("broken")

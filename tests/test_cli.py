@@ -146,9 +146,10 @@ def test_example_configs_are_valid(path):
 
 
 def test_prepare_data_asymmetric_cifar100_flips_within_superclasses(tmp_path):
-    from tad_plugin.cli import CIFAR100_COARSE, prepare_data
+    from tad_plugin.cli import prepare_data
     from tad_plugin.data import ImageDataset, save_arrays
     from tad_plugin.engine.config import DataConfig
+    from tad_plugin.noise import CIFAR100_COARSE
 
     y = torch.arange(100).repeat(10)
     x = torch.zeros(len(y), 1, 4, 4, dtype=torch.uint8)
@@ -185,7 +186,7 @@ def test_run_records_name_the_commit_git_or_the_one_set_explicitly(tmp_path, mon
 
 
 def test_a_run_states_its_main_settings_first():
-    from tad_plugin.cli import settings_hint, settings_line
+    from tad_plugin.runs import settings_hint, settings_line
 
     cfg = config_from_args(build_parser().parse_args(
         ["run", "--config", str(ROOT / "examples/configs/cifar10_sym40_ipc10.yaml"), "--dataset", "/data/cifar10.npz"]))
@@ -196,7 +197,7 @@ def test_a_run_states_its_main_settings_first():
 
 
 def test_an_asymmetric_tad_run_without_the_remedies_gets_a_hint():
-    from tad_plugin.cli import settings_hint
+    from tad_plugin.runs import settings_hint
 
     def cfg(*extra):
         argv = ["run", "--dataset", "digits", "--noise", "asymmetric-cifar10", "--noise-rate", "0.4", *extra]
@@ -222,7 +223,7 @@ def test_command_line_is_retypable():
 def test_run_record_reports_the_final_trusted_space_at_each_consensus_level():
     from types import SimpleNamespace
 
-    from tad_plugin.cli import _trust_stats
+    from tad_plugin.runs import trust_stats as _trust_stats
 
     clean = torch.tensor([0, 1, 2, 0, 1, 2])
     labels = torch.tensor([0, 1, 2, 0, 2, 1])  # the last two are wrong
@@ -251,7 +252,7 @@ def test_run_record_reports_the_final_trusted_space_at_each_consensus_level():
 
 
 def test_run_prints_where_the_trusted_space_is_wrong():
-    from tad_plugin.cli import _trust_summary
+    from tad_plugin.runs import trust_summary as _trust_summary
 
     names = ("zero", "one", "two")
     assert _trust_summary({"test_acc_mean": 0.5}, names) is None  # no TAD
@@ -277,8 +278,8 @@ def test_run_prints_where_the_trusted_space_is_wrong():
 
 
 def test_the_distill_record_keeps_the_unstable_matching_losses():
-    from tad_plugin.cli import _record_distill
     from tad_plugin.engine.matching import DistillResult
+    from tad_plugin.runs import record_distill as _record_distill
 
     class Log:
         def stage(self, name, seconds, **info):
@@ -314,7 +315,7 @@ def test_eval_best_evaluates_the_kept_best_set(quick_demo, tmp_path, capsys):
 
 
 def test_best_line_only_when_the_best_came_before_the_end(tmp_path):
-    from tad_plugin.cli import best_line
+    from tad_plugin.runs import best_line
 
     res = {"best_iteration": 750, "test_acc_best_mean": 0.58, "test_acc_best_std": 0.006, "best_of": "images"}
     line = best_line(res, 1000, tmp_path / "distilled.pt")
@@ -327,28 +328,28 @@ def test_best_line_only_when_the_best_came_before_the_end(tmp_path):
 def test_method_adapter_names_a_shadowing_checkout(monkeypatch):
     """A source checkout on sys.path hides tad_plugin.adapters from a non-editable install: the error names the
     cause and the fix; a missing module of the adapter's own (a real import error) is left as it is."""
-    from tad_plugin import cli
+    from tad_plugin import runs
     from tad_plugin.engine.config import ConfigError
 
     def missing(name):
         raise ModuleNotFoundError(f"No module named {missing.module!r}", name=missing.module)
 
-    monkeypatch.setattr(cli.importlib, "import_module", missing)
+    monkeypatch.setattr(runs.importlib.metadata.EntryPoint, "load", lambda self: missing(self.value))
     missing.module = "tad_plugin.adapters"
     with pytest.raises(ConfigError, match=r"adapters is missing .*pip install -e \."):
-        cli.method_adapter("mtt")
+        runs.method_adapter("mtt")
     missing.module = "kornia"
     with pytest.raises(ModuleNotFoundError, match="kornia"):
-        cli.method_adapter("mtt")
+        runs.method_adapter("mtt")
 
 
 def test_out_of_gpu_memory_names_the_settings_that_lower_it(monkeypatch, capsys):
-    from tad_plugin import cli
+    from tad_plugin import runs
 
     def oom(args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 5.00 GiB.\nmore detail")
 
-    monkeypatch.setitem(cli._COMMANDS, "eval", oom)
+    monkeypatch.setitem(runs.COMMANDS, "eval", oom)
     assert main(["eval"]) == 2
     err = capsys.readouterr().err
     assert "tad eval: error: out of GPU memory (CUDA out of memory. Tried to allocate 5.00 GiB.)" in err

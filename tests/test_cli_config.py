@@ -19,6 +19,21 @@ def test_precedence_defaults_yaml_flags_sets(tmp_path):
     assert isinstance(cfg.buffer.lr, float)
 
 
+def test_every_trust_aware_diversion_knob_is_settable():
+    """Each knob of TAD's plugin has a ``tad.`` key, and a value set there reaches the plugin."""
+    import dataclasses
+
+    from tad_plugin.tad import TrustAwareDiversion
+
+    knobs = {f.name: f.default for f in dataclasses.fields(TrustAwareDiversion)}
+    assert set(knobs) <= {f.name for f in dataclasses.fields(RunConfig().tad)}
+    cfg = build_config(sets=["tad.search_backend=torch", "tad.gmm_max_iter=7", "tad.gmm_tol=0.01", "tad.sieve=false",
+                             "tad.gmm_reg_covar=0.001", "tad.gmm_random_state=3"])
+    plugin = TrustAwareDiversion(**cfg.tad.plugin_kwargs())
+    assert (plugin.search_backend, plugin.gmm_max_iter, plugin.gmm_tol, plugin.sieve, plugin.gmm_reg_covar,
+            plugin.gmm_random_state) == ("torch", 7, 0.01, False, 0.001, 3)
+
+
 def test_round_trip_to_dict():
     cfg = RunConfig()
     assert from_dict(RunConfig, to_dict(cfg)) == cfg
@@ -44,6 +59,11 @@ def test_int_to_float_and_null():
     (["distill.init_consensus=0"], r"distill.init_consensus must lie in \(0, 1\]"),
     (["buffer.epochs=3", "distill.max_start_epoch=5"], r"exceeds buffer.epochs = 3"),
     (["buffer=3"], r"buffer must be a mapping"),
+    (["tad.search_backend=gpu"], r"tad.search_backend = 'gpu': search_backend must be 'auto', 'faiss' or 'torch'"),
+    (["tad.gmm_max_iter=0"], r"tad.gmm_max_iter = 0: gmm_max_iter must be >= 1"),
+    (["tad.gmm_tol=-1"], r"tad.gmm_tol = -1.0: "),
+    (["tad.sieve=maybe"], r"tad.sieve must be bool"),
+    (["tad.recall_confidence=0.3"], r"tad.recall_confidence = 0.3: recall_confidence must lie in \(0.5, 1\]"),
 ])
 def test_bad_values_name_the_key(sets, message):
     with pytest.raises(ConfigError, match=message):
@@ -82,3 +102,28 @@ def test_eval_compile_reaches_the_evaluator():
         cfg = config_from_args(build_parser().parse_args(["run", "--dataset", "digits", "--device", "cpu",
                                                           "--set", f"eval.compile={str(flag).lower()}"]))
         assert Pipeline(cfg, progress=False).evaluator(ds).compile is flag
+
+
+def test_the_distill_section_reaches_the_matcher_by_field_name():
+    """The settings DistillConfig and MatchingConfig share are declared with the same types, and the pipeline
+    hands every one of them on (no hand-kept list that a new setting could miss)."""
+    import dataclasses
+    import typing
+
+    from tad_plugin.adapters.mtt import MTT
+    from tad_plugin.engine.config import DistillConfig
+    from tad_plugin.engine.matching import MatchingConfig
+
+    ours, theirs = typing.get_type_hints(DistillConfig), typing.get_type_hints(MatchingConfig)
+    shared = sorted(set(ours) & set(theirs))
+    # the same type, or the matcher's admits None too (label_momentum: None = its momentum)
+    assert len(shared) >= 22 and all(theirs[k] in (ours[k], ours[k] | None) for k in shared), shared
+    changed = {"iterations": 7, "syn_steps": 3, "lr_img": 5.0, "checkpoint_seconds": 1.5, "adaptive_length": True,
+               "label_momentum": 0.3, "min_start_epoch": 1, "compile_mode": "reduce-overhead"}
+    cfg = build_config(sets=[f"distill.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in changed.items()]
+                       + ["data.dataset=digits", "device=cpu"])
+    matching = MTT(cfg, progress=False).matching_config()
+    assert {k: getattr(matching, k) for k in changed} == changed
+    assert all(getattr(matching, k) == getattr(cfg.distill, k) for k in shared)
+    assert {f.name for f in dataclasses.fields(MatchingConfig)} - set(shared) == {
+        "momentum", "dsa_strategy", "log_every", "seed", "channels_last"}  # the matcher's own

@@ -86,7 +86,7 @@ def test_a_gpu_device_without_a_gpu_is_one_line(tmp_path, capsys, monkeypatch):
 def test_a_full_or_read_only_disk_names_the_file_and_the_fix(tmp_path, capsys, monkeypatch, where, err, doing, fix):
     import os
 
-    import tad_plugin.files as files
+    from tad_plugin import files
 
     def refuse(*args, **kwargs):
         raise OSError(err, os.strerror(err))
@@ -177,7 +177,7 @@ def test_wrap_pointed_at_another_folder_names_the_files_it_expected(tmp_path, ca
 def test_a_cpu_run_uses_one_thread_in_every_pool_unless_omp_num_threads_is_set(tmp_path, monkeypatch):
     from threadpoolctl import threadpool_info
 
-    import tad_plugin.cli as cli
+    from tad_plugin import runs
 
     seen = []
 
@@ -185,7 +185,7 @@ def test_a_cpu_run_uses_one_thread_in_every_pool_unless_omp_num_threads_is_set(t
         seen.append((torch.get_num_threads(), sorted({pool["num_threads"] for pool in threadpool_info()})))
         return {"test_acc_mean": 0.0, "test_acc_std": 0.0}
 
-    monkeypatch.setattr(cli, "_pipeline", record)
+    monkeypatch.setattr(runs, "_pipeline", record)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -29,21 +29,19 @@ def run_dual_loop(buffer_dir, recall_once=False, report_path=None):
     pre = Preprocessor.for_dataset(ds)
     features = ds.train_images.float().flatten(1) / 255  # label-free pixels stand in for SSL features
     hooks = TADHooks(get_plugin_manager(load_entrypoints=False))
-    cfg = DualLoopConfig(anchor_epoch=3, anchor_ipc=5, recall_once=recall_once, anchor_matching=dataclasses.replace(
+    cfg = DualLoopConfig(anchor_ipc=5, anchor_matching=dataclasses.replace(
         DualLoopConfig().anchor_matching, iterations=20, syn_steps=10, batch_syn=None, lr_img=10.0))
     loop = DualLoop(net, pre, ds.train_images, features, lambda x: x.flatten(1), hooks, cfg,
                     noisy_labels=noisy, clean_labels=clean, seed=0, report_path=report_path)
     buffer = BufferConfig(num_experts=2, epochs=8, lr=0.05, momentum=0.9, batch_size=128, experts_per_group=2)
     rounds_on_disk = []
 
-    def on_epoch(state):  # the loop, then what its report file says at that moment
-        update = loop(state)
+    def on_epoch(state):  # after the trust loop: what the report file says at that moment
         if report_path is not None and report_path.exists():
             rounds_on_disk.append((len(TrustReport.load_json(report_path).rounds), len(loop.report.rounds)))
-        return update
 
-    trainer = ExpertTrainer(net, pre, buffer, TADConfig(warmup_epochs=2), hooks=hooks, on_epoch=on_epoch,
-                            progress=False)
+    trainer = ExpertTrainer(net, pre, buffer, TADConfig(warmup_epochs=2, anchor_epoch=3, recall_once=recall_once),
+                            hooks=hooks, on_epoch=on_epoch, progress=False, dual_loop=loop)
     store = TrajectoryStore.create(buffer_dir, param_shapes=net.param_shapes, epochs=8,
                                    num_train=len(clean), num_classes=10)
     trainer.train(store, ds.train_images, noisy, ds.test_images, ds.test_labels, seed=0)

@@ -16,6 +16,7 @@ from tad_plugin.engine.experts import (
 )
 from tad_plugin.engine.preprocess import Preprocessor
 from tad_plugin.engine.trajectories import TrajectoryStore
+from tad_plugin.trust_loop import Schedule, TrustLoopError
 
 N, M, C = 48, 16, 3
 NET = ConvNetConfig(in_channels=1, num_classes=C, image_size=(8, 8), width=4, depth=2)
@@ -130,10 +131,10 @@ def test_recalibrate_callback_changes_labels_and_trusted_space(tmp_path):
 
 def test_callback_result_is_checked(tmp_path):
     bad = trainer(None, tad=False, on_epoch=lambda s: TrustUpdate(trusted=torch.ones(N, dtype=torch.bool)))
-    with pytest.raises(ExpertError, match=r"expected bool \(2, 48\)"):
+    with pytest.raises(TrustLoopError, match=r"expected bool \(2, 48\)"):
         bad.train(store_at(tmp_path), *data())
     empty = trainer(None, tad=False, on_epoch=lambda s: TrustUpdate(trusted=torch.zeros(2, N, dtype=torch.bool)))
-    with pytest.raises(ExpertError, match="trusted space is empty"):
+    with pytest.raises(TrustLoopError, match="trusted space is empty"):
         empty.train(store_at(tmp_path / "b"), *data())
 
 
@@ -254,8 +255,8 @@ def test_the_noisy_arm_ignores_the_tad_only_remedies():
     labels[:, : N // 4] = 1  # imbalanced labels: a balanced draw would repeat class 1's samples
     idx, steps, s = t._epoch_order(torch.ones(1, N, dtype=torch.bool), labels, torch.Generator().manual_seed(0))
     assert sorted(idx[0, :N].tolist()) == list(range(N))
-    assert t._penalty(0) == 0.0
-    assert trainer(tad=True, warmup_confidence_penalty=1.0, warmup_epochs=2)._penalty(0) == 1.0
+    assert Schedule.of(t.tad).penalty(0) == 0.0 and Schedule.of(t.tad) == Schedule.off()
+    assert Schedule.of(trainer(tad=True, warmup_confidence_penalty=1.0, warmup_epochs=2).tad).penalty(0) == 1.0
 
 
 def test_bad_input_is_explained(tmp_path):
@@ -284,7 +285,7 @@ def test_split_of_the_wrong_size_is_explained(tmp_path):
     pm.register(Short())
     t = ExpertTrainer(NET, PRE, BufferConfig(num_experts=1, epochs=2, batch_size=8, experts_per_group=1),
                       TADConfig(warmup_epochs=1), hooks=TADHooks(pm), progress=False)
-    with pytest.raises(ExpertError, match=r"the contract is \[N\] = \(48,\)"):
+    with pytest.raises(TrustLoopError, match=r"the contract is \[N\] = \(48,\)"):
         t.train(store_at(tmp_path, epochs=2), *data())
 
 
@@ -393,7 +394,7 @@ def test_division_loss_pass_runs_in_the_training_precision_and_layout(tmp_path):
 
 
 def test_warmup_confidence_penalty_applies_to_the_warmup_steps_only(tmp_path, monkeypatch):
-    import tad_plugin.engine.experts as experts_module
+    import tad_plugin.trust_loop as experts_module
 
     calls = []
     real = experts_module.confidence_penalty

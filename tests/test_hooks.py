@@ -17,6 +17,9 @@ HOOKS = {"filter_dataset": ["losses", "labels", "num_classes"],
          "filter_dataset_batch": ["losses", "labels", "num_classes"],
          "expert_loss": ["logits", "targets"],
          "recalibrate": ["features", "labels", "trusted", "anchor_features", "anchor_labels", "num_classes"]}
+NOTIFICATIONS = {"on_division": ["expert", "epoch", "split", "labels", "trusted", "predictions"],
+                 "on_recalibration": ["expert", "epoch", "labels", "trusted", "previous_labels", "previous_trusted",
+                                      "predictions"]}
 
 
 def test_specs_are_firstresult_plain_and_documented():
@@ -32,7 +35,11 @@ def test_specs_are_firstresult_plain_and_documented():
         assert "When:" in doc and ":return:" in doc
         for arg in args:
             assert f":param {arg}:" in doc, (name, arg)
-    assert {h for h in dir(pm.hook) if not h.startswith("_")} == set(HOOKS)
+    for name, args in NOTIFICATIONS.items():  # reports: every listener is called
+        caller = getattr(pm.hook, name)
+        assert not caller.spec.opts["firstresult"] and list(caller.spec.argnames) == args
+        assert all(f":param {arg}" in getattr(hookspecs, name).__doc__ for arg in args), name
+    assert {h for h in dir(pm.hook) if not h.startswith("_")} == set(HOOKS) | set(NOTIFICATIONS)
 
 
 def test_plugin_guide_documents_every_hook_with_its_exact_arguments():
@@ -165,15 +172,24 @@ def test_public_names_resolve():
 
 
 def test_readme_hook_example_runs(capsys):
-    """The README's 'calling the hooks from your own training code' snippet runs as printed and says what it did."""
+    """The README's own-loop example (a torchvision CNN on digits with 40% noise, the trust loop around it) runs
+    as printed: the warm-up trains on everything, then the trusted space is nearly clean and the recalibrations
+    grow it."""
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     block = re.search(r"<!-- hooks-example -->\s*```python\n(.*?)```", readme, re.S)
     assert block, "README lost its hooks example"
     code = block.group(1)
-    assert len([line for line in code.splitlines() if line.strip()]) <= 16
+    loop_part = code[code.index("loop = TrustLoop("):]
+    assert len([line for line in loop_part.splitlines() if line.strip()]) <= 20
     exec(compile(code, "README-hooks-example", "exec"), {})
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 6 and out[0].startswith("epoch 0: trained on the ") and out[-1].startswith("recalibrated: ")
+    assert len(out) == 8
+    rows = [re.match(r"epoch (\d): trained on (\d+) trusted samples, (\d+)% of them labelled right", line).groups()
+            for line in out]
+    sizes, right = [int(r[1]) for r in rows], [int(r[2]) for r in rows]
+    assert sizes[:2] == [1797, 1797] and right[:2] == [60, 60]  # the warm-up: every sample, 40% noise
+    assert all(r >= 95 for r in right[2:]) and max(sizes[2:]) < 1797  # divisions: a nearly clean trusted space
+    assert sizes[-1] > sizes[2]  # recalibrations (from epoch 4) grew it
 
 
 def _split(n: int, value: bool) -> TrustSplit:

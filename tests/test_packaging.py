@@ -49,6 +49,7 @@ def test_wheel_contents(tmp_path):
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"tad_plugin"}
     assert "tad_plugin/adapters/__init__.py" in names
+    assert "tad_plugin/configs/demo.yaml" in names  # `tad demo` reads its settings from it
     assert not any(n.startswith("adapters/") for n in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "tad = tad_plugin.cli:main" in entry_points

@@ -21,13 +21,12 @@ import yaml
 from ..errors import TADError
 from .student_grad import COMPILE_MODES, INNER_GRADS
 
-__all__ = ["METHODS", "ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
+__all__ = ["ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
            "EvalConfig", "RunConfig", "load_yaml", "merge", "from_dict", "to_dict", "parse_override",
            "apply_overrides", "build_config"]
 
 
 #: The distillers with an adapter (``tad_plugin.adapters.<name>``).
-METHODS = ("mtt", "ftd", "datm", "att")
 
 
 class ConfigError(TADError, ValueError):
@@ -132,10 +131,12 @@ class TADConfig:
     """Trust-Aware Diversion settings (the ``tad`` section). ``None`` values use the plugin's documented defaults.
 
     ``reg_weight``, ``log_zero``, ``top_k``, ``num_neighbors``, ``vote_threshold`` (``"calibrated"`` or
-    ``"fixed"``), ``calibration_quantile``, ``recall_confidence`` and ``sieve_confidence`` are passed to
-    :class:`~tad_plugin.tad.TrustAwareDiversion` (documented there); None = its default. ``anchor_epoch``,
-    ``anchor_ipc``, ``anchor_iterations``, ``recalibrate_every`` and ``recall_once``: see
-    :class:`~tad_plugin.engine.dual_loop.DualLoopConfig` (``recall_once`` also applies under ``tad wrap``).
+    ``"fixed"``), ``calibration_quantile``, ``recall_confidence``, ``sieve_confidence``, ``sieve``,
+    ``search_backend``, ``gmm_random_state``, ``gmm_max_iter``, ``gmm_tol`` and ``gmm_reg_covar``: every knob of
+    :class:`~tad_plugin.tad.TrustAwareDiversion`, passed to it (documented there); None = its default.
+    ``anchor_epoch``, ``recalibrate_every``, ``recall_once`` (also under ``tad wrap``) and the schedule fields
+    below: the trust loop's :class:`~tad_plugin.trust_loop.Schedule`; ``anchor_ipc``, ``anchor_iterations``: the
+    anchors (:class:`~tad_plugin.engine.dual_loop.DualLoopConfig`).
 
     Attributes:
         enabled: TAD on; off = the method on the noisy labels (the noisy arm).
@@ -185,6 +186,12 @@ class TADConfig:
     calibration_quantile: float | None = None
     recall_confidence: float | None = None
     sieve_confidence: float | None = None
+    sieve: bool | None = None
+    search_backend: str | None = None
+    gmm_random_state: int | None = None
+    gmm_max_iter: int | None = None
+    gmm_tol: float | None = None
+    gmm_reg_covar: float | None = None
     warmup_epochs: int = 2
     recompute_every: int = 1
     split: str = "per-expert"
@@ -222,12 +229,30 @@ class TADConfig:
         if self.anchor_ipc < 2 or self.anchor_epoch < 3 or self.anchor_iterations < 1 or self.recalibrate_every < 1:
             raise ConfigError("tad.anchor_ipc must be >= 2, tad.anchor_epoch >= 3 (anchors match epochs 0-3), "
                               "tad.anchor_iterations and tad.recalibrate_every >= 1")
+        self.check_plugin_kwargs()
 
     def plugin_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for ``TrustAwareDiversion`` (only the ones set)."""
-        names = ("reg_weight", "log_zero", "top_k", "num_neighbors", "vote_threshold", "calibration_quantile",
-                 "recall_confidence", "sieve_confidence")
+        """The keyword arguments for ``TrustAwareDiversion``: its knobs (its fields, by name) that are set."""
+        from ..tad import TrustAwareDiversion
+
+        names = [f.name for f in dataclasses.fields(TrustAwareDiversion)]
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+    def check_plugin_kwargs(self) -> None:
+        """Raise :class:`ConfigError` naming the ``tad.`` key whose value ``TrustAwareDiversion`` refuses."""
+        from ..tad import TrustAwareDiversion
+
+        kwargs = self.plugin_kwargs()
+        for key, value in kwargs.items():
+            try:
+                TrustAwareDiversion(**{key: value})
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"tad.{key} = {value!r}: {exc}") from exc
+        try:
+            TrustAwareDiversion(**kwargs)
+        except (TypeError, ValueError) as exc:  # values fine alone, not together (e.g. top_k < num_neighbors)
+            keys = ", ".join(f"tad.{k}" for k in kwargs if k in str(exc)) or ", ".join(f"tad.{k}" for k in kwargs)
+            raise ConfigError(f"{keys}: {exc}") from exc
 
 
 @dataclass
@@ -381,8 +406,6 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check every section; returns self. Raises :class:`ConfigError`."""
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):

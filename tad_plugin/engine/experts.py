@@ -13,24 +13,24 @@ What happens, per group of E experts trained together:
    (their update is masked), so every expert sees exactly one pass over its trusted space.
 3. A step gathers the uint8 images on the device, preprocesses and DSA-augments them in one batch
    (``groups=E``: each expert its own augmentation parameters), runs the engine's batched
-   ``forward`` over the flat parameters [E, P], takes the criterion (``expert_loss`` hook when TAD
-   is on, else cross-entropy) on the concatenated [E*B, C] logits times E (so each expert gets the
+   ``forward`` over the flat parameters [E, P], takes the trust loop's criterion (``expert_loss`` hook when
+   TAD is on, else cross-entropy) on the concatenated [E*B, C] logits times E (so each expert gets the
    gradient of its own batch mean), and applies SGD (momentum, weight decay) as tensor ops on
    [E, P] -- or, with ``buffer.optimizer = "gsam"`` (FTD, DATM), one :class:`~tad_plugin.engine.gsam.GSAM`
    step with per-expert norms (the criterion is evaluated twice, at w and at the perturbed w).
    In the warm-up epochs ``tad.warmup_confidence_penalty`` (w > 0) adds ``w`` times
    :func:`~tad_plugin.losses.confidence_penalty` of the same logits (off by default).
    Loss and accuracy accumulate on the device; no ``.item()`` inside the epoch.
-4. After the epoch: one test pass (logging), a snapshot of the parameters, and -- when TAD is on and
-   the warm-up is over -- an indexed, no-augmentation, eval-mode pass over the whole training set (in the
+4. After the epoch: one test pass (logging), a snapshot of the parameters, and the group's
+   :class:`~tad_plugin.trust_loop.TrustLoop` (the schedule; its module docstring states the epoch convention)
+   runs what is due. For a division, an indexed, no-augmentation, eval-mode pass over the whole training set (in the
    training forward's precision and layout: ``buffer.amp``, ``buffer.channels_last``, ``buffer.compile``)
    gives per-sample losses [E, N] for the current labels (with ``tad.loss_average`` K > 1: the mean of such
    passes over the last K parameter snapshots); ``filter_dataset`` turns them into the next epoch's trusted
    space (per expert -- through ``filter_dataset_batch``, all experts in one call, where the registered
-   plugins implement it -- or one shared split from the losses averaged over the group).
-5. Then the epoch callback (``on_epoch``) runs: the point where the dual loop recomputes the trusted
-   space and applies ``recalibrate`` (:func:`recalibrate_experts`; the dual loop in
-   :mod:`tad_plugin.engine.dual_loop` is the full inner loop).
+   plugins implement it -- or one shared split from the losses averaged over the group); a recalibration
+   takes its features and anchors from the :class:`~tad_plugin.engine.dual_loop.DualLoop`.
+5. Then the epoch callback (``on_epoch``), if any, may change labels and trusted space.
 
 Which split: ``TADConfig.split = "per-expert"`` (default, faithful: every expert is a separate
 buffer.py run with its own losses, GMM and trusted space) or ``"shared"`` (one GMM per group on the
@@ -45,8 +45,10 @@ Speed is measured by ``benchmarks/benchmark_experts.py`` (TAD's added work per e
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -54,9 +56,9 @@ from tqdm.auto import tqdm
 
 from ..checks import check_labels
 from ..errors import TADError
-from ..losses import confidence_penalty
 from ..manager import TADHooks
 from ..results import TrustSplit
+from ..trust_loop import Schedule, TrustLoop, class_balanced_weights, mean_losses
 from .config import BufferConfig, TADConfig
 from .convnet import ConvNetConfig, forward, init_params
 from .distributed import Ranks
@@ -65,9 +67,22 @@ from .gsam import GSAM
 from .preprocess import Preprocessor
 from .trajectories import ExpertRecord, TrajectoryStore
 
-__all__ = ["EpochState", "TrustUpdate", "EpochCallback", "recalibrate_experts", "ExpertTrainer",
-           "ExpertError", "class_balanced_weights", "expert_seed", "per_sample_losses", "per_sample_predictions",
-           "snapshot_mean_losses"]
+if TYPE_CHECKING:
+    from .dual_loop import DualLoop
+
+__all__ = [
+    "EpochCallback",
+    "EpochState",
+    "ExpertError",
+    "ExpertTrainer",
+    "TrustUpdate",
+    "class_balanced_weights",
+    "expert_seed",
+    "per_sample_losses",
+    "per_sample_predictions",
+    "recalibrate_experts",
+    "snapshot_mean_losses",
+]  # class_balanced_weights: the trust loop's, re-exported
 
 
 class ExpertError(TADError, RuntimeError):
@@ -129,7 +144,8 @@ EpochCallback = Callable[[EpochState], "TrustUpdate | None"]
 
 def recalibrate_experts(hooks: TADHooks, features: torch.Tensor, state: EpochState, anchor_features: torch.Tensor,
                         anchor_labels: torch.Tensor) -> TrustUpdate:
-    """Apply the ``recalibrate`` hook to every expert of ``state``'s group (the inner loop's entry point).
+    """Apply the ``recalibrate`` hook to every expert of ``state``'s group, for an :data:`EpochCallback` of
+    one's own (the trainer's schedule does this itself: :meth:`tad_plugin.trust_loop.TrustLoop.recalibrate`).
 
     Args:
         features: float [N, D], the fixed features of the training samples; the hook runs on their device.
@@ -137,25 +153,11 @@ def recalibrate_experts(hooks: TADHooks, features: torch.Tensor, state: EpochSta
 
     Returns:
         The recalibrated labels [E, N] and trusted spaces [E, N] as a :class:`TrustUpdate`.
-
-    Experts whose labels and trusted space equal the first expert's (all of them with ``tad.split:
-    shared``) reuse its hook call: ``recalibrate`` is a function of its arguments. Finding them costs one
-    comparison of the group and one host read.
     """
-    dev = features.device
-    anchor_features, anchor_labels = anchor_features.to(dev), anchor_labels.to(dev)
-    like_first = ((state.labels == state.labels[0]).all(1) & (state.trusted == state.trusted[0]).all(1)).tolist()
-    labels, trusted = [], []
-    for e in range(len(state.experts)):
-        if e > 0 and like_first[e]:
-            labels.append(labels[0])
-            trusted.append(trusted[0])
-            continue
-        rec = hooks.recalibrate(features, state.labels[e].to(dev), state.trusted[e].to(dev), anchor_features,
-                                anchor_labels, state.num_classes)
-        labels.append(rec.labels)
-        trusted.append(rec.trusted)
-    return TrustUpdate(labels=torch.stack(labels), trusted=torch.stack(trusted))
+    loop = TrustLoop(hooks, Schedule(), state.labels, state.num_classes, experts=state.experts)
+    loop.update(trusted=state.trusted, epoch=state.epoch + 1)
+    loop.recalibrate(state.epoch + 1, features, anchor_features, anchor_labels, predictions=state.predictions)
+    return TrustUpdate(labels=loop.labels, trusted=loop.trusted)
 
 
 def per_sample_losses(net: ConvNetConfig, params: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
@@ -209,25 +211,10 @@ def snapshot_mean_losses(net: ConvNetConfig, snapshots: Sequence[torch.Tensor], 
     per-sample losses float32 [E, N] and the last snapshot's predictions int64 [E, N] (one pass per snapshot)."""
     if not snapshots:
         raise ValueError("snapshot_mean_losses needs at least one parameter snapshot")
-    losses, predictions = per_sample_predictions(net, snapshots[-1], images, labels, preprocess, batch_size,
-                                                 forward_fn)
-    for earlier in snapshots[:-1]:
-        losses = losses + per_sample_predictions(net, earlier, images, labels, preprocess, batch_size, forward_fn)[0]
-    return losses / len(snapshots), predictions
-
-
-def class_balanced_weights(trusted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Each sample's weight in a class-balanced draw from a trusted space (``tad.balance_classes``): one over
-    the number of trusted samples carrying its label for a trusted sample, 0 for the others.
-
-    Args:
-        trusted: bool [..., N]; labels: int64 [..., N] in [0, num_classes) (one row per expert, or one row).
-    Returns:
-        float32 [..., N] on ``trusted``'s device (no host sync).
-    """
-    per_class = torch.zeros(*trusted.shape[:-1], num_classes, device=trusted.device).scatter_add_(
-        -1, labels, trusted.float())  # [..., C] trusted samples per label
-    return trusted.float() / per_class.gather(-1, labels).clamp_min(1.0)
+    losses, predictions = mean_losses(lambda back: per_sample_predictions(
+        net, snapshots[-1 - back], images, labels, preprocess, batch_size, forward_fn), len(snapshots))
+    assert predictions is not None
+    return losses, predictions
 
 
 class ExpertTrainer:
@@ -241,7 +228,8 @@ class ExpertTrainer:
             samples, no hook is called).
         hooks: the hook facade; None builds ``TADHooks()`` with TAD's defaults when TAD is on.
         device: where to train.
-        on_epoch: optional :data:`EpochCallback`.
+        on_epoch: optional :data:`EpochCallback`, called after every epoch but the last, after the trust loop.
+        dual_loop: the features and anchors of the recalibrations (the inner loop); None = divisions only.
         progress: show tqdm bars (rank 0 only).
         ranks: several processes share the groups (:mod:`tad_plugin.engine.distributed`); None = one.
     """
@@ -249,7 +237,7 @@ class ExpertTrainer:
     def __init__(self, net: ConvNetConfig, preprocess: Preprocessor, buffer: BufferConfig,
                  tad: TADConfig | None = None, hooks: TADHooks | None = None,
                  device: torch.device | str = "cpu", on_epoch: EpochCallback | None = None,
-                 progress: bool = True, ranks: Ranks | None = None) -> None:
+                 progress: bool = True, ranks: Ranks | None = None, dual_loop: DualLoop | None = None) -> None:
         self.net = net
         self.preprocess = preprocess
         self.buffer = buffer
@@ -257,6 +245,7 @@ class ExpertTrainer:
         self.hooks = hooks if hooks is not None or self.tad is None else TADHooks()
         self.device = torch.device(device)
         self.on_epoch = on_epoch
+        self.dual_loop = dual_loop if self.tad is not None else None
         self.ranks = ranks or Ranks()
         self.progress = progress and self.ranks.is_main
         self._forward = forward
@@ -316,11 +305,13 @@ class ExpertTrainer:
         groups = self.ranks.share([group for group in groups if not done.issuperset(group)])
         bar = tqdm(total=sum(map(len, groups)) * self.buffer.epochs, desc="experts", unit="ep",
                    disable=not self.progress, dynamic_ncols=True)
+        listening = self.dual_loop.attached() if self.dual_loop is not None else contextlib.nullcontext()
         try:
-            for group in groups:
-                for record in self._train_group(group, *data, seed=seed, bar=bar):
-                    if record.index not in done:
-                        store.save_expert(record)
+            with listening:  # the trust report follows the run
+                for group in groups:
+                    for record in self._train_group(group, *data, seed=seed, bar=bar):
+                        if record.index not in done:
+                            store.save_expert(record)
         finally:
             bar.close()
         self.ranks.barrier()  # every expert is saved before any rank reads the store
@@ -364,36 +355,30 @@ class ExpertTrainer:
         gen = torch.Generator(device=dev).manual_seed(group_seed)
         dsa = DSA(self._dsa_strategy, seed=group_seed, device=dev) if self._dsa_strategy else None
 
-        cur_labels = labels.unsqueeze(0).expand(e, n).clone()
-        trusted = torch.ones(e, n, dtype=torch.bool, device=dev)
+        loop = TrustLoop(self.hooks if self.tad is not None else None, Schedule.of(self.tad),
+                         labels.unsqueeze(0).expand(e, n), k, experts=experts)
         snapshots = [params.detach().clone()]
         test_acc, train_loss = [], []
         trusted_log: list[torch.Tensor] = []
         thresholds_log: list[torch.Tensor] = []
-        label_log: list[tuple[int, torch.Tensor]] = [(0, cur_labels.clone())]
-        cur_thr = torch.full((e, k), float("nan"), device=dev)
+        label_log: list[tuple[int, torch.Tensor]] = [(0, loop.labels.clone())]
 
-        def divide() -> tuple[torch.Tensor, list[TrustSplit], torch.Tensor]:
-            nonlocal trusted, cur_thr
-            # the last K snapshots (tad.loss_average; snapshots[-1] is the current params) under the current labels
+        def loss_pass(back: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """The trust loop's :data:`~tad_plugin.trust_loop.LossPass` over the group's snapshots."""
             with self._eval_precision():
-                losses, predictions = snapshot_mean_losses(cfg, snapshots[-self.tad.loss_average:], images,
-                                                           cur_labels, self._preprocess_for(images),
-                                                           buf.eval_batch_size, self._eval_forward)
-            splits = self._divide(losses, cur_labels)
-            trusted = torch.stack([s.trusted.to(dev) for s in splits])
-            cur_thr = torch.stack([s.thresholds.to(dev, torch.float32) for s in splits])
-            return losses, splits, predictions
+                return per_sample_predictions(cfg, snapshots[-1 - back], images, loop.labels,
+                                              self._preprocess_for(images), buf.eval_batch_size, self._eval_forward)
 
-        if self._divide_before(0):
-            divide()
+        dual = self.dual_loop
+        features = None if dual is None else (lambda: dual.features)
+        anchors = None if dual is None else (lambda lp: dual.anchors(lp, snapshots))
+        loop.before_epoch(0, loss_pass, features, anchors)
         for epoch in range(t_total):
-            _check_nonempty(trusted, experts, epoch)
+            loop.check_nonempty(epoch)
             if self.tad is not None:
-                trusted_log.append(trusted.clone())
-                thresholds_log.append(cur_thr)
-            params, momentum_buf, loss = self._train_epoch(params, momentum_buf, images, cur_labels, trusted,
-                                                           gen, dsa, self._penalty(epoch))
+                trusted_log.append(loop.trusted.clone())
+                thresholds_log.append(loop.thresholds)
+            params, momentum_buf, loss = self._train_epoch(params, momentum_buf, images, loop, gen, dsa, epoch)
             snapshots.append(params.detach().clone())
             acc = self._test(params, test_images, test_labels)
             train_loss.append(loss)
@@ -408,14 +393,16 @@ class ExpertTrainer:
             bar.update(e)
             if epoch + 1 == t_total:
                 break
-            losses, splits, predictions = divide() if self._divide_before(epoch + 1) else (None, None, None)
+            done = loop.before_epoch(epoch + 1, loss_pass, features, anchors)
+            relabelled = done.recalibrated
             if self.on_epoch is not None:
-                update = self.on_epoch(EpochState(epoch, list(experts), params, cur_labels, trusted, losses,
-                                                  splits, k, snapshots, predictions))
+                update = self.on_epoch(EpochState(epoch, list(experts), params, loop.labels, loop.trusted,
+                                                  done.losses, done.splits, k, snapshots, done.predictions))
                 if update is not None:
-                    cur_labels, trusted = self._apply_update(update, cur_labels, trusted, epoch)
-                    if update.labels is not None:
-                        label_log.append((epoch + 1, cur_labels.clone()))
+                    loop.update(update.labels, update.trusted, epoch=epoch + 1)
+                    relabelled = relabelled or update.labels is not None
+            if relabelled:
+                label_log.append((epoch + 1, loop.labels.clone()))
 
         traj = torch.stack(snapshots, dim=1).cpu()  # [E, T+1, P]
         acc_all = torch.stack(test_acc, dim=1).float().cpu()
@@ -434,47 +421,6 @@ class ExpertTrainer:
                 thresholds=thr_all[j] if self.tad is not None else None,
                 label_epochs=epochs_j, labels=rows, seed=seeds[j]))
         return records
-
-    def _divide_before(self, epoch: int) -> bool:
-        """Whether the trusted space of ``epoch`` is recomputed (from the parameters at its start)."""
-        if self.tad is None or not self.tad.outer_loop:
-            return False
-        done = epoch - self.tad.warmup_epochs
-        return done >= 0 and done % self.tad.recompute_every == 0
-
-    def _divide(self, losses: torch.Tensor, labels: torch.Tensor) -> list[TrustSplit]:
-        assert self.tad is not None and self.hooks is not None
-        k = self.net.num_classes
-        if self.tad.split == "shared":
-            splits = [self.hooks.filter_dataset(losses.mean(0), labels[0], k)] * losses.shape[0]
-        else:
-            splits = self.hooks.filter_dataset_batch(losses, labels, k)  # all experts at once where plugins allow
-        n = losses.shape[1]
-        for split in splits:
-            if split.trusted.shape != (n,) or split.thresholds.shape != (k,):
-                raise ExpertError(f"filter_dataset returned trusted {tuple(split.trusted.shape)} and thresholds "
-                                  f"{tuple(split.thresholds.shape)}; the contract is [N] = ({n},) and "
-                                  f"[num_classes] = ({k},) -- fix the plugin's filter_dataset")
-        return splits
-
-    def _apply_update(self, update: TrustUpdate, labels: torch.Tensor, trusted: torch.Tensor,
-                      epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        k = self.net.num_classes
-        if update.labels is not None:
-            new = update.labels.to(self.device)
-            if new.shape != labels.shape or new.dtype != torch.int64:
-                raise ExpertError(f"on_epoch returned labels {new.dtype} {tuple(new.shape)} after epoch {epoch}; "
-                                  f"expected int64 {tuple(labels.shape)} ([experts, N])")
-            for row in new:
-                check_labels(row, k, "recalibrated labels")
-            labels = new
-        if update.trusted is not None:
-            new_t = update.trusted.to(self.device)
-            if new_t.shape != trusted.shape or new_t.dtype != torch.bool:
-                raise ExpertError(f"on_epoch returned trusted {new_t.dtype} {tuple(new_t.shape)} after epoch "
-                                  f"{epoch}; expected bool {tuple(trusted.shape)} ([experts, N])")
-            trusted = new_t
-        return labels, trusted
 
     # ------------------------------------------------------------------ the hot loop
     def _epoch_order(self, trusted: torch.Tensor, labels: torch.Tensor,
@@ -500,24 +446,18 @@ class ExpertTrainer:
         idx = order.gather(1, pos.unsqueeze(0) % counts.clamp_min(1).unsqueeze(1))
         return idx, steps_e, s
 
-    def _penalty(self, epoch: int) -> float:
-        """The confidence penalty's weight in ``epoch``: ``tad.warmup_confidence_penalty`` in the warm-up, else 0."""
-        if self.tad is None or epoch >= self.tad.warmup_epochs:
-            return 0.0
-        return self.tad.warmup_confidence_penalty
-
     def _train_epoch(self, params: torch.Tensor, mom: torch.Tensor | GSAM | None, images: torch.Tensor,
-                     labels: torch.Tensor, trusted: torch.Tensor, gen: torch.Generator,
-                     dsa: DSA | None, penalty: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | GSAM | None,
-                                                                   torch.Tensor]:
-        """One epoch; ``mom`` is SGD's momentum buffer [E, P] (or None), or the :class:`GSAM` optimiser
-        that owns ``params`` (updated in place); ``penalty``: the confidence penalty's weight (0 = none)."""
+                     loop: TrustLoop, gen: torch.Generator, dsa: DSA | None,
+                     epoch: int) -> tuple[torch.Tensor, torch.Tensor | GSAM | None, torch.Tensor]:
+        """Epoch ``epoch`` on ``loop``'s trusted spaces and labels with its criterion; ``mom`` is SGD's momentum
+        buffer [E, P] (or None), or the :class:`GSAM` optimiser that owns ``params`` (updated in place)."""
         cfg, buf = self.net, self.buffer
         e, b, k = params.shape[0], buf.batch_size, cfg.num_classes
-        idx, steps_e, s = self._epoch_order(trusted, labels, gen)
+        labels = loop.labels
+        idx, steps_e, s = self._epoch_order(loop.trusted, labels, gen)
         all_done = bool(self.tad is None)  # every expert takes every step: skip the masking
         loss_sum = torch.zeros(e, device=self.device)
-        criterion = self._criterion()
+        criterion = loop.criterion(epoch)
         for step in range(s):
             batch = idx[:, step * b:(step + 1) * b]  # [E, B]
             x = self._model_input(images, batch.reshape(-1))
@@ -530,10 +470,7 @@ class ExpertTrainer:
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self._amp):
                     out = self._forward(cfg, p, x.view(e, b, *x.shape[1:]), channels_last=buf.channels_last)
                 out = out.float()
-                loss = criterion(out.reshape(e * b, k), y.reshape(-1))
-                if penalty:
-                    loss = loss + penalty * confidence_penalty(out.reshape(e * b, k))
-                return loss * e, out
+                return criterion(out.reshape(e * b, k), y.reshape(-1), out.reshape(e * b, k)) * e, out
 
             if isinstance(mom, GSAM):
                 logits = _gsam_step(mom, loss_of, active)
@@ -548,12 +485,6 @@ class ExpertTrainer:
                                              reduction="none").view(e, b).mean(1)
                 loss_sum += per_expert if active is None else per_expert * active
         return params, mom, loss_sum / steps_e.clamp_min(1)
-
-    def _criterion(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        if self.tad is None:
-            return F.cross_entropy
-        assert self.hooks is not None
-        return self.hooks.expert_loss
 
     def _sgd(self, params: torch.Tensor, grad: torch.Tensor, mom: torch.Tensor | None,
              active: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -619,12 +550,3 @@ def _check_images(x: torch.Tensor, name: str) -> None:
         got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"{name} must be a uint8 tensor [N, C, H, W] (pixels 0..255), got {got}; load data "
                         f"with tad_plugin.data.load_dataset")
-
-
-def _check_nonempty(trusted: torch.Tensor, experts: list[int], epoch: int) -> None:
-    counts = trusted.sum(1)
-    if bool((counts == 0).any()):
-        bad = experts[int((counts == 0).nonzero()[0])]
-        raise ExpertError(f"expert {bad}: the trusted space is empty after epoch {epoch}; the division or "
-                          f"callback rejected every sample -- check the plugin's filter_dataset/recalibrate")
-

@@ -21,6 +21,7 @@ evaluator (nets dealt out). Only rank 0 writes the trust report and the checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -39,13 +40,26 @@ from .distributed import Ranks, current, rank_device
 from .dual_loop import DualLoop, DualLoopConfig
 from .evaluate import EvalResult, Evaluator
 from .experts import EpochCallback, ExpertTrainer
-from .matching import (DistillResult, MatchingConfig, TrajectoryMatcher, check_checkpoint, class_labels,
-                       real_init_indices)
+from .matching import (
+    DistillResult,
+    MatchingConfig,
+    TrajectoryMatcher,
+    check_checkpoint,
+    class_labels,
+    real_init_indices,
+)
 from .preprocess import Preprocessor
 from .trajectories import TrajectoryStore
 
-__all__ = ["Pipeline", "TrajectoryList", "table_row", "method_defaults", "save_distilled", "load_distilled",
-           "labels_fingerprint"]
+__all__ = [
+    "Pipeline",
+    "TrajectoryList",
+    "labels_fingerprint",
+    "load_distilled",
+    "method_defaults",
+    "save_distilled",
+    "table_row",
+]
 
 #: ``distill`` fields that only some pipelines implement, with their "unused" value.
 _OPTIONAL_FIELDS: dict[str, Any] = {"window_start": None, "lr_labels": None}
@@ -142,6 +156,9 @@ class Pipeline:
     implements: ClassVar[frozenset[str]] = frozenset()
     #: the ``distill.pix_init`` values this pipeline implements.
     pix_inits: ClassVar[tuple[str, ...]] = ("real", "noise")
+    #: ``defaults(dataset, ipc)``: the method's settings for a dataset and IPC as a nested config dict (an adapter
+    #: sets its ``<method>_defaults``); what ``tad`` builds a run's config on.
+    defaults: ClassVar[Callable[[str, int], dict[str, Any]] | None] = None
 
     def __init__(self, config: RunConfig, hooks: TADHooks | None = None, progress: bool = True,
                  ranks: Ranks | None = None) -> None:
@@ -190,7 +207,8 @@ class Pipeline:
         """Train (or finish training) the experts into the trajectory store ``out``; returns it.
 
         The optimiser is ``buffer.optimizer`` (SGD, or GSAM for FTD/DATM). With TAD and
-        ``tad.inner_loop`` the dual loop (:meth:`dual_loop`) is the epoch callback, and its trust report
+        ``tad.inner_loop`` the dual loop (:meth:`dual_loop`) gives the recalibrations their features and anchors,
+        and its trust report
         is written to ``out/trust_report.json`` after every round (and ``.png`` at the end when matplotlib
         is there).
 
@@ -198,7 +216,8 @@ class Pipeline:
             dataset: the images (and the clean test set for logging).
             labels: int64 [N] training labels to use (the noisy ones).
             out: store directory; experts already in it are kept (resume).
-            on_epoch: an epoch callback replacing the dual loop (None = the dual loop when configured).
+            on_epoch: an epoch callback replacing the dual loop's recalibrations (None = the dual loop when
+                configured).
             clean_labels: int64 [N], the true labels when known (synthetic noise, CIFAR-N): the trust
                 report then has precision / recall / label accuracy.
         """
@@ -208,10 +227,10 @@ class Pipeline:
         store = TrajectoryStore.create(out, **self._store_settings(dataset, labels), preprocess_state=pre.state_dict())
         loop = None
         if on_epoch is None and self.tad and cfg.tad.inner_loop and len(store.finished()) < cfg.buffer.num_experts:
-            loop = on_epoch = self.dual_loop(dataset, labels, clean_labels,
-                                             store.root / "trust_report.json" if self.ranks.is_main else None)
+            loop = self.dual_loop(dataset, labels, clean_labels,
+                                  store.root / "trust_report.json" if self.ranks.is_main else None)
         trainer = ExpertTrainer(net, pre, cfg.buffer, cfg.tad, hooks=self.hooks, device=self.device,
-                                on_epoch=on_epoch, progress=self.progress, ranks=self.ranks)
+                                on_epoch=on_epoch, progress=self.progress, ranks=self.ranks, dual_loop=loop)
         trainer.train(store, dataset.train_images, labels, dataset.test_images, dataset.test_labels,
                       seed=cfg.seed)
         del trainer
@@ -320,17 +339,10 @@ class Pipeline:
         """The engine's :class:`MatchingConfig` from the ``distill`` section (and the buffer's DSA
         strategy and the run seed), with ``overrides`` applied."""
         cfg, d = self.config, self.config.distill
-        values = dict(iterations=d.iterations, syn_steps=d.syn_steps, expert_epochs=d.expert_epochs,
-                      max_start_epoch=d.max_start_epoch, min_start_epoch=d.min_start_epoch, batch_syn=d.batch_syn,
-                      lr_img=d.lr_img, lr_lr=d.lr_lr, lr_teacher=d.lr_teacher, lr_labels=d.lr_labels,
-                      label_momentum=d.label_momentum, loss_gate=d.loss_gate, ema_decay=d.ema_decay,
-                      ema_eval_reuses_raw_net=d.ema_eval_reuses_raw_net, adaptive_length=d.adaptive_length,
-                      adaptive_distance=d.adaptive_distance, inner_grad=d.inner_grad,
-                      recompute_steps=d.recompute_steps, compile_mode=d.compile_mode,
-                      dsa_strategy=cfg.buffer.dsa_strategy if d.dsa else "",
-                      eval_every=d.eval_every, checkpoint_every=d.checkpoint_every,
-                      checkpoint_seconds=d.checkpoint_seconds,
-                      log_every=min(10, d.iterations), seed=cfg.seed)
+        # every setting the two share by name comes from the distill section: one declaration per setting
+        values = {f.name: getattr(d, f.name) for f in dataclasses.fields(MatchingConfig) if hasattr(d, f.name)}
+        values.update(dsa_strategy=cfg.buffer.dsa_strategy if d.dsa else "", log_every=min(10, d.iterations),
+                      seed=cfg.seed)
         return MatchingConfig(**{**values, **overrides})
 
     def dual_loop(self, dataset: ImageDataset, labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
@@ -348,9 +360,7 @@ class Pipeline:
                                        min_start_epoch=0, batch_syn=None, lr_labels=None, loss_gate=None,
                                        ema_decay=None, adaptive_length=False, eval_every=0, checkpoint_every=0,
                                        log_every=min(50, t.anchor_iterations))
-        loop_cfg = DualLoopConfig(anchor_epoch=t.anchor_epoch, anchor_ipc=t.anchor_ipc,
-                                  recalibrate_every=t.recalibrate_every, recall_once=t.recall_once,
-                                  anchor_matching=anchors)
+        loop_cfg = DualLoopConfig(anchor_ipc=t.anchor_ipc, anchor_matching=anchors)
         assert self.hooks is not None
         return DualLoop(self.network(dataset), self.preprocessor(dataset), dataset.train_images, features, embed,
                         self.hooks, loop_cfg, noisy_labels=labels, clean_labels=clean_labels, device=self.device,

@@ -17,7 +17,7 @@ __all__ = ["add_subcommands", "main", "train_command", "embed_command"]
 def add_subcommands(subparsers: Any) -> None:
     """Add the ``features`` command (with ``train`` and ``embed``) to an argparse sub-parser collection.
     Each leaf parser sets ``func`` to its handler, which takes the parsed ``args`` and returns an exit code."""
-    from ..cli import HelpFormatter
+    from ..cli_options import HelpFormatter
     from .augment import AugmentConfig
     from .train import DEFAULT_LR, OPTIMIZERS
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_subcommand", "wrap_config", "config_from_dict", "wrap_command"]
+__all__ = ["add_subcommand", "wrap_config", "wrap_command"]
 
 
 def add_subcommand(subparsers: Any) -> None:
@@ -59,6 +59,7 @@ def wrap_config(args: argparse.Namespace) -> Any:
         ConfigError: an unknown key or a bad value (the message names it).
     """
     from ..engine.config import apply_overrides, load_yaml, merge
+    from .launch import config_from_dict
 
     user: dict[str, Any] = load_yaml(args.tad_config) if args.tad_config else {}
     for dest, key in _FLAGS.items():
@@ -67,26 +68,6 @@ def wrap_config(args: argparse.Namespace) -> Any:
             section, _, leaf = key.rpartition(".")
             user = merge(user, {section: {leaf: value}} if section else {leaf: value})
     return config_from_dict(apply_overrides(user, args.sets))
-
-
-def config_from_dict(user: dict[str, Any]) -> Any:
-    """A :class:`~tad_plugin.upstream.launch.WrapConfig` from a mapping with ``data``, ``tad``, ``state``, ``seed``,
-    ``cifar10``.
-
-    Raises:
-        ConfigError: an unknown key or a bad value (the message names it).
-    """
-    from ..engine.config import ConfigError, DataConfig, TADConfig, from_dict
-    from .launch import WrapConfig
-
-    unknown = set(user) - {"data", "tad", "state", "seed", "cifar10"}
-    if unknown:
-        raise ConfigError(f"unknown tad wrap config key(s) {sorted(unknown)}; known: data, tad, state, seed, cifar10")
-    cifar10 = user.get("cifar10")
-    return WrapConfig(data=from_dict(DataConfig, user.get("data", {}), "data."),
-                      tad=from_dict(TADConfig, user.get("tad", {}), "tad."),
-                      state=user.get("state"), seed=int(user.get("seed", 0)),
-                      cifar10=None if cifar10 is None else str(cifar10))
 
 
 def wrap_command(args: argparse.Namespace) -> int:

@@ -6,18 +6,16 @@ function; for ``mode == "train"`` it
 
 1. notices a new expert (a ``net`` object it has not seen; upstream builds one per expert) and counts
    the previous one's last trusted space and labels into the :class:`~.state.TrustState`;
-2. before each epoch from ``tad.warmup_epochs`` on (every ``tad.recompute_every``-th), runs one
-   no-augmentation, eval-mode pass of ``net`` over the whole training set (``dataloader.dataset``'s
-   ``images`` / ``labels``, upstream's ``TensorDataset``) for per-sample cross-entropies under the
-   current labels, and calls ``filter_dataset`` (the outer loop: the trusted space);
-3. from ``tad.anchor_epoch`` on (every ``tad.recalibrate_every``-th division) calls ``recalibrate``
-   (the inner loop; with ``tad.recall_once`` a sample is recalled at most once per expert,
-   :func:`~tad_plugin.engine.dual_loop.admit_once`) -- see "Features and anchors" below;
-4. calls the original ``epoch`` with ``dataloader`` replaced by a loader over the trusted samples with
+2. asks the expert's :class:`~tad_plugin.trust_loop.TrustLoop` (E = 1; the schedule and its epoch convention
+   are documented there) to run what is due before the epoch: for a division, one no-augmentation,
+   eval-mode pass of ``net`` over the whole training set (``dataloader.dataset``'s ``images`` / ``labels``,
+   upstream's ``TensorDataset``) gives the per-sample cross-entropies under the current labels; a
+   recalibration gets its features and anchors as described in "Features and anchors" below;
+3. calls the original ``epoch`` with ``dataloader`` replaced by a loader over the trusted samples with
    their current labels (same batch size, reshuffled every epoch, as upstream's; with ``tad.balance_classes``
    drawn class-balanced, as the engine's experts, from the first epoch on) and ``criterion``
-   replaced by :class:`HookCriterion` (the ``expert_loss`` hook, TAD's CE + lambda * RCE), from the
-   first epoch on, as the engine does (in the warm-up :class:`WarmupCriterion` when
+   replaced by :class:`HookCriterion` (the trust loop's criterion: the ``expert_loss`` hook, TAD's CE + lambda *
+   RCE), from the first epoch on, as the engine does (in the warm-up :class:`WarmupCriterion` when
    ``tad.warmup_confidence_penalty`` > 0). ``mode == "test"`` passes through untouched.
 
 Features and anchors (``tad.features``, resolved by :func:`~.anchors.resolve_embedding`):
@@ -53,30 +51,36 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, SubsetRandomSampler, WeightedRandomSampler
+from torch.utils.data import (
+    DataLoader,
+    Sampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
 
 from ..engine.config import TADConfig
 from ..engine.convnet import ConvNetConfig, flatten
-from ..engine.dual_loop import DualLoopConfig, admit_once, distill_anchors
-from ..engine.experts import class_balanced_weights
-from ..losses import confidence_penalty
+from ..engine.dual_loop import DualLoopConfig, distill_anchors
 from ..manager import TADHooks
+from ..trust_loop import Schedule, TrustLoop, class_chunk_anchors, expert_criterion
 from .anchors import Embedding, convnet_config, log
 from .labels import Relabelled
 from .state import TrustState
 
-__all__ = ["HookCriterion", "TADEpoch", "class_chunk_anchors"]
+__all__ = ["HookCriterion", "TADEpoch", "class_chunk_anchors"]  # class_chunk_anchors: the trust loop's
 
 
 class HookCriterion(nn.Module):
-    """``criterion(logits, targets)`` -> the ``expert_loss`` hook's scalar (pure, so GSAM may call it twice)."""
+    """``criterion(logits, targets)`` -> the trust loop's criterion (:func:`~tad_plugin.trust_loop.expert_criterion`:
+    the ``expert_loss`` hook's scalar; pure, so GSAM may call it twice)."""
 
-    def __init__(self, hooks: TADHooks) -> None:
+    def __init__(self, hooks: TADHooks, penalty: float = 0.0) -> None:
         super().__init__()
         self.hooks = hooks
+        self.loss = expert_criterion(hooks, penalty)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.hooks.expert_loss(logits, targets.long())
+        return self.loss(logits, targets.long())
 
 
 class WarmupCriterion(HookCriterion):
@@ -84,46 +88,19 @@ class WarmupCriterion(HookCriterion):
     plus ``weight`` times :func:`~tad_plugin.losses.confidence_penalty` (as the engine's warm-up)."""
 
     def __init__(self, hooks: TADHooks, weight: float) -> None:
-        super().__init__(hooks)
-        self.weight = weight
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return super().forward(logits, targets) + self.weight * confidence_penalty(logits.float())
-
-
-def class_chunk_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor, num_classes: int,
-                        per_class: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchors from the trusted space: per class, ``per_class`` means of disjoint random chunks of its
-    trusted samples' features (fewer when the class has fewer trusted samples; none when it has none).
-
-    Returns ``(anchor_features, anchor_labels)``: float [A, D] and int64 [A] on ``features``' device.
-    """
-    feats, labs = [], []
-    for c in range(num_classes):
-        members = torch.nonzero(trusted & (labels == c)).flatten()
-        if members.numel() == 0:
-            continue
-        perm = members[torch.randperm(members.numel(), generator=generator).to(members.device)]
-        for chunk in perm.tensor_split(min(per_class, members.numel())):
-            feats.append(features[chunk].float().mean(0))
-            labs.append(c)
-    return torch.stack(feats), torch.tensor(labs, dtype=torch.int64, device=features.device)
+        super().__init__(hooks, weight)
 
 
 class _Expert:
-    """The TAD state of the expert being trained."""
+    """The expert being trained: its network, images, trust loop and early trajectory."""
 
-    def __init__(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 convnet: ConvNetConfig | None) -> None:
-        self.net, self.images = net, images
-        self.labels = labels.clone()
-        self.trusted = torch.ones(len(labels), dtype=torch.bool)
+    def __init__(self, net: nn.Module, images: torch.Tensor, loop: TrustLoop, convnet: ConvNetConfig | None) -> None:
+        self.net, self.images, self.loop = net, images, loop
         self.epochs = 0  # train epochs finished
         self.divisions = 0
         self.convnet = convnet  # None: chunk-mean anchors
         self.snapshots: list[torch.Tensor] = []  # flat parameters after 0, 1, ... epochs (to anchor_epoch)
         self.anchors: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.ever_recalled = torch.zeros(len(labels), dtype=torch.bool)  # for tad.recall_once
 
 
 class TADEpoch:
@@ -152,6 +129,7 @@ class TADEpoch:
         self.state: TrustState | None = None
         self.embedding = Embedding()
         self.state_path, self.batch_size, self.seed = state_path, batch_size, seed
+        self.schedule = Schedule.of(tad)
         self.criterion = HookCriterion(hooks)
         self.warmup_criterion = (WarmupCriterion(hooks, tad.warmup_confidence_penalty)
                                  if tad.warmup_confidence_penalty > 0 else self.criterion)
@@ -175,14 +153,14 @@ class TADEpoch:
         ex = self._expert(a["net"], a["dataloader"])
         if ex.convnet is not None and ex.epochs <= self.tad.anchor_epoch:
             ex.snapshots.append(flatten(ex.net).cpu())  # snapshot ex.epochs: the early trajectory
-        done = ex.epochs - self.tad.warmup_epochs
-        if self.tad.outer_loop and done >= 0 and done % self.tad.recompute_every == 0:
+        if self.schedule.divides(ex.epochs):
             self._divide(ex)
         loader = a["dataloader"]
         if ex.divisions or self.tad.balance_classes:
-            loader = DataLoader(Relabelled(_Images(ex.images), ex.labels), batch_size=loader.batch_size,
+            loader = DataLoader(Relabelled(_Images(ex.images), ex.loop.labels[0]), batch_size=loader.batch_size,
                                 sampler=self._sampler(ex))
-        a["dataloader"], a["criterion"] = loader, self.warmup_criterion if done < 0 else self.criterion
+        penalised = self.schedule.penalty(ex.epochs) > 0  # the warm-up's confidence penalty
+        a["dataloader"], a["criterion"] = loader, self.warmup_criterion if penalised else self.criterion
         out = self.original(*bound.args, **bound.kwargs)
         ex.epochs += 1
         return out
@@ -198,10 +176,10 @@ class TADEpoch:
         ``tad.balance_classes`` as many draws with replacement, a sample's chance inversely proportional to
         the trusted count of its current label (the engine's draw; in the warm-up every sample is trusted; an
         empty trusted space never gets here: :meth:`_divide` refuses it)."""
+        trusted = ex.loop.trusted[0]
         if not self.tad.balance_classes:
-            return SubsetRandomSampler(torch.nonzero(ex.trusted).flatten().tolist())
-        weights = class_balanced_weights(ex.trusted, ex.labels, self.state.label_votes.shape[1])
-        return WeightedRandomSampler(weights, num_samples=int(ex.trusted.sum()), replacement=True)
+            return SubsetRandomSampler(torch.nonzero(trusted).flatten().tolist())
+        return WeightedRandomSampler(ex.loop.weights()[0], num_samples=int(trusted.sum()), replacement=True)
 
     def _expert(self, net: nn.Module, loader: Any) -> _Expert:
         if self.expert is not None and self.expert.net is net:
@@ -222,45 +200,43 @@ class TADEpoch:
             if convnet is None:
                 log.warning("tad wrap: %s, so its trajectory cannot be matched; the anchors fall back to chunk "
                             "means of the trusted samples' features (the simplified inner loop)", why)
-        self.expert = _Expert(net, images, labels.long().cpu(), convnet)
+        loop = TrustLoop(self.hooks, self.schedule, labels.long().cpu(), self.state.label_votes.shape[1],
+                         experts=[self.state.experts])
+        self.expert = _Expert(net, images, loop, convnet)
         return self.expert
 
     def _close_expert(self) -> None:
         if self.expert is not None and self.expert.epochs:
-            self.state.add_expert(self.expert.trusted, self.expert.labels)
+            self.state.add_expert(self.expert.loop.trusted[0], self.expert.loop.labels[0])
         self.expert = None
 
     def _divide(self, ex: _Expert) -> None:
-        k = self.state.label_votes.shape[1]
-        tad = self.tad
-        since = ex.epochs - tad.anchor_epoch
-        recalibrate = tad.inner_loop and since >= 0 and since % tad.recalibrate_every == 0
-        losses, feats = self._pass(ex, features=recalibrate and self.embedding.features is None)
-        split = self.hooks.filter_dataset(losses, ex.labels, k)
-        ex.trusted = split.trusted.cpu()
-        ex.divisions += 1
-        entry: dict[str, Any] = {"expert": self.state.experts, "epoch": ex.epochs,
-                                 "trusted": int(ex.trusted.sum()), "recalibrated": False}
-        if recalibrate:
-            features = self.embedding.features if self.embedding.features is not None else feats
+        """The trust loop's round before ``ex.epochs`` (a division, and a recalibration when due)."""
+        k, loop = self.state.label_votes.shape[1], ex.loop
+        fixed = self.embedding.features
+        feats: list[torch.Tensor] = []
+
+        def losses(back: int) -> torch.Tensor:  # loss_average is refused under tad wrap: back is 0
+            want = fixed is None and self.schedule.recalibrates(ex.epochs)
+            out, penultimate = self._pass(ex, features=want)
+            feats.extend([] if penultimate is None else [penultimate])
+            return out.unsqueeze(0)
+
+        def features() -> torch.Tensor:
+            return fixed if fixed is not None else feats[0]
+
+        def anchors(lp: TrustLoop) -> tuple[torch.Tensor, torch.Tensor]:
+            f = features()
             if ex.convnet is not None:
                 if ex.anchors is None:
                     ex.anchors = self._distill_anchors(ex, k)
-                anchors, anchor_labels = (t.to(features.device) for t in ex.anchors)
-            else:
-                anchors, anchor_labels = class_chunk_anchors(features, ex.labels, ex.trusted, k, tad.anchor_ipc,
-                                                             self.generator)
-            rec = self.hooks.recalibrate(features, ex.labels, ex.trusted, anchors, anchor_labels, k)
-            labels, trusted = rec.labels.cpu(), rec.trusted.cpu()
-            if tad.recall_once:
-                labels, trusted, ex.ever_recalled = admit_once(ex.labels, ex.trusted, labels, trusted,
-                                                               ex.ever_recalled)
-            ex.labels, ex.trusted = labels, trusted
-            entry.update(recalibrated=True, trusted=int(ex.trusted.sum()))
-        if not bool(ex.trusted.any()):
-            raise RuntimeError(f"expert {self.state.experts}: the trusted space is empty before epoch {ex.epochs}; "
-                               f"check the plugin's filter_dataset / recalibrate")
-        self.log.append(entry)
+                return ex.anchors[0].to(f.device), ex.anchors[1].to(f.device)
+            return class_chunk_anchors(f, lp.labels[0], lp.trusted[0], k, self.tad.anchor_ipc, self.generator)
+
+        done = loop.before_epoch(ex.epochs, losses, features, anchors)
+        ex.divisions += 1
+        self.log.append({"expert": self.state.experts, "epoch": ex.epochs, "trusted": int(loop.trusted.sum()),
+                         "recalibrated": done.recalibrated})
 
     def _distill_anchors(self, ex: _Expert, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The engine's anchors from the expert's snapshots 0..anchor_epoch (see the module docstring)."""
@@ -272,13 +248,13 @@ class TADEpoch:
                                        log_every=min(default.log_every, tad.anchor_iterations))
         early = [torch.stack(ex.snapshots[:tad.anchor_epoch + 1])]
         gen = torch.Generator().manual_seed(self.seed + 7919 * expert)
-        pool = ex.trusted.clone()
-        short = torch.nonzero(torch.bincount(ex.labels[pool], minlength=num_classes) < tad.anchor_ipc).flatten()
+        labels, pool = ex.loop.labels[0], ex.loop.trusted[0].clone()
+        short = torch.nonzero(torch.bincount(labels[pool], minlength=num_classes) < tad.anchor_ipc).flatten()
         if short.numel():  # rather than stopping the upstream run, as DualLoop would
             log.warning("tad wrap: expert %d: class(es) %s have fewer than tad.anchor_ipc=%d trusted samples; "
                         "their anchors start from any samples labelled so", expert, short.tolist(), tad.anchor_ipc)
-            pool |= torch.isin(ex.labels, short)
-        return distill_anchors(ex.convnet, matching, early, ex.labels, torch.nonzero(pool).flatten(),
+            pool |= torch.isin(labels, short)
+        return distill_anchors(ex.convnet, matching, early, labels, torch.nonzero(pool).flatten(),
                                tad.anchor_ipc, num_classes, lambda idx: ex.images[idx].to(device).float(),
                                self.embedding.to_unit, self.embedding.embed, generator=gen, device=device)
 
@@ -301,9 +277,10 @@ class TADEpoch:
         losses = []
         try:
             with torch.no_grad():
-                for i in range(0, len(ex.labels), self.batch_size):
+                labels = ex.loop.labels[0]
+                for i in range(0, len(labels), self.batch_size):
                     logits = net(ex.images[i:i + self.batch_size].to(device).float())
-                    y = ex.labels[i:i + self.batch_size].to(device)
+                    y = labels[i:i + self.batch_size].to(device)
                     losses.append(F.cross_entropy(logits.float(), y, reduction="none"))
         finally:
             if handle is not None:

@@ -14,10 +14,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..engine.config import DataConfig
-from ..noise import load_cifar_n, make_noisy_labels
+from ..noise import corrupt_labels
 
-__all__ = ["Relabelled", "dataset_labels", "corrupt_labels"]
+__all__ = ["Relabelled", "corrupt_labels", "dataset_labels"]  # corrupt_labels: noise.py's, re-exported
 
 
 class Relabelled(Dataset):  # type: ignore[type-arg]
@@ -60,29 +59,3 @@ def dataset_labels(dataset: Any) -> torch.Tensor:
         if value is not None and len(value) == len(dataset):
             return torch.as_tensor(value, dtype=torch.int64).cpu().clone()
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
-
-
-def corrupt_labels(clean: torch.Tensor, data: DataConfig, num_classes: int) -> torch.Tensor:
-    """``clean`` with the noise of ``data`` (``noise``/``noise_rate``/``noise_seed`` or ``cifar_n``
-    with ``label_set``); ``clean`` itself when neither is set. int64 [N], CPU.
-
-    Raises:
-        ValueError: a CIFAR-N file of another length, or asymmetric-cifar100 noise on another dataset.
-    """
-    if data.cifar_n is not None:
-        labels = load_cifar_n(data.cifar_n, data.label_set)
-        if labels.shape != clean.shape:
-            raise ValueError(f"{data.cifar_n}[{data.label_set!r}] has {len(labels)} labels, the upstream train set "
-                             f"{len(clean)}: use the CIFAR-N file of this dataset")
-        return labels
-    if data.noise is None:
-        return clean
-    coarse = None
-    if data.noise == "asymmetric-cifar100":
-        from ..cli import CIFAR100_COARSE
-
-        if num_classes != 100:
-            raise ValueError(f"asymmetric-cifar100 noise needs CIFAR-100; this train set has {num_classes} classes")
-        coarse = torch.tensor(CIFAR100_COARSE)[clean]
-    return make_noisy_labels(clean, data.noise, data.noise_rate, num_classes=num_classes, seed=data.noise_seed,
-                             coarse_labels=coarse)

@@ -50,7 +50,7 @@ from .labels import Relabelled, corrupt_labels, dataset_labels
 from .scripts import resolve_script
 from .state import TrustState, default_state_path
 
-__all__ = ["WrapConfig", "WrapResult", "run_wrapped", "install", "config_from_env", "CONFIG_ENV"]
+__all__ = ["WrapConfig", "WrapResult", "run_wrapped", "install", "config_from_dict", "config_from_env", "CONFIG_ENV"]
 
 log = logging.getLogger("tad_plugin.upstream")
 
@@ -150,10 +150,26 @@ def install(role: str, namespace: dict[str, Any], config: WrapConfig | None = No
     atexit.register(patch.finish)
 
 
+def config_from_dict(user: dict[str, Any]) -> WrapConfig:
+    """A :class:`WrapConfig` from a mapping with ``data``, ``tad``, ``state``, ``seed``, ``cifar10``.
+
+    Raises:
+        ConfigError: an unknown key or a bad value (the message names it).
+    """
+    from ..engine.config import ConfigError, from_dict
+
+    unknown = set(user) - {"data", "tad", "state", "seed", "cifar10"}
+    if unknown:
+        raise ConfigError(f"unknown tad wrap config key(s) {sorted(unknown)}; known: data, tad, state, seed, cifar10")
+    cifar10 = user.get("cifar10")
+    return WrapConfig(data=from_dict(DataConfig, user.get("data", {}), "data."),
+                      tad=from_dict(TADConfig, user.get("tad", {}), "tad."),
+                      state=user.get("state"), seed=int(user.get("seed", 0)),
+                      cifar10=None if cifar10 is None else str(cifar10))
+
+
 def config_from_env() -> WrapConfig:
     """The config named by ``$TAD_WRAP_CONFIG`` (a ``tad wrap --tad-config`` YAML file), else the defaults."""
-    from .cli import config_from_dict
-
     path = os.environ.get(CONFIG_ENV)
     return config_from_dict(load_yaml(path) if path else {})
 

@@ -1,0 +1,417 @@
+"""TAD's dual loop for any training host: the schedule, the per-expert trust state, and the hook calls.
+
+A host trains E experts (the engine: a batched group; ``tad wrap``: upstream's one expert; your own loop:
+one model) and asks a :class:`TrustLoop`, before every epoch, what to train on. The loop owns
+
+* the state, per expert: the current labels (int64 [E, N]), the trusted space (bool [E, N]), the samples
+  recalled so far (bool [E, N], for ``recall_once``) and the division's per-class thresholds (float [E, C]);
+* the schedule (:class:`Schedule`): warm-up, a division every ``recompute_every`` epochs, recalibration
+  against anchors from ``anchor_epoch`` on every ``recalibrate_every`` epochs, ``recall_once``, the warm-up
+  confidence penalty, loss averaging, and the ``outer_loop`` / ``inner_loop`` switches;
+* the calls of the hooks: ``filter_dataset`` (or ``filter_dataset_batch`` for all experts at once),
+  ``expert_loss`` (through :meth:`TrustLoop.criterion`) and ``recalibrate``, and the notifications
+  ``on_division`` / ``on_recalibration`` that listeners (the trust report, a logger) implement.
+
+The host supplies what only it can compute, through callbacks: per-sample losses of its parameters
+(:data:`LossPass`), and -- when the schedule recalibrates -- the samples' features and the anchors'
+(:data:`AnchorSource`; the engine distils anchors from the early trajectory, a host without that can use
+:func:`class_chunk_anchors`).
+
+**Epoch convention** (the one used throughout the package): epochs are numbered from 0 by the epoch about to
+run, which is also the number of epochs finished. ``before_epoch(t)`` is called with the parameters after
+``t`` epochs (``t = 0``: the initialisation), before epoch ``t`` trains. Epochs ``0 .. warmup_epochs - 1`` are
+the warm-up (all samples, the confidence penalty); a division runs before epoch ``t`` when ``t >=
+warmup_epochs`` and ``(t - warmup_epochs) % recompute_every == 0``; a recalibration follows that division when
+also ``t >= anchor_epoch`` and ``(t - anchor_epoch) % recalibrate_every == 0``. The engine's records and the
+trust report label a round with this ``t`` ("after ``t`` epochs").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from .checks import check_labels
+from .errors import TADError
+from .losses import confidence_penalty
+from .manager import TADHooks
+from .results import TrustSplit
+
+__all__ = [
+    "AnchorSource",
+    "LossPass",
+    "Round",
+    "Schedule",
+    "TrustLoop",
+    "TrustLoopError",
+    "admit_once",
+    "class_balanced_weights",
+    "class_chunk_anchors",
+    "expert_criterion",
+    "mean_losses",
+]
+
+#: ``losses(back)``: per-sample cross-entropy (no augmentation, eval mode, no gradient) of every training sample
+#: under the loop's current labels, for the parameters ``back`` epochs ago (0 = now; asked only for ``back <
+#: min(loss_average, t + 1)``). Returns float [E, N], or ``(losses, predictions)`` with the argmax classes
+#: int64 [E, N] (or None), on any device; with one expert [N] will do.
+LossPass = Callable[[int], "torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]"]
+#: ``anchors(loop)``: ``(anchor_features float [A, D], anchor_labels int64 [A])`` for a recalibration of the loop's
+#: experts (called after the division, so ``loop.labels`` / ``loop.trusted`` are the division's); the host may
+#: compute them once and return the same ones later.
+AnchorSource = Callable[["TrustLoop"], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+class TrustLoopError(TADError, RuntimeError):
+    """A hook or a host broke the trust loop's contract (a split of the wrong size, an empty trusted space)."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the trust loop divides, recalibrates and penalises (epochs as in the module docstring); :meth:`of`
+    reads it from a ``TADConfig`` (``tad.*`` keys of the same names; defaults: the paper's schedule, as there).
+
+    Attributes:
+        warmup_epochs: epochs trained on every sample before the first division.
+        recompute_every: a division every this many epochs from ``warmup_epochs`` on (1 = every epoch).
+        outer_loop: divide at all (False: every sample with its label throughout, hooks but ``expert_loss`` unused).
+        inner_loop: recalibrate after the due divisions (needs ``outer_loop``).
+        anchor_epoch: the first epoch whose division is followed by a recalibration (anchors are ready then).
+        recalibrate_every: a recalibration after every this many epochs' divisions from ``anchor_epoch`` on.
+        recall_once: a sample is recalled at most once per expert (:func:`admit_once`); False = the paper.
+        warmup_confidence_penalty: weight of :func:`~tad_plugin.losses.confidence_penalty` in the warm-up's loss
+            (0 = off, the paper).
+        loss_average: a division's losses are the mean over the last this many parameter snapshots (1 = the paper).
+        split: ``"per-expert"`` (each expert its own division) or ``"shared"`` (one division of the experts'
+            mean loss for all of them).
+    """
+
+    warmup_epochs: int = 2
+    recompute_every: int = 1
+    outer_loop: bool = True
+    inner_loop: bool = True
+    anchor_epoch: int = 4
+    recalibrate_every: int = 1
+    recall_once: bool = False
+    warmup_confidence_penalty: float = 0.0
+    loss_average: int = 1
+    split: str = "per-expert"
+
+    @classmethod
+    def of(cls, config: Any) -> Schedule:
+        """The schedule of ``config`` (a ``TADConfig`` or any object with these attribute names); ``None`` or a
+        config with ``enabled`` False gives :meth:`off`."""
+        if config is None or not getattr(config, "enabled", True):
+            return cls.off()
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    @classmethod
+    def off(cls) -> Schedule:
+        """No division, no recalibration, no penalty: every sample with its given label (the noisy baseline)."""
+        return cls(warmup_epochs=0, outer_loop=False, inner_loop=False)
+
+    def divides(self, epoch: int) -> bool:
+        """Whether a division runs before ``epoch``."""
+        done = epoch - self.warmup_epochs
+        return self.outer_loop and done >= 0 and done % self.recompute_every == 0
+
+    def recalibrates(self, epoch: int) -> bool:
+        """Whether a recalibration follows the division before ``epoch`` (never without one)."""
+        since = epoch - self.anchor_epoch
+        return self.inner_loop and self.divides(epoch) and since >= 0 and since % self.recalibrate_every == 0
+
+    def penalty(self, epoch: int) -> float:
+        """The confidence penalty's weight in ``epoch``: ``warmup_confidence_penalty`` in the warm-up, else 0."""
+        return self.warmup_confidence_penalty if epoch < self.warmup_epochs else 0.0
+
+
+@dataclass
+class Round:
+    """What :meth:`TrustLoop.before_epoch` did before ``epoch``.
+
+    Attributes:
+        epoch: the epoch about to run.
+        losses: float [E, N], the (averaged) per-sample losses the division used; None = no division.
+        predictions: int64 [E, N] or None, from the same pass (the last parameters).
+        splits: the E division results (one shared split is repeated E times); None = no division.
+        recalibrated: whether a recalibration changed ``labels`` / ``trusted`` after the division.
+    """
+
+    epoch: int
+    losses: torch.Tensor | None = None
+    predictions: torch.Tensor | None = None
+    splits: list[TrustSplit] | None = None
+    recalibrated: bool = False
+
+
+def admit_once(previous_labels: torch.Tensor, previous_trusted: torch.Tensor, labels: torch.Tensor,
+               trusted: torch.Tensor, ever_recalled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A recalibration's result with second recalls undone (``recall_once``).
+
+    A recall is a sample the division left out of the trusted space (``previous_trusted`` False) that the
+    recalibration put in (``trusted`` True), with its pseudo-label. A sample recalled before
+    (``ever_recalled``) and expelled since by a division is not recalled again: it stays untrusted with its
+    previous label. A division may still trust it again on its own loss. Samples the recalibration sieves
+    out of the trusted space stay sieved.
+
+    Args:
+        previous_labels, previous_trusted: int64 / bool [..., N], the labels and trusted space the
+            recalibration started from (the division's).
+        labels, trusted: int64 / bool [..., N], the recalibration's result.
+        ever_recalled: bool [..., N], the samples recalled by earlier recalibrations.
+
+    Returns:
+        ``(labels, trusted, ever_recalled)``: the result without the second recalls, and the recalled set
+        including this round's first recalls. Same shapes and devices as the inputs.
+    """
+    shape = previous_labels.shape
+    for name, x in (("previous_trusted", previous_trusted), ("labels", labels), ("trusted", trusted),
+                    ("ever_recalled", ever_recalled)):
+        if x.shape != shape:
+            raise ValueError(f"admit_once: {name} has shape {tuple(x.shape)}, previous_labels {tuple(shape)}")
+    for name, x in (("previous_trusted", previous_trusted), ("trusted", trusted), ("ever_recalled", ever_recalled)):
+        if x.dtype != torch.bool:
+            raise ValueError(f"admit_once: {name} must be a bool mask (True = trusted / recalled), got {x.dtype}")
+    recalled = trusted & ~previous_trusted
+    again = recalled & ever_recalled
+    return (torch.where(again, previous_labels, labels), trusted & ~again, ever_recalled | (recalled & ~again))
+
+
+def class_balanced_weights(trusted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Each sample's weight in a class-balanced draw from a trusted space (``tad.balance_classes``): one over
+    the number of trusted samples carrying its label for a trusted sample, 0 for the others.
+
+    Args:
+        trusted: bool [..., N]; labels: int64 [..., N] in [0, num_classes) (one row per expert, or one row).
+    Returns:
+        float32 [..., N] on ``trusted``'s device (no host sync).
+    """
+    per_class = torch.zeros(*trusted.shape[:-1], num_classes, device=trusted.device).scatter_add_(
+        -1, labels, trusted.float())  # [..., C] trusted samples per label
+    return trusted.float() / per_class.gather(-1, labels).clamp_min(1.0)
+
+
+def class_chunk_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor, num_classes: int,
+                        per_class: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchors without distillation, from the trusted space: per class, ``per_class`` means of disjoint random
+    chunks of its trusted samples' features (fewer when the class has fewer trusted samples; none when it has
+    none).
+
+    Args:
+        features: float [N, D]; labels: int64 [N]; trusted: bool [N] (one expert's).
+        generator: CPU generator drawing the chunks.
+
+    Returns ``(anchor_features, anchor_labels)``: float [A, D] and int64 [A] on ``features``' device.
+    """
+    feats, labs = [], []
+    for c in range(num_classes):
+        members = torch.nonzero(trusted & (labels == c)).flatten()
+        if members.numel() == 0:
+            continue
+        perm = members[torch.randperm(members.numel(), generator=generator).to(members.device)]
+        for chunk in perm.tensor_split(min(per_class, members.numel())):
+            feats.append(features[chunk].float().mean(0))
+            labs.append(c)
+    return torch.stack(feats), torch.tensor(labs, dtype=torch.int64, device=features.device)
+
+
+def mean_losses(losses: LossPass, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``losses(back)`` averaged over ``back = 0 .. count - 1`` (``tad.loss_average``; asked for the current
+    parameters first, then from the oldest on), with the current parameters' predictions (or None)."""
+    def ask(back: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        got = losses(back)
+        return got if isinstance(got, tuple) else (got, None)
+
+    if count < 1:
+        raise ValueError(f"mean_losses needs at least one parameter snapshot, got count={count}")
+    total, predictions = ask(0)
+    for back in range(count - 1, 0, -1):
+        total = total + ask(back)[0]
+    return total / count, predictions
+
+
+def expert_criterion(hooks: TADHooks | None, penalty: float = 0.0) -> Callable[..., torch.Tensor]:
+    """``loss(logits [B, C] float, targets [B] int64, penalty_logits=None) -> scalar``, the batch-mean training
+    loss: the ``expert_loss`` hook plus ``penalty`` times :func:`~tad_plugin.losses.confidence_penalty` of
+    ``penalty_logits`` (None = ``logits``; a host may pass another view of the same logits to keep its own
+    autograd graph); plain cross-entropy when ``hooks`` is None. Pure (GSAM evaluates it twice per step); for E
+    experts batched, pass the [E*B, C] logits and scale by E."""
+    def loss(logits: torch.Tensor, targets: torch.Tensor, penalty_logits: torch.Tensor | None = None) -> torch.Tensor:
+        if hooks is None:
+            return torch.nn.functional.cross_entropy(logits, targets)
+        value = hooks.expert_loss(logits, targets)
+        if penalty:
+            value = value + penalty * confidence_penalty((logits if penalty_logits is None else penalty_logits).float())
+        return value
+
+    return loss
+
+
+class TrustLoop:
+    """The trust state of E experts trained together, and the one schedule that updates it.
+
+    Args:
+        hooks: the hook facade; None only with a schedule that never divides (no hook is called then, and
+            :meth:`criterion` is plain cross-entropy).
+        schedule: when to divide and recalibrate (:meth:`Schedule.of` a ``TADConfig``).
+        labels: int64 [E, N] (each expert's labels) or [N] (E = 1), in [0, num_classes): the labels training
+            starts from. The loop keeps its state on their device.
+        num_classes: C.
+        experts: the experts' identifiers for messages and notifications (default 0 .. E-1).
+
+    Attributes:
+        labels: int64 [E, N], trusted: bool [E, N], ever_recalled: bool [E, N], thresholds: float32 [E, C]
+        (NaN before the first division): the state after the last :meth:`before_epoch` / :meth:`update`.
+    """
+
+    def __init__(self, hooks: TADHooks | None, schedule: Schedule, labels: torch.Tensor, num_classes: int,
+                 experts: Sequence[int] | None = None) -> None:
+        if hooks is None and (schedule.outer_loop or schedule.warmup_confidence_penalty):
+            raise ValueError("a TrustLoop that divides or penalises needs the hooks")
+        self.hooks, self.schedule, self.num_classes = hooks, schedule, num_classes
+        labels = labels.unsqueeze(0) if labels.dim() == 1 else labels
+        e, n = labels.shape
+        self.experts = list(range(e)) if experts is None else list(experts)
+        if len(self.experts) != e:
+            raise ValueError(f"{len(self.experts)} expert identifiers for {e} rows of labels")
+        self.device = labels.device
+        self.labels = labels.clone()
+        self.trusted = torch.ones(e, n, dtype=torch.bool, device=self.device)
+        self.ever_recalled = torch.zeros(e, n, dtype=torch.bool, device=self.device)
+        self.thresholds = torch.full((e, num_classes), float("nan"), device=self.device)
+
+    # ------------------------------------------------------------------ training
+    def criterion(self, epoch: int) -> Callable[..., torch.Tensor]:
+        """The training criterion of ``epoch``: :func:`expert_criterion` with the schedule's penalty weight
+        (``warmup_confidence_penalty`` in the warm-up, else 0); plain cross-entropy for a loop without hooks."""
+        return expert_criterion(self.hooks, self.schedule.penalty(epoch))
+
+    def weights(self) -> torch.Tensor:
+        """float32 [E, N]: each sample's weight in the next epoch's draw -- class-balanced over the trusted
+        space (:func:`class_balanced_weights`, for ``tad.balance_classes``), 0 for untrusted samples."""
+        return class_balanced_weights(self.trusted, self.labels, self.num_classes)
+
+    # ------------------------------------------------------------------ the schedule
+    def before_epoch(self, epoch: int, losses: LossPass, features: Callable[[], torch.Tensor] | None = None,
+                     anchors: AnchorSource | None = None) -> Round:
+        """Run what the schedule says before ``epoch``: a division (from ``losses``), then a recalibration
+        (when ``features`` and ``anchors`` are given and the schedule's inner loop is due). ``features()``
+        returns float [N, D], the samples' features; the recalibration runs on its device.
+
+        Raises:
+            TrustLoopError: a split of the wrong size, or an expert left without trusted samples.
+        """
+        out = Round(epoch)
+        if not self.schedule.divides(epoch):
+            return out
+        out.losses, out.predictions = self._mean_losses(epoch, losses)
+        out.splits = self.divide(epoch, out.losses, out.predictions)
+        if features is not None and anchors is not None and self.schedule.recalibrates(epoch):
+            self.recalibrate(epoch, features(), *anchors(self), predictions=out.predictions)
+            out.recalibrated = True
+        self.check_nonempty(epoch)
+        return out
+
+    def _mean_losses(self, epoch: int, losses: LossPass) -> tuple[torch.Tensor, torch.Tensor | None]:
+        total, predictions = mean_losses(losses, min(self.schedule.loss_average, epoch + 1))
+        if total.dim() == 1 and self.labels.shape[0] == 1:  # one expert: [N] is [1, N]
+            total = total.unsqueeze(0)
+            predictions = None if predictions is None else predictions.reshape(1, -1)
+        if total.shape != self.labels.shape:
+            raise TrustLoopError(f"the host's loss pass returned {tuple(total.shape)}; the trust loop holds "
+                                 f"{tuple(self.labels.shape)} ([experts, N]) labels")
+        return total, predictions
+
+    def divide(self, epoch: int, losses: torch.Tensor, predictions: torch.Tensor | None = None) -> list[TrustSplit]:
+        """The division (outer loop) before ``epoch`` from per-sample ``losses`` float [E, N] under the current
+        labels: ``filter_dataset`` on the experts' mean loss (``split: shared``), else per expert
+        (``filter_dataset_batch`` where the plugins allow). Sets ``trusted`` and ``thresholds``, notifies
+        ``on_division``; returns the E splits."""
+        assert self.hooks is not None
+        k, (e, n) = self.num_classes, losses.shape
+        if self.schedule.split == "shared":
+            splits = [self.hooks.filter_dataset(losses.mean(0), self.labels[0], k)] * e
+        else:
+            splits = self.hooks.filter_dataset_batch(losses, self.labels, k)
+        for split in splits:
+            if split.trusted.shape != (n,) or split.thresholds.shape != (k,):
+                raise TrustLoopError(f"filter_dataset returned trusted {tuple(split.trusted.shape)} and thresholds "
+                                     f"{tuple(split.thresholds.shape)}; the contract is [N] = ({n},) and "
+                                     f"[num_classes] = ({k},) -- fix the plugin's filter_dataset")
+        self.trusted = torch.stack([s.trusted.to(self.device) for s in splits])
+        self.thresholds = torch.stack([s.thresholds.to(self.device, torch.float32) for s in splits])
+        for i, expert in enumerate(self.experts):
+            self.hooks.notify_division(expert=expert, epoch=epoch, split=splits[i], labels=self.labels[i],
+                                       trusted=self.trusted[i],
+                                       predictions=None if predictions is None else predictions[i])
+        return splits
+
+    def recalibrate(self, epoch: int, features: torch.Tensor, anchor_features: torch.Tensor,
+                    anchor_labels: torch.Tensor, predictions: torch.Tensor | None = None) -> None:
+        """The recalibration (inner loop) before ``epoch``: the ``recalibrate`` hook for every expert (experts
+        whose labels and trusted space equal the first expert's reuse its call), second recalls undone with
+        ``recall_once`` (:func:`admit_once`), then ``on_recalibration`` notified.
+
+        Args:
+            features: float [N, D]; the hook runs on their device.
+            anchor_features, anchor_labels: float [A, D] and int64 [A].
+            predictions: int64 [E, N] or None, the experts' classes from the division's pass (for listeners).
+        """
+        assert self.hooks is not None
+        dev = features.device
+        anchor_features, anchor_labels = anchor_features.to(dev), anchor_labels.to(dev)
+        prev_labels, prev_trusted = self.labels.to(dev), self.trusted.to(dev)
+        like_first = ((prev_labels == prev_labels[0]).all(1) & (prev_trusted == prev_trusted[0]).all(1)).tolist()
+        labels: list[torch.Tensor] = []
+        trusted: list[torch.Tensor] = []
+        for e in range(len(self.experts)):
+            if e > 0 and like_first[e]:
+                labels.append(labels[0])
+                trusted.append(trusted[0])
+                continue
+            rec = self.hooks.recalibrate(features, prev_labels[e], prev_trusted[e], anchor_features, anchor_labels,
+                                         self.num_classes)
+            labels.append(rec.labels)
+            trusted.append(rec.trusted)
+        new_labels, new_trusted = torch.stack(labels), torch.stack(trusted)
+        if self.schedule.recall_once:
+            new_labels, new_trusted, ever = admit_once(prev_labels, prev_trusted, new_labels, new_trusted,
+                                                       self.ever_recalled.to(dev))
+            self.ever_recalled = ever.to(self.device)
+        self.update(new_labels, new_trusted, epoch=epoch)
+        for i, expert in enumerate(self.experts):
+            self.hooks.notify_recalibration(expert=expert, epoch=epoch, labels=self.labels[i],
+                                            trusted=self.trusted[i], previous_labels=prev_labels[i],
+                                            previous_trusted=prev_trusted[i],
+                                            predictions=None if predictions is None else predictions[i])
+
+    # ------------------------------------------------------------------ the host's changes
+    def update(self, labels: torch.Tensor | None = None, trusted: torch.Tensor | None = None, *,
+               epoch: int) -> None:
+        """Replace the labels (int64 [E, N]) and/or the trusted space (bool [E, N]) before ``epoch``, checked
+        (a recalibration's result, or a host's own change); None leaves one as it is."""
+        if labels is not None:
+            new = labels.to(self.device)
+            if new.shape != self.labels.shape or new.dtype != torch.int64:
+                raise TrustLoopError(f"new labels {new.dtype} {tuple(new.shape)} before epoch {epoch}; expected "
+                                     f"int64 {tuple(self.labels.shape)} ([experts, N])")
+            for row in new:
+                check_labels(row, self.num_classes, "recalibrated labels")
+            self.labels = new
+        if trusted is not None:
+            new_t = trusted.to(self.device)
+            if new_t.shape != self.trusted.shape or new_t.dtype != torch.bool:
+                raise TrustLoopError(f"new trusted space {new_t.dtype} {tuple(new_t.shape)} before epoch {epoch}; "
+                                     f"expected bool {tuple(self.trusted.shape)} ([experts, N])")
+            self.trusted = new_t
+
+    def check_nonempty(self, epoch: int) -> None:
+        """Raise :class:`TrustLoopError` naming the first expert without trusted samples (one host read)."""
+        counts = self.trusted.sum(1)
+        if bool((counts == 0).any()):
+            bad = self.experts[int((counts == 0).nonzero()[0])]
+            raise TrustLoopError(f"expert {bad}: the trusted space is empty before epoch {epoch}; check the plugin's "
+                                 f"filter_dataset / recalibrate (or the host's update)")
