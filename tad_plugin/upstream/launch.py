@@ -311,17 +311,18 @@ class _Patch:
         (the report follows the first expert, as ``tad run``'s does)."""
         wrapped = self.wrapped_epoch
         assert wrapped is not None and wrapped.state is not None and wrapped.expert is not None
-        state, expert = wrapped.state, wrapped.expert
+        state, loop = wrapped.state, wrapped.expert.loop
+        labels, trusted = loop.labels[0].cpu(), loop.trusted[0].cpu()  # the one expert (E = 1) under training
         n = len(state.noisy_labels)
         stage = "recalibration" if entry["recalibrated"] else "division"
         injected = not torch.equal(state.noisy_labels, state.clean_labels)
         line = f"tad wrap: expert {entry['expert']} epoch {entry['epoch']}: {stage}, {entry['trusted']} of {n} trusted"
         if injected:
-            correct = expert.labels[expert.trusted] == state.clean_labels[expert.trusted]
+            correct = labels[trusted] == state.clean_labels[trusted]
             line += f" ({float(correct.float().mean()):.1%} of them correctly labelled)"
         print(line, flush=True)
         if entry["expert"] == 0:
-            self.report.add(epoch=entry["epoch"], stage=stage, trusted=expert.trusted, labels=expert.labels,
+            self.report.add(epoch=entry["epoch"], stage=stage, trusted=trusted, labels=labels,
                             noisy_labels=state.noisy_labels, clean_labels=state.clean_labels if injected else None)
             self.report.save_json(self.report_path)
 
