@@ -9,10 +9,14 @@ Routes (``distill.inner_grad`` / ``distill.recompute_steps``, see tad_plugin/eng
 * ``compiled``: that under ``torch.compile``;
 * ``+recompute``: each inner step's graph rebuilt in the final backward (torch.utils.checkpoint).
 
-Each variant runs in its own process (so peak memory is its own): CIFAR-10-shaped random images
-(speed and memory do not depend on pixel values), ConvNet-128 D3, DSA, all ``10 x ipc`` images in
-every inner step, trajectories of random-walk parameters. ``--warmup`` iterations (compilation
-included) are not timed; the median of ``--iterations`` timed ones is reported. Peak memory: CUDA
+Each variant runs in its own process (so peak memory is its own): random images of the
+``--dataset-shape``'s classes and size (speed and memory do not depend on pixel values), the ConvNet
+the library builds for that size (``ConvNetConfig.for_dataset``: depth 3 for 32 px, 4 for 64 px), DSA,
+trajectories of random-walk parameters. ``--syn-steps`` and ``--batch-syn`` (images per inner step)
+default to the method's table row for that dataset and IPC (adapters/mtt.py, att.py, datm.py).
+``--warmup`` iterations (compilation included) are not timed; the median of ``--iterations`` timed
+ones is reported. When ``batch_syn`` does not divide ``classes x ipc`` the last batch of each pass is
+smaller (a new shape for the compiled routes): give enough warm-up iterations to reach it. Peak memory: CUDA
 ``max_memory_allocated`` over the whole process, warm-up included (CUDA graphs take their memory pool
 while they are captured, in the warm-up), and ``max_memory_reserved`` beside it; on the CPU the process's
 peak RSS (``VmHWM``, includes torch itself).
@@ -22,6 +26,7 @@ soft labels: the class logits get a gradient through the student's steps, ``lr_l
 and writes a JSON record (command, settings, seed, commit, device, wall time).
 
 usage: python benchmarks/benchmark_inner_grad.py --ipc 10 --out inner_grad.json                  # GPU
+       python benchmarks/benchmark_inner_grad.py --dataset-shape tinyimagenet --ipc 50 --variants autograd
        python benchmarks/benchmark_inner_grad.py --ipc 10 --variants compiled+recompute --profile  # where it goes
        python benchmarks/benchmark_inner_grad.py --ipc 10 --variants compiled+recompute --compile-mode reduce-overhead
        python benchmarks/benchmark_inner_grad.py --ipc 10 --method att --variants compiled+recompute
@@ -36,9 +41,14 @@ import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
+from tad_plugin.adapters.att import ATT_TABLE
+from tad_plugin.adapters.datm import DATM_TABLE
+from tad_plugin.adapters.mtt import MTT_TABLE
+from tad_plugin.engine.pipeline import table_row
 from tad_plugin.engine.student_grad import COMPILE_MODES
 
 #: name -> (inner_grad, recompute_steps)
@@ -50,27 +60,66 @@ VARIANTS = {
     "compiled+recompute": ("compiled", True),
 }
 
+#: ``--dataset-shape`` -> (classes, image side in pixels) of the standard dataset; 3 channels.
+DATASET_SHAPES = {"cifar10": (10, 32), "cifar100": (100, 32), "tinyimagenet": (200, 64)}
+#: ``--method`` -> its per-setting table (``syn_steps``, ``batch_syn`` per dataset and IPC).
+METHOD_TABLES = {"mtt": MTT_TABLE, "att": ATT_TABLE, "datm": DATM_TABLE}
+
+
+def convnet_config(dataset_shape: str, width: int):
+    """The ConvNet the library builds for a dataset of ``dataset_shape``'s classes and size (RGB)."""
+    from tad_plugin.engine.convnet import ConvNetConfig
+
+    classes, side = DATASET_SHAPES[dataset_shape]
+    return ConvNetConfig.for_dataset(SimpleNamespace(channels=3, num_classes=classes, image_size=(side, side)),
+                                     width=width)
+
+
+def batch_syn_arg(text: str) -> int | str:
+    """``--batch-syn``: a positive count, or ``"all"`` (every image in every inner step)."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of images or 'all', got {text!r}")
+    return value
+
+
+def resolve_steps(args: argparse.Namespace) -> tuple[int, int | None]:
+    """``(syn_steps, batch_syn)``: the options where given, else the method's table row for the dataset and
+    IPC; a ``batch_syn`` of at least all images is None (all of them)."""
+    row, _ = table_row(METHOD_TABLES[args.method], args.dataset_shape, args.ipc)
+    syn_steps = row["syn_steps"] if args.syn_steps is None else args.syn_steps
+    batch_syn = {None: row["batch_syn"], "all": None}.get(args.batch_syn, args.batch_syn)
+    if batch_syn is not None and batch_syn >= DATASET_SHAPES[args.dataset_shape][0] * args.ipc:
+        batch_syn = None
+    return syn_steps, batch_syn
+
 
 def measure(args: argparse.Namespace) -> dict:
     """One variant in this process: the timed iterations and the peak memory."""
-    from tad_plugin.engine.convnet import ConvNetConfig, init_params
+    from tad_plugin.engine.convnet import init_params
     from tad_plugin.engine.matching import MatchingConfig, TrajectoryMatcher, class_labels
 
     inner_grad, recompute = VARIANTS[args.variant]
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    cfg = ConvNetConfig(3, 10, (32, 32), width=args.width)
+    cfg = convnet_config(args.dataset_shape, args.width)
+    classes, (h, w) = cfg.num_classes, cfg.image_size
     g = torch.Generator(device=dev).manual_seed(0)
     base = init_params(cfg, 2, generator=g)
     trajs = [torch.stack([b + 0.01 * k * torch.randn(b.shape, device=dev, generator=g) for k in range(5)])
              for b in base]
-    images = torch.randn(10 * args.ipc, 3, 32, 32, device=dev, generator=g)
-    labels = class_labels(10, args.ipc).to(dev)
+    images = torch.randn(classes * args.ipc, 3, h, w, device=dev, generator=g)
+    labels = class_labels(classes, args.ipc).to(dev)
     if args.method == "datm":  # soft label logits, as DATM initialises them from expert logits
-        labels = torch.nn.functional.one_hot(labels, 10).float() * 3 + 0.1 * torch.randn(
-            labels.shape[0], 10, device=dev, generator=g)
+        labels = torch.nn.functional.one_hot(labels, classes).float() * 3 + 0.1 * torch.randn(
+            labels.shape[0], classes, device=dev, generator=g)
     mc = MatchingConfig(iterations=args.warmup + args.iterations + int(args.profile), syn_steps=args.syn_steps,
-                        expert_epochs=2,
+                        batch_syn=args.batch_syn, expert_epochs=2,
                         max_start_epoch=2, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.01, eval_every=0,
                         inner_grad=inner_grad, recompute_steps=recompute,
                         compile_mode=args.compile_mode if inner_grad == "compiled" else "default",
@@ -133,8 +182,12 @@ def profile_iteration(matcher, dev: torch.device, top: int = 12) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dataset-shape", default="cifar10", choices=tuple(DATASET_SHAPES),
+                   help="classes, image size and ConvNet depth of this dataset (random pixels)")
     p.add_argument("--ipc", type=int, default=10)
-    p.add_argument("--syn-steps", type=int, default=30)
+    p.add_argument("--syn-steps", type=int, help="unrolled student steps (default: the method's table row)")
+    p.add_argument("--batch-syn", type=batch_syn_arg,
+                   help="images per inner step, or 'all' (default: the method's table row)")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--iterations", type=int, default=5, help="timed iterations")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (compilation)")
@@ -148,6 +201,9 @@ def main() -> int:
     p.add_argument("--out", help="JSON record")
     p.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     args = p.parse_args()
+    if args.ipc < 1 or (args.syn_steps is not None and args.syn_steps < 1):
+        p.error("--ipc and --syn-steps must be >= 1")
+    args.syn_steps, args.batch_syn = resolve_steps(args)
     if args.variant:
         print(json.dumps(measure(args)))
         return 0
@@ -160,7 +216,9 @@ def main() -> int:
         if name not in VARIANTS:
             p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
         cmd = [sys.executable, __file__, "--variant", name, "--device", args.device, "--ipc", str(args.ipc),
-               "--syn-steps", str(args.syn_steps), "--width", str(args.width), "--iterations", str(args.iterations),
+               "--dataset-shape", args.dataset_shape, "--syn-steps", str(args.syn_steps),
+               "--batch-syn", "all" if args.batch_syn is None else str(args.batch_syn),
+               "--width", str(args.width), "--iterations", str(args.iterations),
                "--warmup", str(args.warmup), "--compile-mode", args.compile_mode, "--method", args.method] + (
             ["--profile"] if args.profile else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -172,8 +230,12 @@ def main() -> int:
     dev = torch.device(args.device)
     mem = "peak allocated (GiB)" if dev.type == "cuda" else "peak RSS (GiB)"
     res = "reserved (GiB)" if dev.type == "cuda" else ""
-    print(f"\none {args.method.upper()} distillation iteration: IPC {args.ipc} ({10 * args.ipc} images per step), "
-          f"{args.syn_steps} unrolled steps, ConvNet-{args.width}; {device_name(dev)}")
+    cfg = convnet_config(args.dataset_shape, args.width)
+    n = cfg.num_classes * args.ipc
+    print(f"\none {args.method.upper()} distillation iteration, {args.dataset_shape} shape ({cfg.num_classes} classes, "
+          f"{cfg.image_size[0]} x {cfg.image_size[1]}): IPC {args.ipc} ({n} images, "
+          f"{n if args.batch_syn is None else args.batch_syn} per inner step), {args.syn_steps} unrolled steps, "
+          f"ConvNet-{args.width} D{cfg.depth}; {device_name(dev)}")
     print(f"{'variant':<20} {'s / iteration':>14} {mem:>22} {res:>15} {'images / labels checksum':>30}")
     for r in rows:
         if "error" in r:
@@ -189,8 +251,10 @@ def main() -> int:
                   f"{1e3 * pr['busy_s']:.1f} ms ({100 * pr['busy_s'] / pr['wall_s']:.0f}%), {pr['calls']} calls")
             for k in pr["top"]:
                 print(f"  {k['ms']:>8.2f} ms {k['calls']:>6}x  {k['name']}")
-    record = {**provenance(dev, 0), "settings": {k: getattr(args, k) for k in (
-                  "ipc", "syn_steps", "width", "iterations", "warmup", "profile", "compile_mode", "method")},
+    record = {**provenance(dev, 0), "settings": {**{k: getattr(args, k) for k in (
+                  "dataset_shape", "ipc", "syn_steps", "batch_syn", "width", "iterations", "warmup", "profile",
+                  "compile_mode", "method")}, "num_classes": cfg.num_classes, "image_size": list(cfg.image_size),
+                  "depth": cfg.depth},
               "wall_time_s": round(time.perf_counter() - t0, 1), "rows": rows}
     if args.out:
         atomic_write_json(record, args.out)
