@@ -244,6 +244,9 @@ def test_run_reuses_another_runs_buffer_only_when_it_fits(tmp_path, capsys):
     # a buffer with fewer finished experts than the run asks for (e.g. its own run stopped mid-buffer)
     assert main([*argv, "--num-experts", "2"]) == 2
     assert "holds 1 finished experts but this run asks for 2" in capsys.readouterr().err
+    # experts of other preprocessing: their trajectories live in another input space
+    assert main([*argv, "--zca"]) == 2
+    assert "unwhitened images but this run has data.zca=true" in capsys.readouterr().err
 
 
 def test_reusing_experts_of_another_recipe_is_warned_about(tmp_path, caplog):
