@@ -125,11 +125,11 @@ def out_of_memory_text(exc: BaseException) -> str:
     memory without changing what a run computes (finished stages and experts resume when it is re-run)."""
     said = str(exc).strip().splitlines()[0] if str(exc).strip() else "CUDA out of memory"
     return (f"out of GPU memory ({said}). Settings that need less without changing the results: "
-            "buffer.experts_per_group (experts trained in one batched pass; TAD's per-sample loss passes grow "
-            "with it) and buffer.eval_batch_size (images per loss or test pass) for the experts; "
-            "distill.inner_grad=compiled with distill.recompute_steps=true for distillation (one unrolled step's "
-            "graph at a time); other processes on the same GPU count too. Re-running resumes the finished stages "
-            "and experts")
+            "buffer.eval_batch_size (images per loss or test pass) for the experts; distill.inner_grad=compiled "
+            "with distill.recompute_steps=true for distillation (one unrolled step's graph at a time). Also "
+            "buffer.experts_per_group (experts trained in one batched pass; TAD's per-sample loss passes grow with "
+            "it), which changes the random draws each expert gets (equivalent experts, not identical ones). Other "
+            "processes on the same GPU count too. Re-running resumes the finished stages and experts")
 
 
 def os_error_text(exc: OSError) -> str:
