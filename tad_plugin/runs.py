@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib
 import importlib.metadata
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -150,7 +152,14 @@ METHODS_GROUP = "tad_plugin.methods"
 
 def methods() -> list[str]:
     """The names of the registered distillers (:data:`METHODS_GROUP`), sorted."""
-    return sorted({ep.name for ep in importlib.metadata.entry_points(group=METHODS_GROUP)})
+    return sorted({ep.name for ep in _method_entry_points(tuple(sys.path))})
+
+
+@functools.lru_cache(maxsize=8)
+def _method_entry_points(path: tuple[str, ...]) -> tuple[importlib.metadata.EntryPoint, ...]:
+    """:data:`METHODS_GROUP`'s entry points of the distributions on ``path`` (``sys.path``; a new path reads them
+    again). Cached: reading every installed distribution's metadata takes milliseconds, and configs ask often."""
+    return tuple(importlib.metadata.entry_points(group=METHODS_GROUP))
 
 
 def method_adapter(method: str) -> tuple[type[Pipeline], Callable[[str, int], dict[str, Any]]]:
@@ -165,7 +174,7 @@ def method_adapter(method: str) -> tuple[type[Pipeline], Callable[[str, int], di
     from .engine.config import ConfigError
     from .engine.pipeline import Pipeline
 
-    found = [ep for ep in importlib.metadata.entry_points(group=METHODS_GROUP) if ep.name == method]
+    found = [ep for ep in _method_entry_points(tuple(sys.path)) if ep.name == method]
     if not found:
         known = methods()
         raise ConfigError(f"method must be one of {', '.join(known) or '(none registered)'}, got {method!r}"
