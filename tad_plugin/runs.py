@@ -268,8 +268,8 @@ def stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
 
 def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryStore:
     """The finished experts of another run (``tad run --buffer DIR``), checked against this run: other labels,
-    the other arm, other preprocessing (ZCA or not) or too few finished experts are refused; another training recipe (optimizer, learning
-    rate, momentum, weight decay, DSA, GSAM's rho / alpha) is warned about. Batch size and epoch count are
+    the other arm, other preprocessing (ZCA or not) or too few finished experts are refused; another training
+    recipe (optimizer, learning rate, momentum, weight decay, DSA, GSAM's rho / alpha) is warned about. Batch size and epoch count are
     not compared (ATT's buffer script differs from MTT's only in its batch; FTD reads DATM's first epochs)."""
     from .engine.config import ConfigError, to_dict
     from .engine.pipeline import labels_fingerprint
@@ -284,9 +284,10 @@ def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryS
                           f"but this run has TAD {'on' if pipe.tad else 'off'}; reuse a buffer of the same arm")
     zca = store.meta.get("zca")
     if zca is not None and zca != pipe.config.data.zca:
-        raise ConfigError(f"the experts in {root} were trained on {'ZCA-whitened' if zca else 'unwhitened'} images but "
-                          f"this run has data.zca={str(pipe.config.data.zca).lower()}: their trajectories live in another "
-                          f"input space; reuse a buffer of the same preprocessing (or set --{'' if zca else 'no-'}zca)")
+        kind = "ZCA-whitened" if zca else "unwhitened"
+        raise ConfigError(f"the experts in {root} were trained on {kind} images but this run has "
+                          f"data.zca={str(pipe.config.data.zca).lower()}: their trajectories live in another input "
+                          f"space; reuse a buffer of the same preprocessing (or set --{'' if zca else 'no-'}zca)")
     have, want = len(store.finished()), pipe.config.buffer.num_experts
     if not have:
         raise ConfigError(f"{root} holds no finished experts; train them first (`tad buffer --out ...`)")
