@@ -269,8 +269,9 @@ def stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
 def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryStore:
     """The finished experts of another run (``tad run --buffer DIR``), checked against this run: other labels,
     the other arm, other preprocessing (ZCA or not) or too few finished experts are refused; another training
-    recipe (optimizer, learning rate, momentum, weight decay, DSA, GSAM's rho / alpha) is warned about. Batch size and epoch count are
-    not compared (ATT's buffer script differs from MTT's only in its batch; FTD reads DATM's first epochs)."""
+    recipe (optimizer, learning rate, momentum, weight decay, DSA, GSAM's rho / alpha) is warned about. Batch
+    size and epoch count are not compared (ATT's buffer script differs from MTT's only in its batch; FTD reads
+    DATM's first epochs)."""
     from .engine.config import ConfigError, to_dict
     from .engine.pipeline import labels_fingerprint
     from .engine.trajectories import TrajectoryStore
