@@ -81,7 +81,8 @@ class BufferConfig:
 
     ``experts_per_group``: experts trained together in one batched pass (speed and memory; the experts of a
     group share random streams, so another grouping gives equivalent experts, not identical ones).
-    ``compile``: ``torch.compile`` the network's forward. ``channels_last``: NHWC convolutions. ``amp``: bf16 autocast of the training forward on CUDA (off = fp32/TF32); the test pass and
+    ``compile``: ``torch.compile`` the network's forward. ``channels_last``: NHWC convolutions. ``amp``: bf16
+    autocast of the training forward on CUDA (off = fp32/TF32); the test pass and
     TAD's per-sample loss pass run in the same precision and layout.
     ``optimizer``: ``"sgd"`` (MTT, ATT) or ``"gsam"`` (FTD, DATM: :class:`~tad_plugin.engine.gsam.GSAM`
     around SGD with ``lr``/``momentum``/``weight_decay``, adaptive, constant radius ``rho``, gradient
