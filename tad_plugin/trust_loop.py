@@ -158,9 +158,10 @@ def admit_once(previous_labels: torch.Tensor, previous_trusted: torch.Tensor, la
     out of the trusted space stay sieved.
 
     Args:
-        previous_labels, previous_trusted: int64 / bool [..., N], the labels and trusted space the
-            recalibration started from (the division's).
-        labels, trusted: int64 / bool [..., N], the recalibration's result.
+        previous_labels: int64 [..., N], the labels the recalibration started from (the division's).
+        previous_trusted: bool [..., N], the trusted space it started from (the division's).
+        labels: int64 [..., N], the recalibration's labels.
+        trusted: bool [..., N], the recalibration's trusted space.
         ever_recalled: bool [..., N], the samples recalled by earlier recalibrations.
 
     Returns:
@@ -185,7 +186,10 @@ def class_balanced_weights(trusted: torch.Tensor, labels: torch.Tensor, num_clas
     the number of trusted samples carrying its label for a trusted sample, 0 for the others.
 
     Args:
-        trusted: bool [..., N]; labels: int64 [..., N] in [0, num_classes) (one row per expert, or one row).
+        trusted: bool [..., N] (one row per expert, or one row).
+        labels: int64 [..., N] in [0, num_classes), the same shape.
+        num_classes: C.
+
     Returns:
         float32 [..., N] on ``trusted``'s device (no host sync).
     """
@@ -201,10 +205,15 @@ def class_chunk_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: t
     none).
 
     Args:
-        features: float [N, D]; labels: int64 [N]; trusted: bool [N] (one expert's).
+        features: float [N, D], the samples' features.
+        labels: int64 [N], one expert's current labels.
+        trusted: bool [N], that expert's trusted space.
+        num_classes: C.
+        per_class: the most anchors per class (``tad.anchor_ipc`` under ``tad wrap``).
         generator: CPU generator drawing the chunks.
 
-    Returns ``(anchor_features, anchor_labels)``: float [A, D] and int64 [A] on ``features``' device.
+    Returns:
+        ``(anchor_features, anchor_labels)``: float [A, D] and int64 [A] on ``features``' device.
     """
     feats, labs = [], []
     for c in range(num_classes):
@@ -263,8 +272,12 @@ class TrustLoop:
         experts: the experts' identifiers for messages and notifications (default 0 .. E-1).
 
     Attributes:
-        labels: int64 [E, N], trusted: bool [E, N], ever_recalled: bool [E, N], thresholds: float32 [E, C]
-        (NaN before the first division): the state after the last :meth:`before_epoch` / :meth:`update`.
+        labels: int64 [E, N], each expert's current labels.
+        trusted: bool [E, N], each expert's trusted space (all True before the first division).
+        ever_recalled: bool [E, N], the samples recalled so far (tracked only with ``recall_once``).
+        thresholds: float32 [E, C], the last division's per-class thresholds (NaN before the first division).
+
+    The attributes are the state after the last :meth:`before_epoch` / :meth:`update`.
     """
 
     def __init__(self, hooks: TADHooks | None, schedule: Schedule, labels: torch.Tensor, num_classes: int,
@@ -357,7 +370,8 @@ class TrustLoop:
 
         Args:
             features: float [N, D]; the hook runs on their device.
-            anchor_features, anchor_labels: float [A, D] and int64 [A].
+            anchor_features: float [A, D], the anchors' features.
+            anchor_labels: int64 [A], the anchors' classes.
             predictions: int64 [E, N] or None, the experts' classes from the division's pass (for listeners).
         """
         assert self.hooks is not None
