@@ -34,7 +34,8 @@ from .files import atomic_write_json
 from .hookspecs import hookimpl
 from .plotting import pyplot, save_png
 
-__all__ = ["TrustReport", "TrustReportListener", "TrustRound", "later_recalls_text", "least_precise", "least_recalled", "per_class_trust"]
+__all__ = ["TrustReport", "TrustReportListener", "TrustRound", "later_recalls_text", "least_precise", "least_recalled",
+           "per_class_trust"]
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,8 @@ def per_class_trust(trusted: torch.Tensor, labels: torch.Tensor, clean_labels: t
     check_labels(clean, num_classes, "clean_labels")
     # confusion[c, k]: trusted samples labelled c whose true class is k
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long)
-    confusion.index_add_(0, labels[trusted] * num_classes + clean[trusted], torch.ones(int(trusted.sum()), dtype=torch.long))
+    confusion.index_add_(0, labels[trusted] * num_classes + clean[trusted],
+                         torch.ones(int(trusted.sum()), dtype=torch.long))
     confusion = confusion.view(num_classes, num_classes)
     correct = labels == clean
     rows: list[dict[str, object]] = []

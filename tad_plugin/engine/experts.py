@@ -466,7 +466,7 @@ class ExpertTrainer:
             y = labels.gather(1, batch)
             active = None if all_done else (step < steps_e)
 
-            def loss_of(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def loss_of(p: torch.Tensor, x: torch.Tensor = x, y: torch.Tensor = y) -> tuple[torch.Tensor, torch.Tensor]:
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self._amp):
                     out = self._forward(cfg, p, x.view(e, b, *x.shape[1:]), channels_last=buf.channels_last)
                 out = out.float()

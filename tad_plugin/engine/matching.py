@@ -71,7 +71,8 @@ EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "checkpo
 EVALUATIONS_FILE = "evaluations.json"
 
 __all__ = ["MatchingConfig", "check_checkpoint", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher",
-           "real_init_indices", "class_labels", "DistillDivergedError", "step_distance", "closest_step", "soft_label_summary"]
+           "real_init_indices", "class_labels", "DistillDivergedError", "step_distance", "closest_step",
+           "soft_label_summary"]
 
 
 #: A logged matching loss above this (normalised: 1 = the student ended as far from the target as it started)
@@ -133,8 +134,8 @@ class MatchingConfig:
             ``inner_grad`` "explicit" or "compiled" (the double backward does not recompute).
         compile_mode: ``torch.compile``'s mode for ``inner_grad="compiled"``: ``"default"``,
             ``"reduce-overhead"`` (the compiled graphs replayed as CUDA graphs: one launch instead of
-            dozens per call, for a launch-bound iteration; the same images up to float rounding) or ``"max-autotune-no-cudagraphs"``. Ignored by the other routes; on a CPU all three
-            compile alike.
+            dozens per call, for a launch-bound iteration; the same images up to float rounding) or
+            ``"max-autotune-no-cudagraphs"``. Ignored by the other routes; on a CPU all three compile alike.
     """
 
     iterations: int = 5000
@@ -215,7 +216,7 @@ def check_checkpoint(path: str | os.PathLike[str] | None, state: dict[str, Any],
                          f"delete the checkpoint to start over")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_student_grad(mode: str = "default") -> Callable[..., Tensor]:
     """One ``torch.compile`` of :func:`student_grad` per process and mode (it recompiles per input shape)."""
     return torch.compile(student_grad, dynamic=False, mode=None if mode == "default" else mode)

@@ -193,7 +193,8 @@ class TADEpoch:
                             f"and .labels); got {type(ds).__name__}")
         if labels.shape != self.state.noisy_labels.shape:
             raise ValueError(f"the trainloader holds {len(labels)} samples, get_dataset returned "
-                             f"{len(self.state.noisy_labels)}; tad wrap supports scripts that train on all of dst_train")
+                             f"{len(self.state.noisy_labels)}; tad wrap supports scripts that train on all of "
+                             "dst_train")
         convnet = None
         if self.embedding.embed is not None and self.tad.inner_loop:
             convnet, why = convnet_config(net, images)
