@@ -10,7 +10,8 @@ TAD's parts on DATM), one command per cell.
         --dataset /data/cifar10.npz --gpus 0,1 --jobs 2                      # Table 3 at asym 40%
     python reproduction/reproduce_cifar10.py --cell all --budget short --dataset /data/cifar10.npz \\
         --cifar-n /data/CIFAR-10_human.pt                                    # the whole grid
-    python reproduction/reproduce_cifar10.py --cell mtt-ipc10-asym40-tad --budget short --set tad.balance_classes=false \\
+    python reproduction/reproduce_cifar10.py --cell mtt-ipc10-asym40-tad --budget short \\
+        --set tad.balance_classes=false \\
         --tag nobal --dataset /data/cifar10.npz                              # a variant: its own runs and record
     python reproduction/reproduce_cifar10.py --queue                             # cifar10/QUEUE.md: what is left
     python reproduction/reproduce_cifar10.py --page                              # results page from the records
@@ -82,7 +83,8 @@ from results_pages import (  # noqa: E402
     write_detail_pages,
 )
 
-#: this script's folder (its base configs are under configs/); the records and the page are under the repository's results/
+#: this script's folder (its base configs are under configs/); the records and the page are under the repository's
+#: results/
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT.parent / "results" / "cifar10"
 PAGE = ROOT.parent / "results" / "README.md"
@@ -90,35 +92,55 @@ QUEUE = RESULTS / "QUEUE.md"
 
 OTHER_RESULTS = (
     ("demo_digits.md", "`tad demo` on digits (CPU): noisy MTT vs MTT + TAD, trust report, ablations"),
-    ("demo_digits_asym40.json", "`tad demo` on digits with CIFAR-10's asymmetric flips at 40% (CPU): both arms, trust report"),
+    ("demo_digits_asym40.json", "`tad demo` on digits with CIFAR-10's asymmetric flips at 40% (CPU): both arms, trust "
+     "report"),
     ("demo_digits_asym40_balanced.json", "the same with `tad.balance_classes` (CPU): both arms, trust report"),
     ("features_cifar10.md", "SimCLR ResNet-18 extractor on CIFAR-10: kNN accuracy vs epochs and minutes"),
-    ("../benchmarks/results/benchmark_engine.md", "engine speed vs the official MTT code (experts, distillation, evaluation)"),
-    ("../benchmarks/results/benchmark_experts.json", "expert-training variants (fp32 / bf16 / channels_last, E, TAD) per expert-epoch"),
-    ("../benchmarks/results/benchmark_inner_grad_cpu.json", "distillation routes (autograd / explicit / compiled, recompute): time, memory (CPU)"),
-    ("../benchmarks/results/benchmark_inner_grad_h200_ipc10.json", "the same routes on an H200, IPC 10 (30 unrolled steps, batch 100)"),
-    ("../benchmarks/results/benchmark_inner_grad_h200_ipc50.json", "the same routes on an H200, IPC 50 (batch 500): peak memory"),
-    ("features_probe/features_cifar10_lr024.md", "SimCLR probe: peak lr 0.24 (2x the default) for 10 minutes on an H200"),
-    ("features_probe/features_cifar10_lr006.md", "SimCLR probe: peak lr 0.06 (half the default) for 10 minutes on an H100"),
-    ("../benchmarks/results/benchmark_engine_routes_h100.json", "every engine route of the CIFAR-10 configs from one H100 run, with official and floor ratios"),
+    ("../benchmarks/results/benchmark_engine.md", "engine speed vs the official MTT code (experts, distillation, "
+     "evaluation)"),
+    ("../benchmarks/results/benchmark_experts.json", "expert-training variants (fp32 / bf16 / channels_last, E, TAD) "
+     "per expert-epoch"),
+    ("../benchmarks/results/benchmark_inner_grad_cpu.json", "distillation routes (autograd / explicit / compiled, "
+     "recompute): time, memory (CPU)"),
+    ("../benchmarks/results/benchmark_inner_grad_h200_ipc10.json", "the same routes on an H200, IPC 10 (30 unrolled "
+     "steps, batch 100)"),
+    ("../benchmarks/results/benchmark_inner_grad_h200_ipc50.json", "the same routes on an H200, IPC 50 (batch 500): "
+     "peak memory"),
+    ("features_probe/features_cifar10_lr024.md", "SimCLR probe: peak lr 0.24 (2x the default) for 10 minutes on an "
+     "H200"),
+    ("features_probe/features_cifar10_lr006.md", "SimCLR probe: peak lr 0.06 (half the default) for 10 minutes on an "
+     "H100"),
+    ("../benchmarks/results/benchmark_engine_routes_h100.json", "every engine route of the CIFAR-10 configs from one "
+     "H100 run, with official and floor ratios"),
     ("features_cifar10_throughput.json", "SimCLR training throughput (batch, compile) and augmentation share"),
-    ("../benchmarks/results/benchmark_augment_cpu.json", "SimCLR augmentation alone, eager vs compiled pixel operations (CPU)"),
-    ("../benchmarks/results/benchmark_distributed.json", "1 vs 2 GPUs under torchrun: expert training, IPC 50 x 100 distillation"),
-    ("../benchmarks/results/benchmark_dual_loop.md", "TAD's per-epoch division + recalibration at CIFAR-10 scale: before / after the speed-up "
-     "(CPU), and on an H200"),
-    ("../benchmarks/results/benchmark_experts_h200.json", "expert-epoch on an H200, bf16 (test pass too) vs fp32, compiled, E = 20"),
-    ("../benchmarks/results/benchmark_experts_h200_e40.json", "expert-epoch on an H200, E = 20 vs 40 experts per launch, and without DSA"),
-    ("../benchmarks/results/benchmark_experts_h100_split.json", "expert-epoch on an H100 with the test pass timed apart: the official comparison train + test and train only"),
-    ("../benchmarks/results/benchmark_experts_h100.json", "expert-epoch on an H100, bf16 (test pass too) vs fp32, compiled, E = 20"),
-    ("../benchmarks/results/benchmark_inner_grad_h100_ipc10.json", "distillation routes on an H100, IPC 10: autograd vs compiled + recompute"),
-    ("../benchmarks/results/benchmark_inner_grad_h100_ipc10_profile.json", "the same on another H100, profiled: kernel time vs wall time, top kernels"),
-    ("../benchmarks/results/benchmark_augment_h100.json", "SimCLR augmentation alone on an H100, eager vs compiled pixel operations"),
-    ("features_cifar10_throughput_h100_2026-11-26.json", "SimCLR training throughput on an H100 with the compiled augmentation"),
+    ("../benchmarks/results/benchmark_augment_cpu.json", "SimCLR augmentation alone, eager vs compiled pixel "
+     "operations (CPU)"),
+    ("../benchmarks/results/benchmark_distributed.json", "1 vs 2 GPUs under torchrun: expert training, IPC 50 x 100 "
+     "distillation"),
+    ("../benchmarks/results/benchmark_dual_loop.md", "TAD's per-epoch division + recalibration at CIFAR-10 scale: "
+     "before / after the speed-up (CPU), and on an H200"),
+    ("../benchmarks/results/benchmark_experts_h200.json", "expert-epoch on an H200, bf16 (test pass too) vs fp32, "
+     "compiled, E = 20"),
+    ("../benchmarks/results/benchmark_experts_h200_e40.json", "expert-epoch on an H200, E = 20 vs 40 experts per "
+     "launch, and without DSA"),
+    ("../benchmarks/results/benchmark_experts_h100_split.json", "expert-epoch on an H100 with the test pass timed "
+     "apart: the official comparison train + test and train only"),
+    ("../benchmarks/results/benchmark_experts_h100.json", "expert-epoch on an H100, bf16 (test pass too) vs fp32, "
+     "compiled, E = 20"),
+    ("../benchmarks/results/benchmark_inner_grad_h100_ipc10.json", "distillation routes on an H100, IPC 10: autograd "
+     "vs compiled + recompute"),
+    ("../benchmarks/results/benchmark_inner_grad_h100_ipc10_profile.json", "the same on another H100, profiled: kernel "
+     "time vs wall time, top kernels"),
+    ("../benchmarks/results/benchmark_augment_h100.json", "SimCLR augmentation alone on an H100, eager vs compiled "
+     "pixel operations"),
+    ("features_cifar10_throughput_h100_2026-11-26.json", "SimCLR training throughput on an H100 with the compiled "
+     "augmentation"),
     ("features_cifar10_throughput_h100_jitter_order.json", "the same after the per-sample colour-jitter order (more "
      "pixel work: augmentation 3.9% -> 10.5% of a compiled batch-512 step)"),
-    ("features_cifar10_throughput_h100_fused_render.json", "the same with the whole view rendered as one compiled graph "
-     "(augmentation 6.0% of a compiled batch-512 step)"),
-    ("../benchmarks/results/benchmark_augment_cpu_fused_render.json", "SimCLR augmentation alone before / after the one-graph render (CPU)"),
+    ("features_cifar10_throughput_h100_fused_render.json", "the same with the whole view rendered as one compiled "
+     "graph (augmentation 6.0% of a compiled batch-512 step)"),
+    ("../benchmarks/results/benchmark_augment_cpu_fused_render.json", "SimCLR augmentation alone before / after the "
+     "one-graph render (CPU)"),
     ("features_probe/features_cifar10_fixes.md", "SimCLR 10 minutes on an H100 with the audit's two fixes (per-sample "
      "jitter order, fixed warm-up): 79.87% kNN@10, 286 epochs"),
     ("features_probe/features_cifar10_fused.md", "the same with the one-graph render: 345 epochs, 79.57% kNN@10"),
@@ -128,8 +150,8 @@ OTHER_RESULTS = (
      "default: 345 epochs, 80.31% kNN@10"),
     ("features_probe/features_cifar10_s14.md", "SimCLR 5.5 minutes on an H100 (the extractor of sym40-tad-avg1/-avg6): "
      "199 epochs, 78.91% kNN@10"),
-    ("features_probe/features_cifar10_s15.md", "SimCLR 5.5 minutes on an H100 again (the extractor of att-sym40-tad and "
-     "division/sym40-tad-rce3): 175 epochs, 78.63% kNN@10"),
+    ("features_probe/features_cifar10_s15.md", "SimCLR 5.5 minutes on an H100 again (the extractor of att-sym40-tad "
+     "and division/sym40-tad-rce3): 175 epochs, 78.63% kNN@10"),
     ("features_probe/ten_minute_runs.png", "the eight 10-minute SimCLR runs' kNN curves on one plot"),
     ("recalibration_sweep.md", "the inner loop's vote settings on digits and on SimCLR CIFAR-10 features (CPU)"),
     ("cifar10/division/README.md", "the final division under three threshold rules (Eq. 5's class mean, global 0.5, "
@@ -390,9 +412,10 @@ def buffer_kinds() -> dict[tuple[str, bool], list[tuple[str, int]]]:
 
 
 #: --budget -> (experts, experts trained at once, distillation iterations, evaluation interval, evaluation nets),
-#: None = the method's own. "short": the grid's budget, one for every cell, so that cells compare with each other (minutes of an H100
-#: per cell); "long": the paper's number of experts and MTT's 5000 iterations; "full": each method's own budget
-#: (100 experts x 50 epochs for MTT, 100 for DATM; ATT's README runs 60000 iterations at IPC 10): hours per cell.
+#: None = the method's own. "short": the grid's budget, one for every cell, so that cells compare with each other
+#: (minutes of an H100 per cell); "long": the paper's number of experts and MTT's 5000 iterations; "full": each
+#: method's own budget (100 experts x 50 epochs for MTT, 100 for DATM; ATT's README runs 60000 iterations at
+#: IPC 10): hours per cell.
 #: "short" and "long" train each buffer for :func:`read_epochs` epochs, "full" for the trainer's own.
 BUDGETS = {"short": (20, 20, 1000, 500, 5), "long": (100, 25, 5000, 500, 5), "full": None}
 
@@ -465,7 +488,8 @@ def seed_tag(tag: str | None, seed: int) -> str | None:
 def buffer_of(cell: Cell, sets: Sequence[str] = ()) -> str:
     """The name of the buffer ``cell`` distils from: ``<noise>-<arm>-<recipe>-<zca|raw>``, its preprocessing
     :func:`zca_of` under ``sets`` (Table 3's A and F share the noisy and tad arms' buffers)."""
-    return f"{cell.noise}-{cell.arm}-{recipe(cell.method, cell.ipc)}-{preprocessing(zca_of(cell.method, cell.ipc, sets))}"
+    return (f"{cell.noise}-{cell.arm}-{recipe(cell.method, cell.ipc)}-"
+            f"{preprocessing(zca_of(cell.method, cell.ipc, sets))}")
 
 
 def _data_flags(cell: Cell, cifar_n: str | None) -> list[str]:
@@ -624,7 +648,8 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
             if failed:
                 pending.remove(name)
                 codes[name] = SKIPPED
-                print(f"[{time.monotonic() - start:7.0f} s] {name}: not started ({', '.join(failed)} failed)", flush=True)
+                print(f"[{time.monotonic() - start:7.0f} s] {name}: not started ({', '.join(failed)} failed)",
+                      flush=True)
         load = {g: sum(1 for _, q, _, _ in running.values() if q == g) for g in queues}
         while pending and min(load.values()) < slots:
             startable = [n for n in pending if all(codes.get(d) == 0 for d in after.get(n, ()))]
@@ -686,7 +711,7 @@ def collect(name: str, out: Path, cell: Cell | None = None, extra: dict | None =
         src = Path(report).with_suffix(suffix) if report else None
         if src is not None and src.is_file():
             data = src.read_bytes()
-            atomic_write(RESULTS / f"{name}.trust_report{suffix}", lambda f: f.write(data))
+            atomic_write(RESULTS / f"{name}.trust_report{suffix}", lambda f, data=data: f.write(data))
 
 
 def recorded_time(cell: str, results: Path = RESULTS) -> str:
@@ -815,7 +840,7 @@ def run_cells(args: argparse.Namespace) -> int:
     :func:`run_parallel`); 0 if all passed."""
     out = Path(args.out)
     jobs, after, meta = plan(args)
-    for name, (cell, buf, _) in meta.items():
+    for name, (_, buf, _) in meta.items():
         print(f"{name} distils from the experts of {buf} ({buffer_dir(out, buf) / 'buffer'})", flush=True)
 
     def done(name: str) -> None:
@@ -867,8 +892,9 @@ def finished(cell: str, results: Path = RESULTS) -> bool:
 #: Planning figures for QUEUE.md's batches, one H100 (fp32 experts): seconds per expert-epoch of a noisy buffer
 #: with the GPU to itself (buffers and the extractor saturate the GPU and share it evenly); a buffer with TAD's
 #: outer loop costs TAD_BUFFER_FACTOR times a noisy one (measured before the batched division: an upper
-#: bound), and GSAM experts GSAM_FACTOR times SGD ones (two forward-backward passes a step); a cell's distillation and evaluations at the short budget's 1000 iterations, beside other jobs; the
-#: extractor's start and final evaluation beyond its training budget; the window a batch must fit.
+#: bound), and GSAM experts GSAM_FACTOR times SGD ones (two forward-backward passes a step); a cell's
+#: distillation and evaluations at the short budget's 1000 iterations, beside other jobs; the extractor's start
+#: and final evaluation beyond its training budget; the window a batch must fit.
 EXPERT_EPOCH_S = 0.35
 TAD_BUFFER_FACTOR = 2.7
 GSAM_FACTOR = 2.0
@@ -993,8 +1019,9 @@ def queue(results: Path = RESULTS, budget: str = "short") -> str:
     grid = cells()
     left = [n for n in grid if not finished(n, results)]
     lines = ["# CIFAR-10 grid: what is left", "",
-             f"Generated by `python reproduction/reproduce_cifar10.py --queue` from the cells without a finished record "
-             f"in this folder: {len(left)} of {len(grid)} cells left. Budget: `--budget {budget}` ({budget_text(budget)}).", "",
+             "Generated by `python reproduction/reproduce_cifar10.py --queue` from the cells without a finished "
+             f"record in this folder: {len(left)} of {len(grid)} cells left. Budget: `--budget {budget}` "
+             f"({budget_text(budget)}).", "",
              f"Each batch is one command for one H100 for at most {WINDOW_S / 60:.0f} minutes, on a fresh machine: it "
              "trains the shared buffers its cells read (and the SimCLR extractor when a TAD buffer needs it, beside "
              "them), distils each cell as soon as its buffer is done, and writes the records; commit them after "
@@ -1025,11 +1052,14 @@ def queue(results: Path = RESULTS, budget: str = "short") -> str:
             when = "" if took is None else f", about {took / 60:.0f} min" + (
                 "" if took <= WINDOW_S else f" (over the window; about "
                 f"{estimate(batch_jobs(names, budget, extractor=False)) / 60:.0f} min with an extractor carried in "
-                "and named by `--set tad.features=PATH`)" if any(j.name == "extractor" for j in batch_jobs(names, budget))
+                "and named by `--set tad.features=PATH`)"
+                if any(j.name == "extractor" for j in batch_jobs(names, budget))
                 else " (over the window)")
-            lines += [f"- batch {number}: {len(names)} cell{'s' if len(names) > 1 else ''}{when}; buffers {', '.join(f'`{b}`' for b in bufs)}", "",
-                      "  ```", f"  python reproduction/reproduce_cifar10.py --budget {budget} --dataset cifar10.npz{c10n} "
-                      f"--gpus 0 --jobs {QUEUE_JOBS} \\", "    " + " ".join(f"--cell {n}" for n in names), "  ```", ""]
+            lines += [f"- batch {number}: {len(names)} cell{'s' if len(names) > 1 else ''}{when}; buffers "
+                      f"{', '.join(f'`{b}`' for b in bufs)}", "",
+                      "  ```", f"  python reproduction/reproduce_cifar10.py --budget {budget} --dataset "
+                      f"cifar10.npz{c10n} --gpus 0 --jobs {QUEUE_JOBS} \\",
+                      "    " + " ".join(f"--cell {n}" for n in names), "  ```", ""]
     return "\n".join(lines)
 
 
@@ -1104,7 +1134,8 @@ def clean_gap_lines(results: Path) -> list[str]:
     return ["", "MTT + TAD against clean-label MTT at the same budget (the gap TAD leaves to training without noise; "
                 "the paper's TAD rows sit 0.7-1.4 points below its clean MTT at IPC 10, so on this copy a TAD arm "
                 "reaches the paper's numbers only where clean MTT clears them by that much):", "",
-            "| run | budget | MTT + TAD | clean MTT | gap | paper: TAD vs clean |", "| --- | --- | ---: | ---: | ---: | --- |",
+            "| run | budget | MTT + TAD | clean MTT | gap | paper: TAD vs clean |",
+            "| --- | --- | ---: | ---: | ---: | --- |",
             *rows]
 
 
@@ -1250,7 +1281,8 @@ def repeat_text(results: Path) -> str:
         (new, old) = (json.loads(p.read_text()) for p in paths)
         if not all("test_acc_mean" in r.get("results", {}) for r in (new, old)):
             continue
-        (a, sa), (b, sb) = ((100 * r["results"]["test_acc_mean"], 100 * r["results"]["test_acc_std"]) for r in (new, old))
+        (a, sa), (b, sb) = ((100 * r["results"]["test_acc_mean"], 100 * r["results"]["test_acc_std"])
+                            for r in (new, old))
         agree = "the same within" if abs(a - b) <= max(sa, sb) else "outside"
         texts.append(f"`{cell}` run again from its settings on a fresh {new.get('device')} machine: {a:.2f} +- "
                      f"{sa:.2f} against {b:.2f} +- {sb:.2f} of the first run (`{earlier}`, {old.get('device')}), "
@@ -1344,7 +1376,8 @@ def page(results: Path = RESULTS) -> str:
     if clean is not None:
         name, rec = clean
         lines += ["", f"Clean-label reference (MTT without noise, IPC 10, its best run here; the paper's MTT: "
-                      f"{PAPER_CLEAN_MTT[10]} on the official pixels): [`clean/{name}`]({page_link(results, f'clean/{name}')}) "
+                      f"{PAPER_CLEAN_MTT[10]} on the official pixels): "
+                      f"[`clean/{name}`]({page_link(results, f'clean/{name}')}) "
                       f"{acc_text(rec)}; {budget(rec)}."]
     lines += clean_gap_lines(results)
     about, others = record_places(results)
@@ -1397,7 +1430,8 @@ def record_places(results: Path) -> tuple[dict[str, str], list[str]]:
             if ref_path.is_file():
                 assumed = {f"{sec}.{k}": v for sec, keys in PAPER_TAD.items() for k, v in keys.items()}
                 diffs = varies(rec, json.loads(ref_path.read_text()), assumed)
-                shown = ", ".join(f"`{d}`" for d in diffs[:VARIES_SHOWN]) + (", ..." if len(diffs) > VARIES_SHOWN else "")
+                shown = (", ".join(f"`{d}`" for d in diffs[:VARIES_SHOWN])
+                         + (", ..." if len(diffs) > VARIES_SHOWN else ""))
                 what += f"; against [`{ref_stem}`]({page_link(results, ref_stem)}): " + (
                     shown if diffs else "no difference in the settings both records hold")
                 where += f" (against [`{ref_stem}`]({ref_stem}.md))"

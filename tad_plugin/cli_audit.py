@@ -162,6 +162,7 @@ def audit(cfg: Any, *, detector: str = "tad", buffer: str | Path | None = None, 
     clean = data.dataset.train_labels if data.noise_rate > 0 else None  # noise was applied: truth known
     rounds: list[dict[str, Any]] = []
     if detector == "tad":
+        assert pipe.hooks is not None  # tad.enabled (checked above): the pipeline built TAD's hooks
         store = stage_buffer(pipe, data, out, log, reuse)
         start = time.perf_counter()
         table = audit_experts(store, pipe.network(data.dataset), pipe.preprocessor(data.dataset, store),

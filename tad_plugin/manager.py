@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import pluggy
 import torch
@@ -23,6 +24,8 @@ BLOCKED_ENV = "TAD_PLUGIN_BLOCKED"
 TRACE_ENV = "TAD_PLUGIN_TRACE"
 
 log = logging.getLogger("tad_plugin.hooks")
+
+_T = TypeVar("_T")
 
 
 class HookError(TADError, RuntimeError):
@@ -147,7 +150,7 @@ class TADHooks:
                                       predictions=predictions)
 
     @staticmethod
-    def _check(name: str, out: object, kind: type) -> object:  # type: ignore[type-arg]
+    def _check(name: str, out: object, kind: type[_T]) -> _T:
         if out is None:
             raise HookError(f"no registered plugin implements {name!r} (all deferred); register one, "
                             f"or leave TAD's default plugin 'tad' unblocked")

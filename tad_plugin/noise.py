@@ -18,9 +18,11 @@ each asymmetric kind refuses any other number of classes (Tiny ImageNet's 200 in
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -210,12 +212,13 @@ def _load_cifar_n_pt(path: Path) -> dict[str, object]:
     # The official files pickle numpy arrays (and, in CIFAR-100N, Python lists). Allow exactly the numpy
     # reconstruction functions so that loading stays weights_only (no arbitrary code).
     try:
-        reconstruct = np._core.multiarray._reconstruct  # numpy >= 2
-    except AttributeError:
-        reconstruct = np.core.multiarray._reconstruct
-    safe: list[object] = [np.ndarray, np.dtype, type(np.dtype(np.int64)),
-                          (reconstruct, "numpy.core.multiarray._reconstruct"),
-                          (reconstruct, "numpy._core.multiarray._reconstruct")]
+        multiarray = importlib.import_module("numpy._core.multiarray")  # numpy >= 2
+    except ImportError:
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    reconstruct = multiarray._reconstruct
+    safe: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        np.ndarray, np.dtype, type(np.dtype(np.int64)),
+        (reconstruct, "numpy.core.multiarray._reconstruct"), (reconstruct, "numpy._core.multiarray._reconstruct")]
     with torch.serialization.safe_globals(safe):
         data = torch_load(path)
     if not isinstance(data, dict):

@@ -139,7 +139,9 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     user: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
     user = apply_overrides(merge(user, _flag_overrides(args)), getattr(args, "sets", []))
     chosen = merge(base or {}, user)
-    data, distill = (chosen.get(k) if isinstance(chosen.get(k), dict) else {} for k in ("data", "distill"))
+    data: dict[str, Any]
+    distill: dict[str, Any]
+    data, distill = (chosen[k] if isinstance(chosen.get(k), dict) else {} for k in ("data", "distill"))
     dataset, ipc = data.get("dataset", "digits"), distill.get("ipc", 10)  # a scalar section: from_dict says so
     defaults = method_adapter(chosen.get("method", "mtt"))[1](dataset, ipc if isinstance(ipc, int) else 10)
     return from_dict(RunConfig, merge(defaults, chosen)).validate()
@@ -345,12 +347,18 @@ def trust_summary(res: dict[str, Any], class_names: Sequence[str]) -> str | None
     line += f", precision {100 * res['trusted_precision']:.1f}%, recall {100 * res['clean_recall']:.1f}%"
     for r in least_precise(res.get("per_class", [])):
         others = ", ".join(f"{m} of {class_names[k]}" for k, m in r["intruders"]) or "none"
-        line += f"\n  class {class_names[r['class']]}: {r['trusted']} trusted, {100 * r['precision']:.1f}% right " \
+        precision = r["precision"]
+        assert precision is not None  # least_precise leaves out the classes without a precision
+        line += f"\n  class {class_names[r['class']]}: {r['trusted']} trusted, {100 * precision:.1f}% right " \
                 f"(others: {others})"
     low = least_recalled(res.get("per_class", []))
     if low:
-        line += "\n  least recalled: " + ", ".join(f"{class_names[r['class']]} {100 * r['clean_recall']:.1f}%"
-                                                for r in low) + " of their correctly labelled samples trusted"
+        parts = []
+        for r in low:
+            recall = r["clean_recall"]
+            assert recall is not None  # least_recalled leaves out the classes without a recall
+            parts.append(f"{class_names[r['class']]} {100 * recall:.1f}%")
+        line += "\n  least recalled: " + ", ".join(parts) + " of their correctly labelled samples trusted"
     later = later_recalls_text(res.get("later_recalls"))
     if later:
         line += "\n  " + later
@@ -585,7 +593,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     log = begin(args, cfg, pipe, out)
     if args.best:
         result = result.best_result()
-        log.result(evaluated_set=f"best of distillation (iteration {result.best['iteration']}, {result.best['which']})")
+        best = result.best
+        assert best is not None  # a set with a best snapshot records its evaluation (both are kept together)
+        log.result(evaluated_set=f"best of distillation (iteration {best['iteration']}, {best['which']})")
     res = stage_eval(pipe, result, data, log, pre.to(pipe.device))
     print(f"test accuracy {100 * res['test_acc_mean']:.2f} +- {100 * res['test_acc_std']:.2f} %; record {log.path}")
     return 0

@@ -47,10 +47,11 @@ class TrustAwareDiversion:
             ``calibration_quantile`` of the trusted samples' leave-one-out vote share for their own
             label (:func:`tad_plugin.recalibration.calibrated_threshold`), never below
             ``recall_confidence`` / ``sieve_confidence``; an untrusted sample is recalled, and a trusted
-            one sieved, only if its vote is at least as supported as that. The bar adapts to the features and the round (near-unanimity for tight
-            clusters such as digits' pixels, lower for diffuse ones), so recalls do not lower the trusted
-            space's precision where fixed thresholds would. ``"fixed"`` uses ``recall_confidence`` /
-            ``sieve_confidence`` instead (``num_neighbors=10`` with it is the earlier behaviour).
+            one sieved, only if its vote is at least as supported as that. The bar adapts to the features and
+            the round (near-unanimity for tight clusters such as digits' pixels, lower for diffuse ones), so
+            recalls do not lower the trusted space's precision where fixed thresholds would. ``"fixed"``
+            uses ``recall_confidence`` / ``sieve_confidence`` instead (``num_neighbors=10`` with it is the
+            earlier behaviour).
         calibration_quantile: the quantile of the trusted samples' own-label shares used as the bar.
             Default 0.75: stricter than the median, which lets a few wrong recalls in.
         recall_confidence: the vote share needed to recall an untrusted sample with its pseudo-label

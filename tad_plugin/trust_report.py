@@ -26,6 +26,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, TypedDict
 
 import torch
 
@@ -34,7 +35,8 @@ from .files import atomic_write_json
 from .hookspecs import hookimpl
 from .plotting import pyplot, save_png
 
-__all__ = ["TrustReport", "TrustReportListener", "TrustRound", "later_recalls_text", "least_precise", "least_recalled", "per_class_trust"]
+__all__ = ["TrustReport", "TrustReportListener", "TrustRound", "later_recalls_text", "least_precise", "least_recalled",
+           "per_class_trust"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,18 @@ class TrustRound:
     recalled_expert_agrees: int | None = None
     recalled_agree_accuracy: float | None = None
     recalled_disagree_accuracy: float | None = None
+
+
+class _RoundMetrics(TypedDict, total=False):
+    """The optional :class:`TrustRound` fields that :meth:`TrustReport.add` fills (those its inputs allow)."""
+
+    precision: float | None
+    recall: float | None
+    label_accuracy: float | None
+    recalled_accuracy: float | None
+    recalled_expert_agrees: int | None
+    recalled_agree_accuracy: float | None
+    recalled_disagree_accuracy: float | None
 
 
 @dataclass
@@ -101,7 +115,7 @@ class TrustReport:
         admitted = 0 if last is None else int((trusted & ~last).sum())
         expelled = 0 if last is None else int((last & ~trusted).sum())
         self._last_trusted = trusted.clone()
-        metrics: dict[str, float | int | None] = {}
+        metrics: _RoundMetrics = {}
         agrees = None if expert_agrees is None else expert_agrees.cpu()
         if agrees is not None:
             if agrees.shape != trusted.shape or agrees.dtype != torch.bool:
@@ -113,12 +127,12 @@ class TrustReport:
             correct = labels == clean
             if self.noisy_label_accuracy is None:
                 self.noisy_label_accuracy = _mean(noisy == clean)
-            metrics |= {
+            metrics.update({
                 "precision": _mean(correct[trusted]),
                 "recall": float((trusted & correct).sum()) / max(1, int(correct.sum())),
                 "label_accuracy": _mean(correct),
                 "recalled_accuracy": _mean(correct[newly]),
-            }
+            })
             if agrees is not None:
                 metrics["recalled_agree_accuracy"] = _mean(correct[newly & agrees])
                 metrics["recalled_disagree_accuracy"] = _mean(correct[newly & ~agrees])
@@ -140,9 +154,10 @@ class TrustReport:
         right = round(sum(r.recalled * (r.recalled_accuracy or 0.0) for r in later))  # counts, from the rates
         out: dict[str, float | int | None] = {"rounds": len(later), "recalled": recalled,
                                               "accuracy": right / recalled if recalled else None}
-        if all(r.recalled_expert_agrees is not None for r in later):
-            agree = sum(r.recalled_expert_agrees for r in later)
-            right_agree = round(sum(r.recalled_expert_agrees * (r.recalled_agree_accuracy or 0.0) for r in later))
+        agrees = [r.recalled_expert_agrees for r in later if r.recalled_expert_agrees is not None]
+        if len(agrees) == len(later):
+            agree = sum(agrees)
+            right_agree = round(sum(n * (r.recalled_agree_accuracy or 0.0) for n, r in zip(agrees, later)))
             out.update(agree=agree, agree_accuracy=right_agree / agree if agree else None,
                        disagree=recalled - agree,
                        disagree_accuracy=(right - right_agree) / (recalled - agree) if recalled > agree else None)
@@ -209,8 +224,13 @@ class TrustReport:
         save_png(fig, path)
 
 
+#: One class's row of :func:`per_class_trust` (its Returns section says what each key holds).
+ClassTrust = TypedDict("ClassTrust", {"class": int, "trusted": int, "precision": float | None,
+                                      "clean_recall": float | None, "intruders": list[list[int]]})
+
+
 def per_class_trust(trusted: torch.Tensor, labels: torch.Tensor, clean_labels: torch.Tensor,
-                    num_classes: int) -> list[dict[str, object]]:
+                    num_classes: int) -> list[ClassTrust]:
     """The trusted space class by class: where its remaining noise sits (structured noise such as CIFAR-10's
     asymmetric flips concentrates it in a few classes, which an overall precision hides).
 
@@ -235,10 +255,11 @@ def per_class_trust(trusted: torch.Tensor, labels: torch.Tensor, clean_labels: t
     check_labels(clean, num_classes, "clean_labels")
     # confusion[c, k]: trusted samples labelled c whose true class is k
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long)
-    confusion.index_add_(0, labels[trusted] * num_classes + clean[trusted], torch.ones(int(trusted.sum()), dtype=torch.long))
+    confusion.index_add_(0, labels[trusted] * num_classes + clean[trusted],
+                         torch.ones(int(trusted.sum()), dtype=torch.long))
     confusion = confusion.view(num_classes, num_classes)
     correct = labels == clean
-    rows: list[dict[str, object]] = []
+    rows: list[ClassTrust] = []
     for c in range(num_classes):
         n, right = int(confusion[c].sum()), int(confusion[c, c])
         usable = correct & (labels == c)
@@ -251,13 +272,13 @@ def per_class_trust(trusted: torch.Tensor, labels: torch.Tensor, clean_labels: t
     return rows
 
 
-def least_precise(per_class: list[dict[str, object]], count: int = 3) -> list[dict[str, object]]:
+def least_precise(per_class: list[ClassTrust], count: int = 3) -> list[ClassTrust]:
     """The ``count`` rows of :func:`per_class_trust` with the lowest precision (classes without trusted
     samples left out), lowest first."""
     return _lowest(per_class, "precision", count)
 
 
-def least_recalled(per_class: list[dict[str, object]], count: int = 3) -> list[dict[str, object]]:
+def least_recalled(per_class: list[ClassTrust], count: int = 3) -> list[ClassTrust]:
     """The ``count`` rows of :func:`per_class_trust` with the lowest recall of their clean samples (classes
     without clean samples left out), lowest first: where the division drops correctly labelled samples
     (a class that asymmetric noise flips away from is clean yet loses its harder half to the class-mean
@@ -265,9 +286,10 @@ def least_recalled(per_class: list[dict[str, object]], count: int = 3) -> list[d
     return _lowest(per_class, "clean_recall", count)
 
 
-def _lowest(per_class: list[dict[str, object]], key: str, count: int) -> list[dict[str, object]]:
-    rows = [r for r in per_class if r[key] is not None]
-    return sorted(rows, key=lambda r: float(r[key]))[:count]  # type: ignore[arg-type]
+def _lowest(per_class: list[ClassTrust], key: Literal["precision", "clean_recall"],
+            count: int) -> list[ClassTrust]:
+    scored = [(value, r) for r in per_class if (value := r[key]) is not None]
+    return [r for _, r in sorted(scored, key=lambda vr: float(vr[0]))][:count]
 
 
 def later_recalls_text(later: dict | None) -> str | None:

@@ -104,7 +104,7 @@ def test_table_3s_switches_change_exactly_the_part_they_name(tmp_path):
 
 
 def test_arms_of_a_setting_differ_only_in_tad(tmp_path):
-    for name, cell in repro.cells().items():
+    for cell in repro.cells().values():
         if cell.arm != "noisy":
             continue
         a, b = (config_of(repro.command(f"{cell.setting}-{arm}", "d.npz", tmp_path, "n.pt", "short"))
@@ -116,7 +116,7 @@ def test_arms_of_a_setting_differ_only_in_tad(tmp_path):
 def test_one_buffer_per_noise_arm_recipe_and_preprocessing_serves_the_ipcs_that_share_them(tmp_path):
     grid = repro.cells()
     by_buffer = {}
-    for name, cell in grid.items():
+    for cell in grid.values():
         by_buffer.setdefault(repro.buffer_of(cell), set()).add((cell.method, cell.ipc))
     zca = {(m, i) for m in ("mtt", "att") for i in (1, 10)}
     raw = {("mtt", 50), ("att", 50)}  # upstream's MTT and ATT IPC-50 rows: no ZCA
@@ -147,7 +147,8 @@ def test_one_buffer_per_noise_arm_recipe_and_preprocessing_serves_the_ipcs_that_
                 reader.buffer.optimizer, reader.buffer.alpha, reader.buffer.epochs)
             assert trained.buffer.epochs >= reader.distill.max_start_epoch + reader.distill.expert_epochs
     assert config_of(repro.buffer_command("sym20-noisy-sgd-raw", "d.npz", tmp_path, None, "short")).method == "mtt"
-    assert config_of(repro.buffer_command("sym20-noisy-gsam-a0.3-zca", "d.npz", tmp_path, None, "short")).method == "datm"
+    assert config_of(repro.buffer_command("sym20-noisy-gsam-a0.3-zca", "d.npz", tmp_path, None,
+                                          "short")).method == "datm"
     # the full budget: each trainer's own epochs (DATM's 100 also cover FTD's reads)
     assert "buffer.epochs=100" in repro.buffer_command("sym40-tad-gsam-a0.3-zca", "d.npz", tmp_path, None, "full")
 
@@ -214,7 +215,8 @@ def test_a_buffer_trains_once_and_its_cells_follow_it(tmp_path, monkeypatch):
     # an extractor in place, and a finished buffer under --out: neither is trained again, nothing waits
     (tmp_path / "features").mkdir()
     (tmp_path / "features" / "d.pt").write_bytes(b"x")
-    monkeypatch.setattr(repro, "buffer_ready", lambda path, experts: "sym40-noisy-sgd-zca" in str(path) and experts == 20)
+    monkeypatch.setattr(repro, "buffer_ready",
+                        lambda path, experts: "sym40-noisy-sgd-zca" in str(path) and experts == 20)
     jobs, after, _ = repro.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "mtt-ipc50-sym40-tad"]))
     assert list(jobs) == ["buffer-sym40-tad-sgd-raw", "mtt-ipc50-sym40-tad", "mtt-ipc1-sym40-noisy"]
     assert after == {"mtt-ipc50-sym40-tad": ["buffer-sym40-tad-sgd-raw"]}
@@ -277,8 +279,8 @@ def test_tagged_variants_and_more_seeds_get_their_own_buffers_runs_and_records(t
     (tmp_path / "d.pt").write_bytes(b"x")
     jobs, after, meta = repro.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="bal", seeds=[0, 2],
                                          set=["tad.balance_classes=true"]))
-    assert list(jobs) == ["buffer-sym40-tad-sgd-zca-bal", "att-ipc10-sym40-tad-bal", "buffer-sym40-tad-sgd-zca-bal-seed2",
-                          "att-ipc10-sym40-tad-bal-seed2"]
+    assert list(jobs) == ["buffer-sym40-tad-sgd-zca-bal", "att-ipc10-sym40-tad-bal",
+                          "buffer-sym40-tad-sgd-zca-bal-seed2", "att-ipc10-sym40-tad-bal-seed2"]
     cell = jobs["att-ipc10-sym40-tad-bal-seed2"]
     assert cell[cell.index("--buffer") + 1] == str(tmp_path / "buffers" / "sym40-tad-sgd-zca-bal-seed2" / "buffer")
     assert cell[-4:] == ["--set", "tad.balance_classes=true", "--set", "seed=2"]
@@ -293,7 +295,8 @@ def test_tagged_variants_and_more_seeds_get_their_own_buffers_runs_and_records(t
 
 def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(repro, "run_parallel", lambda jobs, *a, **k: seen.update(jobs=jobs, **k) or {j: 0 for j in jobs})
+    monkeypatch.setattr(repro, "run_parallel",
+                        lambda jobs, *a, **k: seen.update(jobs=jobs, **k) or {j: 0 for j in jobs})
     monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
     monkeypatch.setattr(repro, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(repro, "buffer_ready", lambda path, experts: False)
@@ -356,7 +359,8 @@ def test_cell_all_runs_every_cell_of_the_grid(monkeypatch):
 
 def test_run_parallel_waits_for_what_a_job_needs_and_skips_it_when_that_failed(tmp_path):
     jobs = {"buf": _job(tmp_path, "buf", seconds=0.5), "cell": _job(tmp_path, "cell"),
-            "bad": _job(tmp_path, "bad", code=2), "after_bad": _job(tmp_path, "after_bad"), "free": _job(tmp_path, "free")}
+            "bad": _job(tmp_path, "bad", code=2), "after_bad": _job(tmp_path, "after_bad"),
+            "free": _job(tmp_path, "free")}
     codes = repro.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=["0"], poll_s=0.05,
                                after={"cell": ["buf"], "after_bad": ["bad"]})
     assert codes == {"buf": 0, "cell": 0, "bad": 2, "after_bad": repro.SKIPPED, "free": 0}
@@ -392,7 +396,8 @@ def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
     batch1 = next(line for line in text.splitlines() if line.startswith("- batch 1:"))
     assert batch1.startswith("- batch 1: 3 cells, about ") and batch1.endswith(
         " min; buffers `sym20-tad-sgd-zca`, `sym20-noisy-sgd-zca`")  # both arms, one window
-    assert "--jobs 3 \\\n    --cell mtt-ipc1-sym20-tad --cell mtt-ipc10-sym20-noisy --cell mtt-ipc10-sym20-tad\n" in text
+    assert ("--jobs 3 \\\n    --cell mtt-ipc1-sym20-tad --cell mtt-ipc10-sym20-noisy --cell mtt-ipc10-sym20-tad\n"
+            in text)
 
 
 def test_estimate_shares_the_gpu_between_saturating_jobs_and_pauses_tad_buffers_for_the_extractor():
@@ -430,7 +435,8 @@ def test_the_page_renders_the_tables_from_records_with_missing_cells_marked(tmp_
                 "config": {"buffer": {"num_experts": experts, "epochs": 43}, "distill": {"iterations": iters},
                            "eval": {"num_eval": 5}}}
     for name, acc in (("mtt-ipc50-sym40-noisy", 0.60), ("mtt-ipc50-sym40-tad", 0.68), ("mtt-ipc1-asym20-tad", 0.40),
-                      ("datm-ipc50-asym40-noisy", 0.55), ("datm-ipc50-asym40-B", 0.57), ("datm-ipc50-asym40-tad", 0.66)):
+                      ("datm-ipc50-asym40-noisy", 0.55), ("datm-ipc50-asym40-B", 0.57),
+                      ("datm-ipc50-asym40-tad", 0.66)):
         (tmp_path / f"{name}.json").write_text(json.dumps(record(acc)))
     (tmp_path / "att-ipc10-c10n-worst-noisy.json").write_text(json.dumps(record(0.55, iters=2000)))
     (tmp_path / "c10n-worst-tad.json").write_text(json.dumps(record(0.58)))  # an earlier name of mtt-ipc10-...
@@ -446,7 +452,8 @@ def test_the_page_renders_the_tables_from_records_with_missing_cells_marked(tmp_
     assert sum(1 for r in rows if r.split(" | ")[0] in ("| sym20", "| sym40", "| asym20", "| asym40")) == 16
     table3 = {line.split(" ")[1]: line for line in text.splitlines() if line.startswith("| ") and " (`datm-" in line}
     assert table3["A"] == "| A (`datm-ipc50-asym40-noisy`) |  |  |  | not run | 62.5 | 55.0 | 55.0 |"
-    assert table3["B"] == "| B (`datm-ipc50-asym40-B`) | yes |  |  | not run | 64.1 (+1.6) | 57.0 (+2.0) | 58.8 (+3.8) |"
+    assert table3["B"] == ("| B (`datm-ipc50-asym40-B`) | yes |  |  | not run | 64.1 (+1.6) | 57.0 (+2.0) "
+                           "| 58.8 (+3.8) |")
     assert table3["F"].endswith("| 66.0 (+11.0) | 70.7 (+15.7) |") and "| yes | yes | yes |" in table3["F"]
     assert "- MTT at IPC 50: TAD gains at least +6 at sym 40% and asym 40% (the paper: +11.0 and +10.9 at its " \
            "budget): 1 of 1 measured hold; 1 not measured yet" in text
@@ -455,13 +462,16 @@ def test_the_page_renders_the_tables_from_records_with_missing_cells_marked(tmp_
     assert "20 experts per buffer" in text and "1000 distillation iterations" in text  # the budget, stated
     linked = repro.page(tmp_path)  # each measured number links to its record's page, which exists
     row = next(x for x in linked.splitlines() if x.startswith("| sym40 | MTT |"))
-    assert f"[60.0]({tmp_path.name}/cells/mtt-ipc50-sym40-noisy.md) -> [68.0]({tmp_path.name}/cells/mtt-ipc50-sym40-tad.md)" in row
-    assert f"| c10n-worst | MTT | not run | 43.8 -> 46.6 (+2.8) | not run -> [58.0]({tmp_path.name}/cells/c10n-worst-tad.md) |" in linked
+    assert (f"[60.0]({tmp_path.name}/cells/mtt-ipc50-sym40-noisy.md) -> "
+            f"[68.0]({tmp_path.name}/cells/mtt-ipc50-sym40-tad.md)") in row
+    assert (f"| c10n-worst | MTT | not run | 43.8 -> 46.6 (+2.8) | not run -> "
+            f"[58.0]({tmp_path.name}/cells/c10n-worst-tad.md) |") in linked
     for link in re.findall(r"\]\(([^)]+\.md)\)", linked):
         if link.startswith(tmp_path.name):
             assert (tmp_path.parent / link).is_file(), link
     page = (tmp_path / "cells" / "c10n-worst-tad.md").read_text()
-    assert page.startswith("# c10n-worst-tad\n\n[Results](../../README.md) / Table 2: MTT at IPC 10, c10n-worst, with TAD")
+    assert page.startswith("# c10n-worst-tad\n\n[Results](../../README.md) / Table 2: MTT at IPC 10, c10n-worst, "
+                           "with TAD")
 
 
 def test_each_run_is_drawn_in_its_settings_panel():
@@ -476,8 +486,9 @@ def test_each_run_is_drawn_in_its_settings_panel():
 def test_the_table_averages_a_cells_finished_seeds(tmp_path):
     def record(acc):
         return {"results": {"test_acc_mean": acc, "test_acc_std": 0.005}, "config": {}}
-    for name, acc in (("sym40-noisy-e20-i1000", 0.55), ("mtt-ipc10-sym40-tad", 0.62), ("mtt-ipc10-sym40-tad-seed1", 0.64),
-                      ("mtt-ipc10-sym40-tad-seed2", 0.63), ("att-ipc10-sym40-tad-seed1", 0.10)):
+    for name, acc in (("sym40-noisy-e20-i1000", 0.55), ("mtt-ipc10-sym40-tad", 0.62),
+                      ("mtt-ipc10-sym40-tad-seed1", 0.64), ("mtt-ipc10-sym40-tad-seed2", 0.63),
+                      ("att-ipc10-sym40-tad-seed1", 0.10)):
         (tmp_path / f"{name}.json").write_text(json.dumps(record(acc)))
     (tmp_path / "mtt-ipc10-sym40-tad-seed3.json").write_text(json.dumps({"results": {}, "config": {}}))  # unfinished
     (tmp_path / "mtt-ipc10-sym40-tad-seed1.trust_report.json").write_text("{}")
@@ -494,7 +505,8 @@ def test_the_detail_page_names_the_shared_buffer_a_cell_distilled_from(tmp_path)
         detail(tmp_path, "att-ipc10-sym40-noisy")
     rec["cell"] = {"buffer": "sym40-noisy-sgd-zca"}
     (tmp_path / "att-ipc10-sym40-noisy.json").write_text(json.dumps(rec))
-    assert "| experts read from | `sym40-noisy-sgd-zca` (expert batch 256) |" in detail(tmp_path, "att-ipc10-sym40-noisy")
+    assert ("| experts read from | `sym40-noisy-sgd-zca` (expert batch 256) |"
+            in detail(tmp_path, "att-ipc10-sym40-noisy"))
 
 
 def test_page_indexes_every_other_result_and_each_link_exists(tmp_path):
@@ -585,7 +597,8 @@ def test_page_draws_the_curves_of_finished_and_partial_runs(tmp_path):
         assert not png.exists() and "curves.png" not in repro.page(tmp_path)
         assert "![accuracy curve]" not in detail(tmp_path, "mtt-ipc10-sym40-tad")
     else:
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"![curves]({tmp_path.name}/curves.png)" in repro.page(tmp_path)
+        assert (png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+                and f"![curves]({tmp_path.name}/curves.png)" in repro.page(tmp_path))
         assert "![accuracy curve](mtt-ipc10-sym40-tad.png)" in detail(tmp_path, "mtt-ipc10-sym40-tad")
         assert (tmp_path / "cells" / "mtt-ipc10-sym40-tad.png").read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "clean" / "mtt-clean-diverged.json").unlink()  # a record gone: its page and curve go too
@@ -682,7 +695,8 @@ def test_the_detail_page_gives_the_later_recalls_of_a_record_that_has_them(tmp_p
                                  "later_recalls": later}}}
     (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(rec))
     assert ("Recalls after the first round (first expert, 2 rounds): 10, 80.0% right; where the expert predicts "
-            "the pseudo-label 6 (100.0% right), where it does not 4 (50.0% right).") in detail(tmp_path, "mtt-ipc10-sym40-tad")
+            "the pseudo-label 6 (100.0% right), where it does not 4 (50.0% right)."
+            in detail(tmp_path, "mtt-ipc10-sym40-tad"))
 
 
 def test_page_reads_the_later_recalls_of_an_older_record_from_its_trust_report(tmp_path):
@@ -701,7 +715,8 @@ def test_page_reads_the_later_recalls_of_an_older_record_from_its_trust_report(t
     rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
            "stages": {"buffer": {"trusted_fraction": 0.7, "trusted_precision": 0.9, "clean_recall": 0.88}}}
     (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(rec))
-    assert "Recalls after the first round (first expert, 1 round): 2, 50.0% right.\n" in detail(tmp_path, "mtt-ipc10-sym40-tad")
+    assert ("Recalls after the first round (first expert, 1 round): 2, 50.0% right.\n"
+            in detail(tmp_path, "mtt-ipc10-sym40-tad"))
 
 
 def test_page_sets_each_mtt_tad_record_against_clean_mtt_of_the_same_budget(tmp_path):
@@ -712,7 +727,8 @@ def test_page_sets_each_mtt_tad_record_against_clean_mtt_of_the_same_budget(tmp_
                 "config": {"method": method, "tad": {"enabled": tad}, "buffer": {"num_experts": experts, "epochs": 23},
                            "distill": {"iterations": 1000}, "eval": {"num_eval": 5}}, **extra}
     (tmp_path / "clean" / "mtt-clean-e20.json").write_text(json.dumps(rec(0.603, 20, tad=False)))
-    (tmp_path / "clean" / "mtt-clean-e40-bad.json").write_text(json.dumps(rec(0.397, 40, tad=False, note="diverged: x")))
+    (tmp_path / "clean" / "mtt-clean-e40-bad.json").write_text(
+        json.dumps(rec(0.397, 40, tad=False, note="diverged: x")))
     (tmp_path / "sym40-tad-e20.json").write_text(json.dumps(rec(0.597, 20)))
     (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(rec(0.606, 40)))  # its only clean match diverged
     (tmp_path / "sym40-noisy-e20.json").write_text(json.dumps(rec(0.543, 20, tad=False)))  # not a TAD run
@@ -733,7 +749,8 @@ def test_the_page_names_tad_settings_beyond_the_papers(tmp_path):
                            "distill": {"label_temperature": 1.0}}}
     (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(record()))
     assert "settings the paper's TAD does not have" not in page_text(tmp_path)
-    (tmp_path / "mtt-ipc10-asym40-tad.json").write_text(json.dumps(record(balance_classes=True, warmup_confidence_penalty=1.0)))
+    (tmp_path / "mtt-ipc10-asym40-tad.json").write_text(
+        json.dumps(record(balance_classes=True, warmup_confidence_penalty=1.0)))
     line = next(x for x in page_text(tmp_path).splitlines() if "settings the paper's TAD does not have" in x)
     assert line.endswith("tad.balance_classes=True, tad.warmup_confidence_penalty=1.0 (`mtt-ipc10-asym40-tad`).")
     (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(record(loss_average=6)))
@@ -786,7 +803,8 @@ def test_the_detail_page_gives_settings_result_provenance_and_cleaned_notes(tmp_
                       "distill": {"ipc": 50, "iterations": 1000}, "eval": {"num_eval": 5, "epochs": 1000},
                       "tad": {"enabled": True, "reg_weight": None, "balance_classes": True, "features": "/x.pt"}},
            "cell": {"arm": "B", "reg": True, "outer_loop": False, "inner_loop": False, "buffer": "asym40-B-gsam-zca"},
-           "note": "Balancing helps (58.7 vs 52.1; a first run (bcfbe8f, H200) read 48). Provenance: bash q.sh, commit 5e749c9"}
+           "note": "Balancing helps (58.7 vs 52.1; a first run (bcfbe8f, H200) read 48). Provenance: bash q.sh, "
+                   "commit 5e749c9"}
     (tmp_path / "datm-ipc50-asym40-B.json").write_text(json.dumps(rec))
     page = detail(tmp_path, "datm-ipc50-asym40-B")
     for row in ("| method | DATM |", "| IPC | 50 |",

@@ -407,10 +407,8 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check every section; returns self. Raises :class:`ConfigError`."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                value.validate()
+        for section in (self.data, self.model, self.buffer, self.tad, self.distill, self.eval):
+            section.validate()
         if self.distill.max_start_epoch + self.distill.expert_epochs > self.buffer.epochs:
             raise ConfigError(
                 f"distill.max_start_epoch + distill.expert_epochs = "
@@ -446,7 +444,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of its fields ({key}.<field>: value), got {value!r} "
                               f"({type(value).__name__}); in YAML, indent the fields under `{key}:`")

@@ -345,7 +345,7 @@ class ExpertTrainer:
         seeds = [expert_seed(seed, i) for i in experts]
         # drawn on the CPU, so an expert's initialisation is the same on every device
         params = torch.cat([init_params(cfg, 1, torch.Generator().manual_seed(s)) for s in seeds]).to(dev)
-        momentum_buf = torch.zeros_like(params) if buf.momentum > 0 else None
+        momentum_buf: torch.Tensor | GSAM | None = torch.zeros_like(params) if buf.momentum > 0 else None
         if buf.optimizer == "gsam":  # the optimiser owns the (leaf) parameters and the momentum
             params.requires_grad_(True)
             momentum_buf = GSAM([params], torch.optim.SGD, rho=buf.rho, alpha=buf.alpha, adaptive=True,
@@ -466,7 +466,7 @@ class ExpertTrainer:
             y = labels.gather(1, batch)
             active = None if all_done else (step < steps_e)
 
-            def loss_of(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def loss_of(p: torch.Tensor, x: torch.Tensor = x, y: torch.Tensor = y) -> tuple[torch.Tensor, torch.Tensor]:
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self._amp):
                     out = self._forward(cfg, p, x.view(e, b, *x.shape[1:]), channels_last=buf.channels_last)
                 out = out.float()
@@ -530,6 +530,7 @@ def _gsam_step(opt: GSAM, loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, 
         keep = (p.detach().clone(), None if mom is None else mom.clone())
     opt.step(closure)
     if keep is not None:
+        assert active is not None  # keep is taken only for active
         rows = active[:, None]
         with torch.no_grad():
             p.copy_(torch.where(rows, p, keep[0]))

@@ -71,7 +71,8 @@ EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "checkpo
 EVALUATIONS_FILE = "evaluations.json"
 
 __all__ = ["MatchingConfig", "check_checkpoint", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher",
-           "real_init_indices", "class_labels", "DistillDivergedError", "step_distance", "closest_step", "soft_label_summary"]
+           "real_init_indices", "class_labels", "DistillDivergedError", "step_distance", "closest_step",
+           "soft_label_summary"]
 
 
 #: A logged matching loss above this (normalised: 1 = the student ended as far from the target as it started)
@@ -133,8 +134,8 @@ class MatchingConfig:
             ``inner_grad`` "explicit" or "compiled" (the double backward does not recompute).
         compile_mode: ``torch.compile``'s mode for ``inner_grad="compiled"``: ``"default"``,
             ``"reduce-overhead"`` (the compiled graphs replayed as CUDA graphs: one launch instead of
-            dozens per call, for a launch-bound iteration; the same images up to float rounding) or ``"max-autotune-no-cudagraphs"``. Ignored by the other routes; on a CPU all three
-            compile alike.
+            dozens per call, for a launch-bound iteration; the same images up to float rounding) or
+            ``"max-autotune-no-cudagraphs"``. Ignored by the other routes; on a CPU all three compile alike.
     """
 
     iterations: int = 5000
@@ -215,7 +216,7 @@ def check_checkpoint(path: str | os.PathLike[str] | None, state: dict[str, Any],
                          f"delete the checkpoint to start over")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_student_grad(mode: str = "default") -> Callable[..., Tensor]:
     """One ``torch.compile`` of :func:`student_grad` per process and mode (it recompiles per input shape)."""
     return torch.compile(student_grad, dynamic=False, mode=None if mode == "default" else mode)
@@ -372,7 +373,8 @@ class TrajectoryMatcher:
         self.images = images.detach().to(self.device).clone().requires_grad_()
         self.soft = labels.is_floating_point()
         self.labels = labels.detach().to(self.device).clone()
-        if self.soft and c.lr_labels is not None:
+        lr_labels = c.lr_labels if self.soft else None  # soft labels are learned only with lr_labels
+        if lr_labels is not None:
             self.labels.requires_grad_()
         self.syn_lr = torch.tensor(float(c.lr_teacher), device=self.device, requires_grad=True)
         self._student_grad_fn = (None if c.inner_grad == "autograd" else
@@ -382,8 +384,8 @@ class TrajectoryMatcher:
         self.opt_img = torch.optim.SGD([self.images], lr=c.lr_img, momentum=c.momentum)
         self.opt_lr = torch.optim.SGD([self.syn_lr], lr=c.lr_lr, momentum=c.momentum)
         label_momentum = c.momentum if c.label_momentum is None else c.label_momentum
-        self.opt_labels = (torch.optim.SGD([self.labels], lr=c.lr_labels, momentum=label_momentum)
-                           if self.labels.requires_grad else None)
+        self.opt_labels = (torch.optim.SGD([self.labels], lr=lr_labels, momentum=label_momentum)
+                           if lr_labels is not None else None)
         self.gated = 0  # iterations whose update the loss gate skipped
         self._negative_lr_warned = False
         self._unstable_warned = False
@@ -487,6 +489,7 @@ class TrajectoryMatcher:
         else:
             self.gated += 1
         if self.ema is not None:
+            assert c.ema_decay is not None  # the EMA images exist only with ema_decay
             with torch.no_grad():
                 self.ema.mul_(c.ema_decay).add_(self.images.detach(), alpha=1 - c.ema_decay)
         self._losses[it] = loss.detach()
@@ -537,6 +540,7 @@ class TrajectoryMatcher:
         images, then the EMA images; ties keep the earlier."""
         for which, images in (("eval", self.images), ("eval_ema", self.ema)):
             if which in entry and (self._best is None or entry[which]["mean"] > self._best["mean"]):
+                assert images is not None  # "eval_ema" is in entry only with EMA images
                 self._best = {"iteration": entry["iteration"], "mean": entry[which]["mean"],
                               "std": entry[which]["std"], "which": "ema" if which == "eval_ema" else "images",
                               "images": images.detach().to("cpu", copy=True),

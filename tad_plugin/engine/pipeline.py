@@ -26,7 +26,7 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 import torch
 
@@ -37,7 +37,7 @@ from ..manager import TADHooks, get_plugin_manager
 from .config import ConfigError, RunConfig, to_dict
 from .convnet import ConvNetConfig
 from .distributed import Ranks, current, rank_device
-from .dual_loop import DualLoop, DualLoopConfig
+from .dual_loop import DualLoop, DualLoopConfig, Embedder
 from .evaluate import EvalResult, Evaluator
 from .experts import EpochCallback, ExpertTrainer
 from .matching import (
@@ -126,7 +126,13 @@ class TrajectoryList(Sequence[torch.Tensor]):
     def __len__(self) -> int:
         return len(self.experts)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> torch.Tensor: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[torch.Tensor]: ...
+
+    def __getitem__(self, i: int | slice) -> torch.Tensor | list[torch.Tensor]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         if i not in self._cache:
@@ -158,7 +164,7 @@ class Pipeline:
     pix_inits: ClassVar[tuple[str, ...]] = ("real", "noise")
     #: ``defaults(dataset, ipc)``: the method's settings for a dataset and IPC as a nested config dict (an adapter
     #: sets its ``<method>_defaults``); what ``tad`` builds a run's config on.
-    defaults: ClassVar[Callable[[str, int], dict[str, Any]] | None] = None
+    defaults: ClassVar[staticmethod[[str, int], dict[str, Any]] | None] = None
 
     def __init__(self, config: RunConfig, hooks: TADHooks | None = None, progress: bool = True,
                  ranks: Ranks | None = None) -> None:
@@ -225,6 +231,7 @@ class Pipeline:
         net = self.network(dataset)
         pre = self.preprocessor(dataset)
         store = TrajectoryStore.create(out, **self._store_settings(dataset, labels), preprocess_state=pre.state_dict())
+        assert store is not None  # None only for a dry run
         loop = None
         if on_epoch is None and self.tad and cfg.tad.inner_loop and len(store.finished()) < cfg.buffer.num_experts:
             loop = self.dual_loop(dataset, labels, clean_labels,
@@ -247,9 +254,10 @@ class Pipeline:
         """:meth:`TrajectoryStore.create`'s arguments that a resumed store must match: the network's shapes,
         the epochs, the data and labels, and the training settings other than the count and the speed ones."""
         cfg = self.config
-        meta = {"buffer": to_dict(cfg.buffer), "tad": to_dict(cfg.tad) if self.tad else None,
-                "model": to_dict(cfg.model), "dataset": dataset.name, "zca": cfg.data.zca, "seed": cfg.seed,
-                "labels": labels_fingerprint(labels), "method": self.name}
+        meta: dict[str, Any] = {
+            "buffer": to_dict(cfg.buffer), "tad": to_dict(cfg.tad) if self.tad else None, "model": to_dict(cfg.model),
+            "dataset": dataset.name, "zca": cfg.data.zca, "seed": cfg.seed, "labels": labels_fingerprint(labels),
+            "method": self.name}
         meta["buffer"].pop("num_experts")  # more experts may be added to a store later
         for key in ("experts_per_group", "eval_batch_size", "compile", "channels_last", "cache_inputs"):
             meta["buffer"].pop(key)  # speed settings do not change what is trained
@@ -351,6 +359,8 @@ class Pipeline:
         plain MTT matching: hard labels, the whole early window, no EMA, no gate); ``report_path``: the
         trust report's JSON, rewritten after every round (None = in memory only)."""
         cfg, t = self.config, self.config.tad
+        features: torch.Tensor | Callable[[], tuple[torch.Tensor, Embedder]]
+        embed: Embedder | None
         if t.features_wait_s > 0 and t.features != "pixels":  # loaded when the inner loop first needs it
             features, embed = (lambda: self.features(dataset, wait_s=t.features_wait_s)), None
         else:

@@ -142,10 +142,15 @@ class TADEpoch:
         ``embedding`` is what the inner loop embeds with (None = the expert's own activations)."""
         self.state, self.embedding = state, embedding or Embedding()
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def _started(self) -> TrustState:
+        """The state :meth:`start` gave; a RuntimeError before it."""
         if self.state is None:
             raise RuntimeError("the wrapped epoch ran before the wrapped get_dataset: tad wrap supports scripts "
                                "that build their train set with the patched get_dataset first")
+        return self.state
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._started()  # refuses a call before start()
         bound = self.signature.bind(*args, **kwargs)
         a = bound.arguments
         if a["mode"] != "train":
@@ -168,7 +173,7 @@ class TADEpoch:
     def finish(self) -> None:
         """Count the last expert and save the state (call once the script has returned)."""
         self._close_expert()
-        self.state.save(self.state_path)
+        self._started().save(self.state_path)
 
     # ------------------------------------------------------------------
     def _sampler(self, ex: _Expert) -> Sampler[int]:
@@ -179,40 +184,45 @@ class TADEpoch:
         trusted = ex.loop.trusted[0]
         if not self.tad.balance_classes:
             return SubsetRandomSampler(torch.nonzero(trusted).flatten().tolist())
-        return WeightedRandomSampler(ex.loop.weights()[0], num_samples=int(trusted.sum()), replacement=True)
+        # torch annotates weights as Sequence[float]; it takes any 1-D tensor (torch.as_tensor)
+        return WeightedRandomSampler(ex.loop.weights()[0],  # type: ignore[arg-type]
+                                     num_samples=int(trusted.sum()), replacement=True)
 
     def _expert(self, net: nn.Module, loader: Any) -> _Expert:
         if self.expert is not None and self.expert.net is net:
             return self.expert
         self._close_expert()
-        self.state.save(self.state_path)
+        state = self._started()
+        state.save(self.state_path)
         ds = getattr(loader, "dataset", None)
         images, labels = getattr(ds, "images", None), getattr(ds, "labels", None)
         if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
             raise TypeError("tad wrap needs the buffer's trainloader over upstream's TensorDataset (tensors .images "
                             f"and .labels); got {type(ds).__name__}")
-        if labels.shape != self.state.noisy_labels.shape:
+        if labels.shape != state.noisy_labels.shape:
             raise ValueError(f"the trainloader holds {len(labels)} samples, get_dataset returned "
-                             f"{len(self.state.noisy_labels)}; tad wrap supports scripts that train on all of dst_train")
+                             f"{len(state.noisy_labels)}; tad wrap supports scripts that train on all of "
+                             "dst_train")
         convnet = None
         if self.embedding.embed is not None and self.tad.inner_loop:
             convnet, why = convnet_config(net, images)
             if convnet is None:
                 log.warning("tad wrap: %s, so its trajectory cannot be matched; the anchors fall back to chunk "
                             "means of the trusted samples' features (the simplified inner loop)", why)
-        loop = TrustLoop(self.hooks, self.schedule, labels.long().cpu(), self.state.label_votes.shape[1],
-                         experts=[self.state.experts])
+        loop = TrustLoop(self.hooks, self.schedule, labels.long().cpu(), state.label_votes.shape[1],
+                         experts=[state.experts])
         self.expert = _Expert(net, images, loop, convnet)
         return self.expert
 
     def _close_expert(self) -> None:
         if self.expert is not None and self.expert.epochs:
-            self.state.add_expert(self.expert.loop.trusted[0], self.expert.loop.labels[0])
+            self._started().add_expert(self.expert.loop.trusted[0], self.expert.loop.labels[0])
         self.expert = None
 
     def _divide(self, ex: _Expert) -> None:
         """The trust loop's round before ``ex.epochs`` (a division, and a recalibration when due)."""
-        k, loop = self.state.label_votes.shape[1], ex.loop
+        state = self._started()
+        k, loop = state.label_votes.shape[1], ex.loop
         fixed = self.embedding.features
         feats: list[torch.Tensor] = []
 
@@ -235,12 +245,12 @@ class TADEpoch:
 
         done = loop.before_epoch(ex.epochs, losses, features, anchors)
         ex.divisions += 1
-        self.log.append({"expert": self.state.experts, "epoch": ex.epochs, "trusted": int(loop.trusted.sum()),
+        self.log.append({"expert": state.experts, "epoch": ex.epochs, "trusted": int(loop.trusted.sum()),
                          "recalibrated": done.recalibrated})
 
     def _distill_anchors(self, ex: _Expert, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The engine's anchors from the expert's snapshots 0..anchor_epoch (see the module docstring)."""
-        tad, expert = self.tad, self.state.experts
+        tad, expert = self.tad, self._started().experts
         assert ex.convnet is not None and self.embedding.embed is not None and self.embedding.to_unit is not None
         device = next(ex.net.parameters()).device
         default = DualLoopConfig().anchor_matching

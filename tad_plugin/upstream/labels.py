@@ -19,7 +19,7 @@ from ..noise import corrupt_labels
 __all__ = ["Relabelled", "corrupt_labels", "dataset_labels"]  # corrupt_labels: noise.py's, re-exported
 
 
-class Relabelled(Dataset):  # type: ignore[type-arg]
+class Relabelled(Dataset[tuple[Any, int]]):
     """``base`` seen through new labels: item ``i`` is ``(base[indices[i]][0], labels[indices[i]])``.
 
     Args:
