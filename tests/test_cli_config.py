@@ -127,3 +127,20 @@ def test_the_distill_section_reaches_the_matcher_by_field_name():
     assert all(getattr(matching, k) == getattr(cfg.distill, k) for k in shared)
     assert {f.name for f in dataclasses.fields(MatchingConfig)} - set(shared) == {
         "momentum", "dsa_strategy", "log_every", "seed", "channels_last"}  # the matcher's own
+
+
+def test_run_config_validates_every_section():
+    """RunConfig.validate calls each section's validate by name: a section added later must be added there too."""
+    import dataclasses
+
+    from tad_plugin.engine.config import RunConfig
+
+    called: list[str] = []
+    cfg = RunConfig()
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(section) and hasattr(section, "validate"):
+            object.__setattr__(section, "validate", lambda name=f.name: called.append(name))
+    cfg.validate()
+    assert sorted(called) == sorted(f.name for f in dataclasses.fields(cfg)
+                                    if dataclasses.is_dataclass(getattr(cfg, f.name)))
