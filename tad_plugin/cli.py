@@ -11,6 +11,7 @@ Sub-commands (``tad <cmd> -h`` for the flags)::
     tad wrap     run your own MTT/FTD/DATM/ATT checkout's buffer or distill script with TAD
     tad data     pack a dataset directory into upload-sized checksummed parts, unpack them elsewhere
     tad audit    find and fix wrong labels (TAD's experts or cleanlab): tad_plugin.cli_audit
+    tad reproduce  the paper's CIFAR-10 grid (cells, queue, results page): tad_plugin.reproduce.cifar10
 
 ``--method {mtt,ftd,datm,att}`` picks the distiller (``tad_plugin.adapters.<method>``).
 Several GPUs: ``torchrun --nproc_per_node N --no-python tad run ...`` (or ``torchrun ... -m tad_plugin.cli
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_audit import add_subcommand as add_audit
 
     add_audit(sub)  # `tad audit`
+    from .reproduce.cifar10 import add_subcommand as add_reproduce
+
+    add_reproduce(sub)  # `tad reproduce --cell CELL | --list | --queue | --page`
     return parser
 
 

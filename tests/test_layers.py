@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 #: the command line: argument parsing and the runs it dispatches to
-CLI = {"tad_plugin.cli", "tad_plugin.cli_audit", "tad_plugin.cli_options", "tad_plugin.runs", "tad_plugin.features.cli"}
+CLI = {"tad_plugin.cli", "tad_plugin.cli_audit", "tad_plugin.cli_options", "tad_plugin.runs", "tad_plugin.features.cli",
+       "tad_plugin.reproduce.cifar10"}
 LAYERS = ("core", "engine", "adapters", "wrap", "command line")
 
 

@@ -1,9 +1,10 @@
-"""The CIFAR-10 reproduction script: the grid's cells and commands, shared buffers, packing, the queue and the
-generated results page."""
+"""The CIFAR-10 grid runner (tad_plugin.reproduce): the grid's cells and commands, shared buffers, packing, the
+queue and the generated results page."""
 
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -11,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from tad_plugin.cli import build_parser, config_from_args
+from tad_plugin.reproduce import cifar10 as repro
+from tad_plugin.reproduce import pages as results_pages
 
-SCRIPT = Path(__file__).parents[1] / "reproduction" / "reproduce_cifar10.py"
-spec = importlib.util.spec_from_file_location("reproduce_cifar10", SCRIPT)
-repro = importlib.util.module_from_spec(spec)
-sys.modules["reproduce_cifar10"] = repro  # dataclasses look their module up
-spec.loader.exec_module(repro)
+#: the repository's results folder and the grid's committed records in it
+RESULTS_ROOT = Path(__file__).parents[1] / "results"
+RESULTS = RESULTS_ROOT / "cifar10"
 
 
 def page_text(results):
@@ -173,7 +174,7 @@ def test_records_of_earlier_names_stand_for_their_cells(tmp_path):
     assert repro.cell_of_record("clean-thing") is None
     # the committed records the map names exist, are those cells, and ran the grid's experts and iterations
     for cell, old in repro.LEGACY_RECORDS.items():
-        rec = json.loads((repro.RESULTS / f"{old}.json").read_text())
+        rec = json.loads((RESULTS / f"{old}.json").read_text())
         c, cfg = repro.cells()[cell], rec["config"]
         assert (cfg["method"], cfg["distill"]["ipc"], cfg["tad"]["enabled"]) == (c.method, c.ipc, c.tad), cell
         assert (cfg["buffer"]["num_experts"], cfg["distill"]["iterations"]) == repro.GRID_BUDGET, cell
@@ -187,7 +188,8 @@ def test_records_of_earlier_names_stand_for_their_cells(tmp_path):
 
 def _args(tmp_path, cells, **kw):
     base = dict(cell=cells, set=[], dataset="d.npz", out=str(tmp_path), cifar_n="h.pt", jobs=1, gpus=None,
-                budget="short", tag=None, seeds=[0], features_budget=12.0)
+                budget="short", tag=None, seeds=[0], features_budget=12.0,
+                results=str(tmp_path / "r"))
     return repro.argparse.Namespace(**{**base, **kw})
 
 
@@ -298,7 +300,6 @@ def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch)
     monkeypatch.setattr(repro, "run_parallel",
                         lambda jobs, *a, **k: seen.update(jobs=jobs, **k) or {j: 0 for j in jobs})
     monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
-    monkeypatch.setattr(repro, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(repro, "buffer_ready", lambda path, experts: False)
     assert repro.run_cells(_args(tmp_path, ["mtt-ipc50-sym40-noisy", "att-ipc50-sym40-noisy"])) == 0
     assert seen["after"]["att-ipc50-sym40-noisy"] == ["buffer-sym40-noisy-sgd-raw"]
@@ -307,21 +308,21 @@ def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch)
     (tmp_path / "att-ipc50-sym40-noisy" / "result_run.json").write_text(json.dumps(run))
     seen["on_done"]("buffer-sym40-noisy-sgd-raw")  # a buffer job: nothing to collect
     seen["on_done"]("att-ipc50-sym40-noisy")
-    rec = json.loads((tmp_path / "results" / "att-ipc50-sym40-noisy.json").read_text())
+    rec = json.loads((tmp_path / "r" / "cifar10" / "att-ipc50-sym40-noisy.json").read_text())
     assert {k: rec[k] for k in run} == run  # result_run.json's content, and the cell
     assert rec["cell"] == {"name": "att-ipc50-sym40-noisy", "method": "att", "ipc": 50, "noise": "sym40",
                            "arm": "noisy", "reg": False, "outer_loop": False, "inner_loop": False,
                            "buffer": "sym40-noisy-sgd-raw", "budget": "short"}
-    assert list((tmp_path / "results").iterdir()) == [tmp_path / "results" / "att-ipc50-sym40-noisy.json"]
+    assert list((tmp_path / "r" / "cifar10").iterdir()) == [tmp_path / "r" / "cifar10" / "att-ipc50-sym40-noisy.json"]
     report = tmp_path / "buffers" / "sym40-tad-sgd" / "buffer" / "trust_report.json"
     report.parent.mkdir(parents=True)
     report.write_text('{"rounds": []}')
     (tmp_path / "mtt-ipc1-sym40-tad").mkdir()
     (tmp_path / "mtt-ipc1-sym40-tad" / "result_run.json").write_text(json.dumps(
         {"stages": {"buffer": {"reused": "b", "trust_report": str(report)}}}))
-    repro.collect("mtt-ipc1-sym40-tad", tmp_path, repro.cells()["mtt-ipc1-sym40-tad"])
-    assert (tmp_path / "results" / "mtt-ipc1-sym40-tad.trust_report.json").read_text() == '{"rounds": []}'
-    assert not (tmp_path / "results" / "mtt-ipc1-sym40-tad.trust_report.png").exists()  # none drawn
+    repro.collect("mtt-ipc1-sym40-tad", tmp_path, tmp_path / "r" / "cifar10", repro.cells()["mtt-ipc1-sym40-tad"])
+    assert (tmp_path / "r" / "cifar10" / "mtt-ipc1-sym40-tad.trust_report.json").read_text() == '{"rounds": []}'
+    assert not (tmp_path / "r" / "cifar10" / "mtt-ipc1-sym40-tad.trust_report.png").exists()  # none drawn
 
 
 @pytest.mark.parametrize("exit_code", [0, 3])
@@ -335,13 +336,12 @@ def test_a_single_job_runs_in_the_foreground_on_the_first_gpu_given(tmp_path, mo
         return repro.subprocess.CompletedProcess(cmd, exit_code)
 
     monkeypatch.setattr(repro.subprocess, "run", fake_run)
-    monkeypatch.setattr(repro, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(repro, "buffer_ready", lambda path, experts: True)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     args = _args(tmp_path, ["mtt-ipc10-sym40-tad"], gpus="1,0", tag="x")
     assert repro.run_cells(args) == (0 if exit_code == 0 else 1)
     assert seen["gpu"] == "1" and seen["cmd"][seen["cmd"].index("--out") + 1] == str(tmp_path / "mtt-ipc10-sym40-tad-x")
-    record = tmp_path / "results" / "mtt-ipc10-sym40-tad-x.json"
+    record = tmp_path / "r" / "cifar10" / "mtt-ipc10-sym40-tad-x.json"
     if exit_code == 0:
         assert json.loads(record.read_text())["cell"]["buffer"] == "sym40-tad-sgd-zca-x"
     else:  # a failed run is named, and nothing is collected
@@ -355,6 +355,27 @@ def test_cell_all_runs_every_cell_of_the_grid(monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         repro.main()
     assert exit_.value.code == 0 and seen["cells"] == list(repro.cells()) and len(seen["cells"]) == 122
+
+
+def test_tad_reproduce_writes_the_queue_under_its_results_folder(tmp_path, monkeypatch, capsys):
+    from tad_plugin.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--queue", "--results", str(tmp_path / "mine")]) == 0
+    queue = (tmp_path / "mine" / "cifar10" / "QUEUE.md").read_text()
+    assert "122 of 122 cells left" in queue and "--cell mtt-ipc1-sym20-noisy" in queue
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # nothing written beside it
+    assert main(["reproduce"]) == 2 and "give --list, --cell CELL, --queue or --page" in capsys.readouterr().err
+
+
+def test_the_script_reads_the_checkouts_results_from_any_folder(tmp_path):
+    script = RESULTS_ROOT.parent / "reproduction" / "reproduce_cifar10.py"
+    listed = subprocess.run([sys.executable, str(script), "--list"], cwd=tmp_path, capture_output=True, text=True,
+                            check=True).stdout
+    recorded = {line.split(":")[0] for line in listed.splitlines() if "(recorded:" in line}
+    assert recorded and recorded == {c for c in repro.cells() if repro.recorded_time(c, RESULTS)}  # the committed ones
+    assert f"--config {repro.CONFIGS / 'cifar10_sym.yaml'}" in listed and (repro.CONFIGS / "cifar10_sym.yaml").is_file()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_run_parallel_waits_for_what_a_job_needs_and_skips_it_when_that_failed(tmp_path):
@@ -514,7 +535,7 @@ def test_page_indexes_every_other_result_and_each_link_exists(tmp_path):
     assert text.startswith("# Results") and "## Other results" in text
     for name, _ in repro.OTHER_RESULTS:
         assert f"[`{name}`]({name})" in text
-        assert (repro.PAGE.parent / name).is_file(), f"the page links to a missing file: {name}"
+        assert (RESULTS_ROOT / name).is_file(), f"the page links to a missing file: {name}"
 
 
 def test_the_detail_page_shows_the_trusted_space_at_each_consensus_level(tmp_path):
@@ -827,8 +848,8 @@ def test_generated_pages_from_the_committed_records_speak_to_users(tmp_path, mon
     import shutil
 
     results = tmp_path / "cifar10"
-    shutil.copytree(repro.RESULTS, results, ignore=shutil.ignore_patterns("cells", "*.png"))
-    monkeypatch.setattr(sys.modules["results_pages"], "plot_record", lambda *args: False)  # text only: fast
+    shutil.copytree(RESULTS, results, ignore=shutil.ignore_patterns("cells", "*.png"))
+    monkeypatch.setattr(results_pages, "plot_record", lambda *args: False)  # text only: fast
     monkeypatch.setattr(repro, "plot_curves", lambda *args: False)
     pages = {"README.md": repro.page(results)}
     pages.update({p.relative_to(results).as_posix(): p.read_text() for p in sorted((results / "cells").rglob("*.md"))})

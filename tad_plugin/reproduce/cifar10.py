@@ -1,5 +1,5 @@
 """Reproduce the paper's CIFAR-10 comparisons (Tables 1-3: MTT, FTD, DATM and ATT with and without TAD at
-IPC 1 / 10 / 50 under symmetric and asymmetric noise of 20% and 40%, CIFAR-10N worst, and the ablation of
+IPC 1 / 10 / 50 under symmetric and asymmetric noise at rates 0.2 and 0.4, CIFAR-10N worst, and the ablation of
 TAD's parts on DATM), one command per cell.
 
     python reproduction/reproduce_cifar10.py --list                              # every cell and its command
@@ -7,7 +7,7 @@ TAD's parts on DATM), one command per cell.
     python reproduction/reproduce_cifar10.py --cell 'mtt-*-sym40-*' --budget short --dataset /data/cifar10.npz \\
         --gpus 0 --jobs 3                                                    # a batch packed onto one GPU
     python reproduction/reproduce_cifar10.py --cell 'datm-ipc50-asym40-?' --budget short \\
-        --dataset /data/cifar10.npz --gpus 0,1 --jobs 2                      # Table 3 at asym 40%
+        --dataset /data/cifar10.npz --gpus 0,1 --jobs 2                      # Table 3 under asym40
     python reproduction/reproduce_cifar10.py --cell all --budget short --dataset /data/cifar10.npz \\
         --cifar-n /data/CIFAR-10_human.pt                                    # the whole grid
     python reproduction/reproduce_cifar10.py --cell mtt-ipc10-asym40-tad --budget short \\
@@ -24,7 +24,7 @@ switch TAD's parts (reverse-CE regulariser, outer loop, inner loop) as the paper
 ``noisy`` cell and ``-F`` the ``tad`` cell (every part on), so those two run once. ``--cell`` takes names,
 shell patterns (``'att-ipc50-*'``) or ``all``.
 
-Each cell's config is built from a base YAML per noise kind in ``reproduction/configs/`` (``cifar10_sym.yaml``,
+Each cell's config is built from a base YAML per noise kind in ``tad_plugin/configs/`` (``cifar10_sym.yaml``,
 ``cifar10_asym.yaml``, ``cifar10n_worst.yaml``) with ``--method``, ``--ipc``, ``--noise-rate``, ``--tad`` /
 ``--no-tad``: the method's own settings come from its table (``tad_plugin.adapters``). ``--budget`` adds the
 budget's settings, then Table 3's switches, then your ``--set`` (later ones win).
@@ -49,8 +49,10 @@ Jobs run ``--jobs`` at once on each GPU of ``--gpus``, logs in ``<out>/logs/<job
 stop the others (the exit code is 1 and its log's last lines are printed; cells whose buffer failed are not
 started). At the end a table says what ran where (GPU, start, end, wall time), also written to
 ``<out>/logs/schedule.md``. Each finished cell's ``result_run.json`` is copied to
-``results/cifar10/<cell>.json`` with a ``cell`` entry added (its method, IPC, noise, arm, switches,
-budget and buffer). Runs resume: re-running a cell skips its finished stages.
+``<results>/cifar10/<cell>.json`` with a ``cell`` entry added (its method, IPC, noise, arm, switches,
+budget and buffer). Runs resume: re-running a cell skips its finished stages. ``--results DIR`` is the results
+folder (records in ``DIR/cifar10/``, the page ``DIR/README.md``): ./results by default, the checkout's
+results folder for ``reproduction/reproduce_cifar10.py``. ``tad reproduce`` takes the same options.
 
 Pixels: if you use the JPEG-compressed CIFAR-10 copy, absolute accuracies differ a little from the
 paper's official pixels; the comparison between arms on the same copy stays valid.
@@ -67,12 +69,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_pages.py beside this script, however it is loaded
-from results_pages import (  # noqa: E402
+from .pages import (
     acc_text,
     budget,
     detail_path,
@@ -83,12 +85,8 @@ from results_pages import (  # noqa: E402
     write_detail_pages,
 )
 
-#: this script's folder (its base configs are under configs/); the records and the page are under the repository's
-#: results/
-ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT.parent / "results" / "cifar10"
-PAGE = ROOT.parent / "results" / "README.md"
-QUEUE = RESULTS / "QUEUE.md"
+#: the base configs of :data:`NOISES` (package data: ``tad_plugin/configs/``)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 OTHER_RESULTS = (
     ("demo_digits.md", "`tad demo` on digits (CPU): noisy MTT vs MTT + TAD, trust report, ablations"),
@@ -167,7 +165,7 @@ OTHER_RESULTS = (
 
 METHODS = ("mtt", "ftd", "datm", "att")
 IPCS = (1, 10, 50)
-#: noise setting -> (base config under reproduction/configs/, noise rate; None: CIFAR-10N's own labels)
+#: noise setting -> (base config under :data:`CONFIGS`, noise rate; None: CIFAR-10N's own labels)
 NOISES = {"sym20": ("cifar10_sym.yaml", 0.2), "sym40": ("cifar10_sym.yaml", 0.4),
           "asym20": ("cifar10_asym.yaml", 0.2), "asym40": ("cifar10_asym.yaml", 0.4),
           "c10n-worst": ("cifar10n_worst.yaml", None)}
@@ -319,7 +317,7 @@ LEGACY_RECORDS = {
 }
 
 
-def record_name(cell: str, results: Path = RESULTS) -> str:
+def record_name(cell: str, results: Path) -> str:
     """The record stem that holds ``cell``: ``<cell>`` when ``<cell>.json`` exists or no earlier record stands
     for it, else its :data:`LEGACY_RECORDS` name."""
     legacy = LEGACY_RECORDS.get(cell)
@@ -347,7 +345,7 @@ def cell_of_record(stem: str) -> tuple[Cell, str | None] | None:
 
 def method_defaults(method: str, ipc: int) -> dict:
     """``method``'s own settings for CIFAR-10 at ``ipc`` (its adapter's table)."""
-    from tad_plugin.cli import method_adapter
+    from tad_plugin.runs import method_adapter
 
     return method_adapter(method)[1]("cifar10", ipc)
 
@@ -417,14 +415,23 @@ def buffer_kinds() -> dict[tuple[str, bool], list[tuple[str, int]]]:
 #: method's own budget (100 experts x 50 epochs for MTT, 100 for DATM; ATT's README runs 60000 iterations at
 #: IPC 10): hours per cell.
 #: "short" and "long" train each buffer for :func:`read_epochs` epochs, "full" for the trainer's own.
-BUDGETS = {"short": (20, 20, 1000, 500, 5), "long": (100, 25, 5000, 500, 5), "full": None}
+BUDGETS: dict[str, tuple[int, int, int, int, int] | None] = {"short": (20, 20, 1000, 500, 5),
+                                                              "long": (100, 25, 5000, 500, 5), "full": None}
+
+
+def sizes(budget: str) -> tuple[int, int, int, int, int]:
+    """``budget``'s sizes in :data:`BUDGETS` (raises ValueError for "full", which has none: each method's own)."""
+    found = BUDGETS[budget]
+    if found is None:
+        raise ValueError(f"the budget {budget!r} has no sizes of its own (each method's): pick short or long")
+    return found
 
 
 def budget_text(budget: str) -> str:
     """The budget in words, for the page and ``--help``."""
     if BUDGETS[budget] is None:
         return "each method's own budget"
-    experts, _, iters, every, nets = BUDGETS[budget]
+    experts, _, iters, every, nets = sizes(budget)
     kinds = "; ".join(f"{kind_text(rec, zca)} for {rows_text(rows)}: {read_epochs(rec, zca)}"
                       for (rec, zca), rows in buffer_kinds().items())
     return (f"{experts} experts per buffer, one buffer per noise setting, arm, expert recipe and preprocessing "
@@ -453,7 +460,7 @@ def budget_sets(budget: str, rec: str, zca: bool, sets: Sequence[str] = ()) -> l
     if BUDGETS[budget] is None:
         method, ipc = trainer(rec, zca, sets)
         return [f"buffer.epochs={method_defaults(method, ipc)['buffer']['epochs']}"]
-    experts, group, iters, every, nets = BUDGETS[budget]
+    experts, group, iters, every, nets = sizes(budget)
     return [f"buffer.num_experts={experts}", f"buffer.experts_per_group={group}",
             f"buffer.epochs={read_epochs(rec, zca, sets)}", f"distill.iterations={iters}",
             f"distill.eval_every={every}", f"eval.num_eval={nets}"]
@@ -494,7 +501,7 @@ def buffer_of(cell: Cell, sets: Sequence[str] = ()) -> str:
 
 def _data_flags(cell: Cell, cifar_n: str | None) -> list[str]:
     base, rate = NOISES[cell.noise]
-    flags = ["--config", str(ROOT / "configs" / base)]
+    flags = ["--config", str(CONFIGS / base)]
     if rate is not None:
         return flags + ["--noise-rate", str(rate)]
     if not cifar_n:
@@ -598,7 +605,7 @@ SKIPPED = -1
 
 def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[str],
                  on_done: Callable[[str], None] | None = None, poll_s: float = 2.0,
-                 after: dict[str, Sequence[str]] | None = None) -> dict[str, int]:
+                 after: Mapping[str, Sequence[str]] | None = None) -> dict[str, int]:
     """Run the commands of ``jobs`` (name -> argv), at most ``slots`` at once per GPU; returns name -> exit code.
 
     ``after[name]`` lists jobs of ``jobs`` that must have exited with 0 before ``name`` starts; if one of them
@@ -622,8 +629,10 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
     if unknown:
         raise ValueError(f"after names jobs that are not in jobs: {', '.join(unknown)}")
     logs.mkdir(parents=True, exist_ok=True)
-    queues = gpus or [None]
-    pending, running, codes = list(jobs), {}, {}
+    queues: list[str | None] = [*gpus] or [None]
+    pending = list(jobs)
+    running: dict[str, tuple[subprocess.Popen, str | None, Any, float]] = {}  # process, GPU, log file, start
+    codes: dict[str, int] = {}
     times: dict[str, tuple[str | None, float, float]] = {}
     start = time.monotonic()
     while pending or running:
@@ -690,31 +699,36 @@ def schedule_lines(times: dict[str, tuple[str | None, float, float]], codes: dic
     return lines
 
 
-def collect(name: str, out: Path, cell: Cell | None = None, extra: dict | None = None) -> None:
-    """Copy a finished run's result JSON (``out/<name>/result_run.json``) to results/cifar10/<name>.json,
+def collect(name: str, out: Path, results: Path, cell: Cell | None = None, extra: dict | None = None) -> None:
+    """Copy a finished run's result JSON (``out/<name>/result_run.json``) to ``<results>/<name>.json``,
     atomically, with a ``cell`` entry added when ``cell`` is given: its method, IPC, noise, arm, TAD's parts and
     ``extra`` (the buffer, the budget); and the trust report its record names (``.json``, ``.png``) as
     ``<name>.trust_report.*``."""
     from tad_plugin.files import atomic_write
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     record = json.loads((out / name / "result_run.json").read_text())
     if cell is not None:
         reg, outer, inner = cell.parts
         record["cell"] = {"name": cell.name, "method": cell.method, "ipc": cell.ipc, "noise": cell.noise,
                           "arm": cell.arm, "reg": reg, "outer_loop": outer, "inner_loop": inner, **(extra or {})}
     text = json.dumps(record, indent=2) + "\n"
-    atomic_write(RESULTS / f"{name}.json", lambda f: f.write(text.encode()))
-    print(f"result: {RESULTS / (name + '.json')}", flush=True)
+    atomic_write(results / f"{name}.json", lambda f: f.write(text.encode()))
+    print(f"result: {results / (name + '.json')}", flush=True)
     report = record.get("stages", {}).get("buffer", {}).get("trust_report")
     for suffix in (".json", ".png"):  # the experts' trust report (in the shared buffer), beside the record
         src = Path(report).with_suffix(suffix) if report else None
         if src is not None and src.is_file():
             data = src.read_bytes()
-            atomic_write(RESULTS / f"{name}.trust_report{suffix}", lambda f, data=data: f.write(data))
+            atomic_write(results / f"{name}.trust_report{suffix}", _writer(data))
 
 
-def recorded_time(cell: str, results: Path = RESULTS) -> str:
+def _writer(data: bytes) -> Callable[[Any], Any]:
+    """A writer of ``data`` for :func:`~tad_plugin.files.atomic_write`."""
+    return lambda f: f.write(data)
+
+
+def recorded_time(cell: str, results: Path) -> str:
     """`` (recorded: <minutes> min on <device>, <budget>)`` from the cell's committed record, or "" without one:
     what a run of the same budget costs."""
     path = results / f"{record_name(cell, results)}.json"
@@ -846,7 +860,7 @@ def run_cells(args: argparse.Namespace) -> int:
     def done(name: str) -> None:
         if name in meta:
             cell, buf, budget = meta[name]
-            collect(name, out, cell, {"buffer": buf, "budget": budget})
+            collect(name, out, grid_records(args.results), cell, {"buffer": buf, "budget": budget})
 
     if len(jobs) == 1 and args.jobs == 1:  # in the foreground, on the first GPU of --gpus (if given)
         (name, cmd), = jobs.items()
@@ -883,7 +897,7 @@ QUEUE_ORDER: tuple[tuple[str, Callable[[Cell], bool]], ...] = (
 )
 
 
-def finished(cell: str, results: Path = RESULTS) -> bool:
+def finished(cell: str, results: Path) -> bool:
     """Whether ``cell`` has a record (its own or :data:`LEGACY_RECORDS`') that reached its final evaluation."""
     path = results / f"{record_name(cell, results)}.json"
     return path.is_file() and "test_acc_mean" in json.loads(path.read_text()).get("results", {})
@@ -921,9 +935,10 @@ def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = 
                extractor: bool = True) -> list[_SimJob]:
     """The jobs a ``--cell`` run of ``names`` starts on a fresh machine (every buffer trained, the extractor
     too when a buffer needs it and ``extractor``), in :func:`plan`'s order, with :func:`estimate`'s costs."""
-    from tad_plugin.cli import build_parser, config_from_args
+    from tad_plugin.cli_options import add_settings_options
+    from tad_plugin.runs import config_from_args
 
-    experts = BUDGETS[budget][0]
+    experts = sizes(budget)[0]
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(buffer_of(cells()[name]), []).append(name)
@@ -938,7 +953,10 @@ def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = 
         pause = None
         if needs and needs_extractor(buf, ()):
             cmd = buffer_command(buf, "cifar10", Path("runs"), "CIFAR-10_human.pt", budget)
-            pause = work * min(config_from_args(build_parser().parse_args(cmd[3:])).tad.anchor_epoch, epochs) / epochs
+            settings = argparse.ArgumentParser()  # the options of `tad buffer`
+            add_settings_options(settings)
+            anchor = config_from_args(settings.parse_args(cmd[cmd.index("buffer") + 1:])).tad.anchor_epoch
+            pause = work * min(anchor, epochs) / epochs
         jobs.append(_SimJob(f"buffer-{buf}", True, work, pause_at=pause))
         jobs += [_SimJob(n, False, DISTILL_S[cells()[n].ipc], after=f"buffer-{buf}") for n in members]
     return jobs
@@ -1013,7 +1031,7 @@ def batches(names: Sequence[str], budget: str = "short", window: float = WINDOW_
     return out
 
 
-def queue(results: Path = RESULTS, budget: str = "short") -> str:
+def queue(results: Path, budget: str = "short") -> str:
     """The queue page (Markdown): the cells without a finished record, in :data:`QUEUE_ORDER`'s sections, cut
     into :func:`batches` of one GPU window each, with the command and the estimated time of each."""
     grid = cells()
@@ -1040,9 +1058,10 @@ def queue(results: Path = RESULTS, budget: str = "short") -> str:
             lines += ["Done.", ""]
             continue
         if BUDGETS[budget] is None:  # no estimate: one command per noise setting
-            cut = [([n for n in part if grid[n].noise == noise], None) for noise in NOISES]
+            cut: list[tuple[list[str], float | None]] = [([n for n in part if grid[n].noise == noise], None)
+                                                          for noise in NOISES]
         else:
-            cut = batches(part, budget)
+            cut = [(names, took) for names, took in batches(part, budget)]
         for names, took in cut:
             if not names:
                 continue
@@ -1067,9 +1086,10 @@ def queue(results: Path = RESULTS, budget: str = "short") -> str:
 
 
 #: Settings of our TAD that the paper's does not have, with the value that means "as the paper".
-PAPER_TAD = {"tad": {"balance_classes": False, "warmup_confidence_penalty": 0.0, "recall_once": False,
-                     "split": "per-expert", "loss_average": 1},
-             "distill": {"label_temperature": 1.0}}
+PAPER_TAD: dict[str, dict[str, object]] = {
+    "tad": {"balance_classes": False, "warmup_confidence_penalty": 0.0, "recall_once": False, "split": "per-expert",
+            "loss_average": 1},
+    "distill": {"label_temperature": 1.0}}
 
 
 def beyond_paper(record: dict | None) -> list[str]:
@@ -1087,13 +1107,13 @@ def short_budget(record: dict) -> str:
 
 
 def finished_clean(results: Path) -> list[tuple[str, dict]]:
-    """The clean-label MTT records under ``results/clean`` that reached a final accuracy, as ``(name, record)``."""
+    """The clean-label MTT records under ``<results>/clean`` that reached a final accuracy, as ``(name, record)``."""
     done = [(p.stem, json.loads(p.read_text())) for p in sorted((results / "clean").glob("*.json"))]
     return [(n, r) for n, r in done if "test_acc_mean" in r.get("results", {})]
 
 
 def best_clean(results: Path) -> tuple[str, dict] | None:
-    """The finished clean-label MTT record under ``results/clean`` with the highest final accuracy, as
+    """The finished clean-label MTT record under ``<results>/clean`` with the highest final accuracy, as
     ``(name, record)``; None when there is none."""
     done = finished_clean(results)
     return max(done, key=lambda nr: nr[1]["results"]["test_acc_mean"]) if done else None
@@ -1145,7 +1165,7 @@ def clean_gap_lines(results: Path) -> list[str]:
 PAPER_CLEAN_MTT = {1: 46.3, 10: 65.3, 50: 71.6}
 
 
-def seed_records(stem: str, results: Path = RESULTS) -> list[dict]:
+def seed_records(stem: str, results: Path) -> list[dict]:
     """The finished records of a record name over training seeds: ``<stem>.json`` (seed 0) and
     ``<stem>-seed<N>.json``, those that reached their final evaluation."""
     paths = [results / f"{stem}.json"] + sorted(results.glob(f"{stem}-seed*.json"))
@@ -1177,7 +1197,7 @@ class Measured:
         return f"[{self.acc:.1f}{spread}]({self.link})" if self.link else f"{self.acc:.1f}{spread}"
 
 
-def measured(cell: str, results: Path = RESULTS) -> Measured:
+def measured(cell: str, results: Path) -> Measured:
     stem = record_name(cell, results)
     path = results / f"{stem}.json"
     record = json.loads(path.read_text()) if path.is_file() else None
@@ -1191,7 +1211,7 @@ def page_link(results: Path, name: str) -> str:
 
 
 #: A record at the grid's budget: (experts, iterations) of ``--budget short``.
-GRID_BUDGET = BUDGETS["short"][0], BUDGETS["short"][2]
+GRID_BUDGET = sizes("short")[0], sizes("short")[2]
 
 
 def off_budget(*ms: Measured) -> str:
@@ -1200,7 +1220,9 @@ def off_budget(*ms: Measured) -> str:
     same first epochs)."""
     texts = []
     for m in ms:
-        cfg = (m.record or {}).get("config", {})
+        if m.record is None:
+            continue
+        cfg = m.record.get("config", {})
         got = (cfg.get("buffer", {}).get("num_experts"), cfg.get("distill", {}).get("iterations"))
         if None not in got and got != GRID_BUDGET and short_budget(m.record) not in texts:
             texts.append(short_budget(m.record))
@@ -1223,7 +1245,8 @@ def paper_text(method: str, noise: str, ipc: int) -> str:
         return "-"
     values = [("?" if v is None else f"{v}" + ("*" if (method, noise, ipc, arm) in PAPER_READ_THROUGH_GLYPHS else ""))
               for v, arm in zip(pair, ("noisy", "tad"))]
-    gain = f" ({pair[1] - pair[0]:+.1f})" if None not in pair else ""
+    noisy, tad = pair
+    gain = f" ({tad - noisy:+.1f})" if noisy is not None and tad is not None else ""
     return f"{values[0]} -> {values[1]}{gain}"
 
 
@@ -1313,9 +1336,11 @@ def checks_lines(results: Path) -> list[str]:
     table3 = {letter: acc(ablation_cell(letter, "asym40")) for letter in ABLATION}
 
     def above(x: str, y: str) -> bool | None:
-        return None if table3[x] is None or table3[y] is None else table3[x] > table3[y]
+        a, b = table3[x], table3[y]
+        return None if a is None or b is None else a > b
 
-    best = None if None in table3.values() else max(table3, key=lambda k: table3[k]) == "F"
+    scores = {letter: a for letter, a in table3.items() if a is not None}
+    best = None if len(scores) < len(table3) else max(scores, key=scores.__getitem__) == "F"
     return ["", "The paper's claims, checked at this budget:", "",
             "- MTT + TAD at least as good as MTT at 40% noise, every IPC: "
             + verdict([(s, None if g is None else g >= 0) for s, g in at40]),
@@ -1327,9 +1352,9 @@ def checks_lines(results: Path) -> list[str]:
             "- A record reproduces from its command on a fresh GPU machine: " + repeat_text(results)]
 
 
-def page(results: Path = RESULTS) -> str:
+def page(results: Path) -> str:
     """The results page (Markdown) from the records in ``results``; writes the records' detail pages
-    (``results/cells/``) and the curves figure (``results/curves.png``) on the way."""
+    (``<results>/cells/``) and the curves figure (``<results>/curves.png``) on the way."""
     grid = cells()
     lines = ["# Results", "", "## CIFAR-10: the paper's Tables 1-3", "",
              "Generated by `python reproduction/reproduce_cifar10.py --page` from the JSON records in `cifar10/`; "
@@ -1346,7 +1371,7 @@ def page(results: Path = RESULTS) -> str:
              "settings: 5 evaluation nets for DATM (its configs: 1); "
              "DATM's IPC-50 start window grows over 2000 iterations, so at 1000 it reaches epoch 30 of 40. "
              "TAD under asymmetric noise adds two remedies the paper's TAD does not have (class-balanced epochs "
-             "and a warm-up confidence penalty; `reproduction/configs/cifar10_asym.yaml`).", "",
+             "and a warm-up confidence penalty; `tad_plugin/configs/cifar10_asym.yaml`).", "",
              "Pixels: the JPEG-compressed CIFAR-10 copy (quality 75) for every run recorded here so far "
              "(`--dataset /root/cifar10.npz`): absolute numbers differ a little from the official pixels; arms "
              "on the same copy compare fairly. Paper numbers marked `*` were read through the paper text's glyph "
@@ -1465,16 +1490,23 @@ def curve_panel(name: str) -> str:
     return found[0].setting if found else "other"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def grid_records(results: str | Path) -> Path:
+    """Where the grid's records are under the results folder ``results`` (``--results``): ``<results>/cifar10``."""
+    return Path(results) / "cifar10"
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The runner's options on ``p`` (the script's parser and ``tad reproduce``)."""
     p.add_argument("--list", action="store_true", help="print every cell and buffer with its command")
     p.add_argument("--cell", action="append", metavar="CELL",
                    help="run this cell (repeatable): a name (see --list), a shell pattern ('mtt-ipc50-*') or 'all' "
                         "(the c10n-worst cells need --cifar-n)")
     p.add_argument("--jobs", type=int, default=1, help="jobs run at once on each GPU")
     p.add_argument("--gpus", help="comma-separated CUDA device indices to spread the jobs over (default: all)")
-    p.add_argument("--page", action="store_true", help="write results/README.md")
-    p.add_argument("--queue", action="store_true", help="write results/cifar10/QUEUE.md: the cells "
+    p.add_argument("--results", default="results", metavar="DIR",
+                   help="the results folder: records in DIR/cifar10/, the page DIR/README.md (default: ./results)")
+    p.add_argument("--page", action="store_true", help="write RESULTS/README.md")
+    p.add_argument("--queue", action="store_true", help="write RESULTS/cifar10/QUEUE.md: the cells "
                    "without a finished record, in batches, with their commands")
     p.add_argument("--dataset", default="cifar10", help="cifar10 (torchvision), or an arrays file .npz")
     p.add_argument("--cifar-n", help="CIFAR-10_human.pt for the c10n-worst cells")
@@ -1489,36 +1521,67 @@ def main() -> None:
                         "seed N runs as <cell>-seedN (--set seed=N) from its own buffer; the page averages a "
                         "cell's seeds")
     p.add_argument("--tag", help="a variant's name: runs go to OUT/<cell>-<tag> (buffers to "
-                   "OUT/buffers/<buffer>-<tag>) and records to results/cifar10/<cell>-<tag>.json, so a run with "
+                   "OUT/buffers/<buffer>-<tag>) and records to RESULTS/cifar10/<cell>-<tag>.json, so a run with "
                    "other --set values never replaces a cell's record")
     p.add_argument("--features-budget", type=float, default=FEATURES_BUDGET_S, metavar="SECONDS",
                    help="when a TAD buffer needs the default SimCLR extractor and it does not exist yet, train it "
                         "first for this long (default: the recorded 10-minute recipe)")
-    args = p.parse_args()
+
+
+NOTHING_ASKED = "give --list, --cell CELL, --queue or --page"
+
+
+def asked(args: argparse.Namespace) -> bool:
+    """Whether the options ``args`` ask the runner for anything (:data:`NOTHING_ASKED` says what it can do)."""
+    return bool(args.list or args.cell or args.page or args.queue)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Do what the parsed options ``args`` (:func:`add_options`) ask; the exit code: 0, or 1 if a job failed.
+    Raises ValueError when they ask for nothing."""
+    from tad_plugin.files import atomic_write
+
+    records = grid_records(args.results)
+    if not asked(args):
+        raise ValueError(NOTHING_ASKED)
     if args.list:
         out, cifar_n = Path(args.out), args.cifar_n or "CIFAR-10_human.pt"
         for cell in cells():
             cmd = command(cell, args.dataset, out, cifar_n, args.budget, args.set, args.tag)
-            print(f"{cell}: {' '.join(cmd)}{recorded_time(cell)}")
+            print(f"{cell}: {' '.join(cmd)}{recorded_time(cell, records)}")
         for alias, cell in aliases().items():
             print(f"{alias}: the cell {cell}")
         for buf in dict.fromkeys(buffer_of(c) for c in cells().values()):
             print(f"buffer {buf}: {' '.join(buffer_command(buf, args.dataset, out, cifar_n, args.budget, args.set))}")
     code = run_cells(args) if args.cell else 0
-    from tad_plugin.files import atomic_write
-
     if args.queue:
-        text = queue(budget=args.budget)
-        atomic_write(QUEUE, lambda f: f.write(text.encode()))
+        text = queue(records, budget=args.budget)
+        atomic_write(records / "QUEUE.md", lambda f: f.write(text.encode()))
         print(text)
     if args.page:
-        text = page()
-        atomic_write(PAGE, lambda f: f.write(text.encode()))
+        text = page(records)
+        atomic_write(Path(args.results) / "README.md", lambda f: f.write(text.encode()))
         print(text)
-    if not (args.list or args.cell or args.page or args.queue):
-        p.error("give --list, --cell CELL, --queue or --page")
-    sys.exit(code)
+    return code
 
 
-if __name__ == "__main__":
-    main()
+def add_subcommand(sub: Any) -> None:
+    """Register ``tad reproduce`` (this runner, results under ``--results``, default ./results) on the ``tad``
+    parser's sub-parsers (its handler as ``func``)."""
+    p = sub.add_parser("reproduce", help="the paper's CIFAR-10 grid: run cells, write the queue and results page",
+                       description=__doc__.split("\n\n")[0])
+    add_options(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None, results: str | Path | None = None) -> None:
+    """The runner's command line (``argv``, default ``sys.argv[1:]``); exits with :func:`run`'s code.
+    ``results``: the default of ``--results`` (None: ./results)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(p)
+    if results is not None:
+        p.set_defaults(results=str(results))
+    args = p.parse_args(argv)
+    if not asked(args):
+        p.error(NOTHING_ASKED)
+    sys.exit(run(args))

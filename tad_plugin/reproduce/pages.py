@@ -1,9 +1,9 @@
 """The results pages' parts that read one record at a time: a detail page per record (its settings, result and
 curve, trusted space and trust-report plot, provenance and notes), the curves figure of many records, and a
-record's accuracy and differences from another record in a few words. ``reproduce_cifar10.py --page`` builds the
+record's accuracy and differences from another record in a few words. ``--page`` of :mod:`.cifar10` builds the
 paper-shaped tables on top and links each measured cell to its page here.
 
-A record is the JSON ``tad run`` writes (``result_run.json``) as kept under ``results/cifar10/``: ``config`` (the
+A record is the JSON ``tad run`` writes (``result_run.json``) as kept under ``<results>/cifar10/``: ``config`` (the
 run's full config), ``results`` (final and best accuracy as fractions), ``stages`` (``buffer``: the trusted space
 of a TAD run; ``distill``: the evaluations), ``command``, ``seed``, ``commit``, ``device``, ``wall_time_s``,
 ``started``, and optionally ``cell`` (the grid cell it ran as), ``note`` (free text) and ``partial`` (why it stopped
@@ -18,6 +18,7 @@ import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import IO
 
 from tad_plugin.files import atomic_write
 
@@ -30,7 +31,7 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 # ---------------------------------------------------------------------- reading records
 
 def record_paths(results: Path) -> dict[str, Path]:
-    """Record name -> JSON path of every run record in ``results`` and ``results/clean`` (``clean/<stem>`` for
+    """Record name -> JSON path of every run record in ``results`` and its ``clean`` folder (``clean/<stem>`` for
     those), trust reports left out, sorted by name."""
     paths = sorted(results.glob("*.json")) + sorted(results.glob("clean/*.json"))
     return {p.relative_to(results).with_suffix("").as_posix(): p for p in paths
@@ -71,8 +72,8 @@ def run_budget(record: dict) -> str:
 
 
 def budget(record: dict) -> str:
-    """:func:`run_budget`, and the share of wrong training labels the record measured (asym40 flips 40% of
-    four classes: 16% of all labels)."""
+    """:func:`run_budget`, and the share of wrong training labels the record measured (asym40 flips a share 0.4 of
+    four classes: 0.16 of all labels)."""
     rate = record.get("results", {}).get("noise_rate")
     return run_budget(record) + (f"; {100 * rate:.1f}% of the training labels wrong" if rate is not None else "")
 
@@ -334,11 +335,11 @@ def trusted_lines(name: str, record: dict, results: Path, page_dir: Path) -> lis
         lines += ["", "Least precise classes (trusted samples labelled with the class, and the true classes of the "
                       "others among them):", "",
                   "| class | precision | trusted | others |", "| --- | ---: | ---: | --- |"]
-        lines += [f"| {CLASSES[r['class']]} | {100 * r['precision']:.1f}% | {r['trusted']} | "
+        lines += [f"| {CLASSES[r['class']]} | {percent(r['precision'])} | {r['trusted']} | "
                   + ", ".join(f"{m} {CLASSES[k]}" for k, m in r["intruders"]) + " |" for r in worst]
     if low:
         lines += ["", "Least recalled classes (share of their correctly labelled samples in the trusted space): "
-                  + "; ".join(f"{CLASSES[r['class']]} {100 * r['clean_recall']:.1f}%" for r in low) + "."]
+                  + "; ".join(f"{CLASSES[r['class']]} {percent(r['clean_recall'])}" for r in low) + "."]
     later = buf.get("later_recalls")
     report_json = results / f"{name}.trust_report.json"
     if later is None and report_json.is_file():  # records written before the run summed them: from the report
@@ -356,7 +357,7 @@ def trusted_lines(name: str, record: dict, results: Path, page_dir: Path) -> lis
 
 
 def _depth(page_dir: Path, results: Path) -> int:
-    """How many ``../`` lead from ``page_dir`` to the repository root (``results`` is ``<root>/results/<x>``)."""
+    """How many ``../`` lead from ``page_dir`` to the repository root (``results`` is ``<root>/<results>/<x>``)."""
     return len(page_dir.relative_to(results.parent.parent).parts)
 
 
@@ -397,6 +398,16 @@ def detail_page(name: str, record: dict, results: Path, about: str, index: Path)
     return "\n".join(lines)
 
 
+def percent(share: float | None) -> str:
+    """A share in 0-1 as a percentage with one decimal (``-`` for None: nothing to measure)."""
+    return "-" if share is None else f"{100 * share:.1f}%"
+
+
+def text_writer(text: str) -> Callable[[IO[bytes]], object]:
+    """A writer of ``text`` (UTF-8) for :func:`~tad_plugin.files.atomic_write`."""
+    return lambda f: f.write(text.encode())
+
+
 def write_detail_pages(results: Path, about: Mapping[str, str], index: Path) -> dict[str, Path]:
     """Write the detail page of every record of :func:`record_paths` (``about``: name -> its one-line place,
     default "another run") under ``<results>/cells/``, remove pages and curves of records that are gone, and
@@ -407,7 +418,7 @@ def write_detail_pages(results: Path, about: Mapping[str, str], index: Path) -> 
         path = detail_path(results, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = detail_page(name, record, results, about.get(name, "another run"), index)
-        atomic_write(path, lambda f, text=text: f.write(text.encode()))
+        atomic_write(path, text_writer(text))
         written[name] = path
     keep = {p for page in written.values() for p in (page, page.with_suffix(".png"))}
     for old in sorted((results / DETAILS).rglob("*")) if (results / DETAILS).is_dir() else []:
