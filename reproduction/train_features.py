@@ -20,7 +20,8 @@ stay untouched, e.g. the SGD-vs-LARS probe (2 minutes each) and the peak-lr prob
     python reproduction/train_features.py --dataset /root/cifar10.npz --name cifar10_lr024 --lr 0.24 \\
         --time-budget 590 --eval-every 20 --results /root/probe --checkpoint /root/probe/lr024.pt
 
-``--compare`` draws several runs' records on one plot (no GPU), e.g. the 10-minute runs::
+``--compare`` draws several runs' records on one plot (no GPU; tad_plugin.features.plots), e.g. the 10-minute
+runs::
 
     python reproduction/train_features.py --compare results/features_cifar10.json \\
         results/features_probe/features_cifar10_{lr006,lr024,compiled_aug,fixes,fused,t02,crop008}.json \\
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -41,9 +41,9 @@ import torch
 from tad_plugin.data import load_dataset
 from tad_plugin.engine.runlog import git_commit
 from tad_plugin.features.augment import AugmentConfig
+from tad_plugin.features.plots import compare_runs, plot_history
 from tad_plugin.features.train import DEFAULT_LR, OPTIMIZERS, TrainConfig, measure_throughput, train_simclr
 from tad_plugin.files import atomic_write, atomic_write_json
-from tad_plugin.plotting import pyplot, save_png
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,64 +62,6 @@ def bench(images: torch.Tensor, base: TrainConfig, device: str, steps: int) -> l
         print(f"{r['batch_size']:>6} {str(r['compile']):>8} {r['images_per_s']:>10.0f} {r['step_ms']:>8.1f} "
               f"{100 * r['augment_share']:>9.1f}% {r['augment_images_per_s']:>17.0f} {r['warmup_s']:>9.1f}")
     return rows
-
-
-def _figure(size: tuple[float, float]):
-    """A fresh figure and axes (matplotlib on the Agg backend: no display needed)."""
-    return pyplot("train_features.py's plots").subplots(figsize=size)
-
-
-def _save(fig, ax, path: Path, **legend) -> None:
-    """The 80% target dotted, grid and legend (``legend``: its options); written atomically as a PNG."""
-    ax.axhline(80, color="grey", ls=":", lw=1, label="80% target")
-    ax.grid(alpha=0.3)
-    ax.legend(**legend)
-    save_png(fig, path)
-
-
-def plot(history: list[dict[str, float]], ks: tuple[int, ...], title: str, path: Path) -> None:
-    evals = [h for h in history if f"knn{ks[0]}" in h]
-    fig, ax = _figure((6.4, 4.0))
-    for k in ks:
-        ax.plot([h["epoch"] for h in evals], [100 * h[f"knn{k}"] for h in evals], marker="o", ms=3,
-                label=f"kNN k={k}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title, fontsize=9)
-    top = ax.secondary_xaxis("top", functions=_epoch_to_minutes(evals))
-    top.set_xlabel("training minutes")
-    _save(fig, ax, path)
-
-
-def compare(records: list[Path], path: Path, k: int = 10) -> None:
-    """kNN@k against training minutes of several runs (their ``features_<name>.json`` records) on one plot, each
-    labelled with its file's name, commit, device, final accuracy and epoch count; the 80% target dotted."""
-    fig, ax = _figure((7.2, 4.4))
-    for record_path in records:
-        try:
-            rec = json.loads(record_path.read_text())
-            evals = [h for h in rec["history"] if f"knn{k}" in h]
-            final = 100 * rec["knn"][str(k)]
-        except (OSError, ValueError, KeyError) as exc:
-            pyplot("train_features.py's plots").close(fig)
-            raise SystemExit(f"{record_path}: not a training record of reproduction/train_features.py with kNN@{k} "
-                             f"({exc!r}); pass the features_<name>.json files it writes") from exc
-        label = (f"{record_path.stem.removeprefix('features_')} ({rec['commit'][:7]}, "
-                 f"{rec['device'].replace('NVIDIA ', '')}): {final:.2f}%, {rec['epochs']} ep")
-        ax.plot([h["seconds"] / 60 for h in evals], [100 * h[f"knn{k}"] for h in evals], marker="o", ms=2.5,
-                lw=1.2, label=label)
-    ax.set_xlabel("training minutes")
-    ax.set_ylabel(f"kNN k={k} test top-1 (%)")
-    ax.set_title("SimCLR ResNet-18 on the CIFAR-10 JPEG copy: runs side by side", fontsize=9)
-    _save(fig, ax, path, fontsize=7, loc="lower right")
-
-
-def _epoch_to_minutes(evals: list[dict[str, float]]):
-    import numpy as np
-
-    e = np.array([0.0] + [h["epoch"] for h in evals])
-    m = np.array([0.0] + [h["seconds"] / 60 for h in evals])
-    return (lambda x: np.interp(x, e, m)), (lambda y: np.interp(y, m, e))
 
 
 def _recipe(config: dict) -> str:
@@ -203,7 +145,10 @@ def main() -> int:
                                      "absolute accuracies differ a little from published ones.")
     args = p.parse_args()
     if args.compare:
-        compare(args.compare, args.compare_out)
+        try:
+            compare_runs(args.compare, args.compare_out)
+        except ValueError as exc:
+            sys.exit(str(exc))
         print(f"wrote {args.compare_out}")
         return 0
     if args.dataset is None:
@@ -239,7 +184,7 @@ def main() -> int:
     })
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, args.results / f"features_{args.name}.json")
-    plot(result.history, config.knn_ks, f"SimCLR ResNet-18, {args.name} (JPEG pixels), {record['device']}",
+    plot_history(result.history, config.knn_ks, f"SimCLR ResNet-18, {args.name} (JPEG pixels), {record['device']}",
          args.results / f"features_{args.name}.png")
     markdown(record, args.results / f"features_{args.name}.md")
     print("final kNN: " + ", ".join(f"k={k} {100 * v:.2f}%" for k, v in result.knn.items())

@@ -162,15 +162,14 @@ def test_cleanlab_detector_and_the_pruned_dataset(tmp_path):
 
 
 def test_detection_table_from_audit_records(quick_audit, tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from tad_plugin.engine.audit import write_detection_table
 
-    path = Path(__file__).resolve().parents[1] / "reproduction" / "audit_table.py"
-    spec = importlib.util.spec_from_file_location("audit_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main([str(quick_audit), "--out", str(tmp_path / "detection")]) == 0
+    written, skipped = write_detection_table([quick_audit], tmp_path / "detection")
     rows = json.loads((tmp_path / "detection.json").read_text())["rows"]
+    assert rows == written and skipped == []
+    (tmp_path / "no_clean").mkdir()  # a run on data whose clean labels are unknown: left out, named
+    (tmp_path / "no_clean" / "result_audit.json").write_text('{"results": {}}')
+    assert write_detection_table([tmp_path / "no_clean"], tmp_path / "none") == ([], [str(tmp_path / "no_clean")])
     det = json.loads((quick_audit / "result_audit.json").read_text())["results"]["detection"]
     assert len(rows) == 1 and rows[0]["label_set"] == "sym 40%" and rows[0]["detector"] == "tad"
     assert rows[0]["f1"] == det["f1"] and rows[0]["budget"] == "2 experts x 10 ep"

@@ -183,16 +183,11 @@ def test_a_slow_first_epoch_does_not_cut_the_warm_up_short(tiny, monkeypatch):
 
 
 def test_compare_plots_several_runs_and_names_a_wrong_file(tmp_path):
-    """reproduction/train_features.py --compare: the records of two runs on one PNG; a file that is not such a
-    record is refused with its name."""
+    """compare_runs (reproduction/train_features.py --compare): the records of two runs on one PNG; a file that is
+    not such a record is refused with its name."""
     pytest.importorskip("matplotlib")
-    import importlib.util
-    from pathlib import Path
+    from tad_plugin.features.plots import compare_runs
 
-    spec = importlib.util.spec_from_file_location(
-        "train_features", Path(__file__).parents[1] / "reproduction" / "train_features.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     records = []
     for name, acc in (("a", 0.7), ("b", 0.8)):
         history = [{"epoch": e, "seconds": 30.0 * e, "knn10": acc * e / 3} for e in (1, 2, 3)]
@@ -201,10 +196,10 @@ def test_compare_plots_several_runs_and_names_a_wrong_file(tmp_path):
                                     "knn": {"10": acc}, "history": history}))
         records.append(path)
     out = tmp_path / "runs.png"
-    script.compare(records, out)
+    compare_runs(records, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     wrong = tmp_path / "bench.json"
     wrong.write_text(json.dumps({"throughput": []}))
-    with pytest.raises(SystemExit, match="bench.json: not a training record"):
-        script.compare([records[0], wrong], tmp_path / "no.png")
+    with pytest.raises(ValueError, match="bench.json: not a training record"):
+        compare_runs([records[0], wrong], tmp_path / "no.png")
     assert not (tmp_path / "no.png").exists()

@@ -11,7 +11,8 @@ Two sources of an :class:`AuditTable` (one row per training sample):
   from :func:`kfold_probabilities` (K ConvNets, each trained on the other folds with plain cross-entropy).
 
 :func:`write_audit` writes the table, the ranked issues, the cleaned label file, the report and (optionally)
-a pruned arrays file; :func:`detection_metrics` scores a table against the clean labels.
+a pruned arrays file; :func:`detection_metrics` scores a table against the clean labels, and
+:func:`write_detection_table` gathers the scores of many audit runs into one table.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -287,6 +289,92 @@ def detection_metrics(table: AuditTable) -> dict[str, Any]:
             "precision": precision, "recall": recall, "f1": f1,
             "suggested_accuracy": ratio(int((table.suggested == table.clean)[flagged].sum()), int(flagged.sum())),
             "cleaned_label_accuracy": float((table.cleaned == table.clean).float().mean()), "per_class": per_class}
+
+
+# ---------------------------------------------------------------------- the detection table of many runs
+
+#: CIFAR-N label-set keys -> the names the papers use.
+LABEL_SET_NAMES = {"worse_label": "CIFAR-10N worst", "aggre_label": "CIFAR-10N aggre",
+                   "random_label1": "CIFAR-10N random1", "random_label2": "CIFAR-10N random2",
+                   "random_label3": "CIFAR-10N random3", "noisy_label": "CIFAR-100N"}
+
+
+def label_set_name(config: dict[str, Any]) -> str:
+    """The label set a run audited, from its config's ``data`` section: ``sym`` or ``asym`` with the noise rate in
+    percent, the CIFAR-N label set's name (:data:`LABEL_SET_NAMES`), or "as given"."""
+    d = config["data"]
+    if d.get("cifar_n"):
+        return LABEL_SET_NAMES.get(d["label_set"], d["label_set"])
+    if d.get("noise"):
+        kind = "sym" if d["noise"] == "symmetric" else "asym"
+        return f"{kind} {round(100 * d['noise_rate'])}%"
+    return "as given"
+
+
+def detection_row(run: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """One row of the detection table from a ``tad audit --out`` folder's ``result_audit.json``: its label set,
+    detector, budget, :func:`detection_metrics`' scores (fractions) and time (seconds: the training stage --
+    TAD's experts or cleanlab's folds -- plus the audit, as the last invocation recorded them); None when the run
+    has no detection metrics (no clean labels known).
+
+    Raises:
+        FileNotFoundError: ``run`` holds no ``result_audit.json``.
+    """
+    path = Path(run) / "result_audit.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} holds no result_audit.json: give `tad audit --out` folders")
+    record = json.loads(path.read_text())
+    det = record.get("results", {}).get("detection")
+    if not det:
+        return None
+    stages = record.get("stages", {})
+    training = stages.get("buffer") or stages.get("folds") or {}
+    cfg = record["config"]
+    detector = record.get("detector", "tad")
+    budget = (f"{cfg['buffer']['num_experts']} experts x {cfg['buffer']['epochs']} ep" if detector == "tad"
+              else f"{training.get('folds', '?')} folds x {cfg['buffer']['epochs']} ep")
+    return {"run": str(run), "label_set": label_set_name(cfg), "detector": detector, "budget": budget,
+            "noise_rate": det["noise_rate"], "flagged": det["flagged"], "precision": det["precision"],
+            "recall": det["recall"], "f1": det["f1"], "suggested_accuracy": det["suggested_accuracy"],
+            "cleaned_label_accuracy": det["cleaned_label_accuracy"],
+            "seconds": round(training.get("wall_time_s", 0.0) + stages.get("audit", {}).get("wall_time_s", 0.0), 1),
+            "reused_buffer": training.get("reused"), "device": record.get("device")}
+
+
+def detection_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The detection table of :func:`detection_row` rows as Markdown, sorted by label set, detector and budget
+    (scores in percent; a run that reused its experts says so beside its time)."""
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    lines = ["| label set | detector | budget | wrong labels % | flagged | precision % | recall % | F1 % | "
+             "suggested right % | time s | device |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in sorted(rows, key=lambda r: (r["label_set"], r["detector"], r["budget"])):
+        time = f"{r['seconds']:.0f}" + (" (experts reused)" if r["reused_buffer"] else "")
+        lines.append(f"| {r['label_set']} | {r['detector']} | {r['budget']} | {pct(r['noise_rate'])} | "
+                     f"{r['flagged']} | "
+                     f"{pct(r['precision'])} | {pct(r['recall'])} | {pct(r['f1'])} | {pct(r['suggested_accuracy'])} | "
+                     f"{time} | {r['device']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_detection_table(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]
+                          ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Write the detection table of the ``tad audit --out`` folders ``runs`` as ``out.json`` (``{"rows": [...]}``)
+    and ``out.md`` (:func:`detection_markdown`), atomically; returns the rows and the runs left out (no clean
+    labels known)."""
+    rows, skipped = [], []
+    for run in runs:
+        r = detection_row(run)
+        if r is None:
+            skipped.append(str(run))
+        else:
+            rows.append(r)
+    text = detection_markdown(rows)
+    atomic_write_json({"rows": rows}, Path(out).with_suffix(".json"))
+    atomic_write(Path(out).with_suffix(".md"), lambda f: f.write(text.encode()))
+    return rows, skipped
 
 
 # ---------------------------------------------------------------------- files
