@@ -226,7 +226,7 @@ def test_adapter_distils_a_toy_set_end_to_end(method, tad, tmp_path):
 
 
 def test_run_reuses_another_runs_buffer_only_when_it_fits(tmp_path, capsys):
-    common = ["--config", str(ROOT / "examples" / "configs" / "demo.yaml"), "--no-tad", "--no-progress",
+    common = ["--config", str(ROOT / "tad_plugin" / "configs" / "demo.yaml"), "--no-tad", "--no-progress",
               "--num-experts", "1", "--epochs", "4", "--iterations", "1", "--ipc", "1", "--set", "distill.syn_steps=1",
               "--set", "distill.max_start_epoch=2", "--set", "eval.num_eval=1", "--set", "eval.epochs=1"]
     assert main(["buffer", *common, "--out", str(tmp_path / "mtt")]) == 0
@@ -250,7 +250,7 @@ def test_run_reuses_another_runs_buffer_only_when_it_fits(tmp_path, capsys):
 
 
 def test_reusing_experts_of_another_recipe_is_warned_about(tmp_path, caplog):
-    common = ["--config", str(ROOT / "examples" / "configs" / "demo.yaml"), "--no-tad", "--no-progress",
+    common = ["--config", str(ROOT / "tad_plugin" / "configs" / "demo.yaml"), "--no-tad", "--no-progress",
               "--num-experts", "1", "--epochs", "4", "--iterations", "1", "--ipc", "1", "--set", "distill.syn_steps=1",
               "--set", "distill.max_start_epoch=2", "--set", "eval.num_eval=1", "--set", "eval.epochs=1"]
     assert main(["buffer", *common, "--out", str(tmp_path / "mtt")]) == 0

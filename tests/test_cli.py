@@ -75,10 +75,6 @@ def test_export_command(quick_demo, tmp_path):
     assert len(buf) == 2 and len(buf[0]) == 6 and isinstance(buf[0][0], list)
 
 
-def test_demo_yaml_matches_builtin_demo():
-    assert yaml.safe_load((ROOT / "examples" / "configs" / "demo.yaml").read_text()) == DEMO_CONFIG
-
-
 def test_flags_and_config_merge(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("data:\n  dataset: cifar10\n  noise: symmetric\n  noise_rate: 0.2\nbuffer:\n  epochs: 30\n")
@@ -138,7 +134,7 @@ def test_help_lists_commands(capsys):
 
 
 @pytest.mark.parametrize("path", sorted([*(ROOT / "examples" / "configs").glob("*.yaml"),
-                                          *(ROOT / "reproduction" / "configs").glob("*.yaml")]),
+                                          *(ROOT / "tad_plugin" / "configs").glob("*.yaml")]),
                          ids=lambda p: p.name)
 def test_example_configs_are_valid(path):
     cfg = config_from_args(build_parser().parse_args(["run", "--config", str(path)]))
@@ -165,7 +161,7 @@ def test_prepare_data_asymmetric_cifar100_flips_within_superclasses(tmp_path):
 
 
 def test_diverging_experts_exit_with_a_clear_message(tmp_path, capsys):
-    argv = ["buffer", "--config", str(ROOT / "examples" / "configs" / "demo.yaml"), "--out", str(tmp_path),
+    argv = ["buffer", "--config", str(ROOT / "tad_plugin" / "configs" / "demo.yaml"), "--out", str(tmp_path),
             "--no-progress", "--set", "buffer.lr=1e30", "--set", "buffer.num_experts=1", "--epochs", "2",
             "--set", "distill.max_start_epoch=1", "--set", "distill.expert_epochs=1", "--set", "tad.inner_loop=false"]
     assert main(argv) == 2
@@ -359,7 +355,7 @@ def test_out_of_gpu_memory_names_the_settings_that_lower_it(monkeypatch, capsys)
 def test_a_tad_run_without_its_extractor_stops_at_once_with_the_command_that_makes_it(tmp_path, monkeypatch,
                                                                                       capsys):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
-    code = main(["run", "--config", str(ROOT / "examples" / "configs" / "demo.yaml"), "--set", "tad.features=null",
+    code = main(["run", "--config", str(ROOT / "tad_plugin" / "configs" / "demo.yaml"), "--set", "tad.features=null",
                  "--out", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2

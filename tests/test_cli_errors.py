@@ -18,7 +18,7 @@ def quick_noisy_argv(out, *extra):
     ``noisy`` folder is its uninterrupted result)."""
     sets = [f"{section}.{k}={json.dumps(v)}" for section, values in QUICK_DEMO_OVERRIDES.items()
             for k, v in values.items()]
-    argv = ["run", "--config", str(ROOT / "examples" / "configs" / "demo.yaml"), "--no-tad", "--no-progress",
+    argv = ["run", "--config", str(ROOT / "tad_plugin" / "configs" / "demo.yaml"), "--no-tad", "--no-progress",
             "--out", str(out)]
     for s in sets:
         argv += ["--set", s]
