@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_labels", "check_hard_or_soft_labels", "check_float_vector", "check_features", "check_bool_mask"]
+__all__ = ["check_labels", "check_hard_or_soft_labels", "check_float_vector", "check_features", "check_bool_mask",
+           "short_classes"]
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, name: str = "labels", n: int | None = None) -> None:
@@ -73,3 +74,13 @@ def check_bool_mask(x: torch.Tensor, name: str, n: int) -> None:
     if not isinstance(x, torch.Tensor) or x.dtype != torch.bool or x.shape != (n,):
         got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"{name} must be a bool tensor [{n}] (True = trusted), got {got}")
+
+
+def short_classes(labels: torch.Tensor, num_classes: int, need: int) -> str | None:
+    """The classes with fewer than ``need`` samples among ``labels`` (int64 [M], class indices in [0, num_classes)),
+    listed for an error message (``"class 3: 2, class 7: 0"``, the first ten), or None when every class has enough."""
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).tolist()
+    short = [(c, k) for c, k in enumerate(counts) if k < need]
+    if not short:
+        return None
+    return ", ".join(f"class {c}: {k}" for c, k in short[:10]) + (" ..." if len(short) > 10 else "")

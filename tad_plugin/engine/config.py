@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ..errors import TADError
+from ..trust_loop import Schedule
 from .student_grad import COMPILE_MODES, INNER_GRADS
 
 __all__ = ["ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
@@ -127,6 +128,10 @@ class BufferConfig:
             raise ConfigError("buffer.momentum must lie in [0, 1) and buffer.weight_decay be >= 0")
 
 
+#: the trust loop's schedule defaults: TADConfig's fields of the same names take them (one source)
+_SCHEDULE: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Schedule)}
+
+
 @dataclass
 class TADConfig:
     """Trust-Aware Diversion settings (the ``tad`` section). ``None`` values use the plugin's documented defaults.
@@ -193,21 +198,21 @@ class TADConfig:
     gmm_max_iter: int | None = None
     gmm_tol: float | None = None
     gmm_reg_covar: float | None = None
-    warmup_epochs: int = 2
-    recompute_every: int = 1
-    split: str = "per-expert"
-    outer_loop: bool = True
-    inner_loop: bool = True
+    warmup_epochs: int = _SCHEDULE["warmup_epochs"]
+    recompute_every: int = _SCHEDULE["recompute_every"]
+    split: str = _SCHEDULE["split"]
+    outer_loop: bool = _SCHEDULE["outer_loop"]
+    inner_loop: bool = _SCHEDULE["inner_loop"]
     features: str | None = None
     features_wait_s: float = 0.0
-    anchor_epoch: int = 4
+    anchor_epoch: int = _SCHEDULE["anchor_epoch"]
     anchor_ipc: int = 10
     anchor_iterations: int = 200
-    recalibrate_every: int = 1
-    recall_once: bool = False
+    recalibrate_every: int = _SCHEDULE["recalibrate_every"]
+    recall_once: bool = _SCHEDULE["recall_once"]
     balance_classes: bool = False
-    warmup_confidence_penalty: float = 0.0
-    loss_average: int = 1
+    warmup_confidence_penalty: float = _SCHEDULE["warmup_confidence_penalty"]
+    loss_average: int = _SCHEDULE["loss_average"]
 
     def validate(self) -> None:
         if self.split not in ("per-expert", "shared"):

@@ -49,7 +49,7 @@ import torch.utils.checkpoint
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..checks import check_hard_or_soft_labels
+from ..checks import check_hard_or_soft_labels, short_classes
 from ..errors import TADError
 from ..files import atomic_torch_save, atomic_write_json, torch_load
 from ..losses import confidence_penalty
@@ -310,10 +310,8 @@ def real_init_indices(labels: Tensor, pool: Tensor, ipc: int, num_classes: int,
     if pool.numel() and (int(pool.min()) < 0 or int(pool.max()) >= labels.numel()):
         raise ValueError(f"pool indices must lie in [0, {labels.numel()})")
     pool_labels = labels.cpu()[pool]
-    counts = torch.bincount(pool_labels, minlength=num_classes)
-    short = [(c, int(counts[c])) for c in range(num_classes) if counts[c] < ipc]
-    if short:
-        listed = ", ".join(f"class {c}: {n}" for c, n in short[:10]) + (" ..." if len(short) > 10 else "")
+    listed = short_classes(pool_labels, num_classes, ipc)
+    if listed:
         raise ValueError(f"real initialisation needs {ipc} samples per class in the pool, but {listed}; "
                          f"lower ipc, let more samples into the trusted set (e.g. a looser split), or "
                          f"initialise from noise")

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from ..checks import short_classes
 from ..engine.config import DataConfig, TADConfig, load_yaml
 from ..manager import TADHooks, get_plugin_manager
 from ..trust_report import TrustReport
@@ -332,10 +333,8 @@ class _Patch:
         ipc = getattr(args, "ipc", None)
         if not isinstance(ipc, int) or str(getattr(args, "pix_init", "real")) != "real":
             return
-        counts = torch.bincount(pool_labels, minlength=num_classes)
-        short = [(c, int(counts[c])) for c in range(num_classes) if counts[c] < ipc]
-        if short:
-            listed = ", ".join(f"class {c}: {k}" for c, k in short[:10]) + (" ..." if len(short) > 10 else "")
+        listed = short_classes(pool_labels, num_classes, ipc)
+        if listed:
             raise ValueError(f"the trusted pool of {self.state_path} has fewer than --ipc={ipc} samples in {listed}; "
                              f"the script initialises {ipc} real images per class from it. Lower --ipc, or train the "
                              f"buffer with more experts or epochs so that more samples are trusted")
