@@ -6,7 +6,9 @@ Two sources of an :class:`AuditTable` (one row per training sample):
 * :func:`audit_experts`: TAD's experts (a trajectory store trained with TAD). Their records hold, per
   expert, the trusted space of every epoch and the labels after every recalibration; one no-augmentation
   pass of each expert's final parameters over the training set under the *given* labels adds the division
-  confidence (the ``filter_dataset`` hook on those losses) and the experts' predictions.
+  confidence (the ``filter_dataset`` hook on those losses) and the experts' predictions; passes of the
+  parameters of their last few epochs add the softmax averaged over experts and epochs (the fallback
+  suggestion).
 * :func:`confident_learning_table`: cleanlab's ``find_label_issues`` on out-of-sample probabilities, e.g.
   from :func:`kfold_probabilities` (K ConvNets, each trained on the other folds with plain cross-entropy).
 
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checks import check_labels
@@ -36,7 +39,6 @@ from ..data import ImageDataset, save_arrays
 from ..files import atomic_write, atomic_write_json
 from ..manager import TADHooks
 from .convnet import ConvNetConfig, forward
-from .experts import per_sample_predictions
 from .preprocess import Preprocessor
 from .trajectories import TrajectoryError, TrajectoryStore
 
@@ -61,7 +63,8 @@ class AuditTable:
         given: int64, the labels audited.
         suggested: int64, the label the method proposes: the given one where it is not an issue; for an
             issue, TAD's recalibrated label held by most experts where it differs from the given one, else the
-            experts' majority prediction (cleanlab: the argmax of the out-of-sample probabilities).
+            argmax of the experts' softmax averaged over the experts and the parameters of their last
+            ``snapshots`` epochs (cleanlab: the argmax of the out-of-sample probabilities).
         is_label_issue: bool, True = the given label is judged wrong. TAD: fewer than half of the experts
             trusted the sample *with its given label* at their last epoch (an untrusted sample, or one trusted
             only under a recalibrated label). cleanlab: flagged by ``find_label_issues``.
@@ -120,7 +123,7 @@ class AuditTable:
 def audit_experts(store: TrajectoryStore, net: ConvNetConfig, preprocess: Preprocessor, images: torch.Tensor,
                   labels: torch.Tensor, hooks: TADHooks, *, clean_labels: torch.Tensor | None = None,
                   experts: Sequence[int] | None = None, device: torch.device | str = "cpu", group: int = 10,
-                  batch_size: int = 2048, progress: bool = False) -> AuditTable:
+                  batch_size: int = 2048, snapshots: int = 5, progress: bool = False) -> AuditTable:
     """The audit from TAD's experts (see :class:`AuditTable` for every column's definition).
 
     Args:
@@ -132,6 +135,9 @@ def audit_experts(store: TrajectoryStore, net: ConvNetConfig, preprocess: Prepro
         clean_labels: int64 [N] or None, kept in the table for scoring.
         experts: which finished experts (None = all).
         group: experts evaluated in one batched pass; batch_size: images per chunk of that pass.
+        snapshots: how many of each expert's last epochs' parameters average their softmax for the fallback
+            suggestion (fewer when an expert has fewer epochs); default 5: averaging over the end of the
+            trajectory steadies the last epoch's predictions, while earlier epochs still fit the noise less.
 
     Raises:
         TrajectoryError: the store has no finished experts, or they were trained without TAD.
@@ -140,6 +146,8 @@ def audit_experts(store: TrajectoryStore, net: ConvNetConfig, preprocess: Prepro
     if not indices:
         raise TrajectoryError(f"{store.root} holds no finished experts; train them first (`tad audit` without "
                               f"--buffer, or `tad buffer`)")
+    if snapshots < 1:
+        raise ValueError(f"snapshots must be >= 1 (the final parameters alone), got {snapshots}")
     n, k = store.num_train, store.num_classes
     check_labels(labels, k, "labels", n=images.shape[0])
     if n != images.shape[0]:
@@ -150,14 +158,19 @@ def audit_experts(store: TrajectoryStore, net: ConvNetConfig, preprocess: Prepro
     clean_vote = torch.zeros(n)
     confidence = torch.zeros(n)
     final_labels, predictions = [], []
+    prob_sum = torch.zeros(n, k, device=dev)
+    prob_count = 0
     bar = tqdm(total=len(indices), desc="audit", unit="expert", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(indices), group):
         records = [store.load_expert(i) for i in indices[start:start + group]]
         if any(r.trusted is None for r in records):
             raise TrajectoryError(f"the experts in {store.root} were trained without TAD (no trust records); an "
                                   f"audit needs TAD's experts: train them with TAD on, or use --method cleanlab")
-        params = torch.stack([r.params[-1] for r in records]).to(dev)
-        losses, preds = per_sample_predictions(net, params, x, given, preprocess, batch_size)
+        depth = min(snapshots, *(r.params.shape[0] - 1 for r in records))
+        params = torch.stack([torch.stack([r.params[-1 - back] for r in records]) for back in range(depth)]).to(dev)
+        losses, preds, probs = _snapshot_pass(net, params, x, given, preprocess, batch_size)
+        prob_sum += probs
+        prob_count += depth * len(records)
         for j, r in enumerate(records):
             assert r.trusted is not None  # checked above
             clean_vote += (r.trusted[-1] & (r.labels[-1] == labels.cpu())).float()
@@ -171,14 +184,43 @@ def audit_experts(store: TrajectoryStore, net: ConvNetConfig, preprocess: Prepro
     given_cpu = labels.cpu()
     recalibrated = torch.stack(final_labels).mode(dim=0).values
     preds = torch.cat(predictions)  # [E, N]
-    voted = preds.mode(dim=0).values
+    predicted = (prob_sum / prob_count).argmax(1).cpu()
     issue = trust_vote < 0.5
-    suggestion = torch.where(recalibrated != given_cpu, recalibrated, voted)
+    suggestion = torch.where(recalibrated != given_cpu, recalibrated, predicted)
     suggested = torch.where(issue, suggestion, given_cpu)
     reliability = (preds == suggested).float().mean(0)
     score = 0.5 * (1.0 - trust_vote) + 0.5 * (1.0 - confidence)
     return AuditTable(given_cpu, suggested, issue, trust_vote, confidence, reliability, score,
                       None if clean_labels is None else clean_labels.cpu(), "tad")
+
+
+def _snapshot_pass(net: ConvNetConfig, params: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                   preprocess: Preprocessor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One no-augmentation pass of E experts at S parameter snapshots (``params`` float [S, E, P], snapshot 0
+    the final parameters) over uint8 ``images`` [N, C, H, W] with the given ``labels`` int64 [N].
+
+    Returns:
+        ``(losses, predictions, probabilities)`` on ``params``' device: the final parameters' per-sample
+        cross-entropy float32 [E, N] and argmax classes int64 [E, N], and the softmax summed over the S * E
+        networks float32 [N, K].
+    """
+    e, n = params.shape[1], images.shape[0]
+    losses = torch.empty(e, n, device=params.device)
+    predictions = torch.empty(e, n, dtype=torch.int64, device=params.device)
+    chunks = []
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            x = preprocess(images[i:i + batch_size])
+            final = forward(net, params[0], x).float()  # [E, B, K]; one snapshot at a time bounds the memory
+            y = labels[i:i + batch_size].expand(e, -1)
+            losses[:, i:i + batch_size] = F.cross_entropy(final.reshape(-1, final.shape[-1]), y.reshape(-1),
+                                                          reduction="none").view(e, -1)
+            predictions[:, i:i + batch_size] = final.argmax(-1)
+            probs = final.softmax(-1).sum(0)
+            for snapshot in params[1:]:
+                probs += forward(net, snapshot, x).float().softmax(-1).sum(0)
+            chunks.append(probs)
+    return losses, predictions, torch.cat(chunks)
 
 
 def trust_rounds(store: TrajectoryStore, clean_labels: torch.Tensor | None = None,
