@@ -63,8 +63,9 @@ class AuditTable:
         given: int64, the labels audited.
         suggested: int64, the label the method proposes: the given one where it is not an issue; for an
             issue, TAD's recalibrated label held by most experts where it differs from the given one, else the
-            argmax of the experts' softmax averaged over the experts and the parameters of their last
-            ``snapshots`` epochs (cleanlab: the argmax of the out-of-sample probabilities).
+            argmax of the experts' softmax averaged over the experts and the parameters of their last few
+            epochs (:func:`audit_experts`' ``snapshots``; cleanlab: the argmax of the out-of-sample
+            probabilities).
         is_label_issue: bool, True = the given label is judged wrong. TAD: fewer than half of the experts
             trusted the sample *with its given label* at their last epoch (an untrusted sample, or one trusted
             only under a recalibrated label). cleanlab: flagged by ``find_label_issues``.
