@@ -47,8 +47,8 @@ from .results import Recalibration
 from .search import Backend, unit_topk
 
 __all__ = ["recalibrate_with_anchors", "recalibrate_batch_with_anchors", "anchor_covariances",
-           "mahalanobis_reliability", "calibrated_threshold", "calibrated_thresholds",
-           "weighted_vote", "reference_set", "apply_vote",
+           "mahalanobis_reliability", "mahalanobis_reliability_batch", "calibrated_threshold", "calibrated_thresholds",
+           "weighted_vote", "reference_set", "reference_sets", "apply_vote",
            "check_vote_settings", "ShrunkCovariance", "Threshold"]
 
 #: How the inner loop decides which votes act (see the module docstring, step 6).
@@ -321,36 +321,21 @@ def recalibrate_batch_with_anchors(features: torch.Tensor, labels: torch.Tensor,
                         sieve_confidence=sieve_confidence)
     labels, trusted = labels.to(device), trusted.to(device)
     reliability = torch.full((e_count, n), float("nan"), device=device)
-
+    per_expert = [0] * e_count  # references per expert
+    expert_refs: tuple[torch.Tensor, ...] = ()
     pair_e, pair_i = torch.nonzero(trusted, as_tuple=True)  # host read 1: the trusted pairs, expert-major
     if pair_i.numel():
         covariances = _CACHE.get((anchor_features, anchor_labels), ("covariances", num_classes),
                                  lambda: anchor_covariances(anchors, anchor_labels, num_classes))
         group = pair_e * num_classes + labels[pair_e, pair_i]  # (expert, class) of each trusted pair
         counts = torch.bincount(group, minlength=e_count * num_classes).tolist()  # host read 2
-        # each (expert, class)'s rows ascending, as mahalanobis_reliability takes them for one expert
-        by_group = torch.argsort(group, stable=True)
-        dist = torch.empty(pair_i.numel(), dtype=torch.float64, device=device)
-        for g, pos in enumerate(by_group.split(counts)):
-            if counts[g]:
-                dist[pos] = covariances[g % num_classes].squared_distance(feats[pair_i[pos]]).sqrt()
-        inf = torch.full((e_count * num_classes,), float("inf"), dtype=torch.float64, device=device)
-        lo = inf.scatter_reduce(0, group, dist, "amin")[group]
-        span = (-inf).scatter_reduce(0, group, dist, "amax")[group] - lo
-        reliability[pair_e, pair_i] = torch.where(span > 0, 1.0 - (dist - lo) / span, 1.0).float()
-
-        # reference sets (as reference_set per expert): groups in order, each by reliability, top_k kept
-        order = torch.argsort(reliability[pair_e, pair_i], descending=True, stable=True)
-        order = order[torch.argsort(group[order], stable=True)]
-        keep, start = [], 0
-        for c in counts:
-            keep.append(torch.arange(start, start + min(c, top_k)))
-            start += c
-        refs = pair_i[order[torch.cat(keep).to(device)]]
+        rel = mahalanobis_reliability_batch(feats, pair_i, group, counts, covariances)
+        reliability[pair_e, pair_i] = rel
+        refs = reference_sets(pair_i, group, counts, rel, top_k)
         per_expert = [sum(min(c, top_k) for c in counts[e * num_classes:(e + 1) * num_classes])
                       for e in range(e_count)]
         expert_refs = refs.split(per_expert)
-    voting = [e for e in range(e_count) if pair_i.numel() and per_expert[e]]
+    voting = [e for e in range(e_count) if per_expert[e]]
     shares = {e: weighted_vote(feats, labels[e], reliability[e], expert_refs[e], num_classes, num_neighbors,
                                backend, unit=unit) for e in voting}
     bars: list[float | None] = [None] * e_count
@@ -370,6 +355,53 @@ def recalibrate_batch_with_anchors(features: torch.Tensor, labels: torch.Tensor,
                                              sieve_confidence=sieve_confidence, sieve=sieve, bar=bars[e])
         out.append(Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability[e]))
     return out
+
+
+def mahalanobis_reliability_batch(features: torch.Tensor, rows: torch.Tensor, group: torch.Tensor, counts: list[int],
+                                  covariances: list[ShrunkCovariance]) -> torch.Tensor:
+    """:func:`mahalanobis_reliability` of several experts' trusted samples at once.
+
+    Args:
+        features: float [N, D], L2-normalised.
+        rows: int64 [P], the sample of each (expert, sample) pair, expert-major and ascending within an expert.
+        group: int64 [P], each pair's ``expert * C + label``.
+        counts: the pairs per group (``bincount(group, minlength=E * C)``, read on the host once).
+        covariances: the C classes' :func:`anchor_covariances`.
+
+    Returns:
+        float32 [P]: each pair's reliability, min-max normalised within its group; equal to
+        :func:`mahalanobis_reliability` of each expert's trusted rows (each group's distances are computed
+        on exactly the rows that call takes, in the same order).
+    """
+    num_classes = len(covariances)
+    dist = torch.empty(rows.numel(), dtype=torch.float64, device=features.device)
+    for g, pos in enumerate(torch.argsort(group, stable=True).split(counts)):  # each group's pairs, ascending
+        if counts[g]:
+            dist[pos] = covariances[g % num_classes].squared_distance(features[rows[pos]]).sqrt()
+    inf = torch.full((len(counts),), float("inf"), dtype=torch.float64, device=features.device)
+    lo = inf.scatter_reduce(0, group, dist, "amin")[group]
+    span = (-inf).scatter_reduce(0, group, dist, "amax")[group] - lo
+    return torch.where(span > 0, 1.0 - (dist - lo) / span, 1.0).float()
+
+
+def reference_sets(rows: torch.Tensor, group: torch.Tensor, counts: list[int], reliability: torch.Tensor,
+                   top_k: int) -> torch.Tensor:
+    """:func:`reference_set` of several experts at once (no host read).
+
+    Args:
+        rows, group, counts: as :func:`mahalanobis_reliability_batch`; reliability: float [P], per pair.
+
+    Returns:
+        int64 [R] sample indices, expert-major, each expert's part equal to its :func:`reference_set`
+        (``sum(min(counts[e * C + c], top_k) for c)`` entries).
+    """
+    order = torch.argsort(reliability, descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]  # group-major, each group by reliability
+    keep, start = [], 0
+    for c in counts:
+        keep.append(torch.arange(start, start + min(c, top_k)))
+        start += c
+    return rows[order[torch.cat(keep).to(rows.device)]]
 
 
 def reference_set(trusted_idx: torch.Tensor, labels: torch.Tensor, reliability: torch.Tensor, num_classes: int,
