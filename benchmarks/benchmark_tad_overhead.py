@@ -10,7 +10,8 @@ One run trains E experts twice at the same settings on one device (same data, se
   ``recalibrate`` for every expert, batched where the plugin allows
   (:func:`~tad_plugin.engine.experts.recalibrate_experts`, as the dual loop calls it), with fixed features
   (random projections of the pixels to ``--feature-dim``: the search and Mahalanobis cost depends on N and D,
-  not on what the features mean) and 10 anchors per class taken from the training set. The anchors' distillation (once per group, not per epoch) is not part of it.
+  not on what the features mean) and 10 anchors per class taken from the training set. The anchors'
+  distillation (once per group, not per epoch) is not part of it.
 
 An expert epoch is the wall time between the ends of two consecutive epochs of the group (training pass,
 test pass, and for TAD the division and recalibration), the median over epochs 1 .. epochs-2 (epoch 0
