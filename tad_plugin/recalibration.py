@@ -311,9 +311,8 @@ def recalibrate_batch_with_anchors(features: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"labels and trusted must be [E, N] with N = {n} (the features' rows), got "
                          f"{tuple(labels.shape)} and {tuple(trusted.shape)}")
     e_count = labels.shape[0]
-    for row, mask in zip(labels, trusted):
-        check_labels(row, num_classes, n=n)
-        check_bool_mask(mask, "trusted", n)
+    check_labels(labels.reshape(-1), num_classes)  # all rows at once: one host read
+    check_bool_mask(trusted.reshape(-1), "trusted", labels.numel())
     anchors = _CACHE.get((anchor_features, anchor_labels), ("anchors", d, num_classes),
                          lambda: _unit_anchors(anchor_features, anchor_labels, num_classes, d))
     check_vote_settings(top_k=top_k, num_neighbors=num_neighbors, vote_threshold=vote_threshold,
@@ -444,10 +443,9 @@ def apply_vote(shares: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor
         recall_bar, sieve_bar = max(bar, recall_confidence), max(bar, sieve_confidence)
     else:
         recall_bar, sieve_bar = recall_confidence, sieve_confidence
-    new_labels, new_trusted = labels.clone(), trusted.clone()
     recall = ~trusted & (share >= recall_bar) & (share > 0)
-    new_labels[recall] = best_class[recall]
-    new_trusted |= recall
+    new_labels = torch.where(recall, best_class, labels)  # no host read (a masked assignment would make one)
+    new_trusted = trusted | recall
     if sieve:
         sieved = trusted & (best_class != labels) & (share >= sieve_bar)
         new_trusted &= ~sieved
