@@ -167,8 +167,8 @@ def main() -> None:
               file=sys.stderr)
     if load is not None:
         load.kill()
-    names = [name for _, _, name in PHASES] + ["other (checks, normalisation, copies)", *TOTALS,
-                                                 "total per epoch"]
+    names = [*dict.fromkeys(name for _, _, name in PHASES), "other (checks, normalisation, copies)", *TOTALS,
+             "total per epoch"]
     table = {name: statistics.median(ep.get(name, 0.0) for ep in per_epoch[1:]) if args.epochs else 0.0
              for name in names}
     first = {name: per_epoch[0].get(name, 0.0) for name in names}
