@@ -5,8 +5,8 @@ After every post-warm-up epoch, :class:`~tad_plugin.engine.experts.ExpertTrainer
 for every expert (``tad.split: per-expert``; TAD's plugin fits the E experts' GMMs together through
 ``filter_dataset_batch``), and
 :class:`~tad_plugin.engine.dual_loop.DualLoop` then calls
-:func:`~tad_plugin.engine.experts.recalibrate_experts`, i.e. the ``recalibrate`` hook once per expert
-with the fixed sample features and the anchors. This script makes exactly those calls, through
+:func:`~tad_plugin.engine.experts.recalibrate_experts`, i.e. the ``recalibrate_batch`` hook for all
+experts with the fixed sample features and the anchors. This script makes exactly those calls, through
 :class:`~tad_plugin.TADHooks` with TAD's default plugin, at CIFAR-10 scale on generated data:
 
 * ``--n`` samples (50,000) of 10 classes, 40% symmetric label noise;
@@ -54,7 +54,9 @@ PHASES = (
     (division, "class_thresholds", "division: thresholds"),
     (recalibration, "anchor_covariances", "recal: anchor covariances"),
     (recalibration, "mahalanobis_reliability", "recal: reliability"),
+    (recalibration, "mahalanobis_reliability_batch", "recal: reliability"),
     (recalibration, "reference_set", "recal: reference set"),
+    (recalibration, "reference_sets", "recal: reference set"),
     (recalibration, "weighted_vote", "recal: search + vote"),
     (recalibration, "apply_vote", "recal: label update"),
 )
@@ -165,8 +167,8 @@ def main() -> None:
               file=sys.stderr)
     if load is not None:
         load.kill()
-    names = [name for _, _, name in PHASES] + ["other (checks, normalisation, copies)", *TOTALS,
-                                                 "total per epoch"]
+    names = [*dict.fromkeys(name for _, _, name in PHASES), "other (checks, normalisation, copies)", *TOTALS,
+             "total per epoch"]
     table = {name: statistics.median(ep.get(name, 0.0) for ep in per_epoch[1:]) if args.epochs else 0.0
              for name in names}
     first = {name: per_epoch[0].get(name, 0.0) for name in names}

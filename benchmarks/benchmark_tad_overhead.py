@@ -7,10 +7,11 @@ One run trains E experts twice at the same settings on one device (same data, se
 * **noisy arm**: plain cross-entropy on every sample (``tad.enabled=False``);
 * **TAD arm**: one warm-up epoch, then before every epoch the division (per-sample loss pass +
   ``filter_dataset`` for the E experts, batched where the plugin allows) and after it the inner loop's
-  ``recalibrate`` for every expert (:func:`~tad_plugin.engine.experts.recalibrate_experts`, as the dual loop
-  calls it), with fixed features (random projections of the pixels to ``--feature-dim``: the search and
-  Mahalanobis cost depends on N and D, not on what the features mean) and 10 anchors per class taken from
-  the training set. The anchors' distillation (once per group, not per epoch) is not part of it.
+  ``recalibrate`` for every expert, batched where the plugin allows
+  (:func:`~tad_plugin.engine.experts.recalibrate_experts`, as the dual loop calls it), with fixed features
+  (random projections of the pixels to ``--feature-dim``: the search and Mahalanobis cost depends on N and D,
+  not on what the features mean) and 10 anchors per class taken from the training set. The anchors'
+  distillation (once per group, not per epoch) is not part of it.
 
 An expert epoch is the wall time between the ends of two consecutive epochs of the group (training pass,
 test pass, and for TAD the division and recalibration), the median over epochs 1 .. epochs-2 (epoch 0

@@ -1,13 +1,15 @@
 """The hook specifications of tad_plugin: the three points where TAD enters a distiller.
 
 ``filter_dataset_batch`` is the first point for E experts at once (an optional fast path; a plugin that
-implements only ``filter_dataset`` keeps deciding every division, see :meth:`tad_plugin.TADHooks.filter_dataset_batch`).
+implements only ``filter_dataset`` keeps deciding every division, see
+:meth:`tad_plugin.TADHooks.filter_dataset_batch`); ``recalibrate_batch`` is the third, likewise
+(:meth:`tad_plugin.TADHooks.recalibrate_batch`).
 
 A plugin is any object or module whose functions are marked with :data:`hookimpl` and named after
 one of the specs below. Implementations may accept any subset of a spec's parameters (pluggy passes
 only the ones they name) and must not give them defaults. The decisions (``filter_dataset``,
-``filter_dataset_batch``, ``expert_loss``, ``recalibrate``) are ``firstresult``: the first implementation
-that returns something other than ``None`` decides, so a plugin registered after TAD's default (``tad``)
+``filter_dataset_batch``, ``expert_loss``, ``recalibrate``, ``recalibrate_batch``) are ``firstresult``: the first
+implementation that returns something other than ``None`` decides, so a plugin registered after TAD's default (``tad``)
 overrides it, and returning ``None`` defers to the next one. The reports (``on_division``,
 ``on_recalibration``) are notifications: every implementation is called, results are ignored (the trust
 report, :class:`tad_plugin.trust_report.TrustReportListener`, is one such listener; a logger is another).
@@ -112,6 +114,30 @@ def recalibrate(features: torch.Tensor, labels: torch.Tensor, trusted: torch.Ten
         their pseudo-label), ``trusted`` (bool [N]; the new trusted space) and ``reliability``
         (float [N]; in [0, 1] for samples trusted on entry, 1 = most reliable, NaN elsewhere), on the
         device of ``features``; or ``None`` to defer. Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def recalibrate_batch(features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor,
+                      anchor_features: torch.Tensor, anchor_labels: torch.Tensor,
+                      num_classes: int) -> Sequence[Recalibration] | None:
+    """``recalibrate`` for the E experts of a group at once (optional; a faster path for batched hosts).
+
+    When: where a host would call ``recalibrate`` once per expert with row ``e`` of ``labels`` and
+    ``trusted`` (the same features and anchors for all), it calls this instead, but only if every registered
+    plugin that implements ``recalibrate`` also implements this hook; if every implementation returns
+    ``None``, the host falls back to the per-expert calls. A plugin implementing both must return, for each
+    row, what its ``recalibrate`` returns for that row.
+
+    :param features: float tensor [N, D]; as ``recalibrate``'s, shared by the E experts.
+    :param labels: int64 tensor [E, N]; row ``e`` the labels of expert ``e``, in [0, num_classes).
+    :param trusted: bool tensor [E, N]; row ``e`` the trusted space of expert ``e``.
+    :param anchor_features: float tensor [A, D]; features of the distilled anchor images.
+    :param anchor_labels: int64 tensor [A]; the class of each anchor, in [0, num_classes).
+    :param num_classes: number of classes C.
+    :return: a sequence of E :class:`~tad_plugin.Recalibration` (entry ``e`` for row ``e``, each as
+        ``recalibrate`` returns it), on the device of ``features``; or ``None`` to defer. Stops at first
+        non-None result.
     """
 
 

@@ -135,6 +135,44 @@ class TADHooks:
                                        num_classes=num_classes)
         return self._check("recalibrate", out, Recalibration)
 
+    def recalibrate_batch(self, features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor,
+                          anchor_features: torch.Tensor, anchor_labels: torch.Tensor,
+                          num_classes: int) -> list[Recalibration]:
+        """The recalibration of E experts at once: :func:`tad_plugin.hookspecs.recalibrate_batch` when every
+        plugin implementing ``recalibrate`` implements it too and one of them answers, else ``recalibrate`` row
+        by row (a row whose labels and trusted space equal the first row's reuses its result).
+
+        Args:
+            features: float [N, D]; labels: int64 [E, N]; trusted: bool [E, N]; anchor_features: float [A, D];
+            anchor_labels: int64 [A]; num_classes: C.
+
+        Returns:
+            E :class:`Recalibration`, entry ``e`` for row ``e``.
+        """
+        if labels.dim() != 2 or trusted.shape != labels.shape:
+            raise HookError(f"recalibrate_batch takes labels and trusted [E, N], got {tuple(labels.shape)} and "
+                            f"{tuple(trusted.shape)}")
+        per_row = {id(impl.plugin) for impl in self.pm.hook.recalibrate.get_hookimpls()}
+        batched = {id(impl.plugin) for impl in self.pm.hook.recalibrate_batch.get_hookimpls()}
+        out = None
+        if per_row <= batched:
+            out = self.pm.hook.recalibrate_batch(features=features, labels=labels, trusted=trusted,
+                                                 anchor_features=anchor_features, anchor_labels=anchor_labels,
+                                                 num_classes=num_classes)
+        if out is None:
+            like_first = ((labels == labels[0]).all(1) & (trusted == trusted[0]).all(1)).tolist()
+            rows: list[Recalibration] = []
+            for e in range(labels.shape[0]):
+                rows.append(rows[0] if e > 0 and like_first[e] else
+                            self.recalibrate(features, labels[e], trusted[e], anchor_features, anchor_labels,
+                                             num_classes))
+            return rows
+        if not isinstance(out, Sequence) or len(out) != labels.shape[0] \
+                or not all(isinstance(r, Recalibration) for r in out):
+            raise HookError(f"recalibrate_batch must return a sequence of {labels.shape[0]} Recalibration (one per "
+                            f"row of labels), got {type(out).__name__}")
+        return list(out)
+
     def notify_division(self, *, expert: int, epoch: int, split: TrustSplit, labels: torch.Tensor,
                         trusted: torch.Tensor, predictions: torch.Tensor | None) -> None:
         """Tell every listener of a division: :func:`tad_plugin.hookspecs.on_division`."""

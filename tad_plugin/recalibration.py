@@ -46,8 +46,9 @@ from .checks import check_bool_mask, check_features, check_labels
 from .results import Recalibration
 from .search import Backend, unit_topk
 
-__all__ = ["recalibrate_with_anchors", "anchor_covariances", "mahalanobis_reliability", "calibrated_threshold",
-           "weighted_vote", "reference_set", "apply_vote",
+__all__ = ["recalibrate_with_anchors", "recalibrate_batch_with_anchors", "anchor_covariances",
+           "mahalanobis_reliability", "mahalanobis_reliability_batch", "calibrated_threshold", "calibrated_thresholds",
+           "weighted_vote", "reference_set", "reference_sets", "apply_vote",
            "check_vote_settings", "ShrunkCovariance", "Threshold"]
 
 #: How the inner loop decides which votes act (see the module docstring, step 6).
@@ -188,6 +189,23 @@ def weighted_vote(features: torch.Tensor, labels: torch.Tensor, reliability: tor
     return votes / votes.sum(1, keepdim=True).clamp_min(1e-12)
 
 
+def calibrated_thresholds(shares: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor,
+                          quantile: float) -> list[float]:
+    """:func:`calibrated_threshold` of E experts at once, with one host read.
+
+    Args:
+        shares: float [E, N, C]; labels: int64 [E, N]; trusted: bool [E, N]; quantile: in [0, 1].
+
+    Returns:
+        E bars, entry ``e`` equal to ``calibrated_threshold(shares[e], labels[e], trusted[e], quantile)``.
+    """
+    own = shares.gather(2, labels[..., None]).squeeze(2).double()
+    voted = trusted & (shares.sum(2) > 0)
+    q = torch.nanquantile(torch.where(voted, own, float("nan")), quantile, dim=1)  # NaN where none voted
+    bars = torch.where(voted.any(1), q.clamp_min(0.5 + 1e-6), 1.0)
+    return [float(b) for b in bars.tolist()]  # the one host read
+
+
 def calibrated_threshold(shares: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor,
                          quantile: float) -> float:
     """The vote share a sample must reach to be acted on, set by the trusted space's own support.
@@ -264,6 +282,127 @@ def recalibrate_with_anchors(features: torch.Tensor, labels: torch.Tensor, trust
     return Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability)
 
 
+def recalibrate_batch_with_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor,
+                                   anchor_features: torch.Tensor, anchor_labels: torch.Tensor, num_classes: int, *,
+                                   top_k: int = 100, num_neighbors: int = 30,
+                                   vote_threshold: Threshold = "calibrated", calibration_quantile: float = 0.75,
+                                   recall_confidence: float = 0.9, sieve_confidence: float = 0.9, sieve: bool = True,
+                                   backend: Backend = "auto") -> list[Recalibration]:
+    """:func:`recalibrate_with_anchors` for the E experts of a group at once, with the same results.
+
+    The features' normalisation and the anchors' covariances are made once; every expert's Mahalanobis
+    distances, reference set and search run on exactly the rows the per-expert call uses (so the results
+    are identical), queued without host reads in between: three host reads in all (the trusted pairs, their
+    counts per expert and class, the calibrated bars). With the torch backend the searches stay on the
+    features' device; FAISS searches on the host as in the per-expert call.
+
+    Args:
+        features: float [N, D]; anchor_features: float [A, D]; anchor_labels: int64 [A].
+        labels: int64 [E, N], row ``e`` expert ``e``'s labels; trusted: bool [E, N], its trusted space.
+        The keyword settings as :func:`recalibrate_with_anchors`.
+
+    Returns:
+        E :class:`Recalibration`, entry ``e`` what :func:`recalibrate_with_anchors` returns for row ``e``.
+    """
+    feats, unit = _CACHE.get((features,), "features", lambda: _unit_features(features))
+    n, d = features.shape
+    device = features.device
+    if labels.dim() != 2 or trusted.shape != labels.shape or labels.shape[1] != n:
+        raise ValueError(f"labels and trusted must be [E, N] with N = {n} (the features' rows), got "
+                         f"{tuple(labels.shape)} and {tuple(trusted.shape)}")
+    e_count = labels.shape[0]
+    check_labels(labels.reshape(-1), num_classes)  # all rows at once: one host read
+    check_bool_mask(trusted.reshape(-1), "trusted", labels.numel())
+    anchors = _CACHE.get((anchor_features, anchor_labels), ("anchors", d, num_classes),
+                         lambda: _unit_anchors(anchor_features, anchor_labels, num_classes, d))
+    check_vote_settings(top_k=top_k, num_neighbors=num_neighbors, vote_threshold=vote_threshold,
+                        calibration_quantile=calibration_quantile, recall_confidence=recall_confidence,
+                        sieve_confidence=sieve_confidence)
+    labels, trusted = labels.to(device), trusted.to(device)
+    reliability = torch.full((e_count, n), float("nan"), device=device)
+    per_expert = [0] * e_count  # references per expert
+    expert_refs: tuple[torch.Tensor, ...] = ()
+    pair_e, pair_i = torch.nonzero(trusted, as_tuple=True)  # host read 1: the trusted pairs, expert-major
+    if pair_i.numel():
+        covariances = _CACHE.get((anchor_features, anchor_labels), ("covariances", num_classes),
+                                 lambda: anchor_covariances(anchors, anchor_labels, num_classes))
+        group = pair_e * num_classes + labels[pair_e, pair_i]  # (expert, class) of each trusted pair
+        counts = torch.bincount(group, minlength=e_count * num_classes).tolist()  # host read 2
+        rel = mahalanobis_reliability_batch(feats, pair_i, group, counts, covariances)
+        reliability[pair_e, pair_i] = rel
+        refs = reference_sets(pair_i, group, counts, rel, top_k)
+        per_expert = [sum(min(c, top_k) for c in counts[e * num_classes:(e + 1) * num_classes])
+                      for e in range(e_count)]
+        expert_refs = refs.split(per_expert)
+    voting = [e for e in range(e_count) if per_expert[e]]
+    shares = {e: weighted_vote(feats, labels[e], reliability[e], expert_refs[e], num_classes, num_neighbors,
+                               backend, unit=unit) for e in voting}
+    bars: list[float | None] = [None] * e_count
+    if vote_threshold == "calibrated" and voting:
+        for e, bar in zip(voting, calibrated_thresholds(torch.stack([shares[e] for e in voting]), labels[voting],
+                                                         trusted[voting], calibration_quantile)):
+            bars[e] = bar
+    out = []
+    for e in range(e_count):
+        if e not in shares:
+            out.append(Recalibration(labels=labels[e].clone(), trusted=trusted[e].clone(),
+                                     reliability=reliability[e]))
+            continue
+        new_labels, new_trusted = apply_vote(shares[e], labels[e], trusted[e], vote_threshold=vote_threshold,
+                                             calibration_quantile=calibration_quantile,
+                                             recall_confidence=recall_confidence,
+                                             sieve_confidence=sieve_confidence, sieve=sieve, bar=bars[e])
+        out.append(Recalibration(labels=new_labels, trusted=new_trusted, reliability=reliability[e]))
+    return out
+
+
+def mahalanobis_reliability_batch(features: torch.Tensor, rows: torch.Tensor, group: torch.Tensor, counts: list[int],
+                                  covariances: list[ShrunkCovariance]) -> torch.Tensor:
+    """:func:`mahalanobis_reliability` of several experts' trusted samples at once.
+
+    Args:
+        features: float [N, D], L2-normalised.
+        rows: int64 [P], the sample of each (expert, sample) pair, expert-major and ascending within an expert.
+        group: int64 [P], each pair's ``expert * C + label``.
+        counts: the pairs per group (``bincount(group, minlength=E * C)``, read on the host once).
+        covariances: the C classes' :func:`anchor_covariances`.
+
+    Returns:
+        float32 [P]: each pair's reliability, min-max normalised within its group; equal to
+        :func:`mahalanobis_reliability` of each expert's trusted rows (each group's distances are computed
+        on exactly the rows that call takes, in the same order).
+    """
+    num_classes = len(covariances)
+    dist = torch.empty(rows.numel(), dtype=torch.float64, device=features.device)
+    for g, pos in enumerate(torch.argsort(group, stable=True).split(counts)):  # each group's pairs, ascending
+        if counts[g]:
+            dist[pos] = covariances[g % num_classes].squared_distance(features[rows[pos]]).sqrt()
+    inf = torch.full((len(counts),), float("inf"), dtype=torch.float64, device=features.device)
+    lo = inf.scatter_reduce(0, group, dist, "amin")[group]
+    span = (-inf).scatter_reduce(0, group, dist, "amax")[group] - lo
+    return torch.where(span > 0, 1.0 - (dist - lo) / span, 1.0).float()
+
+
+def reference_sets(rows: torch.Tensor, group: torch.Tensor, counts: list[int], reliability: torch.Tensor,
+                   top_k: int) -> torch.Tensor:
+    """:func:`reference_set` of several experts at once (no host read).
+
+    Args:
+        rows, group, counts: as :func:`mahalanobis_reliability_batch`; reliability: float [P], per pair.
+
+    Returns:
+        int64 [R] sample indices, expert-major, each expert's part equal to its :func:`reference_set`
+        (``sum(min(counts[e * C + c], top_k) for c)`` entries).
+    """
+    order = torch.argsort(reliability, descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]  # group-major, each group by reliability
+    keep, start = [], 0
+    for c in counts:
+        keep.append(torch.arange(start, start + min(c, top_k)))
+        start += c
+    return rows[order[torch.cat(keep).to(rows.device)]]
+
+
 def reference_set(trusted_idx: torch.Tensor, labels: torch.Tensor, reliability: torch.Tensor, num_classes: int,
                   top_k: int) -> torch.Tensor:
     """The ``top_k`` most reliable trusted samples of each class (ties: lower index first).
@@ -285,26 +424,28 @@ def reference_set(trusted_idx: torch.Tensor, labels: torch.Tensor, reliability: 
 
 def apply_vote(shares: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor, *, vote_threshold: Threshold,
                calibration_quantile: float, recall_confidence: float, sieve_confidence: float,
-               sieve: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               sieve: bool, bar: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 6 of the module docstring: recall untrusted samples and sieve trusted ones by their vote.
 
     Args:
         shares: float [N, C], :func:`weighted_vote`'s output.
         labels: int64 [N]; trusted: bool [N].
+        bar: the calibrated bar when the caller has it (:func:`calibrated_thresholds`); None computes it
+            (``"calibrated"`` only).
 
     Returns:
         ``(labels, trusted)``: new int64 [N] and bool [N] tensors (the inputs are not modified).
     """
     share, best_class = shares.max(1)
     if vote_threshold == "calibrated":
-        bar = calibrated_threshold(shares, labels, trusted, calibration_quantile)
+        if bar is None:
+            bar = calibrated_threshold(shares, labels, trusted, calibration_quantile)
         recall_bar, sieve_bar = max(bar, recall_confidence), max(bar, sieve_confidence)
     else:
         recall_bar, sieve_bar = recall_confidence, sieve_confidence
-    new_labels, new_trusted = labels.clone(), trusted.clone()
     recall = ~trusted & (share >= recall_bar) & (share > 0)
-    new_labels[recall] = best_class[recall]
-    new_trusted |= recall
+    new_labels = torch.where(recall, best_class, labels)  # no host read (a masked assignment would make one)
+    new_trusted = trusted | recall
     if sieve:
         sieved = trusted & (best_class != labels) & (share >= sieve_bar)
         new_trusted &= ~sieved

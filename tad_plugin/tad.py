@@ -9,7 +9,7 @@ import torch
 from .division import divide_by_loss, divide_by_loss_batch
 from .hookspecs import hookimpl
 from .losses import ce_rce_loss
-from .recalibration import Threshold, check_vote_settings, recalibrate_with_anchors
+from .recalibration import Threshold, check_vote_settings, recalibrate_batch_with_anchors, recalibrate_with_anchors
 from .results import Recalibration, TrustSplit
 from .search import Backend
 
@@ -113,6 +113,16 @@ class TrustAwareDiversion:
                     anchor_features: torch.Tensor, anchor_labels: torch.Tensor,
                     num_classes: int) -> Recalibration:
         return recalibrate_with_anchors(
+            features, labels, trusted, anchor_features, anchor_labels, num_classes, top_k=self.top_k,
+            num_neighbors=self.num_neighbors, vote_threshold=self.vote_threshold,
+            calibration_quantile=self.calibration_quantile, recall_confidence=self.recall_confidence,
+            sieve_confidence=self.sieve_confidence, sieve=self.sieve, backend=self.search_backend)
+
+    @hookimpl
+    def recalibrate_batch(self, features: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor,
+                          anchor_features: torch.Tensor, anchor_labels: torch.Tensor,
+                          num_classes: int) -> list[Recalibration]:
+        return recalibrate_batch_with_anchors(
             features, labels, trusted, anchor_features, anchor_labels, num_classes, top_k=self.top_k,
             num_neighbors=self.num_neighbors, vote_threshold=self.vote_threshold,
             calibration_quantile=self.calibration_quantile, recall_confidence=self.recall_confidence,

@@ -9,8 +9,8 @@ one model) and asks a :class:`TrustLoop`, before every epoch, what to train on. 
   against anchors from ``anchor_epoch`` on every ``recalibrate_every`` epochs, ``recall_once``, the warm-up
   confidence penalty, loss averaging, and the ``outer_loop`` / ``inner_loop`` switches;
 * the calls of the hooks: ``filter_dataset`` (or ``filter_dataset_batch`` for all experts at once),
-  ``expert_loss`` (through :meth:`TrustLoop.criterion`) and ``recalibrate``, and the notifications
-  ``on_division`` / ``on_recalibration`` that listeners (the trust report, a logger) implement.
+  ``expert_loss`` (through :meth:`TrustLoop.criterion`) and ``recalibrate`` (or ``recalibrate_batch``), and the
+  notifications ``on_division`` / ``on_recalibration`` that listeners (the trust report, a logger) implement.
 
 The host supplies what only it can compute, through callbacks: per-sample losses of its parameters
 (:data:`LossPass`), and -- when the schedule recalibrates -- the samples' features and the anchors'
@@ -364,8 +364,9 @@ class TrustLoop:
 
     def recalibrate(self, epoch: int, features: torch.Tensor, anchor_features: torch.Tensor,
                     anchor_labels: torch.Tensor, predictions: torch.Tensor | None = None) -> None:
-        """The recalibration (inner loop) before ``epoch``: the ``recalibrate`` hook for every expert (experts
-        whose labels and trusted space equal the first expert's reuse its call), second recalls undone with
+        """The recalibration (inner loop) before ``epoch``: ``recalibrate_batch`` for the experts
+        (:meth:`tad_plugin.TADHooks.recalibrate_batch`: per expert where a plugin only implements ``recalibrate``,
+        experts whose labels and trusted space equal the first expert's reusing its call), second recalls undone with
         ``recall_once`` (:func:`admit_once`), then ``on_recalibration`` notified.
 
         Args:
@@ -378,19 +379,10 @@ class TrustLoop:
         dev = features.device
         anchor_features, anchor_labels = anchor_features.to(dev), anchor_labels.to(dev)
         prev_labels, prev_trusted = self.labels.to(dev), self.trusted.to(dev)
-        like_first = ((prev_labels == prev_labels[0]).all(1) & (prev_trusted == prev_trusted[0]).all(1)).tolist()
-        labels: list[torch.Tensor] = []
-        trusted: list[torch.Tensor] = []
-        for e in range(len(self.experts)):
-            if e > 0 and like_first[e]:
-                labels.append(labels[0])
-                trusted.append(trusted[0])
-                continue
-            rec = self.hooks.recalibrate(features, prev_labels[e], prev_trusted[e], anchor_features, anchor_labels,
-                                         self.num_classes)
-            labels.append(rec.labels)
-            trusted.append(rec.trusted)
-        new_labels, new_trusted = torch.stack(labels), torch.stack(trusted)
+        recs = self.hooks.recalibrate_batch(features, prev_labels, prev_trusted, anchor_features, anchor_labels,
+                                            self.num_classes)
+        new_labels = torch.stack([r.labels.to(dev) for r in recs])
+        new_trusted = torch.stack([r.trusted.to(dev) for r in recs])
         if self.schedule.recall_once:
             new_labels, new_trusted, ever = admit_once(prev_labels, prev_trusted, new_labels, new_trusted,
                                                        self.ever_recalled.to(dev))

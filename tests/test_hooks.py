@@ -16,7 +16,8 @@ from tad_plugin.results import Recalibration, TrustSplit
 HOOKS = {"filter_dataset": ["losses", "labels", "num_classes"],
          "filter_dataset_batch": ["losses", "labels", "num_classes"],
          "expert_loss": ["logits", "targets"],
-         "recalibrate": ["features", "labels", "trusted", "anchor_features", "anchor_labels", "num_classes"]}
+         "recalibrate": ["features", "labels", "trusted", "anchor_features", "anchor_labels", "num_classes"],
+         "recalibrate_batch": ["features", "labels", "trusted", "anchor_features", "anchor_labels", "num_classes"]}
 NOTIFICATIONS = {"on_division": ["expert", "epoch", "split", "labels", "trusted", "predictions"],
                  "on_recalibration": ["expert", "epoch", "labels", "trusted", "previous_labels", "previous_trusted",
                                       "predictions"]}
