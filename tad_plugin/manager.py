@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import pluggy
 import torch
@@ -105,18 +105,10 @@ class TADHooks:
         if losses.dim() != 2 or labels.shape != losses.shape:
             raise HookError(f"filter_dataset_batch takes losses and labels [E, N], got {tuple(losses.shape)} and "
                             f"{tuple(labels.shape)}")
-        per_row = {id(impl.plugin) for impl in self.pm.hook.filter_dataset.get_hookimpls()}
-        batched = {id(impl.plugin) for impl in self.pm.hook.filter_dataset_batch.get_hookimpls()}
-        out = None
-        if per_row <= batched:
-            out = self.pm.hook.filter_dataset_batch(losses=losses, labels=labels, num_classes=num_classes)
-        if out is None:
-            return [self.filter_dataset(losses[e], labels[e], num_classes) for e in range(losses.shape[0])]
-        if not isinstance(out, Sequence) or len(out) != losses.shape[0] \
-                or not all(isinstance(s, TrustSplit) for s in out):
-            raise HookError(f"filter_dataset_batch must return a sequence of {losses.shape[0]} TrustSplit (one per "
-                            f"row of losses), got {type(out).__name__}")
-        return list(out)
+        return self._batch_or_rows(
+            "filter_dataset", losses.shape[0], TrustSplit,
+            lambda: self.pm.hook.filter_dataset_batch(losses=losses, labels=labels, num_classes=num_classes),
+            lambda e: self.filter_dataset(losses[e], labels[e], num_classes))
 
     def expert_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """See :func:`tad_plugin.hookspecs.expert_loss`."""
@@ -152,25 +144,36 @@ class TADHooks:
         if labels.dim() != 2 or trusted.shape != labels.shape:
             raise HookError(f"recalibrate_batch takes labels and trusted [E, N], got {tuple(labels.shape)} and "
                             f"{tuple(trusted.shape)}")
-        per_row = {id(impl.plugin) for impl in self.pm.hook.recalibrate.get_hookimpls()}
-        batched = {id(impl.plugin) for impl in self.pm.hook.recalibrate_batch.get_hookimpls()}
-        out = None
-        if per_row <= batched:
-            out = self.pm.hook.recalibrate_batch(features=features, labels=labels, trusted=trusted,
-                                                 anchor_features=anchor_features, anchor_labels=anchor_labels,
-                                                 num_classes=num_classes)
+        done: list[Recalibration] = []  # the rows so far: a row like the first reuses its result
+        like_first: list[bool] = []
+
+        def row(e: int) -> Recalibration:
+            if not like_first:  # one host read, on the row-by-row path only
+                like_first.extend(((labels == labels[0]).all(1) & (trusted == trusted[0]).all(1)).tolist())
+            done.append(done[0] if e > 0 and like_first[e] else
+                        self.recalibrate(features, labels[e], trusted[e], anchor_features, anchor_labels, num_classes))
+            return done[-1]
+
+        return self._batch_or_rows(
+            "recalibrate", labels.shape[0], Recalibration,
+            lambda: self.pm.hook.recalibrate_batch(features=features, labels=labels, trusted=trusted,
+                                                   anchor_features=anchor_features, anchor_labels=anchor_labels,
+                                                   num_classes=num_classes),
+            row)
+
+    def _batch_or_rows(self, name: str, rows: int, kind: type[_T], batched: Callable[[], Any],
+                       row: Callable[[int], _T]) -> list[_T]:
+        """``name``'s batched hook (``batched()``) when every plugin implementing ``name`` implements
+        ``<name>_batch`` too and one of them answers (checked: ``rows`` results of type ``kind``), else ``row(e)`` for
+        each row ``e`` in order."""
+        per_row = {id(impl.plugin) for impl in getattr(self.pm.hook, name).get_hookimpls()}
+        with_batch = {id(impl.plugin) for impl in getattr(self.pm.hook, f"{name}_batch").get_hookimpls()}
+        out = batched() if per_row <= with_batch else None
         if out is None:
-            like_first = ((labels == labels[0]).all(1) & (trusted == trusted[0]).all(1)).tolist()
-            rows: list[Recalibration] = []
-            for e in range(labels.shape[0]):
-                rows.append(rows[0] if e > 0 and like_first[e] else
-                            self.recalibrate(features, labels[e], trusted[e], anchor_features, anchor_labels,
-                                             num_classes))
-            return rows
-        if not isinstance(out, Sequence) or len(out) != labels.shape[0] \
-                or not all(isinstance(r, Recalibration) for r in out):
-            raise HookError(f"recalibrate_batch must return a sequence of {labels.shape[0]} Recalibration (one per "
-                            f"row of labels), got {type(out).__name__}")
+            return [row(e) for e in range(rows)]
+        if not isinstance(out, Sequence) or len(out) != rows or not all(isinstance(r, kind) for r in out):
+            raise HookError(f"{name}_batch must return a sequence of {rows} {kind.__name__} (one per row), got "
+                            f"{type(out).__name__}")
         return list(out)
 
     def notify_division(self, *, expert: int, epoch: int, split: TrustSplit, labels: torch.Tensor,
