@@ -22,7 +22,7 @@ Settings, lowest precedence first: the method's defaults for the dataset and IPC
 the dedicated flags (``--dataset``, ``--noise``, ...), then ``--set section.key=value`` (repeatable).
 Every run writes ``OUT/result_<command>.json`` (command, config, seed, commit, device, wall time, results), once
 every check that can refuse it has passed. A fault the user can fix prints one line and exits with 2 (``--debug``
-shows its traceback); Ctrl-C exits with 130, saying what was kept for the re-run to resume from.
+shows its traceback); so does Ctrl-C, saying what was kept for the re-run to resume from.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def kept_text(folders: Sequence[Path]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tad`` console script; returns the exit code: 0, 2 for an error the user can fix
     (one line on stderr: a :class:`~tad_plugin.errors.TADError`, a bad value, a missing file, a full or read-only
-    disk, GPU memory), 130 after Ctrl-C (saying what was kept); ``--debug`` shows tracebacks instead. Other
+    disk, GPU memory), 2 after Ctrl-C too (saying what was kept); ``--debug`` shows tracebacks instead. Other
     exceptions are programming errors and keep their traceback."""
     from .engine.distributed import launched_rank, shutdown
     from .errors import TADError
@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"\ntad {args.command}: interrupted; {kept_text(args.started)}", file=sys.stderr)
-        return 130
+        return 2  # as any fault the user can act on (pytest does the same)
     except (TADError, ValueError, OSError, torch.cuda.OutOfMemoryError) as exc:
         if args.debug:
             raise

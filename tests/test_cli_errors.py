@@ -1,5 +1,5 @@
 """What ``tad`` does with faults: refusals before anything in --out is written, one-line errors (exit 2),
-Ctrl-C (exit 130, saying what was kept), and a killed run that resumes to the uninterrupted result."""
+Ctrl-C (exit 2, saying what was kept), and a killed run that resumes to the uninterrupted result."""
 
 import errno
 import json
@@ -117,7 +117,7 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, capsys, monkeypat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(TrajectoryStore, "save_expert", interrupt_after_one)
-    assert main(quick_noisy_argv(tmp_path / "r")) == 130
+    assert main(quick_noisy_argv(tmp_path / "r")) == 2
     err = capsys.readouterr().err
     assert f"interrupted; kept {tmp_path / 'r'}: 1 finished expert(s) in buffer/, result_run.json; the same " \
            f"command resumes" in err
