@@ -20,3 +20,32 @@ def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     assert main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script(path)``: the module of a script outside the package (an example or benchmark), imported by path."""
+    import importlib.util
+
+    def load(path):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture
+def install_distribution(tmp_path, monkeypatch):
+    """``install_distribution(name, entry_points)``: a third-party distribution on sys.path (its modules written into
+    ``tmp_path`` by the test), declaring ``entry_points`` (the text of its entry_points.txt)."""
+
+    def install(name, entry_points):
+        dist = tmp_path / f"{name.replace('-', '_')}-1.0.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        (dist / "entry_points.txt").write_text(entry_points)
+        monkeypatch.syspath_prepend(str(tmp_path))
+
+    return install

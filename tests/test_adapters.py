@@ -311,7 +311,7 @@ def test_the_four_methods_register_through_the_entry_point_group():
 
 
 @pytest.fixture
-def third_party_method(tmp_path, monkeypatch):
+def third_party_method(tmp_path, install_distribution):
     """A third-party distribution on sys.path registering a distiller in ``tad_plugin.methods``: MTT with
     another learning rate of the images, and a broken registration."""
     (tmp_path / "fake_distiller.py").write_text(
@@ -325,12 +325,8 @@ def third_party_method(tmp_path, monkeypatch):
         "    defaults = staticmethod(fake_defaults)\n\n"
         "class NotAPipeline:\n"
         "    pass\n")
-    dist = tmp_path / "fake_distiller-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-distiller\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[tad_plugin.methods]\nfake = fake_distiller:Fake\n"
+    install_distribution("fake-distiller", "[tad_plugin.methods]\nfake = fake_distiller:Fake\n"
                                            "broken = fake_distiller:NotAPipeline\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
 
 
 def test_a_third_party_distiller_plugs_in_through_the_entry_point_group(third_party_method, tmp_path):

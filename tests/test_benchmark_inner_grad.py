@@ -3,7 +3,6 @@ method's table row for the unrolled steps and images per inner step; it runs end
 (no timing is asserted: only what ran and that the routes agree)."""
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,11 +14,8 @@ SCRIPT = Path(__file__).parents[1] / "benchmarks" / "benchmark_inner_grad.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_inner_grad", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script(SCRIPT)
 
 
 def steps(bench, method, shape, ipc, syn_steps=None, batch_syn=None):

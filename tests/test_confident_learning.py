@@ -28,7 +28,7 @@ def noisy_digits(n=600):
 
 
 @pytest.fixture
-def cleanlab_entry_point(tmp_path, monkeypatch):
+def cleanlab_entry_point(tmp_path, install_distribution):
     """A user's distribution declaring confident learning in the ``tad_plugin`` entry-point group: the plugin
     module is three lines."""
     images, _, _ = noisy_digits()
@@ -38,11 +38,7 @@ def cleanlab_entry_point(tmp_path, monkeypatch):
         from tad_plugin.confident_learning import ConfidentLearning
         plugin = ConfidentLearning(features=torch.load({str(tmp_path / "features.pt")!r}), folds=3)
     """))
-    dist = tmp_path / "my_cleanlab-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-cleanlab\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[tad_plugin]\ncleanlab = my_cleanlab:plugin\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_distribution("my-cleanlab", "[tad_plugin]\ncleanlab = my_cleanlab:plugin\n")
     return "cleanlab"
 
 

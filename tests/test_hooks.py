@@ -131,7 +131,7 @@ def test_misspelled_hook_and_argument_are_rejected():
 
 
 @pytest.fixture
-def entry_point_plugin(tmp_path, monkeypatch):
+def entry_point_plugin(tmp_path, install_distribution):
     """A third-party distribution on sys.path declaring a plugin in the ``tad_plugin`` group."""
     (tmp_path / "fake_tad_ext.py").write_text(textwrap.dedent("""
         from tad_plugin import hookimpl
@@ -140,11 +140,7 @@ def entry_point_plugin(tmp_path, monkeypatch):
         def expert_loss(logits, targets):
             return logits.new_tensor(42.0)
     """))
-    dist = tmp_path / "fake_tad_ext-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-tad-ext\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[tad_plugin]\nfake = fake_tad_ext\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_distribution("fake-tad-ext", "[tad_plugin]\nfake = fake_tad_ext\n")
     return "fake"
 
 

@@ -2,7 +2,6 @@
 hooks (CSV when TensorBoard is not installed)."""
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,8 @@ SCRIPT = Path(__file__).parents[1] / "examples" / "trust_logger.py"
 
 
 @pytest.fixture(scope="module")
-def trust_logger():
-    spec = importlib.util.spec_from_file_location("trust_logger", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def trust_logger(load_script):
+    return load_script(SCRIPT)
 
 
 def test_the_logger_records_every_division_and_recalibration(trust_logger, tmp_path, monkeypatch):
