@@ -444,7 +444,9 @@ def test_the_queue_batches_fit_the_window_with_both_arms_of_a_cell_together_wher
     jobs = repro.batch_jobs(first)
     assert [j.name for j in jobs][:3] == ["extractor", "buffer-sym20-noisy-sgd-zca", "mtt-ipc1-sym20-noisy"]
     tad = next(j for j in jobs if j.name == "buffer-sym20-tad-sgd-zca")
-    assert tad.work == 20 * 23 * repro.EXPERT_EPOCH_S * repro.TAD_BUFFER_FACTOR and tad.pause_at == tad.work * 4 / 23
+    train = 20 * 23 * repro.EXPERT_EPOCH_S * repro.TAD_BUFFER_FACTOR
+    assert tad.work == train + repro.ANCHORS_S
+    assert tad.pause_at == train * 10 / 23  # features first needed at the first recalibration, after the warm-up
     # a larger window keeps the IPC-50 pair together (two buffers at most: a batch of its own)
     assert [b for b, _ in repro.batches(names[:6], window=3600)] == [names[:4], names[4:6]]
 

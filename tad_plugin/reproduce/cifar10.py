@@ -905,14 +905,17 @@ def finished(cell: str, results: Path) -> bool:
 
 #: Planning figures for QUEUE.md's batches, one H100 (fp32 experts): seconds per expert-epoch of a noisy buffer
 #: with the GPU to itself (buffers and the extractor saturate the GPU and share it evenly); a buffer with TAD's
-#: outer loop costs TAD_BUFFER_FACTOR times a noisy one (measured before the batched division: an upper
-#: bound), and GSAM experts GSAM_FACTOR times SGD ones (two forward-backward passes a step); a cell's
-#: distillation and evaluations at the short budget's 1000 iterations, beside other jobs; the extractor's start
+#: outer loop costs TAD_BUFFER_FACTOR times a noisy one (benchmarks/benchmark_tad_overhead.py: the loss pass
+#: and the batched division cost about what training on the trusted subset saves; 1.0 leaves a margin for the
+#: anchors and the feature embedding), and GSAM experts GSAM_FACTOR times SGD ones (two forward-backward passes a step); a cell's
+#: distillation and evaluations at the short budget's 1000 iterations, beside other jobs; the inner loop's
+#: one-time work (the anchors' distillation and the feature embedding, once per buffer); the extractor's start
 #: and final evaluation beyond its training budget; the window a batch must fit.
 EXPERT_EPOCH_S = 0.35
-TAD_BUFFER_FACTOR = 2.7
+TAD_BUFFER_FACTOR = 1.0
 GSAM_FACTOR = 2.0
 DISTILL_S = {1: 300.0, 10: 300.0, 50: 540.0}
+ANCHORS_S = 110.0
 EXTRACTOR_EXTRA_S = 60.0
 WINDOW_S = 25 * 60.0
 #: Jobs at once in a batch, and the buffers a batch trains: 80 GB holds two 20-expert buffers at once, not four;
@@ -937,6 +940,7 @@ def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = 
     too when a buffer needs it and ``extractor``), in :func:`plan`'s order, with :func:`estimate`'s costs."""
     from tad_plugin.cli_options import add_settings_options
     from tad_plugin.runs import config_from_args
+    from tad_plugin.trust_loop import Schedule
 
     experts = sizes(budget)[0]
     groups: dict[str, list[str]] = {}
@@ -947,16 +951,18 @@ def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = 
     for buf, members in groups.items():
         _, arm, rec, zca = parse_buffer(buf)
         epochs = read_epochs(rec, zca)
-        outer = ABLATION["F" if arm == "tad" else "A" if arm == "noisy" else arm][1]
-        work = (experts * epochs * EXPERT_EPOCH_S * (TAD_BUFFER_FACTOR if outer else 1)
-                * (GSAM_FACTOR if rec.startswith("gsam") else 1))
+        _, outer, inner = ABLATION["F" if arm == "tad" else "A" if arm == "noisy" else arm]
+        train = (experts * epochs * EXPERT_EPOCH_S * (TAD_BUFFER_FACTOR if outer else 1)
+                 * (GSAM_FACTOR if rec.startswith("gsam") else 1))
+        work = train + (ANCHORS_S if inner else 0.0)
         pause = None
         if needs and needs_extractor(buf, ()):
             cmd = buffer_command(buf, "cifar10", Path("runs"), "CIFAR-10_human.pt", budget)
             settings = argparse.ArgumentParser()  # the options of `tad buffer`
             add_settings_options(settings)
-            anchor = config_from_args(settings.parse_args(cmd[cmd.index("buffer") + 1:])).tad.anchor_epoch
-            pause = work * min(anchor, epochs) / epochs
+            schedule = Schedule.of(config_from_args(settings.parse_args(cmd[cmd.index("buffer") + 1:])).tad)
+            first = next((t for t in range(epochs) if schedule.recalibrates(t)), epochs)  # features first needed
+            pause = train * first / epochs
         jobs.append(_SimJob(f"buffer-{buf}", True, work, pause_at=pause))
         jobs += [_SimJob(n, False, DISTILL_S[cells()[n].ipc], after=f"buffer-{buf}") for n in members]
     return jobs
@@ -1045,7 +1051,7 @@ def queue(results: Path, budget: str = "short") -> str:
              "them), distils each cell as soon as its buffer is done, and writes the records; commit them after "
              "each batch. The estimate assumes a noisy 20-expert buffer at "
              f"{EXPERT_EPOCH_S} s per expert-epoch with the GPU to itself (saturating jobs share it), a TAD buffer "
-             f"at {TAD_BUFFER_FACTOR}x that (an upper bound), the extractor's {FEATURES_BUDGET_S:.0f} s, and "
+             f"at {TAD_BUFFER_FACTOR}x that (waiting for the extractor where its inner loop first needs it), the extractor's {FEATURES_BUDGET_S:.0f} s, and "
              + ", ".join(f"{DISTILL_S[i] / 60:.0f} min" for i in IPCS) + " per IPC 1 / 10 / 50 distillation; "
              "a batch marked `over the window` does not fit and needs a shorter budget or a larger GPU share.", ""]
     taken: set[str] = set()
@@ -1290,7 +1296,7 @@ def ablation_lines(results: Path) -> list[str]:
 
 #: Cell -> an earlier record of the same settings from another machine: the cell's own record repeats that run
 #: (the check that a record reproduces from its command).
-REPEATS = {"mtt-ipc10-sym40-noisy": "sym40-noisy-e20-i1000"}
+REPEATS = {"mtt-ipc10-sym40-noisy": "sym40-noisy-e20-i1000", "mtt-ipc10-sym40-tad": "sym40-tad-e20-i1000"}
 
 
 def repeat_text(results: Path) -> str:
