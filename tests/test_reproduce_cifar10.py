@@ -415,10 +415,28 @@ def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
     cells_listed = [w for line in text.splitlines() for w in line.split() if w in repro.cells()]
     assert len(cells_listed) == len(set(cells_listed)) == 120  # each cell left in one batch
     batch1 = next(line for line in text.splitlines() if line.startswith("- batch 1:"))
-    assert batch1.startswith("- batch 1: 3 cells, about ") and batch1.endswith(
-        " min; buffers `sym20-tad-sgd-zca`, `sym20-noisy-sgd-zca`")  # both arms, one window
-    assert ("--jobs 3 \\\n    --cell mtt-ipc1-sym20-tad --cell mtt-ipc10-sym20-noisy --cell mtt-ipc10-sym20-tad\n"
-            in text)
+    # both arms in one window, and ATT's cells that read the same buffers beside them
+    assert batch1.startswith("- batch 1: 7 cells (4 of them of later sections, reading the same buffers), about ")
+    assert batch1.endswith(" min; buffers `sym20-tad-sgd-zca`, `sym20-noisy-sgd-zca`")
+    assert ("--jobs 3 \\\n    --cell mtt-ipc1-sym20-tad --cell mtt-ipc10-sym20-noisy --cell mtt-ipc10-sym20-tad \\\n"
+            "    --cell att-ipc1-sym20-noisy --cell att-ipc1-sym20-tad --cell att-ipc10-sym20-noisy \\\n"
+            "    --cell att-ipc10-sym20-tad\n" in text)
+    third = text.split("## 3.")[1].split("## 4.")[0]
+    assert "Some of its cells run in batches 1, " in third and "att-ipc10-sym20-tad" not in third
+
+
+def test_riders_join_a_batch_only_through_its_buffers_and_within_the_window():
+    batch = ["mtt-ipc10-sym40-noisy"]
+    took = repro.estimate(repro.batch_jobs(batch))
+    names, took2 = repro.with_riders(batch, took, ["att-ipc10-sym40-noisy", "att-ipc10-sym40-tad",
+                                                   "att-ipc50-sym40-noisy"])
+    assert names == batch + ["att-ipc10-sym40-noisy"]  # the TAD buffer and the raw IPC-50 buffer are others
+    assert took2 == repro.estimate(repro.batch_jobs(names)) >= took
+    # a rider that would lengthen the batch past the window stays out: four distillations, three slots
+    pair = ["mtt-ipc1-sym40-noisy", "mtt-ipc10-sym40-noisy"]
+    took = repro.estimate(repro.batch_jobs(pair))
+    assert repro.with_riders(pair, took, ["att-ipc1-sym40-noisy", "att-ipc10-sym40-noisy"], window=took) == (
+        pair + ["att-ipc1-sym40-noisy"], took)
 
 
 def test_estimate_shares_the_gpu_between_saturating_jobs_and_pauses_tad_buffers_for_the_extractor():

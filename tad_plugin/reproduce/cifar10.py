@@ -906,8 +906,8 @@ def finished(cell: str, results: Path) -> bool:
 #: Planning figures for QUEUE.md's batches, one H100 (fp32 experts): seconds per expert-epoch of a noisy buffer
 #: with the GPU to itself (buffers and the extractor saturate the GPU and share it evenly); a buffer with TAD's
 #: outer loop costs TAD_BUFFER_FACTOR times a noisy one (benchmarks/benchmark_tad_overhead.py: the loss pass
-#: and the batched division cost about what training on the trusted subset saves; 1.0 leaves a margin for the
-#: anchors and the feature embedding), and GSAM experts GSAM_FACTOR times SGD ones (two forward-backward passes a step); a cell's
+#: and the batched division cost about what training on the trusted subset saves), and GSAM experts
+#: GSAM_FACTOR times SGD ones (two forward-backward passes a step); a cell's
 #: distillation and evaluations at the short budget's 1000 iterations, beside other jobs; the inner loop's
 #: one-time work (the anchors' distillation and the feature embedding, once per buffer); the extractor's start
 #: and final evaluation beyond its training budget; the window a batch must fit.
@@ -1037,6 +1037,22 @@ def batches(names: Sequence[str], budget: str = "short", window: float = WINDOW_
     return out
 
 
+def with_riders(names: list[str], took: float, candidates: Sequence[str], budget: str = "short",
+                window: float = WINDOW_S) -> tuple[list[str], float]:
+    """``names`` (a batch of :func:`batches`) with each of ``candidates`` (cells of later queue sections, in
+    order) that reads one of the batch's buffers added while the estimate stays within ``window`` (or within
+    ``took`` for a batch already over it): a buffer lives on the machine that trained it only, so a cell
+    distilled from it in the same batch costs its distillation alone, later a second training of the buffer.
+    Returns the batch and its estimate."""
+    bufs = {buffer_of(cells()[n]) for n in names}
+    for cand in candidates:
+        if buffer_of(cells()[cand]) in bufs:
+            trial = estimate(batch_jobs(names + [cand], budget))
+            if trial <= max(window, took):
+                names, took = names + [cand], trial
+    return names, took
+
+
 def queue(results: Path, budget: str = "short") -> str:
     """The queue page (Markdown): the cells without a finished record, in :data:`QUEUE_ORDER`'s sections, cut
     into :func:`batches` of one GPU window each, with the command and the estimated time of each."""
@@ -1051,27 +1067,38 @@ def queue(results: Path, budget: str = "short") -> str:
              "them), distils each cell as soon as its buffer is done, and writes the records; commit them after "
              "each batch. The estimate assumes a noisy 20-expert buffer at "
              f"{EXPERT_EPOCH_S} s per expert-epoch with the GPU to itself (saturating jobs share it), a TAD buffer "
-             f"at {TAD_BUFFER_FACTOR}x that (waiting for the extractor where its inner loop first needs it), the extractor's {FEATURES_BUDGET_S:.0f} s, and "
+             f"at {TAD_BUFFER_FACTOR}x that plus {ANCHORS_S:.0f} s for its anchors, waiting for the extractor where "
+             f"its inner loop first needs it, the extractor's {FEATURES_BUDGET_S:.0f} s, and "
              + ", ".join(f"{DISTILL_S[i] / 60:.0f} min" for i in IPCS) + " per IPC 1 / 10 / 50 distillation; "
              "a batch marked `over the window` does not fit and needs a shorter budget or a larger GPU share.", ""]
     taken: set[str] = set()
+    rode: dict[str, int] = {}  # a cell of a later section -> the batch it rides in
     number = 0
     for section, (title, takes) in enumerate(QUEUE_ORDER, 1):
         part = [n for n in left if n not in taken and takes(grid[n])]
         taken.update(part)
         lines += [f"## {section}. {title}", ""]
+        earlier = sorted({rode[n] for n in left if takes(grid[n]) and n in rode})
+        if earlier:
+            lines += [f"{'Some' if part else 'All'} of its cells run in batch{'es' if len(earlier) > 1 else ''} "
+                      f"{', '.join(map(str, earlier))} above, beside the cells whose buffers they read.", ""]
         if not part:
-            lines += ["Done.", ""]
+            lines += [] if earlier else ["Done.", ""]
             continue
         if BUDGETS[budget] is None:  # no estimate: one command per noise setting
             cut: list[tuple[list[str], float | None]] = [([n for n in part if grid[n].noise == noise], None)
                                                           for noise in NOISES]
         else:
-            cut = [(names, took) for names, took in batches(part, budget)]
+            cut = []
+            for own, alone in batches(part, budget):
+                joined, took_all = with_riders(own, alone, [n for n in left if n not in taken], budget)
+                taken.update(joined)
+                cut.append((joined, took_all))
         for names, took in cut:
             if not names:
                 continue
             number += 1
+            rode.update((n, number) for n in names if n not in part)
             bufs = list(dict.fromkeys(buffer_of(grid[n]) for n in names))
             c10n = " --cifar-n CIFAR-10_human.pt" if any(grid[n].noise == "c10n-worst" for n in names) else ""
             when = "" if took is None else f", about {took / 60:.0f} min" + (
@@ -1080,11 +1107,14 @@ def queue(results: Path, budget: str = "short") -> str:
                 "and named by `--set tad.features=PATH`)"
                 if any(j.name == "extractor" for j in batch_jobs(names, budget))
                 else " (over the window)")
-            lines += [f"- batch {number}: {len(names)} cell{'s' if len(names) > 1 else ''}{when}; buffers "
+            riders = sum(n not in part for n in names)
+            also = f" ({riders} of them of later sections, reading the same buffers)" if riders else ""
+            lines += [f"- batch {number}: {len(names)} cell{'s' if len(names) > 1 else ''}{also}{when}; buffers "
                       f"{', '.join(f'`{b}`' for b in bufs)}", "",
                       "  ```", f"  python reproduction/reproduce_cifar10.py --budget {budget} --dataset "
                       f"cifar10.npz{c10n} --gpus 0 --jobs {QUEUE_JOBS} \\",
-                      "    " + " ".join(f"--cell {n}" for n in names), "  ```", ""]
+                      " \\\n".join("    " + " ".join(f"--cell {n}" for n in names[i:i + 3])
+                                   for i in range(0, len(names), 3)), "  ```", ""]
     return "\n".join(lines)
 
 
