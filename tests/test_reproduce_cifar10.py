@@ -35,6 +35,10 @@ def config_of(cmd):
     return config_from_args(build_parser().parse_args(cmd[3:]))
 
 
+def cmd_value(cmd, flag):
+    return cmd[cmd.index(flag) + 1]
+
+
 def test_the_cells_cover_every_cifar10_cell_of_tables_1_to_3():
     grid = repro.cells()
     table1 = {(m, i, n, a) for m in ("mtt", "ftd", "datm", "att") for i in (1, 10, 50)
@@ -188,7 +192,7 @@ def test_records_of_earlier_names_stand_for_their_cells(tmp_path):
 
 def _args(tmp_path, cells, **kw):
     base = dict(cell=cells, set=[], dataset="d.npz", out=str(tmp_path), cifar_n="h.pt", jobs=1, gpus=None,
-                budget="short", tag=None, seeds=[0], features_budget=12.0,
+                budget="short", tag=None, seeds=[0], features_budget=12.0, audit=False,
                 results=str(tmp_path / "r"))
     return repro.argparse.Namespace(**{**base, **kw})
 
@@ -293,6 +297,58 @@ def test_tagged_variants_and_more_seeds_get_their_own_buffers_runs_and_records(t
         repro.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="../x"))
     with pytest.raises(SystemExit, match="--seeds"):
         repro.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], seeds=[-1]))
+
+
+def test_audit_runs_the_detection_rows_beside_the_tad_buffers_of_mtts_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    cells = ["mtt-ipc10-sym40-tad", "mtt-ipc10-sym40-noisy", "mtt-ipc50-sym40-tad"]
+    jobs, after, _ = repro.plan(_args(tmp_path, cells, audit=True))
+    audits = [j for j in jobs if j.startswith("audit-")]
+    assert audits == ["audit-sym40-tad20", "audit-sym40-tad5", "audit-sym40-cleanlab"]  # not for the raw IPC-50 one
+    tad20, tad5, cl = (config_of(jobs[a]) for a in audits)
+    assert all(jobs[a][3] == "audit" for a in audits)
+    assert [jobs[a][jobs[a].index("--out") + 1] for a in audits] == [
+        str(tmp_path / "audit" / n) for n in ("sym40-tad20", "sym40-tad5", "sym40-cleanlab")]
+    # TAD's 20 experts: the grid buffer's, once it is trained; the same labels and settings as that buffer
+    cmd = jobs["audit-sym40-tad20"]
+    assert cmd[cmd.index("--buffer") + 1] == str(tmp_path / "buffers" / "sym40-tad-sgd-zca" / "buffer")
+    assert after["audit-sym40-tad20"] == ["buffer-sym40-tad-sgd-zca"]
+    buf = config_of(jobs["buffer-sym40-tad-sgd-zca"])
+    assert tad20.data == buf.data and tad20.buffer == buf.buffer and tad20.tad.enabled
+    # 5 TAD experts of their own (cleanlab's model count), beside the extractor; cleanlab on the noisy arm's settings
+    assert (tad5.buffer.num_experts, tad5.buffer.experts_per_group, tad5.buffer.epochs) == (5, 5, 23)
+    assert tad5.tad.features_wait_s == buf.tad.features_wait_s > 0 and "audit-sym40-tad5" not in after
+    assert cmd_value(jobs["audit-sym40-cleanlab"], "--detector") == "cleanlab" and not cl.tad.enabled
+    assert cl.data == buf.data and cl.buffer.epochs == 23
+    # an audit already recorded is not run again; --audit belongs to the cells' own runs
+    done = tmp_path / "r" / "cifar10" / "audit" / "sym40-cleanlab"
+    done.mkdir(parents=True)
+    (done / "result_audit.json").write_text("{}")
+    jobs, _, _ = repro.plan(_args(tmp_path, cells, audit=True))
+    assert "audit-sym40-cleanlab" not in jobs and "audit-sym40-tad5" in jobs
+    assert not any(j.startswith("audit-") for j in repro.plan(_args(tmp_path, cells))[0])
+    with pytest.raises(SystemExit, match="--audit .* drop --tag and --seeds"):
+        repro.plan(_args(tmp_path, cells, audit=True, tag="x"))
+
+
+def test_a_finished_audit_is_collected_and_the_detection_table_rewritten(tmp_path):
+    def record(f1, detector):
+        return {"detector": detector, "device": "gpu",
+                "config": {"data": {"noise": "symmetric", "noise_rate": 0.4},
+                           "buffer": {"num_experts": 20, "epochs": 23}},
+                "stages": {"buffer": {"wall_time_s": 100.0}, "audit": {"wall_time_s": 5.0}},
+                "results": {"detection": {"noise_rate": 0.4, "flagged": 100, "precision": 0.9, "recall": 0.8,
+                                          "f1": f1, "suggested_accuracy": 0.7, "cleaned_label_accuracy": 0.9}}}
+
+    records = tmp_path / "r" / "cifar10"
+    for name, f1, detector in (("sym40-tad20", 0.85, "tad"), ("sym40-cleanlab", 0.8, "cleanlab")):
+        (tmp_path / "audit" / name).mkdir(parents=True)
+        (tmp_path / "audit" / name / "result_audit.json").write_text(json.dumps(record(f1, detector)))
+        repro.collect_audit(f"audit-{name}", tmp_path, records)
+    assert json.loads((records / "audit" / "sym40-tad20" / "result_audit.json").read_text()) == record(0.85, "tad")
+    rows = json.loads((records / "audit" / "detection.json").read_text())["rows"]
+    assert [(r["detector"], r["f1"], r["seconds"]) for r in rows] == [("cleanlab", 0.8, 105.0), ("tad", 0.85, 105.0)]
+    assert "| sym 40% | tad |" in (records / "audit" / "detection.md").read_text()
 
 
 def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch):
@@ -556,6 +612,10 @@ def test_page_indexes_every_other_result_and_each_link_exists(tmp_path):
     for name, _ in repro.OTHER_RESULTS:
         assert f"[`{name}`]({name})" in text
         assert (RESULTS_ROOT / name).is_file(), f"the page links to a missing file: {name}"
+    assert "## Label audit" not in text  # no detection table yet
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "detection.md").write_text("| label set |")
+    assert "[`cifar10/audit/detection.md`](cifar10/audit/detection.md)" in repro.page(tmp_path)
 
 
 def test_the_detail_page_shows_the_trusted_space_at_each_consensus_level(tmp_path):

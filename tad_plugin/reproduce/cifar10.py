@@ -157,6 +157,10 @@ OTHER_RESULTS = (
      "epochs (tad.loss_average), offline and trained with; a stronger reverse-CE term (tad.reg_weight=3)"),
     ("expert_displacement.md", "how far experts move per 2 epochs: noisy vs TAD with and without reverse CE "
      "(digits, CPU) and noisy vs TAD GSAM experts (CIFAR-10 sym40), beside the learned step size"),
+    ("../benchmarks/results/benchmark_tad_overhead_h100.json", "TAD's expert epoch beside the noisy one on an H100 "
+     "(E = 20, CIFAR-10), where TAD's time goes, and the batched division against one call per expert"),
+    ("cifar10/batches/2026-12-07-h100.md", "one grid batch on an H100: what ran where and when (extractor, two "
+     "buffers, four cells)"),
     ("cifar10/first_gpu_runs/README.md", "first CIFAR-10 GPU runs: a pipeline check (no ZCA), not results"),
     ("../docs/wrapping.md", "`tad wrap` on the real MTT / FTD / DATM / ATT code"),
 )
@@ -559,6 +563,56 @@ def buffer_command(buffer: str, dataset: str, out: Path, cifar_n: str | None, bu
             *_sets(budget_sets(budget, rec, zca, sets), switch_sets(c), sets)]
 
 
+#: The label-audit detectors ``--audit`` runs beside a TAD buffer of MTT's expert recipe with ZCA (the detection
+#: table of docs/label-audit.md): TAD's experts of that buffer (no training), 5 TAD experts of their own (as many
+#: models as cleanlab's folds: the same GPU time), and cleanlab on 5-fold out-of-sample probabilities.
+AUDIT_DETECTORS = ("tad20", "tad5", "cleanlab")
+
+
+def audit_dir(out: Path) -> Path:
+    """Where ``--audit``'s runs go: ``out/audit/<label set>-<detector>``."""
+    return out / "audit"
+
+
+def audit_commands(buffer: str, dataset: str, out: Path, cifar_n: str | None, budget: str,
+                   sets: Sequence[str] = ()) -> dict[str, list[str]]:
+    """The ``tad audit`` jobs of the label set of the shared buffer ``buffer`` (``audit-<noise>-<detector>``, one
+    per :data:`AUDIT_DETECTORS`), with the buffer's own settings; empty unless it is a TAD buffer of the plain-SGD
+    recipe with ZCA (MTT's and ATT's experts at IPC 1 and 10)."""
+    noise, arm, rec, zca = parse_buffer(buffer)
+    if arm != "tad" or rec != "sgd" or not zca:
+        return {}
+
+    def audit(source: str, name: str, extra: list[str]) -> list[str]:
+        cmd = buffer_command(source, dataset, out, cifar_n, budget, sets)
+        cmd[cmd.index("buffer")] = "audit"
+        cmd[cmd.index("--out") + 1] = str(audit_dir(out) / name)
+        return cmd + extra
+
+    experts = ["--buffer", str(buffer_dir(out, buffer) / "buffer")]
+    five = ["--set", "buffer.num_experts=5", "--set", "buffer.experts_per_group=5"]
+    return {f"audit-{noise}-tad20": audit(buffer, f"{noise}-tad20", experts),
+            f"audit-{noise}-tad5": audit(buffer, f"{noise}-tad5", five),
+            f"audit-{noise}-cleanlab": audit(f"{noise}-noisy-{rec}-zca", f"{noise}-cleanlab",
+                                             ["--detector", "cleanlab"])}
+
+
+def collect_audit(name: str, out: Path, records: Path) -> None:
+    """Copy the finished audit job ``name``'s ``result_audit.json`` to ``<records>/audit/<label set>-<detector>/``
+    and rewrite the detection table (``<records>/audit/detection.json`` and ``.md``) from every audit there."""
+    from tad_plugin.engine.audit import write_detection_table
+    from tad_plugin.files import atomic_write
+
+    run = name.removeprefix("audit-")
+    data = (audit_dir(out) / run / "result_audit.json").read_bytes()
+    dest = records / "audit" / run
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write(dest / "result_audit.json", _writer(data))
+    runs = sorted(p.parent for p in (records / "audit").glob("*/result_audit.json"))
+    write_detection_table(runs, records / "audit" / "detection")
+    print(f"result: {dest / 'result_audit.json'}; detection table {records / 'audit' / 'detection.md'}", flush=True)
+
+
 def buffer_ready(path: Path, experts: int) -> bool:
     """Whether the trajectory store ``path`` holds at least ``experts`` finished experts."""
     from tad_plugin.engine.trajectories import TrajectoryStore
@@ -846,6 +900,21 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
         ordered[job] = cmd + (["--set", waits] if waits and waits not in args.set else [])
         ordered.update({name: jobs[name] for name in groups.get(job, [])})
     ordered.update({name: jobs[name] for name in groups.get("", [])})
+    if args.audit:
+        if tag is not None or args.seeds != [0]:
+            raise SystemExit("--audit runs the detection table's audits beside the cells' own buffers: drop --tag "
+                             "and --seeds")
+        done = grid_records(args.results) / "audit"
+        for buf in dict.fromkeys(buffer_of(cells()[cell], args.set) for cell in requested):
+            job = f"buffer-{buf}"
+            for name, cmd in audit_commands(buf, args.dataset, out, args.cifar_n, args.budget, args.set).items():
+                if (done / name.removeprefix("audit-") / "result_audit.json").is_file():
+                    continue
+                if name.endswith("-tad20") and job in buffers:
+                    after[name] = [job]
+                elif name.endswith("-tad5") and extractor is not None:
+                    cmd = cmd + ["--set", f"tad.features_wait_s={wait:g}"]
+                ordered[name] = cmd
     return ordered, after, meta
 
 
@@ -861,6 +930,8 @@ def run_cells(args: argparse.Namespace) -> int:
         if name in meta:
             cell, buf, budget = meta[name]
             collect(name, out, grid_records(args.results), cell, {"buffer": buf, "budget": budget})
+        elif name.startswith("audit-"):
+            collect_audit(name, out, grid_records(args.results))
 
     if len(jobs) == 1 and args.jobs == 1:  # in the foreground, on the first GPU of --gpus (if given)
         (name, cmd), = jobs.items()
@@ -1070,7 +1141,9 @@ def queue(results: Path, budget: str = "short") -> str:
              f"at {TAD_BUFFER_FACTOR}x that plus {ANCHORS_S:.0f} s for its anchors, waiting for the extractor where "
              f"its inner loop first needs it, the extractor's {FEATURES_BUDGET_S:.0f} s, and "
              + ", ".join(f"{DISTILL_S[i] / 60:.0f} min" for i in IPCS) + " per IPC 1 / 10 / 50 distillation; "
-             "a batch marked `over the window` does not fit and needs a shorter budget or a larger GPU share.", ""]
+             "a batch marked `over the window` does not fit and needs a shorter budget or a larger GPU share. "
+             "`--audit` on a batch with a TAD buffer of MTT's recipe with ZCA adds the label-audit detection rows "
+             "of its label set (a few minutes; docs/label-audit.md).", ""]
     taken: set[str] = set()
     rode: dict[str, int] = {}  # a cell of a later section -> the batch it rides in
     number = 0
@@ -1448,9 +1521,16 @@ def page(results: Path) -> str:
         lines += ["", "## Other runs", "",
                   "Variants of the cells above (other settings, seeds, budgets) and runs outside the grid, each "
                   "with what it changes against the cell's record and its final accuracy:", "", *others]
-    lines += ["", "CIFAR-100 and Tiny ImageNet: their images are not available where these runs were made; "
-              "those code paths are tested on generated data of the right shapes only.", "",
-              "## Other results", ""]
+    lines += ["", "CIFAR-100: its images are not available where these runs were made; that code path is tested on "
+              "generated data of the right shapes only. Tiny ImageNet: the data path is checked on the real "
+              "images (200 classes in wnid order, 500 training images each, validation labels from their "
+              "annotation file); no Tiny ImageNet cell is measured yet.", ""]
+    if (results / "audit" / "detection.md").is_file():
+        lines += ["## Label audit", "",
+                  "[`cifar10/audit/detection.md`](cifar10/audit/detection.md): `tad audit` against cleanlab on the "
+                  "label sets run with `--audit` (precision, recall and F1 of the flagged samples against the clean "
+                  "labels, accuracy of the suggested labels, time of each detector).", ""]
+    lines += ["## Other results", ""]
     lines += [f"- [`{name}`]({name}): {what}" for name, what in OTHER_RESULTS]
     return "\n".join(lines) + "\n"
 
@@ -1559,6 +1639,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", help="a variant's name: runs go to OUT/<cell>-<tag> (buffers to "
                    "OUT/buffers/<buffer>-<tag>) and records to RESULTS/cifar10/<cell>-<tag>.json, so a run with "
                    "other --set values never replaces a cell's record")
+    p.add_argument("--audit", action="store_true",
+                   help="also run the label-audit detection table's rows for the label set of each TAD buffer of "
+                        "MTT's expert recipe with ZCA: tad audit with that buffer's experts, with 5 experts of its "
+                        "own and with cleanlab; records in RESULTS/cifar10/audit/, the table in "
+                        "RESULTS/cifar10/audit/detection.md")
     p.add_argument("--features-budget", type=float, default=FEATURES_BUDGET_S, metavar="SECONDS",
                    help="when a TAD buffer needs the default SimCLR extractor and it does not exist yet, train it "
                         "first for this long (default: the recorded 10-minute recipe)")
