@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from tad_plugin.cli import build_parser, config_from_args
 from tad_plugin.reproduce import cifar10 as repro
@@ -315,10 +316,10 @@ def test_audit_runs_the_detection_rows_beside_the_tad_buffers_of_mtts_recipe(tmp
     assert after["audit-sym40-tad20"] == ["buffer-sym40-tad-sgd-zca"]
     buf = config_of(jobs["buffer-sym40-tad-sgd-zca"])
     assert tad20.data == buf.data and tad20.buffer == buf.buffer and tad20.tad.enabled
-    # 5 TAD experts of their own (cleanlab's model count), beside the extractor; cleanlab on the noisy arm's settings
+    # 5 TAD experts of their own (cleanlab's model count), beside the extractor; cleanlab on the same labels
     assert (tad5.buffer.num_experts, tad5.buffer.experts_per_group, tad5.buffer.epochs) == (5, 5, 23)
     assert tad5.tad.features_wait_s == buf.tad.features_wait_s > 0 and "audit-sym40-tad5" not in after
-    assert cmd_value(jobs["audit-sym40-cleanlab"], "--detector") == "cleanlab" and not cl.tad.enabled
+    assert cmd_value(jobs["audit-sym40-cleanlab"], "--detector") == "cleanlab"
     assert cl.data == buf.data and cl.buffer.epochs == 23
     # an audit already recorded is not run again; --audit belongs to the cells' own runs
     done = tmp_path / "r" / "cifar10" / "audit" / "sym40-cleanlab"
@@ -941,3 +942,41 @@ def test_generated_pages_from_the_committed_records_speak_to_users(tmp_path, mon
             if line.startswith("| commit |"):  # a provenance field: data
                 continue
             assert not internal.search(line), f"{name}: {line}"
+
+
+#: A grid cell shrunk to seconds on the CPU (2 experts x 5 epochs, width 16, 2 distillation iterations, pixel
+#: features).
+TINY_GRID = ["buffer.num_experts=2", "buffer.experts_per_group=2", "buffer.epochs=5", "buffer.compile=false",
+             "buffer.batch_size=64", "distill.iterations=2", "distill.syn_steps=2", "distill.expert_epochs=1",
+             "distill.max_start_epoch=2", "distill.inner_grad=autograd", "distill.recompute_steps=false",
+             "distill.compile_mode=default", "distill.eval_every=0", "eval.num_eval=1", "eval.epochs=2",
+             "eval.compile=false", "tad.features=pixels", "tad.warmup_epochs=2", "tad.anchor_epoch=3",
+             "tad.anchor_ipc=2", "tad.anchor_iterations=2", "model.width=16", "device=cpu"]
+
+
+def test_a_cell_and_its_audits_run_end_to_end_through_real_commands(tmp_path):
+    from tad_plugin.data import ImageDataset, save_arrays
+
+    g = torch.Generator().manual_seed(0)
+    protos = torch.rand(10, 3, 32, 32, generator=g)
+
+    def split(n):  # class-patterned images of CIFAR-10's shape
+        y = torch.arange(n) % 10
+        return (protos[y] * 200 + torch.rand(n, 3, 32, 32, generator=g) * 55).to(torch.uint8), y
+
+    save_arrays(ImageDataset("cifar10", *split(200), *split(50), tuple("abcdefghij")), tmp_path / "cifar10.npz")
+    args = _args(tmp_path, ["mtt-ipc1-sym40-tad"], dataset=str(tmp_path / "cifar10.npz"), out=str(tmp_path / "runs"),
+                 jobs=2, audit=True, set=TINY_GRID)
+    assert repro.run_cells(args) == 0
+    records = tmp_path / "r" / "cifar10"
+    cell = json.loads((records / "mtt-ipc1-sym40-tad.json").read_text())
+    assert cell["cell"]["buffer"] == "sym40-tad-sgd-zca" and "test_acc_mean" in cell["results"]
+    assert cell["stages"]["buffer"]["reused"] == str(tmp_path / "runs" / "buffers" / "sym40-tad-sgd-zca" / "buffer")
+    rows = json.loads((records / "audit" / "detection.json").read_text())["rows"]
+    assert [(r["detector"], r["budget"], bool(r["reused_buffer"])) for r in rows] == [
+        ("cleanlab", "5 folds x 5 ep", False), ("tad", "2 experts x 5 ep", True), ("tad", "5 experts x 5 ep", False)]
+    assert {r["label_set"] for r in rows} == {"sym 40%"} and all(0 <= r["f1"] <= 1 for r in rows)
+    schedule = (tmp_path / "runs" / "logs" / "schedule.md").read_text()
+    assert all(f"| {job} |" in schedule for job in ("buffer-sym40-tad-sgd-zca", "mtt-ipc1-sym40-tad",
+                                                    "audit-sym40-tad20", "audit-sym40-tad5", "audit-sym40-cleanlab"))
+    assert "## Label audit" in repro.page(records)

@@ -593,8 +593,7 @@ def audit_commands(buffer: str, dataset: str, out: Path, cifar_n: str | None, bu
     five = ["--set", "buffer.num_experts=5", "--set", "buffer.experts_per_group=5"]
     return {f"audit-{noise}-tad20": audit(buffer, f"{noise}-tad20", experts),
             f"audit-{noise}-tad5": audit(buffer, f"{noise}-tad5", five),
-            f"audit-{noise}-cleanlab": audit(f"{noise}-noisy-{rec}-zca", f"{noise}-cleanlab",
-                                             ["--detector", "cleanlab"])}
+            f"audit-{noise}-cleanlab": audit(buffer, f"{noise}-cleanlab", ["--detector", "cleanlab"])}
 
 
 def collect_audit(name: str, out: Path, records: Path) -> None:
