@@ -583,17 +583,16 @@ def audit_commands(buffer: str, dataset: str, out: Path, cifar_n: str | None, bu
     if arm != "tad" or rec != "sgd" or not zca:
         return {}
 
-    def audit(source: str, name: str, extra: list[str]) -> list[str]:
-        cmd = buffer_command(source, dataset, out, cifar_n, budget, sets)
+    extra = {"tad20": ["--buffer", str(buffer_dir(out, buffer) / "buffer")],
+             "tad5": ["--set", "buffer.num_experts=5", "--set", "buffer.experts_per_group=5"],
+             "cleanlab": ["--detector", "cleanlab"]}
+    jobs = {}
+    for detector in AUDIT_DETECTORS:
+        cmd = buffer_command(buffer, dataset, out, cifar_n, budget, sets)
         cmd[cmd.index("buffer")] = "audit"
-        cmd[cmd.index("--out") + 1] = str(audit_dir(out) / name)
-        return cmd + extra
-
-    experts = ["--buffer", str(buffer_dir(out, buffer) / "buffer")]
-    five = ["--set", "buffer.num_experts=5", "--set", "buffer.experts_per_group=5"]
-    return {f"audit-{noise}-tad20": audit(buffer, f"{noise}-tad20", experts),
-            f"audit-{noise}-tad5": audit(buffer, f"{noise}-tad5", five),
-            f"audit-{noise}-cleanlab": audit(buffer, f"{noise}-cleanlab", ["--detector", "cleanlab"])}
+        cmd[cmd.index("--out") + 1] = str(audit_dir(out) / f"{noise}-{detector}")
+        jobs[f"audit-{noise}-{detector}"] = cmd + extra[detector]
+    return jobs
 
 
 def collect_audit(name: str, out: Path, records: Path) -> None:
@@ -903,11 +902,11 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
         if tag is not None or args.seeds != [0]:
             raise SystemExit("--audit runs the detection table's audits beside the cells' own buffers: drop --tag "
                              "and --seeds")
-        done = grid_records(args.results) / "audit"
+        recorded = grid_records(args.results) / "audit"
         for buf in dict.fromkeys(buffer_of(cells()[cell], args.set) for cell in requested):
             job = f"buffer-{buf}"
             for name, cmd in audit_commands(buf, args.dataset, out, args.cifar_n, args.budget, args.set).items():
-                if (done / name.removeprefix("audit-") / "result_audit.json").is_file():
+                if (recorded / name.removeprefix("audit-") / "result_audit.json").is_file():
                     continue
                 if name.endswith("-tad20") and job in buffers:
                     after[name] = [job]
@@ -977,10 +976,10 @@ def finished(cell: str, results: Path) -> bool:
 #: with the GPU to itself (buffers and the extractor saturate the GPU and share it evenly); a buffer with TAD's
 #: outer loop costs TAD_BUFFER_FACTOR times a noisy one (benchmarks/benchmark_tad_overhead.py: the loss pass
 #: and the batched division cost about what training on the trusted subset saves), and GSAM experts
-#: GSAM_FACTOR times SGD ones (two forward-backward passes a step); a cell's
-#: distillation and evaluations at the short budget's 1000 iterations, beside other jobs; the inner loop's
-#: one-time work (the anchors' distillation and the feature embedding, once per buffer); the extractor's start
-#: and final evaluation beyond its training budget; the window a batch must fit.
+#: GSAM_FACTOR times SGD ones (two forward-backward passes a step); a cell's distillation and evaluations at
+#: the short budget's 1000 iterations, beside other jobs; the inner loop's one-time work (the anchors'
+#: distillation and the feature embedding, once per buffer); the extractor's start and final evaluation beyond
+#: its training budget; the window a batch must fit.
 EXPERT_EPOCH_S = 0.35
 TAD_BUFFER_FACTOR = 1.0
 GSAM_FACTOR = 2.0
