@@ -40,13 +40,14 @@ def cmd_value(cmd, flag):
     return cmd[cmd.index(flag) + 1]
 
 
-def test_the_cells_cover_every_cifar10_cell_of_tables_1_to_3():
+def test_the_cells_cover_every_cifar10_cell_of_tables_1_to_3_and_the_two_stage_baselines():
     grid = repro.cells()
     table1 = {(m, i, n, a) for m in ("mtt", "ftd", "datm", "att") for i in (1, 10, 50)
               for n in ("sym20", "sym40", "asym20", "asym40") for a in ("noisy", "tad")}
     table2 = {(m, i, "c10n-worst", a) for m in ("mtt", "ftd", "att") for i in (1, 10, 50) for a in ("noisy", "tad")}
     table3 = {("datm", 50, n, a) for n in ("asym20", "asym40") for a in "BCDE"}
-    assert {(c.method, c.ipc, c.noise, c.arm) for c in grid.values()} == table1 | table2 | table3
+    two_stage = {("mtt", i, n, a) for i in (10, 50) for n in ("sym20", "sym40") for a in ("prune", "relabel")}
+    assert {(c.method, c.ipc, c.noise, c.arm) for c in grid.values()} == table1 | table2 | table3 | two_stage
     assert all(repro.CELL_RE.fullmatch(name) for name in grid)  # regular, parseable names
     assert {(m, n, i) for m, i, n, _ in table1 | table2} == set(repro.PAPER)  # a paper pair for each
     # Table 3's A and F are the noisy and tad cells
@@ -73,13 +74,20 @@ def test_each_cells_command_builds_the_config_the_page_says(tmp_path):
         epochs.setdefault(cfg.buffer.epochs, set()).add((cell.method, cell.ipc))
         if cell.noise == "c10n-worst":
             assert (cfg.data.noise, cfg.data.label_set, cfg.data.cifar_n) == (None, "worse_label", "CIFAR-10_human.pt")
+        elif cell.arm == "prune":  # the dataset without cleanlab's flags, its audited labels
+            pruned = str(tmp_path / "audit" / f"{cell.noise}-cleanlab" / "pruned" / "data.npz")
+            assert (cfg.data.noise, cfg.data.dataset, cfg.data.cifar_n, cfg.data.label_set) == (
+                None, pruned, pruned, "given_label"), name
+        elif cell.arm == "relabel":  # the whole dataset, cleanlab's suggested labels
+            assert (cfg.data.noise, cfg.data.dataset, cfg.data.label_set) == (None, "data.npz", "cleaned_label"), name
+            assert cfg.data.cifar_n == str(tmp_path / "audit" / f"{cell.noise}-cleanlab" / "labels_cleaned.npz")
         else:
             kind = "symmetric" if cell.noise.startswith("sym") else "asymmetric-cifar10"
             assert (cfg.data.noise, cfg.data.noise_rate) == (kind, int(cell.noise[-2:]) / 100), name
         assert (cfg.buffer.num_experts, cfg.distill.iterations, cfg.distill.eval_every, cfg.eval.num_eval) == (
             20, 1000, 500, 5), name  # the page's budget
         reg, outer, inner = cell.parts
-        assert cfg.tad.enabled == (cell.arm != "noisy")
+        assert cfg.tad.enabled == (cell.arm not in ("noisy", "prune", "relabel"))
         if cfg.tad.enabled:
             assert (cfg.tad.reg_weight != 0, cfg.tad.outer_loop, cfg.tad.inner_loop) == (reg, outer, inner), name
         assert cfg.out == str(tmp_path / name)
@@ -132,7 +140,9 @@ def test_one_buffer_per_noise_arm_recipe_and_preprocessing_serves_the_ipcs_that_
     assert by_buffer["sym40-tad-gsam-a1-raw"] == {("ftd", 50)}  # FTD's IPC 50 row: GSAM alpha 1, no ZCA
     assert by_buffer["c10n-worst-tad-sgd-zca"] == zca and "c10n-worst-tad-gsam-a0.3-zca" in by_buffer  # FTD's
     assert by_buffer["asym40-B-gsam-a0.3-zca"] == {("datm", 50)}
-    assert len(by_buffer) == 5 * 2 * 4 + 2 * 4  # noise x arm x (recipe, preprocessing), and Table 3's B-E
+    assert by_buffer["sym40-prune-sgd-zca"] == {("mtt", 10)} and by_buffer["sym40-relabel-sgd-raw"] == {("mtt", 50)}
+    # noise x arm x (recipe, preprocessing), Table 3's B-E, the two-stage arms' (noise x arm x preprocessing)
+    assert len(by_buffer) == 5 * 2 * 4 + 2 * 4 + 2 * 2 * 2
     # each trained for its longest reader: IPC 10's 20 + 2 + 1 with ZCA, IPC 50's 40 + 2 + 1 without
     assert (repro.read_epochs("sgd", True), repro.read_epochs("sgd", False)) == (23, 43)
     assert (repro.read_epochs("gsam-a0.3", True), repro.read_epochs("gsam-a1", False)) == (43, 43)
@@ -332,6 +342,42 @@ def test_audit_runs_the_detection_rows_beside_the_tad_buffers_of_mtts_recipe(tmp
         repro.plan(_args(tmp_path, cells, audit=True, tag="x"))
 
 
+def test_the_two_stage_buffers_wait_for_cleanlabs_first_stage_once_per_label_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    cells = ["mtt-ipc10-sym40-prune", "mtt-ipc10-sym40-relabel", "mtt-ipc50-sym40-prune"]
+    jobs, after, _ = repro.plan(_args(tmp_path, cells))
+    assert list(jobs) == ["audit-sym40-cleanlab", "buffer-sym40-prune-sgd-zca", "mtt-ipc10-sym40-prune",
+                          "buffer-sym40-relabel-sgd-zca", "mtt-ipc10-sym40-relabel", "buffer-sym40-prune-sgd-raw",
+                          "mtt-ipc50-sym40-prune"]  # no extractor: TAD is off in all of them
+    assert after["buffer-sym40-prune-sgd-raw"] == after["buffer-sym40-relabel-sgd-zca"] == ["audit-sym40-cleanlab"]
+    first = jobs["audit-sym40-cleanlab"]
+    assert first == repro.audit_commands("sym40-tad-sgd-zca", "d.npz", tmp_path, "h.pt", "short")[
+        "audit-sym40-cleanlab"]  # the same run as --audit's cleanlab row
+    assert first[-3:] == ["--detector", "cleanlab", "--write-pruned"] and config_of(first).buffer.epochs == 23
+    assert config_of(first).data.noise_rate == 0.4 and not config_of(jobs["buffer-sym40-prune-sgd-zca"]).tad.enabled
+    # its output in place: the buffers start at once
+    (tmp_path / "audit" / "sym40-cleanlab" / "pruned").mkdir(parents=True)
+    (tmp_path / "audit" / "sym40-cleanlab" / "labels_cleaned.npz").write_bytes(b"x")
+    jobs, after, _ = repro.plan(_args(tmp_path, cells))
+    assert "audit-sym40-cleanlab" not in jobs and not any(j.startswith("buffer-") for j in after)
+
+
+def test_the_page_shows_the_two_stage_cells_beside_the_noisy_and_tad_ones(tmp_path):
+    for arm, acc in (("noisy", 0.50), ("prune", 0.53), ("relabel", 0.52), ("tad", 0.56)):
+        (tmp_path / f"mtt-ipc10-sym40-{arm}.json").write_text(json.dumps(
+            {"config": {"buffer": {"num_experts": 20}, "distill": {"iterations": 1000}},
+             "results": {"test_acc_mean": acc, "test_acc_std": 0.01}}))
+    lines = repro.two_stage_lines(tmp_path)
+    row = next(line for line in lines if line.startswith("| 10 | sym40 |"))
+    assert "[50.0](" in row and "[53.0](" in row and "(+3.0)" in row and "(+2.0)" in row and "(+6.0)" in row
+    assert next(line for line in lines if line.startswith("| 50 | sym20 |")).count("not run") == 4
+    text = repro.page(tmp_path)
+    assert "### Two-stage baselines" in text
+    assert "TAD at least as good as both cleanlab pipelines in every cell (the paper: TAD above C2D and " \
+           "L2B-DivideMix): 1 of 1 measured hold; 3 not measured yet" in text
+    assert repro.cell_words(repro.cells()["mtt-ipc10-sym40-prune"]).startswith("two-stage baseline: cleanlab prunes")
+
+
 def test_a_finished_audit_is_collected_and_the_detection_table_rewritten(tmp_path):
     def record(f1, detector):
         return {"detector": detector, "device": "gpu",
@@ -411,7 +457,7 @@ def test_cell_all_runs_every_cell_of_the_grid(monkeypatch):
     monkeypatch.setattr(repro.sys, "argv", ["reproduce_cifar10.py", "--cell", "all"])
     with pytest.raises(SystemExit) as exit_:
         repro.main()
-    assert exit_.value.code == 0 and seen["cells"] == list(repro.cells()) and len(seen["cells"]) == 122
+    assert exit_.value.code == 0 and seen["cells"] == list(repro.cells()) and len(seen["cells"]) == 130
 
 
 def test_tad_reproduce_writes_the_queue_under_its_results_folder(tmp_path, monkeypatch, capsys):
@@ -420,7 +466,7 @@ def test_tad_reproduce_writes_the_queue_under_its_results_folder(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     assert main(["reproduce", "--queue", "--results", str(tmp_path / "mine")]) == 0
     queue = (tmp_path / "mine" / "cifar10" / "QUEUE.md").read_text()
-    assert "122 of 122 cells left" in queue and "--cell mtt-ipc1-sym20-noisy" in queue
+    assert "130 of 130 cells left" in queue and "--cell mtt-ipc1-sym20-noisy" in queue
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # nothing written beside it
     assert main(["reproduce"]) == 2 and "give --list, --cell CELL, --queue or --page" in capsys.readouterr().err
 
@@ -459,18 +505,19 @@ def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
     (tmp_path / "asym40-tad.json").write_text(json.dumps(done))  # an earlier name of mtt-ipc10-asym40-tad
     (tmp_path / "mtt-ipc1-sym20-tad.json").write_text(json.dumps({"results": {}, "config": {}}))  # unfinished
     text = repro.queue(tmp_path)
-    assert "120 of 122 cells left" in text
+    assert "128 of 130 cells left" in text
     heads = [line for line in text.splitlines() if line.startswith("## ")]
-    assert [h.split(". ")[0] for h in heads] == ["## 1", "## 2", "## 3", "## 4", "## 5"]
+    assert [h.split(". ")[0] for h in heads] == ["## 1", "## 2", "## 3", "## 4", "## 5", "## 6"]
     assert heads[0].startswith("## 1. MTT") and heads[1].startswith("## 2. Table 3") and "ATT" in heads[2]
     first = text.split("## 2.")[0]
     assert "--cell mtt-ipc1-sym20-tad" in first and "--cell mtt-ipc1-sym20-noisy" not in first
     assert "--cell mtt-ipc10-asym40-tad " not in first and "--cell mtt-ipc10-asym40-noisy" in first
     assert "--cell datm-ipc50-asym40-B" in text.split("## 3.")[0].split("## 2.")[1]
-    assert "--cell datm-ipc10-sym20-noisy" in text.split("## 5.")[1]
+    assert "--cell mtt-ipc50-sym40-relabel" in text.split("## 5.")[1].split("## 6.")[0] and "Two-stage" in heads[4]
+    assert "--cell datm-ipc10-sym20-noisy" in text.split("## 6.")[1]
     assert "--cifar-n" in text.split("## 4.")[1].split("## 5.")[0]
     cells_listed = [w for line in text.splitlines() for w in line.split() if w in repro.cells()]
-    assert len(cells_listed) == len(set(cells_listed)) == 120  # each cell left in one batch
+    assert len(cells_listed) == len(set(cells_listed)) == 128  # each cell left in one batch
     batch1 = next(line for line in text.splitlines() if line.startswith("- batch 1:"))
     # both arms in one window, and ATT's cells that read the same buffers beside them
     assert batch1.startswith("- batch 1: 7 cells (4 of them of later sections, reading the same buffers), about ")
@@ -507,7 +554,8 @@ def test_estimate_shares_the_gpu_between_saturating_jobs_and_pauses_tad_buffers_
 
 
 def test_the_queue_batches_fit_the_window_with_both_arms_of_a_cell_together_where_they_fit():
-    names = [n for n in repro.cells() if n.startswith("mtt-") and "c10n" not in n]
+    names = [n for n, c in repro.cells().items() if c.method == "mtt" and c.noise != "c10n-worst" and c.arm in (
+        "noisy", "tad")]
     cut = repro.batches(names)
     assert sorted(n for b, _ in cut for n in b) == sorted(names)  # each cell once
     for batch, took in cut:
@@ -964,8 +1012,9 @@ def test_a_cell_and_its_audits_run_end_to_end_through_real_commands(tmp_path):
         y = torch.arange(n) % 10
         return (protos[y] * 200 + torch.rand(n, 3, 32, 32, generator=g) * 55).to(torch.uint8), y
 
-    save_arrays(ImageDataset("cifar10", *split(200), *split(50), tuple("abcdefghij")), tmp_path / "cifar10.npz")
-    args = _args(tmp_path, ["mtt-ipc1-sym40-tad"], dataset=str(tmp_path / "cifar10.npz"), out=str(tmp_path / "runs"),
+    save_arrays(ImageDataset("cifar10", *split(300), *split(50), tuple("abcdefghij")), tmp_path / "cifar10.npz")
+    cells = ["mtt-ipc1-sym40-tad", "mtt-ipc10-sym40-prune", "mtt-ipc10-sym40-relabel"]
+    args = _args(tmp_path, cells, dataset=str(tmp_path / "cifar10.npz"), out=str(tmp_path / "runs"),
                  jobs=2, audit=True, set=TINY_GRID)
     assert repro.run_cells(args) == 0
     records = tmp_path / "r" / "cifar10"
@@ -979,4 +1028,13 @@ def test_a_cell_and_its_audits_run_end_to_end_through_real_commands(tmp_path):
     schedule = (tmp_path / "runs" / "logs" / "schedule.md").read_text()
     assert all(f"| {job} |" in schedule for job in ("buffer-sym40-tad-sgd-zca", "mtt-ipc1-sym40-tad",
                                                     "audit-sym40-tad20", "audit-sym40-tad5", "audit-sym40-cleanlab"))
+    # the two-stage cells distil from cleanlab's output: the kept samples, or all with the suggested labels
+    pruned, relabelled = (json.loads((records / f"mtt-ipc10-sym40-{arm}.json").read_text())
+                          for arm in ("prune", "relabel"))
+    cl = next(r for r in rows if r["detector"] == "cleanlab")
+    wrong_kept = 300 * cl["noise_rate"] - cl["precision"] * cl["flagged"]  # the wrong labels cleanlab let through
+    assert pruned["config"]["data"]["label_set"] == "given_label"
+    assert pruned["results"]["noise_rate"] == pytest.approx(wrong_kept / (300 - cl["flagged"]), abs=1e-6)
+    assert relabelled["config"]["data"]["label_set"] == "cleaned_label"
+    assert relabelled["results"]["noise_rate"] == pytest.approx(1 - cl["cleaned_label_accuracy"], abs=1e-6)
     assert "## Label audit" in repro.page(records)
