@@ -51,8 +51,10 @@ def test_wheel_contents(tmp_path):
     assert "tad_plugin/adapters/__init__.py" in names
     assert "tad_plugin/configs/demo.yaml" in names  # `tad demo` reads its settings from it
     # `tad reproduce`: the CIFAR-10 grid runner and the base configs it builds the cells from
-    assert {"tad_plugin/reproduce/cifar10.py", "tad_plugin/reproduce/pages.py", "tad_plugin/configs/cifar10_sym.yaml",
-            "tad_plugin/configs/cifar10_asym.yaml", "tad_plugin/configs/cifar10n_worst.yaml"} <= set(names)
+    assert {"tad_plugin/reproduce/cifar10.py", "tad_plugin/reproduce/grid.py", "tad_plugin/reproduce/running.py",
+            "tad_plugin/reproduce/queue.py", "tad_plugin/reproduce/tables.py", "tad_plugin/reproduce/pages.py",
+            "tad_plugin/configs/cifar10_sym.yaml", "tad_plugin/configs/cifar10_asym.yaml",
+            "tad_plugin/configs/cifar10n_worst.yaml"} <= set(names)
     assert not any(n.startswith("adapters/") for n in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "tad = tad_plugin.cli:main" in entry_points

@@ -1,6 +1,7 @@
 """The CIFAR-10 grid runner (tad_plugin.reproduce): the grid's cells and commands, shared buffers, packing, the
 queue and the generated results page."""
 
+import argparse
 import importlib.util
 import json
 import re
@@ -14,6 +15,7 @@ import torch
 
 from tad_plugin.cli import build_parser, config_from_args
 from tad_plugin.reproduce import cifar10 as repro
+from tad_plugin.reproduce import grid, queue, running, tables
 from tad_plugin.reproduce import pages as results_pages
 
 #: the repository's results folder and the grid's committed records in it
@@ -23,12 +25,12 @@ RESULTS = RESULTS_ROOT / "cifar10"
 
 def page_text(results):
     """The results page from the records in ``results`` with its links reduced to their text."""
-    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", repro.page(results))
+    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", tables.page(results))
 
 
 def detail(results, name):
     """The detail page of record ``name`` after the results page of ``results`` is generated."""
-    repro.page(results)
+    tables.page(results)
     return (results / "cells" / f"{name}.md").read_text()
 
 
@@ -41,31 +43,31 @@ def cmd_value(cmd, flag):
 
 
 def test_the_cells_cover_every_cifar10_cell_of_tables_1_to_3_and_the_two_stage_baselines():
-    grid = repro.cells()
+    cells = grid.cells()
     table1 = {(m, i, n, a) for m in ("mtt", "ftd", "datm", "att") for i in (1, 10, 50)
               for n in ("sym20", "sym40", "asym20", "asym40") for a in ("noisy", "tad")}
     table2 = {(m, i, "c10n-worst", a) for m in ("mtt", "ftd", "att") for i in (1, 10, 50) for a in ("noisy", "tad")}
     table3 = {("datm", 50, n, a) for n in ("asym20", "asym40") for a in "BCDE"}
     two_stage = {("mtt", i, n, a) for i in (10, 50) for n in ("sym20", "sym40") for a in ("prune", "relabel")}
-    assert {(c.method, c.ipc, c.noise, c.arm) for c in grid.values()} == table1 | table2 | table3 | two_stage
-    assert all(repro.CELL_RE.fullmatch(name) for name in grid)  # regular, parseable names
-    assert {(m, n, i) for m, i, n, _ in table1 | table2} == set(repro.PAPER)  # a paper pair for each
+    assert {(c.method, c.ipc, c.noise, c.arm) for c in cells.values()} == table1 | table2 | table3 | two_stage
+    assert all(grid.CELL_RE.fullmatch(name) for name in cells)  # regular, parseable names
+    assert {(m, n, i) for m, i, n, _ in table1 | table2} == set(grid.PAPER)  # a paper pair for each
     # Table 3's A and F are the noisy and tad cells
-    assert repro.resolve_cells(["datm-ipc50-asym40-A", "datm-ipc50-asym40-F"]) == ["datm-ipc50-asym40-noisy",
+    assert grid.resolve_cells(["datm-ipc50-asym40-A", "datm-ipc50-asym40-F"]) == ["datm-ipc50-asym40-noisy",
                                                                                    "datm-ipc50-asym40-tad"]
-    assert repro.resolve_cells(["datm-ipc50-asym20-?"]) == [f"datm-ipc50-asym20-{a}" for a in
+    assert grid.resolve_cells(["datm-ipc50-asym20-?"]) == [f"datm-ipc50-asym20-{a}" for a in
                                                             ("noisy", "tad", "B", "C", "D", "E")]
-    assert repro.resolve_cells(["all"]) == list(grid)
+    assert grid.resolve_cells(["all"]) == list(cells)
     with pytest.raises(SystemExit, match="no such cell"):
-        repro.resolve_cells(["mtt-ipc20-sym40-tad"])
+        grid.resolve_cells(["mtt-ipc20-sym40-tad"])
 
 
 def test_each_cells_command_builds_the_config_the_page_says(tmp_path):
     epochs = {}
-    for name, cell in repro.cells().items():
-        cmd = repro.command(name, "data.npz", tmp_path, "CIFAR-10_human.pt", "short")  # any file name
+    for name, cell in grid.cells().items():
+        cmd = grid.command(name, "data.npz", tmp_path, "CIFAR-10_human.pt", "short")  # any file name
         cfg = config_of(cmd)
-        defaults = repro.method_defaults(cell.method, cell.ipc)
+        defaults = grid.method_defaults(cell.method, cell.ipc)
         table = defaults["distill"]
         assert cfg.method == cell.method and cfg.distill.ipc == cell.ipc, name
         own = {k: v for k, v in table.items() if k not in ("iterations", "eval_every")}  # the budget's
@@ -92,7 +94,7 @@ def test_each_cells_command_builds_the_config_the_page_says(tmp_path):
             assert (cfg.tad.reg_weight != 0, cfg.tad.outer_loop, cfg.tad.inner_loop) == (reg, outer, inner), name
         assert cfg.out == str(tmp_path / name)
         buf = cmd[cmd.index("--buffer") + 1]
-        assert buf == str(tmp_path / "buffers" / repro.buffer_of(cell) / "buffer")
+        assert buf == str(tmp_path / "buffers" / grid.buffer_of(cell) / "buffer")
     # the epochs of the buffer each cell reads: MTT's and ATT's ZCA buffer serves IPC 1 and 10 (20 + 2 + 1)
     assert epochs == {23: {(m, i) for m in ("mtt", "att") for i in (1, 10)},
                       43: {(m, i) for m in ("ftd", "datm") for i in (1, 10, 50)} | {("mtt", 50), ("att", 50)}}
@@ -100,7 +102,7 @@ def test_each_cells_command_builds_the_config_the_page_says(tmp_path):
 
 def test_table_3s_switches_change_exactly_the_part_they_name(tmp_path):
     def cfg(arm):
-        return asdict(config_of(repro.command(f"datm-ipc50-asym40-{arm}", "d.npz", tmp_path, None,
+        return asdict(config_of(grid.command(f"datm-ipc50-asym40-{arm}", "d.npz", tmp_path, None,
                                                                 "short")))
 
     def diff(a, b):
@@ -118,20 +120,20 @@ def test_table_3s_switches_change_exactly_the_part_they_name(tmp_path):
 
 
 def test_arms_of_a_setting_differ_only_in_tad(tmp_path):
-    for cell in repro.cells().values():
+    for cell in grid.cells().values():
         if cell.arm != "noisy":
             continue
-        a, b = (config_of(repro.command(f"{cell.setting}-{arm}", "d.npz", tmp_path, "n.pt", "short"))
+        a, b = (config_of(grid.command(f"{cell.setting}-{arm}", "d.npz", tmp_path, "n.pt", "short"))
                 for arm in ("noisy", "tad"))
         a.tad.enabled, a.out = b.tad.enabled, b.out
         assert a == b
 
 
 def test_one_buffer_per_noise_arm_recipe_and_preprocessing_serves_the_ipcs_that_share_them(tmp_path):
-    grid = repro.cells()
+    cells = grid.cells()
     by_buffer = {}
-    for cell in grid.values():
-        by_buffer.setdefault(repro.buffer_of(cell), set()).add((cell.method, cell.ipc))
+    for cell in cells.values():
+        by_buffer.setdefault(grid.buffer_of(cell), set()).add((cell.method, cell.ipc))
     zca = {(m, i) for m in ("mtt", "att") for i in (1, 10)}
     raw = {("mtt", 50), ("att", 50)}  # upstream's MTT and ATT IPC-50 rows: no ZCA
     assert by_buffer["sym40-tad-sgd-zca"] == by_buffer["sym40-noisy-sgd-zca"] == zca  # MTT's serves ATT
@@ -144,73 +146,73 @@ def test_one_buffer_per_noise_arm_recipe_and_preprocessing_serves_the_ipcs_that_
     # noise x arm x (recipe, preprocessing), Table 3's B-E, the two-stage arms' (noise x arm x preprocessing)
     assert len(by_buffer) == 5 * 2 * 4 + 2 * 4 + 2 * 2 * 2
     # each trained for its longest reader: IPC 10's 20 + 2 + 1 with ZCA, IPC 50's 40 + 2 + 1 without
-    assert (repro.read_epochs("sgd", True), repro.read_epochs("sgd", False)) == (23, 43)
-    assert (repro.read_epochs("gsam-a0.3", True), repro.read_epochs("gsam-a1", False)) == (43, 43)
-    assert repro.trainer("sgd", False) == ("mtt", 50) and repro.trainer("gsam-a0.3", True) == ("datm", 1)
+    assert (grid.read_epochs("sgd", True), grid.read_epochs("sgd", False)) == (23, 43)
+    assert (grid.read_epochs("gsam-a0.3", True), grid.read_epochs("gsam-a1", False)) == (43, 43)
+    assert grid.trainer("sgd", False) == ("mtt", 50) and grid.trainer("gsam-a0.3", True) == ("datm", 1)
     with pytest.raises(ValueError, match="no cell reads a gsam-a1 buffer with preprocessing zca"):
-        repro.trainer("gsam-a1", True)
+        grid.trainer("gsam-a1", True)
     with pytest.raises(ValueError, match="expected <noise>-<arm>-<recipe>-<zca|raw>"):
-        repro.parse_buffer("sym40-noisy-sgd")
+        grid.parse_buffer("sym40-noisy-sgd")
     for buf in by_buffer:
-        cmd = repro.buffer_command(buf, "d.npz", tmp_path, "n.pt", "short")
+        cmd = grid.buffer_command(buf, "d.npz", tmp_path, "n.pt", "short")
         assert cmd[3] == "buffer" and cmd[cmd.index("--out") + 1] == str(tmp_path / "buffers" / buf)
         trained = config_of(cmd)
         for method, ipc in by_buffer[buf]:  # the experts its cells read: same labels, arm, parts, recipe
-            cell = next(c for c in grid.values() if repro.buffer_of(c) == buf and (c.method, c.ipc) == (method, ipc))
-            reader = config_of(repro.command(cell.name, "d.npz", tmp_path, "n.pt", "short"))
+            cell = next(c for c in cells.values() if grid.buffer_of(c) == buf and (c.method, c.ipc) == (method, ipc))
+            reader = config_of(grid.command(cell.name, "d.npz", tmp_path, "n.pt", "short"))
             assert trained.data == reader.data and trained.tad == reader.tad, (buf, cell.name)
             assert (trained.buffer.optimizer, trained.buffer.alpha, trained.buffer.epochs) == (
                 reader.buffer.optimizer, reader.buffer.alpha, reader.buffer.epochs)
             assert trained.buffer.epochs >= reader.distill.max_start_epoch + reader.distill.expert_epochs
-    assert config_of(repro.buffer_command("sym20-noisy-sgd-raw", "d.npz", tmp_path, None, "short")).method == "mtt"
-    assert config_of(repro.buffer_command("sym20-noisy-gsam-a0.3-zca", "d.npz", tmp_path, None,
+    assert config_of(grid.buffer_command("sym20-noisy-sgd-raw", "d.npz", tmp_path, None, "short")).method == "mtt"
+    assert config_of(grid.buffer_command("sym20-noisy-gsam-a0.3-zca", "d.npz", tmp_path, None,
                                           "short")).method == "datm"
     # the full budget: each trainer's own epochs (DATM's 100 also cover FTD's reads)
-    assert "buffer.epochs=100" in repro.buffer_command("sym40-tad-gsam-a0.3-zca", "d.npz", tmp_path, None, "full")
+    assert "buffer.epochs=100" in grid.buffer_command("sym40-tad-gsam-a0.3-zca", "d.npz", tmp_path, None, "full")
 
 
 def test_a_users_zca_setting_puts_every_cell_on_one_preprocessing(tmp_path):
     sets = ["data.zca=true"]
-    assert {repro.buffer_of(c, sets) for c in repro.cells().values() if c.noise == "sym40" and c.arm == "noisy"} == {
+    assert {grid.buffer_of(c, sets) for c in grid.cells().values() if c.noise == "sym40" and c.arm == "noisy"} == {
         "sym40-noisy-sgd-zca", "sym40-noisy-gsam-a0.3-zca", "sym40-noisy-gsam-a1-zca"}
-    assert repro.read_epochs("sgd", True, sets) == 43  # now IPC 50 reads it too
-    cmd = repro.command("mtt-ipc50-sym40-noisy", "d.npz", tmp_path, None, "short", sets)
+    assert grid.read_epochs("sgd", True, sets) == 43  # now IPC 50 reads it too
+    cmd = grid.command("mtt-ipc50-sym40-noisy", "d.npz", tmp_path, None, "short", sets)
     cfg = config_of(cmd)
     assert cfg.data.zca and cfg.buffer.epochs == 43
     assert cmd[cmd.index("--buffer") + 1] == str(tmp_path / "buffers" / "sym40-noisy-sgd-zca" / "buffer")
 
 
 def test_records_of_earlier_names_stand_for_their_cells(tmp_path):
-    assert repro.cell_of_record("att-sym40-tad-i1000") == (repro.Cell("att", 10, "sym40", "tad"), "i1000")
-    assert repro.cell_of_record("c10n-worst-noisy") == (repro.Cell("mtt", 10, "c10n-worst", "noisy"), None)
-    assert repro.cell_of_record("mtt-ipc50-c10n-worst-tad-seed1") == (repro.Cell("mtt", 50, "c10n-worst", "tad"),
+    assert grid.cell_of_record("att-sym40-tad-i1000") == (grid.Cell("att", 10, "sym40", "tad"), "i1000")
+    assert grid.cell_of_record("c10n-worst-noisy") == (grid.Cell("mtt", 10, "c10n-worst", "noisy"), None)
+    assert grid.cell_of_record("mtt-ipc50-c10n-worst-tad-seed1") == (grid.Cell("mtt", 50, "c10n-worst", "tad"),
                                                                       "seed1")
-    assert repro.cell_of_record("datm-ipc50-asym40-F") == (repro.Cell("datm", 50, "asym40", "tad"), None)
-    assert repro.cell_of_record("clean-thing") is None
+    assert grid.cell_of_record("datm-ipc50-asym40-F") == (grid.Cell("datm", 50, "asym40", "tad"), None)
+    assert grid.cell_of_record("clean-thing") is None
     # the committed records the map names exist, are those cells, and ran the grid's experts and iterations
-    for cell, old in repro.LEGACY_RECORDS.items():
+    for cell, old in grid.LEGACY_RECORDS.items():
         rec = json.loads((RESULTS / f"{old}.json").read_text())
-        c, cfg = repro.cells()[cell], rec["config"]
+        c, cfg = grid.cells()[cell], rec["config"]
         assert (cfg["method"], cfg["distill"]["ipc"], cfg["tad"]["enabled"]) == (c.method, c.ipc, c.tad), cell
-        assert (cfg["buffer"]["num_experts"], cfg["distill"]["iterations"]) == repro.GRID_BUDGET, cell
-        assert repro.cell_of_record(old)[0] == c
+        assert (cfg["buffer"]["num_experts"], cfg["distill"]["iterations"]) == tables.GRID_BUDGET, cell
+        assert grid.cell_of_record(old)[0] == c
     # a record under the cell's own name wins over the earlier one
     (tmp_path / "asym40-tad.json").write_text("{}")
-    assert repro.record_name("mtt-ipc10-asym40-tad", tmp_path) == "asym40-tad"
+    assert grid.record_name("mtt-ipc10-asym40-tad", tmp_path) == "asym40-tad"
     (tmp_path / "mtt-ipc10-asym40-tad.json").write_text("{}")
-    assert repro.record_name("mtt-ipc10-asym40-tad", tmp_path) == "mtt-ipc10-asym40-tad"
+    assert grid.record_name("mtt-ipc10-asym40-tad", tmp_path) == "mtt-ipc10-asym40-tad"
 
 
 def _args(tmp_path, cells, **kw):
     base = dict(cell=cells, set=[], dataset="d.npz", out=str(tmp_path), cifar_n="h.pt", jobs=1, gpus=None,
                 budget="short", tag=None, seeds=[0], features_budget=12.0, audit=False,
                 results=str(tmp_path / "r"))
-    return repro.argparse.Namespace(**{**base, **kw})
+    return argparse.Namespace(**{**base, **kw})
 
 
 def test_a_buffer_trains_once_and_its_cells_follow_it(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
-    jobs, after, meta = repro.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "att-ipc10-sym40-noisy",
+    jobs, after, meta = running.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "att-ipc10-sym40-noisy",
                                                     "att-ipc50-sym40-noisy", "mtt-ipc50-sym40-tad",
                                                     "ftd-ipc50-sym40-noisy"]))
     # the extractor (missing) first; each buffer is followed by its cells; the cells wait for their buffer only
@@ -224,17 +226,17 @@ def test_a_buffer_trains_once_and_its_cells_follow_it(tmp_path, monkeypatch):
                      "ftd-ipc50-sym40-noisy": ["buffer-sym40-noisy-gsam-a1-raw"]}
     assert jobs["extractor"][3:6] == ["features", "train", "--dataset"]
     # the TAD buffer starts beside the extractor and waits for its file up to the extractor's budget + margin
-    assert config_of(jobs["buffer-sym40-tad-sgd-raw"]).tad.features_wait_s == 12.0 + repro.FEATURES_MARGIN_S
+    assert config_of(jobs["buffer-sym40-tad-sgd-raw"]).tad.features_wait_s == 12.0 + running.FEATURES_MARGIN_S
     assert config_of(jobs["buffer-sym40-noisy-sgd-raw"]).tad.features_wait_s == 0  # a noisy buffer: no inner loop
     assert config_of(jobs["buffer-sym40-noisy-sgd-zca"]).buffer.epochs == 23  # IPC 1 and 10 read 23 epochs
     assert config_of(jobs["buffer-sym40-noisy-sgd-raw"]).buffer.epochs == 43
-    assert meta["att-ipc50-sym40-noisy"] == (repro.cells()["att-ipc50-sym40-noisy"], "sym40-noisy-sgd-raw", "short")
+    assert meta["att-ipc50-sym40-noisy"] == (grid.cells()["att-ipc50-sym40-noisy"], "sym40-noisy-sgd-raw", "short")
     # an extractor in place, and a finished buffer under --out: neither is trained again, nothing waits
     (tmp_path / "features").mkdir()
     (tmp_path / "features" / "d.pt").write_bytes(b"x")
-    monkeypatch.setattr(repro, "buffer_ready",
+    monkeypatch.setattr(running, "buffer_ready",
                         lambda path, experts: "sym40-noisy-sgd-zca" in str(path) and experts == 20)
-    jobs, after, _ = repro.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "mtt-ipc50-sym40-tad"]))
+    jobs, after, _ = running.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "mtt-ipc50-sym40-tad"]))
     assert list(jobs) == ["buffer-sym40-tad-sgd-raw", "mtt-ipc50-sym40-tad", "mtt-ipc1-sym40-noisy"]
     assert after == {"mtt-ipc50-sym40-tad": ["buffer-sym40-tad-sgd-raw"]}
     assert config_of(jobs["buffer-sym40-tad-sgd-raw"]).tad.features_wait_s == 0  # the extractor exists
@@ -242,28 +244,28 @@ def test_a_buffer_trains_once_and_its_cells_follow_it(tmp_path, monkeypatch):
 
 def test_only_buffers_with_the_inner_loop_wait_for_the_extractor(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
-    jobs, after, _ = repro.plan(_args(tmp_path, ["datm-ipc50-asym40-C", "datm-ipc50-asym40-E"]))
+    jobs, after, _ = running.plan(_args(tmp_path, ["datm-ipc50-asym40-C", "datm-ipc50-asym40-E"]))
     assert "extractor" in jobs and not any("extractor" in deps for deps in after.values())
     assert config_of(jobs["buffer-asym40-E-gsam-a0.3-zca"]).tad.features_wait_s == 312.0
     assert config_of(jobs["buffer-asym40-C-gsam-a0.3-zca"]).tad.features_wait_s == 0  # C: no inner loop
-    jobs, after, _ = repro.plan(_args(tmp_path, ["datm-ipc50-asym40-C", "mtt-ipc10-sym20-noisy"]))
+    jobs, after, _ = running.plan(_args(tmp_path, ["datm-ipc50-asym40-C", "mtt-ipc10-sym20-noisy"]))
     assert "extractor" not in jobs  # nothing needs it
-    jobs, _, _ = repro.plan(_args(tmp_path, ["mtt-ipc10-sym20-tad"], set=["tad.inner_loop=false"]))
+    jobs, _, _ = running.plan(_args(tmp_path, ["mtt-ipc10-sym20-tad"], set=["tad.inner_loop=false"]))
     assert "extractor" not in jobs
     # the user's own wait wins, once
-    jobs, _, _ = repro.plan(_args(tmp_path, ["mtt-ipc10-sym20-tad"], set=["tad.features_wait_s=900"]))
+    jobs, _, _ = running.plan(_args(tmp_path, ["mtt-ipc10-sym20-tad"], set=["tad.features_wait_s=900"]))
     cmd = jobs["buffer-sym20-tad-sgd-zca"]
     assert config_of(cmd).tad.features_wait_s == 900 and cmd.count("tad.features_wait_s=900") == 1
 
 
 def test_the_tad_buffers_run_beside_the_extractor_and_the_cells_after_their_buffers(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
-    jobs, after, _ = repro.plan(_args(tmp_path, ["mtt-ipc10-sym40-noisy", "mtt-ipc10-sym40-tad"]))
+    jobs, after, _ = running.plan(_args(tmp_path, ["mtt-ipc10-sym40-noisy", "mtt-ipc10-sym40-tad"]))
     assert list(jobs) == ["extractor", "buffer-sym40-noisy-sgd-zca", "mtt-ipc10-sym40-noisy",
                           "buffer-sym40-tad-sgd-zca", "mtt-ipc10-sym40-tad"]
     fake = {name: _job(tmp_path, name, seconds=0.6 if name == "extractor" or name.startswith("buffer-") else 0.0)
             for name in jobs}
-    codes = repro.run_parallel(fake, tmp_path / "logs", slots=3, gpus=["0"], poll_s=0.05, after=after)
+    codes = running.run_parallel(fake, tmp_path / "logs", slots=3, gpus=["0"], poll_s=0.05, after=after)
     assert set(codes.values()) == {0}
     t = {name: _times(tmp_path, name) for name in jobs}
     assert t["buffer-sym40-tad-sgd-zca"][0] < t["extractor"][1]  # started while the extractor trained
@@ -275,26 +277,26 @@ def test_the_tad_buffers_run_beside_the_extractor_and_the_cells_after_their_buff
 def test_the_extractor_is_trained_only_when_a_tad_buffer_needs_the_missing_default(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
     default = tmp_path / "features" / "cifar10.pt"
-    assert repro.extractor_to_train(["sym40-noisy-sgd-zca", "att-ipc10-sym40-noisy"], "/data/cifar10.npz", []) is None
-    assert repro.extractor_to_train(["sym40-noisy-sgd-zca", "sym40-tad-sgd-raw"], "/data/cifar10.npz", []) == default
-    assert repro.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", ["tad.features=pixels"]) is None
-    assert repro.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", ["tad.features=null"]) == default
+    assert running.extractor_to_train(["sym40-noisy-sgd-zca", "att-ipc10-sym40-noisy"], "/data/cifar10.npz", []) is None
+    assert running.extractor_to_train(["sym40-noisy-sgd-zca", "sym40-tad-sgd-raw"], "/data/cifar10.npz", []) == default
+    assert running.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", ["tad.features=pixels"]) is None
+    assert running.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", ["tad.features=null"]) == default
     mine = tmp_path / "mine.pt"
     with pytest.raises(SystemExit, match=r"tad.features=.*mine.pt: no such extractor file.*--out .*mine.pt"):
-        repro.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", [f"tad.features={mine}"])
+        running.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", [f"tad.features={mine}"])
     mine.write_bytes(b"x")
-    assert repro.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", [f"tad.features={mine}"]) is None
+    assert running.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", [f"tad.features={mine}"]) is None
     default.parent.mkdir()
     default.write_bytes(b"x")
-    assert repro.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", []) is None
+    assert running.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", []) is None
     (tmp_path / "features" / "cifar10.state.pt").write_bytes(b"x")
-    assert repro.extractor_command(default, "cifar10", 5.0)[-1] == "--resume"  # an interrupted run resumes
+    assert running.extractor_command(default, "cifar10", 5.0)[-1] == "--resume"  # an interrupted run resumes
 
 
 def test_tagged_variants_and_more_seeds_get_their_own_buffers_runs_and_records(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path))
     (tmp_path / "d.pt").write_bytes(b"x")
-    jobs, after, meta = repro.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="bal", seeds=[0, 2],
+    jobs, after, meta = running.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="bal", seeds=[0, 2],
                                          set=["tad.balance_classes=true"]))
     assert list(jobs) == ["buffer-sym40-tad-sgd-zca-bal", "att-ipc10-sym40-tad-bal",
                           "buffer-sym40-tad-sgd-zca-bal-seed2", "att-ipc10-sym40-tad-bal-seed2"]
@@ -305,15 +307,15 @@ def test_tagged_variants_and_more_seeds_get_their_own_buffers_runs_and_records(t
     assert cfg.seed == 2 and cfg.data.noise_seed == 0 and cfg.tad.balance_classes  # same labels, other training seed
     assert meta["att-ipc10-sym40-tad-bal"][1] == "sym40-tad-sgd-zca-bal"
     with pytest.raises(SystemExit, match="--tag"):
-        repro.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="../x"))
+        running.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="../x"))
     with pytest.raises(SystemExit, match="--seeds"):
-        repro.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], seeds=[-1]))
+        running.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], seeds=[-1]))
 
 
 def test_audit_runs_the_detection_rows_beside_the_tad_buffers_of_mtts_recipe(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
     cells = ["mtt-ipc10-sym40-tad", "mtt-ipc10-sym40-noisy", "mtt-ipc50-sym40-tad"]
-    jobs, after, _ = repro.plan(_args(tmp_path, cells, audit=True))
+    jobs, after, _ = running.plan(_args(tmp_path, cells, audit=True))
     audits = [j for j in jobs if j.startswith("audit-")]
     assert audits == ["audit-sym40-tad20", "audit-sym40-tad5", "audit-sym40-cleanlab"]  # not for the raw IPC-50 one
     tad20, tad5, cl = (config_of(jobs[a]) for a in audits)
@@ -335,30 +337,30 @@ def test_audit_runs_the_detection_rows_beside_the_tad_buffers_of_mtts_recipe(tmp
     done = tmp_path / "r" / "cifar10" / "audit" / "sym40-cleanlab"
     done.mkdir(parents=True)
     (done / "result_audit.json").write_text("{}")
-    jobs, _, _ = repro.plan(_args(tmp_path, cells, audit=True))
+    jobs, _, _ = running.plan(_args(tmp_path, cells, audit=True))
     assert "audit-sym40-cleanlab" not in jobs and "audit-sym40-tad5" in jobs
-    assert not any(j.startswith("audit-") for j in repro.plan(_args(tmp_path, cells))[0])
+    assert not any(j.startswith("audit-") for j in running.plan(_args(tmp_path, cells))[0])
     with pytest.raises(SystemExit, match="--audit .* drop --tag and --seeds"):
-        repro.plan(_args(tmp_path, cells, audit=True, tag="x"))
+        running.plan(_args(tmp_path, cells, audit=True, tag="x"))
 
 
 def test_the_two_stage_buffers_wait_for_cleanlabs_first_stage_once_per_label_set(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
     cells = ["mtt-ipc10-sym40-prune", "mtt-ipc10-sym40-relabel", "mtt-ipc50-sym40-prune"]
-    jobs, after, _ = repro.plan(_args(tmp_path, cells))
+    jobs, after, _ = running.plan(_args(tmp_path, cells))
     assert list(jobs) == ["audit-sym40-cleanlab", "buffer-sym40-prune-sgd-zca", "mtt-ipc10-sym40-prune",
                           "buffer-sym40-relabel-sgd-zca", "mtt-ipc10-sym40-relabel", "buffer-sym40-prune-sgd-raw",
                           "mtt-ipc50-sym40-prune"]  # no extractor: TAD is off in all of them
     assert after["buffer-sym40-prune-sgd-raw"] == after["buffer-sym40-relabel-sgd-zca"] == ["audit-sym40-cleanlab"]
     first = jobs["audit-sym40-cleanlab"]
-    assert first == repro.audit_commands("sym40-tad-sgd-zca", "d.npz", tmp_path, "h.pt", "short")[
+    assert first == grid.audit_commands("sym40-tad-sgd-zca", "d.npz", tmp_path, "h.pt", "short")[
         "audit-sym40-cleanlab"]  # the same run as --audit's cleanlab row
     assert first[-3:] == ["--detector", "cleanlab", "--write-pruned"] and config_of(first).buffer.epochs == 23
     assert config_of(first).data.noise_rate == 0.4 and not config_of(jobs["buffer-sym40-prune-sgd-zca"]).tad.enabled
     # its output in place: the buffers start at once
     (tmp_path / "audit" / "sym40-cleanlab" / "pruned").mkdir(parents=True)
     (tmp_path / "audit" / "sym40-cleanlab" / "labels_cleaned.npz").write_bytes(b"x")
-    jobs, after, _ = repro.plan(_args(tmp_path, cells))
+    jobs, after, _ = running.plan(_args(tmp_path, cells))
     assert "audit-sym40-cleanlab" not in jobs and not any(j.startswith("buffer-") for j in after)
 
 
@@ -367,15 +369,15 @@ def test_the_page_shows_the_two_stage_cells_beside_the_noisy_and_tad_ones(tmp_pa
         (tmp_path / f"mtt-ipc10-sym40-{arm}.json").write_text(json.dumps(
             {"config": {"buffer": {"num_experts": 20}, "distill": {"iterations": 1000}},
              "results": {"test_acc_mean": acc, "test_acc_std": 0.01}}))
-    lines = repro.two_stage_lines(tmp_path)
+    lines = tables.two_stage_lines(tmp_path)
     row = next(line for line in lines if line.startswith("| 10 | sym40 |"))
     assert "[50.0](" in row and "[53.0](" in row and "(+3.0)" in row and "(+2.0)" in row and "(+6.0)" in row
     assert next(line for line in lines if line.startswith("| 50 | sym20 |")).count("not run") == 4
-    text = repro.page(tmp_path)
+    text = tables.page(tmp_path)
     assert "### Two-stage baselines" in text
     assert "TAD at least as good as both cleanlab pipelines in every cell (the paper: TAD above C2D and " \
            "L2B-DivideMix): 1 of 1 measured hold; 3 not measured yet" in text
-    assert repro.cell_words(repro.cells()["mtt-ipc10-sym40-prune"]).startswith("two-stage baseline: cleanlab prunes")
+    assert tables.cell_words(grid.cells()["mtt-ipc10-sym40-prune"]).startswith("two-stage baseline: cleanlab prunes")
 
 
 def test_a_finished_audit_is_collected_and_the_detection_table_rewritten(tmp_path):
@@ -391,7 +393,7 @@ def test_a_finished_audit_is_collected_and_the_detection_table_rewritten(tmp_pat
     for name, f1, detector in (("sym40-tad20", 0.85, "tad"), ("sym40-cleanlab", 0.8, "cleanlab")):
         (tmp_path / "audit" / name).mkdir(parents=True)
         (tmp_path / "audit" / name / "result_audit.json").write_text(json.dumps(record(f1, detector)))
-        repro.collect_audit(f"audit-{name}", tmp_path, records)
+        running.collect_audit(f"audit-{name}", tmp_path, records)
     assert json.loads((records / "audit" / "sym40-tad20" / "result_audit.json").read_text()) == record(0.85, "tad")
     rows = json.loads((records / "audit" / "detection.json").read_text())["rows"]
     assert [(r["detector"], r["f1"], r["seconds"]) for r in rows] == [("cleanlab", 0.8, 105.0), ("tad", 0.85, 105.0)]
@@ -400,11 +402,11 @@ def test_a_finished_audit_is_collected_and_the_detection_table_rewritten(tmp_pat
 
 def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(repro, "run_parallel",
+    monkeypatch.setattr(running, "run_parallel",
                         lambda jobs, *a, **k: seen.update(jobs=jobs, **k) or {j: 0 for j in jobs})
-    monkeypatch.setattr(repro, "gpu_ids", lambda spec: [])
-    monkeypatch.setattr(repro, "buffer_ready", lambda path, experts: False)
-    assert repro.run_cells(_args(tmp_path, ["mtt-ipc50-sym40-noisy", "att-ipc50-sym40-noisy"])) == 0
+    monkeypatch.setattr(running, "gpu_ids", lambda spec: [])
+    monkeypatch.setattr(running, "buffer_ready", lambda path, experts: False)
+    assert running.run_cells(_args(tmp_path, ["mtt-ipc50-sym40-noisy", "att-ipc50-sym40-noisy"])) == 0
     assert seen["after"]["att-ipc50-sym40-noisy"] == ["buffer-sym40-noisy-sgd-raw"]
     run = {"config": {"method": "att"}, "results": {"test_acc_mean": 0.5}, "stages": {"buffer": {"reused": "b"}}}
     (tmp_path / "att-ipc50-sym40-noisy").mkdir()
@@ -423,7 +425,7 @@ def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch)
     (tmp_path / "mtt-ipc1-sym40-tad").mkdir()
     (tmp_path / "mtt-ipc1-sym40-tad" / "result_run.json").write_text(json.dumps(
         {"stages": {"buffer": {"reused": "b", "trust_report": str(report)}}}))
-    repro.collect("mtt-ipc1-sym40-tad", tmp_path, tmp_path / "r" / "cifar10", repro.cells()["mtt-ipc1-sym40-tad"])
+    running.collect("mtt-ipc1-sym40-tad", tmp_path, tmp_path / "r" / "cifar10", grid.cells()["mtt-ipc1-sym40-tad"])
     assert (tmp_path / "r" / "cifar10" / "mtt-ipc1-sym40-tad.trust_report.json").read_text() == '{"rounds": []}'
     assert not (tmp_path / "r" / "cifar10" / "mtt-ipc1-sym40-tad.trust_report.png").exists()  # none drawn
 
@@ -436,13 +438,13 @@ def test_a_single_job_runs_in_the_foreground_on_the_first_gpu_given(tmp_path, mo
         seen.update(cmd=cmd, gpu=env.get("CUDA_VISIBLE_DEVICES"))
         (tmp_path / "mtt-ipc10-sym40-tad-x").mkdir()
         (tmp_path / "mtt-ipc10-sym40-tad-x" / "result_run.json").write_text('{"results": {}}')
-        return repro.subprocess.CompletedProcess(cmd, exit_code)
+        return running.subprocess.CompletedProcess(cmd, exit_code)
 
-    monkeypatch.setattr(repro.subprocess, "run", fake_run)
-    monkeypatch.setattr(repro, "buffer_ready", lambda path, experts: True)
+    monkeypatch.setattr(running.subprocess, "run", fake_run)
+    monkeypatch.setattr(running, "buffer_ready", lambda path, experts: True)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     args = _args(tmp_path, ["mtt-ipc10-sym40-tad"], gpus="1,0", tag="x")
-    assert repro.run_cells(args) == (0 if exit_code == 0 else 1)
+    assert running.run_cells(args) == (0 if exit_code == 0 else 1)
     assert seen["gpu"] == "1" and seen["cmd"][seen["cmd"].index("--out") + 1] == str(tmp_path / "mtt-ipc10-sym40-tad-x")
     record = tmp_path / "r" / "cifar10" / "mtt-ipc10-sym40-tad-x.json"
     if exit_code == 0:
@@ -453,11 +455,11 @@ def test_a_single_job_runs_in_the_foreground_on_the_first_gpu_given(tmp_path, mo
 
 def test_cell_all_runs_every_cell_of_the_grid(monkeypatch):
     seen = {}
-    monkeypatch.setattr(repro, "run_cells", lambda args: seen.update(cells=repro.resolve_cells(args.cell)) or 0)
+    monkeypatch.setattr(repro, "run_cells", lambda args: seen.update(cells=grid.resolve_cells(args.cell)) or 0)
     monkeypatch.setattr(repro.sys, "argv", ["reproduce_cifar10.py", "--cell", "all"])
     with pytest.raises(SystemExit) as exit_:
         repro.main()
-    assert exit_.value.code == 0 and seen["cells"] == list(repro.cells()) and len(seen["cells"]) == 130
+    assert exit_.value.code == 0 and seen["cells"] == list(grid.cells()) and len(seen["cells"]) == 130
 
 
 def test_tad_reproduce_writes_the_queue_under_its_results_folder(tmp_path, monkeypatch, capsys):
@@ -476,8 +478,8 @@ def test_the_script_reads_the_checkouts_results_from_any_folder(tmp_path):
     listed = subprocess.run([sys.executable, str(script), "--list"], cwd=tmp_path, capture_output=True, text=True,
                             check=True).stdout
     recorded = {line.split(":")[0] for line in listed.splitlines() if "(recorded:" in line}
-    assert recorded and recorded == {c for c in repro.cells() if repro.recorded_time(c, RESULTS)}  # the committed ones
-    assert f"--config {repro.CONFIGS / 'cifar10_sym.yaml'}" in listed and (repro.CONFIGS / "cifar10_sym.yaml").is_file()
+    assert recorded and recorded == {c for c in grid.cells() if running.recorded_time(c, RESULTS)}  # the committed ones
+    assert f"--config {grid.CONFIGS / 'cifar10_sym.yaml'}" in listed and (grid.CONFIGS / "cifar10_sym.yaml").is_file()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -485,9 +487,9 @@ def test_run_parallel_waits_for_what_a_job_needs_and_skips_it_when_that_failed(t
     jobs = {"buf": _job(tmp_path, "buf", seconds=0.5), "cell": _job(tmp_path, "cell"),
             "bad": _job(tmp_path, "bad", code=2), "after_bad": _job(tmp_path, "after_bad"),
             "free": _job(tmp_path, "free")}
-    codes = repro.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=["0"], poll_s=0.05,
+    codes = running.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=["0"], poll_s=0.05,
                                after={"cell": ["buf"], "after_bad": ["bad"]})
-    assert codes == {"buf": 0, "cell": 0, "bad": 2, "after_bad": repro.SKIPPED, "free": 0}
+    assert codes == {"buf": 0, "cell": 0, "bad": 2, "after_bad": running.SKIPPED, "free": 0}
     (_, buf1), (cell0, _), (free0, _) = _times(tmp_path, "buf"), _times(tmp_path, "cell"), _times(tmp_path, "free")
     assert cell0 >= buf1 and free0 < buf1  # cell waited for its buffer; free did not wait behind cell
     assert not (tmp_path / "after_bad.times").exists()
@@ -496,7 +498,7 @@ def test_run_parallel_waits_for_what_a_job_needs_and_skips_it_when_that_failed(t
     assert [row.split(" | ")[0] for row in table[2:]][-1] == "| after_bad"
     assert all(row.split(" | ")[1] == "0" for row in table[2:-1]) and table[-1].endswith("| not started |")
     with pytest.raises(ValueError, match="not in jobs: nope"):
-        repro.run_parallel({"a": _job(tmp_path, "a")}, tmp_path / "logs", 1, [], after={"a": ["nope"]})
+        running.run_parallel({"a": _job(tmp_path, "a")}, tmp_path / "logs", 1, [], after={"a": ["nope"]})
 
 
 def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
@@ -504,7 +506,7 @@ def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
     (tmp_path / "mtt-ipc1-sym20-noisy.json").write_text(json.dumps(done))
     (tmp_path / "asym40-tad.json").write_text(json.dumps(done))  # an earlier name of mtt-ipc10-asym40-tad
     (tmp_path / "mtt-ipc1-sym20-tad.json").write_text(json.dumps({"results": {}, "config": {}}))  # unfinished
-    text = repro.queue(tmp_path)
+    text = queue.queue(tmp_path)
     assert "128 of 130 cells left" in text
     heads = [line for line in text.splitlines() if line.startswith("## ")]
     assert [h.split(". ")[0] for h in heads] == ["## 1", "## 2", "## 3", "## 4", "## 5", "## 6"]
@@ -516,7 +518,7 @@ def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
     assert "--cell mtt-ipc50-sym40-relabel" in text.split("## 5.")[1].split("## 6.")[0] and "Two-stage" in heads[4]
     assert "--cell datm-ipc10-sym20-noisy" in text.split("## 6.")[1]
     assert "--cifar-n" in text.split("## 4.")[1].split("## 5.")[0]
-    cells_listed = [w for line in text.splitlines() for w in line.split() if w in repro.cells()]
+    cells_listed = [w for line in text.splitlines() for w in line.split() if w in grid.cells()]
     assert len(cells_listed) == len(set(cells_listed)) == 128  # each cell left in one batch
     batch1 = next(line for line in text.splitlines() if line.startswith("- batch 1:"))
     # both arms in one window, and ATT's cells that read the same buffers beside them
@@ -531,47 +533,47 @@ def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
 
 def test_riders_join_a_batch_only_through_its_buffers_and_within_the_window():
     batch = ["mtt-ipc10-sym40-noisy"]
-    took = repro.estimate(repro.batch_jobs(batch))
-    names, took2 = repro.with_riders(batch, took, ["att-ipc10-sym40-noisy", "att-ipc10-sym40-tad",
+    took = queue.estimate(queue.batch_jobs(batch))
+    names, took2 = queue.with_riders(batch, took, ["att-ipc10-sym40-noisy", "att-ipc10-sym40-tad",
                                                    "att-ipc50-sym40-noisy"])
     assert names == batch + ["att-ipc10-sym40-noisy"]  # the TAD buffer and the raw IPC-50 buffer are others
-    assert took2 == repro.estimate(repro.batch_jobs(names)) >= took
+    assert took2 == queue.estimate(queue.batch_jobs(names)) >= took
     # a rider that would lengthen the batch past the window stays out: four distillations, three slots
     pair = ["mtt-ipc1-sym40-noisy", "mtt-ipc10-sym40-noisy"]
-    took = repro.estimate(repro.batch_jobs(pair))
-    assert repro.with_riders(pair, took, ["att-ipc1-sym40-noisy", "att-ipc10-sym40-noisy"], window=took) == (
+    took = queue.estimate(queue.batch_jobs(pair))
+    assert queue.with_riders(pair, took, ["att-ipc1-sym40-noisy", "att-ipc10-sym40-noisy"], window=took) == (
         pair + ["att-ipc1-sym40-noisy"], took)
 
 
 def test_estimate_shares_the_gpu_between_saturating_jobs_and_pauses_tad_buffers_for_the_extractor():
-    J = repro._SimJob
-    assert repro.estimate([J("buffer-a", True, 100), J("buffer-b", True, 100)]) == 200  # shared evenly
-    assert repro.estimate([J("buffer-a", True, 100), J("cell", False, 50, after="buffer-a")]) == 150
-    assert repro.estimate([J("buffer-a", True, 100), J("x", False, 50)], slots=1) == 150  # one at a time
+    J = queue._SimJob
+    assert queue.estimate([J("buffer-a", True, 100), J("buffer-b", True, 100)]) == 200  # shared evenly
+    assert queue.estimate([J("buffer-a", True, 100), J("cell", False, 50, after="buffer-a")]) == 150
+    assert queue.estimate([J("buffer-a", True, 100), J("x", False, 50)], slots=1) == 150  # one at a time
     # the TAD buffer shares with the extractor until its anchors (10 s of work, 20 s of wall), waits for the
     # extractor's 300 s, then has the GPU to itself for its last 90 s
-    assert repro.estimate([J("extractor", True, 300), J("buffer-t", True, 100, pause_at=10)]) == 390
+    assert queue.estimate([J("extractor", True, 300), J("buffer-t", True, 100, pause_at=10)]) == 390
 
 
 def test_the_queue_batches_fit_the_window_with_both_arms_of_a_cell_together_where_they_fit():
-    names = [n for n, c in repro.cells().items() if c.method == "mtt" and c.noise != "c10n-worst" and c.arm in (
+    names = [n for n, c in grid.cells().items() if c.method == "mtt" and c.noise != "c10n-worst" and c.arm in (
         "noisy", "tad")]
-    cut = repro.batches(names)
+    cut = queue.batches(names)
     assert sorted(n for b, _ in cut for n in b) == sorted(names)  # each cell once
     for batch, took in cut:
-        assert len({repro.buffer_of(repro.cells()[n]) for n in batch}) <= repro.QUEUE_BUFFERS
-        assert took <= repro.WINDOW_S or len(batch) == 1  # only a single cell may be over the window
-        assert took == repro.estimate(repro.batch_jobs(batch))
+        assert len({grid.buffer_of(grid.cells()[n]) for n in batch}) <= queue.QUEUE_BUFFERS
+        assert took <= queue.WINDOW_S or len(batch) == 1  # only a single cell may be over the window
+        assert took == queue.estimate(queue.batch_jobs(batch))
     first, took = cut[0]
     assert first == ["mtt-ipc1-sym20-noisy", "mtt-ipc1-sym20-tad", "mtt-ipc10-sym20-noisy", "mtt-ipc10-sym20-tad"]
-    jobs = repro.batch_jobs(first)
+    jobs = queue.batch_jobs(first)
     assert [j.name for j in jobs][:3] == ["extractor", "buffer-sym20-noisy-sgd-zca", "mtt-ipc1-sym20-noisy"]
     tad = next(j for j in jobs if j.name == "buffer-sym20-tad-sgd-zca")
-    train = 20 * 23 * repro.EXPERT_EPOCH_S * repro.TAD_BUFFER_FACTOR
-    assert tad.work == train + repro.ANCHORS_S
+    train = 20 * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR
+    assert tad.work == train + queue.ANCHORS_S
     assert tad.pause_at == train * 10 / 23  # features first needed at the first recalibration, after the warm-up
     # a larger window keeps the IPC-50 pair together (two buffers at most: a batch of its own)
-    assert [b for b, _ in repro.batches(names[:6], window=3600)] == [names[:4], names[4:6]]
+    assert [b for b, _ in queue.batches(names[:6], window=3600)] == [names[:4], names[4:6]]
 
 
 def test_the_page_renders_the_tables_from_records_with_missing_cells_marked(tmp_path):
@@ -606,7 +608,7 @@ def test_the_page_renders_the_tables_from_records_with_missing_cells_marked(tmp_
     assert "F best, C and E each above A, B above A: 1 of 2 measured hold (not: F best" not in text
     assert "- `c10n-worst-tad`" not in text  # the cell's record: in the table, not among the other runs
     assert "20 experts per buffer" in text and "1000 distillation iterations" in text  # the budget, stated
-    linked = repro.page(tmp_path)  # each measured number links to its record's page, which exists
+    linked = tables.page(tmp_path)  # each measured number links to its record's page, which exists
     row = next(x for x in linked.splitlines() if x.startswith("| sym40 | MTT |"))
     assert (f"[60.0]({tmp_path.name}/cells/mtt-ipc50-sym40-noisy.md) -> "
             f"[68.0]({tmp_path.name}/cells/mtt-ipc50-sym40-tad.md)") in row
@@ -621,12 +623,12 @@ def test_the_page_renders_the_tables_from_records_with_missing_cells_marked(tmp_
 
 
 def test_each_run_is_drawn_in_its_settings_panel():
-    assert repro.curve_panel("att-sym40-tad-i1000") == "att-ipc10-sym40"  # not MTT's panel
-    assert repro.curve_panel("sym40-noisy-e100-i5000") == "mtt-ipc10-sym40"
-    assert repro.curve_panel("mtt-ipc50-c10n-worst-tad") == "mtt-ipc50-c10n-worst"
-    assert repro.curve_panel("c10n-worst-tad-balanced") == "mtt-ipc10-c10n-worst"
-    assert repro.curve_panel("clean/mtt-clean-e20-i1000") == "clean"
-    assert repro.curve_panel("sym40tad") == "other"
+    assert tables.curve_panel("att-sym40-tad-i1000") == "att-ipc10-sym40"  # not MTT's panel
+    assert tables.curve_panel("sym40-noisy-e100-i5000") == "mtt-ipc10-sym40"
+    assert tables.curve_panel("mtt-ipc50-c10n-worst-tad") == "mtt-ipc50-c10n-worst"
+    assert tables.curve_panel("c10n-worst-tad-balanced") == "mtt-ipc10-c10n-worst"
+    assert tables.curve_panel("clean/mtt-clean-e20-i1000") == "clean"
+    assert tables.curve_panel("sym40tad") == "other"
 
 
 def test_the_table_averages_a_cells_finished_seeds(tmp_path):
@@ -656,15 +658,15 @@ def test_the_detail_page_names_the_shared_buffer_a_cell_distilled_from(tmp_path)
 
 
 def test_page_indexes_every_other_result_and_each_link_exists(tmp_path):
-    text = repro.page(tmp_path)
+    text = tables.page(tmp_path)
     assert text.startswith("# Results") and "## Other results" in text
-    for name, _ in repro.OTHER_RESULTS:
+    for name, _ in tables.OTHER_RESULTS:
         assert f"[`{name}`]({name})" in text
         assert (RESULTS_ROOT / name).is_file(), f"the page links to a missing file: {name}"
     assert "## Label audit" not in text  # no detection table yet
     (tmp_path / "audit").mkdir()
     (tmp_path / "audit" / "detection.md").write_text("| label set |")
-    assert "[`cifar10/audit/detection.md`](cifar10/audit/detection.md)" in repro.page(tmp_path)
+    assert "[`cifar10/audit/detection.md`](cifar10/audit/detection.md)" in tables.page(tmp_path)
 
 
 def test_the_detail_page_shows_the_trusted_space_at_each_consensus_level(tmp_path):
@@ -744,15 +746,15 @@ def test_page_draws_the_curves_of_finished_and_partial_runs(tmp_path):
     assert page.endswith("## Notes\n\ndiverged near iteration 240.\n")
     png = tmp_path / "curves.png"
     if importlib.util.find_spec("matplotlib") is None:  # the plot extra is optional: no plot, no link to one
-        assert not png.exists() and "curves.png" not in repro.page(tmp_path)
+        assert not png.exists() and "curves.png" not in tables.page(tmp_path)
         assert "![accuracy curve]" not in detail(tmp_path, "mtt-ipc10-sym40-tad")
     else:
         assert (png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-                and f"![curves]({tmp_path.name}/curves.png)" in repro.page(tmp_path))
+                and f"![curves]({tmp_path.name}/curves.png)" in tables.page(tmp_path))
         assert "![accuracy curve](mtt-ipc10-sym40-tad.png)" in detail(tmp_path, "mtt-ipc10-sym40-tad")
         assert (tmp_path / "cells" / "mtt-ipc10-sym40-tad.png").read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "clean" / "mtt-clean-diverged.json").unlink()  # a record gone: its page and curve go too
-    repro.page(tmp_path)
+    tables.page(tmp_path)
     assert not (tmp_path / "cells" / "clean" / "mtt-clean-diverged.md").exists()
     assert not (tmp_path / "cells" / "clean" / "mtt-clean-diverged.png").exists()
 
@@ -771,7 +773,7 @@ def _times(tmp_path, name):
 
 def test_run_parallel_keeps_at_most_slots_jobs_per_queue(tmp_path):
     jobs = {n: _job(tmp_path, n, seconds=0.6) for n in ("a", "b", "c")}
-    codes = repro.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=[], poll_s=0.05)
+    codes = running.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=[], poll_s=0.05)
     assert codes == {"a": 0, "b": 0, "c": 0}
     (a0, a1), (b0, b1), (c0, c1) = (_times(tmp_path, n) for n in "abc")
     assert max(a0, b0) < min(a1, b1)  # the first two overlapped
@@ -782,7 +784,7 @@ def test_run_parallel_keeps_at_most_slots_jobs_per_queue(tmp_path):
 def test_run_parallel_spreads_over_gpus_and_reports_failures(tmp_path):
     jobs = {"ok": _job(tmp_path, "ok", seconds=0.3), "bad": _job(tmp_path, "bad", seconds=0.3, code=3)}
     done = []
-    codes = repro.run_parallel(jobs, tmp_path / "logs", slots=1, gpus=["0", "1"], on_done=done.append, poll_s=0.05)
+    codes = running.run_parallel(jobs, tmp_path / "logs", slots=1, gpus=["0", "1"], on_done=done.append, poll_s=0.05)
     assert codes == {"ok": 0, "bad": 3} and done == ["ok"]
     logs = {n: (tmp_path / "logs" / f"{n}.log").read_text().strip() for n in jobs}
     assert sorted(logs.values()) == ["gpu=0", "gpu=1"]
@@ -794,22 +796,22 @@ def test_run_parallel_survives_a_failing_collection(tmp_path):
     def collect(name):
         raise FileNotFoundError(f"no result_run.json for {name}")
 
-    codes = repro.run_parallel({"a": _job(tmp_path, "a"), "b": _job(tmp_path, "b")}, tmp_path / "logs", slots=1,
+    codes = running.run_parallel({"a": _job(tmp_path, "a"), "b": _job(tmp_path, "b")}, tmp_path / "logs", slots=1,
                                gpus=[], on_done=collect, poll_s=0.05)
     assert codes == {"a": 1, "b": 1} and (tmp_path / "b.times").exists()  # b still ran after a's failure
 
 
 def test_run_parallel_rejects_zero_slots(tmp_path):
     with pytest.raises(ValueError, match="slots"):
-        repro.run_parallel({}, tmp_path, slots=0, gpus=[])
+        running.run_parallel({}, tmp_path, slots=0, gpus=[])
 
 
 def test_the_budget_line_says_how_many_labels_were_wrong():
     rec = {"config": {"buffer": {"num_experts": 20, "epochs": 23}, "distill": {"iterations": 1000},
                       "eval": {"num_eval": 5}}, "results": {"noise_rate": 0.16}}
-    assert repro.budget(rec) == ("20 experts x 23 epochs, 1000 iterations, 5 evaluation nets; 16.0% of the "
+    assert results_pages.budget(rec) == ("20 experts x 23 epochs, 1000 iterations, 5 evaluation nets; 16.0% of the "
                                  "training labels wrong")
-    assert "labels wrong" not in repro.budget({"config": {}})  # older records without the rate
+    assert "labels wrong" not in results_pages.budget({"config": {}})  # older records without the rate
 
 
 def test_page_gives_the_best_finished_clean_run_as_the_ceiling(tmp_path):
@@ -827,12 +829,12 @@ def test_page_gives_the_best_finished_clean_run_as_the_ceiling(tmp_path):
 
 
 def test_list_says_what_a_recorded_cell_cost(tmp_path):
-    assert repro.recorded_time("att-ipc10-sym40-tad", tmp_path) == ""  # nothing recorded
+    assert running.recorded_time("att-ipc10-sym40-tad", tmp_path) == ""  # nothing recorded
     rec = {"wall_time_s": 450.0, "device": "NVIDIA H100", "results": {}, "stages": {"buffer": {"reused": "r/buffer"}},
            "config": {"buffer": {"num_experts": 20, "epochs": 23}, "distill": {"iterations": 1000},
                       "eval": {"num_eval": 5}}}
     (tmp_path / "att-sym40-tad-i1000.json").write_text(json.dumps(rec))  # an earlier name of the cell
-    line = repro.recorded_time("att-ipc10-sym40-tad", tmp_path)
+    line = running.recorded_time("att-ipc10-sym40-tad", tmp_path)
     assert line.startswith("  (recorded: 7.5 min on NVIDIA H100 (experts reused from another run: distillation only), "
                            "20 experts x 23 epochs, 1000 iterations")
 
@@ -883,13 +885,13 @@ def test_page_sets_each_mtt_tad_record_against_clean_mtt_of_the_same_budget(tmp_
     (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(rec(0.606, 40)))  # its only clean match diverged
     (tmp_path / "sym40-noisy-e20.json").write_text(json.dumps(rec(0.543, 20, tad=False)))  # not a TAD run
     (tmp_path / "datm-sym40-tad.json").write_text(json.dumps(rec(0.607, 20, method="datm")))  # not MTT
-    lines = repro.clean_gap_lines(tmp_path)
+    lines = tables.clean_gap_lines(tmp_path)
     rows = [x for x in lines if x.startswith("| [`")]
     assert rows == [f"| [`sym40-tad-e20`]({tmp_path.name}/cells/sym40-tad-e20.md) | 20 experts x 23 epochs, 1000 "
                     f"iterations, 5 evaluation nets | 59.7 | [`clean/mtt-clean-e20`]({tmp_path.name}/cells/clean/"
                     "mtt-clean-e20.md) 60.3 | -0.6 | 64.6 vs 65.3: -0.7 |"]
     assert "| run | budget | MTT + TAD | clean MTT | gap | paper: TAD vs clean |" in lines
-    assert repro.clean_gap_lines(tmp_path / "clean") == []
+    assert tables.clean_gap_lines(tmp_path / "clean") == []
 
 
 def test_the_page_names_tad_settings_beyond_the_papers(tmp_path):
@@ -910,7 +912,7 @@ def test_the_page_names_tad_settings_beyond_the_papers(tmp_path):
 
 def test_the_budgets_and_the_users_sets_which_win(tmp_path):
     def cfg(budget, sets=()):
-        return config_of(repro.command("att-ipc10-sym40-tad", "d.npz", tmp_path, None, budget, list(sets)))
+        return config_of(grid.command("att-ipc10-sym40-tad", "d.npz", tmp_path, None, budget, list(sets)))
 
     assert cfg("short", ["distill.iterations=2000"]).distill.iterations == 2000  # after the budget's
     long = cfg("long")
@@ -918,7 +920,7 @@ def test_the_budgets_and_the_users_sets_which_win(tmp_path):
         100, 25, 23, 5000)
     full = cfg("full")
     assert (full.buffer.num_experts, full.buffer.epochs, full.distill.iterations) == (100, 50, 60000)  # ATT's own
-    text = repro.budget_text("short")
+    text = grid.budget_text("short")
     assert "20 experts per buffer" in text and "SGD experts with ZCA for MTT and ATT at IPC 1 / 10: 23" in text
     assert "SGD experts without ZCA for MTT and ATT at IPC 50: 43" in text
     assert "GSAM (alpha 0.3) experts with ZCA for FTD at IPC 1 / 10, DATM at IPC 1 / 10 / 50: 43" in text
@@ -979,8 +981,8 @@ def test_generated_pages_from_the_committed_records_speak_to_users(tmp_path, mon
     results = tmp_path / "cifar10"
     shutil.copytree(RESULTS, results, ignore=shutil.ignore_patterns("cells", "*.png"))
     monkeypatch.setattr(results_pages, "plot_record", lambda *args: False)  # text only: fast
-    monkeypatch.setattr(repro, "plot_curves", lambda *args: False)
-    pages = {"README.md": repro.page(results)}
+    monkeypatch.setattr(tables, "plot_curves", lambda *args: False)
+    pages = {"README.md": tables.page(results)}
     pages.update({p.relative_to(results).as_posix(): p.read_text() for p in sorted((results / "cells").rglob("*.md"))})
     assert len(pages) > 40
     internal = re.compile(r"\bissues? \d|\bsessions?\b|\btargets?\b|\.plan\b|"
@@ -1016,7 +1018,7 @@ def test_a_cell_and_its_audits_run_end_to_end_through_real_commands(tmp_path):
     cells = ["mtt-ipc1-sym40-tad", "mtt-ipc10-sym40-prune", "mtt-ipc10-sym40-relabel"]
     args = _args(tmp_path, cells, dataset=str(tmp_path / "cifar10.npz"), out=str(tmp_path / "runs"),
                  jobs=2, audit=True, set=TINY_GRID)
-    assert repro.run_cells(args) == 0
+    assert running.run_cells(args) == 0
     records = tmp_path / "r" / "cifar10"
     cell = json.loads((records / "mtt-ipc1-sym40-tad.json").read_text())
     assert cell["cell"]["buffer"] == "sym40-tad-sgd-zca" and "test_acc_mean" in cell["results"]
@@ -1037,4 +1039,4 @@ def test_a_cell_and_its_audits_run_end_to_end_through_real_commands(tmp_path):
     assert pruned["results"]["noise_rate"] == pytest.approx(wrong_kept / (300 - cl["flagged"]), abs=1e-6)
     assert relabelled["config"]["data"]["label_set"] == "cleaned_label"
     assert relabelled["results"]["noise_rate"] == pytest.approx(1 - cl["cleaned_label_accuracy"], abs=1e-6)
-    assert "## Label audit" in repro.page(records)
+    assert "## Label audit" in tables.page(records)

@@ -1,6 +1,6 @@
 """The results pages' parts that read one record at a time: a detail page per record (its settings, result and
 curve, trusted space and trust-report plot, provenance and notes), the curves figure of many records, and a
-record's accuracy and differences from another record in a few words. ``--page`` of :mod:`.cifar10` builds the
+record's accuracy and differences from another record in a few words. ``--page`` (:mod:`.tables`) builds the
 paper-shaped tables on top and links each measured cell to its page here.
 
 A record is the JSON ``tad run`` writes (``result_run.json``) as kept under ``<results>/cifar10/``: ``config`` (the

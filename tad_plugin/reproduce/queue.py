@@ -1,0 +1,274 @@
+"""The queue page of the grid (``--queue``): the cells without a finished record, in batches that each fit one
+GPU's time window, with their commands; the planning figures and the small simulation that estimate a batch's
+time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .grid import (
+    ABLATION_CELLS,
+    BUDGETS,
+    FEATURES_BUDGET_S,
+    IPCS,
+    NOISES,
+    TWO_STAGE_ARMS,
+    Cell,
+    arm_parts,
+    budget_text,
+    buffer_command,
+    buffer_of,
+    cells,
+    needs_extractor,
+    parse_buffer,
+    read_epochs,
+    record_name,
+    sizes,
+)
+
+#: The order in which the grid's cells are run: (batch title, which cells); a cell goes to the first batch
+#: that takes it.
+QUEUE_ORDER: tuple[tuple[str, Callable[[Cell], bool]], ...] = (
+    ("MTT: IPC 1 / 10 / 50, symmetric and asymmetric noise at 20% and 40%",
+     lambda c: c.method == "mtt" and c.noise != "c10n-worst" and c.arm not in TWO_STAGE_ARMS),
+    ("Table 3: DATM at IPC 50, asymmetric 20% and 40%, configurations A-F",
+     lambda c: (c.method, c.ipc) == ABLATION_CELLS[:2] and c.noise in ABLATION_CELLS[2]),
+    ("ATT from MTT's buffers (distillation only)", lambda c: c.method == "att" and c.noise != "c10n-worst"),
+    ("CIFAR-10N worst: MTT and ATT", lambda c: c.noise == "c10n-worst" and c.method in ("mtt", "att")),
+    ("Two-stage baselines: cleanlab, then MTT", lambda c: c.arm in TWO_STAGE_ARMS),
+    ("FTD and DATM rows", lambda c: c.method in ("ftd", "datm")),
+)
+
+
+def finished(cell: str, results: Path) -> bool:
+    """Whether ``cell`` has a record (its own or :data:`LEGACY_RECORDS`') that reached its final evaluation."""
+    path = results / f"{record_name(cell, results)}.json"
+    return path.is_file() and "test_acc_mean" in json.loads(path.read_text()).get("results", {})
+
+
+#: Planning figures for QUEUE.md's batches, one H100 (fp32 experts): seconds per expert-epoch of a noisy buffer
+#: with the GPU to itself (buffers and the extractor saturate the GPU and share it evenly); a buffer with TAD's
+#: outer loop costs TAD_BUFFER_FACTOR times a noisy one (benchmarks/benchmark_tad_overhead.py: the loss pass
+#: and the batched division cost about what training on the trusted subset saves), and GSAM experts
+#: GSAM_FACTOR times SGD ones (two forward-backward passes a step); a cell's distillation and evaluations at
+#: the short budget's 1000 iterations, beside other jobs; the inner loop's one-time work (the anchors'
+#: distillation and the feature embedding, once per buffer); the two-stage cells' first stage (cleanlab's 5
+#: fold models, one at a time); the extractor's start and final evaluation beyond its training budget; the window
+#: a batch must fit.
+EXPERT_EPOCH_S = 0.35
+TAD_BUFFER_FACTOR = 1.0
+GSAM_FACTOR = 2.0
+DISTILL_S = {1: 300.0, 10: 300.0, 50: 540.0}
+ANCHORS_S = 110.0
+CLEANLAB_S = 300.0
+EXTRACTOR_EXTRA_S = 60.0
+WINDOW_S = 25 * 60.0
+#: Jobs at once in a batch, and the buffers a batch trains: 80 GB holds two 20-expert buffers at once, not four;
+#: the extractor is the third job.
+QUEUE_JOBS = 3
+QUEUE_BUFFERS = 2
+
+
+@dataclass
+class _SimJob:
+    name: str
+    saturates: bool  # shares the GPU with the other saturating jobs (buffers, extractor)
+    work: float  # seconds with the GPU to itself (saturating) or wall seconds (distillation, extractor)
+    after: str | None = None  # the job it waits for
+    pause_at: float | None = None  # work done when it needs the extractor (a TAD buffer's anchors)
+    done: float = 0.0
+
+
+def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = FEATURES_BUDGET_S,
+               extractor: bool = True) -> list[_SimJob]:
+    """The jobs a ``--cell`` run of ``names`` starts on a fresh machine (every buffer trained, the extractor
+    too when a buffer needs it and ``extractor``), in :func:`plan`'s order, with :func:`estimate`'s costs."""
+    from tad_plugin.cli_options import add_settings_options
+    from tad_plugin.runs import config_from_args
+    from tad_plugin.trust_loop import Schedule
+
+    experts = sizes(budget)[0]
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(buffer_of(cells()[name]), []).append(name)
+    needs = extractor and any(needs_extractor(b, ()) for b in groups)
+    jobs = [_SimJob("extractor", True, features_s + EXTRACTOR_EXTRA_S)] if needs else []
+    for buf, members in groups.items():
+        _, arm, rec, zca = parse_buffer(buf)
+        epochs = read_epochs(rec, zca)
+        _, outer, inner = arm_parts(arm)
+        train = (experts * epochs * EXPERT_EPOCH_S * (TAD_BUFFER_FACTOR if outer else 1)
+                 * (GSAM_FACTOR if rec.startswith("gsam") else 1))
+        work = train + (ANCHORS_S if inner else 0.0)
+        pause = None
+        if needs and needs_extractor(buf, ()):
+            cmd = buffer_command(buf, "cifar10", Path("runs"), "CIFAR-10_human.pt", budget)
+            settings = argparse.ArgumentParser()  # the options of `tad buffer`
+            add_settings_options(settings)
+            schedule = Schedule.of(config_from_args(settings.parse_args(cmd[cmd.index("buffer") + 1:])).tad)
+            first = next((t for t in range(epochs) if schedule.recalibrates(t)), epochs)  # features first needed
+            pause = train * first / epochs
+        stage_one = None
+        if arm in TWO_STAGE_ARMS:  # the first stage (cleanlab), once per noise setting
+            stage_one = f"audit-{parse_buffer(buf)[0]}-cleanlab"
+            if all(j.name != stage_one for j in jobs):
+                jobs.append(_SimJob(stage_one, False, CLEANLAB_S))
+        jobs.append(_SimJob(f"buffer-{buf}", True, work, after=stage_one, pause_at=pause))
+        jobs += [_SimJob(n, False, DISTILL_S[cells()[n].ipc], after=f"buffer-{buf}") for n in members]
+    return jobs
+
+
+def estimate(jobs: Sequence[_SimJob], slots: int = QUEUE_JOBS, step: float = 1.0) -> float:
+    """Seconds until the last of ``jobs`` ends on one GPU, started as :func:`run_parallel` starts them (``slots``
+    at once, the earliest free job first): the saturating jobs share the GPU evenly (the extractor trains for its
+    wall-clock budget whatever its share), a TAD buffer stops at its ``pause_at`` until the extractor ends, a
+    distillation takes its wall seconds."""
+    jobs = [_SimJob(**{**j.__dict__, "done": 0.0}) for j in jobs]
+    ended: set[str] = set()
+    running: list[_SimJob] = []
+    pending = list(jobs)
+    t = 0.0
+    while pending or running:
+        for job in [j for j in pending if j.after is None or j.after in ended][:max(0, slots - len(running))]:
+            pending.remove(job)
+            running.append(job)
+        if not running:
+            raise ValueError("a job waits for one that is not in the batch")
+        paused = [j for j in running if j.pause_at is not None and j.done >= j.pause_at and "extractor" not in ended]
+        sharing = [j for j in running if j.saturates and j not in paused and j.name != "extractor"]
+        gpu = len(sharing) + any(j.name == "extractor" for j in running)
+        for j in running:
+            if j in paused:
+                continue
+            j.done += step if not j.saturates or j.name == "extractor" else step / gpu
+        t += step
+        for j in [j for j in running if j.done >= j.work - 1e-9]:
+            running.remove(j)
+            ended.add(j.name)
+    return t
+
+
+def batches(names: Sequence[str], budget: str = "short", window: float = WINDOW_S) -> list[tuple[list[str], float]]:
+    """``names`` (cells in the queue's order) cut into batches for one GPU window each, with their
+    :func:`estimate`: the cells that share buffers of a noise setting, recipe and preprocessing go together with
+    both arms (a noisy cell beside its TAD pair) while the estimate fits ``window``; a group that does not fit
+    alone is split by arm; a single arm that still does not fit gets a batch of its own (its estimate says it).
+    A batch trains at most :data:`QUEUE_BUFFERS` buffers (GPU memory)."""
+    def fits(names: list[str]) -> tuple[bool, float]:
+        took = estimate(batch_jobs(names, budget))
+        return took <= window and len({buffer_of(cells()[n]) for n in names}) <= QUEUE_BUFFERS, took
+
+    units: dict[tuple, list[str]] = {}
+    for name in names:
+        c = cells()[name]
+        _, _, rec, zca = parse_buffer(buffer_of(c))
+        units.setdefault((c.noise, rec, zca), []).append(name)
+    todo = list(units.values())
+    out: list[tuple[list[str], float]] = []
+    current: list[str] = []
+    while todo:
+        unit = todo.pop(0)
+        ok, took = fits(current + unit)
+        if ok:
+            current += unit
+            continue
+        if current:
+            out.append((current, estimate(batch_jobs(current, budget))))
+            current = []
+            todo.insert(0, unit)
+            continue
+        arms = list(dict.fromkeys(cells()[n].arm for n in unit))
+        if len(arms) > 1 and (took > window or len(unit) > 1):
+            todo[:0] = [[n for n in unit if cells()[n].arm == a] for a in arms]
+            continue
+        out.append((unit, took))
+    if current:
+        out.append((current, estimate(batch_jobs(current, budget))))
+    return out
+
+
+def with_riders(names: list[str], took: float, candidates: Sequence[str], budget: str = "short",
+                window: float = WINDOW_S) -> tuple[list[str], float]:
+    """``names`` (a batch of :func:`batches`) with each of ``candidates`` (cells of later queue sections, in
+    order) that reads one of the batch's buffers added while the estimate stays within ``window`` (or within
+    ``took`` for a batch already over it): a buffer lives on the machine that trained it only, so a cell
+    distilled from it in the same batch costs its distillation alone, later a second training of the buffer.
+    Returns the batch and its estimate."""
+    bufs = {buffer_of(cells()[n]) for n in names}
+    for cand in candidates:
+        if buffer_of(cells()[cand]) in bufs:
+            trial = estimate(batch_jobs(names + [cand], budget))
+            if trial <= max(window, took):
+                names, took = names + [cand], trial
+    return names, took
+
+
+def queue(results: Path, budget: str = "short") -> str:
+    """The queue page (Markdown): the cells without a finished record, in :data:`QUEUE_ORDER`'s sections, cut
+    into :func:`batches` of one GPU window each, with the command and the estimated time of each."""
+    grid = cells()
+    left = [n for n in grid if not finished(n, results)]
+    lines = ["# CIFAR-10 grid: what is left", "",
+             "Generated by `python reproduction/reproduce_cifar10.py --queue` from the cells without a finished "
+             f"record in this folder: {len(left)} of {len(grid)} cells left. Budget: `--budget {budget}` "
+             f"({budget_text(budget)}).", "",
+             f"Each batch is one command for one H100 for at most {WINDOW_S / 60:.0f} minutes, on a fresh machine: it "
+             "trains the shared buffers its cells read (and the SimCLR extractor when a TAD buffer needs it, beside "
+             "them), distils each cell as soon as its buffer is done, and writes the records; commit them after "
+             "each batch. The estimate assumes a noisy 20-expert buffer at "
+             f"{EXPERT_EPOCH_S} s per expert-epoch with the GPU to itself (saturating jobs share it), a TAD buffer "
+             f"at {TAD_BUFFER_FACTOR}x that plus {ANCHORS_S:.0f} s for its anchors, waiting for the extractor where "
+             f"its inner loop first needs it, the extractor's {FEATURES_BUDGET_S:.0f} s, and "
+             + ", ".join(f"{DISTILL_S[i] / 60:.0f} min" for i in IPCS) + " per IPC 1 / 10 / 50 distillation; "
+             "a batch marked `over the window` does not fit and needs a shorter budget or a larger GPU share. "
+             "`--audit` on a batch with a TAD buffer of MTT's recipe with ZCA adds the label-audit detection rows "
+             "of its label set (a few minutes; docs/label-audit.md).", ""]
+    taken: set[str] = set()
+    rode: dict[str, int] = {}  # a cell of a later section -> the batch it rides in
+    number = 0
+    for section, (title, takes) in enumerate(QUEUE_ORDER, 1):
+        part = [n for n in left if n not in taken and takes(grid[n])]
+        taken.update(part)
+        lines += [f"## {section}. {title}", ""]
+        earlier = sorted({rode[n] for n in left if takes(grid[n]) and n in rode})
+        if earlier:
+            lines += [f"{'Some' if part else 'All'} of its cells run in batch{'es' if len(earlier) > 1 else ''} "
+                      f"{', '.join(map(str, earlier))} above, beside the cells whose buffers they read.", ""]
+        if not part:
+            lines += [] if earlier else ["Done.", ""]
+            continue
+        if BUDGETS[budget] is None:  # no estimate: one command per noise setting
+            cut: list[tuple[list[str], float | None]] = [([n for n in part if grid[n].noise == noise], None)
+                                                          for noise in NOISES]
+        else:
+            cut = []
+            for own, alone in batches(part, budget):
+                joined, took_all = with_riders(own, alone, [n for n in left if n not in taken], budget)
+                taken.update(joined)
+                cut.append((joined, took_all))
+        for names, took in cut:
+            if not names:
+                continue
+            number += 1
+            rode.update((n, number) for n in names if n not in part)
+            bufs = list(dict.fromkeys(buffer_of(grid[n]) for n in names))
+            c10n = " --cifar-n CIFAR-10_human.pt" if any(grid[n].noise == "c10n-worst" for n in names) else ""
+            when = "" if took is None else f", about {took / 60:.0f} min" + (
+                "" if took <= WINDOW_S else f" (over the window; about "
+                f"{estimate(batch_jobs(names, budget, extractor=False)) / 60:.0f} min with an extractor carried in "
+                "and named by `--set tad.features=PATH`)"
+                if any(j.name == "extractor" for j in batch_jobs(names, budget))
+                else " (over the window)")
+            riders = sum(n not in part for n in names)
+            also = f" ({riders} of them of later sections, reading the same buffers)" if riders else ""
+            lines += [f"- batch {number}: {len(names)} cell{'s' if len(names) > 1 else ''}{also}{when}; buffers "
+                      f"{', '.join(f'`{b}`' for b in bufs)}", "",
+                      "  ```", f"  python reproduction/reproduce_cifar10.py --budget {budget} --dataset "
+                      f"cifar10.npz{c10n} --gpus 0 --jobs {QUEUE_JOBS} \\",
+                      " \\\n".join("    " + " ".join(f"--cell {n}" for n in names[i:i + 3])
+                                   for i in range(0, len(names), 3)), "  ```", ""]
+    return "\n".join(lines)

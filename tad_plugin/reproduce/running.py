@@ -1,0 +1,387 @@
+"""Running the grid's jobs: the plan of a ``--cell`` request (the SimCLR extractor, the shared buffers, the
+label audits and the cells, each with what it waits for), the jobs spread over GPUs, and each finished cell's
+record copied to the records folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .grid import (
+    BUDGETS,
+    TWO_STAGE_ARMS,
+    Cell,
+    audit_commands,
+    audit_dir,
+    buffer_command,
+    buffer_dir,
+    buffer_of,
+    cells,
+    cleaning_dir,
+    command,
+    grid_records,
+    needs_extractor,
+    parse_buffer,
+    record_name,
+    resolve_cells,
+    run_name,
+    seed_tag,
+)
+from .pages import run_budget
+
+
+def gpu_ids(spec: str | None) -> list[str]:
+    """The CUDA device indices to spread jobs over: ``spec`` ("0,1"), else every visible GPU, else none."""
+    if spec:
+        return [g.strip() for g in spec.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def first_gpu_env(spec: str | None) -> dict[str, str]:
+    """This process's environment for a job in the foreground: ``CUDA_VISIBLE_DEVICES`` = the first GPU of
+    ``spec`` ("1,0" -> "1"), or unchanged when no ``--gpus`` was given."""
+    env = dict(os.environ)
+    if spec:
+        env["CUDA_VISIBLE_DEVICES"] = gpu_ids(spec)[0]
+    return env
+
+
+#: The exit code :func:`run_parallel` gives a job it did not start because a job it waits for failed.
+SKIPPED = -1
+
+
+def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[str],
+                 on_done: Callable[[str], None] | None = None, poll_s: float = 2.0,
+                 after: Mapping[str, Sequence[str]] | None = None) -> dict[str, int]:
+    """Run the commands of ``jobs`` (name -> argv), at most ``slots`` at once per GPU; returns name -> exit code.
+
+    ``after[name]`` lists jobs of ``jobs`` that must have exited with 0 before ``name`` starts; if one of them
+    fails, ``name`` is not started and gets :data:`SKIPPED`. Of the jobs free to start, the earliest in ``jobs``'
+    order starts first (list a buffer's cells right after it and they take the next free slots once it is done).
+
+    Each job gets ``CUDA_VISIBLE_DEVICES`` set to the GPU with the fewest running jobs (left unset when ``gpus``
+    is empty: one CPU queue of ``slots``), writes stdout and stderr to ``logs/<name>.log``, and is announced
+    when it starts and ends. ``on_done(name)`` runs after each job that exits with 0 (if it raises, the job
+    counts as failed with code 1). A job that fails does not stop the others; the caller decides what a non-zero
+    code means. At the end a table of what ran where (GPU, start, end, wall time) is printed and written to
+    ``logs/schedule.md``.
+
+    Raises:
+        ValueError: ``slots`` < 1, or ``after`` names a job that is not in ``jobs``.
+    """
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, got {slots}")
+    after = {name: list(deps) for name, deps in (after or {}).items() if deps}
+    unknown = sorted({d for deps in after.values() for d in deps} - set(jobs))
+    if unknown:
+        raise ValueError(f"after names jobs that are not in jobs: {', '.join(unknown)}")
+    logs.mkdir(parents=True, exist_ok=True)
+    queues: list[str | None] = [*gpus] or [None]
+    pending = list(jobs)
+    running: dict[str, tuple[subprocess.Popen, str | None, Any, float]] = {}  # process, GPU, log file, start
+    codes: dict[str, int] = {}
+    times: dict[str, tuple[str | None, float, float]] = {}
+    start = time.monotonic()
+    while pending or running:
+        for name, (proc, gpu, log, began) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            codes[name] = proc.returncode
+            times[name] = (gpu, began, time.monotonic() - start)
+            where = f" on GPU {gpu}" if gpu is not None else ""
+            print(f"[{time.monotonic() - start:7.0f} s] {name}{where}: exit {proc.returncode} "
+                  f"(log {logs / (name + '.log')})", flush=True)
+            if proc.returncode == 0 and on_done is not None:
+                try:
+                    on_done(name)
+                except Exception as exc:  # e.g. no result file: report it, keep the other jobs going
+                    codes[name] = 1
+                    print(f"{name}: finished, but collecting its result failed: {exc}", flush=True)
+        for name in list(pending):
+            failed = [d for d in after.get(name, ()) if d in codes and codes[d] != 0]
+            if failed:
+                pending.remove(name)
+                codes[name] = SKIPPED
+                print(f"[{time.monotonic() - start:7.0f} s] {name}: not started ({', '.join(failed)} failed)",
+                      flush=True)
+        load = {g: sum(1 for _, q, _, _ in running.values() if q == g) for g in queues}
+        while pending and min(load.values()) < slots:
+            startable = [n for n in pending if all(codes.get(d) == 0 for d in after.get(n, ()))]
+            if not startable:
+                break
+            gpu = min(queues, key=lambda g: load[g])
+            name = startable[0]
+            pending.remove(name)
+            env = dict(os.environ)
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = gpu
+            log = open(logs / f"{name}.log", "w")
+            began = time.monotonic() - start
+            running[name] = (subprocess.Popen(jobs[name], stdout=log, stderr=subprocess.STDOUT, env=env), gpu, log,
+                             began)
+            load[gpu] += 1
+            print(f"[{began:7.0f} s] {name} started" + (f" on GPU {gpu}" if gpu is not None else "")
+                  + f": {' '.join(jobs[name])}", flush=True)
+        if running:
+            time.sleep(poll_s)
+    table = schedule_lines(times, codes)
+    print("\n".join(table), flush=True)
+    from tad_plugin.files import atomic_write
+
+    text = "\n".join(table) + "\n"
+    atomic_write(logs / "schedule.md", lambda f: f.write(text.encode()))
+    return codes
+
+
+def schedule_lines(times: dict[str, tuple[str | None, float, float]], codes: dict[str, int]) -> list[str]:
+    """What ran where, as a Markdown table: a row per job (GPU, start and end in seconds from the first start,
+    wall time in minutes, exit code) in the order they started, then the jobs that did not start."""
+    lines = ["| job | GPU | start (s) | end (s) | wall (min) | exit |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for name, (gpu, began, ended) in sorted(times.items(), key=lambda kv: kv[1][1]):
+        lines.append(f"| {name} | {gpu if gpu is not None else '-'} | {began:.0f} | {ended:.0f} | "
+                     f"{(ended - began) / 60:.1f} | {codes[name]} |")
+    lines += [f"| {name} | - | - | - | - | not started |" for name in codes if name not in times]
+    return lines
+
+
+def collect(name: str, out: Path, results: Path, cell: Cell | None = None, extra: dict | None = None) -> None:
+    """Copy a finished run's result JSON (``out/<name>/result_run.json``) to ``<results>/<name>.json``,
+    atomically, with a ``cell`` entry added when ``cell`` is given: its method, IPC, noise, arm, TAD's parts and
+    ``extra`` (the buffer, the budget); and the trust report its record names (``.json``, ``.png``) as
+    ``<name>.trust_report.*``."""
+    from tad_plugin.files import atomic_write
+
+    results.mkdir(parents=True, exist_ok=True)
+    record = json.loads((out / name / "result_run.json").read_text())
+    if cell is not None:
+        reg, outer, inner = cell.parts
+        record["cell"] = {"name": cell.name, "method": cell.method, "ipc": cell.ipc, "noise": cell.noise,
+                          "arm": cell.arm, "reg": reg, "outer_loop": outer, "inner_loop": inner, **(extra or {})}
+    text = json.dumps(record, indent=2) + "\n"
+    atomic_write(results / f"{name}.json", lambda f: f.write(text.encode()))
+    print(f"result: {results / (name + '.json')}", flush=True)
+    report = record.get("stages", {}).get("buffer", {}).get("trust_report")
+    for suffix in (".json", ".png"):  # the experts' trust report (in the shared buffer), beside the record
+        src = Path(report).with_suffix(suffix) if report else None
+        if src is not None and src.is_file():
+            data = src.read_bytes()
+            atomic_write(results / f"{name}.trust_report{suffix}", _writer(data))
+
+
+def _writer(data: bytes) -> Callable[[Any], Any]:
+    """A writer of ``data`` for :func:`~tad_plugin.files.atomic_write`."""
+    return lambda f: f.write(data)
+
+
+def collect_audit(name: str, out: Path, records: Path) -> None:
+    """Copy the finished audit job ``name``'s ``result_audit.json`` to ``<records>/audit/<label set>-<detector>/``
+    and rewrite the detection table (``<records>/audit/detection.json`` and ``.md``) from every audit there."""
+    from tad_plugin.engine.audit import write_detection_table
+    from tad_plugin.files import atomic_write
+
+    run = name.removeprefix("audit-")
+    data = (audit_dir(out) / run / "result_audit.json").read_bytes()
+    dest = records / "audit" / run
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write(dest / "result_audit.json", _writer(data))
+    runs = sorted(p.parent for p in (records / "audit").glob("*/result_audit.json"))
+    write_detection_table(runs, records / "audit" / "detection")
+    print(f"result: {dest / 'result_audit.json'}; detection table {records / 'audit' / 'detection.md'}", flush=True)
+
+
+def recorded_time(cell: str, results: Path) -> str:
+    """`` (recorded: <minutes> min on <device>, <budget>)`` from the cell's committed record, or "" without one:
+    what a run of the same budget costs."""
+    path = results / f"{record_name(cell, results)}.json"
+    if not path.is_file():
+        return ""
+    rec = json.loads(path.read_text())
+    if "wall_time_s" not in rec:
+        return ""
+    reused = " (experts reused from another run: distillation only)" if rec.get("stages", {}).get("buffer", {}).get(
+        "reused") else ""
+    return (f"  (recorded: {rec['wall_time_s'] / 60:.1f} min on {rec.get('device', '?')}{reused}, "
+            f"{run_budget(rec)})")
+
+
+def buffer_ready(path: Path, experts: int) -> bool:
+    """Whether the trajectory store ``path`` holds at least ``experts`` finished experts."""
+    from tad_plugin.engine.trajectories import TrajectoryStore
+
+    try:
+        return len(TrajectoryStore.open(path).finished()) >= experts
+    except Exception:  # missing, partly written or unreadable: not ready
+        return False
+
+
+def extractor_to_train(names: Sequence[str], dataset: str, sets: Sequence[str]) -> Path | None:
+    """The extractor file that must be trained before the buffers or cells ``names`` run: the default one of
+    ``dataset`` (where ``tad features train`` writes it and ``tad run`` looks for it) when one of them runs the
+    inner loop (:func:`needs_extractor`), no ``--set tad.features=`` names another, and the file is missing;
+    None otherwise.
+
+    Raises:
+        SystemExit: ``--set tad.features=PATH`` names a file that does not exist (a typo is not worth ten
+            minutes of training; the message gives the command that would make it).
+    """
+    if not any(needs_extractor(name, sets) for name in names):
+        return None
+    from tad_plugin.engine.config import apply_overrides
+    from tad_plugin.features import default_extractor_path
+
+    chosen = apply_overrides({}, list(sets)).get("tad", {}).get("features")  # as tad run will read it
+    if chosen is not None:
+        if chosen == "pixels" or Path(chosen).is_file():
+            return None
+        raise SystemExit(f"--set tad.features={chosen}: no such extractor file. Train it with `tad features "
+                         f"train --dataset {dataset} --out {chosen}`, or leave tad.features unset and this "
+                         f"script trains the default one first")
+
+    path = default_extractor_path(dataset)
+    return None if path.is_file() else path
+
+
+#: Seconds a TAD buffer waits for the extractor beyond its training budget: the extractor job's start
+#: (imports, data, compilation), its final kNN evaluation and the write; the wait begins only when the inner
+#: loop first needs the features (after the warm-up), so this bounds it from above.
+FEATURES_MARGIN_S = 300.0
+
+
+def features_wait(seconds: float, sets: Sequence[str] = ()) -> float:
+    """``tad.features_wait_s`` for a TAD buffer that starts with an extractor trained for ``seconds`` beside
+    it: the value ``sets`` give, else ``seconds`` + :data:`FEATURES_MARGIN_S`."""
+    from tad_plugin.engine.config import apply_overrides
+
+    chosen = apply_overrides({}, list(sets)).get("tad", {}).get("features_wait_s")
+    return float(seconds + FEATURES_MARGIN_S if chosen is None else chosen)
+
+
+def extractor_command(path: Path, dataset: str, seconds: float) -> list[str]:
+    """``tad features train`` for ``seconds`` into ``path`` (resuming from the state kept beside it, if any)."""
+    from tad_plugin.features.train import state_path_for
+
+    cmd = [sys.executable, "-m", "tad_plugin.cli", "features", "train", "--dataset", dataset, "--out", str(path),
+           "--time-budget", str(seconds), "--epochs", "1000", "--eval-every", "50"]
+    return cmd + (["--resume"] if state_path_for(path).is_file() else [])
+
+
+def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, tuple]]:
+    """The jobs of ``args.cell``: ``(jobs, after, cells)``. ``jobs`` (name -> argv) holds the extractor when a
+    buffer to train needs it (``extractor``), each shared buffer not yet finished under ``--out``
+    (``buffer-<name>``), each followed by the cells that read it (``<cell>[-<tag>]``); ``after`` what each
+    waits for (a cell its buffer; no job waits for the extractor: the buffers that need it start beside it
+    with ``tad.features_wait_s`` from :func:`features_wait`); ``cells`` maps a cell job to ``(Cell, buffer
+    name, budget)`` for its record."""
+    out, tag = Path(args.out), args.tag
+    if tag is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", tag):
+        raise SystemExit(f"--tag {tag!r}: use letters, digits, '_' and '.' only (it becomes part of file names)")
+    if any(seed < 0 for seed in args.seeds):
+        raise SystemExit(f"--seeds {args.seeds}: seeds are >= 0")
+    requested = resolve_cells(args.cell)
+    experts = (BUDGETS[args.budget] or (100,))[0]
+    groups: dict[str, list[str]] = {}  # buffer job (or "" for a finished buffer) -> its cell jobs
+    jobs: dict[str, list[str]] = {}
+    buffers: dict[str, tuple[str, list[str]]] = {}  # buffer job -> (buffer name, argv)
+    after: dict[str, list[str]] = {}
+    meta: dict[str, tuple] = {}
+    for seed in dict.fromkeys(args.seeds):
+        t = seed_tag(tag, seed)
+        sets = list(args.set) + ([f"seed={seed}"] if seed else [])
+        for cell in requested:
+            c = cells()[cell]
+            buf = buffer_of(c, args.set)
+            job = f"buffer-{run_name(buf, t)}"
+            if job not in buffers and not buffer_ready(buffer_dir(out, buf, t) / "buffer", experts):
+                buffers[job] = (buf, buffer_command(buf, args.dataset, out, args.cifar_n, args.budget, sets, t))
+            name = run_name(cell, t)
+            jobs[name] = command(cell, args.dataset, out, args.cifar_n, args.budget, sets, t)
+            meta[name] = (c, run_name(buf, t), args.budget)
+            groups.setdefault(job if job in buffers else "", []).append(name)
+            if job in buffers:
+                after[name] = [job]
+    cleaning: dict[str, list[str]] = {}  # the two-stage buffers' first stage (cleanlab) not yet done under --out
+    for job, (buf, _) in buffers.items():
+        noise, arm, _, _ = parse_buffer(buf)
+        first = cleaning_dir(out, noise)
+        if arm in TWO_STAGE_ARMS and not ((first / "labels_cleaned.npz").is_file() and (first / "pruned").is_dir()):
+            name = f"audit-{noise}-cleanlab"
+            cleaning[name] = audit_commands(f"{noise}-tad-sgd-zca", args.dataset, out, args.cifar_n, args.budget,
+                                            args.set)[name]
+            after[job] = [name]
+    extractor = extractor_to_train([buf for buf, _ in buffers.values()], args.dataset, args.set)
+    ordered: dict[str, list[str]] = {}
+    wait = features_wait(args.features_budget, args.set)
+    if extractor is not None:
+        print(f"the TAD buffers' inner loop embeds with the SimCLR extractor {extractor}, which does not exist yet: "
+              f"it trains ({args.features_budget:.0f} s) beside the buffers, and the buffers that need it wait up "
+              f"to {wait:.0f} s for it when their inner loop first does", flush=True)
+        ordered["extractor"] = extractor_command(extractor, args.dataset, args.features_budget)
+    for job, (buf, cmd) in buffers.items():
+        ordered.update({dep: cleaning[dep] for dep in after.get(job, ()) if dep in cleaning})
+        waits = extractor is not None and needs_extractor(buf, args.set) and f"tad.features_wait_s={wait:g}"
+        ordered[job] = cmd + (["--set", waits] if waits and waits not in args.set else [])
+        ordered.update({name: jobs[name] for name in groups.get(job, [])})
+    ordered.update({name: jobs[name] for name in groups.get("", [])})
+    if args.audit:
+        if tag is not None or args.seeds != [0]:
+            raise SystemExit("--audit runs the detection table's audits beside the cells' own buffers: drop --tag "
+                             "and --seeds")
+        recorded = grid_records(args.results) / "audit"
+        for buf in dict.fromkeys(buffer_of(cells()[cell], args.set) for cell in requested):
+            job = f"buffer-{buf}"
+            for name, cmd in audit_commands(buf, args.dataset, out, args.cifar_n, args.budget, args.set).items():
+                if (recorded / name.removeprefix("audit-") / "result_audit.json").is_file():
+                    continue
+                if name.endswith("-tad20") and job in buffers:
+                    after[name] = [job]
+                elif name.endswith("-tad5") and extractor is not None:
+                    cmd = cmd + ["--set", f"tad.features_wait_s={wait:g}"]
+                ordered[name] = cmd
+    return ordered, after, meta
+
+
+def run_cells(args: argparse.Namespace) -> int:
+    """Run the ``--cell`` cells and the buffers they need (one job in the foreground, several through
+    :func:`run_parallel`); 0 if all passed."""
+    out = Path(args.out)
+    jobs, after, meta = plan(args)
+    for name, (_, buf, _) in meta.items():
+        print(f"{name} distils from the experts of {buf} ({buffer_dir(out, buf) / 'buffer'})", flush=True)
+
+    def done(name: str) -> None:
+        if name in meta:
+            cell, buf, budget = meta[name]
+            collect(name, out, grid_records(args.results), cell, {"buffer": buf, "budget": budget})
+        elif name.startswith("audit-"):
+            collect_audit(name, out, grid_records(args.results))
+
+    if len(jobs) == 1 and args.jobs == 1:  # in the foreground, on the first GPU of --gpus (if given)
+        (name, cmd), = jobs.items()
+        env = first_gpu_env(args.gpus)
+        print(" ".join(cmd) + (f"  (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})" if args.gpus else ""),
+              flush=True)
+        code = subprocess.run(cmd, env=env).returncode
+        if code != 0:
+            print(f"FAILED {name} (exit {code}): its output is above", file=sys.stderr)
+            return 1
+        done(name)
+        return 0
+    codes = run_parallel(jobs, out / "logs", args.jobs, gpu_ids(args.gpus), on_done=done, after=after)
+    failed = sorted(c for c, rc in codes.items() if rc not in (0, SKIPPED))
+    for name in failed:
+        print(f"FAILED {name} (exit {codes[name]}); last lines of {out / 'logs' / (name + '.log')}:", file=sys.stderr)
+        lines = (out / "logs" / f"{name}.log").read_text(errors="replace").replace("\r", "\n").splitlines()
+        print("\n".join("    " + line for line in lines[-12:]), file=sys.stderr)
+    return 1 if failed else 0
