@@ -1,0 +1,81 @@
+"""The CIFAR-10 grid's queue (tad_plugin.reproduce.queue): the cells left in order, batches that fit the window,
+riders and the time estimate."""
+
+import json
+
+from tad_plugin.reproduce import grid, queue
+
+
+def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
+    done = {"results": {"test_acc_mean": 0.6}, "config": {}}
+    (tmp_path / "mtt-ipc1-sym20-noisy.json").write_text(json.dumps(done))
+    (tmp_path / "asym40-tad.json").write_text(json.dumps(done))  # an earlier name of mtt-ipc10-asym40-tad
+    (tmp_path / "mtt-ipc1-sym20-tad.json").write_text(json.dumps({"results": {}, "config": {}}))  # unfinished
+    text = queue.queue(tmp_path)
+    assert "128 of 130 cells left" in text
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert [h.split(". ")[0] for h in heads] == ["## 1", "## 2", "## 3", "## 4", "## 5", "## 6"]
+    assert heads[0].startswith("## 1. MTT") and heads[1].startswith("## 2. Table 3") and "ATT" in heads[2]
+    first = text.split("## 2.")[0]
+    assert "--cell mtt-ipc1-sym20-tad" in first and "--cell mtt-ipc1-sym20-noisy" not in first
+    assert "--cell mtt-ipc10-asym40-tad " not in first and "--cell mtt-ipc10-asym40-noisy" in first
+    assert "--cell datm-ipc50-asym40-B" in text.split("## 3.")[0].split("## 2.")[1]
+    assert "--cell mtt-ipc50-sym40-relabel" in text.split("## 5.")[1].split("## 6.")[0] and "Two-stage" in heads[4]
+    assert "--cell datm-ipc10-sym20-noisy" in text.split("## 6.")[1]
+    assert "--cifar-n" in text.split("## 4.")[1].split("## 5.")[0]
+    cells_listed = [w for line in text.splitlines() for w in line.split() if w in grid.cells()]
+    assert len(cells_listed) == len(set(cells_listed)) == 128  # each cell left in one batch
+    batch1 = next(line for line in text.splitlines() if line.startswith("- batch 1:"))
+    # both arms in one window, and ATT's cells that read the same buffers beside them
+    assert batch1.startswith("- batch 1: 7 cells (4 of them of later sections, reading the same buffers), about ")
+    assert batch1.endswith(" min; buffers `sym20-tad-sgd-zca`, `sym20-noisy-sgd-zca`")
+    assert ("--jobs 3 \\\n    --cell mtt-ipc1-sym20-tad --cell mtt-ipc10-sym20-noisy --cell mtt-ipc10-sym20-tad \\\n"
+            "    --cell att-ipc1-sym20-noisy --cell att-ipc1-sym20-tad --cell att-ipc10-sym20-noisy \\\n"
+            "    --cell att-ipc10-sym20-tad\n" in text)
+    third = text.split("## 3.")[1].split("## 4.")[0]
+    assert "Some of its cells run in batches 1, " in third and "att-ipc10-sym20-tad" not in third
+
+
+def test_riders_join_a_batch_only_through_its_buffers_and_within_the_window():
+    batch = ["mtt-ipc10-sym40-noisy"]
+    took = queue.estimate(queue.batch_jobs(batch))
+    names, took2 = queue.with_riders(batch, took, ["att-ipc10-sym40-noisy", "att-ipc10-sym40-tad",
+                                                   "att-ipc50-sym40-noisy"])
+    assert names == batch + ["att-ipc10-sym40-noisy"]  # the TAD buffer and the raw IPC-50 buffer are others
+    assert took2 == queue.estimate(queue.batch_jobs(names)) >= took
+    # a rider that would lengthen the batch past the window stays out: four distillations, three slots
+    pair = ["mtt-ipc1-sym40-noisy", "mtt-ipc10-sym40-noisy"]
+    took = queue.estimate(queue.batch_jobs(pair))
+    assert queue.with_riders(pair, took, ["att-ipc1-sym40-noisy", "att-ipc10-sym40-noisy"], window=took) == (
+        pair + ["att-ipc1-sym40-noisy"], took)
+
+
+def test_estimate_shares_the_gpu_between_saturating_jobs_and_pauses_tad_buffers_for_the_extractor():
+    J = queue._SimJob
+    assert queue.estimate([J("buffer-a", True, 100), J("buffer-b", True, 100)]) == 200  # shared evenly
+    assert queue.estimate([J("buffer-a", True, 100), J("cell", False, 50, after="buffer-a")]) == 150
+    assert queue.estimate([J("buffer-a", True, 100), J("x", False, 50)], slots=1) == 150  # one at a time
+    # the TAD buffer shares with the extractor until its anchors (10 s of work, 20 s of wall), waits for the
+    # extractor's 300 s, then has the GPU to itself for its last 90 s
+    assert queue.estimate([J("extractor", True, 300), J("buffer-t", True, 100, pause_at=10)]) == 390
+
+
+def test_the_queue_batches_fit_the_window_with_both_arms_of_a_cell_together_where_they_fit():
+    names = [n for n, c in grid.cells().items() if c.method == "mtt" and c.noise != "c10n-worst" and c.arm in (
+        "noisy", "tad")]
+    cut = queue.batches(names)
+    assert sorted(n for b, _ in cut for n in b) == sorted(names)  # each cell once
+    for batch, took in cut:
+        assert len({grid.buffer_of(grid.cells()[n]) for n in batch}) <= queue.QUEUE_BUFFERS
+        assert took <= queue.WINDOW_S or len(batch) == 1  # only a single cell may be over the window
+        assert took == queue.estimate(queue.batch_jobs(batch))
+    first, took = cut[0]
+    assert first == ["mtt-ipc1-sym20-noisy", "mtt-ipc1-sym20-tad", "mtt-ipc10-sym20-noisy", "mtt-ipc10-sym20-tad"]
+    jobs = queue.batch_jobs(first)
+    assert [j.name for j in jobs][:3] == ["extractor", "buffer-sym20-noisy-sgd-zca", "mtt-ipc1-sym20-noisy"]
+    tad = next(j for j in jobs if j.name == "buffer-sym20-tad-sgd-zca")
+    train = 20 * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR
+    assert tad.work == train + queue.ANCHORS_S
+    assert tad.pause_at == train * 10 / 23  # features first needed at the first recalibration, after the warm-up
+    # a larger window keeps the IPC-50 pair together (two buffers at most: a batch of its own)
+    assert [b for b, _ in queue.batches(names[:6], window=3600)] == [names[:4], names[4:6]]

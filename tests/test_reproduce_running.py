@@ -1,0 +1,379 @@
+"""Running the CIFAR-10 grid (tad_plugin.reproduce.running): the plan of a request (extractor, buffers, audits,
+cells and what each waits for), the parallel jobs, and the collection of finished cells and audits; a shrunk cell
+and its audits end to end through the real commands."""
+
+import argparse
+import json
+import sys
+
+import pytest
+import torch
+
+from tad_plugin.cli import build_parser, config_from_args
+from tad_plugin.reproduce import grid, running, tables
+
+
+def config_of(cmd):
+    return config_from_args(build_parser().parse_args(cmd[3:]))
+
+
+def cmd_value(cmd, flag):
+    return cmd[cmd.index(flag) + 1]
+
+
+def _args(tmp_path, cells, **kw):
+    base = dict(cell=cells, set=[], dataset="d.npz", out=str(tmp_path), cifar_n="h.pt", jobs=1, gpus=None,
+                budget="short", tag=None, seeds=[0], features_budget=12.0, audit=False,
+                results=str(tmp_path / "r"))
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_a_buffer_trains_once_and_its_cells_follow_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    jobs, after, meta = running.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "att-ipc10-sym40-noisy",
+                                                    "att-ipc50-sym40-noisy", "mtt-ipc50-sym40-tad",
+                                                    "ftd-ipc50-sym40-noisy"]))
+    # the extractor (missing) first; each buffer is followed by its cells; the cells wait for their buffer only
+    assert list(jobs) == ["extractor", "buffer-sym40-noisy-sgd-zca", "mtt-ipc1-sym40-noisy", "att-ipc10-sym40-noisy",
+                          "buffer-sym40-tad-sgd-raw", "mtt-ipc50-sym40-tad", "buffer-sym40-noisy-gsam-a1-raw",
+                          "ftd-ipc50-sym40-noisy", "buffer-sym40-noisy-sgd-raw", "att-ipc50-sym40-noisy"]
+    assert after == {"mtt-ipc1-sym40-noisy": ["buffer-sym40-noisy-sgd-zca"],
+                     "att-ipc10-sym40-noisy": ["buffer-sym40-noisy-sgd-zca"],
+                     "att-ipc50-sym40-noisy": ["buffer-sym40-noisy-sgd-raw"],
+                     "mtt-ipc50-sym40-tad": ["buffer-sym40-tad-sgd-raw"],
+                     "ftd-ipc50-sym40-noisy": ["buffer-sym40-noisy-gsam-a1-raw"]}
+    assert jobs["extractor"][3:6] == ["features", "train", "--dataset"]
+    # the TAD buffer starts beside the extractor and waits for its file up to the extractor's budget + margin
+    assert config_of(jobs["buffer-sym40-tad-sgd-raw"]).tad.features_wait_s == 12.0 + running.FEATURES_MARGIN_S
+    assert config_of(jobs["buffer-sym40-noisy-sgd-raw"]).tad.features_wait_s == 0  # a noisy buffer: no inner loop
+    assert config_of(jobs["buffer-sym40-noisy-sgd-zca"]).buffer.epochs == 23  # IPC 1 and 10 read 23 epochs
+    assert config_of(jobs["buffer-sym40-noisy-sgd-raw"]).buffer.epochs == 43
+    assert meta["att-ipc50-sym40-noisy"] == (grid.cells()["att-ipc50-sym40-noisy"], "sym40-noisy-sgd-raw", "short")
+    # an extractor in place, and a finished buffer under --out: neither is trained again, nothing waits
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "d.pt").write_bytes(b"x")
+    monkeypatch.setattr(running, "buffer_ready",
+                        lambda path, experts: "sym40-noisy-sgd-zca" in str(path) and experts == 20)
+    jobs, after, _ = running.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "mtt-ipc50-sym40-tad"]))
+    assert list(jobs) == ["buffer-sym40-tad-sgd-raw", "mtt-ipc50-sym40-tad", "mtt-ipc1-sym40-noisy"]
+    assert after == {"mtt-ipc50-sym40-tad": ["buffer-sym40-tad-sgd-raw"]}
+    assert config_of(jobs["buffer-sym40-tad-sgd-raw"]).tad.features_wait_s == 0  # the extractor exists
+
+
+def test_only_buffers_with_the_inner_loop_wait_for_the_extractor(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    jobs, after, _ = running.plan(_args(tmp_path, ["datm-ipc50-asym40-C", "datm-ipc50-asym40-E"]))
+    assert "extractor" in jobs and not any("extractor" in deps for deps in after.values())
+    assert config_of(jobs["buffer-asym40-E-gsam-a0.3-zca"]).tad.features_wait_s == 312.0
+    assert config_of(jobs["buffer-asym40-C-gsam-a0.3-zca"]).tad.features_wait_s == 0  # C: no inner loop
+    jobs, after, _ = running.plan(_args(tmp_path, ["datm-ipc50-asym40-C", "mtt-ipc10-sym20-noisy"]))
+    assert "extractor" not in jobs  # nothing needs it
+    jobs, _, _ = running.plan(_args(tmp_path, ["mtt-ipc10-sym20-tad"], set=["tad.inner_loop=false"]))
+    assert "extractor" not in jobs
+    # the user's own wait wins, once
+    jobs, _, _ = running.plan(_args(tmp_path, ["mtt-ipc10-sym20-tad"], set=["tad.features_wait_s=900"]))
+    cmd = jobs["buffer-sym20-tad-sgd-zca"]
+    assert config_of(cmd).tad.features_wait_s == 900 and cmd.count("tad.features_wait_s=900") == 1
+
+
+def test_the_tad_buffers_run_beside_the_extractor_and_the_cells_after_their_buffers(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    jobs, after, _ = running.plan(_args(tmp_path, ["mtt-ipc10-sym40-noisy", "mtt-ipc10-sym40-tad"]))
+    assert list(jobs) == ["extractor", "buffer-sym40-noisy-sgd-zca", "mtt-ipc10-sym40-noisy",
+                          "buffer-sym40-tad-sgd-zca", "mtt-ipc10-sym40-tad"]
+    fake = {name: _job(tmp_path, name, seconds=0.6 if name == "extractor" or name.startswith("buffer-") else 0.0)
+            for name in jobs}
+    codes = running.run_parallel(fake, tmp_path / "logs", slots=3, gpus=["0"], poll_s=0.05, after=after)
+    assert set(codes.values()) == {0}
+    t = {name: _times(tmp_path, name) for name in jobs}
+    assert t["buffer-sym40-tad-sgd-zca"][0] < t["extractor"][1]  # started while the extractor trained
+    assert t["buffer-sym40-noisy-sgd-zca"][0] < t["extractor"][1]
+    for arm in ("noisy", "tad"):
+        assert t[f"mtt-ipc10-sym40-{arm}"][0] >= t[f"buffer-sym40-{arm}-sgd-zca"][1]  # each cell after its buffer
+
+
+def test_the_extractor_is_trained_only_when_a_tad_buffer_needs_the_missing_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    default = tmp_path / "features" / "cifar10.pt"
+    assert running.extractor_to_train(["sym40-noisy-sgd-zca", "att-ipc10-sym40-noisy"], "/data/cifar10.npz", []) is None
+    assert running.extractor_to_train(["sym40-noisy-sgd-zca", "sym40-tad-sgd-raw"], "/data/cifar10.npz", []) == default
+    assert running.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", ["tad.features=pixels"]) is None
+    assert running.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", ["tad.features=null"]) == default
+    mine = tmp_path / "mine.pt"
+    with pytest.raises(SystemExit, match=r"tad.features=.*mine.pt: no such extractor file.*--out .*mine.pt"):
+        running.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", [f"tad.features={mine}"])
+    mine.write_bytes(b"x")
+    assert running.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", [f"tad.features={mine}"]) is None
+    default.parent.mkdir()
+    default.write_bytes(b"x")
+    assert running.extractor_to_train(["mtt-ipc10-sym40-tad"], "cifar10", []) is None
+    (tmp_path / "features" / "cifar10.state.pt").write_bytes(b"x")
+    assert running.extractor_command(default, "cifar10", 5.0)[-1] == "--resume"  # an interrupted run resumes
+
+
+def test_tagged_variants_and_more_seeds_get_their_own_buffers_runs_and_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path))
+    (tmp_path / "d.pt").write_bytes(b"x")
+    jobs, after, meta = running.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="bal", seeds=[0, 2],
+                                         set=["tad.balance_classes=true"]))
+    assert list(jobs) == ["buffer-sym40-tad-sgd-zca-bal", "att-ipc10-sym40-tad-bal",
+                          "buffer-sym40-tad-sgd-zca-bal-seed2", "att-ipc10-sym40-tad-bal-seed2"]
+    cell = jobs["att-ipc10-sym40-tad-bal-seed2"]
+    assert cell[cell.index("--buffer") + 1] == str(tmp_path / "buffers" / "sym40-tad-sgd-zca-bal-seed2" / "buffer")
+    assert cell[-4:] == ["--set", "tad.balance_classes=true", "--set", "seed=2"]
+    cfg = config_of(jobs["buffer-sym40-tad-sgd-zca-bal-seed2"])
+    assert cfg.seed == 2 and cfg.data.noise_seed == 0 and cfg.tad.balance_classes  # same labels, other training seed
+    assert meta["att-ipc10-sym40-tad-bal"][1] == "sym40-tad-sgd-zca-bal"
+    with pytest.raises(SystemExit, match="--tag"):
+        running.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="../x"))
+    with pytest.raises(SystemExit, match="--seeds"):
+        running.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], seeds=[-1]))
+
+
+def test_audit_runs_the_detection_rows_beside_the_tad_buffers_of_mtts_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    cells = ["mtt-ipc10-sym40-tad", "mtt-ipc10-sym40-noisy", "mtt-ipc50-sym40-tad"]
+    jobs, after, _ = running.plan(_args(tmp_path, cells, audit=True))
+    audits = [j for j in jobs if j.startswith("audit-")]
+    assert audits == ["audit-sym40-tad20", "audit-sym40-tad5", "audit-sym40-cleanlab"]  # not for the raw IPC-50 one
+    tad20, tad5, cl = (config_of(jobs[a]) for a in audits)
+    assert all(jobs[a][3] == "audit" for a in audits)
+    assert [jobs[a][jobs[a].index("--out") + 1] for a in audits] == [
+        str(tmp_path / "audit" / n) for n in ("sym40-tad20", "sym40-tad5", "sym40-cleanlab")]
+    # TAD's 20 experts: the grid buffer's, once it is trained; the same labels and settings as that buffer
+    cmd = jobs["audit-sym40-tad20"]
+    assert cmd[cmd.index("--buffer") + 1] == str(tmp_path / "buffers" / "sym40-tad-sgd-zca" / "buffer")
+    assert after["audit-sym40-tad20"] == ["buffer-sym40-tad-sgd-zca"]
+    buf = config_of(jobs["buffer-sym40-tad-sgd-zca"])
+    assert tad20.data == buf.data and tad20.buffer == buf.buffer and tad20.tad.enabled
+    # 5 TAD experts of their own (cleanlab's model count), beside the extractor; cleanlab on the same labels
+    assert (tad5.buffer.num_experts, tad5.buffer.experts_per_group, tad5.buffer.epochs) == (5, 5, 23)
+    assert tad5.tad.features_wait_s == buf.tad.features_wait_s > 0 and "audit-sym40-tad5" not in after
+    assert cmd_value(jobs["audit-sym40-cleanlab"], "--detector") == "cleanlab"
+    assert cl.data == buf.data and cl.buffer.epochs == 23
+    # an audit already recorded is not run again; --audit belongs to the cells' own runs
+    done = tmp_path / "r" / "cifar10" / "audit" / "sym40-cleanlab"
+    done.mkdir(parents=True)
+    (done / "result_audit.json").write_text("{}")
+    jobs, _, _ = running.plan(_args(tmp_path, cells, audit=True))
+    assert "audit-sym40-cleanlab" not in jobs and "audit-sym40-tad5" in jobs
+    assert not any(j.startswith("audit-") for j in running.plan(_args(tmp_path, cells))[0])
+    with pytest.raises(SystemExit, match="--audit .* drop --tag and --seeds"):
+        running.plan(_args(tmp_path, cells, audit=True, tag="x"))
+
+
+def test_the_two_stage_buffers_wait_for_cleanlabs_first_stage_once_per_label_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    cells = ["mtt-ipc10-sym40-prune", "mtt-ipc10-sym40-relabel", "mtt-ipc50-sym40-prune"]
+    jobs, after, _ = running.plan(_args(tmp_path, cells))
+    assert list(jobs) == ["audit-sym40-cleanlab", "buffer-sym40-prune-sgd-zca", "mtt-ipc10-sym40-prune",
+                          "buffer-sym40-relabel-sgd-zca", "mtt-ipc10-sym40-relabel", "buffer-sym40-prune-sgd-raw",
+                          "mtt-ipc50-sym40-prune"]  # no extractor: TAD is off in all of them
+    assert after["buffer-sym40-prune-sgd-raw"] == after["buffer-sym40-relabel-sgd-zca"] == ["audit-sym40-cleanlab"]
+    first = jobs["audit-sym40-cleanlab"]
+    assert first == grid.audit_commands("sym40-tad-sgd-zca", "d.npz", tmp_path, "h.pt", "short")[
+        "audit-sym40-cleanlab"]  # the same run as --audit's cleanlab row
+    assert first[-3:] == ["--detector", "cleanlab", "--write-pruned"] and config_of(first).buffer.epochs == 23
+    assert config_of(first).data.noise_rate == 0.4 and not config_of(jobs["buffer-sym40-prune-sgd-zca"]).tad.enabled
+    # its output in place: the buffers start at once
+    (tmp_path / "audit" / "sym40-cleanlab" / "pruned").mkdir(parents=True)
+    (tmp_path / "audit" / "sym40-cleanlab" / "labels_cleaned.npz").write_bytes(b"x")
+    jobs, after, _ = running.plan(_args(tmp_path, cells))
+    assert "audit-sym40-cleanlab" not in jobs and not any(j.startswith("buffer-") for j in after)
+
+
+def test_a_finished_audit_is_collected_and_the_detection_table_rewritten(tmp_path):
+    def record(f1, detector):
+        return {"detector": detector, "device": "gpu",
+                "config": {"data": {"noise": "symmetric", "noise_rate": 0.4},
+                           "buffer": {"num_experts": 20, "epochs": 23}},
+                "stages": {"buffer": {"wall_time_s": 100.0}, "audit": {"wall_time_s": 5.0}},
+                "results": {"detection": {"noise_rate": 0.4, "flagged": 100, "precision": 0.9, "recall": 0.8,
+                                          "f1": f1, "suggested_accuracy": 0.7, "cleaned_label_accuracy": 0.9}}}
+
+    records = tmp_path / "r" / "cifar10"
+    for name, f1, detector in (("sym40-tad20", 0.85, "tad"), ("sym40-cleanlab", 0.8, "cleanlab")):
+        (tmp_path / "audit" / name).mkdir(parents=True)
+        (tmp_path / "audit" / name / "result_audit.json").write_text(json.dumps(record(f1, detector)))
+        running.collect_audit(f"audit-{name}", tmp_path, records)
+    assert json.loads((records / "audit" / "sym40-tad20" / "result_audit.json").read_text()) == record(0.85, "tad")
+    rows = json.loads((records / "audit" / "detection.json").read_text())["rows"]
+    assert [(r["detector"], r["f1"], r["seconds"]) for r in rows] == [("cleanlab", 0.8, 105.0), ("tad", 0.85, 105.0)]
+    assert "| sym 40% | tad |" in (records / "audit" / "detection.md").read_text()
+
+
+def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(running, "run_parallel",
+                        lambda jobs, *a, **k: seen.update(jobs=jobs, **k) or {j: 0 for j in jobs})
+    monkeypatch.setattr(running, "gpu_ids", lambda spec: [])
+    monkeypatch.setattr(running, "buffer_ready", lambda path, experts: False)
+    assert running.run_cells(_args(tmp_path, ["mtt-ipc50-sym40-noisy", "att-ipc50-sym40-noisy"])) == 0
+    assert seen["after"]["att-ipc50-sym40-noisy"] == ["buffer-sym40-noisy-sgd-raw"]
+    run = {"config": {"method": "att"}, "results": {"test_acc_mean": 0.5}, "stages": {"buffer": {"reused": "b"}}}
+    (tmp_path / "att-ipc50-sym40-noisy").mkdir()
+    (tmp_path / "att-ipc50-sym40-noisy" / "result_run.json").write_text(json.dumps(run))
+    seen["on_done"]("buffer-sym40-noisy-sgd-raw")  # a buffer job: nothing to collect
+    seen["on_done"]("att-ipc50-sym40-noisy")
+    rec = json.loads((tmp_path / "r" / "cifar10" / "att-ipc50-sym40-noisy.json").read_text())
+    assert {k: rec[k] for k in run} == run  # result_run.json's content, and the cell
+    assert rec["cell"] == {"name": "att-ipc50-sym40-noisy", "method": "att", "ipc": 50, "noise": "sym40",
+                           "arm": "noisy", "reg": False, "outer_loop": False, "inner_loop": False,
+                           "buffer": "sym40-noisy-sgd-raw", "budget": "short"}
+    assert list((tmp_path / "r" / "cifar10").iterdir()) == [tmp_path / "r" / "cifar10" / "att-ipc50-sym40-noisy.json"]
+    report = tmp_path / "buffers" / "sym40-tad-sgd" / "buffer" / "trust_report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text('{"rounds": []}')
+    (tmp_path / "mtt-ipc1-sym40-tad").mkdir()
+    (tmp_path / "mtt-ipc1-sym40-tad" / "result_run.json").write_text(json.dumps(
+        {"stages": {"buffer": {"reused": "b", "trust_report": str(report)}}}))
+    running.collect("mtt-ipc1-sym40-tad", tmp_path, tmp_path / "r" / "cifar10", grid.cells()["mtt-ipc1-sym40-tad"])
+    assert (tmp_path / "r" / "cifar10" / "mtt-ipc1-sym40-tad.trust_report.json").read_text() == '{"rounds": []}'
+    assert not (tmp_path / "r" / "cifar10" / "mtt-ipc1-sym40-tad.trust_report.png").exists()  # none drawn
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_a_single_job_runs_in_the_foreground_on_the_first_gpu_given(tmp_path, monkeypatch, capsys, exit_code):
+    seen = {}
+
+    def fake_run(cmd, env):
+        seen.update(cmd=cmd, gpu=env.get("CUDA_VISIBLE_DEVICES"))
+        (tmp_path / "mtt-ipc10-sym40-tad-x").mkdir()
+        (tmp_path / "mtt-ipc10-sym40-tad-x" / "result_run.json").write_text('{"results": {}}')
+        return running.subprocess.CompletedProcess(cmd, exit_code)
+
+    monkeypatch.setattr(running.subprocess, "run", fake_run)
+    monkeypatch.setattr(running, "buffer_ready", lambda path, experts: True)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    args = _args(tmp_path, ["mtt-ipc10-sym40-tad"], gpus="1,0", tag="x")
+    assert running.run_cells(args) == (0 if exit_code == 0 else 1)
+    assert seen["gpu"] == "1" and seen["cmd"][seen["cmd"].index("--out") + 1] == str(tmp_path / "mtt-ipc10-sym40-tad-x")
+    record = tmp_path / "r" / "cifar10" / "mtt-ipc10-sym40-tad-x.json"
+    if exit_code == 0:
+        assert json.loads(record.read_text())["cell"]["buffer"] == "sym40-tad-sgd-zca-x"
+    else:  # a failed run is named, and nothing is collected
+        assert "FAILED mtt-ipc10-sym40-tad-x (exit 3)" in capsys.readouterr().err and not record.exists()
+
+
+def test_run_parallel_waits_for_what_a_job_needs_and_skips_it_when_that_failed(tmp_path):
+    jobs = {"buf": _job(tmp_path, "buf", seconds=0.5), "cell": _job(tmp_path, "cell"),
+            "bad": _job(tmp_path, "bad", code=2), "after_bad": _job(tmp_path, "after_bad"),
+            "free": _job(tmp_path, "free")}
+    codes = running.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=["0"], poll_s=0.05,
+                               after={"cell": ["buf"], "after_bad": ["bad"]})
+    assert codes == {"buf": 0, "cell": 0, "bad": 2, "after_bad": running.SKIPPED, "free": 0}
+    (_, buf1), (cell0, _), (free0, _) = _times(tmp_path, "buf"), _times(tmp_path, "cell"), _times(tmp_path, "free")
+    assert cell0 >= buf1 and free0 < buf1  # cell waited for its buffer; free did not wait behind cell
+    assert not (tmp_path / "after_bad.times").exists()
+    table = (tmp_path / "logs" / "schedule.md").read_text().splitlines()
+    assert table[0] == "| job | GPU | start (s) | end (s) | wall (min) | exit |"
+    assert [row.split(" | ")[0] for row in table[2:]][-1] == "| after_bad"
+    assert all(row.split(" | ")[1] == "0" for row in table[2:-1]) and table[-1].endswith("| not started |")
+    with pytest.raises(ValueError, match="not in jobs: nope"):
+        running.run_parallel({"a": _job(tmp_path, "a")}, tmp_path / "logs", 1, [], after={"a": ["nope"]})
+
+
+def _job(tmp_path, name, seconds=0.0, code=0):
+    """A command that records its start and end times and CUDA_VISIBLE_DEVICES, sleeps, then exits with code."""
+    script = (f"import os, sys, time; t = time.time(); time.sleep({seconds}); "
+              f"open({str(tmp_path / name)!r} + '.times', 'w').write(f'{{t}} {{time.time()}}'); "
+              f"print('gpu=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')); sys.exit({code})")
+    return [sys.executable, "-c", script]
+
+
+def _times(tmp_path, name):
+    return tuple(float(v) for v in (tmp_path / f"{name}.times").read_text().split())
+
+
+def test_run_parallel_keeps_at_most_slots_jobs_per_queue(tmp_path):
+    jobs = {n: _job(tmp_path, n, seconds=0.6) for n in ("a", "b", "c")}
+    codes = running.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=[], poll_s=0.05)
+    assert codes == {"a": 0, "b": 0, "c": 0}
+    (a0, a1), (b0, b1), (c0, c1) = (_times(tmp_path, n) for n in "abc")
+    assert max(a0, b0) < min(a1, b1)  # the first two overlapped
+    assert c0 >= min(a1, b1) - 0.05   # the third waited for a free slot
+    assert (tmp_path / "logs" / "c.log").read_text().strip() == "gpu=unset"
+
+
+def test_run_parallel_spreads_over_gpus_and_reports_failures(tmp_path):
+    jobs = {"ok": _job(tmp_path, "ok", seconds=0.3), "bad": _job(tmp_path, "bad", seconds=0.3, code=3)}
+    done = []
+    codes = running.run_parallel(jobs, tmp_path / "logs", slots=1, gpus=["0", "1"], on_done=done.append, poll_s=0.05)
+    assert codes == {"ok": 0, "bad": 3} and done == ["ok"]
+    logs = {n: (tmp_path / "logs" / f"{n}.log").read_text().strip() for n in jobs}
+    assert sorted(logs.values()) == ["gpu=0", "gpu=1"]
+    (o0, o1), (b0, b1) = _times(tmp_path, "ok"), _times(tmp_path, "bad")
+    assert max(o0, b0) < min(o1, b1)  # one slot per GPU, two GPUs: both ran at once
+
+
+def test_run_parallel_survives_a_failing_collection(tmp_path):
+    def collect(name):
+        raise FileNotFoundError(f"no result_run.json for {name}")
+
+    codes = running.run_parallel({"a": _job(tmp_path, "a"), "b": _job(tmp_path, "b")}, tmp_path / "logs", slots=1,
+                               gpus=[], on_done=collect, poll_s=0.05)
+    assert codes == {"a": 1, "b": 1} and (tmp_path / "b.times").exists()  # b still ran after a's failure
+
+
+def test_run_parallel_rejects_zero_slots(tmp_path):
+    with pytest.raises(ValueError, match="slots"):
+        running.run_parallel({}, tmp_path, slots=0, gpus=[])
+
+
+def test_list_says_what_a_recorded_cell_cost(tmp_path):
+    assert running.recorded_time("att-ipc10-sym40-tad", tmp_path) == ""  # nothing recorded
+    rec = {"wall_time_s": 450.0, "device": "NVIDIA H100", "results": {}, "stages": {"buffer": {"reused": "r/buffer"}},
+           "config": {"buffer": {"num_experts": 20, "epochs": 23}, "distill": {"iterations": 1000},
+                      "eval": {"num_eval": 5}}}
+    (tmp_path / "att-sym40-tad-i1000.json").write_text(json.dumps(rec))  # an earlier name of the cell
+    line = running.recorded_time("att-ipc10-sym40-tad", tmp_path)
+    assert line.startswith("  (recorded: 7.5 min on NVIDIA H100 (experts reused from another run: distillation only), "
+                           "20 experts x 23 epochs, 1000 iterations")
+
+
+#: A grid cell shrunk to seconds on the CPU (2 experts x 5 epochs, width 16, 2 distillation iterations, pixel
+#: features).
+TINY_GRID = ["buffer.num_experts=2", "buffer.experts_per_group=2", "buffer.epochs=5", "buffer.compile=false",
+             "buffer.batch_size=64", "distill.iterations=2", "distill.syn_steps=2", "distill.expert_epochs=1",
+             "distill.max_start_epoch=2", "distill.inner_grad=autograd", "distill.recompute_steps=false",
+             "distill.compile_mode=default", "distill.eval_every=0", "eval.num_eval=1", "eval.epochs=2",
+             "eval.compile=false", "tad.features=pixels", "tad.warmup_epochs=2", "tad.anchor_epoch=3",
+             "tad.anchor_ipc=2", "tad.anchor_iterations=2", "model.width=16", "device=cpu"]
+
+
+def test_a_cell_and_its_audits_run_end_to_end_through_real_commands(tmp_path):
+    from tad_plugin.data import ImageDataset, save_arrays
+
+    g = torch.Generator().manual_seed(0)
+    protos = torch.rand(10, 3, 32, 32, generator=g)
+
+    def split(n):  # class-patterned images of CIFAR-10's shape
+        y = torch.arange(n) % 10
+        return (protos[y] * 200 + torch.rand(n, 3, 32, 32, generator=g) * 55).to(torch.uint8), y
+
+    save_arrays(ImageDataset("cifar10", *split(300), *split(50), tuple("abcdefghij")), tmp_path / "cifar10.npz")
+    cells = ["mtt-ipc1-sym40-tad", "mtt-ipc10-sym40-prune", "mtt-ipc10-sym40-relabel"]
+    args = _args(tmp_path, cells, dataset=str(tmp_path / "cifar10.npz"), out=str(tmp_path / "runs"),
+                 jobs=2, audit=True, set=TINY_GRID)
+    assert running.run_cells(args) == 0
+    records = tmp_path / "r" / "cifar10"
+    cell = json.loads((records / "mtt-ipc1-sym40-tad.json").read_text())
+    assert cell["cell"]["buffer"] == "sym40-tad-sgd-zca" and "test_acc_mean" in cell["results"]
+    assert cell["stages"]["buffer"]["reused"] == str(tmp_path / "runs" / "buffers" / "sym40-tad-sgd-zca" / "buffer")
+    rows = json.loads((records / "audit" / "detection.json").read_text())["rows"]
+    assert [(r["detector"], r["budget"], bool(r["reused_buffer"])) for r in rows] == [
+        ("cleanlab", "5 folds x 5 ep", False), ("tad", "2 experts x 5 ep", True), ("tad", "5 experts x 5 ep", False)]
+    assert {r["label_set"] for r in rows} == {"sym 40%"} and all(0 <= r["f1"] <= 1 for r in rows)
+    schedule = (tmp_path / "runs" / "logs" / "schedule.md").read_text()
+    assert all(f"| {job} |" in schedule for job in ("buffer-sym40-tad-sgd-zca", "mtt-ipc1-sym40-tad",
+                                                    "audit-sym40-tad20", "audit-sym40-tad5", "audit-sym40-cleanlab"))
+    # the two-stage cells distil from cleanlab's output: the kept samples, or all with the suggested labels
+    pruned, relabelled = (json.loads((records / f"mtt-ipc10-sym40-{arm}.json").read_text())
+                          for arm in ("prune", "relabel"))
+    cl = next(r for r in rows if r["detector"] == "cleanlab")
+    wrong_kept = 300 * cl["noise_rate"] - cl["precision"] * cl["flagged"]  # the wrong labels cleanlab let through
+    assert pruned["config"]["data"]["label_set"] == "given_label"
+    assert pruned["results"]["noise_rate"] == pytest.approx(wrong_kept / (300 - cl["flagged"]), abs=1e-6)
+    assert relabelled["config"]["data"]["label_set"] == "cleaned_label"
+    assert relabelled["results"]["noise_rate"] == pytest.approx(1 - cl["cleaned_label_accuracy"], abs=1e-6)
+    assert "## Label audit" in tables.page(records)
