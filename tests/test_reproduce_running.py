@@ -58,6 +58,10 @@ def test_a_buffer_trains_once_and_its_cells_follow_it(tmp_path, monkeypatch):
     assert list(jobs) == ["buffer-sym40-tad-sgd-raw", "mtt-ipc50-sym40-tad", "mtt-ipc1-sym40-noisy"]
     assert after == {"mtt-ipc50-sym40-tad": ["buffer-sym40-tad-sgd-raw"]}
     assert config_of(jobs["buffer-sym40-tad-sgd-raw"]).tad.features_wait_s == 0  # the extractor exists
+    # a buffer is finished when it holds the experts --set asks for
+    monkeypatch.setattr(running, "buffer_ready", lambda path, experts: experts == 2)
+    assert list(running.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy"], set=["buffer.num_experts=2"]))[0]) == [
+        "mtt-ipc1-sym40-noisy"]
 
 
 def test_only_buffers_with_the_inner_loop_wait_for_the_extractor(tmp_path, monkeypatch):
@@ -175,11 +179,26 @@ def test_the_two_stage_buffers_wait_for_cleanlabs_first_stage_once_per_label_set
         "audit-sym40-cleanlab"]  # the same run as --audit's cleanlab row
     assert first[-3:] == ["--detector", "cleanlab", "--write-pruned"] and config_of(first).buffer.epochs == 23
     assert config_of(first).data.noise_rate == 0.4 and not config_of(jobs["buffer-sym40-prune-sgd-zca"]).tad.enabled
-    # its output in place: the buffers start at once
-    (tmp_path / "audit" / "sym40-cleanlab" / "pruned").mkdir(parents=True)
-    (tmp_path / "audit" / "sym40-cleanlab" / "labels_cleaned.npz").write_bytes(b"x")
+    # its output in place and its record finished: the buffers start at once
+    done = tmp_path / "audit" / "sym40-cleanlab"
+    (done / "pruned").mkdir(parents=True)
+    (done / "pruned" / "d.npz").write_bytes(b"x")
+    (done / "labels_cleaned.npz").write_bytes(b"x")
+    (done / "result_audit.json").write_text(json.dumps({"stages": {"folds": {}, "audit": {}}}))
     jobs, after, _ = running.plan(_args(tmp_path, cells))
     assert "audit-sym40-cleanlab" not in jobs and not any(j.startswith("buffer-") for j in after)
+    # interrupted before its last stage, or the pruned dataset the prune cells read is missing: it runs again
+    (done / "result_audit.json").write_text(json.dumps({"stages": {"folds": {}}}))
+    assert "audit-sym40-cleanlab" in running.plan(_args(tmp_path, cells))[0]
+    (done / "result_audit.json").write_text(json.dumps({"stages": {"folds": {}, "audit": {}}}))
+    (done / "pruned" / "d.npz").unlink()
+    jobs, after, _ = running.plan(_args(tmp_path, cells))
+    assert list(jobs)[0] == "audit-sym40-cleanlab"
+    # the buffers already trained: the two-stage cells themselves wait for the first stage
+    monkeypatch.setattr(running, "buffer_ready", lambda path, experts: True)
+    jobs, after, _ = running.plan(_args(tmp_path, cells))
+    assert list(jobs) == ["audit-sym40-cleanlab", *cells]
+    assert after == {cell: ["audit-sym40-cleanlab"] for cell in cells}
 
 
 def test_a_finished_audit_is_collected_and_the_detection_table_rewritten(tmp_path):
@@ -377,3 +396,7 @@ def test_a_cell_and_its_audits_run_end_to_end_through_real_commands(tmp_path):
     assert relabelled["config"]["data"]["label_set"] == "cleaned_label"
     assert relabelled["results"]["noise_rate"] == pytest.approx(1 - cl["cleaned_label_accuracy"], abs=1e-6)
     assert "## Label audit" in tables.page(records)
+    # the same command again: the first stage, the buffers and the audits are done; only the cells run (resuming)
+    assert grid.cleaning_done(tmp_path / "runs", "sym40", args.dataset)
+    jobs, after, _ = running.plan(args)
+    assert list(jobs) == cells and after == {}

@@ -5,6 +5,7 @@ buffers and the command of every cell, buffer and label audit."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import sys
 from collections.abc import Sequence
@@ -391,6 +392,24 @@ def cleaning_dir(out: Path, noise: str) -> Path:
     return audit_dir(out) / f"{noise}-cleanlab"
 
 
+def cleaning_files(out: Path, noise: str, dataset: str) -> tuple[Path, Path]:
+    """The first stage's outputs the two-stage cells of the label set ``noise`` read (:func:`cleaning_dir`): the
+    dataset without the flagged samples (``pruned/<dataset>.npz``) and the suggested labels
+    (``labels_cleaned.npz``)."""
+    first = cleaning_dir(out, noise)
+    return first / "pruned" / f"{Path(dataset).name.removesuffix('.npz')}.npz", first / "labels_cleaned.npz"
+
+
+def cleaning_done(out: Path, noise: str, dataset: str) -> bool:
+    """Whether the first stage of the label set ``noise`` finished under ``out``: its record has the audit stage
+    (recorded after every file is written) and both :func:`cleaning_files` exist."""
+    try:
+        record = json.loads((cleaning_dir(out, noise) / "result_audit.json").read_text())
+    except (OSError, ValueError):  # missing or unreadable: not done
+        return False
+    return "audit" in record.get("stages", {}) and all(p.is_file() for p in cleaning_files(out, noise, dataset))
+
+
 def _inputs(cell: Cell, dataset: str, out: Path, cifar_n: str | None) -> list[str]:
     """The data options of ``cell``'s commands: its base config and noise, and ``--dataset``; a two-stage cell
     reads its first stage's output instead of noisy labels (:func:`cleaning_dir`): ``prune`` the dataset without
@@ -398,13 +417,11 @@ def _inputs(cell: Cell, dataset: str, out: Path, cifar_n: str | None) -> list[st
     dataset with the suggested labels (``labels_cleaned.npz``, ``cleaned_label``)."""
     if cell.arm not in TWO_STAGE_ARMS:
         return [*_data_flags(cell, cifar_n), "--dataset", dataset]
-    first = cleaning_dir(out, cell.noise)
+    pruned, cleaned = map(str, cleaning_files(out, cell.noise, dataset))
     config = ["--config", str(CONFIGS / NOISES[cell.noise][0])]
     if cell.arm == "prune":
-        pruned = str(first / "pruned" / f"{Path(dataset).name.removesuffix('.npz')}.npz")
         return config + ["--dataset", pruned, "--cifar-n", pruned, "--label-set", "given_label"]
-    return config + ["--dataset", dataset, "--cifar-n", str(first / "labels_cleaned.npz"),
-                     "--label-set", "cleaned_label"]
+    return config + ["--dataset", dataset, "--cifar-n", cleaned, "--label-set", "cleaned_label"]
 
 
 def _sets(*groups: Sequence[str]) -> list[str]:

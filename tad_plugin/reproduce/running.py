@@ -25,11 +25,10 @@ from .grid import (
     buffer_dir,
     buffer_of,
     cells,
-    cleaning_dir,
+    cleaning_done,
     command,
     grid_records,
     needs_extractor,
-    parse_buffer,
     record_name,
     resolve_cells,
     run_name,
@@ -279,21 +278,24 @@ def extractor_command(path: Path, dataset: str, seconds: float) -> list[str]:
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, tuple]]:
     """The jobs of ``args.cell``: ``(jobs, after, cells)``. ``jobs`` (name -> argv) holds the extractor when a
-    buffer to train needs it (``extractor``), each shared buffer not yet finished under ``--out``
-    (``buffer-<name>``), each followed by the cells that read it (``<cell>[-<tag>]``), preceded by cleanlab's
-    run (``audit-<noise>-cleanlab``) when it is a two-stage buffer whose first stage is not done under ``--out``;
-    with ``args.audit``, the label-audit jobs of :func:`~.grid.audit_commands` last (those not recorded yet);
-    ``after`` what each waits for (a cell its buffer, a two-stage buffer its first stage, the audit with a
-    buffer's experts that buffer; no job waits for the extractor: the buffers that need it start beside it with
-    ``tad.features_wait_s`` from :func:`features_wait`); ``cells`` maps a cell job to ``(Cell, buffer name,
-    budget)`` for its record."""
+    buffer to train needs it (``extractor``), cleanlab's run (``audit-<noise>-cleanlab``) for the two-stage
+    cells whose first stage has not finished under ``--out`` (:func:`~.grid.cleaning_done`), each shared buffer
+    not yet finished under ``--out`` (``buffer-<name>``), each followed by the cells that read it
+    (``<cell>[-<tag>]``); with ``args.audit``, the label-audit jobs of :func:`~.grid.audit_commands` last (those
+    not recorded yet); ``after`` what each waits for (a cell its buffer, a two-stage buffer its first stage, or
+    the two-stage cell itself when its buffer is done, the audit with a buffer's experts that buffer; no job
+    waits for the extractor: the buffers that need it start beside it with ``tad.features_wait_s`` from
+    :func:`features_wait`); ``cells`` maps a cell job to ``(Cell, buffer name, budget)`` for its record."""
     out, tag = Path(args.out), args.tag
     if tag is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", tag):
         raise SystemExit(f"--tag {tag!r}: use letters, digits, '_' and '.' only (it becomes part of file names)")
     if any(seed < 0 for seed in args.seeds):
         raise SystemExit(f"--seeds {args.seeds}: seeds are >= 0")
     requested = resolve_cells(args.cell)
-    experts = (BUDGETS[args.budget] or (100,))[0]
+    from tad_plugin.engine.config import apply_overrides
+
+    chosen = apply_overrides({}, list(args.set)).get("buffer", {}).get("num_experts")  # as the buffers get it
+    experts = int(chosen) if chosen is not None else (BUDGETS[args.budget] or (100,))[0]
     groups: dict[str, list[str]] = {}  # buffer job (or "" for a finished buffer) -> its cell jobs
     jobs: dict[str, list[str]] = {}
     buffers: dict[str, tuple[str, list[str]]] = {}  # buffer job -> (buffer name, argv)
@@ -314,15 +316,16 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
             groups.setdefault(job if job in buffers else "", []).append(name)
             if job in buffers:
                 after[name] = [job]
-    cleaning: dict[str, list[str]] = {}  # the two-stage buffers' first stage (cleanlab) not yet done under --out
-    for job, (buf, _) in buffers.items():
-        noise, arm, _, _ = parse_buffer(buf)
-        first = cleaning_dir(out, noise)
-        if arm in TWO_STAGE_ARMS and not ((first / "labels_cleaned.npz").is_file() and (first / "pruned").is_dir()):
-            name = f"audit-{noise}-cleanlab"
-            cleaning[name] = audit_commands(f"{noise}-tad-sgd-zca", args.dataset, out, args.cifar_n, args.budget,
-                                            args.set)[name]
-            after[job] = [name]
+    # the two-stage cells' first stage (cleanlab), once per label set, unless it finished under --out: the
+    # buffer to train waits for it, or the cell itself when its buffer is done (it reads the stage's files too)
+    cleaning: dict[str, list[str]] = {}
+    for name, (c, buf, _) in meta.items():
+        if c.arm not in TWO_STAGE_ARMS or cleaning_done(out, c.noise, args.dataset):
+            continue
+        first = f"audit-{c.noise}-cleanlab"
+        cleaning.setdefault(first, audit_commands(f"{c.noise}-tad-sgd-zca", args.dataset, out, args.cifar_n,
+                                                  args.budget, args.set)[first])
+        after[f"buffer-{buf}" if f"buffer-{buf}" in buffers else name] = [first]
     extractor = extractor_to_train([buf for buf, _ in buffers.values()], args.dataset, args.set)
     ordered: dict[str, list[str]] = {}
     wait = features_wait(args.features_budget, args.set)
@@ -331,8 +334,8 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
               f"it trains ({args.features_budget:.0f} s) beside the buffers, and the buffers that need it wait up "
               f"to {wait:.0f} s for it when their inner loop first does", flush=True)
         ordered["extractor"] = extractor_command(extractor, args.dataset, args.features_budget)
+    ordered.update(cleaning)
     for job, (buf, cmd) in buffers.items():
-        ordered.update({dep: cleaning[dep] for dep in after.get(job, ()) if dep in cleaning})
         waits = extractor is not None and needs_extractor(buf, args.set) and f"tad.features_wait_s={wait:g}"
         ordered[job] = cmd + (["--set", waits] if waits and waits not in args.set else [])
         ordered.update({name: jobs[name] for name in groups.get(job, [])})
