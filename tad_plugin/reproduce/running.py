@@ -278,10 +278,10 @@ def extractor_command(path: Path, dataset: str, seconds: float) -> list[str]:
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, tuple]]:
     """The jobs of ``args.cell``: ``(jobs, after, cells)``. ``jobs`` (name -> argv) holds the extractor when a
-    buffer to train needs it (``extractor``), cleanlab's run (``audit-<noise>-cleanlab``) for the two-stage
-    cells whose first stage has not finished under ``--out`` (:func:`~.grid.cleaning_done`), each shared buffer
-    not yet finished under ``--out`` (``buffer-<name>``), each followed by the cells that read it
-    (``<cell>[-<tag>]``); with ``args.audit``, the label-audit jobs of :func:`~.grid.audit_commands` last (those
+    buffer to train needs it (``extractor``), each shared buffer not yet finished under ``--out``
+    (``buffer-<name>``), each followed by the cells that read it (``<cell>[-<tag>]``), cleanlab's run
+    (``audit-<noise>-cleanlab``) before the first job that reads it when the two-stage cells' first stage has not
+    finished under ``--out`` (:func:`~.grid.cleaning_done`); with ``args.audit``, the label-audit jobs of :func:`~.grid.audit_commands` last (those
     not recorded yet); ``after`` what each waits for (a cell its buffer, a two-stage buffer its first stage, or
     the two-stage cell itself when its buffer is done, the audit with a buffer's experts that buffer; no job
     waits for the extractor: the buffers that need it start beside it with ``tad.features_wait_s`` from
@@ -334,12 +334,14 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
               f"it trains ({args.features_budget:.0f} s) beside the buffers, and the buffers that need it wait up "
               f"to {wait:.0f} s for it when their inner loop first does", flush=True)
         ordered["extractor"] = extractor_command(extractor, args.dataset, args.features_budget)
-    ordered.update(cleaning)
     for job, (buf, cmd) in buffers.items():
+        ordered.update({dep: cleaning[dep] for dep in after.get(job, ()) if dep in cleaning})
         waits = extractor is not None and needs_extractor(buf, args.set) and f"tad.features_wait_s={wait:g}"
         ordered[job] = cmd + (["--set", waits] if waits and waits not in args.set else [])
         ordered.update({name: jobs[name] for name in groups.get(job, [])})
-    ordered.update({name: jobs[name] for name in groups.get("", [])})
+    for name in groups.get("", []):  # the cells of finished buffers (a two-stage one after its first stage)
+        ordered.update({dep: cleaning[dep] for dep in after.get(name, ()) if dep in cleaning})
+        ordered[name] = jobs[name]
     if args.audit:
         if tag is not None or args.seeds != [0]:
             raise SystemExit("--audit runs the detection table's audits beside the cells' own buffers: drop --tag "
