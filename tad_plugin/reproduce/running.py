@@ -277,15 +277,15 @@ def extractor_command(path: Path, dataset: str, seconds: float) -> list[str]:
 
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, tuple]]:
-    """The jobs of ``args.cell``: ``(jobs, after, cells)``. ``jobs`` (name -> argv) holds the extractor when a
-    buffer to train needs it (``extractor``), each shared buffer not yet finished under ``--out``
-    (``buffer-<name>``), each followed by the cells that read it (``<cell>[-<tag>]``), cleanlab's run
-    (``audit-<noise>-cleanlab``) before the first job that reads it when the two-stage cells' first stage has not
-    finished under ``--out`` (:func:`~.grid.cleaning_done`); with ``args.audit``, the label-audit jobs of :func:`~.grid.audit_commands` last (those
-    not recorded yet); ``after`` what each waits for (a cell its buffer, a two-stage buffer its first stage, or
-    the two-stage cell itself when its buffer is done, the audit with a buffer's experts that buffer; no job
-    waits for the extractor: the buffers that need it start beside it with ``tad.features_wait_s`` from
-    :func:`features_wait`); ``cells`` maps a cell job to ``(Cell, buffer name, budget)`` for its record."""
+    """The jobs of ``args.cell``: ``(jobs, after, cells)``. ``jobs`` (name -> argv) holds the extractor when a buffer to
+    train needs it (``extractor``), each shared buffer not yet finished under ``--out`` (``buffer-<name>``), each
+    followed by the cells that read it (``<cell>[-<tag>]``), cleanlab's run (``audit-<noise>-cleanlab``) before the
+    first job that reads it when the two-stage cells' first stage has not finished under ``--out``
+    (:func:`~.grid.cleaning_done`); with ``args.audit``, the label-audit jobs of :func:`~.grid.audit_commands` last
+    (those not recorded yet); ``after`` what each waits for (a cell its buffer, a two-stage buffer its first stage, or
+    the two-stage cell itself when its buffer is done, the audit with a buffer's experts that buffer; no job waits for
+    the extractor: the buffers that need it start beside it with ``tad.features_wait_s`` from :func:`features_wait`);
+    ``cells`` maps a cell job to ``(Cell, buffer name, budget)`` for its record."""
     out, tag = Path(args.out), args.tag
     if tag is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", tag):
         raise SystemExit(f"--tag {tag!r}: use letters, digits, '_' and '.' only (it becomes part of file names)")
