@@ -201,21 +201,43 @@ def test_the_two_stage_buffers_wait_for_cleanlabs_first_stage_once_per_label_set
     assert after == {cell: ["audit-sym40-cleanlab"] for cell in cells}
 
 
-def test_a_finished_audit_is_collected_and_the_detection_table_rewritten(tmp_path):
-    def record(f1, detector):
-        return {"detector": detector, "device": "gpu",
-                "config": {"data": {"noise": "symmetric", "noise_rate": 0.4},
-                           "buffer": {"num_experts": 20, "epochs": 23}},
-                "stages": {"buffer": {"wall_time_s": 100.0}, "audit": {"wall_time_s": 5.0}},
-                "results": {"detection": {"noise_rate": 0.4, "flagged": 100, "precision": 0.9, "recall": 0.8,
-                                          "f1": f1, "suggested_accuracy": 0.7, "cleaned_label_accuracy": 0.9}}}
+def audit_record(f1, detector):
+    """A finished ``tad audit`` record of sym40 (the fields the detection table reads)."""
+    return {"detector": detector, "device": "gpu",
+            "config": {"data": {"noise": "symmetric", "noise_rate": 0.4}, "buffer": {"num_experts": 20, "epochs": 23}},
+            "stages": {"buffer": {"wall_time_s": 100.0}, "audit": {"wall_time_s": 5.0}},
+            "results": {"detection": {"noise_rate": 0.4, "flagged": 100, "precision": 0.9, "recall": 0.8,
+                                      "f1": f1, "suggested_accuracy": 0.7, "cleaned_label_accuracy": 0.9}}}
 
+
+def test_an_audit_finished_under_out_is_recorded_not_run_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    done = tmp_path / "audit" / "sym40-cleanlab"  # finished under --out, but never copied to the records
+    done.mkdir(parents=True)
+    (done / "result_audit.json").write_text(json.dumps(audit_record(0.8, "cleanlab")))
+    half = tmp_path / "audit" / "sym40-tad5"  # interrupted: no audit stage yet
+    half.mkdir(parents=True)
+    (half / "result_audit.json").write_text(json.dumps({**audit_record(0.7, "tad"), "stages": {}}))
+    args = _args(tmp_path, ["mtt-ipc10-sym40-tad"], audit=True)
+    jobs, _, _ = running.plan(args)
+    assert "audit-sym40-cleanlab" not in jobs and {"audit-sym40-tad5", "audit-sym40-tad20"} <= set(jobs)
+    seen = {}
+    monkeypatch.setattr(running, "run_parallel", lambda jobs, *a, **k: seen.update(jobs=jobs) or {j: 0 for j in jobs})
+    monkeypatch.setattr(running, "gpu_ids", lambda spec: [])
+    monkeypatch.setattr(running, "collect", lambda *a, **k: None)
+    monkeypatch.setattr(running, "collect_audit", lambda name, out, records: seen.setdefault("collected", name))
+    assert running.run_cells(args) == 0
+    assert seen["collected"] == "audit-sym40-cleanlab" and "audit-sym40-cleanlab" not in seen["jobs"]
+
+
+def test_a_finished_audit_is_collected_and_the_detection_table_rewritten(tmp_path):
     records = tmp_path / "r" / "cifar10"
     for name, f1, detector in (("sym40-tad20", 0.85, "tad"), ("sym40-cleanlab", 0.8, "cleanlab")):
         (tmp_path / "audit" / name).mkdir(parents=True)
-        (tmp_path / "audit" / name / "result_audit.json").write_text(json.dumps(record(f1, detector)))
+        (tmp_path / "audit" / name / "result_audit.json").write_text(json.dumps(audit_record(f1, detector)))
         running.collect_audit(f"audit-{name}", tmp_path, records)
-    assert json.loads((records / "audit" / "sym40-tad20" / "result_audit.json").read_text()) == record(0.85, "tad")
+    copied = json.loads((records / "audit" / "sym40-tad20" / "result_audit.json").read_text())
+    assert copied == audit_record(0.85, "tad")
     rows = json.loads((records / "audit" / "detection.json").read_text())["rows"]
     assert [(r["detector"], r["f1"], r["seconds"]) for r in rows] == [("cleanlab", 0.8, 105.0), ("tad", 0.85, 105.0)]
     assert "| sym 40% | tad |" in (records / "audit" / "detection.md").read_text()

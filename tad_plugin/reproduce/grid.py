@@ -400,14 +400,20 @@ def cleaning_files(out: Path, noise: str, dataset: str) -> tuple[Path, Path]:
     return first / "pruned" / f"{Path(dataset).name.removesuffix('.npz')}.npz", first / "labels_cleaned.npz"
 
 
-def cleaning_done(out: Path, noise: str, dataset: str) -> bool:
-    """Whether the first stage of the label set ``noise`` finished under ``out``: its record has the audit stage
-    (recorded after every file is written) and both :func:`cleaning_files` exist."""
+def audit_done(run: Path) -> bool:
+    """Whether the ``tad audit`` run in the folder ``run`` finished: its record has the audit stage (recorded
+    after every file is written)."""
     try:
-        record = json.loads((cleaning_dir(out, noise) / "result_audit.json").read_text())
+        record = json.loads((run / "result_audit.json").read_text())
     except (OSError, ValueError):  # missing or unreadable: not done
         return False
-    return "audit" in record.get("stages", {}) and all(p.is_file() for p in cleaning_files(out, noise, dataset))
+    return "audit" in record.get("stages", {})
+
+
+def cleaning_done(out: Path, noise: str, dataset: str) -> bool:
+    """Whether the first stage of the label set ``noise`` finished under ``out``: :func:`audit_done` and both
+    :func:`cleaning_files` exist."""
+    return audit_done(cleaning_dir(out, noise)) and all(p.is_file() for p in cleaning_files(out, noise, dataset))
 
 
 def _inputs(cell: Cell, dataset: str, out: Path, cifar_n: str | None) -> list[str]:

@@ -21,6 +21,7 @@ from .grid import (
     Cell,
     audit_commands,
     audit_dir,
+    audit_done,
     buffer_command,
     buffer_dir,
     buffer_of,
@@ -113,7 +114,7 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
             if failed:
                 pending.remove(name)
                 codes[name] = SKIPPED
-                print(f"[{time.monotonic() - start:7.0f} s] {name}: not started ({', '.join(failed)} failed)",
+                print(f"[{time.monotonic() - start:7.0f} s] {name}: not started ({', '.join(failed)} did not finish)",
                       flush=True)
         load = {g: sum(1 for _, q, _, _ in running.values() if q == g) for g in queues}
         while pending and min(load.values()) < slots:
@@ -350,8 +351,9 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
         for buf in dict.fromkeys(buffer_of(cells()[cell], args.set) for cell in requested):
             job = f"buffer-{buf}"
             for name, cmd in audit_commands(buf, args.dataset, out, args.cifar_n, args.budget, args.set).items():
-                if (recorded / name.removeprefix("audit-") / "result_audit.json").is_file():
-                    continue
+                run = name.removeprefix("audit-")
+                if (recorded / run / "result_audit.json").is_file() or audit_done(audit_dir(out) / run):
+                    continue  # recorded, or finished under --out (run_cells records it): not rewritten under readers
                 if name.endswith("-tad20") and job in buffers:
                     after[name] = [job]
                 elif name.endswith("-tad5") and extractor is not None:
@@ -367,6 +369,10 @@ def run_cells(args: argparse.Namespace) -> int:
     jobs, after, meta = plan(args)
     for name, (_, buf, _) in meta.items():
         print(f"{name} distils from the experts of {buf} ({buffer_dir(out, buf) / 'buffer'})", flush=True)
+    records = grid_records(args.results)
+    for run in sorted(p.parent for p in audit_dir(out).glob("*/result_audit.json")):  # finished, not yet recorded
+        if audit_done(run) and not (records / "audit" / run.name / "result_audit.json").is_file():
+            collect_audit(f"audit-{run.name}", out, records)
 
     def done(name: str) -> None:
         if name in meta:
