@@ -3,6 +3,8 @@ riders and the time estimate."""
 
 import json
 
+import pytest
+
 from tad_plugin.reproduce import grid, queue
 
 
@@ -79,3 +81,13 @@ def test_the_queue_batches_fit_the_window_with_both_arms_of_a_cell_together_wher
     assert tad.pause_at == train * 10 / 23  # features first needed at the first recalibration, after the warm-up
     # a larger window keeps the IPC-50 pair together (two buffers at most: a batch of its own)
     assert [b for b, _ in queue.batches(names[:6], window=3600)] == [names[:4], names[4:6]]
+
+
+def test_the_long_budget_pays_anchors_per_expert_group_and_more_iterations():
+    short, long = (queue.batch_jobs(["mtt-ipc10-sym40-tad"], budget=b, extractor=False) for b in ("short", "long"))
+    (buf_s, cell_s), (buf_l, cell_l) = short, long
+    assert buf_s.work == 20 * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR + queue.ANCHORS_S  # one group
+    assert buf_l.work == 100 * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR + 4 * queue.ANCHORS_S  # 4 x 25
+    assert cell_s.work == queue.DISTILL_S[10]
+    share = queue.DISTILL_FIXED_SHARE
+    assert cell_l.work == pytest.approx(queue.DISTILL_S[10] * (share + (1 - share) * 5))  # 5000 vs 1000 iterations
