@@ -18,21 +18,29 @@ from tad_plugin.noise import make_noisy_labels
 from tad_plugin.trust_report import TrustReport
 
 
-def run_dual_loop(buffer_dir, recall_once=False, report_path=None):
-    """Two experts x 8 epochs on digits with 40% symmetric noise and the dual loop; returns
-    ``(loop, store, clean, noisy, rounds_on_disk)`` (the report file's round count after every epoch)."""
+def digits_dual_loop(width, anchor_ipc, anchor_iterations, anchor_syn_steps, report_path=None):
+    """The engine's dual loop on digits with 40% symmetric noise (seeded; pixels stand in for SSL features);
+    returns ``(ds, clean, noisy, net, pre, hooks, loop)``."""
     torch.manual_seed(0)
     ds = load_dataset("digits")
     clean = ds.train_labels
     noisy = make_noisy_labels(clean, "symmetric", 0.4, num_classes=10, seed=0)
-    net = ConvNetConfig.for_dataset(ds, width=32)
+    net = ConvNetConfig.for_dataset(ds, width=width)
     pre = Preprocessor.for_dataset(ds)
     features = ds.train_images.float().flatten(1) / 255  # label-free pixels stand in for SSL features
     hooks = TADHooks(get_plugin_manager(load_entrypoints=False))
-    cfg = DualLoopConfig(anchor_ipc=5, anchor_matching=dataclasses.replace(
-        DualLoopConfig().anchor_matching, iterations=20, syn_steps=10, batch_syn=None, lr_img=10.0))
+    cfg = DualLoopConfig(anchor_ipc=anchor_ipc, anchor_matching=dataclasses.replace(
+        DualLoopConfig().anchor_matching, iterations=anchor_iterations, syn_steps=anchor_syn_steps, batch_syn=None,
+        lr_img=10.0))
     loop = DualLoop(net, pre, ds.train_images, features, lambda x: x.flatten(1), hooks, cfg,
                     noisy_labels=noisy, clean_labels=clean, seed=0, report_path=report_path)
+    return ds, clean, noisy, net, pre, hooks, loop
+
+
+def run_dual_loop(buffer_dir, recall_once=False, report_path=None):
+    """Two experts x 8 epochs on digits with 40% symmetric noise and the dual loop; returns
+    ``(loop, store, clean, noisy, rounds_on_disk)`` (the report file's round count after every epoch)."""
+    ds, clean, noisy, net, pre, hooks, loop = digits_dual_loop(32, 5, 20, 10, report_path)
     buffer = BufferConfig(num_experts=2, epochs=8, lr=0.05, momentum=0.9, batch_size=128, experts_per_group=2)
     rounds_on_disk = []
 

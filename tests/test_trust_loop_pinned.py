@@ -14,17 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_dual_loop import digits_dual_loop
 from test_upstream_wrap import BUFFER_ARGS, _trace, repo  # noqa: F401 -- the stand-in checkout fixture
 
 from tad_plugin import TADHooks, get_plugin_manager
-from tad_plugin.data import load_dataset
 from tad_plugin.engine.config import BufferConfig, TADConfig
-from tad_plugin.engine.convnet import ConvNetConfig
-from tad_plugin.engine.dual_loop import DualLoop, DualLoopConfig
 from tad_plugin.engine.experts import ExpertTrainer
-from tad_plugin.engine.preprocess import Preprocessor
 from tad_plugin.engine.trajectories import TrajectoryStore
-from tad_plugin.noise import make_noisy_labels
 from tad_plugin.tad import TrustAwareDiversion
 from tad_plugin.upstream import TrustState, WrapConfig, run_wrapped
 
@@ -77,18 +73,7 @@ def test_quick_demo_trust_loop_is_pinned(quick_demo):
 def test_engine_schedule_switches_are_pinned(tmp_path):
     """The schedule's other branches on digits: a division every 2nd epoch, losses averaged over 2 snapshots,
     the warm-up confidence penalty, recalibration every 2nd epoch from epoch 4 with ``recall_once``."""
-    torch.manual_seed(0)
-    ds = load_dataset("digits")
-    clean = ds.train_labels
-    noisy = make_noisy_labels(clean, "symmetric", 0.4, num_classes=10, seed=0)
-    net = ConvNetConfig.for_dataset(ds, width=16)
-    pre = Preprocessor.for_dataset(ds)
-    features = ds.train_images.float().flatten(1) / 255
-    hooks = TADHooks(get_plugin_manager(load_entrypoints=False))
-    cfg = DualLoopConfig(anchor_ipc=3, anchor_matching=dataclasses.replace(
-        DualLoopConfig().anchor_matching, iterations=3, syn_steps=5, batch_syn=None, lr_img=10.0))
-    loop = DualLoop(net, pre, ds.train_images, features, lambda x: x.flatten(1), hooks, cfg,
-                    noisy_labels=noisy, clean_labels=clean, seed=0)
+    ds, clean, noisy, net, pre, hooks, loop = digits_dual_loop(16, 3, 3, 5)
     buffer = BufferConfig(num_experts=2, epochs=8, lr=0.05, momentum=0.9, batch_size=128, experts_per_group=2)
     tad = TADConfig(warmup_epochs=2, recompute_every=2, loss_average=2, warmup_confidence_penalty=0.1,
                     anchor_epoch=4, recalibrate_every=2, recall_once=True)
