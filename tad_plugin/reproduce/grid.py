@@ -486,6 +486,12 @@ def buffer_command(buffer: str, dataset: str, out: Path, cifar_n: str | None, bu
 AUDIT_DETECTORS = ("tad20", "tad5", "cleanlab")
 
 
+def audit_job(noise: str, detector: str) -> str:
+    """The job name of the label-audit run of ``detector`` (one of :data:`AUDIT_DETECTORS`) on the label set
+    ``noise``: ``audit-<noise>-<detector>``, its run folder ``<noise>-<detector>`` under :func:`audit_dir`."""
+    return f"audit-{noise}-{detector}"
+
+
 def audit_dir(out: Path) -> Path:
     """Where ``--audit``'s runs go: ``out/audit/<label set>-<detector>``."""
     return out / "audit"
@@ -508,7 +514,7 @@ def audit_commands(buffer: str, dataset: str, out: Path, cifar_n: str | None, bu
         cmd = buffer_command(buffer, dataset, out, cifar_n, budget, sets)
         cmd[cmd.index("buffer")] = "audit"
         cmd[cmd.index("--out") + 1] = str(audit_dir(out) / f"{noise}-{detector}")
-        jobs[f"audit-{noise}-{detector}"] = cmd + extra[detector]
+        jobs[audit_job(noise, detector)] = cmd + extra[detector]
     return jobs
 
 

@@ -19,6 +19,7 @@ from .grid import (
     TWO_STAGE_ARMS,
     Cell,
     arm_parts,
+    audit_job,
     budget_text,
     buffer_command,
     buffer_of,
@@ -64,7 +65,7 @@ TAD_BUFFER_FACTOR = 1.0
 GSAM_FACTOR = 2.0
 DISTILL_S = {1: 300.0, 10: 300.0, 50: 540.0}
 #: The part of a short-budget distillation that does not grow with the iterations (compilation, the start, sharing
-#: the GPU): 5000 iterations of MTT at IPC 10 took ~840 s alone against 300 s for 1000 beside other jobs.
+#: the GPU), from the IPC-10 records at 1000 iterations (the grid's cells) and 5000 (``sym40-noisy-e100-i5000``).
 DISTILL_FIXED_SHARE = 0.55
 ANCHORS_S = 110.0
 CLEANLAB_S = 300.0
@@ -97,14 +98,14 @@ def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = 
     from tad_plugin.trust_loop import Schedule
 
     experts, group, iterations = sizes(budget)[:3]
-    scale = iterations / sizes("short")[2]
+    distill = DISTILL_FIXED_SHARE + (1 - DISTILL_FIXED_SHARE) * iterations / sizes("short")[2]
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(buffer_of(cells()[name]), []).append(name)
     needs = extractor and any(needs_extractor(b, ()) for b in groups)
     jobs = [_SimJob("extractor", True, features_s + EXTRACTOR_EXTRA_S)] if needs else []
     for buf, members in groups.items():
-        _, arm, rec, zca = parse_buffer(buf)
+        noise, arm, rec, zca = parse_buffer(buf)
         epochs = read_epochs(rec, zca)
         _, outer, inner = arm_parts(arm)
         train = (experts * epochs * EXPERT_EPOCH_S * (TAD_BUFFER_FACTOR if outer else 1)
@@ -120,12 +121,11 @@ def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = 
             pause = train * first / epochs
         stage_one = None
         if arm in TWO_STAGE_ARMS:  # the first stage (cleanlab), once per noise setting
-            stage_one = f"audit-{parse_buffer(buf)[0]}-cleanlab"
+            stage_one = audit_job(noise, "cleanlab")
             if all(j.name != stage_one for j in jobs):
                 jobs.append(_SimJob(stage_one, False, CLEANLAB_S))
         jobs.append(_SimJob(f"buffer-{buf}", True, work, after=stage_one, pause_at=pause))
-        jobs += [_SimJob(n, False, DISTILL_S[cells()[n].ipc] * (DISTILL_FIXED_SHARE + (1 - DISTILL_FIXED_SHARE)
-                                                                 * scale), after=f"buffer-{buf}") for n in members]
+        jobs += [_SimJob(n, False, DISTILL_S[cells()[n].ipc] * distill, after=f"buffer-{buf}") for n in members]
     return jobs
 
 

@@ -22,6 +22,7 @@ from .grid import (
     audit_commands,
     audit_dir,
     audit_done,
+    audit_job,
     buffer_command,
     buffer_dir,
     buffer_of,
@@ -287,14 +288,14 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
     the two-stage cell itself when its buffer is done, the audit with a buffer's experts that buffer; no job waits for
     the extractor: the buffers that need it start beside it with ``tad.features_wait_s`` from :func:`features_wait`);
     ``cells`` maps a cell job to ``(Cell, buffer name, budget)`` for its record."""
+    from tad_plugin.engine.config import apply_overrides
+
     out, tag = Path(args.out), args.tag
     if tag is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", tag):
         raise SystemExit(f"--tag {tag!r}: use letters, digits, '_' and '.' only (it becomes part of file names)")
     if any(seed < 0 for seed in args.seeds):
         raise SystemExit(f"--seeds {args.seeds}: seeds are >= 0")
     requested = resolve_cells(args.cell)
-    from tad_plugin.engine.config import apply_overrides
-
     chosen = apply_overrides({}, list(args.set)).get("buffer", {}).get("num_experts")  # as the buffers get it
     experts = int(chosen) if chosen is not None else (BUDGETS[args.budget] or (100,))[0]
     groups: dict[str, list[str]] = {}  # buffer job (or "" for a finished buffer) -> its cell jobs
@@ -323,7 +324,7 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
     for name, (c, buf, _) in meta.items():
         if c.arm not in TWO_STAGE_ARMS or cleaning_done(out, c.noise, args.dataset):
             continue
-        first = f"audit-{c.noise}-cleanlab"
+        first = audit_job(c.noise, "cleanlab")
         cleaning.setdefault(first, audit_commands(f"{c.noise}-tad-sgd-zca", args.dataset, out, args.cifar_n,
                                                   args.budget, args.set)[first])
         after[f"buffer-{buf}" if f"buffer-{buf}" in buffers else name] = [first]
@@ -377,9 +378,9 @@ def run_cells(args: argparse.Namespace) -> int:
     def done(name: str) -> None:
         if name in meta:
             cell, buf, budget = meta[name]
-            collect(name, out, grid_records(args.results), cell, {"buffer": buf, "budget": budget})
+            collect(name, out, records, cell, {"buffer": buf, "budget": budget})
         elif name.startswith("audit-"):
-            collect_audit(name, out, grid_records(args.results))
+            collect_audit(name, out, records)
 
     if len(jobs) == 1 and args.jobs == 1:  # in the foreground, on the first GPU of --gpus (if given)
         (name, cmd), = jobs.items()
