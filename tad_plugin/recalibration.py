@@ -144,15 +144,9 @@ def mahalanobis_reliability(features: torch.Tensor, labels: torch.Tensor, covari
     turned into proximity ``1 - d``. A class whose samples are all equidistant gets reliability 1.
     Returns float32 [M] on the device of ``features``.
     """
-    dist = torch.empty(features.shape[0], dtype=torch.float64, device=features.device)
     counts = torch.bincount(labels, minlength=num_classes).tolist()  # the one host read
-    for c, rows in enumerate(torch.argsort(labels, stable=True).split(counts)):  # each class's rows, ascending
-        if counts[c]:
-            dist[rows] = covariances[c].squared_distance(features[rows]).sqrt()
-    inf = torch.full((num_classes,), float("inf"), dtype=torch.float64, device=features.device)
-    lo = inf.scatter_reduce(0, labels, dist, "amin")[labels]
-    span = (-inf).scatter_reduce(0, labels, dist, "amax")[labels] - lo
-    return torch.where(span > 0, 1.0 - (dist - lo) / span, 1.0).float()
+    rows = torch.arange(labels.numel(), device=features.device)
+    return mahalanobis_reliability_batch(features, rows, labels, counts, covariances[:num_classes])
 
 
 def weighted_vote(features: torch.Tensor, labels: torch.Tensor, reliability: torch.Tensor, refs: torch.Tensor,
