@@ -17,7 +17,7 @@ from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[1]
 #: repository folders published beside the guides, with the file types the site carries
-PUBLISHED = {"results": (".md", ".png", ".json", ".txt"), "benchmarks/results": (".md", ".png", ".json")}
+PUBLISHED = {"results": (".md", ".png", ".json", ".txt", ".log"), "benchmarks/results": (".md", ".png", ".json")}
 
 
 def cli_reference() -> str:
