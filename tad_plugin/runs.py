@@ -27,6 +27,7 @@ import torch
 
 from .data import ImageDataset
 from .engine.config import load_yaml
+from .engine.phases import PHASES_FILE, load_phases
 from .files import torch_load
 from .trust_report import (
     TrustReport,
@@ -255,6 +256,9 @@ def stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
     else:
         store = reuse
         info = {"experts": len(store.finished()), "reused": str(store.root), "reused_meta": store.meta}
+    phases = load_phases(store.root / PHASES_FILE)
+    if phases is not None:  # where the experts' time went (the buffer's own training, also when reused here)
+        info["phases"] = phases
     report = store.root / "trust_report.json"
     if pipe.tad and report.is_file():
         info["trust_report"] = str(report)
@@ -404,14 +408,15 @@ def _draw_distill(result: DistillResult, pre: Preprocessor, out: Path, title: st
 
 def record_distill(log: RunLog, result: DistillResult, seconds: float, **info: Any) -> None:
     """The distill stage in the run record: its step size, the evaluations made during distillation
-    (``distill.eval_every``: iteration, step size, mean/std accuracy of the images and of the EMA images),
+    (``distill.eval_every``: iteration, step size, mean/std accuracy of the images and of the EMA images,
+    the evaluation's seconds),
     the largest logged matching loss and the log points above ``UNSTABLE_LOSS`` (a divergence shows there),
     and, as a result, the best of the evaluations -- the number the papers report."""
     curve = []
     for h in result.history:
         if "eval" in h:
             row = {"iteration": h["iteration"], "syn_lr": h.get("syn_lr"), "mean": h["eval"]["mean"],
-                   "std": h["eval"]["std"]}
+                   "std": h["eval"]["std"], **({"seconds": h["eval"]["seconds"]} if "seconds" in h["eval"] else {})}
             if "eval_ema" in h:
                 row.update(ema_mean=h["eval_ema"]["mean"], ema_std=h["eval_ema"]["std"])
             curve.append(row)

@@ -31,6 +31,10 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
         # distill.eval_every 5 of 10 iterations (0: the initial images, as upstream)
         curve = record["stages"]["distill"]["evaluations"]
         assert [e["iteration"] for e in curve] == [0, 5, 10] and all(0 <= e["mean"] <= 1 for e in curve)
+        assert all(e["seconds"] > 0 for e in curve)  # what the evaluations cost of the distillation's time
+        phases = record["stages"]["buffer"]["phases"]  # where the experts' time went
+        assert phases["train"]["calls"] == phases["test"]["calls"] == record["config"]["buffer"]["epochs"]
+        assert ("loss pass" in phases) == (row is tad)
         best = max(curve, key=lambda e: e["mean"])  # the papers' number: the best evaluation point
         assert record["results"]["test_acc_best_mean"] == best["mean"]
         assert record["results"]["best_iteration"] == best["iteration"]

@@ -156,3 +156,20 @@ def test_features_given_as_a_function_load_when_the_inner_loop_first_needs_them(
                    hooks, noisy_labels=ds.train_labels)
     with pytest.raises(ValueError, match=f"features must be \\[N={n}, D\\]"):
         _ = bad.features
+
+
+def test_the_buffer_keeps_where_its_time_went(dual_loop_run):
+    """The store's phases.json: one train / test / trust-loop call per epoch, one loss pass per division, the
+    features and anchors asked for at each recalibration, and the trust loop's parts inside its own time."""
+    from tad_plugin.engine.phases import PHASES_FILE, load_phases
+
+    report, store, _, _ = dual_loop_run
+    phases = load_phases(store.root / PHASES_FILE)
+    divisions = sum(r.stage == "division" for r in report.rounds)
+    recals = sum(r.stage == "recalibration" for r in report.rounds)
+    assert {p: e["calls"] for p, e in phases.items()} == {
+        "trust loop": 8, "train": 8, "test": 8, "loss pass": divisions, "features": recals, "anchors": recals}
+    inner = sum(phases[p]["seconds"] for p in ("loss pass", "features", "anchors"))
+    assert 0 < inner <= phases["trust loop"]["seconds"]
+    assert all(e["seconds"] >= 0 for e in phases.values())
+    assert phases["train"]["seconds"] > 0 and phases["anchors"]["seconds"] > 0  # pixel features cost ~nothing

@@ -383,3 +383,21 @@ def test_generated_pages_from_the_committed_records_speak_to_users(tmp_path, mon
             if line.startswith("| commit |"):  # a provenance field: data
                 continue
             assert not internal.search(line), f"{name}: {line}"
+
+
+def test_the_detail_page_says_where_the_time_went(tmp_path):
+    phases = {"trust loop": {"seconds": 30.0, "calls": 23}, "train": {"seconds": 60.0, "calls": 23},
+              "test": {"seconds": 5.0, "calls": 23}, "loss pass": {"seconds": 8.0, "calls": 13},
+              "features": {"seconds": 12.0, "calls": 5}, "anchors": {"seconds": 6.0, "calls": 5}}
+    evals = [{"iteration": i, "mean": 0.5, "std": 0.01, "seconds": 10.0} for i in (0, 500, 1000)]
+    rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01}, "config": {},
+           "stages": {"buffer": {"phases": phases}, "distill": {"wall_time_s": 200.0, "evaluations": evals}}}
+    (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(rec))
+    text = detail(tmp_path, "mtt-ipc10-sym40-tad")
+    assert "| experts | training steps | 60.0 | 23 | 63.2% |" in text  # of 95 s: train, test, trust loop
+    assert "| experts | TAD: division and recalibration (the rest of the trust loop) | 4.0 | 23 | 4.2% |" in text
+    assert "| experts | TAD: anchors (distilled from each group's early trajectory) | 6.0 | 5 | 6.3% |" in text
+    assert "| distillation | matching iterations (and checkpoints) | 170.0 | - | 85.0% |" in text
+    assert "| distillation | evaluations | 30.0 | 3 | 15.0% |" in text
+    (tmp_path / "mtt-ipc10-sym40-noisy.json").write_text(json.dumps({"results": {}, "config": {}}))
+    assert "## Where the time went" not in detail(tmp_path, "mtt-ipc10-sym40-noisy")  # older records: no section

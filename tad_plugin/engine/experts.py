@@ -32,6 +32,14 @@ What happens, per group of E experts trained together:
    takes its features and anchors from the :class:`~tad_plugin.engine.dual_loop.DualLoop`.
 5. Then the epoch callback (``on_epoch``), if any, may change labels and trusted space.
 
+Where the time goes: a :class:`~tad_plugin.engine.phases.PhaseClock` times each epoch's ``train`` (the steps and
+the snapshot), ``test`` and ``trust loop`` (all of the trust loop's work between epochs), and inside the trust
+loop the calls of its ``loss pass``, ``features`` (the first call waits for the extractor when it is still
+training and embeds the training set) and ``anchors``; the rest of ``trust loop`` is the division and the
+recalibration. The totals, summed over resumed calls, are written to the store's
+:data:`~tad_plugin.engine.phases.PHASES_FILE` after each group (the first rank's groups when several processes
+share them).
+
 Which split: ``TADConfig.split = "per-expert"`` (default, faithful: every expert is a separate
 buffer.py run with its own losses, GMM and trusted space) or ``"shared"`` (one GMM per group on the
 mean loss of its experts; all experts of the group train on the same trusted space).
@@ -64,6 +72,7 @@ from .convnet import ConvNetConfig, forward, init_params
 from .distributed import Ranks
 from .dsa import DSA
 from .gsam import GSAM
+from .phases import PHASES_FILE, PhaseClock, load_phases
 from .preprocess import Preprocessor
 from .trajectories import ExpertRecord, TrajectoryStore
 
@@ -306,12 +315,16 @@ class ExpertTrainer:
         bar = tqdm(total=sum(map(len, groups)) * self.buffer.epochs, desc="experts", unit="ep",
                    disable=not self.progress, dynamic_ncols=True)
         listening = self.dual_loop.attached() if self.dual_loop is not None else contextlib.nullcontext()
+        timing = store.root / PHASES_FILE
+        clock = PhaseClock(dev, load_phases(timing))
         try:
             with listening:  # the trust report follows the run
                 for group in groups:
-                    for record in self._train_group(group, *data, seed=seed, bar=bar):
+                    for record in self._train_group(group, *data, seed=seed, bar=bar, clock=clock):
                         if record.index not in done:
                             store.save_expert(record)
+                    if self.ranks.is_main:
+                        clock.save(timing)
         finally:
             bar.close()
         self.ranks.barrier()  # every expert is saved before any rank reads the store
@@ -339,7 +352,7 @@ class ExpertTrainer:
     # ------------------------------------------------------------------ one group
     def _train_group(self, experts: list[int], images: torch.Tensor, labels: torch.Tensor,
                      test_images: torch.Tensor, test_labels: torch.Tensor, seed: int,
-                     bar: tqdm) -> list[ExpertRecord]:
+                     bar: tqdm, clock: PhaseClock) -> list[ExpertRecord]:
         cfg, buf, dev = self.net, self.buffer, self.device
         e, n, k, t_total = len(experts), images.shape[0], cfg.num_classes, buf.epochs
         seeds = [expert_seed(seed, i) for i in experts]
@@ -370,17 +383,21 @@ class ExpertTrainer:
                                               self._preprocess_for(images), buf.eval_batch_size, self._eval_forward)
 
         dual = self.dual_loop
-        features = None if dual is None else (lambda: dual.features)
-        anchors = None if dual is None else (lambda lp: dual.anchors(lp, snapshots))
-        loop.before_epoch(0, loss_pass, features, anchors)
+        loss_pass = clock.timed("loss pass", loss_pass)
+        features = None if dual is None else clock.timed("features", lambda: dual.features)
+        anchors = None if dual is None else clock.timed("anchors", lambda lp: dual.anchors(lp, snapshots))
+        with clock.time("trust loop"):
+            loop.before_epoch(0, loss_pass, features, anchors)
         for epoch in range(t_total):
             loop.check_nonempty(epoch)
             if self.tad is not None:
                 trusted_log.append(loop.trusted.clone())
                 thresholds_log.append(loop.thresholds)
-            params, momentum_buf, loss = self._train_epoch(params, momentum_buf, images, loop, gen, dsa, epoch)
-            snapshots.append(params.detach().clone())
-            acc = self._test(params, test_images, test_labels)
+            with clock.time("train"):
+                params, momentum_buf, loss = self._train_epoch(params, momentum_buf, images, loop, gen, dsa, epoch)
+                snapshots.append(params.detach().clone())
+            with clock.time("test"):
+                acc = self._test(params, test_images, test_labels)
             train_loss.append(loss)
             test_acc.append(acc)
             # one sync per epoch: catch divergence early, with the expert named
@@ -393,7 +410,8 @@ class ExpertTrainer:
             bar.update(e)
             if epoch + 1 == t_total:
                 break
-            done = loop.before_epoch(epoch + 1, loss_pass, features, anchors)
+            with clock.time("trust loop"):
+                done = loop.before_epoch(epoch + 1, loss_pass, features, anchors)
             relabelled = done.recalibrated
             if self.on_epoch is not None:
                 update = self.on_epoch(EpochState(epoch, list(experts), params, loop.labels, loop.trusted,

@@ -356,6 +356,44 @@ def trusted_lines(name: str, record: dict, results: Path, page_dir: Path) -> lis
     return lines + [""]
 
 
+#: The expert trainer's phases (tad_plugin.engine.experts) as the time table names them; ``trust loop`` contains
+#: the three after it, and its rest is the division and the recalibration.
+PHASE_NAMES = {"train": "training steps", "test": "test passes", "loss pass": "TAD: per-sample loss passes",
+               "features": "TAD: features (waiting for the extractor, embedding the training set)",
+               "anchors": "TAD: anchors (distilled from each group's early trajectory)"}
+
+
+def time_lines(record: dict) -> list[str]:
+    """The "Where the time went" section: the experts' phases (from the buffer the record trained or read) and
+    the distillation's matching and evaluation seconds; [] when the record has neither."""
+    stages = record.get("stages", {})
+    phases = stages.get("buffer", {}).get("phases") or {}
+    distill = stages.get("distill", {})
+    evals = [e["seconds"] for e in distill.get("evaluations", []) if e.get("seconds") is not None]
+    rows: list[tuple[str, str, float, int]] = []
+    if phases:
+        sec = {p: e["seconds"] for p, e in phases.items()}
+        rows += [("experts", PHASE_NAMES[p], sec[p], phases[p]["calls"]) for p in PHASE_NAMES if p in sec]
+        if "trust loop" in sec:
+            rest = sec["trust loop"] - sum(sec.get(p, 0.0) for p in ("loss pass", "features", "anchors"))
+            rows.append(("experts", "TAD: division and recalibration (the rest of the trust loop)", max(rest, 0.0),
+                         phases["trust loop"]["calls"]))
+    if isinstance(distill.get("wall_time_s"), (int, float)) and evals:
+        rows += [("distillation", "matching iterations (and checkpoints)", distill["wall_time_s"] - sum(evals), 0),
+                 ("distillation", "evaluations", sum(evals), len(evals))]
+    if not rows:
+        return []
+    total = {stage: sum(r[2] for r in rows if r[0] == stage) for stage in dict.fromkeys(r[0] for r in rows)}
+    lines = ["## Where the time went", "",
+             "Wall seconds of each part, with the GPU's queued work included; the experts' rows are the buffer's own "
+             "training (shared by the cells that read it, summed over resumed runs).", "",
+             "| stage | part | seconds | calls | share of the stage |", "| --- | --- | ---: | ---: | ---: |"]
+    for stage, part, seconds, calls in rows:
+        share = percent(seconds / total[stage] if total[stage] else None)
+        lines.append(f"| {stage} | {part} | {seconds:.1f} | {calls or '-'} | {share} |")
+    return lines + [""]
+
+
 def _depth(page_dir: Path, results: Path) -> int:
     """How many ``../`` lead from ``page_dir`` to the repository root (``results`` is ``<root>/<results>/<x>``)."""
     return len(page_dir.relative_to(results.parent.parent).parts)
@@ -391,6 +429,7 @@ def detail_page(name: str, record: dict, results: Path, about: str, index: Path)
         if plot_record(record, png, name):
             lines += [f"![accuracy curve]({png.name})", ""]
     lines += trusted_lines(name, record, results, here)
+    lines += time_lines(record)
     lines += ["## Provenance", "", *_table(provenance_rows(record), ("field", "value")), ""]
     note = clean_notes(record.get("note", ""))
     if note:

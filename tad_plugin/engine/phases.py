@@ -1,0 +1,97 @@
+"""Where a stage's wall time goes: named phases, timed with the device's queued work included.
+
+The expert trainer times its epochs' parts with a :class:`PhaseClock` and keeps the totals beside the experts
+(:data:`PHASES_FILE` in the trajectory store), so a run record can say how much of the buffer stage was training,
+testing and each part of TAD's per-epoch work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from ..files import atomic_write_json
+
+__all__ = ["PHASES_FILE", "PhaseClock", "load_phases"]
+
+#: The phase totals of a trajectory store, beside its manifest: ``{phase: {"seconds": float, "calls": int}}``.
+PHASES_FILE = "phases.json"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class PhaseClock:
+    """Wall seconds and calls per named phase.
+
+    Each timed block waits for ``device``'s queued work when it starts and when it ends (one
+    ``torch.cuda.synchronize`` each on CUDA, nothing on the CPU), so the kernels a phase launches count in that
+    phase and not in the next one that happens to wait for them. A block timed inside another counts in both:
+    the owner of the clock documents which phases contain which. Time a phase per epoch or per call, never per
+    step: each block is two host syncs.
+
+    Args:
+        device: the device whose work is waited for.
+        start: totals to continue from (:meth:`as_dict`'s form, e.g. a resumed run's earlier totals).
+    """
+
+    def __init__(self, device: torch.device | str, start: dict[str, dict[str, float]] | None = None) -> None:
+        self.device = torch.device(device)
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        for phase, entry in (start or {}).items():
+            self.seconds[phase] = float(entry["seconds"])
+            self.calls[phase] = int(entry["calls"])
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def time(self, phase: str) -> Iterator[None]:
+        """Add the block's wall seconds (device work included) and one call to ``phase``."""
+        self._sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+            self.calls[phase] = self.calls.get(phase, 0) + 1
+
+    def timed(self, phase: str, fn: F) -> F:
+        """``fn``, with each call timed as ``phase``."""
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self.time(phase):
+                return fn(*args, **kwargs)
+        return call  # type: ignore[return-value]
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        """``{phase: {"seconds": s, "calls": n}}`` in the order the phases were first timed."""
+        return {p: {"seconds": round(s, 3), "calls": self.calls[p]} for p, s in self.seconds.items()}
+
+    def save(self, path: str | Path) -> None:
+        """Write :meth:`as_dict` to ``path`` as JSON, atomically."""
+        atomic_write_json(self.as_dict(), path)
+
+
+def load_phases(path: str | Path) -> dict[str, dict[str, float]] | None:
+    """The phase totals written by :meth:`PhaseClock.save`, or None when ``path`` does not exist.
+
+    Raises:
+        ValueError: the file is not such a JSON object (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return {str(p): {"seconds": float(e["seconds"]), "calls": int(e["calls"])} for p, e in data.items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ValueError(f"{path} is not a phase-timing file ({err}); delete it, the next run writes a new one") \
+            from None
