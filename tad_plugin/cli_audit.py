@@ -1,19 +1,7 @@
 """``tad audit``: find the wrong labels of a training set and suggest the right ones, from TAD's experts or
-by confident learning (cleanlab), with :func:`audit` as its Python function.
-
-``tad audit`` takes ``tad run``'s data options (``--dataset``, ``--noise``, ``--noise-rate``, ``--cifar-n``,
-``--label-set``, ``--config``, ``--set``) and writes into ``--out``:
-
-* ``buffer/``: TAD's experts (``--detector tad``, the default; resumed like ``tad run``'s buffer stage, or
-  taken from ``--buffer DIR``), or ``folds/fold<k>/``: the K cross-validation ConvNets (``--detector cleanlab``);
-* the files of :func:`tad_plugin.engine.audit.write_audit`: ``label_issues.csv`` (one row per sample),
-  ``label_issues_ranked.csv`` / ``.json``, ``labels_cleaned.npz``, ``audit_report.md`` / ``.png``;
-* ``pruned/<dataset>.npz`` with ``--write-pruned``: the dataset without the flagged samples;
-* ``result_audit.json``: the run record (settings, stage wall times, detection metrics when the clean
-  labels are known).
-
-On scikit-learn's digits without ``--config`` the demo's settings (``tad demo``: small ConvNet, 8 experts x
-30 epochs, pixel features) are the base, so the audit runs in minutes on a CPU.
+by confident learning (cleanlab), with :func:`audit` as its Python function. What it reads and writes is
+:data:`DESCRIPTION` (``tad audit -h``); the files' columns are :class:`~tad_plugin.engine.audit.AuditTable`'s
+and :func:`~tad_plugin.engine.audit.write_audit` writes them.
 """
 
 from __future__ import annotations
@@ -27,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .cli_options import add_settings_options
+from .cli_options import HelpFormatter, add_settings_options
 from .runs import (
     DEMO_CONFIG,
     TrainingData,
@@ -41,9 +29,29 @@ from .runs import (
     stage_buffer,
 )
 
-__all__ = ["DETECTORS", "AuditResult", "add_subcommand", "audit"]
+__all__ = ["DESCRIPTION", "DETECTORS", "AuditResult", "add_subcommand", "audit"]
 
 DETECTORS = ("tad", "cleanlab")
+
+#: ``tad audit``'s description (``tad audit -h``).
+DESCRIPTION = """\
+Find the wrong labels of a training set and suggest the right ones, from TAD's experts (--detector tad) or by
+confident learning (--detector cleanlab). Takes tad run's data options (--dataset, --noise, --noise-rate,
+--cifar-n, --label-set, --config, --set) and writes into --out:
+
+  buffer/                    TAD's experts (resumed like tad run's buffer stage; none with --buffer DIR)
+  folds/fold<k>/             --detector cleanlab: the K cross-validation ConvNets
+  label_issues.csv           every training sample: given label, suggested label, is_label_issue, score, ...
+  label_issues_ranked.csv    the flagged samples only, most likely wrong first (and as .json)
+  labels_cleaned.npz         label set cleaned_label (the suggestions where flagged, the given labels elsewhere):
+                             tad run / tad wrap --cifar-n OUT/labels_cleaned.npz --label-set cleaned_label
+  audit_report.md, .png      detection metrics and per-class numbers when the clean labels are known, the
+                             given-vs-suggested confusion, the trusted space per epoch
+  pruned/<dataset>.npz       with --write-pruned: the dataset without the flagged samples
+  result_audit.json          the record: settings, stage wall times, detection metrics
+
+On digits without --config the demo's settings (tad demo: small ConvNet, 8 experts x 30 epochs, pixel features)
+are the base, so the audit runs in minutes on a CPU."""
 
 
 @dataclass
@@ -60,7 +68,7 @@ class AuditResult:
 def add_subcommand(sub: Any) -> None:
     """Register ``tad audit`` on the ``tad`` parser's sub-parsers (its handler as ``func``)."""
     p = sub.add_parser("audit", help="find and fix wrong labels (TAD's experts or cleanlab)",
-                       description=__doc__.split("\n\n")[0])
+                       description=DESCRIPTION, formatter_class=HelpFormatter)
     add_settings_options(p)
     p.add_argument("--detector", choices=DETECTORS, default="tad",
                    help="tad: TAD's experts (the dual loop's trusted spaces and recalibrated labels); cleanlab: "

@@ -160,6 +160,14 @@ def test_cli_train_then_embed(tiny, tmp_path, capsys):
     feats = torch.load(out, weights_only=True)
     assert feats["train_features"].shape == (32, 512) and feats["test_features"].shape == (20, 512)
     assert torch.equal(feats["test_labels"], tiny.test_labels)
+    # a named dataset is read from --data-root, as in tad run (the Tiny ImageNet name reads ROOT/tinyimagenet.npz)
+    root = tmp_path / "root"
+    root.mkdir()
+    save_arrays(tiny, root / "tinyimagenet.npz")
+    named = tmp_path / "named.pt"
+    assert main(["features", "embed", "--dataset", "tinyimagenet", "--data-root", str(root), "--checkpoint",
+                 str(ck), "--out", str(named), "--device", "cpu", "--split", "test"]) == 0
+    assert torch.allclose(torch.load(named, weights_only=True)["test_features"], feats["test_features"])
 
 
 def test_a_slow_first_epoch_does_not_cut_the_warm_up_short(tiny, monkeypatch):

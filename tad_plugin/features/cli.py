@@ -78,7 +78,9 @@ def add_subcommands(subparsers: Any) -> None:
 def _dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True,
                         help="digits, cifar10, cifar100, an ImageFolder directory or a .npz arrays file")
-    parser.add_argument("--root", default=None, help="folder of torchvision's CIFAR files")
+    parser.add_argument("--data-root", "--root", dest="root", default=None,
+                        help="where named datasets live, as for tad run (default $TAD_PLUGIN_DATA, else "
+                             "~/.cache/tad_plugin/data)")
     parser.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
 
 
