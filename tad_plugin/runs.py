@@ -545,9 +545,15 @@ def begin(args: argparse.Namespace, cfg: RunConfig, pipe: Pipeline, out: Path,
 
 def settings_line(cfg: RunConfig) -> str:
     """One line with the settings a run is most often wrong about (printed at its start)."""
-    b, d = cfg.buffer, cfg.distill
+    b, d, data = cfg.buffer, cfg.distill, cfg.data
     tad = "TAD on" if cfg.tad.enabled else "TAD off"
-    return (f"{cfg.method.upper()} on {cfg.data.dataset}: IPC {d.ipc}, ZCA {'on' if cfg.data.zca else 'off'}, "
+    if data.cifar_n is not None:
+        labels = f"labels {data.label_set} of {Path(data.cifar_n).name}"
+    elif data.noise is not None and data.noise_rate > 0:
+        labels = f"{100 * data.noise_rate:g}% {data.noise} noise (seed {data.noise_seed})"
+    else:
+        labels = "labels as loaded"
+    return (f"{cfg.method.upper()} on {data.dataset}, {labels}: IPC {d.ipc}, ZCA {'on' if data.zca else 'off'}, "
             f"{b.num_experts} experts x {b.epochs} epochs ({b.optimizer}), {d.iterations} iterations "
             f"(syn_steps {d.syn_steps}, lr_img {d.lr_img:g}, lr_teacher {d.lr_teacher:g}), {tad}, seed {cfg.seed}")
 

@@ -191,9 +191,16 @@ def test_a_run_states_its_main_settings_first():
     cfg = config_from_args(build_parser().parse_args(
         ["run", "--config", str(ROOT / "examples/configs/cifar10_sym40_ipc10.yaml"), "--dataset", "/data/cifar10.npz"]))
     line = settings_line(cfg)
-    assert line.startswith("MTT on /data/cifar10.npz: IPC 10, ZCA on, 100 experts x 50 epochs (sgd), 5000 iterations")
+    assert line.startswith("MTT on /data/cifar10.npz, 40% symmetric noise (seed 0): IPC 10, ZCA on, 100 experts x "
+                           "50 epochs (sgd), 5000 iterations")
     assert "TAD on" in line and "lr_img 100" in line
     assert settings_hint(cfg) is None  # symmetric noise: nothing to suggest
+    real = config_from_args(build_parser().parse_args(
+        ["run", "--config", str(ROOT / "examples/configs/cifar10n_worst_ipc10.yaml"), "--dataset", "/data/c.npz",
+         "--cifar-n", "/data/CIFAR-10_human.pt"]))
+    assert settings_line(real).startswith("MTT on /data/c.npz, labels worse_label of CIFAR-10_human.pt: IPC 10")
+    clean = config_from_args(build_parser().parse_args(["run", "--dataset", "digits"]))
+    assert settings_line(clean).startswith("MTT on digits, labels as loaded: ")
 
 
 def test_an_asymmetric_tad_run_without_the_remedies_gets_a_hint():

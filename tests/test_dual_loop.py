@@ -173,3 +173,24 @@ def test_the_buffer_keeps_where_its_time_went(dual_loop_run):
     assert 0 < inner <= phases["trust loop"]["seconds"]
     assert all(e["seconds"] >= 0 for e in phases.values())
     assert phases["train"]["seconds"] > 0 and phases["anchors"]["seconds"] > 0  # pixel features cost ~nothing
+
+
+def test_an_anchor_distillation_that_diverges_says_it_is_the_anchors(monkeypatch):
+    """Not the distillation stage: the message names the anchors, the experts and the settings to lower."""
+    from tad_plugin.engine import dual_loop as dl
+    from tad_plugin.engine.matching import DistillDivergedError
+    from tad_plugin.trust_loop import Schedule, TrustLoop
+
+    _, _, noisy, net, _, hooks, loop = digits_dual_loop(8, 2, 1, 2)
+
+    def diverge(*args, **kwargs):
+        raise DistillDivergedError("distillation diverged at iteration 50: matching loss nan, syn_lr nan. Lower "
+                                   "lr_img and/or lr_lr")
+
+    monkeypatch.setattr(dl, "distill_anchors", diverge)
+    trust = TrustLoop(hooks, Schedule(warmup_epochs=2, anchor_epoch=3), noisy.expand(2, -1), 10, experts=[4, 5])
+    snapshots = [torch.zeros(2, net.num_params)] * 4
+    with pytest.raises(DistillDivergedError, match=r"TAD's anchors \(distilled from the first 3 epochs of experts "
+                                                   r"4-5.*diverged: distillation diverged at iteration 50.*lower them, "
+                                                   r"or run the outer loop alone with --set tad.inner_loop=false"):
+        loop.anchors(trust, snapshots)

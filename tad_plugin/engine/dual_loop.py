@@ -31,7 +31,7 @@ from ..manager import TADHooks
 from ..trust_loop import TrustLoop, admit_once
 from ..trust_report import TrustReport, TrustReportListener
 from .convnet import ConvNetConfig
-from .matching import MatchingConfig, TrajectoryMatcher, class_labels, real_init_indices
+from .matching import DistillDivergedError, MatchingConfig, TrajectoryMatcher, class_labels, real_init_indices
 from .preprocess import Preprocessor
 
 __all__ = ["DualLoop", "DualLoopConfig", "Embedder", "admit_once", "distill_anchors"]  # admit_once: trust_loop's
@@ -164,11 +164,18 @@ class DualLoop:
         pool = torch.nonzero(loop.trusted.float().mean(0).cpu() >= 0.5).flatten()
         gen = torch.Generator().manual_seed(self.seed + 7919 * loop.experts[0])
         matching = dataclasses.replace(m, seed=self.seed + loop.experts[0])
-        return distill_anchors(self.net, matching, list(stacked.unbind(0)), loop.labels[0].cpu(), pool,
-                               cfg.anchor_ipc, loop.num_classes,
-                               lambda idx: self.preprocess(self.train_images[idx].to(self.device)),
-                               self.preprocess.to_unit, self.embed, generator=gen, device=self.device,
-                               progress=self.progress)
+        try:
+            return distill_anchors(self.net, matching, list(stacked.unbind(0)), loop.labels[0].cpu(), pool,
+                                   cfg.anchor_ipc, loop.num_classes,
+                                   lambda idx: self.preprocess(self.train_images[idx].to(self.device)),
+                                   self.preprocess.to_unit, self.embed, generator=gen, device=self.device,
+                                   progress=self.progress)
+        except DistillDivergedError as err:  # not the distillation stage: say which distillation, and its knobs
+            raise DistillDivergedError(
+                f"TAD's anchors (distilled from the first {epoch} epochs of experts {loop.experts[0]}-"
+                f"{loop.experts[-1]}, the inner loop's reference) diverged: {err}. The anchors take distill.lr_img "
+                f"and distill.lr_lr: lower them, or run the outer loop alone with --set tad.inner_loop=false"
+            ) from None
 
 
 @contextlib.contextmanager
