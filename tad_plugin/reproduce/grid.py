@@ -481,10 +481,11 @@ def buffer_command(buffer: str, dataset: str, out: Path, cifar_n: str | None, bu
 
 
 #: The label-audit detectors of the detection table (docs/label-audit.md), run by ``--audit`` beside a TAD buffer
-#: of MTT's expert recipe with ZCA and by ``--audit-only``: TAD's 20 experts of that buffer (no training when it
-#: is trained), 5 TAD experts of their own (as many models as cleanlab's folds: the same GPU time), and cleanlab
-#: on 5-fold out-of-sample probabilities.
-AUDIT_DETECTORS = ("tad20", "tad5", "cleanlab")
+#: of MTT's expert recipe with ZCA and by ``--audit-only``, in the order the runner starts them: cleanlab on 5-fold
+#: out-of-sample probabilities (it needs neither the SimCLR extractor nor a buffer), 5 TAD experts of their own (as
+#: many models as cleanlab's folds: the same GPU time), and TAD's 20 experts of that buffer (no training when it is
+#: trained).
+AUDIT_DETECTORS = ("cleanlab", "tad5", "tad20")
 #: The detection table's label sets that are not noise settings of the grid: name -> the CIFAR-10N label column
 #: of ``--cifar-n`` they audit (with c10n-worst's settings otherwise).
 AUDIT_ONLY_LABEL_SETS = {"c10n-aggre": "aggre_label", "c10n-random1": "random_label1"}

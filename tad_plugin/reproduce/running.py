@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .grid import (
+    AUDIT_DETECTORS,
     AUDIT_ONLY_LABEL_SETS,
     BUDGETS,
     TWO_STAGE_ARMS,
@@ -287,8 +288,7 @@ def audit_jobs(args: argparse.Namespace, requested: Sequence[str], training: set
                ) -> dict[str, tuple[str, list[str], str | None, bool]]:
     """The label-audit jobs of a request that are neither recorded under ``--results`` nor finished under
     ``--out``: job name -> (its label set, argv, the buffer job it waits for or None, whether it trains TAD
-    experts); cleanlab's of every label set first (they need neither the extractor nor a buffer), then the 5 TAD
-    experts', then the 20's.
+    experts), by detector in :data:`~.grid.AUDIT_DETECTORS`' order, then label set.
 
     The label sets: with ``args.audit``, those whose TAD buffer of MTT's recipe with ZCA (:func:`~.grid.audit_buffer`)
     one of the cells ``requested`` reads; then ``args.audit_only``'s. ``tad20`` audits with the experts of that
@@ -329,8 +329,7 @@ def audit_jobs(args: argparse.Namespace, requested: Sequence[str], training: set
             tad20 = name.endswith("-tad20")
             waits = job if tad20 and not own and job in training else None
             found[name] = (label_set, cmd, waits, not name.endswith("-cleanlab") and (own or not tad20))
-    first = ("cleanlab", "tad5", "tad20")
-    return dict(sorted(found.items(), key=lambda item: first.index(item[0].rsplit("-", 1)[1])))
+    return dict(sorted(found.items(), key=lambda item: AUDIT_DETECTORS.index(item[0].rsplit("-", 1)[1])))
 
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, tuple]]:
