@@ -409,8 +409,9 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
 
 
 def run_cells(args: argparse.Namespace) -> int:
-    """Run the ``--cell`` cells and the buffers they need (one job in the foreground, several through
-    :func:`run_parallel`); 0 if all passed."""
+    """Run the ``--cell`` cells and the buffers they need, and the label audits of ``--audit`` and
+    ``--audit-only`` (:func:`plan`; one job in the foreground, several through :func:`run_parallel`), recording
+    each finished cell and audit; 0 if all passed."""
     out = Path(args.out)
     jobs, after, meta = plan(args)
     for name, (_, buf, _) in meta.items():
