@@ -118,7 +118,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "(repeatable): a noise setting of the grid (sym40, asym40, c10n-worst, ...) or c10n-aggre / "
                         "c10n-random1, CIFAR-10N's aggre_label / random_label1 with c10n-worst's settings (the "
                         "CIFAR-10N ones need --cifar-n); tad20 audits with the grid's buffer of MTT's recipe with ZCA "
-                        "when it is trained under --out, else trains its own 20 experts with that buffer's settings; "
+                        "when it is trained under --out, else trains its own experts with that buffer's settings; "
                         "records as for --audit, finished ones are not run again")
     p.add_argument("--features-budget", type=float, default=FEATURES_BUDGET_S, metavar="SECONDS",
                    help="when a TAD buffer needs the default SimCLR extractor and it does not exist yet, train it "
