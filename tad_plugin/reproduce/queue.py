@@ -320,11 +320,11 @@ def queue(results: Path, budget: str = "short") -> str:
     return "\n".join(lines)
 
 
-def audits_left(results: Path) -> dict[str, list[str]]:
+def audits_left(records: Path) -> dict[str, list[str]]:
     """The label sets of :data:`DETECTION_LABEL_SETS` -> their detectors (of :data:`AUDIT_DETECTORS`) without a
-    record under ``results/audit/`` (the grid's records folder)."""
+    record in ``<records>/audit/<label set>-<detector>/`` (``records``: the grid's records folder)."""
     return {label_set: [d for d in AUDIT_DETECTORS
-                        if not (results / "audit" / f"{label_set}-{d}" / "result_audit.json").is_file()]
+                        if not (records / "audit" / f"{label_set}-{d}" / "result_audit.json").is_file()]
             for label_set in DETECTION_LABEL_SETS}
 
 
@@ -363,14 +363,14 @@ def with_audits(names: Sequence[str], missing: Mapping[str, Sequence[str]], budg
     return estimate(jobs + [j for j in audit_batch_jobs(rows, budget, extractor=extractor) if j.name != "extractor"])
 
 
-def detection_section(results: Path, budget: str, trains: Mapping[str, tuple[int, list[str]]], number: int,
+def detection_section(records: Path, budget: str, trains: Mapping[str, tuple[int, list[str]]], number: int,
                       section: int) -> list[str]:
     """The queue's section of the label-audit detection table's rows (:func:`audits_left` of the records folder
-    ``results``): per label set, recorded, or the rows left and how they get made: ``--audit`` on the batch of
+    ``records``): per label set, recorded, or the rows left and how they get made: ``--audit`` on the batch of
     ``trains`` (buffer -> batch number and cells) that trains its :func:`~.grid.audit_buffer` (with that batch's
     estimate with them), else :func:`audit_batches` of ``--audit-only`` commands, numbered after batch
     ``number``; estimates at ``budget``."""
-    left = audits_left(results)
+    left = audits_left(records)
     lines = [f"## {section}. Label-audit detection rows", "",
              "The rows of the label-audit detection table (`audit/detection.md`, docs/label-audit.md), three per label "
              "set: TAD with the 20 experts of the grid's TAD buffer of MTT's recipe with ZCA (`tad20`), TAD with 5 "
