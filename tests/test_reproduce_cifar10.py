@@ -23,6 +23,16 @@ def test_cell_all_runs_every_cell_of_the_grid(monkeypatch):
     assert exit_.value.code == 0 and seen["cells"] == list(grid.cells()) and len(seen["cells"]) == 130
 
 
+def test_audit_only_alone_runs_the_audits(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(repro, "run_cells", lambda args: seen.update(audits=args.audit_only, cells=args.cell) or 0)
+    monkeypatch.setattr(repro.sys, "argv", ["reproduce_cifar10.py", "--audit-only", "c10n-aggre", "--audit-only",
+                                            "c10n-random1"])
+    with pytest.raises(SystemExit) as exit_:
+        repro.main()
+    assert exit_.value.code == 0 and seen == {"audits": ["c10n-aggre", "c10n-random1"], "cells": None}
+
+
 def test_tad_reproduce_writes_the_queue_under_its_results_folder(tmp_path, monkeypatch, capsys):
     from tad_plugin.cli import main
 
@@ -31,7 +41,8 @@ def test_tad_reproduce_writes_the_queue_under_its_results_folder(tmp_path, monke
     queue = (tmp_path / "mine" / "cifar10" / "QUEUE.md").read_text()
     assert "130 of 130 cells left" in queue and "--cell mtt-ipc1-sym20-noisy" in queue
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # nothing written beside it
-    assert main(["reproduce"]) == 2 and "give --list, --cell CELL, --queue or --page" in capsys.readouterr().err
+    assert main(["reproduce"]) == 2
+    assert "give --list, --cell CELL, --audit-only LABEL_SET, --queue or --page" in capsys.readouterr().err
 
 
 def test_the_script_reads_the_checkouts_results_from_any_folder(tmp_path):

@@ -16,7 +16,7 @@ def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
     text = queue.queue(tmp_path)
     assert "128 of 130 cells left" in text
     heads = [line for line in text.splitlines() if line.startswith("## ")]
-    assert [h.split(". ")[0] for h in heads] == ["## 1", "## 2", "## 3", "## 4", "## 5", "## 6"]
+    assert [h.split(". ")[0] for h in heads] == ["## 1", "## 2", "## 3", "## 4", "## 5", "## 6", "## 7"]
     assert heads[0].startswith("## 1. MTT") and heads[1].startswith("## 2. Table 3") and "ATT" in heads[2]
     first = text.split("## 2.")[0]
     assert "--cell mtt-ipc1-sym20-tad" in first and "--cell mtt-ipc1-sym20-noisy" not in first
@@ -91,3 +91,63 @@ def test_the_long_budget_pays_anchors_per_expert_group_and_more_iterations():
     assert cell_s.work == queue.DISTILL_S[10]
     share = queue.DISTILL_FIXED_SHARE
     assert cell_l.work == pytest.approx(queue.DISTILL_S[10] * (share + (1 - share) * 5))  # 5000 vs 1000 iterations
+
+
+def test_the_last_section_lists_the_detection_rows_left_and_how_they_get_made(tmp_path):
+    done = {"results": {"test_acc_mean": 0.6}, "config": {}}
+    for cell in ("mtt-ipc1-c10n-worst-tad", "mtt-ipc10-c10n-worst-tad", "att-ipc1-c10n-worst-tad",
+                 "att-ipc10-c10n-worst-tad"):  # no batch left trains c10n-worst's TAD buffer of MTT's recipe
+        (tmp_path / f"{cell}.json").write_text(json.dumps(done))
+    for row in ("sym40-cleanlab", "sym40-tad5", "sym40-tad20", "asym40-cleanlab"):
+        (tmp_path / "audit" / row).mkdir(parents=True)
+        (tmp_path / "audit" / row / "result_audit.json").write_text("{}")
+    text = queue.queue(tmp_path)
+    section = text.split("## 7. Label-audit detection rows")[1]
+    assert "- `sym40`: recorded." in section
+    # a grid label set whose buffer a batch trains: --audit on that batch
+    line = next(x for x in section.splitlines() if x.startswith("- `asym40`:"))
+    batch = int(line.split("`--audit` on batch ")[1].split()[0])
+    assert line.startswith(f"- `asym40`: tad5, tad20 left: `--audit` on batch {batch} (it trains "
+                           "`asym40-tad-sgd-zca`; about ") and line.endswith(" min with them).")
+    head = next(x for x in text.splitlines() if x.startswith(f"- batch {batch}:"))
+    assert "`asym40-tad-sgd-zca`" in head.split("; buffers ")[1]
+    alone = int(head.split("about ")[1].split()[0])
+    assert int(line.split("about ")[1].split()[0]) >= alone  # the audits take free slots or lengthen it
+    # the others: --audit-only batches after the grid's, two tad20 audits at most in each
+    last = max(int(x.split()[2].rstrip(":")) for x in text.split("## 7.")[0].splitlines() if x.startswith("- batch "))
+    assert f"- `c10n-worst`: cleanlab, tad5, tad20 left: batch {last + 1} below." in section
+    assert f"- `c10n-aggre`: cleanlab, tad5, tad20 left: batch {last + 1} below." in section
+    assert f"- `c10n-random1`: cleanlab, tad5, tad20 left: batch {last + 2} below." in section
+    assert (f"- batch {last + 1}: the detection rows of `c10n-worst`, `c10n-aggre`, without distilling, about "
+            in section)
+    assert ("--cifar-n CIFAR-10_human.pt --gpus 0 --jobs 3 \\\n    --audit-only c10n-worst --audit-only c10n-aggre\n"
+            in section)
+    assert section.rstrip().endswith("--audit-only c10n-random1\n  ```")
+
+
+def test_audit_batches_share_the_window_and_model_each_audit_as_its_own_experts():
+    left = {"c10n-aggre": ["cleanlab", "tad5", "tad20"], "c10n-random1": ["cleanlab", "tad5", "tad20"]}
+    jobs = queue.audit_batch_jobs(left)
+    assert [j.name for j in jobs] == ["extractor", "audit-c10n-aggre-cleanlab", "audit-c10n-random1-cleanlab",
+                                      "audit-c10n-aggre-tad5", "audit-c10n-random1-tad5", "audit-c10n-aggre-tad20",
+                                      "audit-c10n-random1-tad20"]
+    cl, tad5, tad20 = jobs[1], jobs[3], jobs[5]
+    assert (cl.saturates, cl.work, cl.pause_at) == (False, queue.CLEANLAB_S, None)
+    for job, experts in ((tad5, 5), (tad20, 20)):  # one expert group each: the anchors once
+        train = experts * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR
+        assert job.saturates and job.work == train + queue.ANCHORS_S and job.pause_at == train * 10 / 23
+    both = queue.estimate(jobs)
+    assert both > queue.estimate(queue.audit_batch_jobs({"c10n-aggre": left["c10n-aggre"]}))
+    assert queue.audit_batches(left, window=both) == [(list(left), both)]  # one batch where they fit
+    assert [b for b, _ in queue.audit_batches(left, window=both - 1)] == [["c10n-aggre"], ["c10n-random1"]]
+    # a label set with only cleanlab left: no extractor, no TAD experts
+    assert [j.name for j in queue.audit_batch_jobs({"sym40": ["cleanlab"]})] == ["audit-sym40-cleanlab"]
+    assert queue.audit_batches(left, budget="full") == [(list(left), None)]
+
+
+def test_the_audits_beside_a_batch_cost_cleanlab_and_5_experts_and_tad20_reads_its_buffer():
+    batch = ["mtt-ipc1-asym40-tad"]
+    alone = queue.estimate(queue.batch_jobs(batch))
+    both = queue.with_audits(batch, {"asym40": ["cleanlab", "tad5", "tad20"]})
+    assert both > alone and both == queue.with_audits(batch, {"asym40": ["cleanlab", "tad5"]})
+    assert queue.with_audits(batch, {"asym40": ["tad20"]}) == alone

@@ -3,6 +3,7 @@ cells and what each waits for), the parallel jobs, and the collection of finishe
 and its audits end to end through the real commands."""
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -23,7 +24,7 @@ def cmd_value(cmd, flag):
 
 def _args(tmp_path, cells, **kw):
     base = dict(cell=cells, set=[], dataset="d.npz", out=str(tmp_path), cifar_n="h.pt", jobs=1, gpus=None,
-                budget="short", tag=None, seeds=[0], features_budget=12.0, audit=False,
+                budget="short", tag=None, seeds=[0], features_budget=12.0, audit=False, audit_only=None,
                 results=str(tmp_path / "r"))
     return argparse.Namespace(**{**base, **kw})
 
@@ -139,11 +140,12 @@ def test_audit_runs_the_detection_rows_beside_the_tad_buffers_of_mtts_recipe(tmp
     cells = ["mtt-ipc10-sym40-tad", "mtt-ipc10-sym40-noisy", "mtt-ipc50-sym40-tad"]
     jobs, after, _ = running.plan(_args(tmp_path, cells, audit=True))
     audits = [j for j in jobs if j.startswith("audit-")]
-    assert audits == ["audit-sym40-tad20", "audit-sym40-tad5", "audit-sym40-cleanlab"]  # not for the raw IPC-50 one
-    tad20, tad5, cl = (config_of(jobs[a]) for a in audits)
+    # not for the raw IPC-50 one; cleanlab first (it needs neither the extractor nor the buffer)
+    assert audits == ["audit-sym40-cleanlab", "audit-sym40-tad5", "audit-sym40-tad20"]
+    cl, tad5, tad20 = (config_of(jobs[a]) for a in audits)
     assert all(jobs[a][3] == "audit" for a in audits)
     assert [jobs[a][jobs[a].index("--out") + 1] for a in audits] == [
-        str(tmp_path / "audit" / n) for n in ("sym40-tad20", "sym40-tad5", "sym40-cleanlab")]
+        str(tmp_path / "audit" / n) for n in ("sym40-cleanlab", "sym40-tad5", "sym40-tad20")]
     # TAD's 20 experts: the grid buffer's, once it is trained; the same labels and settings as that buffer
     cmd = jobs["audit-sym40-tad20"]
     assert cmd[cmd.index("--buffer") + 1] == str(tmp_path / "buffers" / "sym40-tad-sgd-zca" / "buffer")
@@ -162,8 +164,71 @@ def test_audit_runs_the_detection_rows_beside_the_tad_buffers_of_mtts_recipe(tmp
     jobs, _, _ = running.plan(_args(tmp_path, cells, audit=True))
     assert "audit-sym40-cleanlab" not in jobs and "audit-sym40-tad5" in jobs
     assert not any(j.startswith("audit-") for j in running.plan(_args(tmp_path, cells))[0])
-    with pytest.raises(SystemExit, match="--audit .* drop --tag and --seeds"):
+    with pytest.raises(SystemExit, match="--audit and --audit-only .* drop --tag and --seeds"):
         running.plan(_args(tmp_path, cells, audit=True, tag="x"))
+
+
+def test_audit_only_runs_the_detection_rows_of_a_label_set_no_cell_uses(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    jobs, after, meta = running.plan(_args(tmp_path, None, audit_only=["c10n-aggre", "c10n-random1"]))
+    # the extractor (missing) beside them; cleanlab's first: they need neither it nor a buffer
+    assert list(jobs) == ["extractor", "audit-c10n-aggre-cleanlab", "audit-c10n-random1-cleanlab",
+                          "audit-c10n-aggre-tad5", "audit-c10n-random1-tad5", "audit-c10n-aggre-tad20",
+                          "audit-c10n-random1-tad20"]
+    assert after == {} and meta == {}
+    assert all(jobs[j][3] == "audit" and "--buffer" not in jobs[j] for j in jobs if j != "extractor")
+    # tad20 trains its own 20 experts with the settings of the grid's c10n-worst TAD buffer of MTT's recipe with
+    # ZCA, on the other label column of the same label file
+    worst = config_of(grid.buffer_command("c10n-worst-tad-sgd-zca", "d.npz", tmp_path, "h.pt", "short"))
+    tad20 = config_of(jobs["audit-c10n-aggre-tad20"])
+    assert (tad20.data.cifar_n, tad20.data.label_set, worst.data.label_set) == ("h.pt", "aggre_label", "worse_label")
+    assert dataclasses.replace(tad20.data, label_set="worse_label") == worst.data
+    assert tad20.buffer == worst.buffer and (tad20.buffer.num_experts, tad20.buffer.epochs) == (20, 23)
+    assert tad20.tad.enabled and tad20.tad.features_wait_s == 12.0 + running.FEATURES_MARGIN_S
+    assert cmd_value(jobs["audit-c10n-aggre-tad20"], "--out") == str(tmp_path / "audit" / "c10n-aggre-tad20")
+    tad5, cl = (config_of(jobs[f"audit-c10n-random1-{d}"]) for d in ("tad5", "cleanlab"))
+    assert tad5.data.label_set == cl.data.label_set == "random_label1"
+    assert (tad5.buffer.num_experts, tad5.buffer.experts_per_group, tad5.tad.features_wait_s) == (5, 5, 312.0)
+    assert cmd_value(jobs["audit-c10n-random1-cleanlab"], "--detector") == "cleanlab" and cl.tad.features_wait_s == 0
+    # the extractor in place and a row recorded: neither runs again
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "d.pt").write_bytes(b"x")
+    done = tmp_path / "r" / "cifar10" / "audit" / "c10n-aggre-tad5"
+    done.mkdir(parents=True)
+    (done / "result_audit.json").write_text("{}")
+    jobs, _, _ = running.plan(_args(tmp_path, None, audit_only=["c10n-aggre"]))
+    assert list(jobs) == ["audit-c10n-aggre-cleanlab", "audit-c10n-aggre-tad20"]
+    assert config_of(jobs["audit-c10n-aggre-tad20"]).tad.features_wait_s == 0
+    with pytest.raises(SystemExit, match=r"--audit-only c10n-aggre: CIFAR-10N's labels need --cifar-n PATH"):
+        running.plan(_args(tmp_path, None, audit_only=["c10n-aggre"], cifar_n=None))
+    with pytest.raises(SystemExit, match=r"--audit-only aggre: no such label set \(one of sym20, .*c10n-worst, "
+                                         r"c10n-aggre, c10n-random1\)"):
+        running.plan(_args(tmp_path, None, audit_only=["aggre"]))
+    with pytest.raises(SystemExit, match="drop --tag and --seeds"):
+        running.plan(_args(tmp_path, None, audit_only=["c10n-random1"], seeds=[0, 1]))
+
+
+def test_audit_only_on_a_grid_label_set_reads_its_buffer_where_there_is_one(tmp_path, monkeypatch):
+    (tmp_path / "d.pt").write_bytes(b"x")  # the extractor in place: nothing waits for it
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path))
+    experts = str(tmp_path / "buffers" / "sym40-tad-sgd-zca" / "buffer")
+    # no buffer under --out: tad20 trains its 20 experts as the grid's buffer would
+    jobs, after, _ = running.plan(_args(tmp_path, None, audit_only=["sym40"]))
+    assert list(jobs) == ["audit-sym40-cleanlab", "audit-sym40-tad5", "audit-sym40-tad20"] and after == {}
+    own = config_of(jobs["audit-sym40-tad20"])
+    assert "--buffer" not in jobs["audit-sym40-tad20"] and own.tad.features_wait_s == 0
+    assert own.buffer == config_of(grid.buffer_command("sym40-tad-sgd-zca", "d.npz", tmp_path, "h.pt", "short")).buffer
+    # its buffer trained under --out: tad20 audits with those experts
+    monkeypatch.setattr(running, "buffer_ready", lambda path, n: str(path) == experts and n == 20)
+    jobs, after, _ = running.plan(_args(tmp_path, None, audit_only=["sym40"]))
+    assert cmd_value(jobs["audit-sym40-tad20"], "--buffer") == experts and after == {}
+    # the buffer trained by the same run (a cell reads it): tad20 waits for it; --audit adds nothing twice
+    monkeypatch.setattr(running, "buffer_ready", lambda path, n: False)
+    jobs, after, _ = running.plan(_args(tmp_path, ["mtt-ipc10-sym40-tad"], audit=True, audit_only=["sym40"]))
+    assert [j for j in jobs if j.startswith("audit-")] == ["audit-sym40-cleanlab", "audit-sym40-tad5",
+                                                          "audit-sym40-tad20"]
+    assert cmd_value(jobs["audit-sym40-tad20"], "--buffer") == experts
+    assert after["audit-sym40-tad20"] == ["buffer-sym40-tad-sgd-zca"]
 
 
 def test_the_two_stage_buffers_wait_for_cleanlabs_first_stage_once_per_label_set(tmp_path, monkeypatch):
@@ -175,7 +240,7 @@ def test_the_two_stage_buffers_wait_for_cleanlabs_first_stage_once_per_label_set
                           "mtt-ipc50-sym40-prune"]  # no extractor: TAD is off in all of them
     assert after["buffer-sym40-prune-sgd-raw"] == after["buffer-sym40-relabel-sgd-zca"] == ["audit-sym40-cleanlab"]
     first = jobs["audit-sym40-cleanlab"]
-    assert first == grid.audit_commands("sym40-tad-sgd-zca", "d.npz", tmp_path, "h.pt", "short")[
+    assert first == grid.audit_commands("sym40", "d.npz", tmp_path, "h.pt", "short")[
         "audit-sym40-cleanlab"]  # the same run as --audit's cleanlab row
     assert first[-3:] == ["--detector", "cleanlab", "--write-pruned"] and config_of(first).buffer.epochs == 23
     assert config_of(first).data.noise_rate == 0.4 and not config_of(jobs["buffer-sym40-prune-sgd-zca"]).tad.enabled

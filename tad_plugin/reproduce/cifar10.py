@@ -13,6 +13,8 @@ TAD's parts on DATM), one command per cell.
     python reproduction/reproduce_cifar10.py --cell mtt-ipc10-asym40-tad --budget short \\
         --set tad.balance_classes=false \\
         --tag nobal --dataset /data/cifar10.npz                              # a variant: its own runs and record
+    python reproduction/reproduce_cifar10.py --audit-only c10n-aggre --audit-only c10n-random1 --budget short \\
+        --dataset /data/cifar10.npz --cifar-n /data/CIFAR-10_human.pt --gpus 0 --jobs 3  # label-audit rows only
     python reproduction/reproduce_cifar10.py --queue                             # cifar10/QUEUE.md: what is left
     python reproduction/reproduce_cifar10.py --page                              # results page from the records
 
@@ -25,6 +27,9 @@ switch TAD's parts (reverse-CE regulariser, outer loop, inner loop) as the paper
 (the paper's Table 4 protocol) run MTT at IPC 10 and 50 under symmetric noise after cleanlab cleaned the labels:
 ``mtt-ipc10-sym40-prune`` distils from the samples cleanlab does not flag, ``-relabel`` from all samples with
 its suggested labels; cleanlab's run (``<out>/audit/<noise>-cleanlab``) comes first, once per label set.
+``--audit`` adds the label-audit detection table's rows (docs/label-audit.md) of the label set of each TAD buffer
+of MTT's recipe with ZCA that a run trains; ``--audit-only LABEL_SET`` runs only those rows, for a noise setting or
+for CIFAR-10N's aggre and random1 labels (``c10n-aggre``, ``c10n-random1``), which no cell uses.
 ``--cell`` takes names, shell patterns (``'att-ipc50-*'``) or ``all``.
 
 Each cell's config is built from a base YAML per noise kind in ``tad_plugin/configs/`` (``cifar10_sym.yaml``,
@@ -108,17 +113,24 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "MTT's expert recipe with ZCA: tad audit with that buffer's experts, with 5 experts of its "
                         "own and with cleanlab; records in RESULTS/cifar10/audit/, the table in "
                         "RESULTS/cifar10/audit/detection.md")
+    p.add_argument("--audit-only", action="append", metavar="LABEL_SET",
+                   help="run the label-audit detection table's rows of this label set without distilling "
+                        "(repeatable): a noise setting of the grid (sym40, asym40, c10n-worst, ...) or c10n-aggre / "
+                        "c10n-random1, CIFAR-10N's aggre_label / random_label1 with c10n-worst's settings (the "
+                        "CIFAR-10N ones need --cifar-n); tad20 audits with the grid's buffer of MTT's recipe with ZCA "
+                        "when it is trained under --out, else trains its own experts with that buffer's settings; "
+                        "records as for --audit, finished ones are not run again")
     p.add_argument("--features-budget", type=float, default=FEATURES_BUDGET_S, metavar="SECONDS",
                    help="when a TAD buffer needs the default SimCLR extractor and it does not exist yet, train it "
                         "first for this long (default: the recorded 10-minute recipe)")
 
 
-NOTHING_ASKED = "give --list, --cell CELL, --queue or --page"
+NOTHING_ASKED = "give --list, --cell CELL, --audit-only LABEL_SET, --queue or --page"
 
 
 def asked(args: argparse.Namespace) -> bool:
     """Whether the options ``args`` ask the runner for anything (:data:`NOTHING_ASKED` says what it can do)."""
-    return bool(args.list or args.cell or args.page or args.queue)
+    return bool(args.list or args.cell or args.audit_only or args.page or args.queue)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{alias}: the cell {cell}")
         for buf in dict.fromkeys(buffer_of(c) for c in cells().values()):
             print(f"buffer {buf}: {' '.join(buffer_command(buf, args.dataset, out, cifar_n, args.budget, args.set))}")
-    code = run_cells(args) if args.cell else 0
+    code = run_cells(args) if args.cell or args.audit_only else 0
     if args.queue:
         text = queue(records, budget=args.budget)
         atomic_write(records / "QUEUE.md", lambda f: f.write(text.encode()))

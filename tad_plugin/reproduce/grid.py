@@ -480,41 +480,72 @@ def buffer_command(buffer: str, dataset: str, out: Path, cifar_n: str | None, bu
             *_sets(budget_sets(budget, rec, zca, sets), switch_sets(c), sets)]
 
 
-#: The label-audit detectors ``--audit`` runs beside a TAD buffer of MTT's expert recipe with ZCA (the detection
-#: table of docs/label-audit.md): TAD's experts of that buffer (no training), 5 TAD experts of their own (as many
-#: models as cleanlab's folds: the same GPU time), and cleanlab on 5-fold out-of-sample probabilities.
-AUDIT_DETECTORS = ("tad20", "tad5", "cleanlab")
+#: The label-audit detectors of the detection table (docs/label-audit.md), run by ``--audit`` beside a TAD buffer
+#: of MTT's expert recipe with ZCA and by ``--audit-only``, in the order the runner starts them: cleanlab on 5-fold
+#: out-of-sample probabilities (it needs neither the SimCLR extractor nor a buffer), 5 TAD experts of their own (as
+#: many models as cleanlab's folds: the same GPU time), and TAD's 20 experts of that buffer (no training when it is
+#: trained).
+AUDIT_DETECTORS = ("cleanlab", "tad5", "tad20")
+#: The detection table's label sets that are not noise settings of the grid: name -> the CIFAR-10N label column
+#: of ``--cifar-n`` they audit (with c10n-worst's settings otherwise).
+AUDIT_ONLY_LABEL_SETS = {"c10n-aggre": "aggre_label", "c10n-random1": "random_label1"}
+#: The label sets of the detection table, in its order: synthetic 40% noise and three CIFAR-10N label sets.
+DETECTION_LABEL_SETS = ("sym40", "asym40", "c10n-worst", "c10n-aggre", "c10n-random1")
 
 
-def audit_job(noise: str, detector: str) -> str:
-    """The job name of the label-audit run of ``detector`` (one of :data:`AUDIT_DETECTORS`) on the label set
-    ``noise``: ``audit-<noise>-<detector>``, its run folder ``<noise>-<detector>`` under :func:`audit_dir`."""
-    return f"audit-{noise}-{detector}"
+def audit_job(label_set: str, detector: str) -> str:
+    """The job name of the label-audit run of ``detector`` (one of :data:`AUDIT_DETECTORS`) on ``label_set``:
+    ``audit-<label set>-<detector>``, its run folder ``<label set>-<detector>`` under :func:`audit_dir`."""
+    return f"audit-{label_set}-{detector}"
 
 
 def audit_dir(out: Path) -> Path:
-    """Where ``--audit``'s runs go: ``out/audit/<label set>-<detector>``."""
+    """Where the label audits go: ``out/audit/<label set>-<detector>``."""
     return out / "audit"
 
 
-def audit_commands(buffer: str, dataset: str, out: Path, cifar_n: str | None, budget: str,
-                   sets: Sequence[str] = ()) -> dict[str, list[str]]:
-    """The ``tad audit`` jobs of the label set of the shared buffer ``buffer`` (``audit-<noise>-<detector>``, one
-    per :data:`AUDIT_DETECTORS`), with the buffer's own settings; empty unless it is a TAD buffer of the plain-SGD
-    recipe with ZCA (MTT's and ATT's experts at IPC 1 and 10)."""
-    noise, arm, rec, zca = parse_buffer(buffer)
-    if arm != "tad" or rec != "sgd" or not zca:
-        return {}
+def audit_buffer(label_set: str) -> str:
+    """The grid buffer whose settings the audits of ``label_set`` take: the TAD buffer of MTT's expert recipe
+    with ZCA, ``<noise>-tad-sgd-zca`` (c10n-worst's for a label set of :data:`AUDIT_ONLY_LABEL_SETS`)."""
+    return f"{'c10n-worst' if label_set in AUDIT_ONLY_LABEL_SETS else label_set}-tad-sgd-zca"
 
-    extra = {"tad20": ["--buffer", str(buffer_dir(out, buffer) / "buffer")],
+
+def needs_cifar_n(label_set: str) -> bool:
+    """Whether the audits of ``label_set`` read CIFAR-10N's label file (``--cifar-n``)."""
+    return label_set in AUDIT_ONLY_LABEL_SETS or NOISES[label_set][1] is None
+
+
+def resolve_label_sets(requested: Sequence[str]) -> list[str]:
+    """The label sets ``requested`` (``--audit-only``: noise settings of the grid or keys of
+    :data:`AUDIT_ONLY_LABEL_SETS`), without repeats, in the order given.
+
+    Raises:
+        SystemExit: a name that is neither (the message lists the valid ones).
+    """
+    valid = [*NOISES, *AUDIT_ONLY_LABEL_SETS]
+    for name in requested:
+        if name not in valid:
+            raise SystemExit(f"--audit-only {name}: no such label set (one of {', '.join(valid)})")
+    return list(dict.fromkeys(requested))
+
+
+def audit_commands(label_set: str, dataset: str, out: Path, cifar_n: str | None, budget: str,
+                   sets: Sequence[str] = (), experts: Path | None = None) -> dict[str, list[str]]:
+    """The ``tad audit`` jobs of the detection table's rows of ``label_set`` (a key of :data:`NOISES` or
+    :data:`AUDIT_ONLY_LABEL_SETS`): ``audit-<label set>-<detector>`` (:func:`audit_job`), one per
+    :data:`AUDIT_DETECTORS`, with the settings of :func:`audit_buffer` and, for a label set of
+    :data:`AUDIT_ONLY_LABEL_SETS`, ``--label-set`` its column. ``experts``: the trained experts (``buffer/``) of that
+    buffer, which ``tad20`` audits with; None: ``tad20`` trains its own, as that buffer would."""
+    column = AUDIT_ONLY_LABEL_SETS.get(label_set)
+    extra = {"tad20": [] if experts is None else ["--buffer", str(experts)],
              "tad5": ["--set", "buffer.num_experts=5", "--set", "buffer.experts_per_group=5"],
              "cleanlab": ["--detector", "cleanlab", "--write-pruned"]}
     jobs = {}
     for detector in AUDIT_DETECTORS:
-        cmd = buffer_command(buffer, dataset, out, cifar_n, budget, sets)
+        cmd = buffer_command(audit_buffer(label_set), dataset, out, cifar_n, budget, sets)
         cmd[cmd.index("buffer")] = "audit"
-        cmd[cmd.index("--out") + 1] = str(audit_dir(out) / f"{noise}-{detector}")
-        jobs[audit_job(noise, detector)] = cmd + extra[detector]
+        cmd[cmd.index("--out") + 1] = str(audit_dir(out) / f"{label_set}-{detector}")
+        jobs[audit_job(label_set, detector)] = cmd + (["--label-set", column] if column else []) + extra[detector]
     return jobs
 
 

@@ -6,24 +6,29 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .grid import (
     ABLATION_CELLS,
+    AUDIT_DETECTORS,
+    AUDIT_ONLY_LABEL_SETS,
     BUDGETS,
+    DETECTION_LABEL_SETS,
     FEATURES_BUDGET_S,
     IPCS,
     NOISES,
     TWO_STAGE_ARMS,
     Cell,
     arm_parts,
+    audit_buffer,
     audit_job,
     budget_text,
     buffer_command,
     buffer_of,
     cells,
+    needs_cifar_n,
     needs_extractor,
     parse_buffer,
     read_epochs,
@@ -87,16 +92,37 @@ class _SimJob:
     done: float = 0.0
 
 
+def _training(buf: str, budget: str, experts: int, group: int, extractor: bool) -> tuple[float, float | None]:
+    """(work, pause_at) of a :class:`_SimJob` that trains ``experts`` experts with the settings of the buffer
+    ``buf`` under ``budget``, ``group`` at a time: their epochs (TAD's outer loop and GSAM at their factors), plus
+    the anchors once per group when the inner loop runs; ``pause_at``: the work done when the inner loop first
+    needs the extractor, when ``extractor`` (it trains beside) and they need it, else None."""
+    from tad_plugin.cli_options import add_settings_options
+    from tad_plugin.runs import config_from_args
+    from tad_plugin.trust_loop import Schedule
+
+    _, arm, rec, zca = parse_buffer(buf)
+    epochs = read_epochs(rec, zca)
+    _, outer, inner = arm_parts(arm)
+    train = (experts * epochs * EXPERT_EPOCH_S * (TAD_BUFFER_FACTOR if outer else 1)
+             * (GSAM_FACTOR if rec.startswith("gsam") else 1))
+    work = train + (ANCHORS_S * -(-experts // group) if inner else 0.0)
+    if not (extractor and needs_extractor(buf, ())):
+        return work, None
+    cmd = buffer_command(buf, "cifar10", Path("runs"), "CIFAR-10_human.pt", budget)
+    settings = argparse.ArgumentParser()  # the options of `tad buffer`
+    add_settings_options(settings)
+    schedule = Schedule.of(config_from_args(settings.parse_args(cmd[cmd.index("buffer") + 1:])).tad)
+    first = next((t for t in range(epochs) if schedule.recalibrates(t)), epochs)  # features first needed
+    return work, train * first / epochs
+
+
 def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = FEATURES_BUDGET_S,
                extractor: bool = True) -> list[_SimJob]:
     """The jobs a ``--cell`` run of ``names`` starts on a fresh machine (every buffer trained, the extractor
     too when a buffer needs it and ``extractor``), in :func:`plan`'s order, with :func:`estimate`'s costs: the
     anchors once per expert group, a distillation's iteration share (1 - :data:`DISTILL_FIXED_SHARE`) scaled to
     ``budget``'s iterations (the planning figures are the short budget's)."""
-    from tad_plugin.cli_options import add_settings_options
-    from tad_plugin.runs import config_from_args
-    from tad_plugin.trust_loop import Schedule
-
     experts, group, iterations = sizes(budget)[:3]
     distill = DISTILL_FIXED_SHARE + (1 - DISTILL_FIXED_SHARE) * iterations / sizes("short")[2]
     groups: dict[str, list[str]] = {}
@@ -105,20 +131,8 @@ def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = 
     needs = extractor and any(needs_extractor(b, ()) for b in groups)
     jobs = [_SimJob("extractor", True, features_s + EXTRACTOR_EXTRA_S)] if needs else []
     for buf, members in groups.items():
-        noise, arm, rec, zca = parse_buffer(buf)
-        epochs = read_epochs(rec, zca)
-        _, outer, inner = arm_parts(arm)
-        train = (experts * epochs * EXPERT_EPOCH_S * (TAD_BUFFER_FACTOR if outer else 1)
-                 * (GSAM_FACTOR if rec.startswith("gsam") else 1))
-        work = train + (ANCHORS_S * -(-experts // group) if inner else 0.0)
-        pause = None
-        if needs and needs_extractor(buf, ()):
-            cmd = buffer_command(buf, "cifar10", Path("runs"), "CIFAR-10_human.pt", budget)
-            settings = argparse.ArgumentParser()  # the options of `tad buffer`
-            add_settings_options(settings)
-            schedule = Schedule.of(config_from_args(settings.parse_args(cmd[cmd.index("buffer") + 1:])).tad)
-            first = next((t for t in range(epochs) if schedule.recalibrates(t)), epochs)  # features first needed
-            pause = train * first / epochs
+        noise, arm, _, _ = parse_buffer(buf)
+        work, pause = _training(buf, budget, experts, group, needs)
         stage_one = None
         if arm in TWO_STAGE_ARMS:  # the first stage (cleanlab), once per noise setting
             stage_one = audit_job(noise, "cleanlab")
@@ -126,6 +140,28 @@ def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = 
                 jobs.append(_SimJob(stage_one, False, CLEANLAB_S))
         jobs.append(_SimJob(f"buffer-{buf}", True, work, after=stage_one, pause_at=pause))
         jobs += [_SimJob(n, False, DISTILL_S[cells()[n].ipc] * distill, after=f"buffer-{buf}") for n in members]
+    return jobs
+
+
+def audit_batch_jobs(missing: Mapping[str, Sequence[str]], budget: str = "short",
+                     features_s: float = FEATURES_BUDGET_S, extractor: bool = True) -> list[_SimJob]:
+    """The jobs an ``--audit-only`` run of the detection rows ``missing`` (label set -> its detectors left, of
+    :data:`AUDIT_DETECTORS`) starts on a fresh machine (the extractor too when a TAD audit is left and
+    ``extractor``), in :func:`~.running.audit_jobs`' order, with :func:`estimate`'s costs: cleanlab's
+    :data:`CLEANLAB_S`, a TAD audit the training of its own experts (5 in one group, or ``budget``'s) with the
+    settings of its label set's :func:`~.grid.audit_buffer`."""
+    experts, group = sizes(budget)[:2]
+    needs = extractor and any(d != "cleanlab" for left in missing.values() for d in left)
+    jobs = [_SimJob("extractor", True, features_s + EXTRACTOR_EXTRA_S)] if needs else []
+    counts = {"tad5": (5, 5), "tad20": (experts, group)}
+    for detector in AUDIT_DETECTORS:
+        for label_set in (s for s, left in missing.items() if detector in left):
+            name = audit_job(label_set, detector)
+            if detector == "cleanlab":
+                jobs.append(_SimJob(name, False, CLEANLAB_S))
+                continue
+            work, pause = _training(audit_buffer(label_set), budget, *counts[detector], needs)
+            jobs.append(_SimJob(name, True, work, pause_at=pause))
     return jobs
 
 
@@ -233,9 +269,10 @@ def queue(results: Path, budget: str = "short") -> str:
              + ", ".join(f"{DISTILL_S[i] / 60:.0f} min" for i in IPCS) + " per IPC 1 / 10 / 50 distillation; "
              "a batch marked `over the window` does not fit and needs a shorter budget or a larger GPU share. "
              "`--audit` on a batch with a TAD buffer of MTT's recipe with ZCA adds the label-audit detection rows "
-             "of its label set (a few minutes; docs/label-audit.md).", ""]
+             "of its label set (a few minutes; docs/label-audit.md); the last section lists the rows left.", ""]
     taken: set[str] = set()
     rode: dict[str, int] = {}  # a cell of a later section -> the batch it rides in
+    trains: dict[str, tuple[int, list[str]]] = {}  # a buffer -> the first batch that trains it, its cells
     number = 0
     for section, (title, takes) in enumerate(QUEUE_ORDER, 1):
         part = [n for n in left if n not in taken and takes(grid[n])]
@@ -263,6 +300,7 @@ def queue(results: Path, budget: str = "short") -> str:
             number += 1
             rode.update((n, number) for n in names if n not in part)
             bufs = list(dict.fromkeys(buffer_of(grid[n]) for n in names))
+            trains.update((b, (number, names)) for b in bufs if b not in trains)
             c10n = " --cifar-n CIFAR-10_human.pt" if any(grid[n].noise == "c10n-worst" for n in names) else ""
             when = "" if took is None else f", about {took / 60:.0f} min" + (
                 "" if took <= WINDOW_S else f" (over the window; about "
@@ -278,4 +316,94 @@ def queue(results: Path, budget: str = "short") -> str:
                       f"cifar10.npz{c10n} --gpus 0 --jobs {QUEUE_JOBS} \\",
                       " \\\n".join("    " + " ".join(f"--cell {n}" for n in names[i:i + 3])
                                    for i in range(0, len(names), 3)), "  ```", ""]
+    lines += detection_section(results, budget, trains, number, len(QUEUE_ORDER) + 1)
     return "\n".join(lines)
+
+
+def audits_left(records: Path) -> dict[str, list[str]]:
+    """The label sets of :data:`DETECTION_LABEL_SETS` -> their detectors (of :data:`AUDIT_DETECTORS`) without a
+    record in ``<records>/audit/<label set>-<detector>/`` (``records``: the grid's records folder)."""
+    return {label_set: [d for d in AUDIT_DETECTORS
+                        if not (records / "audit" / f"{label_set}-{d}" / "result_audit.json").is_file()]
+            for label_set in DETECTION_LABEL_SETS}
+
+
+def audit_batches(missing: Mapping[str, Sequence[str]], budget: str = "short", window: float = WINDOW_S
+                  ) -> list[tuple[list[str], float | None]]:
+    """The label sets of ``missing`` (label set -> its detectors left) cut into ``--audit-only`` batches of one
+    GPU window each, in order, with their :func:`estimate` (None for a budget without sizes: one batch): a label
+    set joins the batch while the estimate fits ``window`` and the batch has at most :data:`QUEUE_BUFFERS`
+    ``tad20`` audits (each trains a buffer's experts: GPU memory); one that does not fit alone gets a batch of its
+    own (its estimate says it)."""
+    if BUDGETS[budget] is None:
+        return [(list(missing), None)] if missing else []
+
+    def took(label_sets: list[str]) -> float:
+        return estimate(audit_batch_jobs({s: missing[s] for s in label_sets}, budget))
+
+    out: list[tuple[list[str], float | None]] = []
+    current: list[str] = []
+    for label_set in missing:
+        trial = current + [label_set]
+        if not current or (took(trial) <= window and sum("tad20" in missing[s] for s in trial) <= QUEUE_BUFFERS):
+            current = trial
+            continue
+        out.append((current, took(current)))
+        current = [label_set]
+    return out + ([(current, took(current))] if current else [])
+
+
+def with_audits(names: Sequence[str], missing: Mapping[str, Sequence[str]], budget: str = "short") -> float:
+    """The :func:`estimate` of the batch of cells ``names`` run with ``--audit`` for the detection rows ``missing``
+    (label set -> its detectors left) of the buffers it trains: its :func:`batch_jobs`, then cleanlab's and the 5
+    TAD experts' audits of :func:`audit_batch_jobs` (``tad20`` reads the batch's buffer: its audit pass only)."""
+    jobs = batch_jobs(names, budget)
+    extractor = any(j.name == "extractor" for j in jobs)
+    rows = {label_set: [d for d in left if d != "tad20"] for label_set, left in missing.items()}
+    return estimate(jobs + [j for j in audit_batch_jobs(rows, budget, extractor=extractor) if j.name != "extractor"])
+
+
+def detection_section(records: Path, budget: str, trains: Mapping[str, tuple[int, list[str]]], number: int,
+                      section: int) -> list[str]:
+    """The queue's section of the label-audit detection table's rows (:func:`audits_left` of the records folder
+    ``records``): per label set, recorded, or the rows left and how they get made: ``--audit`` on the batch of
+    ``trains`` (buffer -> batch number and cells) that trains its :func:`~.grid.audit_buffer` (with that batch's
+    estimate with them), else :func:`audit_batches` of ``--audit-only`` commands, numbered after batch
+    ``number``; estimates at ``budget``."""
+    left = audits_left(records)
+    lines = [f"## {section}. Label-audit detection rows", "",
+             "The rows of the label-audit detection table (`audit/detection.md`, docs/label-audit.md), three per label "
+             "set: TAD with the 20 experts of the grid's TAD buffer of MTT's recipe with ZCA (`tad20`), TAD with 5 "
+             "experts of its own (`tad5`) and cleanlab with 5 folds (`cleanlab`). `--audit-only` trains the 20 "
+             "experts where no batch trains that buffer.", ""]
+    alone: dict[str, list[str]] = {}
+    where: dict[str, str] = {}
+    for label_set, detectors in left.items():
+        buf = audit_buffer(label_set)
+        if not detectors:
+            where[label_set] = "recorded."
+        elif label_set not in AUDIT_ONLY_LABEL_SETS and buf in trains:
+            batch, names = trains[buf]
+            took = with_audits(names, {label_set: detectors}, budget) if BUDGETS[budget] is not None else None
+            when = "" if took is None else f"; about {took / 60:.0f} min with them" + (
+                " (over the window)" if took > WINDOW_S else "")
+            where[label_set] = f"`--audit` on batch {batch} (it trains `{buf}`{when})."
+        else:
+            alone[label_set] = detectors
+    cut = audit_batches(alone, budget)
+    for i, (label_sets, _) in enumerate(cut, number + 1):
+        where.update((s, f"batch {i} below.") for s in label_sets)
+    for label_set, detectors in left.items():
+        todo = f"{', '.join(detectors)} left: " if detectors else ""
+        lines.append(f"- `{label_set}`: {todo}{where[label_set]}")
+    lines.append("")
+    for i, (label_sets, took) in enumerate(cut, number + 1):
+        over = took is not None and took > WINDOW_S
+        when = ("" if took is None else f", about {took / 60:.0f} min") + (" (over the window)" if over else "")
+        c10n = " --cifar-n CIFAR-10_human.pt" if any(needs_cifar_n(s) for s in label_sets) else ""
+        lines += [f"- batch {i}: the detection rows of {', '.join(f'`{s}`' for s in label_sets)}, without "
+                  f"distilling{when}", "",
+                  "  ```", f"  python reproduction/reproduce_cifar10.py --budget {budget} --dataset cifar10.npz{c10n} "
+                  f"--gpus 0 --jobs {QUEUE_JOBS} \\",
+                  "    " + " ".join(f"--audit-only {s}" for s in label_sets), "  ```", ""]
+    return lines

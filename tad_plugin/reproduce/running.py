@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .grid import (
+    AUDIT_DETECTORS,
+    AUDIT_ONLY_LABEL_SETS,
     BUDGETS,
     TWO_STAGE_ARMS,
     Cell,
+    audit_buffer,
     audit_commands,
     audit_dir,
     audit_done,
@@ -30,9 +33,12 @@ from .grid import (
     cleaning_done,
     command,
     grid_records,
+    needs_cifar_n,
     needs_extractor,
+    parse_buffer,
     record_name,
     resolve_cells,
+    resolve_label_sets,
     run_name,
     seed_tag,
 )
@@ -278,16 +284,64 @@ def extractor_command(path: Path, dataset: str, seconds: float) -> list[str]:
     return cmd + (["--resume"] if state_path_for(path).is_file() else [])
 
 
+def audit_jobs(args: argparse.Namespace, requested: Sequence[str], training: set[str], experts: int
+               ) -> dict[str, tuple[str, list[str], str | None, bool]]:
+    """The label-audit jobs of a request that are neither recorded under ``--results`` nor finished under
+    ``--out``: job name -> (its label set, argv, the buffer job it waits for or None, whether it trains TAD
+    experts), by detector in :data:`~.grid.AUDIT_DETECTORS`' order, then label set.
+
+    The label sets: with ``args.audit``, those whose TAD buffer of MTT's recipe with ZCA (:func:`~.grid.audit_buffer`)
+    one of the cells ``requested`` reads; then ``args.audit_only``'s. ``tad20`` audits with the experts of that
+    buffer when the buffer job is in ``training`` (it waits for it) or the buffer holds ``experts`` finished
+    experts under ``--out``; else, and always for a label set of :data:`~.grid.AUDIT_ONLY_LABEL_SETS` (the grid
+    trains no buffer on its labels), it trains its own.
+
+    Raises:
+        SystemExit: an unknown label set, a CIFAR-10N label set without ``--cifar-n``, or ``--tag`` / ``--seeds``
+            (the audits belong to the grid's own buffers).
+    """
+    out = Path(args.out)
+    label_sets = []
+    if args.audit:
+        for buf in dict.fromkeys(buffer_of(cells()[cell], args.set) for cell in requested):
+            if audit_buffer(parse_buffer(buf)[0]) == buf:
+                label_sets.append(parse_buffer(buf)[0])
+    label_sets = list(dict.fromkeys([*label_sets, *resolve_label_sets(args.audit_only or [])]))
+    if label_sets and (args.tag is not None or args.seeds != [0]):
+        raise SystemExit("--audit and --audit-only run the detection table's audits with the grid's own buffers: "
+                         "drop --tag and --seeds")
+    lacking = [label_set for label_set in label_sets if needs_cifar_n(label_set)]
+    if lacking and not args.cifar_n:
+        raise SystemExit(f"--audit-only {lacking[0]}: CIFAR-10N's labels need --cifar-n PATH (the official "
+                         "CIFAR-10_human.pt)")
+    recorded = grid_records(args.results) / "audit"
+    found: dict[str, tuple[str, list[str], str | None, bool]] = {}
+    for label_set in label_sets:
+        buf = audit_buffer(label_set)
+        job, trained = f"buffer-{buf}", buffer_dir(out, buf) / "buffer"
+        own = label_set in AUDIT_ONLY_LABEL_SETS or not (job in training or buffer_ready(trained, experts))
+        cmds = audit_commands(label_set, args.dataset, out, args.cifar_n, args.budget, args.set,
+                              None if own else trained)
+        for name, cmd in cmds.items():
+            run = name.removeprefix("audit-")
+            if (recorded / run / "result_audit.json").is_file() or audit_done(audit_dir(out) / run):
+                continue  # recorded, or finished under --out (run_cells records it): not rewritten under readers
+            tad20 = name.endswith("-tad20")
+            waits = job if tad20 and not own and job in training else None
+            found[name] = (label_set, cmd, waits, not name.endswith("-cleanlab") and (own or not tad20))
+    return dict(sorted(found.items(), key=lambda item: AUDIT_DETECTORS.index(item[0].rsplit("-", 1)[1])))
+
+
 def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, tuple]]:
-    """The jobs of ``args.cell``: ``(jobs, after, cells)``. ``jobs`` (name -> argv) holds the extractor when a buffer to
-    train needs it (``extractor``), each shared buffer not yet finished under ``--out`` (``buffer-<name>``), each
-    followed by the cells that read it (``<cell>[-<tag>]``), cleanlab's run (``audit-<noise>-cleanlab``) before the
-    first job that reads it when the two-stage cells' first stage has not finished under ``--out``
-    (:func:`~.grid.cleaning_done`); with ``args.audit``, the label-audit jobs of :func:`~.grid.audit_commands` last
-    (those not recorded yet); ``after`` what each waits for (a cell its buffer, a two-stage buffer its first stage, or
-    the two-stage cell itself when its buffer is done, the audit with a buffer's experts that buffer; no job waits for
-    the extractor: the buffers that need it start beside it with ``tad.features_wait_s`` from :func:`features_wait`);
-    ``cells`` maps a cell job to ``(Cell, buffer name, budget)`` for its record."""
+    """The jobs of ``args.cell`` and ``args.audit_only``: ``(jobs, after, cells)``. ``jobs`` (name -> argv) holds the
+    extractor when a buffer to train or a TAD audit needs it (``extractor``), each shared buffer not yet finished
+    under ``--out`` (``buffer-<name>``), each followed by the cells that read it (``<cell>[-<tag>]``), cleanlab's
+    run (``audit-<noise>-cleanlab``) before the first job that reads it when the two-stage cells' first stage has
+    not finished under ``--out`` (:func:`~.grid.cleaning_done`); last the label-audit jobs of :func:`audit_jobs`
+    (``args.audit``, ``args.audit_only``); ``after`` what each waits for (a cell its buffer, a two-stage buffer its
+    first stage, or the two-stage cell itself when its buffer is done, the audit with a buffer's experts that
+    buffer; no job waits for the extractor: the jobs that need it start beside it with ``tad.features_wait_s``
+    from :func:`features_wait`); ``cells`` maps a cell job to ``(Cell, buffer name, budget)`` for its record."""
     from tad_plugin.engine.config import apply_overrides
 
     out, tag = Path(args.out), args.tag
@@ -295,7 +349,7 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
         raise SystemExit(f"--tag {tag!r}: use letters, digits, '_' and '.' only (it becomes part of file names)")
     if any(seed < 0 for seed in args.seeds):
         raise SystemExit(f"--seeds {args.seeds}: seeds are >= 0")
-    requested = resolve_cells(args.cell)
+    requested = resolve_cells(args.cell or [])
     chosen = apply_overrides({}, list(args.set)).get("buffer", {}).get("num_experts")  # as the buffers get it
     experts = int(chosen) if chosen is not None else (BUDGETS[args.budget] or (100,))[0]
     groups: dict[str, list[str]] = {}  # buffer job (or "" for a finished buffer) -> its cell jobs
@@ -325,47 +379,39 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
         if c.arm not in TWO_STAGE_ARMS or cleaning_done(out, c.noise, args.dataset):
             continue
         first = audit_job(c.noise, "cleanlab")
-        cleaning.setdefault(first, audit_commands(f"{c.noise}-tad-sgd-zca", args.dataset, out, args.cifar_n,
-                                                  args.budget, args.set)[first])
+        cleaning.setdefault(first, audit_commands(c.noise, args.dataset, out, args.cifar_n, args.budget,
+                                                  args.set)[first])
         after[f"buffer-{buf}" if f"buffer-{buf}" in buffers else name] = [first]
-    extractor = extractor_to_train([buf for buf, _ in buffers.values()], args.dataset, args.set)
+    audits = audit_jobs(args, requested, set(buffers), experts)
+    trainers = [audit_buffer(label_set) for label_set, _, _, trains in audits.values() if trains]
+    extractor = extractor_to_train([*(buf for buf, _ in buffers.values()), *trainers], args.dataset, args.set)
     ordered: dict[str, list[str]] = {}
     wait = features_wait(args.features_budget, args.set)
+    waits = f"tad.features_wait_s={wait:g}"
     if extractor is not None:
-        print(f"the TAD buffers' inner loop embeds with the SimCLR extractor {extractor}, which does not exist yet: "
-              f"it trains ({args.features_budget:.0f} s) beside the buffers, and the buffers that need it wait up "
-              f"to {wait:.0f} s for it when their inner loop first does", flush=True)
+        print(f"TAD's inner loop embeds with the SimCLR extractor {extractor}, which does not exist yet: it trains "
+              f"({args.features_budget:.0f} s) beside the buffers and audits, and those that need it wait up to "
+              f"{wait:.0f} s for it when their inner loop first does", flush=True)
         ordered["extractor"] = extractor_command(extractor, args.dataset, args.features_budget)
     for job, (buf, cmd) in buffers.items():
         ordered.update({dep: cleaning[dep] for dep in after.get(job, ()) if dep in cleaning})
-        waits = extractor is not None and needs_extractor(buf, args.set) and f"tad.features_wait_s={wait:g}"
-        ordered[job] = cmd + (["--set", waits] if waits and waits not in args.set else [])
+        wanted = extractor is not None and needs_extractor(buf, args.set) and waits not in args.set
+        ordered[job] = cmd + (["--set", waits] if wanted else [])
         ordered.update({name: jobs[name] for name in groups.get(job, [])})
     for name in groups.get("", []):  # the cells of finished buffers (a two-stage one after its first stage)
         ordered.update({dep: cleaning[dep] for dep in after.get(name, ()) if dep in cleaning})
         ordered[name] = jobs[name]
-    if args.audit:
-        if tag is not None or args.seeds != [0]:
-            raise SystemExit("--audit runs the detection table's audits beside the cells' own buffers: drop --tag "
-                             "and --seeds")
-        recorded = grid_records(args.results) / "audit"
-        for buf in dict.fromkeys(buffer_of(cells()[cell], args.set) for cell in requested):
-            job = f"buffer-{buf}"
-            for name, cmd in audit_commands(buf, args.dataset, out, args.cifar_n, args.budget, args.set).items():
-                run = name.removeprefix("audit-")
-                if (recorded / run / "result_audit.json").is_file() or audit_done(audit_dir(out) / run):
-                    continue  # recorded, or finished under --out (run_cells records it): not rewritten under readers
-                if name.endswith("-tad20") and job in buffers:
-                    after[name] = [job]
-                elif name.endswith("-tad5") and extractor is not None:
-                    cmd = cmd + ["--set", f"tad.features_wait_s={wait:g}"]
-                ordered[name] = cmd
+    for name, (_, cmd, buffer_job, trains) in audits.items():
+        if buffer_job is not None:
+            after[name] = [buffer_job]
+        ordered[name] = cmd + (["--set", waits] if trains and extractor is not None and waits not in args.set else [])
     return ordered, after, meta
 
 
 def run_cells(args: argparse.Namespace) -> int:
-    """Run the ``--cell`` cells and the buffers they need (one job in the foreground, several through
-    :func:`run_parallel`); 0 if all passed."""
+    """Run the ``--cell`` cells and the buffers they need, and the label audits of ``--audit`` and
+    ``--audit-only`` (:func:`plan`; one job in the foreground, several through :func:`run_parallel`), recording
+    each finished cell and audit; 0 if all passed."""
     out = Path(args.out)
     jobs, after, meta = plan(args)
     for name, (_, buf, _) in meta.items():
