@@ -151,3 +151,15 @@ def test_the_audits_beside_a_batch_cost_cleanlab_and_5_experts_and_tad20_reads_i
     both = queue.with_audits(batch, {"asym40": ["cleanlab", "tad5", "tad20"]})
     assert both > alone and both == queue.with_audits(batch, {"asym40": ["cleanlab", "tad5"]})
     assert queue.with_audits(batch, {"asym40": ["tad20"]}) == alone
+
+
+def test_another_budgets_queue_counts_its_own_records_and_has_no_detection_rows(tmp_path):
+    done = {"results": {"test_acc_mean": 0.6}, "config": {}}
+    (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(done))       # the short budget's record
+    (tmp_path / "mtt-ipc10-sym40-noisy-long.json").write_text(json.dumps(done))  # the long budget's
+    text = queue.queue(tmp_path, budget="long")
+    assert "129 of 130 cells left" in text and "named `<cell>-long`" in text
+    assert "--cell mtt-ipc10-sym40-tad" in text and "--cell mtt-ipc10-sym40-noisy" not in text
+    assert "Label-audit detection rows" not in text and "--audit" not in text
+    assert queue.finished("mtt-ipc10-sym40-tad", tmp_path) and not queue.finished("mtt-ipc10-sym40-tad", tmp_path,
+                                                                                  "long")

@@ -131,6 +131,13 @@ def test_tagged_variants_and_more_seeds_get_their_own_buffers_runs_and_records(t
     assert meta["att-ipc10-sym40-tad-bal"][1] == "sym40-tad-sgd-zca-bal"
     with pytest.raises(SystemExit, match="--tag"):
         running.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], tag="../x"))
+    # another budget than the grid's: its own buffers, runs and records, never the short budget's
+    jobs, after, meta = running.plan(_args(tmp_path, ["mtt-ipc10-sym40-tad"], budget="long"))
+    assert list(jobs) == ["buffer-sym40-tad-sgd-zca-long", "mtt-ipc10-sym40-tad-long"]
+    assert config_of(jobs["buffer-sym40-tad-sgd-zca-long"]).buffer.num_experts == 100
+    assert meta["mtt-ipc10-sym40-tad-long"][1:] == ("sym40-tad-sgd-zca-long", "long")
+    jobs, _, _ = running.plan(_args(tmp_path, ["mtt-ipc10-sym40-tad"], budget="long", tag="bal"))
+    assert list(jobs) == ["buffer-sym40-tad-sgd-zca-long-bal", "mtt-ipc10-sym40-tad-long-bal"]
     with pytest.raises(SystemExit, match="--seeds"):
         running.plan(_args(tmp_path, ["att-ipc10-sym40-tad"], seeds=[-1]))
 
@@ -164,8 +171,11 @@ def test_audit_runs_the_detection_rows_beside_the_tad_buffers_of_mtts_recipe(tmp
     jobs, _, _ = running.plan(_args(tmp_path, cells, audit=True))
     assert "audit-sym40-cleanlab" not in jobs and "audit-sym40-tad5" in jobs
     assert not any(j.startswith("audit-") for j in running.plan(_args(tmp_path, cells))[0])
-    with pytest.raises(SystemExit, match="--audit and --audit-only .* drop --tag and --seeds"):
+    with pytest.raises(SystemExit, match="--audit and --audit-only .* at its short budget: drop --tag, --seeds and "
+                                         "--budget"):
         running.plan(_args(tmp_path, cells, audit=True, tag="x"))
+    with pytest.raises(SystemExit, match="drop --tag, --seeds and --budget"):
+        running.plan(_args(tmp_path, cells, audit=True, budget="long"))
 
 
 def test_audit_only_runs_the_detection_rows_of_a_label_set_no_cell_uses(tmp_path, monkeypatch):
@@ -204,7 +214,7 @@ def test_audit_only_runs_the_detection_rows_of_a_label_set_no_cell_uses(tmp_path
     with pytest.raises(SystemExit, match=r"--audit-only aggre: no such label set \(one of sym20, .*c10n-worst, "
                                          r"c10n-aggre, c10n-random1\)"):
         running.plan(_args(tmp_path, None, audit_only=["aggre"]))
-    with pytest.raises(SystemExit, match="drop --tag and --seeds"):
+    with pytest.raises(SystemExit, match="drop --tag, --seeds and --budget"):
         running.plan(_args(tmp_path, None, audit_only=["c10n-random1"], seeds=[0, 1]))
 
 

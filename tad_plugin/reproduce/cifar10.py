@@ -57,8 +57,9 @@ Jobs run ``--jobs`` at once on each GPU of ``--gpus``, logs in ``<out>/logs/<job
 stop the others (the exit code is 1 and its log's last lines are printed; cells whose buffer failed are not
 started). At the end a table says what ran where (GPU, start, end, wall time), also written to
 ``<out>/logs/schedule.md``. Each finished cell's ``result_run.json`` is copied to
-``<results>/cifar10/<cell>.json`` with a ``cell`` entry added (its method, IPC, noise, arm, switches,
-budget and buffer). Runs resume: re-running a cell skips its finished stages. ``--results DIR`` is the results
+``<results>/cifar10/<cell>.json`` (``<cell>-long.json`` at ``--budget long``: runs, buffers and records of
+another budget than the grid's carry its name) with a ``cell`` entry added (its method, IPC, noise, arm,
+switches, budget and buffer). Runs resume: re-running a cell skips its finished stages. ``--results DIR`` is the results
 folder (records in ``DIR/cifar10/``, the page ``DIR/README.md``): ./results by default, the checkout's
 results folder for ``reproduction/reproduce_cifar10.py``. ``tad reproduce`` takes the same options.
 
@@ -74,7 +75,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .grid import BUDGETS, FEATURES_BUDGET_S, aliases, buffer_command, buffer_of, cells, command, grid_records
+from .grid import (
+    BUDGETS,
+    FEATURES_BUDGET_S,
+    aliases,
+    budget_tag,
+    buffer_command,
+    buffer_of,
+    cells,
+    command,
+    grid_records,
+)
 from .queue import queue
 from .running import recorded_time, run_cells
 from .tables import page
@@ -99,7 +110,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", choices=sorted(BUDGETS), default="short",
                    help="short: the grid's budget (20 experts, 1000 iterations, an evaluation every 500 with 5 "
                         "nets); long: 100 experts, 5000 iterations; full: each method's own (hours per cell); "
-                        "--set overrides any")
+                        "--set overrides any. Runs, buffers and records of long and full carry the budget's name "
+                        "(<cell>-long), so they never mix with the grid's")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0], metavar="0,1,2",
                    help="training seeds (the labels keep data.noise_seed): seed 0 is the cell's own run and record, "
@@ -143,13 +155,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(NOTHING_ASKED)
     if args.list:
         out, cifar_n = Path(args.out), args.cifar_n or "CIFAR-10_human.pt"
+        tag = budget_tag(args.budget, args.tag)
         for cell in cells():
-            cmd = command(cell, args.dataset, out, cifar_n, args.budget, args.set, args.tag)
+            cmd = command(cell, args.dataset, out, cifar_n, args.budget, args.set, tag)
             print(f"{cell}: {' '.join(cmd)}{recorded_time(cell, records)}")
         for alias, cell in aliases().items():
             print(f"{alias}: the cell {cell}")
         for buf in dict.fromkeys(buffer_of(c) for c in cells().values()):
-            print(f"buffer {buf}: {' '.join(buffer_command(buf, args.dataset, out, cifar_n, args.budget, args.set))}")
+            argv = buffer_command(buf, args.dataset, out, cifar_n, args.budget, args.set, tag)
+            print(f"buffer {buf}: {' '.join(argv)}")
     code = run_cells(args) if args.cell or args.audit_only else 0
     if args.queue:
         text = queue(records, budget=args.budget)

@@ -293,6 +293,19 @@ BUDGETS: dict[str, tuple[int, int, int, int, int] | None] = {"short": (20, 20, 1
                                                               "long": (100, 25, 5000, 500, 5), "full": None}
 
 
+#: The budget whose runs are the grid's own: their records are ``<cell>.json``, the results page's tables.
+GRID_BUDGET = "short"
+
+
+def budget_tag(budget: str, tag: str | None) -> str | None:
+    """The tag that names a run at ``budget`` (its run folder, buffers and record, see :func:`run_name`): ``tag``
+    at :data:`GRID_BUDGET`, else the budget's name before it (``long``, ``long-nobal``), so that runs of two
+    budgets never resume, read or overwrite each other's."""
+    if budget == GRID_BUDGET:
+        return tag
+    return f"{budget}-{tag}" if tag else budget
+
+
 def sizes(budget: str) -> tuple[int, int, int, int, int]:
     """``budget``'s sizes in :data:`BUDGETS` (raises ValueError for "full", which has none: each method's own)."""
     found = BUDGETS[budget]

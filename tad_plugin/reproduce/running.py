@@ -19,6 +19,7 @@ from .grid import (
     AUDIT_DETECTORS,
     AUDIT_ONLY_LABEL_SETS,
     BUDGETS,
+    GRID_BUDGET,
     TWO_STAGE_ARMS,
     Cell,
     audit_buffer,
@@ -26,6 +27,7 @@ from .grid import (
     audit_dir,
     audit_done,
     audit_job,
+    budget_tag,
     buffer_command,
     buffer_dir,
     buffer_of,
@@ -307,9 +309,9 @@ def audit_jobs(args: argparse.Namespace, requested: Sequence[str], training: set
             if audit_buffer(parse_buffer(buf)[0]) == buf:
                 label_sets.append(parse_buffer(buf)[0])
     label_sets = list(dict.fromkeys([*label_sets, *resolve_label_sets(args.audit_only or [])]))
-    if label_sets and (args.tag is not None or args.seeds != [0]):
-        raise SystemExit("--audit and --audit-only run the detection table's audits with the grid's own buffers: "
-                         "drop --tag and --seeds")
+    if label_sets and (args.tag is not None or args.seeds != [0] or args.budget != GRID_BUDGET):
+        raise SystemExit(f"--audit and --audit-only run the detection table's audits with the grid's own buffers at "
+                         f"its {GRID_BUDGET} budget: drop --tag, --seeds and --budget")
     lacking = [label_set for label_set in label_sets if needs_cifar_n(label_set)]
     if lacking and not args.cifar_n:
         raise SystemExit(f"--audit-only {lacking[0]}: CIFAR-10N's labels need --cifar-n PATH (the official "
@@ -347,6 +349,7 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
     out, tag = Path(args.out), args.tag
     if tag is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", tag):
         raise SystemExit(f"--tag {tag!r}: use letters, digits, '_' and '.' only (it becomes part of file names)")
+    tag = budget_tag(args.budget, tag)
     if any(seed < 0 for seed in args.seeds):
         raise SystemExit(f"--seeds {args.seeds}: seeds are >= 0")
     requested = resolve_cells(args.cell or [])
