@@ -211,3 +211,21 @@ def test_compare_plots_several_runs_and_names_a_wrong_file(tmp_path):
     with pytest.raises(ValueError, match="bench.json: not a training record"):
         compare_runs([records[0], wrong], tmp_path / "no.png")
     assert not (tmp_path / "no.png").exists()
+
+
+def test_training_at_another_image_size_saves_an_extractor_that_resizes_what_it_embeds(tiny, tmp_path):
+    from tad_plugin.features.train import resized
+
+    flat = torch.full((3, 1, 8, 8), 200, dtype=torch.uint8)
+    assert resized(flat, 16).shape == (3, 1, 16, 16) and bool((resized(flat, 16) == 200).all())
+    assert resized(flat, None) is flat and resized(flat, 8) is flat
+    ck = tmp_path / "big.pt"
+    result = train_simclr(tiny, _config(epochs=1, image_size=16), "cpu", checkpoint=ck, progress=False,
+                          log=lambda line: None)
+    loaded = load_extractor(ck)
+    assert loaded.input_size == (16, 16) and loaded.meta["config"]["image_size"] == 16
+    features = loaded.embed(tiny.test_images)  # 8 x 8 images, resized to what it was trained on
+    assert features.shape == (20, 512) and bool(torch.isfinite(features).all())
+    torch.testing.assert_close(features, result.extractor.embed(tiny.test_images), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="image_size must be >= 8 pixels"):
+        _config(image_size=4)

@@ -51,6 +51,10 @@ def add_subcommands(subparsers: Any) -> None:
     train.add_argument("--warmup-epochs", type=int, default=10)
     train.add_argument("--crop-min-scale", type=float, default=AugmentConfig().crop_scale[0],
                        help="RandomResizedCrop's smallest area share")
+    train.add_argument("--image-size", type=int, default=None, metavar="PIXELS",
+                       help="train on the images resized to PIXELS x PIXELS (the extractor resizes what it embeds "
+                            "the same way): more epochs in a --time-budget for large images, e.g. 32 for Tiny "
+                            "ImageNet's 64 x 64 (default: the dataset's own size)")
     train.add_argument("--eval-every", type=int, default=5, help="kNN evaluation every N epochs (0: at the end)")
     train.add_argument("--checkpoint-every", type=int, default=10, help="save the resumable state every N epochs")
     train.add_argument("--seed", type=int, default=0)
@@ -111,6 +115,7 @@ def train_command(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed, amp=args.amp,
         compile=(device.startswith("cuda") if args.compile is None else args.compile),
         augment=dataclasses.replace(AugmentConfig(), crop_scale=(args.crop_min_scale, 1.0)),
+        image_size=args.image_size,
     )
     out = args.out or default_extractor_path(args.dataset)
     result = train_simclr(dataset, config, device, checkpoint=out, resume=args.resume,
