@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from tad_plugin.engine.phases import synchronize
 from tad_plugin.engine.runlog import provenance
 from tad_plugin.features.augment import augment_batch, compiled_render, render
 from tad_plugin.files import atomic_write_json
@@ -44,21 +45,17 @@ def main() -> None:
     images = torch.randint(0, 256, (args.batch, 3, args.size, args.size), dtype=torch.uint8, generator=g).to(device)
     variants = {"eager": render, "compiled": compiled_render()}
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     for renderer in variants.values():
         for _ in range(args.warmup):
             augment_batch(images, renderer=renderer)
     per_call: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, renderer in variants.items():
-            sync()
+            synchronize(device)
             t0 = time.perf_counter()
             for _ in range(args.calls):
                 augment_batch(images, renderer=renderer)
-            sync()
+            synchronize(device)
             per_call[name].append((time.perf_counter() - t0) / args.calls)
     rows = {name: {"ms_per_call": [round(1000 * s, 2) for s in v], "median_ms": round(1000 * statistics.median(v), 2),
                    "views_per_s": round(args.batch / statistics.median(v))} for name, v in per_call.items()}

@@ -47,15 +47,11 @@ from tad_plugin.engine.convnet import ConvNetConfig, init_params
 from tad_plugin.engine.distributed import Ranks, init_from_env, rank_device
 from tad_plugin.engine.experts import ExpertTrainer
 from tad_plugin.engine.matching import MatchingConfig, TrajectoryMatcher, class_labels
+from tad_plugin.engine.phases import synchronize as sync
 from tad_plugin.engine.preprocess import Preprocessor
 from tad_plugin.engine.runlog import device_name, provenance
 from tad_plugin.engine.trajectories import TrajectoryStore
 from tad_plugin.files import atomic_write_json
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_mib(device: torch.device) -> float | None:

@@ -18,12 +18,20 @@ import torch
 
 from ..files import atomic_write_json
 
-__all__ = ["PHASES_FILE", "PhaseClock", "load_phases"]
+__all__ = ["PHASES_FILE", "PhaseClock", "load_phases", "synchronize"]
 
 #: The phase totals of a trajectory store, beside its manifest: ``{phase: {"seconds": float, "calls": int}}``.
 PHASES_FILE = "phases.json"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for ``device``'s queued work (a no-op on the CPU), so that a host clock read after it counts that
+    work."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class PhaseClock:
@@ -48,19 +56,15 @@ class PhaseClock:
             self.seconds[phase] = float(entry["seconds"])
             self.calls[phase] = int(entry["calls"])
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     @contextlib.contextmanager
     def time(self, phase: str) -> Iterator[None]:
         """Add the block's wall seconds (device work included) and one call to ``phase``."""
-        self._sync()
+        synchronize(self.device)
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self._sync()
+            synchronize(self.device)
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
             self.calls[phase] = self.calls.get(phase, 0) + 1
 
