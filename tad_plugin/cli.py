@@ -183,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     handler = getattr(args, "func", None) or COMMANDS[args.command]
     args.started = []  # the run folders written into (see runs.begin)
+    args.kept = None  # or what a command kept for a re-run, said after Ctrl-C instead of kept_text(args.started)
     try:
         with contextlib.ExitStack() as stack:
             args.stack = stack  # what a command sets until it ends (the CPU threads)
@@ -192,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"\ntad {args.command}: interrupted; {kept_text(args.started)}", file=sys.stderr)
+        kept = args.kept() if callable(getattr(args, "kept", None)) else kept_text(args.started)
+        print(f"\ntad {args.command}: interrupted; {kept}", file=sys.stderr)
         return 2  # as any fault the user can act on (pytest does the same)
     except (TADError, ValueError, OSError, torch.cuda.OutOfMemoryError) as exc:
         if args.debug:
