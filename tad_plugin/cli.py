@@ -158,6 +158,9 @@ def kept_text(folders: Sequence[Path]) -> str:
         done = len(list(experts.glob("expert_*.pt"))) if experts.is_dir() else 0
         if done:
             parts.append(f"{done} finished expert(s) in buffer/")
+        folds = len(list(folder.glob("folds/fold*/experts/expert_*.pt")))  # tad audit --detector cleanlab
+        if folds:
+            parts.append(f"{folds} finished fold model(s) in folds/")
         parts += [what for name, what in (("distill_checkpoint.pt", "the distillation checkpoint"),
                                           ("distilled.pt", "the distilled set")) if (folder / name).is_file()]
         parts += [p.name for p in sorted(folder.glob("result_*.json"))]
