@@ -158,6 +158,9 @@ def kept_text(folders: Sequence[Path]) -> str:
         done = len(list(experts.glob("expert_*.pt"))) if experts.is_dir() else 0
         if done:
             parts.append(f"{done} finished expert(s) in buffer/")
+        folds = len(list(folder.glob("folds/fold*/experts/expert_*.pt")))  # tad audit --detector cleanlab
+        if folds:
+            parts.append(f"{folds} finished fold model(s) in folds/")
         parts += [what for name, what in (("distill_checkpoint.pt", "the distillation checkpoint"),
                                           ("distilled.pt", "the distilled set")) if (folder / name).is_file()]
         parts += [p.name for p in sorted(folder.glob("result_*.json"))]
@@ -183,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     handler = getattr(args, "func", None) or COMMANDS[args.command]
     args.started = []  # the run folders written into (see runs.begin)
+    args.kept = None  # or what a command kept for a re-run, said after Ctrl-C instead of kept_text(args.started)
     try:
         with contextlib.ExitStack() as stack:
             args.stack = stack  # what a command sets until it ends (the CPU threads)
@@ -192,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"\ntad {args.command}: interrupted; {kept_text(args.started)}", file=sys.stderr)
+        kept = args.kept() if callable(getattr(args, "kept", None)) else kept_text(args.started)
+        print(f"\ntad {args.command}: interrupted; {kept}", file=sys.stderr)
         return 2  # as any fault the user can act on (pytest does the same)
     except (TADError, ValueError, OSError, torch.cuda.OutOfMemoryError) as exc:
         if args.debug:

@@ -101,6 +101,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     args = argparse.Namespace(**{**vars(args), "sets": [*args.sets,
                                                         f"tad.enabled={str(args.detector == 'tad').lower()}"]})
     cfg = config_from_args(args, _base(args))
+    args.started.append(Path(cfg.out))  # what a Ctrl-C reports as kept (tad_plugin.cli.kept_text)
     print(settings_line(cfg) + f"; detector {args.detector}", flush=True)
     res = audit(cfg, detector=args.detector, buffer=args.buffer, folds=args.folds, pruned=args.write_pruned,
                 progress=not args.no_progress)

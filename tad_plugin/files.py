@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pickle
+import re
+import socket
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -18,7 +21,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     A reader never sees a half-written file, and an exception (or a kill) leaves any earlier file at
-    ``path`` untouched. Parent directories are created.
+    ``path`` untouched. Parent directories are created. The temporary file is named for its writer
+    (``.<name>.<host>-<pid>.<random>.tmp``); the temporary files of ``path`` whose writer on this machine is
+    no longer running (killed mid-write) are removed first.
 
     Raises:
         OSError: the machine refused (a full disk, a read-only folder, ...); its ``filename`` is ``path`` and its
@@ -27,7 +32,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_orphans(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_WRITER}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OSError(exc.errno, f"{exc.strerror or exc} (creating {path})", str(path)) from exc
     try:
@@ -45,6 +51,29 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+#: The machine part of a temporary file's name (no dots or dashes, which separate the name's parts).
+_WRITER = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete the temporary files of ``path`` that a process of this machine, no longer running, left behind."""
+    prefix = f".{path.name}.{_WRITER}-"
+    for tmp in path.parent.glob(glob.escape(prefix) + "*.tmp"):
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: running
+        return True
+    return True
 
 
 def _umask() -> int:

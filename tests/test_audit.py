@@ -224,3 +224,19 @@ def test_suggested_labels_beat_the_experts_final_majority_prediction(quick_audit
     old_right = (old[fallback] == clean[fallback]).float().mean()
     assert fallback.sum() > 50  # enough such samples to compare (this quick audit: about 260)
     assert new_right >= old_right  # this quick audit: 74.0% vs 72.1% (5 samples); not worse on any CPU's rounding
+
+
+def test_ctrl_c_in_an_audit_says_what_was_kept(tmp_path, capsys, monkeypatch):
+    from tad_plugin.engine.trajectories import TrajectoryStore
+
+    save = TrajectoryStore.save_expert
+
+    def interrupt_after_one(self, record):
+        save(self, record)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrajectoryStore, "save_expert", interrupt_after_one)
+    assert main(["audit", *QUICK, "--set", "buffer.experts_per_group=1", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert f"interrupted; kept {tmp_path / 'a'}: 1 finished expert(s) in buffer/, result_audit.json; the same " \
+           f"command resumes" in err

@@ -227,3 +227,32 @@ def test_demo_names_the_arm_before_its_output(quick_demo, tmp_path, capsys):
     noisy, tad = (out.index(f"\n{arm} (run folder {tmp_path / 'demo' / name}):\n")
                   for arm, name in (("MTT (noisy)", "noisy"), ("MTT + TAD", "tad")))
     assert noisy < tad < out.index("distilled-set test acc")
+
+
+def test_a_tad_buffer_killed_in_its_second_group_keeps_expert_0_s_trust_report(tmp_path, monkeypatch):
+    """The report follows expert 0: a resumed buffer whose first group is saved keeps that report (and draws it)
+    instead of replacing it with the next group's expert's."""
+    from tad_plugin.engine.trajectories import TrajectoryStore
+
+    def argv(out):
+        run = quick_noisy_argv(out, "--set", "buffer.experts_per_group=1")
+        return ["buffer", *["--tad" if a == "--no-tad" else a for a in run[1:]]]
+
+    assert main(argv(tmp_path / "straight")) == 0
+    save = TrajectoryStore.save_expert
+
+    def killed_before_expert_1_is_saved(store, record):
+        if record.index == 1:
+            raise Killed
+        return save(store, record)
+
+    monkeypatch.setattr(TrajectoryStore, "save_expert", killed_before_expert_1_is_saved)
+    with pytest.raises(Killed):
+        main(argv(tmp_path / "r"))
+    monkeypatch.undo()
+    (tmp_path / "r" / "buffer" / "trust_report.png").unlink(missing_ok=True)
+    assert main(argv(tmp_path / "r")) == 0
+    reports = [(p / "buffer" / "trust_report.json").read_bytes() for p in (tmp_path / "r", tmp_path / "straight")]
+    assert reports[0] == reports[1]
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "r" / "buffer" / "trust_report.png").is_file()

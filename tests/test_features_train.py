@@ -7,7 +7,7 @@ import torch
 
 from tad_plugin.data import ImageDataset, load_dataset, save_arrays
 from tad_plugin.features.augment import AugmentConfig
-from tad_plugin.features.cli import main
+from tad_plugin.features.cli import kept_state_text, main
 from tad_plugin.features.extractor import load_extractor
 from tad_plugin.features.lars import LARS
 from tad_plugin.features.train import (
@@ -80,9 +80,15 @@ def test_interrupted_run_resumes_records_history_and_writes_files(tiny, tmp_path
     with pytest.raises(KeyboardInterrupt):
         train_simclr(tiny, _config(), "cpu", checkpoint=ck, progress=False, log=crash_in_epoch_two)
     assert not ck.exists() and state_path_for(ck).is_file()
+    assert kept_state_text(ck) == (f"kept {state_path_for(ck)} (after epoch 1 of 2); the same command with --resume "
+                                   f"continues from it (the epoch in progress starts over)")  # what Ctrl-C says
+    with pytest.raises(TrainingError, match=r"holds an interrupted training \(epoch 1 of 2\): add --resume"):
+        train_simclr(tiny, _config(), "cpu", checkpoint=ck, progress=False)  # not overwritten without --resume
     lines = []
     result = train_simclr(tiny, _config(), "cpu", checkpoint=ck, resume=True, progress=False, log=lines.append)
     assert "resumed" in lines[0] and len(lines) == 2
+    straight = train_simclr(tiny, _config(), "cpu", progress=False, log=lambda _m: None)
+    assert torch.equal(straight.extractor.embed(tiny.test_images), result.extractor.embed(tiny.test_images))
     assert result.epochs == 2 and [h["epoch"] for h in result.history] == [1, 2]
     assert set(result.knn) == {1, 10} and all(0 <= v <= 1 for v in result.knn.values())
     for h in result.history:

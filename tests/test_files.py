@@ -57,3 +57,22 @@ def test_a_corrupt_extractor_or_checkpoint_names_the_file_and_the_fix(tmp_path):
     with pytest.raises(ExtractorFileError, match=r"cannot read feature extractor .*ext.pt: not a torch file .*"
                                                  r"Re-create it with `tad features train`"):
         load_extractor(tmp_path / "ext.pt")
+
+
+def test_a_write_removes_what_a_killed_writer_of_the_same_file_left(tmp_path):
+    """A kill mid-write leaves the writer's temporary file (nothing runs after SIGKILL); the next write of that
+    file removes it, and leaves alone those of running writers and of other files."""
+    import subprocess
+    import sys
+
+    from tad_plugin.files import _WRITER
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # exited: no longer running
+    orphan = tmp_path / f".x.pt.{_WRITER}-{dead_pid}.abc123.tmp"
+    live = tmp_path / f".x.pt.{_WRITER}-{os.getppid()}.def456.tmp"  # pytest's parent process runs
+    other = tmp_path / f".y.pt.{_WRITER}-{dead_pid}.abc123.tmp"
+    for p in (orphan, live, other):
+        p.write_bytes(b"half")
+    atomic_torch_save({"w": torch.ones(2)}, tmp_path / "x.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.pt", live.name, other.name])

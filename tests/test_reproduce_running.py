@@ -497,3 +497,63 @@ def test_a_cell_and_its_audits_run_end_to_end_through_real_commands(tmp_path):
     assert grid.cleaning_done(tmp_path / "runs", "sym40", args.dataset)
     jobs, after, _ = running.plan(args)
     assert list(jobs) == cells and after == {}
+
+
+def _pid_job(tmp_path, name):
+    """A job that writes its pid, then waits for a minute (until it is stopped)."""
+    script = f"import os, time; open({str(tmp_path / name)!r} + '.pid', 'w').write(str(os.getpid())); time.sleep(60)"
+    return [sys.executable, "-c", script]
+
+
+def _gone(pid, within_s=10.0):
+    """Whether process ``pid`` has ended (and been reaped or re-parented and reaped) within ``within_s`` seconds."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[-1].split()[0] == "Z":  # a zombie: ended, not yet reaped
+                    return True
+        except FileNotFoundError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def test_an_interrupted_runner_stops_its_jobs(tmp_path, capsys):
+    """Ctrl-C in the runner (here: raised when the quick job is collected) gives the running job SIGINT, so that
+    running the runner again does not find it still running."""
+    def interrupt(name):
+        while not (tmp_path / "slow.pid").is_file():
+            pass
+        raise KeyboardInterrupt
+
+    jobs = {"slow": _pid_job(tmp_path, "slow"), "quick": _job(tmp_path, "quick", seconds=0.3)}
+    with pytest.raises(KeyboardInterrupt):
+        running.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=[], poll_s=0.05, on_done=interrupt)
+    pid = int((tmp_path / "slow.pid").read_text())
+    assert _gone(pid, within_s=0.0)  # stopped and reaped before run_parallel returned
+    out = capsys.readouterr().out
+    assert "slow: stopped (exit " in out and "running the same command again resumes it" in out
+    assert "KeyboardInterrupt" in (tmp_path / "logs" / "slow.log").read_text()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the jobs die with the runner through Linux's PR_SET_PDEATHSIG")
+def test_a_killed_runner_takes_its_jobs_along(tmp_path):
+    import signal
+    import subprocess
+
+    code = (f"import sys; from tad_plugin.reproduce import running; "
+            f"running.run_parallel({{'slow': {_pid_job(tmp_path, 'slow')!r}}}, __import__('pathlib').Path("
+            f"{str(tmp_path / 'logs')!r}), 1, [], poll_s=0.05)")
+    runner = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        while not (tmp_path / "slow.pid").is_file():
+            assert runner.poll() is None
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+    finally:
+        runner.kill()
+    assert _gone(int((tmp_path / "slow.pid").read_text()))

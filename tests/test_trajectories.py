@@ -75,6 +75,16 @@ def test_resume_requires_same_settings(tmp_path):
         make_store(tmp_path, lr=0.1)
 
 
+def test_a_store_killed_before_its_transform_was_written_gets_it_on_resume(tmp_path):
+    make_store(tmp_path)
+    (tmp_path / "preprocess.pt").unlink()  # the manifest written, the kill before the transform (older versions)
+    assert make_store(tmp_path).preprocess_state()["kind"] == "meanstd"
+    (tmp_path / "preprocess.pt").unlink()
+    TrajectoryStore.create(tmp_path, param_shapes=CFG.param_shapes, epochs=T, num_train=N, num_classes=3,
+                           meta={"lr": 0.01}, preprocess_state={"kind": "meanstd"}, dry_run=True)
+    assert not (tmp_path / "preprocess.pt").exists()  # a dry run writes nothing
+
+
 def test_bad_records_and_files(tmp_path):
     store = make_store(tmp_path)
     rec = make_record(1)

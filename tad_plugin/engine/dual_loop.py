@@ -13,8 +13,8 @@ the engine's :class:`~tad_plugin.engine.experts.ExpertTrainer` runs one per grou
    they match does not change afterwards.
 
 Its :class:`~tad_plugin.trust_report.TrustReportListener` (``DualLoop.report``) records every division and
-recalibration of the first expert of the first group (with precision / recall when clean labels are given),
-while the trainer runs.
+recalibration of one expert (``report_expert``; with precision / recall when clean labels are given), while the
+trainer runs.
 """
 
 from __future__ import annotations
@@ -83,6 +83,9 @@ class DualLoop:
         seed: seeds the anchors' initialisation and distillation.
         report_path: where the trust report is rewritten (atomically) after every round it records, so
             a run stopped mid-buffer keeps it; None = kept in memory only (``DualLoop.report``).
+        report_expert: the expert the report follows; None = the first one the trainer notifies. The pipeline
+            follows expert 0, so that a resumed buffer keeps the report written before the interruption instead
+            of replacing it with the next unfinished expert's.
     """
 
     def __init__(self, net: ConvNetConfig, preprocess: Preprocessor, train_images: torch.Tensor,
@@ -90,7 +93,7 @@ class DualLoop:
                  hooks: TADHooks, config: DualLoopConfig | None = None,
                  *, noisy_labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
                  device: torch.device | str = "cpu", seed: int = 0, progress: bool = False,
-                 report_path: str | os.PathLike[str] | None = None) -> None:
+                 report_path: str | os.PathLike[str] | None = None, report_expert: int | None = None) -> None:
         self.net, self.preprocess, self.hooks = net, preprocess, hooks
         self.config = config or DualLoopConfig()
         self.device = torch.device(device)
@@ -103,7 +106,7 @@ class DualLoop:
             self._set_features(features, embed)
         self.noisy_labels, self.clean_labels = noisy_labels, clean_labels
         self.seed, self.progress = seed, progress
-        self.listener = TrustReportListener(noisy_labels, clean_labels, path=report_path)
+        self.listener = TrustReportListener(noisy_labels, clean_labels, expert=report_expert, path=report_path)
         self._group: tuple[int, ...] | None = None
         self._anchors: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -116,7 +119,8 @@ class DualLoop:
 
     @property
     def report(self) -> TrustReport:
-        """The trust report of the first expert of the first group (filled while the trainer runs)."""
+        """The trust report of the followed expert (filled while the trainer runs; empty when it was finished
+        before)."""
         return self.listener.report
 
     @property

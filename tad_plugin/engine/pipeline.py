@@ -34,6 +34,7 @@ from ..checks import check_labels
 from ..data import ImageDataset
 from ..files import atomic_torch_save, torch_load
 from ..manager import TADHooks, get_plugin_manager
+from ..trust_report import TrustReport
 from .config import ConfigError, RunConfig, to_dict
 from .convnet import ConvNetConfig
 from .distributed import Ranks, current, rank_device
@@ -214,9 +215,8 @@ class Pipeline:
 
         The optimiser is ``buffer.optimizer`` (SGD, or GSAM for FTD/DATM). With TAD and
         ``tad.inner_loop`` the dual loop (:meth:`dual_loop`) gives the recalibrations their features and anchors,
-        and its trust report
-        is written to ``out/trust_report.json`` after every round (and ``.png`` at the end when matplotlib
-        is there).
+        and its trust report of expert 0 is written to ``out/trust_report.json`` after every round (and ``.png``
+        at the end when matplotlib is there); a resumed store whose expert 0 is finished keeps its report.
 
         Args:
             dataset: the images (and the clean test set for logging).
@@ -243,9 +243,10 @@ class Pipeline:
         del trainer
         if self.device.type == "cuda":  # the expert groups' cached blocks go back to the driver:
             torch.cuda.empty_cache()     # other runs sharing the GPU can use them during distillation
-        if loop is not None and loop.report.rounds and self.ranks.is_main:  # rank 0 ran the first group
+        report = store.root / "trust_report.json"
+        if loop is not None and self.ranks.is_main and report.is_file():  # expert 0's, of this call or an earlier
             try:  # the JSON was rewritten after every round; the plot once, at the end
-                loop.report.plot(store.root / "trust_report.png", title=f"Trust report: {dataset.name}")
+                TrustReport.load_json(report).plot(report.with_suffix(".png"), title=f"Trust report: {dataset.name}")
             except ImportError:
                 pass  # matplotlib is optional; the JSON holds the same numbers
         return store
@@ -357,7 +358,7 @@ class Pipeline:
                   report_path: str | os.PathLike[str] | None = None) -> DualLoop:
         """TAD's inner loop for this run's settings (anchors distilled with this run's distillation lrs,
         plain MTT matching: hard labels, the whole early window, no EMA, no gate); ``report_path``: the
-        trust report's JSON, rewritten after every round (None = in memory only)."""
+        trust report's JSON (expert 0's), rewritten after every round (None = in memory only)."""
         cfg, t = self.config, self.config.tad
         features: torch.Tensor | Callable[[], tuple[torch.Tensor, Embedder]]
         embed: Embedder | None
@@ -374,7 +375,7 @@ class Pipeline:
         assert self.hooks is not None
         return DualLoop(self.network(dataset), self.preprocessor(dataset), dataset.train_images, features, embed,
                         self.hooks, loop_cfg, noisy_labels=labels, clean_labels=clean_labels, device=self.device,
-                        seed=cfg.seed, report_path=report_path)
+                        seed=cfg.seed, report_path=report_path, report_expert=0)
 
     # ------------------------------------------------------------------ distill
     def init_pool(self, store: TrajectoryStore, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

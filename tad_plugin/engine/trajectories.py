@@ -181,12 +181,14 @@ class TrajectoryStore:
                 detail = "; ".join(_describe_diff(k, old.get(k), manifest[k]) for k in diff)
                 raise TrajectoryError(f"{root} already holds expert trajectories made with other settings "
                                       f"({detail}); choose another output directory or delete {root}")
+            if preprocess_state is not None and not dry_run and not (root / "preprocess.pt").is_file():
+                atomic_torch_save(preprocess_state, root / "preprocess.pt")  # a run killed between the two writes
             return cls(root, old)
         if dry_run:
             return None
-        atomic_write_json(manifest, root / "manifest.json")
-        if preprocess_state is not None:
+        if preprocess_state is not None:  # before the manifest, which marks the store as made
             atomic_torch_save(preprocess_state, root / "preprocess.pt")
+        atomic_write_json(manifest, root / "manifest.json")
         return cls(root, manifest)
 
     @classmethod

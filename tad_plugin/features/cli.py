@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_subcommands", "main", "train_command", "embed_command"]
+__all__ = ["add_subcommands", "main", "train_command", "embed_command", "kept_state_text"]
 
 
 def add_subcommands(subparsers: Any) -> None:
@@ -79,6 +79,17 @@ def add_subcommands(subparsers: Any) -> None:
     embed.set_defaults(func=embed_command)
 
 
+def kept_state_text(out: Path) -> str:
+    """What an interrupted ``features train`` into the extractor file ``out`` kept, and how to continue it."""
+    from .train import saved_progress, state_path_for
+
+    saved = saved_progress(state_path_for(out))
+    if saved is None:
+        return "it had saved no training state yet; run the command again to start it"
+    return (f"kept {state_path_for(out)} (after epoch {saved[0]} of {saved[1]}); the same command with --resume "
+            f"continues from it (the epoch in progress starts over)")
+
+
 def _dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True,
                         help="digits, cifar10, cifar100, an ImageFolder directory or a .npz arrays file")
@@ -118,6 +129,7 @@ def train_command(args: argparse.Namespace) -> int:
         image_size=args.image_size,
     )
     out = args.out or default_extractor_path(args.dataset)
+    args.kept = lambda: kept_state_text(out)  # what a Ctrl-C says (tad_plugin.cli.main)
     result = train_simclr(dataset, config, device, checkpoint=out, resume=args.resume,
                           progress=not args.no_progress)
     record = {

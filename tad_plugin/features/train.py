@@ -31,7 +31,7 @@ from .lars import LARS, lars_param_groups
 from .simclr import SimCLRModel, nt_xent_loss
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "train_simclr", "state_path_for",
-           "lr_at", "measure_throughput", "DEFAULT_LR", "OPTIMIZERS"]
+           "saved_progress", "lr_at", "measure_throughput", "DEFAULT_LR", "OPTIMIZERS"]
 
 STATE_FORMAT = "tad_plugin.features.train_state/1"
 
@@ -168,6 +168,19 @@ def state_path_for(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".state.pt")
 
 
+def saved_progress(path: str | Path) -> tuple[int, int] | None:
+    """``(epochs done, epochs planned)`` of the training state at ``path`` (equal when its training finished),
+    or None: no state there, or a file that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch_load(path)
+        return int(state["epoch"]), int(state["planned"])
+    except Exception:  # not a state this module wrote: nothing to continue
+        return None
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
     """Linear warm-up to ``base_lr`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
     if step < warmup_steps:
@@ -215,13 +228,22 @@ def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), dev
         checkpoint: path of the extractor file to write at the end (``None``: write nothing). The
             resumable state goes to :func:`state_path_for` ``(checkpoint)`` every
             ``config.checkpoint_every`` epochs.
-        resume: continue from that state (it must exist and have been written with the same config).
+        resume: continue from that state (it must exist and have been written with the same config). Without
+            it, a state there of an interrupted training (unfinished, or finished without its extractor file) is
+            refused rather than overwritten.
         progress: show a tqdm bar over epochs.
         log: called with one line per evaluation (default: ``tqdm.write``).
 
     Raises:
-        TrainingError: the loss became non-finite, or the resume state is missing or mismatched.
+        TrainingError: the loss became non-finite, the resume state is missing or mismatched, or (without
+            ``resume``) an interrupted training's state would be overwritten.
     """
+    state_path = state_path_for(checkpoint) if checkpoint is not None else None
+    if state_path is not None and not resume:
+        saved = saved_progress(state_path)
+        if saved is not None and (saved[0] < saved[1] or not Path(str(checkpoint)).is_file()):
+            raise TrainingError(f"{state_path} holds an interrupted training (epoch {saved[0]} of {saved[1]}): add "
+                                f"--resume to continue it, or delete the file to start over")
     device = torch.device(device)
     log = log or tqdm.write
     data = resized(dataset.train_images.to(device), config.image_size)
@@ -239,7 +261,6 @@ def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), dev
     mean, std = (v.tolist() for v in channel_stats(data))
 
     model, optimizer = _model_and_optimizer(channels, config, device)
-    state_path = state_path_for(checkpoint) if checkpoint is not None else None
     history: list[dict[str, float]] = []
     epoch, planned, elapsed = 0, config.epochs, 0.0
     if resume:

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -71,7 +72,7 @@ SKIPPED = -1
 
 def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[str],
                  on_done: Callable[[str], None] | None = None, poll_s: float = 2.0,
-                 after: Mapping[str, Sequence[str]] | None = None) -> dict[str, int]:
+                 after: Mapping[str, Sequence[str]] | None = None, grace_s: float = 30.0) -> dict[str, int]:
     """Run the commands of ``jobs`` (name -> argv), at most ``slots`` at once per GPU; returns name -> exit code.
 
     ``after[name]`` lists jobs of ``jobs`` that must have exited with 0 before ``name`` starts; if one of them
@@ -84,6 +85,11 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
     counts as failed with code 1). A job that fails does not stop the others; the caller decides what a non-zero
     code means. At the end a table of what ran where (GPU, start, end, wall time) is printed and written to
     ``logs/schedule.md``.
+
+    The jobs stop with the runner, so that running it again (which resumes them) never runs a job twice at once:
+    if it is interrupted (Ctrl-C, an error), each running job gets SIGINT -- a ``tad`` job then says in its log
+    what it kept -- and SIGKILL if it is still there after ``grace_s`` seconds; if it is killed, the jobs get
+    SIGKILL from the kernel (Linux; elsewhere they run on).
 
     Raises:
         ValueError: ``slots`` < 1, or ``after`` names a job that is not in ``jobs``.
@@ -101,6 +107,25 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
     codes: dict[str, int] = {}
     times: dict[str, tuple[str | None, float, float]] = {}
     start = time.monotonic()
+    try:
+        _run_queue(jobs, logs, slots, queues, after, pending, running, codes, times, start, on_done, poll_s)
+    finally:
+        _stop(running, grace_s)
+    table = schedule_lines(times, codes)
+    print("\n".join(table), flush=True)
+    from tad_plugin.files import atomic_write
+
+    text = "\n".join(table) + "\n"
+    atomic_write(logs / "schedule.md", lambda f: f.write(text.encode()))
+    return codes
+
+
+def _run_queue(jobs: dict[str, list[str]], logs: Path, slots: int, queues: list[str | None],
+               after: dict[str, list[str]], pending: list[str],
+               running: dict[str, tuple[subprocess.Popen, str | None, Any, float]], codes: dict[str, int],
+               times: dict[str, tuple[str | None, float, float]], start: float,
+               on_done: Callable[[str], None] | None, poll_s: float) -> None:
+    """:func:`run_parallel`'s loop: starts the jobs and collects them until none is pending or running."""
     while pending or running:
         for name, (proc, gpu, log, began) in list(running.items()):
             if proc.poll() is None:
@@ -138,20 +163,43 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
                 env["CUDA_VISIBLE_DEVICES"] = gpu
             log = open(logs / f"{name}.log", "w")
             began = time.monotonic() - start
-            running[name] = (subprocess.Popen(jobs[name], stdout=log, stderr=subprocess.STDOUT, env=env), gpu, log,
-                             began)
+            proc = subprocess.Popen(jobs[name], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    preexec_fn=_dies_with(os.getpid()) if sys.platform == "linux" else None)
+            running[name] = (proc, gpu, log, began)
             load[gpu] += 1
             print(f"[{began:7.0f} s] {name} started" + (f" on GPU {gpu}" if gpu is not None else "")
                   + f": {' '.join(jobs[name])}", flush=True)
         if running:
             time.sleep(poll_s)
-    table = schedule_lines(times, codes)
-    print("\n".join(table), flush=True)
-    from tad_plugin.files import atomic_write
 
-    text = "\n".join(table) + "\n"
-    atomic_write(logs / "schedule.md", lambda f: f.write(text.encode()))
-    return codes
+
+def _stop(running: dict[str, tuple[subprocess.Popen, str | None, Any, float]], grace_s: float) -> None:
+    """End the jobs still ``running`` (the runner was interrupted): SIGINT, then SIGKILL after ``grace_s``."""
+    for proc, _, _, _ in running.values():
+        proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for name, (proc, _, log, _) in running.items():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        print(f"{name}: stopped (exit {proc.returncode}); running the same command again resumes it", flush=True)
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn`` (Linux): the job gets SIGKILL when the process ``parent`` ends, killed or not. The C
+    function is looked up here, in the parent: the child only calls it (nothing to import after the fork)."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def set_death_signal() -> None:
+        prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the runner ended before the signal was set
+            os._exit(1)
+    return set_death_signal
 
 
 def schedule_lines(times: dict[str, tuple[str | None, float, float]], codes: dict[str, int]) -> list[str]:
