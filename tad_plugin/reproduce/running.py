@@ -121,7 +121,7 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
 
 
 def _run_queue(jobs: dict[str, list[str]], logs: Path, slots: int, queues: list[str | None],
-               after: dict[str, list[str]], pending: list[str],
+               after: Mapping[str, Sequence[str]], pending: list[str],
                running: dict[str, tuple[subprocess.Popen, str | None, Any, float]], codes: dict[str, int],
                times: dict[str, tuple[str | None, float, float]], start: float,
                on_done: Callable[[str], None] | None, poll_s: float) -> None:
