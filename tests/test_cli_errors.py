@@ -107,7 +107,8 @@ def test_eval_refuses_a_set_of_another_dataset_or_not_a_distilled_set(quick_demo
              "classes but rgb has 3x8x8 images of 10: evaluate it on the dataset it was distilled from (--dataset)"),
             (tmp_path / "other.pt", "digits", "other.pt is not a distilled set (no entry 'labels'); give a file "
              "`tad distill` wrote")):
-        assert main(["eval", "--synthetic", str(synthetic), "--dataset", str(dataset), "--out", str(tmp_path / "r")]) == 2
+        argv = ["eval", "--synthetic", str(synthetic), "--dataset", str(dataset), "--out", str(tmp_path / "r")]
+        assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
         assert not (tmp_path / "r").exists()

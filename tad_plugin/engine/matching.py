@@ -70,9 +70,9 @@ EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "checkpo
 #: syn_lr, eval {mean, std, accuracies, seconds} and eval_ema when EMA images are kept).
 EVALUATIONS_FILE = "evaluations.json"
 
-__all__ = ["MatchingConfig", "check_checkpoint", "read_checkpoint", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher",
-           "real_init_indices", "class_labels", "DistillDivergedError", "step_distance", "closest_step",
-           "soft_label_summary"]
+__all__ = ["MatchingConfig", "check_checkpoint", "read_checkpoint", "EVALUATIONS_FILE", "DistillResult",
+           "TrajectoryMatcher", "real_init_indices", "class_labels", "DistillDivergedError", "step_distance",
+           "closest_step", "soft_label_summary"]
 
 
 #: A logged matching loss above this (normalised: 1 = the student ended as far from the target as it started)
