@@ -75,11 +75,14 @@ class ImageDataset:
                     f"{self.name}: {split}_images must be a uint8 tensor [N, C, H, W], got "
                     f"{images.dtype} {tuple(images.shape)}"
                 )
-            if labels.dtype != torch.int64 or labels.dim() != 1 or len(labels) != len(images):
+            if labels.dtype != torch.int64 or labels.dim() != 1:
                 raise DatasetError(
                     f"{self.name}: {split}_labels must be an int64 tensor [{len(images)}], got "
                     f"{labels.dtype} {tuple(labels.shape)}"
                 )
+            if len(labels) != len(images):
+                raise DatasetError(f"{self.name}: {split}_labels has {len(labels)} entries but {split}_images has "
+                                   f"{len(images)} images; give one label per image, in the images' order")
             if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
                 raise DatasetError(
                     f"{self.name}: {split}_labels span [{int(labels.min())}, {int(labels.max())}] but "
@@ -254,10 +257,18 @@ def _load_arrays(path: Path) -> ImageDataset:
                                                   f"{path} {split}"))
         a = arrays[f"{split}_images"]
         if a.dtype != np.uint8 or a.ndim not in (3, 4):
+            scaled = "; store pixels 0..255 as uint8 (floats in [0, 1]: (images * 255).round().astype(np.uint8))" \
+                if a.dtype != np.uint8 else ""
             raise DatasetError(
                 f"{path}: {split}_images must be uint8 [N, H, W, C] (or [N, H, W] for grey), got "
-                f"{a.dtype} {a.shape}"
+                f"{a.dtype} {a.shape}{scaled}"
             )
+        if a.ndim == 4 and a.shape[1] in _CHANNELS and a.shape[3] not in _CHANNELS:
+            raise DatasetError(f"{path}: {split}_images {a.shape} look channels-first [N, C, H, W]; an arrays file "
+                               f"holds [N, H, W, C]: save images.transpose(0, 2, 3, 1)")
+        if not len(a):
+            raise DatasetError(f"{path}: {split}_images is empty; an arrays file needs training images and held-out "
+                               f"test images")
         if a.ndim == 3:
             a = a[..., None]
         return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
@@ -268,12 +279,13 @@ def _load_arrays(path: Path) -> ImageDataset:
             raise DatasetError(f"{path}: {split}_labels must be a 1-D integer array, got {a.dtype} {a.shape}")
         return torch.from_numpy(a.astype(np.int64))
 
-    train_labels = labels("train")
+    train_labels, test_labels = labels("train"), labels("test")
     if "class_names" in arrays:
         names = tuple(str(n) for n in arrays["class_names"])
-    else:
-        names = tuple(str(c) for c in range(int(train_labels.max()) + 1 if len(train_labels) else 0))
-    return ImageDataset(path.stem, images("train"), train_labels, images("test"), labels("test"), names)
+    else:  # classes 0 .. the largest label of either split (a class without training images is refused later)
+        top = max([int(t.max()) for t in (train_labels, test_labels) if len(t)], default=-1)
+        names = tuple(str(c) for c in range(top + 1))
+    return ImageDataset(path.stem, images("train"), train_labels, images("test"), test_labels, names)
 
 
 def save_arrays(dataset: ImageDataset, path: str | os.PathLike[str]) -> None:
@@ -357,6 +369,11 @@ def list_image_folder(path: str | os.PathLike[str]) -> ImageFolderIndex:
         test = []
         for split in ("val", "test"):
             if (path / split).is_dir():
+                extra = sorted(d.name for d in (path / split).iterdir() if d.is_dir() and d.name not in index)
+                if extra:
+                    raise DatasetError(f"{path / split} has class folder(s) {', '.join(extra[:5])} that {train_dir} "
+                                       f"lacks: their images could not be scored; add the class to train/ or remove "
+                                       f"the folder")
                 test = [(p, index[c]) for c in classes for p in files_in(path / split / c)]
                 break
     if not train or not test:
@@ -464,5 +481,8 @@ def _load_image_folder(path: Path) -> ImageDataset:
     return ImageDataset(path.name, *_read_files(index.train, path), *_read_files(index.test, path),
                         class_names=index.classes)
 
+
+#: Channel counts of an image array's channel axis (grey, RGB, RGBA): how a channels-first array is told apart.
+_CHANNELS = (1, 3, 4)
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

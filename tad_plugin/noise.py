@@ -22,6 +22,7 @@ import importlib
 import logging
 import os
 import pickle
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,9 @@ def make_noisy_labels(labels: torch.Tensor, kind: str, rate: float, *, num_class
         raise ValueError(f"noise rate must lie in [0, 1], got {rate}")
     if kind not in NOISE_KINDS:
         raise ValueError(f"unknown noise kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"the noise seed must be an integer >= 0 (NumPy's generator takes no negative seed), got "
+                         f"{seed!r}")
     y = labels.cpu().numpy().copy()
     rng = np.random.default_rng(seed)
     if kind == "symmetric":
@@ -198,13 +202,15 @@ def load_cifar_n(path: str | os.PathLike[str], label_set: str) -> torch.Tensor:
                 data = {k: npz[k] for k in npz.files}
         else:
             data = _load_cifar_n_pt(path)
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         raise ValueError(f"cannot read CIFAR-N label file {path}: {exc}") from exc
     if label_set not in data:
-        raise LabelSetError(f"{path.name} has no label set {label_set!r}; available: {', '.join(sorted(data))}")
+        raise LabelSetError(f"{path.name} has no label set {label_set!r}; available: {', '.join(sorted(data))}; "
+                            f"pick one with --label-set (data.label_set)")
     arr = np.asarray(data[label_set])
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{path.name}[{label_set!r}] is not a 1-D integer label array ({arr.dtype} {arr.shape})")
+        raise ValueError(f"{path.name}[{label_set!r}] is not a 1-D integer label array ({arr.dtype} {arr.shape}); "
+                         f"store one class index per training image, in the training set's order")
     return torch.from_numpy(arr.astype(np.int64))
 
 

@@ -600,7 +600,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine.pipeline import load_distilled
 
     cfg, pipe, out, data = prepare(args)
-    result, pre = load_distilled(args.synthetic or out / "distilled.pt")
+    path = Path(args.synthetic or out / "distilled.pt")
+    result, pre = load_distilled(path)
+    _check_fits(result, data.dataset, path)
     log = begin(args, cfg, pipe, out)
     if args.best:
         result = result.best_result()
@@ -610,6 +612,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     res = stage_eval(pipe, result, data, log, pre.to(pipe.device))
     print(f"test accuracy {100 * res['test_acc_mean']:.2f} +- {100 * res['test_acc_std']:.2f} %; record {log.path}")
     return 0
+
+
+def _check_fits(result: DistillResult, dataset: ImageDataset, path: Path) -> None:
+    """Refuse a distilled set made from another dataset than ``dataset`` (other image shape or more classes)."""
+    from .engine.config import ConfigError
+
+    shape, want = tuple(result.images.shape[1:]), (dataset.channels, *dataset.image_size)
+    labels = result.labels
+    classes = labels.shape[1] if labels.is_floating_point() else int(labels.max()) + 1 if labels.numel() else 0
+    if shape != want or classes > dataset.num_classes:
+        raise ConfigError(f"{path} holds {'x'.join(map(str, shape))} images of {classes} classes but {dataset.name} "
+                          f"has {'x'.join(map(str, want))} images of {dataset.num_classes}: evaluate it on the "
+                          f"dataset it was distilled from (--dataset)")
 
 
 def check_run(pipe: Pipeline, data: TrainingData, out: Path, reuse: Path | None = None) -> TrajectoryStore | None:

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .checks import check_labels
+from .checks import check_bool_mask, check_features, check_labels
 from .errors import TADError
 from .losses import confidence_penalty
 from .manager import TADHooks
@@ -214,7 +214,19 @@ def class_chunk_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: t
 
     Returns:
         ``(anchor_features, anchor_labels)``: float [A, D] and int64 [A] on ``features``' device.
+
+    Raises:
+        TypeError / ValueError: arguments of the wrong dtype or length, ``per_class`` < 1, or an empty trusted space.
     """
+    check_features(features, "features")
+    n = features.shape[0]
+    check_labels(labels, num_classes, n=n)
+    check_bool_mask(trusted, "trusted", n)
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1 (anchors per class), got {per_class}")
+    if not bool(trusted.any()):
+        raise ValueError("the trusted space is empty: no sample to draw anchors from; divide before recalibrating "
+                         "(a later anchor epoch), or check the division's losses")
     feats, labs = [], []
     for c in range(num_classes):
         members = torch.nonzero(trusted & (labels == c)).flatten()
@@ -285,6 +297,10 @@ class TrustLoop:
         if hooks is None and (schedule.outer_loop or schedule.warmup_confidence_penalty):
             raise ValueError("a TrustLoop that divides or penalises needs the hooks")
         self.hooks, self.schedule, self.num_classes = hooks, schedule, num_classes
+        if not isinstance(labels, torch.Tensor) or labels.dim() not in (1, 2) or not labels.shape[-1]:
+            got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise TypeError(f"labels must be a non-empty int64 tensor [N] or [E, N] (one row per expert), got {got}")
+        check_labels(labels.reshape(-1), num_classes)  # int64, in [0, num_classes)
         labels = labels.unsqueeze(0) if labels.dim() == 1 else labels
         e, n = labels.shape
         self.experts = list(range(e)) if experts is None else list(experts)

@@ -103,7 +103,10 @@ def test_cifar_n_flags():
 @pytest.mark.parametrize("argv, message", [
     (["run", "--set", "buffer.epoch=3"], "unknown config key 'buffer.epoch'"),
     (["run", "--dataset", "no/such/place", "--out", "{tmp}"], "unknown dataset"),
-    (["distill", "--buffer", "{tmp}/none", "--out", "{tmp}"], "not a trajectory store"),
+    (["distill", "--buffer", "{tmp}/none", "--out", "{tmp}"], "not a trajectory store (no manifest.json); train "
+     "the experts first: `tad buffer --out DIR` trains them into DIR/buffer"),
+    (["distill", "--out", "{tmp}/r"], "r/buffer is not a trajectory store (no manifest.json); train the experts "
+     "first: `tad buffer --out {tmp}/r` trains them there"),
     (["eval", "--synthetic", "{tmp}/none.pt", "--out", "{tmp}"], "run `tad distill` first"),
     (["run", "--noise", "symmetric", "--cifar-n", "x.pt"], "not both"),
     (["demo", "--tad"], "drop --tad/--no-tad"),
@@ -112,7 +115,7 @@ def test_bad_input_exits_with_a_clear_message(argv, message, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert message in err and err.startswith(f"tad {argv[0]}: error:")
+    assert message.replace("{tmp}", str(tmp_path)) in err and err.startswith(f"tad {argv[0]}: error:")
 
 
 def test_a_class_without_training_images_is_refused_before_noise_fills_it(tmp_path, capsys):

@@ -72,6 +72,48 @@ def test_a_fault_in_the_input_exits_2_with_one_line_before_writing(argv, message
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: f.write_bytes(f.read_bytes()[:3000]), "cannot read distillation checkpoint .*distill_checkpoint.pt: "
+                                                     "not a torch file .*; delete it to start the distillation over"),
+    (lambda f: torch.save({"iteration": 3}, f), "distill_checkpoint.pt is not a distillation checkpoint \\(no config, "
+                                                "images, labels\\); delete it"),
+])
+def test_a_damaged_distillation_checkpoint_is_named_before_anything_is_written(quick_demo, tmp_path, capsys, damage,
+                                                                               message):
+    import re
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_demo / "noisy", run)
+    (run / "distilled.pt").unlink()  # the distillation resumes from its checkpoint
+    damage(run / "distill_checkpoint.pt")
+    before = snapshot(run)
+    assert main(quick_noisy_argv(run)) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1
+    assert snapshot(run) == before
+
+
+def test_eval_refuses_a_set_of_another_dataset_or_not_a_distilled_set(quick_demo, tmp_path, capsys):
+    from tad_plugin.data import ImageDataset, load_dataset, save_arrays
+
+    ds = load_dataset("digits")  # the demo's set: 1x8x8 images of 10 classes
+    rgb = ImageDataset("rgb", ds.train_images.expand(-1, 3, -1, -1).contiguous(), ds.train_labels,
+                       ds.test_images.expand(-1, 3, -1, -1).contiguous(), ds.test_labels, ds.class_names)
+    save_arrays(rgb, tmp_path / "rgb.npz")
+    torch.save({"images": torch.zeros(2, 1, 8, 8)}, tmp_path / "other.pt")
+    for synthetic, dataset, message in (
+            (quick_demo / "noisy" / "distilled.pt", tmp_path / "rgb.npz", "distilled.pt holds 1x8x8 images of 10 "
+             "classes but rgb has 3x8x8 images of 10: evaluate it on the dataset it was distilled from (--dataset)"),
+            (tmp_path / "other.pt", "digits", "other.pt is not a distilled set (no entry 'labels'); give a file "
+             "`tad distill` wrote")):
+        argv = ["eval", "--synthetic", str(synthetic), "--dataset", str(dataset), "--out", str(tmp_path / "r")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+        assert not (tmp_path / "r").exists()
+
+
 def test_a_gpu_device_without_a_gpu_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["run", "--device", "cuda", "--out", str(tmp_path / "r")]) == 2

@@ -88,3 +88,45 @@ def test_corrupt_image_and_missing_sources(tmp_path):
         load_dataset(tmp_path / "nothing")
     with pytest.raises(DatasetError, match="not found or corrupt .*download"):
         load_dataset("cifar10", root=tmp_path / "empty", download=False)
+
+
+def _arrays(path, **override):
+    """An arrays file of 12 random 4x4 RGB train images (3 classes) and 6 test images, with ``override``
+    replacing (or, as None, dropping) arrays."""
+    g = np.random.default_rng(0)
+    arrays = {"train_images": g.integers(0, 256, (12, 4, 4, 3), dtype=np.uint8), "train_labels": np.arange(12) % 3,
+              "test_images": g.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8), "test_labels": np.arange(6) % 3}
+    arrays.update(override)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"train_images": np.zeros((12, 3, 8, 8), np.uint8)},
+     r"train_images \(12, 3, 8, 8\) look channels-first \[N, C, H, W\]; .* save images.transpose\(0, 2, 3, 1\)"),
+    ({"train_images": np.zeros((12, 4, 4, 3), np.float32)}, r"got float32 .*store pixels 0..255 as uint8"),
+    ({"train_labels": np.arange(10) % 3}, r"train_labels has 10 entries but train_images has 12 images; give one "
+                                          r"label per image"),
+    ({"test_images": np.zeros((0, 4, 4, 3), np.uint8), "test_labels": np.zeros(0, int)},
+     r"test_images is empty; an arrays file needs training images and held-out test images"),
+])
+def test_arrays_file_faults_name_the_array_and_the_fix(tmp_path, override, message):
+    path = _arrays(tmp_path / "x.npz", **override)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(path)
+
+
+def test_arrays_without_class_names_take_the_classes_of_both_splits(tmp_path):
+    ds = load_dataset(_arrays(tmp_path / "x.npz", train_labels=np.arange(12) % 2, test_labels=np.arange(6) % 3))
+    assert ds.num_classes == 3 and ds.class_counts().tolist() == [6, 6, 0]  # a run refuses the empty class 2
+    grey = load_dataset(_arrays(tmp_path / "g.npz", train_images=np.zeros((12, 4, 4), np.uint8),
+                                test_images=np.zeros((6, 4, 4), np.uint8)))
+    assert grey.train_images.shape == (12, 1, 4, 4)  # [N, H, W] stays grey, not channels-first
+
+
+def test_a_held_out_class_missing_from_train_is_named(tmp_path):
+    _write_images(tmp_path / "d" / "train" / "a", 1, 0)
+    _write_images(tmp_path / "d" / "val" / "a", 1, 0)
+    _write_images(tmp_path / "d" / "val" / "zebra", 1, 0)
+    with pytest.raises(DatasetError, match=r"val has class folder\(s\) zebra that .*train lacks"):
+        load_dataset(tmp_path / "d")

@@ -247,3 +247,37 @@ def test_the_trust_loop_guides_example_runs(capsys):
     epochs, stages, right = [int(r[1]) for r in rows], [r[2] for r in rows], [int(r[4]) for r in rows]
     assert epochs[0] == 2 and stages[0] == "division" and "recalibration" in stages
     assert min(right) >= 85  # the labels are 60% right
+
+
+@pytest.mark.parametrize("labels, error, message", [
+    (torch.arange(12.0) % 3, TypeError, r"labels must be an int64 tensor \[N\], got torch.float32"),
+    (torch.arange(12, dtype=torch.int32) % 3, TypeError, r"convert with .long\(\)"),
+    (torch.arange(12) % 3 - 1, ValueError, r"labels must lie in \[0, 3\) but span \[-1, 1\]"),
+    (torch.arange(12) % 4, ValueError, r"labels must lie in \[0, 3\) but span \[0, 3\]"),
+    (torch.zeros(1, 1, 12, dtype=torch.int64), TypeError, r"non-empty int64 tensor \[N\] or \[E, N\]"),
+    (torch.zeros(0, dtype=torch.int64), TypeError, r"non-empty int64 tensor"),
+    ((torch.arange(12) % 3).numpy(), TypeError, r"got ndarray"),
+])
+def test_a_trust_loop_refuses_labels_it_would_misuse(labels, error, message):
+    from tad_plugin import Schedule, TrustLoop
+
+    with pytest.raises(error, match=message):
+        TrustLoop(TADHooks(), Schedule(), labels, num_classes=3)
+
+
+def test_chunk_anchors_refuse_what_they_would_misread():
+    from tad_plugin.trust_loop import class_chunk_anchors
+
+    g = torch.Generator().manual_seed(0)
+    features, labels, trusted = torch.randn(12, 4, generator=g), torch.arange(12) % 3, torch.ones(12, dtype=torch.bool)
+    feats, labs = class_chunk_anchors(features, labels, trusted, 3, 2, g)
+    assert feats.shape == (6, 4) and labs.tolist() == [0, 0, 1, 1, 2, 2]
+    for args, error, message in (
+            ((features, labels, trusted & False, 3, 2), ValueError, "the trusted space is empty"),
+            ((features, labels, trusted, 3, 0), ValueError, "per_class must be >= 1"),
+            ((features[:10], labels, trusted, 3, 2), ValueError, "labels has 12 entries but 10 were expected"),
+            ((features, labels + 1, trusted, 3, 2), ValueError, r"labels must lie in \[0, 3\)"),
+            ((features, labels, trusted.long(), 3, 2), TypeError, r"trusted must be a bool tensor \[12\]"),
+            ((features * float("nan"), labels, trusted, 3, 2), ValueError, "features contains NaN/inf")):
+        with pytest.raises(error, match=message):
+            class_chunk_anchors(*args, g)

@@ -59,6 +59,8 @@ def test_bad_arguments():
         make_noisy_labels(CLEAN10, "symmetric", 1.5, num_classes=10, seed=0)
     with pytest.raises(ValueError, match="lie in"):
         make_noisy_labels(CLEAN10, "symmetric", 0.2, num_classes=5, seed=0)
+    with pytest.raises(ValueError, match="the noise seed must be an integer >= 0"):
+        make_noisy_labels(CLEAN10, "symmetric", 0.2, num_classes=10, seed=-1)
 
 
 def test_load_cifar_n_npz_and_pt(tmp_path):
@@ -77,6 +79,13 @@ def test_load_cifar_n_npz_and_pt(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="cannot read"):
         load_cifar_n(tmp_path / "bad.pt", "worse_label")
+    whole = (tmp_path / "n.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(ValueError, match="cannot read CIFAR-N label file .*cut.npz"):
+        load_cifar_n(tmp_path / "cut.npz", "worse_label")
+    np.savez(tmp_path / "f.npz", worse_label=worse.astype(np.float32))
+    with pytest.raises(ValueError, match="not a 1-D integer label array .*; store one class index per training image"):
+        load_cifar_n(tmp_path / "f.npz", "worse_label")
 
 
 def test_load_cifar_n_refuses_arbitrary_pickles(tmp_path):

@@ -122,6 +122,19 @@ def test_pack_and_unpack_round_trip_through_parts(tree, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tinyimagenet.npz"]  # no temporary left
 
 
+def test_pack_names_an_image_that_would_not_decode_before_writing_a_part(tree, tmp_path, monkeypatch):
+    bad = tree / "train" / "n02124075" / "images" / "n02124075_2.JPEG"
+    bad.write_bytes(bad.read_bytes()[:40])  # cut short: the unpacking machine could not decode it
+    with pytest.raises(DatasetError, match="cannot decode image .*n02124075_2.JPEG"):
+        pack_image_folder(tree, tmp_path / "parts", progress=False)
+    _jpeg(bad, 7)
+    Image.new("RGB", (9, 9)).save(tree / "train" / "n09999999" / "images" / "n09999999_2.JPEG", format="JPEG")
+    monkeypatch.setattr("tad_plugin.packing._CHECK_CHUNK", 2)  # the odd (last) image alone in a later chunk
+    with pytest.raises(DatasetError, match="n09999999_2.JPEG is 9x9 but the first image is 8x8"):
+        pack_image_folder(tree, tmp_path / "parts", progress=False)
+    assert not (tmp_path / "parts").exists()
+
+
 def test_a_missing_truncated_or_altered_part_is_named(tree, tmp_path):
     manifest = pack_image_folder(tree, tmp_path / "parts", part_mib=1500 / 2**20, progress=False)
     parts = sorted((tmp_path / "parts").glob("*.part*"))

@@ -387,3 +387,11 @@ def test_balance_classes_draws_upstreams_epochs_class_balanced(repo, balance):
         assert ((share - 0.25).abs() < 0.09).all(), share
     else:
         assert share[0].item() == pytest.approx(30 / trusted) and (counts[1:] == counts[1]).all()
+
+
+def test_a_damaged_trust_state_is_named_with_the_fix(tmp_path):
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 cut short")
+    torch.save({"clean_labels": torch.zeros(3, dtype=torch.int64)}, tmp_path / "partial.pt")
+    for name in ("cut.pt", "partial.pt"):
+        with pytest.raises(ValueError, match=f"{name}.*rerun the buffer script through `tad wrap` to write it again"):
+            TrustState.load(tmp_path / name)

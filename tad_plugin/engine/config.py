@@ -9,6 +9,7 @@ Unknown keys and values of the wrong type are errors that name the key and the a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -58,6 +59,9 @@ class DataConfig:
             raise ConfigError(f"data.noise must be one of {kinds}, got {self.noise!r}")
         if not 0.0 <= self.noise_rate < 1.0:
             raise ConfigError(f"data.noise_rate must lie in [0, 1), got {self.noise_rate}")
+        if self.noise_seed < 0:
+            raise ConfigError(f"data.noise_seed must be >= 0 (NumPy's generator takes no negative seed), got "
+                              f"{self.noise_seed}")
         if self.noise is not None and self.cifar_n is not None:
             raise ConfigError("give either data.noise (synthetic) or data.cifar_n (real noise), not both")
 
@@ -414,6 +418,8 @@ class RunConfig:
         """Check every section; returns self. Raises :class:`ConfigError`."""
         for section in (self.data, self.model, self.buffer, self.tad, self.distill, self.eval):
             section.validate()
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0 (NumPy's generators take no negative seed), got {self.seed}")
         if self.distill.max_start_epoch + self.distill.expert_epochs > self.buffer.epochs:
             raise ConfigError(
                 f"distill.max_start_epoch + distill.expert_epochs = "
@@ -461,13 +467,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # NaN passes every `<` check: refused here, for every float setting
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -517,12 +528,19 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}; fix that line") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line error as one clause: what is wrong and where (line and column, 1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -534,7 +552,8 @@ def parse_override(text: str) -> dict[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: cannot parse the value: {exc}") from exc
+        raise ConfigError(f"override {text!r}: cannot parse the value: {_yaml_problem(exc)}; quote it or fix "
+                          f"it") from exc
     out: dict[str, Any] = {}
     node = out
     parts = key.strip().split(".")

@@ -70,9 +70,9 @@ EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "checkpo
 #: syn_lr, eval {mean, std, accuracies, seconds} and eval_ema when EMA images are kept).
 EVALUATIONS_FILE = "evaluations.json"
 
-__all__ = ["MatchingConfig", "check_checkpoint", "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher",
-           "real_init_indices", "class_labels", "DistillDivergedError", "step_distance", "closest_step",
-           "soft_label_summary"]
+__all__ = ["MatchingConfig", "check_checkpoint", "read_checkpoint", "EVALUATIONS_FILE", "DistillResult",
+           "TrajectoryMatcher", "real_init_indices", "class_labels", "DistillDivergedError", "step_distance",
+           "closest_step", "soft_label_summary"]
 
 
 #: A logged matching loss above this (normalised: 1 = the student ended as far from the target as it started)
@@ -192,6 +192,30 @@ class MatchingConfig:
             raise ValueError(f"adaptive_distance must be one of {_DISTANCES}, got {self.adaptive_distance!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+
+
+#: The entries of a distillation checkpoint that resuming reads (``TrajectoryMatcher.state_dict`` writes them).
+CHECKPOINT_KEYS = ("iteration", "config", "images", "labels", "syn_lr", "opt_img", "opt_lr", "gen", "dev_gen",
+                   "order", "chunks", "losses", "history")
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A distillation checkpoint's state (``TrajectoryMatcher.save`` wrote it), read safely.
+
+    Raises:
+        ValueError: the file does not read (a truncated copy, another format) or lacks a checkpoint's entries;
+            the message names the file and says to delete it (the distillation then starts over).
+    """
+    try:
+        state = torch_load(path)
+    except ValueError as exc:
+        raise ValueError(f"cannot read distillation checkpoint {path}: {exc}; delete it to start the distillation "
+                         f"over") from exc
+    missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else list(CHECKPOINT_KEYS)
+    if missing:
+        raise ValueError(f"{path} is not a distillation checkpoint (no {', '.join(missing[:3])}); delete it to start "
+                         f"the distillation over")
+    return state
 
 
 def check_checkpoint(path: str | os.PathLike[str] | None, state: dict[str, Any], config: MatchingConfig,
@@ -590,12 +614,7 @@ class TrajectoryMatcher:
         """Run (or resume) to ``config.iterations``; returns the result (also saved at the checkpoint)."""
         c = self.config
         if self.checkpoint is not None and self.checkpoint.exists():
-            try:
-                state = torch_load(self.checkpoint)
-            except ValueError as exc:
-                raise ValueError(f"cannot read distillation checkpoint {self.checkpoint}: {exc}; delete it to "
-                                 f"start the distillation over") from exc
-            self.load_state_dict(state)
+            self.load_state_dict(read_checkpoint(self.checkpoint))
         bar = tqdm(total=c.iterations, initial=self.iteration, desc="distill", disable=not self.progress)
         saved = time.monotonic()
         with bar:

@@ -47,6 +47,7 @@ from .matching import (
     TrajectoryMatcher,
     check_checkpoint,
     class_labels,
+    read_checkpoint,
     real_init_indices,
 )
 from .preprocess import Preprocessor
@@ -321,7 +322,7 @@ class Pipeline:
         if distill and path.is_file():
             d = self.config.distill
             shape = (dataset.num_classes * d.ipc, dataset.channels, *dataset.image_size)
-            check_checkpoint(path, torch_load(path), self.matching_config(), shape)
+            check_checkpoint(path, read_checkpoint(path), self.matching_config(), shape)
 
     def features(self, dataset: ImageDataset,
                  wait_s: float = 0.0) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
@@ -491,6 +492,9 @@ def load_distilled(path: str | os.PathLike[str]) -> tuple[DistillResult, Preproc
         result = DistillResult(p["images"], p["labels"], float(p["syn_lr"]), ema_images=p.get("ema_images"),
                                history=list(p["history"]), best=p["best"], best_set=p.get("best_set"))
         return result, Preprocessor.from_state_dict(p["preprocess"])
+    except KeyError as exc:
+        raise ValueError(f"{path} is not a distilled set (no entry {exc}); give a file `tad distill` wrote, or re-run "
+                         f"`tad distill`") from exc
     except Exception as exc:
         raise ValueError(f"cannot read distilled set {path}: {exc}; re-run `tad distill`") from exc
 

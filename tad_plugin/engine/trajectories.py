@@ -197,8 +197,10 @@ class TrajectoryStore:
         root = Path(root)
         path = root / "manifest.json"
         if not path.is_file():
-            raise TrajectoryError(f"{root} is not a trajectory store (no manifest.json); train experts "
-                                  f"into it first (`tad buffer --out {root}`)")
+            made = f"`tad buffer --out {root.parent}` trains them there" if root.name == "buffer" else \
+                "`tad buffer --out DIR` trains them into DIR/buffer"
+            raise TrajectoryError(f"{root} is not a trajectory store (no manifest.json); train the experts first: "
+                                  f"{made}")
         try:
             manifest = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:

@@ -96,4 +96,8 @@ class TrustState:
         except ValueError as exc:
             raise ValueError(f"cannot read trust state {path}: {exc}; rerun the buffer script through `tad wrap` "
                              f"to write it again") from exc
-        return cls(d["clean_labels"], d["noisy_labels"], d["trusted_votes"], d["label_votes"], int(d["experts"]))
+        try:
+            return cls(d["clean_labels"], d["noisy_labels"], d["trusted_votes"], d["label_votes"], int(d["experts"]))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is not a trust state (no entry {exc}); rerun the buffer script through `tad "
+                             f"wrap` to write it again") from exc
