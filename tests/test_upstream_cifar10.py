@@ -124,7 +124,8 @@ def test_a_damaged_folder_is_written_again(tmp_path):
      r"32x32 RGB, train_images holds \[30, 28, 28, 3\]"),
     (lambda a: a.update(test_images=a["test_images"][..., 0]), r"test images \(1, 32, 32\) differ in shape"),
     (lambda a: a.update(test_images=a["test_images"].astype(np.float32)), "test_images must be uint8"),
-    (lambda a: a.update(train_labels=a["train_labels"][:-1]), "train_labels has 29 entries but train_images has 30 images; give one label per image"),
+    (lambda a: a.update(train_labels=a["train_labels"][:-1]),
+     "train_labels has 29 entries but train_images has 30 images; give one label per image"),
     (lambda a: a.update(train_labels=a["train_labels"] + 1), r"train_labels span \[1, 10\]; CIFAR-10's labels"),
     (lambda a: a.pop("test_labels"), r"lacks the arrays \['test_labels'\]"),
 ])
