@@ -49,3 +49,17 @@ def install_distribution(tmp_path, monkeypatch):
         monkeypatch.syspath_prepend(str(tmp_path))
 
     return install
+
+
+@pytest.fixture
+def ctrl_c_after_first_expert(monkeypatch):
+    """Ctrl-C right after the first expert of a run is saved (as a user interrupting a long run)."""
+    from tad_plugin.engine.trajectories import TrajectoryStore
+
+    save = TrajectoryStore.save_expert
+
+    def interrupt_after_one(self, record):
+        save(self, record)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrajectoryStore, "save_expert", interrupt_after_one)

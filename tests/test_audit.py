@@ -226,16 +226,7 @@ def test_suggested_labels_beat_the_experts_final_majority_prediction(quick_audit
     assert new_right >= old_right  # this quick audit: 74.0% vs 72.1% (5 samples); not worse on any CPU's rounding
 
 
-def test_ctrl_c_in_an_audit_says_what_was_kept(tmp_path, capsys, monkeypatch):
-    from tad_plugin.engine.trajectories import TrajectoryStore
-
-    save = TrajectoryStore.save_expert
-
-    def interrupt_after_one(self, record):
-        save(self, record)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(TrajectoryStore, "save_expert", interrupt_after_one)
+def test_ctrl_c_in_an_audit_says_what_was_kept(tmp_path, capsys, ctrl_c_after_first_expert):
     assert main(["audit", *QUICK, "--set", "buffer.experts_per_group=1", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert f"interrupted; kept {tmp_path / 'a'}: 1 finished expert(s) in buffer/, result_audit.json; the same " \

@@ -149,16 +149,7 @@ def test_debug_shows_the_traceback():
         main(["--debug", "run", "--out", ""])
 
 
-def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, capsys, monkeypatch):
-    from tad_plugin.engine.trajectories import TrajectoryStore
-
-    save = TrajectoryStore.save_expert
-
-    def interrupt_after_one(self, record):
-        save(self, record)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(TrajectoryStore, "save_expert", interrupt_after_one)
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, capsys, ctrl_c_after_first_expert):
     assert main(quick_noisy_argv(tmp_path / "r")) == 2
     err = capsys.readouterr().err
     assert f"interrupted; kept {tmp_path / 'r'}: 1 finished expert(s) in buffer/, result_run.json; the same " \
