@@ -27,7 +27,7 @@ import torch
 
 from .data import ImageDataset
 from .engine.config import load_yaml
-from .engine.phases import PHASES_FILE, load_phases
+from .engine.phases import PHASES_FILE, expert_parts, load_phases
 from .files import torch_load
 from .trust_report import (
     TrustReport,
@@ -644,15 +644,34 @@ def _pipeline(cfg: RunConfig, pipe: Pipeline, out: Path, log: RunLog, data: Trai
                                                             pipe.preprocessor(data.dataset, store))}
 
 
+def time_summary(stages: dict[str, Any]) -> str | None:
+    """One line on where a run's time went, from its record's ``stages`` (None when it has no timings): the
+    experts' seconds with the shares of training, tests and TAD's work, and the distillation's with the share of
+    its evaluations."""
+    parts = []
+    buffer = expert_parts(stages.get("buffer", {}).get("phases") or {})
+    total = sum(seconds for seconds, _ in buffer.values())
+    if total > 0:
+        tad = total - sum(buffer.get(p, (0.0, 0))[0] for p in ("train", "test"))
+        parts.append(f"experts {total:.0f} s (training {100 * buffer.get('train', (0.0, 0))[0] / total:.0f}%, "
+                     f"tests {100 * buffer.get('test', (0.0, 0))[0] / total:.0f}%, TAD {100 * tad / total:.0f}%)")
+    distill = stages.get("distill", {})
+    evals = sum(e.get("seconds") or 0.0 for e in distill.get("evaluations", []))
+    if distill.get("wall_time_s"):
+        parts.append(f"distillation {distill['wall_time_s']:.0f} s (evaluations "
+                     f"{100 * evals / distill['wall_time_s']:.0f}%)")
+    return "time: " + ", ".join(parts) if parts else None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg, pipe, out, data = prepare(args)
     reuse = check_run(pipe, data, out, Path(args.buffer) if args.buffer else None)
     log = begin(args, cfg, pipe, out, data)
     res = _pipeline(cfg, pipe, out, log, data, reuse)
     name = cfg.method.upper()
-    summary = trust_summary(res, data.dataset.class_names)
-    if summary:
-        print(summary)
+    for line in (trust_summary(res, data.dataset.class_names), time_summary(log.record["stages"])):
+        if line:
+            print(line)
     print(f"{name + ' + TAD' if cfg.tad.enabled else name}: test accuracy {100 * res['test_acc_mean']:.2f} +- "
           f"{100 * res['test_acc_std']:.2f} % (noise rate {data.noise_rate:.3f}); record {log.path}")
     best = best_line(log.record.get("results", {}), cfg.distill.iterations, out / "distilled.pt")

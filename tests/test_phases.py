@@ -39,3 +39,20 @@ def test_a_file_that_is_not_a_phase_file_is_named(tmp_path):
     bad.write_text('{"train": 3}')
     with pytest.raises(ValueError, match="phases.json is not a phase-timing file.*delete it"):
         load_phases(bad)
+
+
+def test_the_experts_parts_do_not_overlap_and_a_run_says_where_its_time_went():
+    from tad_plugin.engine.phases import DIVISION_AND_RECALIBRATION, expert_parts
+    from tad_plugin.runs import time_summary
+
+    phases = {"trust loop": {"seconds": 30.0, "calls": 23}, "train": {"seconds": 60.0, "calls": 23},
+              "test": {"seconds": 10.0, "calls": 23}, "loss pass": {"seconds": 8.0, "calls": 13},
+              "anchors": {"seconds": 6.0, "calls": 5}}
+    parts = expert_parts(phases)
+    assert list(parts) == ["train", "test", "loss pass", "anchors", DIVISION_AND_RECALIBRATION]
+    assert parts[DIVISION_AND_RECALIBRATION] == (16.0, 23) and sum(s for s, _ in parts.values()) == 100.0
+    evals = [{"iteration": 0, "seconds": 20.0}, {"iteration": 500, "seconds": 30.0}]
+    line = time_summary({"buffer": {"phases": phases}, "distill": {"wall_time_s": 200.0, "evaluations": evals}})
+    assert line == "time: experts 100 s (training 60%, tests 10%, TAD 30%), distillation 200 s (evaluations 25%)"
+    assert time_summary({"buffer": {}, "eval": {"wall_time_s": 3.0}}) is None  # an older record: nothing to say
+    assert expert_parts({}) == {}

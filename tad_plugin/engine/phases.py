@@ -12,23 +12,31 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
-
-import torch
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..files import atomic_write_json
 
-__all__ = ["PHASES_FILE", "PhaseClock", "load_phases", "synchronize"]
+if TYPE_CHECKING:  # torch is imported where a device is waited for: the results pages read phases without it
+    import torch
+
+__all__ = ["PHASES_FILE", "DIVISION_AND_RECALIBRATION", "PhaseClock", "expert_parts", "load_phases", "synchronize"]
 
 #: The phase totals of a trajectory store, beside its manifest: ``{phase: {"seconds": float, "calls": int}}``.
 PHASES_FILE = "phases.json"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The part of the expert trainer's ``trust loop`` phase that is not timed on its own (tad_plugin.engine.experts).
+DIVISION_AND_RECALIBRATION = "division and recalibration"
+#: The expert trainer's phases timed inside its ``trust loop`` phase.
+_TRUST_LOOP_PARTS = ("loss pass", "features", "anchors")
+
 
 def synchronize(device: torch.device | str) -> None:
     """Wait for ``device``'s queued work (a no-op on the CPU), so that a host clock read after it counts that
     work."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -49,7 +57,7 @@ class PhaseClock:
     """
 
     def __init__(self, device: torch.device | str, start: dict[str, dict[str, float]] | None = None) -> None:
-        self.device = torch.device(device)
+        self.device = device
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         for phase, entry in (start or {}).items():
@@ -99,3 +107,17 @@ def load_phases(path: str | Path) -> dict[str, dict[str, float]] | None:
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise ValueError(f"{path} is not a phase-timing file ({err}); delete it, the next run writes a new one") \
             from None
+
+
+def expert_parts(phases: dict[str, dict[str, float]]) -> dict[str, tuple[float, int]]:
+    """The expert trainer's phase totals (:meth:`PhaseClock.as_dict`'s form) as parts that do not overlap:
+    ``train``, ``test``, ``loss pass``, ``features``, ``anchors`` and :data:`DIVISION_AND_RECALIBRATION` (what
+    is left of ``trust loop``), each ``(seconds, calls)``, in that order; a part that was never timed is left out.
+    The parts add up to the buffer stage's timed seconds."""
+    parts = {p: (phases[p]["seconds"], int(phases[p]["calls"])) for p in ("train", "test", *_TRUST_LOOP_PARTS)
+             if p in phases}
+    if "trust loop" in phases:
+        inner = sum(phases[p]["seconds"] for p in _TRUST_LOOP_PARTS if p in phases)
+        parts[DIVISION_AND_RECALIBRATION] = (max(phases["trust loop"]["seconds"] - inner, 0.0),
+                                             int(phases["trust loop"]["calls"]))
+    return parts

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
+from tad_plugin.engine.phases import DIVISION_AND_RECALIBRATION, expert_parts
 from tad_plugin.files import atomic_write
 
 #: folder of the detail pages (and their curve PNGs), under the records' folder
@@ -356,11 +357,11 @@ def trusted_lines(name: str, record: dict, results: Path, page_dir: Path) -> lis
     return lines + [""]
 
 
-#: The expert trainer's phases (tad_plugin.engine.experts) as the time table names them; ``trust loop`` contains
-#: the three after it, and its rest is the division and the recalibration.
-PHASE_NAMES = {"train": "training steps", "test": "test passes", "loss pass": "TAD: per-sample loss passes",
-               "features": "TAD: features (waiting for the extractor, embedding the training set)",
-               "anchors": "TAD: anchors (distilled from each group's early trajectory)"}
+#: The expert trainer's parts (tad_plugin.engine.phases.expert_parts) as the time table names them.
+PART_NAMES = {"train": "training steps", "test": "test passes", "loss pass": "TAD: per-sample loss passes",
+              "features": "TAD: features (waiting for the extractor, embedding the training set)",
+              "anchors": "TAD: anchors (distilled from each group's early trajectory)",
+              DIVISION_AND_RECALIBRATION: "TAD: division and recalibration (the rest of the trust loop)"}
 
 
 def time_lines(record: dict) -> list[str]:
@@ -371,13 +372,7 @@ def time_lines(record: dict) -> list[str]:
     distill = stages.get("distill", {})
     evals = [e["seconds"] for e in distill.get("evaluations", []) if e.get("seconds") is not None]
     rows: list[tuple[str, str, float, int]] = []
-    if phases:
-        sec = {p: e["seconds"] for p, e in phases.items()}
-        rows += [("experts", PHASE_NAMES[p], sec[p], phases[p]["calls"]) for p in PHASE_NAMES if p in sec]
-        if "trust loop" in sec:
-            rest = sec["trust loop"] - sum(sec.get(p, 0.0) for p in ("loss pass", "features", "anchors"))
-            rows.append(("experts", "TAD: division and recalibration (the rest of the trust loop)", max(rest, 0.0),
-                         phases["trust loop"]["calls"]))
+    rows += [("experts", PART_NAMES[part], seconds, calls) for part, (seconds, calls) in expert_parts(phases).items()]
     if isinstance(distill.get("wall_time_s"), (int, float)) and evals:
         rows += [("distillation", "matching iterations (and checkpoints)", distill["wall_time_s"] - sum(evals), 0),
                  ("distillation", "evaluations", sum(evals), len(evals))]
