@@ -522,17 +522,26 @@ def _gone(pid, within_s=10.0):
         time.sleep(0.05)
 
 
-def test_an_interrupted_runner_stops_its_jobs(tmp_path, capsys):
+@pytest.mark.parametrize("runner_ignores_sigint", [False, True])
+def test_an_interrupted_runner_stops_its_jobs(tmp_path, capsys, runner_ignores_sigint):
     """Ctrl-C in the runner (here: raised when the quick job is collected) gives the running job SIGINT, so that
-    running the runner again does not find it still running."""
+    running the runner again does not find it still running -- also when the runner was started with SIGINT
+    ignored (a shell's background command, `nohup ... &`), which its jobs would inherit."""
+    import signal
+
     def interrupt(name):
         while not (tmp_path / "slow.pid").is_file():
             pass
         raise KeyboardInterrupt
 
     jobs = {"slow": _pid_job(tmp_path, "slow"), "quick": _job(tmp_path, "quick", seconds=0.3)}
-    with pytest.raises(KeyboardInterrupt):
-        running.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=[], poll_s=0.05, on_done=interrupt)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if runner_ignores_sigint else signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # grace_s 20: a job that ignored SIGINT would end by SIGKILL, silent
+            running.run_parallel(jobs, tmp_path / "logs", slots=2, gpus=[], poll_s=0.05, on_done=interrupt,
+                                 grace_s=20.0)
+    finally:
+        signal.signal(signal.SIGINT, before)
     pid = int((tmp_path / "slow.pid").read_text())
     assert _gone(pid, within_s=0.0)  # stopped and reaped before run_parallel returned
     out = capsys.readouterr().out

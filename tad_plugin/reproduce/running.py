@@ -164,7 +164,7 @@ def _run_queue(jobs: dict[str, list[str]], logs: Path, slots: int, queues: list[
             log = open(logs / f"{name}.log", "w")
             began = time.monotonic() - start
             proc = subprocess.Popen(jobs[name], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    preexec_fn=_dies_with(os.getpid()) if sys.platform == "linux" else None)
+                                    preexec_fn=_job_setup(os.getpid()) if os.name == "posix" else None)
             running[name] = (proc, gpu, log, began)
             load[gpu] += 1
             print(f"[{began:7.0f} s] {name} started" + (f" on GPU {gpu}" if gpu is not None else "")
@@ -188,18 +188,25 @@ def _stop(running: dict[str, tuple[subprocess.Popen, str | None, Any, float]], g
         print(f"{name}: stopped (exit {proc.returncode}); running the same command again resumes it", flush=True)
 
 
-def _dies_with(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn`` (Linux): the job gets SIGKILL when the process ``parent`` ends, killed or not. The C
-    function is looked up here, in the parent: the child only calls it (nothing to import after the fork)."""
-    import ctypes
+def _job_setup(parent: int) -> Callable[[], None]:
+    """A job's ``preexec_fn`` (POSIX). SIGINT goes back to its default, so that :func:`_stop`'s SIGINT reaches
+    the job's own Ctrl-C handling even when the runner inherited SIGINT ignored (a shell ignores it in the
+    commands it starts in the background). On Linux the job also gets SIGKILL when the process ``parent`` ends,
+    killed or not; that C function is looked up here, in the parent: the child only calls it (nothing to import
+    after the fork)."""
+    prctl = None
+    if sys.platform == "linux":
+        import ctypes
 
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
 
-    def set_death_signal() -> None:
-        prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the runner ended before the signal was set
-            os._exit(1)
-    return set_death_signal
+    def setup() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if prctl is not None:
+            prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the runner ended before the signal was set
+                os._exit(1)
+    return setup
 
 
 def schedule_lines(times: dict[str, tuple[str | None, float, float]], codes: dict[str, int]) -> list[str]:
