@@ -14,7 +14,7 @@ ROOT = Path(__file__).parents[1]
 #: the command line: argument parsing and the runs it dispatches to
 CLI = {"tad_plugin.cli", "tad_plugin.cli_audit", "tad_plugin.cli_options", "tad_plugin.runs", "tad_plugin.features.cli",
        "tad_plugin.reproduce.cifar10", "tad_plugin.reproduce.grid", "tad_plugin.reproduce.running",
-       "tad_plugin.reproduce.queue", "tad_plugin.reproduce.tables"}
+       "tad_plugin.reproduce.queue", "tad_plugin.reproduce.tables", "tad_plugin.reproduce.pages"}
 LAYERS = ("core", "engine", "adapters", "wrap", "command line")
 
 
