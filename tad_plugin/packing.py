@@ -68,6 +68,7 @@ def pack_image_folder(source: str | os.PathLike[str], out_dir: str | os.PathLike
                            f"tiny-imagenet-200/")
     index = list_image_folder(source)
     arrays: dict[str, Any] = {"class_names": np.array(index.classes)}  # Any: as save_arrays
+    image_size = None  # (H, W): the test images must have the training images' size
     for split, items in (("train", index.train), ("test", index.test)):
         blobs = []
         for p, _ in tqdm(items, desc=f"read {split}", unit="img", disable=not progress):
@@ -75,7 +76,8 @@ def pack_image_folder(source: str | os.PathLike[str], out_dir: str | os.PathLike
                 blobs.append(p.read_bytes())
             except OSError as exc:
                 raise DatasetError(f"cannot read image {p}: {exc}") from exc
-        _check_decodes(blobs, [p for p, _ in items], source, f"check {split}" if progress else None)
+        image_size = _check_decodes(blobs, [p for p, _ in items], source, f"check {split}" if progress else None,
+                                    image_size)
         arrays[f"{split}_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
         arrays[f"{split}_jpeg"] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
         arrays[f"{split}_labels"] = np.array([y for _, y in items], dtype=np.int64)
@@ -104,22 +106,24 @@ def pack_image_folder(source: str | os.PathLike[str], out_dir: str | os.PathLike
 _CHECK_CHUNK = 4096
 
 
-def _check_decodes(blobs: list[bytes], files: list[Path], source: Path, progress: str | None) -> None:
-    """Decode every image once, a chunk at a time, so that a corrupt file or one of another size is named (with
-    its path) here rather than on the machine that unpacks the parts. Raises :class:`DatasetError`."""
+def _check_decodes(blobs: list[bytes], files: list[Path], source: Path, progress: str | None,
+                   size: tuple[int, ...] | None = None) -> tuple[int, ...] | None:
+    """Decode every image once, a chunk at a time, so that a corrupt file or one of another size (than the
+    first, or than ``size``: (H, W) of the other split) is named (with its path) here rather than on the machine
+    that unpacks the parts; returns the images' (H, W), None for no images. Raises :class:`DatasetError`."""
     from tqdm import tqdm
 
-    size = None
     with tqdm(total=len(blobs), desc=progress, unit="img", disable=progress is None) as bar:
         for start in range(0, len(blobs), _CHECK_CHUNK):
             end = min(start + _CHECK_CHUNK, len(blobs))
             images = decode_images(blobs[start:end], end - start, str(source), names=[str(f) for f in files[start:end]])
             if size is None:
-                size = images.shape[2:]
-            elif images.shape[2:] != size:
+                size = tuple(images.shape[2:])
+            elif tuple(images.shape[2:]) != size:
                 raise DatasetError(f"{source}: image {files[start]} is {images.shape[3]}x{images.shape[2]} but the "
                                    f"first image is {size[1]}x{size[0]}; resize the images to one size")
             bar.update(end - start)
+    return size
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -132,6 +132,11 @@ def test_pack_names_an_image_that_would_not_decode_before_writing_a_part(tree, t
     monkeypatch.setattr("tad_plugin.packing._CHECK_CHUNK", 2)  # the odd (last) image alone in a later chunk
     with pytest.raises(DatasetError, match="n09999999_2.JPEG is 9x9 but the first image is 8x8"):
         pack_image_folder(tree, tmp_path / "parts", progress=False)
+    (tree / "train" / "n09999999" / "images" / "n09999999_2.JPEG").unlink()
+    for name, _ in VAL:  # validation images of another size than the training images
+        Image.new("RGB", (9, 9)).save(tree / "val" / "images" / name, format="JPEG")
+    with pytest.raises(DatasetError, match=f"{VAL[0][0]} is 9x9 but the first image is 8x8"):
+        pack_image_folder(tree, tmp_path / "parts", progress=False)
     assert not (tmp_path / "parts").exists()
 
 

@@ -105,6 +105,10 @@ def test_bad_records_and_files(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other/0"}))
     with pytest.raises(TrajectoryError, match="expected 'tad_plugin.trajectories/1'"):
         TrajectoryStore.open(tmp_path)
+    for other in ([], {}):  # valid JSON, not a manifest
+        (tmp_path / "manifest.json").write_text(json.dumps(other))
+        with pytest.raises(TrajectoryError, match=r"manifest.json is not a trajectory store's manifest .*delete"):
+            TrajectoryStore.open(tmp_path)
 
 
 def test_export_upstream_layout(tmp_path):

@@ -205,9 +205,11 @@ class TrajectoryStore:
             manifest = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise TrajectoryError(f"cannot read {path}: {exc}; delete {root} and retrain") from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            found = manifest.get("format") if isinstance(manifest, dict) else None
-            raise TrajectoryError(f"{path} has format {found!r}, "
+        if not isinstance(manifest, dict) or "format" not in manifest:
+            raise TrajectoryError(f"{path} is not a trajectory store's manifest (a JSON object with a format); "
+                                  f"delete {root} and retrain")
+        if manifest["format"] != FORMAT:
+            raise TrajectoryError(f"{path} has format {manifest['format']!r}, "
                                   f"expected {FORMAT!r}; retrain the experts with this version")
         return cls(root, manifest)
 
