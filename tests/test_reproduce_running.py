@@ -505,6 +505,11 @@ def _pid_job(tmp_path, name):
     return [sys.executable, "-c", script]
 
 
+def _written(path):
+    """Whether the job has written its pid to ``path`` (the file exists, empty, a moment before)."""
+    return path.is_file() and path.read_text() != ""
+
+
 def _gone(pid, within_s=10.0):
     """Whether process ``pid`` has ended (and been reaped or re-parented and reaped) within ``within_s`` seconds."""
     import time
@@ -530,7 +535,7 @@ def test_an_interrupted_runner_stops_its_jobs(tmp_path, capsys, runner_ignores_s
     import signal
 
     def interrupt(name):
-        while not (tmp_path / "slow.pid").is_file():
+        while not _written(tmp_path / "slow.pid"):
             pass
         raise KeyboardInterrupt
 
@@ -559,7 +564,7 @@ def test_a_killed_runner_takes_its_jobs_along(tmp_path):
             f"{str(tmp_path / 'logs')!r}), 1, [], poll_s=0.05)")
     runner = subprocess.Popen([sys.executable, "-c", code])
     try:
-        while not (tmp_path / "slow.pid").is_file():
+        while not _written(tmp_path / "slow.pid"):
             assert runner.poll() is None
         runner.send_signal(signal.SIGKILL)
         runner.wait()
