@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        kept = args.kept() if callable(getattr(args, "kept", None)) else kept_text(args.started)
+        kept = args.kept() if args.kept is not None else kept_text(args.started)
         print(f"\ntad {args.command}: interrupted; {kept}", file=sys.stderr)
         return 2  # as any fault the user can act on (pytest does the same)
     except (TADError, ValueError, OSError, torch.cuda.OutOfMemoryError) as exc:

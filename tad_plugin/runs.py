@@ -27,7 +27,7 @@ import torch
 
 from .data import ImageDataset
 from .engine.config import load_yaml
-from .engine.phases import PHASES_FILE, expert_parts, load_phases
+from .engine.phases import PHASES_FILE, distill_parts, expert_parts, load_phases
 from .files import torch_load
 from .trust_report import (
     TrustReport,
@@ -649,17 +649,17 @@ def time_summary(stages: dict[str, Any]) -> str | None:
     experts' seconds with the shares of training, tests and TAD's work, and the distillation's with the share of
     its evaluations."""
     parts = []
-    buffer = expert_parts(stages.get("buffer", {}).get("phases") or {})
-    total = sum(seconds for seconds, _ in buffer.values())
+    phases = stages.get("buffer", {}).get("phases") or {}
+    buffer = {part: seconds for part, (seconds, _) in expert_parts(phases).items()}
+    total = sum(buffer.values())
     if total > 0:
-        tad = total - sum(buffer.get(p, (0.0, 0))[0] for p in ("train", "test"))
-        parts.append(f"experts {total:.0f} s (training {100 * buffer.get('train', (0.0, 0))[0] / total:.0f}%, "
-                     f"tests {100 * buffer.get('test', (0.0, 0))[0] / total:.0f}%, TAD {100 * tad / total:.0f}%)")
-    distill = stages.get("distill", {})
-    evals = sum(e.get("seconds") or 0.0 for e in distill.get("evaluations", []))
-    if distill.get("wall_time_s"):
-        parts.append(f"distillation {distill['wall_time_s']:.0f} s (evaluations "
-                     f"{100 * evals / distill['wall_time_s']:.0f}%)")
+        train, test = buffer.get("train", 0.0), buffer.get("test", 0.0)
+        parts.append(f"experts {total:.0f} s (training {100 * train / total:.0f}%, tests {100 * test / total:.0f}%, "
+                     f"TAD {100 * (total - train - test) / total:.0f}%)")
+    distill = distill_parts(stages.get("distill", {}))
+    if distill:
+        wall = distill["matching"][0] + distill["evaluations"][0]
+        parts.append(f"distillation {wall:.0f} s (evaluations {100 * distill['evaluations'][0] / wall:.0f}%)")
     return "time: " + ", ".join(parts) if parts else None
 
 

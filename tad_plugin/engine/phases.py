@@ -19,7 +19,8 @@ from ..files import atomic_write_json
 if TYPE_CHECKING:  # torch is imported where a device is waited for: the results pages read phases without it
     import torch
 
-__all__ = ["PHASES_FILE", "DIVISION_AND_RECALIBRATION", "PhaseClock", "expert_parts", "load_phases", "synchronize"]
+__all__ = ["PHASES_FILE", "DIVISION_AND_RECALIBRATION", "PhaseClock", "distill_parts", "expert_parts", "load_phases",
+           "synchronize"]
 
 #: The phase totals of a trajectory store, beside its manifest: ``{phase: {"seconds": float, "calls": int}}``.
 PHASES_FILE = "phases.json"
@@ -121,3 +122,14 @@ def expert_parts(phases: dict[str, dict[str, float]]) -> dict[str, tuple[float, 
         parts[DIVISION_AND_RECALIBRATION] = (max(phases["trust loop"]["seconds"] - inner, 0.0),
                                              int(phases["trust loop"]["calls"]))
     return parts
+
+
+def distill_parts(distill: dict[str, Any]) -> dict[str, tuple[float, int]]:
+    """A run record's distill stage (``stages.distill``) as ``{"matching": (seconds, 0), "evaluations": (seconds,
+    count)}``: its evaluations' recorded ``seconds`` and the rest of its wall time (the matching iterations and
+    checkpoints); {} without a wall time."""
+    wall = distill.get("wall_time_s")
+    if not isinstance(wall, (int, float)) or not wall:
+        return {}
+    evals = [e["seconds"] for e in distill.get("evaluations", []) if e.get("seconds") is not None]
+    return {"matching": (wall - sum(evals), 0), "evaluations": (sum(evals), len(evals))}

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
-from tad_plugin.engine.phases import DIVISION_AND_RECALIBRATION, expert_parts
+from tad_plugin.engine.phases import DIVISION_AND_RECALIBRATION, distill_parts, expert_parts
 from tad_plugin.files import atomic_write
 
 #: folder of the detail pages (and their curve PNGs), under the records' folder
@@ -362,6 +362,8 @@ PART_NAMES = {"train": "training steps", "test": "test passes", "loss pass": "TA
               "features": "TAD: features (waiting for the extractor, embedding the training set)",
               "anchors": "TAD: anchors (distilled from each group's early trajectory)",
               DIVISION_AND_RECALIBRATION: "TAD: division and recalibration (the rest of the trust loop)"}
+#: The distillation's parts (tad_plugin.engine.phases.distill_parts) as the time table names them.
+DISTILL_NAMES = {"matching": "matching iterations (and checkpoints)", "evaluations": "evaluations"}
 
 
 def time_lines(record: dict) -> list[str]:
@@ -369,13 +371,10 @@ def time_lines(record: dict) -> list[str]:
     the distillation's matching and evaluation seconds; [] when the record has neither."""
     stages = record.get("stages", {})
     phases = stages.get("buffer", {}).get("phases") or {}
-    distill = stages.get("distill", {})
-    evals = [e["seconds"] for e in distill.get("evaluations", []) if e.get("seconds") is not None]
-    rows: list[tuple[str, str, float, int]] = []
-    rows += [("experts", PART_NAMES[part], seconds, calls) for part, (seconds, calls) in expert_parts(phases).items()]
-    if isinstance(distill.get("wall_time_s"), (int, float)) and evals:
-        rows += [("distillation", "matching iterations (and checkpoints)", distill["wall_time_s"] - sum(evals), 0),
-                 ("distillation", "evaluations", sum(evals), len(evals))]
+    rows = [("experts", PART_NAMES[part], seconds, calls) for part, (seconds, calls) in expert_parts(phases).items()]
+    distill = distill_parts(stages.get("distill", {}))
+    if distill and distill["evaluations"][1]:  # a record with its evaluations' seconds
+        rows += [("distillation", DISTILL_NAMES[part], seconds, calls) for part, (seconds, calls) in distill.items()]
     if not rows:
         return []
     total = {stage: sum(r[2] for r in rows if r[0] == stage) for stage in dict.fromkeys(r[0] for r in rows)}

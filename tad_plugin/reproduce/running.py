@@ -354,15 +354,16 @@ def audit_jobs(args: argparse.Namespace, requested: Sequence[str], training: set
     trains no buffer on its labels), it trains its own.
 
     Raises:
-        SystemExit: an unknown label set, a CIFAR-10N label set without ``--cifar-n``, or ``--tag`` / ``--seeds``
-            (the audits belong to the grid's own buffers).
+        SystemExit: an unknown label set, a CIFAR-10N label set without ``--cifar-n``, or ``--tag`` / ``--seeds`` /
+            another ``--budget`` than the grid's (the audits belong to the grid's own buffers).
     """
     out = Path(args.out)
     label_sets = []
     if args.audit:
         for buf in dict.fromkeys(buffer_of(cells()[cell], args.set) for cell in requested):
-            if audit_buffer(parse_buffer(buf)[0]) == buf:
-                label_sets.append(parse_buffer(buf)[0])
+            noise = parse_buffer(buf)[0]
+            if audit_buffer(noise) == buf:
+                label_sets.append(noise)
     label_sets = list(dict.fromkeys([*label_sets, *resolve_label_sets(args.audit_only or [])]))
     if label_sets and (args.tag is not None or args.seeds != [0] or args.budget != GRID_BUDGET):
         raise SystemExit(f"--audit and --audit-only run the detection table's audits with the grid's own buffers at "
