@@ -114,6 +114,8 @@ OTHER_RESULTS = (
      "(E = 20, CIFAR-10), where TAD's time goes, and the batched division against one call per expert"),
     ("cifar10/batches/2026-12-07-h100.md", "one grid batch on an H100: what ran where and when (extractor, two "
      "buffers, four cells)"),
+    ("cifar10/batches/2026-12-07-h100-2.md", "a second grid batch on an H100: two noisy buffers side by side, then "
+     "four ATT cells at once"),
     ("cifar10/first_gpu_runs/README.md", "first CIFAR-10 GPU runs: a pipeline check (no ZCA), not results"),
     ("../docs/wrapping.md", "`tad wrap` on the real MTT / FTD / DATM / ATT code"),
 )
