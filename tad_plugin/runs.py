@@ -654,8 +654,9 @@ def time_summary(stages: dict[str, Any]) -> str | None:
     total = sum(buffer.values())
     if total > 0:
         train, test = buffer.get("train", 0.0), buffer.get("test", 0.0)
-        parts.append(f"experts {total:.0f} s (training {100 * train / total:.0f}%, tests {100 * test / total:.0f}%, "
-                     f"TAD {100 * (total - train - test) / total:.0f}%)")
+        tad = f", TAD {100 * (total - train - test) / total:.0f}%" if "trust loop" in phases else ""
+        parts.append(f"experts {total:.0f} s (training {100 * train / total:.0f}%, "
+                     f"tests {100 * test / total:.0f}%{tad})")
     distill = distill_parts(stages.get("distill", {}))
     if distill:
         wall = distill["matching"][0] + distill["evaluations"][0]

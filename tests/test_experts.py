@@ -14,6 +14,7 @@ from tad_plugin.engine.experts import (
     per_sample_losses,
     recalibrate_experts,
 )
+from tad_plugin.engine.phases import PHASES_FILE, load_phases
 from tad_plugin.engine.preprocess import Preprocessor
 from tad_plugin.engine.trajectories import TrajectoryStore
 from tad_plugin.trust_loop import Schedule, TrustLoopError
@@ -104,6 +105,11 @@ def test_no_tad_calls_no_hooks_and_uses_everything(tmp_path):
     trainer(spy, tad=False).train(store, *data())
     assert spy.filter_calls == [] and spy.loss_calls == []
     assert store.load_expert(0).trusted is None
+    phases = load_phases(store.root / PHASES_FILE)  # no trust loop timed: its page and time line have no TAD part
+    assert set(phases) == {"train", "test"} and phases["train"]["calls"] == 3
+    tad_store = store_at(tmp_path / "tad")
+    trainer(Spy(), warmup_epochs=1).train(tad_store, *data())
+    assert load_phases(tad_store.root / PHASES_FILE)["trust loop"]["calls"] == 3
 
 
 def test_recalibrate_callback_changes_labels_and_trusted_space(tmp_path):

@@ -55,4 +55,6 @@ def test_the_experts_parts_do_not_overlap_and_a_run_says_where_its_time_went():
     line = time_summary({"buffer": {"phases": phases}, "distill": {"wall_time_s": 200.0, "evaluations": evals}})
     assert line == "time: experts 100 s (training 60%, tests 10%, TAD 30%), distillation 200 s (evaluations 25%)"
     assert time_summary({"buffer": {}, "eval": {"wall_time_s": 3.0}}) is None  # an older record: nothing to say
+    noisy = {"train": {"seconds": 90.0, "calls": 23}, "test": {"seconds": 10.0, "calls": 23}}  # no trust loop ran
+    assert time_summary({"buffer": {"phases": noisy}}) == "time: experts 100 s (training 90%, tests 10%)"
     assert expert_parts({}) == {}

@@ -29,6 +29,14 @@ def _args(tmp_path, cells, **kw):
     return argparse.Namespace(**{**base, **kw})
 
 
+def _inputs_here(tmp_path, monkeypatch):
+    """The default ``--dataset`` and ``--cifar-n`` of :func:`_args` as files in the working directory: run_cells
+    refuses to start jobs on files that do not exist."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.npz").write_bytes(b"")
+    (tmp_path / "h.pt").write_bytes(b"")
+
+
 def test_a_buffer_trains_once_and_its_cells_follow_it(tmp_path, monkeypatch):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
     jobs, after, meta = running.plan(_args(tmp_path, ["mtt-ipc1-sym40-noisy", "att-ipc10-sym40-noisy",
@@ -286,6 +294,7 @@ def audit_record(f1, detector):
 
 
 def test_an_audit_finished_under_out_is_recorded_not_run_again(tmp_path, monkeypatch):
+    _inputs_here(tmp_path, monkeypatch)
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
     done = tmp_path / "audit" / "sym40-cleanlab"  # finished under --out, but never copied to the records
     done.mkdir(parents=True)
@@ -319,6 +328,7 @@ def test_a_finished_audit_is_collected_and_the_detection_table_rewritten(tmp_pat
 
 
 def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch):
+    _inputs_here(tmp_path, monkeypatch)
     seen = {}
     monkeypatch.setattr(running, "run_parallel",
                         lambda jobs, *a, **k: seen.update(jobs=jobs, **k) or {j: 0 for j in jobs})
@@ -350,6 +360,7 @@ def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("exit_code", [0, 3])
 def test_a_single_job_runs_in_the_foreground_on_the_first_gpu_given(tmp_path, monkeypatch, capsys, exit_code):
+    _inputs_here(tmp_path, monkeypatch)
     seen = {}
 
     def fake_run(cmd, env):
@@ -571,3 +582,15 @@ def test_a_killed_runner_takes_its_jobs_along(tmp_path):
     finally:
         runner.kill()
     assert _gone(int((tmp_path / "slow.pid").read_text()))
+
+
+def test_a_missing_dataset_or_cifar_n_file_is_refused_before_any_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(running, "run_parallel", lambda *a, **k: pytest.fail("no job may start"))
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit, match=r"--dataset .*nope.npz: no such file; give the CIFAR-10 arrays file"):
+        running.run_cells(_args(tmp_path, ["mtt-ipc10-sym40-noisy"], dataset=str(tmp_path / "nope.npz"), out=str(out)))
+    (tmp_path / "d.npz").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"--cifar-n .*nope.pt: no such file; give the official CIFAR-10_human.pt"):
+        running.run_cells(_args(tmp_path, ["mtt-ipc1-c10n-worst-noisy"], dataset=str(tmp_path / "d.npz"),
+                                cifar_n=str(tmp_path / "nope.pt"), out=str(out)))
+    assert not out.exists()

@@ -401,3 +401,8 @@ def test_the_detail_page_says_where_the_time_went(tmp_path):
     assert "| distillation | evaluations | 30.0 | 3 | 15.0% |" in text
     (tmp_path / "mtt-ipc10-sym40-noisy.json").write_text(json.dumps({"results": {}, "config": {}}))
     assert "## Where the time went" not in detail(tmp_path, "mtt-ipc10-sym40-noisy")  # older records: no section
+    idle = {p: phases[p] for p in ("train", "test", "trust loop")}  # a noisy buffer that timed its idle trust loop
+    noisy = {**rec, "config": {"tad": {"enabled": False}}, "stages": {**rec["stages"], "buffer": {"phases": idle}}}
+    (tmp_path / "mtt-ipc10-sym40-noisy.json").write_text(json.dumps(noisy))
+    text = detail(tmp_path, "mtt-ipc10-sym40-noisy")
+    assert "| experts | training steps | 60.0 | 23 |" in text and "TAD:" not in text

@@ -33,8 +33,8 @@ What happens, per group of E experts trained together:
 5. Then the epoch callback (``on_epoch``), if any, may change labels and trusted space.
 
 Where the time goes: a :class:`~tad_plugin.engine.phases.PhaseClock` times each epoch's ``train`` (the steps and
-the snapshot), ``test`` and ``trust loop`` (all of the trust loop's work between epochs), and inside the trust
-loop the calls of its ``loss pass``, ``features`` (the first call waits for the extractor when it is still
+the snapshot), ``test`` and, with TAD, ``trust loop`` (all of the trust loop's work between epochs), and inside
+the trust loop the calls of its ``loss pass``, ``features`` (the first call waits for the extractor when it is still
 training and embeds the training set) and ``anchors``; the rest of ``trust loop`` is the division and the
 recalibration. The totals, summed over resumed calls, are written to the store's
 :data:`~tad_plugin.engine.phases.PHASES_FILE` after each group (the first rank's groups when several processes
@@ -386,7 +386,9 @@ class ExpertTrainer:
         loss_pass = clock.timed("loss pass", loss_pass)
         features = None if dual is None else clock.timed("features", lambda: dual.features)
         anchors = None if dual is None else clock.timed("anchors", lambda lp: dual.anchors(lp, snapshots))
-        with clock.time("trust loop"):
+        # the trust loop's phase only where TAD runs one: without TAD its calls do nothing worth a row
+        trust_phase = (lambda: clock.time("trust loop")) if self.tad is not None else contextlib.nullcontext
+        with trust_phase():
             loop.before_epoch(0, loss_pass, features, anchors)
         for epoch in range(t_total):
             loop.check_nonempty(epoch)
@@ -410,7 +412,7 @@ class ExpertTrainer:
             bar.update(e)
             if epoch + 1 == t_total:
                 break
-            with clock.time("trust loop"):
+            with trust_phase():
                 done = loop.before_epoch(epoch + 1, loss_pass, features, anchors)
             relabelled = done.recalibrated
             if self.on_epoch is not None:

@@ -371,6 +371,8 @@ def time_lines(record: dict) -> list[str]:
     the distillation's matching and evaluation seconds; [] when the record has neither."""
     stages = record.get("stages", {})
     phases = stages.get("buffer", {}).get("phases") or {}
+    if not record.get("config", {}).get("tad", {}).get("enabled", True):  # no trust loop ran (older records timed it)
+        phases = {part: entry for part, entry in phases.items() if part != "trust loop"}
     rows = [("experts", PART_NAMES[part], seconds, calls) for part, (seconds, calls) in expert_parts(phases).items()]
     distill = distill_parts(stages.get("distill", {}))
     if distill and distill["evaluations"][1]:  # a record with its evaluations' seconds

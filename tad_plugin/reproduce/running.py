@@ -473,6 +473,13 @@ def run_cells(args: argparse.Namespace) -> int:
     each finished cell and audit; 0 if all passed."""
     out = Path(args.out)
     jobs, after, meta = plan(args)
+    if jobs and args.dataset != "cifar10" and not Path(args.dataset).exists():  # before any log is written
+        raise SystemExit(f"--dataset {args.dataset}: no such file; give the CIFAR-10 arrays file (.npz) or cifar10 "
+                         "for torchvision's copy")
+    reads_cifar_n = any(flag == "--cifar-n" and value == args.cifar_n
+                        for argv in jobs.values() for flag, value in zip(argv, argv[1:]))
+    if reads_cifar_n and not Path(args.cifar_n).is_file():
+        raise SystemExit(f"--cifar-n {args.cifar_n}: no such file; give the official CIFAR-10_human.pt")
     for name, (_, buf, _) in meta.items():
         print(f"{name} distils from the experts of {buf} ({buffer_dir(out, buf) / 'buffer'})", flush=True)
     records = grid_records(args.results)
