@@ -29,13 +29,12 @@ def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
     assert len(cells_listed) == len(set(cells_listed)) == 128  # each cell left in one batch
     batch1 = next(line for line in text.splitlines() if line.startswith("- batch 1:"))
     # both arms in one window, and ATT's cells that read the same buffers beside them
-    assert batch1.startswith("- batch 1: 7 cells (4 of them of later sections, reading the same buffers), about ")
+    assert batch1.startswith("- batch 1: 5 cells (2 of them of later sections, reading the same buffers), about ")
     assert batch1.endswith(" min; buffers `sym20-tad-sgd-zca`, `sym20-noisy-sgd-zca`")
-    assert ("--jobs 3 \\\n    --cell mtt-ipc1-sym20-tad --cell mtt-ipc10-sym20-noisy --cell mtt-ipc10-sym20-tad \\\n"
-            "    --cell att-ipc1-sym20-noisy --cell att-ipc1-sym20-tad --cell att-ipc10-sym20-noisy \\\n"
-            "    --cell att-ipc10-sym20-tad\n" in text)
+    assert ("--jobs 4 \\\n    --cell mtt-ipc1-sym20-tad --cell mtt-ipc10-sym20-noisy --cell mtt-ipc10-sym20-tad \\\n"
+            "    --cell att-ipc1-sym20-noisy --cell att-ipc1-sym20-tad\n" in text)
     third = text.split("## 3.")[1].split("## 4.")[0]
-    assert "Some of its cells run in batches 1, " in third and "att-ipc10-sym20-tad" not in third
+    assert "Some of its cells run in batches 1, " in third and "att-ipc1-sym20-tad" not in third  # batch 1's
 
 
 def test_riders_join_a_batch_only_through_its_buffers_and_within_the_window():
@@ -45,11 +44,14 @@ def test_riders_join_a_batch_only_through_its_buffers_and_within_the_window():
                                                    "att-ipc50-sym40-noisy"])
     assert names == batch + ["att-ipc10-sym40-noisy"]  # the TAD buffer and the raw IPC-50 buffer are others
     assert took2 == queue.estimate(queue.batch_jobs(names)) >= took
-    # a rider that would lengthen the batch past the window stays out: four distillations, three slots
+    # a rider that would lengthen the batch past the window stays out: distillations at once share the GPU
     pair = ["mtt-ipc1-sym40-noisy", "mtt-ipc10-sym40-noisy"]
     took = queue.estimate(queue.batch_jobs(pair))
-    assert queue.with_riders(pair, took, ["att-ipc1-sym40-noisy", "att-ipc10-sym40-noisy"], window=took) == (
-        pair + ["att-ipc1-sym40-noisy"], took)
+    riders = ["att-ipc1-sym40-noisy", "att-ipc10-sym40-noisy"]
+    assert queue.with_riders(pair, took, riders, window=took) == (pair, took)
+    three = queue.estimate(queue.batch_jobs(pair + riders[:1]))
+    assert took < three < queue.estimate(queue.batch_jobs(pair + riders))
+    assert queue.with_riders(pair, took, riders, window=three) == (pair + riders[:1], three)
 
 
 def test_estimate_shares_the_gpu_between_saturating_jobs_and_pauses_tad_buffers_for_the_extractor():
@@ -108,7 +110,8 @@ def test_the_last_section_lists_the_detection_rows_left_and_how_they_get_made(tm
     line = next(x for x in section.splitlines() if x.startswith("- `asym40`:"))
     batch = int(line.split("`--audit` on batch ")[1].split()[0])
     assert line.startswith(f"- `asym40`: tad5, tad20 left: `--audit` on batch {batch} (it trains "
-                           "`asym40-tad-sgd-zca`; about ") and line.endswith(" min with them).")
+                           "`asym40-tad-sgd-zca`; about ") and line.endswith((" min with them).",
+                                                                               " min with them, over the window)."))
     head = next(x for x in text.splitlines() if x.startswith(f"- batch {batch}:"))
     assert "`asym40-tad-sgd-zca`" in head.split("; buffers ")[1]
     alone = int(head.split("about ")[1].split()[0])
@@ -120,7 +123,7 @@ def test_the_last_section_lists_the_detection_rows_left_and_how_they_get_made(tm
     assert f"- `c10n-random1`: cleanlab, tad5, tad20 left: batch {last + 2} below." in section
     assert (f"- batch {last + 1}: the detection rows of `c10n-worst`, `c10n-aggre`, without distilling, about "
             in section)
-    assert ("--cifar-n CIFAR-10_human.pt --gpus 0 --jobs 3 \\\n    --audit-only c10n-worst --audit-only c10n-aggre\n"
+    assert ("--cifar-n CIFAR-10_human.pt --gpus 0 --jobs 4 \\\n    --audit-only c10n-worst --audit-only c10n-aggre\n"
             in section)
     assert section.rstrip().endswith("--audit-only c10n-random1\n  ```")
 
@@ -163,3 +166,19 @@ def test_another_budgets_queue_counts_its_own_records_and_has_no_detection_rows(
     assert "Label-audit detection rows" not in text and "--audit" not in text
     assert queue.finished("mtt-ipc10-sym40-tad", tmp_path) and not queue.finished("mtt-ipc10-sym40-tad", tmp_path,
                                                                                   "long")
+
+
+@pytest.mark.parametrize(("cells", "minutes"), [
+    (["mtt-ipc10-sym40-tad", "mtt-ipc1-sym40-tad", "mtt-ipc10-sym20-noisy", "mtt-ipc1-sym20-noisy"], 19.0),
+    (["att-ipc1-sym20-noisy", "att-ipc10-sym20-noisy", "att-ipc1-asym40-noisy", "att-ipc10-asym40-noisy"], 16.8)])
+def test_the_estimate_is_near_the_recorded_batches(cells, minutes):
+    """results/cifar10/batches/: the extractor beside a TAD and a noisy buffer, then four MTT cells (19.0 min on
+    an H100); two noisy buffers, then four ATT distillations at once (16.8 min)."""
+    assert queue.estimate(queue.batch_jobs(cells)) / 60 == pytest.approx(minutes, rel=0.15)
+
+
+def test_gpu_shares_give_each_job_its_demand_or_an_even_split():
+    assert queue.gpu_shares({"a": 0.3, "b": 0.3}) == {"a": 0.3, "b": 0.3}  # room for both
+    assert queue.gpu_shares({"buf": 1.0, "d": 0.2}) == pytest.approx({"d": 0.2, "buf": 0.8})  # d keeps its need
+    assert queue.gpu_shares({"a": 1.0, "b": 1.0, "c": 0.65, "e": 0.65}) == pytest.approx(
+        {"a": 0.25, "b": 0.25, "c": 0.25, "e": 0.25})

@@ -5,7 +5,7 @@ TAD's parts on DATM), one command per cell.
     python reproduction/reproduce_cifar10.py --list                              # every cell and its command
     python reproduction/reproduce_cifar10.py --cell mtt-ipc50-sym40-tad --budget short --dataset /data/cifar10.npz
     python reproduction/reproduce_cifar10.py --cell 'mtt-*-sym40-*' --budget short --dataset /data/cifar10.npz \\
-        --gpus 0 --jobs 3                                                    # a batch packed onto one GPU
+        --gpus 0 --jobs 4                                                    # a batch packed onto one GPU
     python reproduction/reproduce_cifar10.py --cell 'datm-ipc50-asym40-?' --budget short \\
         --dataset /data/cifar10.npz --gpus 0,1 --jobs 2                      # Table 3 under asym40
     python reproduction/reproduce_cifar10.py --cell all --budget short --dataset /data/cifar10.npz \\
@@ -14,7 +14,7 @@ TAD's parts on DATM), one command per cell.
         --set tad.balance_classes=false \\
         --tag nobal --dataset /data/cifar10.npz                              # a variant: its own runs and record
     python reproduction/reproduce_cifar10.py --audit-only c10n-aggre --audit-only c10n-random1 --budget short \\
-        --dataset /data/cifar10.npz --cifar-n /data/CIFAR-10_human.pt --gpus 0 --jobs 3  # label-audit rows only
+        --dataset /data/cifar10.npz --cifar-n /data/CIFAR-10_human.pt --gpus 0 --jobs 4  # label-audit rows only
     python reproduction/reproduce_cifar10.py --queue                             # cifar10/QUEUE.md: what is left
     python reproduction/reproduce_cifar10.py --page                              # results page from the records
 

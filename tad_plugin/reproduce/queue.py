@@ -62,18 +62,21 @@ def finished(cell: str, results: Path, budget: str = GRID_BUDGET) -> bool:
 
 
 #: Planning figures for QUEUE.md's batches, one H100 (fp32 experts): seconds per expert-epoch of a noisy buffer
-#: with the GPU to itself (buffers and the extractor saturate the GPU and share it evenly); a buffer with TAD's
-#: outer loop costs TAD_BUFFER_FACTOR times a noisy one (benchmarks/benchmark_tad_overhead.py: the loss pass
-#: and the batched division cost about what training on the trusted subset saves), and GSAM experts
-#: GSAM_FACTOR times SGD ones (two forward-backward passes a step); a cell's distillation and evaluations at
-#: the short budget's 1000 iterations, beside other jobs; the inner loop's one-time work (the anchors'
-#: distillation and the feature embedding, once per buffer); the two-stage cells' first stage (cleanlab's 5
-#: fold models, one at a time); the extractor's start and final evaluation beyond its training budget; the window
-#: a batch must fit.
+#: with the GPU to itself (buffers and the extractor saturate the GPU); a buffer with TAD's outer loop costs
+#: TAD_BUFFER_FACTOR times a noisy one (benchmarks/benchmark_tad_overhead.py: the loss pass and the batched
+#: division cost about what training on the trusted subset saves), and GSAM experts GSAM_FACTOR times SGD ones
+#: (two forward-backward passes a step); a cell's distillation and evaluations at the short budget's 1000
+#: iterations with the GPU to itself, and the share of the GPU it then keeps busy (DISTILL_GPU_SHARE: four
+#: distillations at once each take about 2.5x as long as one alone, two at once hardly longer; with these figures
+#: the batches recorded under results/cifar10/batches/ are estimated within about 10%); the inner loop's
+#: one-time work (the anchors' distillation and the feature embedding, once per buffer); the two-stage cells'
+#: first stage (cleanlab's 5 fold models, one at a time); the extractor's start and final evaluation beyond its
+#: training budget; the window a batch must fit.
 EXPERT_EPOCH_S = 0.35
 TAD_BUFFER_FACTOR = 1.0
 GSAM_FACTOR = 2.0
-DISTILL_S = {1: 300.0, 10: 300.0, 50: 540.0}
+DISTILL_S = {1: 200.0, 10: 240.0, 50: 540.0}
+DISTILL_GPU_SHARE = 0.65
 #: The part of a short-budget distillation that does not grow with the iterations (compilation, the start, sharing
 #: the GPU), from the IPC-10 records at 1000 iterations (the grid's cells) and 5000 (``sym40-noisy-e100-i5000``).
 DISTILL_FIXED_SHARE = 0.55
@@ -82,16 +85,16 @@ CLEANLAB_S = 300.0
 EXTRACTOR_EXTRA_S = 60.0
 WINDOW_S = 25 * 60.0
 #: Jobs at once in a batch, and the buffers a batch trains: 80 GB holds two 20-expert buffers at once, not four;
-#: the extractor is the third job.
-QUEUE_JOBS = 3
+#: the extractor is the third job, a distillation the fourth.
+QUEUE_JOBS = 4
 QUEUE_BUFFERS = 2
 
 
 @dataclass
 class _SimJob:
     name: str
-    saturates: bool  # shares the GPU with the other saturating jobs (buffers, extractor)
-    work: float  # seconds with the GPU to itself (saturating) or wall seconds (distillation, extractor)
+    saturates: bool  # keeps the whole GPU busy when alone (buffers, extractor); else DISTILL_GPU_SHARE of it
+    work: float  # seconds with the GPU to itself; the extractor's: wall seconds (it trains for a fixed time)
     after: str | None = None  # the job it waits for
     pause_at: float | None = None  # work done when it needs the extractor (a TAD buffer's anchors)
     done: float = 0.0
@@ -170,11 +173,23 @@ def audit_batch_jobs(missing: Mapping[str, Sequence[str]], budget: str = "short"
     return jobs
 
 
+def gpu_shares(demands: Mapping[str, float]) -> dict[str, float]:
+    """The share of one GPU each running job gets, from the share it would use alone (``demands``, job -> (0, 1]):
+    everyone's demand when they add up to at most 1, else the GPU split evenly, a job that needs less than an
+    even split keeping only what it needs and the rest shared by the others (max-min fairness)."""
+    shares, left, n = {}, 1.0, len(demands)
+    for name, demand in sorted(demands.items(), key=lambda item: item[1]):
+        shares[name] = min(demand, left / n)
+        left, n = left - shares[name], n - 1
+    return shares
+
+
 def estimate(jobs: Sequence[_SimJob], slots: int = QUEUE_JOBS, step: float = 1.0) -> float:
     """Seconds until the last of ``jobs`` ends on one GPU, started as :func:`run_parallel` starts them (``slots``
-    at once, the earliest free job first): the saturating jobs share the GPU evenly (the extractor trains for its
-    wall-clock budget whatever its share), a TAD buffer stops at its ``pause_at`` until the extractor ends, a
-    distillation takes its wall seconds."""
+    at once, the earliest free job first): the running jobs split the GPU by :func:`gpu_shares` (a buffer and
+    the extractor ask for all of it, a distillation for :data:`DISTILL_GPU_SHARE`) and each advances by its share
+    over its demand (the extractor trains for its wall-clock budget whatever its share); a TAD buffer stops at its
+    ``pause_at`` until the extractor ends, asking for nothing meanwhile."""
     jobs = [_SimJob(**{**j.__dict__, "done": 0.0}) for j in jobs]
     ended: set[str] = set()
     running: list[_SimJob] = []
@@ -186,13 +201,12 @@ def estimate(jobs: Sequence[_SimJob], slots: int = QUEUE_JOBS, step: float = 1.0
             running.append(job)
         if not running:
             raise ValueError("a job waits for one that is not in the batch")
-        paused = [j for j in running if j.pause_at is not None and j.done >= j.pause_at and "extractor" not in ended]
-        sharing = [j for j in running if j.saturates and j not in paused and j.name != "extractor"]
-        gpu = len(sharing) + any(j.name == "extractor" for j in running)
-        for j in running:
-            if j in paused:
-                continue
-            j.done += step if not j.saturates or j.name == "extractor" else step / gpu
+        active = [j for j in running
+                  if j.pause_at is None or j.done < j.pause_at or "extractor" in ended]  # not waiting for it
+        demand = {j.name: 1.0 if j.saturates else DISTILL_GPU_SHARE for j in active}
+        shares = gpu_shares(demand)
+        for j in active:
+            j.done += step if j.name == "extractor" else step * shares[j.name] / demand[j.name]
         t += step
         for j in [j for j in running if j.done >= j.work - 1e-9]:
             running.remove(j)
@@ -271,8 +285,10 @@ def queue(results: Path, budget: str = "short") -> str:
              f"{EXPERT_EPOCH_S} s per expert-epoch with the GPU to itself (saturating jobs share it), a TAD buffer "
              f"at {TAD_BUFFER_FACTOR}x that plus {ANCHORS_S:.0f} s for its anchors, waiting for the extractor where "
              f"its inner loop first needs it, the extractor's {FEATURES_BUDGET_S:.0f} s, and "
-             + ", ".join(f"{DISTILL_S[i] / 60:.0f} min" for i in IPCS) + " per IPC 1 / 10 / 50 distillation; "
-             "a batch marked `over the window` does not fit and needs a shorter budget or a larger GPU share."
+             + ", ".join(f"{DISTILL_S[i] / 60:.1f} min" for i in IPCS) + " per IPC 1 / 10 / 50 distillation with "
+             f"the GPU to itself, of which it keeps {DISTILL_GPU_SHARE:.0%} busy (jobs at once split the GPU, each "
+             "getting what it needs or an even share); a batch marked `over the window` does not fit and needs a "
+             "shorter budget or a larger GPU share."
              + (" `--audit` on a batch with a TAD buffer of MTT's recipe with ZCA adds the label-audit detection rows "
                 "of its label set (a few minutes; docs/label-audit.md); the last section lists the rows left."
                 if budget == GRID_BUDGET else f" The runs and records of this budget are named `<cell>-{budget}`."),
@@ -394,7 +410,7 @@ def detection_section(records: Path, budget: str, trains: Mapping[str, tuple[int
             batch, names = trains[buf]
             took = with_audits(names, {label_set: detectors}, budget) if BUDGETS[budget] is not None else None
             when = "" if took is None else f"; about {took / 60:.0f} min with them" + (
-                " (over the window)" if took > WINDOW_S else "")
+                ", over the window" if took > WINDOW_S else "")
             where[label_set] = f"`--audit` on batch {batch} (it trains `{buf}`{when})."
         else:
             alone[label_set] = detectors
