@@ -53,3 +53,19 @@ def test_the_script_reads_the_checkouts_results_from_any_folder(tmp_path):
     assert recorded and recorded == {c for c in grid.cells() if running.recorded_time(c, RESULTS)}  # the committed ones
     assert f"--config {grid.CONFIGS / 'cifar10_sym.yaml'}" in listed and (grid.CONFIGS / "cifar10_sym.yaml").is_file()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_list_with_cells_shows_the_jobs_they_would_start_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(repro, "run_cells", lambda args: pytest.fail("--list must not run anything"))
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    out = tmp_path / "runs"
+    monkeypatch.setattr(repro.sys, "argv", ["reproduce_cifar10.py", "--list", "--cell", "mtt-ipc10-sym40-tad",
+                                            "--cell", "att-ipc1-sym40-noisy", "--out", str(out), "--jobs", "4"])
+    with pytest.raises(SystemExit) as exit_:
+        repro.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert exit_.value.code == 0 and not out.exists() and not (tmp_path / "features").exists()
+    names = [line.split(":")[0] for line in lines if " -m tad_plugin.cli " in line]
+    assert names == ["extractor", "buffer-sym40-tad-sgd-zca", "mtt-ipc10-sym40-tad (after buffer-sym40-tad-sgd-zca)",
+                     "buffer-sym40-noisy-sgd-zca", "att-ipc1-sym40-noisy (after buffer-sym40-noisy-sgd-zca)"]
+    assert lines[-1] == "5 job(s) to run, 4 at a time per GPU; the same command without --list runs them"

@@ -87,13 +87,15 @@ from .grid import (
     grid_records,
 )
 from .queue import queue
-from .running import recorded_time, run_cells
+from .running import planned, recorded_time, run_cells
 from .tables import page
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """The runner's options on ``p`` (the script's parser and ``tad reproduce``)."""
-    p.add_argument("--list", action="store_true", help="print every cell and buffer with its command")
+    p.add_argument("--list", action="store_true",
+                   help="print every cell and buffer with its command; with --cell or --audit-only, the jobs they "
+                        "would start (what each waits for, its command) without running anything")
     p.add_argument("--cell", action="append", metavar="CELL",
                    help="run this cell (repeatable): a name (see --list), a shell pattern ('mtt-ipc50-*') or 'all' "
                         "(the c10n-worst cells need --cifar-n)")
@@ -153,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
     records = grid_records(args.results)
     if not asked(args):
         raise ValueError(NOTHING_ASKED)
+    if args.list and (args.cell or args.audit_only):  # a dry run: what --cell / --audit-only would start
+        for line in planned(args):
+            print(line)
+        return 0
     if args.list:
         out, cifar_n = Path(args.out), args.cifar_n or "CIFAR-10_human.pt"
         tag = budget_tag(args.budget, args.tag)

@@ -467,6 +467,20 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
     return ordered, after, meta
 
 
+def planned(args: argparse.Namespace) -> list[str]:
+    """What :func:`run_cells` would start for ``args`` (``--list`` with ``--cell`` / ``--audit-only``), one line per
+    job in :func:`plan`'s order: its name, what it waits for, its command; the last line counts them. Starts
+    nothing and writes nothing."""
+    jobs, after, _ = plan(args)
+    lines = []
+    for name, cmd in jobs.items():
+        waits = f" (after {', '.join(after[name])})" if after.get(name) else ""
+        lines.append(f"{name}{waits}: {' '.join(cmd)}")
+    lines.append(f"{len(jobs)} job(s) to run, {args.jobs} at a time per GPU; the same command without --list runs "
+                 "them" if jobs else "nothing to run: every job asked for is finished under --out or recorded")
+    return lines
+
+
 def run_cells(args: argparse.Namespace) -> int:
     """Run the ``--cell`` cells and the buffers they need, and the label audits of ``--audit`` and
     ``--audit-only`` (:func:`plan`; one job in the foreground, several through :func:`run_parallel`), recording
