@@ -491,7 +491,9 @@ def page(results: Path) -> str:
     lines += ["", "CIFAR-100: its images are not available where these runs were made; that code path is tested on "
               "generated data of the right shapes only. Tiny ImageNet: the data path is checked on the real "
               "images (200 classes in wnid order, 500 training images each, validation labels from their "
-              "annotation file); no Tiny ImageNet cell is measured yet.", ""]
+              "annotation file) and the distillation step at its shape is measured on an H100 (IPC 10 / 50: "
+              "[benchmark_engine.md](../benchmarks/results/benchmark_engine.md), run 13); no Tiny ImageNet cell "
+              "is measured yet.", ""]
     if (results / "audit" / "detection.md").is_file():
         lines += ["## Label audit", "",
                   "[`cifar10/audit/detection.md`](cifar10/audit/detection.md): `tad audit` against cleanlab on the "
