@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tad_plugin.reproduce import cifar10 as repro
-from tad_plugin.reproduce import grid, running
+from tad_plugin.reproduce import grid, queue, running
 
 #: the repository's results folder and the grid's committed records in it
 RESULTS_ROOT = Path(__file__).parents[1] / "results"
@@ -68,4 +68,7 @@ def test_list_with_cells_shows_the_jobs_they_would_start_and_runs_nothing(tmp_pa
     names = [line.split(":")[0] for line in lines if " -m tad_plugin.cli " in line]
     assert names == ["extractor", "buffer-sym40-tad-sgd-zca", "mtt-ipc10-sym40-tad (after buffer-sym40-tad-sgd-zca)",
                      "buffer-sym40-noisy-sgd-zca", "att-ipc1-sym40-noisy (after buffer-sym40-noisy-sgd-zca)"]
-    assert lines[-1] == "5 job(s) to run, 4 at a time per GPU; the same command without --list runs them"
+    assert lines[-2] == "5 job(s) to run, 4 at a time per GPU; the same command without --list runs them"
+    minutes = queue.estimate(queue.batch_jobs(["mtt-ipc10-sym40-tad", "att-ipc1-sym40-noisy"]), slots=4) / 60
+    assert lines[-1] == (f"about {minutes:.0f} min on one H100 with --jobs 4 from nothing trained "
+                         "(--queue's planning figures)")

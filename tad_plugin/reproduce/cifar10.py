@@ -85,9 +85,10 @@ from .grid import (
     cells,
     command,
     grid_records,
+    resolve_cells,
 )
-from .queue import queue
-from .running import planned, recorded_time, run_cells
+from .queue import batch_jobs, estimate, queue
+from .running import job_lines, plan, recorded_time, run_cells
 from .tables import page
 
 
@@ -156,8 +157,13 @@ def run(args: argparse.Namespace) -> int:
     if not asked(args):
         raise ValueError(NOTHING_ASKED)
     if args.list and (args.cell or args.audit_only):  # a dry run: what --cell / --audit-only would start
-        for line in planned(args):
-            print(line)
+        jobs, after, _ = plan(args)
+        print("\n".join(job_lines(jobs, after, args.jobs)))
+        if jobs and args.cell and not (args.audit or args.audit_only) and args.seeds == [0] \
+                and BUDGETS[args.budget] is not None:
+            sim = batch_jobs(resolve_cells(args.cell), args.budget, extractor="extractor" in jobs)
+            print(f"about {estimate(sim, slots=args.jobs) / 60:.0f} min on one H100 with --jobs {args.jobs} from "
+                  "nothing trained (--queue's planning figures)")
         return 0
     if args.list:
         out, cifar_n = Path(args.out), args.cifar_n or "CIFAR-10_human.pt"

@@ -467,16 +467,15 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
     return ordered, after, meta
 
 
-def planned(args: argparse.Namespace) -> list[str]:
-    """What :func:`run_cells` would start for ``args`` (``--list`` with ``--cell`` / ``--audit-only``), one line per
-    job in :func:`plan`'s order: its name, what it waits for, its command; the last line counts them. Starts
-    nothing and writes nothing."""
-    jobs, after, _ = plan(args)
+def job_lines(jobs: Mapping[str, list[str]], after: Mapping[str, list[str]], per_gpu: int) -> list[str]:
+    """What :func:`run_cells` would start (``--list`` with ``--cell`` / ``--audit-only``), from :func:`plan`'s
+    ``jobs`` and ``after``: one line per job, its name, what it waits for and its command; the last line counts
+    them (``per_gpu``: ``--jobs``)."""
     lines = []
     for name, cmd in jobs.items():
         waits = f" (after {', '.join(after[name])})" if after.get(name) else ""
         lines.append(f"{name}{waits}: {' '.join(cmd)}")
-    lines.append(f"{len(jobs)} job(s) to run, {args.jobs} at a time per GPU; the same command without --list runs "
+    lines.append(f"{len(jobs)} job(s) to run, {per_gpu} at a time per GPU; the same command without --list runs "
                  "them" if jobs else "nothing to run: every job asked for is finished under --out or recorded")
     return lines
 
