@@ -194,3 +194,37 @@ def test_an_anchor_distillation_that_diverges_says_it_is_the_anchors(monkeypatch
                                                    r"4-5.*diverged: distillation diverged at iteration 50.*lower them, "
                                                    r"or run the outer loop alone with --set tad.inner_loop=false"):
         loop.anchors(trust, snapshots)
+
+
+def test_groups_train_their_warmups_first_while_the_features_are_not_loaded(tmp_path):
+    """With the features still to load (an extractor training beside the run), every group trains up to its first
+    recalibration before any group asks for them; the experts are the ones of groups trained one after the other."""
+    def run(lazy, out):
+        ds, clean, noisy, net, pre, hooks, given = digits_dual_loop(16, 5, 5, 5)
+        asked = []
+
+        def load():
+            asked.append(list(order))
+            return given.features, given.embed
+
+        loop = DualLoop(net, pre, ds.train_images, load if lazy else given.features, None if lazy else given.embed,
+                        hooks, given.config, noisy_labels=noisy, clean_labels=clean, seed=0)
+        order = []
+        buffer = BufferConfig(num_experts=2, epochs=6, lr=0.05, momentum=0.9, batch_size=128, experts_per_group=1)
+        trainer = ExpertTrainer(net, pre, buffer, TADConfig(warmup_epochs=2, anchor_epoch=3), hooks=hooks,
+                                on_epoch=lambda s: order.append((s.experts[0], s.epoch)), progress=False,
+                                dual_loop=loop)
+        store = TrajectoryStore.create(out, param_shapes=net.param_shapes, epochs=6, num_train=len(clean),
+                                       num_classes=10)
+        trainer.train(store, ds.train_images, noisy, ds.test_images, ds.test_labels, seed=0)
+        return store, order, asked
+
+    one_by_one, order_a, _ = run(False, tmp_path / "a")
+    warm_first, order_b, asked = run(True, tmp_path / "b")
+    assert order_a == [(0, e) for e in range(5)] + [(1, e) for e in range(5)]
+    # on_epoch(e) follows the trust loop before epoch e + 1; the first recalibration is before epoch 3
+    assert order_b == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (0, 3), (0, 4), (1, 2), (1, 3), (1, 4)]
+    assert asked == [[(0, 0), (0, 1), (1, 0), (1, 1)]]  # loaded once, after both warm-ups and first divisions
+    for i in (0, 1):
+        a, b = one_by_one.load_expert(i), warm_first.load_expert(i)
+        assert torch.equal(a.params, b.params) and torch.equal(a.trusted, b.trusted) and torch.equal(a.labels, b.labels)

@@ -169,6 +169,8 @@ class TADConfig:
             [N, D] tensor file (see :mod:`tad_plugin.upstream.epoch`).
         features_wait_s: seconds the inner loop waits for the extractor file when it first needs it (after
             ``anchor_epoch`` epochs), for an extractor a concurrent ``tad features train`` is still training.
+            Meanwhile every expert group trains up to its first recalibration before any group goes on, so the
+            extractor trains beside all of their early epochs (the experts are the same as group by group).
             Default 0: the file must exist when the buffer stage starts, so a missing one is reported at once.
         balance_classes: draw each expert's epoch from its trusted space class-balanced (a sample's chance
             inversely proportional to the trusted count of its label, with replacement, as many draws as

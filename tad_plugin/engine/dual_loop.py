@@ -124,6 +124,11 @@ class DualLoop:
         return self.listener.report
 
     @property
+    def features_loaded(self) -> bool:
+        """Whether :attr:`features` are at hand (given, or loaded by an earlier use)."""
+        return self._features is not None
+
+    @property
     def features(self) -> torch.Tensor:
         """float [N, D] on ``device``: the samples' features (loaded on first use when given as a function)."""
         if self._features is None:

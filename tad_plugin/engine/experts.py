@@ -54,7 +54,7 @@ Speed is measured by ``benchmarks/benchmark_experts.py`` (TAD's added work per e
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -317,18 +317,45 @@ class ExpertTrainer:
         listening = self.dual_loop.attached() if self.dual_loop is not None else contextlib.nullcontext()
         timing = store.root / PHASES_FILE
         clock = PhaseClock(dev, load_phases(timing))
+        pause = self._warmups_first(len(groups))
+
+        def save(records: list[ExpertRecord]) -> None:
+            for record in records:
+                if record.index not in done:
+                    store.save_expert(record)
+            if self.ranks.is_main:
+                clock.save(timing)
+
         try:
             with listening:  # the trust report follows the run
+                paused = []
                 for group in groups:
-                    for record in self._train_group(group, *data, seed=seed, bar=bar, clock=clock):
-                        if record.index not in done:
-                            store.save_expert(record)
-                    if self.ranks.is_main:
-                        clock.save(timing)
+                    steps = self._train_group(group, *data, seed=seed, bar=bar, clock=clock, pause_before=pause)
+                    try:
+                        next(steps)  # trains the group up to its first recalibration, or to its end
+                        paused.append(steps)
+                    except StopIteration as end:
+                        save(end.value)
+                for steps in paused:  # the features are needed from here on: each paused group to its end
+                    try:
+                        next(steps)
+                    except StopIteration as end:
+                        save(end.value)
         finally:
             bar.close()
         self.ranks.barrier()  # every expert is saved before any rank reads the store
         return todo
+
+    def _warmups_first(self, groups: int) -> int | None:
+        """The epoch before which every group pauses until all groups got there, or None (groups one after the
+        other): the first recalibration's, when the inner loop's features are still to be loaded (a SimCLR
+        extractor training beside this run) and there are several groups. Their epochs before it need no
+        features, so the extractor trains beside all of them instead of beside the first group alone; each
+        group keeps its own state and random streams, so the experts are the same either way."""
+        if groups < 2 or self.dual_loop is None or self.dual_loop.features_loaded or self.tad is None:
+            return None
+        schedule = Schedule.of(self.tad)
+        return next((t for t in range(1, self.buffer.epochs) if schedule.recalibrates(t)), None)
 
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
         """What the training code indexes: the model inputs of ``images`` (uint8 [N, C, H, W]) computed once,
@@ -351,8 +378,10 @@ class ExpertTrainer:
 
     # ------------------------------------------------------------------ one group
     def _train_group(self, experts: list[int], images: torch.Tensor, labels: torch.Tensor,
-                     test_images: torch.Tensor, test_labels: torch.Tensor, seed: int,
-                     bar: tqdm, clock: PhaseClock) -> list[ExpertRecord]:
+                     test_images: torch.Tensor, test_labels: torch.Tensor, seed: int, bar: tqdm, clock: PhaseClock,
+                     pause_before: int | None = None) -> Generator[None, None, list[ExpertRecord]]:
+        """Train one group; a generator that returns its records. It yields once, before the trust loop's work
+        before epoch ``pause_before`` (None: never), so the caller can train other groups up to there first."""
         cfg, buf, dev = self.net, self.buffer, self.device
         e, n, k, t_total = len(experts), images.shape[0], cfg.num_classes, buf.epochs
         seeds = [expert_seed(seed, i) for i in experts]
@@ -412,6 +441,8 @@ class ExpertTrainer:
             bar.update(e)
             if epoch + 1 == t_total:
                 break
+            if epoch + 1 == pause_before:
+                yield
             with trust_phase():
                 done = loop.before_epoch(epoch + 1, loss_pass, features, anchors)
             relabelled = done.recalibrated
