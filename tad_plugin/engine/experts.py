@@ -32,6 +32,10 @@ What happens, per group of E experts trained together:
    takes its features and anchors from the :class:`~tad_plugin.engine.dual_loop.DualLoop`.
 5. Then the epoch callback (``on_epoch``), if any, may change labels and trusted space.
 
+The groups train one after the other, except while the dual loop's features are still to load (an extractor
+training beside the run, ``tad.features_wait_s``): then every group trains up to its first recalibration before
+any goes on, which gives the same experts.
+
 Where the time goes: a :class:`~tad_plugin.engine.phases.PhaseClock` times each epoch's ``train`` (the steps and
 the snapshot), ``test`` and, with TAD, ``trust loop`` (all of the trust loop's work between epochs), and inside
 the trust loop the calls of its ``loss pass``, ``features`` (the first call waits for the extractor when it is still
