@@ -241,7 +241,8 @@ class ExpertTrainer:
             samples, no hook is called).
         hooks: the hook facade; None builds ``TADHooks()`` with TAD's defaults when TAD is on.
         device: where to train.
-        on_epoch: optional :data:`EpochCallback`, called after every epoch but the last, after the trust loop.
+        on_epoch: optional :data:`EpochCallback`, called after every epoch but the last, after the trust loop
+            (``state.experts`` names the group: groups can interleave, see the module docstring).
         dual_loop: the features and anchors of the recalibrations (the inner loop); None = divisions only.
         progress: show tqdm bars (rank 0 only).
         ranks: several processes share the groups (:mod:`tad_plugin.engine.distributed`); None = one.
