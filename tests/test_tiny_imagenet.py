@@ -194,13 +194,16 @@ def test_tiny_imagenet_rows_convnet_d4_and_names():
     assert cfg.depth == 4 and cfg.pools == (True,) * 4  # 64 -> 32 -> 16 -> 8 -> 4
 
 
-def test_the_example_config_is_a_valid_reduced_mtt_run():
-    path = Path(__file__).parents[1] / "examples" / "configs" / "mtt_tiny_sym40_ipc10.yaml"
+@pytest.mark.parametrize(("method", "syn_steps", "batch_syn"), [("mtt", 20, 200), ("datm", 40, 500)])
+def test_the_example_configs_are_valid_reduced_runs_of_their_methods_rows(method, syn_steps, batch_syn):
+    path = Path(__file__).parents[1] / "examples" / "configs" / f"{method}_tiny_sym40_ipc10.yaml"
     cfg = config_from_args(build_parser().parse_args(["run", "--config", str(path)]))  # as `tad run --config`
-    assert cfg.method == "mtt" and cfg.distill.ipc == 10 and cfg.data.noise == "symmetric"
-    assert cfg.data.noise_rate == 0.4 and cfg.distill.syn_steps == 20 and cfg.distill.batch_syn == 200
+    assert cfg.method == method and cfg.distill.ipc == 10 and cfg.data.noise == "symmetric"
+    assert cfg.data.noise_rate == 0.4 and cfg.distill.syn_steps == syn_steps and cfg.distill.batch_syn == batch_syn
+    assert cfg.distill.min_start_epoch < cfg.distill.max_start_epoch
     assert cfg.distill.max_start_epoch + cfg.distill.expert_epochs <= cfg.buffer.epochs < 50
-    assert cfg.tad.enabled
+    assert cfg.tad.enabled and cfg.buffer.num_experts == 5 and cfg.distill.iterations == 300
+    assert cfg.data.zca is (method == "datm")  # each method's own Tiny ImageNet preprocessing
 
 
 def test_asymmetric_noise_is_refused_for_200_classes():
