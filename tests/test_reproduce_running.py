@@ -396,6 +396,8 @@ def test_run_parallel_waits_for_what_a_job_needs_and_skips_it_when_that_failed(t
     assert table[0] == "| job | GPU | start (s) | end (s) | wall (min) | exit |"
     assert [row.split(" | ")[0] for row in table[2:]][-1] == "| after_bad"
     assert all(row.split(" | ")[1] == "0" for row in table[2:-1]) and table[-1].endswith("| not started |")
+    png = (tmp_path / "logs" / "schedule.png").read_bytes()  # the same as a timeline (matplotlib: the test extras)
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
     with pytest.raises(ValueError, match="not in jobs: nope"):
         running.run_parallel({"a": _job(tmp_path, "a")}, tmp_path / "logs", 1, [], after={"a": ["nope"]})
 

@@ -56,12 +56,13 @@ it, so nothing waits for the extractor job.
 Jobs run ``--jobs`` at once on each GPU of ``--gpus``, logs in ``<out>/logs/<job>.log``; a failed job does not
 stop the others (the exit code is 1 and its log's last lines are printed; cells whose buffer failed are not
 started). At the end a table says what ran where (GPU, start, end, wall time), also written to
-``<out>/logs/schedule.md``. Each finished cell's ``result_run.json`` is copied to
-``<results>/cifar10/<cell>.json`` (``<cell>-long.json`` at ``--budget long``: runs, buffers and records of
-another budget than the grid's carry its name) with a ``cell`` entry added (its method, IPC, noise, arm,
-switches, budget and buffer). Runs resume: re-running a cell skips its finished stages. ``--results DIR`` is the results
-folder (records in ``DIR/cifar10/``, the page ``DIR/README.md``): ./results by default, the checkout's
-results folder for ``reproduction/reproduce_cifar10.py``. ``tad reproduce`` takes the same options.
+``<out>/logs/schedule.md`` and, with matplotlib, drawn in ``<out>/logs/schedule.png``. Each finished cell's
+``result_run.json`` is copied to ``<results>/cifar10/<cell>.json`` (``<cell>-long.json`` at ``--budget long``:
+runs, buffers and records of another budget than the grid's carry its name) with a ``cell`` entry added (its
+method, IPC, noise, arm, switches, budget and buffer). Runs resume: re-running a cell skips its finished stages.
+``--results DIR`` is the results folder (records in ``DIR/cifar10/``, the page ``DIR/README.md``): ./results by
+default, the checkout's results folder for ``reproduction/reproduce_cifar10.py``. ``tad reproduce`` takes the same
+options.
 
 Pixels: if you use the JPEG-compressed CIFAR-10 copy, absolute accuracies differ a little from the
 paper's official pixels; the comparison between arms on the same copy stays valid.

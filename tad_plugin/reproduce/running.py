@@ -5,6 +5,7 @@ record copied to the records folder."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -84,7 +85,7 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
     when it starts and ends. ``on_done(name)`` runs after each job that exits with 0 (if it raises, the job
     counts as failed with code 1). A job that fails does not stop the others; the caller decides what a non-zero
     code means. At the end a table of what ran where (GPU, start, end, wall time) is printed and written to
-    ``logs/schedule.md``.
+    ``logs/schedule.md``, and drawn as a timeline in ``logs/schedule.png`` where matplotlib is installed.
 
     The jobs stop with the runner, so that running it again (which resumes them) never runs a job twice at once:
     if it is interrupted (Ctrl-C, an error), each running job gets SIGINT -- a ``tad`` job then says in its log
@@ -117,6 +118,8 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
 
     text = "\n".join(table) + "\n"
     atomic_write(logs / "schedule.md", lambda f: f.write(text.encode()))
+    if times and importlib.util.find_spec("matplotlib") is not None:  # the plot extra; the table says it all too
+        schedule_figure(times, codes, logs / "schedule.png")
     return codes
 
 
@@ -218,6 +221,39 @@ def schedule_lines(times: dict[str, tuple[str | None, float, float]], codes: dic
                      f"{(ended - began) / 60:.1f} | {codes[name]} |")
     lines += [f"| {name} | - | - | - | - | not started |" for name in codes if name not in times]
     return lines
+
+
+#: The kinds of job a schedule figure colours apart, by name prefix (the rest: cells).
+JOB_KINDS = {"extractor": ("SimCLR extractor", "tab:purple"), "buffer-": ("expert buffer", "tab:blue"),
+             "audit-": ("label audit", "tab:orange"), "": ("cell (distillation)", "tab:green")}
+
+
+def schedule_figure(times: Mapping[str, tuple[str | None, float, float]], codes: Mapping[str, int],
+                    path: Path) -> None:
+    """:func:`schedule_lines`' table as a timeline PNG at ``path``: a bar per job from its start to its end
+    (minutes from the first start), coloured by kind (:data:`JOB_KINDS`), a failed job hatched with its exit
+    code, its GPU in the label when there are several. Needs matplotlib (the ``plot`` extra)."""
+    from tad_plugin.plotting import pyplot, save_png
+
+    plt = pyplot("the schedule figure")
+    rows = sorted(times.items(), key=lambda kv: kv[1][1])
+    several = len({gpu for gpu, _, _ in times.values()}) > 1
+    fig, ax = plt.subplots(figsize=(9, 0.6 + 0.35 * len(rows)))
+    seen = set()
+    for y, (name, (gpu, began, ended)) in enumerate(rows):
+        kind = next(k for k in JOB_KINDS if name.startswith(k))
+        label, colour = JOB_KINDS[kind]
+        failed = codes.get(name, 0) != 0
+        ax.barh(y, (ended - began) / 60, left=began / 60, color=colour, hatch="//" if failed else None,
+                edgecolor="black" if failed else colour, label=None if kind in seen else label)
+        seen.add(kind)
+        ax.text(ended / 60, y, f" {name}" + (f" (GPU {gpu})" if several else "")
+                + (f", exit {codes[name]}" if failed else ""), va="center", fontsize=8)
+    end = max(ended for _, _, ended in times.values()) / 60
+    ax.set(yticks=[], xlabel="minutes from the first start", xlim=(0, end * 1.45), ylim=(len(rows) - 0.5, -0.5),
+           title=f"what ran when: {len(rows)} jobs, {end:.1f} min")
+    ax.legend(loc="upper right", fontsize=8)
+    save_png(fig, path)
 
 
 def collect(name: str, out: Path, results: Path, cell: Cell | None = None, extra: dict | None = None) -> None:
