@@ -89,7 +89,8 @@ def test_the_long_budget_pays_anchors_per_expert_group_and_more_iterations():
     short, long = (queue.batch_jobs(["mtt-ipc10-sym40-tad"], budget=b, extractor=False) for b in ("short", "long"))
     (buf_s, cell_s), (buf_l, cell_l) = short, long
     assert buf_s.work == 20 * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR + queue.ANCHORS_S  # one group
-    assert buf_l.work == 100 * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR + 4 * queue.ANCHORS_S  # 4 x 25
+    assert buf_l.work == (100 * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR + queue.ANCHORS_S
+                          + 3 * queue.ANCHORS_LATER_S)  # 4 groups of 25: the first compiles and embeds
     assert cell_s.work == queue.DISTILL_S[10]
     share = queue.DISTILL_FIXED_SHARE
     assert cell_l.work == pytest.approx(queue.DISTILL_S[10] * (share + (1 - share) * 5))  # 5000 vs 1000 iterations

@@ -68,8 +68,10 @@ def finished(cell: str, results: Path, budget: str = GRID_BUDGET) -> bool:
 #: (two forward-backward passes a step); a cell's distillation and evaluations at the short budget's 1000
 #: iterations with the GPU to itself, and the share of the GPU it then keeps busy (DISTILL_GPU_SHARE: four
 #: distillations at once each take about 2.5x as long as one alone, two at once hardly longer; with these figures
-#: the batches recorded under results/cifar10/batches/ are estimated within about 10%); the inner loop's
-#: one-time work (the anchors' distillation and the feature embedding, once per buffer); the two-stage cells'
+#: the batches recorded under results/cifar10/batches/ are estimated within about 10%); the inner loop's work
+#: for the first expert group (compiling the anchors' matching step, embedding the training set, distilling the
+#: anchors) and for each later group (its anchors only: the compiled step is kept per process; an estimate until
+#: a multi-group run's phases.json measures it); the two-stage cells'
 #: first stage (cleanlab's 5 fold models, one at a time); the extractor's start and final evaluation beyond its
 #: training budget; the window a batch must fit.
 EXPERT_EPOCH_S = 0.35
@@ -81,6 +83,7 @@ DISTILL_GPU_SHARE = 0.65
 #: the GPU), from the IPC-10 records at 1000 iterations (the grid's cells) and 5000 (``sym40-noisy-e100-i5000``).
 DISTILL_FIXED_SHARE = 0.55
 ANCHORS_S = 110.0
+ANCHORS_LATER_S = 40.0
 CLEANLAB_S = 300.0
 EXTRACTOR_EXTRA_S = 60.0
 WINDOW_S = 25 * 60.0
@@ -114,7 +117,7 @@ def _training(buf: str, budget: str, experts: int, group: int, extractor: bool) 
     _, outer, inner = arm_parts(arm)
     train = (experts * epochs * EXPERT_EPOCH_S * (TAD_BUFFER_FACTOR if outer else 1)
              * (GSAM_FACTOR if rec.startswith("gsam") else 1))
-    work = train + (ANCHORS_S * -(-experts // group) if inner else 0.0)
+    work = train + (ANCHORS_S + ANCHORS_LATER_S * (-(-experts // group) - 1) if inner else 0.0)
     if not (extractor and needs_extractor(buf, ())):
         return work, None
     cmd = buffer_command(buf, "cifar10", Path("runs"), "CIFAR-10_human.pt", budget)
@@ -283,7 +286,8 @@ def queue(results: Path, budget: str = "short") -> str:
              "them), distils each cell as soon as its buffer is done, and writes the records; commit them after "
              "each batch. The estimate assumes a noisy 20-expert buffer at "
              f"{EXPERT_EPOCH_S} s per expert-epoch with the GPU to itself (saturating jobs share it), a TAD buffer "
-             f"at {TAD_BUFFER_FACTOR}x that plus {ANCHORS_S:.0f} s for its anchors, waiting for the extractor where "
+             f"at {TAD_BUFFER_FACTOR}x that plus {ANCHORS_S:.0f} s for its first expert group's anchors and "
+             f"{ANCHORS_LATER_S:.0f} s for each later group's, waiting for the extractor where "
              f"its inner loop first needs it, the extractor's {FEATURES_BUDGET_S:.0f} s, and "
              + ", ".join(f"{DISTILL_S[i] / 60:.1f} min" for i in IPCS) + " per IPC 1 / 10 / 50 distillation with "
              f"the GPU to itself, of which it keeps {DISTILL_GPU_SHARE:.0%} busy (jobs at once split the GPU, each "
