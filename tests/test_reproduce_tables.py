@@ -129,6 +129,10 @@ def test_page_indexes_every_other_result_and_each_link_exists(tmp_path):
         assert f"[`{name}`]({name})" in text
         assert (RESULTS_ROOT / name).is_file(), f"the page links to a missing file: {name}"
     assert "## Label audit" not in text  # no detection table yet
+    assert "## GPU batches" not in text
+    (tmp_path / "batches").mkdir()
+    (tmp_path / "batches" / "b1.md").write_text("# A batch on one H100\n\ntext\n")
+    assert "- [`cifar10/batches/b1.md`](cifar10/batches/b1.md): A batch on one H100" in tables.page(tmp_path)
     (tmp_path / "audit").mkdir()
     (tmp_path / "audit" / "detection.md").write_text("| label set |")
     assert "[`cifar10/audit/detection.md`](cifar10/audit/detection.md)" in tables.page(tmp_path)

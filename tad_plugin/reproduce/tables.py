@@ -112,10 +112,6 @@ OTHER_RESULTS = (
      "(digits, CPU) and noisy vs TAD GSAM experts (CIFAR-10 sym40), beside the learned step size"),
     ("../benchmarks/results/benchmark_tad_overhead_h100.json", "TAD's expert epoch beside the noisy one on an H100 "
      "(E = 20, CIFAR-10), where TAD's time goes, and the batched division against one call per expert"),
-    ("cifar10/batches/2026-12-07-h100.md", "one grid batch on an H100: what ran where and when (extractor, two "
-     "buffers, four cells)"),
-    ("cifar10/batches/2026-12-07-h100-2.md", "a second grid batch on an H100: two noisy buffers side by side, then "
-     "four ATT cells at once"),
     ("cifar10/first_gpu_runs/README.md", "first CIFAR-10 GPU runs: a pipeline check (no ZCA), not results"),
     ("../docs/wrapping.md", "`tad wrap` on the real MTT / FTD / DATM / ATT code"),
 )
@@ -499,9 +495,21 @@ def page(results: Path) -> str:
                   "[`cifar10/audit/detection.md`](cifar10/audit/detection.md): `tad audit` against cleanlab on the "
                   "label sets run with `--audit` (precision, recall and F1 of the flagged samples against the clean "
                   "labels, accuracy of the suggested labels, time of each detector).", ""]
+    batches = sorted((results / "batches").glob("*.md"), key=lambda b: b.stem)
+    if batches:
+        lines += ["## GPU batches", "",
+                  "How the grid's cells were run: each page gives one `reproduce` command on one GPU, what ran where "
+                  "and when (a table and a timeline), and the logs.", ""]
+        lines += [f"- [`cifar10/batches/{b.name}`](cifar10/batches/{b.name}): {_title(b)}" for b in batches] + [""]
     lines += ["## Other results", ""]
     lines += [f"- [`{name}`]({name}): {what}" for name, what in OTHER_RESULTS]
     return "\n".join(lines) + "\n"
+
+
+def _title(page: Path) -> str:
+    """A Markdown page's first heading, without the ``#``s (its file name when it has none)."""
+    heading = next((line for line in page.read_text().splitlines() if line.startswith("#")), None)
+    return heading.lstrip("#").strip() if heading else page.stem
 
 
 def cell_words(cell: Cell) -> str:
