@@ -272,6 +272,25 @@ def with_riders(names: list[str], took: float, candidates: Sequence[str], budget
     return names, took
 
 
+def recorded_batches(results: Path) -> list[tuple[str, float, float]]:
+    """The planner against the batches recorded under ``results/batches/<name>/schedule.md`` (the runner's table
+    of what ran when): ``(name, measured seconds, estimated seconds)`` for each batch of grid cells at the short
+    budget, in name order; the estimate is :func:`estimate` of its cells' :func:`batch_jobs`, the extractor
+    included when the batch trained one. Batches with label audits are left out (their cells alone would
+    under-count them)."""
+    out = []
+    for table in sorted((results / "batches").glob("*/schedule.md"), key=lambda f: f.parent.name):
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.read_text().splitlines()
+                if line.startswith("| ") and not line.startswith(("| job ", "| --- ")) and "not started" not in line]
+        names = [row[0] for row in rows]
+        if not names or any(n.startswith("audit-") for n in names):
+            continue
+        members = [n for n in names if n in cells()]
+        took = max(float(row[3]) for row in rows)
+        out.append((table.parent.name, took, estimate(batch_jobs(members, extractor="extractor" in names))))
+    return out
+
+
 def queue(results: Path, budget: str = "short") -> str:
     """The queue page (Markdown): the cells without a finished record, in :data:`QUEUE_ORDER`'s sections, cut
     into :func:`batches` of one GPU window each, with the command and the estimated time of each."""
@@ -297,6 +316,11 @@ def queue(results: Path, budget: str = "short") -> str:
                 "of its label set (a few minutes; docs/label-audit.md); the last section lists the rows left."
                 if budget == GRID_BUDGET else f" The runs and records of this budget are named `<cell>-{budget}`."),
              ""]
+    checked = recorded_batches(results) if budget == GRID_BUDGET else []
+    if checked:
+        lines += ["The same figures against the batches recorded so far (`batches/`): "
+                  + "; ".join(f"{name} took {took / 60:.1f} min, estimated {est / 60:.1f}"
+                              for name, took, est in checked) + ".", ""]
     taken: set[str] = set()
     rode: dict[str, int] = {}  # a cell of a later section -> the batch it rides in
     trains: dict[str, tuple[int, list[str]]] = {}  # a buffer -> the first batch that trains it, its cells
