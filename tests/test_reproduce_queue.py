@@ -83,8 +83,9 @@ def test_the_queue_batches_fit_the_window_with_both_arms_of_a_cell_together_wher
     assert [j.name for j in jobs][:3] == ["extractor", "buffer-sym20-noisy-sgd-zca", "mtt-ipc1-sym20-noisy"]
     tad = next(j for j in jobs if j.name == "buffer-sym20-tad-sgd-zca")
     train = 20 * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR
-    assert tad.work == train + queue.ANCHORS_S
-    assert tad.pause_at == train * 10 / 23  # features first needed at the first recalibration, after the warm-up
+    assert tad.work == queue.BUFFER_START_S + train + queue.ANCHORS_S
+    # features first needed at the first recalibration, after the warm-up
+    assert tad.pause_at == queue.BUFFER_START_S + train * 10 / 23
     # a larger window keeps the IPC-50 pair together (two buffers at most: a batch of its own)
     assert [b for b, _ in queue.batches(names[:6], window=3600)] == [names[:4], names[4:6]]
 
@@ -92,8 +93,9 @@ def test_the_queue_batches_fit_the_window_with_both_arms_of_a_cell_together_wher
 def test_the_long_budget_pays_anchors_per_expert_group_and_more_iterations():
     short, long = (queue.batch_jobs(["mtt-ipc10-sym40-tad"], budget=b, extractor=False) for b in ("short", "long"))
     (buf_s, cell_s), (buf_l, cell_l) = short, long
-    assert buf_s.work == 20 * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR + queue.ANCHORS_S  # one group
-    assert buf_l.work == (100 * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR + queue.ANCHORS_S
+    start = queue.BUFFER_START_S
+    assert buf_s.work == start + 20 * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR + queue.ANCHORS_S  # 1 group
+    assert buf_l.work == (start + 100 * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR + queue.ANCHORS_S
                           + 3 * queue.ANCHORS_LATER_S)  # 4 groups of 25: the first compiles and embeds
     assert cell_s.work == queue.DISTILL_S[10]
     share = queue.DISTILL_FIXED_SHARE
@@ -143,7 +145,9 @@ def test_audit_batches_share_the_window_and_model_each_audit_as_its_own_experts(
     assert (cl.saturates, cl.work, cl.pause_at) == (False, queue.CLEANLAB_S, None)
     for job, experts in ((tad5, 5), (tad20, 20)):  # one expert group each: the anchors once
         train = experts * 23 * queue.EXPERT_EPOCH_S * queue.TAD_BUFFER_FACTOR
-        assert job.saturates and job.work == train + queue.ANCHORS_S and job.pause_at == train * 10 / 23
+        start = queue.BUFFER_START_S
+        assert job.saturates and job.work == start + train + queue.ANCHORS_S
+        assert job.pause_at == start + train * 10 / 23
     both = queue.estimate(jobs)
     assert both > queue.estimate(queue.audit_batch_jobs({"c10n-aggre": left["c10n-aggre"]}))
     assert queue.audit_batches(left, window=both) == [(list(left), both)]  # one batch where they fit

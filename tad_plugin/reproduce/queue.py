@@ -62,30 +62,35 @@ def finished(cell: str, results: Path, budget: str = GRID_BUDGET) -> bool:
 
 
 #: Planning figures for QUEUE.md's batches, one H100 (fp32 experts): seconds per expert-epoch of a noisy buffer
-#: with the GPU to itself (buffers and the extractor saturate the GPU); a buffer with TAD's outer loop costs
+#: with the GPU to itself (buffers and the extractor saturate the GPU), and a buffer's start (the process, the
+#: data, ZCA, compiling); a buffer with TAD's outer loop costs
 #: TAD_BUFFER_FACTOR times a noisy one (benchmarks/benchmark_tad_overhead.py: the loss pass and the batched
 #: division cost about what training on the trusted subset saves), and GSAM experts GSAM_FACTOR times SGD ones
 #: (two forward-backward passes a step); a cell's distillation and evaluations at the short budget's 1000
-#: iterations with the GPU to itself, and the share of the GPU it then keeps busy (DISTILL_GPU_SHARE: four
-#: distillations at once each take about 2.5x as long as one alone, two at once hardly longer; with these figures
-#: the batches recorded under results/cifar10/batches/ are estimated within about 10%); the inner loop's work
+#: iterations with the GPU to itself (MTT's; a method whose matching iteration costs more: DISTILL_METHOD_FACTOR,
+#: from benchmarks/results/benchmark_inner_grad_h100_ipc10_*.json), and the share of the GPU it then keeps busy
+#: (DISTILL_GPU_SHARE: two MTT distillations at once took as long as one alone, four ATT ones about 2.2x as long;
+#: the batches recorded under results/cifar10/batches/ are set beside their estimates on the queue page); the
+#: inner loop's work
 #: for the first expert group (compiling the anchors' matching step, embedding the training set, distilling the
 #: anchors) and for each later group (its anchors only: the compiled step is kept per process; an estimate until
 #: a multi-group run's phases.json measures it); the two-stage cells'
 #: first stage (cleanlab's 5 fold models, one at a time); the extractor's start and final evaluation beyond its
 #: training budget; the window a batch must fit.
 EXPERT_EPOCH_S = 0.35
+BUFFER_START_S = 30.0
 TAD_BUFFER_FACTOR = 1.0
 GSAM_FACTOR = 2.0
-DISTILL_S = {1: 200.0, 10: 240.0, 50: 540.0}
-DISTILL_GPU_SHARE = 0.65
+DISTILL_S = {1: 210.0, 10: 245.0, 50: 540.0}
+DISTILL_METHOD_FACTOR = {"att": 1.16}
+DISTILL_GPU_SHARE = 0.55
 #: The part of a short-budget distillation that does not grow with the iterations (compilation, the start, sharing
 #: the GPU), from the IPC-10 records at 1000 iterations (the grid's cells) and 5000 (``sym40-noisy-e100-i5000``).
 DISTILL_FIXED_SHARE = 0.55
 ANCHORS_S = 110.0
 ANCHORS_LATER_S = 40.0
 CLEANLAB_S = 300.0
-EXTRACTOR_EXTRA_S = 60.0
+EXTRACTOR_EXTRA_S = 20.0
 WINDOW_S = 25 * 60.0
 #: Jobs at once in a batch, and the buffers a batch trains: 80 GB holds two 20-expert buffers at once, not four;
 #: the extractor is the third job, a distillation the fourth.
@@ -117,7 +122,7 @@ def _training(buf: str, budget: str, experts: int, group: int, extractor: bool) 
     _, outer, inner = arm_parts(arm)
     train = (experts * epochs * EXPERT_EPOCH_S * (TAD_BUFFER_FACTOR if outer else 1)
              * (GSAM_FACTOR if rec.startswith("gsam") else 1))
-    work = train + (ANCHORS_S + ANCHORS_LATER_S * (-(-experts // group) - 1) if inner else 0.0)
+    work = BUFFER_START_S + train + (ANCHORS_S + ANCHORS_LATER_S * (-(-experts // group) - 1) if inner else 0.0)
     if not (extractor and needs_extractor(buf, ())):
         return work, None
     cmd = buffer_command(buf, "cifar10", Path("runs"), "CIFAR-10_human.pt", budget)
@@ -125,7 +130,7 @@ def _training(buf: str, budget: str, experts: int, group: int, extractor: bool) 
     add_settings_options(settings)
     schedule = Schedule.of(config_from_args(settings.parse_args(cmd[cmd.index("buffer") + 1:])).tad)
     first = next((t for t in range(epochs) if schedule.recalibrates(t)), epochs)  # features first needed
-    return work, train * first / epochs
+    return work, BUFFER_START_S + train * first / epochs
 
 
 def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = FEATURES_BUDGET_S,
@@ -150,7 +155,8 @@ def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = 
             if all(j.name != stage_one for j in jobs):
                 jobs.append(_SimJob(stage_one, False, CLEANLAB_S))
         jobs.append(_SimJob(f"buffer-{buf}", True, work, after=stage_one, pause_at=pause))
-        jobs += [_SimJob(n, False, DISTILL_S[cells()[n].ipc] * distill, after=f"buffer-{buf}") for n in members]
+        jobs += [_SimJob(n, False, DISTILL_S[cells()[n].ipc] * DISTILL_METHOD_FACTOR.get(cells()[n].method, 1.0)
+                         * distill, after=f"buffer-{buf}") for n in members]
     return jobs
 
 
@@ -304,12 +310,14 @@ def queue(results: Path, budget: str = "short") -> str:
              "trains the shared buffers its cells read (and the SimCLR extractor when a TAD buffer needs it, beside "
              "them), distils each cell as soon as its buffer is done, and writes the records; commit them after "
              "each batch. The estimate assumes a noisy 20-expert buffer at "
-             f"{EXPERT_EPOCH_S} s per expert-epoch with the GPU to itself (saturating jobs share it), a TAD buffer "
+             f"{EXPERT_EPOCH_S} s per expert-epoch with the GPU to itself (saturating jobs share it) after "
+             f"{BUFFER_START_S:.0f} s to start, a TAD buffer "
              f"at {TAD_BUFFER_FACTOR}x that plus {ANCHORS_S:.0f} s for its first expert group's anchors and "
              f"{ANCHORS_LATER_S:.0f} s for each later group's, waiting for the extractor where "
              f"its inner loop first needs it, the extractor's {FEATURES_BUDGET_S:.0f} s, and "
              + ", ".join(f"{DISTILL_S[i] / 60:.1f} min" for i in IPCS) + " per IPC 1 / 10 / 50 distillation with "
-             f"the GPU to itself, of which it keeps {DISTILL_GPU_SHARE:.0%} busy (jobs at once split the GPU, each "
+             "the GPU to itself (" + ", ".join(f"{m.upper()}'s {f}x that" for m, f in DISTILL_METHOD_FACTOR.items())
+             + f"), of which it keeps {DISTILL_GPU_SHARE:.0%} busy (jobs at once split the GPU, each "
              "getting what it needs or an even share); a batch marked `over the window` does not fit and needs a "
              "shorter budget or a larger GPU share."
              + (" `--audit` on a batch with a TAD buffer of MTT's recipe with ZCA adds the label-audit detection rows "
