@@ -61,22 +61,21 @@ def finished(cell: str, results: Path, budget: str = GRID_BUDGET) -> bool:
     return path.is_file() and "test_acc_mean" in json.loads(path.read_text()).get("results", {})
 
 
-#: Planning figures for QUEUE.md's batches, one H100 (fp32 experts): seconds per expert-epoch of a noisy buffer
-#: with the GPU to itself (buffers and the extractor saturate the GPU), and a buffer's start (the process, the
-#: data, ZCA, compiling); a buffer with TAD's outer loop costs
-#: TAD_BUFFER_FACTOR times a noisy one (benchmarks/benchmark_tad_overhead.py: the loss pass and the batched
-#: division cost about what training on the trusted subset saves), and GSAM experts GSAM_FACTOR times SGD ones
-#: (two forward-backward passes a step); a cell's distillation and evaluations at the short budget's 1000
-#: iterations with the GPU to itself (MTT's; a method whose matching iteration costs more: DISTILL_METHOD_FACTOR,
-#: from benchmarks/results/benchmark_inner_grad_h100_ipc10_*.json), and the share of the GPU it then keeps busy
-#: (DISTILL_GPU_SHARE: two MTT distillations at once took as long as one alone, four ATT ones about 2.2x as long;
-#: the batches recorded under results/cifar10/batches/ are set beside their estimates on the queue page); the
-#: inner loop's work
-#: for the first expert group (compiling the anchors' matching step, embedding the training set, distilling the
-#: anchors) and for each later group (its anchors only: the compiled step is kept per process; an estimate until
-#: a multi-group run's phases.json measures it); the two-stage cells'
-#: first stage (cleanlab's 5 fold models, one at a time); the extractor's start and final evaluation beyond its
-#: training budget; the window a batch must fit.
+#: Planning figures for QUEUE.md's batches, one H100 (fp32 experts): seconds per expert-epoch of a noisy buffer with
+#: the GPU to itself (buffers and the extractor saturate the GPU), and a buffer's start (the process, the data, ZCA,
+#: compiling); a buffer with TAD's outer loop costs TAD_BUFFER_FACTOR times a noisy one
+#: (benchmarks/benchmark_tad_overhead.py: the loss pass and the batched division cost about what training on the
+#: trusted subset saves), and GSAM experts GSAM_FACTOR times SGD ones (two forward-backward passes a step); a cell's
+#: distillation and evaluations at the short budget's 1000 iterations with the GPU to itself (MTT's; a method whose
+#: matching iteration costs more: DISTILL_METHOD_FACTOR, from
+#: benchmarks/results/benchmark_inner_grad_h100_ipc10_*.json), and the share of the GPU it then keeps busy
+#: (DISTILL_GPU_SHARE: two MTT distillations at once took as long as one alone, four ATT ones about 2.2x as long; the
+#: batches recorded under results/cifar10/batches/ are set beside their estimates on the queue page); the inner
+#: loop's work for the first expert group (compiling the anchors' matching step, embedding the training set,
+#: distilling the anchors) and for each later group (its anchors only: the compiled step is kept per process; an
+#: estimate until a multi-group run's phases.json measures it); the two-stage cells' first stage (cleanlab's 5 fold
+#: models, one at a time); the extractor's start and final evaluation beyond its training budget; the window a batch
+#: must fit.
 EXPERT_EPOCH_S = 0.35
 BUFFER_START_S = 30.0
 TAD_BUFFER_FACTOR = 1.0
