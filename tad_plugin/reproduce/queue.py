@@ -278,11 +278,11 @@ def with_riders(names: list[str], took: float, candidates: Sequence[str], budget
 
 
 def recorded_batches(results: Path) -> list[tuple[str, float, float]]:
-    """The planner against the batches recorded under ``results/batches/<name>/schedule.md`` (the runner's table
-    of what ran when): ``(name, measured seconds, estimated seconds)`` for each batch of grid cells at the short
-    budget, in name order; the estimate is :func:`estimate` of its cells' :func:`batch_jobs`, the extractor
-    included when the batch trained one. Batches with label audits are left out (their cells alone would
-    under-count them)."""
+    """The planner against the batches recorded in ``batches/<name>/schedule.md`` of the records folder
+    ``results`` (the runner's table of what ran when): ``(name, measured seconds, estimated seconds)`` for each
+    batch of grid cells at the short budget, in name order; the estimate is :func:`estimate` of its cells'
+    :func:`batch_jobs`, the extractor included when the batch trained one. Batches with label audits are left out
+    (their cells alone would under-count them)."""
     out = []
     for table in sorted((results / "batches").glob("*/schedule.md"), key=lambda f: f.parent.name):
         rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.read_text().splitlines()
