@@ -396,6 +396,8 @@ def test_run_parallel_waits_for_what_a_job_needs_and_skips_it_when_that_failed(t
     assert table[0] == "| job | GPU | start (s) | end (s) | wall (min) | exit |"
     assert [row.split(" | ")[0] for row in table[2:]][-1] == "| after_bad"
     assert all(row.split(" | ")[1] == "0" for row in table[2:-1]) and table[-1].endswith("| not started |")
+    times, read = running.read_schedule(tmp_path / "logs" / "schedule.md")  # the table read back: the jobs that ran
+    assert read == {n: c for n, c in codes.items() if c != running.SKIPPED} and set(times) == set(read)
     png = (tmp_path / "logs" / "schedule.png").read_bytes()  # the same as a timeline (matplotlib: the test extras)
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     with pytest.raises(ValueError, match="not in jobs: nope"):

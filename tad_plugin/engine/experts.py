@@ -331,21 +331,24 @@ class ExpertTrainer:
             if self.ranks.is_main:
                 clock.save(timing)
 
+        def advance(steps: Generator[None, None, list[ExpertRecord]]) -> bool:
+            """Train a group to its pause (True) or to its end, saving its experts (False)."""
+            try:
+                next(steps)
+                return True
+            except StopIteration as end:
+                save(end.value)
+                return False
+
         try:
             with listening:  # the trust report follows the run
                 paused = []
                 for group in groups:
                     steps = self._train_group(group, *data, seed=seed, bar=bar, clock=clock, pause_before=pause)
-                    try:
-                        next(steps)  # trains the group up to its first recalibration, or to its end
+                    if advance(steps):
                         paused.append(steps)
-                    except StopIteration as end:
-                        save(end.value)
                 for steps in paused:  # the features are needed from here on: each paused group to its end
-                    try:
-                        next(steps)
-                    except StopIteration as end:
-                        save(end.value)
+                    advance(steps)
         finally:
             bar.close()
         self.ranks.barrier()  # every expert is saved before any rank reads the store

@@ -283,16 +283,16 @@ def recorded_batches(results: Path) -> list[tuple[str, float, float]]:
     batch of grid cells at the short budget, in name order; the estimate is :func:`estimate` of its cells'
     :func:`batch_jobs`, the extractor included when the batch trained one. Batches with label audits are left out
     (their cells alone would under-count them)."""
+    from .running import read_schedule
+
     out = []
     for table in sorted((results / "batches").glob("*/schedule.md"), key=lambda f: f.parent.name):
-        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.read_text().splitlines()
-                if line.startswith("| ") and not line.startswith(("| job ", "| --- ")) and "not started" not in line]
-        names = [row[0] for row in rows]
-        if not names or any(n.startswith("audit-") for n in names):
+        times, _ = read_schedule(table)
+        if not times or any(name.startswith("audit-") for name in times):
             continue
-        members = [n for n in names if n in cells()]
-        took = max(float(row[3]) for row in rows)
-        out.append((table.parent.name, took, estimate(batch_jobs(members, extractor="extractor" in names))))
+        members = [name for name in times if name in cells()]
+        took = max(ended for _, _, ended in times.values())
+        out.append((table.parent.name, took, estimate(batch_jobs(members, extractor="extractor" in times))))
     return out
 
 

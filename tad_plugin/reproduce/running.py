@@ -223,6 +223,20 @@ def schedule_lines(times: dict[str, tuple[str | None, float, float]], codes: dic
     return lines
 
 
+def read_schedule(path: Path) -> tuple[dict[str, tuple[str | None, float, float]], dict[str, int]]:
+    """:func:`schedule_lines`' table read back from ``path`` (a run's ``logs/schedule.md``): the ``times`` (GPU or
+    None, start, end) and exit ``codes`` of the jobs that ran, in the table's order; the jobs that did not start
+    are left out."""
+    times: dict[str, tuple[str | None, float, float]] = {}
+    codes: dict[str, int] = {}
+    for line in path.read_text().splitlines()[2:]:
+        name, gpu, began, ended, _, code = (cell.strip() for cell in line.strip().strip("|").split("|"))
+        if code != "not started":
+            times[name] = (None if gpu == "-" else gpu, float(began), float(ended))
+            codes[name] = int(code)
+    return times, codes
+
+
 #: The kinds of job a schedule figure colours apart, by name prefix (the rest: cells).
 JOB_KINDS = {"extractor": ("SimCLR extractor", "tab:purple"), "buffer-": ("expert buffer", "tab:blue"),
              "audit-": ("label audit", "tab:orange"), "": ("cell (distillation)", "tab:green")}
