@@ -7,7 +7,9 @@ Routes (``distill.inner_grad`` / ``distill.recompute_steps``, see tad_plugin/eng
   final backward is a double backward);
 * ``explicit``: the ConvNet's backward written out (tad_plugin/engine/student_grad.py), first order only;
 * ``compiled``: that under ``torch.compile``;
-* ``+recompute``: each inner step's graph rebuilt in the final backward (torch.utils.checkpoint).
+* ``+recompute``: each inner step's graph rebuilt in the final backward (torch.utils.checkpoint);
+* ``+cudnn-benchmark`` after any of them: ``torch.backends.cudnn.benchmark = True`` (cuDNN times its convolution
+  algorithms for each shape once and keeps the fastest; results equal up to float rounding).
 
 Each variant runs in its own process (so peak memory is its own): random images of the
 ``--dataset-shape``'s classes and size (speed and memory do not depend on pixel values), the ConvNet
@@ -59,6 +61,8 @@ VARIANTS = {
     "compiled": ("compiled", False),
     "compiled+recompute": ("compiled", True),
 }
+#: a variant's name may end in this: cuDNN picks its convolution algorithms by timing them
+CUDNN_BENCHMARK = "+cudnn-benchmark"
 
 #: ``--dataset-shape`` -> (classes, image side in pixels) of the standard dataset; 3 channels.
 DATASET_SHAPES = {"cifar10": (10, 32), "cifar100": (100, 32), "tinyimagenet": (200, 64)}
@@ -104,7 +108,8 @@ def measure(args: argparse.Namespace) -> dict:
     from tad_plugin.engine.convnet import init_params
     from tad_plugin.engine.matching import MatchingConfig, TrajectoryMatcher, class_labels
 
-    inner_grad, recompute = VARIANTS[args.variant]
+    inner_grad, recompute = VARIANTS[args.variant.removesuffix(CUDNN_BENCHMARK)]
+    torch.backends.cudnn.benchmark = args.variant.endswith(CUDNN_BENCHMARK)
     dev = torch.device(args.device)
     torch.manual_seed(0)
     cfg = convnet_config(args.dataset_shape, args.width)
@@ -142,6 +147,7 @@ def measure(args: argparse.Namespace) -> dict:
             peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2 ** 20
         reserved = None
     row = {"variant": args.variant, "inner_grad": inner_grad, "recompute_steps": recompute,
+           "cudnn_benchmark": torch.backends.cudnn.benchmark,
            "iter_s": statistics.median(times), "iter_s_all": times, "peak_gib": peak, "peak_reserved_gib": reserved,
            "images_checksum": float(matcher.images.detach().double().sum()),
            "labels_checksum": float(matcher.labels.detach().double().sum())}
@@ -191,7 +197,7 @@ def main() -> int:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--iterations", type=int, default=5, help="timed iterations")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (compilation)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS) + f", each optionally followed by {CUDNN_BENCHMARK}")
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
                    help="torch.compile's mode for the compiled variants (reduce-overhead: CUDA graphs)")
     p.add_argument("--method", default="mtt", choices=("mtt", "att", "datm"),
@@ -213,8 +219,9 @@ def main() -> int:
     t0 = time.perf_counter()
     rows = []
     for name in args.variants.split(","):
-        if name not in VARIANTS:
-            p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        if name.removesuffix(CUDNN_BENCHMARK) not in VARIANTS:
+            p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}, each optionally followed by "
+                    f"{CUDNN_BENCHMARK}")
         cmd = [sys.executable, __file__, "--variant", name, "--device", args.device, "--ipc", str(args.ipc),
                "--dataset-shape", args.dataset_shape, "--syn-steps", str(args.syn_steps),
                "--batch-syn", "all" if args.batch_syn is None else str(args.batch_syn),

@@ -65,3 +65,18 @@ def test_tiny_imagenet_shaped_step_runs_on_the_cpu(tmp_path):
     # the two routes compute the same image update
     assert rows["explicit+recompute"]["images_checksum"] == pytest.approx(rows["autograd"]["images_checksum"],
                                                                           rel=1e-6)
+
+
+def test_cudnn_benchmark_suffix_sets_cudnns_algorithm_search_for_that_variant_only(tmp_path):
+    out = tmp_path / "inner_grad.json"
+    subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--ipc", "1", "--width", "4", "--syn-steps", "1",
+                    "--iterations", "1", "--warmup", "0", "--variants", "explicit,explicit+cudnn-benchmark",
+                    "--out", str(out)], check=True, capture_output=True, timeout=300)
+    plain, searched = json.loads(out.read_text())["rows"]
+    assert (plain["variant"], plain["cudnn_benchmark"]) == ("explicit", False)
+    assert (searched["variant"], searched["cudnn_benchmark"], searched["inner_grad"]) == (
+        "explicit+cudnn-benchmark", True, "explicit")
+    assert searched["images_checksum"] == pytest.approx(plain["images_checksum"], rel=1e-6)
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--variants", "explicit+fast"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown variant 'explicit+fast'" in bad.stderr
