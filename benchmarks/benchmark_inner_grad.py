@@ -197,7 +197,8 @@ def main() -> int:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--iterations", type=int, default=5, help="timed iterations")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (compilation)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS) + f", each optionally followed by {CUDNN_BENCHMARK}")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS)
+                   + f", each optionally followed by {CUDNN_BENCHMARK}")
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
                    help="torch.compile's mode for the compiled variants (reduce-overhead: CUDA graphs)")
     p.add_argument("--method", default="mtt", choices=("mtt", "att", "datm"),
