@@ -8,8 +8,10 @@ Routes (``distill.inner_grad`` / ``distill.recompute_steps``, see tad_plugin/eng
 * ``explicit``: the ConvNet's backward written out (tad_plugin/engine/student_grad.py), first order only;
 * ``compiled``: that under ``torch.compile``;
 * ``+recompute``: each inner step's graph rebuilt in the final backward (torch.utils.checkpoint);
-* ``+cudnn-benchmark`` after any of them: ``torch.backends.cudnn.benchmark = True`` (cuDNN times its convolution
-  algorithms for each shape once and keeps the fastest; results equal up to float rounding).
+* modifiers after any of them, in any order: ``+cudnn-benchmark``: ``torch.backends.cudnn.benchmark = True`` (cuDNN
+  times its convolution algorithms for each shape once and keeps the fastest); ``+channels-last``: the synthetic
+  images in channels-last memory (NHWC, the layout cuDNN's tensor-core kernels use). Results equal up to float
+  rounding.
 
 Each variant runs in its own process (so peak memory is its own): random images of the
 ``--dataset-shape``'s classes and size (speed and memory do not depend on pixel values), the ConvNet
@@ -61,8 +63,19 @@ VARIANTS = {
     "compiled": ("compiled", False),
     "compiled+recompute": ("compiled", True),
 }
-#: a variant's name may end in this: cuDNN picks its convolution algorithms by timing them
-CUDNN_BENCHMARK = "+cudnn-benchmark"
+#: what a variant's name may end in: cuDNN picks its convolution algorithms by timing them; NHWC images
+MODIFIERS = ("+cudnn-benchmark", "+channels-last")
+
+
+def split_variant(name: str) -> tuple[str, set[str]]:
+    """A variant's name -> (its route in :data:`VARIANTS`, its modifiers); ValueError names an unknown part."""
+    mods = set()
+    while (mod := next((m for m in MODIFIERS if name.endswith(m)), None)) is not None:
+        name, _ = name.removesuffix(mod), mods.add(mod)
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}, each optionally followed by "
+                         f"{' and/or '.join(MODIFIERS)}")
+    return name, mods
 
 #: ``--dataset-shape`` -> (classes, image side in pixels) of the standard dataset; 3 channels.
 DATASET_SHAPES = {"cifar10": (10, 32), "cifar100": (100, 32), "tinyimagenet": (200, 64)}
@@ -108,8 +121,9 @@ def measure(args: argparse.Namespace) -> dict:
     from tad_plugin.engine.convnet import init_params
     from tad_plugin.engine.matching import MatchingConfig, TrajectoryMatcher, class_labels
 
-    inner_grad, recompute = VARIANTS[args.variant.removesuffix(CUDNN_BENCHMARK)]
-    torch.backends.cudnn.benchmark = args.variant.endswith(CUDNN_BENCHMARK)
+    route, mods = split_variant(args.variant)
+    inner_grad, recompute = VARIANTS[route]
+    torch.backends.cudnn.benchmark = "+cudnn-benchmark" in mods
     dev = torch.device(args.device)
     torch.manual_seed(0)
     cfg = convnet_config(args.dataset_shape, args.width)
@@ -119,6 +133,8 @@ def measure(args: argparse.Namespace) -> dict:
     trajs = [torch.stack([b + 0.01 * k * torch.randn(b.shape, device=dev, generator=g) for k in range(5)])
              for b in base]
     images = torch.randn(classes * args.ipc, 3, h, w, device=dev, generator=g)
+    if "+channels-last" in mods:
+        images = images.contiguous(memory_format=torch.channels_last)
     labels = class_labels(classes, args.ipc).to(dev)
     if args.method == "datm":  # soft label logits, as DATM initialises them from expert logits
         labels = torch.nn.functional.one_hot(labels, classes).float() * 3 + 0.1 * torch.randn(
@@ -148,6 +164,7 @@ def measure(args: argparse.Namespace) -> dict:
         reserved = None
     row = {"variant": args.variant, "inner_grad": inner_grad, "recompute_steps": recompute,
            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+           "channels_last": matcher.images.is_contiguous(memory_format=torch.channels_last),
            "iter_s": statistics.median(times), "iter_s_all": times, "peak_gib": peak, "peak_reserved_gib": reserved,
            "images_checksum": float(matcher.images.detach().double().sum()),
            "labels_checksum": float(matcher.labels.detach().double().sum())}
@@ -198,7 +215,7 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=5, help="timed iterations")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (compilation)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS)
-                   + f", each optionally followed by {CUDNN_BENCHMARK}")
+                   + f", each optionally followed by {' and/or '.join(MODIFIERS)}")
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
                    help="torch.compile's mode for the compiled variants (reduce-overhead: CUDA graphs)")
     p.add_argument("--method", default="mtt", choices=("mtt", "att", "datm"),
@@ -220,9 +237,10 @@ def main() -> int:
     t0 = time.perf_counter()
     rows = []
     for name in args.variants.split(","):
-        if name.removesuffix(CUDNN_BENCHMARK) not in VARIANTS:
-            p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}, each optionally followed by "
-                    f"{CUDNN_BENCHMARK}")
+        try:
+            split_variant(name)
+        except ValueError as e:
+            p.error(str(e))
         cmd = [sys.executable, __file__, "--variant", name, "--device", args.device, "--ipc", str(args.ipc),
                "--dataset-shape", args.dataset_shape, "--syn-steps", str(args.syn_steps),
                "--batch-syn", "all" if args.batch_syn is None else str(args.batch_syn),

@@ -67,16 +67,22 @@ def test_tiny_imagenet_shaped_step_runs_on_the_cpu(tmp_path):
                                                                           rel=1e-6)
 
 
-def test_cudnn_benchmark_suffix_sets_cudnns_algorithm_search_for_that_variant_only(tmp_path):
+def test_variant_modifiers_set_cudnns_algorithm_search_and_the_image_layout_for_that_variant_only(tmp_path, bench):
+    assert bench.split_variant("compiled+recompute+channels-last+cudnn-benchmark") == (
+        "compiled+recompute", {"+channels-last", "+cudnn-benchmark"})
+    with pytest.raises(ValueError, match="unknown variant 'explicit\\+fast'"):
+        bench.split_variant("explicit+fast+cudnn-benchmark")
     out = tmp_path / "inner_grad.json"
     subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--ipc", "1", "--width", "4", "--syn-steps", "1",
-                    "--iterations", "1", "--warmup", "0", "--variants", "explicit,explicit+cudnn-benchmark",
-                    "--out", str(out)], check=True, capture_output=True, timeout=300)
-    plain, searched = json.loads(out.read_text())["rows"]
-    assert (plain["variant"], plain["cudnn_benchmark"]) == ("explicit", False)
-    assert (searched["variant"], searched["cudnn_benchmark"], searched["inner_grad"]) == (
-        "explicit+cudnn-benchmark", True, "explicit")
-    assert searched["images_checksum"] == pytest.approx(plain["images_checksum"], rel=1e-6)
+                    "--iterations", "1", "--warmup", "0", "--variants",
+                    "explicit,explicit+cudnn-benchmark,explicit+channels-last", "--out", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    plain, searched, nhwc = json.loads(out.read_text())["rows"]
+    assert (plain["variant"], plain["cudnn_benchmark"], plain["channels_last"]) == ("explicit", False, False)
+    assert (searched["cudnn_benchmark"], searched["channels_last"], searched["inner_grad"]) == (True, False, "explicit")
+    assert (nhwc["cudnn_benchmark"], nhwc["channels_last"]) == (False, True)
+    for row in (searched, nhwc):
+        assert row["images_checksum"] == pytest.approx(plain["images_checksum"], rel=1e-5)
     bad = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--variants", "explicit+fast"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown variant 'explicit+fast'" in bad.stderr
