@@ -186,7 +186,8 @@ def test_the_two_stage_commands_configure_plain_mtt_on_the_cleaned_labels():
                    "--label-set", "given_label"],
                   ["--dataset", "/data/cifar10.npz", "--cifar-n", "o/labels_cleaned.npz",
                    "--label-set", "cleaned_label"]):
-        args = build_parser().parse_args(["run", "--config", cfg_file, "--no-tad", "--set", "data.noise=null", *extra])
+        args = build_parser().parse_args(["run", "--config", cfg_file, "--no-tad", "--set", "data.noise=null",
+                                          "--set", "data.noise_rate=0", *extra])
         cfg = config_from_args(args)
         assert cfg.data.noise is None and cfg.data.cifar_n == extra[3] and not cfg.tad.enabled
         assert cfg.data.zca and cfg.distill.max_start_epoch == 20  # CIFAR-10's MTT row, from the file name

@@ -54,6 +54,8 @@ def test_int_to_float_and_null():
     (["buffer.lr=-1"], r"buffer.lr must be > 0"),
     (["data.noise=gaussian"], r"data.noise must be one of"),
     (["data.noise_rate=1.5"], r"noise_rate must lie in \[0, 1\)"),
+    (["data.noise_rate=0.4"], r"data.noise_rate 0.4 without data.noise flips no label; give the kind too"),
+    (["data.noise=symmetric"], r"data.noise symmetric at data.noise_rate 0 flips no label; give --noise-rate"),
     (["tad.split=global"], r"tad.split must be 'per-expert' or 'shared'"),
     (["distill.compile_mode=fastest"], r"distill.compile_mode must be one of default, reduce-overhead"),
     (["distill.init_consensus=0"], r"distill.init_consensus must lie in \(0, 1\]"),

@@ -64,6 +64,12 @@ class DataConfig:
                               f"{self.noise_seed}")
         if self.noise is not None and self.cifar_n is not None:
             raise ConfigError("give either data.noise (synthetic) or data.cifar_n (real noise), not both")
+        if self.noise is None and self.noise_rate > 0:
+            raise ConfigError(f"data.noise_rate {self.noise_rate} without data.noise flips no label; give the kind "
+                              f"too (--noise symmetric, asymmetric-cifar10 or asymmetric-cifar100)")
+        if self.noise is not None and self.noise_rate == 0:
+            raise ConfigError(f"data.noise {self.noise} at data.noise_rate 0 flips no label; give --noise-rate, or "
+                              "drop --noise to use the labels as loaded")
 
 
 @dataclass

@@ -356,10 +356,11 @@ def budget_sets(budget: str, rec: str, zca: bool, sets: Sequence[str] = ()) -> l
 def switch_sets(cell: Cell) -> list[str]:
     """The ``key=value`` settings that switch off the parts of TAD ``cell``'s arm leaves out (Table 3): Reg off =
     ``tad.reg_weight=0`` (plain CE), OL off = ``tad.outer_loop=false`` and the two asymmetric-noise remedies of
-    the division off, IL off = ``tad.inner_loop=false``; none for the noisy and tad arms; ``data.noise=null``
-    for the two-stage arms (their labels are the cleaned ones, :func:`_inputs`)."""
+    the division off, IL off = ``tad.inner_loop=false``; none for the noisy and tad arms; no synthetic noise
+    (``data.noise=null``, ``data.noise_rate=0``) for the two-stage arms (their labels are the cleaned ones,
+    :func:`_inputs`)."""
     if cell.arm in TWO_STAGE_ARMS:
-        return ["data.noise=null"]
+        return ["data.noise=null", "data.noise_rate=0"]
     if cell.arm in ("noisy", "tad"):
         return []
     reg, outer, inner = cell.parts
