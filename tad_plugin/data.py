@@ -284,6 +284,11 @@ def _load_arrays(path: Path) -> ImageDataset:
         names = tuple(str(n) for n in arrays["class_names"])
     else:  # classes 0 .. the largest label of either split (a class without training images is refused later)
         top = max([int(t.max()) for t in (train_labels, test_labels) if len(t)], default=-1)
+        if top >= len(train_labels):  # more classes than training images: some could never have one
+            split = "train" if len(train_labels) and int(train_labels.max()) == top else "test"
+            raise DatasetError(f"{path}: {split}_labels hold the label {top}, so {top + 1} classes for "
+                               f"{len(train_labels)} training images; a stray label? fix it, or give class_names "
+                               f"(one name per class)")
         names = tuple(str(c) for c in range(top + 1))
     return ImageDataset(path.stem, images("train"), train_labels, images("test"), test_labels, names)
 

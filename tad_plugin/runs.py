@@ -225,12 +225,16 @@ def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
     from .noise import corrupt_labels, noise_rate
 
     ds = load_dataset(cfg.dataset, root=cfg.root, download=cfg.download)
-    empty = [ds.class_names[c] for c in torch.nonzero(ds.class_counts() == 0).flatten().tolist()]
+    counts = ds.class_counts()
+    empty = torch.nonzero(counts == 0).flatten().tolist()
     if empty:
-        raise DatasetError(f"{ds.name}: class(es) {', '.join(map(repr, empty))} have no training images (of "
-                           f"{ds.num_classes} named classes); label noise would fill them with wrong labels only and "
-                           f"their distilled images could never be right: fix the labels / class_names, or drop those "
-                           f"classes from the dataset")
+        names = ", ".join(repr(ds.class_names[c]) for c in empty[:8]) + (
+            f" and {len(empty) - 8} more" if len(empty) > 8 else "")
+        top = int(ds.train_labels.max())
+        raise DatasetError(f"{ds.name}: class(es) {names} have no training images (of {ds.num_classes} named "
+                           f"classes; the largest training label, {top}, has {int(counts[top])} sample(s): a stray "
+                           f"label?); label noise would fill them with wrong labels only and their distilled images "
+                           f"could never be right: fix the labels / class_names, or drop those classes from the dataset")
     labels = corrupt_labels(ds.train_labels, cfg, ds.num_classes, name=ds.name)
     data = TrainingData(ds, labels, noise_rate(labels, ds.train_labels))
     if out is not None:

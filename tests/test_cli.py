@@ -128,8 +128,29 @@ def test_a_class_without_training_images_is_refused_before_noise_fills_it(tmp_pa
     argv = ["run", "--dataset", str(tmp_path / "no3.npz"), "--noise", "symmetric", "--noise-rate", "0.4",
             "--out", str(tmp_path / "run")]
     assert main(argv) == 2
-    assert "class(es) '3' have no training images (of 10 named classes)" in capsys.readouterr().err
+    assert "class(es) '3' have no training images (of 10 named classes; the largest training label, 9, has" \
+        in capsys.readouterr().err
     assert not (tmp_path / "run" / "labels.pt").exists()
+
+
+@pytest.mark.parametrize("stray, message", [
+    (12, "class(es) '10', '11' have no training images (of 13 named classes; the largest training label, 12, has "
+         "1 sample(s): a stray label?)"),
+    (10 ** 8, "train_labels hold the label 100000000, so 100000001 classes for 1293 training images; a stray label?"),
+])
+def test_a_stray_label_is_named_and_refused_quickly(tmp_path, capsys, stray, message):
+    # a huge one once made 10^8 class names and an error listing each of them
+    import numpy as np
+
+    from tad_plugin.data import load_dataset
+
+    ds = load_dataset("digits")
+    labels = ds.train_labels.numpy().copy()
+    labels[0] = stray
+    np.savez(tmp_path / "stray.npz", train_images=ds.train_images.permute(0, 2, 3, 1).numpy(), train_labels=labels,
+             test_images=ds.test_images.permute(0, 2, 3, 1).numpy(), test_labels=ds.test_labels.numpy())
+    assert main(["run", "--dataset", str(tmp_path / "stray.npz"), "--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_help_lists_commands(capsys):
