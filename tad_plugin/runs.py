@@ -234,7 +234,8 @@ def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
         raise DatasetError(f"{ds.name}: class(es) {names} have no training images (of {ds.num_classes} named "
                            f"classes; the largest training label, {top}, has {int(counts[top])} sample(s): a stray "
                            f"label?); label noise would fill them with wrong labels only and their distilled images "
-                           f"could never be right: fix the labels / class_names, or drop those classes from the dataset")
+                           f"could never be right: fix the labels / class_names, or drop those classes from the "
+                           f"dataset")
     labels = corrupt_labels(ds.train_labels, cfg, ds.num_classes, name=ds.name)
     data = TrainingData(ds, labels, noise_rate(labels, ds.train_labels))
     if out is not None:
