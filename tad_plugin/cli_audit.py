@@ -162,6 +162,11 @@ def audit(cfg: Any, *, detector: str = "tad", buffer: str | Path | None = None, 
     out = run_folder(cfg.out)
     pipe = method_adapter(cfg.method)[0](cfg, progress=progress)
     data = prepare_data(cfg.data)
+    if detector == "cleanlab":
+        smallest = int(torch.bincount(data.labels, minlength=data.dataset.num_classes).min())
+        if not 2 <= folds <= smallest:
+            raise ConfigError(f"--folds {folds}: the cross-validation needs 2 to {smallest} folds (the smallest class "
+                              f"holds {smallest} samples under the given labels)")
     reuse = check_run(pipe, data, out, Path(buffer) if buffer else None) if detector == "tad" else None
     out.mkdir(parents=True, exist_ok=True)  # every check passed: start writing
     save_labels(data, out)

@@ -111,6 +111,19 @@ class ImageDataset:
         return torch.bincount(self.train_labels, minlength=self.num_classes)
 
 
+def check_images_vary(dataset: ImageDataset) -> None:
+    """Raise :class:`DatasetError` naming the channel when one channel of ``dataset``'s training images holds a
+    single value (blank images, or a wrong conversion): it cannot be normalised, and a run would stop only after
+    its folder is written."""
+    images = dataset.train_images
+    lo, hi = images.amin(dim=(0, 2, 3)), images.amax(dim=(0, 2, 3))
+    same = torch.nonzero(lo == hi).flatten().tolist()
+    if same:
+        c = same[0]
+        raise DatasetError(f"{dataset.name}: channel {c} of the training images is constant (every value "
+                           f"{int(lo[c])}); the images are blank or wrongly converted: check the file")
+
+
 def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and (population) std of uint8 images [N, C, H, W] / 255: float32 [C] each, CPU.
 

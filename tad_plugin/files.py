@@ -14,7 +14,45 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_torch_save", "atomic_write_json", "torch_load"]
+from .errors import TADError
+
+__all__ = ["atomic_write", "atomic_torch_save", "atomic_write_json", "torch_load", "OutputPathError", "output_file",
+           "output_folder"]
+
+
+class OutputPathError(TADError, ValueError):
+    """An output path that cannot be written: a folder where a file is wanted, or a file where a folder is."""
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` that is not a folder (nothing can be created under it), or None."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def output_file(path: str | os.PathLike[str], option: str) -> Path:
+    """``path`` as the file an option (e.g. ``"--out"``) names, checked before any work: not a folder and not under
+    a file. Raises :class:`OutputPathError` naming the option and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{option} {path} is a folder; give the path of the file to write (it may lie in "
+                              f"that folder)")
+    if (blocker := _file_above(path)) is not None:
+        raise OutputPathError(f"{option} {path}: {blocker} is a file, not a folder; give a path under a folder")
+    return path
+
+
+def output_folder(path: str | os.PathLike[str], option: str) -> Path:
+    """``path`` as the folder an option (e.g. ``"--to"``) names, checked before any work: not a file and not under a
+    file. Raises :class:`OutputPathError` naming the option and the fix."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{option} {path} is a file, not a folder; name a new folder or an existing one")
+    if (blocker := _file_above(path)) is not None:
+        raise OutputPathError(f"{option} {path}: {blocker} is a file, not a folder; give a path under a folder")
+    return path
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
@@ -111,9 +149,12 @@ def torch_load(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bo
 
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except (pickle.UnpicklingError, RuntimeError) as exc:
+    except OSError:
+        raise
+    except Exception as exc:  # an empty or foreign file fails as EOFError, KeyError, ... with no useful text
         if Path(path).is_file() and not zipfile.is_zipfile(path):
-            raise ValueError("not a torch file (no zip archive: a truncated copy, or another format)") from exc
+            what = "empty" if Path(path).stat().st_size == 0 else "no zip archive: a truncated copy, or another format"
+            raise ValueError(f"not a torch file ({what})") from exc
         if isinstance(exc, pickle.UnpicklingError):
             raise ValueError("it holds objects other than tensors, numbers, strings, lists and dicts, which a safe "
                              "load refuses (not a file written by this library)") from exc

@@ -28,7 +28,7 @@ from typing import IO, Any
 import numpy as np
 
 from .data import DatasetError, ImageDataset, decode_images, list_image_folder, load_dataset, save_arrays
-from .files import atomic_write, atomic_write_json
+from .files import atomic_write, atomic_write_json, output_file, output_folder
 
 __all__ = ["pack_image_folder", "unpack", "add_subcommand", "FORMAT", "DEFAULT_PART_MIB"]
 
@@ -62,7 +62,7 @@ def pack_image_folder(source: str | os.PathLike[str], out_dir: str | os.PathLike
 
     if part_mib <= 0:
         raise ValueError(f"part_mib must be > 0, got {part_mib}")
-    source, out_dir = Path(source), Path(out_dir)
+    source, out_dir = Path(source), output_folder(out_dir, "the output folder")
     if not source.is_dir():
         raise DatasetError(f"{source} is not a directory; pack takes an ImageFolder directory such as "
                            f"tiny-imagenet-200/")
@@ -136,6 +136,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise DatasetError(f"cannot read manifest {path}: {exc}; copy it again from the packing machine") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DatasetError(f"{path} is not a manifest of `tad data pack` (format {FORMAT!r})")
+    fields = {"name": str, "bytes": int, "sha256": str, "parts": list}
+    part_fields = {"file": str, "bytes": int, "sha256": str}
+    bad = [k for k, t in fields.items() if not isinstance(manifest.get(k), t) or isinstance(manifest.get(k), bool)]
+    bad += [f"parts[{i}].{k}" for i, part in enumerate(manifest.get("parts") or []) for k, t in part_fields.items()
+            if not isinstance(part, dict) or not isinstance(part.get(k), t) or isinstance(part.get(k), bool)]
+    if bad or not manifest["parts"]:
+        raise DatasetError(f"{path}: {', '.join(bad[:4]) or 'parts'} missing or of the wrong type (an edited or "
+                           f"damaged manifest); copy it again from the packing machine")
     return manifest
 
 
@@ -164,7 +172,7 @@ def unpack(manifest_path: str | os.PathLike[str], out: str | os.PathLike[str], e
     """
     from tqdm import tqdm
 
-    manifest_path, out = Path(manifest_path), Path(out)
+    manifest_path, out = Path(manifest_path), output_file(out, "the output")
     if out.suffix != ".npz":
         raise ValueError(f"the output must be a .npz file (load_dataset knows arrays files by it), got {out}")
     manifest = _read_manifest(manifest_path)

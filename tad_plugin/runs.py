@@ -221,10 +221,11 @@ def prepare_data(cfg: DataConfig, out: Path | None = None) -> TrainingData:
     Raises:
         DatasetError / ValueError / FileNotFoundError: with the problem and the fix.
     """
-    from .data import DatasetError, load_dataset
+    from .data import DatasetError, check_images_vary, load_dataset
     from .noise import corrupt_labels, noise_rate
 
     ds = load_dataset(cfg.dataset, root=cfg.root, download=cfg.download)
+    check_images_vary(ds)
     counts = ds.class_counts()
     empty = torch.nonzero(counts == 0).flatten().tolist()
     if empty:
@@ -753,8 +754,9 @@ def _print_table(rows: list[dict[str, Any]], data: TrainingData, wall: float) ->
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .engine.trajectories import TrajectoryStore
+    from .files import output_folder
 
-    paths = TrajectoryStore.open(args.buffer).export_upstream(args.to, per_file=args.per_file)
+    paths = TrajectoryStore.open(args.buffer).export_upstream(output_folder(args.to, "--to"), per_file=args.per_file)
     print(f"wrote {len(paths)} file(s): {', '.join(str(p) for p in paths)}")
     return 0
 

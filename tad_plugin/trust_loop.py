@@ -123,6 +123,23 @@ class Schedule:
         since = epoch - self.anchor_epoch
         return self.inner_loop and self.divides(epoch) and since >= 0 and since % self.recalibrate_every == 0
 
+    def __post_init__(self) -> None:
+        counts = {"warmup_epochs": 0, "anchor_epoch": 0, "recompute_every": 1, "recalibrate_every": 1,
+                  "loss_average": 1}
+        for name, least in counts.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"Schedule.{name} must be an integer >= {least}, got {value!r}")
+        if self.split not in ("per-expert", "shared"):
+            raise ValueError(f"Schedule.split must be 'per-expert' or 'shared', got {self.split!r}")
+        if self.inner_loop and not self.outer_loop:
+            raise ValueError("Schedule.inner_loop needs outer_loop (it recalibrates the samples a division leaves "
+                             "out): set inner_loop=False too, or outer_loop=True")
+        if not (isinstance(self.warmup_confidence_penalty, (int, float)) and self.warmup_confidence_penalty >= 0
+                and self.warmup_confidence_penalty != float("inf")):
+            raise ValueError(f"Schedule.warmup_confidence_penalty must be a finite number >= 0 (0 = off), got "
+                             f"{self.warmup_confidence_penalty!r}")
+
     def penalty(self, epoch: int) -> float:
         """The confidence penalty's weight in ``epoch``: ``warmup_confidence_penalty`` in the warm-up, else 0."""
         return self.warmup_confidence_penalty if epoch < self.warmup_epochs else 0.0
@@ -244,7 +261,13 @@ def mean_losses(losses: LossPass, count: int) -> tuple[torch.Tensor, torch.Tenso
     parameters first, then from the oldest on), with the current parameters' predictions (or None)."""
     def ask(back: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         got = losses(back)
-        return got if isinstance(got, tuple) else (got, None)
+        got = got if isinstance(got, tuple) else (got, None)
+        if not isinstance(got[0], torch.Tensor) or not got[0].is_floating_point():
+            kind = f"{got[0].dtype} tensor" if isinstance(got[0], torch.Tensor) else type(got[0]).__name__
+            raise TrustLoopError(f"the loss pass must return per-sample losses as a float torch.Tensor [E, N] (or "
+                                 f"[N] for one expert), got {kind}; convert with torch.as_tensor(..., "
+                                 f"dtype=torch.float32)")
+        return got
 
     if count < 1:
         raise ValueError(f"mean_losses needs at least one parameter snapshot, got count={count}")

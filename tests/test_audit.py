@@ -112,6 +112,16 @@ def test_bad_label_files_exit_with_a_clear_message(tmp_path, capsys, extra, mess
     assert err.startswith("tad audit: error:") and message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("folds", ["1", "500"])
+def test_fold_counts_that_cannot_work_are_refused_before_anything_is_written(tmp_path, capsys, folds):
+    # 500 folds once trained hundreds of fold models and then failed; 1 was refused after the labels were written
+    code = main(["audit", *QUICK, "--detector", "cleanlab", "--folds", folds, "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--folds {folds}: the cross-validation needs 2 to " in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_buffer_of_other_labels_or_without_tad_is_refused(quick_audit, tmp_path, capsys):
     code = main(["audit", *QUICK, "--noise-rate", "0.2", "--buffer", str(quick_audit / "buffer"), "--out",
                  str(tmp_path)])

@@ -73,7 +73,10 @@ def test_rerun_resumes_finished_stages(quick_demo):
     assert record["stages"]["buffer"]["experts"] == 2
 
 
-def test_export_command(quick_demo, tmp_path):
+def test_export_command(quick_demo, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("")
+    assert main(["export", "--buffer", str(quick_demo / "tad" / "buffer"), "--to", str(tmp_path / "notes.txt")]) == 2
+    assert "--to " in capsys.readouterr().err and not list(tmp_path.glob("replay_buffer_*"))
     assert main(["export", "--buffer", str(quick_demo / "tad" / "buffer"), "--to", str(tmp_path)]) == 0
     buf = torch.load(tmp_path / "replay_buffer_0.pt", weights_only=True)
     assert len(buf) == 2 and len(buf[0]) == 6 and isinstance(buf[0][0], list)
@@ -131,6 +134,25 @@ def test_a_class_without_training_images_is_refused_before_noise_fills_it(tmp_pa
     assert "class(es) '3' have no training images (of 10 named classes; the largest training label, 9, has" \
         in capsys.readouterr().err
     assert not (tmp_path / "run" / "labels.pt").exists()
+
+
+def test_blank_images_are_refused_before_a_run_folder_is_written(tmp_path, capsys):
+    import numpy as np
+
+    from tad_plugin.data import load_dataset
+
+    ds = load_dataset("digits")
+    train = np.repeat(ds.train_images.permute(0, 2, 3, 1).numpy(), 3, axis=3)  # as RGB
+    train[..., 1] = 0  # a wrongly converted file: its green channel empty
+    np.savez(tmp_path / "blank.npz", train_images=train, train_labels=ds.train_labels.numpy(),
+             test_images=np.repeat(ds.test_images.permute(0, 2, 3, 1).numpy(), 3, axis=3),
+             test_labels=ds.test_labels.numpy())
+    for argv in (["run", "--out", str(tmp_path / "run")],
+                 ["features", "train", "--out", str(tmp_path / "run" / "x.pt")]):
+        assert main([*argv, "--dataset", str(tmp_path / "blank.npz")]) == 2
+        err = capsys.readouterr().err
+        assert "blank: channel 1 of the training images is constant (every value 0); the images are blank" in err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("stray, message", [

@@ -147,6 +147,34 @@ def test_unknown_optimizer_is_refused(capsys):
     assert "invalid choice: 'adam'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"hidden_dim": 0}, r"hidden_dim and out_dim must be >= 1, got 0 and 16"),
+    ({"out_dim": 0}, r"hidden_dim and out_dim must be >= 1, got 64 and 0"),
+    ({"checkpoint_every": 0}, r"checkpoint_every >= 1"),
+    ({"eval_every": -1}, r"eval_every >= 0 \(0: at the end\)"),
+])
+def test_sizes_and_intervals_that_cannot_work_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**changes)
+
+
+def test_an_output_path_or_device_that_cannot_work_is_refused_before_training(tmp_path, capsys):
+    # --out naming a folder once trained the whole run, then failed writing and left a state file behind
+    from tad_plugin.cli import main as tad
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    for argv, message in ((["--out", str(tmp_path)], f"--out {tmp_path} is a folder; give the path of the file"),
+                          (["--out", str(a_file / "x.pt")], "notes.txt is a file, not a folder"),
+                          (["--out", str(tmp_path / "x.pt"), "--json", str(tmp_path)], f"--json {tmp_path} is a "
+                                                                                       "folder"),
+                          (["--device", "gpu"], "device 'gpu'")):
+        assert tad(["features", "train", "--dataset", "digits", "--epochs", "1", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_cli_train_then_embed(tiny, tmp_path, capsys):
     data = tmp_path / "tiny.npz"
     save_arrays(tiny, data)

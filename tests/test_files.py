@@ -40,9 +40,13 @@ def test_torch_load_says_what_is_wrong_with_the_file(tmp_path):
     whole = good.read_bytes()
     (tmp_path / "truncated.pt").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    for name in ("truncated.pt", "text.pt"):
+    (tmp_path / "hello.pt").write_text("hello\n")  # torch.load: KeyError: 101
+    (tmp_path / "empty.pt").write_bytes(b"")  # torch.load: EOFError with no text
+    for name in ("truncated.pt", "text.pt", "hello.pt"):
         with pytest.raises(ValueError, match=r"not a torch file \(no zip archive"):
             torch_load(tmp_path / name)
+    with pytest.raises(ValueError, match=r"not a torch file \(empty\)"):
+        torch_load(tmp_path / "empty.pt")
     torch.save({"x": _NotOurs()}, tmp_path / "objects.pt")
     with pytest.raises(ValueError, match="objects other than tensors.*not a file written by this library"):
         torch_load(tmp_path / "objects.pt")

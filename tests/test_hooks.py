@@ -265,6 +265,38 @@ def test_a_trust_loop_refuses_labels_it_would_misuse(labels, error, message):
         TrustLoop(TADHooks(), Schedule(), labels, num_classes=3)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"split": "Shared"}, r"Schedule.split must be 'per-expert' or 'shared', got 'Shared'"),
+    ({"outer_loop": False}, r"Schedule.inner_loop needs outer_loop"),
+    ({"recompute_every": 0}, r"Schedule.recompute_every must be an integer >= 1, got 0"),
+    ({"warmup_epochs": -1}, r"Schedule.warmup_epochs must be an integer >= 0, got -1"),
+    ({"loss_average": 1.5}, r"Schedule.loss_average must be an integer >= 1, got 1.5"),
+    ({"warmup_confidence_penalty": -1.0}, r"warmup_confidence_penalty must be a finite number >= 0"),
+    ({"warmup_confidence_penalty": float("nan")}, r"warmup_confidence_penalty must be a finite number >= 0"),
+])
+def test_a_schedule_refuses_values_it_would_misread(kwargs, message):
+    # a typo in split once ran per-expert, IL without OL never divided, recompute_every=0 divided by zero later
+    from tad_plugin import Schedule
+
+    with pytest.raises(ValueError, match=message):
+        Schedule(**kwargs)
+    assert Schedule.off().outer_loop is False and Schedule(outer_loop=False, inner_loop=False).divides(5) is False
+
+
+@pytest.mark.parametrize("returned, message", [
+    (lambda n: (torch.rand(n)).numpy(), r"float torch.Tensor \[E, N\] \(or \[N\] for one expert\), got ndarray"),
+    (lambda n: list(range(n)), r"got list"),
+    (lambda n: torch.arange(n), r"got torch.int64 tensor"),
+])
+def test_a_loss_pass_of_the_wrong_type_is_named(returned, message):
+    from tad_plugin import Schedule, TrustLoop
+    from tad_plugin.trust_loop import TrustLoopError
+
+    loop = TrustLoop(TADHooks(), Schedule(warmup_epochs=0), torch.arange(12) % 3, num_classes=3)
+    with pytest.raises(TrustLoopError, match=message):
+        loop.before_epoch(0, lambda back: returned(12))
+
+
 def test_chunk_anchors_refuse_what_they_would_misread():
     from tad_plugin.trust_loop import class_chunk_anchors
 

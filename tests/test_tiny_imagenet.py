@@ -159,6 +159,26 @@ def test_a_missing_truncated_or_altered_part_is_named(tree, tmp_path):
         unpack(tmp_path / "nothing.parts.json", out, progress=False)
 
 
+def test_an_edited_manifest_or_an_output_path_under_a_file_is_named_before_any_work(tree, tmp_path):
+    manifest = pack_image_folder(tree, tmp_path / "parts", part_mib=1500 / 2**20, progress=False)
+    good = json.loads(manifest.read_text())
+    for edit, named in ((lambda m: m["parts"][0].pop("file"), r"parts\[0\].file"),
+                        (lambda m: m.pop("parts"), "parts"),
+                        (lambda m: m["parts"][1].update(bytes=str(m["parts"][1]["bytes"])), r"parts\[1\].bytes")):
+        m = json.loads(json.dumps(good))
+        edit(m)
+        manifest.write_text(json.dumps(m))
+        with pytest.raises(DatasetError, match=f"{named}.* missing or of the wrong type .*copy it again"):
+            unpack(manifest, tmp_path / "x.npz", progress=False)
+    manifest.write_text(json.dumps(good))
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    with pytest.raises(ValueError, match=r"notes.txt is a file, not a folder; give a path under a folder"):
+        unpack(manifest, a_file / "x.npz", progress=False)
+    with pytest.raises(ValueError, match="the output folder .*notes.txt is a file, not a folder"):
+        pack_image_folder(tree, a_file, progress=False)
+
+
 def test_tad_data_pack_and_unpack_commands(tree, tmp_path, capsys):
     assert main(["data", "pack", str(tree), str(tmp_path / "p"), "--part-mib", "0.002", "--no-progress"]) == 0
     assert "9 train and 4 test images of 3 classes" in capsys.readouterr().out

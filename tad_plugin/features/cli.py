@@ -100,9 +100,10 @@ def _dataset_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _device(name: str | None) -> str:
-    import torch
+    """``--device`` checked (a device torch knows and this machine has); None = CUDA when available, else the CPU."""
+    from ..engine.distributed import resolve_device
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    return str(resolve_device(name))
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -111,14 +112,17 @@ def train_command(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..data import load_dataset
-    from ..files import atomic_write_json
+    from ..data import check_images_vary, load_dataset
+    from ..files import atomic_write_json, output_file
     from .augment import AugmentConfig
     from .extractor import default_extractor_path
     from .train import TrainConfig, train_simclr
 
+    out = output_file(args.out or default_extractor_path(args.dataset), "--out")
+    json_path = output_file(args.json or out.with_suffix(".json"), "--json")
     device = _device(args.device)
     dataset = load_dataset(args.dataset, root=args.root, download=args.download)
+    check_images_vary(dataset)
     config = TrainConfig(
         epochs=args.epochs, time_budget=args.time_budget, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, temperature=args.temperature, weight_decay=args.weight_decay, lars_eta=args.lars_eta,
@@ -128,7 +132,6 @@ def train_command(args: argparse.Namespace) -> int:
         augment=dataclasses.replace(AugmentConfig(), crop_scale=(args.crop_min_scale, 1.0)),
         image_size=args.image_size,
     )
-    out = args.out or default_extractor_path(args.dataset)
     args.kept = lambda: kept_state_text(out)  # what a Ctrl-C says (tad_plugin.cli.main)
     result = train_simclr(dataset, config, device, checkpoint=out, resume=args.resume,
                           progress=not args.no_progress)
@@ -138,7 +141,6 @@ def train_command(args: argparse.Namespace) -> int:
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "torch": str(torch.__version__), "command": " ".join(sys.argv),
     }
-    json_path = args.json or out.with_suffix(".json")
     atomic_write_json(record, json_path)
     print(f"wrote {out} and {json_path}: " + ", ".join(f"kNN@{k} {100 * v:.2f}%" for k, v in result.knn.items())
           + f" after {result.epochs} epochs, {result.seconds:.0f} s")

@@ -121,6 +121,12 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.lars_eta <= 0:
             raise ValueError(f"lars_eta must be > 0, got {self.lars_eta}")
+        if self.hidden_dim < 1 or self.out_dim < 1:
+            raise ValueError(f"the projection head's hidden_dim and out_dim must be >= 1, got {self.hidden_dim} and "
+                             f"{self.out_dim}")
+        if self.warmup_epochs < 0 or self.eval_every < 0 or self.checkpoint_every < 1:
+            raise ValueError(f"need warmup_epochs >= 0, eval_every >= 0 (0: at the end) and checkpoint_every >= 1, "
+                             f"got {self.warmup_epochs}, {self.eval_every} and {self.checkpoint_every}")
 
     @property
     def base_lr(self) -> float:
