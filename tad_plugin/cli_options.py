@@ -35,9 +35,10 @@ def add_settings_options(p: argparse.ArgumentParser, base: dict[str, Any] | None
 
     g.add_argument("--method", choices=methods(), help=f"the distiller (default {RunConfig().method}; its upstream "
                    "defaults underlie everything else)")
-    g.add_argument("--dataset", help="digits, cifar10, cifar100, an ImageFolder directory or a .npz file "
-                   f"(default {data.dataset})")
-    g.add_argument("--data-root", help="folder with torchvision's CIFAR files")
+    g.add_argument("--dataset", help="digits, cifar10, cifar100, tinyimagenet, an ImageFolder directory or a .npz "
+                   f"file (default {data.dataset})")
+    g.add_argument("--data-root", help="where named datasets live: torchvision's CIFAR files, tinyimagenet.npz or "
+                   "tiny-imagenet-200/ (default $TAD_PLUGIN_DATA, else ~/.cache/tad_plugin/data)")
     g.add_argument("--download", action="store_const", const=True, help="let torchvision download CIFAR")
     g.add_argument("--noise", choices=["symmetric", "asymmetric-cifar10", "asymmetric-cifar100"],
                    help="synthetic label noise (default: none, the labels as loaded)")

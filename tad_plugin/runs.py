@@ -125,6 +125,12 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
             leaf = leaf.setdefault(part, {})
         leaf[parts[-1]] = value
         out = merge(out, node)
+    data = out.get("data", {})
+    if "cifar_n" in data and "noise" not in data:  # the labels named here replace a --config's synthetic noise
+        data["noise"] = None
+        data.setdefault("noise_rate", 0.0)
+    elif "noise" in data and "cifar_n" not in data:  # and synthetic noise named here a --config's label file
+        data["cifar_n"] = None
     return out
 
 

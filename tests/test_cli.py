@@ -198,7 +198,7 @@ def test_prepare_data_asymmetric_cifar100_flips_within_superclasses(tmp_path):
     from tad_plugin.noise import CIFAR100_COARSE
 
     y = torch.arange(100).repeat(10)
-    x = torch.zeros(len(y), 1, 4, 4, dtype=torch.uint8)
+    x = torch.randint(0, 256, (len(y), 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     save_arrays(ImageDataset("c100", x, y, x[:100], y[:100], tuple(map(str, range(100)))), tmp_path / "c100.npz")
     data = prepare_data(DataConfig(dataset=str(tmp_path / "c100.npz"), noise="asymmetric-cifar100", noise_rate=0.4),
                         out=tmp_path)

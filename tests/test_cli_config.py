@@ -159,3 +159,24 @@ def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
     with pytest.raises(ConfigError) as info:
         build_config(yaml_path=bad)
     assert "\n" not in str(info.value) and "at line 3, column 1; fix that line" in str(info.value)
+
+
+def test_the_label_source_named_on_the_command_line_replaces_the_config_files(tmp_path):
+    from tad_plugin.cli import build_parser, config_from_args
+
+    noisy = tmp_path / "noisy.yaml"
+    noisy.write_text("data: {noise: symmetric, noise_rate: 0.4}\n")
+    labelled = tmp_path / "labelled.yaml"
+    labelled.write_text("data: {cifar_n: a.npz, label_set: given_label}\n")
+
+    def data(*argv):
+        return config_from_args(build_parser().parse_args(["run", *argv])).data
+
+    got = data("--config", str(noisy), "--cifar-n", "b.npz", "--label-set", "cleaned_label")
+    assert (got.noise, got.noise_rate, got.cifar_n, got.label_set) == (None, 0.0, "b.npz", "cleaned_label")
+    got = data("--config", str(labelled), "--noise", "symmetric", "--noise-rate", "0.2")
+    assert (got.noise, got.noise_rate, got.cifar_n) == ("symmetric", 0.2, None)
+    with pytest.raises(ConfigError, match="data.noise_rate 0.3 without data.noise"):
+        data("--config", str(noisy), "--cifar-n", "b.npz", "--noise-rate", "0.3")
+    with pytest.raises(ConfigError, match="give either data.noise .* or data.cifar_n"):
+        data("--cifar-n", "b.npz", "--noise", "symmetric", "--noise-rate", "0.3")

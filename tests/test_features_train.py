@@ -150,7 +150,7 @@ def test_unknown_optimizer_is_refused(capsys):
 @pytest.mark.parametrize("changes, message", [
     ({"hidden_dim": 0}, r"hidden_dim and out_dim must be >= 1, got 0 and 16"),
     ({"out_dim": 0}, r"hidden_dim and out_dim must be >= 1, got 64 and 0"),
-    ({"checkpoint_every": 0}, r"checkpoint_every >= 1"),
+    ({"checkpoint_every": -1}, r"checkpoint_every >= 0"),
     ({"eval_every": -1}, r"eval_every >= 0 \(0: at the end\)"),
 ])
 def test_sizes_and_intervals_that_cannot_work_are_refused(changes, message):

@@ -92,7 +92,7 @@ def kept_state_text(out: Path) -> str:
 
 def _dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True,
-                        help="digits, cifar10, cifar100, an ImageFolder directory or a .npz arrays file")
+                        help="digits, cifar10, cifar100, tinyimagenet, an ImageFolder directory or a .npz arrays file")
     parser.add_argument("--data-root", "--root", dest="root", default=None,
                         help="where named datasets live, as for tad run (default $TAD_PLUGIN_DATA, else "
                              "~/.cache/tad_plugin/data)")

@@ -74,7 +74,7 @@ class TrainConfig:
         hidden_dim, out_dim: projection head widths (512 -> hidden_dim -> out_dim).
         eval_every: run the kNN evaluation every this many epochs (and after the last one); 0: last only.
         knn_ks: neighbour counts of the kNN evaluation.
-        checkpoint_every: write the resumable training state every this many epochs (and at the end).
+        checkpoint_every: write the resumable training state every this many epochs (and at the end; 0 = every epoch).
         seed: seeds torch's generators (CPU and CUDA).
         amp: bfloat16 autocast on CUDA.
         compile: ``torch.compile`` the model and the augmentation's pixel operations
@@ -124,8 +124,8 @@ class TrainConfig:
         if self.hidden_dim < 1 or self.out_dim < 1:
             raise ValueError(f"the projection head's hidden_dim and out_dim must be >= 1, got {self.hidden_dim} and "
                              f"{self.out_dim}")
-        if self.warmup_epochs < 0 or self.eval_every < 0 or self.checkpoint_every < 1:
-            raise ValueError(f"need warmup_epochs >= 0, eval_every >= 0 (0: at the end) and checkpoint_every >= 1, "
+        if self.warmup_epochs < 0 or self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ValueError(f"need warmup_epochs >= 0, eval_every >= 0 (0: at the end) and checkpoint_every >= 0, "
                              f"got {self.warmup_epochs}, {self.eval_every} and {self.checkpoint_every}")
 
     @property
