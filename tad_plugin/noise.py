@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import numbers
 import os
 import pickle
 import zipfile
@@ -78,14 +79,17 @@ def make_noisy_labels(labels: torch.Tensor, kind: str, rate: float, *, num_class
             (e.g. CIFAR-100's official ``train_coarse`` labels).
     """
     labels = torch.as_tensor(labels)
+    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool):
+        raise TypeError(f"num_classes must be an integer, got {num_classes!r}")
     check_labels(labels, num_classes)
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"noise rate must lie in [0, 1], got {rate}")
+    if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"noise rate must be a number in [0, 1], got {rate!r}")
     if kind not in NOISE_KINDS:
         raise ValueError(f"unknown noise kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"the noise seed must be an integer >= 0 (NumPy's generator takes no negative seed), got "
                          f"{seed!r}")
+    num_classes, seed = int(num_classes), int(seed)
     y = labels.cpu().numpy().copy()
     rng = np.random.default_rng(seed)
     if kind == "symmetric":
@@ -119,6 +123,8 @@ def _next_in_superclass(labels: torch.Tensor, coarse_labels: torch.Tensor | None
         raise ValueError("asymmetric-cifar100 noise needs coarse_labels (the super-class of every sample, e.g. "
                          "CIFAR-100's official train_coarse labels)")
     coarse = torch.as_tensor(coarse_labels).cpu()
+    if coarse.is_floating_point() or coarse.is_complex() or coarse.dtype == torch.bool:
+        raise ValueError(f"coarse_labels must hold integer super-class ids, got {coarse.dtype}")
     if coarse.shape != labels.shape:
         raise ValueError(f"coarse_labels {tuple(coarse.shape)} must align with labels {tuple(labels.shape)}")
     groups: dict[int, set[int]] = {}
@@ -128,6 +134,11 @@ def _next_in_superclass(labels: torch.Tensor, coarse_labels: torch.Tensor | None
             raise ValueError(f"class {f} appears in super-classes {fine_to_coarse[f]} and {c}; coarse_labels must "
                              f"map every class to exactly one super-class")
         groups.setdefault(c, set()).add(f)
+    single = [c for c, members in groups.items() if len(members) < 2]
+    if single:
+        raise ValueError(f"coarse_labels put {len(single)} super-class(es) over a single class (e.g. {single[0]}), "
+                         f"where asymmetric noise would flip nothing; give super-classes of >= 2 classes each "
+                         f"(CIFAR-100: 20 of 5)")
     mapping = {}
     for members in groups.values():
         ordered = sorted(members)

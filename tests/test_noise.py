@@ -50,6 +50,12 @@ def test_asymmetric_cifar100_next_class_within_superclass():
         assert set(noisy[members & (noisy != c)].tolist()) == {expected}
     with pytest.raises(ValueError, match="coarse_labels"):
         make_noisy_labels(fine, "asymmetric-cifar100", 0.2, num_classes=100, seed=1)
+    # every class its own super-class once flipped nothing in silence; float ids were read as one super-class
+    with pytest.raises(ValueError, match=r"100 super-class\(es\) over a single class .* would flip nothing"):
+        make_noisy_labels(fine, "asymmetric-cifar100", 0.2, num_classes=100, seed=1, coarse_labels=fine)
+    with pytest.raises(ValueError, match="coarse_labels must hold integer super-class ids, got torch.float32"):
+        make_noisy_labels(fine, "asymmetric-cifar100", 0.2, num_classes=100, seed=1,
+                          coarse_labels=torch.zeros(len(fine)))
 
 
 def test_bad_arguments():
@@ -61,6 +67,13 @@ def test_bad_arguments():
         make_noisy_labels(CLEAN10, "symmetric", 0.2, num_classes=5, seed=0)
     with pytest.raises(ValueError, match="the noise seed must be an integer >= 0"):
         make_noisy_labels(CLEAN10, "symmetric", 0.2, num_classes=10, seed=-1)
+    for rate in ("0.4", None):
+        with pytest.raises(ValueError, match="noise rate must be a number in"):
+            make_noisy_labels(CLEAN10, "symmetric", rate, num_classes=10, seed=0)
+    with pytest.raises(TypeError, match="num_classes must be an integer, got 10.0"):
+        make_noisy_labels(CLEAN10, "symmetric", 0.2, num_classes=10.0, seed=0)
+    assert torch.equal(make_noisy_labels(CLEAN10, "symmetric", 0.2, num_classes=np.int64(10), seed=np.int64(3)),
+                       make_noisy_labels(CLEAN10, "symmetric", 0.2, num_classes=10, seed=3))  # NumPy integers
 
 
 def test_load_cifar_n_npz_and_pt(tmp_path):

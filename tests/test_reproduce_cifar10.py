@@ -45,6 +45,25 @@ def test_tad_reproduce_writes_the_queue_under_its_results_folder(tmp_path, monke
     assert "give --list, --cell CELL, --audit-only LABEL_SET, --queue or --page" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--jobs", "0"], "argument --jobs: '0': give the number of jobs at once per GPU, >= 1"),
+    (["--seeds", "a,b"], "argument --seeds: 'a,b': give distinct training seeds >= 0, comma-separated"),
+    (["--seeds", "1,1"], "argument --seeds: '1,1': give distinct training seeds"),
+    (["--set", "bufer.epochs=3"], "unknown config key 'bufer'"),
+    (["--set", "buffer.epochs=x"], "buffer.epochs must be int, got 'x'"),
+])
+def test_runner_options_that_cannot_work_are_refused_before_any_cell(tmp_path, monkeypatch, capsys, argv, message):
+    # --jobs 0 once listed "0 at a time" and failed in the scheduler; a misspelt --set key reached every cell
+    from tad_plugin.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(["reproduce", "--list", "--cell", "mtt-ipc1-sym20-noisy", *argv])
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    assert code == 2 and message in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
 def test_the_script_reads_the_checkouts_results_from_any_folder(tmp_path):
     script = RESULTS_ROOT.parent / "reproduction" / "reproduce_cifar10.py"
     listed = subprocess.run([sys.executable, str(script), "--list"], cwd=tmp_path, capture_output=True, text=True,

@@ -93,6 +93,21 @@ from .running import job_lines, plan, recorded_time, run_cells
 from .tables import page
 
 
+def _jobs(text: str) -> int:
+    """``--jobs``: a whole number >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the number of jobs at once per GPU, >= 1")
+    return int(text)
+
+
+def _seeds(text: str) -> list[int]:
+    """``--seeds``: comma-separated whole numbers >= 0, each once."""
+    parts = text.split(",")
+    if not all(p.strip().isdigit() for p in parts) or len(set(map(int, parts))) != len(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct training seeds >= 0, comma-separated, e.g. 0,1,2")
+    return [int(p) for p in parts]
+
+
 def add_options(p: argparse.ArgumentParser) -> None:
     """The runner's options on ``p`` (the script's parser and ``tad reproduce``)."""
     p.add_argument("--list", action="store_true",
@@ -101,7 +116,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cell", action="append", metavar="CELL",
                    help="run this cell (repeatable): a name (see --list), a shell pattern ('mtt-ipc50-*') or 'all' "
                         "(the c10n-worst cells need --cifar-n)")
-    p.add_argument("--jobs", type=int, default=1, help="jobs run at once on each GPU")
+    p.add_argument("--jobs", type=_jobs, default=1, help="jobs run at once on each GPU")
     p.add_argument("--gpus", help="comma-separated CUDA device indices to spread the jobs over (default: all)")
     p.add_argument("--results", default="results", metavar="DIR",
                    help="the results folder: records in DIR/cifar10/, the page DIR/README.md (default: ./results)")
@@ -117,7 +132,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "--set overrides any. Runs, buffers and records of long and full carry the budget's name "
                         "(<cell>-long), so they never mix with the grid's")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    p.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0], metavar="0,1,2",
+    p.add_argument("--seeds", type=_seeds, default=[0], metavar="0,1,2",
                    help="training seeds (the labels keep data.noise_seed): seed 0 is the cell's own run and record, "
                         "seed N runs as <cell>-seedN (--set seed=N) from its own buffer; the page averages a "
                         "cell's seeds")
@@ -157,6 +172,10 @@ def run(args: argparse.Namespace) -> int:
     records = grid_records(args.results)
     if not asked(args):
         raise ValueError(NOTHING_ASKED)
+    if args.set:  # a misspelt key or a wrong type: refused here, not in every cell's run
+        from ..engine.config import RunConfig, apply_overrides, from_dict
+
+        from_dict(RunConfig, apply_overrides({}, args.set))
     if args.list and (args.cell or args.audit_only):  # a dry run: what --cell / --audit-only would start
         jobs, after, _ = plan(args)
         print("\n".join(job_lines(jobs, after, args.jobs)))
