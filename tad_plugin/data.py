@@ -394,8 +394,12 @@ def list_image_folder(path: str | os.PathLike[str]) -> ImageFolderIndex:
                                        f"the folder")
                 test = [(p, index[c]) for c in classes for p in files_in(path / split / c)]
                 break
-    if not train or not test:
-        raise DatasetError(f"{path}: found {len(train)} train and {len(test)} test images; both must be > 0")
+    if not train:
+        raise DatasetError(f"{train_dir}: its class folders hold no images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+    if not test:
+        raise DatasetError(f"{path}: no held-out images: neither val/<class>/ nor test/<class>/ (nor Tiny ImageNet's "
+                           f"val/val_annotations.txt) holds any; add a held-out split, the test accuracy is measured "
+                           f"on it")
     return ImageFolderIndex(tuple(classes), tuple(train), tuple(test))
 
 
@@ -441,7 +445,7 @@ def decode_images(blobs: Iterable[bytes], count: int, where: str, names: Sequenc
     """
     import io
 
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
     out: np.ndarray | None = None
@@ -454,7 +458,9 @@ def decode_images(blobs: Iterable[bytes], count: int, where: str, names: Sequenc
             with Image.open(io.BytesIO(blob)) as im:
                 a = np.asarray(im.convert("RGB"))
         except Exception as exc:
-            raise DatasetError(f"cannot decode image {name}: {exc}; remove or replace the file") from exc
+            why = "not an image PIL can read (corrupt, or another format)" \
+                if isinstance(exc, UnidentifiedImageError) else str(exc)
+            raise DatasetError(f"cannot decode image {name}: {why}; remove or replace the file") from exc
         if out is None:
             out = np.empty((count, 3, *a.shape[:2]), dtype=np.uint8)
         elif a.shape[:2] != out.shape[2:]:

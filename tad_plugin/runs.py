@@ -615,9 +615,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     path = Path(args.synthetic or out / "distilled.pt")
     result, pre = load_distilled(path)
     _check_fits(result, data.dataset, path)
-    log = begin(args, cfg, pipe, out)
-    if args.best:
+    if args.best:  # refused before anything is written when the set kept no best snapshot
         result = result.best_result()
+    log = begin(args, cfg, pipe, out)
+    counts = torch.bincount(result.labels.argmax(1) if result.labels.is_floating_point() else result.labels)
+    log.result(evaluated_set_ipc=int(counts.max()) if counts.numel() else 0)  # the set's, not the settings'
+    if args.best:
         best = result.best
         assert best is not None  # a set with a best snapshot records its evaluation (both are kept together)
         log.result(evaluated_set=f"best of distillation (iteration {best['iteration']}, {best['which']})")

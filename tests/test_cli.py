@@ -365,6 +365,13 @@ def test_eval_best_evaluates_the_kept_best_set(quick_demo, tmp_path, capsys):
     record = json.loads((tmp_path / "ev" / "result_eval.json").read_text())
     assert record["results"]["evaluated_set"].startswith(f"best of distillation (iteration {result.best['iteration']}")
     assert 0.0 <= record["results"]["test_acc_mean"] <= 1.0
+    assert record["results"]["evaluated_set_ipc"] == QUICK_DEMO_OVERRIDES["distill"]["ipc"]  # the set's own
+    raw = torch.load(distilled, weights_only=True)
+    raw.pop("best_set")
+    torch.save(raw, tmp_path / "no_best.pt")
+    assert main(["eval", "--config", str(cfg_file), "--synthetic", str(tmp_path / "no_best.pt"), "--best", "--out",
+                 str(tmp_path / "ev2"), "--no-progress"]) == 2
+    assert "has no best snapshot" in capsys.readouterr().err and not (tmp_path / "ev2").exists()
 
 
 def test_best_line_only_when_the_best_came_before_the_end(tmp_path):

@@ -82,8 +82,14 @@ def test_corrupt_image_and_missing_sources(tmp_path):
     _write_images(tmp_path / "d" / "train" / "a", 1, 0)
     _write_images(tmp_path / "d" / "test" / "a", 1, 0)
     (tmp_path / "d" / "train" / "a" / "broken.png").write_bytes(b"nope")
-    with pytest.raises(DatasetError, match="cannot decode image .*broken.png"):
+    with pytest.raises(DatasetError, match=r"cannot decode image .*broken.png: not an image PIL can read \(corrupt"):
         load_dataset(tmp_path / "d")
+    _write_images(tmp_path / "e" / "train" / "a", 1, 0)
+    with pytest.raises(DatasetError, match="no held-out images: neither val/<class>/ nor test/<class>/"):
+        load_dataset(tmp_path / "e")
+    (tmp_path / "f" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="its class folders hold no images"):
+        load_dataset(tmp_path / "f")
     with pytest.raises(DatasetError, match="no file or directory"):
         load_dataset(tmp_path / "nothing")
     with pytest.raises(DatasetError, match="not found or corrupt .*download"):
