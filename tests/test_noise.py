@@ -96,6 +96,9 @@ def test_load_cifar_n_npz_and_pt(tmp_path):
     (tmp_path / "cut.npz").write_bytes(whole[:len(whole) // 2])
     with pytest.raises(ValueError, match="cannot read CIFAR-N label file .*cut.npz"):
         load_cifar_n(tmp_path / "cut.npz", "worse_label")
+    (tmp_path / "text.npz").write_text("worse_label\n1,2,3\n")  # numpy's own error asked for allow_pickle
+    with pytest.raises(ValueError, match=r"text.npz: not an .npz or torch file \(no zip archive"):
+        load_cifar_n(tmp_path / "text.npz", "worse_label")
     np.savez(tmp_path / "f.npz", worse_label=worse.astype(np.float32))
     with pytest.raises(ValueError, match="not a 1-D integer label array .*; store one class index per training image"):
         load_cifar_n(tmp_path / "f.npz", "worse_label")

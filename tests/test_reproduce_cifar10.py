@@ -43,6 +43,9 @@ def test_tad_reproduce_writes_the_queue_under_its_results_folder(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # nothing written beside it
     assert main(["reproduce"]) == 2
     assert "give --list, --cell CELL, --audit-only LABEL_SET, --queue or --page" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("")
+    assert main(["reproduce", "--queue", "--results", str(tmp_path / "notes.txt")]) == 2
+    assert "--results " + str(tmp_path / "notes.txt") + " is a file, not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

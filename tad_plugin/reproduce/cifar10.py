@@ -167,9 +167,9 @@ def asked(args: argparse.Namespace) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Do what the parsed options ``args`` (:func:`add_options`) ask; the exit code: 0, or 1 if a job failed.
     Raises ValueError when they ask for nothing."""
-    from tad_plugin.files import atomic_write
+    from tad_plugin.files import atomic_write, output_folder
 
-    records = grid_records(args.results)
+    records = grid_records(output_folder(args.results, "--results"))
     if not asked(args):
         raise ValueError(NOTHING_ASKED)
     if args.set:  # a misspelt key or a wrong type: refused here, not in every cell's run
