@@ -295,6 +295,10 @@ def _load_arrays(path: Path) -> ImageDataset:
     train_labels, test_labels = labels("train"), labels("test")
     if "class_names" in arrays:
         names = tuple(str(n) for n in arrays["class_names"])
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DatasetError(f"{path}: class_names lists {', '.join(map(repr, twice[:5]))} more than once; give one "
+                               f"distinct name per class, in label order")
     else:  # classes 0 .. the largest label of either split (a class without training images is refused later)
         top = max([int(t.max()) for t in (train_labels, test_labels) if len(t)], default=-1)
         if top >= len(train_labels):  # more classes than training images: some could never have one

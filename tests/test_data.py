@@ -136,3 +136,9 @@ def test_a_held_out_class_missing_from_train_is_named(tmp_path):
     _write_images(tmp_path / "d" / "val" / "zebra", 1, 0)
     with pytest.raises(DatasetError, match=r"val has class folder\(s\) zebra that .*train lacks"):
         load_dataset(tmp_path / "d")
+
+
+def test_class_names_listed_twice_are_refused(tmp_path):
+    _arrays(tmp_path / "twice.npz", class_names=np.array(["cat", "dog", "cat"]))
+    with pytest.raises(DatasetError, match="class_names lists 'cat' more than once"):
+        load_dataset(tmp_path / "twice.npz")

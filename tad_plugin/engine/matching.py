@@ -337,8 +337,8 @@ def real_init_indices(labels: Tensor, pool: Tensor, ipc: int, num_classes: int,
     listed = short_classes(pool_labels, num_classes, ipc)
     if listed:
         raise ValueError(f"real initialisation needs {ipc} samples per class in the pool, but {listed}; "
-                         f"lower ipc, let more samples into the trusted set (e.g. a looser split), or "
-                         f"initialise from noise")
+                         f"lower distill.ipc, let more samples in (TAD: a lower distill.init_consensus), or "
+                         f"initialise from noise (distill.pix_init=noise)")
     out = []
     for c in range(num_classes):
         members = pool[pool_labels == c]
