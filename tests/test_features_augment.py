@@ -125,3 +125,8 @@ def test_every_sample_draws_its_own_jitter_order():
     used = counts[counts > 0]
     assert len(used) == 24  # all 24 orders occur in 480 samples (a shared order would give 1)
     assert used.max() < 40  # and none dominates (20 expected each)
+
+
+def test_a_crop_scale_outside_0_1_names_the_option_that_sets_it():
+    with pytest.raises(ValueError, match=r"--crop-min-scale sets the smallest\) must satisfy 0 < low <= high <= 1"):
+        AugmentConfig(crop_scale=(0.0, 1.0))

@@ -58,7 +58,8 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+            raise ValueError(f"crop_scale (the crop's smallest and largest area share; --crop-min-scale sets the "
+                             f"smallest) must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
             raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
         for name in ("flip_p", "jitter_p", "grayscale_p"):
