@@ -85,9 +85,14 @@ def test_jitter_changes_colours_per_sample():
     assert torch.cdist(means, means).fill_diagonal_(1).min() > 1e-4
 
 
-@pytest.mark.parametrize("bad", [dict(crop_scale=(0.0, 1.0)), dict(flip_p=1.5), dict(hue=0.7), dict(contrast=-0.1)])
-def test_config_rejects_bad_values(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, message", [
+    (dict(crop_scale=(0.0, 1.0)), r"--crop-min-scale sets the smallest\) must satisfy 0 < low <= high <= 1"),
+    (dict(flip_p=1.5), r"flip_p is a probability and must lie in \[0, 1\], got 1.5"),
+    (dict(hue=0.7), r"hue must lie in \[0, 0.5\], got 0.7"),
+    (dict(contrast=-0.1), r"contrast must lie in \[0, 1\), got -0.1"),
+])
+def test_config_rejects_bad_values(bad, message):
+    with pytest.raises(ValueError, match=message):
         AugmentConfig(**bad)
 
 
@@ -125,8 +130,3 @@ def test_every_sample_draws_its_own_jitter_order():
     used = counts[counts > 0]
     assert len(used) == 24  # all 24 orders occur in 480 samples (a shared order would give 1)
     assert used.max() < 40  # and none dominates (20 expected each)
-
-
-def test_a_crop_scale_outside_0_1_names_the_option_that_sets_it():
-    with pytest.raises(ValueError, match=r"--crop-min-scale sets the smallest\) must satisfy 0 < low <= high <= 1"):
-        AugmentConfig(crop_scale=(0.0, 1.0))

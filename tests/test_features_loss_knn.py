@@ -38,9 +38,9 @@ def test_nt_xent_is_small_for_matching_views_and_has_gradients():
 
 
 def test_nt_xent_rejects_bad_input():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"needs two \[B, D\] tensors with B >= 2, got \(4, 3\) and \(5, 3\)"):
         nt_xent_loss(torch.randn(4, 3), torch.randn(5, 3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
         nt_xent_loss(torch.randn(4, 3), torch.randn(4, 3), temperature=0)
 
 

@@ -77,10 +77,12 @@ def test_hook_recalibrate_through_facade():
     labels = torch.arange(180) % 3  # 45 trusted per class: more than the 30 voters of the default vote
     features = centers[labels] + 0.1 * torch.randn(180, 8, generator=g)
     trusted = torch.arange(180) < 135
+    given = torch.where(trusted, labels, (labels + 1) % 3)  # the untrusted 45 carry wrong labels
     anchors = centers.repeat_interleave(4, 0) + 0.1 * torch.randn(12, 8, generator=g)
     out = TADHooks(get_plugin_manager(load_entrypoints=False)).recalibrate(
-        features, labels, trusted, anchors, torch.arange(3).repeat_interleave(4), 3)
+        features, given, trusted, anchors, torch.arange(3).repeat_interleave(4), 3)
     assert isinstance(out, Recalibration) and out.trusted.all()
+    assert torch.equal(out.labels, labels)  # each recalled with its cluster's label, the trusted ones kept
 
 
 class _Override:
@@ -162,8 +164,11 @@ def test_autoload_switch(entry_point_plugin, monkeypatch):
 
 
 def test_public_names_resolve():
+    from importlib import import_module
+
     for name in tad_plugin.__all__:
-        assert getattr(tad_plugin, name) is not None
+        if name != "__version__":  # each name is the object of the module that defines it
+            assert getattr(tad_plugin, name) is getattr(import_module(f"tad_plugin.{tad_plugin._EXPORTS[name]}"), name)
     with pytest.raises(AttributeError):
         tad_plugin.does_not_exist  # noqa: B018
 

@@ -41,8 +41,9 @@ def test_bad_arguments():
         ce_rce_loss(torch.randn(4, 3), torch.zeros(4), 1.0, -4.0)
     with pytest.raises(TypeError, match="logits"):
         ce_rce_loss(torch.randn(4), torch.zeros(4, dtype=torch.int64), 1.0, -4.0)
-    with pytest.raises(ValueError, match="log_zero"):
-        ce_rce_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), 1.0, 0.5)
+    for log_zero in (0.5, 0.0):  # 0 would switch the reverse-CE term off in silence
+        with pytest.raises(ValueError, match="log_zero must be negative"):
+            ce_rce_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), 1.0, log_zero)
     with pytest.raises(ValueError, match="reg_weight"):
         ce_rce_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), -1.0, -4.0)
 
