@@ -70,8 +70,9 @@ MODIFIERS = ("+cudnn-benchmark", "+channels-last")
 def split_variant(name: str) -> tuple[str, set[str]]:
     """A variant's name -> (its route in :data:`VARIANTS`, its modifiers); ValueError names an unknown part."""
     mods = set()
-    while (mod := next((m for m in MODIFIERS if name.endswith(m)), None)) is not None:
-        name, _ = name.removesuffix(mod), mods.add(mod)
+    while mod := next((m for m in MODIFIERS if name.endswith(m)), None):
+        mods.add(mod)
+        name = name.removesuffix(mod)
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}, each optionally followed by "
                          f"{' and/or '.join(MODIFIERS)}")

@@ -16,8 +16,8 @@ from typing import IO, Any
 
 from .errors import TADError
 
-__all__ = ["atomic_write", "atomic_torch_save", "atomic_write_json", "torch_load", "OutputPathError", "output_file",
-           "output_folder"]
+__all__ = ["atomic_write", "atomic_torch_save", "atomic_write_json", "torch_load", "not_a_zip", "OutputPathError",
+           "output_file", "output_folder"]
 
 
 class OutputPathError(TADError, ValueError):
@@ -135,6 +135,14 @@ def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def not_a_zip(path: str | os.PathLike[str]) -> str | None:
+    """Why the existing file ``path`` is no zip archive (torch files and ``.npz`` are): ``"empty"`` or ``"no zip
+    archive: a truncated copy, or another format"``; None when it is one."""
+    if zipfile.is_zipfile(path):
+        return None
+    return "empty" if Path(path).stat().st_size == 0 else "no zip archive: a truncated copy, or another format"
+
+
 def torch_load(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` whose failure says what is wrong with the file.
 
@@ -152,9 +160,8 @@ def torch_load(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bo
     except OSError:
         raise
     except Exception as exc:  # an empty or foreign file fails as EOFError, KeyError, ... with no useful text
-        if Path(path).is_file() and not zipfile.is_zipfile(path):
-            what = "empty" if Path(path).stat().st_size == 0 else "no zip archive: a truncated copy, or another format"
-            raise ValueError(f"not a torch file ({what})") from exc
+        if Path(path).is_file() and (why := not_a_zip(path)) is not None:
+            raise ValueError(f"not a torch file ({why})") from exc
         if isinstance(exc, pickle.UnpicklingError):
             raise ValueError("it holds objects other than tensors, numbers, strings, lists and dicts, which a safe "
                              "load refuses (not a file written by this library)") from exc

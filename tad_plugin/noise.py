@@ -33,7 +33,7 @@ import torch
 
 from .checks import check_labels
 from .errors import TADError
-from .files import torch_load
+from .files import not_a_zip, torch_load
 
 __all__ = [
     "CIFAR10_ASYMMETRIC_MAP",
@@ -207,9 +207,8 @@ def load_cifar_n(path: str | os.PathLike[str], label_set: str) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR-N label file {path} does not exist; get CIFAR-10_human.pt / "
                                 f"CIFAR-100_human.pt from the CIFAR-N release (UCSC-REAL/cifar-10-100n, data/)")
-    if not zipfile.is_zipfile(path):  # .npz and torch files are zip archives; numpy's text would ask for pickles
-        what = "empty" if path.stat().st_size == 0 else "no zip archive: a truncated copy, or another format"
-        raise ValueError(f"cannot read CIFAR-N label file {path}: not an .npz or torch file ({what}); copy it again")
+    if (why := not_a_zip(path)) is not None:  # numpy's own message would ask for allow_pickle
+        raise ValueError(f"cannot read CIFAR-N label file {path}: not an .npz or torch file ({why}); copy it again")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:

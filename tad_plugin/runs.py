@@ -28,7 +28,7 @@ import torch
 from .data import ImageDataset
 from .engine.config import load_yaml
 from .engine.phases import PHASES_FILE, distill_parts, expert_parts, load_phases
-from .files import torch_load
+from .files import output_folder, torch_load
 from .trust_report import (
     TrustReport,
     later_recalls_text,
@@ -469,16 +469,13 @@ def stage_eval(pipe: Pipeline, result: DistillResult, data: TrainingData, log: R
 
 def run_folder(out: str | os.PathLike[str]) -> Path:
     """The run folder ``--out`` names. Raises ConfigError when it is empty (it would write into the working
-    directory) or names a file."""
+    directory), OutputPathError when it names a file or lies under one."""
     from .engine.config import ConfigError
 
     if not str(out).strip():
         raise ConfigError("--out is empty: name the run folder, e.g. --out runs/tad (nothing is written into the "
                           "working directory itself)")
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out {path} is a file, not a folder: name a new run folder or an earlier run's")
-    return path
+    return output_folder(out, "--out")
 
 
 def prepare(args: argparse.Namespace, base: dict[str, Any] | None = None,
@@ -763,7 +760,6 @@ def _print_table(rows: list[dict[str, Any]], data: TrainingData, wall: float) ->
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .engine.trajectories import TrajectoryStore
-    from .files import output_folder
 
     paths = TrajectoryStore.open(args.buffer).export_upstream(output_folder(args.to, "--to"), per_file=args.per_file)
     print(f"wrote {len(paths)} file(s): {', '.join(str(p) for p in paths)}")

@@ -28,6 +28,7 @@ trust report label a round with this ``t`` ("after ``t`` epochs").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -135,8 +136,8 @@ class Schedule:
         if self.inner_loop and not self.outer_loop:
             raise ValueError("Schedule.inner_loop needs outer_loop (it recalibrates the samples a division leaves "
                              "out): set inner_loop=False too, or outer_loop=True")
-        if not (isinstance(self.warmup_confidence_penalty, (int, float)) and self.warmup_confidence_penalty >= 0
-                and self.warmup_confidence_penalty != float("inf")):
+        penalty = self.warmup_confidence_penalty
+        if not (isinstance(penalty, (int, float)) and math.isfinite(penalty) and penalty >= 0):
             raise ValueError(f"Schedule.warmup_confidence_penalty must be a finite number >= 0 (0 = off), got "
                              f"{self.warmup_confidence_penalty!r}")
 
