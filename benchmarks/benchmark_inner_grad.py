@@ -8,6 +8,8 @@ Routes (``distill.inner_grad`` / ``distill.recompute_steps``, see tad_plugin/eng
 * ``explicit``: the ConvNet's backward written out (tad_plugin/engine/student_grad.py), first order only;
 * ``compiled``: that under ``torch.compile``;
 * ``+recompute``: each inner step's graph rebuilt in the final backward (torch.utils.checkpoint);
+* ``+recompute-elementwise``: only its elementwise work rebuilt, its convolution and matrix-product outputs kept
+  (selective checkpointing);
 * modifiers after any of them, in any order: ``+cudnn-benchmark``: ``torch.backends.cudnn.benchmark = True`` (cuDNN
   times its convolution algorithms for each shape once and keeps the fastest); ``+channels-last``: the synthetic
   images in channels-last memory (NHWC, the layout cuDNN's tensor-core kernels use). Results equal up to float
@@ -62,6 +64,8 @@ VARIANTS = {
     "explicit+recompute": ("explicit", True),
     "compiled": ("compiled", False),
     "compiled+recompute": ("compiled", True),
+    "explicit+recompute-elementwise": ("explicit", "elementwise"),
+    "compiled+recompute-elementwise": ("compiled", "elementwise"),
 }
 #: what a variant's name may end in: cuDNN picks its convolution algorithms by timing them; NHWC images
 MODIFIERS = ("+cudnn-benchmark", "+channels-last")
@@ -263,14 +267,15 @@ def main() -> int:
           f"{cfg.image_size[0]} x {cfg.image_size[1]}): IPC {args.ipc} ({n} images, "
           f"{n if args.batch_syn is None else args.batch_syn} per inner step), {args.syn_steps} unrolled steps, "
           f"ConvNet-{args.width} D{cfg.depth}; {device_name(dev)}")
-    print(f"{'variant':<20} {'s / iteration':>14} {mem:>22} {res:>15} {'images / labels checksum':>30}")
+    wide = max(len("variant"), *(len(r["variant"]) for r in rows))
+    print(f"{'variant':<{wide}} {'s / iteration':>14} {mem:>22} {res:>15} {'images / labels checksum':>30}")
     for r in rows:
         if "error" in r:
-            print(f"{r['variant']:<20} {r['error']}")
+            print(f"{r['variant']:<{wide}} {r['error']}")
         else:
             reserved = "" if r["peak_reserved_gib"] is None else f"{r['peak_reserved_gib']:.2f}"
             sums = f"{r['images_checksum']:.4f} / {r['labels_checksum']:.4f}"
-            print(f"{r['variant']:<20} {r['iter_s']:>14.3f} {r['peak_gib']:>22.2f} {reserved:>15} {sums:>30}")
+            print(f"{r['variant']:<{wide}} {r['iter_s']:>14.3f} {r['peak_gib']:>22.2f} {reserved:>15} {sums:>30}")
     for r in rows:
         if "profile" in r:
             pr = r["profile"]

@@ -58,6 +58,9 @@ def test_int_to_float_and_null():
     (["data.noise=symmetric"], r"data.noise symmetric at data.noise_rate 0 flips no label; give --noise-rate"),
     (["tad.split=global"], r"tad.split must be 'per-expert' or 'shared'"),
     (["distill.compile_mode=fastest"], r"distill.compile_mode must be one of default, reduce-overhead"),
+    (["distill.inner_grad=compiled", "distill.recompute_steps=convolutions"],
+     r"distill.recompute_steps must be false, true or elementwise, got 'convolutions'"),
+    (["distill.recompute_steps=elementwise"], r"distill.recompute_steps needs distill.inner_grad explicit or compiled"),
     (["distill.init_consensus=0"], r"distill.init_consensus must lie in \(0, 1\]"),
     (["buffer.epochs=3", "distill.max_start_epoch=5"], r"exceeds buffer.epochs = 3"),
     (["buffer=3"], r"buffer must be a mapping"),
@@ -126,7 +129,8 @@ def test_the_distill_section_reaches_the_matcher_by_field_name():
     # the same type, or the matcher's admits None too (label_momentum: None = its momentum)
     assert len(shared) >= 22 and all(theirs[k] in (ours[k], ours[k] | None) for k in shared), shared
     changed = {"iterations": 7, "syn_steps": 3, "lr_img": 5.0, "checkpoint_seconds": 1.5, "adaptive_length": True,
-               "label_momentum": 0.3, "min_start_epoch": 1, "compile_mode": "reduce-overhead"}
+               "label_momentum": 0.3, "min_start_epoch": 1, "compile_mode": "reduce-overhead",
+               "inner_grad": "compiled", "recompute_steps": "elementwise"}
     cfg = build_config(sets=[f"distill.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in changed.items()]
                        + ["data.dataset=digits", "device=cpu"])
     matching = MTT(cfg, progress=False).matching_config()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tad_plugin.engine.convnet import ConvNetConfig, forward, init_params
 from tad_plugin.engine.matching import MatchingConfig, TrajectoryMatcher
-from tad_plugin.engine.student_grad import student_grad
+from tad_plugin.engine.student_grad import student_grad, student_grad_recomputing_elementwise
 
 
 def _autograd(cfg, w, x, target, scale):
@@ -83,6 +83,56 @@ def test_recomputed_steps_give_the_same_distillation(small_problem):
     assert torch.equal(recomputed.images, kept.images) and recomputed.syn_lr == kept.syn_lr
 
 
+def test_recomputing_the_elementwise_work_gives_the_same_distillation(small_problem):
+    """Keeping the products and recomputing the rest changes memory and time, not a single value; compiled,
+    the same values as upstream's route up to rounding."""
+    net, trajectories, images, labels = small_problem
+    kept = _distill("explicit", trajectories, images, labels, net)
+    selective = _distill("explicit", trajectories, images, labels, net, recompute_steps="elementwise")
+    assert torch.equal(selective.images, kept.images) and selective.syn_lr == kept.syn_lr
+    if shutil.which("c++") or shutil.which("g++"):  # torch.compile on the CPU needs a C++ compiler
+        ref = _distill("autograd", trajectories, images, labels, net)
+        compiled = _distill("compiled", trajectories, images, labels, net, recompute_steps="elementwise")
+        assert torch.allclose(compiled.images, ref.images, rtol=1e-4, atol=1e-5)
+        assert compiled.syn_lr == pytest.approx(ref.syn_lr, rel=1e-4)
+
+
+class _CountConvolutions(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the convolution operators (forward and backward) that run while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_elementwise_route_recomputes_no_convolution():
+    """In the backward, the full recomputation runs the step's convolutions again; the elementwise route runs
+    exactly as many convolutions as keeping everything (none recomputed)."""
+    cfg = ConvNetConfig(3, 4, (8, 8), width=4, depth=2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 8, 8, generator=g)
+    target = torch.tensor([0, 1, 2, 3, 0])
+    w = init_params(cfg, 1, generator=g)
+
+    def backward_convolutions(fn):
+        w_, x_ = w.clone().requires_grad_(), x.clone().requires_grad_()
+        out = fn(cfg, w_, x_, target, 1.0)
+        with _CountConvolutions() as mode:
+            out.pow(2).sum().backward()
+        return mode.count, x_.grad
+
+    kept, grad_kept = backward_convolutions(student_grad)
+    selective, grad_selective = backward_convolutions(student_grad_recomputing_elementwise)
+    full, _ = backward_convolutions(lambda *a: torch.utils.checkpoint.checkpoint(student_grad, *a, use_reentrant=False))
+    assert selective == kept < full
+    assert torch.equal(grad_selective, grad_kept)
+
+
 def test_the_compile_mode_reaches_torch_compile_and_marks_each_iteration(small_problem, monkeypatch):
     """``reduce-overhead`` compiles with that mode (CUDA graphs on a GPU) and opens a new generation of graph
     outputs per iteration; torch.compile itself is stubbed out here (the GPU measures it), so the values must
@@ -97,7 +147,7 @@ def test_the_compile_mode_reaches_torch_compile_and_marks_each_iteration(small_p
     try:
         net, trajectories, images, labels = small_problem
         graphs = _distill("compiled", trajectories, images, labels, net, compile_mode="reduce-overhead")
-        assert matching._compiled_student_grad("reduce-overhead") is student_grad
+        assert matching._compiled_student_grad("reduce-overhead", False) is student_grad
     finally:
         matching._compiled_student_grad.cache_clear()
     assert compiled == [{"dynamic": False, "mode": "reduce-overhead"}] and len(marks) == 3  # 3 iterations
@@ -114,3 +164,8 @@ def test_inner_grad_is_validated():
         MatchingConfig(inner_grad="explicit", channels_last=True)
     with pytest.raises(ValueError, match="recompute_steps"):
         MatchingConfig(recompute_steps=True)
+    with pytest.raises(ValueError, match="recompute_steps"):
+        MatchingConfig(recompute_steps="elementwise")
+    with pytest.raises(ValueError, match="recompute_steps must be one of"):
+        MatchingConfig(inner_grad="explicit", recompute_steps="convolutions")
+    assert MatchingConfig(inner_grad="compiled", recompute_steps="elementwise").recompute_steps == "elementwise"

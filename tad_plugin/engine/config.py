@@ -21,7 +21,7 @@ import yaml
 
 from ..errors import TADError
 from ..trust_loop import Schedule
-from .student_grad import COMPILE_MODES, INNER_GRADS
+from .student_grad import COMPILE_MODES, INNER_GRADS, RECOMPUTE_STEPS
 
 __all__ = ["ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
            "EvalConfig", "RunConfig", "load_yaml", "merge", "from_dict", "to_dict", "parse_override",
@@ -306,8 +306,9 @@ class DistillConfig:
 
     Speed and memory: ``inner_grad`` = ``"autograd"`` (upstream's double backward), ``"explicit"`` or
     ``"compiled"`` (the student's backward written out, optionally under torch.compile; same values);
-    ``recompute_steps`` keeps one unrolled step's graph at a time (with explicit/compiled); ``compile_mode``
-    is torch.compile's mode for ``inner_grad: compiled`` (``reduce-overhead``: CUDA graphs): see
+    ``recompute_steps`` recomputes each unrolled step in the final backward (true: all of it, one step's
+    graph kept at a time; elementwise: all but its convolutions and matrix products; explicit/compiled
+    only); ``compile_mode`` is torch.compile's mode for ``inner_grad: compiled`` (``reduce-overhead``: CUDA graphs): see
     :class:`tad_plugin.engine.matching.MatchingConfig`.
     """
 
@@ -339,7 +340,7 @@ class DistillConfig:
     label_temperature: float = 1.0
     loss_gate: float | None = None
     inner_grad: str = "autograd"
-    recompute_steps: bool = False
+    recompute_steps: bool | str = False
     compile_mode: str = "default"
 
     def validate(self) -> None:
@@ -364,6 +365,9 @@ class DistillConfig:
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"distill.compile_mode must be one of {', '.join(COMPILE_MODES)}, got "
                               f"{self.compile_mode!r}")
+        if not (isinstance(self.recompute_steps, bool) or self.recompute_steps in RECOMPUTE_STEPS):
+            raise ConfigError(f"distill.recompute_steps must be false, true or elementwise, got "
+                              f"{self.recompute_steps!r}")
         if self.recompute_steps and self.inner_grad == "autograd":
             raise ConfigError("distill.recompute_steps needs distill.inner_grad explicit or compiled (the double "
                               "backward of inner_grad=autograd cannot recompute its steps)")

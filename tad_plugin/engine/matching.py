@@ -57,7 +57,13 @@ from .convnet import ConvNetConfig, forward
 from .distributed import Ranks
 from .dsa import DEFAULT_STRATEGY, DSA
 from .evaluate import Evaluator
-from .student_grad import COMPILE_MODES, INNER_GRADS, student_grad
+from .student_grad import (
+    COMPILE_MODES,
+    INNER_GRADS,
+    RECOMPUTE_STEPS,
+    student_grad,
+    student_grad_recomputing_elementwise,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -128,10 +134,13 @@ class MatchingConfig:
             ConvNet's backward written out as a forward function: same values, first-order autograd
             only) or ``"compiled"`` (that function under ``torch.compile``, which the double backward
             cannot be). ``benchmarks/benchmark_inner_grad.py`` compares the routes.
-        recompute_steps: keep only each inner step's inputs and recompute its graph during the final
-            backward (``torch.utils.checkpoint``): memory of about one unrolled step instead of
-            ``syn_steps`` of them, for one more student-gradient pass per step. Same values. Needs
-            ``inner_grad`` "explicit" or "compiled" (the double backward does not recompute).
+        recompute_steps: what the final backward recomputes of each inner step instead of keeping it
+            (``torch.utils.checkpoint``). False: nothing (every step's graph is kept). True: the whole step
+            from its inputs: memory of about one unrolled step instead of ``syn_steps`` of them, for one more
+            student-gradient pass per step. ``"elementwise"``: keep the convolution and matrix-product
+            outputs and recompute only the elementwise work around them: less memory than False, less
+            arithmetic than True. Same values. Needs ``inner_grad`` "explicit" or "compiled" (the double
+            backward does not recompute).
         compile_mode: ``torch.compile``'s mode for ``inner_grad="compiled"``: ``"default"``,
             ``"reduce-overhead"`` (the compiled graphs replayed as CUDA graphs: one launch instead of
             dozens per call, for a launch-bound iteration; the same images up to float rounding) or
@@ -163,7 +172,7 @@ class MatchingConfig:
     seed: int = 0
     channels_last: bool = False
     inner_grad: str = "autograd"
-    recompute_steps: bool = False
+    recompute_steps: bool | str = False
     compile_mode: str = "default"
 
     def __post_init__(self) -> None:
@@ -186,6 +195,8 @@ class MatchingConfig:
             raise ValueError(f"inner_grad must be one of {INNER_GRADS}, got {self.inner_grad!r}")
         if self.inner_grad != "autograd" and self.channels_last:
             raise ValueError("channels_last applies to inner_grad='autograd' only")
+        if not (isinstance(self.recompute_steps, bool) or self.recompute_steps in RECOMPUTE_STEPS):
+            raise ValueError(f"recompute_steps must be one of {RECOMPUTE_STEPS}, got {self.recompute_steps!r}")
         if self.recompute_steps and self.inner_grad == "autograd":
             raise ValueError("recompute_steps needs inner_grad='explicit' or 'compiled'")
         if self.adaptive_distance not in _DISTANCES:
@@ -240,10 +251,25 @@ def check_checkpoint(path: str | os.PathLike[str] | None, state: dict[str, Any],
                          f"delete the checkpoint to start over")
 
 
+def _student_grad_route(inner_grad: str, recompute_steps: bool | str, mode: str) -> Callable[..., Tensor] | None:
+    """The student-gradient function of a route (None = autograd's double backward); with ``recompute_steps``
+    "elementwise" the function carries its own selective recomputation."""
+    if inner_grad == "autograd":
+        return None
+    elementwise = recompute_steps == "elementwise"
+    if inner_grad == "explicit":
+        return student_grad_recomputing_elementwise if elementwise else student_grad
+    return _compiled_student_grad(mode, elementwise)
+
+
 @functools.cache
-def _compiled_student_grad(mode: str = "default") -> Callable[..., Tensor]:
-    """One ``torch.compile`` of :func:`student_grad` per process and mode (it recompiles per input shape)."""
-    return torch.compile(student_grad, dynamic=False, mode=None if mode == "default" else mode)
+def _compiled_student_grad(mode: str, elementwise: bool) -> Callable[..., Tensor]:
+    """One ``torch.compile`` of the student gradient per process, mode and recomputation (it recompiles per
+    input shape)."""
+    fn = student_grad_recomputing_elementwise if elementwise else student_grad
+    if elementwise:  # torch warns that a selective checkpoint must hold no in-place ops; student_grad has none
+        logging.getLogger("torch._higher_order_ops.wrap").addFilter(lambda r: "context_fn" not in r.getMessage())
+    return torch.compile(fn, dynamic=False, mode=None if mode == "default" else mode)
 
 
 @dataclass
@@ -399,8 +425,7 @@ class TrajectoryMatcher:
         if lr_labels is not None:
             self.labels.requires_grad_()
         self.syn_lr = torch.tensor(float(c.lr_teacher), device=self.device, requires_grad=True)
-        self._student_grad_fn = (None if c.inner_grad == "autograd" else
-                                 student_grad if c.inner_grad == "explicit" else _compiled_student_grad(c.compile_mode))
+        self._student_grad_fn = _student_grad_route(c.inner_grad, c.recompute_steps, c.compile_mode)
         # CUDA-graph replays reuse their output buffers: each iteration starts a new generation of them
         self._graphs = c.inner_grad == "compiled" and c.compile_mode == "reduce-overhead"
         self.opt_img = torch.optim.SGD([self.images], lr=c.lr_img, momentum=c.momentum)
@@ -529,7 +554,7 @@ class TrajectoryMatcher:
         share = (part.stop - part.start) / x.shape[0] if self.ranks.active else 1.0
         if self._student_grad_fn is not None:
             target = self.inner_target(y[part])
-            if self.config.recompute_steps:
+            if self.config.recompute_steps is True:  # "elementwise" recomputes inside the function
                 g = torch.utils.checkpoint.checkpoint(self._student_grad_fn, self.net, w, x[part], target, share,
                                                       use_reentrant=False)
             else:

@@ -12,17 +12,27 @@ cannot trace it.
 The result is an ordinary differentiable function of ``(w, x, target)``: the unrolled loop then needs
 only first-order autograd through it, and it can be compiled like any forward function. Values equal
 ``torch.autograd.grad`` up to rounding (tested in float64, first and second order).
+
+:func:`student_grad_recomputing_elementwise` is the same function under selective checkpointing: the final
+backward keeps each step's convolution and matrix-product outputs and recomputes only the elementwise work
+around them (normalisation, ReLU, pooling, softmax), which needs a fraction of the memory of keeping
+everything and far less arithmetic than recomputing the whole step.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from .convnet import _NORM_EPS, ConvNetConfig, unflatten
 
-__all__ = ["student_grad", "INNER_GRADS", "COMPILE_MODES"]
+__all__ = ["student_grad", "student_grad_recomputing_elementwise", "INNER_GRADS", "COMPILE_MODES",
+           "RECOMPUTE_STEPS"]
 
 #: How the unrolled student's gradient is taken (MatchingConfig.inner_grad): autograd's double backward,
 #: :func:`student_grad`, or :func:`student_grad` under torch.compile.
@@ -30,6 +40,14 @@ INNER_GRADS = ("autograd", "explicit", "compiled")
 
 #: ``torch.compile`` modes for the "compiled" route (MatchingConfig.compile_mode).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+#: What the final backward recomputes of each unrolled step (MatchingConfig.recompute_steps): nothing
+#: (False: every step's graph is kept), the whole step (True), or its elementwise work only ("elementwise").
+RECOMPUTE_STEPS = (False, True, "elementwise")
+
+#: The operations whose outputs :func:`student_grad_recomputing_elementwise` keeps: the arithmetic-heavy ones.
+_KEPT_OPS = frozenset({torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default,
+                       torch.ops.aten.mm.default, torch.ops.aten.addmm.default})
 
 
 def _conv_backward(dz: Tensor, h: Tensor, weight: Tensor, need_input: bool) -> tuple[Tensor | None, Tensor]:
@@ -94,3 +112,16 @@ def student_grad(cfg: ConvNetConfig, w: Tensor, x: Tensor, target: Tensor, scale
         if d_in is not None:
             dh = d_in
     return torch.cat([g.reshape(-1) for g in grads]).unsqueeze(0)
+
+
+def _keep_products(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    """Selective-checkpoint policy: keep convolution and matrix-product outputs, recompute the rest."""
+    return CheckpointPolicy.MUST_SAVE if op in _KEPT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def student_grad_recomputing_elementwise(cfg: ConvNetConfig, w: Tensor, x: Tensor, target: Tensor,
+                                         scale: float = 1.0) -> Tensor:
+    """:func:`student_grad` (same arguments, same values) whose backward keeps only the convolution and
+    matrix-product outputs of its forward and recomputes the elementwise work from them."""
+    return checkpoint(student_grad, cfg, w, x, target, scale, use_reentrant=False,
+                      context_fn=functools.partial(create_selective_checkpoint_contexts, _keep_products))
