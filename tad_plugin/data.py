@@ -56,6 +56,10 @@ class ImageDataset:
         test_images: uint8 tensor [M, C, H, W].
         test_labels: int64 tensor [M].
         class_names: one name per class; ``len(class_names) == num_classes``.
+
+    Raises:
+        DatasetError: images not uint8 [N, C, H, W], labels not int64 [N] (one per image) in
+            [0, len(class_names)), or train and test images of different shapes.
     """
 
     name: str
@@ -96,14 +100,17 @@ class ImageDataset:
 
     @property
     def num_classes(self) -> int:
+        """C, the number of classes (``len(class_names)``)."""
         return len(self.class_names)
 
     @property
     def channels(self) -> int:
+        """C of the images (1 grayscale, 3 RGB)."""
         return int(self.train_images.shape[1])
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """(height, width) of the images in pixels."""
         return int(self.train_images.shape[2]), int(self.train_images.shape[3])
 
     def class_counts(self) -> torch.Tensor:
@@ -151,11 +158,16 @@ def load_dataset(source: str | os.PathLike[str], root: str | os.PathLike[str] | 
     Args:
         source: ``"digits"``, ``"cifar10"``, ``"cifar100"``, ``"tinyimagenet"``, a directory in ImageFolder
             layout (Tiny ImageNet's ``tiny-imagenet-200/`` included), or a ``.npz`` arrays file (pixels or
-            encoded images).
+            encoded images). Names are matched first, ignoring case, ``-`` and ``_``: give a folder that
+            bears such a name as a path (``./digits``).
         root: directory holding torchvision's CIFAR files (``cifar-10-batches-py`` / ``cifar-100-python``) or
             Tiny ImageNet (``tinyimagenet.npz`` or ``tiny-imagenet-200/``); defaults to
             ``$TAD_PLUGIN_DATA``, else ``~/.cache/tad_plugin/data``. Ignored for the other sources.
-        download: let torchvision download CIFAR when it is missing (needs internet).
+        download: let torchvision download CIFAR when it is missing (needs internet); ignored for the other
+            sources.
+
+    Returns:
+        The :class:`ImageDataset`, uint8 images [N, C, H, W] and int64 labels on the CPU.
 
     Raises:
         DatasetError: the source does not exist, is corrupt, or is malformed.

@@ -16,11 +16,13 @@ from .results import Recalibration, TrustSplit
 
 __all__ = ["BLOCKED_ENV", "DISABLE_AUTOLOAD_ENV", "TRACE_ENV", "HookError", "TADHooks", "get_plugin_manager"]
 
-#: Set to a non-empty value other than ``0`` to skip loading third-party plugins from entry points.
+#: Set to any value other than empty, ``0``, ``false`` or ``no`` to skip loading third-party plugins from entry
+#: points.
 DISABLE_AUTOLOAD_ENV = "TAD_PLUGIN_DISABLE_AUTOLOAD"
 #: Comma-separated plugin names (entry-point names, or ``tad``) that must not be registered.
 BLOCKED_ENV = "TAD_PLUGIN_BLOCKED"
-#: Set to ``1`` to log every hook call (name, implementations, result type) at INFO level.
+#: Set to any value other than empty, ``0``, ``false`` or ``no`` (e.g. ``1``) to log every hook call (name,
+#: implementations, result type) at INFO level.
 TRACE_ENV = "TAD_PLUGIN_TRACE"
 
 log = logging.getLogger("tad_plugin.hooks")

@@ -70,15 +70,21 @@ def make_noisy_labels(labels: torch.Tensor, kind: str, rate: float, *, num_class
     """Return noisy labels (int64 [N], CPU); the same arguments always give the same labels.
 
     Args:
-        labels: clean int64 labels [N] in [0, num_classes).
+        labels: clean int64 labels [N] in [0, num_classes), on any device.
         kind: one of :data:`NOISE_KINDS` (see the module docstring for the exact definitions).
         rate: fraction of each affected class to flip, in [0, 1].
-        num_classes: C (10 for ``asymmetric-cifar10``).
+        num_classes: C (10 for ``asymmetric-cifar10``, 100 for ``asymmetric-cifar100``).
         seed: seed of the noise; the generator is numpy's PCG64, so labels match across machines.
         coarse_labels: int64 [N] super-class of every sample, required for ``asymmetric-cifar100``
-            (e.g. CIFAR-100's official ``train_coarse`` labels).
+            (e.g. CIFAR-100's official ``train_coarse`` labels); ignored (may be None) for the other kinds.
+
+    Raises:
+        TypeError: ``labels`` not int64 [N], or ``num_classes`` not an integer.
+        ValueError: a label outside [0, num_classes), a rate outside [0, 1], an unknown kind, a negative seed,
+            fewer than 2 classes, an asymmetric kind with the wrong class count, or coarse labels missing or
+            not one int64 super-class per sample.
     """
-    labels = torch.as_tensor(labels)
+    labels = torch.as_tensor(labels).cpu()
     if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool):
         raise TypeError(f"num_classes must be an integer, got {num_classes!r}")
     check_labels(labels, num_classes)
@@ -194,7 +200,8 @@ class LabelSetError(TADError, KeyError):
 
 
 def load_cifar_n(path: str | os.PathLike[str], label_set: str) -> torch.Tensor:
-    """Read one label set of CIFAR-10N / CIFAR-100N (int64 [50000], in the official train order).
+    """Read one label set of CIFAR-10N / CIFAR-100N: int64 [N], in the file's order (the official files hold
+    50,000 labels in the official train order; the length is checked against the dataset where it is used).
 
     Args:
         path: the official ``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt`` (a ``torch.save`` dict of numpy
@@ -202,6 +209,12 @@ def load_cifar_n(path: str | os.PathLike[str], label_set: str) -> torch.Tensor:
         label_set: a key of that file: CIFAR-10N ``aggre_label``, ``worse_label``, ``random_label1``,
             ``random_label2``, ``random_label3``, ``clean_label``; CIFAR-100N ``noisy_label``,
             ``clean_label``, ``noisy_coarse_label``, ``clean_coarse_label``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file does not read as a torch or ``.npz`` file, or the label set is not a 1-D
+            integer array.
+        LabelSetError: the file has no such label set (the message lists the ones it has).
     """
     path = Path(path)
     if not path.is_file():

@@ -32,17 +32,17 @@ class TrustAwareDiversion:
             ln(1e-4) = -9.21, i.e. a 2.3x stronger regulariser at the same lambda.
         gmm_random_state: seed of the GMM's initialisation, fixed so that a division is reproducible.
         gmm_max_iter, gmm_tol, gmm_reg_covar: EM settings. 100 iterations and tol 1e-3 are scikit-learn's
-            defaults (a 50k-sample 1-D fit converges in a few iterations; the fit, its k-means
-            initialisation included, runs in torch on the losses' device, all experts of a group together);
+            defaults (the fit, its k-means initialisation included, runs in torch on the losses' device, all
+            experts of a group together);
             reg_covar 5e-4 is DivideMix's and keeps a collapsed component from a singular variance.
         top_k: reference samples per class in the inner loop (the most reliable trusted ones). Default
             100: large enough that each class has neighbours in every mode of its appearance, small
             enough that only samples close to the anchors vote. The CIFAR-10 configs (5000 samples per
             class) use 500 with ``num_neighbors`` 50.
-        num_neighbors: nearest references that vote for a sample. Default 30: a wrong class rarely fills
-            30 neighbours, often 10.
-            Keep it below the trusted samples per class: a class with fewer references than voters
-            never wins unanimously, so on tiny data the calibrated bar (floored at 0.9) recalls little.
+        num_neighbors: nearest references that vote for a sample. Default 30: enough voters that a few
+            neighbours of another class cannot carry the vote. Keep it below the trusted samples per class:
+            a class with fewer references than voters never wins unanimously, so on tiny data the calibrated
+            bar (floored at 0.9) recalls little.
         vote_threshold: which votes act. Default ``"calibrated"``: the bar is the
             ``calibration_quantile`` of the trusted samples' leave-one-out vote share for their own
             label (:func:`tad_plugin.recalibration.calibrated_threshold`), never below
@@ -50,8 +50,7 @@ class TrustAwareDiversion:
             one sieved, only if its vote is at least as supported as that. The bar adapts to the features and
             the round (near-unanimity for tight clusters such as digits' pixels, lower for diffuse ones), so
             recalls do not lower the trusted space's precision where fixed thresholds would. ``"fixed"``
-            uses ``recall_confidence`` / ``sieve_confidence`` instead (``num_neighbors=10`` with it is the
-            earlier behaviour).
+            uses ``recall_confidence`` / ``sieve_confidence`` instead.
         calibration_quantile: the quantile of the trusted samples' own-label shares used as the bar.
             Default 0.75: stricter than the median, which lets a few wrong recalls in.
         recall_confidence: the vote share needed to recall an untrusted sample with its pseudo-label

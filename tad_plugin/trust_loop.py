@@ -70,6 +70,14 @@ class TrustLoopError(TADError, RuntimeError):
     """A hook or a host broke the trust loop's contract (a split of the wrong size, an empty trusted space)."""
 
 
+def recalibration_meets_division(warmup_epochs: int, recompute_every: int, anchor_epoch: int,
+                                 recalibrate_every: int) -> bool:
+    """Whether some epoch is both a division epoch (``warmup_epochs + i * recompute_every``) and a recalibration
+    epoch (``anchor_epoch + j * recalibrate_every``), i, j >= 0: the two progressions meet exactly when their
+    starts differ by a multiple of the steps' greatest common divisor."""
+    return (anchor_epoch - warmup_epochs) % math.gcd(recompute_every, recalibrate_every) == 0
+
+
 @dataclass(frozen=True)
 class Schedule:
     """When the trust loop divides, recalibrates and penalises (epochs as in the module docstring); :meth:`of`
@@ -80,8 +88,15 @@ class Schedule:
         recompute_every: a division every this many epochs from ``warmup_epochs`` on (1 = every epoch).
         outer_loop: divide at all (False: every sample with its label throughout, hooks but ``expert_loss`` unused).
         inner_loop: recalibrate after the due divisions (needs ``outer_loop``).
-        anchor_epoch: the first epoch whose division is followed by a recalibration (anchors are ready then).
-        recalibrate_every: a recalibration after every this many epochs' divisions from ``anchor_epoch`` on.
+        anchor_epoch: the first epoch before which a recalibration may run (anchors are ready then).
+        recalibrate_every: a recalibration follows the division before epoch t when t >= ``anchor_epoch`` and
+            t - ``anchor_epoch`` is a multiple of this (epochs, not divisions: with ``recompute_every`` 2 and
+            this 2 every division from ``anchor_epoch`` on recalibrates).
+
+    Raises:
+        ValueError: a count below its minimum (the message names it), an unknown ``split``, ``inner_loop``
+            without ``outer_loop``, a negative or non-finite penalty, or an inner loop whose recalibration
+            epochs never meet a division epoch.
         recall_once: a sample is recalled at most once per expert (:func:`admit_once`); False = the paper.
         warmup_confidence_penalty: weight of :func:`~tad_plugin.losses.confidence_penalty` in the warm-up's loss
             (0 = off, the paper).
@@ -136,6 +151,12 @@ class Schedule:
         if self.inner_loop and not self.outer_loop:
             raise ValueError("Schedule.inner_loop needs outer_loop (it recalibrates the samples a division leaves "
                              "out): set inner_loop=False too, or outer_loop=True")
+        if self.inner_loop and not recalibration_meets_division(self.warmup_epochs, self.recompute_every,
+                                                                 self.anchor_epoch, self.recalibrate_every):
+            raise ValueError(f"Schedule never recalibrates: divisions come before epochs {self.warmup_epochs} + "
+                             f"k * {self.recompute_every}, recalibrations only before epochs {self.anchor_epoch} + "
+                             f"k * {self.recalibrate_every}, and the two never meet; change anchor_epoch or "
+                             f"recalibrate_every (or set inner_loop=False)")
         penalty = self.warmup_confidence_penalty
         if not (isinstance(penalty, (int, float)) and math.isfinite(penalty) and penalty >= 0):
             raise ValueError(f"Schedule.warmup_confidence_penalty must be a finite number >= 0 (0 = off), got "
@@ -227,7 +248,9 @@ def class_chunk_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: t
         labels: int64 [N], one expert's current labels.
         trusted: bool [N], that expert's trusted space.
         num_classes: C.
-        per_class: the most anchors per class (``tad.anchor_ipc`` under ``tad wrap``).
+        per_class: the most anchors per class (``tad.anchor_ipc`` under ``tad wrap``). TAD's recalibration needs
+            at least 2 anchors in every class (it weighs each anchor by its agreement with the others): pass
+            >= 2, and note that a class without trusted samples gets none, which TAD's ``recalibrate`` refuses.
         generator: CPU generator drawing the chunks.
 
     Returns:
@@ -299,8 +322,9 @@ class TrustLoop:
     """The trust state of E experts trained together, and the one schedule that updates it.
 
     Args:
-        hooks: the hook facade; None only with a schedule that never divides (no hook is called then, and
-            :meth:`criterion` is plain cross-entropy).
+        hooks: the hook facade; None only with a schedule that neither divides nor penalises (``outer_loop``
+            False and ``warmup_confidence_penalty`` 0: no hook is called then, and :meth:`criterion` is plain
+            cross-entropy).
         schedule: when to divide and recalibrate (:meth:`Schedule.of` a ``TADConfig``).
         labels: int64 [E, N] (each expert's labels) or [N] (E = 1), in [0, num_classes): the labels training
             starts from. The loop keeps its state on their device.
@@ -314,6 +338,11 @@ class TrustLoop:
         thresholds: float32 [E, C], the last division's per-class thresholds (NaN before the first division).
 
     The attributes are the state after the last :meth:`before_epoch` / :meth:`update`.
+
+    Raises:
+        TypeError: ``labels`` is not a non-empty int64 tensor [N] or [E, N].
+        ValueError: a label outside [0, num_classes), ``len(experts)`` other than E, or ``hooks`` None with a
+            schedule that needs them.
     """
 
     def __init__(self, hooks: TADHooks | None, schedule: Schedule, labels: torch.Tensor, num_classes: int,
@@ -351,11 +380,21 @@ class TrustLoop:
     def before_epoch(self, epoch: int, losses: LossPass, features: Callable[[], torch.Tensor] | None = None,
                      anchors: AnchorSource | None = None) -> Round:
         """Run what the schedule says before ``epoch``: a division (from ``losses``), then a recalibration
-        (when ``features`` and ``anchors`` are given and the schedule's inner loop is due). ``features()``
-        returns float [N, D], the samples' features; the recalibration runs on its device.
+        (when ``features`` and ``anchors`` are given and the schedule's inner loop is due).
+
+        Args:
+            epoch: the 0-based epoch about to be trained.
+            losses: the :data:`LossPass`: called only when a division is due, once per averaged snapshot.
+            features: returns float [N, D], the samples' features; the recalibration runs on its device.
+                None = no recalibration, even when the schedule is due.
+            anchors: the :data:`AnchorSource`; None = no recalibration, even when the schedule is due.
+
+        Returns:
+            The :class:`Round`: what ran (an empty round when the schedule does nothing before ``epoch``).
 
         Raises:
-            TrustLoopError: a split of the wrong size, or an expert left without trusted samples.
+            TrustLoopError: the loss pass returned something other than a float tensor [E, N], a split of the
+                wrong size, or an expert left without trusted samples.
         """
         out = Round(epoch)
         if not self.schedule.divides(epoch):
@@ -438,7 +477,12 @@ class TrustLoop:
     def update(self, labels: torch.Tensor | None = None, trusted: torch.Tensor | None = None, *,
                epoch: int) -> None:
         """Replace the labels (int64 [E, N]) and/or the trusted space (bool [E, N]) before ``epoch``, checked
-        (a recalibration's result, or a host's own change); None leaves one as it is."""
+        (a recalibration's result, or a host's own change); None leaves one as it is.
+
+        Raises:
+            TrustLoopError: a shape or dtype other than the loop's.
+            ValueError: a label outside [0, num_classes).
+        """
         if labels is not None:
             new = labels.to(self.device)
             if new.shape != self.labels.shape or new.dtype != torch.int64:

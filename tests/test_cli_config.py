@@ -57,6 +57,9 @@ def test_int_to_float_and_null():
     (["data.noise_rate=0.4"], r"data.noise_rate 0.4 without data.noise flips no label; give the kind too"),
     (["data.noise=symmetric"], r"data.noise symmetric at data.noise_rate 0 flips no label; give --noise-rate"),
     (["tad.split=global"], r"tad.split must be 'per-expert' or 'shared'"),
+    (["tad.recompute_every=2", "tad.anchor_epoch=5", "tad.recalibrate_every=2"],
+     r"TAD never recalibrates: divisions come before epochs tad.warmup_epochs \+ k \* tad.recompute_every "
+     r"\(2 \+ k \* 2\)"),
     (["distill.compile_mode=fastest"], r"distill.compile_mode must be one of default, reduce-overhead"),
     (["distill.inner_grad=compiled", "distill.recompute_steps=convolutions"],
      r"distill.recompute_steps must be false, true or elementwise, got 'convolutions'"),

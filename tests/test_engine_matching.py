@@ -95,6 +95,17 @@ def test_a_finished_run_extends_to_more_iterations_as_if_started_that_long(toy, 
         TrajectoryMatcher(net, short, trajs, images, labels, checkpoint=ck, progress=False).run()
 
 
+def test_the_end_of_a_run_is_saved_whatever_the_checkpoint_interval(toy, tmp_path):
+    """No interval, no timer, no evaluator: the final state still reaches the checkpoint, so the run extends."""
+    net, trajs, images, labels, _, _ = toy
+    cfg = MatchingConfig(iterations=3, syn_steps=2, expert_epochs=1, max_start_epoch=3, batch_syn=4, lr_img=10.0,
+                         eval_every=0, checkpoint_every=0, checkpoint_seconds=0, log_every=3, seed=2)
+    ck = tmp_path / "ck.pt"
+    result = TrajectoryMatcher(net, cfg, trajs, images, labels, checkpoint=ck, progress=False).run()
+    state = torch.load(ck, weights_only=True)
+    assert state["iteration"] == 3 and torch.equal(state["images"], result.images)
+
+
 def test_extras_ema_adaptive_soft_labels_and_evaluation(toy):
     net, trajs, images, labels, test_x, test_y = toy
     soft = F.one_hot(labels, 2).float() * 3

@@ -278,6 +278,8 @@ def test_a_trust_loop_refuses_labels_it_would_misuse(labels, error, message):
     ({"loss_average": 1.5}, r"Schedule.loss_average must be an integer >= 1, got 1.5"),
     ({"warmup_confidence_penalty": -1.0}, r"warmup_confidence_penalty must be a finite number >= 0"),
     ({"warmup_confidence_penalty": float("nan")}, r"warmup_confidence_penalty must be a finite number >= 0"),
+    ({"warmup_epochs": 2, "recompute_every": 2, "anchor_epoch": 3, "recalibrate_every": 2},
+     r"Schedule never recalibrates: divisions come before epochs 2 \+ k \* 2, recalibrations only before epochs 3"),
 ])
 def test_a_schedule_refuses_values_it_would_misread(kwargs, message):
     # a typo in split once ran per-expert, IL without OL never divided, recompute_every=0 divided by zero later
@@ -286,6 +288,18 @@ def test_a_schedule_refuses_values_it_would_misread(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Schedule(**kwargs)
     assert Schedule.off().outer_loop is False and Schedule(outer_loop=False, inner_loop=False).divides(5) is False
+
+
+def test_recalibrations_count_epochs_not_divisions():
+    """A recalibration runs before epoch t when a division does and t - anchor_epoch is a multiple of
+    recalibrate_every; progressions that meet late are accepted, ones that never meet are refused above."""
+    from tad_plugin import Schedule
+
+    every_second = Schedule(warmup_epochs=2, recompute_every=2, anchor_epoch=4, recalibrate_every=2)
+    assert [t for t in range(10) if every_second.recalibrates(t)] == [4, 6, 8]
+    late = Schedule(warmup_epochs=2, recompute_every=3, anchor_epoch=5, recalibrate_every=2)
+    assert [t for t in range(20) if late.recalibrates(t)] == [5, 11, 17]
+    assert Schedule(warmup_epochs=2, recompute_every=2, anchor_epoch=3, recalibrate_every=2, inner_loop=False)
 
 
 @pytest.mark.parametrize("returned, message", [

@@ -10,7 +10,8 @@ Two sources of an :class:`AuditTable` (one row per training sample):
   parameters of their last few epochs add the softmax averaged over experts and epochs (the fallback
   suggestion).
 * :func:`confident_learning_table`: cleanlab's ``find_label_issues`` on out-of-sample probabilities, e.g.
-  from :func:`kfold_probabilities` (K ConvNets, each trained on the other folds with plain cross-entropy).
+  each sample's from :func:`fold_probabilities` of the ConvNet that did not train on its fold (K ConvNets,
+  each trained with plain cross-entropy on the other folds of :func:`kfold_assignment`).
 
 :func:`write_audit` writes the table, the ranked issues, the cleaned label file, the report and (optionally)
 a pruned arrays file; :func:`detection_metrics` scores a table against the clean labels, and
@@ -139,9 +140,16 @@ def audit_experts(store: TrajectoryStore, net: ConvNetConfig, preprocess: Prepro
         snapshots: how many of each expert's last epochs' parameters average their softmax for the fallback
             suggestion (fewer when an expert has fewer epochs); default 5: averaging over the end of the
             trajectory steadies the last epoch's predictions, while earlier epochs still fit the noise less.
+        device: where the passes run; the table's tensors are on the CPU whatever it is.
+        progress: show a progress bar over the expert groups.
+
+    Returns:
+        The :class:`AuditTable`: one row per training sample, CPU tensors [N].
 
     Raises:
         TrajectoryError: the store has no finished experts, or they were trained without TAD.
+        TypeError: labels (or clean labels) not int64 [N].
+        ValueError: ``snapshots`` < 1, a label outside [0, C), or images and the store of different sizes.
     """
     indices = list(store.finished() if experts is None else experts)
     if not indices:

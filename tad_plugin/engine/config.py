@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ..errors import TADError
-from ..trust_loop import Schedule
+from ..trust_loop import Schedule, recalibration_meets_division
 from .student_grad import COMPILE_MODES, INNER_GRADS, RECOMPUTE_STEPS
 
 __all__ = ["ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
@@ -247,6 +247,13 @@ class TADConfig:
         if self.anchor_ipc < 2 or self.anchor_epoch < 3 or self.anchor_iterations < 1 or self.recalibrate_every < 1:
             raise ConfigError("tad.anchor_ipc must be >= 2, tad.anchor_epoch >= 3 (anchors match epochs 0-3), "
                               "tad.anchor_iterations and tad.recalibrate_every >= 1")
+        if self.enabled and self.inner_loop and not recalibration_meets_division(
+                self.warmup_epochs, self.recompute_every, self.anchor_epoch, self.recalibrate_every):
+            raise ConfigError(f"TAD never recalibrates: divisions come before epochs tad.warmup_epochs + k * "
+                              f"tad.recompute_every ({self.warmup_epochs} + k * {self.recompute_every}), "
+                              f"recalibrations before tad.anchor_epoch + k * tad.recalibrate_every "
+                              f"({self.anchor_epoch} + k * {self.recalibrate_every}), and the two never meet; change "
+                              f"tad.anchor_epoch or tad.recalibrate_every (or set tad.inner_loop=false)")
         self.check_plugin_kwargs()
 
     def plugin_kwargs(self) -> dict[str, Any]:

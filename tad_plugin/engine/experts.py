@@ -51,8 +51,8 @@ mean loss of its experts; all experts of the group train on the same trusted spa
 The criterion is called once per step on the concatenated [E*B, C] logits, so it must be a mean over
 samples (the ``expert_loss`` contract); a criterion with batch-level statistics would couple experts.
 
-Speed is measured by ``benchmarks/benchmark_experts.py`` (TAD's added work per epoch, piece by piece:
-``benchmarks/benchmark_tad_overhead.py``); the batched (grouped-convolution) kernels dominate, not Python.
+Speed: ``benchmarks/benchmark_experts.py`` (TAD's added work per epoch, piece by piece:
+``benchmarks/benchmark_tad_overhead.py``).
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ class EpochState:
         splits: the E :class:`TrustSplit` results of this epoch's division (one shared split is
             repeated E times), or None when no division was made.
         num_classes: C.
-        snapshots: the group's parameter snapshots so far, each float [E, P] on the device: index 0 is
-            the initialisation, index t the parameters after epoch t (so ``epoch + 2`` of them). The
+        snapshots: the group's parameter snapshots so far, each float [E, P] on the device: index t holds
+            the parameters after t epochs (index 0 the initialisation; ``epoch + 2`` of them). The
             dual loop distils its anchors from these early snapshots. Read-only.
         predictions: int64 [E, N] or None; the experts' argmax classes from the same pass as ``losses``.
     """

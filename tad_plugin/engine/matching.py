@@ -127,7 +127,7 @@ class MatchingConfig:
             however slow its iterations are, for one checkpoint write a minute.
         log_every: iterations between loss read-backs (progress bar, NaN check).
         seed: drives the expert order, start epochs, batches and DSA.
-        channels_last: NHWC convolutions in the student.
+        channels_last: NHWC convolutions in the student (``inner_grad="autograd"`` only).
         inner_grad: how the student's gradient is taken in every inner step: ``"autograd"``
             (``torch.autograd.grad(..., create_graph=True)``, upstream's way: the final backward is a
             double backward), ``"explicit"`` (:func:`~tad_plugin.engine.student_grad.student_grad`, the
@@ -145,6 +145,10 @@ class MatchingConfig:
             ``"reduce-overhead"`` (the compiled graphs replayed as CUDA graphs: one launch instead of
             dozens per call, for a launch-bound iteration; the same images up to float rounding) or
             ``"max-autotune-no-cudagraphs"``. Ignored by the other routes; on a CPU all three compile alike.
+
+    Raises:
+        ValueError: a setting out of its range or an unknown choice (the message names it), ``channels_last``
+            or ``recompute_steps`` with a route that does not take it.
     """
 
     iterations: int = 5000
@@ -388,7 +392,8 @@ class TrajectoryMatcher:
         net: the student's shape (the experts' network).
         config: loop settings.
         trajectories: one float tensor [epochs + 1, P] per expert (any device; rows are copied to
-            ``device`` when used), e.g. the experts helper's lazy storage.
+            ``device`` when used), e.g. the experts helper's lazy storage; each needs epochs >=
+            ``max_start_epoch + expert_epochs - 1`` (checked when a trajectory is first drawn).
         images: float [M, C, H, W] initial synthetic images (model-input space), e.g.
             ``preprocess(train_images[real_init_indices(...)])``.
         labels: int64 [M] hard labels or float [M, num_classes] soft logits.
@@ -399,6 +404,12 @@ class TrajectoryMatcher:
         ranks: several processes split every inner step's minibatch (exact; see
             :mod:`tad_plugin.engine.distributed`); each must pass the same arguments. None = one process.
             Only rank 0 shows progress and writes the checkpoint.
+        progress: show a progress bar.
+
+    Raises:
+        ValueError: no trajectories, images not float [M, C, H, W] of ``net``'s shape, or labels that are
+            neither int64 [M] in [0, num_classes) nor float [M, num_classes]; later, from :meth:`run`, a
+            checkpoint of another run or a trajectory too short for the start window.
     """
 
     def __init__(self, net: ConvNetConfig, config: MatchingConfig, trajectories: Sequence[Tensor],
@@ -636,10 +647,17 @@ class TrajectoryMatcher:
         bar.set_postfix(loss=f"{loss:.4f}", syn_lr=f"{lr:.2e}")
 
     def run(self) -> DistillResult:
-        """Run (or resume) to ``config.iterations``; returns the result (also saved at the checkpoint)."""
+        """Run (or resume) to ``config.iterations``; returns the result, whose state is also saved at the
+        checkpoint (when there is one) as the run ends.
+
+        Raises:
+            DistillDivergedError: a non-finite matching loss, or a learned step size that is not positive.
+        """
         c = self.config
+        saved_at = -1  # the iteration of the state last saved at the checkpoint
         if self.checkpoint is not None and self.checkpoint.exists():
             self.load_state_dict(read_checkpoint(self.checkpoint))
+            saved_at = self.iteration
         bar = tqdm(total=c.iterations, initial=self.iteration, desc="distill", disable=not self.progress)
         saved = time.monotonic()
         with bar:
@@ -655,12 +673,13 @@ class TrajectoryMatcher:
                         c.checkpoint_every and self.iteration % c.checkpoint_every == 0
                         or c.checkpoint_seconds and time.monotonic() - saved >= c.checkpoint_seconds):
                     self.save(self.checkpoint)
-                    saved = time.monotonic()
+                    saved, saved_at = time.monotonic(), self.iteration
         if self.evaluator is not None and not any(h.get("iteration") == c.iterations and "eval" in h
                                                   for h in self.history):
             self.evaluate()
-            if self.checkpoint is not None:
-                self.save(self.checkpoint)
+            saved_at = -1  # the final evaluation is part of the state
+        if self.checkpoint is not None and saved_at != self.iteration:
+            self.save(self.checkpoint)
         self.ranks.barrier()  # rank 0's last checkpoint is written before any rank moves on
         self._positive_step_size("finishing")
         return self.result()

@@ -123,8 +123,7 @@ class FeatureExtractor:
         Args:
             images: uint8 [N, C, H, W] (0..255) or float [N, C, H, W] in [0, 1], on any device. Not
                 ZCA-whitened and not mean/std-normalised: undo that first.
-            progress: None = silent; a string = a tqdm bar over the images with that description (e.g. on
-                a CPU, where 50,000 CIFAR images take minutes).
+            progress: None = silent; a string = a tqdm bar over the images with that description.
 
         Returns:
             float32 [N, D] on ``images.device``, in input order (not L2-normalised).

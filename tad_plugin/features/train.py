@@ -78,8 +78,8 @@ class TrainConfig:
         seed: seeds torch's generators (CPU and CUDA).
         amp: bfloat16 autocast on CUDA.
         compile: ``torch.compile`` the model and the augmentation's pixel operations
-            (:func:`~tad_plugin.features.augment.compiled_render`; CUDA; pays off on runs longer than a few
-            minutes).
+            (:func:`~tad_plugin.features.augment.compiled_render`; CUDA): faster steps after a compilation at
+            the start, so worth it for all but short runs.
         augment: the augmentation parameters.
         image_size: side of the square images trained on: the training and test images are resized once
             (antialiased bilinear, to uint8) and the saved extractor resizes what it embeds to the same size.
