@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .cli_options import HelpFormatter, add_settings_options
+from .data import ImageDataset
 from .runs import (
     DEMO_CONFIG,
     TrainingData,
@@ -168,6 +169,10 @@ def audit(cfg: Any, *, detector: str = "tad", buffer: str | Path | None = None, 
             raise ConfigError(f"--folds {folds}: the cross-validation needs 2 to {smallest} folds (the smallest class "
                               f"holds {smallest} samples under the given labels)")
     reuse = check_run(pipe, data, out, Path(buffer) if buffer else None) if detector == "tad" else None
+    if detector == "cleanlab":
+        fold_pipe, fold_sets = _fold_sets(pipe, data, folds)
+        for k, (held, rest) in enumerate(fold_sets):  # a folder of another --folds or seed: refused before writing
+            fold_pipe.check_store(rest, data.labels[~held], out / "folds" / f"fold{k}")
     out.mkdir(parents=True, exist_ok=True)  # every check passed: start writing
     save_labels(data, out)
     log = RunLog(out / "result_audit.json", to_dict(cfg), cfg.seed, pipe.device)
@@ -185,7 +190,7 @@ def audit(cfg: Any, *, detector: str = "tad", buffer: str | Path | None = None, 
                               batch_size=cfg.buffer.eval_batch_size, progress=progress)
         rounds = trust_rounds(store, clean)
     else:
-        probs = _fold_stage(pipe, data, out, log, folds)
+        probs = _fold_stage(fold_pipe, fold_sets, data, out, log)
         start = time.perf_counter()
         from .engine.audit import confident_learning_table
 
@@ -201,26 +206,40 @@ def audit(cfg: Any, *, detector: str = "tad", buffer: str | Path | None = None, 
     return AuditResult(table, metrics, files, log.path)
 
 
-def _fold_stage(pipe: Any, data: TrainingData, out: Path, log: Any, folds: int) -> torch.Tensor:
-    """cleanlab's out-of-sample probabilities float [N, C]: fold k's ConvNet is trained (plain cross-entropy,
-    the run's expert recipe, one expert) on the other folds into ``out/folds/fold<k>`` (resumed when it is
-    finished) and predicts fold k. Records the stage ``folds``."""
-    from .engine.audit import fold_probabilities, kfold_assignment
+def _fold_sets(pipe: Any, data: TrainingData, folds: int) -> tuple[Any, list[tuple[torch.Tensor, ImageDataset]]]:
+    """The cross-validation of ``--detector cleanlab``: the pipeline that trains each fold's ConvNet (plain
+    cross-entropy, the run's expert recipe, one expert) and, per fold k, ``(held, rest)``: bool [N], the samples
+    of fold k, and the dataset of the other folds it trains on."""
+    from .engine.audit import kfold_assignment
 
-    start = time.perf_counter()
     cfg = pipe.config
     fold_cfg = dataclasses.replace(cfg, buffer=dataclasses.replace(cfg.buffer, num_experts=1, experts_per_group=1))
-    fold_pipe = type(pipe)(fold_cfg, progress=pipe.progress)
+    ds = data.dataset
+    assign = kfold_assignment(data.labels, folds, cfg.seed)
+    sets = []
+    for k in range(folds):
+        held = assign == k
+        sets.append((held, dataclasses.replace(ds, train_images=ds.train_images[~held],
+                                               train_labels=ds.train_labels[~held])))
+    return type(pipe)(fold_cfg, progress=pipe.progress), sets
+
+
+def _fold_stage(fold_pipe: Any, fold_sets: list[tuple[torch.Tensor, ImageDataset]], data: TrainingData, out: Path,
+                log: Any) -> torch.Tensor:
+    """cleanlab's out-of-sample probabilities float [N, C]: fold k's ConvNet (:func:`_fold_sets`) is trained on
+    the other folds into ``out/folds/fold<k>`` (resumed when it is finished) and predicts fold k. Records the
+    stage ``folds``."""
+    from .engine.audit import fold_probabilities
+
+    start = time.perf_counter()
     ds = data.dataset
     pre = fold_pipe.preprocessor(ds)  # fitted on the whole training set once, shared by the folds
     net = fold_pipe.network(ds)
-    assign = kfold_assignment(data.labels, folds, cfg.seed)
     probs = torch.zeros(len(data.labels), ds.num_classes)
-    for k in range(folds):
-        held = assign == k
-        rest = dataclasses.replace(ds, train_images=ds.train_images[~held], train_labels=ds.train_labels[~held])
+    for k, (held, rest) in enumerate(fold_sets):
         store = fold_pipe.buffer(rest, data.labels[~held], out / "folds" / f"fold{k}")
         params = store.load_expert(0).params[-1].to(fold_pipe.device)
-        probs[held] = fold_probabilities(net, params, ds.train_images[held], pre, cfg.buffer.eval_batch_size)
-    log.stage("folds", time.perf_counter() - start, folds=folds)
+        probs[held] = fold_probabilities(net, params, ds.train_images[held], pre,
+                                         fold_pipe.config.buffer.eval_batch_size)
+    log.stage("folds", time.perf_counter() - start, folds=len(fold_sets))
     return probs

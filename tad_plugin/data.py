@@ -322,8 +322,11 @@ def _load_arrays(path: Path) -> ImageDataset:
     return ImageDataset(path.stem, images("train"), train_labels, images("test"), test_labels, names)
 
 
-def save_arrays(dataset: ImageDataset, path: str | os.PathLike[str]) -> None:
-    """Write ``dataset`` as a ``.npz`` arrays file that :func:`load_dataset` reads back (atomically)."""
+def save_arrays(dataset: ImageDataset, path: str | os.PathLike[str],
+                extra: dict[str, np.ndarray] | None = None) -> None:
+    """Write ``dataset`` as a ``.npz`` arrays file that :func:`load_dataset` reads back (atomically), with the
+    ``extra`` arrays beside it under their own keys (e.g. label sets that ``--cifar-n PATH --label-set KEY``
+    reads); None = none."""
     path = Path(path)
     arrays: dict[str, Any] = {  # Any: numpy's stub checks savez's **arrays against allow_pickle
         "train_images": dataset.train_images.permute(0, 2, 3, 1).numpy(),
@@ -332,6 +335,10 @@ def save_arrays(dataset: ImageDataset, path: str | os.PathLike[str]) -> None:
         "test_labels": dataset.test_labels.numpy(),
         "class_names": np.array(dataset.class_names),
     }
+    clash = sorted(set(extra or {}) & set(arrays))
+    if clash:
+        raise ValueError(f"extra arrays may not replace the dataset's own: {', '.join(clash)}")
+    arrays.update(extra or {})
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 

@@ -143,23 +143,39 @@ def not_a_zip(path: str | os.PathLike[str]) -> str | None:
     return "empty" if Path(path).stat().st_size == 0 else "no zip archive: a truncated copy, or another format"
 
 
-def torch_load(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bool = False) -> Any:
+def torch_load(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bool = False,
+               verify: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` whose failure says what is wrong with the file.
 
+    Args:
+        verify: first check every stored member against its CRC-32 (torch.load does not): bytes damaged inside
+            the file are then refused instead of loaded. It reads the whole file once more, so it is meant for
+            state that a run resumes from, not for files read over and over.
+
     Raises:
-        ValueError: the file is not a torch zip archive (a truncated copy, or another format), or it holds
-            objects other than tensors, numbers, strings, lists and dicts (not a file this library or
-            upstream's scripts wrote); torch's own message would advise ``weights_only=False``, which
-            would run whatever code such a file carries. Callers add which file it is and the fix.
+        ValueError: the file is not a torch zip archive (a truncated copy, or another format), it fails its
+            checksums (with ``verify``), or it holds objects other than tensors, numbers, strings, lists and
+            dicts (not a file this library or upstream's scripts wrote); torch's own message would advise
+            ``weights_only=False``, which would run whatever code such a file carries. Callers add which file it
+            is and the fix.
         Any other error of ``torch.load`` (a missing file: FileNotFoundError) unchanged.
     """
     import torch
 
+    if verify and Path(path).is_file() and not_a_zip(path) is None:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:  # a damaged header or local entry
+            bad = f"({exc})"
+        if bad is not None:
+            raise ValueError(f"damaged: its entry {bad} fails the archive's checks (bytes changed on disk or in a "
+                             f"copy)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except OSError:
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
-    except Exception as exc:  # an empty or foreign file fails as EOFError, KeyError, ... with no useful text
+    except Exception as exc:  # an empty, truncated or foreign file fails as EOFError, KeyError, OSError(EINVAL), ...
         if Path(path).is_file() and (why := not_a_zip(path)) is not None:
             raise ValueError(f"not a torch file ({why})") from exc
         if isinstance(exc, pickle.UnpicklingError):

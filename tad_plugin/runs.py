@@ -263,6 +263,13 @@ def stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
     start = time.perf_counter()
     clean = data.dataset.train_labels if data.noise_rate > 0 else None  # noise was applied: truth known
     if reuse is None:
+        if (out / "buffer" / "manifest.json").is_file() and pipe.ranks.is_main:
+            from .engine.trajectories import TrajectoryStore
+
+            done = len(TrajectoryStore.open(out / "buffer").finished())
+            if 0 < done < pipe.config.buffer.num_experts:
+                print(f"resuming {out / 'buffer'}: {done} of {pipe.config.buffer.num_experts} experts already trained",
+                      file=sys.stderr)
         store = pipe.buffer(data.dataset, data.labels, out / "buffer", clean_labels=clean)
         info: dict[str, Any] = {"experts": len(store)}
     else:
@@ -389,18 +396,27 @@ def stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, ou
     path = out / "distilled.pt"
     settings = {"distill": to_dict(pipe.config.distill), "experts": store.finished(), "seed": pipe.config.seed,
                 "method": pipe.name}
+    title = f"{pipe.name.upper()} on {data.dataset.name}"
     if path.is_file():
-        result, _ = load_distilled(path)
-        if torch_load(path).get("settings") == json_safe(settings):
-            record_distill(log, result, 0.0, resumed=True)
-            return result
-    start = time.perf_counter()
-    result = pipe.distill(store, data.dataset, data.labels, checkpoint=out / "distill_checkpoint.pt")
+        try:
+            result, pre = load_distilled(path)
+        except ValueError as exc:  # a damaged copy in our own run folder: made again, then replaced whole
+            logging.getLogger(__name__).warning("%s: distilling again", exc)
+        else:
+            if torch_load(path).get("settings") == json_safe(settings):
+                if pipe.ranks.is_main and not all((out / f).is_file() for f in ("distilled.png", "curve.png")):
+                    _draw_distill(result, pre, out, title, data.dataset.class_names)  # a run killed before them
+                record_distill(log, result, result.seconds, resumed=True)
+                return result
+    checkpoint = out / "distill_checkpoint.pt"
+    if checkpoint.is_file() and pipe.ranks.is_main:
+        print(f"resuming the distillation from {checkpoint}", file=sys.stderr)
+    result = pipe.distill(store, data.dataset, data.labels, checkpoint=checkpoint)
     if pipe.ranks.is_main:  # the ranks hold the same images
         pre = pipe.preprocessor(data.dataset, store)
         save_distilled(result, path, pre, settings=json_safe(settings))
-        _draw_distill(result, pre, out, f"{pipe.name.upper()} on {data.dataset.name}", data.dataset.class_names)
-    record_distill(log, result, time.perf_counter() - start, images=list(result.images.shape))
+        _draw_distill(result, pre, out, title, data.dataset.class_names)
+    record_distill(log, result, result.seconds, images=list(result.images.shape))
     return result
 
 

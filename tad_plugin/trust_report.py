@@ -178,7 +178,8 @@ class TrustReport:
             return cls([TrustRound(**r) for r in data["rounds"]], data.get("noisy_label_accuracy"))  # older: 0s
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"cannot read trust report {path}: {type(exc).__name__}: {exc}; it is not a report "
-                             f"TrustReport.save_json wrote (the buffer stage writes it: rerun `tad buffer`)") from exc
+                             f"TrustReport.save_json wrote. Delete it to go on without it (expert 0 writes it while "
+                             f"it trains: delete that expert's file too to have it again)") from exc
 
     def table(self, max_rows: int | None = None) -> str:
         """A Markdown table of the rounds (percentages where clean labels were known); with ``max_rows``,

@@ -161,6 +161,9 @@ def test_cleanlab_detector_and_the_pruned_dataset(tmp_path):
     det = json.loads((tmp_path / "result_audit.json").read_text())["results"]["detection"]
     assert det["precision"] > det["noise_rate"] + 0.2 and det["recall"] > det["noise_rate"] + 0.2
     assert sorted(p.name for p in (tmp_path / "folds").iterdir()) == ["fold0", "fold1", "fold2"]
+    written = {name: (tmp_path / name).read_bytes() for name in ("result_audit.json", "labels.pt")}
+    assert main(["audit", *QUICK, "--detector", "cleanlab", "--folds", "4", "--out", str(tmp_path)]) == 2
+    assert written == {name: (tmp_path / name).read_bytes() for name in written}  # refused before writing
     rows = read_csv(tmp_path / "label_issues.csv")
     kept = [int(r["index"]) for r in rows if r["is_label_issue"] == "0"]
     pruned = tmp_path / "pruned" / "digits.npz"

@@ -1,5 +1,6 @@
 """The ``tad`` command: the quick demo end to end, resume, argument/config merging, clear errors."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -71,6 +72,34 @@ def test_rerun_resumes_finished_stages(quick_demo):
     assert record["stages"]["distill"].get("resumed") is True
     assert len(record["stages"]["distill"]["evaluations"]) == 3 and "test_acc_best_mean" in record["results"]
     assert record["stages"]["buffer"]["experts"] == 2
+
+
+def test_a_rerun_repairs_what_a_kill_or_a_damaged_copy_left(quick_demo, tmp_path, caplog, capsys):
+    """A run killed after writing distilled.pt but before its figures gets them on the rerun; a truncated
+    distilled.pt is made again from the checkpoint, not offered back as the fix; a lost expert is trained again;
+    the rerun says what it resumes; the distillation's seconds (over both attempts) still cover its evaluations."""
+    import shutil
+
+    copy = tmp_path / "demo"
+    shutil.copytree(quick_demo, copy)
+    for name in ("distilled.png", "curve.png"):
+        (copy / "tad" / name).unlink(missing_ok=True)
+    damaged = copy / "noisy" / "distilled.pt"
+    damaged.write_bytes(damaged.read_bytes()[:2000])
+    (copy / "tad" / "buffer" / "experts" / "expert_00001.pt").unlink()
+    assert main(["demo", "--quick", "--no-progress", "--out", str(copy)]) == 0
+    assert "distilled.pt: not a torch file (no zip archive: a truncated copy" in caplog.text
+    assert "distilling again" in caplog.text
+    err = capsys.readouterr().err
+    assert f"resuming {copy / 'tad' / 'buffer'}: 1 of 2 experts already trained" in err
+    assert f"resuming the distillation from {copy / 'noisy' / 'distill_checkpoint.pt'}" in err
+    again = torch.load(damaged, weights_only=True)
+    assert torch.equal(again["images"], torch.load(quick_demo / "noisy" / "distilled.pt", weights_only=True)["images"])
+    for arm in ("noisy", "tad"):
+        distill = json.loads((copy / arm / "result_demo.json").read_text())["stages"]["distill"]
+        assert distill["wall_time_s"] > sum(e["seconds"] for e in distill["evaluations"]) > 0
+    if importlib.util.find_spec("matplotlib"):
+        assert all((copy / "tad" / name).read_bytes()[:4] == b"\x89PNG" for name in ("distilled.png", "curve.png"))
 
 
 def test_export_command(quick_demo, tmp_path, capsys):

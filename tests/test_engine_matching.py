@@ -95,6 +95,24 @@ def test_a_finished_run_extends_to_more_iterations_as_if_started_that_long(toy, 
         TrajectoryMatcher(net, short, trajs, images, labels, checkpoint=ck, progress=False).run()
 
 
+def test_a_checkpoint_from_other_experts_is_refused_not_resumed(toy, tmp_path):
+    """The same settings over other trajectories (more experts, another buffer) would otherwise continue the old
+    images as if they came from the new experts."""
+    net, trajs, images, labels, _, _ = toy
+    cfg = MatchingConfig(iterations=4, syn_steps=2, expert_epochs=1, max_start_epoch=3, batch_syn=4, lr_img=10.0,
+                         eval_every=0, checkpoint_every=2, log_every=2, seed=2)
+    ck = tmp_path / "ck.pt"
+    TrajectoryMatcher(net, cfg, trajs[:1], images, labels, checkpoint=ck, progress=False).run()
+    for other in (trajs, trajs[1:]):  # one more expert; as many, but another one
+        with pytest.raises(ValueError, match=r"belongs to a distillation from other expert trajectories "
+                                             r"\(1 then, \d now, or other experts\); delete it"):
+            TrajectoryMatcher(net, cfg, other, images, labels, checkpoint=ck, progress=False).run()
+    longer = MatchingConfig(**{**cfg.__dict__, "iterations": 6})
+    assert TrajectoryMatcher(net, longer, trajs[:1], images, labels, checkpoint=ck, progress=False).run()
+    with pytest.raises(ValueError, match=r"trajectory 0 is \(5,\); each must be \[epochs \+ 1 >= 2, "):
+        TrajectoryMatcher(net, cfg, [torch.zeros(5)], images, labels, progress=False)
+
+
 def test_the_end_of_a_run_is_saved_whatever_the_checkpoint_interval(toy, tmp_path):
     """No interval, no timer, no evaluator: the final state still reaches the checkpoint, so the run extends."""
     net, trajs, images, labels, _, _ = toy

@@ -110,6 +110,25 @@ def test_interrupted_run_resumes_records_history_and_writes_files(tiny, tmp_path
     assert train_simclr(tiny, _config(), "cpu", checkpoint=ck, resume=True, progress=False).epochs == 2
 
 
+def test_a_resume_on_other_images_or_another_size_is_refused(tiny, tmp_path):
+    """A state continues only the training it came from: not at another image size, not on other images."""
+    ck = tmp_path / "run.pt"
+    lines = []
+    with pytest.raises(KeyboardInterrupt):  # in epoch 2, after epoch 1's state was written
+        train_simclr(tiny, _config(), "cpu", checkpoint=ck, progress=False,
+                     log=lambda line: lines.append(line) or len(lines) < 2 or _interrupt())
+    with pytest.raises(TrainingError, match=r"cannot resume .*it was trained with image_size=None; pass the same"):
+        train_simclr(tiny, _config(image_size=16), "cpu", checkpoint=ck, resume=True, progress=False)
+    inverted = ImageDataset("inverted", 255 - tiny.train_images, tiny.train_labels, tiny.test_images, tiny.test_labels,
+                            tiny.class_names)
+    with pytest.raises(TrainingError, match=r"it was trained on other images \(tiny, \[32, 1, 8, 8\]; now inverted"):
+        train_simclr(inverted, _config(), "cpu", checkpoint=ck, resume=True, progress=False)
+
+
+def _interrupt():
+    raise KeyboardInterrupt
+
+
 def test_resume_without_state_is_a_clear_error(tiny, tmp_path):
     with pytest.raises(TrainingError, match="nothing to resume"):
         train_simclr(tiny, _config(), "cpu", checkpoint=tmp_path / "x.pt", resume=True, progress=False)

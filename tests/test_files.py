@@ -54,6 +54,37 @@ def test_torch_load_says_what_is_wrong_with_the_file(tmp_path):
         torch_load(tmp_path / "missing.pt")
 
 
+def test_bytes_damaged_inside_a_file_are_refused_when_verified(tmp_path):
+    """torch.load reads a file whose tensor bytes were overwritten without complaint; verify checks the CRCs."""
+    path = tmp_path / "state.pt"
+    atomic_torch_save({"a": torch.arange(30000, dtype=torch.float32)}, path)
+    damaged = bytearray(path.read_bytes())
+    damaged[8000:12000] = bytes(4000)
+    path.write_bytes(bytes(damaged))
+    assert not torch.equal(torch_load(path)["a"], torch.arange(30000, dtype=torch.float32))  # silently wrong
+    with pytest.raises(ValueError, match=r"damaged: its entry \S+ fails the archive's checks"):
+        torch_load(path, verify=True)
+
+
+def test_a_file_cut_at_any_point_is_named_as_truncated(tmp_path):
+    """torch.load fails on a cut file as EOFError, RuntimeError or OSError(EINVAL) ("Invalid argument"),
+    depending on where the cut falls; every one reads as a truncated copy."""
+    whole_path = tmp_path / "whole.pt"
+    atomic_torch_save({"a": torch.arange(20000, dtype=torch.float32), "b": list(range(10))}, whole_path)
+    whole, cut = whole_path.read_bytes(), tmp_path / "cut.pt"
+    kinds = set()
+    for n in range(1, len(whole), 997):
+        cut.write_bytes(whole[:n])
+        try:
+            torch.load(cut, weights_only=True)
+        except Exception as exc:  # what torch itself raises at this cut
+            kinds.add(type(exc).__name__)
+        for mmap in (False, True):
+            with pytest.raises(ValueError, match=r"no zip archive: a truncated copy"):
+                torch_load(cut, mmap=mmap)
+    assert "OSError" in kinds  # the case that once leaked as a bare "Invalid argument"
+
+
 def test_a_corrupt_extractor_or_checkpoint_names_the_file_and_the_fix(tmp_path):
     from tad_plugin.features import ExtractorFileError, load_extractor
 

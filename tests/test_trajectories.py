@@ -96,10 +96,15 @@ def test_bad_records_and_files(tmp_path):
         store.save_expert(nan)
     store.expert_path(3).parent.mkdir(parents=True, exist_ok=True)
     store.expert_path(3).write_bytes(b"not a zip")
-    with pytest.raises(TrajectoryError, match="delete the file and rerun"):
+    with pytest.raises(TrajectoryError, match="delete the file and rerun the command that trained the experts"):
         store.load_expert(3)
     with pytest.raises(TrajectoryError, match="not in"):
         store.load_expert(7)
+    store.save_expert(rec)
+    store.expert_path(2).write_bytes(store.expert_path(1).read_bytes())  # expert 1's file under 2's name
+    for read in (store.load_expert, store.trajectory, lambda i: store.final_trust([i])):
+        with pytest.raises(TrajectoryError, match=r"expert_00002.pt holds expert 1, not expert 2; delete it"):
+            read(2)
     with pytest.raises(TrajectoryError, match="no manifest.json"):
         TrajectoryStore.open(tmp_path / "nowhere")
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other/0"}))

@@ -29,7 +29,7 @@ def test_rounds_metrics_and_round_trip(tmp_path):
     (tmp_path / "cut.json").write_text((tmp_path / "trust.json").read_text()[:40])
     (tmp_path / "other.json").write_text('{"rounds": [{"round": 0, "colour": "red"}]}')
     for name, problem in (("cut.json", "JSONDecodeError"), ("other.json", "TypeError")):
-        with pytest.raises(ValueError, match=f"cannot read trust report .*{name}: {problem}: .*rerun `tad buffer`"):
+        with pytest.raises(ValueError, match=f"cannot read trust report .*{name}: {problem}: .*Delete it to go on"):
             TrustReport.load_json(tmp_path / name)
     pytest.importorskip("matplotlib")
     report.plot(tmp_path / "trust.png")

@@ -506,11 +506,7 @@ def write_pruned(dataset: ImageDataset, table: AuditTable, path: str | os.PathLi
     pruned = dataclasses.replace(dataset, train_images=dataset.train_images[keep],
                                  train_labels=dataset.train_labels[keep])
     path = Path(path)
-    save_arrays(pruned, path)
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    arrays.update({GIVEN_KEY: table.given[keep].numpy(), "kept_index": keep.numpy()})
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    save_arrays(pruned, path, extra={GIVEN_KEY: table.given[keep].numpy(), "kept_index": keep.numpy()})
     return path
 
 

@@ -76,9 +76,9 @@ EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "checkpo
 #: syn_lr, eval {mean, std, accuracies, seconds} and eval_ema when EMA images are kept).
 EVALUATIONS_FILE = "evaluations.json"
 
-__all__ = ["MatchingConfig", "check_checkpoint", "read_checkpoint", "EVALUATIONS_FILE", "DistillResult",
-           "TrajectoryMatcher", "real_init_indices", "class_labels", "DistillDivergedError", "step_distance",
-           "closest_step", "soft_label_summary"]
+__all__ = ["MatchingConfig", "check_checkpoint", "read_checkpoint", "trajectory_fingerprint", "EVALUATIONS_FILE",
+           "DistillResult", "TrajectoryMatcher", "real_init_indices", "class_labels", "DistillDivergedError",
+           "step_distance", "closest_step", "soft_label_summary"]
 
 
 #: A logged matching loss above this (normalised: 1 = the student ended as far from the target as it started)
@@ -222,7 +222,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             the message names the file and says to delete it (the distillation then starts over).
     """
     try:
-        state = torch_load(path)
+        state = torch_load(path, verify=True)
     except ValueError as exc:
         raise ValueError(f"cannot read distillation checkpoint {path}: {exc}; delete it to start the distillation "
                          f"over") from exc
@@ -233,11 +233,19 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
+def trajectory_fingerprint(trajectories: Sequence[Tensor]) -> list[list[float]]:
+    """Which expert trajectories a distillation matches, as its checkpoint records them: per trajectory, in
+    order, its shape and its first two initial and last two final parameters (exact values, the same on every
+    device; experts differ in them)."""
+    return [[*t.shape, *t[0, :2].tolist(), *t[-1, -2:].tolist()] for t in trajectories]
+
+
 def check_checkpoint(path: str | os.PathLike[str] | None, state: dict[str, Any], config: MatchingConfig,
-                     images_shape: Sequence[int]) -> None:
+                     images_shape: Sequence[int], trajectories: list[list[float]] | None = None) -> None:
     """Raise ``ValueError`` unless the checkpoint ``state`` (read from ``path``) can be resumed by a run with
-    ``config`` distilling images of ``images_shape``: settings other than :data:`EXTENDABLE` equal, its
-    iteration within ``config.iterations``.
+    ``config`` distilling images of ``images_shape`` from the trajectories of fingerprint ``trajectories``
+    (:func:`trajectory_fingerprint`; None = not checked): settings other than :data:`EXTENDABLE` equal, the
+    same trajectories, its iteration within ``config.iterations``.
 
     Raises:
         KeyError: ``state`` lacks an entry (not a distillation checkpoint).
@@ -247,8 +255,13 @@ def check_checkpoint(path: str | os.PathLike[str] | None, state: dict[str, Any],
     if tuple(state["images"].shape) != tuple(images_shape) or theirs != ours:
         changed = sorted(k for k in ours if theirs.get(k) != ours[k])
         raise ValueError(f"checkpoint {path} belongs to a different run (other images shape "
-                         f"or settings: {changed}); delete it or point checkpoint= elsewhere (only "
-                         f"{sorted(EXTENDABLE)} may change on resume)")
+                         f"or settings: {changed}); delete it to start the distillation over, or write this run "
+                         f"elsewhere (only {sorted(EXTENDABLE)} may change on resume)")
+    recorded = state.get("trajectories")
+    if trajectories is not None and recorded is not None and recorded != trajectories:
+        raise ValueError(f"checkpoint {path} belongs to a distillation from other expert trajectories "
+                         f"({len(recorded)} then, {len(trajectories)} now, or other experts); delete it to distil "
+                         f"from these experts, or write this run elsewhere")
     if int(state["iteration"]) > config.iterations:
         raise ValueError(f"checkpoint {path} is at iteration {int(state['iteration'])}, beyond "
                          f"iterations={config.iterations}; raise iterations to at least that, or "
@@ -292,6 +305,8 @@ class DistillResult:
             (float [M, C, H, W], the EMA images when ``best["which"]`` is "ema"), "labels" (as ``labels``),
             "syn_lr" (float)}; None if nothing was evaluated. Distillation can fall after its best point
             (a step size that keeps growing), so the last images are not always the ones to keep.
+        seconds: wall seconds the distillation loop ran (its evaluations included), summed over every attempt
+            of a resumed run; 0 where unknown (a set written before this was recorded).
     """
 
     images: Tensor
@@ -301,6 +316,7 @@ class DistillResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     best_set: dict[str, Any] | None = None
+    seconds: float = 0.0
 
     def best_result(self) -> DistillResult:
         """The best evaluation's set as a result of its own (images, labels, step size; no EMA), to evaluate or
@@ -423,7 +439,14 @@ class TrajectoryMatcher:
             raise ValueError(f"images must be float [M, {net.in_channels}, {net.image_size[0]}, "
                              f"{net.image_size[1]}], got {images.dtype} {tuple(images.shape)}")
         check_hard_or_soft_labels(labels, images.shape[0], net.num_classes)
+        for i, t in enumerate(trajectories):
+            if t.dim() != 2 or t.shape[0] < 2 or t.shape[1] != net.num_params:
+                raise ValueError(f"trajectory {i} is {tuple(t.shape)}; each must be [epochs + 1 >= 2, "
+                                 f"{net.num_params}] (the parameters after each epoch of one expert)")
         self.net, self.config, self.trajectories = net, config, trajectories
+        self._fingerprint = trajectory_fingerprint(trajectories)
+        self._seconds: float = 0.0  # run()'s seconds in earlier attempts (restored from the checkpoint)
+        self._since: float | None = None  # when this attempt's run() began (perf_counter)
         self.device = torch.device(device) if device is not None else images.device
         self.ranks = ranks or Ranks()
         self.evaluator, self.progress = evaluator, progress and self.ranks.is_main
@@ -658,6 +681,7 @@ class TrajectoryMatcher:
         if self.checkpoint is not None and self.checkpoint.exists():
             self.load_state_dict(read_checkpoint(self.checkpoint))
             saved_at = self.iteration
+        self._since = time.perf_counter()
         bar = tqdm(total=c.iterations, initial=self.iteration, desc="distill", disable=not self.progress)
         saved = time.monotonic()
         with bar:
@@ -680,6 +704,7 @@ class TrajectoryMatcher:
             saved_at = -1  # the final evaluation is part of the state
         if self.checkpoint is not None and saved_at != self.iteration:
             self.save(self.checkpoint)
+        self._seconds, self._since = self.elapsed(), None
         self.ranks.barrier()  # rank 0's last checkpoint is written before any rank moves on
         self._positive_step_size("finishing")
         return self.result()
@@ -700,7 +725,12 @@ class TrajectoryMatcher:
             best = {k: self._best[k] for k in ("iteration", "mean", "std", "which")}
             best_set = {k: self._best[k] for k in ("images", "labels", "syn_lr")}
         return DistillResult(self.images.detach().cpu(), self.labels.detach().cpu(), float(self.syn_lr.detach()),
-                             None if self.ema is None else self.ema.cpu(), list(self.history), best, best_set)
+                             None if self.ema is None else self.ema.cpu(), list(self.history), best, best_set,
+                             self.elapsed())
+
+    def elapsed(self) -> float:
+        """Wall seconds spent in :meth:`run` so far, earlier attempts (restored from the checkpoint) included."""
+        return self._seconds + (0.0 if self._since is None else time.perf_counter() - self._since)
 
     # ---- checkpointing -------------------------------------------------------------------------------
 
@@ -715,6 +745,7 @@ class TrajectoryMatcher:
                 "dev_gen": self.dev_gen.get_state(), "dsa": None if self.dsa is None else self.dsa.state_dict(),
                 "order": list(self._order), "chunks": [ch.cpu() for ch in self._chunks],
                 "losses": self._losses.cpu(), "history": self.history, "gated": self.gated, "best": self._best,
+                "trajectories": self._fingerprint, "seconds": self.elapsed(),
                 "evaluator_calls": None if self.evaluator is None else self.evaluator.calls}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -722,7 +753,7 @@ class TrajectoryMatcher:
         than :data:`EXTENDABLE` differ) or is past ``iterations``. With more ``iterations`` than the checkpoint's
         run had, :meth:`run` extends it."""
         try:
-            check_checkpoint(self.checkpoint, state, self.config, tuple(self.images.shape))
+            check_checkpoint(self.checkpoint, state, self.config, tuple(self.images.shape), self._fingerprint)
             with torch.no_grad():
                 self.images.copy_(state["images"])
                 self.labels.copy_(state["labels"])
@@ -744,6 +775,7 @@ class TrajectoryMatcher:
             self.history = list(state["history"])
             self._best = state.get("best")  # None in checkpoints written before the best set was kept
             self.gated = int(state.get("gated", 0))
+            self._seconds = float(state.get("seconds", 0.0))  # 0 in checkpoints written before it was kept
             if self.evaluator is not None and state["evaluator_calls"] is not None:
                 self.evaluator.calls = int(state["evaluator_calls"])
             self.iteration = int(state["iteration"])

@@ -317,12 +317,21 @@ class Pipeline:
         """
         out = Path(out)
         if buffer:
-            TrajectoryStore.create(out / "buffer", **self._store_settings(dataset, labels), dry_run=True)
+            self.check_store(dataset, labels, out / "buffer")
         path = out / "distill_checkpoint.pt"
         if distill and path.is_file():
             d = self.config.distill
             shape = (dataset.num_classes * d.ipc, dataset.channels, *dataset.image_size)
             check_checkpoint(path, read_checkpoint(path), self.matching_config(), shape)
+
+    def check_store(self, dataset: ImageDataset, labels: torch.Tensor, store: str | os.PathLike[str]) -> None:
+        """Refuse before any training what :meth:`buffer` would refuse later: a trajectory store at ``store``
+        made with other settings or labels than this pipeline's on ``dataset`` and ``labels``. Reads only.
+
+        Raises:
+            TrajectoryError: the message names the differing settings and the fix.
+        """
+        TrajectoryStore.create(store, **self._store_settings(dataset, labels), dry_run=True)
 
     def features(self, dataset: ImageDataset,
                  wait_s: float = 0.0) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
@@ -473,11 +482,12 @@ class Pipeline:
 def save_distilled(result: DistillResult, path: str | os.PathLike[str], preprocess: Preprocessor,
                    settings: dict[str, Any] | None = None) -> Path:
     """Write a distilled set (images, labels, syn_lr, the EMA images if any, the best evaluation's set if
-    any, the transform, the ``settings`` it was made with) atomically, loadable with ``weights_only=True``."""
+    any, the distillation's seconds, the transform, the ``settings`` it was made with) atomically, loadable
+    with ``weights_only=True``."""
     payload = {"images": result.images.cpu(), "labels": result.labels.cpu(), "syn_lr": float(result.syn_lr),
                "ema_images": None if result.ema_images is None else result.ema_images.cpu(),
                "preprocess": preprocess.state_dict(), "best": result.best, "best_set": result.best_set,
-               "history": result.history, "settings": settings}
+               "history": result.history, "seconds": float(result.seconds), "settings": settings}
     atomic_torch_save(payload, path)
     return Path(path)
 
@@ -488,15 +498,17 @@ def load_distilled(path: str | os.PathLike[str]) -> tuple[DistillResult, Preproc
     if not path.is_file():
         raise ValueError(f"no distilled set at {path}; run `tad distill` first (or pass --synthetic FILE)")
     try:
-        p = torch_load(path)
+        p = torch_load(path, verify=True)
         result = DistillResult(p["images"], p["labels"], float(p["syn_lr"]), ema_images=p.get("ema_images"),
-                               history=list(p["history"]), best=p["best"], best_set=p.get("best_set"))
+                               history=list(p["history"]), best=p["best"], best_set=p.get("best_set"),
+                               seconds=float(p.get("seconds", 0.0)))
         return result, Preprocessor.from_state_dict(p["preprocess"])
     except KeyError as exc:
         raise ValueError(f"{path} is not a distilled set (no entry {exc}); give a file `tad distill` wrote, or re-run "
                          f"`tad distill`") from exc
     except Exception as exc:
-        raise ValueError(f"cannot read distilled set {path}: {exc}; re-run `tad distill`") from exc
+        raise ValueError(f"cannot read distilled set {path}: {exc}; delete it and distil again (`tad distill` or "
+                         f"`tad run` with its --out)") from exc
 
 
 def labels_fingerprint(labels: torch.Tensor) -> str:

@@ -280,10 +280,13 @@ class TrajectoryStore:
         try:
             payload = torch_load(path, mmap=mmap)
         except Exception as exc:  # zip/pickle errors, truncated files
-            raise TrajectoryError(f"cannot load {path}: {exc}; delete the file and rerun `tad buffer` "
-                                  f"to retrain that expert") from exc
+            raise TrajectoryError(f"cannot load {path}: {exc}; delete the file and rerun the command that trained "
+                                  f"the experts (it resumes and retrains that expert)") from exc
         if not isinstance(payload, dict) or "params" not in payload:
             raise TrajectoryError(f"{path} is not an expert file of {FORMAT}; delete it and retrain")
+        if payload.get("index") != index:  # a file copied or renamed onto another expert's name
+            raise TrajectoryError(f"{path} holds expert {payload.get('index')}, not expert {index}; delete it and "
+                                  f"retrain that expert")
         return payload
 
     def load_expert(self, index: int) -> ExpertRecord:
@@ -301,8 +304,6 @@ class TrajectoryStore:
         except (KeyError, ValueError, TypeError) as exc:
             raise TrajectoryError(f"{self.expert_path(index)} is incomplete ({exc}); delete it and "
                                   f"retrain that expert") from exc
-        if record.index != index:
-            raise TrajectoryError(f"{self.expert_path(index)} holds expert {record.index}; delete it and retrain")
         record.validate(self.param_count, self.epochs, self.num_train)
         return record
 

@@ -10,6 +10,7 @@ queries).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -267,10 +268,11 @@ def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), dev
     mean, std = (v.tolist() for v in channel_stats(data))
 
     model, optimizer = _model_and_optimizer(channels, config, device)
+    identity = _dataset_identity(dataset)
     history: list[dict[str, float]] = []
     epoch, planned, elapsed = 0, config.epochs, 0.0
     if resume:
-        epoch, planned, elapsed, history = _load_state(state_path, config, model, optimizer, device)
+        epoch, planned, elapsed, history = _load_state(state_path, config, model, optimizer, device, identity)
         log(f"resumed from {state_path} after epoch {epoch} ({elapsed:.0f} s)")
     extractor = FeatureExtractor(model.backbone, normalize=(mean, std), in_channels=channels, batch_size=1024,
                                  amp=config.amp, input_size=config.image_size)
@@ -331,7 +333,7 @@ def train_simclr(dataset: ImageDataset, config: TrainConfig = TrainConfig(), dev
         record["seconds"] = elapsed
         history.append(record)
         if state_path is not None and (epoch % max(1, config.checkpoint_every) == 0 or epoch >= planned):
-            _save_state(state_path, config, model, optimizer, epoch, planned, elapsed, history)
+            _save_state(state_path, config, model, optimizer, epoch, planned, elapsed, history, identity)
         bar.update(1)
         bar.set_postfix(loss=f"{mean_loss:.3f}", **{f"knn{k}": f"{100 * a:.1f}" for k, a in knn.items()})
     bar.close()
@@ -488,29 +490,39 @@ def _device_name(device: torch.device) -> str:
 
 
 _RESUME_KEYS = ("optimizer", "batch_size", "lr", "momentum", "weight_decay", "lars_eta", "temperature", "hidden_dim",
-                "out_dim", "seed", "augment", "epochs", "time_budget", "warmup_epochs")
+                "out_dim", "seed", "augment", "epochs", "time_budget", "warmup_epochs", "image_size")
 #: Settings added after states were first written, with the value those older states were trained with.
-_ADDED_KEYS = {"optimizer": "sgd", "lars_eta": 1e-3}
+_ADDED_KEYS = {"optimizer": "sgd", "lars_eta": 1e-3, "image_size": None}
+
+
+def _dataset_identity(dataset: ImageDataset) -> dict[str, Any]:
+    """What a resumed training checks it trains on the same images: the dataset's name, the training images'
+    shape and a hash of every k-th image (about 512 of them: a few milliseconds, and any other dataset differs)."""
+    images = dataset.train_images
+    every = max(1, images.shape[0] // 512)
+    sample = images[::every].contiguous().cpu().numpy().tobytes()
+    return {"name": dataset.name, "shape": list(images.shape), "sample_sha1": hashlib.sha1(sample).hexdigest()[:16]}
 
 
 def _save_state(path: Path, config: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                epoch: int, planned: int, elapsed: float, history: list[dict[str, float]]) -> None:
+                epoch: int, planned: int, elapsed: float, history: list[dict[str, float]],
+                identity: dict[str, Any]) -> None:
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     atomic_torch_save({
-        "format": STATE_FORMAT, "config": config.to_dict(), "epoch": epoch, "planned": planned,
+        "format": STATE_FORMAT, "config": config.to_dict(), "dataset": identity, "epoch": epoch, "planned": planned,
         "elapsed": elapsed, "history": history, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "rng": rng,
     }, path)
 
 
 def _load_state(path: Path | None, config: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                device: torch.device) -> tuple[int, int, float, list[dict[str, float]]]:
+                device: torch.device, identity: dict[str, Any]) -> tuple[int, int, float, list[dict[str, float]]]:
     if path is None or not path.is_file():
         raise TrainingError(f"nothing to resume: no training state at {path}; start without --resume")
     try:
-        state = torch_load(path, map_location=device)
+        state = torch_load(path, map_location=device, verify=True)
     except Exception as exc:
         raise TrainingError(f"cannot read training state {path}: {exc}; delete it and start without --resume") from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -520,6 +532,11 @@ def _load_state(path: Path | None, config: TrainConfig, model: torch.nn.Module, 
     if changed:
         raise TrainingError(f"cannot resume {path}: it was trained with " + ", ".join(
             f"{k}={saved.get(k)!r}" for k in changed) + "; pass the same settings or start without --resume")
+    trained_on = state.get("dataset")  # None in states written before it was kept
+    if trained_on is not None and trained_on != identity:
+        raise TrainingError(f"cannot resume {path}: it was trained on other images ({trained_on['name']}, "
+                            f"{trained_on['shape']}; now {identity['name']}, {identity['shape']}); give the same "
+                            f"dataset, or start without --resume")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["cpu"].cpu())
