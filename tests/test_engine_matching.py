@@ -139,6 +139,23 @@ def test_extras_ema_adaptive_soft_labels_and_evaluation(toy):
     assert result.ema_images is not None and not torch.equal(result.ema_images, result.images)
 
 
+def test_every_recompute_choice_gives_the_same_att_and_datm_distillation(toy):
+    """ATT keeps every unrolled step's parameters and DATM differentiates its soft labels through them: whatever
+    the final backward keeps or recomputes, the images, labels and step size come out the same."""
+    net, trajs, images, labels, _, _ = toy
+    soft = F.one_hot(labels, 2).float() * 3
+    results = []
+    for recompute in (False, True, "elementwise"):
+        cfg = MatchingConfig(iterations=3, syn_steps=3, expert_epochs=1, max_start_epoch=2, lr_img=10.0, lr_labels=1.0,
+                             adaptive_length=True, eval_every=0, log_every=3, inner_grad="explicit",
+                             recompute_steps=recompute)
+        results.append(TrajectoryMatcher(net, cfg, trajs, images, soft, progress=False).run())
+    assert not torch.equal(results[0].labels, soft)
+    for other in results[1:]:
+        assert torch.equal(other.images, results[0].images) and torch.equal(other.labels, results[0].labels)
+        assert other.syn_lr == results[0].syn_lr
+
+
 def test_each_evaluation_is_logged_and_kept_beside_the_checkpoint(toy, tmp_path, caplog):
     net, trajs, images, labels, test_x, test_y = toy
     cfg = MatchingConfig(iterations=4, syn_steps=2, expert_epochs=1, max_start_epoch=2, lr_img=10.0,
