@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,14 @@ import torch
 
 from .cli_options import HelpFormatter, add_settings_options
 from .data import ImageDataset
+from .engine.distributed import resolve_device
 from .runs import (
+    CPU_THREADS,
     DEMO_CONFIG,
     TrainingData,
     check_run,
     config_from_args,
+    cpu_threads,
     method_adapter,
     prepare_data,
     run_folder,
@@ -103,6 +107,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                                                         f"tad.enabled={str(args.detector == 'tad').lower()}"]})
     cfg = config_from_args(args, _base(args))
     args.started.append(Path(cfg.out))  # what a Ctrl-C reports as kept (tad_plugin.cli.kept_text)
+    if resolve_device(cfg.device).type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        args.stack.enter_context(cpu_threads(CPU_THREADS))  # the CPU thread rule of every command, until it ends
     print(settings_line(cfg) + f"; detector {args.detector}", flush=True)
     res = audit(cfg, detector=args.detector, buffer=args.buffer, folds=args.folds, pruned=args.write_pruned,
                 progress=not args.no_progress)

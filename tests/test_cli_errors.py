@@ -207,10 +207,10 @@ def test_wrap_pointed_at_another_folder_names_the_files_it_expected(tmp_path, ca
                           f"utils.py are expected there, utils.py missing") and err.count("\n") == 1
 
 
-def test_a_cpu_run_uses_one_thread_in_every_pool_unless_omp_num_threads_is_set(tmp_path, monkeypatch):
+def test_a_cpu_run_or_audit_uses_one_thread_in_every_pool_unless_omp_num_threads_is_set(tmp_path, monkeypatch):
     from threadpoolctl import threadpool_info
 
-    from tad_plugin import runs
+    from tad_plugin import cli_audit, runs
 
     seen = []
 
@@ -218,18 +218,25 @@ def test_a_cpu_run_uses_one_thread_in_every_pool_unless_omp_num_threads_is_set(t
         seen.append((torch.get_num_threads(), sorted({pool["num_threads"] for pool in threadpool_info()})))
         return {"test_acc_mean": 0.0, "test_acc_std": 0.0}
 
+    def audit_record(*args, **kwargs):
+        record()
+        raise KeyboardInterrupt  # the thread counts are seen; the audit itself is not the point here
+
     monkeypatch.setattr(runs, "_pipeline", record)
+    monkeypatch.setattr(cli_audit, "audit", audit_record)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         assert main(["run", "--no-tad", "--device", "cpu", "--out", str(tmp_path / "a")]) == 0
         assert torch.get_num_threads() == 2  # restored when the command ends
+        assert main(["audit", "--dataset", "digits", "--device", "cpu", "--out", str(tmp_path / "c")]) != 0
+        assert torch.get_num_threads() == 2
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         assert main(["run", "--no-tad", "--device", "cpu", "--out", str(tmp_path / "b")]) == 0
     finally:
         torch.set_num_threads(before)
-    assert seen[0] == (1, [1]) and seen[1][0] == 2
+    assert seen[0] == (1, [1]) and seen[1] == (1, [1]) and seen[2][0] == 2
 
 
 def help_text(capsys, *argv):
