@@ -62,6 +62,8 @@ def check_features(x: torch.Tensor, name: str, dim: int | None = None) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 2:
         got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"{name} must be a float tensor [M, D], got {got}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} has no feature dimensions ({tuple(x.shape)}): give at least one per row")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"{name} has feature dimension {x.shape[1]} but {dim} was expected; embed both "
                          f"with the same extractor")

@@ -64,6 +64,9 @@ def confident_split(labels: torch.Tensor, pred_probs: torch.Tensor, num_classes:
     if pred_probs.shape != (labels.shape[0], num_classes) or not pred_probs.is_floating_point():
         raise ValueError(f"pred_probs must be float [N={labels.shape[0]}, C={num_classes}], got "
                          f"{pred_probs.dtype} {tuple(pred_probs.shape)}")
+    if not bool(torch.isfinite(pred_probs).all()) or bool((pred_probs < 0).any()):
+        raise ValueError("pred_probs holds NaN, inf or negative values: give probabilities (a softmax of finite "
+                         "logits); a diverged fold model gives NaN")
     cl_filter = require_cleanlab()
     y = labels.cpu().numpy()
     p = pred_probs.detach().double().cpu().numpy()

@@ -74,11 +74,18 @@ class ImageDataset:
         for split in ("train", "test"):
             images = getattr(self, f"{split}_images")
             labels = getattr(self, f"{split}_labels")
+            if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+                raise DatasetError(f"{self.name}: {split}_images and {split}_labels must be torch tensors, got "
+                                   f"{type(images).__name__} and {type(labels).__name__}; convert with "
+                                   f"torch.as_tensor")
             if images.dtype != torch.uint8 or images.dim() != 4:
                 raise DatasetError(
                     f"{self.name}: {split}_images must be a uint8 tensor [N, C, H, W], got "
                     f"{images.dtype} {tuple(images.shape)}"
                 )
+            if images.shape[1] not in (1, 3) and images.shape[3] in (1, 3):
+                raise DatasetError(f"{self.name}: {split}_images {tuple(images.shape)} look channels-last ([N, H, W, "
+                                   f"C]); give [N, C, H, W]: images.permute(0, 3, 1, 2)")
             if labels.dtype != torch.int64 or labels.dim() != 1:
                 raise DatasetError(
                     f"{self.name}: {split}_labels must be an int64 tensor [{len(images)}], got "
@@ -326,8 +333,18 @@ def save_arrays(dataset: ImageDataset, path: str | os.PathLike[str],
                 extra: dict[str, np.ndarray] | None = None) -> None:
     """Write ``dataset`` as a ``.npz`` arrays file that :func:`load_dataset` reads back (atomically), with the
     ``extra`` arrays beside it under their own keys (e.g. label sets that ``--cifar-n PATH --label-set KEY``
-    reads); None = none."""
+    reads); None = none.
+
+    Raises:
+        ValueError: a path without the ``.npz`` suffix (:func:`load_dataset` would not know it), an empty
+            training or test set (it would not load back), or an extra array under a key of the dataset's own.
+    """
     path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: an arrays file needs the .npz suffix, which load_dataset recognises it by")
+    if not len(dataset.train_labels) or not len(dataset.test_labels):
+        raise ValueError(f"{dataset.name}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test "
+                         f"images; an arrays file needs both sets non-empty to load back")
     arrays: dict[str, Any] = {  # Any: numpy's stub checks savez's **arrays against allow_pickle
         "train_images": dataset.train_images.permute(0, 2, 3, 1).numpy(),
         "train_labels": dataset.train_labels.numpy(),

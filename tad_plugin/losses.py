@@ -3,6 +3,8 @@ optional confidence penalty."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +34,9 @@ def ce_rce_loss(logits: torch.Tensor, targets: torch.Tensor, reg_weight: float, 
     Raises:
         ValueError: an empty batch (B = 0), whose mean would be NaN.
     """
+    if not isinstance(logits, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise TypeError(f"logits and targets must be torch.Tensors, got {type(logits).__name__} and "
+                        f"{type(targets).__name__}; convert with torch.as_tensor")
     if logits.dim() != 2 or not logits.is_floating_point():
         raise TypeError(f"logits must be a float tensor [B, C], got {logits.dtype} {tuple(logits.shape)}")
     if targets.dtype != torch.int64 or targets.shape != logits.shape[:1]:
@@ -40,10 +45,10 @@ def ce_rce_loss(logits: torch.Tensor, targets: torch.Tensor, reg_weight: float, 
     if logits.shape[0] == 0:  # the mean of nothing would be NaN, silently poisoning the expert
         raise ValueError("ce_rce_loss of an empty batch (0 samples) has no mean: skip the step, or check why the "
                          "batch is empty (an empty trusted space?)")
-    if reg_weight < 0:
-        raise ValueError(f"reg_weight (lambda) must be >= 0, got {reg_weight}")
-    if log_zero >= 0:
-        raise ValueError(f"log_zero must be negative (it stands for log 0), got {log_zero}")
+    if not (math.isfinite(reg_weight) and reg_weight >= 0):
+        raise ValueError(f"reg_weight (lambda) must be a finite number >= 0, got {reg_weight}")
+    if not (math.isfinite(log_zero) and log_zero < 0):
+        raise ValueError(f"log_zero must be a finite negative number (it stands for log 0), got {log_zero}")
     ce = F.cross_entropy(logits, targets)
     if reg_weight == 0:
         return ce

@@ -11,6 +11,8 @@ from typing import Literal
 
 import torch
 
+from .checks import check_features
+
 __all__ = ["cosine_topk", "unit_topk", "faiss_available", "Backend"]
 
 Backend = Literal["auto", "faiss", "torch"]
@@ -39,10 +41,13 @@ def cosine_topk(queries: torch.Tensor, database: torch.Tensor, k: int,
     Returns:
         ``(similarities, indices)``: float32 [Q, k'] in descending order and int64 [Q, k'] row indices
         into ``database``, on the device of ``queries``; ``k' = min(k, M)``.
+
+    Raises:
+        TypeError / ValueError: inputs that are not finite float tensors [*, D] of one D, an empty database, or
+            ``k`` < 1 (NaN rows would rank differently in each backend).
     """
-    if queries.dim() != 2 or database.dim() != 2 or queries.shape[1] != database.shape[1]:
-        raise ValueError(f"queries [Q, D] and database [M, D] must share D, got {tuple(queries.shape)} and "
-                         f"{tuple(database.shape)}")
+    check_features(queries, "queries")
+    check_features(database, "database", queries.shape[1])
     if database.shape[0] == 0:
         raise ValueError("the database is empty: there is nothing to search")
     if k < 1:

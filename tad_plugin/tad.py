@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -78,10 +79,10 @@ class TrustAwareDiversion:
     search_backend: Backend = "auto"
 
     def __post_init__(self) -> None:
-        if self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
-        if self.log_zero >= 0:
-            raise ValueError(f"log_zero must be negative (it stands for log 0), got {self.log_zero}")
+        if not (math.isfinite(self.reg_weight) and self.reg_weight >= 0):
+            raise ValueError(f"reg_weight must be a finite number >= 0, got {self.reg_weight}")
+        if not (math.isfinite(self.log_zero) and self.log_zero < 0):
+            raise ValueError(f"log_zero must be a finite negative number (it stands for log 0), got {self.log_zero}")
         check_vote_settings(top_k=self.top_k, num_neighbors=self.num_neighbors, vote_threshold=self.vote_threshold,
                             calibration_quantile=self.calibration_quantile,
                             recall_confidence=self.recall_confidence, sieve_confidence=self.sieve_confidence)
@@ -90,6 +91,9 @@ class TrustAwareDiversion:
                              f"{self.gmm_tol} and {self.gmm_reg_covar}")
         if not isinstance(self.sieve, bool):
             raise TypeError(f"sieve must be true or false, got {self.sieve!r}")
+        seed = self.gmm_random_state
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"gmm_random_state must be an integer in [0, 2**32) (NumPy's seed range), got {seed!r}")
         if self.search_backend not in ("auto", "faiss", "torch"):
             raise ValueError(f"search_backend must be 'auto', 'faiss' or 'torch', got {self.search_backend!r}")
 

@@ -146,6 +146,9 @@ class Schedule:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"Schedule.{name} must be an integer >= {least}, got {value!r}")
+        for name in ("outer_loop", "inner_loop", "recall_once"):
+            if not isinstance(getattr(self, name), bool):  # "no" is truthy: it would switch the part on
+                raise ValueError(f"Schedule.{name} must be True or False, got {getattr(self, name)!r}")
         if self.split not in ("per-expert", "shared"):
             raise ValueError(f"Schedule.split must be 'per-expert' or 'shared', got {self.split!r}")
         if self.inner_loop and not self.outer_loop:
@@ -285,6 +288,9 @@ def mean_losses(losses: LossPass, count: int) -> tuple[torch.Tensor, torch.Tenso
     parameters first, then from the oldest on), with the current parameters' predictions (or None)."""
     def ask(back: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         got = losses(back)
+        if isinstance(got, tuple) and len(got) != 2:
+            raise TrustLoopError(f"the loss pass returned a tuple of {len(got)}; return the losses, or (losses, "
+                                 f"predictions) with predictions None when there are none")
         got = got if isinstance(got, tuple) else (got, None)
         if not isinstance(got[0], torch.Tensor) or not got[0].is_floating_point():
             kind = f"{got[0].dtype} tensor" if isinstance(got[0], torch.Tensor) else type(got[0]).__name__
@@ -297,7 +303,11 @@ def mean_losses(losses: LossPass, count: int) -> tuple[torch.Tensor, torch.Tenso
         raise ValueError(f"mean_losses needs at least one parameter snapshot, got count={count}")
     total, predictions = ask(0)
     for back in range(count - 1, 0, -1):
-        total = total + ask(back)[0]
+        older = ask(back)[0]
+        if older.shape != total.shape:  # a broadcast would average wrong numbers in silence
+            raise TrustLoopError(f"the loss pass returned {tuple(older.shape)} for the parameters {back} epoch(s) "
+                                 f"back but {tuple(total.shape)} for the current ones; return [E, N] every time")
+        total = total + older
     return total / count, predictions
 
 
@@ -347,10 +357,15 @@ class TrustLoop:
 
     def __init__(self, hooks: TADHooks | None, schedule: Schedule, labels: torch.Tensor, num_classes: int,
                  experts: Sequence[int] | None = None) -> None:
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a Schedule (Schedule.of(tad_config), or Schedule.off() for no "
+                            f"division), got {type(schedule).__name__}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if hooks is None and (schedule.outer_loop or schedule.warmup_confidence_penalty):
             raise ValueError("a TrustLoop that divides or penalises needs the hooks")
         self.hooks, self.schedule, self.num_classes = hooks, schedule, num_classes
-        if not isinstance(labels, torch.Tensor) or labels.dim() not in (1, 2) or not labels.shape[-1]:
+        if not isinstance(labels, torch.Tensor) or labels.dim() not in (1, 2) or not labels.numel():
             got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
             raise TypeError(f"labels must be a non-empty int64 tensor [N] or [E, N] (one row per expert), got {got}")
         check_labels(labels.reshape(-1), num_classes)  # int64, in [0, num_classes)
@@ -401,10 +416,15 @@ class TrustLoop:
             return out
         out.losses, out.predictions = self._mean_losses(epoch, losses)
         out.splits = self.divide(epoch, out.losses, out.predictions)
+        self.check_nonempty(epoch)  # before anchors are drawn from the trusted space
         if features is not None and anchors is not None and self.schedule.recalibrates(epoch):
-            self.recalibrate(epoch, features(), *anchors(self), predictions=out.predictions)
+            drawn = anchors(self)
+            if not isinstance(drawn, (tuple, list)) or len(drawn) != 2:
+                raise TrustLoopError(f"the anchor source must return (anchor_features [A, D], anchor_labels [A]), "
+                                     f"got {type(drawn).__name__}"
+                                     f"{f' of {len(drawn)}' if isinstance(drawn, (tuple, list)) else ''}")
+            self.recalibrate(epoch, features(), *drawn, predictions=out.predictions)
             out.recalibrated = True
-        self.check_nonempty(epoch)
         return out
 
     def _mean_losses(self, epoch: int, losses: LossPass) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -415,6 +435,15 @@ class TrustLoop:
         if total.shape != self.labels.shape:
             raise TrustLoopError(f"the host's loss pass returned {tuple(total.shape)}; the trust loop holds "
                                  f"{tuple(self.labels.shape)} ([experts, N]) labels")
+        if predictions is not None:
+            if (not isinstance(predictions, torch.Tensor) or predictions.dtype != torch.int64
+                    or predictions.shape != self.labels.shape):
+                got = (f"{predictions.dtype} {tuple(predictions.shape)}" if isinstance(predictions, torch.Tensor)
+                       else type(predictions).__name__)
+                raise TrustLoopError(f"the loss pass's predictions must be the argmax classes, int64 "
+                                     f"{list(self.labels.shape)} ([experts, N]), or None; got {got} (logits? take "
+                                     f".argmax(-1))")
+            check_labels(predictions.reshape(-1), self.num_classes, "the loss pass's predictions")
         return total, predictions
 
     def divide(self, epoch: int, losses: torch.Tensor, predictions: torch.Tensor | None = None) -> list[TrustSplit]:
@@ -460,6 +489,12 @@ class TrustLoop:
         prev_labels, prev_trusted = self.labels.to(dev), self.trusted.to(dev)
         recs = self.hooks.recalibrate_batch(features, prev_labels, prev_trusted, anchor_features, anchor_labels,
                                             self.num_classes)
+        n = prev_labels.shape[1]
+        for expert, r in zip(self.experts, recs):
+            if tuple(r.labels.shape) != (n,) or tuple(r.trusted.shape) != (n,):
+                raise TrustLoopError(f"recalibrate returned labels {tuple(r.labels.shape)} and trusted "
+                                     f"{tuple(r.trusted.shape)} for expert {expert}; the contract is [N] = ({n},) "
+                                     f"each -- fix the plugin's recalibrate / recalibrate_batch")
         new_labels = torch.stack([r.labels.to(dev) for r in recs])
         new_trusted = torch.stack([r.trusted.to(dev) for r in recs])
         if self.schedule.recall_once:
@@ -479,12 +514,19 @@ class TrustLoop:
         """Replace the labels (int64 [E, N]) and/or the trusted space (bool [E, N]) before ``epoch``, checked
         (a recalibration's result, or a host's own change); None leaves one as it is.
 
+        The loop keeps copies: changing the given tensors afterwards does not change its state.
+
         Raises:
-            TrustLoopError: a shape or dtype other than the loop's.
+            TrustLoopError: not a tensor, a shape or dtype other than the loop's, or an expert left without
+                trusted samples.
             ValueError: a label outside [0, num_classes).
         """
+        for name, value in (("labels", labels), ("trusted", trusted)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TrustLoopError(f"update's {name} must be a torch.Tensor, got {type(value).__name__}; convert "
+                                     f"with torch.as_tensor")
         if labels is not None:
-            new = labels.to(self.device)
+            new = labels.to(self.device, copy=True)
             if new.shape != self.labels.shape or new.dtype != torch.int64:
                 raise TrustLoopError(f"new labels {new.dtype} {tuple(new.shape)} before epoch {epoch}; expected "
                                      f"int64 {tuple(self.labels.shape)} ([experts, N])")
@@ -492,11 +534,12 @@ class TrustLoop:
                 check_labels(row, self.num_classes, "recalibrated labels")
             self.labels = new
         if trusted is not None:
-            new_t = trusted.to(self.device)
+            new_t = trusted.to(self.device, copy=True)
             if new_t.shape != self.trusted.shape or new_t.dtype != torch.bool:
                 raise TrustLoopError(f"new trusted space {new_t.dtype} {tuple(new_t.shape)} before epoch {epoch}; "
                                      f"expected bool {tuple(self.trusted.shape)} ([experts, N])")
             self.trusted = new_t
+            self.check_nonempty(epoch)
 
     def check_nonempty(self, epoch: int) -> None:
         """Raise :class:`TrustLoopError` naming the first expert without trusted samples (one host read)."""

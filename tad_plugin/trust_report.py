@@ -326,22 +326,41 @@ class TrustReportListener:
         expert: the expert followed; None = the first expert notified.
         path: where the report's JSON is rewritten (atomically) after every round, so that a run stopped
             midway keeps it; None = in memory only (:attr:`report`).
+
+    Raises:
+        TypeError / ValueError: labels that are not int64 [N] tensors of non-negative classes, or clean labels of
+            another length than the noisy ones.
     """
 
     def __init__(self, noisy_labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
                  expert: int | None = None, path: str | os.PathLike[str] | None = None) -> None:
+        for name, labels in (("noisy_labels", noisy_labels), ("clean_labels", clean_labels)):
+            if labels is None and name == "clean_labels":
+                continue
+            if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.dim() != 1:
+                got = (f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor)
+                       else type(labels).__name__)
+                raise TypeError(f"TrustReportListener's {name} must be an int64 torch.Tensor [N], got {got}")
+            if labels.numel() and int(labels.min()) < 0:
+                raise ValueError(f"TrustReportListener's {name} hold the negative class {int(labels.min())}")
+        if clean_labels is not None and clean_labels.shape != noisy_labels.shape:
+            raise ValueError(f"TrustReportListener's clean_labels {tuple(clean_labels.shape)} and noisy_labels "
+                             f"{tuple(noisy_labels.shape)} differ in length: give one label per training sample")
         self.noisy_labels, self.clean_labels = noisy_labels, clean_labels
         self.expert, self.path = expert, path
         self.report = TrustReport()
 
-    def _follows(self, expert: int) -> bool:
+    def _follows(self, expert: int, labels: torch.Tensor) -> bool:
         if self.expert is None:
             self.expert = expert
+        if expert == self.expert and labels.shape != self.noisy_labels.shape:
+            raise ValueError(f"TrustReportListener was built for {self.noisy_labels.shape[0]} samples, but expert "
+                             f"{expert}'s labels hold {labels.shape[0]}: give it the run's labels")
         return expert == self.expert
 
     @hookimpl
     def on_division(self, expert: int, epoch: int, labels: torch.Tensor, trusted: torch.Tensor) -> None:
-        if self._follows(expert):
+        if self._follows(expert, labels):
             self.report.add(epoch=epoch, stage="division", trusted=trusted, labels=labels,
                             noisy_labels=self.noisy_labels, clean_labels=self.clean_labels)
             self._save()
@@ -349,7 +368,7 @@ class TrustReportListener:
     @hookimpl
     def on_recalibration(self, expert: int, epoch: int, labels: torch.Tensor, trusted: torch.Tensor,
                          previous_trusted: torch.Tensor, predictions: torch.Tensor | None) -> None:
-        if self._follows(expert):
+        if self._follows(expert, labels):
             # the division's own pass predicted every sample: agreement with the new labels costs no extra pass
             agrees = None if predictions is None else predictions == labels.to(predictions.device)
             self.report.add(epoch=epoch, stage="recalibration", trusted=trusted, labels=labels,

@@ -41,11 +41,14 @@ def test_bad_arguments():
         ce_rce_loss(torch.randn(4, 3), torch.zeros(4), 1.0, -4.0)
     with pytest.raises(TypeError, match="logits"):
         ce_rce_loss(torch.randn(4), torch.zeros(4, dtype=torch.int64), 1.0, -4.0)
-    for log_zero in (0.5, 0.0):  # 0 would switch the reverse-CE term off in silence
-        with pytest.raises(ValueError, match="log_zero must be negative"):
+    for log_zero in (0.5, 0.0, float("nan"), float("-inf")):  # 0 would switch the reverse-CE term off in silence
+        with pytest.raises(ValueError, match="log_zero must be a finite negative number"):
             ce_rce_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), 1.0, log_zero)
-    with pytest.raises(ValueError, match="reg_weight"):
-        ce_rce_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), -1.0, -4.0)
+    for reg_weight in (-1.0, float("nan")):  # NaN made every expert loss NaN
+        with pytest.raises(ValueError, match="reg_weight .* must be a finite number >= 0"):
+            ce_rce_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), reg_weight, -4.0)
+    with pytest.raises(TypeError, match="logits and targets must be torch.Tensors, got ndarray"):
+        ce_rce_loss(torch.randn(4, 3).numpy(), torch.zeros(4, dtype=torch.int64), 1.0, -4.0)
 
 
 def test_confidence_penalty_is_minus_the_mean_entropy():

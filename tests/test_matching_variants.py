@@ -1,6 +1,7 @@
 """The matcher's settings for FTD/DATM/ATT: DATM's loss gate and label momentum, and where the EMA
 images are evaluated (fresh networks, or upstream's reuse of the networks trained on the raw images)."""
 
+import pytest
 import torch
 
 from tad_plugin.engine.convnet import ConvNetConfig, init_params
@@ -21,7 +22,10 @@ def setup(**cfg):
 
 
 def test_loss_gate_skips_every_update_above_it_and_counts_them():
-    config, trajs, images = setup(loss_gate=0.0)  # no matching loss is <= 0
+    for gate in (0.0, -1.0, float("nan")):  # every iteration gated: the images would never change
+        with pytest.raises(ValueError, match="loss_gate must be a finite number > 0 or None"):
+            setup(loss_gate=gate)
+    config, trajs, images = setup(loss_gate=1e-12)  # no matching loss is that small
     labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     m = TrajectoryMatcher(NET, config, trajs, images, labels, progress=False)
     result = m.run()

@@ -372,6 +372,9 @@ class DistillConfig:
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"distill.compile_mode must be one of {', '.join(COMPILE_MODES)}, got "
                               f"{self.compile_mode!r}")
+        if self.loss_gate is not None and not self.loss_gate > 0:  # NaN and inf are refused for every float key
+            raise ConfigError(f"distill.loss_gate must be > 0 or null (always update), got {self.loss_gate}: at or "
+                              f"below 0 every iteration is gated and the images never change")
         if not (isinstance(self.recompute_steps, bool) or self.recompute_steps in RECOMPUTE_STEPS):
             raise ConfigError(f"distill.recompute_steps must be false, true or elementwise, got "
                               f"{self.recompute_steps!r}")

@@ -26,6 +26,7 @@ classifier.weight, classifier.bias), so trajectories export to upstream's ``repl
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -61,10 +62,12 @@ class ConvNetConfig:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "width", "depth"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ConvNetConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if len(self.image_size) != 2 or min(self.image_size) < 1:
-            raise ValueError(f"ConvNetConfig.image_size must be (height, width) >= 1, got {self.image_size}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"ConvNetConfig.{name} must be an integer >= 1, got {value!r}")
+        if (len(self.image_size) != 2 or not all(isinstance(v, numbers.Integral) for v in self.image_size)
+                or min(self.image_size) < 1):
+            raise ValueError(f"ConvNetConfig.image_size must be (height, width), integers >= 1, got {self.image_size}")
         object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
 
     @classmethod

@@ -49,7 +49,7 @@ import torch.utils.checkpoint
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..checks import check_hard_or_soft_labels, short_classes
+from ..checks import check_hard_or_soft_labels, check_labels, short_classes
 from ..errors import TADError
 from ..files import atomic_torch_save, atomic_write_json, torch_load
 from ..losses import confidence_penalty
@@ -193,6 +193,16 @@ class MatchingConfig:
                 raise ValueError(f"MatchingConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
+        if self.loss_gate is not None and not (math.isfinite(self.loss_gate) and self.loss_gate > 0):
+            raise ValueError(f"loss_gate must be a finite number > 0 or None (always update), got {self.loss_gate}: "
+                             f"at or below 0 every iteration would be gated and the images never change")
+        for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "min_start_epoch", "log_every",
+                     "eval_every", "checkpoint_every", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"MatchingConfig.{name} must be an integer, got {value!r}")
+        if self.batch_syn is not None and (isinstance(self.batch_syn, bool) or not isinstance(self.batch_syn, int)):
+            raise TypeError(f"MatchingConfig.batch_syn must be an integer or None, got {self.batch_syn!r}")
         if self.eval_every < 0 or self.checkpoint_every < 0 or not self.checkpoint_seconds >= 0:
             raise ValueError("eval_every, checkpoint_every and checkpoint_seconds must be >= 0")
         if self.inner_grad not in INNER_GRADS:
@@ -367,18 +377,27 @@ def real_init_indices(labels: Tensor, pool: Tensor, ipc: int, num_classes: int,
     """Indices of ``ipc`` random pool samples per class, class-major: int64 [num_classes * ipc].
 
     Args:
-        labels: int64 [N], the CURRENT labels of the training set (after any relabelling).
-        pool: int64 indices into ``labels`` that may be used (TAD: the trusted indices).
+        labels: int64 [N], the CURRENT labels of the training set (after any relabelling), in [0, num_classes).
+        pool: int64 [P] distinct indices into ``labels`` that may be used (TAD: the trusted indices; a bool mask
+            converts with ``mask.nonzero().flatten()``).
         generator: a CPU generator (None = global RNG).
 
     Raises:
-        ValueError: a class has fewer than ``ipc`` pool samples (the message says which and what to do).
+        ValueError: labels or pool of the wrong kind, repeated pool indices, or a class with fewer than ``ipc``
+            pool samples (the message says which and what to do).
     """
-    if labels.dtype != torch.int64 or labels.dim() != 1:
-        raise ValueError(f"labels must be int64 [N], got {labels.dtype} {tuple(labels.shape)}")
-    pool = pool.to(torch.int64).cpu()
+    check_labels(labels, num_classes)
+    if not isinstance(pool, Tensor) or pool.dtype != torch.int64 or pool.dim() != 1:
+        got = f"{pool.dtype} {tuple(pool.shape)}" if isinstance(pool, Tensor) else type(pool).__name__
+        hint = " (a mask? give mask.nonzero().flatten())" if isinstance(pool, Tensor) and pool.dtype == torch.bool \
+            else ""
+        raise ValueError(f"pool must be int64 indices [P]{hint}, got {got}")
+    pool = pool.cpu()
     if pool.numel() and (int(pool.min()) < 0 or int(pool.max()) >= labels.numel()):
         raise ValueError(f"pool indices must lie in [0, {labels.numel()})")
+    if pool.unique().numel() != pool.numel():
+        raise ValueError("pool holds repeated indices: the same image would initialise several synthetic images; "
+                         "give each index once (pool.unique())")
     pool_labels = labels.cpu()[pool]
     listed = short_classes(pool_labels, num_classes, ipc)
     if listed:
@@ -434,6 +453,8 @@ class TrajectoryMatcher:
                  progress: bool = True, ranks: Ranks | None = None) -> None:
         if len(trajectories) == 0:
             raise ValueError("no expert trajectories given; train experts first")
+        if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[0] == 0:
+            raise ValueError("no synthetic images given (images has 0 rows): initialise at least one per class")
         if images.dim() != 4 or not images.is_floating_point() or tuple(images.shape[1:]) != (
                 net.in_channels, *net.image_size):
             raise ValueError(f"images must be float [M, {net.in_channels}, {net.image_size[0]}, "

@@ -71,13 +71,17 @@ class FeatureExtractor:
             raise TypeError(f"FeatureExtractor needs a torch.nn.Module, got {type(module).__name__}")
         if normalize is not None:
             mean, std = (torch.as_tensor(v, dtype=torch.float32).flatten() for v in normalize)
-            if mean.shape != std.shape or (std <= 0).any():
-                raise ValueError(f"normalize must be (mean, std) of equal length with std > 0, got {normalize}")
+            if mean.shape != std.shape or not bool(torch.isfinite(mean).all()) or not bool((std > 0).all()) \
+                    or not bool(torch.isfinite(std).all()):
+                raise ValueError(f"normalize must be (mean, std) of equal length, finite, with std > 0, got "
+                                 f"{normalize}")
             self._mean: torch.Tensor | None = mean
             self._std: torch.Tensor | None = std
         else:
             self._mean = self._std = None
         self.input_size = (input_size, input_size) if isinstance(input_size, int) else input_size
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
+            raise ValueError(f"input_size must be a side or (height, width) >= 1 pixel, or None, got {input_size}")
         if in_channels is not None and in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1, 3 or None, got {in_channels}")
         if self._mean is not None and in_channels is not None and len(self._mean) not in (1, in_channels):
@@ -142,8 +146,10 @@ class FeatureExtractor:
                 x = self.prepare(images[start:start + self.batch_size])
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                     out = self.module(x)
-                if not isinstance(out, torch.Tensor):
-                    raise TypeError(f"the feature module must return a tensor, got {type(out).__name__}")
+                if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != x.shape[0]:
+                    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                    raise TypeError(f"the feature module must return one feature row per image, a tensor "
+                                    f"[{x.shape[0]}, D] for {x.shape[0]} images, got {got}")
                 chunks.append(out.float().flatten(1).to(images.device))
                 bar.update(x.shape[0])
         finally:
