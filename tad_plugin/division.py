@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import warnings
 
 import numpy as np
@@ -101,7 +102,7 @@ def divide_by_loss_batch(losses: torch.Tensor, labels: torch.Tensor, num_classes
 def _divide(losses: torch.Tensor, labels: torch.Tensor, num_classes: int, *, random_state: int, max_iter: int,
             tol: float, reg_covar: float) -> list[TrustSplit]:
     """The division of checked losses [E, N] and labels [E, N]; one host read at the end."""
-    _check_settings(max_iter, tol, reg_covar)
+    _check_settings(max_iter, tol, reg_covar, random_state)
     x = losses.detach().double()
     lo, hi = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
     degenerate = (hi - lo <= 1e-12 * hi.abs().clamp_min(1.0)).squeeze(1)
@@ -147,7 +148,7 @@ def low_loss_posterior(x: torch.Tensor, *, random_state: int, max_iter: int, tol
         ValueError: a setting is out of range, or a component's variance is not positive (only
             possible with ``reg_covar = 0``).
     """
-    _check_settings(max_iter, tol, reg_covar)
+    _check_settings(max_iter, tol, reg_covar, random_state)
     rows = x.unsqueeze(0) if x.dim() == 1 else x
     w, converged = _fit_posterior(rows, torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device),
                                   random_state=random_state, max_iter=max_iter, tol=tol, reg_covar=reg_covar)
@@ -155,9 +156,12 @@ def low_loss_posterior(x: torch.Tensor, *, random_state: int, max_iter: int, tol
     return w.view_as(x)
 
 
-def _check_settings(max_iter: int, tol: float, reg_covar: float) -> None:
+def _check_settings(max_iter: int, tol: float, reg_covar: float, random_state: int) -> None:
     if max_iter < 0 or tol < 0 or reg_covar < 0:
         raise ValueError(f"max_iter, tol and reg_covar must be >= 0, got {max_iter}, {tol}, {reg_covar}")
+    seed = random_state
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ValueError(f"random_state must be an integer in [0, 2**32) (NumPy's seed range), got {random_state!r}")
 
 
 def _warn_not_converged(max_iter: int, not_converged: list[bool]) -> None:

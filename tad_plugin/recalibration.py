@@ -214,6 +214,9 @@ def calibrated_threshold(shares: torch.Tensor, labels: torch.Tensor, trusted: to
         ``max(q-quantile of shares[i, labels[i]] over trusted i with a vote, 0.5 + 1e-6)``: a bar of at
         least a strict majority; 1.0 when no trusted sample has a vote (nothing acts).
     """
+    if not 0 <= quantile <= 1:
+        raise ValueError(f"quantile must lie in [0, 1] (which quantile of the trusted shares is the bar), got "
+                         f"{quantile}")
     own = shares.gather(1, labels[:, None]).squeeze(1)
     voted = trusted & (shares.sum(1) > 0)
     if not bool(voted.any()):

@@ -29,8 +29,10 @@ trust report label a round with this ``t`` ("after ``t`` epochs").
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -118,11 +120,13 @@ class Schedule:
 
     @classmethod
     def of(cls, config: Any) -> Schedule:
-        """The schedule of ``config`` (a ``TADConfig`` or any object with these attribute names); ``None`` or a
-        config with ``enabled`` False gives :meth:`off`."""
+        """The schedule of ``config`` (a ``TADConfig``, any object with these attribute names, or a mapping of
+        them; missing names keep their defaults); ``None`` or a config with ``enabled`` False gives :meth:`off`."""
+        if isinstance(config, Mapping):
+            config = SimpleNamespace(**config)
         if config is None or not getattr(config, "enabled", True):
             return cls.off()
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
     @classmethod
     def off(cls) -> Schedule:
@@ -144,7 +148,7 @@ class Schedule:
                   "loss_average": 1}
         for name, least in counts.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise ValueError(f"Schedule.{name} must be an integer >= {least}, got {value!r}")
         for name in ("outer_loop", "inner_loop", "recall_once"):
             if not isinstance(getattr(self, name), bool):  # "no" is truthy: it would switch the part on
@@ -266,8 +270,11 @@ def class_chunk_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: t
     n = features.shape[0]
     check_labels(labels, num_classes, n=n)
     check_bool_mask(trusted, "trusted", n)
-    if per_class < 1:
-        raise ValueError(f"per_class must be >= 1 (anchors per class), got {per_class}")
+    if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 1:
+        raise ValueError(f"per_class must be an integer >= 1 (anchors per class), got {per_class!r}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (torch.Generator().manual_seed(seed)), got "
+                        f"{type(generator).__name__}")
     if not bool(trusted.any()):
         raise ValueError("the trusted space is empty: no sample to draw anchors from; divide before recalibrating "
                          "(a later anchor epoch), or check the division's losses")

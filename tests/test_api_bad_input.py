@@ -155,3 +155,23 @@ def test_a_feature_module_must_return_a_row_per_image():
         FeatureExtractor(OneRow(), in_channels=1).embed(torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="normalize must be .* finite"):
         FeatureExtractor(OneRow(), normalize=([float("nan")], [0.5]))
+
+
+def test_settings_given_as_numpy_integers_or_a_mapping_are_read_and_bad_seeds_named():
+    import numpy as np
+
+    from tad_plugin.division import divide_by_loss
+    from tad_plugin.recalibration import calibrated_threshold
+    from tad_plugin.trust_loop import class_chunk_anchors
+
+    assert Schedule(warmup_epochs=np.int64(2)).warmup_epochs == 2
+    assert Schedule.of({"warmup_epochs": 3, "inner_loop": False}) == Schedule(warmup_epochs=3, inner_loop=False)
+    with pytest.raises(ValueError, match=r"random_state must be an integer in \[0, 2\*\*32\)"):
+        divide_by_loss(torch.rand(N), LABELS, C, random_state=-1)
+    with pytest.raises(ValueError, match=r"quantile must lie in \[0, 1\]"):
+        calibrated_threshold(torch.full((N, C), 1 / C), LABELS, torch.ones(N, dtype=torch.bool), 2.0)
+    trusted, gen = torch.ones(N, dtype=torch.bool), torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="per_class must be an integer >= 1"):
+        class_chunk_anchors(torch.randn(N, 4), LABELS, trusted, C, 2.5, gen)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        class_chunk_anchors(torch.randn(N, 4), LABELS, trusted, C, 2, 0)

@@ -325,7 +325,7 @@ def test_chunk_anchors_refuse_what_they_would_misread():
     assert feats.shape == (6, 4) and labs.tolist() == [0, 0, 1, 1, 2, 2]
     for args, error, message in (
             ((features, labels, trusted & False, 3, 2), ValueError, "the trusted space is empty"),
-            ((features, labels, trusted, 3, 0), ValueError, "per_class must be >= 1"),
+            ((features, labels, trusted, 3, 0), ValueError, "per_class must be an integer >= 1"),
             ((features[:10], labels, trusted, 3, 2), ValueError, "labels has 12 entries but 10 were expected"),
             ((features, labels + 1, trusted, 3, 2), ValueError, r"labels must lie in \[0, 3\)"),
             ((features, labels, trusted.long(), 3, 2), TypeError, r"trusted must be a bool tensor \[12\]"),
