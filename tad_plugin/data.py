@@ -141,8 +141,11 @@ def check_images_vary(dataset: ImageDataset) -> None:
 def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and (population) std of uint8 images [N, C, H, W] / 255: float32 [C] each, CPU.
 
-    Computed in float64 chunks on the images' device. Raises ``ValueError`` if a channel is constant.
+    Computed in float64 chunks on the images' device. Raises ``ValueError`` if there are no images or a channel
+    is constant.
     """
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"channel_stats needs images [N >= 1, C, H, W], got {tuple(images.shape)}")
     c = images.shape[1]
     s = torch.zeros(c, dtype=torch.float64, device=images.device)
     sq = torch.zeros_like(s)

@@ -145,11 +145,17 @@ def low_loss_posterior(x: torch.Tensor, *, random_state: int, max_iter: int, tol
         float64 of the shape of ``x``, on its device.
 
     Raises:
-        ValueError: a setting is out of range, or a component's variance is not positive (only
-            possible with ``reg_covar = 0``).
+        ValueError: a setting is out of range, ``x`` breaks the conditions above (fewer than 2 values, a
+            constant row, NaN or inf), or a component's variance is not positive (only possible with
+            ``reg_covar = 0``).
     """
     _check_settings(max_iter, tol, reg_covar, random_state)
     rows = x.unsqueeze(0) if x.dim() == 1 else x
+    if rows.dim() != 2 or rows.shape[1] < 2:
+        raise ValueError(f"low_loss_posterior needs x [N] or [E, N] with N >= 2, got {tuple(x.shape)}")
+    if not bool(torch.isfinite(rows).all()) or bool((rows.amax(1) == rows.amin(1)).any()):
+        raise ValueError("low_loss_posterior needs finite rows that are not all equal (two components cannot be "
+                         "told apart otherwise); divide_by_loss handles those cases")
     w, converged = _fit_posterior(rows, torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device),
                                   random_state=random_state, max_iter=max_iter, tol=tol, reg_covar=reg_covar)
     _warn_not_converged(max_iter, (~converged).tolist())

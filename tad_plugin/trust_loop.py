@@ -326,6 +326,8 @@ def expert_criterion(hooks: TADHooks | None, penalty: float = 0.0) -> Callable[.
     experts batched, pass the [E*B, C] logits and scale by E."""
     def loss(logits: torch.Tensor, targets: torch.Tensor, penalty_logits: torch.Tensor | None = None) -> torch.Tensor:
         if hooks is None:
+            if logits.shape[0] == 0:  # the mean of nothing is NaN, which would poison the parameters in silence
+                raise ValueError("the training criterion got an empty batch (0 samples): skip the step")
             return torch.nn.functional.cross_entropy(logits, targets)
         value = hooks.expert_loss(logits, targets)
         if penalty:

@@ -175,3 +175,28 @@ def test_settings_given_as_numpy_integers_or_a_mapping_are_read_and_bad_seeds_na
         class_chunk_anchors(torch.randn(N, 4), LABELS, trusted, C, 2.5, gen)
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         class_chunk_anchors(torch.randn(N, 4), LABELS, trusted, C, 2, 0)
+
+
+def test_audit_tables_low_level_fits_and_empty_inputs_are_refused_with_their_conditions(tmp_path):
+    from tad_plugin.data import channel_stats
+    from tad_plugin.division import low_loss_posterior
+    from tad_plugin.engine.audit import AuditTable, write_audit
+    from tad_plugin.trust_loop import expert_criterion
+
+    given, issue, f = torch.tensor([0, 1, 2, 0]), torch.tensor([False, True, False, False]), torch.full((4,), 0.5)
+    with pytest.raises(ValueError, match="AuditTable.given holds the negative class -1"):
+        AuditTable(torch.tensor([0, -1, 2, 0]), given, issue, f, f, f, f)
+    with pytest.raises(ValueError, match="AuditTable.score holds NaN or inf"):
+        AuditTable(given, given, issue, f, f, f, f * float("nan"))
+    with pytest.raises(ValueError, match="AuditTable holds no samples"):
+        AuditTable(given[:0], given[:0], issue[:0], f[:0], f[:0], f[:0], f[:0])
+    with pytest.raises(ValueError, match="1 class names for labels up to 2: give one name per class"):
+        write_audit(AuditTable(given, given, issue, f, f, f, f), tmp_path / "audit", class_names=["a"])
+    assert not (tmp_path / "audit").exists()
+    for x in (torch.tensor([0.3], dtype=torch.float64), torch.full((5,), 0.3, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="low_loss_posterior needs"):
+            low_loss_posterior(x, random_state=0, max_iter=10, tol=1e-3, reg_covar=1e-6)
+    with pytest.raises(ValueError, match=r"channel_stats needs images \[N >= 1, C, H, W\]"):
+        channel_stats(torch.zeros(0, 3, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="empty batch"):
+        expert_criterion(None)(torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64))

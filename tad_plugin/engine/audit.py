@@ -95,17 +95,29 @@ class AuditTable:
     method: str = "tad"
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "method" and value is not None and not isinstance(value, torch.Tensor):
+                raise ValueError(f"AuditTable.{f.name} must be a torch.Tensor, got {type(value).__name__}; convert "
+                                 f"with torch.as_tensor")
         n = self.given.shape[0]
+        if n == 0:
+            raise ValueError("AuditTable holds no samples: audit a dataset of at least one training sample")
         for name in ("given", "suggested", "clean"):
             value = getattr(self, name)
             if value is not None and (value.dtype != torch.int64 or value.shape != (n,)):
                 raise ValueError(f"AuditTable.{name} must be int64 [{n}], got {value.dtype} {tuple(value.shape)}")
+            if value is not None and int(value.min()) < 0:
+                raise ValueError(f"AuditTable.{name} holds the negative class {int(value.min())}")
         if self.is_label_issue.dtype != torch.bool or self.is_label_issue.shape != (n,):
             raise ValueError(f"AuditTable.is_label_issue must be bool [{n}]")
         for name in ("trust_vote", "division_confidence", "reliability", "score"):
             value = getattr(self, name)
             if not value.is_floating_point() or value.shape != (n,):
                 raise ValueError(f"AuditTable.{name} must be float [{n}], got {value.dtype} {tuple(value.shape)}")
+        if not bool(torch.isfinite(self.score).all()):
+            raise ValueError("AuditTable.score holds NaN or inf: the ranking would be meaningless; check the "
+                             "detector's losses or probabilities")
 
     @property
     def trusted(self) -> torch.Tensor:
@@ -467,6 +479,9 @@ def write_audit(table: AuditTable, out: str | os.PathLike[str], class_names: Seq
       the trusted space per epoch (``rounds``, see :func:`trust_rounds`).
     """
     out = Path(out)
+    k = _num_classes(table)
+    if class_names is not None and len(class_names) < k:
+        raise ValueError(f"{len(class_names)} class names for labels up to {k - 1}: give one name per class")
     out.mkdir(parents=True, exist_ok=True)
     n = len(table.given)
     paths = {"table": out / TABLE_FILE, "ranked_csv": out / f"{RANKED_FILE}.csv",
