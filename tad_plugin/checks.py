@@ -8,6 +8,15 @@ __all__ = ["check_labels", "check_hard_or_soft_labels", "check_float_vector", "c
            "short_classes"]
 
 
+def check_tensors(where: str, **named: object) -> None:
+    """Raise ``TypeError`` naming the first of ``named`` (argument name -> value) that is not a torch tensor
+    (a NumPy array, a list), with the conversion; None values are skipped. ``where`` names the caller."""
+    for name, value in named.items():
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(value).__name__}; convert with "
+                            f"torch.as_tensor")
+
+
 def check_labels(labels: torch.Tensor, num_classes: int, name: str = "labels", n: int | None = None) -> None:
     """Raise ``ValueError``/``TypeError`` unless ``labels`` is int64 [n] with values in [0, num_classes).
 

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import torch
 
-from .checks import check_float_vector, check_labels
+from .checks import check_float_vector, check_labels, check_tensors
 from .results import TrustSplit
 
 __all__ = ["divide_by_loss", "divide_by_loss_batch", "low_loss_posterior", "class_thresholds",
@@ -90,6 +90,7 @@ def divide_by_loss_batch(losses: torch.Tensor, labels: torch.Tensor, num_classes
         raise ValueError(f"losses {tuple(losses.shape)} is empty: there is nothing to divide")
     if not bool(torch.isfinite(losses).all()):
         raise ValueError("losses contains NaN or inf; check the model or the loss computation")
+    check_tensors("divide_by_loss_batch", labels=labels)
     if labels.dim() == 1:
         labels = labels.unsqueeze(0).expand(e, n)
     if labels.shape != (e, n):

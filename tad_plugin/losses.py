@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .checks import check_tensors
+
 __all__ = ["ce_rce_loss", "confidence_penalty"]
 
 
@@ -34,9 +36,7 @@ def ce_rce_loss(logits: torch.Tensor, targets: torch.Tensor, reg_weight: float, 
     Raises:
         ValueError: an empty batch (B = 0), whose mean would be NaN.
     """
-    if not isinstance(logits, torch.Tensor) or not isinstance(targets, torch.Tensor):
-        raise TypeError(f"logits and targets must be torch.Tensors, got {type(logits).__name__} and "
-                        f"{type(targets).__name__}; convert with torch.as_tensor")
+    check_tensors("ce_rce_loss", logits=logits, targets=targets)
     if logits.dim() != 2 or not logits.is_floating_point():
         raise TypeError(f"logits must be a float tensor [B, C], got {logits.dtype} {tuple(logits.shape)}")
     if targets.dtype != torch.int64 or targets.shape != logits.shape[:1]:
@@ -71,6 +71,7 @@ def confidence_penalty(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         A scalar tensor in ``[-log C, 0]``, differentiable w.r.t. ``logits``.
     """
+    check_tensors("confidence_penalty", logits=logits)
     if logits.dim() != 2 or not logits.is_floating_point():
         raise TypeError(f"logits must be a float tensor [B, C], got {logits.dtype} {tuple(logits.shape)}")
     log_p = F.log_softmax(logits, dim=1)

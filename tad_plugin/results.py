@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import check_tensors
+
 __all__ = ["TrustSplit", "Recalibration"]
 
 
@@ -25,6 +27,7 @@ class TrustSplit:
     thresholds: torch.Tensor
 
     def __post_init__(self) -> None:
+        check_tensors("TrustSplit", trusted=self.trusted, confidence=self.confidence, thresholds=self.thresholds)
         n = self.trusted.shape[0]
         if self.trusted.dtype != torch.bool or self.trusted.dim() != 1:
             raise TypeError(f"TrustSplit.trusted must be a bool tensor [N], got {self.trusted.dtype} "
@@ -63,6 +66,7 @@ class Recalibration:
     reliability: torch.Tensor
 
     def __post_init__(self) -> None:
+        check_tensors("Recalibration", labels=self.labels, trusted=self.trusted, reliability=self.reliability)
         n = self.labels.shape[0]
         if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
             raise TypeError(f"Recalibration.labels must be an int64 tensor [N], got {self.labels.dtype} "

@@ -200,3 +200,21 @@ def test_audit_tables_low_level_fits_and_empty_inputs_are_refused_with_their_con
         channel_stats(torch.zeros(0, 3, 4, 4, dtype=torch.uint8))
     with pytest.raises(ValueError, match="empty batch"):
         expert_criterion(None)(torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("call, where", [
+    (lambda: __import__("tad_plugin.division", fromlist=["x"]).divide_by_loss_batch(
+        torch.rand(1, 10), (torch.arange(10) % 2)[None].numpy(), 2), "divide_by_loss_batch: labels"),
+    (lambda: __import__("tad_plugin.results", fromlist=["x"]).TrustSplit([True] * 3, [0.5] * 3, [0.1, 0.2]),
+     "TrustSplit: trusted"),
+    (lambda: __import__("tad_plugin.results", fromlist=["x"]).Recalibration([0, 1], [True, False], [0.5, 0.5]),
+     "Recalibration: labels"),
+    (lambda: __import__("tad_plugin.engine.audit", fromlist=["x"]).kfold_assignment(
+        (torch.arange(10) % 2).numpy(), 2, 0), "kfold_assignment: labels"),
+    (lambda: __import__("tad_plugin.losses", fromlist=["x"]).confidence_penalty(torch.zeros(2, 3).numpy()),
+     "confidence_penalty: logits"),
+])
+def test_numpy_arrays_and_lists_are_named_with_the_conversion(call, where):
+    with pytest.raises(TypeError, match=f"{where} must be a torch.Tensor, got (ndarray|list); convert with "
+                                        f"torch.as_tensor"):
+        call()

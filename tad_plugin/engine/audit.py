@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..checks import check_labels
+from ..checks import check_labels, check_tensors
 from ..data import ImageDataset, save_arrays
 from ..files import atomic_write, atomic_write_json
 from ..manager import TADHooks
@@ -294,6 +294,7 @@ def confident_learning_table(labels: torch.Tensor, pred_probs: torch.Tensor, num
 def kfold_assignment(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
     """int64 [N]: each sample's fold in [0, folds), stratified by label (each class dealt round-robin in a
     random order drawn with ``seed``)."""
+    check_tensors("kfold_assignment", labels=labels)
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
     gen = torch.Generator().manual_seed(seed)

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_tensors
+
 if TYPE_CHECKING:
     from ..data import ImageDataset
 
@@ -228,6 +230,7 @@ def forward(cfg: ConvNetConfig, params: Tensor, x: Tensor, channels_last: bool =
     Returns:
         float [E, B, num_classes]; out[e] equals ``ConvNet`` with parameters params[e] on x[e].
     """
+    check_tensors("convnet.forward", params=params, x=x)
     if params.dim() != 2 or params.shape[1] != cfg.num_params:
         raise ValueError(f"params must be [E, {cfg.num_params}] for {cfg}, got {tuple(params.shape)}")
     e = params.shape[0]
