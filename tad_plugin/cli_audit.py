@@ -154,6 +154,7 @@ def audit(cfg: Any, *, detector: str = "tad", buffer: str | Path | None = None, 
     )
     from .engine.config import ConfigError, to_dict
     from .engine.runlog import RunLog
+    from .engine.trajectories import TrajectoryError
 
     if detector not in DETECTORS:
         raise ConfigError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
@@ -178,7 +179,12 @@ def audit(cfg: Any, *, detector: str = "tad", buffer: str | Path | None = None, 
     if detector == "cleanlab":
         fold_pipe, fold_sets = _fold_sets(pipe, data, folds)
         for k, (held, rest) in enumerate(fold_sets):  # a folder of another --folds or seed: refused before writing
-            fold_pipe.check_store(rest, data.labels[~held], out / "folds" / f"fold{k}")
+            try:
+                fold_pipe.check_store(rest, data.labels[~held], out / "folds" / f"fold{k}")
+            except TrajectoryError as exc:
+                raise ConfigError(f"{out / 'folds'} holds the fold models of another cross-validation (other "
+                                  f"--folds, seed or labels: {exc}); give that run's --folds, or delete "
+                                  f"{out / 'folds'} to train new ones") from exc
     out.mkdir(parents=True, exist_ok=True)  # every check passed: start writing
     save_labels(data, out)
     log = RunLog(out / "result_audit.json", to_dict(cfg), cfg.seed, pipe.device)

@@ -406,17 +406,18 @@ def stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, ou
             if torch_load(path).get("settings") == json_safe(settings):
                 if pipe.ranks.is_main and not all((out / f).is_file() for f in ("distilled.png", "curve.png")):
                     _draw_distill(result, pre, out, title, data.dataset.class_names)  # a run killed before them
-                record_distill(log, result, result.seconds, resumed=True)
+                record_distill(log, result, 0.0, resumed=True)
                 return result
     checkpoint = out / "distill_checkpoint.pt"
     if checkpoint.is_file() and pipe.ranks.is_main:
         print(f"resuming the distillation from {checkpoint}", file=sys.stderr)
+    start = time.perf_counter()
     result = pipe.distill(store, data.dataset, data.labels, checkpoint=checkpoint)
     if pipe.ranks.is_main:  # the ranks hold the same images
         pre = pipe.preprocessor(data.dataset, store)
         save_distilled(result, path, pre, settings=json_safe(settings))
         _draw_distill(result, pre, out, title, data.dataset.class_names)
-    record_distill(log, result, result.seconds, images=list(result.images.shape))
+    record_distill(log, result, time.perf_counter() - start, images=list(result.images.shape))
     return result
 
 
@@ -459,6 +460,8 @@ def record_distill(log: RunLog, result: DistillResult, seconds: float, **info: A
         from .engine.matching import soft_label_summary
 
         info.update(initial_soft_labels=initial[0], final_soft_labels=soft_label_summary(result.labels))
+    if result.seconds:  # the loop's own time over every attempt (its evaluations included); 0 when unknown
+        info["loop_seconds"] = round(result.seconds, 3)
     log.stage("distill", seconds, syn_lr=result.syn_lr, **info, **({"evaluations": curve} if curve else {}))
     if result.best is not None:
         log.result(test_acc_best_mean=result.best["mean"], test_acc_best_std=result.best["std"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -92,7 +93,7 @@ class TrustAwareDiversion:
         if not isinstance(self.sieve, bool):
             raise TypeError(f"sieve must be true or false, got {self.sieve!r}")
         seed = self.gmm_random_state
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
             raise ValueError(f"gmm_random_state must be an integer in [0, 2**32) (NumPy's seed range), got {seed!r}")
         if self.search_backend not in ("auto", "faiss", "torch"):
             raise ValueError(f"search_backend must be 'auto', 'faiss' or 'torch', got {self.search_backend!r}")

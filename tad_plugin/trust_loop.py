@@ -35,6 +35,7 @@ from dataclasses import dataclass, fields
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
 from .checks import check_bool_mask, check_features, check_labels
@@ -94,17 +95,20 @@ class Schedule:
         recalibrate_every: a recalibration follows the division before epoch t when t >= ``anchor_epoch`` and
             t - ``anchor_epoch`` is a multiple of this (epochs, not divisions: with ``recompute_every`` 2 and
             this 2 every division from ``anchor_epoch`` on recalibrates).
-
-    Raises:
-        ValueError: a count below its minimum (the message names it), an unknown ``split``, ``inner_loop``
-            without ``outer_loop``, a negative or non-finite penalty, or an inner loop whose recalibration
-            epochs never meet a division epoch.
         recall_once: a sample is recalled at most once per expert (:func:`admit_once`); False = the paper.
         warmup_confidence_penalty: weight of :func:`~tad_plugin.losses.confidence_penalty` in the warm-up's loss
             (0 = off, the paper).
         loss_average: a division's losses are the mean over the last this many parameter snapshots (1 = the paper).
         split: ``"per-expert"`` (each expert its own division) or ``"shared"`` (one division of the experts'
             mean loss for all of them).
+
+    Counts may be NumPy integers and switches NumPy booleans; they are stored as Python ``int`` / ``bool``.
+
+    Raises:
+        ValueError: a count that is no integer or below its minimum (the message names it), a switch that is no
+            boolean (a string such as ``"no"`` would read as True), an unknown ``split``, ``inner_loop`` without
+            ``outer_loop``, a negative or non-finite penalty, or an inner loop whose recalibration epochs never
+            meet a division epoch.
     """
 
     warmup_epochs: int = 2
@@ -148,11 +152,13 @@ class Schedule:
                   "loss_average": 1}
         for name, least in counts.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < least:
                 raise ValueError(f"Schedule.{name} must be an integer >= {least}, got {value!r}")
+            object.__setattr__(self, name, int(value))  # NumPy integers as Python ones (records, JSON)
         for name in ("outer_loop", "inner_loop", "recall_once"):
-            if not isinstance(getattr(self, name), bool):  # "no" is truthy: it would switch the part on
+            if not isinstance(getattr(self, name), (bool, np.bool_)):  # "no" is truthy: it would switch the part on
                 raise ValueError(f"Schedule.{name} must be True or False, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
         if self.split not in ("per-expert", "shared"):
             raise ValueError(f"Schedule.split must be 'per-expert' or 'shared', got {self.split!r}")
         if self.inner_loop and not self.outer_loop:
@@ -272,9 +278,9 @@ def class_chunk_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: t
     check_bool_mask(trusted, "trusted", n)
     if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 1:
         raise ValueError(f"per_class must be an integer >= 1 (anchors per class), got {per_class!r}")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator (torch.Generator().manual_seed(seed)), got "
-                        f"{type(generator).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (torch.Generator().manual_seed(seed)) or None (torch's "
+                        f"global one), got {type(generator).__name__}")
     if not bool(trusted.any()):
         raise ValueError("the trusted space is empty: no sample to draw anchors from; divide before recalibrating "
                          "(a later anchor epoch), or check the division's losses")
@@ -369,8 +375,9 @@ class TrustLoop:
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a Schedule (Schedule.of(tad_config), or Schedule.off() for no "
                             f"division), got {type(schedule).__name__}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        num_classes = int(num_classes)
         if hooks is None and (schedule.outer_loop or schedule.warmup_confidence_penalty):
             raise ValueError("a TrustLoop that divides or penalises needs the hooks")
         self.hooks, self.schedule, self.num_classes = hooks, schedule, num_classes

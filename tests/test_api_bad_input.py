@@ -218,3 +218,17 @@ def test_numpy_arrays_and_lists_are_named_with_the_conversion(call, where):
     with pytest.raises(TypeError, match=f"{where} must be a torch.Tensor, got (ndarray|list); convert with "
                                         f"torch.as_tensor"):
         call()
+
+
+def test_numpy_numbers_work_where_python_ones_do_and_one_is_not_true():
+    import numpy as np
+
+    from tad_plugin.engine.matching import MatchingConfig
+
+    assert TrustLoop(None, Schedule.off(), LABELS, np.int64(C)).num_classes == C
+    assert MatchingConfig(iterations=np.int64(10)).iterations == 10 and type(MatchingConfig().iterations) is int
+    assert TrustAwareDiversion(gmm_random_state=np.int64(3)).gmm_random_state == 3
+    assert Schedule(inner_loop=np.bool_(False)).inner_loop is False
+    assert real_init_indices(LABELS, torch.arange(N, dtype=torch.int32), 1, C).dtype == torch.int64
+    with pytest.raises(ValueError, match="recompute_steps must be one of"):  # 1 == True, but 1 is no switch
+        MatchingConfig(inner_grad="explicit", recompute_steps=1)

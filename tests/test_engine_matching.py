@@ -110,7 +110,7 @@ def test_a_checkpoint_from_other_experts_is_refused_not_resumed(toy, tmp_path):
     longer = MatchingConfig(**{**cfg.__dict__, "iterations": 6})
     assert TrajectoryMatcher(net, longer, trajs[:1], images, labels, checkpoint=ck, progress=False).run()
     with pytest.raises(ValueError, match=r"trajectory 0 is \(5,\); each must be \[epochs \+ 1 >= 2, "):
-        TrajectoryMatcher(net, cfg, [torch.zeros(5)], images, labels, progress=False)
+        TrajectoryMatcher(net, cfg, [torch.zeros(5)], images, labels, checkpoint=ck, progress=False)
 
 
 def test_the_end_of_a_run_is_saved_whatever_the_checkpoint_interval(toy, tmp_path):

@@ -98,21 +98,25 @@ def test_recomputing_the_elementwise_work_gives_the_same_distillation(small_prob
 
 
 class _CountConvolutions(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the convolution operators (forward and backward) that run while it is active."""
+    """Counts the convolution operators (forward and backward) that run while it is active, and the
+    normalisations' ``var_mean`` (elementwise work a step's forward does)."""
 
     def __init__(self):
         super().__init__()
-        self.count = 0
+        self.count = self.var_means = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default):
             self.count += 1
+        if func.overloadpacket is torch.ops.aten.var_mean:
+            self.var_means += 1
         return func(*args, **(kwargs or {}))
 
 
 def test_the_elementwise_route_recomputes_no_convolution():
     """In the backward, the full recomputation runs the step's convolutions again; the elementwise route runs
-    exactly as many convolutions as keeping everything (none recomputed)."""
+    exactly as many convolutions as keeping everything (none recomputed) but does recompute the normalisations
+    (it keeps less than everything)."""
     cfg = ConvNetConfig(3, 4, (8, 8), width=4, depth=2)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 3, 8, 8, generator=g)
@@ -124,12 +128,14 @@ def test_the_elementwise_route_recomputes_no_convolution():
         out = fn(cfg, w_, x_, target, 1.0)
         with _CountConvolutions() as mode:
             out.pow(2).sum().backward()
-        return mode.count, x_.grad
+        return (mode.count, mode.var_means), x_.grad
 
-    kept, grad_kept = backward_convolutions(student_grad)
-    selective, grad_selective = backward_convolutions(student_grad_recomputing_elementwise)
-    full, _ = backward_convolutions(lambda *a: torch.utils.checkpoint.checkpoint(student_grad, *a, use_reentrant=False))
+    (kept, kept_norms), grad_kept = backward_convolutions(student_grad)
+    (selective, selective_norms), grad_selective = backward_convolutions(student_grad_recomputing_elementwise)
+    (full, _), _ = backward_convolutions(
+        lambda *a: torch.utils.checkpoint.checkpoint(student_grad, *a, use_reentrant=False))
     assert selective == kept < full
+    assert kept_norms == 0 and selective_norms == cfg.depth  # each layer's statistics recomputed, once
     assert torch.equal(grad_selective, grad_kept)
 
 

@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import logging
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -149,6 +150,7 @@ class MatchingConfig:
     Raises:
         ValueError: a setting out of its range or an unknown choice (the message names it), ``channels_last``
             or ``recompute_steps`` with a route that does not take it.
+        TypeError: a count that is no integer (NumPy integers are taken, stored as ``int``).
     """
 
     iterations: int = 5000
@@ -199,17 +201,20 @@ class MatchingConfig:
         for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "min_start_epoch", "log_every",
                      "eval_every", "checkpoint_every", "seed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"MatchingConfig.{name} must be an integer, got {value!r}")
-        if self.batch_syn is not None and (isinstance(self.batch_syn, bool) or not isinstance(self.batch_syn, int)):
-            raise TypeError(f"MatchingConfig.batch_syn must be an integer or None, got {self.batch_syn!r}")
+            object.__setattr__(self, name, int(value))  # NumPy integers as Python ones (the checkpoint's config)
+        if self.batch_syn is not None:
+            if isinstance(self.batch_syn, bool) or not isinstance(self.batch_syn, numbers.Integral):
+                raise TypeError(f"MatchingConfig.batch_syn must be an integer or None, got {self.batch_syn!r}")
+            object.__setattr__(self, "batch_syn", int(self.batch_syn))
         if self.eval_every < 0 or self.checkpoint_every < 0 or not self.checkpoint_seconds >= 0:
             raise ValueError("eval_every, checkpoint_every and checkpoint_seconds must be >= 0")
         if self.inner_grad not in INNER_GRADS:
             raise ValueError(f"inner_grad must be one of {INNER_GRADS}, got {self.inner_grad!r}")
         if self.inner_grad != "autograd" and self.channels_last:
             raise ValueError("channels_last applies to inner_grad='autograd' only")
-        if not (isinstance(self.recompute_steps, bool) or self.recompute_steps in RECOMPUTE_STEPS):
+        if not (isinstance(self.recompute_steps, bool) or self.recompute_steps == "elementwise"):  # not 1: 1 == True
             raise ValueError(f"recompute_steps must be one of {RECOMPUTE_STEPS}, got {self.recompute_steps!r}")
         if self.recompute_steps and self.inner_grad == "autograd":
             raise ValueError("recompute_steps needs inner_grad='explicit' or 'compiled'")
@@ -243,11 +248,21 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
-def trajectory_fingerprint(trajectories: Sequence[Tensor]) -> list[list[float]]:
+def trajectory_fingerprint(trajectories: Sequence[Tensor], num_params: int) -> list[list[float]]:
     """Which expert trajectories a distillation matches, as its checkpoint records them: per trajectory, in
     order, its shape and its first two initial and last two final parameters (exact values, the same on every
-    device; experts differ in them)."""
-    return [[*t.shape, *t[0, :2].tolist(), *t[-1, -2:].tolist()] for t in trajectories]
+    device; experts differ in them). Reads each trajectory once.
+
+    Raises:
+        ValueError: a trajectory that is not [epochs + 1 >= 2, num_params].
+    """
+    out = []
+    for i, t in enumerate(trajectories):
+        if t.dim() != 2 or t.shape[0] < 2 or t.shape[1] != num_params:
+            raise ValueError(f"trajectory {i} is {tuple(t.shape)}; each must be [epochs + 1 >= 2, {num_params}] (the "
+                             f"parameters after each epoch of one expert)")
+        out.append([*t.shape, *t[0, :2].tolist(), *t[-1, -2:].tolist()])
+    return out
 
 
 def check_checkpoint(path: str | os.PathLike[str] | None, state: dict[str, Any], config: MatchingConfig,
@@ -387,6 +402,9 @@ def real_init_indices(labels: Tensor, pool: Tensor, ipc: int, num_classes: int,
             pool samples (the message says which and what to do).
     """
     check_labels(labels, num_classes)
+    if isinstance(pool, Tensor) and pool.dim() == 1 and not pool.is_floating_point() and not pool.is_complex() \
+            and pool.dtype != torch.bool:
+        pool = pool.long()  # int32 and other integer indices
     if not isinstance(pool, Tensor) or pool.dtype != torch.int64 or pool.dim() != 1:
         got = f"{pool.dtype} {tuple(pool.shape)}" if isinstance(pool, Tensor) else type(pool).__name__
         hint = " (a mask? give mask.nonzero().flatten())" if isinstance(pool, Tensor) and pool.dtype == torch.bool \
@@ -427,8 +445,9 @@ class TrajectoryMatcher:
         net: the student's shape (the experts' network).
         config: loop settings.
         trajectories: one float tensor [epochs + 1, P] per expert (any device; rows are copied to
-            ``device`` when used), e.g. the experts helper's lazy storage; each needs epochs >=
-            ``max_start_epoch + expert_epochs - 1`` (checked when a trajectory is first drawn).
+            ``device`` when used), e.g. the experts helper's lazy storage; each [epochs + 1, P] with epochs >=
+            ``max_start_epoch + expert_epochs - 1`` (checked when a trajectory is drawn; with a checkpoint, each
+            is also read once at construction, its shape checked, for the checkpoint's record of the experts).
         images: float [M, C, H, W] initial synthetic images (model-input space), e.g.
             ``preprocess(train_images[real_init_indices(...)])``.
         labels: int64 [M] hard labels or float [M, num_classes] soft logits.
@@ -442,9 +461,10 @@ class TrajectoryMatcher:
         progress: show a progress bar.
 
     Raises:
-        ValueError: no trajectories, images not float [M, C, H, W] of ``net``'s shape, or labels that are
-            neither int64 [M] in [0, num_classes) nor float [M, num_classes]; later, from :meth:`run`, a
-            checkpoint of another run or a trajectory too short for the start window.
+        ValueError: no trajectories (or, with a checkpoint, one of the wrong shape), no images, images not
+            float [M, C, H, W] of ``net``'s shape, or labels that are neither int64 [M] in [0, num_classes) nor
+            float [M, num_classes]; later, from :meth:`run`, a checkpoint of another run or of other experts, or
+            a trajectory too short for the start window.
     """
 
     def __init__(self, net: ConvNetConfig, config: MatchingConfig, trajectories: Sequence[Tensor],
@@ -460,12 +480,9 @@ class TrajectoryMatcher:
             raise ValueError(f"images must be float [M, {net.in_channels}, {net.image_size[0]}, "
                              f"{net.image_size[1]}], got {images.dtype} {tuple(images.shape)}")
         check_hard_or_soft_labels(labels, images.shape[0], net.num_classes)
-        for i, t in enumerate(trajectories):
-            if t.dim() != 2 or t.shape[0] < 2 or t.shape[1] != net.num_params:
-                raise ValueError(f"trajectory {i} is {tuple(t.shape)}; each must be [epochs + 1 >= 2, "
-                                 f"{net.num_params}] (the parameters after each epoch of one expert)")
         self.net, self.config, self.trajectories = net, config, trajectories
-        self._fingerprint = trajectory_fingerprint(trajectories)
+        # what a checkpoint records of the experts (each trajectory read once, only when there is a checkpoint)
+        self._fingerprint = None if checkpoint is None else trajectory_fingerprint(trajectories, net.num_params)
         self._seconds: float = 0.0  # run()'s seconds in earlier attempts (restored from the checkpoint)
         self._since: float | None = None  # when this attempt's run() began (perf_counter)
         self.device = torch.device(device) if device is not None else images.device

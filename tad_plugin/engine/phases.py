@@ -126,9 +126,10 @@ def expert_parts(phases: dict[str, dict[str, float]]) -> dict[str, tuple[float, 
 
 def distill_parts(distill: dict[str, Any]) -> dict[str, tuple[float, int]]:
     """A run record's distill stage (``stages.distill``) as ``{"matching": (seconds, 0), "evaluations": (seconds,
-    count)}``: its evaluations' recorded ``seconds`` and the rest of its wall time (the matching iterations and
-    checkpoints); {} without a wall time."""
-    wall = distill.get("wall_time_s")
+    count)}``: its evaluations' recorded ``seconds`` and the rest of its time (the matching iterations and
+    checkpoints). The time is the distillation loop's over every attempt (``loop_seconds``) where recorded, else
+    the stage's wall time with its earlier attempts'; {} without either."""
+    wall = distill.get("loop_seconds") or sum(distill.get(k) or 0 for k in ("wall_time_s", "earlier_wall_time_s"))
     if not isinstance(wall, (int, float)) or not wall:
         return {}
     evals = [e["seconds"] for e in distill.get("evaluations", []) if e.get("seconds") is not None]

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,7 +80,8 @@ class FeatureExtractor:
             self._std: torch.Tensor | None = std
         else:
             self._mean = self._std = None
-        self.input_size = (input_size, input_size) if isinstance(input_size, int) else input_size
+        self.input_size = ((int(input_size), int(input_size)) if isinstance(input_size, (int, np.integer))
+                           else input_size)
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
             raise ValueError(f"input_size must be a side or (height, width) >= 1 pixel, or None, got {input_size}")
         if in_channels is not None and in_channels not in (1, 3):

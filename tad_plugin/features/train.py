@@ -496,8 +496,9 @@ _ADDED_KEYS = {"optimizer": "sgd", "lars_eta": 1e-3, "image_size": None}
 
 
 def _dataset_identity(dataset: ImageDataset) -> dict[str, Any]:
-    """What a resumed training checks it trains on the same images: the dataset's name, the training images'
-    shape and a hash of every k-th image (about 512 of them: a few milliseconds, and any other dataset differs)."""
+    """What a resumed training checks it trains on the same images: the training images' shape and a hash of
+    every k-th image (about 512 of them: a few milliseconds, and any other dataset differs), with the dataset's
+    name for the message."""
     images = dataset.train_images
     every = max(1, images.shape[0] // 512)
     sample = images[::every].contiguous().cpu().numpy().tobytes()
@@ -533,10 +534,12 @@ def _load_state(path: Path | None, config: TrainConfig, model: torch.nn.Module, 
         raise TrainingError(f"cannot resume {path}: it was trained with " + ", ".join(
             f"{k}={saved.get(k)!r}" for k in changed) + "; pass the same settings or start without --resume")
     trained_on = state.get("dataset")  # None in states written before it was kept
-    if trained_on is not None and trained_on != identity:
-        raise TrainingError(f"cannot resume {path}: it was trained on other images ({trained_on['name']}, "
-                            f"{trained_on['shape']}; now {identity['name']}, {identity['shape']}); give the same "
-                            f"dataset, or start without --resume")
+    differ = [k for k in ("shape", "sample_sha1") if trained_on is not None and trained_on.get(k) != identity[k]]
+    if differ:  # the name alone may differ (a renamed copy of the same file)
+        assert trained_on is not None
+        raise TrainingError(f"cannot resume {path}: it was trained on other images (" + ", ".join(
+            f"{k} {trained_on.get(k)} then, {identity[k]} now" for k in ("name", *differ)) + "); give the same "
+            "dataset, or start without --resume")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["cpu"].cpu())
