@@ -316,6 +316,9 @@ def _load_arrays(path: Path) -> ImageDataset:
 
     train_labels, test_labels = labels("train"), labels("test")
     if "class_names" in arrays:
+        if arrays["class_names"].ndim != 1:
+            raise DatasetError(f"{path}: class_names must be a 1-D array of names (one per class, in label order), "
+                               f"got shape {arrays['class_names'].shape}")
         names = tuple(str(n) for n in arrays["class_names"])
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:

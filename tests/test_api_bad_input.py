@@ -232,3 +232,18 @@ def test_numpy_numbers_work_where_python_ones_do_and_one_is_not_true():
     assert real_init_indices(LABELS, torch.arange(N, dtype=torch.int32), 1, C).dtype == torch.int64
     with pytest.raises(ValueError, match="recompute_steps must be one of"):  # 1 == True, but 1 is no switch
         MatchingConfig(inner_grad="explicit", recompute_steps=1)
+
+
+def test_a_two_dimensional_class_name_array_and_integer_pixels_are_named(tmp_path):
+    import numpy as np
+
+    from tad_plugin.data import DatasetError, load_dataset
+    from tad_plugin.features.extractor import FeatureExtractor
+
+    np.savez(tmp_path / "x.npz", train_images=np.zeros((4, 8, 8, 3), np.uint8), train_labels=np.array([0, 1, 0, 1]),
+             test_images=np.zeros((2, 8, 8, 3), np.uint8), test_labels=np.array([0, 1]),
+             class_names=np.array([["a", "b"]]))
+    with pytest.raises(DatasetError, match=r"class_names must be a 1-D array of names .* got shape \(1, 2\)"):
+        load_dataset(tmp_path / "x.npz")
+    with pytest.raises(ValueError, match=r"got torch.int64: convert 0..255 values with .to\(torch.uint8\)"):
+        FeatureExtractor(torch.nn.Flatten(), in_channels=1).embed(torch.zeros(2, 1, 8, 8, dtype=torch.int64))

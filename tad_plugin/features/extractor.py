@@ -166,7 +166,8 @@ class FeatureExtractor:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"embed expects images [N, C, H, W], got {shape}")
         if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
-            raise ValueError(f"embed expects uint8 (0..255) or float ([0, 1]) images, got {images.dtype}")
+            raise ValueError(f"embed expects uint8 (0..255) or float ([0, 1]) images, got {images.dtype}: convert "
+                             f"0..255 values with .to(torch.uint8), or divide by 255 for floats")
         c = images.shape[1]
         if self.in_channels is not None and c not in (1, 3):
             raise ValueError(f"images have {c} channels; the extractor takes 1 or 3 (NCHW layout expected: "
