@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
-__all__ = ["check_labels", "check_hard_or_soft_labels", "check_float_vector", "check_features", "check_bool_mask",
-           "short_classes"]
+__all__ = ["is_integer", "check_tensors", "check_labels", "check_hard_or_soft_labels", "check_float_vector",
+           "check_features", "check_bool_mask", "short_classes"]
+
+
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer count or seed: a Python or NumPy integer, not a bool (True is an ``int``,
+    and a flag given where a number is expected is a mistake)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_tensors(where: str, **named: object) -> None:

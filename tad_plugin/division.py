@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import warnings
 
 import numpy as np
 import torch
 
-from .checks import check_float_vector, check_labels, check_tensors
+from .checks import check_float_vector, check_labels, check_tensors, is_integer
 from .results import TrustSplit
 
 __all__ = ["divide_by_loss", "divide_by_loss_batch", "low_loss_posterior", "class_thresholds",
@@ -167,7 +166,7 @@ def _check_settings(max_iter: int, tol: float, reg_covar: float, random_state: i
     if max_iter < 0 or tol < 0 or reg_covar < 0:
         raise ValueError(f"max_iter, tol and reg_covar must be >= 0, got {max_iter}, {tol}, {reg_covar}")
     seed = random_state
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+    if not is_integer(seed) or not 0 <= seed < 2**32:
         raise ValueError(f"random_state must be an integer in [0, 2**32) (NumPy's seed range), got {random_state!r}")
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import check_labels
+from .checks import check_labels, is_integer
 from .errors import TADError
 from .files import not_a_zip, torch_load
 
@@ -85,14 +85,14 @@ def make_noisy_labels(labels: torch.Tensor, kind: str, rate: float, *, num_class
             not one int64 super-class per sample.
     """
     labels = torch.as_tensor(labels).cpu()
-    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool):
+    if not is_integer(num_classes):
         raise TypeError(f"num_classes must be an integer, got {num_classes!r}")
     check_labels(labels, num_classes)
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
         raise ValueError(f"noise rate must be a number in [0, 1], got {rate!r}")
     if kind not in NOISE_KINDS:
         raise ValueError(f"unknown noise kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}")
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ValueError(f"the noise seed must be an integer >= 0 (NumPy's generator takes no negative seed), got "
                          f"{seed!r}")
     num_classes, seed = int(num_classes), int(seed)

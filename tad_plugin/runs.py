@@ -28,7 +28,7 @@ import torch
 from .data import ImageDataset
 from .engine.config import load_yaml
 from .engine.phases import PHASES_FILE, distill_parts, expert_parts, load_phases
-from .files import output_folder, torch_load
+from .files import output_folder
 from .trust_report import (
     TrustReport,
     later_recalls_text,
@@ -403,7 +403,7 @@ def stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, ou
         except ValueError as exc:  # a damaged copy in our own run folder: made again, then replaced whole
             logging.getLogger(__name__).warning("%s: distilling again", exc)
         else:
-            if torch_load(path).get("settings") == json_safe(settings):
+            if result.settings == json_safe(settings):
                 if pipe.ranks.is_main and not all((out / f).is_file() for f in ("distilled.png", "curve.png")):
                     _draw_distill(result, pre, out, title, data.dataset.class_names)  # a run killed before them
                 record_distill(log, result, 0.0, resumed=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 
+from .checks import is_integer
 from .division import divide_by_loss, divide_by_loss_batch
 from .hookspecs import hookimpl
 from .losses import ce_rce_loss
@@ -93,7 +93,7 @@ class TrustAwareDiversion:
         if not isinstance(self.sieve, bool):
             raise TypeError(f"sieve must be true or false, got {self.sieve!r}")
         seed = self.gmm_random_state
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        if not is_integer(seed) or not 0 <= seed < 2**32:
             raise ValueError(f"gmm_random_state must be an integer in [0, 2**32) (NumPy's seed range), got {seed!r}")
         if self.search_backend not in ("auto", "faiss", "torch"):
             raise ValueError(f"search_backend must be 'auto', 'faiss' or 'torch', got {self.search_backend!r}")

@@ -29,7 +29,6 @@ trust report label a round with this ``t`` ("after ``t`` epochs").
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import SimpleNamespace
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import check_bool_mask, check_features, check_labels
+from .checks import check_bool_mask, check_features, check_labels, is_integer
 from .errors import TADError
 from .losses import confidence_penalty
 from .manager import TADHooks
@@ -152,7 +151,7 @@ class Schedule:
                   "loss_average": 1}
         for name, least in counts.items():
             value = getattr(self, name)
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < least:
+            if not is_integer(value) or value < least:
                 raise ValueError(f"Schedule.{name} must be an integer >= {least}, got {value!r}")
             object.__setattr__(self, name, int(value))  # NumPy integers as Python ones (records, JSON)
         for name in ("outer_loop", "inner_loop", "recall_once"):
@@ -276,7 +275,7 @@ def class_chunk_anchors(features: torch.Tensor, labels: torch.Tensor, trusted: t
     n = features.shape[0]
     check_labels(labels, num_classes, n=n)
     check_bool_mask(trusted, "trusted", n)
-    if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 1:
+    if not is_integer(per_class) or per_class < 1:
         raise ValueError(f"per_class must be an integer >= 1 (anchors per class), got {per_class!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator (torch.Generator().manual_seed(seed)) or None (torch's "
@@ -375,7 +374,7 @@ class TrustLoop:
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a Schedule (Schedule.of(tad_config), or Schedule.off() for no "
                             f"division), got {type(schedule).__name__}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        if not is_integer(num_classes) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         num_classes = int(num_classes)
         if hooks is None and (schedule.outer_loop or schedule.warmup_confidence_penalty):

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ..checks import is_integer
 from ..errors import TADError
 from ..trust_loop import Schedule, recalibration_meets_division
 from .student_grad import COMPILE_MODES, INNER_GRADS
@@ -241,7 +242,7 @@ class TADConfig:
         if not self.warmup_confidence_penalty >= 0:
             raise ConfigError(f"tad.warmup_confidence_penalty must be >= 0 (0 = off), got "
                               f"{self.warmup_confidence_penalty}")
-        if isinstance(self.loss_average, bool) or not isinstance(self.loss_average, int) or self.loss_average < 1:
+        if not is_integer(self.loss_average) or self.loss_average < 1:
             raise ConfigError(f"tad.loss_average must be an integer >= 1 (1 = the last epoch's losses), got "
                               f"{self.loss_average!r}")
         if self.anchor_ipc < 2 or self.anchor_epoch < 3 or self.anchor_iterations < 1 or self.recalibrate_every < 1:

@@ -26,7 +26,6 @@ classifier.weight, classifier.bias), so trajectories export to upstream's ``repl
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_tensors
+from ..checks import check_tensors, is_integer
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
@@ -65,9 +64,9 @@ class ConvNetConfig:
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "width", "depth"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"ConvNetConfig.{name} must be an integer >= 1, got {value!r}")
-        if (len(self.image_size) != 2 or not all(isinstance(v, numbers.Integral) for v in self.image_size)
+        if (len(self.image_size) != 2 or not all(is_integer(v) for v in self.image_size)
                 or min(self.image_size) < 1):
             raise ValueError(f"ConvNetConfig.image_size must be (height, width), integers >= 1, got {self.image_size}")
         object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))

@@ -36,7 +36,6 @@ import dataclasses
 import functools
 import logging
 import math
-import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +49,7 @@ import torch.utils.checkpoint
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..checks import check_hard_or_soft_labels, check_labels, short_classes
+from ..checks import check_hard_or_soft_labels, check_labels, is_integer, short_classes
 from ..errors import TADError
 from ..files import atomic_torch_save, atomic_write_json, torch_load
 from ..losses import confidence_penalty
@@ -201,11 +200,11 @@ class MatchingConfig:
         for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "min_start_epoch", "log_every",
                      "eval_every", "checkpoint_every", "seed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            if not is_integer(value):
                 raise TypeError(f"MatchingConfig.{name} must be an integer, got {value!r}")
             object.__setattr__(self, name, int(value))  # NumPy integers as Python ones (the checkpoint's config)
         if self.batch_syn is not None:
-            if isinstance(self.batch_syn, bool) or not isinstance(self.batch_syn, numbers.Integral):
+            if not is_integer(self.batch_syn):
                 raise TypeError(f"MatchingConfig.batch_syn must be an integer or None, got {self.batch_syn!r}")
             object.__setattr__(self, "batch_syn", int(self.batch_syn))
         if self.eval_every < 0 or self.checkpoint_every < 0 or not self.checkpoint_seconds >= 0:
@@ -332,6 +331,8 @@ class DistillResult:
             (a step size that keeps growing), so the last images are not always the ones to keep.
         seconds: wall seconds the distillation loop ran (its evaluations included), summed over every attempt
             of a resumed run; 0 where unknown (a set written before this was recorded).
+        settings: the settings a saved set was made with (``save_distilled``'s), when it was read from a file;
+            None for a fresh result.
     """
 
     images: Tensor
@@ -342,6 +343,7 @@ class DistillResult:
     best: dict[str, Any] | None = None
     best_set: dict[str, Any] | None = None
     seconds: float = 0.0
+    settings: Any = None
 
     def best_result(self) -> DistillResult:
         """The best evaluation's set as a result of its own (images, labels, step size; no EMA), to evaluate or
@@ -402,15 +404,13 @@ def real_init_indices(labels: Tensor, pool: Tensor, ipc: int, num_classes: int,
             pool samples (the message says which and what to do).
     """
     check_labels(labels, num_classes)
-    if isinstance(pool, Tensor) and pool.dim() == 1 and not pool.is_floating_point() and not pool.is_complex() \
-            and pool.dtype != torch.bool:
-        pool = pool.long()  # int32 and other integer indices
-    if not isinstance(pool, Tensor) or pool.dtype != torch.int64 or pool.dim() != 1:
+    if (not isinstance(pool, Tensor) or pool.dim() != 1 or pool.dtype == torch.bool or pool.is_floating_point()
+            or pool.is_complex()):
         got = f"{pool.dtype} {tuple(pool.shape)}" if isinstance(pool, Tensor) else type(pool).__name__
         hint = " (a mask? give mask.nonzero().flatten())" if isinstance(pool, Tensor) and pool.dtype == torch.bool \
             else ""
         raise ValueError(f"pool must be int64 indices [P]{hint}, got {got}")
-    pool = pool.cpu()
+    pool = pool.long().cpu()  # int32 and other integer indices too
     if pool.numel() and (int(pool.min()) < 0 or int(pool.max()) >= labels.numel()):
         raise ValueError(f"pool indices must lie in [0, {labels.numel()})")
     if pool.unique().numel() != pool.numel():

@@ -501,7 +501,7 @@ def load_distilled(path: str | os.PathLike[str]) -> tuple[DistillResult, Preproc
         p = torch_load(path, verify=True)
         result = DistillResult(p["images"], p["labels"], float(p["syn_lr"]), ema_images=p.get("ema_images"),
                                history=list(p["history"]), best=p["best"], best_set=p.get("best_set"),
-                               seconds=float(p.get("seconds", 0.0)))
+                               seconds=float(p.get("seconds", 0.0)), settings=p.get("settings"))
         return result, Preprocessor.from_state_dict(p["preprocess"])
     except KeyError as exc:
         raise ValueError(f"{path} is not a distilled set (no entry {exc}); give a file `tad distill` wrote, or re-run "
