@@ -188,14 +188,20 @@ def test_the_estimate_is_near_every_recorded_batch():
 
 
 def test_recorded_batches_read_the_schedule_and_leave_out_audits(tmp_path):
-    rows = ["| job | GPU | start (s) | end (s) | wall (min) | exit |", "| --- | --- | ---: | ---: | ---: | ---: |",
-            "| buffer-sym40-noisy-sgd-zca | 0 | 0 | 300 | 5.0 | 0 |",
-            "| mtt-ipc10-sym40-noisy | 0 | 300 | 600 | 5.0 | 0 |"]
-    for name, extra in (("a", []), ("b", ["| audit-sym40-cleanlab | 0 | 0 | 100 | 1.7 | 0 |"])):
+    """A batch with an ``--audit`` job its cells do not need is left out; a two-stage batch, whose cells need
+    their cleanlab audit, is checked with it."""
+    head = ["| job | GPU | start (s) | end (s) | wall (min) | exit |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    rows = ["| buffer-sym40-noisy-sgd-zca | 0 | 0 | 300 | 5.0 | 0 |", "| mtt-ipc10-sym40-noisy | 0 | 300 | 600 | 5.0 | 0 |"]
+    audit = ["| audit-sym40-cleanlab | 0 | 0 | 100 | 1.7 | 0 |"]
+    two_stage = ["| buffer-sym40-prune-sgd-zca | 0 | 100 | 400 | 5.0 | 0 |",
+                 "| mtt-ipc10-sym40-prune | 0 | 400 | 700 | 5.0 | 0 |"]
+    for name, lines in (("a", rows), ("b", rows + audit), ("c", audit + two_stage)):
         (tmp_path / "batches" / name).mkdir(parents=True)
-        (tmp_path / "batches" / name / "schedule.md").write_text("\n".join(rows + extra) + "\n")
+        (tmp_path / "batches" / name / "schedule.md").write_text("\n".join(head + lines) + "\n")
     expected = queue.estimate(queue.batch_jobs(["mtt-ipc10-sym40-noisy"], extractor=False))
-    assert queue.recorded_batches(tmp_path) == [("a", 600.0, expected)]
+    expected_two_stage = queue.estimate(queue.batch_jobs(["mtt-ipc10-sym40-prune"], extractor=False))
+    assert [job.name for job in queue.batch_jobs(["mtt-ipc10-sym40-prune"])][0] == "audit-sym40-cleanlab"
+    assert queue.recorded_batches(tmp_path) == [("a", 600.0, expected), ("c", 700.0, expected_two_stage)]
     assert "a took 10.0 min, estimated " in queue.queue(tmp_path)
 
 

@@ -88,7 +88,7 @@ DISTILL_GPU_SHARE = 0.55
 DISTILL_FIXED_SHARE = 0.55
 ANCHORS_S = 110.0
 ANCHORS_LATER_S = 40.0
-CLEANLAB_S = 300.0
+CLEANLAB_S = 95.0
 EXTRACTOR_EXTRA_S = 20.0
 WINDOW_S = 25 * 60.0
 #: Jobs at once in a batch, and the buffers a batch trains: 80 GB holds two 20-expert buffers at once, not four;
@@ -281,18 +281,19 @@ def recorded_batches(results: Path) -> list[tuple[str, float, float]]:
     """The planner against the batches recorded in ``batches/<name>/schedule.md`` of the records folder
     ``results`` (the runner's table of what ran when): ``(name, measured seconds, estimated seconds)`` for each
     batch of grid cells at the short budget, in name order; the estimate is :func:`estimate` of its cells'
-    :func:`batch_jobs`, the extractor included when the batch trained one. Batches with label audits are left out
-    (their cells alone would under-count them)."""
+    :func:`batch_jobs`, the extractor included when the batch trained one. Batches that ran jobs their cells do not
+    need (the label audits of ``--audit``) are left out: their cells alone would under-count them."""
     from .running import read_schedule
 
     out = []
     for table in sorted((results / "batches").glob("*/schedule.md"), key=lambda f: f.parent.name):
         times, _ = read_schedule(table)
-        if not times or any(name.startswith("audit-") for name in times):
-            continue
         members = [name for name in times if name in cells()]
+        jobs = batch_jobs(members, extractor="extractor" in times)
+        if not times or set(times) - {job.name for job in jobs} - {"extractor"}:
+            continue
         took = max(ended for _, _, ended in times.values())
-        out.append((table.parent.name, took, estimate(batch_jobs(members, extractor="extractor" in times))))
+        out.append((table.parent.name, took, estimate(jobs)))
     return out
 
 
