@@ -10,7 +10,7 @@ Routes (``distill.inner_grad`` / ``distill.recompute_steps``, see tad_plugin/eng
 * ``+recompute``: each inner step's graph rebuilt in the final backward (torch.utils.checkpoint);
 * ``+recompute-elementwise``: only its elementwise work rebuilt, its convolution and matrix-product outputs kept
   (selective checkpointing);
-* modifiers after any of them, in any order: ``+cudnn-benchmark``: ``torch.backends.cudnn.benchmark = True`` (cuDNN
+* modifiers after any of them, in any order: ``+cudnn-benchmark``: ``distill.cudnn_benchmark: true`` (cuDNN
   times its convolution algorithms for each shape once and keeps the fastest); ``+channels-last``: the synthetic
   images in channels-last memory (NHWC, the layout cuDNN's tensor-core kernels use). Results equal up to float
   rounding.
@@ -128,7 +128,6 @@ def measure(args: argparse.Namespace) -> dict:
 
     route, mods = split_variant(args.variant)
     inner_grad, recompute = VARIANTS[route]
-    torch.backends.cudnn.benchmark = "+cudnn-benchmark" in mods
     dev = torch.device(args.device)
     torch.manual_seed(0)
     cfg = convnet_config(args.dataset_shape, args.width)
@@ -149,6 +148,7 @@ def measure(args: argparse.Namespace) -> dict:
                         max_start_epoch=2, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.01, eval_every=0,
                         inner_grad=inner_grad, recompute_steps=recompute,
                         compile_mode=args.compile_mode if inner_grad == "compiled" else "default",
+                        cudnn_benchmark="+cudnn-benchmark" in mods,
                         adaptive_length=args.method == "att", lr_labels=2.0 if args.method == "datm" else None)
     matcher = TrajectoryMatcher(cfg, mc, trajs, images, labels, progress=False)
     times = []
@@ -168,7 +168,7 @@ def measure(args: argparse.Namespace) -> dict:
             peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2 ** 20
         reserved = None
     row = {"variant": args.variant, "inner_grad": inner_grad, "recompute_steps": recompute,
-           "cudnn_benchmark": torch.backends.cudnn.benchmark,
+           "cudnn_benchmark": mc.cudnn_benchmark,
            "channels_last": matcher.images.is_contiguous(memory_format=torch.channels_last),
            "iter_s": statistics.median(times), "iter_s_all": times, "peak_gib": peak, "peak_reserved_gib": reserved,
            "images_checksum": float(matcher.images.detach().double().sum()),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
 import torch
 
-__all__ = ["is_integer", "check_tensors", "check_labels", "check_hard_or_soft_labels", "check_float_vector",
+__all__ = ["is_integer", "is_flag", "check_tensors", "check_labels", "check_hard_or_soft_labels", "check_float_vector",
            "check_features", "check_bool_mask", "short_classes"]
 
 
@@ -14,6 +15,12 @@ def is_integer(value: object) -> bool:
     """Whether ``value`` is an integer count or seed: a Python or NumPy integer, not a bool (True is an ``int``,
     and a flag given where a number is expected is a mistake)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_flag(value: object) -> bool:
+    """Whether ``value`` is a switch: a Python or NumPy bool (a string such as "no" is truthy: taken as a
+    switch it would turn the part on)."""
+    return isinstance(value, (bool, np.bool_))
 
 
 def check_tensors(where: str, **named: object) -> None:

@@ -34,10 +34,9 @@ from dataclasses import dataclass, fields
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import torch
 
-from .checks import check_bool_mask, check_features, check_labels, is_integer
+from .checks import check_bool_mask, check_features, check_labels, is_flag, is_integer
 from .errors import TADError
 from .losses import confidence_penalty
 from .manager import TADHooks
@@ -155,7 +154,7 @@ class Schedule:
                 raise ValueError(f"Schedule.{name} must be an integer >= {least}, got {value!r}")
             object.__setattr__(self, name, int(value))  # NumPy integers as Python ones (records, JSON)
         for name in ("outer_loop", "inner_loop", "recall_once"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):  # "no" is truthy: it would switch the part on
+            if not is_flag(getattr(self, name)):
                 raise ValueError(f"Schedule.{name} must be True or False, got {getattr(self, name)!r}")
             object.__setattr__(self, name, bool(getattr(self, name)))
         if self.split not in ("per-expert", "shared"):

@@ -1,5 +1,6 @@
 """Distillation on a 2-class toy problem (CPU): the matching loss falls, resume is exact, extras run."""
 
+import dataclasses
 import json
 
 import pytest
@@ -14,7 +15,9 @@ from tad_plugin.engine.matching import (
     DistillDivergedError,
     MatchingConfig,
     TrajectoryMatcher,
+    check_checkpoint,
     class_labels,
+    read_checkpoint,
     real_init_indices,
 )
 from tad_plugin.engine.preprocess import Preprocessor
@@ -76,6 +79,28 @@ def test_resume_continues_bit_for_bit(toy, tmp_path):
     other = MatchingConfig(**{**cfg.__dict__, "lr_img": 11.0})
     with pytest.raises(ValueError, match="different run"):
         TrajectoryMatcher(net, other, trajs, images, labels, checkpoint=ck, progress=False).run()
+
+
+def test_a_checkpoint_resumes_on_another_gradient_route(toy, tmp_path):
+    """The student's gradient route changes memory and speed, not the values: a run may resume on another one
+    (a smaller GPU), also from a checkpoint written before ``cudnn_benchmark`` existed."""
+    net, trajs, images, labels, _, _ = toy
+    cfg = MatchingConfig(iterations=4, syn_steps=3, expert_epochs=1, max_start_epoch=3, batch_syn=4,
+                         lr_img=10.0, eval_every=0, checkpoint_every=2, log_every=2, seed=3, inner_grad="explicit")
+    straight = TrajectoryMatcher(net, cfg, trajs, images, labels, progress=False).run()
+    ck = tmp_path / "ck.pt"
+    first = TrajectoryMatcher(net, cfg, trajs, images, labels, checkpoint=ck, progress=False)
+    for _ in range(2):
+        first.step()
+    first.save(ck)
+    state = torch.load(ck, weights_only=False)
+    del state["config"]["cudnn_benchmark"]
+    torch.save(state, ck)
+    other = dataclasses.replace(cfg, recompute_steps="elementwise", cudnn_benchmark=True)
+    resumed = TrajectoryMatcher(net, other, trajs, images, labels, checkpoint=ck, progress=False)
+    check_checkpoint(ck, read_checkpoint(ck), other, tuple(images.shape))  # no refusal: it resumes
+    result = resumed.run()
+    assert resumed.iteration == 4 and torch.equal(result.images, straight.images)
 
 
 def test_a_finished_run_extends_to_more_iterations_as_if_started_that_long(toy, tmp_path):

@@ -70,6 +70,9 @@ def test_each_cells_command_builds_the_config_the_page_says(tmp_path):
         if cfg.tad.enabled:
             assert (cfg.tad.reg_weight != 0, cfg.tad.outer_loop, cfg.tad.inner_loop) == (reg, outer, inner), name
         assert cfg.out == str(tmp_path / name)
+        # the configs' route, except DATM's IPC 50: its 80 unrolled steps x 500 images recompute whole steps
+        assert (cfg.distill.inner_grad, cfg.distill.recompute_steps, cfg.distill.cudnn_benchmark) == (
+            "compiled", True if (cell.method, cell.ipc) == ("datm", 50) else "elementwise", True), name
         buf = cmd[cmd.index("--buffer") + 1]
         assert buf == str(tmp_path / "buffers" / grid.buffer_of(cell) / "buffer")
     # the epochs of the buffer each cell reads: MTT's and ATT's ZCA buffer serves IPC 1 and 10 (20 + 2 + 1)

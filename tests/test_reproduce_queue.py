@@ -191,7 +191,8 @@ def test_recorded_batches_read_the_schedule_and_leave_out_audits(tmp_path):
     """A batch with an ``--audit`` job its cells do not need is left out; a two-stage batch, whose cells need
     their cleanlab audit, is checked with it."""
     head = ["| job | GPU | start (s) | end (s) | wall (min) | exit |", "| --- | --- | ---: | ---: | ---: | ---: |"]
-    rows = ["| buffer-sym40-noisy-sgd-zca | 0 | 0 | 300 | 5.0 | 0 |", "| mtt-ipc10-sym40-noisy | 0 | 300 | 600 | 5.0 | 0 |"]
+    rows = ["| buffer-sym40-noisy-sgd-zca | 0 | 0 | 300 | 5.0 | 0 |",
+            "| mtt-ipc10-sym40-noisy | 0 | 300 | 600 | 5.0 | 0 |"]
     audit = ["| audit-sym40-cleanlab | 0 | 0 | 100 | 1.7 | 0 |"]
     two_stage = ["| buffer-sym40-prune-sgd-zca | 0 | 100 | 400 | 5.0 | 0 |",
                  "| mtt-ipc10-sym40-prune | 0 | 400 | 700 | 5.0 | 0 |"]

@@ -1,5 +1,6 @@
 """The student's gradient written out (engine.student_grad) against autograd's, first and second order."""
 
+import dataclasses
 import shutil
 
 import pytest
@@ -95,6 +96,38 @@ def test_recomputing_the_elementwise_work_gives_the_same_distillation(small_prob
         compiled = _distill("compiled", trajectories, images, labels, net, recompute_steps="elementwise")
         assert torch.allclose(compiled.images, ref.images, rtol=1e-4, atol=1e-5)
         assert compiled.syn_lr == pytest.approx(ref.syn_lr, rel=1e-4)
+
+
+def test_cudnn_benchmark_is_on_during_each_iteration_and_restored_after(small_problem, monkeypatch):
+    """``cudnn_benchmark=True`` turns cuDNN's algorithm search on for the iteration only (the process's setting
+    comes back, also when the iteration raises); False leaves the process's setting alone."""
+    net, trajectories, images, labels = small_problem
+    seen = []
+    real = TrajectoryMatcher._student_grad
+
+    def spy(self, w, x, y):
+        seen.append(torch.backends.cudnn.benchmark)
+        return real(self, w, x, y)
+
+    monkeypatch.setattr(TrajectoryMatcher, "_student_grad", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    cfg = MatchingConfig(iterations=2, syn_steps=2, expert_epochs=1, max_start_epoch=2, eval_every=0,
+                         cudnn_benchmark=True)
+    matcher = TrajectoryMatcher(net, cfg, trajectories, images, labels, progress=False)
+    matcher.step()
+    assert seen == [True, True] and torch.backends.cudnn.benchmark is False
+    monkeypatch.setattr(TrajectoryMatcher, "_student_grad", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        matcher.step()
+    assert torch.backends.cudnn.benchmark is False
+    seen.clear()
+    monkeypatch.setattr(TrajectoryMatcher, "_student_grad", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # a user's own setting stays
+    TrajectoryMatcher(net, dataclasses.replace(cfg, cudnn_benchmark=False), trajectories, images, labels,
+                      progress=False).step()
+    assert seen == [True, True] and torch.backends.cudnn.benchmark is True
+    with pytest.raises(TypeError, match="cudnn_benchmark must be True or False"):
+        dataclasses.replace(cfg, cudnn_benchmark="yes")
 
 
 class _CountConvolutions(torch.utils._python_dispatch.TorchDispatchMode):

@@ -316,8 +316,9 @@ class DistillConfig:
     ``"compiled"`` (the student's backward written out, optionally under torch.compile; same values);
     ``recompute_steps`` recomputes each unrolled step in the final backward (true: all of it, one step's
     graph kept at a time; elementwise: all but its convolutions and matrix products; explicit/compiled
-    only); ``compile_mode`` is torch.compile's mode for ``inner_grad: compiled`` (``reduce-overhead``: CUDA graphs): see
-    :class:`tad_plugin.engine.matching.MatchingConfig`.
+    only); ``compile_mode`` is torch.compile's mode for ``inner_grad: compiled`` (``reduce-overhead``: CUDA graphs);
+    ``cudnn_benchmark`` turns cuDNN's algorithm search on while distilling (false: the process's setting, off by
+    default, so the same kernels every run): see :class:`tad_plugin.engine.matching.MatchingConfig`.
     """
 
     ipc: int = 10
@@ -350,6 +351,7 @@ class DistillConfig:
     inner_grad: str = "autograd"
     recompute_steps: bool | str = False
     compile_mode: str = "default"
+    cudnn_benchmark: bool = False
 
     def validate(self) -> None:
         _positive(self, "distill", "ipc", "iterations", "syn_steps", "expert_epochs", "max_start_epoch",

@@ -49,7 +49,7 @@ import torch.utils.checkpoint
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..checks import check_hard_or_soft_labels, check_labels, is_integer, short_classes
+from ..checks import check_hard_or_soft_labels, check_labels, is_flag, is_integer, short_classes
 from ..errors import TADError
 from ..files import atomic_torch_save, atomic_write_json, torch_load
 from ..losses import confidence_penalty
@@ -68,9 +68,11 @@ from .student_grad import (
 logger = logging.getLogger(__name__)
 
 #: Settings a checkpoint may be resumed with changed: the run length and how often it evaluates, saves and
-#: reads back -- nothing the images' path depends on, so a finished run extended to more iterations continues
-#: exactly as a run started with that many would have.
-EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "checkpoint_seconds", "log_every"})
+#: reads back, and how the student's gradient is computed (the same values up to float rounding, e.g. a route
+#: of less memory on a smaller GPU) -- nothing the images' path depends on, so a finished run extended to more
+#: iterations continues as a run started with that many would have.
+EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "checkpoint_seconds", "log_every",
+                        "inner_grad", "recompute_steps", "compile_mode", "cudnn_benchmark", "channels_last"})
 
 #: Written beside the checkpoint after every evaluation: the list of evaluation entries so far (iteration,
 #: syn_lr, eval {mean, std, accuracies, seconds} and eval_ema when EMA images are kept).
@@ -145,6 +147,11 @@ class MatchingConfig:
             ``"reduce-overhead"`` (the compiled graphs replayed as CUDA graphs: one launch instead of
             dozens per call, for a launch-bound iteration; the same images up to float rounding) or
             ``"max-autotune-no-cudagraphs"``. Ignored by the other routes; on a CPU all three compile alike.
+        cudnn_benchmark: True: cuDNN's algorithm search (``torch.backends.cudnn.benchmark``) during each
+            iteration, the process's setting restored after it: cuDNN times its convolution algorithms for each
+            new shape once (in the first iterations) and keeps the fastest; the images may then differ between
+            runs in float rounding. False leaves the process's setting as it is (torch's default is off: the
+            same kernels every run). No effect on a CPU.
 
     Raises:
         ValueError: a setting out of its range or an unknown choice (the message names it), ``channels_last``
@@ -179,6 +186,7 @@ class MatchingConfig:
     inner_grad: str = "autograd"
     recompute_steps: bool | str = False
     compile_mode: str = "default"
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
         for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "log_every"):
@@ -221,6 +229,9 @@ class MatchingConfig:
             raise ValueError(f"adaptive_distance must be one of {_DISTANCES}, got {self.adaptive_distance!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if not is_flag(self.cudnn_benchmark):
+            raise TypeError(f"cudnn_benchmark must be True or False, got {self.cudnn_benchmark!r}")
+        object.__setattr__(self, "cudnn_benchmark", bool(self.cudnn_benchmark))
 
 
 #: The entries of a distillation checkpoint that resuming reads (``TrajectoryMatcher.state_dict`` writes them).
@@ -560,6 +571,16 @@ class TrajectoryMatcher:
 
     def step(self) -> Tensor:
         """One iteration (image/step-size update); returns the matching loss as a 0-d device tensor."""
+        if not self.config.cudnn_benchmark:
+            return self._step()
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            return self._step()
+        finally:
+            torch.backends.cudnn.benchmark = before
+
+    def _step(self) -> Tensor:
         c, it = self.config, self.iteration
         if self._graphs:
             torch.compiler.cudagraph_mark_step_begin()

@@ -370,6 +370,19 @@ def switch_sets(cell: Cell) -> list[str]:
     return sets + ([] if inner else ["tad.inner_loop=false"])
 
 
+#: The cells whose distillation recomputes whole unrolled steps (``distill.recompute_steps=true``) instead of the
+#: CIFAR-10 configs' ``elementwise``, which keeps every step's convolution outputs: its memory grows with the unrolled
+#: steps x images per step, and DATM's IPC 50 (80 x 500, against MTT's 30 x 500 at about 15 GiB) would not leave
+#: room beside the buffers a batch trains at once.
+WHOLE_STEP_RECOMPUTE = {("datm", 50)}
+
+
+def memory_sets(cell: Cell) -> list[str]:
+    """The ``key=value`` settings that keep ``cell``'s distillation inside its share of a batch's GPU memory
+    (:data:`WHOLE_STEP_RECOMPUTE`); none for most cells."""
+    return ["distill.recompute_steps=true"] if (cell.method, cell.ipc) in WHOLE_STEP_RECOMPUTE else []
+
+
 def run_name(name: str, tag: str | None) -> str:
     """The run folder and record name of a cell or buffer under ``--tag``: ``<name>-<tag>``, or the name itself."""
     return f"{name}-{tag}" if tag else name
@@ -452,7 +465,7 @@ def command(cell: str, dataset: str, out: Path, cifar_n: str | None, budget: str
             tag: str | None = None, shared: bool = True) -> list[str]:
     """``cell``'s ``tad run`` command into ``out/<run_name>``: distilling from its shared buffer under
     ``out/buffers/`` (``shared``), else training its own. Settings: the base YAML < the method, IPC, noise and
-    arm < ``budget`` < Table 3's switches < ``sets``."""
+    arm < ``budget`` < Table 3's switches < :func:`memory_sets` < ``sets``."""
     c = cells()[cell]
     cmd = [sys.executable, "-m", "tad_plugin.cli", "run", *_inputs(c, dataset, out, cifar_n), "--method", c.method,
            "--ipc", str(c.ipc), "--tad" if c.tad else "--no-tad", _zca_flag(zca_of(c.method, c.ipc)),
@@ -460,7 +473,7 @@ def command(cell: str, dataset: str, out: Path, cifar_n: str | None, budget: str
     if shared:
         cmd += ["--buffer", str(buffer_dir(out, buffer_of(c, sets), tag) / "buffer")]
     return cmd + _sets(budget_sets(budget, recipe(c.method, c.ipc), zca_of(c.method, c.ipc, sets), sets),
-                       switch_sets(c), sets)
+                       switch_sets(c), memory_sets(c), sets)
 
 
 def _zca_flag(zca: bool) -> str:

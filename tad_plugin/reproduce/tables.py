@@ -82,6 +82,10 @@ OTHER_RESULTS = (
      "vs compiled + recompute"),
     ("../benchmarks/results/benchmark_inner_grad_h100_ipc10_profile.json", "the same on another H100, profiled: kernel "
      "time vs wall time, top kernels"),
+    ("../benchmarks/results/benchmark_inner_grad_h100_ipc50_elementwise.json", "distillation routes on an H100, IPC "
+     "50: every step kept vs only the elementwise work recomputed, with and without cuDNN's algorithm search"),
+    ("../benchmarks/results/benchmark_inner_grad_h100_ipc10_elementwise.json", "the same at IPC 10, beside recomputing "
+     "whole steps"),
     ("../benchmarks/results/benchmark_augment_h100.json", "SimCLR augmentation alone on an H100, eager vs compiled "
      "pixel operations"),
     ("features_cifar10_throughput_h100_2026-11-26.json", "SimCLR training throughput on an H100 with the compiled "
