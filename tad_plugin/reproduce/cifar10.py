@@ -84,6 +84,7 @@ from .grid import (
     buffer_command,
     buffer_of,
     cells,
+    check_sets,
     command,
     grid_records,
     resolve_cells,
@@ -117,7 +118,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="run this cell (repeatable): a name (see --list), a shell pattern ('mtt-ipc50-*') or 'all' "
                         "(the c10n-worst cells need --cifar-n)")
     p.add_argument("--jobs", type=_jobs, default=1, help="jobs run at once on each GPU")
-    p.add_argument("--gpus", help="comma-separated CUDA device indices to spread the jobs over (default: all)")
+    p.add_argument("--gpus", help="comma-separated indices of the GPUs to spread the jobs over, counted as torch "
+                   "counts them (under CUDA_VISIBLE_DEVICES=2,3, 0 is GPU 2) (default: every GPU torch sees; none: "
+                   "the CPU)")
     p.add_argument("--results", default="results", metavar="DIR",
                    help="the results folder: records in DIR/cifar10/, the page DIR/README.md (default: ./results)")
     p.add_argument("--page", action="store_true", help="write RESULTS/README.md")
@@ -164,18 +167,29 @@ def asked(args: argparse.Namespace) -> bool:
     return bool(args.list or args.cell or args.audit_only or args.page or args.queue)
 
 
+def interrupted_text() -> str:
+    """What the runner kept when Ctrl-C stopped it (its jobs get SIGINT and keep their finished parts)."""
+    return ("the jobs it started were stopped and kept what they had finished (each says what: above, or in its log "
+            "under --out's logs/); the same command resumes them")
+
+
 def run(args: argparse.Namespace) -> int:
     """Do what the parsed options ``args`` (:func:`add_options`) ask; the exit code: 0, or 1 if a job failed.
-    Raises ValueError when they ask for nothing."""
+    Raises ValueError when they ask for nothing, :class:`~tad_plugin.files.OutputPathError` when ``--results`` (or,
+    with cells to run, ``--out``) is a file."""
     from tad_plugin.files import atomic_write, output_folder
 
+    args.kept = interrupted_text  # what `tad reproduce` says after Ctrl-C, as the script does
     records = grid_records(output_folder(args.results, "--results"))
     if not asked(args):
         raise ValueError(NOTHING_ASKED)
-    if args.set:  # a misspelt key or a wrong type: refused here, not in every cell's run
+    if args.cell or args.audit_only:
+        output_folder(args.out, "--out")
+    if args.set:  # a misspelt key or a wrong type, or one the cell's name fixes: refused here, not in every run
         from ..engine.config import RunConfig, apply_overrides, from_dict
 
         from_dict(RunConfig, apply_overrides({}, args.set))
+        check_sets(args.set)
     if args.list and (args.cell or args.audit_only):  # a dry run: what --cell / --audit-only would start
         jobs, after, _ = plan(args)
         print("\n".join(job_lines(jobs, after, args.jobs)))
@@ -218,7 +232,8 @@ def add_subcommand(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None, results: str | Path | None = None) -> None:
-    """The runner's command line (``argv``, default ``sys.argv[1:]``); exits with :func:`run`'s code.
+    """The runner's command line (``argv``, default ``sys.argv[1:]``); exits with :func:`run`'s code, or 2 after
+    Ctrl-C or an error the user can fix, said in one line as ``tad reproduce`` says it (no traceback).
     ``results``: the default of ``--results`` (None: ./results)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p)
@@ -227,4 +242,14 @@ def main(argv: Sequence[str] | None = None, results: str | Path | None = None) -
     args = p.parse_args(argv)
     if not asked(args):
         p.error(NOTHING_ASKED)
-    sys.exit(run(args))
+    from tad_plugin.cli import os_error_text
+    from tad_plugin.errors import TADError
+
+    try:
+        code = run(args)
+    except KeyboardInterrupt:
+        p.exit(2, f"\n{p.prog}: interrupted; {interrupted_text()}\n")
+    except (TADError, ValueError, OSError) as exc:  # as `tad reproduce` says them: one line, exit 2
+        text = os_error_text(exc) if isinstance(exc, OSError) and not isinstance(exc, TADError) else str(exc)
+        p.exit(2, f"{p.prog}: error: {text}\n")
+    sys.exit(code)
