@@ -53,7 +53,8 @@ tad.features=...`` names another), it trains at the same time as those buffers' 
 ``tad.features_wait_s`` (the extractor's budget and a margin) and load it only when the inner loop first needs
 it, so nothing waits for the extractor job.
 
-Jobs run ``--jobs`` at once on each GPU of ``--gpus``, logs in ``<out>/logs/<job>.log``; a failed job does not
+Jobs run ``--jobs`` at once on each GPU of ``--gpus``, logs in ``<out>/logs/<job>.log`` (a request of one job
+at ``--jobs 1`` runs it in the foreground, its output on the terminal); a failed job does not
 stop the others (the exit code is 1 and its log's last lines are printed; cells whose buffer failed are not
 started). At the end a table says what ran where (GPU, start, end, wall time), also written to
 ``<out>/logs/schedule.md`` and, with matplotlib, drawn in ``<out>/logs/schedule.png``. Each finished cell's
@@ -134,7 +135,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "nets); long: 100 experts, 5000 iterations; full: each method's own (hours per cell); "
                         "--set overrides any. Runs, buffers and records of long and full carry the budget's name "
                         "(<cell>-long), so they never mix with the grid's")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, after the cell's own and the budget's; one that changes the experiment "
+                        "belongs with --tag (else its record replaces the cell's); the settings the cell's name or an "
+                        "option fixes (method, IPC, noise, arm, seed, dataset) are refused")
     p.add_argument("--seeds", type=_seeds, default=[0], metavar="0,1,2",
                    help="training seeds (the labels keep data.noise_seed): seed 0 is the cell's own run and record, "
                         "seed N runs as <cell>-seedN (--set seed=N) from its own buffer; the page averages a "
