@@ -246,8 +246,7 @@ def main(argv: Sequence[str] | None = None, results: str | Path | None = None) -
     args = p.parse_args(argv)
     if not asked(args):
         p.error(NOTHING_ASKED)
-    from tad_plugin.cli import os_error_text
-    from tad_plugin.errors import TADError
+    from tad_plugin.errors import TADError, os_error_text
 
     try:
         code = run(args)
