@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import logging
 import os
 import sys
@@ -136,19 +135,6 @@ def out_of_memory_text(exc: BaseException) -> str:
             "processes on the same GPU count too. Re-running resumes the finished stages and experts")
 
 
-def os_error_text(exc: OSError) -> str:
-    """What ``tad`` says when the machine refuses a file operation: the cause, the file, and the fix for a full
-    disk, a quota, a read-only file system or missing permissions."""
-    fixes = {errno.ENOSPC: "free space there or choose another --out", errno.EDQUOT: "free space there or choose "
-             "another --out", errno.EROFS: "choose a writable --out", errno.EACCES: "choose a folder you may write "
-             "to (--out) or fix its permissions", errno.EPERM: "choose a folder you may write to (--out)"}
-    text = exc.strerror or str(exc)
-    if exc.filename is not None and str(exc.filename) not in text:
-        text += f": {exc.filename}"
-    fix = fixes.get(exc.errno) if exc.errno is not None else None
-    return f"{text}; {fix}" if fix else text
-
-
 def kept_text(folders: Sequence[Path]) -> str:
     """What an interrupted run leaves to resume from in its run ``folders``, and how to resume."""
     kept = []
@@ -178,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     disk, GPU memory), 2 after Ctrl-C too (saying what was kept); ``--debug`` shows tracebacks instead. Other
     exceptions are programming errors and keep their traceback."""
     from .engine.distributed import launched_rank, shutdown
-    from .errors import TADError
+    from .errors import TADError, os_error_text
 
     parser = build_parser()
     args = parser.parse_args(argv)

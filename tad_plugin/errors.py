@@ -7,8 +7,23 @@ builtin it has always been (``ValueError``, ``RuntimeError``, ...), so existing 
 
 from __future__ import annotations
 
-__all__ = ["TADError"]
+import errno
+
+__all__ = ["TADError", "os_error_text"]
 
 
 class TADError(Exception):
     """A fault in the user's input, files or environment; the message names the problem and the fix."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """What ``tad`` says when the machine refuses a file operation: the cause, the file, and the fix for a full
+    disk, a quota, a read-only file system or missing permissions."""
+    fixes = {errno.ENOSPC: "free space there or choose another --out", errno.EDQUOT: "free space there or choose "
+             "another --out", errno.EROFS: "choose a writable --out", errno.EACCES: "choose a folder you may write "
+             "to (--out) or fix its permissions", errno.EPERM: "choose a folder you may write to (--out)"}
+    text = exc.strerror or str(exc)
+    if exc.filename is not None and str(exc.filename) not in text:
+        text += f": {exc.filename}"
+    fix = fixes.get(exc.errno) if exc.errno is not None else None
+    return f"{text}; {fix}" if fix else text

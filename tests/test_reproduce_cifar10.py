@@ -94,3 +94,51 @@ def test_list_with_cells_shows_the_jobs_they_would_start_and_runs_nothing(tmp_pa
     minutes = queue.estimate(queue.batch_jobs(["mtt-ipc10-sym40-tad", "att-ipc1-sym40-noisy"]), slots=4) / 60
     assert lines[-1] == (f"about {minutes:.0f} min on one H100 with --jobs 4 from nothing trained "
                          "(--queue's planning figures)")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--page", "--results", "notes.txt"], "--results notes.txt is a file, not a folder"),
+    (["--cell", "mtt-ipc1-sym20-noisy", "--out", "notes.txt"], "--out notes.txt is a file, not a folder"),
+    (["--list", "--cell", "mtt-ipc1-sym20-noisy", "--set", "bufer.epochs=3"], "unknown config key 'bufer'"),
+])
+def test_the_script_says_a_users_mistake_in_one_line(tmp_path, monkeypatch, capsys, argv, message):
+    # the script once let these through as tracebacks (tad reproduce said them in one line)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("")
+    monkeypatch.setattr(repro, "run_cells", lambda args: pytest.fail("nothing may run"))
+    with pytest.raises(SystemExit) as exit_:
+        repro.main(argv, results=tmp_path / "r")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and f"error: {message}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_ctrl_c_in_the_script_says_the_same_command_resumes(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(repro, "run", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        repro.main(["--queue"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.strip().endswith(f"interrupted; {repro.interrupted_text()}")
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["tad.enabled=false"], "--set tad.enabled=false: tad.enabled is set by the cell's arm; pick the cell"),
+    (["data.noise_rate=0.2"], "data.noise_rate is set by the cell's noise"),
+    (["eval.num_eval=1", "method=ftd"], "--set method=ftd: method is set by the cell's method"),
+    (["seed=3"], "seed is set by --seeds; give that option instead"),
+    (["data.dataset=x.npz"], "data.dataset is set by --dataset; give that option instead"),
+])
+def test_a_set_that_contradicts_the_cells_name_is_refused(tmp_path, monkeypatch, capsys, sets, message):
+    # --cell mtt-ipc10-sym40-tad --set tad.enabled=false once recorded a run without TAD as the TAD cell
+    from tad_plugin.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["reproduce", "--list", "--cell", "mtt-ipc10-sym40-tad"] + [x for s in sets for x in ("--set", s)]
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
+    assert not list(tmp_path.iterdir())
+    grid.check_sets(["data.zca=false", "tad.balance_classes=false", "data.noise_seed=1"])  # variants stay free

@@ -363,14 +363,21 @@ def test_a_single_job_runs_in_the_foreground_on_the_first_gpu_given(tmp_path, mo
     _inputs_here(tmp_path, monkeypatch)
     seen = {}
 
-    def fake_run(cmd, env):
-        seen.update(cmd=cmd, gpu=env.get("CUDA_VISIBLE_DEVICES"))
-        (tmp_path / "mtt-ipc10-sym40-tad-x").mkdir()
-        (tmp_path / "mtt-ipc10-sym40-tad-x" / "result_run.json").write_text('{"results": {}}')
-        return running.subprocess.CompletedProcess(cmd, exit_code)
+    class FakePopen:
+        def __init__(self, cmd, env, preexec_fn=None):
+            seen.update(cmd=cmd, gpu=env.get("CUDA_VISIBLE_DEVICES"))
+            (tmp_path / "mtt-ipc10-sym40-tad-x").mkdir()
+            (tmp_path / "mtt-ipc10-sym40-tad-x" / "result_run.json").write_text('{"results": {}}')
 
-    monkeypatch.setattr(running.subprocess, "run", fake_run)
+        def wait(self):
+            return exit_code
+
+        def poll(self):
+            return exit_code
+
+    monkeypatch.setattr(running.subprocess, "Popen", FakePopen)
     monkeypatch.setattr(running, "buffer_ready", lambda path, experts: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     args = _args(tmp_path, ["mtt-ipc10-sym40-tad"], gpus="1,0", tag="x")
     assert running.run_cells(args) == (0 if exit_code == 0 else 1)
@@ -598,3 +605,53 @@ def test_a_missing_dataset_or_cifar_n_file_is_refused_before_any_log(tmp_path, m
         running.run_cells(_args(tmp_path, ["mtt-ipc1-c10n-worst-noisy"], dataset=str(tmp_path / "d.npz"),
                                 cifar_n=str(tmp_path / "nope.pt"), out=str(out)))
     assert not out.exists()
+
+
+def test_gpus_count_the_gpus_this_process_sees_and_refuse_others():
+    # a job's CUDA_VISIBLE_DEVICES once took --gpus' index as is: under CUDA_VISIBLE_DEVICES=2,3 the jobs of
+    # --gpus 0,1 (or of no --gpus) landed on GPUs 0 and 1, which the user had left out
+    assert running.gpu_ids("0,1", count=2, visible="2,3") == ["2", "3"]
+    assert running.gpu_ids(None, count=2, visible="2,3") == ["2", "3"]
+    assert running.gpu_ids("1", count=3, visible="") == ["1"]
+    assert running.gpu_ids(None, count=0, visible="") == []
+    with pytest.raises(SystemExit, match=r"--gpus 0: torch sees no CUDA GPU on this machine; leave --gpus out"):
+        running.gpu_ids("0", count=0, visible="")  # a job would run on the CPU unnoticed
+    with pytest.raises(SystemExit, match=r"--gpus 0,2: this machine has 2 GPU\(s\) torch can see, indices 0 to 1; 2 "):
+        running.gpu_ids("0,2", count=2, visible="")
+    for spec in ("a", "0,0", "-1"):
+        with pytest.raises(SystemExit, match="give distinct GPU indices, comma-separated"):
+            running.gpu_ids(spec, count=2, visible="")
+
+
+def test_a_wrong_gpu_index_is_refused_before_any_job_starts(tmp_path, monkeypatch):
+    _inputs_here(tmp_path, monkeypatch)
+    monkeypatch.setattr(running.subprocess, "Popen", lambda *a, **k: pytest.fail("nothing may start"))
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    with pytest.raises(SystemExit, match="torch sees no CUDA GPU"):
+        running.run_cells(_args(tmp_path, ["mtt-ipc1-sym40-noisy"], gpus="0"))
+    assert not (tmp_path / "logs").exists()
+
+
+def test_an_interrupted_job_in_the_foreground_gets_sigint_and_time_to_keep_its_work(tmp_path, monkeypatch):
+    # the one job of a request ran through subprocess.run, which SIGKILLs its child a quarter second after Ctrl-C
+    _inputs_here(tmp_path, monkeypatch)
+    ready = tmp_path / "ready"
+    job = [sys.executable, "-c", "import signal, sys, time, pathlib\n"
+           "signal.signal(signal.SIGINT, lambda *a: (time.sleep(1), sys.exit(7)))\n"
+           f"pathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)"]
+    monkeypatch.setattr(running, "plan", lambda args: ({"mtt-ipc1-sym40-noisy": job}, {}, {}))
+    started = []
+
+    class Interrupted(running.subprocess.Popen):
+        def wait(self, timeout=None):
+            if not started:  # the first wait: Ctrl-C reaches the runner once the job is under way
+                started.append(self)
+                while not ready.exists():
+                    running.time.sleep(0.05)
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    monkeypatch.setattr(running.subprocess, "Popen", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        running.run_cells(_args(tmp_path, ["mtt-ipc1-sym40-noisy"]))
+    assert started[0].returncode == 7  # its own SIGINT handling ran to the end, no SIGKILL

@@ -344,7 +344,9 @@ class TrajectoryStore:
         try:
             return torch_load(path)
         except Exception as exc:
-            raise TrajectoryError(f"cannot load {path}: {exc}; delete {self.root} and retrain") from exc
+            raise TrajectoryError(f"cannot load {path}: {exc}; delete that file and rerun the command that trained "
+                                  f"the experts: it fits the preprocessing on the same data again and keeps the "
+                                  f"experts") from exc
 
     # ------------------------------------------------------------------ upstream interop
     def export_upstream(self, out_dir: str | os.PathLike[str], per_file: int = 10,

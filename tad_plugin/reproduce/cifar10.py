@@ -53,7 +53,8 @@ tad.features=...`` names another), it trains at the same time as those buffers' 
 ``tad.features_wait_s`` (the extractor's budget and a margin) and load it only when the inner loop first needs
 it, so nothing waits for the extractor job.
 
-Jobs run ``--jobs`` at once on each GPU of ``--gpus``, logs in ``<out>/logs/<job>.log``; a failed job does not
+Jobs run ``--jobs`` at once on each GPU of ``--gpus``, logs in ``<out>/logs/<job>.log`` (a request of one job
+at ``--jobs 1`` runs it in the foreground, its output on the terminal); a failed job does not
 stop the others (the exit code is 1 and its log's last lines are printed; cells whose buffer failed are not
 started). At the end a table says what ran where (GPU, start, end, wall time), also written to
 ``<out>/logs/schedule.md`` and, with matplotlib, drawn in ``<out>/logs/schedule.png``. Each finished cell's
@@ -84,6 +85,7 @@ from .grid import (
     buffer_command,
     buffer_of,
     cells,
+    check_sets,
     command,
     grid_records,
     resolve_cells,
@@ -117,7 +119,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="run this cell (repeatable): a name (see --list), a shell pattern ('mtt-ipc50-*') or 'all' "
                         "(the c10n-worst cells need --cifar-n)")
     p.add_argument("--jobs", type=_jobs, default=1, help="jobs run at once on each GPU")
-    p.add_argument("--gpus", help="comma-separated CUDA device indices to spread the jobs over (default: all)")
+    p.add_argument("--gpus", help="comma-separated indices of the GPUs to spread the jobs over, counted as torch "
+                   "counts them (under CUDA_VISIBLE_DEVICES=2,3, 0 is GPU 2) (default: every GPU torch sees; none: "
+                   "the CPU)")
     p.add_argument("--results", default="results", metavar="DIR",
                    help="the results folder: records in DIR/cifar10/, the page DIR/README.md (default: ./results)")
     p.add_argument("--page", action="store_true", help="write RESULTS/README.md")
@@ -131,7 +135,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "nets); long: 100 experts, 5000 iterations; full: each method's own (hours per cell); "
                         "--set overrides any. Runs, buffers and records of long and full carry the budget's name "
                         "(<cell>-long), so they never mix with the grid's")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, after the cell's own and the budget's; one that changes the experiment "
+                        "belongs with --tag (else its record replaces the cell's); the settings the cell's name or an "
+                        "option fixes (method, IPC, noise, arm, seed, dataset) are refused")
     p.add_argument("--seeds", type=_seeds, default=[0], metavar="0,1,2",
                    help="training seeds (the labels keep data.noise_seed): seed 0 is the cell's own run and record, "
                         "seed N runs as <cell>-seedN (--set seed=N) from its own buffer; the page averages a "
@@ -164,18 +171,29 @@ def asked(args: argparse.Namespace) -> bool:
     return bool(args.list or args.cell or args.audit_only or args.page or args.queue)
 
 
+def interrupted_text() -> str:
+    """What the runner kept when Ctrl-C stopped it (its jobs get SIGINT and keep their finished parts)."""
+    return ("the jobs it started were stopped and kept what they had finished (each says what: above, or in its log "
+            "under --out's logs/); the same command resumes them")
+
+
 def run(args: argparse.Namespace) -> int:
     """Do what the parsed options ``args`` (:func:`add_options`) ask; the exit code: 0, or 1 if a job failed.
-    Raises ValueError when they ask for nothing."""
+    Raises ValueError when they ask for nothing, :class:`~tad_plugin.files.OutputPathError` when ``--results`` (or,
+    with cells to run, ``--out``) is a file."""
     from tad_plugin.files import atomic_write, output_folder
 
+    args.kept = interrupted_text  # what `tad reproduce` says after Ctrl-C, as the script does
     records = grid_records(output_folder(args.results, "--results"))
     if not asked(args):
         raise ValueError(NOTHING_ASKED)
-    if args.set:  # a misspelt key or a wrong type: refused here, not in every cell's run
+    if args.cell or args.audit_only:
+        output_folder(args.out, "--out")
+    if args.set:  # a misspelt key or a wrong type, or one the cell's name fixes: refused here, not in every run
         from ..engine.config import RunConfig, apply_overrides, from_dict
 
         from_dict(RunConfig, apply_overrides({}, args.set))
+        check_sets(args.set)
     if args.list and (args.cell or args.audit_only):  # a dry run: what --cell / --audit-only would start
         jobs, after, _ = plan(args)
         print("\n".join(job_lines(jobs, after, args.jobs)))
@@ -218,7 +236,8 @@ def add_subcommand(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None, results: str | Path | None = None) -> None:
-    """The runner's command line (``argv``, default ``sys.argv[1:]``); exits with :func:`run`'s code.
+    """The runner's command line (``argv``, default ``sys.argv[1:]``); exits with :func:`run`'s code, or 2 after
+    Ctrl-C or an error the user can fix, said in one line as ``tad reproduce`` says it (no traceback).
     ``results``: the default of ``--results`` (None: ./results)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p)
@@ -227,4 +246,13 @@ def main(argv: Sequence[str] | None = None, results: str | Path | None = None) -
     args = p.parse_args(argv)
     if not asked(args):
         p.error(NOTHING_ASKED)
-    sys.exit(run(args))
+    from tad_plugin.errors import TADError, os_error_text
+
+    try:
+        code = run(args)
+    except KeyboardInterrupt:
+        p.exit(2, f"\n{p.prog}: interrupted; {interrupted_text()}\n")
+    except (TADError, ValueError, OSError) as exc:  # as `tad reproduce` says them: one line, exit 2
+        text = os_error_text(exc) if isinstance(exc, OSError) and not isinstance(exc, TADError) else str(exc)
+        p.exit(2, f"{p.prog}: error: {text}\n")
+    sys.exit(code)

@@ -383,6 +383,33 @@ def memory_sets(cell: Cell) -> list[str]:
     return ["distill.recompute_steps=true"] if (cell.method, cell.ipc) in WHOLE_STEP_RECOMPUTE else []
 
 
+#: Settings a cell's name or the runner's own options fix, which ``--set`` may not change: key -> what sets it.
+#: A ``--set tad.enabled=false`` on a ``tad`` cell would record a run without TAD under the TAD cell's name.
+CELL_KEYS = {"method": "the cell's method", "distill.ipc": "the cell's IPC", "data.noise": "the cell's noise",
+             "data.noise_rate": "the cell's noise", "tad.enabled": "the cell's arm", "data.dataset": "--dataset",
+             "data.cifar_n": "--cifar-n", "data.label_set": "the cell's noise", "seed": "--seeds", "out": "--out"}
+
+
+def check_sets(sets: Sequence[str]) -> None:
+    """Refuse a ``--set`` of ``sets`` that changes a setting of :data:`CELL_KEYS`.
+
+    Raises:
+        SystemExit: naming the setting, what sets it and the fix.
+    """
+    from tad_plugin.engine.config import apply_overrides
+
+    def keys(tree: dict, prefix: str = "") -> list[str]:
+        return [k for name, value in tree.items()
+                for k in (keys(value, f"{prefix}{name}.") if isinstance(value, dict) else [f"{prefix}{name}"])]
+
+    for text in sets:
+        for key in keys(apply_overrides({}, [text])):
+            if key in CELL_KEYS:
+                fix = ("give that option instead" if CELL_KEYS[key].startswith("--") else
+                       "pick the cell that has the value you want (--list shows them)")
+                raise SystemExit(f"--set {text}: {key} is set by {CELL_KEYS[key]}; {fix}")
+
+
 def run_name(name: str, tag: str | None) -> str:
     """The run folder and record name of a cell or buffer under ``--tag``: ``<name>-<tag>``, or the name itself."""
     return f"{name}-{tag}" if tag else name

@@ -49,18 +49,42 @@ from .grid import (
 from .pages import run_budget
 
 
-def gpu_ids(spec: str | None) -> list[str]:
-    """The CUDA device indices to spread jobs over: ``spec`` ("0,1"), else every visible GPU, else none."""
-    if spec:
-        return [g.strip() for g in spec.split(",") if g.strip()]
-    import torch
+def gpu_ids(spec: str | None, count: int | None = None, visible: str | None = None) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` value of each GPU to spread jobs over: those of ``spec`` ("0,1"), else every
+    GPU this process sees, else none (the jobs run on the CPU).
 
-    return [str(i) for i in range(torch.cuda.device_count())]
+    The indices of ``spec`` count the GPUs this process sees, as torch does: under ``CUDA_VISIBLE_DEVICES=2,3``
+    (``visible``; None: this process's environment) index 0 is GPU 2, and its job gets ``CUDA_VISIBLE_DEVICES=2``.
+    ``count``: how many GPUs this process sees (None: ``torch.cuda.device_count()``).
+
+    Raises:
+        SystemExit: ``spec`` has an entry that is not a whole number, one given twice, or one beyond the GPUs
+            seen (any at all on a machine without a CUDA GPU: a job there would run on the CPU unnoticed).
+    """
+    if count is None:
+        import torch
+
+        count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    seen = [v.strip() for v in visible.split(",")][:count] if visible else [str(i) for i in range(count)]
+    if not spec:
+        return seen
+    parts = [g.strip() for g in spec.split(",") if g.strip()]
+    if not parts or not all(g.isdigit() for g in parts) or len(set(map(int, parts))) != len(parts):
+        raise SystemExit(f"--gpus {spec}: give distinct GPU indices, comma-separated, e.g. 0,1")
+    beyond = [g for g in parts if int(g) >= count]
+    if beyond and count == 0:
+        raise SystemExit(f"--gpus {spec}: torch sees no CUDA GPU on this machine; leave --gpus out to run the jobs "
+                         "on the CPU (--jobs at once)")
+    if beyond:
+        raise SystemExit(f"--gpus {spec}: this machine has {count} GPU(s) torch can see, indices 0 to {count - 1}; "
+                         f"{beyond[0]} is not one of them (nvidia-smi -L lists them)")
+    return [seen[int(g)] for g in parts]
 
 
 def first_gpu_env(spec: str | None) -> dict[str, str]:
     """This process's environment for a job in the foreground: ``CUDA_VISIBLE_DEVICES`` = the first GPU of
-    ``spec`` ("1,0" -> "1"), or unchanged when no ``--gpus`` was given."""
+    ``spec`` ("1,0" -> "1", through :func:`gpu_ids`), or unchanged when no ``--gpus`` was given."""
     env = dict(os.environ)
     if spec:
         env["CUDA_VISIBLE_DEVICES"] = gpu_ids(spec)[0]
@@ -69,11 +93,14 @@ def first_gpu_env(spec: str | None) -> dict[str, str]:
 
 #: The exit code :func:`run_parallel` gives a job it did not start because a job it waits for failed.
 SKIPPED = -1
+#: Seconds an interrupted runner gives each running job between SIGINT and SIGKILL: enough for a job to finish
+#: writing the checkpoint or expert it is saving.
+STOP_GRACE_S = 30.0
 
 
 def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[str],
                  on_done: Callable[[str], None] | None = None, poll_s: float = 2.0,
-                 after: Mapping[str, Sequence[str]] | None = None, grace_s: float = 30.0) -> dict[str, int]:
+                 after: Mapping[str, Sequence[str]] | None = None, grace_s: float = STOP_GRACE_S) -> dict[str, int]:
     """Run the commands of ``jobs`` (name -> argv), at most ``slots`` at once per GPU; returns name -> exit code.
 
     ``after[name]`` lists jobs of ``jobs`` that must have exited with 0 before ``name`` starts; if one of them
@@ -177,7 +204,8 @@ def _run_queue(jobs: dict[str, list[str]], logs: Path, slots: int, queues: list[
 
 
 def _stop(running: dict[str, tuple[subprocess.Popen, str | None, Any, float]], grace_s: float) -> None:
-    """End the jobs still ``running`` (the runner was interrupted): SIGINT, then SIGKILL after ``grace_s``."""
+    """End the jobs still ``running`` (the runner was interrupted): SIGINT, then SIGKILL after ``grace_s``; each
+    one's log file is closed (None: a job in the foreground, writing to the terminal)."""
     for proc, _, _, _ in running.values():
         proc.send_signal(signal.SIGINT)
     deadline = time.monotonic() + grace_s
@@ -187,7 +215,8 @@ def _stop(running: dict[str, tuple[subprocess.Popen, str | None, Any, float]], g
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.close()
+        if log is not None:
+            log.close()
         print(f"{name}: stopped (exit {proc.returncode}); running the same command again resumes it", flush=True)
 
 
@@ -535,6 +564,7 @@ def run_cells(args: argparse.Namespace) -> int:
     ``--audit-only`` (:func:`plan`; one job in the foreground, several through :func:`run_parallel`), recording
     each finished cell and audit; 0 if all passed."""
     out = Path(args.out)
+    gpus = gpu_ids(args.gpus)  # a wrong index is refused before anything runs
     jobs, after, meta = plan(args)
     if jobs and args.dataset != "cifar10" and not Path(args.dataset).exists():  # before any log is written
         raise SystemExit(f"--dataset {args.dataset}: no such file; give the CIFAR-10 arrays file (.npz) or cifar10 "
@@ -562,13 +592,18 @@ def run_cells(args: argparse.Namespace) -> int:
         env = first_gpu_env(args.gpus)
         print(" ".join(cmd) + (f"  (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})" if args.gpus else ""),
               flush=True)
-        code = subprocess.run(cmd, env=env).returncode
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=_job_setup(os.getpid()) if os.name == "posix" else None)
+        try:
+            code = proc.wait()
+        finally:  # interrupted: the job gets SIGINT and time to keep its work, as run_parallel's jobs do
+            if proc.poll() is None:
+                _stop({name: (proc, None, None, 0.0)}, STOP_GRACE_S)
         if code != 0:
             print(f"FAILED {name} (exit {code}): its output is above", file=sys.stderr)
             return 1
         done(name)
         return 0
-    codes = run_parallel(jobs, out / "logs", args.jobs, gpu_ids(args.gpus), on_done=done, after=after)
+    codes = run_parallel(jobs, out / "logs", args.jobs, gpus, on_done=done, after=after)
     failed = sorted(c for c, rc in codes.items() if rc not in (0, SKIPPED))
     for name in failed:
         print(f"FAILED {name} (exit {codes[name]}); last lines of {out / 'logs' / (name + '.log')}:", file=sys.stderr)
