@@ -409,6 +409,11 @@ def test_run_parallel_waits_for_what_a_job_needs_and_skips_it_when_that_failed(t
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     with pytest.raises(ValueError, match="not in jobs: nope"):
         running.run_parallel({"a": _job(tmp_path, "a")}, tmp_path / "logs", 1, [], after={"a": ["nope"]})
+    running.run_parallel({"bad": _job(tmp_path, "bad")}, tmp_path / "logs", 1, ["1"], poll_s=0.05)  # a rerun
+    log = (tmp_path / "logs" / "bad.log").read_text().splitlines()  # both attempts, each under its command
+    assert log[0].startswith("=== ") and log[0].endswith(" ".join(_job(tmp_path, "bad", code=2))) and log[1] == "gpu=0"
+    assert log[2].startswith("=== ") and log[2].endswith(" ".join(_job(tmp_path, "bad"))) and log[3] == "gpu=1"
+    assert len(log) == 4
 
 
 def _job(tmp_path, name, seconds=0.0, code=0):
@@ -430,7 +435,7 @@ def test_run_parallel_keeps_at_most_slots_jobs_per_queue(tmp_path):
     (a0, a1), (b0, b1), (c0, c1) = (_times(tmp_path, n) for n in "abc")
     assert max(a0, b0) < min(a1, b1)  # the first two overlapped
     assert c0 >= min(a1, b1) - 0.05   # the third waited for a free slot
-    assert (tmp_path / "logs" / "c.log").read_text().strip() == "gpu=unset"
+    assert (tmp_path / "logs" / "c.log").read_text().splitlines()[1:] == ["gpu=unset"]  # under its command line
 
 
 def test_run_parallel_spreads_over_gpus_and_reports_failures(tmp_path):
@@ -438,7 +443,7 @@ def test_run_parallel_spreads_over_gpus_and_reports_failures(tmp_path):
     done = []
     codes = running.run_parallel(jobs, tmp_path / "logs", slots=1, gpus=["0", "1"], on_done=done.append, poll_s=0.05)
     assert codes == {"ok": 0, "bad": 3} and done == ["ok"]
-    logs = {n: (tmp_path / "logs" / f"{n}.log").read_text().strip() for n in jobs}
+    logs = {n: (tmp_path / "logs" / f"{n}.log").read_text().splitlines()[-1] for n in jobs}
     assert sorted(logs.values()) == ["gpu=0", "gpu=1"]
     (o0, o1), (b0, b1) = _times(tmp_path, "ok"), _times(tmp_path, "bad")
     assert max(o0, b0) < min(o1, b1)  # one slot per GPU, two GPUs: both ran at once

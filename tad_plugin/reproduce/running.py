@@ -108,7 +108,8 @@ def run_parallel(jobs: dict[str, list[str]], logs: Path, slots: int, gpus: list[
     order starts first (list a buffer's cells right after it and they take the next free slots once it is done).
 
     Each job gets ``CUDA_VISIBLE_DEVICES`` set to the GPU with the fewest running jobs (left unset when ``gpus``
-    is empty: one CPU queue of ``slots``), writes stdout and stderr to ``logs/<name>.log``, and is announced
+    is empty: one CPU queue of ``slots``), appends a line with the time and its command and then its stdout and
+    stderr to ``logs/<name>.log`` (an earlier attempt's lines stay above), and is announced
     when it starts and ends. ``on_done(name)`` runs after each job that exits with 0 (if it raises, the job
     counts as failed with code 1). A job that fails does not stop the others; the caller decides what a non-zero
     code means. At the end a table of what ran where (GPU, start, end, wall time) is printed and written to
@@ -191,7 +192,9 @@ def _run_queue(jobs: dict[str, list[str]], logs: Path, slots: int, queues: list[
             env = dict(os.environ)
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
-            log = open(logs / f"{name}.log", "w")
+            log = open(logs / f"{name}.log", "a")  # a rerun keeps the interrupted attempt's lines above its own
+            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(jobs[name])}\n")
+            log.flush()
             began = time.monotonic() - start
             proc = subprocess.Popen(jobs[name], stdout=log, stderr=subprocess.STDOUT, env=env,
                                     preexec_fn=_job_setup(os.getpid()) if os.name == "posix" else None)
