@@ -410,3 +410,14 @@ def test_the_detail_page_says_where_the_time_went(tmp_path):
     (tmp_path / "mtt-ipc10-sym40-noisy.json").write_text(json.dumps(noisy))
     text = detail(tmp_path, "mtt-ipc10-sym40-noisy")
     assert "| experts | training steps | 60.0 | 23 |" in text and "TAD:" not in text
+
+
+def test_a_variant_names_the_settings_of_the_experiment_not_the_speed_route():
+    """Two records that differ in how the step is computed (same values) and in one real setting: only the latter
+    is a variant; a key the older record lacks is not either."""
+    old = {"config": {"distill": {"lr_img": 100.0, "recompute_steps": True, "inner_grad": "compiled"}}}
+    new = {"config": {"distill": {"lr_img": 1000.0, "recompute_steps": "elementwise", "inner_grad": "compiled",
+                                  "cudnn_benchmark": True}}}
+    assert results_pages.varies(new, old) == ["distill.lr_img=1000.0"]
+    later = {"config": {"distill": {**new["config"]["distill"], "lr_img": 100.0, "cudnn_benchmark": False}}}
+    assert results_pages.varies(later, new) == ["distill.lr_img=100.0"]

@@ -94,8 +94,8 @@ def remark(record: dict) -> str:
 #: config keys a difference in which says nothing about the experiment: paths, speed routes, logging
 NOT_VARIED = {"out", "device", "data.dataset", "data.root", "data.download", "data.cifar_n", "tad.features",
               "distill.inner_grad", "distill.compile_mode", "distill.checkpoint_every", "distill.eval_every",
-              "distill.recompute_steps", "buffer.experts_per_group", "buffer.compile", "buffer.eval_batch_size",
-              "buffer.cache_inputs", "buffer.channels_last", "buffer.amp", "eval.compile"}
+              "distill.recompute_steps", "distill.cudnn_benchmark", "buffer.experts_per_group", "buffer.compile",
+              "buffer.eval_batch_size", "buffer.cache_inputs", "buffer.channels_last", "buffer.amp", "eval.compile"}
 
 
 def _flat(cfg: Mapping, prefix: str = "") -> dict[str, object]:
