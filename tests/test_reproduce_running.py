@@ -660,3 +660,25 @@ def test_an_interrupted_job_in_the_foreground_gets_sigint_and_time_to_keep_its_w
     with pytest.raises(KeyboardInterrupt):
         running.run_cells(_args(tmp_path, ["mtt-ipc1-sym40-noisy"]))
     assert started[0].returncode == 7  # its own SIGINT handling ran to the end, no SIGKILL
+
+
+def test_a_failed_jobs_last_lines_are_its_latest_attempts(tmp_path, monkeypatch, capsys):
+    # the log keeps every attempt: its last 12 lines once showed an earlier attempt's end above a short failure
+    _inputs_here(tmp_path, monkeypatch)
+    (tmp_path / "logs").mkdir()
+    earlier = [f"{running.ATTEMPT_MARK}2026-01-01 00:00:00: tad run ...", *(f"iteration {i}" for i in range(20)),
+               "old: out of GPU memory"]
+    (tmp_path / "logs" / "a.log").write_text("\n".join(earlier) + "\n")
+    fail = [sys.executable, "-c", "import sys; print('new: no such file'); sys.exit(2)"]
+    monkeypatch.setattr(running, "plan", lambda args: ({"a": fail, "b": _job(tmp_path, "b")}, {}, {}))
+    assert running.run_cells(_args(tmp_path, ["mtt-ipc1-sym40-noisy"])) == 1
+    err = capsys.readouterr().err
+    shown = err.split("last lines of ")[1].splitlines()[1:]
+    assert len(shown) == 2 and shown[1] == "    new: no such file"  # under the line that opened the attempt
+    assert shown[0].startswith("    " + running.ATTEMPT_MARK) and shown[0].endswith(" ".join(fail))
+    assert "old:" not in err and "iteration" not in err
+    lines = [f"line {i}" for i in range(30)]  # a long attempt: its last 12 lines
+    (tmp_path / "logs" / "c.log").write_text("\n".join(earlier + [running.ATTEMPT_MARK + "now", *lines]) + "\n")
+    assert running.last_lines(tmp_path / "logs" / "c.log") == lines[-12:]
+    (tmp_path / "logs" / "d.log").write_text("a\rb\nc\n")  # a log without a mark (written before them)
+    assert running.last_lines(tmp_path / "logs" / "d.log") == ["a", "b", "c"]

@@ -93,6 +93,8 @@ def first_gpu_env(spec: str | None) -> dict[str, str]:
 
 #: The exit code :func:`run_parallel` gives a job it did not start because a job it waits for failed.
 SKIPPED = -1
+#: How the line that opens each attempt in a job's log starts (the time and the command follow).
+ATTEMPT_MARK = "=== "
 #: Seconds an interrupted runner gives each running job between SIGINT and SIGKILL: enough for a job to finish
 #: writing the checkpoint or expert it is saving.
 STOP_GRACE_S = 30.0
@@ -193,7 +195,7 @@ def _run_queue(jobs: dict[str, list[str]], logs: Path, slots: int, queues: list[
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
             log = open(logs / f"{name}.log", "a")  # a rerun keeps the interrupted attempt's lines above its own
-            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(jobs[name])}\n")
+            log.write(f"{ATTEMPT_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(jobs[name])}\n")
             log.flush()
             began = time.monotonic() - start
             proc = subprocess.Popen(jobs[name], stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -204,6 +206,15 @@ def _run_queue(jobs: dict[str, list[str]], logs: Path, slots: int, queues: list[
                   + f": {' '.join(jobs[name])}", flush=True)
         if running:
             time.sleep(poll_s)
+
+
+def last_lines(log: Path, count: int = 12) -> list[str]:
+    """The last ``count`` lines of the job log ``log`` that its latest attempt wrote (a progress bar's redraws as
+    lines of their own), under the line that opened that attempt: an earlier attempt's end above it is not this
+    failure's."""
+    lines = log.read_text(errors="replace").replace("\r", "\n").splitlines()
+    opened = max((i for i, line in enumerate(lines) if line.startswith(ATTEMPT_MARK)), default=0)
+    return lines[max(opened, len(lines) - count):]
 
 
 def _stop(running: dict[str, tuple[subprocess.Popen, str | None, Any, float]], grace_s: float) -> None:
@@ -610,6 +621,5 @@ def run_cells(args: argparse.Namespace) -> int:
     failed = sorted(c for c, rc in codes.items() if rc not in (0, SKIPPED))
     for name in failed:
         print(f"FAILED {name} (exit {codes[name]}); last lines of {out / 'logs' / (name + '.log')}:", file=sys.stderr)
-        lines = (out / "logs" / f"{name}.log").read_text(errors="replace").replace("\r", "\n").splitlines()
-        print("\n".join("    " + line for line in lines[-12:]), file=sys.stderr)
+        print("\n".join("    " + line for line in last_lines(out / "logs" / f"{name}.log")), file=sys.stderr)
     return 1 if failed else 0
