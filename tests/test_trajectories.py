@@ -85,7 +85,6 @@ def test_a_store_killed_before_its_transform_was_written_gets_it_on_resume(tmp_p
     assert not (tmp_path / "preprocess.pt").exists()  # a dry run writes nothing
 
 
-
 def test_a_damaged_transform_names_the_file_and_a_fix_that_keeps_the_experts(tmp_path):
     # the message once said to delete the whole store and retrain, for a file the next buffer run writes again
     store = make_store(tmp_path)
@@ -98,6 +97,7 @@ def test_a_damaged_transform_names_the_file_and_a_fix_that_keeps_the_experts(tmp
     path.unlink()  # the fix: the resumed store gets its transform again, and its expert stays
     again = make_store(tmp_path)
     assert again.preprocess_state()["kind"] == "meanstd" and again.finished() == [0]
+
 
 def test_bad_records_and_files(tmp_path):
     store = make_store(tmp_path)
