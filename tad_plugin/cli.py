@@ -161,7 +161,8 @@ def kept_text(folders: Sequence[Path]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tad`` console script; returns the exit code: 0, 2 for an error the user can fix
     (one line on stderr: a :class:`~tad_plugin.errors.TADError`, a bad value, a missing file, a full or read-only
-    disk, GPU memory), 2 after Ctrl-C too (saying what was kept); ``--debug`` shows tracebacks instead. Other
+    disk, GPU memory, a command's ``SystemExit("message")``), 2 after Ctrl-C too (saying what was kept);
+    ``--debug`` shows tracebacks instead. Other
     exceptions are programming errors and keep their traceback."""
     from .engine.distributed import launched_rank, shutdown
     from .errors import TADError, os_error_text
@@ -195,6 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             text = str(exc)
         print(f"tad {args.command}: error: {text}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # a command's own refusal, SystemExit("message"): the same one line and code
+        if args.debug or not isinstance(exc.code, str):
+            raise
+        print(f"tad {args.command}: error: {exc.code}", file=sys.stderr)
         return 2
     finally:
         shutdown()

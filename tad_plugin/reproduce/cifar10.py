@@ -255,4 +255,8 @@ def main(argv: Sequence[str] | None = None, results: str | Path | None = None) -
     except (TADError, ValueError, OSError) as exc:  # as `tad reproduce` says them: one line, exit 2
         text = os_error_text(exc) if isinstance(exc, OSError) and not isinstance(exc, TADError) else str(exc)
         p.exit(2, f"{p.prog}: error: {text}\n")
+    except SystemExit as exc:  # the runner's own refusals, SystemExit("message") (a bad --gpus, --tag, ...)
+        if not isinstance(exc.code, str):
+            raise
+        p.exit(2, f"{p.prog}: error: {exc.code}\n")
     sys.exit(code)
