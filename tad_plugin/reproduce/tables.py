@@ -43,6 +43,8 @@ from .pages import (
 
 OTHER_RESULTS = (
     ("demo_digits.md", "`tad demo` on digits (CPU): noisy MTT vs MTT + TAD, trust report, ablations"),
+    ("two_stage_digits.md", "two-stage pipelines (cleanlab or TAD's audit, then MTT) against MTT + TAD on digits "
+     "(CPU)"),
     ("demo_digits_asym40.json", "`tad demo` on digits with CIFAR-10's asymmetric flips at 40% (CPU): both arms, trust "
      "report"),
     ("demo_digits_asym40_balanced.json", "the same with `tad.balance_classes` (CPU): both arms, trust report"),
