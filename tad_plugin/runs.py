@@ -391,11 +391,13 @@ def trust_summary(res: dict[str, Any], class_names: Sequence[str]) -> str | None
 def stage_distill(pipe: Pipeline, store: TrajectoryStore, data: TrainingData, out: Path,
                    log: RunLog) -> DistillResult:
     from .engine.config import to_dict
+    from .engine.matching import ROUTE_SETTINGS
     from .engine.pipeline import load_distilled, save_distilled
 
     path = out / "distilled.pt"
-    settings = {"distill": to_dict(pipe.config.distill), "experts": store.finished(), "seed": pipe.config.seed,
-                "method": pipe.name}
+    # what the images depend on: a finished run rerun on another gradient route keeps its images
+    distill = {k: v for k, v in to_dict(pipe.config.distill).items() if k not in ROUTE_SETTINGS}
+    settings = {"distill": distill, "experts": store.finished(), "seed": pipe.config.seed, "method": pipe.name}
     title = f"{pipe.name.upper()} on {data.dataset.name}"
     if path.is_file():
         try:

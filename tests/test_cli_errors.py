@@ -29,6 +29,20 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def test_a_finished_run_rerun_on_another_gradient_route_keeps_its_images(quick_demo, tmp_path, capsys):
+    """The gradient route changes memory and speed, not the images: the rerun reuses distilled.pt as it is
+    (no distillation, not even from the checkpoint)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_demo / "noisy", run)
+    before = (run / "distilled.pt").read_bytes()
+    assert main(quick_noisy_argv(run, "--set", "distill.inner_grad=explicit", "--set",
+                                 "distill.recompute_steps=elementwise", "--set", "distill.cudnn_benchmark=true")) == 0
+    assert "resuming the distillation" not in capsys.readouterr().err
+    assert (run / "distilled.pt").read_bytes() == before
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--noise-seed", "1"], "already holds expert trajectories made with other settings"),
     (["--dataset", "digitz"], "unknown dataset"),

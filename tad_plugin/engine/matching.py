@@ -67,20 +67,23 @@ from .student_grad import (
 
 logger = logging.getLogger(__name__)
 
+#: How the student's gradient is computed: memory and speed, the same values up to float rounding.
+ROUTE_SETTINGS = frozenset({"inner_grad", "recompute_steps", "compile_mode", "cudnn_benchmark", "channels_last"})
+
 #: Settings a checkpoint may be resumed with changed: the run length and how often it evaluates, saves and
-#: reads back, and how the student's gradient is computed (the same values up to float rounding, e.g. a route
-#: of less memory on a smaller GPU) -- nothing the images' path depends on, so a finished run extended to more
-#: iterations continues as a run started with that many would have.
-EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "checkpoint_seconds", "log_every",
-                        "inner_grad", "recompute_steps", "compile_mode", "cudnn_benchmark", "channels_last"})
+#: reads back, and the gradient route (:data:`ROUTE_SETTINGS`: e.g. one of less memory on a smaller GPU) --
+#: nothing the images' path depends on, so a finished run extended to more iterations continues as a run
+#: started with that many would have.
+EXTENDABLE = frozenset({"iterations", "eval_every", "checkpoint_every", "checkpoint_seconds", "log_every"}
+                       | ROUTE_SETTINGS)
 
 #: Written beside the checkpoint after every evaluation: the list of evaluation entries so far (iteration,
 #: syn_lr, eval {mean, std, accuracies, seconds} and eval_ema when EMA images are kept).
 EVALUATIONS_FILE = "evaluations.json"
 
-__all__ = ["MatchingConfig", "check_checkpoint", "read_checkpoint", "trajectory_fingerprint", "EVALUATIONS_FILE",
-           "DistillResult", "TrajectoryMatcher", "real_init_indices", "class_labels", "DistillDivergedError",
-           "step_distance", "closest_step", "soft_label_summary"]
+__all__ = ["MatchingConfig", "ROUTE_SETTINGS", "check_checkpoint", "read_checkpoint", "trajectory_fingerprint",
+           "EVALUATIONS_FILE", "DistillResult", "TrajectoryMatcher", "real_init_indices", "class_labels",
+           "DistillDivergedError", "step_distance", "closest_step", "soft_label_summary"]
 
 
 #: A logged matching loss above this (normalised: 1 = the student ended as far from the target as it started)

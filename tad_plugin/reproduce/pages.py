@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
+from tad_plugin.engine.matching import ROUTE_SETTINGS
 from tad_plugin.engine.phases import DIVISION_AND_RECALIBRATION, distill_parts, expert_parts
 from tad_plugin.files import atomic_write
 
@@ -93,9 +94,9 @@ def remark(record: dict) -> str:
 
 #: config keys a difference in which says nothing about the experiment: paths, speed routes, logging
 NOT_VARIED = {"out", "device", "data.dataset", "data.root", "data.download", "data.cifar_n", "tad.features",
-              "distill.inner_grad", "distill.compile_mode", "distill.checkpoint_every", "distill.eval_every",
-              "distill.recompute_steps", "distill.cudnn_benchmark", "buffer.experts_per_group", "buffer.compile",
-              "buffer.eval_batch_size", "buffer.cache_inputs", "buffer.channels_last", "buffer.amp", "eval.compile"}
+              "distill.checkpoint_every", "distill.eval_every", *(f"distill.{k}" for k in ROUTE_SETTINGS),
+              "buffer.experts_per_group", "buffer.compile", "buffer.eval_batch_size", "buffer.cache_inputs",
+              "buffer.channels_last", "buffer.amp", "eval.compile"}
 
 
 def _flat(cfg: Mapping, prefix: str = "") -> dict[str, object]:
