@@ -5,6 +5,7 @@ and its audits end to end through the real commands."""
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 import pytest
@@ -579,6 +580,15 @@ def test_an_interrupted_runner_stops_its_jobs(tmp_path, capsys, runner_ignores_s
     out = capsys.readouterr().out
     assert "slow: stopped (exit " in out and "running the same command again resumes it" in out
     assert "KeyboardInterrupt" in (tmp_path / "logs" / "slow.log").read_text()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX")
+def test_a_job_has_a_process_group_of_its_own(tmp_path):
+    """A Ctrl-C at the terminal reaches the terminal's process group: the runner, which then stops each job with
+    one SIGINT; a job in the runner's group would get a second one while it saves."""
+    job = [sys.executable, "-c", "import os; print(os.getpgrp() == os.getpid(), os.getpgrp() == os.getppid())"]
+    assert running.run_parallel({"j": job}, tmp_path / "logs", 1, [], poll_s=0.05) == {"j": 0}
+    assert (tmp_path / "logs" / "j.log").read_text().splitlines()[-1] == "True False"
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the jobs die with the runner through Linux's PR_SET_PDEATHSIG")

@@ -235,9 +235,11 @@ def _stop(running: dict[str, tuple[subprocess.Popen, str | None, Any, float]], g
 
 
 def _job_setup(parent: int) -> Callable[[], None]:
-    """A job's ``preexec_fn`` (POSIX). SIGINT goes back to its default, so that :func:`_stop`'s SIGINT reaches
-    the job's own Ctrl-C handling even when the runner inherited SIGINT ignored (a shell ignores it in the
-    commands it starts in the background). On Linux the job also gets SIGKILL when the process ``parent`` ends,
+    """A job's ``preexec_fn`` (POSIX). The job gets a process group of its own, so that a Ctrl-C at the terminal
+    reaches the runner only and the job gets one SIGINT, :func:`_stop`'s, not two (a second one while it saves
+    would cut that short). SIGINT goes back to its default, so that this SIGINT reaches the job's own Ctrl-C
+    handling even when the runner inherited SIGINT ignored (a shell ignores it in the commands it starts in the
+    background). On Linux the job also gets SIGKILL when the process ``parent`` ends,
     killed or not; that C function is looked up here, in the parent: the child only calls it (nothing to import
     after the fork)."""
     prctl = None
@@ -247,6 +249,7 @@ def _job_setup(parent: int) -> Callable[[], None]:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def setup() -> None:
+        os.setpgid(0, 0)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         if prctl is not None:
             prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
