@@ -135,6 +135,21 @@ def out_of_memory_text(exc: BaseException) -> str:
             "processes on the same GPU count too. Re-running resumes the finished stages and experts")
 
 
+def no_compiler_text(exc: BaseException) -> str | None:
+    """What ``tad`` says when ``torch.compile`` finds no working C++ compiler (it builds C++ kernels for the CPU):
+    install one or run uncompiled, naming the settings; None when ``exc`` is another error."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if type(cause).__name__ == "InvalidCxxCompiler":
+            return ("torch.compile found no working C++ compiler (it builds the CPU kernels in C++): install one "
+                    "(e.g. g++), or run uncompiled: --set distill.inner_grad=explicit --set buffer.compile=false "
+                    "--set eval.compile=false (the same values, slower)")
+        seen.add(id(cause))
+        cause = getattr(cause, "inner_exception", None) or cause.__cause__ or cause.__context__
+    return None
+
+
 def kept_text(folders: Sequence[Path]) -> str:
     """What an interrupted run leaves to resume from in its run ``folders``, and how to resume."""
     kept = []
@@ -161,9 +176,9 @@ def kept_text(folders: Sequence[Path]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tad`` console script; returns the exit code: 0, 2 for an error the user can fix
     (one line on stderr: a :class:`~tad_plugin.errors.TADError`, a bad value, a missing file, a full or read-only
-    disk, GPU memory, a command's ``SystemExit("message")``), 2 after Ctrl-C too (saying what was kept);
-    ``--debug`` shows tracebacks instead. Other
-    exceptions are programming errors and keep their traceback."""
+    disk, GPU memory, no C++ compiler for ``torch.compile``, a command's ``SystemExit("message")``), 2 after
+    Ctrl-C too (saying what was kept); ``--debug`` shows tracebacks instead. Other exceptions are programming
+    errors and keep their traceback."""
     from .engine.distributed import launched_rank, shutdown
     from .errors import TADError, os_error_text
 
@@ -196,6 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             text = str(exc)
         print(f"tad {args.command}: error: {text}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # torch.compile without a C++ compiler; any other is a programming error
+        missing = no_compiler_text(exc)
+        if args.debug or missing is None:
+            raise
+        print(f"tad {args.command}: error: {missing}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # a command's own refusal, SystemExit("message"): the same one line and code
         if args.debug or not isinstance(exc.code, str):

@@ -445,6 +445,25 @@ def test_out_of_gpu_memory_names_the_settings_that_lower_it(monkeypatch, capsys)
     assert "buffer.experts_per_group" in err and "distill.recompute_steps=true" in err and "more detail" not in err
 
 
+def test_no_cpp_compiler_for_torch_compile_names_the_uncompiled_settings(monkeypatch, capsys):
+    """torch.compile on the CPU builds C++: without a compiler, one line with the fix, not inductor's traceback."""
+    import torch._inductor.config as inductor_config
+
+    from tad_plugin import runs
+
+    def compiles(args):
+        return torch.compile(lambda x: (x * 3).cos(), dynamic=False)(torch.randn(5)) is None
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
+    monkeypatch.setitem(runs.COMMANDS, "eval", compiles)
+    torch._dynamo.reset()
+    assert main(["eval"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tad eval: error: torch.compile found no working C++ compiler") and err.count("\n") == 1
+    assert "--set distill.inner_grad=explicit --set buffer.compile=false --set eval.compile=false" in err
+    torch._dynamo.reset()
+
+
 def test_a_tad_run_without_its_extractor_stops_at_once_with_the_command_that_makes_it(tmp_path, monkeypatch,
                                                                                       capsys):
     monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
