@@ -454,10 +454,10 @@ def test_no_cpp_compiler_for_torch_compile_names_the_uncompiled_settings(monkeyp
     def compiles(args):
         return torch.compile(lambda x: (x * 3).cos(), dynamic=False)(torch.randn(5)) is None
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
     monkeypatch.setitem(runs.COMMANDS, "eval", compiles)
     torch._dynamo.reset()
-    assert main(["eval"]) == 2
+    with inductor_config.patch({"cpp.cxx": (None, "/nonexistent/g++")}):  # restored after, unlike a monkeypatch
+        assert main(["eval"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tad eval: error: torch.compile found no working C++ compiler") and err.count("\n") == 1
     assert "--set distill.inner_grad=explicit --set buffer.compile=false --set eval.compile=false" in err
