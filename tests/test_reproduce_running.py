@@ -328,6 +328,20 @@ def test_a_finished_audit_is_collected_and_the_detection_table_rewritten(tmp_pat
     assert "| sym 40% | tad |" in (records / "audit" / "detection.md").read_text()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file locks (fcntl) are POSIX")
+def test_a_second_runner_on_the_same_out_stops_at_once(tmp_path, monkeypatch):
+    """Two runners on one --out would train the same shared buffers twice: the second stops before any job, and
+    the folder is free again once the first ends."""
+    _inputs_here(tmp_path, monkeypatch)
+    monkeypatch.setattr(running, "run_parallel", lambda jobs, *a, **k: pytest.fail("nothing may start"))
+    monkeypatch.setattr(running, "gpu_ids", lambda spec: [])
+    first = running.hold_out(tmp_path)
+    with pytest.raises(SystemExit, match=f"--out {tmp_path}: another reproduce run is using this folder"):
+        running.run_cells(_args(tmp_path, ["mtt-ipc50-sym40-noisy", "att-ipc50-sym40-noisy"], jobs=2))
+    first.close()
+    running.hold_out(tmp_path).close()
+
+
 def test_a_finished_cell_is_collected_with_its_cell_entry(tmp_path, monkeypatch):
     _inputs_here(tmp_path, monkeypatch)
     seen = {}

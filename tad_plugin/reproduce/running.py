@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .grid import (
     AUDIT_DETECTORS,
@@ -590,6 +590,40 @@ def run_cells(args: argparse.Namespace) -> int:
                         for argv in jobs.values() for flag, value in zip(argv, argv[1:]))
     if reads_cifar_n and not Path(args.cifar_n).is_file():
         raise SystemExit(f"--cifar-n {args.cifar_n}: no such file; give the official CIFAR-10_human.pt")
+    lock = hold_out(out) if jobs else None  # a second runner on this --out stops here
+    try:
+        return _run_jobs(args, out, gpus, jobs, after, meta)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def hold_out(out: Path) -> IO[str] | None:
+    """Take the runner's lock of ``out`` (``out/.reproduce.lock``) for this process, so that a second runner on the
+    same ``--out`` stops at once instead of training the same shared buffers twice; the lock ends with the process,
+    killed or not. None where file locks are not available (not POSIX).
+
+    Raises:
+        SystemExit: another runner holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / ".reproduce.lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SystemExit(f"--out {out}: another reproduce run is using this folder; wait for it to end, or give "
+                         f"another --out") from None
+    return handle
+
+
+def _run_jobs(args: argparse.Namespace, out: Path, gpus: list[str], jobs: dict[str, list[str]],
+              after: dict[str, list[str]], meta: dict[str, tuple]) -> int:
+    """:func:`run_cells` once its checks passed and it holds ``out``'s lock."""
     for name, (_, buf, _) in meta.items():
         print(f"{name} distils from the experts of {buf} ({buffer_dir(out, buf) / 'buffer'})", flush=True)
     records = grid_records(args.results)
