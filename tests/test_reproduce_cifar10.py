@@ -94,6 +94,12 @@ def test_list_with_cells_shows_the_jobs_they_would_start_and_runs_nothing(tmp_pa
     minutes = queue.estimate(queue.batch_jobs(["mtt-ipc10-sym40-tad", "att-ipc1-sym40-noisy"]), slots=4) / 60
     assert lines[-1] == (f"about {minutes:.0f} min on one H100 with --jobs 4 from nothing trained "
                          "(--queue's planning figures)")
+    monkeypatch.setattr(repro.sys, "argv", [*repro.sys.argv, "--set", "buffer.num_experts=2", "--set",
+                                            "data.zca=false"])
+    with pytest.raises(SystemExit):
+        repro.main()
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        "planning figures, at --budget short's sizes: not counting --set buffer.num_experts)")
 
 
 @pytest.mark.parametrize("argv, message", [

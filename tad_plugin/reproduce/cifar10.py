@@ -171,6 +171,11 @@ def asked(args: argparse.Namespace) -> bool:
     return bool(args.list or args.cell or args.audit_only or args.page or args.queue)
 
 
+#: The ``--set`` keys that change how much a job trains, which ``--list``'s estimate (the budget's sizes) ignores.
+SIZE_KEYS = {"buffer.num_experts", "buffer.epochs", "distill.iterations", "distill.syn_steps", "distill.eval_every",
+             "eval.num_eval", "eval.epochs"}
+
+
 def interrupted_text() -> str:
     """What the runner kept when Ctrl-C stopped it (its jobs get SIGINT and keep their finished parts)."""
     return ("the jobs it started were stopped and kept what they had finished (each says what: above, or in its log "
@@ -200,8 +205,11 @@ def run(args: argparse.Namespace) -> int:
         if jobs and args.cell and not (args.audit or args.audit_only) and args.seeds == [0] \
                 and BUDGETS[args.budget] is not None:
             sim = batch_jobs(resolve_cells(args.cell), args.budget, extractor="extractor" in jobs)
+            resized = sorted({text.split("=", 1)[0] for text in args.set} & SIZE_KEYS)
             print(f"about {estimate(sim, slots=args.jobs) / 60:.0f} min on one H100 with --jobs {args.jobs} from "
-                  "nothing trained (--queue's planning figures)")
+                  "nothing trained (--queue's planning figures" + (
+                      f", at --budget {args.budget}'s sizes: not counting --set {', '.join(resized)})" if resized
+                      else ")"))
         return 0
     if args.list:
         out, cifar_n = Path(args.out), args.cifar_n or "CIFAR-10_human.pt"
