@@ -159,7 +159,8 @@ class MatchingConfig:
     Raises:
         ValueError: a setting out of its range or an unknown choice (the message names it), ``channels_last``
             or ``recompute_steps`` with a route that does not take it.
-        TypeError: a count that is no integer (NumPy integers are taken, stored as ``int``).
+        TypeError: a count that is no integer (NumPy integers are taken, stored as ``int``), or a
+            ``cudnn_benchmark`` that is no bool.
     """
 
     iterations: int = 5000
