@@ -35,8 +35,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from .cli_options import HelpFormatter, add_settings_options
 from .runs import (
     COMMANDS,
@@ -123,33 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def out_of_memory_text(exc: BaseException) -> str:
-    """What ``tad`` says when the GPU runs out of memory: torch's first line and the settings that lower the
-    memory without changing what a run computes (finished stages and experts resume when it is re-run)."""
-    said = str(exc).strip().splitlines()[0] if str(exc).strip() else "CUDA out of memory"
-    return (f"out of GPU memory ({said}). Settings that need less without changing the results: "
-            "buffer.eval_batch_size (images per loss or test pass) for the experts; distill.inner_grad=compiled "
-            "with distill.recompute_steps=true for distillation (one unrolled step's graph at a time). Also "
-            "buffer.experts_per_group (experts trained in one batched pass; TAD's per-sample loss passes grow with "
-            "it), which changes the random draws each expert gets (equivalent experts, not identical ones). Other "
-            "processes on the same GPU count too. Re-running resumes the finished stages and experts")
-
-
-def no_compiler_text(exc: BaseException) -> str | None:
-    """What ``tad`` says when ``torch.compile`` finds no working C++ compiler (it builds C++ kernels for the CPU):
-    install one or run uncompiled, naming the settings; None when ``exc`` is another error."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if type(cause).__name__ == "InvalidCxxCompiler":
-            return ("torch.compile found no working C++ compiler (it builds the CPU kernels in C++): install one "
-                    "(e.g. g++), or run uncompiled: --set distill.inner_grad=explicit --set buffer.compile=false "
-                    "--set eval.compile=false (the same values, slower)")
-        seen.add(id(cause))
-        cause = getattr(cause, "inner_exception", None) or cause.__cause__ or cause.__context__
-    return None
-
-
 def kept_text(folders: Sequence[Path]) -> str:
     """What an interrupted run leaves to resume from in its run ``folders``, and how to resume."""
     kept = []
@@ -180,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Ctrl-C too (saying what was kept); ``--debug`` shows tracebacks instead. Other exceptions are programming
     errors and keep their traceback."""
     from .engine.distributed import launched_rank, shutdown
-    from .errors import TADError, os_error_text
+    from .errors import user_error_text
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -201,27 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         kept = args.kept() if args.kept is not None else kept_text(args.started)
         print(f"\ntad {args.command}: interrupted; {kept}", file=sys.stderr)
         return 2  # as any fault the user can act on (pytest does the same)
-    except (TADError, ValueError, OSError, torch.cuda.OutOfMemoryError) as exc:
-        if args.debug:
+    except (Exception, SystemExit) as exc:  # a fault the user can fix: one line; anything else keeps its traceback
+        text = user_error_text(exc)
+        if args.debug or text is None:
             raise
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            text = out_of_memory_text(exc)
-        elif isinstance(exc, OSError) and not isinstance(exc, TADError):
-            text = os_error_text(exc)
-        else:
-            text = str(exc)
         print(f"tad {args.command}: error: {text}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # torch.compile without a C++ compiler; any other is a programming error
-        missing = no_compiler_text(exc)
-        if args.debug or missing is None:
-            raise
-        print(f"tad {args.command}: error: {missing}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # a command's own refusal, SystemExit("message"): the same one line and code
-        if args.debug or not isinstance(exc.code, str):
-            raise
-        print(f"tad {args.command}: error: {exc.code}", file=sys.stderr)
         return 2
     finally:
         shutdown()

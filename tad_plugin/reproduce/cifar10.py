@@ -254,17 +254,15 @@ def main(argv: Sequence[str] | None = None, results: str | Path | None = None) -
     args = p.parse_args(argv)
     if not asked(args):
         p.error(NOTHING_ASKED)
-    from tad_plugin.errors import TADError, os_error_text
+    from tad_plugin.errors import user_error_text
 
     try:
         code = run(args)
     except KeyboardInterrupt:
         p.exit(2, f"\n{p.prog}: interrupted; {interrupted_text()}\n")
-    except (TADError, ValueError, OSError) as exc:  # as `tad reproduce` says them: one line, exit 2
-        text = os_error_text(exc) if isinstance(exc, OSError) and not isinstance(exc, TADError) else str(exc)
-        p.exit(2, f"{p.prog}: error: {text}\n")
-    except SystemExit as exc:  # the runner's own refusals, SystemExit("message") (a bad --gpus, --tag, ...)
-        if not isinstance(exc.code, str):
+    except (Exception, SystemExit) as exc:  # as `tad reproduce` says them: one line, exit 2
+        text = user_error_text(exc)
+        if text is None:
             raise
-        p.exit(2, f"{p.prog}: error: {exc.code}\n")
+        p.exit(2, f"{p.prog}: error: {text}\n")
     sys.exit(code)

@@ -82,13 +82,15 @@ def gpu_ids(spec: str | None, count: int | None = None, visible: str | None = No
     return [seen[int(g)] for g in parts]
 
 
-def first_gpu_env(spec: str | None) -> dict[str, str]:
-    """This process's environment for a job in the foreground: ``CUDA_VISIBLE_DEVICES`` = the first GPU of
-    ``spec`` ("1,0" -> "1", through :func:`gpu_ids`), or unchanged when no ``--gpus`` was given."""
+def start_job(cmd: Sequence[str], gpu: str | None, **popen: Any) -> subprocess.Popen:
+    """Start the job ``cmd`` with this process's environment, ``CUDA_VISIBLE_DEVICES`` = ``gpu`` (a :func:`gpu_ids`
+    entry; None: unchanged), and on POSIX :func:`_job_setup`'s process group and signals; ``popen``: further
+    ``subprocess.Popen`` arguments (its output)."""
     env = dict(os.environ)
-    if spec:
-        env["CUDA_VISIBLE_DEVICES"] = gpu_ids(spec)[0]
-    return env
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return subprocess.Popen(list(cmd), env=env, preexec_fn=_job_setup(os.getpid()) if os.name == "posix" else None,
+                            **popen)
 
 
 #: The exit code :func:`run_parallel` gives a job it did not start because a job it waits for failed.
@@ -191,15 +193,11 @@ def _run_queue(jobs: dict[str, list[str]], logs: Path, slots: int, queues: list[
             gpu = min(queues, key=lambda g: load[g])
             name = startable[0]
             pending.remove(name)
-            env = dict(os.environ)
-            if gpu is not None:
-                env["CUDA_VISIBLE_DEVICES"] = gpu
             log = open(logs / f"{name}.log", "a")  # a rerun keeps the interrupted attempt's lines above its own
             log.write(f"{ATTEMPT_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(jobs[name])}\n")
             log.flush()
             began = time.monotonic() - start
-            proc = subprocess.Popen(jobs[name], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    preexec_fn=_job_setup(os.getpid()) if os.name == "posix" else None)
+            proc = start_job(jobs[name], gpu, stdout=log, stderr=subprocess.STDOUT)
             running[name] = (proc, gpu, log, began)
             load[gpu] += 1
             print(f"[{began:7.0f} s] {name} started" + (f" on GPU {gpu}" if gpu is not None else "")
@@ -640,10 +638,9 @@ def _run_jobs(args: argparse.Namespace, out: Path, gpus: list[str], jobs: dict[s
 
     if len(jobs) == 1 and args.jobs == 1:  # in the foreground, on the first GPU of --gpus (if given)
         (name, cmd), = jobs.items()
-        env = first_gpu_env(args.gpus)
-        print(" ".join(cmd) + (f"  (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})" if args.gpus else ""),
-              flush=True)
-        proc = subprocess.Popen(cmd, env=env, preexec_fn=_job_setup(os.getpid()) if os.name == "posix" else None)
+        gpu = gpus[0] if args.gpus else None
+        print(" ".join(cmd) + (f"  (CUDA_VISIBLE_DEVICES={gpu})" if gpu is not None else ""), flush=True)
+        proc = start_job(cmd, gpu)
         try:
             code = proc.wait()
         finally:  # interrupted: the job gets SIGINT and time to keep its work, as run_parallel's jobs do
