@@ -22,7 +22,7 @@ import yaml
 from ..checks import is_integer
 from ..errors import TADError
 from ..trust_loop import Schedule, recalibration_meets_division
-from .student_grad import COMPILE_MODES, INNER_GRADS
+from .student_grad import COMPILE_MODES, INNER_GRADS, is_recompute_choice
 
 __all__ = ["ConfigError", "DataConfig", "ModelConfig", "BufferConfig", "TADConfig", "DistillConfig",
            "EvalConfig", "RunConfig", "load_yaml", "merge", "from_dict", "to_dict", "parse_override",
@@ -378,7 +378,7 @@ class DistillConfig:
         if self.loss_gate is not None and not self.loss_gate > 0:  # NaN and inf are refused for every float key
             raise ConfigError(f"distill.loss_gate must be > 0 or null (always update), got {self.loss_gate}: at or "
                               f"below 0 every iteration is gated and the images never change")
-        if not (isinstance(self.recompute_steps, bool) or self.recompute_steps == "elementwise"):
+        if not is_recompute_choice(self.recompute_steps):
             raise ConfigError(f"distill.recompute_steps must be false, true or elementwise, got "
                               f"{self.recompute_steps!r}")
         if self.recompute_steps and self.inner_grad == "autograd":

@@ -61,6 +61,7 @@ from .student_grad import (
     COMPILE_MODES,
     INNER_GRADS,
     RECOMPUTE_STEPS,
+    is_recompute_choice,
     student_grad,
     student_grad_recomputing_elementwise,
 )
@@ -225,7 +226,7 @@ class MatchingConfig:
             raise ValueError(f"inner_grad must be one of {INNER_GRADS}, got {self.inner_grad!r}")
         if self.inner_grad != "autograd" and self.channels_last:
             raise ValueError("channels_last applies to inner_grad='autograd' only")
-        if not (isinstance(self.recompute_steps, bool) or self.recompute_steps == "elementwise"):  # not 1: 1 == True
+        if not is_recompute_choice(self.recompute_steps):
             raise ValueError(f"recompute_steps must be one of {RECOMPUTE_STEPS}, got {self.recompute_steps!r}")
         if self.recompute_steps and self.inner_grad == "autograd":
             raise ValueError("recompute_steps needs inner_grad='explicit' or 'compiled'")

@@ -32,7 +32,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 from .convnet import _NORM_EPS, ConvNetConfig, unflatten
 
 __all__ = ["student_grad", "student_grad_recomputing_elementwise", "INNER_GRADS", "COMPILE_MODES",
-           "RECOMPUTE_STEPS"]
+           "RECOMPUTE_STEPS", "is_recompute_choice"]
 
 #: How the unrolled student's gradient is taken (MatchingConfig.inner_grad): autograd's double backward,
 #: :func:`student_grad`, or :func:`student_grad` under torch.compile.
@@ -44,6 +44,11 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 #: What the final backward recomputes of each unrolled step (MatchingConfig.recompute_steps): nothing
 #: (False: every step's graph is kept), the whole step (True), or its elementwise work only ("elementwise").
 RECOMPUTE_STEPS = (False, True, "elementwise")
+
+
+def is_recompute_choice(value: object) -> bool:
+    """Whether ``value`` is one of :data:`RECOMPUTE_STEPS` (a bool, not 1 or 0, which equal True and False)."""
+    return isinstance(value, bool) or value == "elementwise"
 
 #: The operations whose outputs :func:`student_grad_recomputing_elementwise` keeps: the arithmetic-heavy ones.
 _KEPT_OPS = frozenset({torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default,
