@@ -102,6 +102,26 @@ def test_list_with_cells_shows_the_jobs_they_would_start_and_runs_nothing(tmp_pa
         "planning figures, at --budget short's sizes: not counting --set buffer.num_experts)")
 
 
+def test_list_with_label_audits_estimates_them_too(tmp_path, monkeypatch, capsys):
+    # --list once printed no estimate when --audit or --audit-only asked for label audits
+    monkeypatch.setattr(repro, "run_cells", lambda args: pytest.fail("--list must not run anything"))
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    out = ["--out", str(tmp_path / "runs"), "--jobs", "4", "--budget", "short"]
+
+    def said(*argv):
+        with pytest.raises(SystemExit) as exit_:
+            repro.main(["--list", *argv, *out], results=tmp_path / "r")
+        assert exit_.value.code == 0
+        return capsys.readouterr().out.splitlines()[-1]
+
+    batch = ["mtt-ipc1-asym40-tad"]
+    with_rows = queue.with_audits(batch, {"asym40": ["cleanlab", "tad5", "tad20"]}, slots=4)
+    assert with_rows > queue.estimate(queue.batch_jobs(batch), slots=4)
+    assert said("--cell", batch[0], "--audit").startswith(f"about {with_rows / 60:.0f} min on one H100")
+    alone = queue.estimate(queue.audit_batch_jobs({"sym40": ["cleanlab", "tad5", "tad20"]}), slots=4)
+    assert said("--audit-only", "sym40").startswith(f"about {alone / 60:.0f} min on one H100")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--page", "--results", "notes.txt"], "--results notes.txt is a file, not a folder"),
     (["--cell", "mtt-ipc1-sym20-noisy", "--out", "notes.txt"], "--out notes.txt is a file, not a folder"),

@@ -78,6 +78,7 @@ from pathlib import Path
 from typing import Any
 
 from .grid import (
+    AUDIT_DETECTORS,
     BUDGETS,
     FEATURES_BUDGET_S,
     aliases,
@@ -90,7 +91,7 @@ from .grid import (
     grid_records,
     resolve_cells,
 )
-from .queue import batch_jobs, estimate, queue
+from .queue import queue, with_audits
 from .running import job_lines, plan, recorded_time, run_cells
 from .tables import page
 
@@ -202,11 +203,16 @@ def run(args: argparse.Namespace) -> int:
     if args.list and (args.cell or args.audit_only):  # a dry run: what --cell / --audit-only would start
         jobs, after, _ = plan(args)
         print("\n".join(job_lines(jobs, after, args.jobs)))
-        if jobs and args.cell and not (args.audit or args.audit_only) and args.seeds == [0] \
-                and BUDGETS[args.budget] is not None:
-            sim = batch_jobs(resolve_cells(args.cell), args.budget, extractor="extractor" in jobs)
+        if jobs and args.seeds == [0] and BUDGETS[args.budget] is not None:
+            audits: dict[str, list[str]] = {}
+            for name in jobs:  # audit-<label set>-<detector>: --audit's rows and --audit-only's
+                label_set, _, detector = name.removeprefix("audit-").rpartition("-")
+                if name.startswith("audit-") and detector in AUDIT_DETECTORS:
+                    audits.setdefault(label_set, []).append(detector)
+            took = with_audits(resolve_cells(args.cell) if args.cell else [], audits, args.budget,
+                               extractor="extractor" in jobs, slots=args.jobs)
             resized = sorted({text.split("=", 1)[0] for text in args.set} & SIZE_KEYS)
-            print(f"about {estimate(sim, slots=args.jobs) / 60:.0f} min on one H100 with --jobs {args.jobs} from "
+            print(f"about {took / 60:.0f} min on one H100 with --jobs {args.jobs} from "
                   "nothing trained (--queue's planning figures" + (
                       f", at --budget {args.budget}'s sizes: not counting --set {', '.join(resized)})" if resized
                       else ")"))

@@ -413,14 +413,19 @@ def audit_batches(missing: Mapping[str, Sequence[str]], budget: str = "short", w
     return out + ([(current, took(current))] if current else [])
 
 
-def with_audits(names: Sequence[str], missing: Mapping[str, Sequence[str]], budget: str = "short") -> float:
-    """The :func:`estimate` of the batch of cells ``names`` run with ``--audit`` for the detection rows ``missing``
-    (label set -> its detectors left) of the buffers it trains: its :func:`batch_jobs`, then cleanlab's and the 5
-    TAD experts' audits of :func:`audit_batch_jobs` (``tad20`` reads the batch's buffer: its audit pass only)."""
-    jobs = batch_jobs(names, budget)
-    extractor = any(j.name == "extractor" for j in jobs)
-    rows = {label_set: [d for d in left if d != "tad20"] for label_set, left in missing.items()}
-    return estimate(jobs + [j for j in audit_batch_jobs(rows, budget, extractor=extractor) if j.name != "extractor"])
+def with_audits(names: Sequence[str], missing: Mapping[str, Sequence[str]], budget: str = "short",
+                extractor: bool = True, slots: int = QUEUE_JOBS) -> float:
+    """The :func:`estimate` (``slots`` jobs at once) of the batch of cells ``names`` (none: an ``--audit-only``
+    run) with the label audits ``missing`` (label set -> its detectors left): the cells' :func:`batch_jobs`, then
+    the audits of :func:`audit_batch_jobs` that they do not already run (cleanlab's, the 5 TAD experts'; beside
+    cells, whose batch trains the buffer, ``tad20`` reads it: its audit pass only). ``extractor``: whether it is
+    to be trained when a buffer or audit needs it (False: one exists)."""
+    jobs = batch_jobs(names, budget, extractor=extractor)
+    started = {j.name for j in jobs}
+    rows = {label_set: [d for d in left if not (names and d == "tad20") and audit_job(label_set, d) not in started]
+            for label_set, left in missing.items()}
+    audits = audit_batch_jobs(rows, budget, extractor=extractor)
+    return estimate(jobs + [j for j in audits if j.name not in started], slots=slots)
 
 
 def detection_section(records: Path, budget: str, trains: Mapping[str, tuple[int, list[str]]], number: int,
