@@ -1,0 +1,71 @@
+"""reproduction/two_stage_digits.py: the commands it runs, resuming, and the page from fixture records."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "reproduction" / "two_stage_digits.py"
+spec = importlib.util.spec_from_file_location("two_stage_digits", SCRIPT)
+tsd = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tsd)
+
+
+def test_pipelines_read_their_detectors_audit_of_the_same_seed(tmp_path):
+    jobs = tsd.commands(tmp_path, 2)
+    assert list(jobs)[:2] == ["audit-cleanlab", "audit-tad"]  # the pipelines read them: first
+    assert jobs["audit-cleanlab"][:2] == ["audit", "--dataset"] and "cleanlab" in jobs["audit-cleanlab"]
+    assert "--detector" not in jobs["audit-tad"] and "--write-pruned" in jobs["audit-tad"]
+    audit = tmp_path / "seed2" / "audit-tad"
+    assert jobs["tad-prune"][-2:] == ["--out", str(tmp_path / "seed2" / "tad-prune")]
+    assert f"{audit}/pruned/digits.npz" in jobs["tad-prune"] and "--no-tad" in jobs["tad-prune"]
+    assert f"{tmp_path / 'seed2' / 'audit-cleanlab'}/labels_cleaned.npz" in jobs["cleanlab-relabel"]
+    for argv in jobs.values():  # every run of a seed draws the same noise
+        assert argv[argv.index("--seed") + 1] == argv[argv.index("--noise-seed") + 1] == "2"
+    assert "--no-tad" not in jobs["tad"] and "tad.reg_weight=0" in jobs["tad-noreg"]
+    assert "data.noise=null" in jobs["clean"] and "data.noise=null" not in jobs["noisy"]
+
+
+def _records(root, seeds, acc):
+    for s in seeds:
+        for name, value in acc.items():
+            path = root / f"seed{s}" / f"{name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"results": {"test_acc_mean": value + s * 0.002}}))
+        for d, f1 in (("cleanlab", 0.9), ("tad", 0.95)):
+            det = {"flagged": 500, "precision": f1, "recall": f1, "f1": f1, "suggested_accuracy": 0.8}
+            (root / f"seed{s}" / f"audit-{d}.json").write_text(
+                json.dumps({"results": {"detection": det}, "wall_time_s": 10.0 * (s + 1)}))
+
+
+def test_page_tables_and_claims_from_fixture_records(tmp_path):
+    acc = {"noisy": 0.90, "tad": 0.92, "clean": 0.96, "cleanlab-prune": 0.94, "cleanlab-relabel": 0.95,
+           "tad-prune": 0.94, "tad-relabel": 0.95}
+    _records(tmp_path, [0, 1], acc)
+    text = tsd.page(tmp_path)
+    assert "| pipeline | seed 0 | seed 1 | mean +- sd over seeds |" in text
+    assert "| MTT + TAD, one pass | 92.00 | 92.20 | 92.10 +- 0.14 |" in text
+    assert "without the reverse-CE" not in text  # an arm without records gets no row
+    assert "| cleanlab, 5 folds | 500 | 90.0 | 90.0 | 90.0 | 80.0 | 15 |" in text
+    assert "every two-stage pipeline ends above MTT + TAD in one pass: the two-stage mean is 2.5 to 2.5" in text
+    assert "One pass closes 33% of the gap" in text
+    assert "--seed N --noise-seed N" in text and "seedN/audit-tad" in text and str(tmp_path) not in text
+    (tmp_path / "seed1" / "tad-prune.json").write_text(json.dumps({"results": {"test_acc_mean": 0.5}}))
+    assert "ends not always above" in tsd.page(tmp_path)
+
+
+def test_a_finished_run_is_not_run_again_and_its_record_is_copied(tmp_path, monkeypatch):
+    for name in tsd.commands(tmp_path / "runs", 0):
+        run = tmp_path / "runs" / "seed0" / name
+        run.mkdir(parents=True)
+        tsd.record_of(run).write_text(json.dumps({"name": name}))
+    monkeypatch.setattr(tsd.subprocess, "run", lambda *a, **k: pytest.fail("a finished run ran again"))
+    tsd.run_study(tmp_path / "runs", [0], tmp_path / "results")
+    assert json.loads((tmp_path / "results" / "seed0" / "tad-relabel.json").read_text()) == {"name": "tad-relabel"}
+    assert json.loads((tmp_path / "results" / "seed0" / "audit-tad.json").read_text()) == {"name": "audit-tad"}
+
+
+def test_page_without_records_says_what_to_run(tmp_path):
+    with pytest.raises(ValueError, match="no records under .*: run the study first"):
+        tsd.page(tmp_path)
