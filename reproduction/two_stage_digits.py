@@ -7,7 +7,7 @@ regulariser, and matching only from the end of its warm-up on), and four two-sta
 cleanlab (5-fold out-of-sample probabilities) or with TAD's own experts, whose flagged samples are then pruned or
 relabelled before plain MTT distils::
 
-    python reproduction/two_stage_digits.py --out runs/two_stage_digits        # ~11 min a seed on one CPU core
+    python reproduction/two_stage_digits.py --out runs/two_stage_digits        # every missing run, then the page
     python reproduction/two_stage_digits.py --page                             # the page from the records only
 
 Runs resume: a finished run (its ``result_run.json`` or ``result_audit.json``) is not run again. Each finished
