@@ -25,9 +25,22 @@ def test_the_cells_cover_every_cifar10_cell_of_tables_1_to_3_and_the_two_stage_b
               for n in ("sym20", "sym40", "asym20", "asym40") for a in ("noisy", "tad")}
     table2 = {(m, i, "c10n-worst", a) for m in ("mtt", "ftd", "att") for i in (1, 10, 50) for a in ("noisy", "tad")}
     table3 = {("datm", 50, n, a) for n in ("asym20", "asym40") for a in "BCDE"}
-    two_stage = {("mtt", i, n, a) for i in (10, 50) for n in ("sym20", "sym40") for a in ("prune", "relabel")}
+    two_stage = {("mtt", i, n, a) for i in (10, 50) for n in ("sym20", "sym40")
+                 for a in ("prune", "relabel", "tadprune", "tadrelabel")}  # cleanlab's and TAD's audit first
     assert {(c.method, c.ipc, c.noise, c.arm) for c in cells.values()} == table1 | table2 | table3 | two_stage
+    assert len(cells) == len(table1 | table2 | table3) + 16
     assert all(grid.CELL_RE.fullmatch(name) for name in cells)  # regular, parseable names
+    # a TAD-audit arm is never read as the tad arm, nor a tad record's tag as a two-stage arm
+    assert grid.cell_of_record("mtt-ipc10-sym40-tadprune") == (cells["mtt-ipc10-sym40-tadprune"], None)
+    assert grid.cell_of_record("mtt-ipc10-sym40-tadrelabel-seed1") == (cells["mtt-ipc10-sym40-tadrelabel"], "seed1")
+    assert grid.cell_of_record("mtt-ipc10-sym40-tad-prune") == (cells["mtt-ipc10-sym40-tad"], "prune")
+    assert grid.parse_buffer("sym40-tadprune-sgd-zca") == ("sym40", "tadprune", "sgd", True)
+    assert grid.parse_buffer("c10n-worst-tad-sgd-raw") == ("c10n-worst", "tad", "sgd", False)
+    assert grid.resolve_cells(["mtt-ipc10-sym40-tad"]) == ["mtt-ipc10-sym40-tad"]
+    assert grid.resolve_cells(["mtt-ipc50-sym20-tad*"]) == ["mtt-ipc50-sym20-tad", "mtt-ipc50-sym20-tadprune",
+                                                             "mtt-ipc50-sym20-tadrelabel"]
+    assert {a: grid.first_stage(a) for a in grid.TWO_STAGE_ARMS} == {
+        "prune": "cleanlab", "relabel": "cleanlab", "tadprune": "tad20", "tadrelabel": "tad20"}
     assert {(m, n, i) for m, i, n, _ in table1 | table2} == set(grid.PAPER)  # a paper pair for each
     # Table 3's A and F are the noisy and tad cells
     assert grid.resolve_cells(["datm-ipc50-asym40-A", "datm-ipc50-asym40-F"]) == ["datm-ipc50-asym40-noisy",
@@ -53,20 +66,22 @@ def test_each_cells_command_builds_the_config_the_page_says(tmp_path):
         epochs.setdefault(cfg.buffer.epochs, set()).add((cell.method, cell.ipc))
         if cell.noise == "c10n-worst":
             assert (cfg.data.noise, cfg.data.label_set, cfg.data.cifar_n) == (None, "worse_label", "CIFAR-10_human.pt")
-        elif cell.arm == "prune":  # the dataset without cleanlab's flags, its audited labels
-            pruned = str(tmp_path / "audit" / f"{cell.noise}-cleanlab" / "pruned" / "data.npz")
+        elif cell.arm in ("prune", "tadprune"):  # the dataset without the first stage's flags, its audited labels
+            first = "cleanlab" if cell.arm == "prune" else "tad20"
+            pruned = str(tmp_path / "audit" / f"{cell.noise}-{first}" / "pruned" / "data.npz")
             assert (cfg.data.noise, cfg.data.dataset, cfg.data.cifar_n, cfg.data.label_set) == (
                 None, pruned, pruned, "given_label"), name
-        elif cell.arm == "relabel":  # the whole dataset, cleanlab's suggested labels
+        elif cell.arm in ("relabel", "tadrelabel"):  # the whole dataset, the first stage's suggested labels
+            first = "cleanlab" if cell.arm == "relabel" else "tad20"
             assert (cfg.data.noise, cfg.data.dataset, cfg.data.label_set) == (None, "data.npz", "cleaned_label"), name
-            assert cfg.data.cifar_n == str(tmp_path / "audit" / f"{cell.noise}-cleanlab" / "labels_cleaned.npz")
+            assert cfg.data.cifar_n == str(tmp_path / "audit" / f"{cell.noise}-{first}" / "labels_cleaned.npz")
         else:
             kind = "symmetric" if cell.noise.startswith("sym") else "asymmetric-cifar10"
             assert (cfg.data.noise, cfg.data.noise_rate) == (kind, int(cell.noise[-2:]) / 100), name
         assert (cfg.buffer.num_experts, cfg.distill.iterations, cfg.distill.eval_every, cfg.eval.num_eval) == (
             20, 1000, 500, 5), name  # the page's budget
         reg, outer, inner = cell.parts
-        assert cfg.tad.enabled == (cell.arm not in ("noisy", "prune", "relabel"))
+        assert cfg.tad.enabled == (cell.arm not in ("noisy", "prune", "relabel", "tadprune", "tadrelabel"))
         if cfg.tad.enabled:
             assert (cfg.tad.reg_weight != 0, cfg.tad.outer_loop, cfg.tad.inner_loop) == (reg, outer, inner), name
         assert cfg.out == str(tmp_path / name)
@@ -123,8 +138,10 @@ def test_one_buffer_per_noise_arm_recipe_and_preprocessing_serves_the_ipcs_that_
     assert by_buffer["c10n-worst-tad-sgd-zca"] == zca and "c10n-worst-tad-gsam-a0.3-zca" in by_buffer  # FTD's
     assert by_buffer["asym40-B-gsam-a0.3-zca"] == {("datm", 50)}
     assert by_buffer["sym40-prune-sgd-zca"] == {("mtt", 10)} and by_buffer["sym40-relabel-sgd-raw"] == {("mtt", 50)}
+    assert by_buffer["sym20-tadprune-sgd-zca"] == {("mtt", 10)} and by_buffer["sym40-tadrelabel-sgd-raw"] == {
+        ("mtt", 50)}
     # noise x arm x (recipe, preprocessing), Table 3's B-E, the two-stage arms' (noise x arm x preprocessing)
-    assert len(by_buffer) == 5 * 2 * 4 + 2 * 4 + 2 * 2 * 2
+    assert len(by_buffer) == 5 * 2 * 4 + 2 * 4 + 2 * 4 * 2
     # each trained for its longest reader: IPC 10's 20 + 2 + 1 with ZCA, IPC 50's 40 + 2 + 1 without
     assert (grid.read_epochs("sgd", True), grid.read_epochs("sgd", False)) == (23, 43)
     assert (grid.read_epochs("gsam-a0.3", True), grid.read_epochs("gsam-a1", False)) == (43, 43)

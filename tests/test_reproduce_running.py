@@ -285,6 +285,59 @@ def test_the_two_stage_buffers_wait_for_cleanlabs_first_stage_once_per_label_set
     assert after == {cell: ["audit-sym40-cleanlab"] for cell in cells}
 
 
+def test_the_tad_audit_arms_train_the_tad_buffer_then_its_audit_then_their_buffers(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAD_PLUGIN_FEATURES", str(tmp_path / "features"))
+    cells = ["mtt-ipc10-sym40-tadprune", "mtt-ipc10-sym40-tadrelabel", "mtt-ipc50-sym40-tadprune"]
+    jobs, after, _ = running.plan(_args(tmp_path, cells))
+    # extractor and TAD buffer -> TAD's audit with its 20 experts -> the two-stage buffers -> the cells
+    assert list(jobs) == ["extractor", "buffer-sym40-tad-sgd-zca", "audit-sym40-tad20",
+                          "buffer-sym40-tadprune-sgd-zca", "mtt-ipc10-sym40-tadprune",
+                          "buffer-sym40-tadrelabel-sgd-zca", "mtt-ipc10-sym40-tadrelabel",
+                          "buffer-sym40-tadprune-sgd-raw", "mtt-ipc50-sym40-tadprune"]
+    assert after == {"audit-sym40-tad20": ["buffer-sym40-tad-sgd-zca"],
+                     **{f"buffer-sym40-{b}": ["audit-sym40-tad20"]
+                        for b in ("tadprune-sgd-zca", "tadrelabel-sgd-zca", "tadprune-sgd-raw")},
+                     **{c: [f"buffer-{grid.buffer_of(grid.cells()[c])}"] for c in cells}}
+    experts = tmp_path / "buffers" / "sym40-tad-sgd-zca" / "buffer"
+    stage = jobs["audit-sym40-tad20"]
+    assert stage[3] == "audit" and cmd_value(stage, "--buffer") == str(experts) and stage[-1] == "--write-pruned"
+    assert cmd_value(stage, "--out") == str(tmp_path / "audit" / "sym40-tad20")
+    assert config_of(jobs["buffer-sym40-tad-sgd-zca"]).tad.features_wait_s == 12.0 + running.FEATURES_MARGIN_S
+    assert not config_of(jobs["buffer-sym40-tadprune-sgd-raw"]).tad.enabled  # stage two: plain MTT
+    # --audit beside the TAD cell asks for the same tad20 run: one job, the first stage's
+    both, both_after, _ = running.plan(_args(tmp_path, ["mtt-ipc10-sym40-tad", *cells], audit=True))
+    assert [j for j in both if j.startswith(("audit-", "buffer-sym40-tad-"))] == [
+        "buffer-sym40-tad-sgd-zca", "audit-sym40-tad20", "audit-sym40-cleanlab", "audit-sym40-tad5"]
+    assert both["audit-sym40-tad20"] == stage and both_after["audit-sym40-tad20"] == ["buffer-sym40-tad-sgd-zca"]
+    assert list(both).index("mtt-ipc10-sym40-tad") < list(both).index("audit-sym40-tad20")
+    # the TAD buffer finished under --out: the audit starts at once, reading it
+    monkeypatch.setattr(running, "buffer_ready", lambda path, n: path == experts)
+    jobs, after, _ = running.plan(_args(tmp_path, cells))
+    assert list(jobs)[0] == "audit-sym40-tad20" and "audit-sym40-tad20" not in after
+    assert "extractor" not in jobs  # its experts are trained; stage two has no inner loop
+    assert cmd_value(jobs["audit-sym40-tad20"], "--buffer") == str(experts)
+    # a finished audit without the pruned dataset is not a first stage; with it, it is not run again
+    done = tmp_path / "audit" / "sym40-tad20"
+    done.mkdir(parents=True)
+    (done / "result_audit.json").write_text(json.dumps({"stages": {"buffer": {}, "audit": {}}}))
+    (done / "labels_cleaned.npz").write_bytes(b"x")
+    assert "audit-sym40-tad20" in running.plan(_args(tmp_path, cells))[0]
+    (done / "pruned").mkdir()
+    (done / "pruned" / "d.npz").write_bytes(b"x")
+    jobs, after, _ = running.plan(_args(tmp_path, cells))
+    assert list(jobs) == ["buffer-sym40-tadprune-sgd-zca", "mtt-ipc10-sym40-tadprune",
+                          "buffer-sym40-tadrelabel-sgd-zca", "mtt-ipc10-sym40-tadrelabel",
+                          "buffer-sym40-tadprune-sgd-raw", "mtt-ipc50-sym40-tadprune"]
+    assert not any(deps == ["audit-sym40-tad20"] for deps in after.values())
+    # a variant reuses the finished first stage; one that would have to make it is refused
+    assert "audit-sym40-tad20" not in running.plan(_args(tmp_path, cells, tag="v2"))[0]
+    (done / "pruned" / "d.npz").unlink()
+    with pytest.raises(SystemExit, match="run it first without --tag and --budget"):
+        running.plan(_args(tmp_path, cells, tag="v2"))
+    with pytest.raises(SystemExit, match="audit-sym40-tad20"):
+        running.plan(_args(tmp_path, cells, budget="long"))
+
+
 def audit_record(f1, detector):
     """A finished ``tad audit`` record of sym40 (the fields the detection table reads)."""
     return {"detector": detector, "device": "gpu",
@@ -510,7 +563,7 @@ def test_a_cell_and_its_audits_run_end_to_end_through_real_commands(tmp_path):
         return (protos[y] * 200 + torch.rand(n, 3, 32, 32, generator=g) * 55).to(torch.uint8), y
 
     save_arrays(ImageDataset("cifar10", *split(300), *split(50), tuple("abcdefghij")), tmp_path / "cifar10.npz")
-    cells = ["mtt-ipc1-sym40-tad", "mtt-ipc10-sym40-prune", "mtt-ipc10-sym40-relabel"]
+    cells = ["mtt-ipc1-sym40-tad", "mtt-ipc10-sym40-prune", "mtt-ipc10-sym40-relabel", "mtt-ipc10-sym40-tadprune"]
     args = _args(tmp_path, cells, dataset=str(tmp_path / "cifar10.npz"), out=str(tmp_path / "runs"),
                  jobs=2, audit=True, set=TINY_GRID)
     assert running.run_cells(args) == 0
@@ -534,9 +587,16 @@ def test_a_cell_and_its_audits_run_end_to_end_through_real_commands(tmp_path):
     assert pruned["results"]["noise_rate"] == pytest.approx(wrong_kept / (300 - cl["flagged"]), abs=1e-6)
     assert relabelled["config"]["data"]["label_set"] == "cleaned_label"
     assert relabelled["results"]["noise_rate"] == pytest.approx(1 - cl["cleaned_label_accuracy"], abs=1e-6)
+    # the TAD-audit arm distils from the samples TAD's audit with the TAD buffer's experts kept
+    tad20 = next(r for r in rows if r["detector"] == "tad" and r["reused_buffer"])
+    tadpruned = json.loads((records / "mtt-ipc10-sym40-tadprune.json").read_text())
+    wrong_kept = 300 * tad20["noise_rate"] - (tad20["precision"] or 0) * tad20["flagged"]
+    assert tadpruned["config"]["data"]["label_set"] == "given_label"
+    assert tadpruned["config"]["data"]["dataset"].endswith("sym40-tad20/pruned/cifar10.npz")
+    assert tadpruned["results"]["noise_rate"] == pytest.approx(wrong_kept / (300 - tad20["flagged"]), abs=1e-6)
     assert "## Label audit" in tables.page(records)
     # the same command again: the first stage, the buffers and the audits are done; only the cells run (resuming)
-    assert grid.cleaning_done(tmp_path / "runs", "sym40", args.dataset)
+    assert all(grid.cleaning_done(tmp_path / "runs", "sym40", d, args.dataset) for d in ("cleanlab", "tad20"))
     jobs, after, _ = running.plan(args)
     assert list(jobs) == cells and after == {}
 

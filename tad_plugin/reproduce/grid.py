@@ -33,15 +33,31 @@ ABLATION = {"A": (False, False, False), "B": (True, False, False), "C": (False, 
 #: Table 3's cells: DATM at IPC 50 under these noise settings.
 ABLATION_CELLS = ("datm", 50, ("asym20", "asym40"))
 #: The paper's two-stage protocol (its Table 4, there on CIFAR-100, whose images are not available here) on
-#: CIFAR-10: confident learning (cleanlab, 5 folds) cleans the noisy labels, then plain MTT distils, ``prune``
-#: from the samples it does not flag, ``relabel`` from all samples with its suggested labels; beside the ``noisy``
-#: and ``tad`` cells of the same setting. (method, IPCs, noise settings).
+#: CIFAR-10: a label audit cleans the noisy labels, then plain MTT distils, ``prune`` from the samples it does not
+#: flag, ``relabel`` from all samples with its suggested labels; beside the ``noisy`` and ``tad`` cells of the same
+#: setting. (method, IPCs, noise settings).
 TWO_STAGE_CELLS = ("mtt", (10, 50), ("sym20", "sym40"))
-TWO_STAGE_ARMS = ("prune", "relabel")
+#: The two-stage arms: arm -> (the detector of its first stage, one of :data:`AUDIT_DETECTORS`; what stage two
+#: distils from, ``prune`` or ``relabel``). ``prune`` / ``relabel``: confident learning (cleanlab, 5 folds);
+#: ``tadprune`` / ``tadrelabel``: TAD's own audit with the 20 experts of the label set's TAD buffer
+#: (:func:`audit_buffer`), the question being whether TAD's audit then fresh experts beats TAD in one pass.
+TWO_STAGE: dict[str, tuple[str, str]] = {"prune": ("cleanlab", "prune"), "relabel": ("cleanlab", "relabel"),
+                                         "tadprune": ("tad20", "prune"), "tadrelabel": ("tad20", "relabel")}
+TWO_STAGE_ARMS = tuple(TWO_STAGE)
 #: Arms: noisy, tad, Table 3's B-E (A and F are the noisy and tad arms), and the two-stage arms.
 ARMS = ("noisy", "tad", "B", "C", "D", "E", *TWO_STAGE_ARMS)
+#: An arm of a buffer name, a regular expression: the longer names first, so that ``tadprune`` is never read as
+#: ``tad`` (a name's parts are also delimited by ``-``).
+ARM_PATTERN = "|".join(sorted(ARMS, key=len, reverse=True))
+#: A cell name, Table 3's A and F included.
 CELL_RE = re.compile(r"(?P<method>mtt|ftd|datm|att)-ipc(?P<ipc>\d+)-(?P<noise>sym20|sym40|asym20|asym40|c10n-worst)"
-                     r"-(?P<arm>noisy|tad|prune|relabel|[A-F])")
+                     rf"-(?P<arm>{ARM_PATTERN}|A|F)")
+
+
+def first_stage(arm: str) -> str:
+    """The label-audit detector (of :data:`AUDIT_DETECTORS`) whose ``--write-pruned`` run is the first stage of the
+    two-stage arm ``arm`` (a key of :data:`TWO_STAGE`)."""
+    return TWO_STAGE[arm][0]
 
 
 def arm_parts(arm: str) -> tuple[bool, bool, bool]:
@@ -440,17 +456,17 @@ def _data_flags(cell: Cell, cifar_n: str | None) -> list[str]:
     return flags + ["--cifar-n", cifar_n]
 
 
-def cleaning_dir(out: Path, noise: str) -> Path:
-    """The two-stage cells' first stage for the label set ``noise``: the ``tad audit --detector cleanlab
-    --write-pruned`` run (the ``cleanlab`` job of :func:`audit_commands`)."""
-    return audit_dir(out) / f"{noise}-cleanlab"
+def cleaning_dir(out: Path, noise: str, detector: str) -> Path:
+    """The two-stage cells' first stage for the label set ``noise`` with ``detector`` (:func:`first_stage` of their
+    arm): the ``tad audit --write-pruned`` run of :func:`audit_commands`' job ``audit-<noise>-<detector>``."""
+    return audit_dir(out) / f"{noise}-{detector}"
 
 
-def cleaning_files(out: Path, noise: str, dataset: str) -> tuple[Path, Path]:
-    """The first stage's outputs the two-stage cells of the label set ``noise`` read (:func:`cleaning_dir`): the
-    dataset without the flagged samples (``pruned/<dataset>.npz``) and the suggested labels
-    (``labels_cleaned.npz``)."""
-    first = cleaning_dir(out, noise)
+def cleaning_files(out: Path, noise: str, detector: str, dataset: str) -> tuple[Path, Path]:
+    """The first stage's outputs the two-stage cells of the label set ``noise`` and ``detector`` read
+    (:func:`cleaning_dir`): the dataset without the flagged samples (``pruned/<dataset>.npz``) and the suggested
+    labels (``labels_cleaned.npz``)."""
+    first = cleaning_dir(out, noise, detector)
     return first / "pruned" / f"{Path(dataset).name.removesuffix('.npz')}.npz", first / "labels_cleaned.npz"
 
 
@@ -464,22 +480,31 @@ def audit_done(run: Path) -> bool:
     return "audit" in record.get("stages", {})
 
 
-def cleaning_done(out: Path, noise: str, dataset: str) -> bool:
-    """Whether the first stage of the label set ``noise`` finished under ``out``: :func:`audit_done` and both
-    :func:`cleaning_files` exist."""
-    return audit_done(cleaning_dir(out, noise)) and all(p.is_file() for p in cleaning_files(out, noise, dataset))
+def cleaning_done(out: Path, noise: str, detector: str, dataset: str) -> bool:
+    """Whether the first stage of the label set ``noise`` with ``detector`` finished under ``out``:
+    :func:`audit_done` and both :func:`cleaning_files` exist (an audit run without ``--write-pruned`` is not
+    one)."""
+    return (audit_done(cleaning_dir(out, noise, detector))
+            and all(p.is_file() for p in cleaning_files(out, noise, detector, dataset)))
 
 
 def _inputs(cell: Cell, dataset: str, out: Path, cifar_n: str | None) -> list[str]:
     """The data options of ``cell``'s commands: its base config and noise, and ``--dataset``; a two-stage cell
-    reads its first stage's output instead of noisy labels (:func:`cleaning_dir`): ``prune`` the dataset without
-    the flagged samples (``pruned/<dataset>.npz``, its audited labels as ``given_label``), ``relabel`` the whole
-    dataset with the suggested labels (``labels_cleaned.npz``, ``cleaned_label``)."""
+    reads the output of its arm's first stage instead of noisy labels (:func:`cleaning_dir` of
+    :func:`first_stage`): a ``prune`` arm the dataset without the flagged samples (``pruned/<dataset>.npz``, its
+    audited labels as ``given_label``), a ``relabel`` arm the whole dataset with the suggested labels
+    (``labels_cleaned.npz``, ``cleaned_label``).
+
+    The first stage audits the labels of the noise setting, whatever the cell's preprocessing: TAD's audit reads
+    the experts of the ZCA buffer :func:`audit_buffer` also for the IPC-50 cells, whose own buffers train on raw
+    pixels; only its labels and the samples it keeps pass to stage two, so the preprocessing of stage one does not
+    enter the cell's experts."""
     if cell.arm not in TWO_STAGE_ARMS:
         return [*_data_flags(cell, cifar_n), "--dataset", dataset]
-    pruned, cleaned = map(str, cleaning_files(out, cell.noise, dataset))
+    detector, keeps = TWO_STAGE[cell.arm]
+    pruned, cleaned = map(str, cleaning_files(out, cell.noise, detector, dataset))
     config = ["--config", str(CONFIGS / NOISES[cell.noise][0])]
-    if cell.arm == "prune":
+    if keeps == "prune":
         return config + ["--dataset", pruned, "--cifar-n", pruned, "--label-set", "given_label"]
     return config + ["--dataset", dataset, "--cifar-n", cleaned, "--label-set", "cleaned_label"]
 
@@ -510,7 +535,7 @@ def _zca_flag(zca: bool) -> str:
 
 def parse_buffer(buffer: str) -> tuple[str, str, str, bool]:
     """(noise, arm, recipe, zca) of a :func:`buffer_of` name."""
-    m = re.fullmatch(r"(.+)-(noisy|tad|prune|relabel|[B-E])-(sgd|gsam-a[\d.]+)-(zca|raw)", buffer)
+    m = re.fullmatch(rf"(.+)-({ARM_PATTERN})-(sgd|gsam-a[\d.]+)-(zca|raw)", buffer)
     if m is None:
         raise ValueError(f"not a buffer name: {buffer!r} (expected <noise>-<arm>-<recipe>-<zca|raw>)")
     return m[1], m[2], m[3], m[4] == "zca"
@@ -589,9 +614,11 @@ def audit_commands(label_set: str, dataset: str, out: Path, cifar_n: str | None,
     :data:`AUDIT_ONLY_LABEL_SETS`): ``audit-<label set>-<detector>`` (:func:`audit_job`), one per
     :data:`AUDIT_DETECTORS`, with the settings of :func:`audit_buffer` and, for a label set of
     :data:`AUDIT_ONLY_LABEL_SETS`, ``--label-set`` its column. ``experts``: the trained experts (``buffer/``) of that
-    buffer, which ``tad20`` audits with; None: ``tad20`` trains its own, as that buffer would."""
+    buffer, which ``tad20`` audits with; None: ``tad20`` trains its own, as that buffer would. cleanlab and
+    ``tad20`` also write the dataset without the flagged samples (``--write-pruned``): they are the first stages of
+    the two-stage arms (:data:`TWO_STAGE`), so that one run serves both the detection row and those cells."""
     column = AUDIT_ONLY_LABEL_SETS.get(label_set)
-    extra = {"tad20": [] if experts is None else ["--buffer", str(experts)],
+    extra = {"tad20": ([] if experts is None else ["--buffer", str(experts)]) + ["--write-pruned"],
              "tad5": ["--set", "buffer.num_experts=5", "--set", "buffer.experts_per_group=5"],
              "cleanlab": ["--detector", "cleanlab", "--write-pruned"]}
     jobs = {}

@@ -36,6 +36,7 @@ from .grid import (
     cells,
     cleaning_done,
     command,
+    first_stage,
     grid_records,
     needs_cifar_n,
     needs_extractor,
@@ -487,13 +488,19 @@ def audit_jobs(args: argparse.Namespace, requested: Sequence[str], training: set
 def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, tuple]]:
     """The jobs of ``args.cell`` and ``args.audit_only``: ``(jobs, after, cells)``. ``jobs`` (name -> argv) holds the
     extractor when a buffer to train or a TAD audit needs it (``extractor``), each shared buffer not yet finished
-    under ``--out`` (``buffer-<name>``), each followed by the cells that read it (``<cell>[-<tag>]``), cleanlab's
-    run (``audit-<noise>-cleanlab``) before the first job that reads it when the two-stage cells' first stage has
-    not finished under ``--out`` (:func:`~.grid.cleaning_done`); last the label-audit jobs of :func:`audit_jobs`
-    (``args.audit``, ``args.audit_only``); ``after`` what each waits for (a cell its buffer, a two-stage buffer its
-    first stage, or the two-stage cell itself when its buffer is done, the audit with a buffer's experts that
-    buffer; no job waits for the extractor: the jobs that need it start beside it with ``tad.features_wait_s``
-    from :func:`features_wait`); ``cells`` maps a cell job to ``(Cell, buffer name, budget)`` for its record."""
+    under ``--out`` (``buffer-<name>``), each followed by the cells that read it (``<cell>[-<tag>]``), the
+    two-stage cells' first stage (``audit-<noise>-<detector>``, :func:`~.grid.first_stage` of their arm: cleanlab,
+    or TAD's audit with the experts of the TAD buffer ``<noise>-tad-sgd-zca``, that buffer trained before it when
+    it is not finished) before the first job that reads it when it has not finished under ``--out``
+    (:func:`~.grid.cleaning_done`); last the label-audit jobs of :func:`audit_jobs` (``args.audit``,
+    ``args.audit_only``; one that is also a first stage runs once, as that stage); ``after`` what each waits for (a
+    cell its buffer, a two-stage buffer its first stage, or the two-stage cell itself when its buffer is done, the
+    audit with a buffer's experts that buffer; no job waits for the extractor: the jobs that need it start beside
+    it with ``tad.features_wait_s`` from :func:`features_wait`); ``cells`` maps a cell job to ``(Cell, buffer
+    name, budget)`` for its record.
+
+    Raises:
+        SystemExit: a bad ``--tag`` or ``--seeds``, and what :func:`audit_jobs` and :func:`_first_stage` refuse."""
     from tad_plugin.engine.config import apply_overrides
 
     out, tag = Path(args.out), args.tag
@@ -525,17 +532,22 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
             groups.setdefault(job if job in buffers else "", []).append(name)
             if job in buffers:
                 after[name] = [job]
-    # the two-stage cells' first stage (cleanlab), once per label set, unless it finished under --out: the
-    # buffer to train waits for it, or the cell itself when its buffer is done (it reads the stage's files too)
+    # the two-stage cells' first stage, once per label set and detector, unless it finished under --out: the buffer
+    # to train waits for it, or the cell itself when its buffer is done (it reads the stage's files too); TAD's audit
+    # waits for the TAD buffer whose experts it reads, trained here when it is not finished
     cleaning: dict[str, list[str]] = {}
     for name, (c, buf, _) in meta.items():
-        if c.arm not in TWO_STAGE_ARMS or cleaning_done(out, c.noise, args.dataset):
+        if c.arm not in TWO_STAGE_ARMS:
             continue
-        first = audit_job(c.noise, "cleanlab")
-        cleaning.setdefault(first, audit_commands(c.noise, args.dataset, out, args.cifar_n, args.budget,
-                                                  args.set)[first])
+        detector = first_stage(c.arm)
+        if cleaning_done(out, c.noise, detector, args.dataset):
+            continue
+        first = audit_job(c.noise, detector)
+        if first not in cleaning:
+            cleaning[first] = _first_stage(args, c, first, tag, experts, buffers, after)
         after[f"buffer-{buf}" if f"buffer-{buf}" in buffers else name] = [first]
-    audits = audit_jobs(args, requested, set(buffers), experts)
+    audits = {name: audit for name, audit in audit_jobs(args, requested, set(buffers), experts).items()
+              if name not in cleaning}  # --audit's run of a first stage is that stage: one job
     trainers = [audit_buffer(label_set) for label_set, _, _, trains in audits.values() if trains]
     extractor = extractor_to_train([*(buf for buf, _ in buffers.values()), *trainers], args.dataset, args.set)
     ordered: dict[str, list[str]] = {}
@@ -546,19 +558,59 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, list
               f"({args.features_budget:.0f} s) beside the buffers and audits, and those that need it wait up to "
               f"{wait:.0f} s for it when their inner loop first does", flush=True)
         ordered["extractor"] = extractor_command(extractor, args.dataset, args.features_budget)
-    for job, (buf, cmd) in buffers.items():
-        ordered.update({dep: cleaning[dep] for dep in after.get(job, ()) if dep in cleaning})
-        wanted = extractor is not None and needs_extractor(buf, args.set) and waits not in args.set
-        ordered[job] = cmd + (["--set", waits] if wanted else [])
-        ordered.update({name: jobs[name] for name in groups.get(job, [])})
-    for name in groups.get("", []):  # the cells of finished buffers (a two-stage one after its first stage)
-        ordered.update({dep: cleaning[dep] for dep in after.get(name, ()) if dep in cleaning})
-        ordered[name] = jobs[name]
+
+    def place(job: str) -> None:
+        """Put ``job`` in ``ordered`` after what it waits for: a buffer after its first stage (and that stage
+        after the TAD buffer it reads), followed by its cells."""
+        if job in ordered:
+            return
+        for dep in after.get(job, ()):
+            if dep in buffers or dep in cleaning:
+                place(dep)
+        if job in cleaning:
+            ordered[job] = cleaning[job]
+        elif job in buffers:
+            buf, cmd = buffers[job]
+            wanted = extractor is not None and needs_extractor(buf, args.set) and waits not in args.set
+            ordered[job] = cmd + (["--set", waits] if wanted else [])
+            ordered.update({name: jobs[name] for name in groups.get(job, [])})
+        else:  # a cell of a finished buffer (a two-stage one after its first stage)
+            ordered[job] = jobs[job]
+
+    for job in [*buffers, *groups.get("", [])]:
+        place(job)
     for name, (_, cmd, buffer_job, trains) in audits.items():
         if buffer_job is not None:
             after[name] = [buffer_job]
         ordered[name] = cmd + (["--set", waits] if trains and extractor is not None and waits not in args.set else [])
     return ordered, after, meta
+
+
+def _first_stage(args: argparse.Namespace, cell: Cell, job: str, tag: str | None, experts: int,
+                 buffers: dict[str, tuple[str, list[str]]], after: dict[str, list[str]]) -> list[str]:
+    """The command of the two-stage cell ``cell``'s first stage, the audit job ``job`` (:func:`~.grid.audit_job` of
+    the label set and :func:`~.grid.first_stage`), as ``--audit`` runs it. TAD's audit reads the 20 experts of
+    the label set's TAD buffer (:func:`~.grid.audit_buffer`, the grid's own: no tag, seed 0): when that buffer is
+    not finished under ``--out``, its job joins ``buffers`` and the audit waits for it in ``after``.
+
+    Raises:
+        SystemExit: TAD's audit still to run under ``tag`` (``--tag``, or a budget other than the grid's): it belongs
+            to the grid's buffer, which a variant's settings must not train.
+    """
+    detector = first_stage(cell.arm)
+    if detector == "cleanlab":
+        return audit_commands(cell.noise, args.dataset, Path(args.out), args.cifar_n, args.budget, args.set)[job]
+    out, buf = Path(args.out), audit_buffer(cell.noise)
+    if tag is not None:
+        raise SystemExit(f"--cell {cell.name}: its first stage, {job}, audits with the experts of the grid's own "
+                         f"{buf} and has not finished under --out {out}; run it first without --tag and --budget "
+                         f"(--cell {cell.name}), then the variant reads it")
+    trained, buffer_job = buffer_dir(out, buf) / "buffer", f"buffer-{buf}"
+    if buffer_job not in buffers and not buffer_ready(trained, experts):
+        buffers[buffer_job] = (buf, buffer_command(buf, args.dataset, out, args.cifar_n, args.budget, args.set))
+    if buffer_job in buffers:
+        after[job] = [buffer_job]
+    return audit_commands(cell.noise, args.dataset, out, args.cifar_n, args.budget, args.set, trained)[job]
 
 
 def job_lines(jobs: Mapping[str, list[str]], after: Mapping[str, list[str]], per_gpu: int) -> list[str]:
