@@ -18,7 +18,7 @@ def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
     (tmp_path / "asym40-tad.json").write_text(json.dumps(done))  # an earlier name of mtt-ipc10-asym40-tad
     (tmp_path / "mtt-ipc1-sym20-tad.json").write_text(json.dumps({"results": {}, "config": {}}))  # unfinished
     text = queue.queue(tmp_path)
-    assert "128 of 130 cells left" in text
+    assert "136 of 138 cells left" in text
     heads = [line for line in text.splitlines() if line.startswith("## ")]
     assert [h.split(". ")[0] for h in heads] == ["## 1", "## 2", "## 3", "## 4", "## 5", "## 6", "## 7"]
     assert heads[0].startswith("## 1. MTT") and heads[1].startswith("## 2. Table 3") and "ATT" in heads[2]
@@ -30,7 +30,7 @@ def test_the_queue_lists_the_cells_left_in_order_with_their_commands(tmp_path):
     assert "--cell datm-ipc10-sym20-noisy" in text.split("## 6.")[1]
     assert "--cifar-n" in text.split("## 4.")[1].split("## 5.")[0]
     cells_listed = [w for line in text.splitlines() for w in line.split() if w in grid.cells()]
-    assert len(cells_listed) == len(set(cells_listed)) == 128  # each cell left in one batch
+    assert len(cells_listed) == len(set(cells_listed)) == 136  # each cell left in one batch
     batch1 = next(line for line in text.splitlines() if line.startswith("- batch 1:"))
     # both arms in one window, and ATT's cells that read the same buffers beside them
     assert batch1.startswith("- batch 1: 5 cells (2 of them of later sections, reading the same buffers), about ")
@@ -56,6 +56,37 @@ def test_riders_join_a_batch_only_through_its_buffers_and_within_the_window():
     three = queue.estimate(queue.batch_jobs(pair + riders[:1]))
     assert took < three < queue.estimate(queue.batch_jobs(pair + riders))
     assert queue.with_riders(pair, took, riders, window=three) == (pair + riders[:1], three)
+
+
+def test_the_tad_audit_arms_cost_their_first_stage_the_tad_buffer_once_and_stay_together():
+    pair = ["mtt-ipc10-sym40-tadprune", "mtt-ipc10-sym40-tadrelabel"]
+    jobs = queue.batch_jobs(pair)
+    assert [(j.name, j.after) for j in jobs] == [
+        ("extractor", None), ("buffer-sym40-tad-sgd-zca", None), ("audit-sym40-tad20", "buffer-sym40-tad-sgd-zca"),
+        ("buffer-sym40-tadprune-sgd-zca", "audit-sym40-tad20"), (pair[0], "buffer-sym40-tadprune-sgd-zca"),
+        ("buffer-sym40-tadrelabel-sgd-zca", "audit-sym40-tad20"), (pair[1], "buffer-sym40-tadrelabel-sgd-zca")]
+    assert jobs[2].work == queue.TAD_AUDIT_S
+    tad_buffer = next(j for j in jobs if j.name == "buffer-sym40-tad-sgd-zca")
+    assert tad_buffer.pause_at is not None  # its inner loop waits for the extractor trained beside it
+    # the first stage costs: the TAD buffer's training and the audit pass, more than cleanlab's run
+    stage = tad_buffer.work + queue.TAD_AUDIT_S
+    cleanlab = queue.estimate(queue.batch_jobs(["mtt-ipc10-sym40-prune", "mtt-ipc10-sym40-relabel"]))
+    alone = queue.estimate(queue.batch_jobs(pair, extractor=False))
+    assert alone == pytest.approx(cleanlab - queue.CLEANLAB_S + stage, abs=2)
+    assert queue.simulate(queue.batch_jobs(pair))[1] == 2  # the TAD buffer trains before the two, not beside
+    # a batch that trains the TAD buffer for its own cell trains it once for both
+    names = [j.name for j in queue.batch_jobs(["mtt-ipc10-sym40-tad", *pair])]
+    assert names.count("buffer-sym40-tad-sgd-zca") == 1 and names.index("audit-sym40-tad20") > names.index(
+        "buffer-sym40-tad-sgd-zca")
+    # the two arms stay in one batch even over the window, and ride together or not at all
+    assert queue.batches(pair, window=60.0) == [(pair, queue.estimate(jobs))]
+    att = ["att-ipc1-sym40-noisy", "att-ipc1-sym40-tad"]
+    took = queue.estimate(queue.batch_jobs(att))
+    assert queue.reads(pair[0]) == {"sym40-tadprune-sgd-zca", "sym40-tad-sgd-zca"}
+    both = queue.estimate(queue.batch_jobs(att + pair))
+    assert queue.with_riders(att, took, pair, window=both) == (att + pair, both)
+    assert queue.with_riders(att, took, pair, window=both - 1) == (att, took)
+    assert queue.with_riders(att, took, ["mtt-ipc10-sym40-prune"], window=1e9) == (att, took)  # cleanlab's: no
 
 
 def test_estimate_shares_the_gpu_between_saturating_jobs_and_pauses_tad_buffers_for_the_extractor():
@@ -170,7 +201,7 @@ def test_another_budgets_queue_counts_its_own_records_and_has_no_detection_rows(
     (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(done))       # the short budget's record
     (tmp_path / "mtt-ipc10-sym40-noisy-long.json").write_text(json.dumps(done))  # the long budget's
     text = queue.queue(tmp_path, budget="long")
-    assert "129 of 130 cells left" in text and "named `<cell>-long`" in text
+    assert "137 of 138 cells left" in text and "named `<cell>-long`" in text
     assert "--cell mtt-ipc10-sym40-tad" in text and "--cell mtt-ipc10-sym40-noisy" not in text
     assert "Label-audit detection rows" not in text and "--audit" not in text
     assert queue.finished("mtt-ipc10-sym40-tad", tmp_path) and not queue.finished("mtt-ipc10-sym40-tad", tmp_path,

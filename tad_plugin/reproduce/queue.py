@@ -30,6 +30,7 @@ from .grid import (
     buffer_command,
     buffer_of,
     cells,
+    first_stage,
     needs_cifar_n,
     needs_extractor,
     parse_buffer,
@@ -48,7 +49,7 @@ QUEUE_ORDER: tuple[tuple[str, Callable[[Cell], bool]], ...] = (
      lambda c: (c.method, c.ipc) == ABLATION_CELLS[:2] and c.noise in ABLATION_CELLS[2]),
     ("ATT from MTT's buffers (distillation only)", lambda c: c.method == "att" and c.noise != "c10n-worst"),
     ("CIFAR-10N worst: MTT and ATT", lambda c: c.noise == "c10n-worst" and c.method in ("mtt", "att")),
-    ("Two-stage baselines: cleanlab, then MTT", lambda c: c.arm in TWO_STAGE_ARMS),
+    ("Two-stage baselines: cleanlab or TAD's audit, then MTT", lambda c: c.arm in TWO_STAGE_ARMS),
     ("FTD and DATM rows", lambda c: c.method in ("ftd", "datm")),
 )
 
@@ -73,9 +74,10 @@ def finished(cell: str, results: Path, budget: str = GRID_BUDGET) -> bool:
 #: batches recorded under results/cifar10/batches/ are set beside their estimates on the queue page); the inner
 #: loop's work for the first expert group (compiling the anchors' matching step, embedding the training set,
 #: distilling the anchors) and for each later group (its anchors only: the compiled step is kept per process; an
-#: estimate until a multi-group run's phases.json measures it); the two-stage cells' first stage (cleanlab's 5 fold
-#: models, one at a time); the extractor's start and final evaluation beyond its training budget; the window a batch
-#: must fit.
+#: estimate until a multi-group run's phases.json measures it); the two-stage cells' first stage: cleanlab's 5 fold
+#: models, one at a time, or TAD's audit pass with the 20 trained experts of the TAD buffer (TAD_AUDIT_S, beside the
+#: training of that buffer when the batch does not train it anyway); the extractor's start and final evaluation
+#: beyond its training budget; the window a batch must fit.
 EXPERT_EPOCH_S = 0.35
 BUFFER_START_S = 30.0
 TAD_BUFFER_FACTOR = 1.0
@@ -89,10 +91,14 @@ DISTILL_FIXED_SHARE = 0.55
 ANCHORS_S = 110.0
 ANCHORS_LATER_S = 40.0
 CLEANLAB_S = 95.0
+#: a process start like a buffer's (BUFFER_START_S), forward passes of 5 snapshots x 20 experts over the training set
+#: (about a third of an expert-epoch each), the division, and the table, report and pruned copy written: an estimate
+#: until an audit-<noise>-tad20 record measures it
+TAD_AUDIT_S = 60.0
 EXTRACTOR_EXTRA_S = 20.0
 WINDOW_S = 25 * 60.0
-#: Jobs at once in a batch, and the buffers a batch trains: 80 GB holds two 20-expert buffers at once, not four;
-#: the extractor is the third job, a distillation the fourth.
+#: Jobs at once in a batch, and the buffers a batch trains at once: 80 GB holds two 20-expert buffers at once, not
+#: four; the extractor is the third job, a distillation the fourth.
 QUEUE_JOBS = 4
 QUEUE_BUFFERS = 2
 
@@ -137,23 +143,37 @@ def batch_jobs(names: Sequence[str], budget: str = "short", features_s: float = 
     """The jobs a ``--cell`` run of ``names`` starts on a fresh machine (every buffer trained, the extractor
     too when a buffer needs it and ``extractor``), in :func:`plan`'s order, with :func:`estimate`'s costs: the
     anchors once per expert group, a distillation's iteration share (1 - :data:`DISTILL_FIXED_SHARE`) scaled to
-    ``budget``'s iterations (the planning figures are the short budget's)."""
+    ``budget``'s iterations (the planning figures are the short budget's); a two-stage buffer after its first stage
+    (:func:`~.grid.first_stage`, once per label set and detector): cleanlab's :data:`CLEANLAB_S`, or TAD's audit
+    pass :data:`TAD_AUDIT_S` after the training of its TAD buffer (:func:`~.grid.audit_buffer`; one job with the
+    batch's own training of that buffer)."""
     experts, group, iterations = sizes(budget)[:3]
     distill = DISTILL_FIXED_SHARE + (1 - DISTILL_FIXED_SHARE) * iterations / sizes("short")[2]
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(buffer_of(cells()[name]), []).append(name)
-    needs = extractor and any(needs_extractor(b, ()) for b in groups)
+    stages = {buf: (noise, first_stage(arm)) for buf in groups for noise, arm, _, _ in [parse_buffer(buf)]
+              if arm in TWO_STAGE_ARMS}
+    trained = [*groups, *(audit_buffer(noise) for noise, detector in stages.values() if detector != "cleanlab")]
+    needs = extractor and any(needs_extractor(b, ()) for b in trained)
     jobs = [_SimJob("extractor", True, features_s + EXTRACTOR_EXTRA_S)] if needs else []
+
+    def add_buffer(buf: str, after: str | None = None) -> None:
+        if all(j.name != f"buffer-{buf}" for j in jobs):
+            work, pause = _training(buf, budget, experts, group, needs)
+            jobs.append(_SimJob(f"buffer-{buf}", True, work, after=after, pause_at=pause))
+
     for buf, members in groups.items():
-        noise, arm, _, _ = parse_buffer(buf)
-        work, pause = _training(buf, budget, experts, group, needs)
         stage_one = None
-        if arm in TWO_STAGE_ARMS:  # the first stage (cleanlab), once per noise setting
-            stage_one = audit_job(noise, "cleanlab")
-            if all(j.name != stage_one for j in jobs):
+        if buf in stages:  # the first stage, once per noise setting and detector
+            noise, detector = stages[buf]
+            stage_one = audit_job(noise, detector)
+            if all(j.name != stage_one for j in jobs) and detector == "cleanlab":
                 jobs.append(_SimJob(stage_one, False, CLEANLAB_S))
-        jobs.append(_SimJob(f"buffer-{buf}", True, work, after=stage_one, pause_at=pause))
+            elif all(j.name != stage_one for j in jobs):
+                add_buffer(audit_buffer(noise))
+                jobs.append(_SimJob(stage_one, False, TAD_AUDIT_S, after=f"buffer-{audit_buffer(noise)}"))
+        add_buffer(buf, stage_one)
         jobs += [_SimJob(n, False, DISTILL_S[cells()[n].ipc] * DISTILL_METHOD_FACTOR.get(cells()[n].method, 1.0)
                          * distill, after=f"buffer-{buf}") for n in members]
     return jobs
@@ -198,7 +218,13 @@ def estimate(jobs: Sequence[_SimJob], slots: int = QUEUE_JOBS, step: float = 1.0
     the extractor ask for all of it, a distillation for :data:`DISTILL_GPU_SHARE`) and each advances by its share
     over its demand (the extractor trains for its wall-clock budget whatever its share); a TAD buffer stops at its
     ``pause_at`` until the extractor ends, asking for nothing meanwhile."""
+    return simulate(jobs, slots, step)[0]
+
+
+def simulate(jobs: Sequence[_SimJob], slots: int = QUEUE_JOBS, step: float = 1.0) -> tuple[float, int]:
+    """:func:`estimate`'s seconds, and the most buffers (``buffer-`` jobs) it has training at once (GPU memory)."""
     jobs = [_SimJob(**{**j.__dict__, "done": 0.0}) for j in jobs]
+    peak = 0
     ended: set[str] = set()
     running: list[_SimJob] = []
     pending = list(jobs)
@@ -207,6 +233,7 @@ def estimate(jobs: Sequence[_SimJob], slots: int = QUEUE_JOBS, step: float = 1.0
         for job in [j for j in pending if j.after is None or j.after in ended][:max(0, slots - len(running))]:
             pending.remove(job)
             running.append(job)
+        peak = max(peak, sum(j.name.startswith("buffer-") for j in running))
         if not running:
             raise ValueError("a job waits for one that is not in the batch")
         active = [j for j in running
@@ -219,18 +246,19 @@ def estimate(jobs: Sequence[_SimJob], slots: int = QUEUE_JOBS, step: float = 1.0
         for j in [j for j in running if j.done >= j.work - 1e-9]:
             running.remove(j)
             ended.add(j.name)
-    return t
+    return t, peak
 
 
 def batches(names: Sequence[str], budget: str = "short", window: float = WINDOW_S) -> list[tuple[list[str], float]]:
     """``names`` (cells in the queue's order) cut into batches for one GPU window each, with their
     :func:`estimate`: the cells that share buffers of a noise setting, recipe and preprocessing go together with
     both arms (a noisy cell beside its TAD pair) while the estimate fits ``window``; a group that does not fit
-    alone is split by arm; a single arm that still does not fit gets a batch of its own (its estimate says it).
-    A batch trains at most :data:`QUEUE_BUFFERS` buffers (GPU memory)."""
+    alone is split by arm (:func:`piece`: the two arms of TAD's audit stay together); a single piece that still
+    does not fit gets a batch of its own (its estimate says it). A batch trains at most :data:`QUEUE_BUFFERS` buffers at once (GPU memory; a two-stage buffer starts after its
+    first stage, so after the TAD buffer of a TAD audit)."""
     def fits(names: list[str]) -> tuple[bool, float]:
-        took = estimate(batch_jobs(names, budget))
-        return took <= window and len({buffer_of(cells()[n]) for n in names}) <= QUEUE_BUFFERS, took
+        took, peak = simulate(batch_jobs(names, budget))
+        return took <= window and peak <= QUEUE_BUFFERS, took
 
     units: dict[tuple, list[str]] = {}
     for name in names:
@@ -251,9 +279,9 @@ def batches(names: Sequence[str], budget: str = "short", window: float = WINDOW_
             current = []
             todo.insert(0, unit)
             continue
-        arms = list(dict.fromkeys(cells()[n].arm for n in unit))
-        if len(arms) > 1 and (took > window or len(unit) > 1):
-            todo[:0] = [[n for n in unit if cells()[n].arm == a] for a in arms]
+        pieces = list(dict.fromkeys(piece(n) for n in unit))
+        if len(pieces) > 1 and (took > window or len(unit) > 1):
+            todo[:0] = [[n for n in unit if piece(n) == p] for p in pieces]
             continue
         out.append((unit, took))
     if current:
@@ -261,19 +289,44 @@ def batches(names: Sequence[str], budget: str = "short", window: float = WINDOW_
     return out
 
 
+def piece(cell: str) -> str:
+    """What keeps ``cell`` in one batch with others of its buffer group (:func:`batches`, :func:`with_riders`): its
+    arm, or for a two-stage arm whose first stage is TAD's audit that stage's detector, shared by both such arms
+    (split, each batch would train the TAD buffer the audit reads again)."""
+    arm = cells()[cell].arm
+    return first_stage(arm) if arm in TWO_STAGE_ARMS and first_stage(arm) != "cleanlab" else arm
+
+
+def reads(cell: str) -> set[str]:
+    """The buffers whose experts the cell ``cell`` needs: its own, and for a two-stage arm whose first stage is
+    TAD's audit the TAD buffer that audit reads (:func:`~.grid.audit_buffer`)."""
+    c = cells()[cell]
+    own = {buffer_of(c)}
+    if c.arm in TWO_STAGE_ARMS and first_stage(c.arm) != "cleanlab":
+        own.add(audit_buffer(c.noise))
+    return own
+
+
 def with_riders(names: list[str], took: float, candidates: Sequence[str], budget: str = "short",
                 window: float = WINDOW_S) -> tuple[list[str], float]:
     """``names`` (a batch of :func:`batches`) with each of ``candidates`` (cells of later queue sections, in
-    order) that reads one of the batch's buffers added while the estimate stays within ``window`` (or within
-    ``took`` for a batch already over it): a buffer lives on the machine that trained it only, so a cell
-    distilled from it in the same batch costs its distillation alone, later a second training of the buffer.
-    Returns the batch and its estimate."""
+    order) that reads one of the batch's buffers (:func:`reads`: a TAD-audit two-stage cell the TAD buffer of its
+    first stage too; those of one :func:`piece`, noise setting, recipe and preprocessing together) added while the
+    estimate stays within ``window`` (or within ``took`` for a batch already over
+    it) and the batch trains at most :data:`QUEUE_BUFFERS` buffers at once: a buffer lives on the machine that
+    trained it only, so a cell distilled from it in the same batch costs its distillation alone (a TAD-audit
+    two-stage cell its audit pass, buffer and distillation), later a second training of the buffer. Returns the
+    batch and its estimate."""
     bufs = {buffer_of(cells()[n]) for n in names}
+    riders: dict[tuple, list[str]] = {}  # a TAD-audit arm's cells of one noise, recipe and preprocessing together
     for cand in candidates:
-        if buffer_of(cells()[cand]) in bufs:
-            trial = estimate(batch_jobs(names + [cand], budget))
-            if trial <= max(window, took):
-                names, took = names + [cand], trial
+        if reads(cand) & bufs:
+            c = cells()[cand]
+            riders.setdefault((c.noise, *parse_buffer(buffer_of(c))[2:], piece(cand)), []).append(cand)
+    for group in riders.values():
+        trial, peak = simulate(batch_jobs(names + group, budget))
+        if trial <= max(window, took) and peak <= QUEUE_BUFFERS:
+            names, took = names + group, trial
     return names, took
 
 
