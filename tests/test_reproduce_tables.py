@@ -33,12 +33,32 @@ def test_the_page_shows_the_two_stage_cells_beside_the_noisy_and_tad_ones(tmp_pa
     lines = tables.two_stage_lines(tmp_path)
     row = next(line for line in lines if line.startswith("| 10 | sym40 |"))
     assert "[50.0](" in row and "[53.0](" in row and "(+3.0)" in row and "(+2.0)" in row and "(+6.0)" in row
-    assert next(line for line in lines if line.startswith("| 50 | sym20 |")).count("not run") == 4
+    assert next(line for line in lines if line.startswith("| 50 | sym20 |")).count("not run") == 6
+    assert row.count("not run") == 2  # TAD's audit pipelines not run yet: marked so
+    assert tables.tad_audit_lines(tmp_path) == ["- not measured yet"]
     text = tables.page(tmp_path)
-    assert "### Two-stage baselines" in text
+    assert "### Two-stage baselines" in text and "(c) TAD audit prune, then MTT" in text
     assert "TAD at least as good as both cleanlab pipelines in every cell (the paper: TAD above C2D and " \
            "L2B-DivideMix): 1 of 1 measured hold; 3 not measured yet" in text
     assert tables.cell_words(grid.cells()["mtt-ipc10-sym40-prune"]).startswith("two-stage baseline: cleanlab prunes")
+    assert tables.cell_words(grid.cells()["mtt-ipc10-sym40-tadrelabel"]).startswith(
+        "two-stage baseline: TAD's audit relabels")
+    # TAD's audit pipelines measured: in the table, and set against one-pass TAD and cleanlab's of the same kind
+    for arm, acc in (("tadprune", 0.575), ("tadrelabel", 0.51)):
+        (tmp_path / f"mtt-ipc10-sym40-{arm}.json").write_text(json.dumps(
+            {"config": {"buffer": {"num_experts": 20}, "distill": {"iterations": 1000}},
+             "results": {"test_acc_mean": acc, "test_acc_std": 0.01}}))
+    row = next(line for line in tables.two_stage_lines(tmp_path) if line.startswith("| 10 | sym40 |"))
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    assert [re.sub(r"\]\([^)]*\)", "]", c) for c in cols[2:]] == [
+        "[50.0]", "[53.0] (+3.0)", "[52.0] (+2.0)", "[57.5] (+7.5)", "[51.0] (+1.0)", "[56.0] (+6.0)"]
+    assert tables.tad_audit_lines(tmp_path) == [
+        "- IPC 10, sym40: TAD's audit, then MTT: prune 57.5 / relabel 51.0; against MTT + TAD in one pass (56.0): "
+        "+1.5 / -5.0; against cleanlab's pipeline of the same kind (prune 53.0 / relabel 52.0): +4.5 / -1.0; best of "
+        "the measured: (c) TAD audit prune, then MTT (57.5)"]
+    text = tables.page(tmp_path)  # the paper's claim still sets one-pass TAD against cleanlab's pipelines only
+    assert "L2B-DivideMix): 1 of 1 measured hold; 3 not measured yet" in text
+    assert "- IPC 10, sym40: TAD's audit, then MTT: prune 57.5" in text
 
 
 def test_the_page_renders_the_tables_from_records_with_missing_cells_marked(tmp_path):

@@ -20,6 +20,7 @@ from .grid import (
     PAPER,
     PAPER_ABLATION,
     PAPER_READ_THROUGH_GLYPHS,
+    TWO_STAGE,
     TWO_STAGE_ARMS,
     TWO_STAGE_CELLS,
     Cell,
@@ -27,6 +28,7 @@ from .grid import (
     budget_text,
     cell_of_record,
     cells,
+    first_stage,
     record_name,
     sizes,
 )
@@ -304,24 +306,63 @@ def table_lines(results: Path, noises: Sequence[str], methods: Sequence[str]) ->
     return lines
 
 
+#: The two-stage table's columns: arm -> its heading ((a), (b): cleanlab's pipelines, (c), (d): TAD's audit's).
+TWO_STAGE_COLUMNS = {"noisy": "MTT (noisy labels)", "prune": "(a) cleanlab prune, then MTT",
+                     "relabel": "(b) cleanlab relabel, then MTT", "tadprune": "(c) TAD audit prune, then MTT",
+                     "tadrelabel": "(d) TAD audit relabel, then MTT", "tad": "MTT + TAD"}
+
+
 def two_stage_lines(results: Path) -> list[str]:
-    """The two-stage table: per IPC and noise setting, MTT on the noisy labels, the two cleanlab pipelines and MTT
-    + TAD, each with its gain over the noisy cell."""
+    """The two-stage table: per IPC and noise setting, MTT on the noisy labels, the two cleanlab pipelines, the two
+    pipelines with TAD's audit as the first stage and MTT + TAD, each with its gain over the noisy cell."""
     method, ipcs, noises = TWO_STAGE_CELLS
-    arms = ("noisy", *TWO_STAGE_ARMS, "tad")
-    lines = ["| IPC | noise | MTT (noisy labels) | (a) cleanlab prune, then MTT | (b) cleanlab relabel, then MTT | "
-             "MTT + TAD |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| IPC | noise | " + " | ".join(TWO_STAGE_COLUMNS.values()) + " |",
+             "| --- | --- |" + " ---: |" * len(TWO_STAGE_COLUMNS)]
     for ipc in ipcs:
         for noise in noises:
             noisy = measured(f"{method}-ipc{ipc}-{noise}-noisy", results)
             row = []
-            for arm in arms:
+            for arm in TWO_STAGE_COLUMNS:
                 m = measured(f"{method}-ipc{ipc}-{noise}-{arm}", results)
                 gain = (f" ({m.acc - noisy.acc:+.1f})" if arm != "noisy" and m.acc is not None
                         and noisy.acc is not None else "")
                 row.append(f"{m.text()}{gain}{off_budget(m)}")
             lines.append(f"| {ipc} | {noise} | " + " | ".join(row) + " |")
     return lines
+
+
+def tad_audit_lines(results: Path) -> list[str]:
+    """Per two-stage setting with a TAD-audit pipeline measured: its accuracies (prune / relabel) against MTT +
+    TAD in one pass and against cleanlab's pipeline of the same kind (prune against prune, relabel against
+    relabel), and the best of the row; one line saying nothing is measured yet otherwise."""
+    method, ipcs, noises = TWO_STAGE_CELLS
+    ours = [a for a in TWO_STAGE_ARMS if first_stage(a) != "cleanlab"]
+
+    def text(acc: float | None) -> str:
+        return "not run" if acc is None else f"{acc:.1f}"
+
+    def diff(a: float | None, b: float | None) -> str:
+        return "-" if a is None or b is None else f"{a - b:+.1f}"
+
+    lines = []
+    for ipc in ipcs:
+        for noise in noises:
+            acc = {arm: measured(f"{method}-ipc{ipc}-{noise}-{arm}", results).acc for arm in TWO_STAGE_COLUMNS}
+            if all(acc[a] is None for a in ours):
+                continue
+            same = {a: next(b for b in TWO_STAGE_ARMS if first_stage(b) == "cleanlab" and TWO_STAGE[b][1] ==
+                            TWO_STAGE[a][1]) for a in ours}
+            done = {a: v for a, v in acc.items() if v is not None}
+            best = max(done, key=done.__getitem__)
+            lines.append(f"- IPC {ipc}, {noise}: TAD's audit, then MTT: " + " / ".join(
+                f"{TWO_STAGE[a][1]} {text(acc[a])}" for a in ours)
+                + f"; against MTT + TAD in one pass ({text(acc['tad'])}): "
+                + " / ".join(diff(acc[a], acc["tad"]) for a in ours)
+                + "; against cleanlab's pipeline of the same kind (" + " / ".join(
+                    f"{TWO_STAGE[same[a]][1]} {text(acc[same[a]])}" for a in ours) + "): "
+                + " / ".join(diff(acc[a], acc[same[a]]) for a in ours)
+                + f"; best of the measured: {TWO_STAGE_COLUMNS[best]} ({done[best]:.1f})")
+    return lines or ["- not measured yet"]
 
 
 def ablation_cell(letter: str, noise: str) -> str:
@@ -407,7 +448,8 @@ def checks_lines(results: Path) -> list[str]:
     for i in ipcs:
         for n in noises:
             setting = f"{method}-ipc{i}-{n}"
-            tad, others = acc(f"{setting}-tad"), [acc(f"{setting}-{arm}") for arm in TWO_STAGE_ARMS]
+            tad, others = acc(f"{setting}-tad"), [acc(f"{setting}-{arm}") for arm in TWO_STAGE_ARMS
+                                                  if first_stage(arm) == "cleanlab"]
             two_stage.append((setting, None if tad is None or None in others else all(
                 tad >= o for o in others if o is not None)))
     return ["", "The paper's claims, checked at this budget:", "",
@@ -462,9 +504,15 @@ def page(results: Path) -> str:
              "The paper's Table 4 protocol (there on CIFAR-100, whose images are not available here), on CIFAR-10: "
              "confident learning (cleanlab, 5-fold out-of-sample probabilities of the ConvNet trained with MTT's "
              "expert recipe for 23 epochs) flags the labels it finds wrong; (a) MTT then distils from the samples it "
-             "keeps, (b) from every sample with its suggested labels. In brackets: the gain over MTT on the noisy "
+             "keeps, (b) from every sample with its suggested labels. (c) and (d) do the same after TAD's own audit "
+             "(`tad audit` with the 20 experts of the setting's TAD buffer of MTT's recipe with ZCA, for the IPC-50 "
+             "rows too: only its labels and the samples it keeps pass to stage two), to see whether TAD's audit "
+             "followed by fresh experts does better than TAD in one pass. In brackets: the gain over MTT on the noisy "
              "labels.", "",
-             *two_stage_lines(results)]
+             *two_stage_lines(results), "",
+             "TAD's audit as the first stage against TAD in one pass and against cleanlab's pipelines (differences "
+             "in points, prune / relabel):", "",
+             *tad_audit_lines(results)]
     lines += checks_lines(results)
     beyond: dict[str, list[str]] = {}
     for name, cell in grid.items():
@@ -523,7 +571,9 @@ def cell_words(cell: Cell) -> str:
     if cell.arm in ABLATION:
         return f"Table 3: configuration {cell.arm} (DATM at IPC {cell.ipc}, {cell.noise})"
     if cell.arm in TWO_STAGE_ARMS:
-        return (f"two-stage baseline: cleanlab {'prunes' if cell.arm == 'prune' else 'relabels'} the flagged "
+        detector, keeps = TWO_STAGE[cell.arm]
+        who = "cleanlab" if detector == "cleanlab" else "TAD's audit"
+        return (f"two-stage baseline: {who} {'prunes' if keeps == 'prune' else 'relabels'} the flagged "
                 f"samples, then {cell.method.upper()} at IPC {cell.ipc}, {cell.noise}")
     table = "Table 2" if cell.noise == "c10n-worst" else "Table 1"
     return f"{table}: {cell.method.upper()} at IPC {cell.ipc}, {cell.noise}, {'with' if cell.tad else 'without'} TAD"
