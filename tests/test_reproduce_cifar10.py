@@ -20,7 +20,7 @@ def test_cell_all_runs_every_cell_of_the_grid(monkeypatch):
     monkeypatch.setattr(repro.sys, "argv", ["reproduce_cifar10.py", "--cell", "all"])
     with pytest.raises(SystemExit) as exit_:
         repro.main()
-    assert exit_.value.code == 0 and seen["cells"] == list(grid.cells()) and len(seen["cells"]) == 130
+    assert exit_.value.code == 0 and seen["cells"] == list(grid.cells()) and len(seen["cells"]) == 138
 
 
 def test_audit_only_alone_runs_the_audits(monkeypatch):
@@ -39,7 +39,7 @@ def test_tad_reproduce_writes_the_queue_under_its_results_folder(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     assert main(["reproduce", "--queue", "--results", str(tmp_path / "mine")]) == 0
     queue = (tmp_path / "mine" / "cifar10" / "QUEUE.md").read_text()
-    assert "130 of 130 cells left" in queue and "--cell mtt-ipc1-sym20-noisy" in queue
+    assert "138 of 138 cells left" in queue and "--cell mtt-ipc1-sym20-noisy" in queue
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # nothing written beside it
     assert main(["reproduce"]) == 2
     assert "give --list, --cell CELL, --audit-only LABEL_SET, --queue or --page" in capsys.readouterr().err

@@ -24,9 +24,13 @@ CIFAR-10N worst human labels, ``--cifar-n``); arm ``noisy`` (the method on the n
 TAD). Table 3's configurations run on DATM at IPC 50 under asymmetric noise: ``datm-ipc50-asym40-B`` ... ``-E``
 switch TAD's parts (reverse-CE regulariser, outer loop, inner loop) as the paper's rows do; ``-A`` is the
 ``noisy`` cell and ``-F`` the ``tad`` cell (every part on), so those two run once. The two-stage baselines
-(the paper's Table 4 protocol) run MTT at IPC 10 and 50 under symmetric noise after cleanlab cleaned the labels:
-``mtt-ipc10-sym40-prune`` distils from the samples cleanlab does not flag, ``-relabel`` from all samples with
-its suggested labels; cleanlab's run (``<out>/audit/<noise>-cleanlab``) comes first, once per label set.
+(the paper's Table 4 protocol) run MTT at IPC 10 and 50 under symmetric noise after a label audit cleaned the
+labels: ``mtt-ipc10-sym40-prune`` distils from the samples cleanlab does not flag, ``-relabel`` from all samples
+with its suggested labels; cleanlab's run (``<out>/audit/<noise>-cleanlab``) comes first, once per label set.
+``-tadprune`` and ``-tadrelabel`` do the same after TAD's own audit with the 20 experts of the TAD buffer
+``<noise>-tad-sgd-zca`` (``<out>/audit/<noise>-tad20``, the IPC-50 cells too), which trains first, with the
+SimCLR extractor, when it is not finished; that audit is the grid's own, so a ``--tag`` or ``--budget`` variant
+of these cells runs once it has finished under ``--out``.
 ``--audit`` adds the label-audit detection table's rows (docs/label-audit.md) of the label set of each TAD buffer
 of MTT's recipe with ZCA that a run trains; ``--audit-only LABEL_SET`` runs only those rows, for a noise setting or
 for CIFAR-10N's aggre and random1 labels (``c10n-aggre``, ``c10n-random1``), which no cell uses.

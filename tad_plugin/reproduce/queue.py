@@ -322,7 +322,9 @@ def with_riders(names: list[str], took: float, candidates: Sequence[str], budget
     for cand in candidates:
         if reads(cand) & bufs:
             c = cells()[cand]
-            riders.setdefault((c.noise, *parse_buffer(buffer_of(c))[2:], piece(cand)), []).append(cand)
+            together = piece(cand) != c.arm  # TAD's audit's two arms
+            riders.setdefault((c.noise, *parse_buffer(buffer_of(c))[2:], piece(cand)) if together else (cand,),
+                              []).append(cand)
     for group in riders.values():
         trial, peak = simulate(batch_jobs(names + group, budget))
         if trial <= max(window, took) and peak <= QUEUE_BUFFERS:
@@ -367,7 +369,9 @@ def queue(results: Path, budget: str = "short") -> str:
              f"{BUFFER_START_S:.0f} s to start, a TAD buffer "
              f"at {TAD_BUFFER_FACTOR}x that plus {ANCHORS_S:.0f} s for its first expert group's anchors and "
              f"{ANCHORS_LATER_S:.0f} s for each later group's, waiting for the extractor where "
-             f"its inner loop first needs it, the extractor's {FEATURES_BUDGET_S:.0f} s, and "
+             f"its inner loop first needs it, the extractor's {FEATURES_BUDGET_S:.0f} s, a two-stage cell's first "
+             f"stage (cleanlab's {CLEANLAB_S:.0f} s, or the training of the TAD buffer whose experts TAD's audit reads "
+             f"and {TAD_AUDIT_S:.0f} s for the audit pass), and "
              + ", ".join(f"{DISTILL_S[i] / 60:.1f} min" for i in IPCS) + " per IPC 1 / 10 / 50 distillation with "
              "the GPU to itself (" + ", ".join(f"{m.upper()}'s {f}x that" for m, f in DISTILL_METHOD_FACTOR.items())
              + f"), of which it keeps {DISTILL_GPU_SHARE:.0%} busy (jobs at once split the GPU, each "
