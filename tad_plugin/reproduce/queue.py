@@ -254,8 +254,9 @@ def batches(names: Sequence[str], budget: str = "short", window: float = WINDOW_
     :func:`estimate`: the cells that share buffers of a noise setting, recipe and preprocessing go together with
     both arms (a noisy cell beside its TAD pair) while the estimate fits ``window``; a group that does not fit
     alone is split by arm (:func:`piece`: the two arms of TAD's audit stay together); a single piece that still
-    does not fit gets a batch of its own (its estimate says it). A batch trains at most :data:`QUEUE_BUFFERS` buffers at once (GPU memory; a two-stage buffer starts after its
-    first stage, so after the TAD buffer of a TAD audit)."""
+    does not fit gets a batch of its own (its estimate says it). A batch trains at most :data:`QUEUE_BUFFERS`
+    buffers at once (GPU memory; a two-stage buffer starts after its first stage, so after the TAD buffer of a TAD
+    audit)."""
     def fits(names: list[str]) -> tuple[bool, float]:
         took, peak = simulate(batch_jobs(names, budget))
         return took <= window and peak <= QUEUE_BUFFERS, took
