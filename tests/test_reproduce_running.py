@@ -310,6 +310,10 @@ def test_the_tad_audit_arms_train_the_tad_buffer_then_its_audit_then_their_buffe
         "buffer-sym40-tad-sgd-zca", "audit-sym40-tad20", "audit-sym40-cleanlab", "audit-sym40-tad5"]
     assert both["audit-sym40-tad20"] == stage and both_after["audit-sym40-tad20"] == ["buffer-sym40-tad-sgd-zca"]
     assert list(both).index("mtt-ipc10-sym40-tad") < list(both).index("audit-sym40-tad20")
+    # --audit with the TAD-audit arms alone: the TAD buffer they train for their first stage has its rows too
+    alone = running.plan(_args(tmp_path, cells, audit=True))[0]
+    assert [j for j in alone if j.startswith("audit-")] == ["audit-sym40-tad20", "audit-sym40-cleanlab",
+                                                              "audit-sym40-tad5"]
     # the TAD buffer finished under --out: the audit starts at once, reading it
     monkeypatch.setattr(running, "buffer_ready", lambda path, n: path == experts)
     jobs, after, _ = running.plan(_args(tmp_path, cells))

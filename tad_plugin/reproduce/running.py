@@ -40,7 +40,6 @@ from .grid import (
     grid_records,
     needs_cifar_n,
     needs_extractor,
-    parse_buffer,
     record_name,
     resolve_cells,
     resolve_label_sets,
@@ -442,8 +441,9 @@ def audit_jobs(args: argparse.Namespace, requested: Sequence[str], training: set
     ``--out``: job name -> (its label set, argv, the buffer job it waits for or None, whether it trains TAD
     experts), by detector in :data:`~.grid.AUDIT_DETECTORS`' order, then label set.
 
-    The label sets: with ``args.audit``, those whose TAD buffer of MTT's recipe with ZCA (:func:`~.grid.audit_buffer`)
-    one of the cells ``requested`` reads; then ``args.audit_only``'s. ``tad20`` audits with the experts of that
+    The label sets: with ``args.audit``, those whose TAD buffer of MTT's recipe with ZCA
+    (:func:`~.grid.audit_buffer`) one of the cells ``requested`` reads, or trains for TAD's audit as its first
+    stage; then ``args.audit_only``'s. ``tad20`` audits with the experts of that
     buffer when the buffer job is in ``training`` (it waits for it) or the buffer holds ``experts`` finished
     experts under ``--out``; else, and always for a label set of :data:`~.grid.AUDIT_ONLY_LABEL_SETS` (the grid
     trains no buffer on its labels), it trains its own.
@@ -454,11 +454,12 @@ def audit_jobs(args: argparse.Namespace, requested: Sequence[str], training: set
     """
     out = Path(args.out)
     label_sets = []
-    if args.audit:
-        for buf in dict.fromkeys(buffer_of(cells()[cell], args.set) for cell in requested):
-            noise = parse_buffer(buf)[0]
-            if audit_buffer(noise) == buf:
-                label_sets.append(noise)
+    if args.audit:  # the label sets whose TAD buffer the cells read, or train for TAD's audit as their first stage
+        for cell in map(cells().__getitem__, requested):
+            if audit_buffer(cell.noise) == buffer_of(cell, args.set) or (
+                    cell.arm in TWO_STAGE_ARMS and first_stage(cell.arm) != "cleanlab"):
+                label_sets.append(cell.noise)
+        label_sets = list(dict.fromkeys(label_sets))
     label_sets = list(dict.fromkeys([*label_sets, *resolve_label_sets(args.audit_only or [])]))
     if label_sets and (args.tag is not None or args.seeds != [0] or args.budget != GRID_BUDGET):
         raise SystemExit(f"--audit and --audit-only run the detection table's audits with the grid's own buffers at "
