@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from tad_plugin.files import atomic_write
+from tad_plugin.engine.trajectories import TrajectoryStore
+from tad_plugin.files import atomic_write, atomic_write_json
+from tad_plugin.plotting import pyplot, save_png
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "two_stage_digits"
 PAGE = ROOT / "results" / "two_stage_digits.md"
+FIGURE = ROOT / "results" / "two_stage_digits_experts.png"
 DEMO = ROOT / "tad_plugin" / "configs" / "demo.yaml"
 NOISE = ["--dataset", "digits", "--noise", "symmetric", "--noise-rate", "0.4"]
 CLEAN = ["--set", "data.noise=null", "--set", "data.noise_rate=0"]
@@ -86,8 +88,20 @@ def run_study(out: Path, seeds: list[int], results: Path) -> None:
             if not record.is_file():
                 print(f"seed {seed}: tad {' '.join(argv)}", flush=True)
                 subprocess.run([sys.executable, "-m", "tad_plugin.cli", *argv], check=True)
-            target = results / f"seed{seed}" / f"{name}.json"
-            atomic_write(target, lambda f, src=record: shutil.copyfileobj(src.open("rb"), f))
+            atomic_write_json(with_expert_curve(record), results / f"seed{seed}" / f"{name}.json")
+
+
+def with_expert_curve(record: Path) -> dict:
+    """The record ``record`` (a run's ``result_run.json`` or ``result_audit.json``), its buffer stage given the
+    experts' mean test accuracy per epoch (``expert_test_acc``) from the run's ``buffer/`` when the version of
+    tad_plugin that ran it did not record it (marked ``expert_test_acc_added``)."""
+    data = json.loads(record.read_text())
+    stage, buffer = data.get("stages", {}).get("buffer"), record.parent / "buffer"
+    if stage is not None and "expert_test_acc" not in stage and (buffer / "manifest.json").is_file():
+        curve = TrajectoryStore.open(buffer).test_accuracy().mean(0)
+        stage["expert_test_acc"] = [round(float(a), 4) for a in curve]
+        stage["expert_test_acc_added"] = "read from the run's buffer afterwards by reproduction/two_stage_digits.py"
+    return data
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -136,7 +150,8 @@ def page(results: Path) -> str:
                          f"{mean['flagged']:.0f} | {100 * mean['precision']:.1f} | {100 * mean['recall']:.1f} | "
                          f"{100 * mean['f1']:.1f} | {100 * mean['suggested_accuracy']:.1f} | "
                          f"{statistics.mean(r['wall_time_s'] for r in runs):.0f} |")
-    lines += ["", *claims(acc, seeds), "The same comparison on CIFAR-10 (cleanlab's pipelines against MTT + TAD, "
+    lines += ["", *claims(acc, seeds), *expert_section(recs, seeds)]
+    lines += ["The same comparison on CIFAR-10 (the two detectors' pipelines against MTT + TAD, "
               "on the GPU) is in [the grid's two-stage table](README.md#two-stage-baselines-clean-the-labels-then-"
               "distil).", "", "Commands (`reproduction/two_stage_digits.py` runs them for each seed N; "
               "`C=tad_plugin/configs/demo.yaml`):", "", "```bash"]
@@ -144,6 +159,62 @@ def page(results: Path) -> str:
         line = f"tad {' '.join(argv)}".replace(str(DEMO), "$C").replace(f"seed{seeds[0]}/", "seedN/")
         lines.append(line.replace(f"--seed {seeds[0]} --noise-seed {seeds[0]}", "--seed N --noise-seed N"))
     return "\n".join([*lines, "```", ""])
+
+
+#: The epochs after which the page lists the experts' test accuracy (the demo's experts train for 30).
+SHOWN_EPOCHS = (1, 3, 5, 10, 15, 17, 30)
+#: The pipelines whose expert curves the figure draws.
+DRAWN = ("noisy", "tad", "tad-relabel", "cleanlab-prune", "clean")
+
+
+def expert_curves(recs: dict[int, dict[str, dict]], seeds: list[int]) -> dict[str, list[float]]:
+    """Run name -> the experts' mean test accuracy (%) after each epoch, averaged over ``seeds``, for the
+    distillation runs whose records carry it on every seed."""
+    curves = {}
+    for name in ARMS:
+        got = [recs[s][name].get("stages", {}).get("buffer", {}).get("expert_test_acc") for s in seeds
+               if name in recs[s]]
+        if len(got) == len(seeds) and all(got):
+            curves[name] = [100 * statistics.mean(values) for values in zip(*got)]
+    return curves
+
+
+def expert_section(recs: dict[int, dict[str, dict]], seeds: list[int]) -> list[str]:
+    """The page's table of the experts' test accuracy along their training (and the figure of
+    :data:`DRAWN`'s curves, when matplotlib is installed), with the epochs distillation matches marked."""
+    curves = expert_curves(recs, seeds)
+    if not curves:
+        return []
+    distill = recs[seeds[0]]["noisy" if "noisy" in recs[seeds[0]] else next(iter(curves))]["config"]["distill"]
+    window = distill["max_start_epoch"] + distill["expert_epochs"]
+    shown = [e for e in SHOWN_EPOCHS if e <= len(next(iter(curves.values())))]
+    lines = [f"The experts' mean clean test accuracy (%) after each epoch, mean over the seeds (distillation "
+             f"matches segments that end by epoch {window}; marked *):", "",
+             "| pipeline | " + " | ".join(f"epoch {e}{'*' if e <= window else ''}" for e in shown)
+             + f" | mean over epochs 1-{window} |", "| --- |" + " ---: |" * (len(shown) + 1)]
+    for name, curve in curves.items():
+        lines.append(f"| {ARMS[name][0]} | " + " | ".join(f"{curve[e - 1]:.1f}" for e in shown)
+                     + f" | {statistics.mean(curve[:window]):.1f} |")
+    if all(n in curves for n in ("noisy", "tad", "tad-relabel")):
+        inside = {n: statistics.mean(curves[n][:window]) for n in ("noisy", "tad", "tad-relabel")}
+        lines += ["", f"Over the epochs distillation matches (1-{window}), one-pass TAD's experts average "
+                  f"{inside['tad']:.1f}%, against {inside['noisy']:.1f}% for the noisy experts and "
+                  f"{inside['tad-relabel']:.1f}% for fresh experts on TAD's audited labels; after the last epoch "
+                  f"{curves['tad'][-1]:.1f}% against {curves['noisy'][-1]:.1f}% and {curves['tad-relabel'][-1]:.1f}%."]
+    try:
+        plt = pyplot("the experts' figure")
+    except ImportError as exc:
+        print(f"no figure: {exc}", file=sys.stderr)
+        return [*lines, ""]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in (n for n in DRAWN if n in curves):
+        ax.plot(range(1, len(curves[name]) + 1), curves[name], label=ARMS[name][0])
+    ax.axvspan(0.5, window + 0.5, color="0.9", zorder=0, label=f"epochs distillation matches (1-{window})")
+    ax.set(xlabel="expert epoch", ylabel="experts' test accuracy (%)",
+           title=f"Digits, 40% symmetric noise: the experts along their training ({len(seeds)} seeds)")
+    ax.legend(fontsize=8)
+    save_png(fig, FIGURE)
+    return [*lines, "", f"![The experts' test accuracy along their training]({FIGURE.name})", ""]
 
 
 def claims(acc: dict[str, dict[int, float]], seeds: list[int]) -> list[str]:

@@ -275,6 +275,8 @@ def stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
     else:
         store = reuse
         info = {"experts": len(store.finished()), "reused": str(store.root), "reused_meta": store.meta}
+    # the experts' mean clean test accuracy after each epoch: how good the trajectories distillation matches are
+    info["expert_test_acc"] = [round(float(a), 4) for a in store.test_accuracy().mean(0)]
     phases = load_phases(store.root / PHASES_FILE)
     if phases is not None:  # where the experts' time went (the buffer's own training, also when reused here)
         info["phases"] = phases

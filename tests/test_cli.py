@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from tad_plugin.cli import DEMO_CONFIG, build_parser, config_from_args, main
+from tad_plugin.engine.trajectories import TrajectoryStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +37,11 @@ def test_quick_demo_runs_end_to_end(quick_demo, capsys):
         phases = record["stages"]["buffer"]["phases"]  # where the experts' time went
         assert phases["train"]["calls"] == phases["test"]["calls"] == record["config"]["buffer"]["epochs"]
         assert ("loss pass" in phases) == (row is tad)
+        # the experts' mean test accuracy after each epoch, from their files
+        store = TrajectoryStore.open(quick_demo / ("tad" if row is tad else "noisy") / "buffer")
+        expected = [round(float(a), 4) for a in store.test_accuracy().mean(0)]
+        assert record["stages"]["buffer"]["expert_test_acc"] == expected
+        assert len(expected) == record["config"]["buffer"]["epochs"] and all(0 < a <= 1 for a in expected)
         best = max(curve, key=lambda e: e["mean"])  # the papers' number: the best evaluation point
         assert record["results"]["test_acc_best_mean"] == best["mean"]
         assert record["results"]["best_iteration"] == best["iteration"]

@@ -52,6 +52,17 @@ def test_save_load_round_trip(tmp_path):
     assert payload["trusted_packed"].dtype == torch.uint8  # bit-packed
 
 
+def test_test_accuracy_stacks_the_experts_curves_in_the_order_asked(tmp_path):
+    store = make_store(tmp_path)
+    with pytest.raises(TrajectoryError, match="no finished experts; run `tad buffer` first"):
+        store.test_accuracy()
+    records = [make_record(i) for i in (0, 2)]
+    for rec in records:
+        store.save_expert(rec)
+    assert torch.equal(store.test_accuracy(), torch.stack([r.test_acc for r in records]))
+    assert torch.equal(store.test_accuracy([2]), records[1].test_acc[None])
+
+
 def test_record_without_tad(tmp_path):
     store = make_store(tmp_path)
     store.save_expert(make_record(0, tad=False))

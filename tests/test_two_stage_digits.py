@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "reproduction" / "two_stage_digits.py"
 spec = importlib.util.spec_from_file_location("two_stage_digits", SCRIPT)
@@ -76,3 +77,35 @@ def test_a_finished_run_is_not_run_again_and_its_record_is_copied(tmp_path, monk
 def test_page_without_records_says_what_to_run(tmp_path):
     with pytest.raises(ValueError, match="no records under .*: run the study first"):
         tsd.page(tmp_path)
+
+
+def test_expert_section_sets_the_matched_epochs_apart(tmp_path, monkeypatch):
+    monkeypatch.setattr(tsd, "FIGURE", tmp_path / "experts.png")
+    config = {"distill": {"max_start_epoch": 1, "expert_epochs": 1}}
+    curves = {"noisy": [0.5, 0.6, 0.7], "tad": [0.4, 0.6, 0.9], "tad-relabel": [0.8, 0.9, 0.95]}
+    recs = {s: {n: {"config": config, "stages": {"buffer": {"expert_test_acc": c}}} for n, c in curves.items()}
+            for s in (0, 1)}
+    text = "\n".join(tsd.expert_section(recs, [0, 1]))
+    assert "| pipeline | epoch 1* | epoch 3 | mean over epochs 1-2 |" in text  # epochs 1-2 matched, 3 shown
+    assert "| MTT + TAD, one pass | 40.0 | 90.0 | 50.0 |" in text
+    assert "one-pass TAD's experts average 50.0%, against 55.0% for the noisy experts and 85.0%" in text
+    if (tmp_path / "experts.png").is_file():  # with matplotlib
+        assert (tmp_path / "experts.png").read_bytes()[:4] == b"\x89PNG"
+    del recs[1]["tad"]  # a curve missing on one seed: no row
+    assert "one pass" not in "\n".join(tsd.expert_section(recs, [0, 1]))
+
+
+def test_a_record_without_the_expert_curve_gets_it_from_its_buffer(tmp_path):
+    from tad_plugin.engine.trajectories import ExpertRecord, TrajectoryStore
+
+    run = tmp_path / "tad"
+    store = TrajectoryStore.create(run / "buffer", param_shapes=[(2,)], epochs=2, num_train=3, num_classes=2,
+                                   meta={})
+    for i, acc in enumerate(([0.5, 0.7], [0.7, 0.9])):
+        store.save_expert(ExpertRecord(i, torch.zeros(3, 2), torch.tensor(acc), torch.zeros(2), None, None,
+                                       torch.zeros(1, dtype=torch.int64), torch.zeros(1, 3, dtype=torch.int64), i))
+    (run / "result_run.json").write_text(json.dumps({"stages": {"buffer": {"experts": 2}}}))
+    stage = tsd.with_expert_curve(run / "result_run.json")["stages"]["buffer"]
+    assert stage["expert_test_acc"] == [0.6, 0.8] and "afterwards" in stage["expert_test_acc_added"]
+    (run / "result_run.json").write_text(json.dumps({"stages": {"buffer": {"expert_test_acc": [0.1, 0.2]}}}))
+    assert tsd.with_expert_curve(run / "result_run.json")["stages"]["buffer"] == {"expert_test_acc": [0.1, 0.2]}

@@ -336,6 +336,15 @@ class TrajectoryStore:
             labels.append(p["labels"][-1].to(torch.int64))
         return votes / len(indices), torch.stack(labels).mode(dim=0).values
 
+    def test_accuracy(self, experts: Sequence[int] | None = None) -> torch.Tensor:
+        """float32 [E, T]: each expert's clean test accuracy (a fraction) after each of its T epochs, for
+        ``experts`` (None: every finished one), in that order. Reads only this field (memory-mapped). Raises
+        :class:`TrajectoryError` when there are no finished experts."""
+        indices = list(self.finished() if experts is None else experts)
+        if not indices:
+            raise TrajectoryError(f"{self.root} has no finished experts; run `tad buffer` first")
+        return torch.stack([self._load_payload(i, mmap=True)["test_acc"].float().clone() for i in indices])
+
     def preprocess_state(self) -> dict[str, Any] | None:
         """The saved Preprocessor state, or None if the store has none."""
         path = self.root / "preprocess.pt"
