@@ -432,6 +432,18 @@ def test_the_detail_page_says_where_the_time_went(tmp_path):
     assert "| experts | training steps | 60.0 | 23 |" in text and "TAD:" not in text
 
 
+def test_the_detail_page_shows_the_experts_along_their_training(tmp_path):
+    rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01},
+           "config": {"distill": {"max_start_epoch": 1, "expert_epochs": 1}},
+           "stages": {"buffer": {"expert_test_acc": [0.5, 0.625, 0.75]}}}
+    (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(rec))
+    text = detail(tmp_path, "mtt-ipc10-sym40-tad")
+    assert "distillation matches their parameters from epoch 0 to 2 (marked *)" in text
+    assert "| epoch | 1* | 2* | 3 |\n| --- | ---: | ---: | ---: |\n| accuracy | 50.0 | 62.5 | 75.0 |" in text
+    (tmp_path / "mtt-ipc10-sym40-noisy.json").write_text(json.dumps({"results": {}, "config": {}}))
+    assert "## Experts" not in detail(tmp_path, "mtt-ipc10-sym40-noisy")  # older records: no section
+
+
 def test_a_variant_names_the_settings_of_the_experiment_not_the_speed_route():
     """Two records that differ in how the step is computed (same values) and in one real setting: only the latter
     is a variant; a key the older record lacks is not either."""

@@ -367,6 +367,25 @@ PART_NAMES = {"train": "training steps", "test": "test passes", "loss pass": "TA
 DISTILL_NAMES = {"matching": "matching iterations (and checkpoints)", "evaluations": "evaluations"}
 
 
+def expert_lines(record: dict) -> list[str]:
+    """The "Experts" section: their mean clean test accuracy after each epoch (``stages.buffer.expert_test_acc``),
+    the epochs whose parameters distillation matches marked (from ``min_start_epoch`` to ``max_start_epoch +
+    expert_epochs``); [] for a record without it (older records)."""
+    curve = record.get("stages", {}).get("buffer", {}).get("expert_test_acc")
+    if not curve:
+        return []
+    distill = record.get("config", {}).get("distill", {})
+    first = distill.get("min_start_epoch", 0)
+    last = distill.get("max_start_epoch", 0) + distill.get("expert_epochs", 0)
+    epochs = range(1, len(curve) + 1)
+    return ["## Experts", "",
+            f"Their mean clean test accuracy (%) after each epoch; distillation matches their parameters from epoch "
+            f"{first} to {last} (marked *).", "",
+            "| epoch | " + " | ".join(f"{e}{'*' if first <= e <= last else ''}" for e in epochs) + " |",
+            "| --- |" + " ---: |" * len(curve),
+            "| accuracy | " + " | ".join(f"{100 * a:.1f}" for a in curve) + " |", ""]
+
+
 def time_lines(record: dict) -> list[str]:
     """The "Where the time went" section: the experts' phases (from the buffer the record trained or read) and
     the distillation's matching and evaluation seconds; [] when the record has neither."""
@@ -426,6 +445,7 @@ def detail_page(name: str, record: dict, results: Path, about: str, index: Path)
         if plot_record(record, png, name):
             lines += [f"![accuracy curve]({png.name})", ""]
     lines += trusted_lines(name, record, results, here)
+    lines += expert_lines(record)
     lines += time_lines(record)
     lines += ["## Provenance", "", *_table(provenance_rows(record), ("field", "value")), ""]
     note = clean_notes(record.get("note", ""))
