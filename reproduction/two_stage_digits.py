@@ -162,7 +162,7 @@ def page(results: Path) -> str:
 
 
 #: The epochs after which the page lists the experts' test accuracy (the demo's experts train for 30).
-SHOWN_EPOCHS = (1, 3, 5, 10, 15, 17, 30)
+SHOWN_EPOCHS = (1, 3, 5, 10, 16, 20, 30)
 #: The pipelines whose expert curves the figure draws.
 DRAWN = ("noisy", "tad", "tad-relabel", "cleanlab-prune", "clean")
 
@@ -186,7 +186,7 @@ def expert_section(recs: dict[int, dict[str, dict]], seeds: list[int]) -> list[s
     if not curves:
         return []
     distill = recs[seeds[0]]["noisy" if "noisy" in recs[seeds[0]] else next(iter(curves))]["config"]["distill"]
-    window = distill["max_start_epoch"] + distill["expert_epochs"]
+    window = distill["max_start_epoch"] - 1 + distill["expert_epochs"]  # starts are drawn below max_start_epoch
     shown = [e for e in SHOWN_EPOCHS if e <= len(next(iter(curves.values())))]
     lines = [f"The experts' mean clean test accuracy (%) after each epoch, mean over the seeds (distillation "
              f"matches segments that end by epoch {window}; marked *):", "",

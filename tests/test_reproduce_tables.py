@@ -434,7 +434,7 @@ def test_the_detail_page_says_where_the_time_went(tmp_path):
 
 def test_the_detail_page_shows_the_experts_along_their_training(tmp_path):
     rec = {"results": {"test_acc_mean": 0.6, "test_acc_std": 0.01},
-           "config": {"distill": {"max_start_epoch": 1, "expert_epochs": 1}},
+           "config": {"distill": {"max_start_epoch": 2, "expert_epochs": 1}},  # starts 0-1, targets up to 2
            "stages": {"buffer": {"expert_test_acc": [0.5, 0.625, 0.75]}}}
     (tmp_path / "mtt-ipc10-sym40-tad.json").write_text(json.dumps(rec))
     text = detail(tmp_path, "mtt-ipc10-sym40-tad")

@@ -81,7 +81,7 @@ def test_page_without_records_says_what_to_run(tmp_path):
 
 def test_expert_section_sets_the_matched_epochs_apart(tmp_path, monkeypatch):
     monkeypatch.setattr(tsd, "FIGURE", tmp_path / "experts.png")
-    config = {"distill": {"max_start_epoch": 1, "expert_epochs": 1}}
+    config = {"distill": {"max_start_epoch": 2, "expert_epochs": 1}}  # starts 0-1: segments end by epoch 2
     curves = {"noisy": [0.5, 0.6, 0.7], "tad": [0.4, 0.6, 0.9], "tad-relabel": [0.8, 0.9, 0.95]}
     recs = {s: {n: {"config": config, "stages": {"buffer": {"expert_test_acc": c}}} for n, c in curves.items()}
             for s in (0, 1)}

@@ -369,14 +369,14 @@ DISTILL_NAMES = {"matching": "matching iterations (and checkpoints)", "evaluatio
 
 def expert_lines(record: dict) -> list[str]:
     """The "Experts" section: their mean clean test accuracy after each epoch (``stages.buffer.expert_test_acc``),
-    the epochs whose parameters distillation matches marked (from ``min_start_epoch`` to ``max_start_epoch +
-    expert_epochs``); [] for a record without it (older records)."""
+    the epochs whose parameters distillation matches marked (from ``min_start_epoch`` to ``max_start_epoch - 1 +
+    expert_epochs``: starts are drawn below ``max_start_epoch``); [] for a record without it (older records)."""
     curve = record.get("stages", {}).get("buffer", {}).get("expert_test_acc")
     if not curve:
         return []
     distill = record.get("config", {}).get("distill", {})
     first = distill.get("min_start_epoch", 0)
-    last = distill.get("max_start_epoch", 0) + distill.get("expert_epochs", 0)
+    last = distill.get("max_start_epoch", 1) - 1 + distill.get("expert_epochs", 0)  # starts below max_start_epoch
     epochs = range(1, len(curve) + 1)
     return ["## Experts", "",
             f"Their mean clean test accuracy (%) after each epoch; distillation matches their parameters from epoch "
