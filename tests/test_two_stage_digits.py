@@ -52,6 +52,10 @@ def test_page_tables_and_claims_from_fixture_records(tmp_path):
     assert "| cleanlab, 5 folds | 500 | 90.0 | 90.0 | 90.0 | 80.0 | 15 |" in text
     assert "every two-stage pipeline ends above MTT + TAD in one pass: the two-stage mean is 2.5 to 2.5" in text
     assert "One pass closes 33% of the gap" in text and "Of the one-pass variants" not in text  # none recorded
+    assert "initialised from noise" not in text
+    _records(tmp_path, [0, 1], {"noisy-noiseinit": 0.85, "tad-noiseinit": 0.86})
+    text = tsd.page(tmp_path)
+    assert "+2.00 points with the images initialised from real samples" in text and "+1.00 with both" in text
     for name in [n for n in tsd.ARMS if n.startswith("tad-") and n not in acc]:  # below tad: tad is the best
         _records(tmp_path, [0, 1], {name: 0.91})
     said = "none reaches the two-stage mean on any seed: the best of them per seed ends 2.5 to 2.5 points below"
@@ -82,12 +86,13 @@ def test_page_without_records_says_what_to_run(tmp_path):
 def test_expert_section_sets_the_matched_epochs_apart(tmp_path, monkeypatch):
     monkeypatch.setattr(tsd, "FIGURE", tmp_path / "experts.png")
     config = {"distill": {"max_start_epoch": 2, "expert_epochs": 1}}  # starts 0-1: segments end by epoch 2
-    curves = {"noisy": [0.5, 0.6, 0.7], "tad": [0.4, 0.6, 0.9], "tad-relabel": [0.8, 0.9, 0.95]}
+    curves = {"noisy": [0.5, 0.6, 0.7], "tad": [0.4, 0.6, 0.9], "tad-min5": [0.4, 0.6, 0.9],  # tad's experts
+              "tad-relabel": [0.8, 0.9, 0.95]}
     recs = {s: {n: {"config": config, "stages": {"buffer": {"expert_test_acc": c}}} for n, c in curves.items()}
             for s in (0, 1)}
     text = "\n".join(tsd.expert_section(recs, [0, 1]))
     assert "| pipeline | epoch 1* | epoch 3 | mean over epochs 1-2 |" in text  # epochs 1-2 matched, 3 shown
-    assert "| MTT + TAD, one pass | 40.0 | 90.0 | 50.0 |" in text
+    assert "| MTT + TAD, one pass | 40.0 | 90.0 | 50.0 |" in text and "warm-up (epoch 5)" not in text
     assert "one-pass TAD's experts average 50.0%, against 55.0% for the noisy experts and 85.0%" in text
     if (tmp_path / "experts.png").is_file():  # with matplotlib
         assert (tmp_path / "experts.png").read_bytes()[:4] == b"\x89PNG"
