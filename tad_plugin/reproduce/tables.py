@@ -508,7 +508,8 @@ def page(results: Path) -> str:
              "(`tad audit` with the 20 experts of the setting's TAD buffer of MTT's recipe with ZCA, for the IPC-50 "
              "rows too: only its labels and the samples it keeps pass to stage two), to see whether TAD's audit "
              "followed by fresh experts does better than TAD in one pass. In brackets: the gain over MTT on the noisy "
-             "labels.", "",
+             "labels. The same protocol on digits, over three seeds and with the experts' accuracy along their "
+             "training: [two_stage_digits.md](two_stage_digits.md).", "",
              *two_stage_lines(results), "",
              "TAD's audit as the first stage against TAD in one pass and against cleanlab's pipelines (differences "
              "in points, prune / relabel):", "",
