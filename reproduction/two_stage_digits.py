@@ -28,6 +28,7 @@ from pathlib import Path
 from tad_plugin.engine.trajectories import TrajectoryStore
 from tad_plugin.files import atomic_write, atomic_write_json
 from tad_plugin.plotting import pyplot, save_png
+from tad_plugin.runs import expert_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "two_stage_digits"
@@ -103,8 +104,7 @@ def with_expert_curve(record: Path) -> dict:
     data = json.loads(record.read_text())
     stage, buffer = data.get("stages", {}).get("buffer"), record.parent / "buffer"
     if stage is not None and "expert_test_acc" not in stage and (buffer / "manifest.json").is_file():
-        curve = TrajectoryStore.open(buffer).test_accuracy().mean(0)
-        stage["expert_test_acc"] = [round(float(a), 4) for a in curve]
+        stage["expert_test_acc"] = expert_curve(TrajectoryStore.open(buffer))
         stage["expert_test_acc_added"] = "read from the run's buffer afterwards by reproduction/two_stage_digits.py"
     return data
 

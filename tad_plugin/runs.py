@@ -56,6 +56,7 @@ __all__ = [
     "check_run",
     "config_from_args",
     "cpu_threads",
+    "expert_curve",
     "json_safe",
     "method_adapter",
     "methods",
@@ -275,8 +276,7 @@ def stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
     else:
         store = reuse
         info = {"experts": len(store.finished()), "reused": str(store.root), "reused_meta": store.meta}
-    # the experts' mean clean test accuracy after each epoch: how good the trajectories distillation matches are
-    info["expert_test_acc"] = [round(float(a), 4) for a in store.test_accuracy().mean(0)]
+    info["expert_test_acc"] = expert_curve(store)
     phases = load_phases(store.root / PHASES_FILE)
     if phases is not None:  # where the experts' time went (the buffer's own training, also when reused here)
         info["phases"] = phases
@@ -291,6 +291,13 @@ def stage_buffer(pipe: Pipeline, data: TrainingData, out: Path, log: RunLog,
         info.update(trust_stats(trust, data, clean_known=clean is not None))
     log.stage("buffer", time.perf_counter() - start, **info)
     return store
+
+
+def expert_curve(store: TrajectoryStore) -> list[float]:
+    """The experts' mean clean test accuracy (fractions, 4 decimals) after each epoch, over the finished experts of
+    ``store``: how good the trajectories that distillation matches are (a record's ``stages.buffer.expert_test_acc``).
+    """
+    return [round(float(a), 4) for a in store.test_accuracy().mean(0)]
 
 
 def _reused_store(pipe: Pipeline, data: TrainingData, root: Path) -> TrajectoryStore:

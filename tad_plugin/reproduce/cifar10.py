@@ -82,7 +82,6 @@ from pathlib import Path
 from typing import Any
 
 from .grid import (
-    AUDIT_DETECTORS,
     BUDGETS,
     FEATURES_BUDGET_S,
     aliases,
@@ -93,6 +92,7 @@ from .grid import (
     check_sets,
     command,
     grid_records,
+    parse_audit_job,
     resolve_cells,
 )
 from .queue import queue, with_audits
@@ -209,10 +209,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(job_lines(jobs, after, args.jobs)))
         if jobs and args.seeds == [0] and BUDGETS[args.budget] is not None:
             audits: dict[str, list[str]] = {}
-            for name in jobs:  # audit-<label set>-<detector>: --audit's rows and --audit-only's
-                label_set, _, detector = name.removeprefix("audit-").rpartition("-")
-                if name.startswith("audit-") and detector in AUDIT_DETECTORS:
-                    audits.setdefault(label_set, []).append(detector)
+            for label_set, detector in filter(None, map(parse_audit_job, jobs)):  # --audit's and --audit-only's
+                audits.setdefault(label_set, []).append(detector)
             took = with_audits(resolve_cells(args.cell) if args.cell else [], audits, args.budget,
                                extractor="extractor" in jobs, slots=args.jobs)
             resized = sorted({text.split("=", 1)[0] for text in args.set} & SIZE_KEYS)

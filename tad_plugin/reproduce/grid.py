@@ -60,6 +60,12 @@ def first_stage(arm: str) -> str:
     return TWO_STAGE[arm][0]
 
 
+def audits_with_tad(arm: str) -> bool:
+    """Whether ``arm`` is a two-stage arm whose first stage is TAD's audit (it reads the experts of the label set's
+    TAD buffer, :func:`audit_buffer`), not cleanlab's."""
+    return arm in TWO_STAGE and first_stage(arm) != "cleanlab"
+
+
 def arm_parts(arm: str) -> tuple[bool, bool, bool]:
     """(Reg, OL, IL) of an arm: Table 3's letter, F for ``tad``, A (TAD off) for ``noisy`` and the two-stage
     arms."""
@@ -576,6 +582,12 @@ def audit_job(label_set: str, detector: str) -> str:
     """The job name of the label-audit run of ``detector`` (one of :data:`AUDIT_DETECTORS`) on ``label_set``:
     ``audit-<label set>-<detector>``, its run folder ``<label set>-<detector>`` under :func:`audit_dir`."""
     return f"audit-{label_set}-{detector}"
+
+
+def parse_audit_job(name: str) -> tuple[str, str] | None:
+    """``(label set, detector)`` of an :func:`audit_job` name; None for another job's name."""
+    label_set, _, detector = name.removeprefix("audit-").rpartition("-")
+    return (label_set, detector) if name.startswith("audit-") and detector in AUDIT_DETECTORS else None
 
 
 def audit_dir(out: Path) -> Path:

@@ -25,6 +25,7 @@ from .grid import (
     arm_parts,
     audit_buffer,
     audit_job,
+    audits_with_tad,
     budget_tag,
     budget_text,
     buffer_command,
@@ -295,7 +296,7 @@ def piece(cell: str) -> str:
     arm, or for a two-stage arm whose first stage is TAD's audit that stage's detector, shared by both such arms
     (split, each batch would train the TAD buffer the audit reads again)."""
     arm = cells()[cell].arm
-    return first_stage(arm) if arm in TWO_STAGE_ARMS and first_stage(arm) != "cleanlab" else arm
+    return first_stage(arm) if audits_with_tad(arm) else arm
 
 
 def reads(cell: str) -> set[str]:
@@ -303,7 +304,7 @@ def reads(cell: str) -> set[str]:
     TAD's audit the TAD buffer that audit reads (:func:`~.grid.audit_buffer`)."""
     c = cells()[cell]
     own = {buffer_of(c)}
-    if c.arm in TWO_STAGE_ARMS and first_stage(c.arm) != "cleanlab":
+    if audits_with_tad(c.arm):
         own.add(audit_buffer(c.noise))
     return own
 
@@ -480,8 +481,7 @@ def with_audits(names: Sequence[str], missing: Mapping[str, Sequence[str]], budg
     to be trained when a buffer or audit needs it (False: one exists)."""
     jobs = batch_jobs(names, budget, extractor=extractor)
     started = {j.name for j in jobs}
-    rows = {label_set: [d for d in left if not (names and d == "tad20") and audit_job(label_set, d) not in started]
-            for label_set, left in missing.items()}
+    rows = {label_set: [d for d in left if not (names and d == "tad20")] for label_set, left in missing.items()}
     audits = audit_batch_jobs(rows, budget, extractor=extractor)
     return estimate(jobs + [j for j in audits if j.name not in started], slots=slots)
 

@@ -29,6 +29,7 @@ from .grid import (
     audit_dir,
     audit_done,
     audit_job,
+    audits_with_tad,
     budget_tag,
     buffer_command,
     buffer_dir,
@@ -456,8 +457,7 @@ def audit_jobs(args: argparse.Namespace, requested: Sequence[str], training: set
     label_sets = []
     if args.audit:  # the label sets whose TAD buffer the cells read, or train for TAD's audit as their first stage
         for cell in map(cells().__getitem__, requested):
-            if audit_buffer(cell.noise) == buffer_of(cell, args.set) or (
-                    cell.arm in TWO_STAGE_ARMS and first_stage(cell.arm) != "cleanlab"):
+            if audit_buffer(cell.noise) == buffer_of(cell, args.set) or audits_with_tad(cell.arm):
                 label_sets.append(cell.noise)
         label_sets = list(dict.fromkeys(label_sets))
     label_sets = list(dict.fromkeys([*label_sets, *resolve_label_sets(args.audit_only or [])]))

@@ -25,10 +25,10 @@ from .grid import (
     TWO_STAGE_CELLS,
     Cell,
     aliases,
+    audits_with_tad,
     budget_text,
     cell_of_record,
     cells,
-    first_stage,
     record_name,
     sizes,
 )
@@ -336,7 +336,9 @@ def tad_audit_lines(results: Path) -> list[str]:
     TAD in one pass and against cleanlab's pipeline of the same kind (prune against prune, relabel against
     relabel), and the best of the row; one line saying nothing is measured yet otherwise."""
     method, ipcs, noises = TWO_STAGE_CELLS
-    ours = [a for a in TWO_STAGE_ARMS if first_stage(a) != "cleanlab"]
+    ours = [a for a in TWO_STAGE_ARMS if audits_with_tad(a)]
+    cleanlab = {keeps: arm for arm, (detector, keeps) in TWO_STAGE.items() if detector == "cleanlab"}
+    same = {a: cleanlab[TWO_STAGE[a][1]] for a in ours}  # cleanlab's pipeline of the same kind
 
     def text(acc: float | None) -> str:
         return "not run" if acc is None else f"{acc:.1f}"
@@ -350,8 +352,6 @@ def tad_audit_lines(results: Path) -> list[str]:
             acc = {arm: measured(f"{method}-ipc{ipc}-{noise}-{arm}", results).acc for arm in TWO_STAGE_COLUMNS}
             if all(acc[a] is None for a in ours):
                 continue
-            same = {a: next(b for b in TWO_STAGE_ARMS if first_stage(b) == "cleanlab" and TWO_STAGE[b][1] ==
-                            TWO_STAGE[a][1]) for a in ours}
             done = {a: v for a, v in acc.items() if v is not None}
             best = max(done, key=done.__getitem__)
             lines.append(f"- IPC {ipc}, {noise}: TAD's audit, then MTT: " + " / ".join(
@@ -449,7 +449,7 @@ def checks_lines(results: Path) -> list[str]:
         for n in noises:
             setting = f"{method}-ipc{i}-{n}"
             tad, others = acc(f"{setting}-tad"), [acc(f"{setting}-{arm}") for arm in TWO_STAGE_ARMS
-                                                  if first_stage(arm) == "cleanlab"]
+                                                  if not audits_with_tad(arm)]
             two_stage.append((setting, None if tad is None or None in others else all(
                 tad >= o for o in others if o is not None)))
     return ["", "The paper's claims, checked at this budget:", "",
